@@ -1,0 +1,385 @@
+"""The remote peer: a stand-alone process bound to the peer HCA (rxe1).
+
+    python -m harness.peer_agent --device rxe1 --gid-index 1 --addr 198.18.0.2 --socket PATH
+
+It listens on a Unix socket for one controller, speaks the (event, payload)
+protocol of harness.protocol, and runs one select() loop over the control socket,
+every QP's completion channel and the rdma_cm event channel, so no pyverbs call
+ever blocks. It records every arrival (seq, opcode, length, checksum verdict,
+QP generation, time) and every event of its own (completion errors, flushed
+receives, CM events) and reports them on request. It exits when the controller
+goes away; every verbs object is closed by construction on the way out.
+
+Memory layout of each QP's MR: `recv_slots` receive slots of `slot_size` bytes,
+then the RDMA area (the remote side's target for WRITE/READ/atomics); offsets
+in fill/verify/read_u64/write_u64 are relative to the RDMA area.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import socket
+import struct
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+
+from harness import payload
+from harness.errors import ProtocolError, RxePowerError
+from harness.names import wc_opcode_name, wc_status_name
+from harness.protocol import LineReader, Message, decode
+from harness.verbs import Device, QpInfo, QpParams, RcQp
+
+SELECT_TICK_S = 0.5  # upper bound on one loop turn (deadline checks), not a sleep
+IBV_WC_WITH_IMM = 1 << 1
+
+
+@dataclass
+class Arrival:
+    seq: int | None
+    opcode: str
+    length: int
+    ok: bool
+    reason: str
+    crc: int
+    generation: int
+    t: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AgentQp:
+    qp_id: int
+    qp: RcQp
+    recv_slots: int
+    slot_size: int
+    generation: int = 0
+    arrivals: list[Arrival] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+    delivered: int = 0  # arrivals already handed to the controller
+    cmid: object | None = None
+
+    @property
+    def rdma_base(self) -> int:
+        return self.recv_slots * self.slot_size
+
+    def info(self) -> dict:
+        base = self.qp.info()
+        return QpInfo(base.qpn, base.psn, base.gid, base.rkey, base.addr + self.rdma_base,
+                      base.length - self.rdma_base).to_json()
+
+    def post_all_recvs(self) -> None:
+        for slot in range(self.recv_slots):
+            self.qp.post_recv(slot, slot * self.slot_size, self.slot_size)
+
+    def handle_completions(self) -> None:
+        for wc in self.qp.poll(64):
+            status = wc_status_name(int(wc.status))
+            if status != "SUCCESS":
+                self.events.append({"kind": "wc_error", "status": status,
+                                    "wr_id": int(wc.wr_id), "vendor_err": int(wc.vendor_err),
+                                    "t": time.monotonic()})
+                continue
+            op = wc_opcode_name(int(wc.opcode))
+            if op not in ("RECV", "RECV_RDMA_WITH_IMM"):
+                continue
+            slot = int(wc.wr_id)
+            seq = int(wc.imm_data) if int(wc.wc_flags) & IBV_WC_WITH_IMM else None
+            if op == "RECV":
+                data = self.qp.read_local(slot * self.slot_size, int(wc.byte_len))
+                chk = payload.verify(data, expect_seq=seq)
+                self.arrivals.append(Arrival(chk.seq, op, len(data), chk.ok, chk.reason,
+                                             chk.crc, self.generation, time.monotonic()))
+            else:  # WRITE_WITH_IMM: data is in the RDMA area, checked by `verify`
+                self.arrivals.append(Arrival(seq, op, int(wc.byte_len), True, "", 0,
+                                             self.generation, time.monotonic()))
+            self.qp.post_recv(slot, slot * self.slot_size, self.slot_size)
+
+    def rdma_offset(self, offset: int, length: int) -> int:
+        area = self.qp.params.mr_size - self.rdma_base
+        if offset < 0 or length < 0 or offset + length > area:
+            raise RxePowerError(f"[{offset}, {offset + length}) is outside the RDMA area of "
+                                f"{area} bytes", "ask for a larger mr_size in create_qp")
+        return self.rdma_base + offset
+
+
+class Agent:
+    def __init__(self, device: str, gid_index: int, addr: str) -> None:
+        self.device_name = device
+        self.gid_index = gid_index
+        self.addr = addr
+        self.stack = contextlib.ExitStack()
+        self.dev = self.stack.enter_context(Device(device, gid_index=gid_index))
+        self.qps: dict[int, AgentQp] = {}
+        self.next_qp_id = 1
+        self.waiting: list[tuple[socket.socket, Message, float]] = []
+        self.cm_listener: object | None = None
+        self.cm_channel = None
+        self.cm_params: dict = {}
+        self.cm_events: list[dict] = []
+        self.cm_delivered = 0
+        self.running = True
+
+    # -- requests
+    def handle(self, msg: Message) -> dict | None:
+        """Answer a request; None means "reply later" (a wait)."""
+        p = msg.payload
+        ev = msg.event
+        if ev == "hello":
+            return {"device": self.device_name, "pid": os.getpid(), "gid": self.dev.gid,
+                    "gid_index": self.gid_index}
+        if ev == "create_qp":
+            aq = self._new_qp(p["mr_size"], p["recv_slots"], p["slot_size"], self.dev)
+            return {"qp_id": aq.qp_id, "info": aq.info()}
+        if ev == "cm_listen":
+            return self._cm_listen(p)
+        if ev == "cm_events":
+            return self._cm_wait_done(msg, time.monotonic())
+        if ev == "cm_stop":
+            self._cm_stop()
+            return {}
+        if ev == "shutdown":
+            self.running = False
+            return {}
+        aq = self.qps.get(p["qp_id"])
+        if aq is None:
+            raise RxePowerError(f"no QP with id {p['qp_id']}", "create it first")
+        if ev == "connect_qp":
+            aq.qp.connect(QpInfo.from_json(p["remote"]))
+            aq.post_all_recvs()
+            return {"state": aq.qp.state().name}
+        if ev == "fill":
+            off = aq.rdma_offset(p["offset"], p["length"])
+            aq.qp.write_local(off, payload.encode(p["seq"], p["length"]))
+            return {}
+        if ev == "verify":
+            off = aq.rdma_offset(p["offset"], p["length"])
+            chk = payload.verify(aq.qp.read_local(off, p["length"]), p["seq"], p["length"])
+            return {"ok": chk.ok, "reason": chk.reason, "crc": chk.crc}
+        if ev == "read_u64":
+            off = aq.rdma_offset(p["offset"], 8)
+            return {"value": struct.unpack("<Q", aq.qp.read_local(off, 8))[0]}
+        if ev == "write_u64":
+            off = aq.rdma_offset(p["offset"], 8)
+            aq.qp.write_local(off, struct.pack("<Q", p["value"] & (2**64 - 1)))
+            return {}
+        if ev == "arrivals":
+            return self._arrivals_done(aq, p["count"], time.monotonic() + p["timeout_s"], False)
+        if ev == "qp_state":
+            return {"state": aq.qp.state().name}
+        if ev == "to_err":
+            aq.qp.to_err()
+            return {"state": aq.qp.state().name}
+        if ev == "destroy_qp":
+            self._destroy_qp(aq)
+            return {}
+        raise ProtocolError(f"event {ev!r} has no handler", "update the agent")
+
+    def _new_qp(self, mr_size: int, recv_slots: int, slot_size: int, dev: Device) -> AgentQp:
+        if recv_slots < 1 or slot_size < 1 or recv_slots * slot_size >= mr_size:
+            raise RxePowerError(f"mr_size {mr_size} must exceed recv_slots*slot_size "
+                                f"({recv_slots}*{slot_size})", "enlarge mr_size")
+        params = QpParams(max_send_wr=16, max_recv_wr=recv_slots, mr_size=mr_size)
+        qp = RcQp(dev, params)
+        aq = AgentQp(self.next_qp_id, qp, recv_slots, slot_size)
+        self.qps[aq.qp_id] = aq
+        self.next_qp_id += 1
+        return aq
+
+    def _destroy_qp(self, aq: AgentQp) -> None:
+        del self.qps[aq.qp_id]
+        aq.qp.close()
+        if aq.cmid is not None:
+            aq.cmid.close()
+
+    def _arrivals_done(self, aq: AgentQp, count: int, deadline: float,
+                       final: bool) -> dict | None:
+        new = aq.arrivals[aq.delivered:]
+        if len(new) >= count or final or time.monotonic() >= deadline:
+            aq.delivered = len(aq.arrivals)
+            events, aq.events = aq.events, []
+            return {"arrivals": [a.to_json() for a in new], "events": events,
+                    "complete": len(new) >= count}
+        return None
+
+    # -- rdma_cm (passive side)
+    def _cm_listen(self, p: dict) -> dict:
+        from harness import cm
+
+        if self.cm_listener is not None:
+            raise RxePowerError("already listening", "send cm_stop first")
+        self.cm_channel = cm.EventChannel()
+        listener = cm.CMID(creator=self.cm_channel.ch, port_space=cm.ce.RDMA_PS_TCP)
+        ai = cm.AddrInfo(src=self.addr, src_service=str(p["port"]),
+                         port_space=cm.ce.RDMA_PS_TCP, flags=cm.ce.RAI_PASSIVE)
+        listener.bind_addr(ai)
+        listener.listen()
+        self.cm_listener = listener
+        self.cm_params = p
+        return {"port": p["port"]}
+
+    def _cm_on_event(self) -> None:
+        from harness import cm
+
+        assert self.cm_channel is not None
+        ev = self.cm_channel.try_get()
+        if ev is None:
+            return
+        name = cm.cm_event_name(int(ev.event_type))
+        rec: dict = {"event": name, "t": time.monotonic(), "qp_id": None}
+        try:
+            if name == "CONNECT_REQUEST":
+                cmid = cm.CMID(creator=ev, listen_id=self.cm_listener)
+                dev = Device.borrow(self.device_name, self.cm_listener.context,
+                                    self.cm_listener.pd, self.gid_index)
+                p = self.cm_params
+                aq = self._new_qp(p["mr_size"], p["recv_slots"], p["slot_size"], dev)
+                aq.cmid = cmid
+                cm.drive_qp(cmid, aq.qp, cm.e.IBV_QPS_INIT, "RESET->INIT")
+                aq.post_all_recvs()
+                cm.drive_qp(cmid, aq.qp, cm.e.IBV_QPS_RTR, "INIT->RTR")
+                cmid.accept(cm.conn_param(aq.qp.qpn))
+                rec["qp_id"] = aq.qp_id
+                rec["info"] = aq.info()
+            else:
+                aq = self._qp_of_event(ev)
+                rec["qp_id"] = aq.qp_id if aq else None
+                if name == "ESTABLISHED" and aq is not None:
+                    cm.drive_qp(aq.cmid, aq.qp, cm.e.IBV_QPS_RTS, "RTR->RTS")
+                elif name == "DISCONNECTED" and aq is not None:
+                    with contextlib.suppress(Exception):
+                        aq.cmid.disconnect()  # complete our half of the disconnect
+                    aq.qp.to_err()  # flush our posted receives; counted as wc_error events
+        finally:
+            ev.ack_cm_event()
+        self.cm_events.append(rec)
+
+    def _qp_of_event(self, ev: object) -> AgentQp | None:
+        # pyverbs does not expose which cm_id an event names; with one connection at a
+        # time (what the tests do) it is the one CM-connected QP still alive.
+        live = [aq for aq in self.qps.values() if aq.cmid is not None]
+        return live[-1] if live else None
+
+    def _cm_wait_done(self, msg: Message, now: float) -> dict | None:
+        new = self.cm_events[self.cm_delivered:]
+        deadline = msg.payload.get("_deadline", now + msg.payload["timeout_s"])
+        msg.payload["_deadline"] = deadline
+        if len(new) >= msg.payload["count"] or now >= deadline:
+            self.cm_delivered = len(self.cm_events)
+            return {"events": new, "complete": len(new) >= msg.payload["count"]}
+        return None
+
+    def _cm_stop(self) -> None:
+        for aq in [a for a in self.qps.values() if a.cmid is not None]:
+            self._destroy_qp(aq)
+        if self.cm_listener is not None:
+            self.cm_listener.close()
+            self.cm_listener = None
+        if self.cm_channel is not None:
+            self.cm_channel.close()
+            self.cm_channel = None
+
+    # -- loop
+    def serve(self, listen_sock: socket.socket) -> None:
+        conn, _ = listen_sock.accept()
+        reader = LineReader()
+        with conn:
+            while self.running:
+                fds: list = [conn]
+                fds += [aq.qp.channel_fd for aq in self.qps.values()]
+                if self.cm_channel is not None:
+                    fds.append(self.cm_channel.fd)
+                timeout = SELECT_TICK_S
+                if self.waiting:
+                    timeout = max(0.0, min(timeout, *(d - time.monotonic()
+                                                        for _, _, d in self.waiting)))
+                readable, _, _ = select.select(fds, [], [], timeout)
+                for aq in list(self.qps.values()):
+                    aq.handle_completions()
+                if self.cm_channel is not None and self.cm_channel.fd in readable:
+                    self._cm_on_event()
+                if conn in readable:
+                    data = conn.recv(1 << 16)
+                    if not data:
+                        return  # controller gone: exit and close everything
+                    for line in reader.feed(data):
+                        self._dispatch(conn, line)
+                self._finish_waits(conn)
+
+    def _dispatch(self, conn: socket.socket, line: bytes) -> None:
+        mid = 0
+        try:
+            msg = decode(line)
+            mid = msg.id
+            if msg.event == "arrivals":
+                msg.payload["_deadline"] = time.monotonic() + msg.payload["timeout_s"]
+            reply = self.handle(msg)
+            if reply is None:
+                deadline = msg.payload.get("_deadline", time.monotonic())
+                self.waiting.append((conn, msg, deadline))
+                return
+            conn.sendall(Message("ok", reply, mid).encode())
+        except Exception as exc:  # a bad request must never kill the agent
+            fix = exc.fix if isinstance(exc, RxePowerError) else ""
+            conn.sendall(Message("error", {"message": str(exc), "fix": fix,
+                                           "type": type(exc).__name__,
+                                           "trace": traceback.format_exc(limit=3)},
+                                 mid).encode())
+
+    def _finish_waits(self, conn: socket.socket) -> None:
+        still = []
+        for c, msg, deadline in self.waiting:
+            if msg.event == "arrivals":
+                aq = self.qps.get(msg.payload["qp_id"])
+                reply = None if aq is None else self._arrivals_done(
+                    aq, msg.payload["count"], deadline, False)
+            else:
+                reply = self._cm_wait_done(msg, time.monotonic())
+            if reply is None:
+                still.append((c, msg, deadline))
+            else:
+                c.sendall(Message("ok", reply, msg.id).encode())
+        self.waiting = still
+
+    def close(self) -> None:
+        self._cm_stop()
+        for aq in list(self.qps.values()):
+            self._destroy_qp(aq)
+        self.stack.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="peer_agent", description="rxe-power remote peer agent")
+    ap.add_argument("--device", required=True)
+    ap.add_argument("--gid-index", type=int, required=True)
+    ap.add_argument("--addr", required=True, help="the peer's IPv4 address (for rdma_cm)")
+    ap.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    args = ap.parse_args(argv)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(args.socket)
+    try:
+        agent = Agent(args.device, args.gid_index, args.addr)
+    except RxePowerError as exc:
+        print(f"peer_agent: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+            srv.bind(args.socket)
+            srv.listen(1)
+            print(f"READY {os.getpid()} {args.socket}", flush=True)
+            agent.serve(srv)
+    finally:
+        agent.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.socket)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,619 @@
+"""The two-HCA topology: rxe0 (local HCA) <-> veth wire <-> rxe1 (the peer's HCA).
+
+Two rxe devices on one kernel only talk when policy routing forces their traffic
+onto the veth wire (otherwise the kernel short-cuts local addresses through `lo`
+and rxe drops what arrives on a netdev without an rxe device). What `up` builds:
+
+    rxpw0 198.18.0.1/32  ==veth==  rxpw1 198.18.0.2/32
+    rxe0 on rxpw0                  rxe1 on rxpw1
+    rules: pref 1 iif rxpw0 lookup local      pref 2 iif rxpw1 lookup local
+           pref 3 from A lookup 18770         pref 4 to B lookup 18770   (B via rxpw0)
+           pref 5 from B lookup 18771         pref 6 to A lookup 18771   (A via rxpw1)
+           the system's `pref 0 lookup local` moved to pref 10 (restored on teardown)
+    sysctls on our veths: accept_local=1 rp_filter=0; all.rp_filter=0 if it was not
+
+Everything created is written to a state file *before* it is created, so a run
+killed at any point leaves a record that `down` uses to remove exactly what we
+made. Nothing that is not in the state file is deleted or changed; a name
+clash with a foreign object is refused with an error naming it.
+
+Standard library only: ci/rxe-setup.sh runs this with the system python3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness import cmdjson
+from harness.errors import BoundExceeded, NoRxe, NotOurs, RxePowerError, TopologyError
+from harness.holders import find_holders
+
+STATE_PATH = Path(os.environ.get("RXE_POWER_STATE", "/run/rxe-power/topology.json"))
+STATE_SCHEMA = 1
+TABLE_LOCAL_SIDE = "18770"  # routes the peer's address out of the local veth
+TABLE_PEER_SIDE = "18771"  # routes the local address out of the peer veth
+RULE_PREFS = (1, 2, 3, 4, 5, 6)
+LOCAL_RULE_NEW_PREF = 10
+PORT_ACTIVE_TIMEOUT_S = 20.0
+RDMA_LINK_DELETE_TIMEOUT_S = 10.0
+PINGPONG_TIMEOUT_S = 60.0
+PINGPONG_ITERS = 200
+POLL_INTERVAL_S = 0.05
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    local_dev: str = "rxe0"
+    peer_dev: str = "rxe1"
+    local_netdev: str = "rxpw0"
+    peer_netdev: str = "rxpw1"
+    local_addr: str = "198.18.0.1"
+    peer_addr: str = "198.18.0.2"
+
+    @classmethod
+    def from_settings(cls, cli: dict[str, str | None] | None = None) -> TopologyConfig:
+        """Build from the settings table (CLI > environment > default)."""
+        from harness.settings import resolve
+
+        cli = cli or {}
+        val = {k: resolve(k, cli.get(k)).value for k in (
+            "rxe-local-dev", "rxe-peer-dev", "rxe-local-netdev", "rxe-peer-netdev",
+            "rxe-local-addr", "rxe-peer-addr")}
+        cfg = cls(val["rxe-local-dev"], val["rxe-peer-dev"], val["rxe-local-netdev"],
+                  val["rxe-peer-netdev"], val["rxe-local-addr"], val["rxe-peer-addr"])
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.local_dev == self.peer_dev:
+            raise TopologyError(f"local and peer device are both {self.local_dev!r}",
+                                "give the peer HCA its own name (RXE_POWER_PEER_DEV)")
+        if self.local_netdev == self.peer_netdev:
+            raise TopologyError(f"local and peer netdev are both {self.local_netdev!r}",
+                                "give each veth end its own name")
+        if self.local_addr == self.peer_addr:
+            raise TopologyError(f"local and peer address are both {self.local_addr}",
+                                "give each end its own IPv4 address")
+
+    def rules(self) -> list[cmdjson.IpRule]:
+        a, b = self.local_addr, self.peer_addr
+        p = RULE_PREFS
+        return [
+            cmdjson.IpRule(p[0], "local", iif=self.local_netdev),
+            cmdjson.IpRule(p[1], "local", iif=self.peer_netdev),
+            cmdjson.IpRule(p[2], TABLE_LOCAL_SIDE, src=a),
+            cmdjson.IpRule(p[3], TABLE_LOCAL_SIDE, dst=b),
+            cmdjson.IpRule(p[4], TABLE_PEER_SIDE, src=b),
+            cmdjson.IpRule(p[5], TABLE_PEER_SIDE, dst=a),
+        ]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One HCA of the topology as discovered."""
+
+    dev: str
+    port: int
+    netdev: str
+    ifindex: int
+    addr: str
+    gid: str
+    gid_index: int
+    state: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Topology:
+    local: Endpoint
+    peer: Endpoint
+
+    def to_json(self) -> dict:
+        return {"local": self.local.to_json(), "peer": self.peer.to_json()}
+
+
+# --- state file -------------------------------------------------------------------------
+
+
+@dataclass
+class StateFile:
+    """What we created, in creation order. Written atomically after every change."""
+
+    path: Path = STATE_PATH
+    config: dict = field(default_factory=dict)
+    created: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path = STATE_PATH) -> StateFile:
+        if not path.exists():
+            return cls(path)
+        try:
+            data = json.loads(path.read_text())
+            if data.get("schema") != STATE_SCHEMA or not isinstance(data.get("created"), list):
+                raise ValueError(f"schema {data.get('schema')!r}, expected {STATE_SCHEMA}")
+        except (OSError, ValueError) as exc:
+            raise TopologyError(
+                f"state file {path} is unreadable or corrupt: {exc}",
+                f"inspect it; if nothing of ours is left, remove it (rm {path})",
+            ) from None
+        return cls(path, data.get("config", {}), data["created"])
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        body = {"schema": STATE_SCHEMA, "config": self.config, "created": self.created}
+        with open(tmp, "w") as fh:
+            json.dump(body, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def record(self, kind: str, **attrs: object) -> None:
+        entry = {"kind": kind, **attrs}
+        if entry not in self.created:
+            self.created.append(entry)
+            self.save()
+
+    def has(self, kind: str, **attrs: object) -> bool:
+        return {"kind": kind, **attrs} in self.created
+
+    def forget(self, kind: str, **attrs: object) -> None:
+        entry = {"kind": kind, **attrs}
+        if entry in self.created:
+            self.created.remove(entry)
+            self.save()
+
+    def owns_netdev(self, name: str) -> bool:
+        return any(e["kind"] == "netdev" and name in (e["name"], e.get("peer"))
+                   for e in self.created)
+
+    def owns_rdma_link(self, name: str) -> bool:
+        return self.has("rdma_link", name=name) or any(
+            e["kind"] == "rdma_link" and e["name"] == name for e in self.created)
+
+
+# --- queries ----------------------------------------------------------------------------
+
+
+def rdma_links() -> list[cmdjson.RdmaLink]:
+    return cmdjson.parse_rdma_links(cmdjson.run_json(["rdma", "-j", "link", "show"]))
+
+
+def ip_links() -> list[cmdjson.NetLink]:
+    return cmdjson.parse_ip_links(cmdjson.run_json(["ip", "-j", "-d", "link", "show"]))
+
+
+def ip_addrs() -> list[cmdjson.IpAddr]:
+    return cmdjson.parse_ip_addrs(cmdjson.run_json(["ip", "-j", "-4", "addr", "show"]))
+
+
+def ip_rules() -> list[cmdjson.IpRule]:
+    return cmdjson.parse_ip_rules(cmdjson.run_json(["ip", "-j", "-4", "rule", "show"]))
+
+
+def ip_routes(table: str) -> list[cmdjson.IpRoute]:
+    res = cmdjson.run(["ip", "-j", "-4", "route", "show", "table", table], check=False)
+    if res.returncode != 0:  # an empty/nonexistent table
+        return []
+    return cmdjson.parse_ip_routes(cmdjson.parse_json_list(res.stdout, "ip route"), table)
+
+
+def rxe_module_loaded() -> bool:
+    return Path("/sys/module/rdma_rxe").is_dir()
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise NoRxe("building the rxe topology needs root (it adds veths, rules and rdma links)",
+                    "run as root, e.g. sudo")
+
+
+def load_rxe_module() -> None:
+    if rxe_module_loaded():
+        return
+    res = cmdjson.run(["modprobe", "rdma_rxe"], check=False)
+    if res.returncode != 0 or not rxe_module_loaded():
+        release = os.uname().release
+        raise NoRxe(
+            f"the running kernel {release} cannot load rdma_rxe: {res.stderr.strip() or 'no module'}",
+            "on Ubuntu: apt-get install linux-modules-extra-$(uname -r); "
+            "or use the VM mode (rxe-power ... --mode vm, or RXE_POWER_MODE=vm), which boots "
+            "a distro kernel that has the module in QEMU",
+        )
+
+
+# --- discovery --------------------------------------------------------------------------
+
+
+def discover(cfg: TopologyConfig) -> Topology:
+    """Find both HCAs, their netdevs, addresses and RoCEv2 GIDs; raise naming what is missing."""
+    links = {lk.ifname: lk for lk in rdma_links()}
+    nets = {n.ifname: n for n in ip_links()}
+    addrs = ip_addrs()
+
+    def endpoint(dev: str, netdev: str, addr: str) -> Endpoint:
+        lk = links.get(dev)
+        if lk is None:
+            raise TopologyError(
+                f"RDMA device {dev!r} not found (have: {', '.join(sorted(links)) or 'none'})",
+                "build the topology first: ci/rxe-setup.sh (or rxe-power setup)",
+            )
+        if lk.netdev != netdev:
+            raise TopologyError(f"{dev} sits on netdev {lk.netdev!r}, expected {netdev!r}",
+                                "check --rxe-local-netdev/--rxe-peer-netdev or rebuild")
+        net = nets.get(netdev)
+        if net is None:
+            raise TopologyError(f"netdev {netdev!r} of {dev} is missing", "rebuild the topology")
+        if not any(a.ifname == netdev and a.address == addr for a in addrs):
+            raise TopologyError(f"{netdev} does not carry {addr}", "rebuild the topology")
+        gid = cmdjson.find_rocev2_gid(cmdjson.read_gids(dev, lk.port), addr)
+        if gid is None:
+            raise TopologyError(f"{dev} has no RoCEv2 GID for {addr}",
+                                "the GID appears once the address is up; rebuild the topology")
+        return Endpoint(dev, lk.port, netdev, net.ifindex, addr, gid.gid, gid.index, lk.state)
+
+    return Topology(endpoint(cfg.local_dev, cfg.local_netdev, cfg.local_addr),
+                    endpoint(cfg.peer_dev, cfg.peer_netdev, cfg.peer_addr))
+
+
+def wait_ports_active(cfg: TopologyConfig, timeout_s: float = PORT_ACTIVE_TIMEOUT_S) -> Topology:
+    """Poll until both ports are ACTIVE and their RoCEv2 GIDs exist, within a bound."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while True:
+        try:
+            topo = discover(cfg)
+            if topo.local.state == "ACTIVE" and topo.peer.state == "ACTIVE":
+                return topo
+            last = TopologyError(f"port states: {topo.local.dev}={topo.local.state}, "
+                                 f"{topo.peer.dev}={topo.peer.state}")
+        except TopologyError as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise BoundExceeded("waiting for both RDMA ports ACTIVE", "PORT_ACTIVE_TIMEOUT_S",
+                                timeout_s, str(last))
+        time.sleep(POLL_INTERVAL_S)
+
+
+# --- setup ------------------------------------------------------------------------------
+
+
+def _ip(*args: str) -> None:
+    cmdjson.run(["ip", *args])
+
+
+def _sysctl_path(key: str) -> Path:
+    return Path("/proc/sys") / key.replace(".", "/")
+
+
+def _check_conflicts(cfg: TopologyConfig, state: StateFile) -> None:
+    """Refuse to proceed if a name or slot we need is taken by something not ours."""
+    nets = {n.ifname for n in ip_links()}
+    for name in (cfg.local_netdev, cfg.peer_netdev):
+        if name in nets and not state.owns_netdev(name):
+            raise NotOurs(f"netdev {name!r} already exists and was not created by rxe-power",
+                          "choose other names (RXE_POWER_LOCAL_NETDEV / RXE_POWER_PEER_NETDEV)")
+    devs = {lk.ifname for lk in rdma_links()}
+    for name in (cfg.local_dev, cfg.peer_dev):
+        if name in devs and not state.owns_rdma_link(name):
+            raise NotOurs(f"RDMA device {name!r} already exists and was not created by rxe-power",
+                          "choose other names (RXE_POWER_LOCAL_DEV / RXE_POWER_PEER_DEV)")
+    ours = {tuple(r.selector_args()) for r in cfg.rules()}
+    for rule in ip_rules():
+        if rule.priority in RULE_PREFS and tuple(rule.selector_args()) not in ours:
+            raise NotOurs(f"ip rule at priority {rule.priority} ({' '.join(rule.selector_args())})"
+                          " is not ours", "free priorities 1-6 or run on a clean host")
+    for table in (TABLE_LOCAL_SIDE, TABLE_PEER_SIDE):
+        routes = ip_routes(table)
+        if routes and not state.has("table", table=table):
+            raise NotOurs(f"routing table {table} is already in use ({len(routes)} routes)",
+                          "remove those routes or run on a clean host")
+    for addr in ip_addrs():
+        if addr.address in (cfg.local_addr, cfg.peer_addr) and not state.owns_netdev(addr.ifname):
+            raise NotOurs(f"address {addr.address} is already on {addr.ifname}",
+                          "choose other addresses (RXE_POWER_LOCAL_ADDR / RXE_POWER_PEER_ADDR)")
+
+
+def is_up(cfg: TopologyConfig, state: StateFile) -> bool:
+    """True when every piece in the state file is present and the topology is discoverable."""
+    if not state.created or state.config != asdict(cfg):
+        return False
+    try:
+        topo = discover(cfg)
+    except TopologyError:
+        return False
+    have_rules = {tuple(r.selector_args()) for r in ip_rules()}
+    if not all(tuple(r.selector_args()) in have_rules for r in cfg.rules()):
+        return False
+    return topo.local.state == "ACTIVE" and topo.peer.state == "ACTIVE"
+
+
+def setup(cfg: TopologyConfig, log=print) -> tuple[Topology, bool]:
+    """Build the topology (idempotent). Returns (topology, changed)."""
+    require_root()
+    cfg.validate()
+    state = StateFile.load(STATE_PATH)
+    if is_up(cfg, state):
+        log("topology already up (state file matches, ports ACTIVE): nothing changed")
+        return discover(cfg), False
+    if state.created:
+        log(f"state file {STATE_PATH} records a partial or different topology: removing it first")
+        teardown(log=log)
+        state = StateFile.load(STATE_PATH)
+    load_rxe_module()
+    _check_conflicts(cfg, state)
+    state.config = asdict(cfg)
+    state.save()
+
+    L, P, A, B = cfg.local_netdev, cfg.peer_netdev, cfg.local_addr, cfg.peer_addr
+    state.record("netdev", name=L, peer=P)
+    _ip("link", "add", L, "type", "veth", "peer", "name", P)
+    log(f"created veth pair {L} <-> {P}")
+    for dev in (L, P):
+        for key, val in (("accept_local", "1"), ("rp_filter", "0")):
+            _sysctl_path(f"net.ipv4.conf.{dev}.{key}").write_text(val)
+    all_rp = _sysctl_path("net.ipv4.conf.all.rp_filter")
+    old = all_rp.read_text().strip()
+    if old != "0":
+        state.record("sysctl", key="net.ipv4.conf.all.rp_filter", old=old)
+        all_rp.write_text("0")
+        log(f"set net.ipv4.conf.all.rp_filter 0 (was {old}; restored on teardown)")
+    _ip("addr", "add", f"{A}/32", "dev", L)
+    _ip("addr", "add", f"{B}/32", "dev", P)
+    _ip("link", "set", L, "up")
+    _ip("link", "set", P, "up")
+    log(f"addresses {A} on {L}, {B} on {P}; links up")
+
+    for table, dst, dev, src in ((TABLE_LOCAL_SIDE, B, L, A), (TABLE_PEER_SIDE, A, P, B)):
+        state.record("table", table=table)
+        _ip("route", "replace", dst, "dev", dev, "src", src, "table", table)
+    for rule in cfg.rules():
+        state.record("rule", args=rule.selector_args())
+        _ip("rule", "add", *rule.selector_args())
+    log(f"policy routing: tables {TABLE_LOCAL_SIDE}/{TABLE_PEER_SIDE}, rules at prefs "
+        f"{RULE_PREFS[0]}-{RULE_PREFS[-1]}")
+    _move_local_rule(state, log)
+
+    for dev, netdev in ((cfg.local_dev, L), (cfg.peer_dev, P)):
+        state.record("rdma_link", name=dev, netdev=netdev)
+        add_rdma_link(dev, netdev)
+    log(f"rdma links {cfg.local_dev} on {L}, {cfg.peer_dev} on {P}")
+    topo = wait_ports_active(cfg)
+    log(f"ports ACTIVE: {topo.local.dev} gid[{topo.local.gid_index}]={topo.local.gid}, "
+        f"{topo.peer.dev} gid[{topo.peer.gid_index}]={topo.peer.gid}")
+    return topo, True
+
+
+def _move_local_rule(state: StateFile, log) -> None:
+    """Move the system's `pref 0 lookup local` below our rules (restored on teardown)."""
+    rules = ip_rules()
+    if any(r.priority == 0 and r.table == "local" and not (r.src or r.dst or r.iif)
+           for r in rules):
+        state.record("local_rule_moved", new_pref=LOCAL_RULE_NEW_PREF)
+        if not any(r.priority == LOCAL_RULE_NEW_PREF and r.table == "local" for r in rules):
+            _ip("rule", "add", "pref", str(LOCAL_RULE_NEW_PREF), "lookup", "local")
+        _ip("rule", "del", "pref", "0", "lookup", "local")
+        log(f"moved 'lookup local' from pref 0 to {LOCAL_RULE_NEW_PREF} (restored on teardown)")
+
+
+def add_rdma_link(dev: str, netdev: str) -> None:
+    cmdjson.run(["rdma", "link", "add", dev, "type", "rxe", "netdev", netdev])
+
+
+def delete_rdma_link(dev: str, timeout_s: float = RDMA_LINK_DELETE_TIMEOUT_S) -> None:
+    """Delete an rxe device from a child process, bounded; on timeout name the holders.
+
+    The delete blocks in the kernel while any process holds the device open. On
+    timeout the child is left to finish by itself once the holders let go.
+    """
+    proc = subprocess.Popen(["rdma", "link", "delete", dev], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        holders = find_holders(dev)
+        names = "; ".join(h.describe() for h in holders) or "no holder found in /proc"
+        raise BoundExceeded(f"rdma link delete {dev}", "RDMA_LINK_DELETE_TIMEOUT_S", timeout_s,
+                            f"the device is held open by: {names}") from None
+    if proc.returncode != 0:
+        raise TopologyError(f"rdma link delete {dev} failed: {err.strip()}",
+                            "see the message; is the device ours and present?")
+
+
+# --- teardown ---------------------------------------------------------------------------
+
+
+def teardown(log=print, state_path: Path | None = None) -> list[str]:
+    """Remove exactly what the state file records, newest first. Returns problems left."""
+    require_root()
+    state = StateFile.load(state_path or STATE_PATH)
+    if not state.created:
+        log("nothing of ours to remove")
+        with contextlib.suppress(FileNotFoundError):
+            state.path.unlink()
+        return []
+    problems: list[str] = []
+    for entry in list(reversed(state.created)):
+        try:
+            _undo(entry, log)
+            state.forget(**entry)
+        except RxePowerError as exc:
+            problems.append(f"{entry}: {exc}")
+            log(f"could not remove {entry}: {exc}")
+    if not problems:
+        state.path.unlink(missing_ok=True)
+        log("teardown complete: nothing of ours remains")
+    return problems
+
+
+def _undo(entry: dict, log) -> None:
+    kind = entry["kind"]
+    if kind == "rdma_link":
+        if any(lk.ifname == entry["name"] and lk.netdev in (entry["netdev"], None)
+               for lk in rdma_links()):
+            delete_rdma_link(entry["name"])
+            log(f"deleted rdma link {entry['name']}")
+    elif kind == "local_rule_moved":
+        rules = ip_rules()
+        if not any(r.priority == 0 and r.table == "local" for r in rules):
+            _ip("rule", "add", "pref", "0", "lookup", "local")
+        if any(r.priority == entry["new_pref"] and r.table == "local" for r in rules):
+            _ip("rule", "del", "pref", str(entry["new_pref"]), "lookup", "local")
+        log("restored 'lookup local' at pref 0")
+    elif kind == "rule":
+        present = {tuple(r.selector_args()) for r in ip_rules()}
+        if tuple(entry["args"]) in present:
+            _ip("rule", "del", *entry["args"])
+    elif kind == "table":
+        for route in ip_routes(entry["table"]):
+            _ip("route", "del", route.dst, "table", entry["table"])
+    elif kind == "sysctl":
+        _sysctl_path(entry["key"]).write_text(entry["old"])
+        log(f"restored {entry['key']}={entry['old']}")
+    elif kind == "netdev":
+        if any(n.ifname == entry["name"] for n in ip_links()):
+            _ip("link", "del", entry["name"])
+            log(f"deleted veth pair {entry['name']} <-> {entry['peer']}")
+    else:
+        raise TopologyError(f"unknown entry kind {kind!r} in the state file",
+                            "the state file was written by a newer rxe-power; use that to clean")
+
+
+# --- traffic check with an rdma-core program (not ours) ---------------------------------
+
+
+@dataclass(frozen=True)
+class PingpongResult:
+    iters: int
+    usec_per_iter: float | None
+    client_output: str
+
+
+_USEC_RE = re.compile(r"(\d+) iters in ([\d.]+) seconds = ([\d.]+) usec/iter")
+
+
+def parse_pingpong(text: str) -> tuple[int, float] | None:
+    m = _USEC_RE.search(text)
+    return (int(m.group(1)), float(m.group(3))) if m else None
+
+
+def _tcp_listening(port: int) -> bool:
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[1].rsplit(":", 1)[1] == f"{port:04X}" and cols[3] == "0A":
+                return True
+    return False
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pingpong_check(topo: Topology, iters: int = PINGPONG_ITERS,
+                   timeout_s: float = PINGPONG_TIMEOUT_S) -> PingpongResult:
+    """Run rdma-core's ibv_rc_pingpong rxe1 (server) <-> rxe0 (client) across the wire."""
+    port = _free_tcp_port()
+    common = ["-n", str(iters), "-p", str(port), "-s", "4096"]
+    srv_argv = ["ibv_rc_pingpong", "-d", topo.peer.dev, "-g", str(topo.peer.gid_index), *common]
+    cli_argv = ["ibv_rc_pingpong", "-d", topo.local.dev, "-g", str(topo.local.gid_index),
+                *common, topo.peer.addr]
+    deadline = time.monotonic() + timeout_s
+    srv = subprocess.Popen(srv_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        while not _tcp_listening(port):
+            if srv.poll() is not None:
+                raise TopologyError(f"ibv_rc_pingpong server exited {srv.returncode}: "
+                                    f"{srv.stdout.read() if srv.stdout else ''}",
+                                    "check that rxe1 is ACTIVE and ibverbs-utils is installed")
+            if time.monotonic() > deadline:
+                raise BoundExceeded("ibv_rc_pingpong server start", "PINGPONG_TIMEOUT_S",
+                                    timeout_s, f"server not listening on TCP port {port}")
+            time.sleep(POLL_INTERVAL_S)
+        try:
+            cli = subprocess.run(cli_argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                 text=True, timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise BoundExceeded("ibv_rc_pingpong rxe0 -> rxe1", "PINGPONG_TIMEOUT_S", timeout_s,
+                                f"{iters} round trips not finished: RoCE traffic is not "
+                                "crossing the wire") from None
+        try:
+            srv_out, _ = srv.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise BoundExceeded("ibv_rc_pingpong server", "PINGPONG_TIMEOUT_S", timeout_s,
+                                "the server did not finish its iterations") from None
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+    if cli.returncode != 0 or srv.returncode != 0:
+        raise TopologyError(
+            f"ibv_rc_pingpong failed (client exit {cli.returncode}, server exit "
+            f"{srv.returncode}): {cli.stderr.strip() or cli.stdout.strip()} / {srv_out.strip()}",
+            "RoCE traffic does not flow rxe0 <-> rxe1; check the policy rules (ip rule) and "
+            "that both ports are ACTIVE (rdma link)",
+        )
+    parsed = parse_pingpong(cli.stdout + cli.stderr)
+    return PingpongResult(parsed[0] if parsed else iters, parsed[1] if parsed else None,
+                          (cli.stdout + cli.stderr).strip())
+
+
+# --- command line (used by ci/rxe-setup.sh) ---------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="rxe-setup", description=__doc__.split("\n")[0])
+    ap.add_argument("action", choices=["up", "down", "show", "verify"])
+    ap.add_argument("--json", action="store_true", help="print the topology as JSON")
+    for name in ("rxe-local-dev", "rxe-peer-dev", "rxe-local-netdev", "rxe-peer-netdev",
+                 "rxe-local-addr", "rxe-peer-addr"):
+        ap.add_argument(f"--{name.removeprefix('rxe-')}", dest=name)
+    args = ap.parse_args(argv)
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    try:
+        cfg = TopologyConfig.from_settings(vars(args))
+        if args.action == "down":
+            problems = teardown(log=log)
+            return 1 if problems else 0
+        if args.action == "up":
+            topo, _ = setup(cfg, log=log)
+            res = pingpong_check(topo)
+            log(f"traffic check: ibv_rc_pingpong {topo.local.dev} -> {topo.peer.dev} "
+                f"{res.iters} iterations OK, {res.usec_per_iter} usec/iter")
+        else:
+            topo = discover(cfg)
+            if args.action == "verify":
+                res = pingpong_check(topo)
+                log(f"traffic check: {res.iters} iterations OK, {res.usec_per_iter} usec/iter")
+        if args.json:
+            print(json.dumps(topo.to_json(), indent=1))
+        elif args.action == "show":
+            for ep in (topo.local, topo.peer):
+                print(f"{ep.dev}: {ep.netdev} {ep.addr} gid[{ep.gid_index}] {ep.gid} {ep.state}")
+        return 0
+    except RxePowerError as exc:
+        print(f"rxe-setup: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
