@@ -115,7 +115,7 @@ class CmClient:
     """Active side: resolve, connect with our own RcQp, disconnect. A context manager."""
 
     def __init__(self, dev_name: str, gid_index: int, src: str, dst: str, port: int,
-                 params: QpParams = QpParams()) -> None:
+                 params: QpParams | None = None) -> None:
         self._stack = contextlib.ExitStack()
         try:
             self.events = EventChannel()
@@ -131,7 +131,7 @@ class CmClient:
                 self.cmid.resolve_route(CM_RESOLVE_TIMEOUT_MS)
             self.events.expect("ROUTE_RESOLVED")
             self.dev = Device.borrow(dev_name, self.cmid.context, self.cmid.pd, gid_index)
-            self.qp = RcQp(self.dev, params)
+            self.qp = RcQp(self.dev, params or QpParams())
             self._stack.callback(self.qp.close)
             drive_qp(self.cmid, self.qp, e.IBV_QPS_INIT, "RESET->INIT")
             with verbs_call(f"rdma_connect to {dst}:{port}"):
@@ -164,3 +164,84 @@ class CmClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- a whole rdma_cm session in its own process -------------------------------------------
+#
+# librdmacm (rdma-core 44) keeps a device's verbs context open for the life of the
+# process once rdma_cm has used the device (ucma_put_device closes it only when the
+# device is dead). A process that used rdma_cm on rxe0 therefore holds rxe0 until it
+# exits, and `rdma link delete rxe0` blocks until then. So the active side of an
+# rdma_cm connection runs in a worker process of its own; it prints one JSON result.
+
+CM_CHECK_TIMEOUT_S = 120.0
+
+
+def cm_session(topo_json: dict, port: int, slots: int = 16, slot_size: int = 1 << 16) -> dict:
+    """Listen on the peer (its own agent), connect from the local HCA, run traffic,
+    disconnect in order; report what each side saw."""
+    from harness import traffic
+    from harness.peer import PeerAgent
+    from harness.topology import Endpoint
+
+    loc, peer = Endpoint(**topo_json["local"]), Endpoint(**topo_json["peer"])
+    out: dict = {}
+    with PeerAgent(peer) as agent:
+        agent.request("cm_listen", port=port, mr_size=1 << 21, recv_slots=slots,
+                      slot_size=slot_size)
+        params = QpParams(max_send_wr=slots, max_recv_wr=slots, mr_size=1 << 20)
+        with CmClient(loc.dev, loc.gid_index, loc.addr, peer.addr, port, params) as client:
+            rep = agent.request("cm_events", count=2, timeout_s=10)
+            out["peer_connect_events"] = [ev["event"] for ev in rep["events"]]
+            req = rep["events"][0]
+            from harness.verbs import QpInfo
+
+            pair = traffic.Pair(client.qp, agent, req["qp_id"], QpInfo.from_json(req["info"]),
+                                slots, slot_size)
+            ops = [traffic.send_messages(pair, [1, 64, 4096, 65536] * 50),
+                   traffic.write_messages(pair, [4096] * 32),
+                   traffic.read_messages(pair, [4096] * 32),
+                   traffic.atomics(pair, 10)]
+            out["operations"] = [op.to_json() for op in ops]
+            t0 = time.monotonic()
+            client.disconnect()
+            out["local_disconnected_s"] = time.monotonic() - t0
+            rep = agent.request("cm_events", count=1, timeout_s=10)
+            out["peer_disconnect_events"] = [ev["event"] for ev in rep["events"]]
+            out["peer_flushed"] = agent.arrivals(req["qp_id"], 0, timeout_s=1)["events"]
+            out["slots"] = slots
+        agent.request("cm_stop")
+    return out
+
+
+def run_cm_session_in_child(topo_json: dict, port: int,
+                            timeout_s: float = CM_CHECK_TIMEOUT_S) -> dict:
+    """Run cm_session in a fresh Python process; returns its JSON result."""
+    import json
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "harness.cm", json.dumps(topo_json), str(port)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise BoundExceeded("rdma_cm session worker", "CM_CHECK_TIMEOUT_S", timeout_s,
+                            "the worker's connect/traffic/disconnect") from None
+    if proc.returncode != 0:
+        raise RxePowerError(f"rdma_cm worker exited {proc.returncode}: {proc.stderr[-2000:]}",
+                            "see the worker's error above")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    print(json.dumps(cm_session(json.loads(args[0]), int(args[1]))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

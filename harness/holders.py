@@ -41,7 +41,8 @@ def uverbs_files(device: str, sysfs: Path = SYSFS_VERBS) -> set[str]:
     return out
 
 
-def find_holders(device: str, files: set[str] | None = None, proc: Path = Path("/proc")) -> list[Holder]:
+def find_holders(device: str, files: set[str] | None = None,
+                 proc: Path = Path("/proc")) -> list[Holder]:
     """Every process with one of the device's uverbs files open, ourselves included."""
     wanted = uverbs_files(device) if files is None else files
     if not wanted:

@@ -68,7 +68,8 @@ def decode(line: bytes, expect_reply: bool = False) -> Message:
     try:
         obj = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"message is not JSON: {exc}", "send one JSON object per line") from None
+        raise ProtocolError(f"message is not JSON: {exc}",
+                            "send one JSON object per line") from None
     if not isinstance(obj, dict):
         raise ProtocolError("message is not a JSON object", "send {'v','id','event','payload'}")
     if obj.get("v") != VERSION:

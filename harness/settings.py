@@ -12,13 +12,13 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from harness.errors import SettingError
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     """Where the rxe devices come from."""
 
     AUTO = "auto"  # native when the running kernel has rdma_rxe, else the VM

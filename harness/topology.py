@@ -227,7 +227,8 @@ def load_rxe_module() -> None:
     if res.returncode != 0 or not rxe_module_loaded():
         release = os.uname().release
         raise NoRxe(
-            f"the running kernel {release} cannot load rdma_rxe: {res.stderr.strip() or 'no module'}",
+            f"the running kernel {release} cannot load rdma_rxe: "
+            f"{res.stderr.strip() or 'no module'}",
             "on Ubuntu: apt-get install linux-modules-extra-$(uname -r); "
             "or use the VM mode (rxe-power ... --mode vm, or RXE_POWER_MODE=vm), which boots "
             "a distro kernel that has the module in QEMU",
@@ -408,6 +409,37 @@ def _move_local_rule(state: StateFile, log) -> None:
         log(f"moved 'lookup local' from pref 0 to {LOCAL_RULE_NEW_PREF} (restored on teardown)")
 
 
+def _require_ours_netdev(name: str) -> None:
+    if not StateFile.load(STATE_PATH).owns_netdev(name):
+        raise NotOurs(f"netdev {name!r} is not in the state file {STATE_PATH}",
+                      "rxe-power only changes netdevs it created; build them with rxe-power setup")
+
+
+def set_netdev_up(name: str, up: bool) -> None:
+    """Administratively up/down one of our netdevs (refuses foreign ones)."""
+    _require_ours_netdev(name)
+    _ip("link", "set", name, "up" if up else "down")
+
+
+def port_state(dev: str) -> str | None:
+    """The port state of an RDMA device (ACTIVE, DOWN, ...), None when the device is gone."""
+    for lk in rdma_links():
+        if lk.ifname == dev:
+            return lk.state
+    return None
+
+
+def wait_port_state(dev: str, want: str | None, timeout_s: float = PORT_ACTIVE_TIMEOUT_S) -> float:
+    """Poll until `dev` is in state `want` (None: gone); returns the seconds it took."""
+    t0 = time.monotonic()
+    while (have := port_state(dev)) != want:
+        if time.monotonic() - t0 > timeout_s:
+            raise BoundExceeded(f"waiting for {dev} to be {want or 'gone'}",
+                                "PORT_ACTIVE_TIMEOUT_S", timeout_s, f"{dev} is still {have}")
+        time.sleep(POLL_INTERVAL_S)
+    return time.monotonic() - t0
+
+
 def add_rdma_link(dev: str, netdev: str) -> None:
     cmdjson.run(["rdma", "link", "add", dev, "type", "rxe", "netdev", netdev])
 
@@ -421,7 +453,7 @@ def delete_rdma_link(dev: str, timeout_s: float = RDMA_LINK_DELETE_TIMEOUT_S) ->
     proc = subprocess.Popen(["rdma", "link", "delete", dev], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out, err = proc.communicate(timeout=timeout_s)
+        _, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         holders = find_holders(dev)
         names = "; ".join(h.describe() for h in holders) or "no holder found in /proc"
@@ -452,6 +484,12 @@ def teardown(log=print, state_path: Path | None = None) -> list[str]:
         except RxePowerError as exc:
             problems.append(f"{entry}: {exc}")
             log(f"could not remove {entry}: {exc}")
+            if entry["kind"] == "rdma_link":
+                # removing netdevs from under a device whose delete is still blocked
+                # can hang the kernel's rtnl; stop here and say what is left
+                log("stopping teardown: a device delete is blocked; close its holders and "
+                    "run teardown again")
+                break
     if not problems:
         state.path.unlink(missing_ok=True)
         log("teardown complete: nothing of ours remains")

@@ -31,8 +31,8 @@ from harness.names import wc_status_name
 
 try:  # pyverbs comes from the distribution (python3-pyverbs), not from PyPI
     import pyverbs.enums as e
-    from pyverbs.addr import AHAttr, GlobalRoute
     from pyverbs.addr import GID as PvGID
+    from pyverbs.addr import AHAttr, GlobalRoute
     from pyverbs.cq import CQ, WC, CompChannel
     from pyverbs.device import Context
     from pyverbs.mr import MR
@@ -235,9 +235,9 @@ class RcQp:
     CMID, and drive the state changes with attributes from `init_qp_attr`.
     """
 
-    def __init__(self, dev: Device, params: QpParams = QpParams()) -> None:
+    def __init__(self, dev: Device, params: QpParams | None = None) -> None:
         self.dev = dev
-        self.params = params
+        self.params = params = params or QpParams()
         self.psn = random.getrandbits(24)
         self._stack = contextlib.ExitStack()
         try:

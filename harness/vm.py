@@ -780,7 +780,7 @@ class VmResult:
 
 def guest_env(req: VmRequest, bin_dir: Path) -> dict[str, str]:
     """The guest command's environment additions: PATH (venv bin first), then req.env."""
-    env = {"PATH": f"{bin_dir}:{GUEST_SYSTEM_PATH}", **req.env}
+    env = {"PATH": f"{bin_dir}:{GUEST_SYSTEM_PATH}", "PYTHONUNBUFFERED": "1", **req.env}
     for name, value in env.items():
         if not _ENV_NAME.match(name):
             raise SettingError(

@@ -1,0 +1,176 @@
+"""`rxe-power` command line: main(argv).
+
+    rxe-power run   [--mode auto|native|vm]            the main job (traffic report for now)
+    rxe-power test  [--mode auto|native|vm] [-- ARGS]  the test suite (pytest ARGS)
+    rxe-power setup | teardown | show                  the topology on this kernel (root)
+    rxe-power vm [--timeout-s N] -- CMD                run any command in the rxe VM
+
+`auto` uses the running kernel when it has (or can load) rdma_rxe, else boots a
+distribution kernel that has it in QEMU (virtme-ng) and runs the same command
+there with `--mode native`; output, exit code and results/ come back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from harness import topology
+from harness.errors import RxePowerError
+from harness.settings import SETTINGS, Mode, resolve
+
+HARNESS_ERROR_EXIT = 2
+RESULTS_DIR = Path(os.environ.get("RXE_POWER_RESULTS", "results"))
+TEST_VM_TIMEOUT_S = 900.0
+RUN_VM_TIMEOUT_S = 600.0
+
+
+def native_rxe_available() -> tuple[bool, str]:
+    """Can this kernel give us rxe devices? (module loaded, or loadable)."""
+    if topology.rxe_module_loaded():
+        return True, "rdma_rxe is loaded in the running kernel"
+    release = os.uname().release
+    mod_dir = Path("/lib/modules") / release
+    if not mod_dir.is_dir():
+        return False, f"the running kernel {release} has no /lib/modules/{release} (no modules)"
+    if not any(mod_dir.rglob("rdma_rxe.ko*")):
+        return False, f"the running kernel {release} has no rdma_rxe module"
+    return True, f"rdma_rxe is available for the running kernel {release}"
+
+
+def choose_mode(requested: Mode) -> tuple[Mode, str]:
+    ok, why = native_rxe_available()
+    if requested is Mode.AUTO:
+        return (Mode.NATIVE, why) if ok else (Mode.VM, f"{why}: using the VM")
+    if requested is Mode.NATIVE and not ok:
+        raise RxePowerError(f"--mode native, but {why}",
+                            "use --mode vm (or auto), or install the module "
+                            "(Ubuntu: linux-modules-extra-$(uname -r))")
+    return requested, why
+
+
+def _forwarded_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith("RXE_POWER_") and k not in ("RXE_POWER_MODE",)}
+    env["RXE_POWER_IN_VM"] = "1"
+    return env
+
+
+def _in_vm(argv: list[str], timeout_s: float, log_name: str) -> int:
+    from harness import vm
+
+    req = vm.VmRequest(command=argv, rw_dirs=[Path.cwd()], log_path=RESULTS_DIR / log_name,
+                       timeout_s=timeout_s, env=_forwarded_env())
+    result = vm.run_in_vm(req)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{log_name}.json").write_text(json.dumps(result.to_json(), indent=1,
+                                                             default=str))
+    return result.exit_code
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    mode, why = choose_mode(args.mode)
+    print(f"rxe-power test: mode {mode.value} ({why})", flush=True)
+    pytest_argv = [sys.executable, "-m", "pytest", *args.pytest_args]
+    if mode is Mode.VM:
+        return _in_vm(pytest_argv, args.timeout_s, "vm-test-console.log")
+    import pytest
+
+    return int(pytest.main(args.pytest_args))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    mode, why = choose_mode(args.mode)
+    print(f"rxe-power run: mode {mode.value} ({why})", flush=True)
+    if mode is Mode.VM:
+        argv = [sys.executable, "-m", "harness.cli", "run", "--mode", "native"]
+        return _in_vm(argv, args.timeout_s, "vm-run-console.log")
+    return run_traffic_report(topology.TopologyConfig.from_settings())
+
+
+def run_traffic_report(cfg: topology.TopologyConfig) -> int:
+    """Bring up the topology, check it with ibv_rc_pingpong and our own traffic, report."""
+    from harness import traffic
+    from harness.peer import PeerAgent
+
+    t0 = time.monotonic()
+    topo, built = topology.setup(cfg)
+    try:
+        ping = topology.pingpong_check(topo)
+        print(f"ibv_rc_pingpong {topo.local.dev} <-> {topo.peer.dev}: {ping.iters} iterations, "
+              f"{ping.usec_per_iter} usec/iter")
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        with PeerAgent(topo.peer, log_dir=RESULTS_DIR / "logs") as agent:
+            stats = traffic.run_check(topo, agent)
+    finally:
+        if built:
+            topology.teardown(log=lambda m: None)
+    print(f"\n{'operation':<12} {'messages':>9} {'bytes':>10} {'seconds':>8} {'MB/s':>7}  verdict")
+    for st in stats:
+        rate = st.bytes / st.seconds / 1e6 if st.seconds else 0.0
+        verdict = "OK" if st.ok else f"FAIL: {'; '.join(st.errors[:3])}"
+        print(f"{st.op:<12} {st.messages:>9} {st.bytes:>10} {st.seconds:>8.3f} {rate:>7.2f}  "
+              f"{verdict}")
+    ok = all(st.ok for st in stats)
+    report = {"topology": topo.to_json(), "pingpong_usec_per_iter": ping.usec_per_iter,
+              "operations": [st.to_json() for st in stats], "ok": ok,
+              "seconds": time.monotonic() - t0}
+    out = RESULTS_DIR / "run.json"
+    out.write_text(json.dumps(report, indent=1))
+    print(f"\n{'PASS' if ok else 'FAIL'}: traffic rxe0 <-> rxe1 across the wire; report in {out}")
+    return 0 if ok else 1
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    return topology.main({"setup": ["up"], "teardown": ["down"], "show": ["show"]}[args.command])
+
+
+def cmd_vm(args: argparse.Namespace) -> int:
+    from harness import vm
+
+    return vm.main(args.vm_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="rxe-power", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    mode_help = SETTINGS["rxe-mode"].help + " (env RXE_POWER_MODE)"
+    p = sub.add_parser("run", help="bring up rxe0 <-> rxe1 and report a traffic check")
+    p.add_argument("--mode", default=None, help=mode_help)
+    p.add_argument("--timeout-s", type=float, default=RUN_VM_TIMEOUT_S,
+                   help="bound on the whole VM run")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("test", help="run the test suite (pytest) where rxe exists")
+    p.add_argument("--mode", default=None, help=mode_help)
+    p.add_argument("--timeout-s", type=float, default=TEST_VM_TIMEOUT_S,
+                   help="bound on the whole VM run")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="arguments for pytest")
+    p.set_defaults(func=cmd_test)
+    for name in ("setup", "teardown", "show"):
+        sub.add_parser(name, help=f"topology {name} on this kernel").set_defaults(
+            func=cmd_topology)
+    p = sub.add_parser("vm", help="run a command in the rxe VM")
+    p.add_argument("vm_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_vm)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if hasattr(args, "mode"):
+            args.mode = resolve("rxe-mode", args.mode).value
+        if getattr(args, "pytest_args", None) and args.pytest_args[0] == "--":
+            args.pytest_args = args.pytest_args[1:]
+        return int(args.func(args))
+    except RxePowerError as exc:
+        print(f"rxe-power: error: {exc}", file=sys.stderr)
+        return HARNESS_ERROR_EXIT
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""pytest plugin: options, the `rxe` marker, fixtures. Logic lives in harness/.
+
+Registered through the `pytest11` entry point `rxe_power`. Tests marked `rxe`
+need the real two-HCA topology; without rxe they skip with a reason that says
+how to get it, unless RXE_POWER_REQUIRE_RXE=1 (CI), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import holders, topology
+from harness.errors import NotSupported, RxePowerError
+from harness.settings import SETTINGS, resolve
+
+_TOPOLOGY_OPTIONS = ("rxe-local-dev", "rxe-peer-dev", "rxe-local-netdev", "rxe-peer-netdev",
+                     "rxe-local-addr", "rxe-peer-addr")
+HOW_TO_GET_RXE = (
+    "run the suite where rdma_rxe exists: `rxe-power test` (boots a VM with the module "
+    "when this kernel lacks it), or as root on a kernel with rdma_rxe"
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("rxe-power", "rxe-power: Soft-RoCE power-transition harness")
+    for name in (*_TOPOLOGY_OPTIONS, "rxe-require"):
+        s = SETTINGS[name]
+        group.addoption(f"--{name}", dest=name.replace("-", "_"), default=None,
+                        help=f"{s.help} (env {s.env}, ini {s.ini}, default {s.default})")
+        parser.addini(s.ini, help=s.help, default=None)
+
+
+def _setting(config: pytest.Config, name: str) -> object:
+    s = SETTINGS[name]
+    return resolve(name, config.getoption(name.replace("-", "_")), config.getini(s.ini)).value
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "rxe: needs the real rxe0 <-> rxe1 topology")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """The one place where EOPNOTSUPP from the verbs layer becomes a skip."""
+    try:
+        return (yield)
+    except NotSupported as exc:
+        pytest.skip(f"not supported by this device/kernel: {exc.problem}")
+
+
+@pytest.fixture(scope="session")
+def rxe_config(pytestconfig: pytest.Config) -> topology.TopologyConfig:
+    cli = {n: pytestconfig.getoption(n.replace("-", "_")) for n in _TOPOLOGY_OPTIONS}
+    ini = {n: pytestconfig.getini(SETTINGS[n].ini) for n in _TOPOLOGY_OPTIONS}
+    return topology.TopologyConfig.from_settings({n: cli[n] or ini[n] for n in cli})
+
+
+@pytest.fixture(scope="session")
+def rxe_topology(pytestconfig: pytest.Config,
+                 rxe_config: topology.TopologyConfig) -> Iterator[topology.Topology]:
+    """The discovered topology; built (and torn down after the session) if absent and root."""
+    require = bool(_setting(pytestconfig, "rxe-require"))
+    built = False
+    try:
+        try:
+            topo = topology.discover(rxe_config)
+        except RxePowerError:
+            topo, built = topology.setup(rxe_config, log=lambda m: None)
+    except RxePowerError as exc:
+        msg = f"no rxe topology: {exc.problem}; {exc.fix or HOW_TO_GET_RXE}"
+        if require:
+            pytest.fail(f"{msg} (RXE_POWER_REQUIRE_RXE=1 turns this into a failure)",
+                        pytrace=False)
+        pytest.skip(f"{msg}. To get rxe: {HOW_TO_GET_RXE}")
+    yield topo
+    if built:
+        topology.teardown(log=lambda m: None)
+
+
+@pytest.fixture(autouse=True)
+def _rxe_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For `rxe` tests: require the topology, and after the test check we leaked no Context."""
+    if request.node.get_closest_marker("rxe") is None:
+        yield
+        return
+    topo = request.getfixturevalue("rxe_topology")
+    yield
+    for dev in (topo.local.dev, topo.peer.dev):
+        mine = [h for h in holders.find_holders(dev) if h.pid == os.getpid()]
+        assert not mine, f"test leaked an open {dev} context: {mine[0].describe()}"
+
+
+@pytest.fixture(scope="session")
+def results_dir() -> Path:
+    path = Path(os.environ.get("RXE_POWER_RESULTS", "results"))
+    (path / "logs").mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def peer_agent(rxe_topology: topology.Topology, results_dir: Path) -> Iterator[object]:
+    """The remote peer agent process on the peer HCA, for the whole session."""
+    from harness.peer import PeerAgent
+
+    with PeerAgent(rxe_topology.peer, log_dir=results_dir / "logs") as agent:
+        yield agent
+
+
+@pytest.fixture
+def local_device(rxe_topology: topology.Topology) -> Iterator[object]:
+    """An open Context+PD on the local HCA, closed after the test."""
+    from harness.verbs import Device
+
+    with Device(rxe_topology.local.dev, rxe_topology.local.port,
+                rxe_topology.local.gid_index) as dev:
+        yield dev
+
+
+@pytest.fixture
+def rc_pair(local_device: object, peer_agent: object) -> Iterator[object]:
+    """A connected RC pair: our QP on the local HCA <-> the agent's QP on the peer HCA."""
+    from harness.traffic import connected_pair
+
+    with connected_pair(local_device, peer_agent) as pair:
+        yield pair
