@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One-time install for a fresh Debian/Ubuntu machine, as root:
+#   - the RDMA userspace (rdma-core, the rxe provider, pyverbs, perftest, iproute2);
+#   - when the running kernel has no rdma_rxe: what the VM fallback needs
+#     (qemu-system-x86, a distribution kernel that ships rdma_rxe, busybox-static);
+#   - .venv/ made from /usr/bin/python3 with --system-site-packages (so it imports
+#     the distribution's pyverbs, matched to its libibverbs), with rxe-power and its
+#     test extra installed in editable mode.
+# Idempotent: installs only what is missing.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ "$(id -u)" != 0 ]; then
+  echo "bootstrap.sh: error: must run as root (apt-get); fix: sudo $0" >&2
+  exit 2
+fi
+pkgs=(rdma-core ibverbs-providers ibverbs-utils rdmacm-utils python3-pyverbs iproute2
+      perftest kmod python3-venv python3-pip)
+rel=$(uname -r)
+if [ -d /sys/module/rdma_rxe ] || modprobe -n rdma_rxe 2>/dev/null; then
+  echo "bootstrap.sh: the running kernel $rel has rdma_rxe: native mode"
+else
+  echo "bootstrap.sh: the running kernel $rel has no rdma_rxe: installing the VM fallback"
+  if grep -qi ubuntu /etc/os-release 2>/dev/null; then
+    pkgs+=(qemu-system-x86 linux-image-generic busybox-static)
+  else
+    pkgs+=(qemu-system-x86 linux-image-amd64 busybox-static)
+  fi
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "bootstrap.sh: apt-get install ${missing[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+    >/tmp/rxe-power-apt.log 2>&1 || { tail -30 /tmp/rxe-power-apt.log >&2; exit 1; }
+fi
+cd "$here"
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+.venv/bin/python -c "import pyverbs, harness.cli" || {
+  echo "bootstrap.sh: error: .venv cannot import pyverbs; fix: apt-get install python3-pyverbs" >&2
+  exit 1; }
+echo "bootstrap.sh: ready: .venv/bin/rxe-power"
