@@ -131,11 +131,7 @@ def write_messages(pair: Pair, sizes: list[int]) -> OpStats:
     first = pair.take_seq(len(sizes))
     for i, (size, off) in enumerate(placed):
         pair.qp.write_local(off, payload.encode(first + i, size))
-        pair.qp.post_send(first + i, opcode("RDMA_WRITE"), off, size,
-                          remote_addr=pair.remote.addr + off, rkey=pair.remote.rkey)
-        if (i + 1) % pair.recv_slots == 0:
-            _check_wcs(pair.qp.wait(pair.recv_slots, what="WRITE completions"), stats)
-    _check_wcs(pair.qp.wait(len(sizes) % pair.recv_slots, what="WRITE completions"), stats)
+    _rdma_batch(pair, "RDMA_WRITE", placed, first, stats)
     for i, (size, off) in enumerate(placed):
         rep = pair.agent.request("verify", qp_id=pair.qp_id, offset=off, length=size,
                                  seq=first + i)
@@ -156,12 +152,7 @@ def read_messages(pair: Pair, sizes: list[int]) -> OpStats:
     first = pair.take_seq(len(sizes))
     for i, (size, off) in enumerate(placed):
         pair.agent.request("fill", qp_id=pair.qp_id, offset=off, length=size, seq=first + i)
-    for i, (size, off) in enumerate(placed):
-        pair.qp.post_send(first + i, opcode("RDMA_READ"), off, size,
-                          remote_addr=pair.remote.addr + off, rkey=pair.remote.rkey)
-        if (i + 1) % pair.recv_slots == 0:
-            _check_wcs(pair.qp.wait(pair.recv_slots, what="READ completions"), stats)
-    _check_wcs(pair.qp.wait(len(sizes) % pair.recv_slots, what="READ completions"), stats)
+    _rdma_batch(pair, "RDMA_READ", placed, first, stats)
     for i, (size, off) in enumerate(placed):
         chk = payload.verify(pair.qp.read_local(off, size), first + i, size)
         if chk.ok:
@@ -171,6 +162,19 @@ def read_messages(pair: Pair, sizes: list[int]) -> OpStats:
             stats.errors.append(f"seq {first + i}: {chk.reason}")
     stats.seconds = time.monotonic() - t0
     return stats
+
+
+def _rdma_batch(pair: Pair, op: str, placed: list[tuple[int, int]], first: int,
+                stats: OpStats) -> None:
+    """Post one RDMA op per placement (same offset on both sides), a send queue's worth
+    at a time, and check every completion."""
+    window = pair.qp.params.max_send_wr
+    for i, (size, off) in enumerate(placed):
+        pair.qp.post_send(first + i, opcode(op), off, size,
+                          remote_addr=pair.remote.addr + off, rkey=pair.remote.rkey)
+        if (i + 1) % window == 0:
+            _check_wcs(pair.qp.wait(window, what=f"{op} completions"), stats)
+    _check_wcs(pair.qp.wait(len(placed) % window, what=f"{op} completions"), stats)
 
 
 def _placements(sizes: list[int], remote_len: int, local_len: int) -> list[tuple[int, int]]:

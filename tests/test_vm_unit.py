@@ -244,6 +244,7 @@ def test_build_vng_argv_quoting_survives_shlex(tmp_path: Path) -> None:
     assigns = words[5 : -len(cmd)]
     assert assigns == [
         f"PATH=/venv/bin:{vm.GUEST_SYSTEM_PATH}",
+        "PYTHONUNBUFFERED=1",  # the guest's output streams line by line
         "RXE_POWER_MODE=native",
         "ODD=a b'c\"d $x",
     ]
