@@ -129,12 +129,6 @@ def cmd_topology(args: argparse.Namespace) -> int:
     return topology.main({"setup": ["up"], "teardown": ["down"], "show": ["show"]}[args.command])
 
 
-def cmd_vm(args: argparse.Namespace) -> int:
-    from harness import vm
-
-    return vm.main(args.vm_args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rxe-power", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -153,13 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("setup", "teardown", "show"):
         sub.add_parser(name, help=f"topology {name} on this kernel").set_defaults(
             func=cmd_topology)
-    p = sub.add_parser("vm", help="run a command in the rxe VM")
-    p.add_argument("vm_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_vm)
+    sub.add_parser("vm", help="run a command in the rxe VM: vm [--timeout-s N] -- CMD",
+                   add_help=False)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["vm"]:  # everything after `vm` belongs to the VM runner's own parser
+        from harness import vm
+
+        return vm.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if hasattr(args, "mode"):

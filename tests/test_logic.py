@@ -213,3 +213,32 @@ def test_oserror_carries_errno_text() -> None:
     err2 = oserror_to("open", OSError(2, "x"))
     assert isinstance(err2, OsCallError) and "No such file" in str(err2)
     assert struct.calcsize("<Q") == 8
+
+
+# --- CLI parsing --------------------------------------------------------------------------
+def test_cli_vm_passes_its_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import cli, vm
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(vm, "main", lambda argv: seen.append(argv) or 7)
+    assert cli.main(["vm", "--timeout-s", "5", "--", "true"]) == 7
+    assert seen == [["--timeout-s", "5", "--", "true"]]
+
+
+def test_cli_bad_mode_names_its_source(monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from harness import cli
+
+    monkeypatch.setenv("RXE_POWER_MODE", "sideways")
+    assert cli.main(["run"]) == cli.HARNESS_ERROR_EXIT
+    assert "environment variable RXE_POWER_MODE" in capsys.readouterr().err
+
+
+def test_cli_native_mode_without_rxe_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from harness import cli
+
+    monkeypatch.setattr(cli, "native_rxe_available", lambda: (False, "no rdma_rxe here"))
+    assert cli.main(["test", "--mode", "native"]) == cli.HARNESS_ERROR_EXIT
+    err = capsys.readouterr().err
+    assert "no rdma_rxe here" in err and "--mode vm" in err
