@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from harness.errors import BoundExceeded, RxePowerError, oserror_to
 from harness.verbs import (
-    _FD_LOCK,
+    FD_LOCK,
     Device,
     QpParams,
     RcQp,
-    _event_fds,
+    fds_of_kind,
     new_event_fd,
     require_pyverbs,
     verbs_call,
@@ -61,8 +61,8 @@ class EventChannel:
 
     def __init__(self) -> None:
         require_pyverbs()
-        with _FD_LOCK:
-            before = _event_fds(RDMA_CM_FD_KIND)
+        with FD_LOCK:
+            before = fds_of_kind(RDMA_CM_FD_KIND)
             with verbs_call("create rdma_cm event channel"):
                 self.ch = CMEventChannel()
             self.fd = new_event_fd(before, "rdma_cm event channel", RDMA_CM_FD_KIND)

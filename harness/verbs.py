@@ -50,7 +50,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the host
 CQ_WAIT_TIMEOUT_S = 10.0
 EVENT_FD_KIND = "anon_inode:[infinibandevent]"
 ACCESS_ALL = 0  # filled in below when pyverbs is present
-_FD_LOCK = threading.Lock()  # serialises fd discovery within this process
+FD_LOCK = threading.Lock()  # serialises fd discovery within this process
 
 
 def require_pyverbs() -> None:
@@ -86,7 +86,7 @@ def verbs_call(what: str, fix: str = "") -> Iterator[None]:
         raise oserror_to(what, exc, fix) from exc
 
 
-def _event_fds(kind: str = EVENT_FD_KIND) -> set[int]:
+def fds_of_kind(kind: str = EVENT_FD_KIND) -> set[int]:
     """Our open fds whose /proc link target is `kind`."""
     out = set()
     for name in os.listdir("/proc/self/fd"):
@@ -103,7 +103,7 @@ def _set_nonblocking(fd: int) -> None:
 
 def new_event_fd(before: set[int], what: str, kind: str = EVENT_FD_KIND) -> int:
     """The one fd of `kind` that appeared since `before`, made non-blocking."""
-    new = _event_fds(kind) - before
+    new = fds_of_kind(kind) - before
     if len(new) != 1:
         raise RxePowerError(f"cannot identify the event fd of {what} (found {sorted(new)})",
                             "create verbs objects from one thread at a time")
@@ -138,8 +138,8 @@ class Device:
         self.name = name
         self.port = port
         self._stack = contextlib.ExitStack()
-        with _FD_LOCK:
-            before = _event_fds()
+        with FD_LOCK:
+            before = fds_of_kind()
             try:
                 self.ctx = Context(name=name)
             except PyverbsError as exc:
@@ -148,7 +148,7 @@ class Device:
                                  "ci/rxe-setup.sh") from exc
             self._stack.callback(self.ctx.close)
             # libibverbs opens the async event fd with the context
-            new = _event_fds() - before
+            new = fds_of_kind() - before
             self.async_fd = new.pop() if len(new) == 1 else None
         try:
             with verbs_call(f"{name}: alloc PD"):
@@ -241,8 +241,8 @@ class RcQp:
         self.psn = random.getrandbits(24)
         self._stack = contextlib.ExitStack()
         try:
-            with _FD_LOCK:
-                before = _event_fds()
+            with FD_LOCK:
+                before = fds_of_kind()
                 with verbs_call(f"{dev.name}: create completion channel"):
                     self.channel = CompChannel(dev.ctx)
                 self._stack.callback(self.channel.close)
