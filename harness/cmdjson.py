@@ -7,6 +7,7 @@ so they are unit-tested on any host with recorded output.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,24 +210,39 @@ class Gid:
     ndev: str | None
 
 
+ZERO_GID = "0000:0000:0000:0000:0000:0000:0000:0000"
+
+
+def _read_small(path: str) -> str | None:
+    """One sysfs attribute with plain os calls (a port has 1024 GID entries: pathlib's
+    per-file cost adds up to seconds under emulation). None when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 256).decode().strip()
+    except OSError:  # an unset GID entry reads as EINVAL on its type
+        return None
+    finally:
+        os.close(fd)
+
+
 def read_gids(device: str, port: int = 1, sysfs: Path = Path("/sys/class/infiniband")) -> list[Gid]:
-    base = sysfs / device / "ports" / str(port)
+    base = f"{sysfs}/{device}/ports/{port}"
+    try:
+        names = os.listdir(f"{base}/gids")
+    except OSError:
+        return []
     out = []
-    gids_dir = base / "gids"
-    if not gids_dir.is_dir():
-        return out
-    for entry in gids_dir.iterdir():
-        idx = int(entry.name)
-        try:
-            gid = entry.read_text().strip()
-            gtype = (base / "gid_attrs" / "types" / entry.name).read_text().strip()
-        except OSError:  # an unset GID entry reads as EINVAL on its type
+    for name in names:
+        gid = _read_small(f"{base}/gids/{name}")
+        if gid is None or gid == ZERO_GID:
             continue
-        try:
-            ndev = (base / "gid_attrs" / "ndevs" / entry.name).read_text().strip()
-        except OSError:
-            ndev = None
-        out.append(Gid(idx, gid, gtype, ndev))
+        gtype = _read_small(f"{base}/gid_attrs/types/{name}")
+        if gtype is None:
+            continue
+        out.append(Gid(int(name), gid, gtype, _read_small(f"{base}/gid_attrs/ndevs/{name}")))
     return sorted(out, key=lambda g: g.index)
 
 

@@ -43,7 +43,10 @@ def uverbs_files(device: str, sysfs: Path = SYSFS_VERBS) -> set[str]:
 
 def find_holders(device: str, files: set[str] | None = None,
                  proc: Path = Path("/proc")) -> list[Holder]:
-    """Every process with one of the device's uverbs files open, ourselves included."""
+    """Every process with one of the device's uverbs files open, ourselves included.
+
+    Pass `files` taken before a delete starts: the sysfs entries vanish once it does.
+    """
     wanted = uverbs_files(device) if files is None else files
     if not wanted:
         return []
@@ -55,7 +58,8 @@ def find_holders(device: str, files: set[str] | None = None,
         try:
             for fd in (pid_dir / "fd").iterdir():
                 try:
-                    target = os.readlink(fd)
+                    # a device node removed while held reads "... (deleted)"
+                    target = os.readlink(fd).removesuffix(" (deleted)")
                 except OSError:
                     continue
                 if target in wanted:

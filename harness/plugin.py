@@ -81,17 +81,30 @@ def rxe_topology(pytestconfig: pytest.Config,
         topology.teardown(log=lambda m: None)
 
 
+def _kernel_objects() -> dict[str, set[str]]:
+    return {"rdma devices": {lk.ifname for lk in topology.rdma_links()},
+            "netdevs": {n.ifname for n in topology.ip_links()},
+            "ip rules": {" ".join(r.selector_args()) for r in topology.ip_rules()}}
+
+
 @pytest.fixture(autouse=True)
 def _rxe_guard(request: pytest.FixtureRequest) -> Iterator[None]:
-    """For `rxe` tests: require the topology, and after the test check we leaked no Context."""
+    """For `rxe` tests: require the topology; afterwards check that the test leaked no
+    Context and left no extra RDMA device, netdev or rule (and lost none)."""
     if request.node.get_closest_marker("rxe") is None:
         yield
         return
     topo = request.getfixturevalue("rxe_topology")
+    before = _kernel_objects()
     yield
     for dev in (topo.local.dev, topo.peer.dev):
         mine = [h for h in holders.find_holders(dev) if h.pid == os.getpid()]
         assert not mine, f"test leaked an open {dev} context: {mine[0].describe()}"
+    after = _kernel_objects()
+    for what, names in before.items():
+        assert after[what] == names, (f"{what} changed across the test: added "
+                                      f"{sorted(after[what] - names)}, removed "
+                                      f"{sorted(names - after[what])}")
 
 
 @pytest.fixture(scope="session")
@@ -127,3 +140,43 @@ def rc_pair(local_device: object, peer_agent: object) -> Iterator[object]:
 
     with connected_pair(local_device, peer_agent) as pair:
         yield pair
+
+
+class ShimFixture:
+    """The power shim for one test: a private clients directory, results written as JSON."""
+
+    def __init__(self, cfg: topology.TopologyConfig, clients_dir: Path, out_dir: Path,
+                 test_name: str) -> None:
+        from power.notify import Notifier
+        from power.shim import Shim
+
+        self.clients_dir = clients_dir
+        self.shim = Shim(cfg, Notifier(clients_dir))
+        self.out_dir = out_dir
+        self.test_name = test_name
+        self.results: list[object] = []
+
+    def run(self, name: str, **kwargs: object) -> object:
+        """Run one transition (TransitionRequest fields as keywords); keep its JSON."""
+        from power.result import TransitionRequest
+
+        result = self.shim.run(TransitionRequest(name, **kwargs))
+        self.results.append(result)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.test_name)
+        result.write(self.out_dir / f"{safe}-{len(self.results)}.json")
+        return result
+
+
+@pytest.fixture
+def power_shim(rxe_config: topology.TopologyConfig, rxe_topology: topology.Topology,
+               results_dir: Path, tmp_path: Path,
+               request: pytest.FixtureRequest) -> Iterator[ShimFixture]:
+    """The power shim on the local HCA. After the test the local side must be whole."""
+    fx = ShimFixture(rxe_config, tmp_path / "clients", results_dir / "transitions",
+                     request.node.name)
+    try:
+        yield fx
+    finally:
+        fx.shim.close()
+    problems = topology.restore_local_side(rxe_config, log=lambda m: None)
+    assert not problems, f"the topology was not whole after the test: {problems}"

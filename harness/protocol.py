@@ -24,7 +24,7 @@ REPLY_TIMEOUT_S = 30.0
 
 _QP = {"qp_id": int}
 # request event -> required payload fields and their types
-REQUESTS: dict[str, dict[str, type | tuple[type, ...]]] = {
+REQUESTS: dict[str, dict[str, type | tuple[type, ...]]] = {  # controller -> peer agent
     "hello": {},
     "create_qp": {"mr_size": int, "recv_slots": int, "slot_size": int},
     "connect_qp": {**_QP, "remote": dict},
@@ -60,8 +60,12 @@ class Message:
         return line
 
 
-def decode(line: bytes, expect_reply: bool = False) -> Message:
-    """Parse and validate one line."""
+Schema = dict[str, dict[str, type | tuple[type, ...]]]
+
+
+def decode(line: bytes, expect_reply: bool = False, schema: Schema | None = None) -> Message:
+    """Parse and validate one line against `schema` (default: the peer-agent REQUESTS)."""
+    table = REQUESTS if schema is None else schema
     if len(line) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"message of {len(line)} bytes exceeds {MAX_MESSAGE_BYTES}",
                             "the peer must split its messages")
@@ -83,11 +87,11 @@ def decode(line: bytes, expect_reply: bool = False) -> Message:
         if event not in REPLIES:
             raise ProtocolError(f"expected a reply, got event {event!r}", "fix the sender")
     else:
-        schema = REQUESTS.get(event)
-        if schema is None:
+        fields = table.get(event)
+        if fields is None:
             raise ProtocolError(f"unknown event {event!r}",
-                                f"use one of: {', '.join(sorted(REQUESTS))}")
-        for name, typ in schema.items():
+                                f"use one of: {', '.join(sorted(table))}")
+        for name, typ in fields.items():
             if name not in payload:
                 raise ProtocolError(f"event {event!r} lacks field {name!r}", "fix the sender")
             val = payload[name]

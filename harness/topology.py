@@ -1,16 +1,22 @@
-"""The two-HCA topology: rxe0 (local HCA) <-> veth wire <-> rxe1 (the peer's HCA).
+"""The two-HCA topology: rxe0 (local HCA) <-> veth -- switch -- veth <-> rxe1 (peer's HCA).
 
 Two rxe devices on one kernel only talk when policy routing forces their traffic
-onto the veth wire (otherwise the kernel short-cuts local addresses through `lo`
+onto the wire (otherwise the kernel short-cuts local addresses through `lo`
 and rxe drops what arrives on a netdev without an rxe device). What `up` builds:
 
-    rxpw0 198.18.0.1/32  ==veth==  rxpw1 198.18.0.2/32
-    rxe0 on rxpw0                  rxe1 on rxpw1
+    rxpw0 198.18.0.1/32 ==veth== rxpw0s -[bridge rxpwsw]- rxpw1s ==veth== rxpw1 198.18.0.2/32
+    rxe0 on rxpw0                                                         rxe1 on rxpw1
     rules: pref 1 iif rxpw0 lookup local      pref 2 iif rxpw1 lookup local
            pref 3 from A lookup 18770         pref 4 to B lookup 18770   (B via rxpw0)
            pref 5 from B lookup 18771         pref 6 to A lookup 18771   (A via rxpw1)
            the system's `pref 0 lookup local` moved to pref 10 (restored on teardown)
     sysctls on our veths: accept_local=1 rp_filter=0; all.rp_filter=0 if it was not
+
+The bridge is the switch between the two hosts: with a plain veth pair, taking
+the local end down also drops the peer's carrier (measured: rxe1 went DOWN), and
+destroying the local netdev would destroy the peer's too. Through the switch, the
+local side can flap, or be destroyed and re-created (hibernate), while rxe1 stays
+ACTIVE, as a remote host's HCA would.
 
 Everything created is written to a state file *before* it is created, so a run
 killed at any point leaves a record that `down` uses to remove exactly what we
@@ -36,7 +42,7 @@ from pathlib import Path
 
 from harness import cmdjson
 from harness.errors import BoundExceeded, NoRxe, NotOurs, RxePowerError, TopologyError
-from harness.holders import find_holders
+from harness.holders import find_holders, uverbs_files
 
 STATE_PATH = Path(os.environ.get("RXE_POWER_STATE", "/run/rxe-power/topology.json"))
 STATE_SCHEMA = 1
@@ -59,6 +65,20 @@ class TopologyConfig:
     peer_netdev: str = "rxpw1"
     local_addr: str = "198.18.0.1"
     peer_addr: str = "198.18.0.2"
+    switch: str = "rxpwsw"
+
+    @staticmethod
+    def switch_port(netdev: str) -> str:
+        """The switch-side end of a host's veth pair."""
+        return netdev[:14] + "s"
+
+    def side(self, which: str) -> Side:
+        """The netdev-level description of one host ("local" or "peer")."""
+        if which == "local":
+            return Side(self.local_netdev, self.switch_port(self.local_netdev), self.local_addr,
+                        self.peer_addr, TABLE_LOCAL_SIDE, self.local_dev)
+        return Side(self.peer_netdev, self.switch_port(self.peer_netdev), self.peer_addr,
+                    self.local_addr, TABLE_PEER_SIDE, self.peer_dev)
 
     @classmethod
     def from_settings(cls, cli: dict[str, str | None] | None = None) -> TopologyConfig:
@@ -81,6 +101,12 @@ class TopologyConfig:
         if self.local_netdev == self.peer_netdev:
             raise TopologyError(f"local and peer netdev are both {self.local_netdev!r}",
                                 "give each veth end its own name")
+        names = [self.local_netdev, self.peer_netdev, self.switch,
+                 self.switch_port(self.local_netdev), self.switch_port(self.peer_netdev)]
+        if len(set(names)) != len(names):
+            raise TopologyError(f"netdev names collide: {names}",
+                                "choose netdev names that differ in their first 14 characters "
+                                "and from the switch name")
         if self.local_addr == self.peer_addr:
             raise TopologyError(f"local and peer address are both {self.local_addr}",
                                 "give each end its own IPv4 address")
@@ -96,6 +122,18 @@ class TopologyConfig:
             cmdjson.IpRule(p[4], TABLE_PEER_SIDE, src=b),
             cmdjson.IpRule(p[5], TABLE_PEER_SIDE, dst=a),
         ]
+
+
+@dataclass(frozen=True)
+class Side:
+    """One host's netdev, its switch port, its address and its routing table."""
+
+    netdev: str
+    switch_port: str
+    addr: str
+    remote_addr: str
+    table: str
+    rdma_dev: str
 
 
 @dataclass(frozen=True)
@@ -302,7 +340,8 @@ def _sysctl_path(key: str) -> Path:
 def _check_conflicts(cfg: TopologyConfig, state: StateFile) -> None:
     """Refuse to proceed if a name or slot we need is taken by something not ours."""
     nets = {n.ifname for n in ip_links()}
-    for name in (cfg.local_netdev, cfg.peer_netdev):
+    for name in (cfg.local_netdev, cfg.peer_netdev, cfg.switch,
+                 cfg.switch_port(cfg.local_netdev), cfg.switch_port(cfg.peer_netdev)):
         if name in nets and not state.owns_netdev(name):
             raise NotOurs(f"netdev {name!r} already exists and was not created by rxe-power",
                           "choose other names (RXE_POWER_LOCAL_NETDEV / RXE_POWER_PEER_NETDEV)")
@@ -358,28 +397,21 @@ def setup(cfg: TopologyConfig, log=print) -> tuple[Topology, bool]:
     state.config = asdict(cfg)
     state.save()
 
-    L, P, A, B = cfg.local_netdev, cfg.peer_netdev, cfg.local_addr, cfg.peer_addr
-    state.record("netdev", name=L, peer=P)
-    _ip("link", "add", L, "type", "veth", "peer", "name", P)
-    log(f"created veth pair {L} <-> {P}")
-    for dev in (L, P):
-        for key, val in (("accept_local", "1"), ("rp_filter", "0")):
-            _sysctl_path(f"net.ipv4.conf.{dev}.{key}").write_text(val)
+    state.record("netdev", name=cfg.switch, peer=None)
+    _ip("link", "add", cfg.switch, "type", "bridge")
+    _ip("link", "set", cfg.switch, "up")
+    log(f"created switch (bridge) {cfg.switch}")
     all_rp = _sysctl_path("net.ipv4.conf.all.rp_filter")
     old = all_rp.read_text().strip()
     if old != "0":
         state.record("sysctl", key="net.ipv4.conf.all.rp_filter", old=old)
         all_rp.write_text("0")
         log(f"set net.ipv4.conf.all.rp_filter 0 (was {old}; restored on teardown)")
-    _ip("addr", "add", f"{A}/32", "dev", L)
-    _ip("addr", "add", f"{B}/32", "dev", P)
-    _ip("link", "set", L, "up")
-    _ip("link", "set", P, "up")
-    log(f"addresses {A} on {L}, {B} on {P}; links up")
-
-    for table, dst, dev, src in ((TABLE_LOCAL_SIDE, B, L, A), (TABLE_PEER_SIDE, A, P, B)):
-        state.record("table", table=table)
-        _ip("route", "replace", dst, "dev", dev, "src", src, "table", table)
+    for which in ("local", "peer"):
+        create_side_netdev(cfg, which, state)
+        side = cfg.side(which)
+        log(f"veth {side.netdev} <-> {side.switch_port} on {cfg.switch}, {side.addr} on "
+            f"{side.netdev}, route to {side.remote_addr} in table {side.table}")
     for rule in cfg.rules():
         state.record("rule", args=rule.selector_args())
         _ip("rule", "add", *rule.selector_args())
@@ -387,14 +419,97 @@ def setup(cfg: TopologyConfig, log=print) -> tuple[Topology, bool]:
         f"{RULE_PREFS[0]}-{RULE_PREFS[-1]}")
     _move_local_rule(state, log)
 
-    for dev, netdev in ((cfg.local_dev, L), (cfg.peer_dev, P)):
+    for dev, netdev in ((cfg.local_dev, cfg.local_netdev), (cfg.peer_dev, cfg.peer_netdev)):
         state.record("rdma_link", name=dev, netdev=netdev)
         add_rdma_link(dev, netdev)
-    log(f"rdma links {cfg.local_dev} on {L}, {cfg.peer_dev} on {P}")
+    log(f"rdma links {cfg.local_dev} on {cfg.local_netdev}, {cfg.peer_dev} on "
+        f"{cfg.peer_netdev}")
     topo = wait_ports_active(cfg)
     log(f"ports ACTIVE: {topo.local.dev} gid[{topo.local.gid_index}]={topo.local.gid}, "
         f"{topo.peer.dev} gid[{topo.peer.gid_index}]={topo.peer.gid}")
     return topo, True
+
+
+def create_side_netdev(cfg: TopologyConfig, which: str, state: StateFile | None = None,
+                       up: bool = True) -> None:
+    """Create one host's veth pair, plug it into the switch, address it; `up`: link up + route.
+
+    Used by setup and by a hibernate resume (the netdev comes back with a new ifindex).
+    """
+    state = state or StateFile.load(STATE_PATH)
+    side = cfg.side(which)
+    state.record("netdev", name=side.netdev, peer=side.switch_port)
+    _ip("link", "add", side.netdev, "type", "veth", "peer", "name", side.switch_port)
+    for key, val in (("accept_local", "1"), ("rp_filter", "0")):
+        _sysctl_path(f"net.ipv4.conf.{side.netdev}.{key}").write_text(val)
+    _ip("link", "set", side.switch_port, "master", cfg.switch)
+    _ip("link", "set", side.switch_port, "up")
+    _ip("addr", "add", f"{side.addr}/32", "dev", side.netdev)
+    state.record("table", table=side.table)
+    if up:
+        side_up(cfg, which)
+
+
+def side_up(cfg: TopologyConfig, which: str) -> None:
+    """Link up one host's netdev and (re-)add its route (a route needs its device up)."""
+    side = cfg.side(which)
+    _require_ours_netdev(side.netdev)
+    _ip("link", "set", side.netdev, "up")
+    _ip("route", "replace", side.remote_addr, "dev", side.netdev, "src", side.addr,
+        "table", side.table)
+
+
+def restore_local_side(cfg: TopologyConfig, log=print,
+                       pending_timeout_s: float = RDMA_LINK_DELETE_TIMEOUT_S) -> list[str]:
+    """Put the local side back (netdev, address, route, link up, device, ports ACTIVE).
+
+    Touches only objects in the state file. Returns what could not be restored.
+    """
+    side = cfg.side("local")
+    state = StateFile.load(STATE_PATH)
+    if not state.owns_netdev(side.netdev):
+        return [f"{side.netdev} is not in the state file {STATE_PATH}: not ours to restore"]
+    deadline = time.monotonic() + pending_timeout_s
+    while (pend := pending_deletes(cfg.local_dev)) and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL_S)
+    if pend:
+        return [f"{cfg.local_dev} cannot be re-created: its delete is still pending in pid "
+                f"{', '.join(map(str, pend))}, blocked until the processes holding the old "
+                f"device close it (see the veto report); then run `rxe-power recover`"]
+    with contextlib.suppress(TopologyError):
+        topo = discover(cfg)
+        if topo.local.state == "ACTIVE" and topo.peer.state == "ACTIVE":
+            return []  # whole: change nothing
+    problems: list[str] = []
+    try:
+        if netdev_ifindex(side.netdev) is None:
+            create_side_netdev(cfg, "local", state)
+            log(f"re-created {side.netdev}")
+        else:
+            _ip("link", "set", side.switch_port, "master", cfg.switch, "up")
+            _ip("addr", "replace", f"{side.addr}/32", "dev", side.netdev)
+            side_up(cfg, "local")
+        if port_state(cfg.local_dev) is None:
+            add_rdma_link(cfg.local_dev, side.netdev)
+            log(f"re-created {cfg.local_dev} on {side.netdev}")
+        wait_ports_active(cfg)
+    except RxePowerError as exc:
+        problems.append(f"local side not restored: {exc}")
+    return problems
+
+
+def destroy_side_netdev(cfg: TopologyConfig, which: str) -> None:
+    """Delete one host's veth pair (both ends). Its rdma device must be gone first."""
+    side = cfg.side(which)
+    _require_ours_netdev(side.netdev)
+    _ip("link", "del", side.netdev)
+
+
+def netdev_ifindex(name: str) -> int | None:
+    for link in ip_links():
+        if link.ifname == name:
+            return link.ifindex
+    return None
 
 
 def _move_local_rule(state: StateFile, log) -> None:
@@ -444,18 +559,38 @@ def add_rdma_link(dev: str, netdev: str) -> None:
     cmdjson.run(["rdma", "link", "add", dev, "type", "rxe", "netdev", netdev])
 
 
+def start_rdma_link_delete(dev: str) -> subprocess.Popen:
+    """`rdma link delete DEV` as a child process: it blocks in the kernel while DEV is held."""
+    return subprocess.Popen(["rdma", "link", "delete", dev], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def pending_deletes(dev: str, proc: Path = Path("/proc")) -> list[int]:
+    """Pids of `rdma link delete DEV` processes still running (blocked by holders)."""
+    want = f"rdma\0link\0delete\0{dev}\0".encode()
+    out = []
+    for pid_dir in proc.iterdir():
+        if pid_dir.name.isdigit():
+            try:
+                if (pid_dir / "cmdline").read_bytes().endswith(want):
+                    out.append(int(pid_dir.name))
+            except OSError:
+                continue
+    return sorted(out)
+
+
 def delete_rdma_link(dev: str, timeout_s: float = RDMA_LINK_DELETE_TIMEOUT_S) -> None:
     """Delete an rxe device from a child process, bounded; on timeout name the holders.
 
     The delete blocks in the kernel while any process holds the device open. On
     timeout the child is left to finish by itself once the holders let go.
     """
-    proc = subprocess.Popen(["rdma", "link", "delete", dev], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    files = uverbs_files(dev)  # gone from sysfs once the delete starts
+    proc = start_rdma_link_delete(dev)
     try:
         _, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        holders = find_holders(dev)
+        holders = find_holders(dev, files=files)
         names = "; ".join(h.describe() for h in holders) or "no holder found in /proc"
         raise BoundExceeded(f"rdma link delete {dev}", "RDMA_LINK_DELETE_TIMEOUT_S", timeout_s,
                             f"the device is held open by: {names}") from None
@@ -523,7 +658,7 @@ def _undo(entry: dict, log) -> None:
     elif kind == "netdev":
         if any(n.ifname == entry["name"] for n in ip_links()):
             _ip("link", "del", entry["name"])
-            log(f"deleted veth pair {entry['name']} <-> {entry['peer']}")
+            log(f"deleted {entry['name']}" + (f" <-> {entry['peer']}" if entry["peer"] else ""))
     else:
         raise TopologyError(f"unknown entry kind {kind!r} in the state file",
                             "the state file was written by a newer rxe-power; use that to clean")

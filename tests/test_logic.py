@@ -160,7 +160,8 @@ def test_gid_lookup_by_type_and_address() -> None:
 def test_read_gids_from_fake_sysfs(tmp_path: Path) -> None:
     port = tmp_path / "rxe9" / "ports" / "1"
     for idx, gid, gtype in ((0, "fe80::", "IB/RoCE v1"),
-                            (1, cmdjson.ipv4_mapped_gid("10.1.2.3"), "RoCE v2")):
+                            (1, cmdjson.ipv4_mapped_gid("10.1.2.3"), "RoCE v2"),
+                            (2, cmdjson.ZERO_GID, "IB/RoCE v1")):  # an unused entry
         (port / "gids").mkdir(parents=True, exist_ok=True)
         (port / "gid_attrs" / "types").mkdir(parents=True, exist_ok=True)
         (port / "gids" / str(idx)).write_text(gid + "\n")

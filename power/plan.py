@@ -1,0 +1,202 @@
+"""Transitions as data: each an ordered list of steps on the local HCA and its netdev.
+
+A step says which kernel operations it performs and how that differs from a real
+HCA going through an OS sleep. rxe has no power-management callbacks: a real
+suspend reaches it only through its netdev's carrier, so every transition here is
+built from what the kernel can do to an rxe device (carrier, delete, re-create)
+and from what an OS tells its clients (suspend_prepare, resume_complete).
+
+Orderings:
+- clients-first: clients are told and get a deadline to quiesce and release the
+  device before anything happens to it (as a PnP child of the HCA would be);
+- hca-first: the device goes first; clients hear of the sleep only afterwards
+  (as with no power relationship between the HCA and its clients).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from harness.errors import SettingError
+
+
+class Ordering(StrEnum):
+    CLIENTS_FIRST = "clients-first"
+    HCA_FIRST = "hca-first"
+
+
+class OnVeto(StrEnum):
+    WAIT = "wait"  # wait up to a bound for the holders, then report the sleep as vetoed
+    FORCE = "force"  # terminate the holders, as an OS that cannot wait would
+
+
+class StepKind(StrEnum):
+    NOTIFY_SUSPEND = "notify-suspend"
+    PORT_DOWN = "port-down"
+    DELETE_DEVICE = "delete-device"
+    DESTROY_NETDEV = "destroy-netdev"
+    HOLD = "hold"
+    CREATE_NETDEV = "create-netdev"
+    CREATE_DEVICE = "create-device"
+    PORT_UP = "port-up"
+    NOTIFY_RESUME = "notify-resume"
+    PM_SUSPEND = "pm-suspend"
+
+
+@dataclass(frozen=True)
+class StepDoc:
+    kernel_ops: str  # what the shim makes the kernel do
+    versus_real: str  # how that differs from a real HCA in an OS sleep
+
+
+STEP_DOCS: dict[StepKind, StepDoc] = {
+    StepKind.NOTIFY_SUSPEND: StepDoc(
+        "none: suspend_prepare(deadline) to every registered client (in-process callbacks and "
+        "sockets in the clients directory); answers are released, veto or none by the deadline",
+        "an OS sends PM notifications (PBT_APMSUSPEND, systemd PrepareForSleep) the same way; "
+        "a PnP child of the HCA would get them from the driver stack instead",
+    ),
+    StepKind.PORT_DOWN: StepDoc(
+        "ip link set NETDEV down: rxe sees the carrier drop, the port goes DOWN, PORT_ERR is "
+        "delivered; QPs that send move to ERR",
+        "a real HCA losing link behaves alike; on a real sleep the HCA would also save state "
+        "and power off, which rxe cannot",
+    ),
+    StepKind.DELETE_DEVICE: StepDoc(
+        "rdma link delete DEV from a child process, bounded: ib_unregister_device waits in "
+        "ib_uverbs_remove_one until every uverbs file of the device is closed",
+        "rxe has no disassociate_ucontext, so no DEVICE_FATAL reaches the holders and the "
+        "delete blocks (a veto by holding); a real HCA driver with disassociate would yank "
+        "the context and complete",
+    ),
+    StepKind.DESTROY_NETDEV: StepDoc(
+        "ip link del NETDEV (its veth pair): the address, GIDs and routes go with it",
+        "hibernate powers the NIC off entirely; after resume it re-probes with new state",
+    ),
+    StepKind.HOLD: StepDoc(
+        "none: the shim stays asleep for the hold time",
+        "a real sleep lasts until a wake event; the hold stands in for that duration",
+    ),
+    StepKind.CREATE_NETDEV: StepDoc(
+        "a new veth pair plugged into the switch with the same name and address (new ifindex), "
+        "left down",
+        "a NIC re-probed after hibernate gets a fresh netdev",
+    ),
+    StepKind.CREATE_DEVICE: StepDoc(
+        "rdma link add DEV type rxe netdev NETDEV: a fresh device, no QP survives",
+        "a real HCA resumes its device (or re-probes it); user contexts from before are dead "
+        "either way",
+    ),
+    StepKind.PORT_UP: StepDoc(
+        "ip link set NETDEV up, routes re-added; wait until the port is ACTIVE with its RoCEv2 "
+        "GID (PORT_ACTIVE and GID_CHANGE events)",
+        "a real port comes up after link training; here it is immediate",
+    ),
+    StepKind.NOTIFY_RESUME: StepDoc(
+        "none: resume_complete(device info) to every client: device name, port, netdev, "
+        "ifindex, address, GID and its index",
+        "an OS sends resume notifications alike; the device info tells clients what to reopen",
+    ),
+    StepKind.PM_SUSPEND: StepDoc(
+        "echo LEVEL > /sys/power/pm_test; echo freeze > /sys/power/state: a real suspend "
+        "sequence (freeze tasks, suspend devices...) up to LEVEL, held pm_test_delay seconds",
+        "this is the kernel's own suspend path; rxe has no PM callbacks, so the HCA is only "
+        "touched if its netdev's carrier changes",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Transition:
+    name: str
+    summary: str
+    default_hold_ms: int
+    steps: dict[Ordering, tuple[StepKind, ...]]
+    fidelity: str  # one line for the README table: how close to a real sleep this is
+
+    def plan(self, ordering: Ordering) -> tuple[StepKind, ...]:
+        if ordering not in self.steps:
+            have = ", ".join(o.value for o in self.steps)
+            raise SettingError(
+                f"transition {self.name!r} has no {ordering.value} ordering",
+                f"use --ordering {have}" + (
+                    " (a surprise removal gives no notice)" if self.name == "surprise-removal"
+                    else ""),
+            )
+        return self.steps[ordering]
+
+
+S = StepKind
+CF, HF = Ordering.CLIENTS_FIRST, Ordering.HCA_FIRST
+
+TRANSITIONS: dict[str, Transition] = {t.name: t for t in (
+    Transition(
+        "link-flap", "carrier down, hold, carrier up (port error / port active)", 500,
+        {CF: (S.NOTIFY_SUSPEND, S.PORT_DOWN, S.HOLD, S.PORT_UP, S.NOTIFY_RESUME),
+         HF: (S.PORT_DOWN, S.NOTIFY_SUSPEND, S.HOLD, S.PORT_UP, S.NOTIFY_RESUME)},
+        "faithful to a link loss; the device and its contexts stay",
+    ),
+    Transition(
+        "standby", "port down, device deleted, hold, device re-created on the same netdev", 500,
+        {CF: (S.NOTIFY_SUSPEND, S.PORT_DOWN, S.DELETE_DEVICE, S.HOLD, S.CREATE_DEVICE,
+              S.PORT_UP, S.NOTIFY_RESUME),
+         HF: (S.PORT_DOWN, S.DELETE_DEVICE, S.NOTIFY_SUSPEND, S.HOLD, S.CREATE_DEVICE,
+              S.PORT_UP, S.NOTIFY_RESUME)},
+        "the device really goes and comes back; no device state is saved (as for an HCA "
+        "without PM support); holders block the delete instead of getting DEVICE_FATAL",
+    ),
+    Transition(
+        "hibernate", "as standby, longer hold, and the netdev destroyed and re-created", 2000,
+        {CF: (S.NOTIFY_SUSPEND, S.PORT_DOWN, S.DELETE_DEVICE, S.DESTROY_NETDEV, S.HOLD,
+              S.CREATE_NETDEV, S.CREATE_DEVICE, S.PORT_UP, S.NOTIFY_RESUME),
+         HF: (S.PORT_DOWN, S.DELETE_DEVICE, S.DESTROY_NETDEV, S.NOTIFY_SUSPEND, S.HOLD,
+              S.CREATE_NETDEV, S.CREATE_DEVICE, S.PORT_UP, S.NOTIFY_RESUME)},
+        "as standby, plus a new netdev (new ifindex, addresses and GIDs set up afresh)",
+    ),
+    Transition(
+        "surprise-removal", "no notice: the device is deleted under its clients, then re-plugged",
+        500,
+        {HF: (S.DELETE_DEVICE, S.HOLD, S.CREATE_DEVICE, S.PORT_UP, S.NOTIFY_RESUME)},
+        "no DEVICE_FATAL on rxe: the removal waits for the holders (or forces them out)",
+    ),
+    Transition(
+        "pm-test", "a real kernel suspend sequence to a pm_test level (freeze, no power-off)",
+        1000,
+        {CF: (S.NOTIFY_SUSPEND, S.PM_SUSPEND, S.NOTIFY_RESUME),
+         HF: (S.PM_SUSPEND, S.NOTIFY_SUSPEND, S.NOTIFY_RESUME)},
+        "the kernel's real suspend path; rxe has no PM callbacks so the HCA itself is untouched",
+    ),
+)}
+
+SLEEP_STEPS = frozenset({S.PORT_DOWN, S.DELETE_DEVICE, S.DESTROY_NETDEV, S.HOLD, S.PM_SUSPEND})
+RESUME_STEPS = frozenset({S.CREATE_NETDEV, S.CREATE_DEVICE, S.PORT_UP, S.NOTIFY_RESUME})
+
+
+def get_transition(name: str) -> Transition:
+    try:
+        return TRANSITIONS[name]
+    except KeyError:
+        raise SettingError(f"unknown transition {name!r}",
+                           f"use one of: {', '.join(TRANSITIONS)}") from None
+
+
+def parse_ordering(raw: str) -> Ordering:
+    try:
+        return Ordering(raw)
+    except ValueError:
+        raise SettingError(f"unknown ordering {raw!r}",
+                           f"use one of: {', '.join(o.value for o in Ordering)}") from None
+
+
+def parse_on_veto(raw: str) -> OnVeto:
+    try:
+        return OnVeto(raw)
+    except ValueError:
+        raise SettingError(f"unknown veto policy {raw!r}",
+                           f"use one of: {', '.join(o.value for o in OnVeto)}") from None
+
+
+def resume_part(steps: tuple[StepKind, ...]) -> tuple[StepKind, ...]:
+    """The steps that bring the device back (run when a sleep is aborted by a veto)."""
+    return tuple(s for s in steps if s in RESUME_STEPS)

@@ -1,0 +1,87 @@
+"""A real kernel suspend sequence through /sys/power/pm_test (the `pm-test` transition).
+
+With CONFIG_PM_DEBUG the kernel runs `echo freeze > /sys/power/state` only up to
+the level written to /sys/power/pm_test, waits pm_test_delay seconds there, then
+resumes. Measured in the virtme-ng guest (Debian 6.1): level `freezer` (tasks
+frozen and thawed) works; level `devices` suspends the guest's virtio console
+and 9p/virtiofs mounts and the guest never answers again, so `freezer` is the
+default and deeper levels are for real machines.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import BoundExceeded, NotSupported, RxePowerError
+
+SYS_POWER = Path("/sys/power")
+PM_TEST_DELAY = Path("/sys/module/suspend/parameters/pm_test_delay")
+PM_LEVELS = ("freezer", "devices", "platform", "processors", "core")
+DEFAULT_PM_LEVEL = "freezer"
+PM_SUSPEND_SLACK_S = 30.0  # on top of the hold: freezing and thawing under emulation
+
+
+@dataclass(frozen=True)
+class PmSupport:
+    ok: bool
+    reason: str
+
+
+def support(level: str, sys_power: Path = SYS_POWER) -> PmSupport:
+    """Can this kernel run a pm_test suspend to `level` with the freeze state?"""
+    if level not in PM_LEVELS:
+        return PmSupport(False, f"unknown pm_test level {level!r} (use one of "
+                                f"{', '.join(PM_LEVELS)})")
+    test = sys_power / "pm_test"
+    if not test.exists():
+        return PmSupport(False, f"{test} does not exist: the kernel was built without "
+                                "CONFIG_PM_DEBUG (or /sys is not mounted)")
+    try:
+        states = (sys_power / "state").read_text().split()
+        levels = test.read_text().replace("[", "").replace("]", "").split()
+    except OSError as exc:
+        return PmSupport(False, f"cannot read {sys_power}: {os.strerror(exc.errno or 0)}")
+    if "freeze" not in states:
+        return PmSupport(False, f"{sys_power / 'state'} offers {states}, not freeze")
+    if level not in levels:
+        return PmSupport(False, f"{test} offers {levels}, not {level}")
+    if os.geteuid() != 0:
+        return PmSupport(False, "writing /sys/power needs root")
+    return PmSupport(True, f"pm_test offers {level} and the state file offers freeze")
+
+
+def run(level: str, hold_s: int, sys_power: Path = SYS_POWER) -> float:
+    """Run the suspend sequence to `level`, held `hold_s` s there; returns seconds taken."""
+    sup = support(level, sys_power)
+    if not sup.ok:
+        raise NotSupported(f"pm-test to {level}: {sup.reason}", errno.EOPNOTSUPP,
+                           "run it in the VM (rxe-power transition pm-test --mode vm) or on a "
+                           "kernel with CONFIG_PM_DEBUG")
+    old_delay = PM_TEST_DELAY.read_text().strip() if PM_TEST_DELAY.exists() else None
+    timeout_s = hold_s + PM_SUSPEND_SLACK_S
+    try:
+        if old_delay is not None:
+            PM_TEST_DELAY.write_text(str(hold_s))
+        (sys_power / "pm_test").write_text(level)
+        t0 = time.monotonic()
+        # the write blocks for the whole sequence: do it from a child, bounded
+        proc = subprocess.run(["sh", "-c", f"echo freeze > {sys_power / 'state'}"],
+                              capture_output=True, text=True, timeout=timeout_s)
+        took = time.monotonic() - t0
+    except subprocess.TimeoutExpired:
+        raise BoundExceeded(f"pm_test suspend to {level}", "PM_SUSPEND_SLACK_S", timeout_s,
+                            "the kernel has not resumed from the test suspend") from None
+    finally:
+        (sys_power / "pm_test").write_text("none")
+        if old_delay is not None:
+            PM_TEST_DELAY.write_text(old_delay)
+    if proc.returncode != 0:
+        raise RxePowerError(f"echo freeze > /sys/power/state failed: {proc.stderr.strip()}",
+                            "see the kernel log (dmesg) for the device that refused to "
+                            "suspend")
+    return took

@@ -1,0 +1,171 @@
+"""Requests and results of a transition, as dataclasses with a JSON form on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from harness.errors import RxePowerError, SettingError
+from power.kmsg import KmsgScan
+from power.plan import OnVeto, Ordering, StepKind, get_transition
+from power.pmtest import DEFAULT_PM_LEVEL, PM_LEVELS
+from power.timeline import Timeline
+from power.veto import VETO_WAIT_TIMEOUT_S, VetoReport
+
+RESULT_SCHEMA = 1
+QUIESCE_TIMEOUT_S = 5.0  # clients-first: how long clients get to release the device
+
+
+@dataclass(frozen=True)
+class TransitionRequest:
+    name: str
+    ordering: Ordering | None = None  # None: the transition's first ordering
+    hold_ms: int | None = None  # None: the transition's default
+    on_veto: OnVeto = OnVeto.WAIT
+    veto_wait_s: float = VETO_WAIT_TIMEOUT_S
+    quiesce_timeout_s: float = QUIESCE_TIMEOUT_S
+    pm_level: str = DEFAULT_PM_LEVEL
+
+    def resolved(self) -> TransitionRequest:
+        """Fill the defaults and check every value; raises SettingError naming the bad one."""
+        tr = get_transition(self.name)
+        ordering = self.ordering or next(iter(tr.steps))
+        tr.plan(ordering)
+        hold = tr.default_hold_ms if self.hold_ms is None else self.hold_ms
+        if hold < 0:
+            raise SettingError(f"--hold-ms {hold} is negative", "give a hold of 0 ms or more")
+        for name, val in (("--veto-wait-s", self.veto_wait_s),
+                          ("--quiesce-timeout-s", self.quiesce_timeout_s)):
+            if not val > 0:
+                raise SettingError(f"{name} {val} must be greater than 0",
+                                   f"give {name} a positive number of seconds")
+        if self.pm_level not in PM_LEVELS:
+            raise SettingError(f"unknown --pm-level {self.pm_level!r}",
+                               f"use one of: {', '.join(PM_LEVELS)}")
+        return TransitionRequest(self.name, ordering, hold, self.on_veto, self.veto_wait_s,
+                                 self.quiesce_timeout_s, self.pm_level)
+
+    @property
+    def steps(self) -> tuple[StepKind, ...]:
+        return get_transition(self.name).plan(self.ordering or next(
+            iter(get_transition(self.name).steps)))
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["ordering"] = self.ordering.value if self.ordering else None
+        d["on_veto"] = self.on_veto.value
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> TransitionRequest:
+        return cls(d["name"], Ordering(d["ordering"]) if d.get("ordering") else None,
+                   d.get("hold_ms"), OnVeto(d.get("on_veto", "wait")),
+                   d.get("veto_wait_s", VETO_WAIT_TIMEOUT_S),
+                   d.get("quiesce_timeout_s", QUIESCE_TIMEOUT_S),
+                   d.get("pm_level", DEFAULT_PM_LEVEL))
+
+
+class Verdict(StrEnum):
+    COMPLETED = "completed"  # slept and resumed; the topology is whole
+    FORCED = "forced"  # completed after terminating holders (--on-veto force)
+    VETOED = "vetoed"  # the sleep did not happen: a client vetoed or a holder blocked it
+    FAILED = "failed"  # a step failed, the kernel log has a hit, the peer went down, or
+    #                    the topology could not be restored
+    UNSUPPORTED = "unsupported"  # the kernel does not offer this transition (pm-test)
+
+
+VERDICT_EXIT = {Verdict.COMPLETED: 0, Verdict.FORCED: 0, Verdict.FAILED: 1,
+                Verdict.VETOED: 3, Verdict.UNSUPPORTED: 4}
+
+
+@dataclass
+class StepRecord:
+    step: StepKind
+    outcome: str  # "ok", "failed", "skipped"
+    begin_ns: int = 0
+    end_ns: int = 0
+    detail: dict = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def ms(self) -> float:
+        return (self.end_ns - self.begin_ns) / 1e6
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "step": self.step.value, "ms": round(self.ms, 3)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> StepRecord:
+        return cls(StepKind(d["step"]), d["outcome"], d["begin_ns"], d["end_ns"],
+                   d.get("detail", {}), d.get("error", ""))
+
+
+@dataclass
+class TransitionResult:
+    request: TransitionRequest
+    verdict: Verdict
+    reasons: list[str]
+    steps: list[StepRecord]
+    timeline: Timeline
+    answers: list[dict] = field(default_factory=list)
+    veto: VetoReport | None = None
+    kernel: KmsgScan | None = None
+    peer_active_throughout: bool = True
+    device_before: dict | None = None
+    device_after: dict | None = None
+    not_restored: list[str] = field(default_factory=list)
+
+    @property
+    def total_ms(self) -> float:
+        ran = [s for s in self.steps if s.outcome != "skipped"]
+        return (ran[-1].end_ns - ran[0].begin_ns) / 1e6 if ran else 0.0
+
+    def step(self, kind: StepKind) -> StepRecord | None:
+        return next((s for s in self.steps if s.step is kind), None)
+
+    def to_json(self) -> dict:
+        return {
+            "schema": RESULT_SCHEMA, "request": self.request.to_json(),
+            "verdict": self.verdict.value, "reasons": self.reasons,
+            "steps": [s.to_json() for s in self.steps], "total_ms": round(self.total_ms, 3),
+            "timeline": self.timeline.to_json(), "answers": self.answers,
+            "veto": self.veto.to_json() if self.veto else None,
+            "kernel": self.kernel.to_json() if self.kernel else None,
+            "peer_active_throughout": self.peer_active_throughout,
+            "device_before": self.device_before, "device_after": self.device_after,
+            "not_restored": self.not_restored,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> TransitionResult:
+        if d.get("schema") != RESULT_SCHEMA:
+            raise RxePowerError(f"transition result schema {d.get('schema')!r}, expected "
+                                f"{RESULT_SCHEMA}", "read it with the rxe-power that wrote it")
+        return cls(TransitionRequest.from_json(d["request"]), Verdict(d["verdict"]),
+                   d["reasons"], [StepRecord.from_json(s) for s in d["steps"]],
+                   Timeline.from_json(d["timeline"]), d.get("answers", []),
+                   VetoReport.from_json(d["veto"]) if d.get("veto") else None,
+                   KmsgScan.from_json(d["kernel"]) if d.get("kernel") else None,
+                   d.get("peer_active_throughout", True), d.get("device_before"),
+                   d.get("device_after"), d.get("not_restored", []))
+
+    def write(self, path: Path) -> None:
+        """Atomically, fsynced: a crash never leaves half a result."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(self.to_json(), fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: Path) -> TransitionResult:
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RxePowerError(f"transition result {path} is unreadable or corrupt: {exc}",
+                                "re-run the transition to write it again") from None

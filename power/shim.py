@@ -1,0 +1,361 @@
+"""The power shim: run one transition on the local HCA and report what happened.
+
+    shim = Shim(TopologyConfig())
+    shim.notifier.register(my_client)                 # in-process clients (optional)
+    result = shim.run(TransitionRequest("standby", Ordering.CLIENTS_FIRST))
+
+The run writes a marker into the kernel log, starts async event readers on both
+HCAs (separate processes: see power.asyncevents), executes the transition's
+steps in order stamping each on the timeline, polls both ports after every step,
+and ends with: recovery of the local side if anything failed or was vetoed, a
+kernel-log scan after the marker, and a verdict. It never hangs: every blocking
+step has a bound, and a delete blocked by holders is a veto (see power.veto).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+from harness import topology
+from harness.errors import RxePowerError, TopologyError
+from power import kmsg, pmtest
+from power.asyncevents import AsyncEventReader
+from power.notify import AnswerKind, DeviceInfo, Notifier
+from power.plan import OnVeto, StepKind
+from power.result import StepRecord, TransitionRequest, TransitionResult, Verdict
+from power.timeline import EntryKind, Timeline
+from power.veto import VetoReport, delete_device
+
+S = StepKind
+BAD_PEER_EVENTS = ("PORT_ERR", "DEVICE_FATAL")
+
+
+class _Run:
+    """The mutable state of one transition run."""
+
+    def __init__(self, req: TransitionRequest, tl: Timeline) -> None:
+        self.req = req
+        self.tl = tl
+        self.steps: list[StepRecord] = []
+        self.answers: list[dict] = []
+        self.reasons: list[str] = []
+        self.veto: VetoReport | None = None
+        self.vetoed = False
+        self.forced = False
+        self.failed = False
+        self.peer_states: list[str] = []
+        self.device_after: dict | None = None
+
+
+class Shim:
+    def __init__(self, cfg: topology.TopologyConfig, notifier: Notifier | None = None,
+                 log: Callable[[str], None] = lambda msg: None) -> None:
+        self.cfg = cfg
+        self.notifier = notifier or Notifier()
+        self.log = log
+        self._reader: AsyncEventReader | None = None
+        self._current: _Run | None = None
+
+    def close(self) -> None:
+        """Stop the async event reader process (it holds no device between runs)."""
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
+
+    def __enter__(self) -> Shim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the run --------------------------------------------------------------------------
+
+    def run(self, request: TransitionRequest) -> TransitionResult:
+        req = request.resolved()
+        tl = Timeline()
+        run = _Run(req, tl)
+        if S.PM_SUSPEND in req.steps:
+            sup = pmtest.support(req.pm_level)
+            if not sup.ok:
+                tl.add(EntryKind.NOTE, "shim", f"pm-test unsupported: {sup.reason}")
+                return TransitionResult(req, Verdict.UNSUPPORTED, [sup.reason],
+                                        [StepRecord(s, "skipped") for s in req.steps], tl)
+        before = self._precondition()
+        marker = kmsg.write_marker(f"{req.name} {req.ordering} hold={req.hold_ms}ms")
+        tl.add(EntryKind.KMSG, "kernel", "marker", token=marker.token,
+               after_seq=marker.after_seq, written=marker.written)
+        self._current = run
+        try:
+            self._open_events(run, self.cfg.peer_dev)
+            self._open_events(run, self.cfg.local_dev)
+            self._steps(run)
+        finally:
+            self._close_all_events(run)
+            self._current = None
+        not_restored = self._recover_if_needed(run)
+        scan = kmsg.scan_after(marker)
+        tl.add(EntryKind.KMSG, "kernel", "scan", ok=scan.ok, hits=len(scan.hits),
+               records_after=scan.records_after)
+        return self._verdict(run, scan, before, not_restored)
+
+    def _precondition(self) -> topology.Topology:
+        pend = topology.pending_deletes(self.cfg.local_dev)
+        if pend:
+            raise TopologyError(
+                f"a delete of {self.cfg.local_dev} is still pending (pid "
+                f"{', '.join(map(str, pend))}) from an earlier vetoed transition",
+                "end the processes holding the old device, then run `rxe-power recover`")
+        try:
+            topo = topology.discover(self.cfg)
+        except TopologyError as exc:
+            raise TopologyError(f"the topology is not whole before the transition: "
+                                f"{exc.problem}", "run `rxe-power recover` (or setup)") from None
+        if topo.local.state != "ACTIVE" or topo.peer.state != "ACTIVE":
+            raise TopologyError(f"ports not ACTIVE before the transition: {topo.local.dev}="
+                                f"{topo.local.state}, {topo.peer.dev}={topo.peer.state}",
+                                "run `rxe-power recover`")
+        return topo
+
+    def _on_event(self, dev: str, name: str, t_ns: int, rec: dict) -> None:
+        run = self._current
+        if run is not None:
+            run.tl.add(EntryKind.ASYNC_EVENT, dev, name, t_ns=t_ns, code=rec.get("code"))
+
+    def _open_events(self, run: _Run, dev: str) -> None:
+        if self._reader is None:
+            self._reader = AsyncEventReader(self._on_event)
+        if dev in self._reader.open_devices:
+            return
+        self._reader.open(dev)
+        run.tl.add(EntryKind.NOTE, "shim", f"async event reader opened {dev}",
+                   pid=self._reader.pid)
+
+    def _close_events(self, run: _Run, dev: str) -> None:
+        if self._reader is not None and dev in self._reader.open_devices:
+            self._reader.close(dev)
+            run.tl.add(EntryKind.NOTE, "shim",
+                       f"async event reader closed {dev} (its Context holds the device)")
+
+    def _close_all_events(self, run: _Run) -> None:
+        if self._reader is None:
+            return
+        try:
+            for dev in sorted(self._reader.open_devices):
+                self._close_events(run, dev)
+        except RxePowerError as exc:  # a reader that cannot close is stopped outright
+            run.tl.add(EntryKind.NOTE, "shim", f"async event reader stopped: {exc.problem}")
+            self.close()
+
+    def _steps(self, run: _Run) -> None:
+        steps = list(run.req.steps)
+        resumed = False
+        for i, step in enumerate(steps):
+            if run.vetoed or run.failed:
+                run.steps += [StepRecord(s, "skipped") for s in steps[i:]
+                              if s is not S.NOTIFY_RESUME]
+                break
+            self._one(run, step)
+            resumed |= step is S.NOTIFY_RESUME
+        if not resumed and (run.vetoed or run.failed):
+            # clients were (or may have been) told of a sleep: tell them how it ended,
+            # once the local side is back
+            problems = topology.restore_local_side(self.cfg, log=self.log,
+                                                   pending_timeout_s=0.0)
+            run.tl.add(EntryKind.RECOVERY, "shim", "restore before resume notice",
+                       problems=problems)
+            if not problems:
+                with contextlib.suppress(RxePowerError):
+                    self._open_events(run, self.cfg.local_dev)
+                self._one(run, S.NOTIFY_RESUME)
+            else:
+                run.steps.append(StepRecord(S.NOTIFY_RESUME, "skipped",
+                                            error="the device could not be restored"))
+
+    def _one(self, run: _Run, step: StepKind) -> None:
+        rec = StepRecord(step, "ok", begin_ns=time.monotonic_ns())
+        run.tl.add(EntryKind.STEP_BEGIN, "shim", step.value, t_ns=rec.begin_ns)
+        try:
+            rec.detail = self._do(run, step)
+        except RxePowerError as exc:
+            rec.outcome, rec.error = "failed", str(exc)
+            run.failed = True
+            run.reasons.append(f"step {step.value} failed: {exc.problem}")
+        rec.end_ns = time.monotonic_ns()
+        run.steps.append(rec)
+        kind = EntryKind.STEP_END if rec.outcome == "ok" else EntryKind.STEP_FAILED
+        run.tl.add(kind, "shim", step.value, t_ns=rec.end_ns, ms=round(rec.ms, 3),
+                   **({"error": rec.error} if rec.error else {}))
+        self._poll_ports(run)
+
+    def _poll_ports(self, run: _Run) -> None:
+        try:
+            states = {lk.ifname: lk.state for lk in topology.rdma_links()}
+        except RxePowerError as exc:
+            run.tl.add(EntryKind.NOTE, "shim", f"cannot poll ports: {exc.problem}")
+            return
+        for dev in (self.cfg.local_dev, self.cfg.peer_dev):
+            run.tl.add(EntryKind.PORT_STATE, dev, states.get(dev, "absent"))
+        run.peer_states.append(states.get(self.cfg.peer_dev, "absent"))
+
+    # --- the steps ------------------------------------------------------------------------
+
+    def _do(self, run: _Run, step: StepKind) -> dict:
+        cfg, req, tl = self.cfg, run.req, run.tl
+        if step is S.NOTIFY_SUSPEND:
+            return self._notify_suspend(run)
+        if step is S.PORT_DOWN:
+            topology.set_netdev_up(cfg.local_netdev, False)
+            return {"down_after_s": round(topology.wait_port_state(cfg.local_dev, "DOWN"), 4)}
+        if step is S.DELETE_DEVICE:
+            self._close_events(run, cfg.local_dev)
+
+            def note(what: str, **detail: object) -> None:
+                tl.add(EntryKind.VETO if detail.pop("veto", False) else EntryKind.NOTE,
+                       cfg.local_dev, what, **detail)
+                if what.startswith("holder pid"):
+                    tl.add(EntryKind.HOLDER, cfg.local_dev, what, **detail)
+
+            run.veto = delete_device(cfg.local_dev, req.on_veto, req.veto_wait_s, note)
+            if run.veto.vetoed:
+                run.vetoed = True
+                run.reasons.append(run.veto.reason)
+            elif run.veto.terminated:
+                run.forced = True
+                run.reasons.append(run.veto.reason)
+            return {"blocked_s": round(run.veto.blocked_s, 4), "veto": run.veto.detected}
+        if step is S.DESTROY_NETDEV:
+            old = topology.netdev_ifindex(cfg.local_netdev)
+            topology.destroy_side_netdev(cfg, "local")
+            return {"old_ifindex": old}
+        if step is S.HOLD:
+            time.sleep(req.hold_ms / 1000)  # the sleep itself: the device stays down this long
+            return {"hold_ms": req.hold_ms}
+        if step is S.CREATE_NETDEV:
+            topology.create_side_netdev(cfg, "local", up=False)
+            return {"new_ifindex": topology.netdev_ifindex(cfg.local_netdev)}
+        if step is S.CREATE_DEVICE:
+            topology.add_rdma_link(cfg.local_dev, cfg.local_netdev)
+            up = any(n.ifname == cfg.local_netdev and n.up for n in topology.ip_links())
+            took = topology.wait_port_state(cfg.local_dev, "ACTIVE" if up else "DOWN")
+            self._open_events(run, cfg.local_dev)
+            return {"present_after_s": round(took, 4)}
+        if step is S.PORT_UP:
+            topology.side_up(cfg, "local")
+            topo = topology.wait_ports_active(cfg)
+            run.device_after = topo.local.to_json()
+            return {"gid": topo.local.gid, "gid_index": topo.local.gid_index,
+                    "ifindex": topo.local.ifindex}
+        if step is S.NOTIFY_RESUME:
+            topo = topology.discover(cfg)
+            run.device_after = topo.local.to_json()
+            info = DeviceInfo.from_endpoint(topo.local)
+            tl.add(EntryKind.NOTIFY, "shim", "resume_complete", device=info.to_json())
+            answers = self.notifier.resume_complete(req.name, info)
+            self._record_answers(run, answers)
+            return {"clients": len(answers)}
+        if step is S.PM_SUSPEND:
+            took = pmtest.run(req.pm_level, max(1, round(req.hold_ms / 1000)))
+            return {"level": req.pm_level, "took_s": round(took, 3), "real_suspend": True}
+        raise AssertionError(f"unhandled step {step}")  # pragma: no cover
+
+    def _notify_suspend(self, run: _Run) -> dict:
+        req = run.req
+        deadline_s = req.quiesce_timeout_s
+        run.tl.add(EntryKind.NOTIFY, "shim", "suspend_prepare", deadline_s=deadline_s)
+        answers = self.notifier.suspend_prepare(req.name, deadline_s)
+        self._record_answers(run, answers)
+        vetoes = [a for a in answers if a.kind is AnswerKind.VETO]
+        if vetoes:
+            why = "; ".join(f"{a.client}: {a.reason}" for a in vetoes)
+            if req.on_veto is OnVeto.WAIT:
+                run.vetoed = True
+                run.reasons.append(f"vetoed by client(s): {why}")
+                run.tl.add(EntryKind.VETO, "shim", "sleep vetoed by client", reasons=why)
+            else:
+                run.forced = True
+                run.reasons.append(f"client veto overridden (--on-veto force): {why}")
+                run.tl.add(EntryKind.VETO, "shim", "client veto overridden", reasons=why)
+        return {"clients": len(answers),
+                "answers": {a.client: a.kind.value for a in answers}}
+
+    def _record_answers(self, run: _Run, answers: list) -> None:
+        for a in answers:
+            run.answers.append(a.to_json())
+            run.tl.add(EntryKind.ANSWER, f"client {a.client}", a.kind.value,
+                       t_ns=a.answered_ns or time.monotonic_ns(),
+                       **({"reason": a.reason} if a.reason else {}))
+
+    # --- the end --------------------------------------------------------------------------
+
+    def _recover_if_needed(self, run: _Run) -> list[str]:
+        whole = self._whole()
+        if whole is None:
+            return []
+        run.tl.add(EntryKind.RECOVERY, "shim", f"restoring: {whole}")
+        problems = topology.restore_local_side(
+            self.cfg, log=self.log, pending_timeout_s=0.0 if run.vetoed else
+            topology.RDMA_LINK_DELETE_TIMEOUT_S)
+        run.tl.add(EntryKind.RECOVERY, "shim", "restored" if not problems else "not restored",
+                   problems=problems)
+        return problems
+
+    def _whole(self) -> str | None:
+        """None when the topology is whole, else what is wrong."""
+        try:
+            topo = topology.discover(self.cfg)
+        except TopologyError as exc:
+            return exc.problem
+        if topo.local.state != "ACTIVE" or topo.peer.state != "ACTIVE":
+            return f"ports {topo.local.state}/{topo.peer.state}"
+        return None
+
+    def _verdict(self, run: _Run, scan: kmsg.KmsgScan, before: topology.Topology,
+                 not_restored: list[str]) -> TransitionResult:
+        peer_events = [e for e in run.tl.of_kind(EntryKind.ASYNC_EVENT)
+                       if e.source == self.cfg.peer_dev and e.what in BAD_PEER_EVENTS]
+        peer_ok = all(s == "ACTIVE" for s in run.peer_states) and not peer_events
+        reasons = list(run.reasons)
+        if not peer_ok:
+            reasons.append(f"the peer HCA {self.cfg.peer_dev} did not stay ACTIVE: states "
+                           f"{sorted(set(run.peer_states))}, events "
+                           f"{[e.what for e in peer_events]}")
+        if not scan.ok:
+            reasons.append(f"kernel log after marker {scan.marker.token}: "
+                           + ("; ".join(f"{h.pattern}: {h.record.message}" for h in scan.hits)
+                              or "records lost (ring buffer wrapped)"))
+        reasons += [f"not restored: {p}" for p in not_restored]
+        if run.failed or not peer_ok or not scan.ok or (not_restored and not run.vetoed):
+            verdict = Verdict.FAILED
+        elif run.vetoed:
+            verdict = Verdict.VETOED
+        elif run.forced:
+            verdict = Verdict.FORCED
+        else:
+            verdict = Verdict.COMPLETED
+        return TransitionResult(run.req, verdict, reasons, run.steps, run.tl, run.answers,
+                                run.veto, scan, peer_ok, before.local.to_json(),
+                                run.device_after, not_restored)
+
+
+def render(result: TransitionResult) -> list[str]:
+    """The timeline and the verdict, for a terminal."""
+    req = result.request
+    out = [f"transition {req.name} ({req.ordering}, hold {req.hold_ms} ms, on veto "
+           f"{req.on_veto})", "", *result.timeline.render(), ""]
+    out.append(f"{'step':<16} {'outcome':<8} {'ms':>10}")
+    for s in result.steps:
+        out.append(f"{s.step.value:<16} {s.outcome:<8} "
+                   f"{(f'{s.ms:.1f}' if s.outcome != 'skipped' else '-'):>10}"
+                   + (f"  {s.error.splitlines()[0]}" if s.error else ""))
+    if result.veto and result.veto.detected:
+        out.append(f"veto: delete blocked {result.veto.blocked_s:.3f} s by "
+                   + "; ".join(f"pid {h['pid']} ({h['cmdline']})" for h in result.veto.holders))
+    if result.kernel:
+        out += kmsg.render(result.kernel)
+    out.append(f"peer {result.device_before and 'HCA'} stayed ACTIVE: "
+               f"{'yes' if result.peer_active_throughout else 'NO'}")
+    out.append(f"verdict: {result.verdict.value.upper()}"
+               + (f" - {'; '.join(result.reasons)}" if result.reasons else ""))
+    return out

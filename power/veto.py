@@ -1,0 +1,158 @@
+"""Delete the local device with veto detection: say who blocks it, then wait or force.
+
+On rxe `rdma link delete` blocks in the kernel (ib_uverbs_remove_one, state D)
+while any process holds one of the device's uverbs files: rxe has no
+disassociate_ucontext, so holders are never told to let go. Holding the device
+is a veto. The delete is issued from a child process; if it has not finished
+within VETO_DETECT_S the shim records the veto with the holders (pid, command
+line, uverbs files) and applies the policy:
+
+- wait: give the holders up to `veto_wait_s`; if they let go the sleep went
+  ahead late, otherwise it is reported as vetoed. The blocked delete cannot be
+  withdrawn (the kernel is already tearing the device down; it has vanished from
+  `rdma link`), so it stays pending until the holders exit; the report says so.
+- force: terminate the holders (SIGTERM, then SIGKILL after HOLDER_TERM_TIMEOUT_S),
+  as an OS that cannot wait would, and report each pid and how it ended.
+
+The device's uverbs files are read from sysfs *before* the delete starts: once
+it starts they vanish from /sys/class/infiniband_verbs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+
+import psutil
+
+from harness.errors import BoundExceeded, TopologyError
+from harness.holders import Holder, find_holders, uverbs_files
+from harness.topology import start_rdma_link_delete
+from power.plan import OnVeto
+
+VETO_DETECT_S = 0.5  # a delete still blocked after this long is a veto
+VETO_WAIT_TIMEOUT_S = 5.0  # default bound for --on-veto wait
+HOLDER_TERM_TIMEOUT_S = 3.0  # SIGTERM -> SIGKILL
+DELETE_AFTER_RELEASE_TIMEOUT_S = 10.0  # holders gone -> delete finished
+
+
+@dataclass
+class VetoReport:
+    detected: bool = False
+    policy: str = ""
+    blocked_s: float = 0.0  # how long the delete blocked (until done or given up)
+    holders: list[dict] = field(default_factory=list)  # pid, cmdline, files at detection
+    terminated: list[dict] = field(default_factory=list)  # pid, cmdline, how (term/kill/gone)
+    vetoed: bool = False  # the sleep did not happen
+    delete_pending_pid: int | None = None  # the blocked `rdma link delete` left behind
+    reason: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> VetoReport:
+        return cls(**d)
+
+
+def _finished(proc: subprocess.Popen, timeout_s: float) -> bool:
+    try:
+        proc.wait(max(timeout_s, 0.0))
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _check_rc(proc: subprocess.Popen, dev: str) -> None:
+    if proc.returncode != 0:
+        err = proc.stderr.read().strip() if proc.stderr else ""
+        raise TopologyError(f"rdma link delete {dev} failed (exit {proc.returncode}): {err}",
+                            "is the device present and ours? see `rdma link show`")
+
+
+def terminate_holders(holders: list[Holder],
+                      timeout_s: float = HOLDER_TERM_TIMEOUT_S) -> list[dict]:
+    """SIGTERM every holder, SIGKILL what is left after the bound. Never ourselves."""
+    out: list[dict] = []
+    procs: list[psutil.Process] = []
+    for h in holders:
+        rec = {"pid": h.pid, "cmdline": h.cmdline}
+        if h.pid == os.getpid():
+            out.append({**rec, "how": "not terminated: it is the shim's own process (an "
+                        "in-process client kept the device open)"})
+            continue
+        try:
+            p = psutil.Process(h.pid)
+            p.terminate()
+            procs.append(p)
+        except psutil.NoSuchProcess:
+            out.append({**rec, "how": "already gone"})
+    gone, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    killed, still = psutil.wait_procs(alive, timeout=timeout_s)
+    cmd = {h.pid: h.cmdline for h in holders}
+    out += [{"pid": p.pid, "cmdline": cmd[p.pid], "how": "SIGTERM"} for p in gone]
+    out += [{"pid": p.pid, "cmdline": cmd[p.pid], "how": "SIGKILL"} for p in killed]
+    out += [{"pid": p.pid, "cmdline": cmd[p.pid], "how": "survived SIGKILL"} for p in still]
+    return out
+
+
+def delete_device(dev: str, on_veto: OnVeto, veto_wait_s: float = VETO_WAIT_TIMEOUT_S,
+                  note=lambda what, **detail: None) -> VetoReport:
+    """Delete `dev`, detecting and handling a veto; never blocks past its bounds.
+
+    `note(what, **detail)` records progress (the shim puts it on the timeline).
+    Raises BoundExceeded only when even the forced path cannot finish the delete.
+    """
+    files = uverbs_files(dev)
+    report = VetoReport(policy=on_veto.value)
+    t0 = time.monotonic()
+    proc = start_rdma_link_delete(dev)
+    note("delete started", pid=proc.pid, uverbs=sorted(files))
+    if _finished(proc, VETO_DETECT_S):
+        _check_rc(proc, dev)
+        report.blocked_s = time.monotonic() - t0
+        return report
+
+    holders = find_holders(dev, files=files)
+    report.detected = True
+    report.blocked_s = time.monotonic() - t0
+    report.holders = [h.to_json() for h in holders]
+    note(f"delete blocked {report.blocked_s:.3f} s: device held", veto=True,
+         holders=[h.describe() for h in holders] or ["no holder found in /proc"])
+
+    if on_veto is OnVeto.WAIT:
+        if _finished(proc, veto_wait_s - (time.monotonic() - t0)):
+            _check_rc(proc, dev)
+            report.blocked_s = time.monotonic() - t0
+            report.reason = f"holders let go after {report.blocked_s:.3f} s; the sleep went late"
+            return report
+        report.blocked_s = time.monotonic() - t0
+        report.vetoed = True
+        report.delete_pending_pid = proc.pid
+        still = find_holders(dev, files=files)
+        report.reason = (f"vetoed: the delete of {dev} blocked {report.blocked_s:.3f} s "
+                         f"(bound veto_wait_s={veto_wait_s:g}) held by "
+                         + ("; ".join(h.describe() for h in still) or "nobody visible")
+                         + f"; the delete stays pending in pid {proc.pid} until they exit")
+        return report
+
+    report.terminated = terminate_holders(holders)
+    for t in report.terminated:
+        note(f"holder pid {t['pid']} {t['how']}", pid=t["pid"], cmdline=t["cmdline"])
+    if not _finished(proc, DELETE_AFTER_RELEASE_TIMEOUT_S):
+        left = find_holders(dev, files=files)
+        raise BoundExceeded(f"rdma link delete {dev} after terminating its holders",
+                            "DELETE_AFTER_RELEASE_TIMEOUT_S", DELETE_AFTER_RELEASE_TIMEOUT_S,
+                            "still held by: " + ("; ".join(h.describe() for h in left)
+                                                 or "nobody visible in /proc"))
+    _check_rc(proc, dev)
+    report.blocked_s = time.monotonic() - t0
+    report.reason = (f"forced: terminated {len(report.terminated)} holder(s); the delete "
+                     f"finished after {report.blocked_s:.3f} s")
+    return report
