@@ -309,9 +309,11 @@ def test_pm_test_real_suspend(power_shim) -> None:
 
 
 def test_cli_transition_under_ibv_rc_pingpong(rxe_topology, results_dir: Path) -> None:
-    """`rxe-power transition standby --on-veto force` while rdma-core's ibv_rc_pingpong drives
-    traffic over rxe0: the holder is named by pid and command line, and the forced path
-    completes with the topology whole."""
+    """`rxe-power transition surprise-removal --on-veto force` while rdma-core's
+    ibv_rc_pingpong drives traffic over rxe0: the holder is named by pid and command line,
+    and the forced path completes with the topology whole. (Not standby: its carrier drop
+    comes first, ibv_rc_pingpong gets a completion error and exits by itself, and the
+    delete then finds no holder.)"""
     port = 18515 + os.getpid() % 1000
     common = ["-n", "100000000", "-p", str(port), "-s", "4096"]
     srv = subprocess.Popen(["ibv_rc_pingpong", "-d", rxe_topology.peer.dev, "-g",
@@ -331,8 +333,8 @@ def test_cli_transition_under_ibv_rc_pingpong(rxe_topology, results_dir: Path) -
                    if h.pid == cli_proc.pid]:
             assert time.monotonic() < deadline, "ibv_rc_pingpong never opened rxe0"
             time.sleep(0.05)
-        out = results_dir / "transitions" / "cli-standby-pingpong.json"
-        rc = cli.main(["transition", "standby", "--ordering", "hca-first", "--on-veto",
+        out = results_dir / "transitions" / "cli-surprise-removal-pingpong.json"
+        rc = cli.main(["transition", "surprise-removal", "--on-veto",
                        "force", "--hold-ms", str(HOLD_MS), "--json", str(out), "--mode",
                        "native"])
         res = TransitionResult.read(out)
