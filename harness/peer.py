@@ -91,9 +91,9 @@ class PeerAgent:
 
     # -- conveniences
     def create_qp(self, mr_size: int = 1 << 16, recv_slots: int = 16,
-                  slot_size: int = 4096) -> tuple[int, QpInfo]:
+                  slot_size: int = 4096, write_slots: int = 0) -> tuple[int, QpInfo]:
         rep = self.request("create_qp", mr_size=mr_size, recv_slots=recv_slots,
-                           slot_size=slot_size)
+                           slot_size=slot_size, write_slots=write_slots)
         return int(rep["qp_id"]), QpInfo.from_json(rep["info"])
 
     def connect_qp(self, qp_id: int, remote: QpInfo) -> str:

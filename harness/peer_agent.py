@@ -2,7 +2,7 @@
 
     python -m harness.peer_agent --device rxe1 --gid-index 1 --addr 198.18.0.2 --socket PATH
 
-It listens on a Unix socket for one controller, speaks the (event, payload)
+It listens on a Unix socket for its controller (and client workers), speaks the (event, payload)
 protocol of harness.protocol, and runs one select() loop over the control socket,
 every QP's completion channel and the rdma_cm event channel, so no pyverbs call
 ever blocks. It records every arrival (seq, opcode, length, checksum verdict,
@@ -12,7 +12,9 @@ goes away; every verbs object is closed by construction on the way out.
 
 Memory layout of each QP's MR: `recv_slots` receive slots of `slot_size` bytes,
 then the RDMA area (the remote side's target for WRITE/READ/atomics); offsets
-in fill/verify/read_u64/write_u64 are relative to the RDMA area.
+in fill/verify/read_u64/write_u64 are relative to the RDMA area. A
+WRITE_WITH_IMM with imm = seq must land in slot (seq mod write_slots) of the
+area (slots of `slot_size`), where the agent checks it on arrival like a SEND.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from harness.verbs import Device, QpInfo, QpParams, RcQp
 
 SELECT_TICK_S = 0.5  # upper bound on one loop turn (deadline checks), not a sleep
 IBV_WC_WITH_IMM = 1 << 1
+GOODBYE_SEQ = 0xFFFFFFFF  # imm of a raw-verbs client's orderly disconnect (clients.core)
 
 
 @dataclass
@@ -63,6 +66,7 @@ class AgentQp:
     arrivals: list[Arrival] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
     delivered: int = 0  # arrivals already handed to the controller
+    write_slots: int = 0  # WRITE_WITH_IMM slots at the start of the area (0: all of it)
     cmid: object | None = None
 
     @property
@@ -91,15 +95,32 @@ class AgentQp:
                 continue
             slot = int(wc.wr_id)
             seq = int(wc.imm_data) if int(wc.wc_flags) & IBV_WC_WITH_IMM else None
+            if op == "RECV" and seq == GOODBYE_SEQ:  # the client's orderly disconnect
+                self.arrivals.append(Arrival(seq, "GOODBYE", 0, True, "", 0, self.generation,
+                                             time.monotonic()))
+                self.qp.to_err()  # our half: flush our receives (reported as events)
+                continue
             if op == "RECV":
                 data = self.qp.read_local(slot * self.slot_size, int(wc.byte_len))
                 chk = payload.verify(data, expect_seq=seq)
                 self.arrivals.append(Arrival(chk.seq, op, len(data), chk.ok, chk.reason,
                                              chk.crc, self.generation, time.monotonic()))
-            else:  # WRITE_WITH_IMM: data is in the RDMA area, checked by `verify`
-                self.arrivals.append(Arrival(seq, op, int(wc.byte_len), True, "", 0,
+            elif seq is None:  # cannot happen for WITH_IMM; recorded, not checked
+                self.arrivals.append(Arrival(None, op, int(wc.byte_len), False, "no imm", 0,
                                              self.generation, time.monotonic()))
+            else:  # WRITE_WITH_IMM: the writer put seq's payload in seq's slot of the area
+                data = self.qp.read_local(self.write_slot(seq), int(wc.byte_len))
+                chk = payload.verify(data, expect_seq=seq)
+                self.arrivals.append(Arrival(chk.seq, op, len(data), chk.ok, chk.reason,
+                                             chk.crc, self.generation, time.monotonic()))
             self.qp.post_recv(slot, slot * self.slot_size, self.slot_size)
+
+    def write_slot(self, seq: int) -> int:
+        """Where a WRITE_WITH_IMM carrying `seq` lands: slot (seq mod write_slots) of the
+        area (write_slots 0: as many slots as the area holds)."""
+        slots = self.write_slots or max(1, (self.qp.params.mr_size - self.rdma_base)
+                                        // self.slot_size)
+        return self.rdma_base + (seq % slots) * self.slot_size
 
     def rdma_offset(self, offset: int, length: int) -> int:
         area = self.qp.params.mr_size - self.rdma_base
@@ -136,6 +157,7 @@ class Agent:
                     "gid_index": self.gid_index}
         if ev == "create_qp":
             aq = self._new_qp(p["mr_size"], p["recv_slots"], p["slot_size"], self.dev)
+            aq.write_slots = p["write_slots"]
             return {"qp_id": aq.qp_id, "info": aq.info()}
         if ev == "cm_listen":
             return self._cm_listen(p)
@@ -287,11 +309,13 @@ class Agent:
 
     # -- loop
     def serve(self, listen_sock: socket.socket) -> None:
-        conn, _ = listen_sock.accept()
-        reader = LineReader()
-        with conn:
+        """The first connection is the owner: the agent exits when it goes. Client workers
+        may connect later to set up their own QPs; their going changes nothing else."""
+        owner, _ = listen_sock.accept()
+        conns: dict[socket.socket, LineReader] = {owner: LineReader()}
+        try:
             while self.running:
-                fds: list = [conn]
+                fds: list = [listen_sock, *conns]
                 fds += [aq.qp.channel_fd for aq in self.qps.values()]
                 if self.cm_channel is not None:
                     fds.append(self.cm_channel.fd)
@@ -304,13 +328,33 @@ class Agent:
                     aq.handle_completions()
                 if self.cm_channel is not None and self.cm_channel.fd in readable:
                     self._cm_on_event()
-                if conn in readable:
-                    data = conn.recv(1 << 16)
-                    if not data:
-                        return  # controller gone: exit and close everything
-                    for line in reader.feed(data):
-                        self._dispatch(conn, line)
-                self._finish_waits(conn)
+                if listen_sock in readable:
+                    conn, _ = listen_sock.accept()
+                    conns[conn] = LineReader()
+                for conn in [c for c in conns if c in readable]:
+                    if not self._read(conn, conns[conn]):
+                        if conn is owner:
+                            return  # controller gone: exit and close everything
+                        conns.pop(conn)
+                        conn.close()
+                        self.waiting = [w for w in self.waiting if w[0] is not conn]
+                self._finish_waits()
+        finally:
+            for conn in conns:
+                conn.close()
+
+    def _read(self, conn: socket.socket, reader: LineReader) -> bool:
+        """Handle what one connection sent; False when it is gone or misbehaved."""
+        try:
+            data = conn.recv(1 << 16)
+            if not data:
+                return False
+            for line in reader.feed(data):
+                self._dispatch(conn, line)
+        except (OSError, ProtocolError) as exc:
+            print(f"peer_agent: dropping a connection: {exc}", file=sys.stderr, flush=True)
+            return False
+        return True
 
     def _dispatch(self, conn: socket.socket, line: bytes) -> None:
         mid = 0
@@ -332,7 +376,7 @@ class Agent:
                                            "trace": traceback.format_exc(limit=3)},
                                  mid).encode())
 
-    def _finish_waits(self, conn: socket.socket) -> None:
+    def _finish_waits(self) -> None:
         still = []
         for c, msg, deadline in self.waiting:
             if msg.event == "arrivals":
@@ -371,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
             srv.bind(args.socket)
-            srv.listen(1)
+            srv.listen(8)
             print(f"READY {os.getpid()} {args.socket}", flush=True)
             agent.serve(srv)
     finally:

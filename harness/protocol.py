@@ -26,7 +26,7 @@ _QP = {"qp_id": int}
 # request event -> required payload fields and their types
 REQUESTS: dict[str, dict[str, type | tuple[type, ...]]] = {  # controller -> peer agent
     "hello": {},
-    "create_qp": {"mr_size": int, "recv_slots": int, "slot_size": int},
+    "create_qp": {"mr_size": int, "recv_slots": int, "slot_size": int, "write_slots": int},
     "connect_qp": {**_QP, "remote": dict},
     "fill": {**_QP, "offset": int, "length": int, "seq": int},
     "verify": {**_QP, "offset": int, "length": int, "seq": int},

@@ -150,6 +150,8 @@ class Device:
             # libibverbs opens the async event fd with the context
             new = fds_of_kind() - before
             self.async_fd = new.pop() if len(new) == 1 else None
+            if self.async_fd is not None:  # get_async_event must never block (GIL)
+                _set_nonblocking(self.async_fd)
         try:
             with verbs_call(f"{name}: alloc PD"):
                 self.pd = PD(self.ctx)

@@ -1,0 +1,44 @@
+"""fail-fast: stops at the first error, surfaces it to its caller, reconnects after resume.
+
+On the first error from the verbs layer (or the device vanishing, or a suspend
+notice) it stops admitting requests, moves its QPs to ERR so every outstanding
+request comes back flushed (those are the failures its caller sees), releases
+the device, and answers released. After resume_complete it reopens the device
+it is told about and carries on with the requests not yet posted.
+"""
+
+from __future__ import annotations
+
+import time
+
+from clients.core import ClientCore
+from power.notify import DeviceInfo, SuspendReply
+
+
+class FailFast:
+    name = "fail-fast"
+    requeue = False
+
+    def stop(self, core: ClientCore, why: str) -> None:
+        if core.device is None:
+            return
+        core.admitting = False
+        n = core.flush_all(requeue=self.requeue)
+        core.release()
+        core.metrics.quiesced_ns = time.monotonic_ns()
+        core.metrics.quiesce = core.metrics.quiesce or f"aborted on {why}: {n} flushed"
+
+    def on_suspend(self, core: ClientCore, deadline_s: float) -> SuspendReply | None:
+        core.metrics.suspend_ns = time.monotonic_ns()
+        self.stop(core, "suspend notice")
+        return SuspendReply.release()
+
+    def on_resume(self, core: ClientCore, info: DeviceInfo) -> None:
+        core.metrics.resume_ns = time.monotonic_ns()
+        if core.device is None:
+            core.open(info)
+            core.metrics.reconnects += 1
+        core.admitting = True
+
+    def on_error(self, core: ClientCore, what: str) -> None:
+        self.stop(core, what)

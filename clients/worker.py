@@ -1,0 +1,175 @@
+"""A client worker process: one client policy driving the workload, steered by a controller.
+
+    python -m clients.worker --fd N
+
+It stands alone: everything it needs comes in the `start` request over the
+control socket (fd N, a socketpair end from the controller). Protocol: the
+(event, payload) JSON lines of harness.protocol with WORKER_SCHEMA:
+
+    start    {name, policy, spec, device, agent_socket, clients_dir, journal}
+             -> {generation}                 device opened, QPs connected
+    go       {} -> {}                         start posting the workload
+    progress {} -> {posted, completed, queued, outstanding, counts}
+    finish   {timeout_s} -> the client's report (ledger, counts, metrics)
+             when every request has an outcome, or at the deadline (in flight: LOST)
+
+Power notices come straight from the shim on the client's own socket
+(power.notify.ClientEndpoint). Every posting and completion also goes to the
+journal file, so if the worker dies the controller can say what was in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from harness.errors import ProtocolError, RxePowerError
+from harness.ledger import WorkloadSpec
+from harness.protocol import LineReader, Message, decode
+from power.notify import ClientEndpoint, DeviceInfo, SuspendReply
+
+WORKER_SCHEMA: dict = {
+    "start": {"name": str, "policy": str, "spec": dict, "device": dict, "agent_socket": str,
+              "clients_dir": str, "journal": str},
+    "go": {},
+    "progress": {},
+    "finish": {"timeout_s": (int, float)},
+}
+TICK_S = 0.05  # loop turn: rate pacing and the removal watch; completions wake us sooner
+
+
+def make_policy(name: str) -> object:
+    from clients import POLICIES
+
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise RxePowerError(f"unknown client policy {name!r}",
+                            f"use one of: {', '.join(POLICIES)}") from None
+
+
+class Worker:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = LineReader()
+        self.core = None
+        self.endpoint: ClientEndpoint | None = None
+        self.finish_msg: Message | None = None
+        self.finish_deadline = 0.0
+        self.journal = None
+
+    def reply(self, msg: Message, event: str, payload: dict) -> None:
+        self.sock.sendall(Message(event, payload, msg.id).encode())
+
+    def handle(self, msg: Message) -> None:
+        if msg.event == "start":
+            self.start(msg.payload)
+            self.reply(msg, "ok", {"generation": self.core.generation, "pid": os.getpid()})
+        elif self.core is None:
+            raise RxePowerError(f"{msg.event!r} before start", "send start first")
+        elif msg.event == "go":
+            self.core.admitting = True
+            self.reply(msg, "ok", {})
+        elif msg.event == "progress":
+            c = self.core
+            self.reply(msg, "ok", {"outstanding": c.outstanding(), "queued": len(c.queue),
+                                   "counts": c.ledger.counts(), "done": c.done()})
+        elif msg.event == "finish":
+            self.finish_msg = msg
+            self.finish_deadline = time.monotonic() + msg.payload["timeout_s"]
+
+    def start(self, p: dict) -> None:
+        from clients.core import ClientCore
+
+        policy = make_policy(p["policy"])
+        self.journal = open(p["journal"], "a")  # noqa: SIM115 - closed at exit
+        self.core = ClientCore(p["name"], policy, WorkloadSpec.from_json(p["spec"]),
+                               DeviceInfo.from_json(p["device"]), p["agent_socket"],
+                               self.journal)
+        self.core.admitting = False  # until "go"
+        self.core.open(self.core.device_info)
+        core = self.core
+
+        def on_suspend(transition: str, deadline_s: float) -> SuspendReply | None:
+            core.note("suspend_prepare", transition=transition, deadline_s=deadline_s)
+            return policy.on_suspend(core, deadline_s)
+
+        def on_resume(transition: str, info: DeviceInfo) -> None:
+            core.note("resume_complete", transition=transition, dev=info.dev)
+            policy.on_resume(core, info)
+
+        self.endpoint = ClientEndpoint(p["name"], on_suspend, on_resume,
+                                       clients_dir=Path(p["clients_dir"]))
+
+    def loop(self) -> int:
+        while True:
+            fds = [self.sock]
+            if self.endpoint is not None:
+                fds.append(self.endpoint.fileno())
+            if self.core is not None:
+                fds += self.core.fds()
+            poll_mode = self.core is not None and self.core.spec.completion == "poll"
+            readable, _, _ = select.select(fds, [], [], 0 if poll_mode else TICK_S)
+            if self.sock in readable:
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    return 0  # the controller is gone
+                for line in self.reader.feed(data):
+                    msg = decode(line, schema=WORKER_SCHEMA)
+                    try:
+                        self.handle(msg)
+                    except RxePowerError as exc:
+                        self.reply(msg, "error", {"message": str(exc), "fix": exc.fix})
+            if self.endpoint is not None and self.endpoint.fileno() in readable:
+                self.endpoint.handle_ready()
+            if self.core is None:
+                continue
+            core = self.core
+            core.read_async_events()
+            core.check_removed()
+            core.reap()
+            core.dispatch_errors()
+            core.pump()
+            if self.finish_msg is not None and (core.done()
+                                                or time.monotonic() >= self.finish_deadline):
+                self.reply(self.finish_msg, "ok", core.finish())
+                return 0
+
+    def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
+        if self.core is not None:
+            self.core.release()
+        if self.journal is not None:
+            self.journal.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="clients.worker", description=__doc__.split("\n")[0])
+    ap.add_argument("--fd", type=int, required=True, help="the control socket's fd")
+    args = ap.parse_args(argv)
+    sock = socket.socket(fileno=args.fd)
+    worker = Worker(sock)
+    try:
+        return worker.loop()
+    except (RxePowerError, ProtocolError) as exc:
+        print(f"clients.worker: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        return 3
+    finally:
+        with contextlib.suppress(Exception):
+            worker.close()
+        sock.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,290 @@
+"""The controller side of client workers: start them, run a transition under them, account.
+
+    with ClientWorker(...) as w: ...      one worker process (clients.worker)
+    run_scenario(shim, agent, topo, request, policies, spec, out_dir) -> ScenarioResult
+
+A scenario starts one worker per client policy against the local HCA, waits until
+each has completed part of its workload, runs the transition through the shim,
+then asks each worker to finish (every request gets an outcome, or is LOST at the
+deadline), collects the peer agent's own record of every arrival on every QP
+generation, matches it to each ledger (delivered once / duplicated / corrupted /
+missing) and derives the clean-shutdown measurements. A worker that dies
+(killed, segfault, exception) becomes a failed client result naming the client,
+the transition and the requests its journal shows in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness.errors import BoundExceeded, ProtocolError, RxePowerError
+from harness.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_peer_view
+from harness.protocol import Channel
+from power.notify import DeviceInfo
+
+WORKER_START_TIMEOUT_S = 60.0
+PROGRESS_TIMEOUT_S = 60.0
+FINISH_MARGIN_S = 30.0  # on top of the workload's own duration at its rate
+PROGRESS_POLL_S = 0.05
+WORKER_STOP_TIMEOUT_S = 5.0
+
+
+@dataclass
+class ClientResult:
+    client: str
+    policy: str
+    crashed: bool = False
+    crash: str = ""
+    in_flight_at_crash: list[int] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    peer_counts: dict[str, int] = field(default_factory=dict)
+    unaccounted: list[int] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    clean_shutdown: dict = field(default_factory=dict)
+    atomics: dict = field(default_factory=dict)
+    ledger: list[dict] = field(default_factory=list)
+
+    @property
+    def invariant_ok(self) -> bool:
+        return not self.crashed and not self.unaccounted
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "invariant_ok": self.invariant_ok}
+
+
+@dataclass
+class ScenarioResult:
+    transition: dict  # the TransitionResult JSON
+    clients: list[ClientResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.invariant_ok for c in self.clients)
+
+    def client(self, policy: str) -> ClientResult:
+        return next(c for c in self.clients if c.policy == policy)
+
+    def to_json(self) -> dict:
+        return {"transition": self.transition, "clients": [c.to_json() for c in self.clients],
+                "ok": self.ok}
+
+
+class ClientWorker:
+    """One worker process and its control channel (a socketpair)."""
+
+    def __init__(self, name: str, policy: str, spec: WorkloadSpec, log_dir: Path) -> None:
+        self.name, self.policy, self.spec = name, policy, spec
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = log_dir / f"{name}.journal.jsonl"
+        self.journal.unlink(missing_ok=True)
+        self.log_path = log_dir / f"{name}.log"
+        ours, theirs = socket.socketpair()
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen([sys.executable, "-m", "clients.worker", "--fd",
+                                      str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                                     stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        theirs.close()
+        self.pid = self.proc.pid
+        self.chan = Channel(ours, f"client {name} (pid {self.pid})")
+
+    def start(self, device: DeviceInfo, agent_socket: str, clients_dir: Path) -> None:
+        """Open the device and connect (the process was spawned already, in parallel)."""
+        self.request("start", WORKER_START_TIMEOUT_S, name=self.name, policy=self.policy,
+                     spec=self.spec.to_json(), device=device.to_json(),
+                     agent_socket=agent_socket, clients_dir=str(clients_dir),
+                     journal=str(self.journal))
+
+    def request(self, event: str, reply_timeout_s: float, **payload: object) -> dict:
+        try:
+            return self.chan.request(event, reply_timeout_s, **payload)
+        except (ProtocolError, OSError) as exc:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(WORKER_STOP_TIMEOUT_S)  # a broken channel: did it die?
+            if self.proc.returncode is not None:
+                raise WorkerDied(self, event) from exc
+            raise
+
+    def crash_text(self) -> str:
+        rc = self.proc.returncode
+        how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exited {rc}"
+        self._log.flush()
+        tail = self.log_path.read_text().strip().splitlines()[-5:] if self.log_path.exists() \
+            else []
+        return how + (f"; its log ends: {' | '.join(tail)}" if tail else "")
+
+    def in_flight(self) -> list[int]:
+        """From the journal: requests posted whose last posting never completed."""
+        last: dict[int, str] = {}
+        try:
+            lines = self.journal.read_text().splitlines()
+        except OSError:
+            return []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the crash
+            req = rec.get("detail", {}).get("req")
+            if rec["event"] in ("posted", "completed", "rejected") and req is not None:
+                last[req] = rec["event"]
+            for r in rec.get("detail", {}).get("reqs", []) if rec["event"] == "flushed" else []:
+                last[r] = "completed"
+        return sorted(r for r, ev in last.items() if ev == "posted")
+
+    def close(self) -> None:
+        self.chan.sock.close()
+        try:
+            self.proc.wait(WORKER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> ClientWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WorkerDied(RxePowerError):
+    def __init__(self, worker: ClientWorker, doing: str) -> None:
+        self.worker = worker
+        super().__init__(f"client {worker.name} died while {doing!r} was outstanding: "
+                         f"{worker.crash_text()}", f"see {worker.log_path}")
+
+
+def wait_progress(workers: list[ClientWorker], fraction: float) -> None:
+    """Until every live worker has an outcome for `fraction` of its requests (bounded)."""
+    deadline = time.monotonic() + PROGRESS_TIMEOUT_S
+    pending = list(workers)
+    while pending:
+        w = pending[0]
+        try:
+            rep = w.request("progress", PROGRESS_TIMEOUT_S)
+        except WorkerDied:
+            pending.pop(0)
+            continue
+        if sum(rep["counts"].get(k, 0) for k in rep["counts"] if k != "unaccounted") \
+                >= fraction * w.spec.count or rep["done"]:
+            pending.pop(0)
+            continue
+        if time.monotonic() > deadline:
+            raise BoundExceeded("waiting for client progress", "PROGRESS_TIMEOUT_S",
+                                PROGRESS_TIMEOUT_S, f"client {w.name}: {rep}")
+        time.sleep(PROGRESS_POLL_S)  # polling interval of a bounded wait
+
+
+def collect(worker: ClientWorker, agent: object, transition: str,
+            terminated: dict[int, str] | None = None) -> ClientResult:
+    """Finish one worker and account for every request, with the peer's view.
+    `terminated`: pids the shim terminated under --on-veto force (it reaped them, so
+    their exit status is gone), with how."""
+    res = ClientResult(worker.name, worker.policy)
+    spec = worker.spec
+    finish_s = (spec.count / spec.rate_per_s if spec.rate_per_s else 0) + FINISH_MARGIN_S
+    try:
+        rep = worker.request("finish", finish_s + 10, timeout_s=finish_s)
+    except (WorkerDied, ProtocolError, BoundExceeded, OSError) as exc:
+        worker.proc.poll()
+        res.crashed = True
+        how = (terminated or {}).get(worker.pid)
+        why = (f"terminated by the shim ({how}) under --on-veto force: it held the device"
+               if how else worker.crash_text() if worker.proc.returncode is not None
+               else str(exc))
+        res.crash = f"client {worker.name} ({worker.policy}) during {transition}: {why}"
+        res.in_flight_at_crash = worker.in_flight()
+        return res
+    ledger = Ledger.from_json(rep["ledger"])
+    arrivals: list[dict] = []
+    peer_events: list[dict] = []
+    peer_adds = 0
+    for aq in rep["agent_qps"]:
+        got = agent.request("arrivals", 30.0, qp_id=aq["qp_id"], count=0, timeout_s=0)
+        arrivals += [{**a, "agent_generation": aq["generation"]} for a in got["arrivals"]]
+        peer_events += [{**ev, "generation": aq["generation"]} for ev in got["events"]]
+        peer_adds += int(agent.request("read_u64", 30.0, qp_id=aq["qp_id"],
+                                       offset=aq["counter_offset"])["value"])
+        with contextlib.suppress(RxePowerError):
+            agent.request("destroy_qp", 30.0, qp_id=aq["qp_id"])
+    apply_peer_view(ledger, arrivals)
+    res.counts = ledger.counts()
+    res.peer_counts = ledger.peer_counts()
+    res.unaccounted = ledger.unaccounted()
+    res.metrics = rep["metrics"]
+    res.ledger = ledger.to_json()
+    local_adds = sum(1 for e in ledger.entries.values() if e.op is Op.FETCH_ADD
+                     for a in e.attempts if a.status == "SUCCESS")
+    res.atomics = {"peer_counter": peer_adds, "local_successes": local_adds,
+                   "match": peer_adds == local_adds}
+    res.clean_shutdown = clean_shutdown(res.metrics, arrivals, peer_events, ledger)
+    return res
+
+
+def clean_shutdown(m: dict, arrivals: list[dict], peer_events: list[dict],
+                   ledger: Ledger) -> dict:
+    goodbyes = [a for a in arrivals if a.get("opcode") == "GOODBYE"]
+    flushed = [ev for ev in peer_events if ev.get("status") == "WR_FLUSH_ERR"]
+    other = sorted({ev.get("status") for ev in peer_events if ev.get("status") != "WR_FLUSH_ERR"})
+
+    def ms(a: int | None, b: int | None) -> float | None:
+        return round((b - a) / 1e6, 3) if a is not None and b is not None else None
+
+    return {
+        "peer_saw": ("orderly disconnect (goodbye)" if goodbyes else
+                     f"errors {other}" if other else "nothing"),
+        "peer_receives_flushed": len(flushed),
+        "suspend_to_quiesced_ms": ms(m.get("suspend_ns"), m.get("quiesced_ns")),
+        "resume_to_first_ok_ms": ms(m.get("resume_ns"), m.get("first_ok_after_resume_ns")),
+        "quiesce": m.get("quiesce", ""),
+        "replayed": sum(1 for e in ledger.entries.values() if e.outcome is Outcome.REPLAYED_OK),
+        "error_completions": sum(1 for e in ledger.entries.values()
+                                 if e.outcome in (Outcome.COMPLETED_ERROR, Outcome.FLUSHED)),
+        "reconnects": m.get("reconnects", 0),
+    }
+
+
+def run_scenario(shim: object, agent: object, local: object, request: object,
+                 policies: list[str], spec: WorkloadSpec, clients_dir: Path, log_dir: Path,
+                 progress_fraction: float = 0.3) -> ScenarioResult:
+    """One transition under one worker per policy, all at once; every request accounted."""
+    device = DeviceInfo.from_endpoint(local)
+    workers: list[ClientWorker] = []
+    try:
+        for policy in policies:  # spawn all first: they start up in parallel
+            workers.append(ClientWorker(policy, policy, spec, log_dir))
+        for w in workers:
+            w.start(device, agent.sock_path, clients_dir)
+        for w in workers:
+            w.request("go", WORKER_START_TIMEOUT_S)
+        wait_progress(workers, progress_fraction)
+        tres = shim.run(request)
+        terminated = {t["pid"]: t["how"] for t in (tres.veto.terminated if tres.veto else [])}
+        results = [collect(w, agent, request.name, terminated) for w in workers]
+    finally:
+        for w in workers:
+            w.close()
+    return ScenarioResult(tres.to_json(), results)
+
+
+def render(res: ScenarioResult) -> list[str]:
+    t = res.transition
+    out = [f"{t['request']['name']} {t['request']['ordering']}: verdict {t['verdict']}"]
+    for c in res.clients:
+        if c.crashed:
+            out.append(f"  {c.policy:<13} CRASHED: {c.crash}; in flight: {c.in_flight_at_crash}")
+            continue
+        cs = c.clean_shutdown
+        out.append(f"  {c.policy:<13} {c.counts} peer {c.peer_counts} unaccounted "
+                   f"{len(c.unaccounted)} | peer saw {cs['peer_saw']}, quiesce "
+                   f"{cs['quiesce']!r}, resume->ok {cs['resume_to_first_ok_ms']} ms, "
+                   f"replayed {cs['replayed']}, atomics {c.atomics}")
+    return out
