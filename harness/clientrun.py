@@ -1,14 +1,16 @@
 """The controller side of client workers: start them, run a transition under them, account.
 
     with ClientWorker(...) as w: ...      one worker process (clients.worker)
-    run_scenario(shim, agent, topo, request, policies, spec, out_dir) -> ScenarioResult
+    run_scenario(shim, agent, local, request, policies, spec, ...) -> ScenarioResult
 
 A scenario starts one worker per client policy against the local HCA, waits until
 each has completed part of its workload, runs the transition through the shim,
 then asks each worker to finish (every request gets an outcome, or is LOST at the
 deadline), collects the peer agent's own record of every arrival on every QP
-generation, matches it to each ledger (delivered once / duplicated / corrupted /
-missing) and derives the clean-shutdown measurements. A worker that dies
+generation, probes each QP generation the client left behind with a SEND from the
+peer (how long the peer takes to notice its partner is gone: RETRY_EXC_ERR, or a
+flush when it was told by a goodbye), matches it to each ledger (delivered once /
+duplicated / corrupted / missing) and derives the clean-shutdown measurements. A worker that dies
 (killed, segfault, exception) becomes a failed client result naming the client,
 the transition and the requests its journal shows in flight.
 """
@@ -34,6 +36,10 @@ PROGRESS_TIMEOUT_S = 60.0
 FINISH_MARGIN_S = 30.0  # on top of the workload's own duration at its rate
 PROGRESS_POLL_S = 0.05
 WORKER_STOP_TIMEOUT_S = 5.0
+# How long the peer's probe SEND to a left-behind QP may take. Measured on rxe 6.1: to a
+# QP told by a goodbye it is flushed at once; to a vanished QP no completion came within
+# 30 s (rxe's requester kept retransmitting), so a short bound reports NO_COMPLETION.
+PEER_PROBE_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -183,9 +189,9 @@ def wait_progress(workers: list[ClientWorker], fraction: float) -> None:
         time.sleep(PROGRESS_POLL_S)  # polling interval of a bounded wait
 
 
-def collect(worker: ClientWorker, agent: object, transition: str,
-            terminated: dict[int, str] | None = None) -> ClientResult:
-    """Finish one worker and account for every request, with the peer's view.
+def finish(worker: ClientWorker, transition: str,
+           terminated: dict[int, str] | None = None) -> tuple[ClientResult, dict | None]:
+    """Have one worker finish its workload; a dead worker becomes a crash result.
     `terminated`: pids the shim terminated under --on-veto force (it reaped them, so
     their exit status is gone), with how."""
     res = ClientResult(worker.name, worker.policy)
@@ -202,13 +208,24 @@ def collect(worker: ClientWorker, agent: object, transition: str,
                else str(exc))
         res.crash = f"client {worker.name} ({worker.policy}) during {transition}: {why}"
         res.in_flight_at_crash = worker.in_flight()
-        return res
+        return res, None
+    return res, rep
+
+
+def account(res: ClientResult, rep: dict, agent: object) -> ClientResult:
+    """Every request's outcome, with the peer's view, atomics and clean-shutdown figures.
+    Run once every worker has finished: the peer's probes must not meet live QPs."""
     ledger = Ledger.from_json(rep["ledger"])
     arrivals: list[dict] = []
     peer_events: list[dict] = []
     peer_adds = 0
+    probes = []
     for aq in rep["agent_qps"]:
         got = agent.request("arrivals", 30.0, qp_id=aq["qp_id"], count=0, timeout_s=0)
+        if aq["generation"] < rep["generations"]:  # a QP the client left behind
+            pr = agent.request("probe", PEER_PROBE_TIMEOUT_S + 10, qp_id=aq["qp_id"],
+                               timeout_s=PEER_PROBE_TIMEOUT_S)
+            probes.append({"generation": aq["generation"], **pr})
         arrivals += [{**a, "agent_generation": aq["generation"]} for a in got["arrivals"]]
         peer_events += [{**ev, "generation": aq["generation"]} for ev in got["events"]]
         peer_adds += int(agent.request("read_u64", 30.0, qp_id=aq["qp_id"],
@@ -226,6 +243,7 @@ def collect(worker: ClientWorker, agent: object, transition: str,
     res.atomics = {"peer_counter": peer_adds, "local_successes": local_adds,
                    "match": peer_adds == local_adds}
     res.clean_shutdown = clean_shutdown(res.metrics, arrivals, peer_events, ledger)
+    res.clean_shutdown["peer_probe"] = probes
     return res
 
 
@@ -268,7 +286,9 @@ def run_scenario(shim: object, agent: object, local: object, request: object,
         wait_progress(workers, progress_fraction)
         tres = shim.run(request)
         terminated = {t["pid"]: t["how"] for t in (tres.veto.terminated if tres.veto else [])}
-        results = [collect(w, agent, request.name, terminated) for w in workers]
+        finished = [finish(w, request.name, terminated) for w in workers]
+        results = [account(res, rep, agent) if rep is not None else res
+                   for res, rep in finished]
     finally:
         for w in workers:
             w.close()
@@ -283,8 +303,11 @@ def render(res: ScenarioResult) -> list[str]:
             out.append(f"  {c.policy:<13} CRASHED: {c.crash}; in flight: {c.in_flight_at_crash}")
             continue
         cs = c.clean_shutdown
+        probe = "; ".join(f"gen {p['generation']}: {p['status']} after {p['seconds']} s"
+                          for p in cs.get("peer_probe", []))
         out.append(f"  {c.policy:<13} {c.counts} peer {c.peer_counts} unaccounted "
-                   f"{len(c.unaccounted)} | peer saw {cs['peer_saw']}, quiesce "
+                   f"{len(c.unaccounted)} | peer saw {cs['peer_saw']}, peer probe [{probe}], "
+                   f"quiesce "
                    f"{cs['quiesce']!r}, resume->ok {cs['resume_to_first_ok_ms']} ms, "
                    f"replayed {cs['replayed']}, atomics {c.atomics}")
     return out

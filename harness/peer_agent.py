@@ -34,10 +34,11 @@ from harness import payload
 from harness.errors import ProtocolError, RxePowerError
 from harness.names import wc_opcode_name, wc_status_name
 from harness.protocol import LineReader, Message, decode
-from harness.verbs import Device, QpInfo, QpParams, RcQp
+from harness.verbs import Device, QpInfo, QpParams, RcQp, opcode
 
 SELECT_TICK_S = 0.5  # upper bound on one loop turn (deadline checks), not a sleep
 IBV_WC_WITH_IMM = 1 << 1
+PROBE_WR_ID = 0xFFFF_FFFF_0000  # the agent's own probe SEND
 GOODBYE_SEQ = 0xFFFFFFFF  # imm of a raw-verbs client's orderly disconnect (clients.core)
 
 
@@ -67,6 +68,8 @@ class AgentQp:
     events: list[dict] = field(default_factory=list)
     delivered: int = 0  # arrivals already handed to the controller
     write_slots: int = 0  # WRITE_WITH_IMM slots at the start of the area (0: all of it)
+    probe_started: float | None = None
+    probe_done: tuple[str, float] | None = None
     cmid: object | None = None
 
     @property
@@ -85,6 +88,9 @@ class AgentQp:
     def handle_completions(self) -> None:
         for wc in self.qp.poll(64):
             status = wc_status_name(int(wc.status))
+            if int(wc.wr_id) == PROBE_WR_ID:
+                self.probe_done = (status, time.monotonic())
+                continue
             if status != "SUCCESS":
                 self.events.append({"kind": "wc_error", "status": status,
                                     "wr_id": int(wc.wr_id), "vendor_err": int(wc.vendor_err),
@@ -193,6 +199,11 @@ class Agent:
             return {}
         if ev == "arrivals":
             return self._arrivals_done(aq, p["count"], time.monotonic() + p["timeout_s"], False)
+        if ev == "probe":  # does our side notice the client is gone? (answered when done)
+            if aq.probe_started is None:
+                aq.probe_started, aq.probe_done = time.monotonic(), None
+                aq.qp.post_send(PROBE_WR_ID, opcode("SEND"), aq.rdma_base, 16)
+            return self._probe_done(aq, msg)
         if ev == "qp_state":
             return {"state": aq.qp.state().name}
         if ev == "to_err":
@@ -219,6 +230,14 @@ class Agent:
         aq.qp.close()
         if aq.cmid is not None:
             aq.cmid.close()
+
+    def _probe_done(self, aq: AgentQp, msg: Message) -> dict | None:
+        if aq.probe_done is None and time.monotonic() < msg.payload["_deadline"]:
+            return None
+        started = aq.probe_started or time.monotonic()
+        status, t = aq.probe_done or ("NO_COMPLETION", time.monotonic())
+        aq.probe_started = None
+        return {"status": status, "seconds": round(t - started, 4)}
 
     def _arrivals_done(self, aq: AgentQp, count: int, deadline: float,
                        final: bool) -> dict | None:
@@ -361,7 +380,7 @@ class Agent:
         try:
             msg = decode(line)
             mid = msg.id
-            if msg.event == "arrivals":
+            if msg.event in ("arrivals", "probe"):
                 msg.payload["_deadline"] = time.monotonic() + msg.payload["timeout_s"]
             reply = self.handle(msg)
             if reply is None:
@@ -379,10 +398,14 @@ class Agent:
     def _finish_waits(self) -> None:
         still = []
         for c, msg, deadline in self.waiting:
-            if msg.event == "arrivals":
+            if msg.event in ("arrivals", "probe"):
                 aq = self.qps.get(msg.payload["qp_id"])
-                reply = None if aq is None else self._arrivals_done(
-                    aq, msg.payload["count"], deadline, False)
+                if aq is None:
+                    reply = {"error": "QP destroyed while waiting"}
+                elif msg.event == "probe":
+                    reply = self._probe_done(aq, msg)
+                else:
+                    reply = self._arrivals_done(aq, msg.payload["count"], deadline, False)
             else:
                 reply = self._cm_wait_done(msg, time.monotonic())
             if reply is None:

@@ -34,6 +34,7 @@ REQUESTS: dict[str, dict[str, type | tuple[type, ...]]] = {  # controller -> pee
     "write_u64": {**_QP, "offset": int, "value": int},
     "arrivals": {**_QP, "count": int, "timeout_s": (int, float)},
     "qp_state": _QP,
+    "probe": {**_QP, "timeout_s": (int, float)},
     "to_err": _QP,
     "destroy_qp": _QP,
     "cm_listen": {"port": int, "mr_size": int, "recv_slots": int, "slot_size": int},

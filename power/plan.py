@@ -169,9 +169,6 @@ TRANSITIONS: dict[str, Transition] = {t.name: t for t in (
     ),
 )}
 
-SLEEP_STEPS = frozenset({S.PORT_DOWN, S.DELETE_DEVICE, S.DESTROY_NETDEV, S.HOLD, S.PM_SUSPEND})
-RESUME_STEPS = frozenset({S.CREATE_NETDEV, S.CREATE_DEVICE, S.PORT_UP, S.NOTIFY_RESUME})
-
 
 def get_transition(name: str) -> Transition:
     try:
@@ -181,22 +178,18 @@ def get_transition(name: str) -> Transition:
                            f"use one of: {', '.join(TRANSITIONS)}") from None
 
 
-def parse_ordering(raw: str) -> Ordering:
+def parse_choice(enum_cls: type[StrEnum], raw: str, what: str) -> StrEnum:
+    """A value of one of our string enums, or an error listing the valid ones."""
     try:
-        return Ordering(raw)
+        return enum_cls(raw)
     except ValueError:
-        raise SettingError(f"unknown ordering {raw!r}",
-                           f"use one of: {', '.join(o.value for o in Ordering)}") from None
+        raise SettingError(f"unknown {what} {raw!r}",
+                           f"use one of: {', '.join(m.value for m in enum_cls)}") from None
+
+
+def parse_ordering(raw: str) -> Ordering:
+    return Ordering(parse_choice(Ordering, raw, "ordering"))
 
 
 def parse_on_veto(raw: str) -> OnVeto:
-    try:
-        return OnVeto(raw)
-    except ValueError:
-        raise SettingError(f"unknown veto policy {raw!r}",
-                           f"use one of: {', '.join(o.value for o in OnVeto)}") from None
-
-
-def resume_part(steps: tuple[StepKind, ...]) -> tuple[StepKind, ...]:
-    """The steps that bring the device back (run when a sleep is aborted by a veto)."""
-    return tuple(s for s in steps if s in RESUME_STEPS)
+    return OnVeto(parse_choice(OnVeto, raw, "veto policy"))

@@ -47,6 +47,12 @@ def healthy(c: ClientResult) -> None:
         1 for e in c.ledger if e["op"] in ("SEND", "WRITE")
         and e["outcome"] not in ("completed-ok", "replayed-ok"))
     assert ok + c.clean_shutdown["error_completions"] == SPEC.count
+    # the peer's SEND to each QP generation the client left behind never succeeds; on
+    # rxe 6.1 a vanished QP gives the peer no completion at all within the bound (it
+    # keeps retransmitting): the peer does not notice a partner that left silently
+    probes = c.clean_shutdown["peer_probe"]
+    assert len(probes) == c.clean_shutdown["reconnects"]
+    assert all(p["status"] != "SUCCESS" for p in probes), probes
 
 
 @pytest.mark.parametrize("ordering", list(Ordering))
@@ -93,10 +99,29 @@ def test_standby_cooperative(power_shim, peer_agent, rxe_topology, results_dir,
         assert graceful.clean_shutdown["peer_saw"] == "orderly disconnect (goodbye)"
         assert graceful.clean_shutdown["error_completions"] == 0
         assert graceful.clean_shutdown["quiesce"] == "drained, goodbye sent"
+        # told by the goodbye, the peer moved its QP to ERR: its probe is flushed at once
+        assert [p["status"] for p in graceful.clean_shutdown["peer_probe"]] == ["WR_FLUSH_ERR"]
         assert res.transition["veto"]["blocked_s"] < 0.5  # the delete did not wait
     else:
         assert graceful.clean_shutdown["quiesce"].startswith("no chance to quiesce")
         assert graceful.clean_shutdown["peer_saw"] != "orderly disconnect (goodbye)"
+
+
+@pytest.mark.parametrize("ordering", list(Ordering))
+def test_naive_under_standby(power_shim, peer_agent, rxe_topology, results_dir,
+                             ordering) -> None:
+    """naive never lets go of its context, and rxe cannot take a held device away (no
+    disassociate): the delete blocks, the shim names naive as the holder, and under
+    --on-veto force terminates it. Its result is a failed client naming the transition
+    and what was in flight, not a failed run; fail-fast beside it is unaffected."""
+    res = scenario(power_shim, peer_agent, rxe_topology, results_dir, "standby", ordering,
+                   ["naive", "fail-fast"], on_veto=OnVeto.FORCE)
+    assert Verdict(res.transition["verdict"]) is Verdict.FORCED
+    naive = res.client("naive")
+    assert naive.crashed and "terminated by the shim (SIGTERM)" in naive.crash
+    assert [h["pid"] for h in res.transition["veto"]["holders"]] == \
+        [t["pid"] for t in res.transition["veto"]["terminated"]]
+    healthy(res.client("fail-fast"))
 
 
 def test_surprise_removal(power_shim, peer_agent, rxe_topology, results_dir) -> None:
