@@ -20,24 +20,34 @@ is the orderly disconnect of a raw-verbs connection.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import socket
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from harness import payload
 from harness.errors import OsCallError, RxePowerError
+from harness.holders import SYSFS_VERBS, uverbs_files
 from harness.ledger import MAX_MESSAGE, AppRequest, Ledger, Op, WorkloadSpec
 from harness.names import async_event_name, wc_status_name
+from harness.payload import GOODBYE_SEQ, READ_SEQ
 from harness.protocol import Channel
-from harness.verbs import Device, QpInfo, QpParams, RcQp, opcode
+from harness.verbs import (
+    Device,
+    QpInfo,
+    QpParams,
+    RcQp,
+    opcode,
+    verbs_call,
+    wait_readable,
+)
 from power.notify import DeviceInfo, SuspendReply
 
 SLOT = MAX_MESSAGE
 WRITE_SLOTS = 64
-READ_SEQ = 0xFFFFFFF0
-GOODBYE_SEQ = 0xFFFFFFFF
 DRAIN_TIMEOUT_S = 5.0  # QP to ERR -> every WR flushed back
 AGENT_REPLY_TIMEOUT_S = 20.0
 
@@ -256,8 +266,6 @@ class ClientCore:
     def read_async_events(self) -> None:
         if self.device is None or self.device.async_fd is None:
             return
-        from harness.verbs import verbs_call
-
         while self.device is not None:
             try:
                 with verbs_call("get async event"):
@@ -315,8 +323,6 @@ class ClientCore:
                         if status != "SUCCESS":
                             flushed.append(req_id)
                 if conn.inflight:
-                    from harness.verbs import wait_readable
-
                     wait_readable(conn.qp.channel_fd, 0.05)
             conn.broken = True
             # anything still not back is left posted: the ledger makes it LOST at the end
@@ -331,8 +337,6 @@ class ClientCore:
         """Stop admitting; wait for in-flight requests to complete normally, bounded."""
         self.admitting = False
         end = time.monotonic() + deadline_s
-        from harness.verbs import wait_readable
-
         while self.outstanding() and time.monotonic() < end:
             self.reap()
             for fd in self.fds()[:1]:
@@ -370,19 +374,11 @@ class ClientCore:
 
 
 def _uverbs_node(dev: str) -> str | None:
-    from harness.holders import SYSFS_VERBS
-
-    for entry in sorted(SYSFS_VERBS.glob("uverbs*")):
-        try:
-            if (entry / "ibdev").read_text().strip() == dev:
-                return str(entry)
-        except OSError:
-            continue
-    return None
+    """The sysfs node of the device's uverbs file (it vanishes when a delete starts)."""
+    files = sorted(uverbs_files(dev))
+    return str(SYSFS_VERBS / Path(files[0]).name) if files else None
 
 
 def _json(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, separators=(",", ":"))
 

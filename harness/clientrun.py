@@ -28,6 +28,7 @@ from pathlib import Path
 
 from harness.errors import BoundExceeded, ProtocolError, RxePowerError
 from harness.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_peer_view
+from harness.proc import wait_or_kill
 from harness.protocol import Channel
 from power.notify import DeviceInfo
 
@@ -147,11 +148,7 @@ class ClientWorker:
 
     def close(self) -> None:
         self.chan.sock.close()
-        try:
-            self.proc.wait(WORKER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        wait_or_kill(self.proc, WORKER_STOP_TIMEOUT_S)
         self._log.close()
 
     def __enter__(self) -> ClientWorker:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 MAGIC = b"RXPW"
 _HDR = struct.Struct("<4sQIII")  # magic, seq, generation, length, crc32(body)
 HEADER_LEN = _HDR.size  # 24
+GOODBYE_SEQ = 0xFFFFFFFF  # imm of a raw-verbs client's orderly disconnect (no payload)
+READ_SEQ = 0xFFFFFFF0  # the payload the peer fills for clients' RDMA READs
 _BASE = bytes(range(256))
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import BoundExceeded, RxePowerError
+from harness.proc import wait_or_kill
 from harness.protocol import REPLY_TIMEOUT_S, Channel, ProtocolError
 from harness.topology import Endpoint
 from harness.verbs import QpInfo
@@ -109,11 +110,7 @@ class PeerAgent:
                 self.chan.request("shutdown", AGENT_STOP_TIMEOUT_S)
         if self.chan is not None:
             self.chan.sock.close()
-        try:
-            self.proc.wait(timeout=AGENT_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        wait_or_kill(self.proc, AGENT_STOP_TIMEOUT_S)
         if self.proc.stdout:
             self.proc.stdout.close()
         self._log.close()

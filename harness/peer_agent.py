@@ -33,13 +33,13 @@ from dataclasses import asdict, dataclass, field
 from harness import payload
 from harness.errors import ProtocolError, RxePowerError
 from harness.names import wc_opcode_name, wc_status_name
+from harness.payload import GOODBYE_SEQ
 from harness.protocol import LineReader, Message, decode
 from harness.verbs import Device, QpInfo, QpParams, RcQp, opcode
 
 SELECT_TICK_S = 0.5  # upper bound on one loop turn (deadline checks), not a sleep
 IBV_WC_WITH_IMM = 1 << 1
 PROBE_WR_ID = 0xFFFF_FFFF_0000  # the agent's own probe SEND
-GOODBYE_SEQ = 0xFFFFFFFF  # imm of a raw-verbs client's orderly disconnect (clients.core)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from harness.errors import BoundExceeded, RxePowerError
 from harness.names import async_event_name
+from harness.proc import wait_or_kill
 
 READER_START_TIMEOUT_S = 30.0
 READER_ACK_TIMEOUT_S = 10.0
@@ -188,11 +189,7 @@ class AsyncEventReader:
         if self.proc.stdin and not self.proc.stdin.closed:
             with contextlib.suppress(BrokenPipeError):
                 self.proc.stdin.close()
-        try:
-            self.proc.wait(READER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        wait_or_kill(self.proc, READER_STOP_TIMEOUT_S)
         self._thread.join(READER_STOP_TIMEOUT_S)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream:
