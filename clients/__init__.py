@@ -1,12 +1,39 @@
 """Client policies: the same workload through the same I/O path (clients.core), differing
 only in what they do around a power transition. Each runs in its own worker process
-(clients.worker), steered by the controller (harness.clientrun)."""
+(clients.worker), steered by the controller (harness.clientrun).
+
+A policy is named by its short name (POLICIES) or, for a policy of your own, as
+`package.module:Class` importable in the worker (the tests' leaking client is one).
+"""
 
 from __future__ import annotations
+
+import importlib
 
 from clients.fail_fast import FailFast
 from clients.graceful import Graceful
 from clients.naive import Naive
 from clients.queue_replay import QueueReplay
+from harness.errors import SettingError
 
 POLICIES = {p.name: p for p in (Naive, FailFast, QueueReplay, Graceful)}
+
+
+def policy_class(spec: str) -> type:
+    """The policy class for a short name or `module:Class`; SettingError names the fix."""
+    if spec in POLICIES:
+        return POLICIES[spec]
+    mod_name, sep, cls_name = spec.partition(":")
+    if not sep:
+        raise SettingError(f"unknown client policy {spec!r}",
+                           f"use one of: {', '.join(POLICIES)}, or module:Class")
+    try:
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+    except (ImportError, AttributeError) as exc:
+        raise SettingError(f"client policy {spec!r} cannot be loaded: {exc}",
+                           "give an importable module:Class (is it on PYTHONPATH?)") from None
+    for hook in ("on_suspend", "on_resume", "on_error"):
+        if not callable(getattr(cls, hook, None)):
+            raise SettingError(f"client policy {spec!r} has no {hook}()",
+                               "implement the clients.core.Policy protocol")
+    return cls

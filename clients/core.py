@@ -50,6 +50,7 @@ SLOT = MAX_MESSAGE
 WRITE_SLOTS = 64
 DRAIN_TIMEOUT_S = 5.0  # QP to ERR -> every WR flushed back
 AGENT_REPLY_TIMEOUT_S = 20.0
+MAX_EVENTS = 2000  # notes kept in memory per round for the timeline (the journal has all)
 
 
 class Policy(Protocol):
@@ -113,6 +114,9 @@ class ClientCore:
         self.agent_qps: list[dict] = []  # every agent QP we made: id, generation, offsets
         self.next_wr = 1
         self.next_post_ns = 0
+        self.round = 1
+        self.round_generation = 1  # the generation each round starts on
+        self.events: list[dict] = []  # notes other than posting/completion, for timelines
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(agent_socket)
         self.agent = Channel(sock, f"peer agent (for {name})")
@@ -120,6 +124,8 @@ class ClientCore:
     # --- journal (what a crash leaves behind) -----------------------------------------------
 
     def note(self, what: str, **detail: Any) -> None:
+        if what not in ("posted", "completed") and len(self.events) < MAX_EVENTS:
+            self.events.append({"t_ns": time.monotonic_ns(), "event": what, **detail})
         if self.journal is not None:
             self.journal.write(f'{{"t_ns": {time.monotonic_ns()}, "event": "{what}", '
                                f'"detail": {_json(detail)}}}\n')
@@ -130,8 +136,9 @@ class ClientCore:
     def open(self, info: DeviceInfo) -> None:
         """Open the device and connect spec.qps QPs (a new generation) to new agent QPs."""
         self.device_info = info
-        self.device = Device(info.dev, info.port, info.gid_index)
-        self.uverbs = _uverbs_node(info.dev)
+        if self.device is None:
+            self.device = Device(info.dev, info.port, info.gid_index)
+            self.uverbs = _uverbs_node(info.dev)
         self.generation += 1
         qd = self.spec.queue_depth
         area = (WRITE_SLOTS + 1) * SLOT + 64
@@ -155,11 +162,34 @@ class ClientCore:
                                    "qp_index": q, "counter_offset": counter_off})
         self.note("opened", generation=self.generation, dev=info.dev)
 
-    def release(self) -> None:
-        """Close every QP and the device: nothing of ours holds it any more."""
+    def close_qps(self) -> None:
         for conn in self.conns.values():
             conn.qp.close()
         self.conns.clear()
+
+    def new_round(self, spec: WorkloadSpec) -> None:
+        """Start the next workload round (rxe-power stress): same process and device, a
+        fresh QP generation, a fresh ledger. Only once the last round is done."""
+        if self.outstanding():
+            raise RxePowerError(f"{self.outstanding()} requests still outstanding",
+                                "finish the round before starting another")
+        self.close_qps()
+        self.spec = spec.validate()
+        self.requests = {r.req_id: r for r in spec.requests()}
+        self.ledger = Ledger(list(self.requests.values()))
+        self.queue = collections.deque(self.requests)
+        self.metrics = Metrics()
+        self.events = []
+        self.agent_qps = []
+        self.pending_errors = []
+        self.admitting = False
+        self.round += 1
+        self.open(self.device_info)
+        self.round_generation = self.generation
+
+    def release(self) -> None:
+        """Close every QP and the device: nothing of ours holds it any more."""
+        self.close_qps()
         if self.device is not None:
             self.device.close()
             self.device = None
@@ -257,7 +287,7 @@ class ClientCore:
         if status == "SUCCESS":
             if (self.metrics.resume_ns is not None
                     and self.metrics.first_ok_after_resume_ns is None
-                    and conn.generation > 1):
+                    and conn.generation > self.round_generation):
                 self.metrics.first_ok_after_resume_ns = now
         else:
             conn.broken = True
@@ -274,7 +304,7 @@ class ClientCore:
                 return
             name = async_event_name(int(ev.event_type))
             ev.ack()
-            self.note("async", event=name)
+            self.note("async", name=name)
             if name in ("PORT_ERR", "DEVICE_FATAL"):
                 self.error(f"async event {name}")
 
@@ -370,7 +400,8 @@ class ClientCore:
         return {"client": self.name, "policy": self.policy.name,
                 "ledger": self.ledger.to_json(), "counts": self.ledger.counts(),
                 "unaccounted": self.ledger.unaccounted(), "metrics": self.metrics.to_json(),
-                "agent_qps": self.agent_qps, "generations": self.generation}
+                "agent_qps": self.agent_qps, "generations": self.generation,
+                "round": self.round, "events": self.events}
 
 
 def _uverbs_node(dev: str) -> str | None:

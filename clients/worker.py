@@ -10,8 +10,12 @@ control socket (fd N, a socketpair end from the controller). Protocol: the
              -> {generation}                 device opened, QPs connected
     go       {} -> {}                         start posting the workload
     progress {} -> {posted, completed, queued, outstanding, counts}
-    finish   {timeout_s} -> the client's report (ledger, counts, metrics)
+    finish   {timeout_s} -> the client's report (ledger, counts, metrics, events)
              when every request has an outcome, or at the deadline (in flight: LOST)
+    round    {spec} -> {generation}           after a finish: the next workload round on
+             the same device with a fresh QP generation and ledger (rxe-power stress)
+
+The worker lives until the controller closes the socket.
 
 Power notices come straight from the shim on the client's own socket
 (power.notify.ClientEndpoint). Every posting and completion also goes to the
@@ -30,6 +34,7 @@ import time
 import traceback
 from pathlib import Path
 
+from clients import policy_class
 from harness.errors import ProtocolError, RxePowerError
 from harness.ledger import WorkloadSpec
 from harness.protocol import LineReader, Message, decode
@@ -41,18 +46,10 @@ WORKER_SCHEMA: dict = {
     "go": {},
     "progress": {},
     "finish": {"timeout_s": (int, float)},
+    "round": {"spec": dict},
 }
 TICK_S = 0.05  # loop turn: rate pacing and the removal watch; completions wake us sooner
 
-
-def make_policy(name: str) -> object:
-    from clients import POLICIES
-
-    try:
-        return POLICIES[name]()
-    except KeyError:
-        raise RxePowerError(f"unknown client policy {name!r}",
-                            f"use one of: {', '.join(POLICIES)}") from None
 
 
 class Worker:
@@ -84,11 +81,17 @@ class Worker:
         elif msg.event == "finish":
             self.finish_msg = msg
             self.finish_deadline = time.monotonic() + msg.payload["timeout_s"]
+        elif msg.event == "round":
+            if self.finish_msg is not None:
+                raise RxePowerError("round while a finish is outstanding",
+                                    "wait for the finish reply first")
+            self.core.new_round(WorkloadSpec.from_json(msg.payload["spec"]))
+            self.reply(msg, "ok", {"generation": self.core.generation})
 
     def start(self, p: dict) -> None:
         from clients.core import ClientCore
 
-        policy = make_policy(p["policy"])
+        policy = policy_class(p["policy"])()
         self.journal = open(p["journal"], "a")  # noqa: SIM115 - closed at exit
         self.core = ClientCore(p["name"], policy, WorkloadSpec.from_json(p["spec"]),
                                DeviceInfo.from_json(p["device"]), p["agent_socket"],
@@ -118,15 +121,58 @@ class Worker:
             poll_mode = self.core is not None and self.core.spec.completion == "poll"
             readable, _, _ = select.select(fds, [], [], 0 if poll_mode else TICK_S)
             if self.sock in readable:
-                data = self.sock.recv(1 << 16)
+                # Nothing the controller sends ends the worker: a line that is not a valid
+                # WORKER_SCHEMA message, a request out of order, or a handler's exception
+                # is answered with an "error" reply (id 0 when the line's id cannot be
+                # read) and the loop carries on with its ledger intact. A line over
+                # MAX_MESSAGE_BYTES without a newline (broken framing) is answered the same
+                # way and the reader skips to the next newline: unlike the peer agent, which
+                # drops such a connection, the worker has only this one, and dropping it
+                # would end the worker. Only the socket itself failing ends the loop.
+                try:
+                    data = self.sock.recv(1 << 16)
+                except OSError:
+                    return 0  # the controller is gone (connection reset)
                 if not data:
                     return 0  # the controller is gone
-                for line in self.reader.feed(data):
-                    msg = decode(line, schema=WORKER_SCHEMA)
+                try:
+                    lines, framing = self.reader.feed(data), None
+                except ProtocolError as exc:  # FramingError: whole lines before it in .lines
+                    lines, framing = getattr(exc, "lines", []), exc
+                for line in [*lines, None]:  # None: the framing error, if any, comes last
+                    mid = 0
                     try:
+                        if line is None:
+                            if framing is None:
+                                break
+                            raise framing
+                        msg = decode(line, schema=WORKER_SCHEMA)
+                        mid = msg.id
+                        if msg.event == "start" and self.core is not None:
+                            raise ProtocolError(
+                                f"start while client {self.core.name!r} is running: a second "
+                                "start would replace its ledger", "use one worker per client")
+                        if msg.event == "finish" and self.finish_msg is not None:
+                            raise ProtocolError(f"finish while finish id {self.finish_msg.id} "
+                                                "is outstanding", "send finish once")
                         self.handle(msg)
-                    except RxePowerError as exc:
-                        self.reply(msg, "error", {"message": str(exc), "fix": exc.fix})
+                        continue
+                    except Exception as exc:  # answered right here; never ends the worker
+                        err = exc
+                    if isinstance(err, ProtocolError) and not mid:
+                        mid = err.msg_id
+                    if isinstance(err, RxePowerError):
+                        print(f"clients.worker: error reply to id {mid}: {err.problem}",
+                              file=sys.stderr, flush=True)
+                    else:
+                        traceback.print_exception(err)
+                    try:
+                        self.sock.sendall(Message("error", {
+                            "message": str(err)[:4096], "type": type(err).__name__,
+                            "fix": err.fix if isinstance(err, RxePowerError) else ""},
+                            mid).encode())
+                    except OSError:
+                        return 0  # the controller is gone
             if self.endpoint is not None and self.endpoint.fileno() in readable:
                 self.endpoint.handle_ready()
             if self.core is None:
@@ -140,7 +186,7 @@ class Worker:
             if self.finish_msg is not None and (core.done()
                                                 or time.monotonic() >= self.finish_deadline):
                 self.reply(self.finish_msg, "ok", core.finish())
-                return 0
+                self.finish_msg = None
 
     def close(self) -> None:
         if self.endpoint is not None:

@@ -1,16 +1,25 @@
 """`rxe-power` command line: main(argv).
 
-    rxe-power run   [--mode auto|native|vm]            the main job (traffic report for now)
-    rxe-power test  [--mode auto|native|vm] [-- ARGS]  the test suite (pytest ARGS)
+    rxe-power run    [matrix options]                the main job: the default scenario
+                                                     matrix, then its report, in one folder
+    rxe-power matrix [--transition T,..] [--ordering O,..] [--policy P,..] [--mix M,..]
+                     [--together] [--junit FILE]     the scenario matrix -> results.jsonl
+    rxe-power stress --cycles N [--transition T] [--policy P,..] [--maxfail N]
+                                                     one transition over and over, leak checks
+    rxe-power report RESULTS.jsonl|DIR               table, timeline PNGs, HTML summary
+    rxe-power doctor [--json]                        what is missing, with the fix
+    rxe-power test   [--mode auto|native|vm] [-- ARGS]  the test suite (pytest ARGS)
     rxe-power transition NAME [--ordering O] [--hold-ms N] [--on-veto wait|force]
-                                                       one power transition of the local HCA
-    rxe-power recover                                  put the local side back after a veto
-    rxe-power setup | teardown | show                  the topology on this kernel (root)
-    rxe-power vm [--timeout-s N] -- CMD                run any command in the rxe VM
+                                                     one power transition of the local HCA
+    rxe-power check                                  a traffic check rxe0 <-> rxe1
+    rxe-power recover                                put the local side back after a veto
+    rxe-power setup | teardown | show                the topology on this kernel (root)
+    rxe-power vm [--timeout-s N] -- CMD              run any command in the rxe VM
 
-`auto` uses the running kernel when it has (or can load) rdma_rxe, else boots a
-distribution kernel that has it in QEMU (virtme-ng) and runs the same command
-there with `--mode native`; output, exit code and results/ come back.
+`--mode auto` (the default) uses the running kernel when it has (or can load)
+rdma_rxe, else boots a distribution kernel that has it in QEMU (virtme-ng) and
+runs the same command there with `--mode native`; output, exit code and the
+results folder come back. Option values are checked before any VM boots.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ HARNESS_ERROR_EXIT = 2
 RESULTS_DIR = Path(os.environ.get("RXE_POWER_RESULTS", "results"))
 TEST_VM_TIMEOUT_S = 900.0
 RUN_VM_TIMEOUT_S = 600.0
+MATRIX_VM_TIMEOUT_S = 3600.0
+STRESS_VM_TIMEOUT_S = 6 * 3600.0
 
 
 def native_rxe_available() -> tuple[bool, str]:
@@ -86,13 +97,110 @@ def cmd_test(args: argparse.Namespace) -> int:
     return int(pytest.main(args.pytest_args))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     mode, why = choose_mode(args.mode)
-    print(f"rxe-power run: mode {mode.value} ({why})", flush=True)
+    print(f"rxe-power check: mode {mode.value} ({why})", flush=True)
     if mode is Mode.VM:
-        argv = [sys.executable, "-m", "harness.cli", "run", "--mode", "native"]
-        return _in_vm(argv, args.timeout_s, "vm-run-console.log")
+        argv = [sys.executable, "-m", "harness.cli", "check", "--mode", "native"]
+        return _in_vm(argv, args.timeout_s, "vm-check-console.log")
     return run_traffic_report(topology.TopologyConfig.from_settings())
+
+
+def _native_argv(args: argparse.Namespace, out_dir: Path) -> list[str]:
+    """This command again, for the VM: --mode native, the out dir fixed, the VM bound gone."""
+    argv, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--mode", "--timeout-s", "--out"):
+            skip = True
+            continue
+        if a.startswith(("--mode=", "--timeout-s=", "--out=")):
+            continue
+        argv.append(a)
+    return [sys.executable, "-m", "harness.cli", *argv, "--mode", "native",
+            "--out", str(out_dir)]
+
+
+def _out_dir(args: argparse.Namespace, command: str) -> Path:
+    if args.out:
+        return Path(args.out).absolute()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return (RESULTS_DIR / f"{command}-{stamp}").absolute()
+
+
+def _csv(raw: list[str] | None) -> tuple[str, ...]:
+    return tuple(x.strip() for r in (raw or []) for x in r.split(",") if x.strip())
+
+
+def matrix_spec(args: argparse.Namespace) -> object:
+    from harness.matrix import DEFAULT_TRANSITIONS, MatrixSpec
+    from power.plan import parse_on_veto, parse_ordering
+
+    return MatrixSpec(_csv(args.transition) or DEFAULT_TRANSITIONS,
+                      tuple(parse_ordering(o) for o in _csv(args.ordering)),
+                      _csv(args.policy) or MatrixSpec.policies, _csv(args.mix) or ("mixed",),
+                      args.together, args.count, args.rate, args.queue_depth, args.hold_ms,
+                      parse_on_veto(args.on_veto)).validate()
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from harness.matrix import run_matrix
+
+    spec = matrix_spec(args)  # bad values fail here, before any VM boots
+    out_dir = _out_dir(args, "matrix")
+    mode, why = choose_mode(args.mode)
+    print(f"rxe-power {args.command}: mode {mode.value} ({why}); {len(spec.scenarios())} "
+          f"scenarios; results in {out_dir}", flush=True)
+    if mode is Mode.VM:
+        code = _in_vm(_native_argv(args, out_dir), args.timeout_s, "vm-matrix-console.log")
+    else:
+        junit = Path(args.junit).absolute() if args.junit else None
+        code = run_matrix(spec, topology.TopologyConfig.from_settings(), out_dir, junit)
+    if args.command == "run" and (out_dir / "results.jsonl").exists() \
+            and os.environ.get("RXE_POWER_IN_VM") != "1":
+        from harness import report
+
+        report.write_report(out_dir / "results.jsonl", out_dir, log=print)
+    return code
+
+
+def stress_spec(args: argparse.Namespace) -> object:
+    from harness.stress import StressSpec
+    from power.plan import parse_on_veto, parse_ordering
+
+    return StressSpec(args.cycles, args.transition,
+                      parse_ordering(args.ordering) if args.ordering else None,
+                      _csv(args.policy) or StressSpec.policies, args.mix, args.count, args.rate,
+                      args.queue_depth, args.hold_ms, parse_on_veto(args.on_veto), args.maxfail,
+                      args.keep_ledgers).validate()
+
+
+def cmd_stress(args: argparse.Namespace) -> int:
+    from harness.stress import make_progress, run_stress
+
+    spec = stress_spec(args)
+    out_dir = _out_dir(args, "stress")
+    mode, why = choose_mode(args.mode)
+    print(f"rxe-power stress: mode {mode.value} ({why}); {spec.cycles} cycles of "
+          f"{spec.transition}; results in {out_dir}", flush=True)
+    if mode is Mode.VM:
+        return _in_vm(_native_argv(args, out_dir), args.timeout_s, "vm-stress-console.log")
+    progress = make_progress(spec.cycles)
+    try:
+        return run_stress(spec, topology.TopologyConfig.from_settings(), out_dir, progress)
+    finally:
+        if hasattr(progress, "stop"):
+            progress.stop()
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness import report
+
+    path = Path(args.results)
+    out_dir = Path(args.out) if args.out else path if path.is_dir() else path.parent
+    return report.write_report(path, out_dir, log=print, pictures=not args.no_pictures)
 
 
 def run_traffic_report(cfg: topology.TopologyConfig) -> int:
@@ -184,11 +292,29 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rxe-power", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     mode_help = SETTINGS["rxe-mode"].help + " (env RXE_POWER_MODE)"
-    p = sub.add_parser("run", help="bring up rxe0 <-> rxe1 and report a traffic check")
+    for name, what in (("run", "the main job: the default scenario matrix, then its report "
+                         "(table, timeline pictures, HTML) in one results folder"),
+                       ("matrix", "run the scenario matrix (transitions x orderings x client "
+                        "policies x operation mixes), writing results.jsonl as it goes")):
+        p = sub.add_parser(name, help=what)
+        add_matrix_options(p, mode_help)
+        p.set_defaults(func=cmd_matrix)
+    p = sub.add_parser("stress", help="repeat one transition under live clients, checking "
+                       "the ledger, fds, RSS, threads, kernel RDMA resources and the kernel "
+                       "log after every cycle")
+    add_stress_options(p, mode_help)
+    p.set_defaults(func=cmd_stress)
+    p = sub.add_parser("report", help="table, timeline pictures (PNG) and an HTML summary "
+                       "from a results.jsonl")
+    p.add_argument("results", help="a results.jsonl written by matrix, run or stress")
+    p.add_argument("--out", help="where to write (default: next to the results file)")
+    p.add_argument("--no-pictures", action="store_true", help="only the table and HTML")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("check", help="bring up rxe0 <-> rxe1 and report a traffic check")
     p.add_argument("--mode", default=None, help=mode_help)
     p.add_argument("--timeout-s", type=float, default=RUN_VM_TIMEOUT_S,
                    help="bound on the whole VM run")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_check)
     p = sub.add_parser("test", help="run the test suite (pytest) where rxe exists")
     p.add_argument("--mode", default=None, help=mode_help)
     p.add_argument("--timeout-s", type=float, default=TEST_VM_TIMEOUT_S,
@@ -213,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-s", type=float, default=RUN_VM_TIMEOUT_S,
                    help="bound on the whole VM run")
     p.set_defaults(func=cmd_transition)
+    from harness import doctor
+
+    doctor.add_parser(sub)
     sub.add_parser("recover", help="restore the local side (device, netdev, port) after a "
                    "failed or vetoed transition").set_defaults(func=cmd_recover)
     for name in ("setup", "teardown", "show"):
@@ -223,6 +352,55 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _common(p: argparse.ArgumentParser, mode_help: str, timeout_s: float) -> None:
+    p.add_argument("--out", help="the results folder (default results/COMMAND-TIMESTAMP)")
+    p.add_argument("--mode", default=None, help=mode_help)
+    p.add_argument("--timeout-s", type=float, default=timeout_s,
+                   help="bound on the whole VM run, in seconds")
+
+
+def _workload_options(p: argparse.ArgumentParser, count: int, hold_ms: int) -> None:
+    p.add_argument("--count", type=int, default=count, help="requests per client")
+    p.add_argument("--rate", type=float, default=60.0,
+                   help="requests per second per client (0: as fast as the queue allows)")
+    p.add_argument("--queue-depth", type=int, default=4, help="outstanding requests per QP")
+    p.add_argument("--hold-ms", type=int, default=hold_ms, help="how long to stay asleep")
+    p.add_argument("--on-veto", default="force", help="wait (report the veto) or force "
+                   "(terminate the holders, the default)")
+
+
+def add_matrix_options(p: argparse.ArgumentParser, mode_help: str) -> None:
+    p.add_argument("--transition", action="append", help="transitions, comma-separated "
+                   "(default link-flap,standby,hibernate,surprise-removal)")
+    p.add_argument("--ordering", action="append", help="clients-first and/or hca-first "
+                   "(default: every ordering each transition offers)")
+    p.add_argument("--policy", action="append", help="client policies (default naive,"
+                   "fail-fast,queue-replay,graceful), or module:Class")
+    p.add_argument("--mix", action="append", help="operation mixes: mixed, send, write, "
+                   "read-atomic (default mixed)")
+    p.add_argument("--together", action="store_true", help="run the policies side by side "
+                   "in one transition instead of one transition each")
+    _workload_options(p, 120, 300)
+    p.add_argument("--junit", help="also write JUnit XML here (one testcase per row)")
+    _common(p, mode_help, MATRIX_VM_TIMEOUT_S)
+
+
+def add_stress_options(p: argparse.ArgumentParser, mode_help: str) -> None:
+    p.add_argument("--cycles", type=int, default=20, help="how many transitions")
+    p.add_argument("--transition", default="standby", help="the transition to repeat")
+    p.add_argument("--ordering", help="clients-first or hca-first (default: the first the "
+                   "transition offers)")
+    p.add_argument("--policy", action="append", help="client policies (default fail-fast,"
+                   "queue-replay,graceful), or module:Class")
+    p.add_argument("--mix", default="mixed", help="operation mix")
+    p.add_argument("--maxfail", type=int, default=0, help="stop after N failed cycles "
+                   "(0: never)")
+    p.add_argument("--keep-ledgers", action="store_true",
+                   help="keep every cycle's full ledger (default: only failed cycles')")
+    _workload_options(p, 60, 100)
+    _common(p, mode_help, STRESS_VM_TIMEOUT_S)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["vm"]:  # everything after `vm` belongs to the VM runner's own parser
@@ -230,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return vm.main(argv[1:])
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         if hasattr(args, "mode"):
             args.mode = resolve("rxe-mode", args.mode).value

@@ -57,6 +57,8 @@ class ClientResult:
     clean_shutdown: dict = field(default_factory=dict)
     atomics: dict = field(default_factory=dict)
     ledger: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)  # the client's notes: {t_ns, event, ...}
+    peer_events: list[dict] = field(default_factory=list)  # what the peer saw: {t_ns, what}
 
     @property
     def invariant_ok(self) -> bool:
@@ -101,6 +103,7 @@ class ClientWorker:
         theirs.close()
         self.pid = self.proc.pid
         self.chan = Channel(ours, f"client {name} (pid {self.pid})")
+        self.rounds_done = 0  # finished workload rounds
 
     def start(self, device: DeviceInfo, agent_socket: str, clients_dir: Path) -> None:
         """Open the device and connect (the process was spawned already, in parallel)."""
@@ -108,6 +111,11 @@ class ClientWorker:
                      spec=self.spec.to_json(), device=device.to_json(),
                      agent_socket=agent_socket, clients_dir=str(clients_dir),
                      journal=str(self.journal))
+
+    def new_round(self, spec: WorkloadSpec) -> None:
+        """The next workload round on the same process and device (after finish)."""
+        self.spec = spec
+        self.request("round", WORKER_START_TIMEOUT_S, spec=spec.to_json())
 
     def request(self, event: str, reply_timeout_s: float, **payload: object) -> dict:
         try:
@@ -206,12 +214,15 @@ def finish(worker: ClientWorker, transition: str,
         res.crash = f"client {worker.name} ({worker.policy}) during {transition}: {why}"
         res.in_flight_at_crash = worker.in_flight()
         return res, None
+    worker.rounds_done += 1
     return res, rep
 
 
-def account(res: ClientResult, rep: dict, agent: object) -> ClientResult:
+def account(res: ClientResult, rep: dict, agent: object, probe: bool = True) -> ClientResult:
     """Every request's outcome, with the peer's view, atomics and clean-shutdown figures.
-    Run once every worker has finished: the peer's probes must not meet live QPs."""
+    Run once every worker has finished: the peer's probes must not meet live QPs. The
+    agent's QPs of the round are destroyed afterwards (the client's current QP is left
+    idle; a next round starts on a fresh generation)."""
     ledger = Ledger.from_json(rep["ledger"])
     arrivals: list[dict] = []
     peer_events: list[dict] = []
@@ -219,7 +230,7 @@ def account(res: ClientResult, rep: dict, agent: object) -> ClientResult:
     probes = []
     for aq in rep["agent_qps"]:
         got = agent.request("arrivals", 30.0, qp_id=aq["qp_id"], count=0, timeout_s=0)
-        if aq["generation"] < rep["generations"]:  # a QP the client left behind
+        if probe and aq["generation"] < rep["generations"]:  # a QP the client left behind
             pr = agent.request("probe", PEER_PROBE_TIMEOUT_S + 10, qp_id=aq["qp_id"],
                                timeout_s=PEER_PROBE_TIMEOUT_S)
             probes.append({"generation": aq["generation"], **pr})
@@ -241,6 +252,14 @@ def account(res: ClientResult, rep: dict, agent: object) -> ClientResult:
                    "match": peer_adds == local_adds}
     res.clean_shutdown = clean_shutdown(res.metrics, arrivals, peer_events, ledger)
     res.clean_shutdown["peer_probe"] = probes
+    res.events = rep.get("events", [])
+    res.peer_events = sorted(
+        [{"t_ns": int(a["t"] * 1e9), "what": a["opcode"] if a["ok"] else
+          f"{a['opcode']} bad: {a['reason']}", "seq": a["seq"],
+          "generation": a["agent_generation"]} for a in arrivals]
+        + [{"t_ns": int(ev["t"] * 1e9), "what": ev.get("status", ev.get("kind", "?")),
+            "generation": ev["generation"]} for ev in peer_events if "t" in ev],
+        key=lambda e: e["t_ns"])
     return res
 
 
@@ -267,29 +286,54 @@ def clean_shutdown(m: dict, arrivals: list[dict], peer_events: list[dict],
     }
 
 
+def spawn_workers(policies: list[str], spec: WorkloadSpec, local: object, agent: object,
+                  clients_dir: Path, log_dir: Path,
+                  names: list[str] | None = None) -> list[ClientWorker]:
+    """One started worker per policy (spawned first: they start up in parallel). A worker
+    that fails to start is closed, with the others, before the error propagates."""
+    device = DeviceInfo.from_endpoint(local)
+    workers: list[ClientWorker] = []
+    try:
+        for i, policy in enumerate(policies):
+            workers.append(ClientWorker(names[i] if names else safe_name(policy), policy, spec,
+                                        log_dir))
+        for w in workers:
+            w.start(device, agent.sock_path, clients_dir)
+    except BaseException:
+        for w in workers:
+            w.close()
+        raise
+    return workers
+
+
+def safe_name(policy: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in policy)
+
+
+def run_round(shim: object, agent: object, workers: list[ClientWorker], request: object,
+              progress_fraction: float = 0.3, probe: bool = True) -> ScenarioResult:
+    """Go, transition once the workers are `progress_fraction` in, finish, account."""
+    for w in workers:
+        w.request("go", WORKER_START_TIMEOUT_S)
+    wait_progress(workers, progress_fraction)
+    tres = shim.run(request)
+    terminated = {t["pid"]: t["how"] for t in (tres.veto.terminated if tres.veto else [])}
+    finished = [finish(w, request.name, terminated) for w in workers]
+    results = [account(res, rep, agent, probe) if rep is not None else res
+               for res, rep in finished]
+    return ScenarioResult(tres.to_json(), results)
+
+
 def run_scenario(shim: object, agent: object, local: object, request: object,
                  policies: list[str], spec: WorkloadSpec, clients_dir: Path, log_dir: Path,
                  progress_fraction: float = 0.3) -> ScenarioResult:
     """One transition under one worker per policy, all at once; every request accounted."""
-    device = DeviceInfo.from_endpoint(local)
-    workers: list[ClientWorker] = []
+    workers = spawn_workers(policies, spec, local, agent, clients_dir, log_dir)
     try:
-        for policy in policies:  # spawn all first: they start up in parallel
-            workers.append(ClientWorker(policy, policy, spec, log_dir))
-        for w in workers:
-            w.start(device, agent.sock_path, clients_dir)
-        for w in workers:
-            w.request("go", WORKER_START_TIMEOUT_S)
-        wait_progress(workers, progress_fraction)
-        tres = shim.run(request)
-        terminated = {t["pid"]: t["how"] for t in (tres.veto.terminated if tres.veto else [])}
-        finished = [finish(w, request.name, terminated) for w in workers]
-        results = [account(res, rep, agent) if rep is not None else res
-                   for res, rep in finished]
+        return run_round(shim, agent, workers, request, progress_fraction)
     finally:
         for w in workers:
             w.close()
-    return ScenarioResult(tres.to_json(), results)
 
 
 def render(res: ScenarioResult) -> list[str]:

@@ -13,7 +13,8 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-from harness.errors import BoundExceeded, RxePowerError, oserror_to
+from harness.errors import BoundExceeded, ProtocolError, RxePowerError, oserror_to
+from harness.protocol import loads_strict
 from harness.verbs import (
     FD_LOCK,
     Device,
@@ -231,7 +232,16 @@ def run_cm_session_in_child(topo_json: dict, port: int,
     if proc.returncode != 0:
         raise RxePowerError(f"rdma_cm worker exited {proc.returncode}: {proc.stderr[-2000:]}",
                             "see the worker's error above")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    try:
+        out = loads_strict(lines[-1].encode()) if lines else None
+    except ProtocolError as exc:
+        raise ProtocolError(f"rdma_cm worker's result line: {exc.problem}",
+                            "it prints one JSON object as its last line") from None
+    if not isinstance(out, dict):
+        raise ProtocolError(f"rdma_cm worker printed no JSON object: {proc.stdout[-400:]!r}",
+                            "it prints one JSON object as its last line")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

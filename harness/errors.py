@@ -56,7 +56,21 @@ class NotOurs(TopologyError):
 
 
 class ProtocolError(RxePowerError):
-    """A malformed, oversized or unexpected control message."""
+    """A malformed, oversized or unexpected control message. `msg_id` is the id of the
+    message it concerns when that could be read, else 0 (an error reply uses it)."""
+
+    def __init__(self, problem: str, fix: str = "", msg_id: int = 0) -> None:
+        self.msg_id = msg_id
+        super().__init__(problem, fix)
+
+
+class FramingError(ProtocolError):
+    """The byte stream lost its framing: a line grew past the size limit without a newline.
+    `lines` holds the complete lines that came before it in the same read (still valid)."""
+
+    def __init__(self, problem: str, fix: str = "", lines: list[bytes] | None = None) -> None:
+        self.lines = lines or []
+        super().__init__(problem, fix)
 
 
 class SettingError(RxePowerError):

@@ -10,9 +10,12 @@ itself forgot a request: a harness bug or a crashed worker.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class Op(StrEnum):
@@ -41,6 +44,11 @@ class WorkloadSpec:
         if self.count < 1 or self.queue_depth < 1 or self.qps < 1:
             raise SettingError(f"count {self.count}, queue depth {self.queue_depth} and qps "
                                f"{self.qps} must all be >= 1", "give positive numbers")
+        if self.count > MAX_COUNT:
+            raise SettingError(f"count {self.count} is over MAX_COUNT={MAX_COUNT}: the ledger "
+                               "would not fit the worker's finish report (one message of at "
+                               "most harness.protocol.MAX_MESSAGE_BYTES)",
+                               f"run at most {MAX_COUNT} requests per client, or more rounds")
         if not self.ops or any(s < 1 or s > MAX_MESSAGE for s in self.sizes) or not self.sizes:
             raise SettingError(f"sizes {self.sizes} must be 1..{MAX_MESSAGE} bytes and ops "
                                "non-empty", "pick message sizes that fit a slot")
@@ -64,11 +72,39 @@ class WorkloadSpec:
 
     @classmethod
     def from_json(cls, d: dict) -> WorkloadSpec:
-        return cls(tuple(Op(o) for o in d["ops"]), tuple(d["sizes"]), d["count"],
-                   d["rate_per_s"], d["queue_depth"], d["qps"], d["completion"]).validate()
+        """Build from a message's `spec` object, checking every field's type (a
+        ProtocolError names the field), then validate() (a SettingError names the value)."""
+        from harness.errors import ProtocolError
+
+        def field_(name: str, ok: Callable[[Any], bool], what: str) -> Any:
+            val = d.get(name) if isinstance(d, dict) else None
+            if not ok(val):
+                raise ProtocolError(f"workload spec field {name!r} is {str(val)[:60]!r}, "
+                                    f"not {what}", f"send {name!r} as {what}")
+            return val
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        ops = field_("ops", lambda v: isinstance(v, list) and all(o in Op.__members__.values()
+                                                                  for o in v),
+                     f"a list of {', '.join(o.value for o in Op)}")
+        sizes = field_("sizes", lambda v: isinstance(v, list) and all(is_int(x) for x in v),
+                       "a list of integers")
+        return cls(tuple(Op(o) for o in ops), tuple(sizes),
+                   field_("count", is_int, "an integer"),
+                   field_("rate_per_s", lambda v: is_int(v) or (isinstance(v, float)
+                                                               and math.isfinite(v)),
+                          "a finite number"),
+                   field_("queue_depth", is_int, "an integer"),
+                   field_("qps", is_int, "an integer"),
+                   field_("completion", lambda v: isinstance(v, str), "a string")).validate()
 
 
 MAX_MESSAGE = 16384  # one peer receive slot
+# Requests per client and round: the finish report carries the whole ledger (about 240
+# bytes a request, more with replays) in one message of at most 1 MiB.
+MAX_COUNT = 2000
 
 
 @dataclass(frozen=True)

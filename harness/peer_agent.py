@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import os
 import select
 import socket
@@ -28,17 +29,21 @@ import struct
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from harness import payload
-from harness.errors import ProtocolError, RxePowerError
+from harness.errors import FramingError, ProtocolError, RxePowerError
 from harness.names import wc_opcode_name, wc_status_name
 from harness.payload import GOODBYE_SEQ
 from harness.protocol import LineReader, Message, decode
 from harness.verbs import Device, QpInfo, QpParams, RcQp, opcode
 
 SELECT_TICK_S = 0.5  # upper bound on one loop turn (deadline checks), not a sleep
+ERROR_TEXT_MAX = 4096  # characters of an exception's text that go into an error reply
+WAIT_EVENTS = ("arrivals", "probe", "cm_events")  # answered when done or at payload timeout_s
 IBV_WC_WITH_IMM = 1 << 1
+Waiting = list[tuple[socket.socket, Message, float]]  # (connection, request, its deadline)
 PROBE_WR_ID = 0xFFFF_FFFF_0000  # the agent's own probe SEND
 
 
@@ -145,7 +150,7 @@ class Agent:
         self.dev = self.stack.enter_context(Device(device, gid_index=gid_index))
         self.qps: dict[int, AgentQp] = {}
         self.next_qp_id = 1
-        self.waiting: list[tuple[socket.socket, Message, float]] = []
+        self.waiting: Waiting = []
         self.cm_listener: object | None = None
         self.cm_channel = None
         self.cm_params: dict = {}
@@ -364,54 +369,31 @@ class Agent:
 
     def _read(self, conn: socket.socket, reader: LineReader) -> bool:
         """Handle what one connection sent; False when it is gone or misbehaved."""
-        try:
-            data = conn.recv(1 << 16)
-            if not data:
-                return False
-            for line in reader.feed(data):
-                self._dispatch(conn, line)
-        except (OSError, ProtocolError) as exc:
-            print(f"peer_agent: dropping a connection: {exc}", file=sys.stderr, flush=True)
-            return False
-        return True
-
-    def _dispatch(self, conn: socket.socket, line: bytes) -> None:
-        mid = 0
-        try:
-            msg = decode(line)
-            mid = msg.id
-            if msg.event in ("arrivals", "probe"):
-                msg.payload["_deadline"] = time.monotonic() + msg.payload["timeout_s"]
-            reply = self.handle(msg)
-            if reply is None:
-                deadline = msg.payload.get("_deadline", time.monotonic())
-                self.waiting.append((conn, msg, deadline))
-                return
-            conn.sendall(Message("ok", reply, mid).encode())
-        except Exception as exc:  # a bad request must never kill the agent
-            fix = exc.fix if isinstance(exc, RxePowerError) else ""
-            conn.sendall(Message("error", {"message": str(exc), "fix": fix,
-                                           "type": type(exc).__name__,
-                                           "trace": traceback.format_exc(limit=3)},
-                                 mid).encode())
+        return read_and_dispatch(conn, reader, self.handle, self.waiting)
 
     def _finish_waits(self) -> None:
         still = []
         for c, msg, deadline in self.waiting:
-            if msg.event in ("arrivals", "probe"):
-                aq = self.qps.get(msg.payload["qp_id"])
-                if aq is None:
-                    reply = {"error": "QP destroyed while waiting"}
-                elif msg.event == "probe":
-                    reply = self._probe_done(aq, msg)
+            try:
+                if msg.event in ("arrivals", "probe"):
+                    aq = self.qps.get(msg.payload["qp_id"])
+                    if aq is None:
+                        reply = {"error": "QP destroyed while waiting"}
+                    elif msg.event == "probe":
+                        reply = self._probe_done(aq, msg)
+                    else:
+                        reply = self._arrivals_done(aq, msg.payload["count"], deadline, False)
                 else:
-                    reply = self._arrivals_done(aq, msg.payload["count"], deadline, False)
-            else:
-                reply = self._cm_wait_done(msg, time.monotonic())
-            if reply is None:
-                still.append((c, msg, deadline))
-            else:
-                c.sendall(Message("ok", reply, msg.id).encode())
+                    reply = self._cm_wait_done(msg, time.monotonic())
+                if reply is None:
+                    still.append((c, msg, deadline))
+                else:
+                    c.sendall(Message("ok", reply, msg.id).encode())
+            except OSError:
+                continue  # the connection is gone: the select loop notices and drops it
+            except Exception as exc:  # a wait that fails is answered, never kills the agent
+                with contextlib.suppress(OSError):
+                    c.sendall(error_reply(exc, msg.id))
         self.waiting = still
 
     def close(self) -> None:
@@ -421,6 +403,73 @@ class Agent:
         self.stack.close()
 
 
+def error_reply(exc: BaseException, mid: int) -> bytes:
+    """The "error" reply line for `exc` answering request `mid`, bounded in size."""
+    fix = exc.fix if isinstance(exc, RxePowerError) else ""
+    if isinstance(exc, ProtocolError) and not mid:
+        mid = exc.msg_id
+    return Message("error", {"message": str(exc)[:ERROR_TEXT_MAX], "fix": fix[:ERROR_TEXT_MAX],
+                             "type": type(exc).__name__,
+                             "trace": traceback.format_exc(limit=3)[-ERROR_TEXT_MAX:]},
+                   mid).encode()
+
+
+def dispatch_line(conn: socket.socket, line: bytes, handle: Callable[[Message], dict | None],
+                  waiting: Waiting) -> None:
+    """Decode one line from `conn` and answer it. `handle(msg)` returns the reply payload,
+    or None to answer later (the request joins `waiting` until its deadline). Any failure,
+    from a line that is not a valid message to a handler's exception, is answered with an
+    "error" reply (id 0 when the line's id cannot be read) and the connection stays.
+    Raises only OSError (the connection is gone)."""
+    mid = 0
+    try:
+        msg = decode(line)
+        mid = msg.id
+        if any(c is conn and w.id == mid for c, w, _ in waiting):
+            raise ProtocolError(f"request id {mid} is already outstanding on this connection",
+                                "give every request a new id", mid)
+        if msg.event in WAIT_EVENTS:  # decode() keeps "_" fields out of what the sender sends
+            msg.payload["_deadline"] = time.monotonic() + msg.payload["timeout_s"]
+        reply = handle(msg)
+        if reply is None:
+            waiting.append((conn, msg, msg.payload.get("_deadline", time.monotonic())))
+            return
+        out = Message("ok", reply, mid).encode()
+    except Exception as exc:  # a bad request must never kill the agent
+        out = error_reply(exc, mid)
+    conn.sendall(out)
+
+
+def read_and_dispatch(conn: socket.socket, reader: LineReader,
+                      handle: Callable[[Message], dict | None], waiting: Waiting) -> bool:
+    """Read what `conn` sent and answer every complete line. False: drop the connection
+    (it is gone, or its framing broke)."""
+    try:
+        data = conn.recv(1 << 16)
+        if not data:
+            return False
+        try:
+            lines = reader.feed(data)
+        except FramingError as exc:
+            # A line over MAX_MESSAGE_BYTES without a newline: the framing is broken and
+            # this sender cannot be trusted to resynchronise, so answer what came whole
+            # before it, say why, and drop this connection (only this one: the agent
+            # serves its other connections on; when it is the owner's, the agent ends its
+            # session as it does whenever the controller goes).
+            for line in exc.lines:
+                dispatch_line(conn, line, handle, waiting)
+            with contextlib.suppress(OSError):
+                conn.sendall(error_reply(exc, 0))
+            print(f"peer_agent: dropping a connection: {exc}", file=sys.stderr, flush=True)
+            return False
+        for line in lines:
+            dispatch_line(conn, line, handle, waiting)
+    except OSError as exc:
+        print(f"peer_agent: dropping a connection: {exc}", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="peer_agent", description="rxe-power remote peer agent")
     ap.add_argument("--device", required=True)
@@ -428,6 +477,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--addr", required=True, help="the peer's IPv4 address (for rdma_cm)")
     ap.add_argument("--socket", required=True, help="Unix socket path to listen on")
     args = ap.parse_args(argv)
+    try:  # the rdma_cm listener binds to --addr: never to all interfaces
+        if ipaddress.ip_address(args.addr).is_unspecified:
+            raise ValueError("the unspecified address")
+    except ValueError as exc:
+        print(f"peer_agent: error: --addr {args.addr!r} is not usable ({exc})\n"
+              "  fix: give the peer's own address on the test link (e.g. 198.18.0.2)",
+              file=sys.stderr, flush=True)
+        return 2
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.socket)
     try:

@@ -11,6 +11,12 @@ process serves a shim for its whole life (starting Python is slow under TCG).
     stdin:  open DEV | close DEV                (EOF: close everything and exit)
     stdout: {"ready": pid} {"opened": DEV} {"closed": DEV} {"error": TEXT, "dev": DEV}
             {"dev": DEV, "event": "PORT_ERR", "code": 10, "t_ns": N}
+
+Both directions are checked line by line (parse_command, parse_record): a
+command line of more than MAX_COMMAND_BYTES, not UTF-8, or not one of the two
+commands on a valid device name is answered {"error": ..., "dev": ""} and the
+reader carries on; a record that is not one of the shapes above is counted in
+AsyncEventReader.bad_records and reported on stderr, and the pump carries on.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import select
 import subprocess
 import sys
@@ -27,13 +34,18 @@ import threading
 import time
 from collections.abc import Callable
 
-from harness.errors import BoundExceeded, RxePowerError
+from harness.errors import BoundExceeded, FramingError, ProtocolError, RxePowerError
 from harness.names import async_event_name
 from harness.proc import wait_or_kill
+from harness.protocol import MAX_INT, MAX_MESSAGE_BYTES, LineReader, loads_strict
 
 READER_START_TIMEOUT_S = 30.0
 READER_ACK_TIMEOUT_S = 10.0
 READER_STOP_TIMEOUT_S = 5.0
+MAX_COMMAND_BYTES = 4096  # one stdin command line ("open rxe0")
+BAD_RECORDS_KEPT = 20  # malformed stdout records kept in AsyncEventReader.bad_records
+_DEV_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # IB_DEVICE_NAME_MAX is 64
+_ACK_KEYS = {"ready": int, "opened": str, "closed": str}
 
 OnEvent = Callable[[str, str, int, dict], None]  # (device, event name, t_ns, raw record)
 
@@ -42,13 +54,57 @@ def _say(**rec: object) -> None:
     os.write(1, (json.dumps(rec) + "\n").encode())
 
 
+def parse_command(line: bytes) -> tuple[str, str]:
+    """One stdin command line -> (command, device); ProtocolError for anything else."""
+    try:
+        words = line.decode("utf-8").split()
+    except UnicodeDecodeError:
+        raise ProtocolError(f"bad command {line[:60]!r}: not UTF-8",
+                            "send `open DEV` or `close DEV`") from None
+    if len(words) != 2 or words[0] not in ("open", "close"):
+        raise ProtocolError(f"bad command {' '.join(words)[:60]!r}",
+                            "send `open DEV` or `close DEV`")
+    if not _DEV_NAME.fullmatch(words[1]):
+        raise ProtocolError(f"bad device name {words[1][:60]!r}",
+                            "name an RDMA device (1-64 of letters, digits, '_', '.', '-')")
+    return words[0], words[1]
+
+
+def parse_record(line: str | bytes) -> dict:
+    """One stdout record of the reader, checked against the shapes in the module docstring;
+    ProtocolError for anything else."""
+    raw = line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line
+    rec = loads_strict(raw.rstrip(b"\r\n"))
+    if not isinstance(rec, dict):
+        raise ProtocolError(f"record is a JSON {type(rec).__name__}, not an object",
+                            "the reader prints one JSON object per line")
+    if "event" in rec:
+        want = {"dev": str, "event": str, "code": int, "t_ns": int}
+    elif "error" in rec:
+        want = {"error": str, "dev": str}
+    else:
+        keys = [k for k in _ACK_KEYS if k in rec]
+        if len(keys) != 1:
+            raise ProtocolError(f"record {str(rec)[:60]} is none of event, error, "
+                                f"{', '.join(_ACK_KEYS)}", "see the module docstring")
+        want = {keys[0]: _ACK_KEYS[keys[0]]}
+    for key, typ in want.items():
+        val = rec.get(key)
+        if isinstance(val, bool) or not isinstance(val, typ) or \
+                (typ is int and not 0 <= val <= MAX_INT):
+            raise ProtocolError(f"record field {key!r} is {str(val)[:60]!r}, expected "
+                                f"{'a non-negative ' if typ is int else 'a '}{typ.__name__}",
+                                "see the module docstring")
+    return rec
+
+
 def serve() -> int:
     """The reader process body."""
     from harness.verbs import Device, verbs_call
 
     open_devs: dict[str, Device] = {}
     stdin = sys.stdin.fileno()
-    buf = b""
+    reader = LineReader(MAX_COMMAND_BYTES)
     _say(ready=os.getpid())
     try:
         while True:
@@ -61,20 +117,23 @@ def serve() -> int:
                 data = os.read(stdin, 4096)
                 if not data:
                     return 0
-                buf += data
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    _command(line.decode().split(), open_devs, Device)
+                try:
+                    lines, framing = reader.feed(data), None
+                except FramingError as exc:  # the reader skips to the next newline
+                    lines, framing = exc.lines, exc
+                for line in lines:
+                    try:
+                        _command(*parse_command(line), open_devs, Device)
+                    except Exception as exc:  # a bad command never ends the reader
+                        _say(error=str(exc)[:MAX_COMMAND_BYTES], dev="")
+                if framing is not None:
+                    _say(error=framing.problem, dev="")
     finally:
         for dev in open_devs.values():
             dev.close()
 
 
-def _command(words: list[str], open_devs: dict, device_cls: type) -> None:
-    if len(words) != 2 or words[0] not in ("open", "close"):
-        _say(error=f"bad command {' '.join(words)!r}", dev="")
-        return
-    cmd, name = words
+def _command(cmd: str, name: str, open_devs: dict, device_cls: type) -> None:
     if cmd == "close":
         dev = open_devs.pop(name, None)
         if dev is not None:
@@ -117,9 +176,11 @@ class AsyncEventReader:
     def __init__(self, on_event: OnEvent | None = None) -> None:
         self.on_event = on_event
         self.open_devices: set[str] = set()
+        self.bad_records: list[str] = []  # malformed stdout lines (the first few)
+        self.bad_record_count = 0
         self.proc = subprocess.Popen([sys.executable, "-m", "power.asyncevents"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, errors="replace")
         self.pid = self.proc.pid
         self._acks: queue.Queue[dict] = queue.Queue()
         self._thread = threading.Thread(target=self._pump, name="async-events", daemon=True)
@@ -132,17 +193,28 @@ class AsyncEventReader:
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        stdout = self.proc.stdout
+        for line in iter(lambda: stdout.readline(MAX_MESSAGE_BYTES), ""):
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+                rec = parse_record(line)
+            except ProtocolError as exc:  # counted and reported; the pump carries on
+                self._bad(f"{exc.problem}: {line[:200]!r}")
                 continue
             if "event" in rec:
                 if self.on_event is not None:
-                    self.on_event(rec["dev"], rec["event"], int(rec["t_ns"]), rec)
+                    try:
+                        self.on_event(rec["dev"], rec["event"], rec["t_ns"], rec)
+                    except Exception as exc:  # a failing callback must not stop the acks
+                        self._bad(f"on_event raised {type(exc).__name__}: {exc}")
             else:
                 self._acks.put(rec)
         self._acks.put({"exited": True})
+
+    def _bad(self, what: str) -> None:
+        self.bad_record_count += 1
+        if len(self.bad_records) < BAD_RECORDS_KEPT:
+            self.bad_records.append(what)
+        print(f"rxe-power async events (pid {self.pid}): {what}", file=sys.stderr, flush=True)
 
     def _ack(self, key: str, dev: str | None, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

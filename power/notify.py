@@ -67,9 +67,11 @@ import math
 import os
 import re
 import select
+import shutil
 import socket
 import stat
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -79,10 +81,22 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.errors import ProtocolError, RxePowerError
-from harness.protocol import LineReader, Message, Schema, decode
+from harness.errors import FramingError, ProtocolError, RxePowerError
+from harness.protocol import MAX_INT, LineReader, Message, Schema, decode
 
 CLIENTS_DIR = Path(os.environ.get("RXE_POWER_CLIENTS_DIR", "/run/rxe-power/clients"))
+
+
+@contextlib.contextmanager
+def private_clients_dir() -> Iterator[Path]:
+    """A clients directory of our own (under CLIENTS_DIR's parent), removed afterwards:
+    a matrix or stress run notifies its own clients, not others registered on the host."""
+    CLIENTS_DIR.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"clients-{os.getpid()}-", dir=CLIENTS_DIR.parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 RESUME_ACK_TIMEOUT_S = 5.0  # default bound on waiting for `resumed`
 CLIENT_READ_TIMEOUT_S = 5.0  # client side: bound on reading one notice from the shim
 SERVE_TICK_S = 1.0  # upper bound on one turn of serve_in_thread's loop (close() wakes it at once)
@@ -166,7 +180,11 @@ class DeviceInfo:
             val = d.get(f.name)
             if val is None or isinstance(val, bool) or not isinstance(val, typ):
                 raise ProtocolError(f"device info field {f.name!r} is missing or not "
-                                    f"{typ.__name__} ({val!r})", "fix the sender")
+                                    f"{typ.__name__} ({str(val)[:60]!r})",
+                                    f"send {f.name!r} as a JSON {typ.__name__}")
+            if typ is int and not 0 <= val <= MAX_INT:
+                raise ProtocolError(f"device info field {f.name!r} is {val}, outside 0..2**64-1",
+                                    f"send {f.name!r} as a non-negative integer")
             values[f.name] = val
         return cls(**values)
 
@@ -253,7 +271,12 @@ def _read_line(sock: socket.socket, deadline: float) -> bytes | None:
                 raise ProtocolError("connection closed in the middle of a message",
                                     "end every message with a newline")
             return None
-        lines = reader.feed(data)
+        try:
+            lines = reader.feed(data)
+        except FramingError as exc:
+            if not exc.lines:
+                raise
+            lines = exc.lines  # one whole line came before the overflow: that is the message
         if lines:
             return lines[0]
 

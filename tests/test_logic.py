@@ -72,7 +72,9 @@ def test_protocol_size_limit() -> None:
     reader = protocol.LineReader()
     with pytest.raises(ProtocolError, match="without a newline"):
         reader.feed(b"x" * (protocol.MAX_MESSAGE_BYTES + 1))
-    assert reader.feed(b'{"a":1}\n{"b"') == [b'{"a":1}']
+    assert reader.buf == b""
+    assert reader.feed(b"xxx") == []  # still the oversized line: discarded
+    assert reader.feed(b'x\n{"a":1}\n{"b"') == [b'{"a":1}']
     assert reader.feed(b":2}\n") == [b'{"b":2}']
 
 
