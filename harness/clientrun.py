@@ -28,7 +28,7 @@ from pathlib import Path
 
 from harness.errors import BoundExceeded, ProtocolError, RxePowerError
 from harness.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_peer_view
-from harness.proc import wait_or_kill
+from harness.proc import spawn, wait_or_kill
 from harness.protocol import Channel
 from power.notify import DeviceInfo
 
@@ -96,10 +96,10 @@ class ClientWorker:
         self.log_path = log_dir / f"{name}.log"
         ours, theirs = socket.socketpair()
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen([sys.executable, "-m", "clients.worker", "--fd",
-                                      str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                                     stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = spawn([sys.executable, "-m", "clients.worker", "--fd",
+                           str(theirs.fileno())], f"client worker {name} ({policy})",
+                          pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                          stdout=self._log, stderr=subprocess.STDOUT)
         theirs.close()
         self.pid = self.proc.pid
         self.chan = Channel(ours, f"client {name} (pid {self.pid})")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import BoundExceeded, RxePowerError
-from harness.proc import wait_or_kill
+from harness.proc import spawn, wait_or_kill
 from harness.protocol import REPLY_TIMEOUT_S, Channel, ProtocolError
 from harness.topology import Endpoint
 from harness.verbs import QpInfo
@@ -41,8 +41,8 @@ class PeerAgent:
         argv = [sys.executable, "-m", "harness.peer_agent", "--device", peer.dev,
                 "--gid-index", str(peer.gid_index), "--addr", peer.addr,
                 "--socket", self.sock_path]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self._log, text=True)
+        self.proc = spawn(argv, f"peer agent on {peer.dev}", stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=self._log, text=True)
         self.chan: Channel | None = None
         try:
             self._wait_ready()

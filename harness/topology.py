@@ -37,15 +37,14 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness import cmdjson
 from harness.errors import BoundExceeded, NoRxe, NotOurs, RxePowerError, TopologyError
 from harness.holders import find_holders, uverbs_files
+from harness.state import STATE_PATH, StateFile, alive
 
-STATE_PATH = Path(os.environ.get("RXE_POWER_STATE", "/run/rxe-power/topology.json"))
-STATE_SCHEMA = 1
 TABLE_LOCAL_SIDE = "18770"  # routes the peer's address out of the local veth
 TABLE_PEER_SIDE = "18771"  # routes the local address out of the peer veth
 RULE_PREFS = (1, 2, 3, 4, 5, 6)
@@ -163,63 +162,6 @@ class Topology:
 
 
 # --- state file -------------------------------------------------------------------------
-
-
-@dataclass
-class StateFile:
-    """What we created, in creation order. Written atomically after every change."""
-
-    path: Path = STATE_PATH
-    config: dict = field(default_factory=dict)
-    created: list[dict] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, path: Path = STATE_PATH) -> StateFile:
-        if not path.exists():
-            return cls(path)
-        try:
-            data = json.loads(path.read_text())
-            if data.get("schema") != STATE_SCHEMA or not isinstance(data.get("created"), list):
-                raise ValueError(f"schema {data.get('schema')!r}, expected {STATE_SCHEMA}")
-        except (OSError, ValueError) as exc:
-            raise TopologyError(
-                f"state file {path} is unreadable or corrupt: {exc}",
-                f"inspect it; if nothing of ours is left, remove it (rm {path})",
-            ) from None
-        return cls(path, data.get("config", {}), data["created"])
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        body = {"schema": STATE_SCHEMA, "config": self.config, "created": self.created}
-        with open(tmp, "w") as fh:
-            json.dump(body, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-
-    def record(self, kind: str, **attrs: object) -> None:
-        entry = {"kind": kind, **attrs}
-        if entry not in self.created:
-            self.created.append(entry)
-            self.save()
-
-    def has(self, kind: str, **attrs: object) -> bool:
-        return {"kind": kind, **attrs} in self.created
-
-    def forget(self, kind: str, **attrs: object) -> None:
-        entry = {"kind": kind, **attrs}
-        if entry in self.created:
-            self.created.remove(entry)
-            self.save()
-
-    def owns_netdev(self, name: str) -> bool:
-        return any(e["kind"] == "netdev" and name in (e["name"], e.get("peer"))
-                   for e in self.created)
-
-    def owns_rdma_link(self, name: str) -> bool:
-        return self.has("rdma_link", name=name) or any(
-            e["kind"] == "rdma_link" and e["name"] == name for e in self.created)
 
 
 # --- queries ----------------------------------------------------------------------------
@@ -368,7 +310,7 @@ def _check_conflicts(cfg: TopologyConfig, state: StateFile) -> None:
 
 def is_up(cfg: TopologyConfig, state: StateFile) -> bool:
     """True when every piece in the state file is present and the topology is discoverable."""
-    if not state.created or state.config != asdict(cfg):
+    if not state.topology_entries() or state.config != asdict(cfg):
         return False
     try:
         topo = discover(cfg)
@@ -380,15 +322,31 @@ def is_up(cfg: TopologyConfig, state: StateFile) -> bool:
     return topo.local.state == "ACTIVE" and topo.peer.state == "ACTIVE"
 
 
-def setup(cfg: TopologyConfig, log=print) -> tuple[Topology, bool]:
-    """Build the topology (idempotent). Returns (topology, changed)."""
+def setup(cfg: TopologyConfig, log=print, keep: bool = False) -> tuple[Topology, bool]:
+    """Build the topology (idempotent). Returns (topology, built): `built` means this
+    caller owns it and removes it at its end. `keep`: `rxe-power setup`, it stays.
+
+    A run that was killed left processes (ended here first) and maybe a half-done
+    transition; a topology it built for itself is adopted: repaired and owned by us."""
+    from harness.cleanup import reap_stale
+
     require_root()
     cfg.validate()
+    for problem in reap_stale(log):
+        log(f"warning: {problem}")
     state = StateFile.load(STATE_PATH)
+    orphan = [e for e in state.topology_entries() if not e.get("keep")
+              and not alive(e.get("owner"))]
+    if orphan and state.config == asdict(cfg):
+        state.adopt()
+        log("adopting the topology a killed run left: repairing it; removed at our end")
+        restore_local_side(cfg, log=log)
+        if is_up(cfg, state):
+            return discover(cfg), True
     if is_up(cfg, state):
         log("topology already up (state file matches, ports ACTIVE): nothing changed")
         return discover(cfg), False
-    if state.created:
+    if state.topology_entries():
         log(f"state file {STATE_PATH} records a partial or different topology: removing it first")
         teardown(log=log)
         state = StateFile.load(STATE_PATH)
@@ -397,30 +355,30 @@ def setup(cfg: TopologyConfig, log=print) -> tuple[Topology, bool]:
     state.config = asdict(cfg)
     state.save()
 
-    state.record("netdev", name=cfg.switch, peer=None)
+    state.record("netdev", keep=keep, name=cfg.switch, peer=None)
     _ip("link", "add", cfg.switch, "type", "bridge")
     _ip("link", "set", cfg.switch, "up")
     log(f"created switch (bridge) {cfg.switch}")
     all_rp = _sysctl_path("net.ipv4.conf.all.rp_filter")
     old = all_rp.read_text().strip()
     if old != "0":
-        state.record("sysctl", key="net.ipv4.conf.all.rp_filter", old=old)
+        state.record("sysctl", keep=keep, key="net.ipv4.conf.all.rp_filter", old=old)
         all_rp.write_text("0")
         log(f"set net.ipv4.conf.all.rp_filter 0 (was {old}; restored on teardown)")
     for which in ("local", "peer"):
-        create_side_netdev(cfg, which, state)
+        create_side_netdev(cfg, which, state, keep=keep)
         side = cfg.side(which)
         log(f"veth {side.netdev} <-> {side.switch_port} on {cfg.switch}, {side.addr} on "
             f"{side.netdev}, route to {side.remote_addr} in table {side.table}")
     for rule in cfg.rules():
-        state.record("rule", args=rule.selector_args())
+        state.record("rule", keep=keep, args=rule.selector_args())
         _ip("rule", "add", *rule.selector_args())
     log(f"policy routing: tables {TABLE_LOCAL_SIDE}/{TABLE_PEER_SIDE}, rules at prefs "
         f"{RULE_PREFS[0]}-{RULE_PREFS[-1]}")
-    _move_local_rule(state, log)
+    _move_local_rule(state, log, keep)
 
     for dev, netdev in ((cfg.local_dev, cfg.local_netdev), (cfg.peer_dev, cfg.peer_netdev)):
-        state.record("rdma_link", name=dev, netdev=netdev)
+        state.record("rdma_link", keep=keep, name=dev, netdev=netdev)
         add_rdma_link(dev, netdev)
     log(f"rdma links {cfg.local_dev} on {cfg.local_netdev}, {cfg.peer_dev} on "
         f"{cfg.peer_netdev}")
@@ -431,21 +389,21 @@ def setup(cfg: TopologyConfig, log=print) -> tuple[Topology, bool]:
 
 
 def create_side_netdev(cfg: TopologyConfig, which: str, state: StateFile | None = None,
-                       up: bool = True) -> None:
+                       up: bool = True, keep: bool | None = None) -> None:
     """Create one host's veth pair, plug it into the switch, address it; `up`: link up + route.
 
     Used by setup and by a hibernate resume (the netdev comes back with a new ifindex).
     """
     state = state or StateFile.load(STATE_PATH)
     side = cfg.side(which)
-    state.record("netdev", name=side.netdev, peer=side.switch_port)
+    state.record("netdev", keep=keep, name=side.netdev, peer=side.switch_port)
     _ip("link", "add", side.netdev, "type", "veth", "peer", "name", side.switch_port)
     for key, val in (("accept_local", "1"), ("rp_filter", "0")):
         _sysctl_path(f"net.ipv4.conf.{side.netdev}.{key}").write_text(val)
     _ip("link", "set", side.switch_port, "master", cfg.switch)
     _ip("link", "set", side.switch_port, "up")
     _ip("addr", "add", f"{side.addr}/32", "dev", side.netdev)
-    state.record("table", table=side.table)
+    state.record("table", keep=keep, table=side.table)
     if up:
         side_up(cfg, which)
 
@@ -512,12 +470,12 @@ def netdev_ifindex(name: str) -> int | None:
     return None
 
 
-def _move_local_rule(state: StateFile, log) -> None:
+def _move_local_rule(state: StateFile, log, keep: bool) -> None:
     """Move the system's `pref 0 lookup local` below our rules (restored on teardown)."""
     rules = ip_rules()
     if any(r.priority == 0 and r.table == "local" and not (r.src or r.dst or r.iif)
            for r in rules):
-        state.record("local_rule_moved", new_pref=LOCAL_RULE_NEW_PREF)
+        state.record("local_rule_moved", keep=keep, new_pref=LOCAL_RULE_NEW_PREF)
         if not any(r.priority == LOCAL_RULE_NEW_PREF and r.table == "local" for r in rules):
             _ip("rule", "add", "pref", str(LOCAL_RULE_NEW_PREF), "lookup", "local")
         _ip("rule", "del", "pref", "0", "lookup", "local")
@@ -606,13 +564,14 @@ def teardown(log=print, state_path: Path | None = None) -> list[str]:
     """Remove exactly what the state file records, newest first. Returns problems left."""
     require_root()
     state = StateFile.load(state_path or STATE_PATH)
-    if not state.created:
+    if not state.topology_entries():
         log("nothing of ours to remove")
-        with contextlib.suppress(FileNotFoundError):
-            state.path.unlink()
+        if not state.created:
+            with contextlib.suppress(FileNotFoundError):
+                state.path.unlink()
         return []
     problems: list[str] = []
-    for entry in list(reversed(state.created)):
+    for entry in list(reversed(state.topology_entries())):
         try:
             _undo(entry, log)
             state.forget(**entry)
@@ -626,8 +585,9 @@ def teardown(log=print, state_path: Path | None = None) -> list[str]:
                     "run teardown again")
                 break
     if not problems:
-        state.path.unlink(missing_ok=True)
-        log("teardown complete: nothing of ours remains")
+        if not StateFile.load(state.path).created:
+            state.path.unlink(missing_ok=True)
+        log("teardown complete: nothing of our topology remains")
     return problems
 
 
@@ -768,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
             problems = teardown(log=log)
             return 1 if problems else 0
         if args.action == "up":
-            topo, _ = setup(cfg, log=log)
+            topo, _ = setup(cfg, log=log, keep=True)
             res = pingpong_check(topo)
             log(f"traffic check: ibv_rc_pingpong {topo.local.dev} -> {topo.peer.dev} "
                 f"{res.iters} iterations OK, {res.usec_per_iter} usec/iter")

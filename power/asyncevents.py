@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 from harness.errors import BoundExceeded, FramingError, ProtocolError, RxePowerError
 from harness.names import async_event_name
-from harness.proc import wait_or_kill
+from harness.proc import spawn, wait_or_kill
 from harness.protocol import MAX_INT, MAX_MESSAGE_BYTES, LineReader, loads_strict
 
 READER_START_TIMEOUT_S = 30.0
@@ -178,9 +178,9 @@ class AsyncEventReader:
         self.open_devices: set[str] = set()
         self.bad_records: list[str] = []  # malformed stdout lines (the first few)
         self.bad_record_count = 0
-        self.proc = subprocess.Popen([sys.executable, "-m", "power.asyncevents"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, errors="replace")
+        self.proc = spawn([sys.executable, "-m", "power.asyncevents"], "async event reader",
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, errors="replace")
         self.pid = self.proc.pid
         self._acks: queue.Queue[dict] = queue.Queue()
         self._thread = threading.Thread(target=self._pump, name="async-events", daemon=True)

@@ -91,12 +91,17 @@ CLIENTS_DIR = Path(os.environ.get("RXE_POWER_CLIENTS_DIR", "/run/rxe-power/clien
 def private_clients_dir() -> Iterator[Path]:
     """A clients directory of our own (under CLIENTS_DIR's parent), removed afterwards:
     a matrix or stress run notifies its own clients, not others registered on the host."""
+    from harness.state import StateFile
+
     CLIENTS_DIR.parent.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f"clients-{os.getpid()}-", dir=CLIENTS_DIR.parent))
+    state = StateFile.load()
+    state.record("dir", path=str(path))  # a killed run's directory is removed by cleanup
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        state.forget("dir", path=str(path))
 RESUME_ACK_TIMEOUT_S = 5.0  # default bound on waiting for `resumed`
 CLIENT_READ_TIMEOUT_S = 5.0  # client side: bound on reading one notice from the shim
 SERVE_TICK_S = 1.0  # upper bound on one turn of serve_in_thread's loop (close() wakes it at once)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -187,7 +188,9 @@ def test_state_file_roundtrip_and_corruption(tmp_path: Path) -> None:
     st_.record("netdev", name="rxpw0", peer="rxpw1")
     st_.record("netdev", name="rxpw0", peer="rxpw1")  # idempotent
     loaded = topology.StateFile.load(path)
-    assert loaded.created == [{"kind": "netdev", "name": "rxpw0", "peer": "rxpw1"}]
+    assert loaded.created == [{"kind": "netdev", "name": "rxpw0", "peer": "rxpw1",
+                               "owner": {"pid": os.getpid(),
+                                         "start": loaded.created[0]["owner"]["start"]}}]
     assert loaded.owns_netdev("rxpw1") and not loaded.owns_netdev("eth0")
     path.write_text('{"schema": 1, "created": [')
     with pytest.raises(TopologyError, match="corrupt") as exc:

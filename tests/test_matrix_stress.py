@@ -67,8 +67,10 @@ def test_stress_20_cycles(rxe_config, rxe_topology, tmp_path: Path) -> None:
     trends = res.of_kind(RecordKind.SUMMARY)[0]["trends"]
     flat = [k for k in trends if k.endswith((".fds", ".threads", ".qp", ".cq", ".mr", ".pd"))]
     assert len(flat) == 3 * 2 + 2 * 4  # 2 workers + the controller; 2 devices
-    for k in flat:
-        assert trends[k]["first"] == trends[k]["last"] == trends[k]["max"], (k, trends[k])
+    for k in flat:  # never above cycle 1 (a thread of the controller may end)
+        assert trends[k]["max"] == trends[k]["first"], (k, trends[k])
+        if not k.startswith("controller."):
+            assert trends[k]["min"] == trends[k]["max"], (k, trends[k])
 
 
 @pytest.mark.timeout(300)
