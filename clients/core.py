@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness import payload
-from harness.errors import OsCallError, RxePowerError
+from harness.errors import BoundExceeded, OsCallError, ProtocolError, RxePowerError
 from harness.holders import SYSFS_VERBS, uverbs_files
 from harness.ledger import MAX_MESSAGE, AppRequest, Ledger, Op, WorkloadSpec
 from harness.names import async_event_name, wc_status_name
 from harness.payload import GOODBYE_SEQ, READ_SEQ
-from harness.protocol import Channel
+from harness.protocol import Channel, WorkerError
 from harness.verbs import (
     Device,
     QpInfo,
@@ -51,6 +51,10 @@ WRITE_SLOTS = 64
 DRAIN_TIMEOUT_S = 5.0  # QP to ERR -> every WR flushed back
 AGENT_REPLY_TIMEOUT_S = 20.0
 MAX_EVENTS = 2000  # notes kept in memory per round for the timeline (the journal has all)
+
+
+class PeerUnreachable(RxePowerError):
+    """The peer agent's socket is closed, reset or silent: no QP can be connected to it."""
 
 
 class Policy(Protocol):
@@ -144,18 +148,30 @@ class ClientCore:
         area = (WRITE_SLOTS + 1) * SLOT + 64
         for q in range(self.spec.qps):
             params = QpParams(max_send_wr=qd + 1, max_recv_wr=1, mr_size=(qd + 1) * SLOT,
-                              use_events=self.spec.completion == "events")
+                              use_events=self.spec.completion == "events",
+                              retry_cnt=self.spec.retry_cnt)
             qp = RcQp(self.device, params)
-            rep = self.agent.request("create_qp", AGENT_REPLY_TIMEOUT_S,
-                                     mr_size=2 * qd * SLOT + area, recv_slots=2 * qd,
-                                     slot_size=SLOT, write_slots=WRITE_SLOTS)
-            remote = QpInfo.from_json(rep["info"])
-            read_off, counter_off = WRITE_SLOTS * SLOT, (WRITE_SLOTS + 1) * SLOT
-            self.agent.request("fill", AGENT_REPLY_TIMEOUT_S, qp_id=rep["qp_id"],
-                               offset=read_off, length=SLOT, seq=READ_SEQ)
-            qp.connect(remote)
-            self.agent.request("connect_qp", AGENT_REPLY_TIMEOUT_S, qp_id=rep["qp_id"],
-                               remote=qp.info().to_json())
+            try:
+                rep = self.agent.request("create_qp", AGENT_REPLY_TIMEOUT_S,
+                                         mr_size=2 * qd * SLOT + area, recv_slots=2 * qd,
+                                         slot_size=SLOT, write_slots=WRITE_SLOTS)
+                remote = QpInfo.from_json(rep["info"])
+                read_off, counter_off = WRITE_SLOTS * SLOT, (WRITE_SLOTS + 1) * SLOT
+                self.agent.request("fill", AGENT_REPLY_TIMEOUT_S, qp_id=rep["qp_id"],
+                                   offset=read_off, length=SLOT, seq=READ_SEQ)
+                qp.connect(remote)
+                self.agent.request("connect_qp", AGENT_REPLY_TIMEOUT_S, qp_id=rep["qp_id"],
+                                   remote=qp.info().to_json())
+            except BaseException as exc:
+                qp.close()
+                if isinstance(exc, OSError | ProtocolError | BoundExceeded) \
+                        and not isinstance(exc, WorkerError):  # gone or silent, not refusing
+                    why = exc.problem if isinstance(exc, RxePowerError) \
+                        else f"{type(exc).__name__}: {exc}"
+                    raise PeerUnreachable(f"the peer agent is unreachable: connecting QP {q} "
+                                          f"of generation {self.generation} failed: {why}",
+                                          "is the peer agent running? see its log") from exc
+                raise
             self.conns[q] = Conn(q, self.generation, qp, rep["qp_id"], remote,
                                  list(range(qd)))
             self.agent_qps.append({"qp_id": rep["qp_id"], "generation": self.generation,

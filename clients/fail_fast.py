@@ -4,14 +4,17 @@ On the first error from the verbs layer (or the device vanishing, or a suspend
 notice) it stops admitting requests, moves its QPs to ERR so every outstanding
 request comes back flushed (those are the failures its caller sees), releases
 the device, and answers released. After resume_complete it reopens the device
-it is told about and carries on with the requests not yet posted.
+it is told about and carries on with the requests not yet posted. If the peer
+cannot be reached then (its agent is gone), it releases the device and fails
+what is left to its caller with that reason, at once (queue-replay and graceful
+inherit this).
 """
 
 from __future__ import annotations
 
 import time
 
-from clients.core import ClientCore
+from clients.core import ClientCore, PeerUnreachable
 from power.notify import DeviceInfo, SuspendReply
 
 
@@ -36,9 +39,23 @@ class FailFast:
     def on_resume(self, core: ClientCore, info: DeviceInfo) -> None:
         core.metrics.resume_ns = time.monotonic_ns()
         if core.device is None:
-            core.open(info)
+            try:
+                core.open(info)
+            except PeerUnreachable as exc:
+                self.give_up(core, f"reconnect failed: {exc.problem}")
+                return
             core.metrics.reconnects += 1
         core.admitting = True
+
+    def give_up(self, core: ClientCore, why: str) -> None:
+        """No QP can be connected again (the peer is gone): let go of the device and
+        refuse what is still queued to the application, with the reason, at once, rather
+        than wait for a deadline holding the device."""
+        core.release()
+        core.metrics.quiesce = core.metrics.quiesce or why
+        core.metrics.notes.append(why)
+        core.note("gave up", reason=why)
+        core.fail_queue(why)
 
     def on_error(self, core: ClientCore, what: str) -> None:
         self.stop(core, what)

@@ -13,6 +13,7 @@
                                                      one power transition of the local HCA
     rxe-power check                                  a traffic check rxe0 <-> rxe1
     rxe-power recover                                put the local side back after a veto
+    rxe-power cleanup                                remove what a killed run left
     rxe-power setup | teardown | show                the topology on this kernel (root)
     rxe-power vm [--timeout-s N] -- CMD              run any command in the rxe VM
 
@@ -284,6 +285,18 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """What a killed run left (processes, blocked deletes, devices, netdevs, rules)."""
+    from harness.cleanup import cleanup
+
+    problems = cleanup(topology.TopologyConfig.from_settings())
+    for p in problems:
+        print(f"not cleaned: {p}")
+    if not problems:
+        print("cleanup complete: nothing a dead run left remains")
+    return 1 if problems else 0
+
+
 def cmd_topology(args: argparse.Namespace) -> int:
     return topology.main({"setup": ["up"], "teardown": ["down"], "show": ["show"]}[args.command])
 
@@ -342,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     from harness import doctor
 
     doctor.add_parser(sub)
+    sub.add_parser("cleanup", help="remove what a killed run left: its processes, blocked "
+                   "deletes, and the topology (repaired instead if a live run uses it)"
+                   ).set_defaults(func=cmd_cleanup)
     sub.add_parser("recover", help="restore the local side (device, netdev, port) after a "
                    "failed or vetoed transition").set_defaults(func=cmd_recover)
     for name in ("setup", "teardown", "show"):

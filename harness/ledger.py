@@ -37,6 +37,9 @@ class WorkloadSpec:
     queue_depth: int = 8
     qps: int = 1
     completion: str = "events"  # "events" (completion channel + select) or "poll"
+    # the RC QPs' retry_cnt. On rxe 7 means retry forever (rxe_comp.c never decrements
+    # it), so a client with 7 never learns that its peer is gone; 0-6 end in RETRY_EXC_ERR
+    retry_cnt: int = 7
 
     def validate(self) -> WorkloadSpec:
         from harness.errors import SettingError
@@ -56,6 +59,9 @@ class WorkloadSpec:
             raise SettingError(f"completion {self.completion!r}", "use events or poll")
         if self.rate_per_s < 0:
             raise SettingError(f"rate {self.rate_per_s} is negative", "use 0 for unlimited")
+        if not 0 <= self.retry_cnt <= 7:
+            raise SettingError(f"retry_cnt {self.retry_cnt} is outside 0..7",
+                               "give the 3-bit RC retry count")
         return self
 
     def requests(self) -> list[AppRequest]:
@@ -98,7 +104,9 @@ class WorkloadSpec:
                           "a finite number"),
                    field_("queue_depth", is_int, "an integer"),
                    field_("qps", is_int, "an integer"),
-                   field_("completion", lambda v: isinstance(v, str), "a string")).validate()
+                   field_("completion", lambda v: isinstance(v, str), "a string"),
+                   field_("retry_cnt", is_int, "an integer") if "retry_cnt" in d
+                   else cls.retry_cnt).validate()
 
 
 MAX_MESSAGE = 16384  # one peer receive slot

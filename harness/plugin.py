@@ -114,9 +114,10 @@ def results_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def peer_agent(rxe_topology: topology.Topology, results_dir: Path) -> Iterator[object]:
-    """The remote peer agent process on the peer HCA, for the whole session."""
+    """The remote peer agent process on the peer HCA, for one test module (so a module
+    that takes the topology down and up again has no holder of rxe1 in its way)."""
     from harness.peer import PeerAgent
 
     with PeerAgent(rxe_topology.peer, log_dir=results_dir / "logs") as agent:

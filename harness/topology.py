@@ -335,13 +335,14 @@ def setup(cfg: TopologyConfig, log=print, keep: bool = False) -> tuple[Topology,
     for problem in reap_stale(log):
         log(f"warning: {problem}")
     state = StateFile.load(STATE_PATH)
-    orphan = [e for e in state.topology_entries() if not e.get("keep")
-              and not alive(e.get("owner"))]
-    if orphan and state.config == asdict(cfg):
-        state.adopt()
-        log("adopting the topology a killed run left: repairing it; removed at our end")
-        restore_local_side(cfg, log=log)
-        if is_up(cfg, state):
+    if state.topology_entries() and state.config == asdict(cfg):
+        orphan = [e for e in state.topology_entries() if not e.get("keep")
+                  and not alive(e.get("owner"))]
+        if orphan:
+            state.adopt()
+            log("adopting the topology a killed run left: it is removed at our end")
+        restore_local_side(cfg, log=log)  # a transition cut short; no-op when whole
+        if orphan and is_up(cfg, state):
             return discover(cfg), True
     if is_up(cfg, state):
         log("topology already up (state file matches, ports ACTIVE): nothing changed")

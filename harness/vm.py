@@ -46,6 +46,7 @@ from typing import IO, Any
 
 from harness.errors import BoundExceeded, NoRxe, RxePowerError, SettingError
 from harness.settings import parse_positive_float
+from harness.state import track, untrack
 
 # ---------------------------------------------------------------------------
 # Bounds, names and paths
@@ -683,6 +684,7 @@ def run_logged(
             env=env,
             cwd=cwd,
         )
+        track(proc, f"vm ({Path(argv[0]).name})", group=True)  # cleanup ends its group
         timed_out = threading.Event()
 
         def wait() -> None:
@@ -722,6 +724,7 @@ def run_logged(
             _signal_group(proc.pid, signal.SIGKILL)
             raise
         duration = time.monotonic() - start
+        untrack(proc.pid)
         reader.join(READER_DRAIN_BOUND_S)
         if proc.stdout is not None and not reader.is_alive():
             proc.stdout.close()
