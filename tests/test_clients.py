@@ -66,11 +66,18 @@ def test_link_flap(power_shim, peer_agent, rxe_topology, results_dir, ordering) 
                    ["naive", *COOPERATIVE])
     assert res.ok and Verdict(res.transition["verdict"]) is Verdict.COMPLETED
     naive = res.client("naive")
-    assert naive.counts.get("lost", 0) == 0 and naive.counts.get("flushed", 0) > 0
+    assert naive.counts.get("lost", 0) == 0
     errors = {e["attempts"][-1]["status"] for e in naive.ledger
               if e["outcome"] == "completed-error"}
-    assert errors <= {"LOC_QP_OP_ERR", "RETRY_EXC_ERR"} and errors, errors
-    assert naive.peer_counts["missing"] == sum(
+    if not errors:
+        # measured under load: when no SEND met the carrier-down window, rxe's requester
+        # retransmitted after the carrier came back and every request completed
+        assert naive.counts == {"completed-ok": SPEC.count}, naive.counts
+        assert naive.peer_counts.get("missing", 0) == 0
+    else:
+        assert errors <= {"LOC_QP_OP_ERR", "RETRY_EXC_ERR"}, errors
+        assert naive.counts.get("flushed", 0) > 0
+    assert naive.peer_counts.get("missing", 0) == sum(
         1 for e in naive.ledger if e["op"] in ("SEND", "WRITE") and e["outcome"] != "completed-ok")
     for policy in COOPERATIVE:
         healthy(res.client(policy))
