@@ -27,10 +27,19 @@ def test_workload_cycles_ops_sizes_and_qps() -> None:
 
 @pytest.mark.parametrize("kw", [{"count": 0}, {"queue_depth": 0}, {"sizes": (0,)},
                                 {"sizes": (1 << 20,)}, {"completion": "spin"},
-                                {"rate_per_s": -1.0}])
+                                {"rate_per_s": -1.0}, {"retry_cnt": 8}, {"retry_cnt": -1}])
 def test_bad_workloads_are_refused(kw: dict) -> None:
     with pytest.raises(SettingError):
         WorkloadSpec(**kw).validate()
+
+
+def test_retry_cnt_travels_and_defaults_to_7() -> None:
+    """retry_cnt (7 = retry forever on rxe) goes through the worker's start message; a
+    spec written without it reads as 7."""
+    spec = WorkloadSpec(count=8, retry_cnt=6)
+    assert WorkloadSpec.from_json(spec.to_json()).retry_cnt == 6
+    old = {k: v for k, v in spec.to_json().items() if k != "retry_cnt"}
+    assert WorkloadSpec.from_json(old).retry_cnt == 7
 
 
 def test_every_path_to_an_outcome() -> None:
