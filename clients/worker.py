@@ -10,8 +10,12 @@ control socket (fd N, a socketpair end from the controller). Protocol: the
              -> {generation}                 device opened, QPs connected
     go       {} -> {}                         start posting the workload
     progress {} -> {posted, completed, queued, outstanding, counts}
-    finish   {timeout_s} -> the client's report (ledger, counts, metrics, events)
-             when every request has an outcome, or at the deadline (in flight: LOST)
+    finish   {timeout_s} -> the client's report (counts, metrics, events; the ledger's
+             size in "requests") when every request has an outcome, or at the deadline
+             (in flight: LOST)
+    ledger   {start, limit} -> a page of the ledger as columns (harness.ledger.Recorder.page;
+             Ledger.from_pages rebuilds it), at most `limit` requests from `start`, fewer
+             if the page would not fit one message: "stop" says where it ended
     round    {spec} -> {generation}           after a finish: the next workload round on
              the same device with a fresh QP generation and ledger (rxe-power stress)
 
@@ -37,7 +41,8 @@ from pathlib import Path
 from clients import policy_class
 from harness.errors import ProtocolError, RxePowerError
 from harness.ledger import WorkloadSpec
-from harness.protocol import LineReader, Message, decode
+from harness.protocol import MAX_MESSAGE_BYTES, LineReader, Message, decode
+from harness.verbs import raise_fd_limit
 from power.notify import ClientEndpoint, DeviceInfo, SuspendReply
 
 WORKER_SCHEMA: dict = {
@@ -47,9 +52,23 @@ WORKER_SCHEMA: dict = {
     "progress": {},
     "finish": {"timeout_s": (int, float)},
     "round": {"spec": dict},
+    "ledger": {"start": int, "limit": int},
 }
-TICK_S = 0.05  # loop turn: rate pacing and the removal watch; completions wake us sooner
+TICK_S = 0.05  # longest loop turn (the removal watch); completions and due posts wake sooner
+MAX_PAGE_REQUESTS = 20_000  # ledger requests per page at most (~30 bytes each as columns)
 
+
+
+def wait_any(fds: list, timeout_s: float) -> set:
+    """The readable ones of `fds` (sockets or fd numbers) after at most `timeout_s`: poll(2),
+    which has no FD_SETSIZE limit (a QP's completion channel is an fd of its own)."""
+    p = select.poll()
+    by_fd = {}
+    for f in fds:
+        fd = f if isinstance(f, int) else f.fileno()
+        by_fd[fd] = f
+        p.register(fd, select.POLLIN)
+    return {by_fd[fd] for fd, _ in p.poll(timeout_s * 1000)}
 
 
 class Worker:
@@ -81,12 +100,23 @@ class Worker:
         elif msg.event == "finish":
             self.finish_msg = msg
             self.finish_deadline = time.monotonic() + msg.payload["timeout_s"]
+        elif msg.event == "ledger":
+            self.reply(msg, "ok", self.ledger_page(msg.payload["start"], msg.payload["limit"]))
         elif msg.event == "round":
             if self.finish_msg is not None:
                 raise RxePowerError("round while a finish is outstanding",
                                     "wait for the finish reply first")
             self.core.new_round(WorkloadSpec.from_json(msg.payload["spec"]))
             self.reply(msg, "ok", {"generation": self.core.generation})
+
+    def ledger_page(self, start: int, limit: int) -> dict:
+        """A page that fits one message: halved until it does."""
+        limit = max(1, min(limit, MAX_PAGE_REQUESTS))
+        while True:
+            page = self.core.ledger_page(start, limit)
+            if limit == 1 or len(Message("ok", page).encode()) < MAX_MESSAGE_BYTES - 1024:
+                return page
+            limit //= 2
 
     def start(self, p: dict) -> None:
         from clients.core import ClientCore
@@ -118,8 +148,15 @@ class Worker:
                 fds.append(self.endpoint.fileno())
             if self.core is not None:
                 fds += self.core.fds()
-            poll_mode = self.core is not None and self.core.spec.completion == "poll"
-            readable, _, _ = select.select(fds, [], [], 0 if poll_mode else TICK_S)
+            timeout = TICK_S
+            if self.core is not None:
+                core = self.core
+                core.flush_journal(due_only=True)  # see JOURNAL_FLUSH_S
+                if core.spec.completion == "poll":
+                    timeout = 0
+                elif (due := core.pace_delay()) is not None:
+                    timeout = min(TICK_S, due)  # wake when the next post is due, not later
+            readable = wait_any(fds, timeout)
             if self.sock in readable:
                 # Nothing the controller sends ends the worker: a line that is not a valid
                 # WORKER_SCHEMA message, a request out of order, or a handler's exception
@@ -178,11 +215,7 @@ class Worker:
             if self.core is None:
                 continue
             core = self.core
-            core.read_async_events()
-            core.check_removed()
-            core.reap()
-            core.dispatch_errors()
-            core.pump()
+            core.service(set(readable))
             if self.finish_msg is not None and (core.done()
                                                 or time.monotonic() >= self.finish_deadline):
                 self.reply(self.finish_msg, "ok", core.finish())
@@ -202,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fd", type=int, required=True, help="the control socket's fd")
     args = ap.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
+    raise_fd_limit()
     worker = Worker(sock)
     try:
         return worker.loop()

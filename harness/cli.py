@@ -352,9 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-s", type=float, default=RUN_VM_TIMEOUT_S,
                    help="bound on the whole VM run")
     p.set_defaults(func=cmd_transition)
-    from harness import doctor
+    from harness import bench, doctor
 
     doctor.add_parser(sub)
+    bench.add_parser(sub)
     sub.add_parser("cleanup", help="remove what a killed run left: its processes, blocked "
                    "deletes, and the topology (repaired instead if a live run uses it)"
                    ).set_defaults(func=cmd_cleanup)

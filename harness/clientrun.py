@@ -41,6 +41,7 @@ WORKER_STOP_TIMEOUT_S = 5.0
 # QP told by a goodbye it is flushed at once; to a vanished QP no completion came within
 # 30 s (rxe's requester kept retransmitting), so a short bound reports NO_COMPLETION.
 PEER_PROBE_TIMEOUT_S = 2.0
+LEDGER_PAGE_REQUESTS = 20_000  # asked for per page (the worker may send fewer)
 
 
 @dataclass
@@ -147,12 +148,27 @@ class ClientWorker:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by the crash
-            req = rec.get("detail", {}).get("req")
-            if rec["event"] in ("posted", "completed", "rejected") and req is not None:
-                last[req] = rec["event"]
-            for r in rec.get("detail", {}).get("reqs", []) if rec["event"] == "flushed" else []:
-                last[r] = "completed"
+            detail = rec.get("detail", {})
+            event = "completed" if rec["event"] == "flushed" else rec["event"]
+            if event not in ("posted", "completed", "rejected"):
+                continue
+            # one request ("req"), or a batch of them ("reqs": see ClientCore.flush_journal)
+            for r in detail.get("reqs", []) + ([detail["req"]] if "req" in detail else []):
+                last[r] = event
         return sorted(r for r, ev in last.items() if ev == "posted")
+
+    def fetch_ledger(self, requests: int) -> Ledger:
+        """The finished round's whole ledger, page by page (see clients.worker "ledger")."""
+        pages, start = [], 0
+        while start < requests:
+            page = self.request("ledger", PROGRESS_TIMEOUT_S, start=start,
+                                limit=LEDGER_PAGE_REQUESTS)
+            if int(page.get("stop", start)) <= start:
+                raise ProtocolError(f"client {self.name}: ledger page from {start} is empty",
+                                    "the worker must return at least one request per page")
+            pages.append(page)
+            start = int(page["stop"])
+        return Ledger.from_pages(pages)
 
     def close(self) -> None:
         self.chan.sock.close()
@@ -204,6 +220,7 @@ def finish(worker: ClientWorker, transition: str,
     finish_s = (spec.count / spec.rate_per_s if spec.rate_per_s else 0) + FINISH_MARGIN_S
     try:
         rep = worker.request("finish", finish_s + 10, timeout_s=finish_s)
+        rep["ledger"] = worker.fetch_ledger(int(rep["requests"]))
     except (WorkerDied, ProtocolError, BoundExceeded, OSError) as exc:
         worker.proc.poll()
         res.crashed = True
@@ -218,18 +235,25 @@ def finish(worker: ClientWorker, transition: str,
     return res, rep
 
 
+def left_behind(rep: dict | None) -> list[dict]:
+    """The agent QPs of QP generations the client left behind (not its current one)."""
+    return [aq for aq in (rep or {}).get("agent_qps", [])
+            if aq["generation"] < rep["generations"]]
+
+
 def account(res: ClientResult, rep: dict, agent: object, probe: bool = True) -> ClientResult:
     """Every request's outcome, with the peer's view, atomics and clean-shutdown figures.
     Run once every worker has finished: the peer's probes must not meet live QPs. The
     agent's QPs of the round are destroyed afterwards (the client's current QP is left
     idle; a next round starts on a fresh generation)."""
-    ledger = Ledger.from_json(rep["ledger"])
+    ledger = rep["ledger"] if isinstance(rep["ledger"], Ledger) \
+        else Ledger.from_json(rep["ledger"])
     arrivals: list[dict] = []
     peer_events: list[dict] = []
     peer_adds = 0
     probes = []
     for aq in rep["agent_qps"]:
-        got = agent.request("arrivals", 30.0, qp_id=aq["qp_id"], count=0, timeout_s=0)
+        got = agent.arrivals(aq["qp_id"], 0, timeout_s=0)
         if probe and aq["generation"] < rep["generations"]:  # a QP the client left behind
             pr = agent.request("probe", PEER_PROBE_TIMEOUT_S + 10, qp_id=aq["qp_id"],
                                timeout_s=PEER_PROBE_TIMEOUT_S)
@@ -319,6 +343,10 @@ def run_round(shim: object, agent: object, workers: list[ClientWorker], request:
     tres = shim.run(request)
     terminated = {t["pid"]: t["how"] for t in (tres.veto.terminated if tres.veto else [])}
     finished = [finish(w, request.name, terminated) for w in workers]
+    if probe:  # every client's probes at once: each waits out its bound in parallel
+        for _, rep in finished:
+            for aq in left_behind(rep):
+                agent.request("probe_start", 30.0, qp_id=aq["qp_id"])
     results = [account(res, rep, agent, probe) if rep is not None else res
                for res, rep in finished]
     return ScenarioResult(tres.to_json(), results)

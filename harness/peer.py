@@ -101,8 +101,17 @@ class PeerAgent:
         return str(self.request("connect_qp", qp_id=qp_id, remote=remote.to_json())["state"])
 
     def arrivals(self, qp_id: int, count: int, timeout_s: float = 10.0) -> dict:
-        return self.request("arrivals", timeout_s + REPLY_TIMEOUT_S, qp_id=qp_id, count=count,
-                            timeout_s=timeout_s)
+        """The QP's new arrivals and events once `count` arrived (or at `timeout_s`): all
+        of them, read page by page (the agent sends at most ARRIVALS_PAGE per reply)."""
+        rep = self.request("arrivals", timeout_s + REPLY_TIMEOUT_S, qp_id=qp_id, count=count,
+                           timeout_s=timeout_s)
+        while rep.get("more"):
+            more = self.request("arrivals", REPLY_TIMEOUT_S, qp_id=qp_id, count=0,
+                                timeout_s=0)
+            rep = {**more, "arrivals": rep["arrivals"] + more["arrivals"],
+                   "events": rep["events"] + more["events"],
+                   "complete": len(rep["arrivals"]) + len(more["arrivals"]) >= count}
+        return rep
 
     def close(self) -> None:
         if self.chan is not None and self.proc.poll() is None:

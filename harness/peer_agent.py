@@ -23,23 +23,26 @@ import argparse
 import contextlib
 import ipaddress
 import os
-import select
+import selectors
 import socket
 import struct
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from harness import payload
 from harness.errors import FramingError, ProtocolError, RxePowerError
-from harness.names import wc_opcode_name, wc_status_name
+from harness.names import wc_status_name
 from harness.payload import GOODBYE_SEQ
 from harness.protocol import LineReader, Message, decode
-from harness.verbs import Device, QpInfo, QpParams, RcQp, opcode
+from harness.verbs import Device, QpInfo, QpParams, RcQp, opcode, raise_fd_limit
 
 SELECT_TICK_S = 0.5  # upper bound on one loop turn (deadline checks), not a sleep
+POLL_BATCH = 64  # completions taken per poll call
+ARRIVALS_PAGE = 4000  # arrivals per "arrivals" reply at most (~170 bytes each); "more" follows
+WC_RECV, WC_RECV_RDMA_WITH_IMM = 128, 129  # enum ibv_wc_opcode
 ERROR_TEXT_MAX = 4096  # characters of an exception's text that go into an error reply
 WAIT_EVENTS = ("arrivals", "probe", "cm_events")  # answered when done or at payload timeout_s
 IBV_WC_WITH_IMM = 1 << 1
@@ -47,7 +50,7 @@ Waiting = list[tuple[socket.socket, Message, float]]  # (connection, request, it
 PROBE_WR_ID = 0xFFFF_FFFF_0000  # the agent's own probe SEND
 
 
-@dataclass
+@dataclass(slots=True)
 class Arrival:
     seq: int | None
     opcode: str
@@ -59,7 +62,9 @@ class Arrival:
     t: float
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {"seq": self.seq, "opcode": self.opcode, "length": self.length, "ok": self.ok,
+                "reason": self.reason, "crc": self.crc, "generation": self.generation,
+                "t": self.t}
 
 
 @dataclass
@@ -76,6 +81,7 @@ class AgentQp:
     probe_started: float | None = None
     probe_done: tuple[str, float] | None = None
     cmid: object | None = None
+    recv_wrs: list = field(default_factory=list)  # one prebuilt receive WR per slot
 
     @property
     def rdma_base(self) -> int:
@@ -87,44 +93,57 @@ class AgentQp:
                       base.length - self.rdma_base).to_json()
 
     def post_all_recvs(self) -> None:
-        for slot in range(self.recv_slots):
-            self.qp.post_recv(slot, slot * self.slot_size, self.slot_size)
+        if not self.recv_wrs:
+            self.recv_wrs = [self.qp.recv_wr(slot, slot * self.slot_size, self.slot_size)
+                             for slot in range(self.recv_slots)]
+        for wr in self.recv_wrs:
+            self.qp.post_recv_wr(wr)
 
-    def handle_completions(self) -> None:
-        for wc in self.qp.poll(64):
-            status = wc_status_name(int(wc.status))
-            if int(wc.wr_id) == PROBE_WR_ID:
-                self.probe_done = (status, time.monotonic())
-                continue
-            if status != "SUCCESS":
-                self.events.append({"kind": "wc_error", "status": status,
-                                    "wr_id": int(wc.wr_id), "vendor_err": int(wc.vendor_err),
-                                    "t": time.monotonic()})
-                continue
-            op = wc_opcode_name(int(wc.opcode))
-            if op not in ("RECV", "RECV_RDMA_WITH_IMM"):
-                continue
-            slot = int(wc.wr_id)
-            seq = int(wc.imm_data) if int(wc.wc_flags) & IBV_WC_WITH_IMM else None
-            if op == "RECV" and seq == GOODBYE_SEQ:  # the client's orderly disconnect
+    def handle_completions(self, ready: bool | None = None) -> None:
+        """Take every completion there is, in batches. `ready`: the channel is known to
+        be readable (the agent's selector said so)."""
+        while True:
+            wcs = self.qp.poll(POLL_BATCH, ready)
+            ready = False
+            for wc in wcs:
+                self._completion(wc)
+            if len(wcs) < POLL_BATCH:
+                return
+
+    def _completion(self, wc: object) -> None:
+        code, wr_id = wc.status, wc.wr_id
+        if wr_id == PROBE_WR_ID:
+            self.probe_done = (wc_status_name(code), time.monotonic())
+            return
+        if code:
+            self.events.append({"kind": "wc_error", "status": wc_status_name(code),
+                                "wr_id": wr_id, "vendor_err": wc.vendor_err,
+                                "t": time.monotonic()})
+            return
+        op = wc.opcode
+        if op != WC_RECV and op != WC_RECV_RDMA_WITH_IMM:
+            return
+        seq = wc.imm_data if wc.wc_flags & IBV_WC_WITH_IMM else None
+        n = wc.byte_len
+        if op == WC_RECV:
+            if seq == GOODBYE_SEQ:  # the client's orderly disconnect
                 self.arrivals.append(Arrival(seq, "GOODBYE", 0, True, "", 0, self.generation,
                                              time.monotonic()))
                 self.qp.to_err()  # our half: flush our receives (reported as events)
-                continue
-            if op == "RECV":
-                data = self.qp.read_local(slot * self.slot_size, int(wc.byte_len))
-                chk = payload.verify(data, expect_seq=seq)
-                self.arrivals.append(Arrival(chk.seq, op, len(data), chk.ok, chk.reason,
-                                             chk.crc, self.generation, time.monotonic()))
-            elif seq is None:  # cannot happen for WITH_IMM; recorded, not checked
-                self.arrivals.append(Arrival(None, op, int(wc.byte_len), False, "no imm", 0,
-                                             self.generation, time.monotonic()))
-            else:  # WRITE_WITH_IMM: the writer put seq's payload in seq's slot of the area
-                data = self.qp.read_local(self.write_slot(seq), int(wc.byte_len))
-                chk = payload.verify(data, expect_seq=seq)
-                self.arrivals.append(Arrival(chk.seq, op, len(data), chk.ok, chk.reason,
-                                             chk.crc, self.generation, time.monotonic()))
-            self.qp.post_recv(slot, slot * self.slot_size, self.slot_size)
+                return
+            off = wr_id * self.slot_size
+            chk = payload.verify(self.qp.view[off:off + n], expect_seq=seq)  # in place
+            self.arrivals.append(Arrival(chk.seq, "RECV", n, chk.ok, chk.reason, chk.crc,
+                                         self.generation, time.monotonic()))
+        elif seq is None:  # cannot happen for WITH_IMM; recorded, not checked
+            self.arrivals.append(Arrival(None, "RECV_RDMA_WITH_IMM", n, False, "no imm", 0,
+                                         self.generation, time.monotonic()))
+        else:  # WRITE_WITH_IMM: the writer put seq's payload in seq's slot of the area
+            off = self.write_slot(seq)
+            chk = payload.verify(self.qp.view[off:off + n], expect_seq=seq)
+            self.arrivals.append(Arrival(chk.seq, "RECV_RDMA_WITH_IMM", n, chk.ok, chk.reason,
+                                         chk.crc, self.generation, time.monotonic()))
+        self.qp.post_recv_wr(self.recv_wrs[wr_id])
 
     def write_slot(self, seq: int) -> int:
         """Where a WRITE_WITH_IMM carrying `seq` lands: slot (seq mod write_slots) of the
@@ -157,6 +176,8 @@ class Agent:
         self.cm_events: list[dict] = []
         self.cm_delivered = 0
         self.running = True
+        # epoll: no FD_SETSIZE limit (a QP's completion channel is one fd; 1,024 QPs...)
+        self.sel = selectors.DefaultSelector()
 
     # -- requests
     def handle(self, msg: Message) -> dict | None:
@@ -204,10 +225,15 @@ class Agent:
             return {}
         if ev == "arrivals":
             return self._arrivals_done(aq, p["count"], time.monotonic() + p["timeout_s"], False)
+        if ev == "probe_start":  # post the probe now, ask for its outcome later ("probe")
+            self._start_probe(aq)
+            return {}
         if ev == "probe":  # does our side notice the client is gone? (answered when done)
             if aq.probe_started is None:
-                aq.probe_started, aq.probe_done = time.monotonic(), None
-                aq.qp.post_send(PROBE_WR_ID, opcode("SEND"), aq.rdma_base, 16)
+                self._start_probe(aq)
+            else:  # started earlier (probe_start): the bound counts from then
+                p["_deadline"] = min(p.get("_deadline", float("inf")),
+                                     aq.probe_started + p["timeout_s"])
             return self._probe_done(aq, msg)
         if ev == "qp_state":
             return {"state": aq.qp.state().name}
@@ -227,14 +253,22 @@ class Agent:
         qp = RcQp(dev, params)
         aq = AgentQp(self.next_qp_id, qp, recv_slots, slot_size)
         self.qps[aq.qp_id] = aq
+        self.sel.register(qp.channel_fd, selectors.EVENT_READ, aq)
         self.next_qp_id += 1
         return aq
 
     def _destroy_qp(self, aq: AgentQp) -> None:
         del self.qps[aq.qp_id]
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(aq.qp.channel_fd)  # before the fd closes
         aq.qp.close()
         if aq.cmid is not None:
             aq.cmid.close()
+
+    def _start_probe(self, aq: AgentQp) -> None:
+        if aq.probe_started is None:
+            aq.probe_started, aq.probe_done = time.monotonic(), None
+            aq.qp.post_send(PROBE_WR_ID, opcode("SEND"), aq.rdma_base, 16)
 
     def _probe_done(self, aq: AgentQp, msg: Message) -> dict | None:
         if aq.probe_done is None and time.monotonic() < msg.payload["_deadline"]:
@@ -246,12 +280,15 @@ class Agent:
 
     def _arrivals_done(self, aq: AgentQp, count: int, deadline: float,
                        final: bool) -> dict | None:
-        new = aq.arrivals[aq.delivered:]
-        if len(new) >= count or final or time.monotonic() >= deadline:
-            aq.delivered = len(aq.arrivals)
+        """New arrivals once `count` are there (or at the deadline), at most ARRIVALS_PAGE
+        per reply: "more" says the rest follows on the next request."""
+        pending = len(aq.arrivals) - aq.delivered
+        if pending >= count or final or time.monotonic() >= deadline:
+            new = aq.arrivals[aq.delivered:aq.delivered + ARRIVALS_PAGE]
+            aq.delivered += len(new)
             events, aq.events = aq.events, []
             return {"arrivals": [a.to_json() for a in new], "events": events,
-                    "complete": len(new) >= count}
+                    "complete": pending >= count, "more": pending > len(new)}
         return None
 
     # -- rdma_cm (passive side)
@@ -268,6 +305,7 @@ class Agent:
         listener.listen()
         self.cm_listener = listener
         self.cm_params = p
+        self.sel.register(self.cm_channel.fd, selectors.EVENT_READ, "cm")
         return {"port": p["port"]}
 
     def _cm_on_event(self) -> None:
@@ -328,6 +366,8 @@ class Agent:
             self.cm_listener.close()
             self.cm_listener = None
         if self.cm_channel is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.cm_channel.fd)
             self.cm_channel.close()
             self.cm_channel = None
 
@@ -337,35 +377,44 @@ class Agent:
         may connect later to set up their own QPs; their going changes nothing else."""
         owner, _ = listen_sock.accept()
         conns: dict[socket.socket, LineReader] = {owner: LineReader()}
+        sel = self.sel
+        sel.register(listen_sock, selectors.EVENT_READ, "listen")
+        sel.register(owner, selectors.EVENT_READ, "conn")
         try:
             while self.running:
-                fds: list = [listen_sock, *conns]
-                fds += [aq.qp.channel_fd for aq in self.qps.values()]
-                if self.cm_channel is not None:
-                    fds.append(self.cm_channel.fd)
                 timeout = SELECT_TICK_S
                 if self.waiting:
                     timeout = max(0.0, min(timeout, *(d - time.monotonic()
                                                         for _, _, d in self.waiting)))
-                readable, _, _ = select.select(fds, [], [], timeout)
-                for aq in list(self.qps.values()):
-                    aq.handle_completions()
-                if self.cm_channel is not None and self.cm_channel.fd in readable:
-                    self._cm_on_event()
-                if listen_sock in readable:
-                    conn, _ = listen_sock.accept()
-                    conns[conn] = LineReader()
-                for conn in [c for c in conns if c in readable]:
-                    if not self._read(conn, conns[conn]):
-                        if conn is owner:
-                            return  # controller gone: exit and close everything
-                        conns.pop(conn)
-                        conn.close()
-                        self.waiting = [w for w in self.waiting if w[0] is not conn]
+                ready = sel.select(timeout)
+                # completions first (only the QPs whose channel fired), then the rest
+                for key, _ in ready:
+                    if isinstance(key.data, AgentQp) and key.data.qp_id in self.qps:
+                        key.data.handle_completions(True)
+                for key, _ in ready:
+                    if key.data == "cm" and self.cm_channel is not None:
+                        self._cm_on_event()
+                    elif key.data == "listen":
+                        conn, _ = listen_sock.accept()
+                        conns[conn] = LineReader()
+                        sel.register(conn, selectors.EVENT_READ, "conn")
+                    elif key.data == "conn" and key.fileobj in conns:
+                        conn = key.fileobj
+                        if not self._read(conn, conns[conn]):
+                            if conn is owner:
+                                return  # controller gone: exit and close everything
+                            conns.pop(conn)
+                            sel.unregister(conn)
+                            conn.close()
+                            self.waiting = [w for w in self.waiting if w[0] is not conn]
                 self._finish_waits()
         finally:
             for conn in conns:
+                with contextlib.suppress(KeyError, ValueError):
+                    sel.unregister(conn)
                 conn.close()
+            with contextlib.suppress(KeyError, ValueError):
+                sel.unregister(listen_sock)
 
     def _read(self, conn: socket.socket, reader: LineReader) -> bool:
         """Handle what one connection sent; False when it is gone or misbehaved."""
@@ -487,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.socket)
+    raise_fd_limit()
     try:
         agent = Agent(args.device, args.gid_index, args.addr)
     except RxePowerError as exc:

@@ -83,7 +83,7 @@ def rxe_topology(pytestconfig: pytest.Config,
 
 def _kernel_objects() -> dict[str, set[str]]:
     return {"rdma devices": {lk.ifname for lk in topology.rdma_links()},
-            "netdevs": {n.ifname for n in topology.ip_links()},
+            "netdevs": set(os.listdir("/sys/class/net")),  # as `ip link`, without running it
             "ip rules": {" ".join(r.selector_args()) for r in topology.ip_rules()}}
 
 
@@ -153,6 +153,7 @@ class ShimFixture:
 
         self.clients_dir = clients_dir
         self.shim = Shim(cfg, Notifier(clients_dir))
+        self.shim.start()  # the reader starts while the test sets up its clients
         self.out_dir = out_dir
         self.test_name = test_name
         self.results: list[object] = []

@@ -58,6 +58,7 @@ REQUESTS: dict[str, dict[str, type | tuple[type, ...]]] = {  # controller -> pee
     "arrivals": {**_QP, "count": int, "timeout_s": (int, float)},
     "qp_state": _QP,
     "probe": {**_QP, "timeout_s": (int, float)},
+    "probe_start": _QP,
     "to_err": _QP,
     "destroy_qp": _QP,
     "cm_listen": {"port": int, "mr_size": int, "recv_slots": int, "slot_size": int},

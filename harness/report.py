@@ -27,6 +27,7 @@ Everything taken from a results file is HTML-escaped.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import html
 import json
@@ -283,12 +284,25 @@ def stress_lines(sec: Section) -> list[str]:
 def load_matplotlib() -> Any | None:
     """matplotlib, or None when it is not installed. Pictures are drawn on Figure objects with
     an Agg canvas of their own: no pyplot, no change to the process's global backend."""
+    _persistent_mpl_cache()
     try:
         import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
     except ImportError:
         return None
     return matplotlib
+
+
+def _persistent_mpl_cache() -> None:
+    """Where the home directory is read-only (the VM guest shares the host's root read-only),
+    matplotlib builds its font cache afresh in a temporary directory in every process: 15 s
+    under emulation. Keep it under the results folder instead (written back to the host)."""
+    if "MPLCONFIGDIR" in os.environ or os.access(Path.home() / ".config", os.W_OK):
+        return
+    cache = Path(os.environ.get("RXE_POWER_RESULTS", "results")).absolute() / ".matplotlib"
+    with contextlib.suppress(OSError):
+        cache.mkdir(parents=True, exist_ok=True)
+        os.environ["MPLCONFIGDIR"] = str(cache)
 
 
 def _figure(w_in: float, h_in: float) -> Any:

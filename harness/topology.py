@@ -54,6 +54,8 @@ RDMA_LINK_DELETE_TIMEOUT_S = 10.0
 PINGPONG_TIMEOUT_S = 60.0
 PINGPONG_ITERS = 200
 POLL_INTERVAL_S = 0.05
+NEIGH_TIMEOUT_S = 3.0  # ARP for the far address on our wire (measured 7-46 ms under TCG)
+NEIGH_POLL_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,10 @@ class Topology:
 
 
 def rdma_links() -> list[cmdjson.RdmaLink]:
-    return cmdjson.parse_rdma_links(cmdjson.run_json(["rdma", "-j", "link", "show"]))
+    try:  # no program run: the shim polls this
+        return cmdjson.nldev_links()
+    except (OSError, RxePowerError):
+        return cmdjson.parse_rdma_links(cmdjson.run_json(["rdma", "-j", "link", "show"]))
 
 
 def ip_links() -> list[cmdjson.NetLink]:
@@ -221,8 +226,6 @@ def load_rxe_module() -> None:
 def discover(cfg: TopologyConfig) -> Topology:
     """Find both HCAs, their netdevs, addresses and RoCEv2 GIDs; raise naming what is missing."""
     links = {lk.ifname: lk for lk in rdma_links()}
-    nets = {n.ifname: n for n in ip_links()}
-    addrs = ip_addrs()
 
     def endpoint(dev: str, netdev: str, addr: str) -> Endpoint:
         lk = links.get(dev)
@@ -234,16 +237,18 @@ def discover(cfg: TopologyConfig) -> Topology:
         if lk.netdev != netdev:
             raise TopologyError(f"{dev} sits on netdev {lk.netdev!r}, expected {netdev!r}",
                                 "check --rxe-local-netdev/--rxe-peer-netdev or rebuild")
-        net = nets.get(netdev)
+        net = cmdjson.sysfs_netdev(netdev)
         if net is None:
             raise TopologyError(f"netdev {netdev!r} of {dev} is missing", "rebuild the topology")
-        if not any(a.ifname == netdev and a.address == addr for a in addrs):
-            raise TopologyError(f"{netdev} does not carry {addr}", "rebuild the topology")
-        gid = cmdjson.find_rocev2_gid(cmdjson.read_gids(dev, lk.port), addr)
-        if gid is None:
+        gid = cmdjson.lookup_rocev2_gid(dev, addr, lk.port)
+        # a RoCEv2 GID of the address on this netdev means the netdev carries the address
+        # (the GID table follows the netdev's addresses): `ip addr` only to say what is wrong
+        if gid is None or gid.ndev not in (None, netdev):
+            if not any(a.ifname == netdev and a.address == addr for a in ip_addrs()):
+                raise TopologyError(f"{netdev} does not carry {addr}", "rebuild the topology")
             raise TopologyError(f"{dev} has no RoCEv2 GID for {addr}",
                                 "the GID appears once the address is up; rebuild the topology")
-        return Endpoint(dev, lk.port, netdev, net.ifindex, addr, gid.gid, gid.index, lk.state)
+        return Endpoint(dev, lk.port, netdev, net[0], addr, gid.gid, gid.index, lk.state)
 
     return Topology(endpoint(cfg.local_dev, cfg.local_netdev, cfg.local_addr),
                     endpoint(cfg.peer_dev, cfg.peer_netdev, cfg.peer_addr))
@@ -384,6 +389,8 @@ def setup(cfg: TopologyConfig, log=print, keep: bool = False) -> tuple[Topology,
     log(f"rdma links {cfg.local_dev} on {cfg.local_netdev}, {cfg.peer_dev} on "
         f"{cfg.peer_netdev}")
     topo = wait_ports_active(cfg)
+    for which in ("local", "peer"):  # the first connects must not wait out the resolver
+        resolve_neighbour(cfg, which)
     log(f"ports ACTIVE: {topo.local.dev} gid[{topo.local.gid_index}]={topo.local.gid}, "
         f"{topo.peer.dev} gid[{topo.peer.gid_index}]={topo.peer.gid}")
     return topo, True
@@ -413,7 +420,7 @@ def side_up(cfg: TopologyConfig, which: str) -> None:
     """Link up one host's netdev and (re-)add its route (a route needs its device up)."""
     side = cfg.side(which)
     _require_ours_netdev(side.netdev)
-    _ip("link", "set", side.netdev, "up")
+    cmdjson.set_link_up(side.netdev, True)
     _ip("route", "replace", side.remote_addr, "dev", side.netdev, "src", side.addr,
         "table", side.table)
 
@@ -464,11 +471,47 @@ def destroy_side_netdev(cfg: TopologyConfig, which: str) -> None:
     _ip("link", "del", side.netdev)
 
 
+def neighbour_resolved(addr: str, netdev: str, arp: Path = Path("/proc/net/arp")) -> bool:
+    """Whether `netdev` has a complete ARP entry for `addr` (flags ATF_COM)."""
+    try:
+        rows = arp.read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for row in rows:
+        f = row.split()
+        if len(f) >= 6 and f[0] == addr and f[5] == netdev and int(f[2], 16) & 0x2:
+            return True
+    return False
+
+
+def resolve_neighbour(cfg: TopologyConfig, which: str,
+                      timeout_s: float = NEIGH_TIMEOUT_S) -> float:
+    """Make one side's netdev know the far address's MAC (ARP), bounded; the seconds it
+    took. A carrier drop flushes the neighbour table, and the first RC connect after
+    that (modify QP to RTR) resolves the address in the kernel (ib_core
+    rdma_addr_find_l2_eth_by_grh). On this wire the ARP reply is processed before that
+    resolver queues its request, so it misses the update and waits out its whole 1000 ms
+    timeout: measured 1.00-1.04 s for every connect after a flush, 3-17 ms once the entry
+    exists. A datagram from the side's address (to the discard port) resolves it first."""
+    side = cfg.side(which)
+    t0 = time.monotonic()
+    if neighbour_resolved(side.remote_addr, side.netdev):
+        return 0.0
+    with contextlib.suppress(OSError), \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((side.addr, 0))
+        s.sendto(b"", (side.remote_addr, 9))
+    while not neighbour_resolved(side.remote_addr, side.netdev):
+        if time.monotonic() - t0 > timeout_s:
+            raise BoundExceeded(f"resolving {side.remote_addr} on {side.netdev} (ARP)",
+                                "NEIGH_TIMEOUT_S", timeout_s, "a complete ARP entry")
+        time.sleep(NEIGH_POLL_S)
+    return time.monotonic() - t0
+
+
 def netdev_ifindex(name: str) -> int | None:
-    for link in ip_links():
-        if link.ifname == name:
-            return link.ifindex
-    return None
+    net = cmdjson.sysfs_netdev(name)
+    return net[0] if net else None
 
 
 def _move_local_rule(state: StateFile, log, keep: bool) -> None:
@@ -492,7 +535,7 @@ def _require_ours_netdev(name: str) -> None:
 def set_netdev_up(name: str, up: bool) -> None:
     """Administratively up/down one of our netdevs (refuses foreign ones)."""
     _require_ours_netdev(name)
-    _ip("link", "set", name, "up" if up else "down")
+    cmdjson.set_link_up(name, up)
 
 
 def port_state(dev: str) -> str | None:
@@ -511,6 +554,17 @@ def wait_port_state(dev: str, want: str | None, timeout_s: float = PORT_ACTIVE_T
             raise BoundExceeded(f"waiting for {dev} to be {want or 'gone'}",
                                 "PORT_ACTIVE_TIMEOUT_S", timeout_s, f"{dev} is still {have}")
         time.sleep(POLL_INTERVAL_S)
+    return time.monotonic() - t0
+
+
+def wait_uverbs(dev: str, timeout_s: float = PORT_ACTIVE_TIMEOUT_S) -> float:
+    """Poll until `dev` has a uverbs device node (processes can open it); seconds taken."""
+    t0 = time.monotonic()
+    while not any(os.path.exists(f) for f in uverbs_files(dev)):
+        if time.monotonic() - t0 > timeout_s:
+            raise BoundExceeded(f"waiting for {dev}'s uverbs device", "PORT_ACTIVE_TIMEOUT_S",
+                                timeout_s, "/sys/class/infiniband_verbs/uverbsN for it")
+        time.sleep(NEIGH_POLL_S)
     return time.monotonic() - t0
 
 

@@ -16,9 +16,12 @@ the object is created.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import os
 import random
+import resource
 import select
 import threading
 import time
@@ -26,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 
+from harness import payload
 from harness.errors import BoundExceeded, NoRxe, RxePowerError, oserror_to
 from harness.names import wc_status_name
 
@@ -62,6 +66,7 @@ def require_pyverbs() -> None:
         )
 
 
+SEND_SIGNALED = 2  # IBV_SEND_SIGNALED (fixed by the libibverbs ABI)
 if HAVE_PYVERBS:
     ACCESS_ALL = (e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE
                   | e.IBV_ACCESS_REMOTE_READ | e.IBV_ACCESS_REMOTE_ATOMIC)
@@ -112,12 +117,57 @@ def new_event_fd(before: set[int], what: str, kind: str = EVENT_FD_KIND) -> int:
     return fd
 
 
+def lowest_free_fd() -> int:
+    """The fd number the next open() gets (the kernel hands out the lowest free one)."""
+    fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    os.close(fd)
+    return fd
+
+
+def predicted_event_fd(guess: int, kind: str = EVENT_FD_KIND) -> int | None:
+    """`guess` made non-blocking if it is an fd of `kind`: the object just created took the
+    lowest free fd, as predicted (under FD_LOCK). None when it did not (another thread
+    opened something): the caller falls back to scanning /proc/self/fd. The scan costs
+    O(open fds) per object, which for a peer agent with 1,024 QPs was most of its setup."""
+    try:
+        if os.readlink(f"/proc/self/fd/{guess}") != kind:
+            return None
+    except OSError:
+        return None
+    _set_nonblocking(guess)
+    return guess
+
+
+def with_event_fd(create, what: str) -> tuple:
+    """(obj, its event fd) for an object whose creation opens one event fd: predicted
+    (the lowest free fd), or, when another thread got in between, found by scanning."""
+    with FD_LOCK:
+        guess = lowest_free_fd()
+        obj = create()
+        fd = predicted_event_fd(guess)
+        if fd is not None:
+            return obj, fd
+        obj.close()
+        before = fds_of_kind()
+        obj = create()
+        return obj, new_event_fd(before, what)
+
+
 def wait_readable(fd: int, timeout_s: float) -> bool:
     """select() on one fd; releases the GIL while waiting."""
     if timeout_s <= 0:
         timeout_s = 0
     r, _, _ = select.select([fd], [], [], timeout_s)
     return bool(r)
+
+
+def raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: every QP has a completion channel fd, and
+    the default soft limit (1,024) is below what a 1,024-QP run needs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 # --- device -------------------------------------------------------------------------------
@@ -241,14 +291,14 @@ class RcQp:
         self.dev = dev
         self.params = params = params or QpParams()
         self.psn = random.getrandbits(24)
+        self._bad_wr: SendWR | None = None
+        self.last_post_error: RxePowerError | None = None
         self._stack = contextlib.ExitStack()
         try:
-            with FD_LOCK:
-                before = fds_of_kind()
-                with verbs_call(f"{dev.name}: create completion channel"):
-                    self.channel = CompChannel(dev.ctx)
-                self._stack.callback(self.channel.close)
-                self.channel_fd = new_event_fd(before, "completion channel")
+            with verbs_call(f"{dev.name}: create completion channel"):
+                self.channel, self.channel_fd = with_event_fd(
+                    lambda: CompChannel(dev.ctx), "completion channel")
+            self._stack.callback(self.channel.close)
             depth = params.max_send_wr + params.max_recv_wr
             with verbs_call(f"{dev.name}: create CQ of {depth}"):
                 self.cq = CQ(dev.ctx, depth, None, self.channel, 0)
@@ -256,6 +306,11 @@ class RcQp:
             with verbs_call(f"{dev.name}: register MR of {params.mr_size} bytes"):
                 self.mr = MR(dev.pd, params.mr_size, ACCESS_ALL)
             self._stack.callback(self.mr.close)
+            # the MR's buffer as a writable view: payloads are written and checked in
+            # place (pyverbs' read/write copy through a bytes object)
+            self.view: memoryview | None = memoryview(
+                (ctypes.c_char * params.mr_size).from_address(int(self.mr.buf))).cast("B")
+            self._stack.callback(self._drop_view)
             cap = QPCap(max_send_wr=params.max_send_wr, max_recv_wr=params.max_recv_wr,
                         max_send_sge=1, max_recv_sge=1)
             init = QPInitAttr(qp_type=e.IBV_QPT_RC, scq=self.cq, rcq=self.cq, cap=cap)
@@ -335,11 +390,21 @@ class RcQp:
             self.qp.modify(attr, e.IBV_QP_STATE)
 
     # -- memory
+    def _drop_view(self) -> None:
+        view, self.view = self.view, None  # before the MR frees its buffer
+        if view is not None:
+            with contextlib.suppress(BufferError):
+                view.release()
+
     def write_local(self, offset: int, data: bytes) -> None:
         self.mr.write(data, len(data), offset)
 
     def read_local(self, offset: int, length: int) -> bytes:
         return bytes(self.mr.read(length, offset))
+
+    def write_payload(self, offset: int, seq: int, length: int, generation: int = 0) -> None:
+        """payload.encode(seq, length, generation) written straight into the MR."""
+        payload.write_into(self.view, offset, seq, length, generation)
 
     # -- posting
     def sge(self, offset: int, length: int) -> SGE:
@@ -348,14 +413,28 @@ class RcQp:
                                 f"{self.params.mr_size} bytes", "use a larger mr_size")
         return SGE(int(self.mr.buf) + offset, length, int(self.mr.lkey))
 
-    def post_recv(self, wr_id: int, offset: int, length: int) -> None:
-        wr = RecvWR(wr_id=wr_id, num_sge=1, sg=[self.sge(offset, length)])
-        with verbs_call(f"QP {self.qpn} post_recv wr_id {wr_id}"):
-            self.qp.post_recv(wr)
+    def recv_wr(self, wr_id: int, offset: int, length: int) -> RecvWR:
+        """A receive WR over [offset, offset + length) of the MR, to post (again) with
+        post_recv_wr: built once, reposted as often as needed (its next pointer is NULL)."""
+        return RecvWR(wr_id=wr_id, num_sge=1, sg=[self.sge(offset, length)])
 
-    def post_send(self, wr_id: int, opcode: int, offset: int, length: int, *,
-                  imm: int | None = None, remote_addr: int | None = None,
-                  rkey: int | None = None, compare_add: int = 0, swap: int = 0) -> None:
+    def post_recv_wr(self, wr: RecvWR) -> None:
+        try:
+            self.qp.post_recv(wr)
+        except PyverbsError as exc:
+            raise oserror_to(f"QP {self.qpn} post_recv wr_id {wr.wr_id}", exc) from exc
+
+    def post_recv(self, wr_id: int, offset: int, length: int) -> None:
+        self.post_recv_wr(self.recv_wr(wr_id, offset, length))
+
+    def send_wr(self, wr_id: int, opcode: int, offset: int, length: int, *,
+                imm: int | None = None, remote_addr: int | None = None,
+                rkey: int | None = None, compare_add: int = 0, swap: int = 0) -> SendWR:
+        """A signaled send WR over [offset, offset + length) of the MR. Its wr_id,
+        imm_data and (set_wr_rdma) remote address may be changed and the WR posted again
+        with post: the hot path builds each (slot, opcode, size) WR once. A WR given a
+        next_wr stays chained (pyverbs cannot set the pointer back to NULL): keep chained
+        WRs for post_chain only."""
         wr = SendWR(wr_id=wr_id, opcode=opcode, num_sge=1, sg=[self.sge(offset, length)],
                     send_flags=e.IBV_SEND_SIGNALED)
         if imm is not None:
@@ -364,21 +443,58 @@ class RcQp:
             wr.set_wr_atomic(rkey, remote_addr, compare_add, swap)
         elif remote_addr is not None:
             wr.set_wr_rdma(rkey, remote_addr)
-        with verbs_call(f"QP {self.qpn} post_send wr_id {wr_id}"):
+        return wr
+
+    def post(self, wr: SendWR) -> None:
+        """Post a send WR (one ibv_post_send); errors become OsCallError with errno."""
+        try:
             self.qp.post_send(wr)
+        except PyverbsError as exc:
+            raise oserror_to(f"QP {self.qpn} post_send wr_id {wr.wr_id}", exc) from exc
+
+    def post_chain(self, head: SendWR) -> int | None:
+        """Post a chain of send WRs (linked with next_wr) in one ibv_post_send: one
+        doorbell for the lot. None when all went; else the wr_id of the first WR that was
+        not posted (those before it were), with the error in `last_post_error`."""
+        if self._bad_wr is None:  # receives a copy of the failing WR (pyverbs never frees
+            self._bad_wr = SendWR(num_sge=1, sg=[self.sge(0, 0)])  # a WR's list by itself)
+        try:
+            self.qp.post_send(head, self._bad_wr)
+        except PyverbsError as exc:
+            self.last_post_error = oserror_to(f"QP {self.qpn} post_send (chain from wr_id "
+                                              f"{head.wr_id})", exc)
+            return int(self._bad_wr.wr_id)
+        return None
+
+    def post_send(self, wr_id: int, opcode: int, offset: int, length: int, *,
+                  imm: int | None = None, remote_addr: int | None = None,
+                  rkey: int | None = None, compare_add: int = 0, swap: int = 0) -> None:
+        self.post(self.send_wr(wr_id, opcode, offset, length, imm=imm,
+                               remote_addr=remote_addr, rkey=rkey, compare_add=compare_add,
+                               swap=swap))
 
     # -- completions
-    def poll(self, max_entries: int = 16) -> list[WC]:
-        """Non-blocking: take what the CQ has now (acking any pending event first)."""
-        if self.params.use_events and wait_readable(self.channel_fd, 0):
+    def poll(self, max_entries: int = 16, ready: bool | None = None) -> list[WC]:
+        """Non-blocking: take what the CQ has now (acking any pending event first).
+        `ready`: the caller already knows whether the completion channel is readable
+        (from its own select), which saves a select() per call."""
+        if self.params.use_events and (ready if ready is not None
+                                       else wait_readable(self.channel_fd, 0)):
             self._take_event()
-        with verbs_call(f"poll CQ of QP {self.qpn}"):
+        try:
             n, wcs = self.cq.poll(max_entries)
-        return list(wcs[:n]) if n else []
+        except PyverbsError as exc:
+            raise oserror_to(f"poll CQ of QP {self.qpn}", exc) from exc
+        return wcs[:n] if n else []
 
     def _take_event(self) -> None:
-        with verbs_call("get CQ event"):
+        try:
             self.channel.get_cq_event(self.cq)
+        except PyverbsError as exc:
+            err = oserror_to("get CQ event", exc)
+            if err.errno == errno.EAGAIN:  # taken already (the caller's select was stale)
+                return
+            raise err from exc
         self.cq.ack_events(1)
         with verbs_call("re-arm CQ"):
             self.cq.req_notify()

@@ -112,7 +112,9 @@ def serve() -> int:
             readable, _, _ = select.select([stdin, *by_fd], [], [])
             for fd in readable:
                 if fd != stdin:
-                    _drain(by_fd[fd], open_devs[by_fd[fd]], verbs_call)
+                    dev = open_devs.get(by_fd[fd])
+                    if dev is not None:  # a close earlier in this turn may have taken it
+                        _drain(by_fd[fd], dev, verbs_call)
                     continue
                 data = os.read(stdin, 4096)
                 if not data:
@@ -137,6 +139,9 @@ def _command(cmd: str, name: str, open_devs: dict, device_cls: type) -> None:
     if cmd == "close":
         dev = open_devs.pop(name, None)
         if dev is not None:
+            from harness.verbs import verbs_call
+
+            _drain(name, dev, verbs_call)  # what the device already delivered is reported
             dev.close()
         _say(closed=name)
         return
@@ -173,8 +178,12 @@ def _drain(name: str, dev: object, verbs_call: Callable) -> None:
 class AsyncEventReader:
     """Controller side: one reader process; open/close devices in it, collect events."""
 
-    def __init__(self, on_event: OnEvent | None = None) -> None:
+    def __init__(self, on_event: OnEvent | None = None, wait_ready: bool = True) -> None:
+        """`wait_ready=False` returns at once; the first open() waits for the reader to be
+        ready (its start, Python and pyverbs imports, takes over a second under emulation,
+        and can overlap other work)."""
         self.on_event = on_event
+        self.ready = False
         self.open_devices: set[str] = set()
         self.bad_records: list[str] = []  # malformed stdout lines (the first few)
         self.bad_record_count = 0
@@ -185,11 +194,18 @@ class AsyncEventReader:
         self._acks: queue.Queue[dict] = queue.Queue()
         self._thread = threading.Thread(target=self._pump, name="async-events", daemon=True)
         self._thread.start()
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        if self.ready:
+            return
         try:
             self._ack("ready", None, READER_START_TIMEOUT_S)
         except BaseException:
             self.stop()
             raise
+        self.ready = True
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -242,10 +258,17 @@ class AsyncEventReader:
             self.proc.stdin.write(line + "\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
-            raise RxePowerError(f"the async event reader (pid {self.pid}) is gone",
+            self.proc.poll()
+            err = ""
+            if self.proc.returncode is not None and self.proc.stderr:
+                with contextlib.suppress(OSError, ValueError):
+                    err = self.proc.stderr.read().strip()[-400:]
+            raise RxePowerError(f"the async event reader (pid {self.pid}) is gone (exit "
+                                f"{self.proc.returncode}){': ' + err if err else ''}",
                                 "see its stderr; restart the shim") from None
 
     def open(self, dev: str) -> None:
+        self.wait_ready()
         self._send(f"open {dev}")
         self._ack("opened", dev, READER_ACK_TIMEOUT_S)
         self.open_devices.add(dev)

@@ -176,6 +176,60 @@ def read_records(path: str = KMSG_PATH) -> list[KmsgRecord]:
         os.close(fd)
 
 
+class Tail:
+    """The kernel log from now on: /dev/kmsg opened at its end (SEEK_END), read on demand.
+    The shim takes its marker and its scan from a Tail, so neither reads and parses the
+    whole ring buffer (hundreds of records: about 0.5 s each time under emulation). A
+    reader that fell behind the ring buffer (EPIPE) sets `lost`."""
+
+    def __init__(self, path: str = KMSG_PATH) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise _os_error(f"cannot open {path} for reading", exc,
+                            _open_fix(path, exc.errno or 0)) from exc
+        try:
+            os.lseek(self.fd, 0, os.SEEK_END)
+        except OSError as exc:
+            os.close(self.fd)
+            raise _os_error(f"cannot seek to the end of {path}", exc,
+                            "check that the path is the kernel log device") from exc
+        self.records: list[KmsgRecord] = []
+        self.lost = False
+
+    def read(self) -> list[KmsgRecord]:
+        """Every record logged since the tail was opened (read so far and new)."""
+        for _ in range(MAX_READS):
+            try:
+                raw = os.read(self.fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # overwritten before we read them
+                self.lost = True
+                continue
+            except OSError as exc:
+                raise _os_error(f"cannot read {self.path}", exc,
+                                "check that the path is the kernel log device") from exc
+            if not raw:
+                break
+            rec = parse_record(raw)
+            if rec is not None:
+                self.records.append(rec)
+        return self.records
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Tail:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 # --- marker ---------------------------------------------------------------------------------
 
 
@@ -214,12 +268,16 @@ def _clean_label(label: str) -> str:
     return _CONTROL.sub(" ", label)[:MAX_LABEL_LEN]
 
 
-def write_marker(label: str, path: str = KMSG_PATH) -> Marker:
+def write_marker(label: str, path: str = KMSG_PATH, tail: Tail | None = None) -> Marker:
     """Note the last seq, then log `rxe-power: marker <token> <label>` at notice level.
 
     Raises RxePowerError if `path` cannot be read. A failed write is not fatal: the scan uses
-    `after_seq`, and `written` says whether the line was seen in the log afterwards.
+    `after_seq`, and `written` says whether the line was seen in the log afterwards. With a
+    `tail` (opened before), after_seq is the seq before the first record the tail saw, and
+    only the new records are read.
     """
+    if tail is not None:
+        return _tail_marker(label, path, tail)
     after_seq = _last_seq(read_records(path))
     token = uuid.uuid4().hex[:12]
     text = f"{MARKER_PREFIX}{token} {_clean_label(label)}".rstrip()
@@ -237,6 +295,29 @@ def write_marker(label: str, path: str = KMSG_PATH) -> Marker:
     except RxePowerError:
         after = []
     written = any(r.seq > after_seq and token in r.message for r in after)
+    return Marker(token=token, text=text, after_seq=after_seq, written=written)
+
+
+def _tail_marker(label: str, path: str, tail: Tail) -> Marker:
+    token = uuid.uuid4().hex[:12]
+    text = f"{MARKER_PREFIX}{token} {_clean_label(label)}".rstrip()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(fd, f"<{MARKER_LEVEL}>{text}\n".encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    new = tail.read()
+    if not new:  # the marker was dropped and nothing else logged: the last seq is it
+        after_seq = _last_seq(read_records(path))
+        new = tail.read()  # anything logged in between belongs after the marker
+        if new:
+            after_seq = min(after_seq, new[0].seq - 1)
+    else:
+        after_seq = new[0].seq - 1
+    written = any(token in r.message for r in new)
     return Marker(token=token, text=text, after_seq=after_seq, written=written)
 
 
@@ -311,9 +392,13 @@ def match_record(record: KmsgRecord) -> str | None:
     return None
 
 
-def scan_after(marker: Marker, records: list[KmsgRecord] | None = None) -> KmsgScan:
-    """Look at every record with seq > marker.after_seq (read /dev/kmsg if `records` is None)."""
-    if records is None:
+def scan_after(marker: Marker, records: list[KmsgRecord] | None = None,
+               tail: Tail | None = None) -> KmsgScan:
+    """Look at every record with seq > marker.after_seq (read /dev/kmsg if `records` is None;
+    the tail's records if there is a `tail`, and a tail that fell behind is a gap)."""
+    if tail is not None:
+        records = list(tail.read())
+    elif records is None:
         records = read_records()
     after = sorted((r for r in records if r.seq > marker.after_seq), key=lambda r: r.seq)
     first_seq_after = after[0].seq if after else None
@@ -325,7 +410,7 @@ def scan_after(marker: Marker, records: list[KmsgRecord] | None = None) -> KmsgS
         and first_seq_after > expected
         and min_seq is not None
         and min_seq > expected
-    )
+    ) or (tail is not None and tail.lost)
     considered = [r for r in after if not is_marker_line(r)]
     hits: list[KmsgHit] = []
     for rec in considered:

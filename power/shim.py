@@ -15,10 +15,11 @@ step has a bound, and a delete blocked by holders is a veto (see power.veto).
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 
-from harness import topology
+from harness import cmdjson, topology
 from harness.errors import RxePowerError, TopologyError
 from power import kmsg, pmtest
 from power.asyncevents import AsyncEventReader
@@ -30,6 +31,7 @@ from power.veto import VetoReport, delete_device
 
 S = StepKind
 BAD_PEER_EVENTS = ("PORT_ERR", "DEVICE_FATAL")
+PORT_EVENT_TIMEOUT_S = 2.0  # port DOWN -> its PORT_ERR event seen (the step goes on without)
 
 
 class _Run:
@@ -47,6 +49,22 @@ class _Run:
         self.failed = False
         self.peer_states: list[str] = []
         self.device_after: dict | None = None
+        self.events = threading.Condition()  # notified per async event (see wait_event)
+        self.seen: list[tuple[str, str, int]] = []  # (dev, event, t_ns)
+
+    def wait_event(self, dev: str, name: str, since_ns: int, timeout_s: float) -> float | None:
+        """Seconds until `dev` delivered `name` (stamped after since_ns) to its clients, as
+        the async event reader saw it; None if not within timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        with self.events:
+            while True:
+                hit = [t for d, n, t in self.seen if d == dev and n == name and t >= since_ns]
+                if hit:
+                    return (min(hit) - since_ns) / 1e9
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.events.wait(left)
 
 
 class Shim:
@@ -58,6 +76,13 @@ class Shim:
         self._reader: AsyncEventReader | None = None
         self._current: _Run | None = None
 
+    def start(self) -> None:
+        """Start the async event reader process now, without waiting for it (the first
+        run waits): a transition's notice then goes out without the reader's start-up
+        (over a second under emulation) in front of it."""
+        if self._reader is None:
+            self._reader = AsyncEventReader(self._on_event, wait_ready=False)
+
     def close(self) -> None:
         """Stop the async event reader process (it holds no device between runs)."""
         if self._reader is not None:
@@ -65,6 +90,7 @@ class Shim:
             self._reader = None
 
     def __enter__(self) -> Shim:
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -83,19 +109,21 @@ class Shim:
                 return TransitionResult(req, Verdict.UNSUPPORTED, [sup.reason],
                                         [StepRecord(s, "skipped") for s in req.steps], tl)
         before = self._precondition()
-        marker = kmsg.write_marker(f"{req.name} {req.ordering} hold={req.hold_ms}ms")
-        tl.add(EntryKind.KMSG, "kernel", "marker", token=marker.token,
-               after_seq=marker.after_seq, written=marker.written)
-        self._current = run
-        try:
-            self._open_events(run, self.cfg.peer_dev)
-            self._open_events(run, self.cfg.local_dev)
-            self._steps(run)
-        finally:
-            self._close_all_events(run)
-            self._current = None
-        not_restored = self._recover_if_needed(run)
-        scan = kmsg.scan_after(marker)
+        with kmsg.Tail() as tail:  # the marker and the scan read only what comes after
+            marker = kmsg.write_marker(f"{req.name} {req.ordering} hold={req.hold_ms}ms",
+                                       tail=tail)
+            tl.add(EntryKind.KMSG, "kernel", "marker", token=marker.token,
+                   after_seq=marker.after_seq, written=marker.written)
+            self._current = run
+            try:
+                self._open_events(run, self.cfg.peer_dev)
+                self._open_events(run, self.cfg.local_dev)
+                self._steps(run)
+            finally:
+                self._close_all_events(run)
+                self._current = None
+            not_restored = self._recover_if_needed(run)
+            scan = kmsg.scan_after(marker, tail=tail)
         tl.add(EntryKind.KMSG, "kernel", "scan", ok=scan.ok, hits=len(scan.hits),
                records_after=scan.records_after)
         return self._verdict(run, scan, before, not_restored)
@@ -122,6 +150,9 @@ class Shim:
         run = self._current
         if run is not None:
             run.tl.add(EntryKind.ASYNC_EVENT, dev, name, t_ns=t_ns, code=rec.get("code"))
+            with run.events:
+                run.seen.append((dev, name, t_ns))
+                run.events.notify_all()
 
     def _open_events(self, run: _Run, dev: str) -> None:
         if self._reader is None:
@@ -206,8 +237,15 @@ class Shim:
         if step is S.NOTIFY_SUSPEND:
             return self._notify_suspend(run)
         if step is S.PORT_DOWN:
+            t0 = time.monotonic_ns()
             topology.set_netdev_up(cfg.local_netdev, False)
-            return {"down_after_s": round(topology.wait_port_state(cfg.local_dev, "DOWN"), 4)}
+            down = topology.wait_port_state(cfg.local_dev, "DOWN")
+            # the step ends when the device's clients were told (PORT_ERR): the port state
+            # changes first, the event follows from a kernel work queue; the reader must not
+            # be closed (delete-device) before it came
+            err = run.wait_event(cfg.local_dev, "PORT_ERR", t0, PORT_EVENT_TIMEOUT_S)
+            return {"down_after_s": round(down, 4),
+                    "port_err_after_s": None if err is None else round(err, 4)}
         if step is S.DELETE_DEVICE:
             self._close_events(run, cfg.local_dev)
 
@@ -237,16 +275,24 @@ class Shim:
             return {"new_ifindex": topology.netdev_ifindex(cfg.local_netdev)}
         if step is S.CREATE_DEVICE:
             topology.add_rdma_link(cfg.local_dev, cfg.local_netdev)
-            up = any(n.ifname == cfg.local_netdev and n.up for n in topology.ip_links())
+            net = cmdjson.sysfs_netdev(cfg.local_netdev)
+            up = bool(net and net[1])
             took = topology.wait_port_state(cfg.local_dev, "ACTIVE" if up else "DOWN")
+            # the port shows in sysfs before the device's uverbs node exists: opening it
+            # (the reader, the clients) must wait for that node
+            took = max(took, topology.wait_uverbs(cfg.local_dev))
             self._open_events(run, cfg.local_dev)
             return {"present_after_s": round(took, 4)}
         if step is S.PORT_UP:
             topology.side_up(cfg, "local")
             topo = topology.wait_ports_active(cfg)
             run.device_after = topo.local.to_json()
+            # the carrier drop flushed the neighbour tables: resolve the far addresses now,
+            # or each side's first RC connect waits 1 s in the kernel (see resolve_neighbour)
+            neigh = {w: round(topology.resolve_neighbour(cfg, w) * 1000, 1)
+                     for w in ("local", "peer")}
             return {"gid": topo.local.gid, "gid_index": topo.local.gid_index,
-                    "ifindex": topo.local.ifindex}
+                    "ifindex": topo.local.ifindex, "arp_ms": neigh}
         if step is S.NOTIFY_RESUME:
             topo = topology.discover(cfg)
             run.device_after = topo.local.to_json()

@@ -29,11 +29,13 @@ from dataclasses import asdict, dataclass, field
 import psutil
 
 from harness.errors import BoundExceeded, TopologyError
-from harness.holders import Holder, find_holders, uverbs_files
+from harness.holders import SYSFS_VERBS, Holder, find_holders, uverbs_files
 from harness.topology import start_rdma_link_delete
 from power.plan import OnVeto
 
-VETO_DETECT_S = 0.5  # a delete still blocked after this long is a veto
+VETO_DETECT_S = 0.5  # a delete still blocked this long after it reached the kernel is a veto
+DELETE_START_TIMEOUT_S = 10.0  # `rdma link delete` spawned -> the kernel deleting (its start)
+DELETE_START_POLL_S = 0.005
 VETO_WAIT_TIMEOUT_S = 5.0  # default bound for --on-veto wait
 HOLDER_TERM_TIMEOUT_S = 3.0  # SIGTERM -> SIGKILL
 DELETE_AFTER_RELEASE_TIMEOUT_S = 10.0  # holders gone -> delete finished
@@ -49,6 +51,7 @@ class VetoReport:
     vetoed: bool = False  # the sleep did not happen
     delete_pending_pid: int | None = None  # the blocked `rdma link delete` left behind
     reason: str = ""
+    start_s: float = 0.0  # `rdma link delete` spawned -> the kernel deleting
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -64,6 +67,19 @@ def _finished(proc: subprocess.Popen, timeout_s: float) -> bool:
         return True
     except subprocess.TimeoutExpired:
         return False
+
+
+def _wait_started(proc: subprocess.Popen, files: set[str],
+                  timeout_s: float = DELETE_START_TIMEOUT_S) -> float:
+    """When (time.monotonic()) the delete reached the kernel: the device's uverbs sysfs
+    nodes gone, or the program done; at most `timeout_s` from now (then: now)."""
+    t0 = time.monotonic()
+    nodes = [SYSFS_VERBS / os.path.basename(f) for f in files]
+    while proc.poll() is None and any(n.exists() for n in nodes):
+        if time.monotonic() - t0 > timeout_s:
+            break
+        time.sleep(DELETE_START_POLL_S)
+    return time.monotonic()
 
 
 def _check_rc(proc: subprocess.Popen, dev: str) -> None:
@@ -111,9 +127,15 @@ def delete_device(dev: str, on_veto: OnVeto, veto_wait_s: float = VETO_WAIT_TIME
     """
     files = uverbs_files(dev)
     report = VetoReport(policy=on_veto.value)
-    t0 = time.monotonic()
+    spawned = time.monotonic()
     proc = start_rdma_link_delete(dev)
     note("delete started", pid=proc.pid, uverbs=sorted(files))
+    # Holders get VETO_DETECT_S from when the kernel starts deleting (the device's uverbs
+    # nodes vanish), not from the spawn: the `rdma` program's own start-up took 0.2-0.8 s
+    # under a loaded emulator, which left clients that watch the nodes almost no time.
+    t0 = _wait_started(proc, files)
+    report.start_s = t0 - spawned
+    note("delete reached the kernel", after_s=round(report.start_s, 4))
     if _finished(proc, VETO_DETECT_S):
         _check_rc(proc, dev)
         report.blocked_s = time.monotonic() - t0
