@@ -248,3 +248,16 @@ def test_cli_native_mode_without_rxe_is_a_clear_error(monkeypatch: pytest.Monkey
     assert cli.main(["test", "--mode", "native"]) == cli.HARNESS_ERROR_EXIT
     err = capsys.readouterr().err
     assert "no rdma_rxe here" in err and "--mode vm" in err
+
+
+def test_test_command_combines_the_host_and_vm_exit_codes() -> None:
+    """`rxe-power test` in VM mode runs the pure-logic tests on the host and the rxe tests in
+    the guest: one failing part fails the whole; "no tests collected" (5) in one part is
+    fine when the other ran."""
+    from harness.cli import combined_pytest_exit
+
+    assert combined_pytest_exit(0, 0) == 0
+    assert combined_pytest_exit(5, 0) == 0 and combined_pytest_exit(0, 5) == 0
+    assert combined_pytest_exit(5, 5) == 5
+    assert combined_pytest_exit(1, 0) == 1 and combined_pytest_exit(0, 1) == 1
+    assert combined_pytest_exit(5, 2) == 2 and combined_pytest_exit(1, 3) == 1

@@ -198,7 +198,7 @@ def finish_bounded(w: ClientWorker, timeout_s: float) -> tuple[Ledger, dict, flo
     """finish with our own deadline; the ledger alone (the peer is dead: no peer view)."""
     t0 = time.monotonic()
     rep = w.request("finish", timeout_s + 10, timeout_s=timeout_s)
-    return Ledger.from_json(rep["ledger"]), rep, time.monotonic() - t0
+    return w.fetch_ledger(int(rep["requests"])), rep, time.monotonic() - t0
 
 
 # --- faults on the wire ---------------------------------------------------------------------
