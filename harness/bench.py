@@ -845,14 +845,12 @@ def bench_spec(args: argparse.Namespace) -> BenchSpec:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from harness import topology
-    from harness.cli import _in_vm, _native_argv, _out_dir, choose_mode
+    from harness.cli import _in_vm, _native_argv, start_results_command
     from harness.settings import Mode
 
     spec = bench_spec(args)  # bad values fail here, before any VM boots
-    out_dir = _out_dir(args, "bench")
-    mode, why = choose_mode(args.mode)
-    print(f"rxe-power bench: mode {mode.value} ({why}); sections {', '.join(spec.sections)}; "
-          f"results in {out_dir}", flush=True)
+    out_dir, mode = start_results_command(args, "bench",
+                                          f"sections {', '.join(spec.sections)}")
     if mode is Mode.VM:
         host = host_load()
         os.environ["RXE_POWER_BENCH_HOST"] = json.dumps(

@@ -153,6 +153,16 @@ def _native_argv(args: argparse.Namespace, out_dir: Path) -> list[str]:
             "--out", str(out_dir)]
 
 
+def start_results_command(args: argparse.Namespace, stem: str, what: str) -> tuple[Path, Mode]:
+    """The start of a command that leaves a results folder (matrix, stress, bench): the
+    folder, the mode, and one line saying both and what will run."""
+    out_dir = _out_dir(args, stem)
+    mode, why = choose_mode(args.mode)
+    print(f"rxe-power {args.command}: mode {mode.value} ({why}); {what}; results in {out_dir}",
+          flush=True)
+    return out_dir, mode
+
+
 def _out_dir(args: argparse.Namespace, command: str) -> Path:
     if args.out:
         return Path(args.out).absolute()
@@ -179,10 +189,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from harness.matrix import run_matrix
 
     spec = matrix_spec(args)  # bad values fail here, before any VM boots
-    out_dir = _out_dir(args, "matrix")
-    mode, why = choose_mode(args.mode)
-    print(f"rxe-power {args.command}: mode {mode.value} ({why}); {len(spec.scenarios())} "
-          f"scenarios; results in {out_dir}", flush=True)
+    out_dir, mode = start_results_command(args, "matrix", f"{len(spec.scenarios())} scenarios")
     if mode is Mode.VM:
         code = _in_vm(_native_argv(args, out_dir), args.timeout_s, "vm-matrix-console.log")
     else:
@@ -211,10 +218,8 @@ def cmd_stress(args: argparse.Namespace) -> int:
     from harness.stress import make_progress, run_stress
 
     spec = stress_spec(args)
-    out_dir = _out_dir(args, "stress")
-    mode, why = choose_mode(args.mode)
-    print(f"rxe-power stress: mode {mode.value} ({why}); {spec.cycles} cycles of "
-          f"{spec.transition}; results in {out_dir}", flush=True)
+    out_dir, mode = start_results_command(args, "stress",
+                                          f"{spec.cycles} cycles of {spec.transition}")
     if mode is Mode.VM:
         return _in_vm(_native_argv(args, out_dir), args.timeout_s, "vm-stress-console.log")
     progress = make_progress(spec.cycles)

@@ -163,6 +163,17 @@ def latencies_ms(ledger: list[dict]) -> list[float]:
             if a["status"] == "SUCCESS"]
 
 
+def round_under_netem(cfg, topo, w: ClientWorker, agent: PeerAgent, kind: str,
+                      value: str) -> tuple[ClientResult, dict[str, dict], dict[str, dict]]:
+    """One workload round with netem `kind value` on both switch ports: the result, how
+    each HCA's counters moved during it, and the qdiscs' own statistics."""
+    devs = (topo.local.dev, topo.peer.dev)
+    before = {d: counters(d) for d in devs}
+    with netem(switch_ports(cfg), kind, value) as qdiscs:
+        c = wire_round(w, agent)
+    return c, {d: delta(before[d], counters(d)) for d in devs}, qdiscs
+
+
 def wire_healthy(c) -> None:
     """Every request completed once, the peer saw each SEND/WRITE exactly once and intact,
     and its atomic counter matches the FETCH_ADDs that completed here."""
@@ -216,10 +227,8 @@ class TestWire:
         dropped per direction; rxe0 completer_retry_err 16-35 and rcvd_seq_err 3-7, rxe1
         out_of_seq_request 10-18 and duplicate_request 16-62; no retry_exceeded_err."""
         loc, peer = rxe_topology.local.dev, rxe_topology.peer.dev
-        before = {d: counters(d) for d in (loc, peer)}
-        with netem(switch_ports(rxe_config), "loss", f"{LOSS_PCT}%") as qdiscs:
-            c = wire_round(wire_client, peer_agent)
-        moved = {d: delta(before[d], counters(d)) for d in (loc, peer)}
+        c, moved, qdiscs = round_under_netem(rxe_config, rxe_topology, wire_client, peer_agent,
+                                             "loss", f"{LOSS_PCT}%")
         drops = {d: q.get("drops", 0) for d, q in qdiscs.items()}
         print(f"loss {LOSS_PCT}%: drops {drops}; counters {moved}; {c.counts}")
         assert all(n > 0 for n in drops.values()), drops
@@ -257,11 +266,9 @@ class TestWire:
         completer. The peer sees every SEND/WRITE exactly once and intact; a duplicated
         FETCH_ADD is answered from rxe's atomic replay, not executed twice: the peer's
         counter equals the local successes."""
-        loc, peer = rxe_topology.local.dev, rxe_topology.peer.dev
-        before = {d: counters(d) for d in (loc, peer)}
-        with netem(switch_ports(rxe_config), "duplicate", f"{DUPLICATE_PCT}%") as qdiscs:
-            c = wire_round(wire_client, peer_agent)
-        moved = {d: delta(before[d], counters(d)) for d in (loc, peer)}
+        peer = rxe_topology.peer.dev
+        c, moved, qdiscs = round_under_netem(rxe_config, rxe_topology, wire_client, peer_agent,
+                                             "duplicate", f"{DUPLICATE_PCT}%")
         sent = {d: q.get("packets", 0) for d, q in qdiscs.items()}
         print(f"duplicate {DUPLICATE_PCT}%: qdisc packets {sent}; counters {moved}; "
               f"{c.counts} {c.peer_counts} {c.atomics}")
