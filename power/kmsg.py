@@ -279,16 +279,8 @@ def write_marker(label: str, path: str = KMSG_PATH, tail: Tail | None = None) ->
     if tail is not None:
         return _tail_marker(label, path, tail)
     after_seq = _last_seq(read_records(path))
-    token = uuid.uuid4().hex[:12]
-    text = f"{MARKER_PREFIX}{token} {_clean_label(label)}".rstrip()
-    line = f"<{MARKER_LEVEL}>{text}\n".encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
-    except OSError:
+    token, text, accepted = _log_marker_line(label, path)
+    if not accepted:
         return Marker(token=token, text=text, after_seq=after_seq, written=False)
     try:
         after = read_records(path)
@@ -298,7 +290,9 @@ def write_marker(label: str, path: str = KMSG_PATH, tail: Tail | None = None) ->
     return Marker(token=token, text=text, after_seq=after_seq, written=written)
 
 
-def _tail_marker(label: str, path: str, tail: Tail) -> Marker:
+def _log_marker_line(label: str, path: str) -> tuple[str, str, bool]:
+    """Log `rxe-power: marker <token> <label>` at notice level: (token, text, whether the
+    write was accepted). A failed write is not fatal (see write_marker)."""
     token = uuid.uuid4().hex[:12]
     text = f"{MARKER_PREFIX}{token} {_clean_label(label)}".rstrip()
     try:
@@ -308,7 +302,12 @@ def _tail_marker(label: str, path: str, tail: Tail) -> Marker:
         finally:
             os.close(fd)
     except OSError:
-        pass
+        return token, text, False
+    return token, text, True
+
+
+def _tail_marker(label: str, path: str, tail: Tail) -> Marker:
+    token, text, _ = _log_marker_line(label, path)
     new = tail.read()
     if not new:  # the marker was dropped and nothing else logged: the last seq is it
         after_seq = _last_seq(read_records(path))
