@@ -14,7 +14,7 @@ from clients.fail_fast import FailFast
 from clients.graceful import Graceful
 from clients.naive import Naive
 from clients.queue_replay import QueueReplay
-from harness.errors import SettingError
+from harness.core.errors import SettingError
 
 POLICIES = {p.name: p for p in (Naive, FailFast, QueueReplay, Graceful)}
 

@@ -36,14 +36,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness import payload
-from harness.errors import BoundExceeded, OsCallError, ProtocolError, RxePowerError
-from harness.holders import SYSFS_VERBS, uverbs_files
-from harness.ledger import AppRequest, Op, Recorder, WorkloadSpec
-from harness.names import async_event_name, wc_status_name
-from harness.payload import GOODBYE_SEQ, READ_SEQ
-from harness.protocol import Channel, WorkerError
-from harness.verbs import (
+from harness.core.errors import BoundExceeded, OsCallError, ProtocolError, RxePowerError
+from harness.core.protocol import Channel, WorkerError
+from harness.rdma import payload
+from harness.rdma.names import async_event_name, wc_status_name
+from harness.rdma.payload import GOODBYE_SEQ, READ_SEQ
+from harness.rdma.verbs import (
     SEND_SIGNALED,
     Device,
     QpInfo,
@@ -53,6 +51,8 @@ from harness.verbs import (
     verbs_call,
     wait_readable,
 )
+from harness.system.holders import SYSFS_VERBS, uverbs_files
+from harness.workload.ledger import AppRequest, Op, Recorder, WorkloadSpec
 from power.notify import DeviceInfo, SuspendReply
 
 DRAIN_TIMEOUT_S = 5.0  # QP to ERR -> every WR flushed back

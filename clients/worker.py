@@ -39,10 +39,10 @@ import traceback
 from pathlib import Path
 
 from clients import policy_class
-from harness.errors import ProtocolError, RxePowerError
-from harness.ledger import WorkloadSpec
-from harness.protocol import MAX_MESSAGE_BYTES, LineReader, Message, decode
-from harness.verbs import raise_fd_limit
+from harness.core.errors import ProtocolError, RxePowerError
+from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader, Message, decode
+from harness.rdma.verbs import raise_fd_limit
+from harness.workload.ledger import WorkloadSpec
 from power.notify import ClientEndpoint, DeviceInfo, SuspendReply
 
 WORKER_SCHEMA: dict = {

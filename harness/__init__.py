@@ -1,21 +1,15 @@
-"""rxe-power harness: real Soft-RoCE topology, verbs resources, peer agent, VM runner.
+"""rxe-power harness, in layers (lowest first; a module imports only its own layer or lower
+ones, and `lint-imports` checks it in CI):
 
-Modules by role:
-  errors      - the error types every stage raises (problem + fix, errno text)
-  settings    - option resolution (CLI > environment > ini) with provenance
-  cmdjson     - running `ip -j` / `rdma -j` and parsing their JSON into records
-  topology    - the two-HCA topology (rxe0 <-> veth wire <-> rxe1): setup,
-                discovery, teardown, state file of what we created
-  vm          - the virtme-ng runner used when the host kernel has no rdma_rxe
-  modes       - native / vm / auto selection for the CLI commands
-  verbs       - pyverbs resources as context managers, QP state machine,
-                completion waiting that never blocks while holding the GIL
-  payload     - sequence number + checksum framing of every message
-  protocol    - the (event, payload) JSON protocol between controller and agent
-  peer_agent  - the stand-alone remote peer process bound to rxe1
-  peer        - the controller side of the peer agent
-  cm          - the rdma_cm connection path
-  traffic     - the traffic check behind `rxe-power run`
-  plugin      - the pytest plugin (options, markers, fixtures only)
-  cli         - `rxe-power` main(argv)
+  core/      errors, settings, state file, process control, IPC channel
+  system/    commands, RDMA netlink, network interfaces, GID tables, holders
+  topology/  the two-HCA topology (rxe0 <-> wire <-> rxe1) and cleanup
+  rdma/      verbs resources, rdma_cm client, payload framing
+  peer/ vm/  the remote peer (agent + controller + checks); the QEMU/virtme-ng runner
+  workload/  operations, workload spec, outcomes, ledger
+  (power/ and clients/ at the top level sit here: the shim, then the client policies)
+  run/       scenarios, matrix, stress, bench, results file
+  report/    tables, timeline pictures, HTML
+  cli/       `rxe-power`, one module per command group
+  plugin.py  the pytest plugin (hooks and fixtures only)
 """

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import holders, topology
-from harness.errors import NotSupported, RxePowerError
-from harness.settings import SETTINGS, resolve
+from harness import topology
+from harness.core.errors import NotSupported, RxePowerError
+from harness.core.settings import SETTINGS, resolve
+from harness.system import holders
 
 _TOPOLOGY_OPTIONS = ("rxe-local-dev", "rxe-peer-dev", "rxe-local-netdev", "rxe-peer-netdev",
                      "rxe-local-addr", "rxe-peer-addr")
@@ -118,7 +119,7 @@ def results_dir() -> Path:
 def peer_agent(rxe_topology: topology.Topology, results_dir: Path) -> Iterator[object]:
     """The remote peer agent process on the peer HCA, for one test module (so a module
     that takes the topology down and up again has no holder of rxe1 in its way)."""
-    from harness.peer import PeerAgent
+    from harness.peer.controller import PeerAgent
 
     with PeerAgent(rxe_topology.peer, log_dir=results_dir / "logs") as agent:
         yield agent
@@ -127,7 +128,7 @@ def peer_agent(rxe_topology: topology.Topology, results_dir: Path) -> Iterator[o
 @pytest.fixture
 def local_device(rxe_topology: topology.Topology) -> Iterator[object]:
     """An open Context+PD on the local HCA, closed after the test."""
-    from harness.verbs import Device
+    from harness.rdma.verbs import Device
 
     with Device(rxe_topology.local.dev, rxe_topology.local.port,
                 rxe_topology.local.gid_index) as dev:
@@ -137,7 +138,7 @@ def local_device(rxe_topology: topology.Topology) -> Iterator[object]:
 @pytest.fixture
 def rc_pair(local_device: object, peer_agent: object) -> Iterator[object]:
     """A connected RC pair: our QP on the local HCA <-> the agent's QP on the peer HCA."""
-    from harness.traffic import connected_pair
+    from harness.peer.traffic import connected_pair
 
     with connected_pair(local_device, peer_agent) as pair:
         yield pair

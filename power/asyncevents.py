@@ -34,10 +34,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from harness.errors import BoundExceeded, FramingError, ProtocolError, RxePowerError
-from harness.names import async_event_name
-from harness.proc import spawn, wait_or_kill
-from harness.protocol import MAX_INT, MAX_MESSAGE_BYTES, LineReader, loads_strict
+from harness.core.errors import BoundExceeded, FramingError, ProtocolError, RxePowerError
+from harness.core.proc import spawn, wait_or_kill
+from harness.core.protocol import MAX_INT, MAX_MESSAGE_BYTES, LineReader, loads_strict
+from harness.rdma.names import async_event_name
 
 READER_START_TIMEOUT_S = 30.0
 READER_ACK_TIMEOUT_S = 10.0
@@ -100,7 +100,7 @@ def parse_record(line: str | bytes) -> dict:
 
 def serve() -> int:
     """The reader process body."""
-    from harness.verbs import Device, verbs_call
+    from harness.rdma.verbs import Device, verbs_call
 
     open_devs: dict[str, Device] = {}
     stdin = sys.stdin.fileno()
@@ -139,7 +139,7 @@ def _command(cmd: str, name: str, open_devs: dict, device_cls: type) -> None:
     if cmd == "close":
         dev = open_devs.pop(name, None)
         if dev is not None:
-            from harness.verbs import verbs_call
+            from harness.rdma.verbs import verbs_call
 
             _drain(name, dev, verbs_call)  # what the device already delivered is reported
             dev.close()

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from harness.errors import OsCallError, RxePowerError
+from harness.core.errors import OsCallError, RxePowerError
 
 KMSG_PATH = "/dev/kmsg"
 READ_SIZE = 8192

@@ -81,8 +81,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.errors import FramingError, ProtocolError, RxePowerError
-from harness.protocol import MAX_INT, LineReader, Message, Schema, decode
+from harness.core.errors import FramingError, ProtocolError, RxePowerError
+from harness.core.protocol import MAX_INT, LineReader, Message, Schema, decode
 
 CLIENTS_DIR = Path(os.environ.get("RXE_POWER_CLIENTS_DIR", "/run/rxe-power/clients"))
 
@@ -91,7 +91,7 @@ CLIENTS_DIR = Path(os.environ.get("RXE_POWER_CLIENTS_DIR", "/run/rxe-power/clien
 def private_clients_dir() -> Iterator[Path]:
     """A clients directory of our own (under CLIENTS_DIR's parent), removed afterwards:
     a matrix or stress run notifies its own clients, not others registered on the host."""
-    from harness.state import StateFile
+    from harness.core.state import StateFile
 
     CLIENTS_DIR.parent.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f"clients-{os.getpid()}-", dir=CLIENTS_DIR.parent))

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from harness.errors import SettingError
+from harness.core.errors import SettingError
 
 
 class Ordering(StrEnum):

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import BoundExceeded, NotSupported, RxePowerError
+from harness.core.errors import BoundExceeded, NotSupported, RxePowerError
 
 SYS_POWER = Path("/sys/power")
 PM_TEST_DELAY = Path("/sys/module/suspend/parameters/pm_test_delay")

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from harness.errors import RxePowerError, SettingError
+from harness.core.errors import RxePowerError, SettingError
 from power.kmsg import KmsgScan
 from power.plan import OnVeto, Ordering, StepKind, get_transition
 from power.pmtest import DEFAULT_PM_LEVEL, PM_LEVELS

@@ -19,8 +19,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from harness import cmdjson, topology
-from harness.errors import RxePowerError, TopologyError
+from harness import topology
+from harness.core.errors import RxePowerError, TopologyError
+from harness.system import network
 from power import kmsg, pmtest
 from power.asyncevents import AsyncEventReader
 from power.notify import AnswerKind, DeviceInfo, Notifier
@@ -275,7 +276,7 @@ class Shim:
             return {"new_ifindex": topology.netdev_ifindex(cfg.local_netdev)}
         if step is S.CREATE_DEVICE:
             topology.add_rdma_link(cfg.local_dev, cfg.local_netdev)
-            net = cmdjson.sysfs_netdev(cfg.local_netdev)
+            net = network.sysfs_netdev(cfg.local_netdev)
             up = bool(net and net[1])
             took = topology.wait_port_state(cfg.local_dev, "ACTIVE" if up else "DOWN")
             # the port shows in sysfs before the device's uverbs node exists: opening it

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 
 import psutil
 
-from harness.errors import BoundExceeded, TopologyError
-from harness.holders import SYSFS_VERBS, Holder, find_holders, uverbs_files
+from harness.core.errors import BoundExceeded, TopologyError
+from harness.system.holders import SYSFS_VERBS, Holder, find_holders, uverbs_files
 from harness.topology import start_rdma_link_delete
 from power.plan import OnVeto
 

@@ -22,7 +22,7 @@ import select
 import sys
 from pathlib import Path
 
-from harness.verbs import Device
+from harness.rdma.verbs import Device
 from power.notify import CLIENTS_DIR, ClientEndpoint, DeviceInfo, SuspendReply
 
 

@@ -1,5 +1,5 @@
-"""Run a real harness child and SIGKILL it at a chosen point (tests/test_kill.py and
-tests/test_ownership.py)."""
+"""Run a real harness child and SIGKILL it at a chosen point (tests/rxe/test_kill.py and
+tests/rxe/test_ownership.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness import topology
-from harness.state import StateFile
+from harness.core.state import StateFile
 
 KILL_POINT_TIMEOUT_S = 90.0  # until the child reaches the point where it is killed
 POLL_S = 0.05

@@ -1,0 +1,74 @@
+"""`rxe-power bench`: its options, and where it runs (here or in the VM)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+
+from harness import topology
+from harness.cli.launch import native_argv, run_in_guest, split_csv, start_results_command
+from harness.core.errors import SettingError
+from harness.core.settings import SETTINGS, Mode
+from harness.run.bench import BENCH_VM_TIMEOUT_S, SECTIONS, BenchSpec, host_load, run_bench
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("bench", help="the harness client against perftest on the same "
+                              "rxe pair; the standby cycle part by part; stress rate; "
+                              "1,024 QPs")
+    p.add_argument("--sizes", default="64,4096,65536", help="message sizes, comma-separated")
+    p.add_argument("--queue-depth", type=int, default=BenchSpec.queue_depth,
+                   help="outstanding requests (throughput; perftest -t)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiplies the message counts "
+                   "(20000 at <= 256 B, 8000 at <= 8 KiB, else 2000; 0.05 for a quick look)")
+    p.add_argument("--lat-iters", type=int, default=BenchSpec.lat_iters,
+                   help="requests per latency run")
+    p.add_argument("--cycles", type=int, default=BenchSpec.cycles,
+                   help="standby cycles for the breakdown")
+    p.add_argument("--stress-cycles", type=int, default=BenchSpec.stress_cycles,
+                   help="cycles of the stress-rate run")
+    p.add_argument("--qps", type=int, default=BenchSpec.qps, help="QPs in the scale run")
+    p.add_argument("--qp-workers", type=int, default=BenchSpec.qp_workers,
+                   help="workers the scale run's QPs are spread over")
+    p.add_argument("--hold-ms", type=int, default=BenchSpec.hold_ms, help="standby hold")
+    p.add_argument("--only", action="append", help=f"sections: {','.join(SECTIONS)} "
+                   "(default all)")
+    p.add_argument("--out", help="the results folder (default results/bench-TIMESTAMP)")
+    p.add_argument("--mode", default=None,
+                   help=SETTINGS["rxe-mode"].help + " (env RXE_POWER_MODE)")
+    p.add_argument("--timeout-s", type=float, default=BENCH_VM_TIMEOUT_S,
+                   help="bound on the whole VM run, in seconds")
+    p.set_defaults(func=cmd_bench)
+    return p
+
+
+def bench_spec(args: argparse.Namespace) -> BenchSpec:
+    try:
+        sizes = tuple(int(s) for s in split_csv([args.sizes]))
+    except ValueError:
+        raise SettingError(f"--sizes {args.sizes!r} is not a list of integers",
+                           "e.g. --sizes 64,4096,65536") from None
+    return BenchSpec(sizes, args.queue_depth, args.scale, args.lat_iters, args.cycles,
+                     args.stress_cycles, args.qps, args.qp_workers, args.hold_ms,
+                     split_csv(args.only) or SECTIONS).validate()
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    spec = bench_spec(args)  # bad values fail here, before any VM boots
+    out_dir, mode = start_results_command(args, "bench",
+                                          f"sections {', '.join(spec.sections)}")
+    if mode is Mode.VM:
+        host = host_load()
+        os.environ["RXE_POWER_BENCH_HOST"] = json.dumps(
+            {**host, "other_qemu_pids": host["qemu_pids"]})
+        code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-bench-console.log")
+        path = out_dir / "bench.json"
+        if path.exists():  # what the host looked like once the guest was done
+            with contextlib.suppress(OSError, ValueError):
+                data = json.loads(path.read_text())
+                data["host_after"] = host_load()
+                path.write_text(json.dumps(data, indent=1, default=str))
+        return code
+    return run_bench(spec, topology.TopologyConfig.from_settings(), out_dir)

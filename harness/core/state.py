@@ -1,0 +1,175 @@
+"""The state file: everything rxe-power created, written down before it is created.
+
+    state = StateFile.load()
+    state.record("netdev", name="rxpw0", peer="rxpw0s")     # then create it
+    track(proc, "peer-agent")  /  untrack(proc.pid)         # processes we started
+
+Entries are kept in creation order; each carries its `owner` (pid and process start
+time, so a reused pid is never mistaken for ours). A change is a locked
+read-modify-write of the file (flock), written atomically and fsynced, so every
+process of a run (and a second run) sees the same record, and a SIGKILL at any
+point leaves a file that says exactly what exists. `rxe-power cleanup`
+(harness/cleanup.py) and the next run read it to remove what a killed run left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.core.errors import TopologyError
+
+STATE_PATH = Path(os.environ.get("RXE_POWER_STATE", "/run/rxe-power/topology.json"))
+STATE_SCHEMA = 1
+OWNER_KEYS = ("owner", "keep")  # bookkeeping, not part of an entry's identity
+RUN_KINDS = ("process", "dir")  # what a run makes for itself, besides the topology
+
+
+def process_start(pid: int) -> float | None:
+    """The process's start time (clock ticks since boot, from /proc), or None if gone
+    (a zombie is gone: it only waits for its parent to collect its exit status)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else float(fields[19])
+
+
+def me() -> dict:
+    return {"pid": os.getpid(), "start": process_start(os.getpid())}
+
+
+def alive(owner: dict | None) -> bool:
+    """Is the process that `owner` names still the same process?"""
+    if not owner:
+        return False
+    start = process_start(int(owner["pid"]))
+    return start is not None and start == owner.get("start")
+
+
+def _identity(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if k not in OWNER_KEYS}
+
+
+@dataclass
+class StateFile:
+    """What we created, in creation order."""
+
+    path: Path = STATE_PATH
+    config: dict = field(default_factory=dict)
+    created: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> StateFile:
+        path = path or STATE_PATH
+        if not path.exists():
+            return cls(path)
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA \
+                    or not isinstance(data.get("created"), list) \
+                    or not all(isinstance(e, dict) and "kind" in e for e in data["created"]):
+                raise ValueError(f"schema {data.get('schema')!r}, expected {STATE_SCHEMA}"
+                                 if isinstance(data, dict) else "not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise TopologyError(
+                f"state file {path} is unreadable or corrupt: {exc}",
+                f"inspect it; if nothing of ours is left, remove it (rm {path})",
+            ) from None
+        return cls(path, data.get("config", {}), data["created"])
+
+    @contextlib.contextmanager
+    def _locked(self, reload: bool = True) -> Iterator[None]:
+        """Under the lock: re-read (others may have recorded meanwhile), let the caller
+        change, write back."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if reload:
+                fresh = StateFile.load(self.path)
+                self.created = fresh.created
+                self.config = self.config or fresh.config
+            yield
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        body = {"schema": STATE_SCHEMA, "config": self.config, "created": self.created}
+        with open(tmp, "w") as fh:
+            json.dump(body, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def save(self) -> None:
+        """Write this object's view as it is."""
+        with self._locked(reload=False):
+            pass
+
+    def record(self, kind: str, keep: bool | None = None, **attrs: object) -> None:
+        """Write the entry down (before the object is created). `keep`: made by
+        `rxe-power setup` to stay, rather than by a run that removes it at its end."""
+        with self._locked():
+            if not self.has(kind, **attrs):
+                entry = {"kind": kind, **attrs, "owner": me()}
+                if keep is not None:
+                    entry["keep"] = keep
+                self.created.append(entry)
+
+    def has(self, kind: str, **attrs: object) -> bool:
+        want = {"kind": kind, **attrs}
+        return any(_identity(e) == want for e in self.created)
+
+    def forget(self, kind: str, **attrs: object) -> None:
+        want = {"kind": kind, **{k: v for k, v in attrs.items() if k not in OWNER_KEYS}}
+        with self._locked():
+            self.created = [e for e in self.created if _identity(e) != want]
+
+    def adopt(self) -> None:
+        """Make the current process the owner of every topology entry (a run taking over
+        the topology that a killed run built, so that it is removed at this run's end)."""
+        with self._locked():
+            for e in self.created:
+                if e["kind"] not in RUN_KINDS:
+                    e["owner"] = me()
+
+    def owns_netdev(self, name: str) -> bool:
+        return any(e["kind"] == "netdev" and name in (e["name"], e.get("peer"))
+                   for e in self.created)
+
+    def owns_rdma_link(self, name: str) -> bool:
+        return any(e["kind"] == "rdma_link" and e["name"] == name for e in self.created)
+
+    def processes(self) -> list[dict]:
+        return [e for e in self.created if e["kind"] == "process"]
+
+    def topology_entries(self) -> list[dict]:
+        return [e for e in self.created if e["kind"] not in RUN_KINDS]
+
+
+def track(proc: subprocess.Popen, role: str, group: bool = False) -> None:
+    """Record a process we started (with its start time): if we are killed, cleanup ends
+    it. `group`: it leads its own process group, which is ended with it."""
+    start = process_start(proc.pid)
+    if start is None:
+        return  # already gone
+    entry = {"pid": proc.pid, "start": start, "role": role}
+    if group:
+        entry["group"] = True
+    with contextlib.suppress(PermissionError):  # not root: nothing of ours can exist
+        StateFile.load().record("process", **entry)
+
+
+def untrack(pid: int) -> None:
+    with contextlib.suppress(PermissionError):
+        state = StateFile.load()
+        for e in state.processes():
+            if e["pid"] == pid:
+                state.forget(**e)

@@ -1,0 +1,537 @@
+"""pyverbs resources as context managers, the RC QP state machine, completion waiting.
+
+Rules this module enforces by construction:
+- every Context/PD/CQ/CompChannel/MR/QP is closed when its `with` block ends, in
+  reverse order (a leaked Context makes the next `rdma link delete` hang);
+- nothing ever blocks inside pyverbs: pyverbs' get_cq_event/get_async_event hold
+  the GIL while blocked, so the event fds are made non-blocking and waited on
+  with select() (which releases the GIL), bounded by a timeout;
+- verbs errors become OsCallError/NotSupported carrying errno and strerror.
+
+pyverbs exposes no fd for a completion channel or an async event queue; we find
+them as the `anon_inode:[infinibandevent]` fds that appear in /proc/self/fd when
+the object is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import random
+import resource
+import select
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from enum import IntEnum
+
+from harness.core.errors import BoundExceeded, NoRxe, RxePowerError, oserror_to
+from harness.rdma import payload
+from harness.rdma.names import wc_status_name
+
+try:  # pyverbs comes from the distribution (python3-pyverbs), not from PyPI
+    import pyverbs.enums as e
+    from pyverbs.addr import GID as PvGID
+    from pyverbs.addr import AHAttr, GlobalRoute
+    from pyverbs.cq import CQ, WC, CompChannel
+    from pyverbs.device import Context
+    from pyverbs.mr import MR
+    from pyverbs.pd import PD
+    from pyverbs.pyverbs_error import PyverbsError
+    from pyverbs.qp import QP, QPAttr, QPCap, QPInitAttr
+    from pyverbs.wr import SGE, RecvWR, SendWR
+
+    HAVE_PYVERBS = True
+    PYVERBS_IMPORT_ERROR = ""
+except ImportError as _exc:  # pragma: no cover - depends on the host
+    HAVE_PYVERBS = False
+    PYVERBS_IMPORT_ERROR = str(_exc)
+
+CQ_WAIT_TIMEOUT_S = 10.0
+EVENT_FD_KIND = "anon_inode:[infinibandevent]"
+ACCESS_ALL = 0  # filled in below when pyverbs is present
+FD_LOCK = threading.Lock()  # serialises fd discovery within this process
+
+
+def require_pyverbs() -> None:
+    if not HAVE_PYVERBS:
+        raise NoRxe(
+            f"pyverbs cannot be imported ({PYVERBS_IMPORT_ERROR})",
+            "apt-get install python3-pyverbs, and run with /usr/bin/python3 or a venv made "
+            "with --system-site-packages",
+        )
+
+
+SEND_SIGNALED = 2  # IBV_SEND_SIGNALED (fixed by the libibverbs ABI)
+if HAVE_PYVERBS:
+    ACCESS_ALL = (e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE
+                  | e.IBV_ACCESS_REMOTE_READ | e.IBV_ACCESS_REMOTE_ATOMIC)
+
+
+class QpState(IntEnum):
+    RESET = 0
+    INIT = 1
+    RTR = 2
+    RTS = 3
+    SQD = 4
+    SQE = 5
+    ERR = 6
+
+
+@contextlib.contextmanager
+def verbs_call(what: str, fix: str = "") -> Iterator[None]:
+    """Translate pyverbs errors into OsCallError/NotSupported with errno text."""
+    try:
+        yield
+    except PyverbsError as exc:
+        raise oserror_to(what, exc, fix) from exc
+
+
+def fds_of_kind(kind: str = EVENT_FD_KIND) -> set[int]:
+    """Our open fds whose /proc link target is `kind`."""
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}") == kind:
+                out.add(int(name))
+    return out
+
+
+def _set_nonblocking(fd: int) -> None:
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+
+
+def new_event_fd(before: set[int], what: str, kind: str = EVENT_FD_KIND) -> int:
+    """The one fd of `kind` that appeared since `before`, made non-blocking."""
+    new = fds_of_kind(kind) - before
+    if len(new) != 1:
+        raise RxePowerError(f"cannot identify the event fd of {what} (found {sorted(new)})",
+                            "create verbs objects from one thread at a time")
+    fd = new.pop()
+    _set_nonblocking(fd)
+    return fd
+
+
+def lowest_free_fd() -> int:
+    """The fd number the next open() gets (the kernel hands out the lowest free one)."""
+    fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    os.close(fd)
+    return fd
+
+
+def predicted_event_fd(guess: int, kind: str = EVENT_FD_KIND) -> int | None:
+    """`guess` made non-blocking if it is an fd of `kind`: the object just created took the
+    lowest free fd, as predicted (under FD_LOCK). None when it did not (another thread
+    opened something): the caller falls back to scanning /proc/self/fd. The scan costs
+    O(open fds) per object, which for a peer agent with 1,024 QPs was most of its setup."""
+    try:
+        if os.readlink(f"/proc/self/fd/{guess}") != kind:
+            return None
+    except OSError:
+        return None
+    _set_nonblocking(guess)
+    return guess
+
+
+def with_event_fd(create, what: str) -> tuple:
+    """(obj, its event fd) for an object whose creation opens one event fd: predicted
+    (the lowest free fd), or, when another thread got in between, found by scanning."""
+    with FD_LOCK:
+        guess = lowest_free_fd()
+        obj = create()
+        fd = predicted_event_fd(guess)
+        if fd is not None:
+            return obj, fd
+        obj.close()
+        before = fds_of_kind()
+        obj = create()
+        return obj, new_event_fd(before, what)
+
+
+def wait_readable(fd: int, timeout_s: float) -> bool:
+    """select() on one fd; releases the GIL while waiting."""
+    if timeout_s <= 0:
+        timeout_s = 0
+    r, _, _ = select.select([fd], [], [], timeout_s)
+    return bool(r)
+
+
+def raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: every QP has a completion channel fd, and
+    the default soft limit (1,024) is below what a 1,024-QP run needs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# --- device -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    state: int
+    active_mtu: int
+    max_msg_sz: int
+
+
+class Device:
+    """An open RDMA device: Context + PD. Use as a context manager."""
+
+    def __init__(self, name: str, port: int = 1, gid_index: int | None = None) -> None:
+        require_pyverbs()
+        self.name = name
+        self.port = port
+        self._stack = contextlib.ExitStack()
+        with FD_LOCK:
+            before = fds_of_kind()
+            try:
+                self.ctx = Context(name=name)
+            except PyverbsError as exc:
+                raise oserror_to(f"cannot open RDMA device {name!r}", exc,
+                                 "check `rdma link show`; build the topology with "
+                                 "ci/rxe-setup.sh") from exc
+            self._stack.callback(self.ctx.close)
+            # libibverbs opens the async event fd with the context
+            new = fds_of_kind() - before
+            self.async_fd = new.pop() if len(new) == 1 else None
+            if self.async_fd is not None:  # get_async_event must never block (GIL)
+                _set_nonblocking(self.async_fd)
+        try:
+            with verbs_call(f"{name}: alloc PD"):
+                self.pd = PD(self.ctx)
+            self._stack.callback(self.pd.close)
+            self.gid_index = gid_index if gid_index is not None else 0
+            self.gid = self.query_gid(self.gid_index)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    @classmethod
+    def borrow(cls, name: str, ctx: object, pd: object, gid_index: int, port: int = 1) -> Device:
+        """Wrap a Context/PD owned by someone else (an rdma_cm id): close() leaves them open."""
+        dev = cls.__new__(cls)
+        dev.name, dev.port, dev.ctx, dev.pd = name, port, ctx, pd
+        dev._stack = contextlib.ExitStack()
+        dev.async_fd = None
+        dev.gid_index = gid_index
+        dev.gid = dev.query_gid(gid_index)
+        return dev
+
+    def query_gid(self, index: int) -> str:
+        with verbs_call(f"{self.name}: query GID {index}"):
+            return str(self.ctx.query_gid(self.port, index).gid)
+
+    def query_port(self) -> PortInfo:
+        with verbs_call(f"{self.name}: query port {self.port}"):
+            attr = self.ctx.query_port(self.port)
+        return PortInfo(int(attr.state), int(attr.active_mtu), int(attr.max_msg_sz))
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- RC queue pair --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QpInfo:
+    """What the other side needs to connect to and address this QP."""
+
+    qpn: int
+    psn: int
+    gid: str
+    rkey: int
+    addr: int
+    length: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> QpInfo:
+        return cls(int(d["qpn"]), int(d["psn"]), str(d["gid"]), int(d["rkey"]), int(d["addr"]),
+                   int(d["length"]))
+
+
+@dataclass(frozen=True)
+class QpParams:
+    """RC QP parameters; timeouts follow the IB encoding (4.096 us * 2^timeout)."""
+
+    max_send_wr: int = 64
+    max_recv_wr: int = 64
+    mr_size: int = 1 << 16
+    timeout: int = 14  # ~67 ms per retry
+    retry_cnt: int = 7
+    rnr_retry: int = 7  # 7 = retry RNR forever
+    min_rnr_timer: int = 12
+    max_rd_atomic: int = 16
+    use_events: bool = True  # completions by event (default) or busy polling
+
+
+class RcQp:
+    """An RC QP with its own CQ, completion channel and MR. Use as a context manager.
+
+    The QP may also be created for an rdma_cm connection: pass `ctx`/`pd` from the
+    CMID, and drive the state changes with attributes from `init_qp_attr`.
+    """
+
+    def __init__(self, dev: Device, params: QpParams | None = None) -> None:
+        self.dev = dev
+        self.params = params = params or QpParams()
+        self.psn = random.getrandbits(24)
+        self._bad_wr: SendWR | None = None
+        self.last_post_error: RxePowerError | None = None
+        self._stack = contextlib.ExitStack()
+        try:
+            with verbs_call(f"{dev.name}: create completion channel"):
+                self.channel, self.channel_fd = with_event_fd(
+                    lambda: CompChannel(dev.ctx), "completion channel")
+            self._stack.callback(self.channel.close)
+            depth = params.max_send_wr + params.max_recv_wr
+            with verbs_call(f"{dev.name}: create CQ of {depth}"):
+                self.cq = CQ(dev.ctx, depth, None, self.channel, 0)
+            self._stack.callback(self.cq.close)
+            with verbs_call(f"{dev.name}: register MR of {params.mr_size} bytes"):
+                self.mr = MR(dev.pd, params.mr_size, ACCESS_ALL)
+            self._stack.callback(self.mr.close)
+            # the MR's buffer as a writable view: payloads are written and checked in
+            # place (pyverbs' read/write copy through a bytes object)
+            self.view: memoryview | None = memoryview(
+                (ctypes.c_char * params.mr_size).from_address(int(self.mr.buf))).cast("B")
+            self._stack.callback(self._drop_view)
+            cap = QPCap(max_send_wr=params.max_send_wr, max_recv_wr=params.max_recv_wr,
+                        max_send_sge=1, max_recv_sge=1)
+            init = QPInitAttr(qp_type=e.IBV_QPT_RC, scq=self.cq, rcq=self.cq, cap=cap)
+            with verbs_call(f"{dev.name}: create RC QP"):
+                self.qp = QP(dev.pd, init)
+            self._stack.callback(self.qp.close)
+            self.qpn = int(self.qp.qp_num)
+            if params.use_events:
+                with verbs_call("arm CQ"):
+                    self.cq.req_notify()
+        except BaseException:
+            self._stack.close()
+            raise
+
+    # -- identity and state
+    def info(self) -> QpInfo:
+        return QpInfo(self.qpn, self.psn, self.dev.gid, int(self.mr.rkey), int(self.mr.buf),
+                      self.params.mr_size)
+
+    def state(self) -> QpState:
+        with verbs_call(f"query QP {self.qpn}"):
+            attr, _ = self.qp.query(e.IBV_QP_STATE)
+        return QpState(int(attr.qp_state))
+
+    def to_init(self) -> None:
+        attr = QPAttr(qp_state=e.IBV_QPS_INIT)
+        attr.pkey_index = 0
+        attr.port_num = self.dev.port
+        attr.qp_access_flags = ACCESS_ALL
+        with verbs_call(f"QP {self.qpn} RESET->INIT"):
+            self.qp.to_init(attr)
+
+    def to_rtr(self, remote: QpInfo) -> None:
+        port = self.dev.query_port()
+        gr = GlobalRoute(dgid=PvGID(remote.gid), sgid_index=self.dev.gid_index)
+        gr.hop_limit = 64
+        ah = AHAttr(port_num=self.dev.port, is_global=1, gr=gr)
+        attr = QPAttr(qp_state=e.IBV_QPS_RTR)
+        attr.path_mtu = port.active_mtu
+        attr.dest_qp_num = remote.qpn
+        attr.rq_psn = remote.psn
+        attr.max_dest_rd_atomic = self.params.max_rd_atomic
+        attr.min_rnr_timer = self.params.min_rnr_timer
+        attr.ah_attr = ah
+        with verbs_call(f"QP {self.qpn} INIT->RTR (remote QPN {remote.qpn}, GID {remote.gid})"):
+            self.qp.to_rtr(attr)
+
+    def to_rts(self) -> None:
+        attr = QPAttr(qp_state=e.IBV_QPS_RTS)
+        attr.timeout = self.params.timeout
+        attr.retry_cnt = self.params.retry_cnt
+        attr.rnr_retry = self.params.rnr_retry
+        attr.sq_psn = self.psn
+        attr.max_rd_atomic = self.params.max_rd_atomic
+        with verbs_call(f"QP {self.qpn} RTR->RTS"):
+            self.qp.to_rts(attr)
+
+    def connect(self, remote: QpInfo) -> None:
+        """RESET -> INIT -> RTR -> RTS against the remote QP."""
+        self.to_init()
+        self.to_rtr(remote)
+        self.to_rts()
+
+    def modify_cm(self, attr: object, mask: int, what: str) -> None:
+        """Apply attributes obtained from rdma_cm's init_qp_attr."""
+        with verbs_call(f"QP {self.qpn} {what} (rdma_cm attributes)"):
+            self.qp.modify(attr, mask)
+
+    def to_err(self) -> None:
+        attr = QPAttr(qp_state=e.IBV_QPS_ERR)
+        with verbs_call(f"QP {self.qpn} -> ERR"):
+            self.qp.modify(attr, e.IBV_QP_STATE)
+
+    def to_reset(self) -> None:
+        attr = QPAttr(qp_state=e.IBV_QPS_RESET)
+        with verbs_call(f"QP {self.qpn} -> RESET"):
+            self.qp.modify(attr, e.IBV_QP_STATE)
+
+    # -- memory
+    def _drop_view(self) -> None:
+        view, self.view = self.view, None  # before the MR frees its buffer
+        if view is not None:
+            with contextlib.suppress(BufferError):
+                view.release()
+
+    def write_local(self, offset: int, data: bytes) -> None:
+        self.mr.write(data, len(data), offset)
+
+    def read_local(self, offset: int, length: int) -> bytes:
+        return bytes(self.mr.read(length, offset))
+
+    def write_payload(self, offset: int, seq: int, length: int, generation: int = 0) -> None:
+        """payload.encode(seq, length, generation) written straight into the MR."""
+        payload.write_into(self.view, offset, seq, length, generation)
+
+    # -- posting
+    def sge(self, offset: int, length: int) -> SGE:
+        if offset < 0 or offset + length > self.params.mr_size:
+            raise RxePowerError(f"buffer [{offset}, {offset + length}) outside the MR of "
+                                f"{self.params.mr_size} bytes", "use a larger mr_size")
+        return SGE(int(self.mr.buf) + offset, length, int(self.mr.lkey))
+
+    def recv_wr(self, wr_id: int, offset: int, length: int) -> RecvWR:
+        """A receive WR over [offset, offset + length) of the MR, to post (again) with
+        post_recv_wr: built once, reposted as often as needed (its next pointer is NULL)."""
+        return RecvWR(wr_id=wr_id, num_sge=1, sg=[self.sge(offset, length)])
+
+    def post_recv_wr(self, wr: RecvWR) -> None:
+        try:
+            self.qp.post_recv(wr)
+        except PyverbsError as exc:
+            raise oserror_to(f"QP {self.qpn} post_recv wr_id {wr.wr_id}", exc) from exc
+
+    def post_recv(self, wr_id: int, offset: int, length: int) -> None:
+        self.post_recv_wr(self.recv_wr(wr_id, offset, length))
+
+    def send_wr(self, wr_id: int, opcode: int, offset: int, length: int, *,
+                imm: int | None = None, remote_addr: int | None = None,
+                rkey: int | None = None, compare_add: int = 0, swap: int = 0) -> SendWR:
+        """A signaled send WR over [offset, offset + length) of the MR. Its wr_id,
+        imm_data and (set_wr_rdma) remote address may be changed and the WR posted again
+        with post: the hot path builds each (slot, opcode, size) WR once. A WR given a
+        next_wr stays chained (pyverbs cannot set the pointer back to NULL): keep chained
+        WRs for post_chain only."""
+        wr = SendWR(wr_id=wr_id, opcode=opcode, num_sge=1, sg=[self.sge(offset, length)],
+                    send_flags=e.IBV_SEND_SIGNALED)
+        if imm is not None:
+            wr.imm_data = imm
+        if opcode in (e.IBV_WR_ATOMIC_FETCH_AND_ADD, e.IBV_WR_ATOMIC_CMP_AND_SWP):
+            wr.set_wr_atomic(rkey, remote_addr, compare_add, swap)
+        elif remote_addr is not None:
+            wr.set_wr_rdma(rkey, remote_addr)
+        return wr
+
+    def post(self, wr: SendWR) -> None:
+        """Post a send WR (one ibv_post_send); errors become OsCallError with errno."""
+        try:
+            self.qp.post_send(wr)
+        except PyverbsError as exc:
+            raise oserror_to(f"QP {self.qpn} post_send wr_id {wr.wr_id}", exc) from exc
+
+    def post_chain(self, head: SendWR) -> int | None:
+        """Post a chain of send WRs (linked with next_wr) in one ibv_post_send: one
+        doorbell for the lot. None when all went; else the wr_id of the first WR that was
+        not posted (those before it were), with the error in `last_post_error`."""
+        if self._bad_wr is None:  # receives a copy of the failing WR (pyverbs never frees
+            self._bad_wr = SendWR(num_sge=1, sg=[self.sge(0, 0)])  # a WR's list by itself)
+        try:
+            self.qp.post_send(head, self._bad_wr)
+        except PyverbsError as exc:
+            self.last_post_error = oserror_to(f"QP {self.qpn} post_send (chain from wr_id "
+                                              f"{head.wr_id})", exc)
+            return int(self._bad_wr.wr_id)
+        return None
+
+    def post_send(self, wr_id: int, opcode: int, offset: int, length: int, *,
+                  imm: int | None = None, remote_addr: int | None = None,
+                  rkey: int | None = None, compare_add: int = 0, swap: int = 0) -> None:
+        self.post(self.send_wr(wr_id, opcode, offset, length, imm=imm,
+                               remote_addr=remote_addr, rkey=rkey, compare_add=compare_add,
+                               swap=swap))
+
+    # -- completions
+    def poll(self, max_entries: int = 16, ready: bool | None = None) -> list[WC]:
+        """Non-blocking: take what the CQ has now (acking any pending event first).
+        `ready`: the caller already knows whether the completion channel is readable
+        (from its own select), which saves a select() per call."""
+        if self.params.use_events and (ready if ready is not None
+                                       else wait_readable(self.channel_fd, 0)):
+            self._take_event()
+        try:
+            n, wcs = self.cq.poll(max_entries)
+        except PyverbsError as exc:
+            raise oserror_to(f"poll CQ of QP {self.qpn}", exc) from exc
+        return wcs[:n] if n else []
+
+    def _take_event(self) -> None:
+        try:
+            self.channel.get_cq_event(self.cq)
+        except PyverbsError as exc:
+            err = oserror_to("get CQ event", exc)
+            if err.errno == errno.EAGAIN:  # taken already (the caller's select was stale)
+                return
+            raise err from exc
+        self.cq.ack_events(1)
+        with verbs_call("re-arm CQ"):
+            self.cq.req_notify()
+
+    def wait(self, count: int, timeout_s: float = CQ_WAIT_TIMEOUT_S,
+             what: str = "completions") -> list[WC]:
+        """Collect `count` completions, by event (default) or polling, within a bound."""
+        out: list[WC] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < count:
+            got = self.poll(count - len(out))
+            if got:
+                out.extend(got)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BoundExceeded(
+                    f"waiting for {what} on QP {self.qpn}", "CQ_WAIT_TIMEOUT_S", timeout_s,
+                    f"{count - len(out)} of {count} completions (got "
+                    f"{[(int(w.wr_id), wc_status_name(w.status)) for w in out][-5:]})")
+            if self.params.use_events:
+                if wait_readable(self.channel_fd, remaining):
+                    self._take_event()
+            else:
+                time.sleep(0)  # busy polling, by request only
+        return out
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> RcQp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def opcode(name: str) -> int:
+    """IBV_WR_* by short name: SEND, SEND_WITH_IMM, RDMA_WRITE, RDMA_READ, ..."""
+    return int(getattr(e, f"IBV_WR_{name}"))

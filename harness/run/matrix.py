@@ -1,0 +1,343 @@
+"""The scenario matrix: transitions x orderings x client policies x operation mixes.
+
+    spec = MatrixSpec(transitions=("standby",), policies=("graceful",)).validate()
+    for sc in spec.scenarios(): ...                  # what would run, in order
+    code = run_matrix(spec, cfg, out_dir)            # run, writing results.jsonl as it goes
+
+One scenario is one transition under one client worker per policy. By default each
+policy gets its own transition (isolated: one client's behaviour cannot colour
+another's row); `together` runs the policies side by side in one transition, as
+several ULPs sharing an HCA would. Every scenario's record is on disk (fsynced)
+before the next one starts. Rows (one per scenario and policy) carry the
+outcome counts, the peer's view, the clean-shutdown verdict as the peer saw it,
+the recovery time and the veto, plus a status:
+
+    clean   every request accounted, nothing lost, duplicated, corrupted or vetoed
+    bad     the client misbehaved: the findings say how (lost I/O, held the device...)
+    broken  the harness could not account for it (unaccounted requests, a worker that
+            died on its own, a failed transition, a harness error): a bug to report
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from harness.core.errors import RxePowerError, SettingError
+from harness.run.resultsfile import RecordKind, ResultsWriter
+from harness.workload.ledger import Op, Outcome, PeerView, WorkloadSpec
+from power.plan import OnVeto, Ordering, get_transition, parse_on_veto, parse_ordering
+
+OP_MIXES: dict[str, tuple[Op, ...]] = {
+    "mixed": (Op.SEND, Op.WRITE, Op.READ, Op.FETCH_ADD),
+    "send": (Op.SEND,),
+    "write": (Op.WRITE,),
+    "read-atomic": (Op.READ, Op.FETCH_ADD),
+}
+DEFAULT_TRANSITIONS = ("link-flap", "standby", "hibernate", "surprise-removal")
+OK_OUTCOMES = (Outcome.COMPLETED_OK.value, Outcome.REPLAYED_OK.value)
+
+
+class RowStatus(StrEnum):
+    CLEAN = "clean"
+    BAD = "bad"
+    BROKEN = "broken"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    transition: str
+    ordering: Ordering
+    policies: tuple[str, ...]
+    mix: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.transition}/{self.ordering}/{'+'.join(self.policies)}/{self.mix}"
+
+    def to_json(self) -> dict:
+        return {"transition": self.transition, "ordering": self.ordering.value,
+                "policies": list(self.policies), "mix": self.mix, "id": self.id}
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    transitions: tuple[str, ...] = DEFAULT_TRANSITIONS
+    orderings: tuple[Ordering, ...] = ()  # empty: every ordering each transition offers
+    policies: tuple[str, ...] = ("naive", "fail-fast", "queue-replay", "graceful")
+    mixes: tuple[str, ...] = ("mixed",)
+    together: bool = False
+    count: int = 120
+    rate_per_s: float = 60.0
+    queue_depth: int = 4
+    hold_ms: int = 300
+    on_veto: OnVeto = OnVeto.FORCE
+
+    def validate(self) -> MatrixSpec:
+        from clients import policy_class
+
+        for t in self.transitions:
+            get_transition(t)
+        for p in self.policies:
+            policy_class(p)
+        for m in self.mixes:
+            if m not in OP_MIXES:
+                raise SettingError(f"unknown operation mix {m!r}",
+                                   f"use one of: {', '.join(OP_MIXES)}")
+        if not (self.transitions and self.policies and self.mixes):
+            raise SettingError("the matrix is empty (no transition, policy or mix)",
+                               "select at least one of each")
+        if self.hold_ms < 0:
+            raise SettingError(f"--hold-ms {self.hold_ms} is negative", "give 0 or more")
+        if not self.scenarios():
+            raise SettingError(f"no selected transition offers ordering(s) "
+                               f"{[o.value for o in self.orderings]}",
+                               "surprise-removal is hca-first only; widen --ordering")
+        self.workload("mixed")
+        return self
+
+    def workload(self, mix: str) -> WorkloadSpec:
+        return WorkloadSpec(ops=OP_MIXES[mix], count=self.count, rate_per_s=self.rate_per_s,
+                            queue_depth=self.queue_depth).validate()
+
+    def scenarios(self) -> list[Scenario]:
+        out = []
+        for t in self.transitions:
+            offered = tuple(get_transition(t).steps)
+            for o in (o for o in offered if not self.orderings or o in self.orderings):
+                for mix in self.mixes:
+                    groups = [tuple(self.policies)] if self.together else \
+                        [(p,) for p in self.policies]
+                    out += [Scenario(t, o, g, mix) for g in groups]
+        return out
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["orderings"] = [o.value for o in self.orderings]
+        d["on_veto"] = self.on_veto.value
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> MatrixSpec:
+        return cls(tuple(d["transitions"]), tuple(parse_ordering(o) for o in d["orderings"]),
+                   tuple(d["policies"]), tuple(d["mixes"]), d["together"], d["count"],
+                   d["rate_per_s"], d["queue_depth"], d["hold_ms"], parse_on_veto(d["on_veto"]))
+
+
+@dataclass
+class Row:
+    """One policy in one scenario: what the table shows."""
+
+    scenario: str
+    transition: str
+    ordering: str
+    policy: str
+    mix: str
+    verdict: str  # the transition's
+    counts: dict[str, int] = field(default_factory=dict)
+    peer: dict[str, int] = field(default_factory=dict)
+    peer_saw: str = ""
+    recovery_ms: float | None = None
+    veto: str = ""
+    findings: list[str] = field(default_factory=list)
+    status: RowStatus = RowStatus.CLEAN
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "status": self.status.value}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Row:
+        return cls(**{**d, "status": RowStatus(d["status"])})
+
+
+def veto_text(transition: dict) -> str:
+    v = transition.get("veto") or {}
+    if not v.get("detected"):
+        return ""
+    held = ", ".join(f"pid {h['pid']} ({short_cmdline(h.get('cmdline', ''))})"
+                     for h in v.get("holders", []))
+    killed = " terminated" if v.get("terminated") else ""
+    return f"held by {held or 'a client'}{killed}"
+
+
+def short_cmdline(cmdline: str) -> str:
+    words = cmdline.split()
+    return " ".join([os.path.basename(words[0]), *words[1:3]]) if words else "?"
+
+
+def rows_of(scenario: dict, result: dict) -> list[Row]:
+    """The rows of one scenario record's result (a ScenarioResult JSON)."""
+    t = result["transition"]
+    verdict = t["verdict"]
+    rows = []
+    for c in result["clients"]:
+        row = Row(scenario["id"], scenario["transition"], scenario["ordering"], c["policy"],
+                  scenario["mix"], verdict, c.get("counts", {}), c.get("peer_counts", {}),
+                  c.get("clean_shutdown", {}).get("peer_saw", ""),
+                  c.get("clean_shutdown", {}).get("resume_to_first_ok_ms"), veto_text(t))
+        broken, bad = [], []
+        if c["crashed"]:
+            inflight = len(c.get("in_flight_at_crash", []))
+            if "terminated by the shim" in c["crash"]:
+                bad.append(f"held the device: terminated by the shim ({inflight} in flight)")
+            else:
+                broken.append(f"crashed ({inflight} in flight): {c['crash']}")
+        if c.get("unaccounted"):
+            broken.append(f"{len(c['unaccounted'])} requests unaccounted")
+        if verdict == "failed":
+            broken.append(f"transition failed: {'; '.join(t.get('reasons', []))}")
+        n = row.counts
+        if n.get("lost"):
+            bad.append(f"{n['lost']} lost (posted, never completed)")
+        for view in (PeerView.DUPLICATED, PeerView.CORRUPTED):
+            if row.peer.get(view.value):
+                bad.append(f"{row.peer[view.value]} {view.value} at the peer")
+        silent = sum(1 for e in c.get("ledger", []) if e["outcome"] in OK_OUTCOMES
+                     and e.get("peer") == PeerView.MISSING.value)
+        if silent:
+            bad.append(f"{silent} reported ok but never reached the peer")
+        if c.get("atomics") and not c["atomics"].get("match", True):
+            bad.append(f"atomics mismatch {c['atomics']}")
+        if verdict == "vetoed":
+            bad.append("the sleep was vetoed")
+        row.findings = broken + bad
+        row.status = RowStatus.BROKEN if broken else RowStatus.BAD if bad else RowStatus.CLEAN
+        rows.append(row)
+    return rows
+
+
+def error_rows(scenario: dict, error: str) -> list[Row]:
+    return [Row(scenario["id"], scenario["transition"], scenario["ordering"], p,
+                scenario["mix"], "error", findings=[f"harness error: {error}"],
+                status=RowStatus.BROKEN) for p in scenario["policies"]]
+
+
+# --- the table --------------------------------------------------------------------------------
+
+COLUMNS = (("ok", "completed-ok"), ("replay", "replayed-ok"), ("rej", "rejected-at-post"),
+           ("err", "completed-error"), ("flush", "flushed"), ("f2app", "failed-to-app"),
+           ("lost", "lost"))
+PEER_COLUMNS = (("once", "delivered-once"), ("dup", "duplicated"), ("bad", "corrupted"),
+                ("miss", "missing"))
+LEGEND = ("ok completed-ok, replay replayed-ok, rej rejected at post, err error completion, "
+          "flush flushed, f2app failed to the application, lost posted and never completed; "
+          "peer: once/dup/bad/miss = delivered once / duplicated / corrupted / missing "
+          "(SEND and WRITE only); recov = resume to first good completion")
+
+
+def render_table(rows: list[Row]) -> list[str]:
+    head = (f"{'transition':<17}{'ordering':<14}{'policy':<13}{'mix':<8}{'verdict':<10}"
+            + "".join(f"{h:>7}" for h, _ in COLUMNS) + "  peer "
+            + "".join(f"{h:>5}" for h, _ in PEER_COLUMNS)
+            + f"  {'peer saw':<14}{'recov ms':>9}  {'status':<7}findings / veto")
+    out = [head, "-" * len(head)]
+    for r in rows:
+        saw = {"orderly disconnect (goodbye)": "goodbye"}.get(r.peer_saw, r.peer_saw)
+        rec = f"{r.recovery_ms:.0f}" if r.recovery_ms is not None else "-"
+        notes = "; ".join(r.findings + ([f"veto: {r.veto}"] if r.veto else []))
+        out.append(f"{r.transition:<17}{r.ordering:<14}{r.policy[:12]:<13}{r.mix[:7]:<8}"
+                   f"{r.verdict:<10}" + "".join(f"{r.counts.get(k, 0):>7}" for _, k in COLUMNS)
+                   + "       " + "".join(f"{r.peer.get(k, 0):>5}" for _, k in PEER_COLUMNS)
+                   + f"  {saw[:13]:<14}{rec:>9}  {r.status.value:<7}{notes}")
+    by = {s: sum(1 for r in rows if r.status is s) for s in RowStatus}
+    out.append(f"{len(rows)} rows: {by[RowStatus.CLEAN]} clean, {by[RowStatus.BAD]} bad "
+               f"(the client misbehaved), {by[RowStatus.BROKEN]} broken (harness could not "
+               "account)")
+    return out
+
+
+def junit_xml(rows: list[Row], seconds: dict[str, float]) -> bytes:
+    """One testcase per row: bad -> <failure>, broken -> <error>."""
+    suite = ET.Element("testsuite", name="rxe-power matrix", tests=str(len(rows)),
+                       failures=str(sum(r.status is RowStatus.BAD for r in rows)),
+                       errors=str(sum(r.status is RowStatus.BROKEN for r in rows)))
+    for r in rows:
+        case = ET.SubElement(suite, "testcase",
+                             classname=f"rxe_power.{r.transition}.{r.ordering}",
+                             name=f"{r.policy}[{r.mix}]",
+                             time=f"{seconds.get(r.scenario, 0.0):.3f}")
+        if r.status is not RowStatus.CLEAN:
+            tag = "failure" if r.status is RowStatus.BAD else "error"
+            ET.SubElement(case, tag, message="; ".join(r.findings)).text = (
+                f"{r.scenario}: verdict {r.verdict}; outcomes {r.counts}; peer {r.peer}")
+    return ET.tostring(suite, encoding="utf-8", xml_declaration=True)
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+def run_matrix(spec: MatrixSpec, cfg: Any, out_dir: Path, junit: Path | None = None,
+               log: Callable[[str], None] = print) -> int:
+    """Run every scenario; 0 when no row is broken, 1 otherwise. Results go to
+    out_dir/results.jsonl as they happen; the table to out_dir/table.txt."""
+    from harness import topology
+    from harness.peer.controller import PeerAgent
+    from harness.run.scenario import run_scenario
+    from power.notify import Notifier, private_clients_dir
+    from power.result import TransitionRequest
+    from power.shim import Shim
+
+    scenarios = spec.scenarios()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    seconds: dict[str, float] = {}
+    topo, built = topology.setup(cfg, log=lambda m: None)
+    log(f"matrix: {len(scenarios)} scenarios on {topo.local.dev} <-> {topo.peer.dev}; "
+        f"results in {out_dir / 'results.jsonl'}")
+    interrupted = False
+    try:
+        with ResultsWriter(out_dir / "results.jsonl", "matrix", spec.to_json()) as out, \
+                PeerAgent(topo.peer, log_dir=out_dir / "logs") as agent, \
+                private_clients_dir() as clients_dir, Shim(cfg, Notifier(clients_dir)) as shim:
+            for i, sc in enumerate(scenarios, 1):
+                t0 = time.monotonic()
+                body: dict[str, Any] = {"index": i, "scenario": sc.to_json()}
+                req = TransitionRequest(sc.transition, sc.ordering, spec.hold_ms,
+                                        spec.on_veto)
+                try:
+                    res = run_scenario(shim, agent, topo.local, req, list(sc.policies),
+                                       spec.workload(sc.mix), shim.notifier.clients_dir,
+                                       out_dir / "logs" / f"{i:03d}")
+                    body["result"] = res.to_json()
+                    new = rows_of(body["scenario"], body["result"])
+                except KeyboardInterrupt:
+                    interrupted = True
+                    body["error"] = "interrupted (Ctrl-C)"
+                    new = error_rows(body["scenario"], body["error"])
+                except RxePowerError as exc:
+                    body["error"] = str(exc)
+                    new = error_rows(body["scenario"], str(exc))
+                problems = topology.restore_local_side(cfg, log=lambda m: None)
+                seconds[sc.id] = body["seconds"] = round(time.monotonic() - t0, 3)
+                body["rows"] = [r.to_json() for r in new]
+                body["not_restored"] = problems
+                out.write(RecordKind.SCENARIO, body)
+                rows += new
+                log(f"[{i}/{len(scenarios)}] {sc.id}: " + ", ".join(
+                    f"{r.policy} {r.status.value}" for r in new) + f" ({body['seconds']:.1f} s)")
+                if problems or interrupted:
+                    log("matrix stopped: " + ("interrupted" if interrupted else
+                                              f"the local side was not restored: {problems}"))
+                    break
+            out.write(RecordKind.SUMMARY, {"rows": len(rows), "interrupted": interrupted,
+                                           "by_status": {s.value: sum(r.status is s for r in rows)
+                                                         for s in RowStatus}})
+    finally:
+        if built:
+            topology.teardown(log=lambda m: None)
+    table = render_table(rows)
+    (out_dir / "table.txt").write_text("\n".join([*table, "", LEGEND]) + "\n")
+    log("\n".join(["", *table, LEGEND]))
+    if junit is not None:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_bytes(junit_xml(rows, seconds))
+        log(f"JUnit XML: {junit}")
+    if interrupted:
+        return 130
+    return 1 if any(r.status is RowStatus.BROKEN for r in rows) else 0

@@ -1,0 +1,125 @@
+"""Results on disk: one JSON record per line (JSONL), schema-versioned, synced per record.
+
+    with ResultsWriter(path, command="matrix", spec={...}) as out:
+        out.write("scenario", {...})          # flushed and fsynced before it returns
+    results = read_results(path)              # header, records, and the first bad line
+
+Every line is {"schema": RESULTS_SCHEMA, "kind": KIND, ...}. The first record is the
+`header` (what ran, where, when); then `scenario` (rxe-power matrix), `cycle`
+(rxe-power stress) and a final `summary`. A crash loses at most the record being
+written: the reader takes every good line up to the first bad one and names it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from harness.core.errors import RxePowerError
+
+RESULTS_SCHEMA = 1
+
+
+class RecordKind(StrEnum):
+    HEADER = "header"
+    SCENARIO = "scenario"
+    CYCLE = "cycle"
+    SUMMARY = "summary"
+
+
+class ResultsWriter:
+    """Appends records; each is on disk (flushed and fsynced) before write() returns."""
+
+    def __init__(self, path: Path, command: str, spec: dict[str, Any]) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.write(RecordKind.HEADER, {
+            "command": command, "spec": spec,
+            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "host": {"node": platform.node(), "kernel": platform.release(),
+                     "in_vm": os.environ.get("RXE_POWER_IN_VM") == "1"}})
+
+    def write(self, kind: RecordKind, body: dict[str, Any]) -> None:
+        line = json.dumps({"schema": RESULTS_SCHEMA, "kind": kind.value, **body},
+                          separators=(",", ":"), default=str)
+        self._fh.write(line + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+@dataclass
+class Results:
+    path: Path
+    header: dict[str, Any] | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    problem: str = ""  # the first bad line, named; reading stopped there
+
+    def of_kind(self, kind: RecordKind) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["kind"] == kind.value]
+
+    @property
+    def command(self) -> str:
+        return (self.header or {}).get("command", "?")
+
+
+def read_results(path: Path) -> Results:
+    """Every good record up to the first bad line; a missing file or a foreign schema is an
+    error, a truncated or corrupt line is reported in `problem` and ends the reading."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RxePowerError(f"cannot read results file {path}: [{exc.errno}] {exc.strerror}",
+                            "give the path of a .jsonl written by rxe-power matrix or "
+                            "stress") from None
+    out = Results(path)
+    lines = raw.split(b"\n")
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {lineno}"
+        try:
+            rec = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            last = lineno == len(lines) or not any(x.strip() for x in lines[lineno:])
+            how = "cut short (the run was interrupted?)" if last else "corrupt"
+            out.problem = (f"{where} is {how}: {exc}; read the {len(out.records)} records "
+                           "before it")
+            break
+        if not isinstance(rec, dict) or "kind" not in rec:
+            out.problem = f"{where} is not a results record (no 'kind'); stopped there"
+            break
+        if rec.get("schema") != RESULTS_SCHEMA:
+            raise RxePowerError(f"{where} has results schema {rec.get('schema')!r}; this "
+                                f"rxe-power reads schema {RESULTS_SCHEMA}",
+                                "read it with the rxe-power version that wrote it")
+        if rec["kind"] == RecordKind.HEADER:
+            if out.header is None:
+                out.header = rec
+            continue
+        if rec["kind"] not in tuple(RecordKind):
+            out.problem = f"{where} has unknown record kind {rec['kind']!r}; stopped there"
+            break
+        out.records.append(rec)
+    if out.header is None and not out.records:
+        raise RxePowerError(f"{path} holds no results records" + (f" ({out.problem})"
+                                                                 if out.problem else ""),
+                            "give a .jsonl written by rxe-power matrix or stress")
+    return out

@@ -1,0 +1,382 @@
+"""The controller side of client workers: start them, run a transition under them, account.
+
+    with ClientWorker(...) as w: ...      one worker process (clients.worker)
+    run_scenario(shim, agent, local, request, policies, spec, ...) -> ScenarioResult
+
+A scenario starts one worker per client policy against the local HCA, waits until
+each has completed part of its workload, runs the transition through the shim,
+then asks each worker to finish (every request gets an outcome, or is LOST at the
+deadline), collects the peer agent's own record of every arrival on every QP
+generation, probes each QP generation the client left behind with a SEND from the
+peer (how long the peer takes to notice its partner is gone: RETRY_EXC_ERR, or a
+flush when it was told by a goodbye), matches it to each ledger (delivered once /
+duplicated / corrupted / missing) and derives the clean-shutdown measurements. A worker that dies
+(killed, segfault, exception) becomes a failed client result naming the client,
+the transition and the requests its journal shows in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
+from harness.core.proc import spawn, wait_or_kill
+from harness.core.protocol import Channel
+from harness.workload.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_peer_view
+from power.notify import DeviceInfo
+
+WORKER_START_TIMEOUT_S = 60.0
+PROGRESS_TIMEOUT_S = 60.0
+FINISH_MARGIN_S = 30.0  # on top of the workload's own duration at its rate
+PROGRESS_POLL_S = 0.05
+WORKER_STOP_TIMEOUT_S = 5.0
+# How long the peer's probe SEND to a left-behind QP may take. Measured on rxe 6.1: to a
+# QP told by a goodbye it is flushed at once; to a vanished QP no completion came within
+# 30 s (rxe's requester kept retransmitting), so a short bound reports NO_COMPLETION.
+PEER_PROBE_TIMEOUT_S = 2.0
+LEDGER_PAGE_REQUESTS = 20_000  # asked for per page (the worker may send fewer)
+
+
+@dataclass
+class ClientResult:
+    client: str
+    policy: str
+    crashed: bool = False
+    crash: str = ""
+    in_flight_at_crash: list[int] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    peer_counts: dict[str, int] = field(default_factory=dict)
+    unaccounted: list[int] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    clean_shutdown: dict = field(default_factory=dict)
+    atomics: dict = field(default_factory=dict)
+    ledger: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)  # the client's notes: {t_ns, event, ...}
+    peer_events: list[dict] = field(default_factory=list)  # what the peer saw: {t_ns, what}
+
+    @property
+    def invariant_ok(self) -> bool:
+        return not self.crashed and not self.unaccounted
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "invariant_ok": self.invariant_ok}
+
+
+@dataclass
+class ScenarioResult:
+    transition: dict  # the TransitionResult JSON
+    clients: list[ClientResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.invariant_ok for c in self.clients)
+
+    def client(self, policy: str) -> ClientResult:
+        return next(c for c in self.clients if c.policy == policy)
+
+    def to_json(self) -> dict:
+        return {"transition": self.transition, "clients": [c.to_json() for c in self.clients],
+                "ok": self.ok}
+
+
+class ClientWorker:
+    """One worker process and its control channel (a socketpair)."""
+
+    def __init__(self, name: str, policy: str, spec: WorkloadSpec, log_dir: Path) -> None:
+        self.name, self.policy, self.spec = name, policy, spec
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = log_dir / f"{name}.journal.jsonl"
+        self.journal.unlink(missing_ok=True)
+        self.log_path = log_dir / f"{name}.log"
+        ours, theirs = socket.socketpair()
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in close()
+        self.proc = spawn([sys.executable, "-m", "clients.worker", "--fd",
+                           str(theirs.fileno())], f"client worker {name} ({policy})",
+                          pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                          stdout=self._log, stderr=subprocess.STDOUT)
+        theirs.close()
+        self.pid = self.proc.pid
+        self.chan = Channel(ours, f"client {name} (pid {self.pid})")
+        self.rounds_done = 0  # finished workload rounds
+
+    def start(self, device: DeviceInfo, agent_socket: str, clients_dir: Path) -> None:
+        """Open the device and connect (the process was spawned already, in parallel)."""
+        self.request("start", WORKER_START_TIMEOUT_S, name=self.name, policy=self.policy,
+                     spec=self.spec.to_json(), device=device.to_json(),
+                     agent_socket=agent_socket, clients_dir=str(clients_dir),
+                     journal=str(self.journal))
+
+    def new_round(self, spec: WorkloadSpec) -> None:
+        """The next workload round on the same process and device (after finish)."""
+        self.spec = spec
+        self.request("round", WORKER_START_TIMEOUT_S, spec=spec.to_json())
+
+    def request(self, event: str, reply_timeout_s: float, **payload: object) -> dict:
+        try:
+            return self.chan.request(event, reply_timeout_s, **payload)
+        except (ProtocolError, OSError) as exc:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(WORKER_STOP_TIMEOUT_S)  # a broken channel: did it die?
+            if self.proc.returncode is not None:
+                raise WorkerDied(self, event) from exc
+            raise
+
+    def crash_text(self) -> str:
+        rc = self.proc.returncode
+        how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exited {rc}"
+        self._log.flush()
+        tail = self.log_path.read_text().strip().splitlines()[-5:] if self.log_path.exists() \
+            else []
+        return how + (f"; its log ends: {' | '.join(tail)}" if tail else "")
+
+    def in_flight(self) -> list[int]:
+        """From the journal: requests posted whose last posting never completed."""
+        last: dict[int, str] = {}
+        try:
+            lines = self.journal.read_text().splitlines()
+        except OSError:
+            return []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the crash
+            detail = rec.get("detail", {})
+            event = "completed" if rec["event"] == "flushed" else rec["event"]
+            if event not in ("posted", "completed", "rejected"):
+                continue
+            # one request ("req"), or a batch of them ("reqs": see ClientCore.flush_journal)
+            for r in detail.get("reqs", []) + ([detail["req"]] if "req" in detail else []):
+                last[r] = event
+        return sorted(r for r, ev in last.items() if ev == "posted")
+
+    def fetch_ledger(self, requests: int) -> Ledger:
+        """The finished round's whole ledger, page by page (see clients.worker "ledger")."""
+        pages, start = [], 0
+        while start < requests:
+            page = self.request("ledger", PROGRESS_TIMEOUT_S, start=start,
+                                limit=LEDGER_PAGE_REQUESTS)
+            if int(page.get("stop", start)) <= start:
+                raise ProtocolError(f"client {self.name}: ledger page from {start} is empty",
+                                    "the worker must return at least one request per page")
+            pages.append(page)
+            start = int(page["stop"])
+        return Ledger.from_pages(pages)
+
+    def close(self) -> None:
+        self.chan.sock.close()
+        wait_or_kill(self.proc, WORKER_STOP_TIMEOUT_S)
+        self._log.close()
+
+    def __enter__(self) -> ClientWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WorkerDied(RxePowerError):
+    def __init__(self, worker: ClientWorker, doing: str) -> None:
+        self.worker = worker
+        super().__init__(f"client {worker.name} died while {doing!r} was outstanding: "
+                         f"{worker.crash_text()}", f"see {worker.log_path}")
+
+
+def wait_progress(workers: list[ClientWorker], fraction: float) -> None:
+    """Until every live worker has an outcome for `fraction` of its requests (bounded)."""
+    deadline = time.monotonic() + PROGRESS_TIMEOUT_S
+    pending = list(workers)
+    while pending:
+        w = pending[0]
+        try:
+            rep = w.request("progress", PROGRESS_TIMEOUT_S)
+        except WorkerDied:
+            pending.pop(0)
+            continue
+        if sum(rep["counts"].get(k, 0) for k in rep["counts"] if k != "unaccounted") \
+                >= fraction * w.spec.count or rep["done"]:
+            pending.pop(0)
+            continue
+        if time.monotonic() > deadline:
+            raise BoundExceeded("waiting for client progress", "PROGRESS_TIMEOUT_S",
+                                PROGRESS_TIMEOUT_S, f"client {w.name}: {rep}")
+        time.sleep(PROGRESS_POLL_S)  # polling interval of a bounded wait
+
+
+def finish(worker: ClientWorker, transition: str,
+           terminated: dict[int, str] | None = None) -> tuple[ClientResult, dict | None]:
+    """Have one worker finish its workload; a dead worker becomes a crash result.
+    `terminated`: pids the shim terminated under --on-veto force (it reaped them, so
+    their exit status is gone), with how."""
+    res = ClientResult(worker.name, worker.policy)
+    spec = worker.spec
+    finish_s = (spec.count / spec.rate_per_s if spec.rate_per_s else 0) + FINISH_MARGIN_S
+    try:
+        rep = worker.request("finish", finish_s + 10, timeout_s=finish_s)
+        rep["ledger"] = worker.fetch_ledger(int(rep["requests"]))
+    except (WorkerDied, ProtocolError, BoundExceeded, OSError) as exc:
+        worker.proc.poll()
+        res.crashed = True
+        how = (terminated or {}).get(worker.pid)
+        why = (f"terminated by the shim ({how}) under --on-veto force: it held the device"
+               if how else worker.crash_text() if worker.proc.returncode is not None
+               else str(exc))
+        res.crash = f"client {worker.name} ({worker.policy}) during {transition}: {why}"
+        res.in_flight_at_crash = worker.in_flight()
+        return res, None
+    worker.rounds_done += 1
+    return res, rep
+
+
+def left_behind(rep: dict | None) -> list[dict]:
+    """The agent QPs of QP generations the client left behind (not its current one)."""
+    return [aq for aq in (rep or {}).get("agent_qps", [])
+            if aq["generation"] < rep["generations"]]
+
+
+def account(res: ClientResult, rep: dict, agent: object, probe: bool = True) -> ClientResult:
+    """Every request's outcome, with the peer's view, atomics and clean-shutdown figures.
+    Run once every worker has finished: the peer's probes must not meet live QPs. The
+    agent's QPs of the round are destroyed afterwards (the client's current QP is left
+    idle; a next round starts on a fresh generation)."""
+    ledger = rep["ledger"] if isinstance(rep["ledger"], Ledger) \
+        else Ledger.from_json(rep["ledger"])
+    arrivals: list[dict] = []
+    peer_events: list[dict] = []
+    peer_adds = 0
+    probes = []
+    for aq in rep["agent_qps"]:
+        got = agent.arrivals(aq["qp_id"], 0, timeout_s=0)
+        if probe and aq["generation"] < rep["generations"]:  # a QP the client left behind
+            pr = agent.request("probe", PEER_PROBE_TIMEOUT_S + 10, qp_id=aq["qp_id"],
+                               timeout_s=PEER_PROBE_TIMEOUT_S)
+            probes.append({"generation": aq["generation"], **pr})
+        arrivals += [{**a, "agent_generation": aq["generation"]} for a in got["arrivals"]]
+        peer_events += [{**ev, "generation": aq["generation"]} for ev in got["events"]]
+        peer_adds += int(agent.request("read_u64", 30.0, qp_id=aq["qp_id"],
+                                       offset=aq["counter_offset"])["value"])
+        with contextlib.suppress(RxePowerError):
+            agent.request("destroy_qp", 30.0, qp_id=aq["qp_id"])
+    apply_peer_view(ledger, arrivals)
+    res.counts = ledger.counts()
+    res.peer_counts = ledger.peer_counts()
+    res.unaccounted = ledger.unaccounted()
+    res.metrics = rep["metrics"]
+    res.ledger = ledger.to_json()
+    local_adds = sum(1 for e in ledger.entries.values() if e.op is Op.FETCH_ADD
+                     for a in e.attempts if a.status == "SUCCESS")
+    res.atomics = {"peer_counter": peer_adds, "local_successes": local_adds,
+                   "match": peer_adds == local_adds}
+    res.clean_shutdown = clean_shutdown(res.metrics, arrivals, peer_events, ledger)
+    res.clean_shutdown["peer_probe"] = probes
+    res.events = rep.get("events", [])
+    res.peer_events = sorted(
+        [{"t_ns": int(a["t"] * 1e9), "what": a["opcode"] if a["ok"] else
+          f"{a['opcode']} bad: {a['reason']}", "seq": a["seq"],
+          "generation": a["agent_generation"]} for a in arrivals]
+        + [{"t_ns": int(ev["t"] * 1e9), "what": ev.get("status", ev.get("kind", "?")),
+            "generation": ev["generation"]} for ev in peer_events if "t" in ev],
+        key=lambda e: e["t_ns"])
+    return res
+
+
+def clean_shutdown(m: dict, arrivals: list[dict], peer_events: list[dict],
+                   ledger: Ledger) -> dict:
+    goodbyes = [a for a in arrivals if a.get("opcode") == "GOODBYE"]
+    flushed = [ev for ev in peer_events if ev.get("status") == "WR_FLUSH_ERR"]
+    other = sorted({ev.get("status") for ev in peer_events if ev.get("status") != "WR_FLUSH_ERR"})
+
+    def ms(a: int | None, b: int | None) -> float | None:
+        return round((b - a) / 1e6, 3) if a is not None and b is not None else None
+
+    return {
+        "peer_saw": ("orderly disconnect (goodbye)" if goodbyes else
+                     f"errors {other}" if other else "nothing"),
+        "peer_receives_flushed": len(flushed),
+        "suspend_to_quiesced_ms": ms(m.get("suspend_ns"), m.get("quiesced_ns")),
+        "resume_to_first_ok_ms": ms(m.get("resume_ns"), m.get("first_ok_after_resume_ns")),
+        "quiesce": m.get("quiesce", ""),
+        "replayed": sum(1 for e in ledger.entries.values() if e.outcome is Outcome.REPLAYED_OK),
+        "error_completions": sum(1 for e in ledger.entries.values()
+                                 if e.outcome in (Outcome.COMPLETED_ERROR, Outcome.FLUSHED)),
+        "reconnects": m.get("reconnects", 0),
+    }
+
+
+def spawn_workers(policies: list[str], spec: WorkloadSpec, local: object, agent: object,
+                  clients_dir: Path, log_dir: Path,
+                  names: list[str] | None = None) -> list[ClientWorker]:
+    """One started worker per policy (spawned first: they start up in parallel). A worker
+    that fails to start is closed, with the others, before the error propagates."""
+    device = DeviceInfo.from_endpoint(local)
+    workers: list[ClientWorker] = []
+    try:
+        for i, policy in enumerate(policies):
+            workers.append(ClientWorker(names[i] if names else safe_name(policy), policy, spec,
+                                        log_dir))
+        for w in workers:
+            w.start(device, agent.sock_path, clients_dir)
+    except BaseException:
+        for w in workers:
+            w.close()
+        raise
+    return workers
+
+
+def safe_name(policy: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in policy)
+
+
+def run_round(shim: object, agent: object, workers: list[ClientWorker], request: object,
+              progress_fraction: float = 0.3, probe: bool = True) -> ScenarioResult:
+    """Go, transition once the workers are `progress_fraction` in, finish, account."""
+    for w in workers:
+        w.request("go", WORKER_START_TIMEOUT_S)
+    wait_progress(workers, progress_fraction)
+    tres = shim.run(request)
+    terminated = {t["pid"]: t["how"] for t in (tres.veto.terminated if tres.veto else [])}
+    finished = [finish(w, request.name, terminated) for w in workers]
+    if probe:  # every client's probes at once: each waits out its bound in parallel
+        for _, rep in finished:
+            for aq in left_behind(rep):
+                agent.request("probe_start", 30.0, qp_id=aq["qp_id"])
+    results = [account(res, rep, agent, probe) if rep is not None else res
+               for res, rep in finished]
+    return ScenarioResult(tres.to_json(), results)
+
+
+def run_scenario(shim: object, agent: object, local: object, request: object,
+                 policies: list[str], spec: WorkloadSpec, clients_dir: Path, log_dir: Path,
+                 progress_fraction: float = 0.3) -> ScenarioResult:
+    """One transition under one worker per policy, all at once; every request accounted."""
+    workers = spawn_workers(policies, spec, local, agent, clients_dir, log_dir)
+    try:
+        return run_round(shim, agent, workers, request, progress_fraction)
+    finally:
+        for w in workers:
+            w.close()
+
+
+def render(res: ScenarioResult) -> list[str]:
+    t = res.transition
+    out = [f"{t['request']['name']} {t['request']['ordering']}: verdict {t['verdict']}"]
+    for c in res.clients:
+        if c.crashed:
+            out.append(f"  {c.policy:<13} CRASHED: {c.crash}; in flight: {c.in_flight_at_crash}")
+            continue
+        cs = c.clean_shutdown
+        probe = "; ".join(f"gen {p['generation']}: {p['status']} after {p['seconds']} s"
+                          for p in cs.get("peer_probe", []))
+        out.append(f"  {c.policy:<13} {c.counts} peer {c.peer_counts} unaccounted "
+                   f"{len(c.unaccounted)} | peer saw {cs['peer_saw']}, peer probe [{probe}], "
+                   f"quiesce "
+                   f"{cs['quiesce']!r}, resume->ok {cs['resume_to_first_ok_ms']} ms, "
+                   f"replayed {cs['replayed']}, atomics {c.atomics}")
+    return out

@@ -1,0 +1,383 @@
+"""rxe-power stress: one transition, cycle after cycle, under live clients, with leak checks.
+
+The client workers live through every cycle (one process, one open device, a fresh
+QP generation and ledger per cycle), as a long-running ULP lives through many
+sleeps. After every cycle:
+
+- the ledger invariant: every request of every client has an outcome, no worker died
+  on its own (a worker the shim terminated for holding the device is respawned);
+- each worker's and the controller's open fds, RSS and threads (psutil) against the
+  figure after the first cycle, within a slack;
+- the kernel's RDMA resources (`rdma -j res`: QPs, CQs, MRs, PDs per device) equal to
+  those after the first cycle;
+- the kernel log after the cycle's marker clean (the shim's scan).
+
+A failed check fails the cycle; `maxfail` failed cycles stop the run. Ctrl-C stops
+after recording what ran. Every cycle is a `cycle` record in results.jsonl (fsynced),
+and the final `summary` gives each figure's first, last and max and its trend.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from harness.core.errors import RxePowerError, SettingError
+from harness.run.matrix import OP_MIXES, MatrixSpec
+from harness.run.resultsfile import RecordKind, ResultsWriter
+from harness.system import command
+from power.plan import OnVeto, Ordering, get_transition
+
+RES_KINDS = ("qp", "cq", "mr", "pd")
+FD_SLACK = 2  # open fds a worker may have above its first-cycle figure
+THREAD_SLACK = 1
+RSS_SLACK_KB = 16 * 1024  # Python's allocator settles over the first cycles
+RSS_SLACK_SHARE = 0.25
+RDMA_RES_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class StressSpec:
+    cycles: int = 20
+    transition: str = "standby"
+    ordering: Ordering | None = None  # None: the transition's first
+    policies: tuple[str, ...] = ("fail-fast", "queue-replay", "graceful")
+    mix: str = "mixed"
+    count: int = 60
+    rate_per_s: float = 60.0
+    queue_depth: int = 4
+    hold_ms: int = 100
+    on_veto: OnVeto = OnVeto.FORCE
+    maxfail: int = 0  # 0: never stop early
+    keep_ledgers: bool = False  # every cycle's full result (large), not only failed ones
+
+    def validate(self) -> StressSpec:
+        if self.cycles < 1:
+            raise SettingError(f"--cycles {self.cycles} must be at least 1", "give --cycles N")
+        if self.maxfail < 0:
+            raise SettingError(f"--maxfail {self.maxfail} is negative", "0 means no limit")
+        tr = get_transition(self.transition)
+        if self.ordering is not None:
+            tr.plan(self.ordering)
+        MatrixSpec((self.transition,), (), self.policies, (self.mix,), True, self.count,
+                   self.rate_per_s, self.queue_depth, self.hold_ms, self.on_veto).validate()
+        return self
+
+    def workload(self) -> Any:
+        from harness.workload.ledger import WorkloadSpec
+
+        return WorkloadSpec(ops=OP_MIXES[self.mix], count=self.count,
+                            rate_per_s=self.rate_per_s, queue_depth=self.queue_depth)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["ordering"] = self.ordering.value if self.ordering else None
+        d["on_veto"] = self.on_veto.value
+        return d
+
+
+@dataclass
+class Usage:
+    fds: int
+    rss_kb: int
+    threads: int
+
+    @classmethod
+    def of(cls, pid: int) -> Usage:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            return cls(p.num_fds(), p.memory_info().rss // 1024, p.num_threads())
+
+
+def usage_problems(name: str, base: Usage, now: Usage) -> list[str]:
+    out = []
+    if now.fds > base.fds + FD_SLACK:
+        out.append(f"{name}: {now.fds} open fds, {base.fds} after cycle 1 (slack {FD_SLACK})")
+    if now.threads > base.threads + THREAD_SLACK:
+        out.append(f"{name}: {now.threads} threads, {base.threads} after cycle 1")
+    limit = base.rss_kb + max(RSS_SLACK_KB, int(base.rss_kb * RSS_SLACK_SHARE))
+    if now.rss_kb > limit:
+        out.append(f"{name}: RSS {now.rss_kb} KiB, {base.rss_kb} KiB after cycle 1 "
+                   f"(limit {limit} KiB)")
+    return out
+
+
+def parse_rdma_res(data: list[dict]) -> dict[str, dict[str, int]]:
+    """`rdma -j res show` -> {device: {qp, cq, mr, pd}}."""
+    out: dict[str, dict[str, int]] = {}
+    for d in data:
+        if not isinstance(d, dict) or "ifname" not in d:
+            continue
+        vals = d.get("volatile", d)  # some iproute2 versions nest the counts
+        out[d["ifname"]] = {k: int(vals.get(k, 0)) for k in RES_KINDS}
+    return out
+
+
+def rdma_res() -> dict[str, dict[str, int]]:
+    return parse_rdma_res(command.run_json(["rdma", "-j", "res", "show"], RDMA_RES_TIMEOUT_S))
+
+
+def res_problems(base: dict[str, dict[str, int]], now: dict[str, dict[str, int]],
+                 devs: tuple[str, ...]) -> list[str]:
+    out = []
+    for dev in devs:
+        b, n = base.get(dev, {}), now.get(dev, {})
+        diff = {k: (b.get(k, 0), n.get(k, 0)) for k in RES_KINDS if b.get(k, 0) != n.get(k, 0)}
+        if diff:
+            out.append(f"{dev} RDMA resources differ from cycle 1: " + ", ".join(
+                f"{k} {a} -> {c}" for k, (a, c) in diff.items()))
+    return out
+
+
+@dataclass
+class CycleOutcome:
+    cycle: int
+    ok: bool
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def trend(values: list[float]) -> float:
+    """Least-squares slope per cycle (0 for fewer than two points)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mx, my = (n - 1) / 2, sum(values) / n
+    den = sum((i - mx) ** 2 for i in range(n))
+    return sum((i - mx) * (v - my) for i, v in enumerate(values)) / den
+
+
+def summarize(series: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    return {k: {"first": v[0], "last": v[-1], "max": max(v), "min": min(v),
+                "slope_per_cycle": round(trend(v), 4)} for k, v in series.items() if v}
+
+
+class Stress:
+    """The live state of a stress run: workers, baselines, series."""
+
+    def __init__(self, spec: StressSpec, topo: Any, agent: Any, shim: Any, log_dir: Path,
+                 ) -> None:
+        self.spec, self.topo, self.agent, self.shim = spec, topo, agent, shim
+        self.log_dir = log_dir
+        self.workers: list[Any] = []
+        self.usage_base: dict[str, Usage] = {}
+        self.res_base: dict[str, dict[str, int]] | None = None
+        self.series: dict[str, list[float]] = {}
+
+    def names(self) -> list[str]:
+        from harness.run.scenario import safe_name
+
+        return [f"{safe_name(p)}-{i}" for i, p in enumerate(self.spec.policies)]
+
+    def start(self) -> None:
+        from harness.run.scenario import spawn_workers
+
+        self.workers = spawn_workers(list(self.spec.policies), self.spec.workload(),
+                                     self.topo.local, self.agent, self.shim.notifier.clients_dir,
+                                     self.log_dir, self.names())
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+
+    def _respawn_dead(self, notes: list[str]) -> None:
+        from harness.run.scenario import spawn_workers
+
+        for i, w in enumerate(self.workers):
+            if w.proc.poll() is None:
+                continue
+            w.close()
+            self.workers[i] = spawn_workers([w.policy], self.spec.workload(), self.topo.local,
+                                            self.agent, self.shim.notifier.clients_dir,
+                                            self.log_dir, [w.name])[0]
+            self.usage_base.pop(w.name, None)  # a new process: a new baseline
+            notes.append(f"{w.name} respawned (pid {self.workers[i].pid})")
+
+    def cycle(self, n: int) -> tuple[CycleOutcome, dict]:
+        from harness.run.scenario import run_round
+        from power.result import TransitionRequest
+
+        t0 = time.monotonic()
+        notes: list[str] = []
+        failures: list[str] = []
+        if n > 1:
+            self._respawn_dead(notes)
+            for w in self.workers:
+                if w.proc.poll() is None and w.rounds_done:
+                    w.new_round(self.spec.workload())
+        req = TransitionRequest(self.spec.transition, self.spec.ordering, self.spec.hold_ms,
+                                self.spec.on_veto)
+        res = run_round(self.shim, self.agent, self.workers, req, probe=False)
+        t = res.transition
+        if t["verdict"] not in ("completed", "forced"):
+            failures.append(f"transition {t['verdict']}: {'; '.join(t['reasons'])}")
+        for c in res.clients:
+            if c.unaccounted:
+                failures.append(f"{c.client}: {len(c.unaccounted)} requests unaccounted")
+            if c.crashed and "terminated by the shim" not in c.crash:
+                failures.append(f"{c.client} crashed: {c.crash}")
+        kernel = t.get("kernel") or {}
+        hits = kernel.get("hits", [])
+        for h in hits:
+            failures.append(f"kernel log: {h['pattern']}: {h['record']['message']}")
+        if kernel.get("gap"):
+            failures.append("kernel log: the ring buffer wrapped past the cycle's marker")
+        usage = {w.name: Usage.of(w.pid) for w in self.workers if w.proc.poll() is None}
+        usage["controller"] = Usage.of(os.getpid())
+        for name, u in usage.items():
+            base = self.usage_base.setdefault(name, u)
+            failures += usage_problems(name, base, u)
+            for k, v in asdict(u).items():
+                self.series.setdefault(f"{name}.{k}", []).append(v)
+        res_now = rdma_res()
+        devs = (self.topo.local.dev, self.topo.peer.dev)
+        if self.res_base is None:
+            self.res_base = res_now
+        failures += res_problems(self.res_base, res_now, devs)
+        for dev in devs:
+            for k in RES_KINDS:
+                self.series.setdefault(f"{dev}.{k}", []).append(res_now.get(dev, {}).get(k, 0))
+        self.series.setdefault("transition_ms", []).append(t.get("total_ms", 0.0))
+        out = CycleOutcome(n, not failures, failures, round(time.monotonic() - t0, 3))
+        clients = [{"client": c.client, "policy": c.policy, "counts": c.counts,
+                    "unaccounted": len(c.unaccounted), "crashed": c.crashed, "crash": c.crash,
+                    "recovery_ms": c.clean_shutdown.get("resume_to_first_ok_ms")}
+                   for c in res.clients]
+        body = {"cycle": n, "ok": out.ok, "failures": failures, "notes": notes,
+                "seconds": out.seconds, "verdict": t["verdict"],
+                "transition_ms": t.get("total_ms"), "clients": clients,
+                "usage": {k: asdict(v) for k, v in usage.items()}, "rdma_res": res_now,
+                "kernel_hits": hits}
+        if not out.ok or self.spec.keep_ledgers:
+            body["result"] = res.to_json()
+        return out, body
+
+
+def run_stress(spec: StressSpec, cfg: Any, out_dir: Path,
+               progress: Callable[[CycleOutcome, int, int], None],
+               log: Callable[[str], None] = print) -> int:
+    """0 when every cycle passed, 1 when any failed, 130 when interrupted."""
+    from harness import topology
+    from harness.peer.controller import PeerAgent
+    from power.notify import Notifier, private_clients_dir
+    from power.shim import Shim
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    topo, built = topology.setup(cfg, log=lambda m: None)
+    failed = done = 0
+    interrupted = False
+    stress: Stress | None = None
+    try:
+        with ResultsWriter(out_dir / "results.jsonl", "stress", spec.to_json()) as out, \
+                PeerAgent(topo.peer, log_dir=out_dir / "logs") as agent, \
+                private_clients_dir() as clients_dir, Shim(cfg, Notifier(clients_dir)) as shim:
+            stress = Stress(spec, topo, agent, shim, out_dir / "logs")
+            try:
+                stress.start()
+                for n in range(1, spec.cycles + 1):
+                    try:
+                        outcome, body = stress.cycle(n)
+                    except RxePowerError as exc:
+                        outcome = CycleOutcome(n, False, [f"harness error: {exc}"])
+                        body = {"cycle": n, "ok": False, "failures": outcome.failures}
+                    out.write(RecordKind.CYCLE, body)
+                    done += 1
+                    failed += not outcome.ok
+                    progress(outcome, failed, spec.cycles)
+                    problems = topology.restore_local_side(cfg, log=lambda m: None)
+                    if problems:
+                        log(f"stress stopped: the local side was not restored: {problems}")
+                        break
+                    if spec.maxfail and failed >= spec.maxfail:
+                        log(f"stress stopped: {failed} failed cycles (--maxfail "
+                            f"{spec.maxfail})")
+                        break
+            except KeyboardInterrupt:
+                interrupted = True
+                log(f"\ninterrupted after {done} cycles; the results so far are kept")
+                topology.restore_local_side(cfg, log=lambda m: None)
+            finally:
+                trends = summarize(stress.series)
+                out.write(RecordKind.SUMMARY, {"cycles": done, "failed": failed,
+                                               "interrupted": interrupted, "trends": trends})
+                stress.close()
+    finally:
+        if built:
+            topology.teardown(log=lambda m: None)
+    log("\n".join(["", *render_summary(done, failed, trends, out_dir)]))
+    return 130 if interrupted else 1 if failed else 0
+
+
+def render_summary(done: int, failed: int, trends: dict[str, dict[str, float]],
+                   out_dir: Path) -> list[str]:
+    out = [f"{done} cycles, {failed} failed; results in {out_dir / 'results.jsonl'}",
+           f"{'figure':<28}{'first':>10}{'last':>10}{'max':>10}{'slope/cycle':>13}"]
+    for k, v in trends.items():
+        out.append(f"{k:<28}{v['first']:>10g}{v['last']:>10g}{v['max']:>10g}"
+                   f"{v['slope_per_cycle']:>13g}")
+    return out
+
+
+class LineProgress:
+    """A progress line per cycle (no terminal, or inside the VM)."""
+
+    def __init__(self, total: int, echo: Callable[[str], None] = print) -> None:
+        self.t0 = time.monotonic()
+        self.total = total
+        self.echo = echo
+
+    def __call__(self, outcome: CycleOutcome, failed: int, total: int) -> None:
+        el = time.monotonic() - self.t0
+        rate = outcome.cycle / el * 60 if el else 0.0
+        eta = (total - outcome.cycle) / rate * 60 if rate else 0.0
+        self.echo(f"cycle {outcome.cycle}/{total} {'ok' if outcome.ok else 'FAILED'} | "
+                  f"failures {failed} | {rate:.1f} cycles/min | ETA {eta:.0f} s"
+                  + ("" if outcome.ok else f" | {'; '.join(outcome.failures)[:300]}"))
+
+
+class RichProgress:
+    """A rich progress bar: cycles done, failures, rate and ETA."""
+
+    def __init__(self, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(TextColumn("stress"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("failures {task.fields[failed]}"),
+                            TextColumn("{task.fields[rate]:.1f} cycles/min"),
+                            TimeElapsedColumn(), TimeRemainingColumn())
+        self.task = self.bar.add_task("stress", total=total, failed=0, rate=0.0)
+        self.t0 = time.monotonic()
+        self.bar.start()
+
+    def __call__(self, outcome: CycleOutcome, failed: int, total: int) -> None:
+        el = time.monotonic() - self.t0
+        self.bar.update(self.task, completed=outcome.cycle, failed=failed,
+                        rate=outcome.cycle / el * 60 if el else 0.0)
+        if not outcome.ok:
+            self.bar.console.print(f"cycle {outcome.cycle} FAILED: "
+                                   f"{'; '.join(outcome.failures)}")
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def make_progress(total: int) -> Any:
+    """A bar on a terminal; lines otherwise (CI logs, the VM's console)."""
+    import sys
+
+    if sys.stdout.isatty() and os.environ.get("RXE_POWER_IN_VM") != "1":
+        return RichProgress(total)
+    return LineProgress(total)

@@ -1,0 +1,3 @@
+from harness.topology import main
+
+raise SystemExit(main())

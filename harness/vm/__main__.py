@@ -1,0 +1,3 @@
+from harness.vm import main
+
+raise SystemExit(main())

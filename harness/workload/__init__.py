@@ -1,0 +1,3 @@
+"""The workload and its accounting: operations, the workload spec, outcomes and the
+per-request ledger. Pure logic.
+"""

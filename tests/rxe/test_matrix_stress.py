@@ -1,0 +1,101 @@
+"""rxe-power matrix and stress against real rxe: results files, tables, leak and kernel checks.
+
+Small on purpose (the suite's budget): a two-scenario matrix, a 20-cycle stress of
+the cooperative policies, and a 4-cycle stress of two deliberately bad clients
+(tests/helpers/bad_clients.py) that stress must catch.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.run.matrix import MatrixSpec, RowStatus, run_matrix
+from harness.run.resultsfile import RecordKind, read_results
+from harness.run.stress import CycleOutcome, StressSpec, run_stress
+from power.plan import Ordering
+
+pytestmark = pytest.mark.rxe
+BAD = "tests.helpers.bad_clients"
+
+
+def test_short_matrix(rxe_config, rxe_topology, tmp_path: Path) -> None:
+    """graceful completes standby cleanly; naive holds the device and is terminated, which
+    is its row's finding (bad), not a harness failure. Every record is on disk, the JUnit
+    file has one failing testcase."""
+    spec = MatrixSpec(("standby",), (Ordering.CLIENTS_FIRST,), ("graceful", "naive"),
+                      count=60).validate()
+    lines: list[str] = []
+    code = run_matrix(spec, rxe_config, tmp_path, tmp_path / "junit.xml", log=lines.append)
+    assert code == 0, lines
+    res = read_results(tmp_path / "results.jsonl")
+    assert not res.problem and res.command == "matrix"
+    scen = res.of_kind(RecordKind.SCENARIO)
+    assert [s["scenario"]["id"] for s in scen] == ["standby/clients-first/graceful/mixed",
+                                                   "standby/clients-first/naive/mixed"]
+    graceful, naive = (s["rows"][0] for s in scen)
+    assert graceful["status"] == RowStatus.CLEAN and graceful["peer_saw"].endswith("(goodbye)")
+    assert graceful["counts"] == {"completed-ok": 60}
+    assert naive["status"] == RowStatus.BAD and naive["verdict"] == "forced"
+    assert any(f.startswith("held the device") for f in naive["findings"])
+    assert res.of_kind(RecordKind.SUMMARY)[0]["by_status"] == {"clean": 1, "bad": 1,
+                                                               "broken": 0}
+    suite = ET.parse(tmp_path / "junit.xml").getroot()
+    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    assert "naive" in (tmp_path / "table.txt").read_text()
+
+
+@pytest.mark.timeout(600)
+def test_stress_20_cycles(rxe_config, rxe_topology, tmp_path: Path) -> None:
+    """20 standby cycles under live cooperative clients: every cycle passes its checks and
+    the fd, thread and RDMA resource figures are flat from the first cycle to the last."""
+    spec = StressSpec(cycles=20, policies=("graceful", "queue-replay"), count=40).validate()
+    seen: list[CycleOutcome] = []
+    code = run_stress(spec, rxe_config, tmp_path, lambda o, f, t: seen.append(o),
+                      log=print)
+    failures = [(o.cycle, o.failures) for o in seen if not o.ok]
+    assert code == 0 and not failures, failures
+    res = read_results(tmp_path / "results.jsonl")
+    cycles = res.of_kind(RecordKind.CYCLE)
+    assert [c["cycle"] for c in cycles] == list(range(1, 21))
+    assert all(c["verdict"] == "completed" and not c["kernel_hits"] for c in cycles)
+    assert all(cl["unaccounted"] == 0 and not cl["crashed"] for c in cycles
+               for cl in c["clients"])
+    trends = res.of_kind(RecordKind.SUMMARY)[0]["trends"]
+    flat = [k for k in trends if k.endswith((".fds", ".threads", ".qp", ".cq", ".mr", ".pd"))]
+    assert len(flat) == 3 * 2 + 2 * 4  # 2 workers + the controller; 2 devices
+    for k in flat:  # never above cycle 1 (a thread of the controller may end)
+        assert trends[k]["max"] == trends[k]["first"], (k, trends[k])
+        if not k.startswith("controller."):
+            assert trends[k]["min"] == trends[k]["max"], (k, trends[k])
+
+
+@pytest.mark.timeout(300)
+def test_stress_catches_a_leak_and_a_kernel_log_hit(rxe_config, rxe_topology,
+                                                    tmp_path: Path) -> None:
+    """Leaky keeps one more open file per resume: by cycle 4 it is past the fd slack and
+    that cycle fails naming it. KernelNoise writes an rdma_rxe error line to /dev/kmsg on
+    its second resume: cycle 2 fails on the kernel-log check, naming the line."""
+    spec = StressSpec(cycles=4, policies=(f"{BAD}:Leaky", f"{BAD}:KernelNoise"),
+                      count=40).validate()
+    seen: list[CycleOutcome] = []
+    code = run_stress(spec, rxe_config, tmp_path, lambda o, f, t: seen.append(o),
+                      log=print)
+    assert code == 1
+    by = {o.cycle: o for o in seen}
+    assert by[1].ok, by[1].failures
+    kmsg = [f for f in by[2].failures if f.startswith("kernel log:")]
+    assert len(kmsg) == 1 and "injected error line" in kmsg[0], by[2].failures
+    assert not [f for f in by[3].failures if f.startswith("kernel log:")]
+    leak = [f for f in by[4].failures if "open fds" in f]
+    assert len(leak) == 1 and leak[0].startswith("tests_helpers_bad_clients_Leaky-0:"), leak
+    res = read_results(tmp_path / "results.jsonl")
+    usage = [c["usage"] for c in res.of_kind(RecordKind.CYCLE)]
+    leaky = [u["tests_helpers_bad_clients_Leaky-0"]["fds"] for u in usage]
+    noise = [u["tests_helpers_bad_clients_KernelNoise-1"]["fds"] for u in usage]
+    assert leaky == [leaky[0] + i for i in range(4)], leaky  # one per resume
+    assert len(set(noise)) == 1, noise  # the check tells the two apart
+    assert json.dumps(res.of_kind(RecordKind.CYCLE)[1]["result"])  # failed: kept in full

@@ -1,0 +1,161 @@
+"""rxe-power bench, pure logic: perftest output parsing (real captured output in
+tests/data/perftest, from perftest 4.5 on rxe in the TCG guest), statistics, the
+cycle breakdown, targets and option checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.cli import bench_command, build_parser
+from harness.core.errors import SettingError
+from harness.run import bench
+from harness.run.bench import (
+    BW_COLUMNS,
+    LAT_COLUMNS,
+    BenchSpec,
+    PerftestFormatError,
+    cycle_parts,
+    parse_perftest,
+    percentile,
+    spread,
+    targets,
+)
+
+PERF = Path(__file__).parent.parent / "data" / "perftest"
+
+
+@pytest.mark.parametrize("name,size,avg,rate", [
+    ("ib_send_bw-64-client.txt", 64, 1.08, 0.017776),
+    ("ib_send_bw-64-server.txt", 64, 1.08, 0.017767),
+    ("ib_write_bw-64-client.txt", 64, 1.25, 0.020516),
+    ("ib_send_bw-4096-client.txt", 4096, 22.12, 0.005663),
+    ("ib_write_bw-4096-client.txt", 4096, 24.09, 0.006168),
+    ("ib_send_bw-65536-client.txt", 65536, 32.50, 0.000520),
+    ("ib_write_bw-65536-client.txt", 65536, 33.50, 0.000536),
+])
+def test_parse_bw(name: str, size: int, avg: float, rate: float) -> None:
+    rows = parse_perftest((PERF / name).read_text(), BW_COLUMNS)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["#bytes"] == size
+    assert row["BW average[MB/sec]"] == avg and row["MsgRate[Mpps]"] == rate
+    assert "BW peak[MB/sec]" in row
+
+
+@pytest.mark.parametrize("name,typical,p99", [
+    ("ib_write_lat-64-client.txt", 26.99, 4092.95),  # ends in a "Correlation" warning line
+    ("ib_send_lat-64-client.txt", 28.86, 199.39),
+    ("ib_send_lat-64-server.txt", 28.86, 200.01),
+])
+def test_parse_lat(name: str, typical: float, p99: float) -> None:
+    row = parse_perftest((PERF / name).read_text(), LAT_COLUMNS)[0]
+    assert row["t_typical[usec]"] == typical and row["99% percentile[usec]"] == p99
+    assert row["#iterations"] == 2000 and row["99.9% percentile[usec]"] > p99
+
+
+def test_parse_many_rows_up_to_the_closing_rule() -> None:
+    text = (" #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]\n"
+            " 2          1000             0.10               0.09   \t\t   0.047000\n"
+            " 4          1000             0.20               0.18   \t\t   0.047100\n"
+            "----------------------------------------------------------------------\n"
+            " 8          5 9 9 9\n")
+    rows = parse_perftest(text, BW_COLUMNS)
+    assert [r["#bytes"] for r in rows] == [2, 4]
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("Couldn't connect to 198.18.0.2:18515\nUnable to init the socket connection\n",
+     "no result table"),
+    (" #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]\n"
+     "------\n", "no row"),
+    (" #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]\n"
+     " 64         5000             1.17               1.08\n", "4 values, its header 5"),
+    (" #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]\n"
+     " 64         5000             n/a               1.08   0.01\n", "not numbers"),
+    (" #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]\n"
+     " 64      2000          24.32          6214.50      26.99\n", "lacks"),
+])
+def test_parse_refuses_what_it_does_not_know(text: str, needle: str) -> None:
+    with pytest.raises(PerftestFormatError, match=needle):
+        parse_perftest(text, LAT_COLUMNS if "t_min" in text else BW_COLUMNS)
+
+
+def test_percentile_and_spread() -> None:
+    xs = [float(x) for x in range(1, 101)]
+    assert percentile(xs, 50) == 50.5 and percentile(xs, 99) == pytest.approx(99.01)
+    assert percentile([7.0], 99) == 7.0
+    s = spread([3.0, 1.0, 2.0, 10.0])
+    assert s == {"median": 2.5, "min": 1.0, "max": 10.0, "q1": 1.8, "q3": 4.8, "n": 4}
+    assert spread([]) == {}
+
+
+def _round(t0: int = 10_000_000_000) -> dict:
+    ms = 1_000_000
+    steps = [("notify-suspend", 0, 80), ("port-down", 81, 150), ("delete-device", 151, 250),
+             ("hold", 251, 351), ("create-device", 352, 500), ("port-up", 501, 900),
+             ("notify-resume", 901, 1100)]
+    return {"ok": True, "transition": {
+        "total_ms": 1100.0, "verdict": "completed",
+        "steps": [{"step": n, "outcome": "ok", "begin_ns": t0 + b * ms, "end_ns": t0 + e * ms,
+                   "ms": float(e - b)} for n, b, e in steps],
+        "answers": [{"kind": "released", "answered_ns": t0 + 60 * ms},
+                    {"kind": "released", "answered_ns": t0 + 75 * ms},
+                    {"kind": "resumed", "answered_ns": t0 + 1050 * ms},
+                    {"kind": "resumed", "answered_ns": t0 + 1090 * ms}]},
+        "clients": [{"crashed": False, "metrics": {"first_ok_after_resume_ns": t0 + 1120 * ms}},
+                    {"crashed": False, "metrics": {"first_ok_after_resume_ns": t0 + 1200 * ms}}]}
+
+
+def test_cycle_parts() -> None:
+    parts = cycle_parts(_round())
+    assert parts == {"port_down": 69.0, "delete": 99.0, "hold": 100.0, "recreate": 148.0,
+                     "port_up": 399.0, "quiesce": 75.0, "reconnect": 189.0, "first_ok": 299.0,
+                     "whole": 1200.0, "shim_total": 1100.0}
+
+
+def test_cycle_parts_without_a_first_ok_has_no_whole() -> None:
+    r = _round()
+    r["clients"][1]["metrics"]["first_ok_after_resume_ns"] = None
+    parts = cycle_parts(r)
+    assert "whole" not in parts and "first_ok" not in parts and parts["quiesce"] == 75.0
+
+
+def test_targets() -> None:
+    res = {"spec": {"queue_depth": 64}, "load_start": {"in_vm": True},
+           "throughput": [
+               {"size": 64, "op": "SEND", "signal_every": 64, "ratio_mib": 0.5, "ratio_msg": 0.31},
+               {"size": 64, "op": "SEND", "signal_every": 1, "ratio_mib": 0.1, "ratio_msg": 0.1},
+               {"size": 65536, "op": "SEND", "signal_every": 64, "ratio_mib": 0.79,
+                "ratio_msg": 0.79}],
+           "cycle": {"summary": {"whole": {"median": 2900.0}}}}
+    got = {t["target"]: t["met"] for t in targets(res)}
+    assert got == {"harness SEND throughput >= 80% of ib_send_bw at 65536 B": False,
+                   "harness SEND message rate >= 30% of ib_send_bw at 64 B": True,
+                   "standby cycle (whole, median) under 3 s (emulated VM)": True}
+
+
+def test_spec_checks() -> None:
+    spec = BenchSpec().validate()
+    assert spec.count(64) == 20000 and spec.count(4096) == 8000 and spec.count(65536) == 2000
+    assert BenchSpec(scale=0.001).validate().count(64) == bench.MIN_COUNT
+    tp = spec.throughput_spec("WRITE", 65536)
+    assert tp.signal_every == 64 and tp.write_slots == 256 and tp.slot_size == 65536
+    assert spec.throughput_spec("SEND", 64, queue_depth=1).signal_every == 1
+    qp = spec.qp_spec()
+    assert qp.qps == 128 and qp.slot_size == 64 and qp.count == 512
+    for bad in (dict(sections=("nope",)), dict(sizes=(0,)), dict(qps=1001, qp_workers=8),
+                dict(scale=0), dict(cycles=0), dict(queue_depth=0)):
+        with pytest.raises(SettingError):
+            BenchSpec(**bad).validate()
+
+
+def test_cli_options() -> None:
+    args = build_parser().parse_args(["bench", "--sizes", "64,4096", "--only", "throughput",
+                                      "--only", "latency,cycle", "--scale", "0.1"])
+    spec = bench_command.bench_spec(args)
+    assert spec.sizes == (64, 4096) and spec.sections == ("throughput", "latency", "cycle")
+    args = build_parser().parse_args(["bench", "--sizes", "64,x"])
+    with pytest.raises(SettingError, match="--sizes"):
+        bench_command.bench_spec(args)
