@@ -15,6 +15,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 pkgs=(rdma-core ibverbs-providers ibverbs-utils rdmacm-utils python3-pyverbs iproute2
       perftest kmod python3-venv python3-pip)
+# Python 3.11 or newer: the system python3 (the one python3-pyverbs is built for) makes .venv
+if ! /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "bootstrap.sh: error: /usr/bin/python3 is $(/usr/bin/python3 -V 2>&1), rxe-power needs 3.11+" \
+       "(Debian 12, Ubuntu 24.04); fix: use a supported distribution (Ubuntu 22.04 has 3.10)" >&2
+  exit 2
+fi
 rel=$(uname -r)
 if [ -d /sys/module/rdma_rxe ] || modprobe -n rdma_rxe 2>/dev/null; then
   echo "bootstrap.sh: the running kernel $rel has rdma_rxe: native mode"
@@ -33,8 +39,11 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "bootstrap.sh: apt-get install ${missing[*]}"
   apt-get update -q >/dev/null
+  # the log is a fresh private file (mktemp): a fixed name in /tmp could be a planted symlink
+  log=$(mktemp /tmp/rxe-power-apt.XXXXXX)
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
-    >/tmp/rxe-power-apt.log 2>&1 || { tail -30 /tmp/rxe-power-apt.log >&2; exit 1; }
+    >"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
+  rm -f "$log"
 fi
 cd "$here"
 if [ ! -x .venv/bin/python ]; then
