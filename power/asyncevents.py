@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 
 from harness.core.errors import BoundExceeded, FramingError, ProtocolError, RxePowerError
-from harness.core.proc import spawn, wait_or_kill
+from harness.core.proc import spawn, stop_child
 from harness.core.protocol import MAX_INT, MAX_MESSAGE_BYTES, LineReader, loads_strict
 from harness.rdma.names import async_event_name
 
@@ -284,7 +284,7 @@ class AsyncEventReader:
         if self.proc.stdin and not self.proc.stdin.closed:
             with contextlib.suppress(BrokenPipeError):
                 self.proc.stdin.close()
-        wait_or_kill(self.proc, READER_STOP_TIMEOUT_S)
+        stop_child(self.proc, READER_STOP_TIMEOUT_S)
         self._thread.join(READER_STOP_TIMEOUT_S)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream:

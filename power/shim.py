@@ -19,9 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from harness import topology
 from harness.core.errors import RxePowerError, TopologyError
-from harness.system import network
+from harness.system import inventory, network
+from harness.topology import devices, lifecycle, neighbour, netdevs
+from harness.topology.config import Topology, TopologyConfig
 from power import kmsg, pmtest
 from power.asyncevents import AsyncEventReader
 from power.notify import AnswerKind, DeviceInfo, Notifier
@@ -69,7 +70,7 @@ class _Run:
 
 
 class Shim:
-    def __init__(self, cfg: topology.TopologyConfig, notifier: Notifier | None = None,
+    def __init__(self, cfg: TopologyConfig, notifier: Notifier | None = None,
                  log: Callable[[str], None] = lambda msg: None) -> None:
         self.cfg = cfg
         self.notifier = notifier or Notifier()
@@ -129,15 +130,15 @@ class Shim:
                records_after=scan.records_after)
         return self._verdict(run, scan, before, not_restored)
 
-    def _precondition(self) -> topology.Topology:
-        pend = topology.pending_deletes(self.cfg.local_dev)
+    def _precondition(self) -> Topology:
+        pend = devices.pending_deletes(self.cfg.local_dev)
         if pend:
             raise TopologyError(
                 f"a delete of {self.cfg.local_dev} is still pending (pid "
                 f"{', '.join(map(str, pend))}) from an earlier vetoed transition",
                 "end the processes holding the old device, then run `rxe-power recover`")
         try:
-            topo = topology.discover(self.cfg)
+            topo = devices.discover(self.cfg)
         except TopologyError as exc:
             raise TopologyError(f"the topology is not whole before the transition: "
                                 f"{exc.problem}", "run `rxe-power recover` (or setup)") from None
@@ -193,7 +194,7 @@ class Shim:
         if not resumed and (run.vetoed or run.failed):
             # clients were (or may have been) told of a sleep: tell them how it ended,
             # once the local side is back
-            problems = topology.restore_local_side(self.cfg, log=self.log,
+            problems = lifecycle.restore_local_side(self.cfg, log=self.log,
                                                    pending_timeout_s=0.0)
             run.tl.add(EntryKind.RECOVERY, "shim", "restore before resume notice",
                        problems=problems)
@@ -223,7 +224,7 @@ class Shim:
 
     def _poll_ports(self, run: _Run) -> None:
         try:
-            states = {lk.ifname: lk.state for lk in topology.rdma_links()}
+            states = {lk.ifname: lk.state for lk in inventory.rdma_links()}
         except RxePowerError as exc:
             run.tl.add(EntryKind.NOTE, "shim", f"cannot poll ports: {exc.problem}")
             return
@@ -239,8 +240,8 @@ class Shim:
             return self._notify_suspend(run)
         if step is S.PORT_DOWN:
             t0 = time.monotonic_ns()
-            topology.set_netdev_up(cfg.local_netdev, False)
-            down = topology.wait_port_state(cfg.local_dev, "DOWN")
+            netdevs.set_netdev_up(cfg.local_netdev, False)
+            down = devices.wait_port_state(cfg.local_dev, "DOWN")
             # the step ends when the device's clients were told (PORT_ERR): the port state
             # changes first, the event follows from a kernel work queue; the reader must not
             # be closed (delete-device) before it came
@@ -265,37 +266,37 @@ class Shim:
                 run.reasons.append(run.veto.reason)
             return {"blocked_s": round(run.veto.blocked_s, 4), "veto": run.veto.detected}
         if step is S.DESTROY_NETDEV:
-            old = topology.netdev_ifindex(cfg.local_netdev)
-            topology.destroy_side_netdev(cfg, "local")
+            old = netdevs.netdev_ifindex(cfg.local_netdev)
+            netdevs.destroy_side_netdev(cfg, "local")
             return {"old_ifindex": old}
         if step is S.HOLD:
             time.sleep(req.hold_ms / 1000)  # the sleep itself: the device stays down this long
             return {"hold_ms": req.hold_ms}
         if step is S.CREATE_NETDEV:
-            topology.create_side_netdev(cfg, "local", up=False)
-            return {"new_ifindex": topology.netdev_ifindex(cfg.local_netdev)}
+            netdevs.create_side_netdev(cfg, "local", up=False)
+            return {"new_ifindex": netdevs.netdev_ifindex(cfg.local_netdev)}
         if step is S.CREATE_DEVICE:
-            topology.add_rdma_link(cfg.local_dev, cfg.local_netdev)
+            devices.add_rdma_link(cfg.local_dev, cfg.local_netdev)
             net = network.sysfs_netdev(cfg.local_netdev)
             up = bool(net and net[1])
-            took = topology.wait_port_state(cfg.local_dev, "ACTIVE" if up else "DOWN")
+            took = devices.wait_port_state(cfg.local_dev, "ACTIVE" if up else "DOWN")
             # the port shows in sysfs before the device's uverbs node exists: opening it
             # (the reader, the clients) must wait for that node
-            took = max(took, topology.wait_uverbs(cfg.local_dev))
+            took = max(took, devices.wait_uverbs(cfg.local_dev))
             self._open_events(run, cfg.local_dev)
             return {"present_after_s": round(took, 4)}
         if step is S.PORT_UP:
-            topology.side_up(cfg, "local")
-            topo = topology.wait_ports_active(cfg)
+            netdevs.side_up(cfg, "local")
+            topo = devices.wait_ports_active(cfg)
             run.device_after = topo.local.to_json()
             # the carrier drop flushed the neighbour tables: resolve the far addresses now,
             # or each side's first RC connect waits 1 s in the kernel (see resolve_neighbour)
-            neigh = {w: round(topology.resolve_neighbour(cfg, w) * 1000, 1)
+            neigh = {w: round(neighbour.resolve_neighbour(cfg, w) * 1000, 1)
                      for w in ("local", "peer")}
             return {"gid": topo.local.gid, "gid_index": topo.local.gid_index,
                     "ifindex": topo.local.ifindex, "arp_ms": neigh}
         if step is S.NOTIFY_RESUME:
-            topo = topology.discover(cfg)
+            topo = devices.discover(cfg)
             run.device_after = topo.local.to_json()
             info = DeviceInfo.from_endpoint(topo.local)
             tl.add(EntryKind.NOTIFY, "shim", "resume_complete", device=info.to_json())
@@ -341,9 +342,9 @@ class Shim:
         if whole is None:
             return []
         run.tl.add(EntryKind.RECOVERY, "shim", f"restoring: {whole}")
-        problems = topology.restore_local_side(
+        problems = lifecycle.restore_local_side(
             self.cfg, log=self.log, pending_timeout_s=0.0 if run.vetoed else
-            topology.RDMA_LINK_DELETE_TIMEOUT_S)
+            devices.RDMA_LINK_DELETE_TIMEOUT_S)
         run.tl.add(EntryKind.RECOVERY, "shim", "restored" if not problems else "not restored",
                    problems=problems)
         return problems
@@ -351,14 +352,14 @@ class Shim:
     def _whole(self) -> str | None:
         """None when the topology is whole, else what is wrong."""
         try:
-            topo = topology.discover(self.cfg)
+            topo = devices.discover(self.cfg)
         except TopologyError as exc:
             return exc.problem
         if topo.local.state != "ACTIVE" or topo.peer.state != "ACTIVE":
             return f"ports {topo.local.state}/{topo.peer.state}"
         return None
 
-    def _verdict(self, run: _Run, scan: kmsg.KmsgScan, before: topology.Topology,
+    def _verdict(self, run: _Run, scan: kmsg.KmsgScan, before: Topology,
                  not_restored: list[str]) -> TransitionResult:
         peer_events = [e for e in run.tl.of_kind(EntryKind.ASYNC_EVENT)
                        if e.source == self.cfg.peer_dev and e.what in BAD_PEER_EVENTS]

@@ -11,7 +11,7 @@ line, uverbs files) and applies the policy:
   ahead late, otherwise it is reported as vetoed. The blocked delete cannot be
   withdrawn (the kernel is already tearing the device down; it has vanished from
   `rdma link`), so it stays pending until the holders exit; the report says so.
-- force: terminate the holders (SIGTERM, then SIGKILL after HOLDER_TERM_TIMEOUT_S),
+- force: terminate the holders (SIGTERM, then SIGKILL after STOP_GRACE_S),
   as an OS that cannot wait would, and report each pid and how it ended.
 
 The device's uverbs files are read from sysfs *before* the delete starts: once
@@ -20,24 +20,21 @@ it starts they vanish from /sys/class/infiniband_verbs.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 
-import psutil
-
 from harness.core.errors import BoundExceeded, TopologyError
+from harness.core.proc import STOP_GRACE_S, ProcessRef, Stopped, stop_processes
 from harness.system.holders import SYSFS_VERBS, Holder, find_holders, uverbs_files
-from harness.topology import start_rdma_link_delete
+from harness.topology.devices import start_rdma_link_delete
 from power.plan import OnVeto
 
 VETO_DETECT_S = 0.5  # a delete still blocked this long after it reached the kernel is a veto
 DELETE_START_TIMEOUT_S = 10.0  # `rdma link delete` spawned -> the kernel deleting (its start)
 DELETE_START_POLL_S = 0.005
 VETO_WAIT_TIMEOUT_S = 5.0  # default bound for --on-veto wait
-HOLDER_TERM_TIMEOUT_S = 3.0  # SIGTERM -> SIGKILL
 DELETE_AFTER_RELEASE_TIMEOUT_S = 10.0  # holders gone -> delete finished
 
 
@@ -90,32 +87,22 @@ def _check_rc(proc: subprocess.Popen, dev: str) -> None:
 
 
 def terminate_holders(holders: list[Holder],
-                      timeout_s: float = HOLDER_TERM_TIMEOUT_S) -> list[dict]:
+                      timeout_s: float = STOP_GRACE_S) -> list[dict]:
     """SIGTERM every holder, SIGKILL what is left after the bound. Never ourselves."""
     out: list[dict] = []
-    procs: list[psutil.Process] = []
+    refs: list[ProcessRef] = []
     for h in holders:
         rec = {"pid": h.pid, "cmdline": h.cmdline}
         if h.pid == os.getpid():
             out.append({**rec, "how": "not terminated: it is the shim's own process (an "
                         "in-process client kept the device open)"})
-            continue
-        try:
-            p = psutil.Process(h.pid)
-            p.terminate()
-            procs.append(p)
-        except psutil.NoSuchProcess:
-            out.append({**rec, "how": "already gone"})
-    gone, alive = psutil.wait_procs(procs, timeout=timeout_s)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    killed, still = psutil.wait_procs(alive, timeout=timeout_s)
+        elif (ref := ProcessRef.now(h.pid)) is None:
+            out.append({**rec, "how": Stopped.ALREADY_GONE.value})
+        else:
+            refs.append(ref)
+    how = stop_processes(refs, grace_s=timeout_s, gone_timeout_s=timeout_s)
     cmd = {h.pid: h.cmdline for h in holders}
-    out += [{"pid": p.pid, "cmdline": cmd[p.pid], "how": "SIGTERM"} for p in gone]
-    out += [{"pid": p.pid, "cmdline": cmd[p.pid], "how": "SIGKILL"} for p in killed]
-    out += [{"pid": p.pid, "cmdline": cmd[p.pid], "how": "survived SIGKILL"} for p in still]
-    return out
+    return out + [{"pid": r.pid, "cmdline": cmd[r.pid], "how": how[r.pid].value} for r in refs]
 
 
 def delete_device(dev: str, on_veto: OnVeto, veto_wait_s: float = VETO_WAIT_TIMEOUT_S,

@@ -33,7 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-from harness import topology
 from harness.cli import bench_command, doctor
 from harness.cli.launch import (
     RESULTS_DIR,
@@ -45,6 +44,9 @@ from harness.cli.launch import (
 )
 from harness.core.errors import RxePowerError
 from harness.core.settings import SETTINGS, Mode, resolve
+from harness.topology import command_line as topology_command_line
+from harness.topology import devices, lifecycle, pingpong
+from harness.topology.config import TopologyConfig
 
 PYTEST_NO_TESTS = 5  # pytest.ExitCode.NO_TESTS_COLLECTED
 
@@ -106,7 +108,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if mode is Mode.VM:
         argv = [sys.executable, "-m", "harness.cli", "check", "--mode", "native"]
         return run_in_guest(argv, args.timeout_s, "vm-check-console.log")
-    return run_traffic_report(topology.TopologyConfig.from_settings())
+    return run_traffic_report(TopologyConfig.from_settings())
 
 
 
@@ -138,7 +140,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-matrix-console.log")
     else:
         junit = Path(args.junit).absolute() if args.junit else None
-        code = run_matrix(spec, topology.TopologyConfig.from_settings(), out_dir, junit)
+        code = run_matrix(spec, TopologyConfig.from_settings(), out_dir, junit)
     if args.command == "run" and (out_dir / "results.jsonl").exists() \
             and os.environ.get("RXE_POWER_IN_VM") != "1":
         from harness import report
@@ -169,7 +171,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
         return run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-stress-console.log")
     progress = make_progress(spec.cycles)
     try:
-        return run_stress(spec, topology.TopologyConfig.from_settings(), out_dir, progress)
+        return run_stress(spec, TopologyConfig.from_settings(), out_dir, progress)
     finally:
         if hasattr(progress, "stop"):
             progress.stop()
@@ -183,15 +185,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report.write_report(path, out_dir, log=print, pictures=not args.no_pictures)
 
 
-def run_traffic_report(cfg: topology.TopologyConfig) -> int:
+def run_traffic_report(cfg: TopologyConfig) -> int:
     """Bring up the topology, check it with ibv_rc_pingpong and our own traffic, report."""
     from harness.peer import traffic
     from harness.peer.controller import PeerAgent
 
     t0 = time.monotonic()
-    topo, built = topology.setup(cfg)
+    topo, built = lifecycle.setup(cfg)
     try:
-        ping = topology.pingpong_check(topo)
+        ping = pingpong.pingpong_check(topo)
         print(f"ibv_rc_pingpong {topo.local.dev} <-> {topo.peer.dev}: {ping.iters} iterations, "
               f"{ping.usec_per_iter} usec/iter")
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -199,7 +201,7 @@ def run_traffic_report(cfg: topology.TopologyConfig) -> int:
             stats = traffic.run_check(topo, agent)
     finally:
         if built:
-            topology.teardown(log=lambda m: None)
+            lifecycle.teardown(log=lambda m: None)
     print(f"\n{'operation':<12} {'messages':>9} {'bytes':>10} {'seconds':>8} {'MB/s':>7}  verdict")
     for st in stats:
         rate = st.bytes / st.seconds / 1e6 if st.seconds else 0.0
@@ -234,8 +236,8 @@ def cmd_transition(args: argparse.Namespace) -> int:
                 "--quiesce-timeout-s", str(req.quiesce_timeout_s), "--pm-level", req.pm_level,
                 *(["--json", args.json] if args.json else []), "--mode", "native"]
         return run_in_guest(argv, args.timeout_s, "vm-transition-console.log")
-    cfg = topology.TopologyConfig.from_settings()
-    topo, built = topology.setup(cfg, log=lambda m: None)
+    cfg = TopologyConfig.from_settings()
+    topo, built = lifecycle.setup(cfg, log=lambda m: None)
     if built:
         print(f"built the topology for this run ({topo.local.dev} <-> {topo.peer.dev}); "
               "it is removed afterwards")
@@ -244,7 +246,7 @@ def cmd_transition(args: argparse.Namespace) -> int:
             result = shim.run(req)
     finally:
         if built:
-            topology.teardown(log=lambda m: None)
+            lifecycle.teardown(log=lambda m: None)
     print("\n".join(render(result)))
     out = Path(args.json) if args.json else RESULTS_DIR / f"transition-{req.name}.json"
     result.write(out)
@@ -253,12 +255,12 @@ def cmd_transition(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    cfg = topology.TopologyConfig.from_settings()
-    problems = topology.restore_local_side(cfg)
+    cfg = TopologyConfig.from_settings()
+    problems = lifecycle.restore_local_side(cfg)
     for p in problems:
         print(f"not restored: {p}")
     if not problems:
-        topo = topology.discover(cfg)
+        topo = devices.discover(cfg)
         print(f"topology whole: {topo.local.dev} {topo.local.state}, {topo.peer.dev} "
               f"{topo.peer.state}")
     return 1 if problems else 0
@@ -268,7 +270,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     """What a killed run left (processes, blocked deletes, devices, netdevs, rules)."""
     from harness.topology.cleanup import cleanup
 
-    problems = cleanup(topology.TopologyConfig.from_settings())
+    problems = cleanup(TopologyConfig.from_settings())
     for p in problems:
         print(f"not cleaned: {p}")
     if not problems:
@@ -277,7 +279,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
-    return topology.main({"setup": ["up"], "teardown": ["down"], "show": ["show"]}[args.command])
+    return topology_command_line.main(
+        {"setup": ["up"], "teardown": ["down"], "show": ["show"]}[args.command])
 
 
 def build_parser() -> argparse.ArgumentParser:

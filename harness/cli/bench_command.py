@@ -7,11 +7,11 @@ import contextlib
 import json
 import os
 
-from harness import topology
 from harness.cli.launch import native_argv, run_in_guest, split_csv, start_results_command
 from harness.core.errors import SettingError
 from harness.core.settings import SETTINGS, Mode
 from harness.run.bench import BENCH_VM_TIMEOUT_S, SECTIONS, BenchSpec, host_load, run_bench
+from harness.topology.config import TopologyConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -71,4 +71,4 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 data["host_after"] = host_load()
                 path.write_text(json.dumps(data, indent=1, default=str))
         return code
-    return run_bench(spec, topology.TopologyConfig.from_settings(), out_dir)
+    return run_bench(spec, TopologyConfig.from_settings(), out_dir)

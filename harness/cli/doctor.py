@@ -20,11 +20,14 @@ from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-from harness import topology, vm
+from harness import vm
 from harness.cli.launch import native_rxe_available
 from harness.core.errors import OsCallError, RxePowerError
 from harness.core.settings import Mode, resolve
-from harness.system import command, rdma_netlink
+from harness.core.state import STATE_PATH, StateFile
+from harness.system import command, inventory, rdma_netlink
+from harness.topology import devices
+from harness.topology.config import Topology, TopologyConfig
 
 DOCTOR_IMPORT_TIMEOUT_S = 20.0  # `import pyverbs` in a child; a broken install must not hang us
 DOCTOR_CMD_TIMEOUT_S = 10.0  # rdma, dpkg-query
@@ -253,14 +256,14 @@ def check_package(dist: str, missing: Status, used_by: str, python: str = sys.ex
 
 
 def check_topology(native_ok: bool, is_root: bool,
-                   discover: Callable[[topology.TopologyConfig], topology.Topology] | None = None,
+                   discover: Callable[[TopologyConfig], Topology] | None = None,
                    ) -> Finding:
     if not native_ok:
         return ok("topology", "not checked: no native rxe (each VM run builds its own)")
     if not is_root:
         return warn("topology", "not checked: needs root", "run doctor as root")
     try:
-        topo = (discover or topology.discover)(topology.TopologyConfig.from_settings())
+        topo = (discover or devices.discover)(TopologyConfig.from_settings())
     except RxePowerError as exc:
         return warn("topology", f"not set up ({exc.problem})",
                     "rxe-power setup builds it; tests build it themselves")
@@ -274,12 +277,12 @@ def check_topology(native_ok: bool, is_root: bool,
 
 
 def _netdev_names() -> set[str]:
-    return {lk.ifname for lk in topology.ip_links()}
+    return {lk.ifname for lk in inventory.ip_links()}
 
 
 def _rdma_names() -> set[str]:
     try:
-        return {lk.ifname for lk in topology.rdma_links()}
+        return {lk.ifname for lk in inventory.rdma_links()}
     except RxePowerError:  # no RDMA netlink in this kernel: no rdma devices either
         return set()
 
@@ -287,11 +290,11 @@ def _rdma_names() -> set[str]:
 def check_state_file(path: Path | None = None, netdevs: Callable[[], set[str]] = _netdev_names,
                      rdma_devs: Callable[[], set[str]] = _rdma_names) -> Finding:
     """A topology state file whose devices are gone is a leftover for `rxe-power teardown`."""
-    path = path if path is not None else topology.STATE_PATH
+    path = path if path is not None else STATE_PATH
     if not path.exists():
         return ok("state file", f"no {path} (nothing of ours to remove)")
     try:
-        state = topology.StateFile.load(path)
+        state = StateFile.load(path)
         present = netdevs() | rdma_devs()
     except RxePowerError as exc:
         return warn("state file", exc.problem, exc.fix)

@@ -10,16 +10,17 @@ import sys
 import time
 from pathlib import Path
 
-from harness import topology, vm
+from harness import vm
 from harness.core.errors import RxePowerError
 from harness.core.settings import Mode
+from harness.system.rxe_module import rxe_module_loaded
 
 RESULTS_DIR = Path(os.environ.get("RXE_POWER_RESULTS", "results"))
 
 
 def native_rxe_available() -> tuple[bool, str]:
     """Can this kernel give us rxe devices? (module loaded, or loadable)."""
-    if topology.rxe_module_loaded():
+    if rxe_module_loaded():
         return True, "rdma_rxe is loaded in the running kernel"
     release = os.uname().release
     mod_dir = Path("/lib/modules") / release

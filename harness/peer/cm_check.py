@@ -17,7 +17,7 @@ from harness.peer import traffic
 from harness.peer.controller import PeerAgent
 from harness.rdma.cm import CmClient
 from harness.rdma.verbs import QpInfo, QpParams
-from harness.topology import Endpoint
+from harness.topology.config import Endpoint
 
 # --- a whole rdma_cm session in its own process -------------------------------------------
 #

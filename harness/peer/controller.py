@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import BoundExceeded, RxePowerError
-from harness.core.proc import spawn, wait_or_kill
+from harness.core.proc import spawn, stop_child
 from harness.core.protocol import REPLY_TIMEOUT_S, Channel, ProtocolError
 from harness.rdma.verbs import QpInfo
-from harness.topology import Endpoint
+from harness.topology.config import Endpoint
 
 AGENT_START_TIMEOUT_S = 30.0
 AGENT_STOP_TIMEOUT_S = 10.0
@@ -119,7 +119,7 @@ class PeerAgent:
                 self.chan.request("shutdown", AGENT_STOP_TIMEOUT_S)
         if self.chan is not None:
             self.chan.sock.close()
-        wait_or_kill(self.proc, AGENT_STOP_TIMEOUT_S)
+        stop_child(self.proc, AGENT_STOP_TIMEOUT_S)
         if self.proc.stdout:
             self.proc.stdout.close()
         self._log.close()

@@ -19,7 +19,7 @@ from harness.peer.controller import PeerAgent
 from harness.rdma import payload
 from harness.rdma.names import wc_status_name
 from harness.rdma.verbs import Device, QpInfo, QpParams, RcQp, opcode
-from harness.topology import Topology
+from harness.topology.config import Topology
 
 IMM_MASK = 0xFFFFFFFF
 

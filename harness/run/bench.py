@@ -145,8 +145,7 @@ def run_perftest(tool: str, topo: Any, size: int, iters: int, qd: int) -> Perfte
     """Server on the peer HCA, client on the local one connecting to the peer's address;
     both bounded. The client starts once the server listens on its TCP port (its banner
     sits in stdio's buffer until it exits)."""
-    from harness.topology import _free_tcp_port as free_tcp_port
-    from harness.topology import _tcp_listening as tcp_listening
+    from harness.system.tcp_ports import free_tcp_port, tcp_listening
 
     port = free_tcp_port()
     srv_argv = perftest_argv(tool, topo.peer.dev, topo.peer.gid_index, size, iters, qd, port)
@@ -473,8 +472,8 @@ def run_bench(spec: BenchSpec, cfg: Any, out_dir: Path, log: Callable[[str], Non
               ) -> int:
     """Run the sections of `spec`; 0 when every ledger held (figures are figures: a missed
     target is reported, not an error), 1 otherwise."""
-    from harness import topology
     from harness.peer.controller import PeerAgent
+    from harness.topology import lifecycle
     from power.notify import Notifier, private_clients_dir
     from power.shim import Shim
 
@@ -482,7 +481,7 @@ def run_bench(spec: BenchSpec, cfg: Any, out_dir: Path, log: Callable[[str], Non
     bench = Bench(spec, out_dir, log)
     bench.results = {"spec": spec.to_json(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                      "kernel": os.uname().release, "load_start": machine_load()}
-    topo, built = topology.setup(cfg, log=lambda m: None)
+    topo, built = lifecycle.setup(cfg, log=lambda m: None)
     bench.results["topology"] = topo.to_json()
     ok = True
     try:
@@ -507,7 +506,7 @@ def run_bench(spec: BenchSpec, cfg: Any, out_dir: Path, log: Callable[[str], Non
         bench.results["targets"] = targets(bench.results)
         bench.write()
         if built:
-            topology.teardown(log=lambda m: None)
+            lifecycle.teardown(log=lambda m: None)
     log("")
     for line in target_lines(bench.results["targets"]):
         log(line)
@@ -622,8 +621,8 @@ def cycle_section(bench: Bench, shim: Any, agent: Any, topo: Any, clients_dir: P
                   logs: Path, cfg: Any) -> bool:
     """Standby cycles under a fail-fast and a graceful client (both quiesce on the notice),
     the workers living through the cycles as in stress; every ledger must hold."""
-    from harness import topology
     from harness.run.scenario import run_round, spawn_workers
+    from harness.topology import lifecycle
     from harness.workload.ledger import WorkloadSpec
     from power.plan import OnVeto, Ordering
     from power.result import TransitionRequest
@@ -657,7 +656,7 @@ def cycle_section(bench: Bench, shim: Any, agent: Any, topo: Any, clients_dir: P
                               "counts": {c["client"]: c["counts"] for c in res["clients"]},
                               "opened": [e for c in res["clients"] for e in c["events"]
                                          if e["event"] == "opened"][-len(policies):]})
-            topology.restore_local_side(cfg, log=lambda m: None)
+            lifecycle.restore_local_side(cfg, log=lambda m: None)
     finally:
         for w in workers:
             w.close()
@@ -707,8 +706,8 @@ def stress_section(bench: Bench, cfg: Any) -> bool:
 def qp_section(bench: Bench, shim: Any, agent: Any, topo: Any, clients_dir: Path,
                logs: Path, cfg: Any) -> bool:
     """One standby with spec.qps QPs over spec.qp_workers queue-replay workers."""
-    from harness import topology
     from harness.run.scenario import run_round, spawn_workers
+    from harness.topology import lifecycle
     from power.plan import OnVeto, Ordering
     from power.result import TransitionRequest
 
@@ -727,7 +726,7 @@ def qp_section(bench: Bench, shim: Any, agent: Any, topo: Any, clients_dir: Path
     finally:
         for w in workers:
             w.close()
-    topology.restore_local_side(cfg, log=lambda m: None)
+    lifecycle.restore_local_side(cfg, log=lambda m: None)
     clients = res["clients"]
     total = sum(sum(c["counts"].values()) for c in clients)
     unaccounted = sum(len(c["unaccounted"]) for c in clients)

@@ -276,9 +276,9 @@ def run_matrix(spec: MatrixSpec, cfg: Any, out_dir: Path, junit: Path | None = N
                log: Callable[[str], None] = print) -> int:
     """Run every scenario; 0 when no row is broken, 1 otherwise. Results go to
     out_dir/results.jsonl as they happen; the table to out_dir/table.txt."""
-    from harness import topology
     from harness.peer.controller import PeerAgent
     from harness.run.scenario import run_scenario
+    from harness.topology import lifecycle
     from power.notify import Notifier, private_clients_dir
     from power.result import TransitionRequest
     from power.shim import Shim
@@ -287,7 +287,7 @@ def run_matrix(spec: MatrixSpec, cfg: Any, out_dir: Path, junit: Path | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     seconds: dict[str, float] = {}
-    topo, built = topology.setup(cfg, log=lambda m: None)
+    topo, built = lifecycle.setup(cfg, log=lambda m: None)
     log(f"matrix: {len(scenarios)} scenarios on {topo.local.dev} <-> {topo.peer.dev}; "
         f"results in {out_dir / 'results.jsonl'}")
     interrupted = False
@@ -313,7 +313,7 @@ def run_matrix(spec: MatrixSpec, cfg: Any, out_dir: Path, junit: Path | None = N
                 except RxePowerError as exc:
                     body["error"] = str(exc)
                     new = error_rows(body["scenario"], str(exc))
-                problems = topology.restore_local_side(cfg, log=lambda m: None)
+                problems = lifecycle.restore_local_side(cfg, log=lambda m: None)
                 seconds[sc.id] = body["seconds"] = round(time.monotonic() - t0, 3)
                 body["rows"] = [r.to_json() for r in new]
                 body["not_restored"] = problems
@@ -330,7 +330,7 @@ def run_matrix(spec: MatrixSpec, cfg: Any, out_dir: Path, junit: Path | None = N
                                                          for s in RowStatus}})
     finally:
         if built:
-            topology.teardown(log=lambda m: None)
+            lifecycle.teardown(log=lambda m: None)
     table = render_table(rows)
     (out_dir / "table.txt").write_text("\n".join([*table, "", LEGEND]) + "\n")
     log("\n".join(["", *table, LEGEND]))

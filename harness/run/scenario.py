@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
-from harness.core.proc import spawn, wait_or_kill
+from harness.core.proc import spawn, stop_child
 from harness.core.protocol import Channel
 from harness.workload.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_peer_view
 from power.notify import DeviceInfo
@@ -172,7 +172,7 @@ class ClientWorker:
 
     def close(self) -> None:
         self.chan.sock.close()
-        wait_or_kill(self.proc, WORKER_STOP_TIMEOUT_S)
+        stop_child(self.proc, WORKER_STOP_TIMEOUT_S)
         self._log.close()
 
     def __enter__(self) -> ClientWorker:

@@ -263,13 +263,13 @@ def run_stress(spec: StressSpec, cfg: Any, out_dir: Path,
                progress: Callable[[CycleOutcome, int, int], None],
                log: Callable[[str], None] = print) -> int:
     """0 when every cycle passed, 1 when any failed, 130 when interrupted."""
-    from harness import topology
     from harness.peer.controller import PeerAgent
+    from harness.topology import lifecycle
     from power.notify import Notifier, private_clients_dir
     from power.shim import Shim
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    topo, built = topology.setup(cfg, log=lambda m: None)
+    topo, built = lifecycle.setup(cfg, log=lambda m: None)
     failed = done = 0
     interrupted = False
     stress: Stress | None = None
@@ -290,7 +290,7 @@ def run_stress(spec: StressSpec, cfg: Any, out_dir: Path,
                     done += 1
                     failed += not outcome.ok
                     progress(outcome, failed, spec.cycles)
-                    problems = topology.restore_local_side(cfg, log=lambda m: None)
+                    problems = lifecycle.restore_local_side(cfg, log=lambda m: None)
                     if problems:
                         log(f"stress stopped: the local side was not restored: {problems}")
                         break
@@ -301,7 +301,7 @@ def run_stress(spec: StressSpec, cfg: Any, out_dir: Path,
             except KeyboardInterrupt:
                 interrupted = True
                 log(f"\ninterrupted after {done} cycles; the results so far are kept")
-                topology.restore_local_side(cfg, log=lambda m: None)
+                lifecycle.restore_local_side(cfg, log=lambda m: None)
             finally:
                 trends = summarize(stress.series)
                 out.write(RecordKind.SUMMARY, {"cycles": done, "failed": failed,
@@ -309,7 +309,7 @@ def run_stress(spec: StressSpec, cfg: Any, out_dir: Path,
                 stress.close()
     finally:
         if built:
-            topology.teardown(log=lambda m: None)
+            lifecycle.teardown(log=lambda m: None)
     log("\n".join(["", *render_summary(done, failed, trends, out_dir)]))
     return 130 if interrupted else 1 if failed else 0
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from harness.core.errors import BoundExceeded, NoRxe, RxePowerError, SettingError
+from harness.core.proc import STOP_GRACE_S, stop_child
 from harness.core.settings import parse_positive_float
 from harness.core.state import track, untrack
 
@@ -54,7 +55,6 @@ from harness.core.state import track, untrack
 
 VM_RUN_TIMEOUT_S = 1500.0  # whole guest command, boot included (TCG boot is ~15 s)
 KVM_PROBE_TIMEOUT_S = 10.0  # probe boot under KVM; ~1 s when KVM works, ~4 s under TCG
-KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a process group
 GROUP_GONE_BOUND_S = 2.0  # how long to wait for SIGKILLed group members to vanish
 READER_DRAIN_BOUND_S = 5.0  # how long to wait for the output pipe to close after exit
 
@@ -446,7 +446,7 @@ def probe_kvm(
         decided.wait(timeout_s)
         if eof.is_set():
             try:
-                exit_code = proc.wait(timeout=KILL_GRACE_S)
+                exit_code = proc.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 exit_code = None
     finally:
@@ -659,7 +659,7 @@ def run_logged(
     header: Iterable[str] = (),
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
-    kill_grace_s: float = KILL_GRACE_S,
+    kill_grace_s: float = STOP_GRACE_S,
     echo: IO[str] | None = None,
 ) -> RunOutcome:
     """Run `argv` in its own session; copy its merged output to `echo` and `log_path`.
@@ -692,12 +692,8 @@ def run_logged(
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out.set()
-                _terminate_leaves(proc.pid)
-                try:
-                    proc.wait(timeout=kill_grace_s)
-                except subprocess.TimeoutExpired:
-                    _signal_group(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                stop_child(proc, 0.0, grace_s=kill_grace_s, group=True,
+                           terminate=lambda ref: _terminate_leaves(ref.pid))
             _kill_stragglers(proc.pid)
 
         def pump() -> None:

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import topology, vm
+from harness import vm
 from harness.cli import doctor
 from harness.cli.doctor import Finding, Ran, Status
 from harness.core.errors import NoRxe, SettingError, TopologyError
+from harness.core.state import StateFile
+from harness.topology.config import Endpoint, Topology, TopologyConfig
 
 
 @pytest.fixture(autouse=True)
@@ -273,30 +275,30 @@ def test_package_table_covers_the_brief() -> None:
 # --- topology and state file ------------------------------------------------------------
 
 
-def endpoint(dev: str, state: str) -> topology.Endpoint:
-    return topology.Endpoint(dev, 1, f"n{dev}", 3, "198.18.0.1", "::ffff:c612:1", 1, state)
+def endpoint(dev: str, state: str) -> Endpoint:
+    return Endpoint(dev, 1, f"n{dev}", 3, "198.18.0.1", "::ffff:c612:1", 1, state)
 
 
 def test_topology() -> None:
     assert doctor.check_topology(False, True).status is Status.OK
     assert doctor.check_topology(True, False).status is Status.WARN
 
-    def absent(cfg: topology.TopologyConfig) -> topology.Topology:
+    def absent(cfg: TopologyConfig) -> Topology:
         raise TopologyError("RDMA device 'rxe0' not found (have: none)", "build it")
 
     f = doctor.check_topology(True, True, absent)
     assert f.status is Status.WARN and f.detail.startswith("not set up")
     assert "rxe-power setup" in f.fix
-    up = topology.Topology(endpoint("rxe0", "ACTIVE"), endpoint("rxe1", "ACTIVE"))
+    up = Topology(endpoint("rxe0", "ACTIVE"), endpoint("rxe1", "ACTIVE"))
     f = doctor.check_topology(True, True, lambda cfg: up)
     assert f.status is Status.OK and "rxe0 ACTIVE" in f.detail and "rxe1 ACTIVE" in f.detail
-    half = topology.Topology(endpoint("rxe0", "DOWN"), endpoint("rxe1", "ACTIVE"))
+    half = Topology(endpoint("rxe0", "DOWN"), endpoint("rxe1", "ACTIVE"))
     f = doctor.check_topology(True, True, lambda cfg: half)
     assert f.status is Status.WARN and f.fix == "rxe-power recover"
 
 
 def write_state(path: Path) -> None:
-    st = topology.StateFile(path)
+    st = StateFile(path)
     st.created = [{"kind": "netdev", "name": "rxpw0", "peer": "rxpw0s"},
                   {"kind": "rule", "args": ["pref", "1"]},
                   {"kind": "rdma_link", "name": "rxe0", "netdev": "rxpw0"}]

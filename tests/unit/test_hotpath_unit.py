@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clients.core import _journal_run
-from harness import topology
 from harness.core.errors import OsCallError, ProtocolError, SettingError
 from harness.rdma import payload
 from harness.run.scenario import ClientWorker
 from harness.system import gid_table, network, rdma_netlink
+from harness.topology import neighbour
 from harness.workload.ledger import (
     MAX_CLIENT_MR_BYTES,
     Ledger,
@@ -248,7 +248,7 @@ def test_neighbour_table(tmp_path: Path) -> None:
                    "rxpw0\n"
                    "198.18.0.1       0x1         0x0         00:00:00:00:00:00     *        "
                    "rxpw1\n")
-    assert topology.neighbour_resolved("198.18.0.2", "rxpw0", arp)
-    assert not topology.neighbour_resolved("198.18.0.1", "rxpw1", arp)  # incomplete
-    assert not topology.neighbour_resolved("198.18.0.2", "rxpw1", arp)
-    assert not topology.neighbour_resolved("198.18.0.2", "rxpw0", tmp_path / "missing")
+    assert neighbour.neighbour_resolved("198.18.0.2", "rxpw0", arp)
+    assert not neighbour.neighbour_resolved("198.18.0.1", "rxpw1", arp)  # incomplete
+    assert not neighbour.neighbour_resolved("198.18.0.2", "rxpw1", arp)
+    assert not neighbour.neighbour_resolved("198.18.0.2", "rxpw0", tmp_path / "missing")

@@ -12,13 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import topology
 from harness.core import protocol
 from harness.core.errors import OsCallError, ProtocolError, SettingError, TopologyError, oserror_to
 from harness.core.settings import Mode, resolve
+from harness.core.state import StateFile
 from harness.rdma import payload
 from harness.rdma.names import async_event_name, wc_opcode_name, wc_status_name
 from harness.system import command, gid_table, network, rdma_netlink
+from harness.topology import pingpong
+from harness.topology.config import RULE_PREFS, TopologyConfig
 
 
 # --- payload ------------------------------------------------------------------------------
@@ -121,9 +123,9 @@ def test_settings_error_names_source() -> None:
 
 def test_topology_config_validation() -> None:
     with pytest.raises(TopologyError, match="both"):
-        topology.TopologyConfig(local_dev="rxe0", peer_dev="rxe0").validate()
-    rules = topology.TopologyConfig().rules()
-    assert [r.priority for r in rules] == list(topology.RULE_PREFS)
+        TopologyConfig(local_dev="rxe0", peer_dev="rxe0").validate()
+    rules = TopologyConfig().rules()
+    assert [r.priority for r in rules] == list(RULE_PREFS)
     assert rules[3].selector_args() == ["pref", "4", "to", "198.18.0.2", "lookup", "18770"]
 
 
@@ -140,7 +142,7 @@ def test_parse_ip_rules(data_dir: Path) -> None:
     assert by_pref[1].iif == "rxpw0" and by_pref[1].table == "local"
     assert by_pref[10].src is None
     assert by_pref[100].src == "10.0.0.0/8"
-    ours = {tuple(r.selector_args()) for r in topology.TopologyConfig().rules()}
+    ours = {tuple(r.selector_args()) for r in TopologyConfig().rules()}
     assert tuple(by_pref[3].selector_args()) in ours
     assert tuple(by_pref[4].selector_args()) in ours
 
@@ -180,24 +182,24 @@ def test_read_gids_from_fake_sysfs(tmp_path: Path) -> None:
 def test_parse_pingpong() -> None:
     out = ("8192000 bytes in 0.35 seconds = 187.21 Mbit/sec\n"
            "1000 iters in 0.35 seconds = 350.00 usec/iter\n")
-    assert topology.parse_pingpong(out) == (1000, 350.0)
-    assert topology.parse_pingpong("garbage") is None
+    assert pingpong.parse_pingpong(out) == (1000, 350.0)
+    assert pingpong.parse_pingpong("garbage") is None
 
 
 # --- state file ---------------------------------------------------------------------------
 def test_state_file_roundtrip_and_corruption(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    st_ = topology.StateFile(path)
+    st_ = StateFile(path)
     st_.record("netdev", name="rxpw0", peer="rxpw1")
     st_.record("netdev", name="rxpw0", peer="rxpw1")  # idempotent
-    loaded = topology.StateFile.load(path)
+    loaded = StateFile.load(path)
     assert loaded.created == [{"kind": "netdev", "name": "rxpw0", "peer": "rxpw1",
                                "owner": {"pid": os.getpid(),
                                          "start": loaded.created[0]["owner"]["start"]}}]
     assert loaded.owns_netdev("rxpw1") and not loaded.owns_netdev("eth0")
     path.write_text('{"schema": 1, "created": [')
     with pytest.raises(TopologyError, match="corrupt") as exc:
-        topology.StateFile.load(path)
+        StateFile.load(path)
     assert "rm " in exc.value.fix
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import topology
 from harness.core.errors import ProtocolError, RxePowerError
 from harness.core.protocol import Message, decode
+from harness.topology.config import Endpoint
 from power.notify import (
     NOTIFY_SCHEMA,
     Answer,
@@ -127,7 +127,7 @@ def test_answer_json_roundtrip_and_latency() -> None:
 
 def test_device_info_json_and_from_endpoint() -> None:
     assert DeviceInfo.from_json(DEV.to_json()) == DEV
-    ep = topology.Endpoint(dev="rxe0", port=1, netdev="rxpw0", ifindex=12, addr="198.18.0.1",
+    ep = Endpoint(dev="rxe0", port=1, netdev="rxpw0", ifindex=12, addr="198.18.0.1",
                            gid="::ffff:198.18.0.1", gid_index=1, state="ACTIVE")
     assert DeviceInfo.from_endpoint(ep) == DEV
     assert DeviceInfo.from_json(ep.to_json()) == DEV  # extra keys ignored
