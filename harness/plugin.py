@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.core import settings
 from harness.core.errors import NotSupported, RxePowerError
 from harness.core.settings import SETTINGS, resolve
 from harness.system import holders, inventory
@@ -111,7 +112,7 @@ def _rxe_guard(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def results_dir() -> Path:
-    path = Path(os.environ.get("RXE_POWER_RESULTS", "results"))
+    path = settings.results_dir()
     (path / "logs").mkdir(parents=True, exist_ok=True)
     return path
 

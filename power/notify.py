@@ -83,8 +83,9 @@ from typing import Any, Protocol
 
 from harness.core.errors import FramingError, ProtocolError, RxePowerError
 from harness.core.protocol import MAX_INT, LineReader, Message, Schema, decode
+from harness.core.settings import clients_dir
 
-CLIENTS_DIR = Path(os.environ.get("RXE_POWER_CLIENTS_DIR", "/run/rxe-power/clients"))
+CLIENTS_DIR = clients_dir()  # RXE_POWER_CLIENTS_DIR
 
 
 @contextlib.contextmanager

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from harness.cli.launch import (
     split_csv,
     start_results_command,
 )
+from harness.core import settings
 from harness.core.errors import RxePowerError
 from harness.core.settings import SETTINGS, Mode, resolve
 from harness.topology import command_line as topology_command_line
@@ -142,7 +142,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         junit = Path(args.junit).absolute() if args.junit else None
         code = run_matrix(spec, TopologyConfig.from_settings(), out_dir, junit)
     if args.command == "run" and (out_dir / "results.jsonl").exists() \
-            and os.environ.get("RXE_POWER_IN_VM") != "1":
+            and not settings.in_vm():
         from harness import report
 
         report.write_report(out_dir / "results.jsonl", out_dir, log=print)

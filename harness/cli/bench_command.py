@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 
 from harness.cli.launch import native_argv, run_in_guest, split_csv, start_results_command
+from harness.core import settings
 from harness.core.errors import SettingError
 from harness.core.settings import SETTINGS, Mode
 from harness.run.bench import BENCH_VM_TIMEOUT_S, SECTIONS, BenchSpec, host_load, run_bench
@@ -61,8 +61,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                           f"sections {', '.join(spec.sections)}")
     if mode is Mode.VM:
         host = host_load()
-        os.environ["RXE_POWER_BENCH_HOST"] = json.dumps(
-            {**host, "other_qemu_pids": host["qemu_pids"]})
+        settings.export_bench_host({**host, "other_qemu_pids": host["qemu_pids"]})
         code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-bench-console.log")
         path = out_dir / "bench.json"
         if path.exists():  # what the host looked like once the guest was done

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from harness import vm
 from harness.cli.launch import native_rxe_available
+from harness.core import settings
 from harness.core.errors import OsCallError, RxePowerError
 from harness.core.settings import Mode, resolve
 from harness.core.state import STATE_PATH, StateFile
@@ -164,7 +165,7 @@ def check_kvm(kernel: vm.GuestKernel | None, qemu: str | None, *, dev_kvm: Path 
     if kernel is None or qemu is None:
         return warn("kvm", "not checked: needs qemu and a guest kernel", "fix those first")
     cache = cache_path if cache_path is not None else vm.default_accel_cache_path()
-    if probe or (os.environ if environ is None else environ).get(vm.ACCEL_ENV):
+    if probe or settings.vm_accel_override(environ):
         try:  # with RXE_POWER_VM_ACCEL set, choose_accel boots nothing
             choice = choose(kernel, qemu=Path(qemu), dev_kvm=dev_kvm, cache_path=cache)
         except RxePowerError as exc:

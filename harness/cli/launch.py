@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 from harness import vm
+from harness.core import settings
 from harness.core.errors import RxePowerError
 from harness.core.settings import Mode
 from harness.system.rxe_module import rxe_module_loaded
 
-RESULTS_DIR = Path(os.environ.get("RXE_POWER_RESULTS", "results"))
+RESULTS_DIR = settings.results_dir()
 
 
 def native_rxe_available() -> tuple[bool, str]:
@@ -43,8 +44,7 @@ def choose_mode(requested: Mode) -> tuple[Mode, str]:
 
 
 def _forwarded_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k.startswith("RXE_POWER_") and k not in ("RXE_POWER_MODE",)}
+    env = {k: v for k, v in settings.own_environment().items() if k != "RXE_POWER_MODE"}
     env["RXE_POWER_IN_VM"] = "1"
     return env
 

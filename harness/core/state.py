@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.core.errors import TopologyError
+from harness.core.settings import state_path
 
-STATE_PATH = Path(os.environ.get("RXE_POWER_STATE", "/run/rxe-power/topology.json"))
+STATE_PATH = state_path()  # RXE_POWER_STATE
 STATE_SCHEMA = 1
 OWNER_KEYS = ("owner", "keep")  # bookkeeping, not part of an entry's identity
 RUN_KINDS = ("process", "dir")  # what a run makes for itself, besides the topology

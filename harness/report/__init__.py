@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from harness.core import settings
 from harness.core.errors import RxePowerError
 from harness.run.matrix import (
     COLUMNS,
@@ -297,12 +298,12 @@ def _persistent_mpl_cache() -> None:
     """Where the home directory is read-only (the VM guest shares the host's root read-only),
     matplotlib builds its font cache afresh in a temporary directory in every process: 15 s
     under emulation. Keep it under the results folder instead (written back to the host)."""
-    if "MPLCONFIGDIR" in os.environ or os.access(Path.home() / ".config", os.W_OK):
+    if settings.mpl_config_dir_set() or os.access(Path.home() / ".config", os.W_OK):
         return
-    cache = Path(os.environ.get("RXE_POWER_RESULTS", "results")).absolute() / ".matplotlib"
+    cache = settings.results_dir().absolute() / ".matplotlib"
     with contextlib.suppress(OSError):
         cache.mkdir(parents=True, exist_ok=True)
-        os.environ["MPLCONFIGDIR"] = str(cache)
+        settings.export_mpl_config_dir(cache)
 
 
 def _figure(w_in: float, h_in: float) -> Any:

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.core import settings
 from harness.core.errors import BoundExceeded, RxePowerError, SettingError
 
 BENCH_VM_TIMEOUT_S = 3600.0
@@ -430,10 +431,8 @@ def cycle_parts(res: dict) -> dict[str, float]:
 def machine_load() -> dict:
     """Where the figures were taken: load average and CPUs here; for a VM run, the host's
     (measured before the guest booted: RXE_POWER_BENCH_HOST)."""
-    host = os.environ.get("RXE_POWER_BENCH_HOST")
     return {"loadavg": [round(x, 2) for x in os.getloadavg()], "nproc": os.cpu_count(),
-            "in_vm": os.environ.get("RXE_POWER_IN_VM") == "1",
-            "host": json.loads(host) if host else None}
+            "in_vm": settings.in_vm(), "host": settings.bench_host()}
 
 
 def host_load() -> dict:

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from harness.core import settings
 from harness.core.errors import RxePowerError
 
 RESULTS_SCHEMA = 1
@@ -45,7 +46,7 @@ class ResultsWriter:
             "command": command, "spec": spec,
             "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "host": {"node": platform.node(), "kernel": platform.release(),
-                     "in_vm": os.environ.get("RXE_POWER_IN_VM") == "1"}})
+                     "in_vm": settings.in_vm()}})
 
     def write(self, kind: RecordKind, body: dict[str, Any]) -> None:
         line = json.dumps({"schema": RESULTS_SCHEMA, "kind": kind.value, **body},

@@ -28,6 +28,7 @@ from typing import Any
 
 import psutil
 
+from harness.core import settings
 from harness.core.errors import RxePowerError, SettingError
 from harness.run.matrix import OP_MIXES, MatrixSpec
 from harness.run.resultsfile import RecordKind, ResultsWriter
@@ -378,6 +379,6 @@ def make_progress(total: int) -> Any:
     """A bar on a terminal; lines otherwise (CI logs, the VM's console)."""
     import sys
 
-    if sys.stdout.isatty() and os.environ.get("RXE_POWER_IN_VM") != "1":
+    if sys.stdout.isatty() and not settings.in_vm():
         return RichProgress(total)
     return LineProgress(total)

@@ -46,7 +46,14 @@ from typing import IO, Any
 
 from harness.core.errors import BoundExceeded, NoRxe, RxePowerError, SettingError
 from harness.core.proc import STOP_GRACE_S, stop_child
-from harness.core.settings import parse_positive_float
+from harness.core.settings import (
+    VM_ACCEL_ENV,
+    VM_KERNEL_ENV,
+    parse_positive_float,
+    runtime_dir,
+    vm_accel_override,
+    vm_kernel_override,
+)
 from harness.core.state import track, untrack
 
 # ---------------------------------------------------------------------------
@@ -61,8 +68,8 @@ READER_DRAIN_BOUND_S = 5.0  # how long to wait for the output pipe to close afte
 TIMEOUT_EXIT_CODE = 124  # as coreutils timeout(1)
 HARNESS_ERROR_EXIT_CODE = 125  # the runner itself failed (as timeout(1) does)
 
-KERNEL_ENV = "RXE_POWER_VM_KERNEL"
-ACCEL_ENV = "RXE_POWER_VM_ACCEL"
+KERNEL_ENV = VM_KERNEL_ENV
+ACCEL_ENV = VM_ACCEL_ENV
 ACCELS = ("kvm", "tcg")
 
 DEFAULT_BOOT_DIR = Path("/boot")
@@ -199,7 +206,7 @@ def find_guest_kernel(
     """
     source = "argument override"
     if override is None:
-        override = os.environ.get(KERNEL_ENV) or None
+        override = vm_kernel_override()
         source = f"environment variable {KERNEL_ENV}"
     if override is not None:
         return _override_kernel(override, modules_root, source)
@@ -462,8 +469,8 @@ def probe_kvm(
 
 def default_accel_cache_path() -> Path:
     """/run/rxe-power/accel.json for root; else under $XDG_RUNTIME_DIR (also per boot)."""
-    if os.geteuid() != 0 and os.environ.get("XDG_RUNTIME_DIR"):
-        return Path(os.environ["XDG_RUNTIME_DIR"], "rxe-power", "accel.json")
+    if os.geteuid() != 0 and (runtime := runtime_dir()) is not None:
+        return runtime / "rxe-power" / "accel.json"
     return ACCEL_CACHE_PATH
 
 
@@ -549,7 +556,7 @@ def choose_accel(
     """
     source = "argument forced"
     if forced is None:
-        forced = os.environ.get(ACCEL_ENV) or None
+        forced = vm_accel_override()
         source = f"environment variable {ACCEL_ENV}"
     if forced is not None:
         accel = _parse_accel(forced, source)
