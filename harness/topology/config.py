@@ -6,6 +6,7 @@ policy rules and tables that force traffic onto the wire, and the HCAs as discov
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from harness.core.errors import TopologyError
 from harness.core.settings import resolve
@@ -107,7 +108,7 @@ class Endpoint:
     gid_index: int
     state: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -116,5 +117,5 @@ class Topology:
     local: Endpoint
     peer: Endpoint
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"local": self.local.to_json(), "peer": self.peer.to_json()}

@@ -106,7 +106,7 @@ def add_rdma_link(dev: str, netdev: str) -> None:
     command.run(["rdma", "link", "add", dev, "type", "rxe", "netdev", netdev])
 
 
-def start_rdma_link_delete(dev: str) -> subprocess.Popen:
+def start_rdma_link_delete(dev: str) -> subprocess.Popen[str]:
     """`rdma link delete DEV` as a child process: it blocks in the kernel while DEV is held."""
     return subprocess.Popen(["rdma", "link", "delete", dev], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -8,13 +8,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 from harness.core.errors import NoRxe, NotOurs, RxePowerError, TopologyError
-from harness.core.proc import reap_stale
-from harness.core.state import STATE_PATH, StateFile, alive
+from harness.core.proc import Log, reap_stale
+from harness.core.state import STATE_PATH, Entry, StateFile, alive
 from harness.system.inventory import ip_addrs, ip_links, ip_routes, ip_rules, rdma_links
 from harness.system.rxe_module import load_rxe_module
 from harness.topology.config import (
@@ -43,8 +42,6 @@ from harness.topology.netdevs import (
     side_up,
     sysctl_path,
 )
-
-Log = Callable[[str], None]
 
 
 def require_root() -> None:
@@ -96,7 +93,7 @@ def is_up(cfg: TopologyConfig, state: StateFile) -> bool:
     return topo.local.state == "ACTIVE" and topo.peer.state == "ACTIVE"
 
 
-def setup(cfg: TopologyConfig, log=print, keep: bool = False) -> tuple[Topology, bool]:
+def setup(cfg: TopologyConfig, log: Log = print, keep: bool = False) -> tuple[Topology, bool]:
     """Build the topology (idempotent). Returns (topology, built): `built` means this
     caller owns it and removes it at its end. `keep`: `rxe-power setup`, it stays.
 
@@ -163,7 +160,7 @@ def setup(cfg: TopologyConfig, log=print, keep: bool = False) -> tuple[Topology,
     return topo, True
 
 
-def _move_local_rule(state: StateFile, log, keep: bool) -> None:
+def _move_local_rule(state: StateFile, log: Log, keep: bool) -> None:
     """Move the system's `pref 0 lookup local` below our rules (restored on teardown)."""
     rules = ip_rules()
     if any(r.priority == 0 and r.table == "local" and not (r.src or r.dst or r.iif)
@@ -175,7 +172,7 @@ def _move_local_rule(state: StateFile, log, keep: bool) -> None:
         log(f"moved 'lookup local' from pref 0 to {LOCAL_RULE_NEW_PREF} (restored on teardown)")
 
 
-def restore_local_side(cfg: TopologyConfig, log=print,
+def restore_local_side(cfg: TopologyConfig, log: Log = print,
                        pending_timeout_s: float = RDMA_LINK_DELETE_TIMEOUT_S) -> list[str]:
     """Put the local side back (netdev, address, route, link up, device, ports ACTIVE).
 
@@ -215,7 +212,7 @@ def restore_local_side(cfg: TopologyConfig, log=print,
 
 
 
-def teardown(log=print, state_path: Path | None = None) -> list[str]:
+def teardown(log: Log = print, state_path: Path | None = None) -> list[str]:
     """Remove exactly what the state file records, newest first. Returns problems left."""
     require_root()
     state = StateFile.load(state_path or STATE_PATH)
@@ -246,7 +243,7 @@ def teardown(log=print, state_path: Path | None = None) -> list[str]:
     return problems
 
 
-def _undo(entry: dict, log) -> None:
+def _undo(entry: Entry, log: Log) -> None:
     kind = entry["kind"]
     if kind == "rdma_link":
         if any(lk.ifname == entry["name"] and lk.netdev in (entry["netdev"], None)
