@@ -9,7 +9,8 @@ time, so a reused pid is never mistaken for ours). A change is a locked
 read-modify-write of the file (flock), written atomically and fsynced, so every
 process of a run (and a second run) sees the same record, and a SIGKILL at any
 point leaves a file that says exactly what exists. `rxe-power cleanup`
-(harness/cleanup.py) and the next run read it to remove what a killed run left.
+(harness/topology/cleanup.py) and the next run (harness/core/proc.py `reap_stale`,
+then the topology's setup) read it to remove what a killed run left.
 """
 
 from __future__ import annotations
