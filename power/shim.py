@@ -195,7 +195,7 @@ class Shim:
             # clients were (or may have been) told of a sleep: tell them how it ended,
             # once the local side is back
             problems = lifecycle.restore_local_side(self.cfg, log=self.log,
-                                                   pending_timeout_s=0.0)
+                                                    pending_timeout_s=0.0)
             run.tl.add(EntryKind.RECOVERY, "shim", "restore before resume notice",
                        problems=problems)
             if not problems:

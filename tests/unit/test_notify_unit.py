@@ -128,7 +128,7 @@ def test_answer_json_roundtrip_and_latency() -> None:
 def test_device_info_json_and_from_endpoint() -> None:
     assert DeviceInfo.from_json(DEV.to_json()) == DEV
     ep = Endpoint(dev="rxe0", port=1, netdev="rxpw0", ifindex=12, addr="198.18.0.1",
-                           gid="::ffff:198.18.0.1", gid_index=1, state="ACTIVE")
+                  gid="::ffff:198.18.0.1", gid_index=1, state="ACTIVE")
     assert DeviceInfo.from_endpoint(ep) == DEV
     assert DeviceInfo.from_json(ep.to_json()) == DEV  # extra keys ignored
     with pytest.raises(ProtocolError, match="port"):
