@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from harness.core.state import StateFile, alive, process_start, track, untrack
+from harness.core.state import Entry, StateFile, alive, process_start, track, untrack
 
 STOP_GRACE_S = 3.0  # SIGTERM -> SIGKILL: the one grace every stop gives a process
 GONE_TIMEOUT_S = 3.0  # SIGKILL -> gone; still there then: uninterruptible (D state), left
@@ -153,7 +153,7 @@ def stop_child(
     return how
 
 
-def end_recorded(entry: dict[str, Any], log: Log) -> str | None:
+def end_recorded(entry: Entry, log: Log) -> str | None:
     """Stop the process a state file entry records (its group if it leads one).
     Returns a problem, or None once it is gone (or was never there)."""
     pid = int(entry["pid"])
