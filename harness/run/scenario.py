@@ -23,12 +23,12 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
 from harness.core.proc import spawn, wait_or_kill
 from harness.core.protocol import Channel
+from harness.run.scenario_result import ClientEnd, ClientResult, ScenarioResult
 from harness.workload.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_peer_view
 from power.notify import DeviceInfo
 
@@ -42,48 +42,6 @@ WORKER_STOP_TIMEOUT_S = 5.0
 # 30 s (rxe's requester kept retransmitting), so a short bound reports NO_COMPLETION.
 PEER_PROBE_TIMEOUT_S = 2.0
 LEDGER_PAGE_REQUESTS = 20_000  # asked for per page (the worker may send fewer)
-
-
-@dataclass
-class ClientResult:
-    client: str
-    policy: str
-    crashed: bool = False
-    crash: str = ""
-    in_flight_at_crash: list[int] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-    peer_counts: dict[str, int] = field(default_factory=dict)
-    unaccounted: list[int] = field(default_factory=list)
-    metrics: dict = field(default_factory=dict)
-    clean_shutdown: dict = field(default_factory=dict)
-    atomics: dict = field(default_factory=dict)
-    ledger: list[dict] = field(default_factory=list)
-    events: list[dict] = field(default_factory=list)  # the client's notes: {t_ns, event, ...}
-    peer_events: list[dict] = field(default_factory=list)  # what the peer saw: {t_ns, what}
-
-    @property
-    def invariant_ok(self) -> bool:
-        return not self.crashed and not self.unaccounted
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "invariant_ok": self.invariant_ok}
-
-
-@dataclass
-class ScenarioResult:
-    transition: dict  # the TransitionResult JSON
-    clients: list[ClientResult]
-
-    @property
-    def ok(self) -> bool:
-        return all(c.invariant_ok for c in self.clients)
-
-    def client(self, policy: str) -> ClientResult:
-        return next(c for c in self.clients if c.policy == policy)
-
-    def to_json(self) -> dict:
-        return {"transition": self.transition, "clients": [c.to_json() for c in self.clients],
-                "ok": self.ok}
 
 
 class ClientWorker:
@@ -223,11 +181,14 @@ def finish(worker: ClientWorker, transition: str,
         rep["ledger"] = worker.fetch_ledger(int(rep["requests"]))
     except (WorkerDied, ProtocolError, BoundExceeded, OSError) as exc:
         worker.proc.poll()
-        res.crashed = True
         how = (terminated or {}).get(worker.pid)
-        why = (f"terminated by the shim ({how}) under --on-veto force: it held the device"
-               if how else worker.crash_text() if worker.proc.returncode is not None
-               else str(exc))
+        if how:
+            res.ended = ClientEnd.TERMINATED_BY_SHIM
+            why = f"terminated by the shim ({how}) under --on-veto force: it held the device"
+        elif worker.proc.returncode is not None:
+            res.ended, why = ClientEnd.DIED, worker.crash_text()
+        else:
+            res.ended, why = ClientEnd.NO_REPLY, str(exc)
         res.crash = f"client {worker.name} ({worker.policy}) during {transition}: {why}"
         res.in_flight_at_crash = worker.in_flight()
         return res, None
@@ -349,7 +310,7 @@ def run_round(shim: object, agent: object, workers: list[ClientWorker], request:
                 agent.request("probe_start", 30.0, qp_id=aq["qp_id"])
     results = [account(res, rep, agent, probe) if rep is not None else res
                for res, rep in finished]
-    return ScenarioResult(tres.to_json(), results)
+    return ScenarioResult(tres, results)
 
 
 def run_scenario(shim: object, agent: object, local: object, request: object,
@@ -365,8 +326,8 @@ def run_scenario(shim: object, agent: object, local: object, request: object,
 
 
 def render(res: ScenarioResult) -> list[str]:
-    t = res.transition
-    out = [f"{t['request']['name']} {t['request']['ordering']}: verdict {t['verdict']}"]
+    req = res.transition.request
+    out = [f"{req.name} {req.ordering}: verdict {res.transition.verdict}"]
     for c in res.clients:
         if c.crashed:
             out.append(f"  {c.policy:<13} CRASHED: {c.crash}; in flight: {c.in_flight_at_crash}")

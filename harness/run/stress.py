@@ -30,9 +30,12 @@ import psutil
 
 from harness.core.errors import RxePowerError, SettingError
 from harness.run.matrix import OP_MIXES, MatrixSpec
+from harness.run.records import CycleClient
 from harness.run.resultsfile import RecordKind, ResultsWriter
+from harness.run.scenario_result import ClientEnd
 from harness.system import command
 from power.plan import OnVeto, Ordering, get_transition
+from power.result import Verdict
 
 RES_KINDS = ("qp", "cq", "mr", "pd")
 FD_SLACK = 2  # open fds a worker may have above its first-cycle figure
@@ -215,18 +218,17 @@ class Stress:
                                 self.spec.on_veto)
         res = run_round(self.shim, self.agent, self.workers, req, probe=False)
         t = res.transition
-        if t["verdict"] not in ("completed", "forced"):
-            failures.append(f"transition {t['verdict']}: {'; '.join(t['reasons'])}")
+        if t.verdict not in (Verdict.COMPLETED, Verdict.FORCED):
+            failures.append(f"transition {t.verdict.value}: {'; '.join(t.reasons)}")
         for c in res.clients:
             if c.unaccounted:
                 failures.append(f"{c.client}: {len(c.unaccounted)} requests unaccounted")
-            if c.crashed and "terminated by the shim" not in c.crash:
+            if c.crashed and c.ended is not ClientEnd.TERMINATED_BY_SHIM:
                 failures.append(f"{c.client} crashed: {c.crash}")
-        kernel = t.get("kernel") or {}
-        hits = kernel.get("hits", [])
-        for h in hits:
-            failures.append(f"kernel log: {h['pattern']}: {h['record']['message']}")
-        if kernel.get("gap"):
+        for h in t.kernel.hits if t.kernel else []:
+            failures.append(f"kernel log: {h.pattern}: {h.record.message}")
+        hits = [h.to_json() for h in t.kernel.hits] if t.kernel else []
+        if t.kernel and t.kernel.gap:
             failures.append("kernel log: the ring buffer wrapped past the cycle's marker")
         usage = {w.name: Usage.of(w.pid) for w in self.workers if w.proc.poll() is None}
         usage["controller"] = Usage.of(os.getpid())
@@ -243,15 +245,14 @@ class Stress:
         for dev in devs:
             for k in RES_KINDS:
                 self.series.setdefault(f"{dev}.{k}", []).append(res_now.get(dev, {}).get(k, 0))
-        self.series.setdefault("transition_ms", []).append(t.get("total_ms", 0.0))
+        total_ms = round(t.total_ms, 3)
+        self.series.setdefault("transition_ms", []).append(total_ms)
         out = CycleOutcome(n, not failures, failures, round(time.monotonic() - t0, 3))
-        clients = [{"client": c.client, "policy": c.policy, "counts": c.counts,
-                    "unaccounted": len(c.unaccounted), "crashed": c.crashed, "crash": c.crash,
-                    "recovery_ms": c.clean_shutdown.get("resume_to_first_ok_ms")}
-                   for c in res.clients]
+        clients = [CycleClient(c.client, c.policy, c.counts, len(c.unaccounted), c.ended,
+                               c.crash, c.recovery_ms).to_json() for c in res.clients]
         body = {"cycle": n, "ok": out.ok, "failures": failures, "notes": notes,
-                "seconds": out.seconds, "verdict": t["verdict"],
-                "transition_ms": t.get("total_ms"), "clients": clients,
+                "seconds": out.seconds, "verdict": t.verdict.value,
+                "transition_ms": total_ms, "clients": clients,
                 "usage": {k: asdict(v) for k, v in usage.items()}, "rdma_res": res_now,
                 "kernel_hits": hits}
         if not out.ok or self.spec.keep_ledgers:
