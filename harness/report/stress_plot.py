@@ -45,9 +45,9 @@ def render_stress(sec: Section, out: Path) -> Path:
     kind_colours = dict(zip(RES_KINDS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"),
                             strict=True))
     for j, dev in enumerate(devs):
-        for i, k in enumerate(RES_KINDS):
-            plot(axes[1][1], f"{dev}.{k}", f"{dev} {k}", k=4 * j + i, color=kind_colours[k],
-                 ls=("-", "--", ":", "-.")[j % 4])
+        for i, kind in enumerate(RES_KINDS):
+            plot(axes[1][1], f"{dev}.{kind}", f"{dev} {kind}", k=4 * j + i,
+                 color=kind_colours[kind], ls=("-", "--", ":", "-.")[j % 4])
     plot(axes[2][0], "transition_ms", "transition", color="#24476b")
     secs = [(cycle_number(c, i), c.seconds) for i, c in enumerate(sec.cycles, 1)
             if c.seconds is not None]

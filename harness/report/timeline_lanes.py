@@ -105,7 +105,7 @@ EVENT_COLOURS = {"notice": "#1f77b4", "error": "#d62728", "clean": "#2ca02c",
                  "flushed": "#ff7f0e", "other": "#555555"}
 
 
-def client_event_label(ev: dict) -> tuple[str, str]:
+def client_event_label(ev: dict[str, Any]) -> tuple[str, str]:
     """(text, colour class) of one of a client's own notes."""
     name = str(ev.get("event", "?"))
     if name == "opened":
@@ -131,7 +131,7 @@ def client_event_label(ev: dict) -> tuple[str, str]:
     return name, "other"
 
 
-def attempt_class(att: dict) -> str:
+def attempt_class(att: dict[str, Any]) -> str:
     if att.get("errno") is not None and att.get("completed_ns") is None:
         return "rejected-at-post"
     st = att.get("status")

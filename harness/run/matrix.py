@@ -65,7 +65,7 @@ class Scenario:
     def id(self) -> str:
         return f"{self.transition}/{self.ordering}/{'+'.join(self.policies)}/{self.mix}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"transition": self.transition, "ordering": self.ordering.value,
                 "policies": list(self.policies), "mix": self.mix, "id": self.id}
 
@@ -125,14 +125,14 @@ class MatrixSpec:
                     out += [Scenario(t, o, g, mix) for g in groups]
         return out
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["orderings"] = [o.value for o in self.orderings]
         d["on_veto"] = self.on_veto.value
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> MatrixSpec:
+    def from_json(cls, d: dict[str, Any]) -> MatrixSpec:
         return cls(tuple(d["transitions"]), tuple(parse_ordering(o) for o in d["orderings"]),
                    tuple(d["policies"]), tuple(d["mixes"]), d["together"], d["count"],
                    d["rate_per_s"], d["queue_depth"], d["hold_ms"], parse_on_veto(d["on_veto"]))
@@ -156,11 +156,11 @@ class Row:
     findings: list[str] = field(default_factory=list)
     status: RowStatus = RowStatus.CLEAN
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "status": self.status.value}
 
     @classmethod
-    def from_json(cls, d: dict) -> Row:
+    def from_json(cls, d: dict[str, Any]) -> Row:
         return cls(**{**d, "status": RowStatus(d["status"])})
 
 
@@ -272,7 +272,7 @@ def junit_xml(rows: list[Row], seconds: dict[str, float]) -> bytes:
             tag = "failure" if r.status is RowStatus.BAD else "error"
             ET.SubElement(case, tag, message="; ".join(r.findings)).text = (
                 f"{r.scenario}: verdict {r.verdict}; outcomes {r.counts}; peer {r.peer}")
-    return ET.tostring(suite, encoding="utf-8", xml_declaration=True)
+    return bytes(ET.tostring(suite, encoding="utf-8", xml_declaration=True))
 
 
 # --- running ------------------------------------------------------------------------------------

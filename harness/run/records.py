@@ -28,6 +28,16 @@ def _int_or_none(v: object) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
+def _mapping(v: object) -> dict[str, object]:
+    return {str(k): x for k, x in v.items()} if isinstance(v, dict) else {}
+
+
+def _figures(v: object) -> dict[str, float]:
+    """The numbers of a {name: number} record (anything else in it is left out)."""
+    return {k: x for k, x in _mapping(v).items()
+            if isinstance(x, int | float) and not isinstance(x, bool)}
+
+
 def _strs(v: object) -> list[str]:
     return [str(x) for x in v] if isinstance(v, list) else []
 
@@ -134,20 +144,15 @@ class CycleRecord:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> CycleRecord:
         schema = int(d.get("schema") or 1)
-        usage = d.get("usage") if isinstance(d.get("usage"), dict) else {}
-        res = d.get("rdma_res") if isinstance(d.get("rdma_res"), dict) else {}
         rec = cls(schema, _int_or_none(d.get("cycle")), bool(d.get("ok")),
                   _strs(d.get("failures")), _strs(d.get("notes")),
                   _float_or_none(d.get("seconds")), str(d.get("verdict") or ""),
                   _float_or_none(d.get("transition_ms")),
                   [CycleClient.from_json(c, schema) for c in d.get("clients") or []
                    if isinstance(c, dict)],
-                  {str(k): {str(f): v for f, v in (u or {}).items()
-                            if isinstance(v, int | float) and not isinstance(v, bool)}
-                   for k, u in usage.items()},
-                  {str(k): {str(f): int(v) for f, v in (c or {}).items()
-                            if isinstance(v, int | float)}
-                   for k, c in res.items()},
+                  {k: _figures(u) for k, u in _mapping(d.get("usage")).items()},
+                  {k: {f: int(v) for f, v in _figures(c).items()}
+                   for k, c in _mapping(d.get("rdma_res")).items()},
                   [h for h in d.get("kernel_hits") or [] if isinstance(h, dict)])
         if isinstance(d.get("result"), dict):
             try:

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
 from harness.core.proc import spawn, wait_or_kill
@@ -31,6 +32,12 @@ from harness.core.protocol import Channel
 from harness.run.scenario_result import ClientEnd, ClientResult, ScenarioResult
 from harness.workload.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_peer_view
 from power.notify import DeviceInfo
+
+if TYPE_CHECKING:  # types only: the controller objects a scenario is run with
+    from harness.peer.controller import PeerAgent
+    from harness.topology import Endpoint
+    from power.result import TransitionRequest
+    from power.shim import Shim
 
 WORKER_START_TIMEOUT_S = 60.0
 PROGRESS_TIMEOUT_S = 60.0
@@ -76,7 +83,7 @@ class ClientWorker:
         self.spec = spec
         self.request("round", WORKER_START_TIMEOUT_S, spec=spec.to_json())
 
-    def request(self, event: str, reply_timeout_s: float, **payload: object) -> dict:
+    def request(self, event: str, reply_timeout_s: float, **payload: object) -> dict[str, Any]:
         try:
             return self.chan.request(event, reply_timeout_s, **payload)
         except (ProtocolError, OSError) as exc:
@@ -169,7 +176,8 @@ def wait_progress(workers: list[ClientWorker], fraction: float) -> None:
 
 
 def finish(worker: ClientWorker, transition: str,
-           terminated: dict[int, str] | None = None) -> tuple[ClientResult, dict | None]:
+           terminated: dict[int, str] | None = None,
+           ) -> tuple[ClientResult, dict[str, Any] | None]:
     """Have one worker finish its workload; a dead worker becomes a crash result.
     `terminated`: pids the shim terminated under --on-veto force (it reaped them, so
     their exit status is gone), with how."""
@@ -196,21 +204,23 @@ def finish(worker: ClientWorker, transition: str,
     return res, rep
 
 
-def left_behind(rep: dict | None) -> list[dict]:
+def left_behind(rep: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The agent QPs of QP generations the client left behind (not its current one)."""
-    return [aq for aq in (rep or {}).get("agent_qps", [])
-            if aq["generation"] < rep["generations"]]
+    if rep is None:
+        return []
+    return [aq for aq in rep.get("agent_qps", []) if aq["generation"] < rep["generations"]]
 
 
-def account(res: ClientResult, rep: dict, agent: object, probe: bool = True) -> ClientResult:
+def account(res: ClientResult, rep: dict[str, Any], agent: PeerAgent,
+            probe: bool = True) -> ClientResult:
     """Every request's outcome, with the peer's view, atomics and clean-shutdown figures.
     Run once every worker has finished: the peer's probes must not meet live QPs. The
     agent's QPs of the round are destroyed afterwards (the client's current QP is left
     idle; a next round starts on a fresh generation)."""
     ledger = rep["ledger"] if isinstance(rep["ledger"], Ledger) \
         else Ledger.from_json(rep["ledger"])
-    arrivals: list[dict] = []
-    peer_events: list[dict] = []
+    arrivals: list[dict[str, Any]] = []
+    peer_events: list[dict[str, Any]] = []
     peer_adds = 0
     probes = []
     for aq in rep["agent_qps"]:
@@ -248,11 +258,12 @@ def account(res: ClientResult, rep: dict, agent: object, probe: bool = True) -> 
     return res
 
 
-def clean_shutdown(m: dict, arrivals: list[dict], peer_events: list[dict],
-                   ledger: Ledger) -> dict:
+def clean_shutdown(m: dict[str, Any], arrivals: list[dict[str, Any]],
+                   peer_events: list[dict[str, Any]], ledger: Ledger) -> dict[str, Any]:
     goodbyes = [a for a in arrivals if a.get("opcode") == "GOODBYE"]
     flushed = [ev for ev in peer_events if ev.get("status") == "WR_FLUSH_ERR"]
-    other = sorted({ev.get("status") for ev in peer_events if ev.get("status") != "WR_FLUSH_ERR"})
+    other = sorted({ev.get("status") for ev in peer_events if ev.get("status") != "WR_FLUSH_ERR"},
+                   key=str)
 
     def ms(a: int | None, b: int | None) -> float | None:
         return round((b - a) / 1e6, 3) if a is not None and b is not None else None
@@ -271,7 +282,7 @@ def clean_shutdown(m: dict, arrivals: list[dict], peer_events: list[dict],
     }
 
 
-def spawn_workers(policies: list[str], spec: WorkloadSpec, local: object, agent: object,
+def spawn_workers(policies: list[str], spec: WorkloadSpec, local: Endpoint, agent: PeerAgent,
                   clients_dir: Path, log_dir: Path,
                   names: list[str] | None = None) -> list[ClientWorker]:
     """One started worker per policy (spawned first: they start up in parallel). A worker
@@ -295,7 +306,8 @@ def safe_name(policy: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in policy)
 
 
-def run_round(shim: object, agent: object, workers: list[ClientWorker], request: object,
+def run_round(shim: Shim, agent: PeerAgent, workers: list[ClientWorker],
+              request: TransitionRequest,
               progress_fraction: float = 0.3, probe: bool = True) -> ScenarioResult:
     """Go, transition once the workers are `progress_fraction` in, finish, account."""
     for w in workers:
@@ -313,7 +325,7 @@ def run_round(shim: object, agent: object, workers: list[ClientWorker], request:
     return ScenarioResult(tres, results)
 
 
-def run_scenario(shim: object, agent: object, local: object, request: object,
+def run_scenario(shim: Shim, agent: PeerAgent, local: Endpoint, request: TransitionRequest,
                  policies: list[str], spec: WorkloadSpec, clients_dir: Path, log_dir: Path,
                  progress_fraction: float = 0.3) -> ScenarioResult:
     """One transition under one worker per policy, all at once; every request accounted."""

@@ -78,7 +78,7 @@ class StressSpec:
         return WorkloadSpec(ops=OP_MIXES[self.mix], count=self.count,
                             rate_per_s=self.rate_per_s, queue_depth=self.queue_depth)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["ordering"] = self.ordering.value if self.ordering else None
         d["on_veto"] = self.on_veto.value
@@ -111,7 +111,7 @@ def usage_problems(name: str, base: Usage, now: Usage) -> list[str]:
     return out
 
 
-def parse_rdma_res(data: list[dict]) -> dict[str, dict[str, int]]:
+def parse_rdma_res(data: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """`rdma -j res show` -> {device: {qp, cq, mr, pd}}."""
     out: dict[str, dict[str, int]] = {}
     for d in data:
@@ -202,7 +202,7 @@ class Stress:
             self.usage_base.pop(w.name, None)  # a new process: a new baseline
             notes.append(f"{w.name} respawned (pid {self.workers[i].pid})")
 
-    def cycle(self, n: int) -> tuple[CycleOutcome, dict]:
+    def cycle(self, n: int) -> tuple[CycleOutcome, dict[str, Any]]:
         from harness.run.scenario import run_round
         from power.result import TransitionRequest
 
