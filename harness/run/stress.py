@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -32,10 +32,17 @@ from harness.core.errors import RxePowerError, SettingError
 from harness.run.matrix import OP_MIXES, MatrixSpec
 from harness.run.records import CycleClient
 from harness.run.resultsfile import RecordKind, ResultsWriter
+from harness.run.scenario import ClientWorker, run_round, safe_name, spawn_workers
 from harness.run.scenario_result import ClientEnd
 from harness.system import command
+from harness.workload.ledger import WorkloadSpec
 from power.plan import OnVeto, Ordering, get_transition
-from power.result import Verdict
+from power.result import TransitionRequest, Verdict
+
+if TYPE_CHECKING:  # types only: the controller objects a stress run is made of
+    from harness.peer.controller import PeerAgent
+    from harness.topology import Topology
+    from power.shim import Shim
 
 RES_KINDS = ("qp", "cq", "mr", "pd")
 FD_SLACK = 2  # open fds a worker may have above its first-cycle figure
@@ -72,9 +79,7 @@ class StressSpec:
                    self.rate_per_s, self.queue_depth, self.hold_ms, self.on_veto).validate()
         return self
 
-    def workload(self) -> Any:
-        from harness.workload.ledger import WorkloadSpec
-
+    def workload(self) -> WorkloadSpec:
         return WorkloadSpec(ops=OP_MIXES[self.mix], count=self.count,
                             rate_per_s=self.rate_per_s, queue_depth=self.queue_depth)
 
@@ -164,23 +169,19 @@ def summarize(series: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 class Stress:
     """The live state of a stress run: workers, baselines, series."""
 
-    def __init__(self, spec: StressSpec, topo: Any, agent: Any, shim: Any, log_dir: Path,
-                 ) -> None:
+    def __init__(self, spec: StressSpec, topo: Topology, agent: PeerAgent, shim: Shim,
+                 log_dir: Path) -> None:
         self.spec, self.topo, self.agent, self.shim = spec, topo, agent, shim
         self.log_dir = log_dir
-        self.workers: list[Any] = []
+        self.workers: list[ClientWorker] = []
         self.usage_base: dict[str, Usage] = {}
         self.res_base: dict[str, dict[str, int]] | None = None
         self.series: dict[str, list[float]] = {}
 
     def names(self) -> list[str]:
-        from harness.run.scenario import safe_name
-
         return [f"{safe_name(p)}-{i}" for i, p in enumerate(self.spec.policies)]
 
     def start(self) -> None:
-        from harness.run.scenario import spawn_workers
-
         self.workers = spawn_workers(list(self.spec.policies), self.spec.workload(),
                                      self.topo.local, self.agent, self.shim.notifier.clients_dir,
                                      self.log_dir, self.names())
@@ -190,8 +191,6 @@ class Stress:
             w.close()
 
     def _respawn_dead(self, notes: list[str]) -> None:
-        from harness.run.scenario import spawn_workers
-
         for i, w in enumerate(self.workers):
             if w.proc.poll() is None:
                 continue
@@ -203,9 +202,6 @@ class Stress:
             notes.append(f"{w.name} respawned (pid {self.workers[i].pid})")
 
     def cycle(self, n: int) -> tuple[CycleOutcome, dict[str, Any]]:
-        from harness.run.scenario import run_round
-        from power.result import TransitionRequest
-
         t0 = time.monotonic()
         notes: list[str] = []
         failures: list[str] = []
