@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness import report
-from harness.run.matrix import Row, RowStatus, rows_of
+from harness.run.matrix import RowStatus, rows_of
 from harness.run.records import ScenarioRecord
 from harness.run.resultsfile import RESULTS_SCHEMA, RecordKind, ResultsWriter, read_results
 from harness.run.scenario_result import ClientEnd, ScenarioResult
@@ -22,7 +22,6 @@ from power.result import TransitionResult
 DATA = Path(__file__).parent.parent / "data"
 V1_MATRIX_FILES = sorted(p for p in DATA.glob("*.jsonl") if p.name.startswith("matrix-"))
 V1_STRESS = DATA / "stress-v1-old-writer.jsonl"
-V1_MATRIX_405 = DATA / "matrix-v1-405a4e6.jsonl"
 
 
 @pytest.mark.parametrize("path", V1_MATRIX_FILES, ids=lambda p: p.name)
@@ -39,15 +38,6 @@ def test_v1_matrix_results_parse_typed(path: Path) -> None:
         assert isinstance(rec.result.transition, TransitionResult)
         ends |= {c.ended for c in rec.result.clients}
     assert ClientEnd.TERMINATED_BY_SHIM in ends and ClientEnd.COMPLETED in ends
-
-
-def test_v1_rows_of_the_old_code_equal_the_rows_now() -> None:
-    """The v1 file written by `rxe-power matrix` of 405a4e6 (in the VM): the rows it stored,
-    computed by the old rules from crash words, equal the rows computed now from ClientEnd."""
-    res = read_results(V1_MATRIX_405)
-    for rec in res.scenarios():
-        assert rec.result is not None, rec.result_problem
-        assert rows_of(rec.scenario, rec.result) == [Row.from_json(r) for r in rec.rows]
 
 
 def test_v1_result_written_again_is_v2_with_the_same_ends_and_rows() -> None:
