@@ -1,8 +1,13 @@
 """Results typed end to end, and results files of schema 1 (written before ClientEnd) still read.
 
-tests/data/matrix-standby-linkflap.jsonl was written by `rxe-power matrix` of the old code in
-the VM; tests/data/stress-v1-old-writer.jsonl by the old code's ResultsWriter (405a4e6), its
-cycle bodies laid out as the old Stress.cycle wrote them (see its header: command stress).
+Schema-1 files in tests/data, all from the code before ClientEnd:
+- matrix-standby-linkflap.jsonl: `rxe-power matrix` in the VM (before 405a4e6);
+- matrix-v1-405a4e6.jsonl, stress-v1-405a4e6.jsonl: `rxe-power matrix` (standby
+  clients-first, naive + graceful, 40 requests) and `rxe-power stress` (2 cycles, naive +
+  graceful, 30 requests) of 405a4e6 in the VM;
+- stress-v1-old-writer.jsonl: 405a4e6's ResultsWriter, the cycle bodies laid out as its
+  Stress.cycle wrote them (a client terminated by the shim, one that died on its own).
+NAME.table-405a4e6.txt: the table 405a4e6's `rxe-power report` printed for NAME.jsonl.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness import report
-from harness.run.matrix import RowStatus, rows_of
+from harness.run.matrix import Row, RowStatus, rows_of
 from harness.run.records import ScenarioRecord
 from harness.run.resultsfile import RESULTS_SCHEMA, RecordKind, ResultsWriter, read_results
 from harness.run.scenario_result import ClientEnd, ScenarioResult
@@ -22,6 +27,8 @@ from power.result import TransitionResult
 DATA = Path(__file__).parent.parent / "data"
 V1_MATRIX_FILES = sorted(p for p in DATA.glob("*.jsonl") if p.name.startswith("matrix-"))
 V1_STRESS = DATA / "stress-v1-old-writer.jsonl"
+V1_MATRIX_405 = DATA / "matrix-v1-405a4e6.jsonl"
+V1_STRESS_405 = DATA / "stress-v1-405a4e6.jsonl"
 
 
 @pytest.mark.parametrize("path", V1_MATRIX_FILES, ids=lambda p: p.name)
@@ -38,6 +45,15 @@ def test_v1_matrix_results_parse_typed(path: Path) -> None:
         assert isinstance(rec.result.transition, TransitionResult)
         ends |= {c.ended for c in rec.result.clients}
     assert ClientEnd.TERMINATED_BY_SHIM in ends and ClientEnd.COMPLETED in ends
+
+
+def test_v1_rows_of_the_old_code_equal_the_rows_now() -> None:
+    """The v1 file written by `rxe-power matrix` of 405a4e6 (in the VM): the rows it stored,
+    computed by the old rules from crash words, equal the rows computed now from ClientEnd."""
+    res = read_results(V1_MATRIX_405)
+    for rec in res.scenarios():
+        assert rec.result is not None, rec.result_problem
+        assert rows_of(rec.scenario, rec.result) == [Row.from_json(r) for r in rec.rows]
 
 
 def test_v1_result_written_again_is_v2_with_the_same_ends_and_rows() -> None:
@@ -108,7 +124,8 @@ def test_v1_stress_file_reads_typed_and_reports(tmp_path: Path) -> None:
     assert "3 cycles, 1 failed" in (tmp_path / "summary.html").read_text()
 
 
-@pytest.mark.parametrize("name", ["matrix-standby-linkflap", "stress-v1-old-writer"])
+@pytest.mark.parametrize("name", ["matrix-standby-linkflap", "matrix-v1-405a4e6",
+                                  "stress-v1-old-writer", "stress-v1-405a4e6"])
 def test_report_table_equals_the_old_codes(tmp_path: Path, name: str) -> None:
     """`rxe-power report` of a v1 file prints the table the old code (405a4e6) printed for
     it (tests/data/NAME.table-405a4e6.txt, its results path replaced by {RESULTS})."""
@@ -116,3 +133,17 @@ def test_report_table_equals_the_old_codes(tmp_path: Path, name: str) -> None:
     assert report.write_report(path, tmp_path, log=lambda m: None, pictures=False) == 0
     old = (DATA / f"{name}.table-405a4e6.txt").read_text().replace("{RESULTS}", str(path))
     assert (tmp_path / "table.txt").read_text() == old
+
+
+def test_v1_stress_of_the_old_code_reads_typed() -> None:
+    """405a4e6's stress: naive terminated by the shim every cycle (not a failure); cycle 2
+    failed (the rdma res check), so it kept its full result, which parses typed too."""
+    cycles = read_results(V1_STRESS_405).cycles()
+    assert [c.cycle for c in cycles] == [1, 2] and [c.ok for c in cycles] == [True, False]
+    for c in cycles:
+        assert [cl.ended for cl in c.clients] == [ClientEnd.TERMINATED_BY_SHIM,
+                                                  ClientEnd.COMPLETED]
+    kept = cycles[1].result
+    assert cycles[0].result is None and kept is not None
+    assert kept.client("naive").ended is ClientEnd.TERMINATED_BY_SHIM
+    assert kept.transition.verdict.value == cycles[1].verdict == "forced"
