@@ -24,6 +24,7 @@ import os
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 from harness.core.errors import BoundExceeded, TopologyError
 from harness.core.proc import STOP_GRACE_S, ProcessRef, Stopped, stop_processes
@@ -43,22 +44,24 @@ class VetoReport:
     detected: bool = False
     policy: str = ""
     blocked_s: float = 0.0  # how long the delete blocked (until done or given up)
-    holders: list[dict] = field(default_factory=list)  # pid, cmdline, files at detection
-    terminated: list[dict] = field(default_factory=list)  # pid, cmdline, how (term/kill/gone)
+    # at detection: pid, cmdline, files
+    holders: list[dict[str, Any]] = field(default_factory=list)
+    # pid, cmdline, how (term/kill/gone)
+    terminated: list[dict[str, Any]] = field(default_factory=list)
     vetoed: bool = False  # the sleep did not happen
     delete_pending_pid: int | None = None  # the blocked `rdma link delete` left behind
     reason: str = ""
     start_s: float = 0.0  # `rdma link delete` spawned -> the kernel deleting
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> VetoReport:
+    def from_json(cls, d: dict[str, Any]) -> VetoReport:
         return cls(**d)
 
 
-def _finished(proc: subprocess.Popen, timeout_s: float) -> bool:
+def _finished(proc: subprocess.Popen[Any], timeout_s: float) -> bool:
     try:
         proc.wait(max(timeout_s, 0.0))
         return True
@@ -66,7 +69,7 @@ def _finished(proc: subprocess.Popen, timeout_s: float) -> bool:
         return False
 
 
-def _wait_started(proc: subprocess.Popen, files: set[str],
+def _wait_started(proc: subprocess.Popen[Any], files: set[str],
                   timeout_s: float = DELETE_START_TIMEOUT_S) -> float:
     """When (time.monotonic()) the delete reached the kernel: the device's uverbs sysfs
     nodes gone, or the program done; at most `timeout_s` from now (then: now)."""
@@ -79,7 +82,7 @@ def _wait_started(proc: subprocess.Popen, files: set[str],
     return time.monotonic()
 
 
-def _check_rc(proc: subprocess.Popen, dev: str) -> None:
+def _check_rc(proc: subprocess.Popen[Any], dev: str) -> None:
     if proc.returncode != 0:
         err = proc.stderr.read().strip() if proc.stderr else ""
         raise TopologyError(f"rdma link delete {dev} failed (exit {proc.returncode}): {err}",
@@ -87,9 +90,9 @@ def _check_rc(proc: subprocess.Popen, dev: str) -> None:
 
 
 def terminate_holders(holders: list[Holder],
-                      timeout_s: float = STOP_GRACE_S) -> list[dict]:
+                      timeout_s: float = STOP_GRACE_S) -> list[dict[str, Any]]:
     """SIGTERM every holder, SIGKILL what is left after the bound. Never ourselves."""
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     refs: list[ProcessRef] = []
     for h in holders:
         rec = {"pid": h.pid, "cmdline": h.cmdline}
@@ -105,8 +108,18 @@ def terminate_holders(holders: list[Holder],
     return out + [{"pid": r.pid, "cmdline": cmd[r.pid], "how": how[r.pid].value} for r in refs]
 
 
+class Note(Protocol):
+    """Where delete_device records its progress (the shim: on the timeline)."""
+
+    def __call__(self, what: str, **detail: Any) -> None: ...
+
+
+def _no_note(what: str, **detail: Any) -> None:
+    """Records nothing (delete_device without a timeline)."""
+
+
 def delete_device(dev: str, on_veto: OnVeto, veto_wait_s: float = VETO_WAIT_TIMEOUT_S,
-                  note=lambda what, **detail: None) -> VetoReport:
+                  note: Note = _no_note) -> VetoReport:
     """Delete `dev`, detecting and handling a veto; never blocks past its bounds.
 
     `note(what, **detail)` records progress (the shim puts it on the timeline).

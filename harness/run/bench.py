@@ -389,7 +389,7 @@ CYCLE_PART_TEXT = {
 def light(res: Any) -> dict:
     """What the bench reads of a ScenarioResult, without its per-request ledgers (whose
     JSON form costs seconds under emulation for a thousand QPs' worth)."""
-    return {"transition": res.transition, "ok": res.ok,
+    return {"transition": res.transition.to_json(), "ok": res.ok,
             "clients": [{"client": c.client, "policy": c.policy, "crashed": c.crashed,
                          "crash": c.crash, "metrics": c.metrics, "counts": c.counts,
                          "peer_counts": c.peer_counts, "unaccounted": c.unaccounted,

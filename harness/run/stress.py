@@ -24,16 +24,26 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from harness.core import settings
 from harness.core.errors import RxePowerError, SettingError
 from harness.run.matrix import OP_MIXES, MatrixSpec
+from harness.run.records import CycleClient
 from harness.run.resultsfile import RecordKind, ResultsWriter
+from harness.run.scenario import ClientWorker, run_round, safe_name, spawn_workers
+from harness.run.scenario_result import ClientEnd
 from harness.system import command
+from harness.workload.ledger import WorkloadSpec
 from power.plan import OnVeto, Ordering, get_transition
+from power.result import TransitionRequest, Verdict
+
+if TYPE_CHECKING:  # types only: the controller objects a stress run is made of
+    from harness.peer.controller import PeerAgent
+    from harness.topology import Topology
+    from power.shim import Shim
 
 RES_KINDS = ("qp", "cq", "mr", "pd")
 FD_SLACK = 2  # open fds a worker may have above its first-cycle figure
@@ -70,13 +80,11 @@ class StressSpec:
                    self.rate_per_s, self.queue_depth, self.hold_ms, self.on_veto).validate()
         return self
 
-    def workload(self) -> Any:
-        from harness.workload.ledger import WorkloadSpec
-
+    def workload(self) -> WorkloadSpec:
         return WorkloadSpec(ops=OP_MIXES[self.mix], count=self.count,
                             rate_per_s=self.rate_per_s, queue_depth=self.queue_depth)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["ordering"] = self.ordering.value if self.ordering else None
         d["on_veto"] = self.on_veto.value
@@ -109,7 +117,7 @@ def usage_problems(name: str, base: Usage, now: Usage) -> list[str]:
     return out
 
 
-def parse_rdma_res(data: list[dict]) -> dict[str, dict[str, int]]:
+def parse_rdma_res(data: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """`rdma -j res show` -> {device: {qp, cq, mr, pd}}."""
     out: dict[str, dict[str, int]] = {}
     for d in data:
@@ -162,23 +170,19 @@ def summarize(series: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 class Stress:
     """The live state of a stress run: workers, baselines, series."""
 
-    def __init__(self, spec: StressSpec, topo: Any, agent: Any, shim: Any, log_dir: Path,
-                 ) -> None:
+    def __init__(self, spec: StressSpec, topo: Topology, agent: PeerAgent, shim: Shim,
+                 log_dir: Path) -> None:
         self.spec, self.topo, self.agent, self.shim = spec, topo, agent, shim
         self.log_dir = log_dir
-        self.workers: list[Any] = []
+        self.workers: list[ClientWorker] = []
         self.usage_base: dict[str, Usage] = {}
         self.res_base: dict[str, dict[str, int]] | None = None
         self.series: dict[str, list[float]] = {}
 
     def names(self) -> list[str]:
-        from harness.run.scenario import safe_name
-
         return [f"{safe_name(p)}-{i}" for i, p in enumerate(self.spec.policies)]
 
     def start(self) -> None:
-        from harness.run.scenario import spawn_workers
-
         self.workers = spawn_workers(list(self.spec.policies), self.spec.workload(),
                                      self.topo.local, self.agent, self.shim.notifier.clients_dir,
                                      self.log_dir, self.names())
@@ -188,8 +192,6 @@ class Stress:
             w.close()
 
     def _respawn_dead(self, notes: list[str]) -> None:
-        from harness.run.scenario import spawn_workers
-
         for i, w in enumerate(self.workers):
             if w.proc.poll() is None:
                 continue
@@ -200,10 +202,7 @@ class Stress:
             self.usage_base.pop(w.name, None)  # a new process: a new baseline
             notes.append(f"{w.name} respawned (pid {self.workers[i].pid})")
 
-    def cycle(self, n: int) -> tuple[CycleOutcome, dict]:
-        from harness.run.scenario import run_round
-        from power.result import TransitionRequest
-
+    def cycle(self, n: int) -> tuple[CycleOutcome, dict[str, Any]]:
         t0 = time.monotonic()
         notes: list[str] = []
         failures: list[str] = []
@@ -216,18 +215,17 @@ class Stress:
                                 self.spec.on_veto)
         res = run_round(self.shim, self.agent, self.workers, req, probe=False)
         t = res.transition
-        if t["verdict"] not in ("completed", "forced"):
-            failures.append(f"transition {t['verdict']}: {'; '.join(t['reasons'])}")
+        if t.verdict not in (Verdict.COMPLETED, Verdict.FORCED):
+            failures.append(f"transition {t.verdict.value}: {'; '.join(t.reasons)}")
         for c in res.clients:
             if c.unaccounted:
                 failures.append(f"{c.client}: {len(c.unaccounted)} requests unaccounted")
-            if c.crashed and "terminated by the shim" not in c.crash:
+            if c.crashed and c.ended is not ClientEnd.TERMINATED_BY_SHIM:
                 failures.append(f"{c.client} crashed: {c.crash}")
-        kernel = t.get("kernel") or {}
-        hits = kernel.get("hits", [])
-        for h in hits:
-            failures.append(f"kernel log: {h['pattern']}: {h['record']['message']}")
-        if kernel.get("gap"):
+        for h in t.kernel.hits if t.kernel else []:
+            failures.append(f"kernel log: {h.pattern}: {h.record.message}")
+        hits = [h.to_json() for h in t.kernel.hits] if t.kernel else []
+        if t.kernel and t.kernel.gap:
             failures.append("kernel log: the ring buffer wrapped past the cycle's marker")
         usage = {w.name: Usage.of(w.pid) for w in self.workers if w.proc.poll() is None}
         usage["controller"] = Usage.of(os.getpid())
@@ -244,15 +242,14 @@ class Stress:
         for dev in devs:
             for k in RES_KINDS:
                 self.series.setdefault(f"{dev}.{k}", []).append(res_now.get(dev, {}).get(k, 0))
-        self.series.setdefault("transition_ms", []).append(t.get("total_ms", 0.0))
+        total_ms = round(t.total_ms, 3)
+        self.series.setdefault("transition_ms", []).append(total_ms)
         out = CycleOutcome(n, not failures, failures, round(time.monotonic() - t0, 3))
-        clients = [{"client": c.client, "policy": c.policy, "counts": c.counts,
-                    "unaccounted": len(c.unaccounted), "crashed": c.crashed, "crash": c.crash,
-                    "recovery_ms": c.clean_shutdown.get("resume_to_first_ok_ms")}
-                   for c in res.clients]
+        clients = [CycleClient(c.client, c.policy, c.counts, len(c.unaccounted), c.ended,
+                               c.crash, c.recovery_ms).to_json() for c in res.clients]
         body = {"cycle": n, "ok": out.ok, "failures": failures, "notes": notes,
-                "seconds": out.seconds, "verdict": t["verdict"],
-                "transition_ms": t.get("total_ms"), "clients": clients,
+                "seconds": out.seconds, "verdict": t.verdict.value,
+                "transition_ms": total_ms, "clients": clients,
                 "usage": {k: asdict(v) for k, v in usage.items()}, "rdma_res": res_now,
                 "kernel_hits": hits}
         if not out.ok or self.spec.keep_ledgers:

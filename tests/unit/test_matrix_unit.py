@@ -18,7 +18,8 @@ from harness.run.matrix import (
     render_table,
     rows_of,
 )
-from harness.run.resultsfile import RecordKind, ResultsWriter, read_results
+from harness.run.records import ScenarioRecord
+from harness.run.resultsfile import RESULTS_SCHEMA, RecordKind, ResultsWriter, read_results
 from harness.run.stress import (
     FD_SLACK,
     StressSpec,
@@ -74,8 +75,7 @@ def test_policy_by_module_path() -> None:
 def test_rows_and_table_from_a_recorded_run() -> None:
     res = read_results(DATA)
     assert not res.problem and res.header["command"] == "matrix"
-    rows = [r for s in res.of_kind(RecordKind.SCENARIO)
-            for r in rows_of(s["scenario"], s["result"])]
+    rows = [r for s in res.scenarios() if s.result for r in rows_of(s.scenario, s.result)]
     by = {(r.transition, r.ordering, r.policy): r for r in rows}
     assert len(rows) == 8
     for o in ("clients-first", "hca-first"):
@@ -105,7 +105,9 @@ def test_a_crash_that_was_not_the_shim_makes_a_row_broken() -> None:
     c = result["clients"][0]
     c.update(crashed=True, crash="client x during standby: killed by signal 11",
              unaccounted=[3, 4])
-    (row,) = rows_of(scen["scenario"], result)
+    rec = ScenarioRecord.from_json({**scen, "result": result})
+    assert rec.result is not None
+    (row,) = rows_of(rec.scenario, rec.result)
     assert row.status is RowStatus.BROKEN
     assert row.findings[0].startswith("crashed") and "2 requests unaccounted" in row.findings
 
@@ -128,7 +130,7 @@ def test_results_writer_and_tolerant_reader(tmp_path: Path) -> None:
     res = read_results(bad)
     assert [r["cycle"] for r in res.records] == [1] and "line 3 is corrupt" in res.problem
     foreign = tmp_path / "foreign.jsonl"
-    foreign.write_text(lines[0].replace('"schema":1', '"schema":99') + "\n")
+    foreign.write_text(lines[0].replace(f'"schema":{RESULTS_SCHEMA}', '"schema":99') + "\n")
     with pytest.raises(RxePowerError, match="schema 99") as exc:
         read_results(foreign)
     assert "version that wrote it" in exc.value.fix
