@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from harness.core.errors import BoundExceeded, OsCallError, ProtocolError, RxePowerError
 from harness.core.protocol import Channel, WorkerError
+from harness.core.schemas import ChannelKind
 from harness.rdma import payload
 from harness.rdma.names import async_event_name, wc_status_name
 from harness.rdma.payload import GOODBYE_SEQ, READ_SEQ
@@ -155,7 +156,7 @@ class ClientCore:
         self.events: list[dict] = []  # notes other than posting/completion, for timelines
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(agent_socket)
-        self.agent = Channel(sock, f"peer agent (for {name})")
+        self.agent = Channel(sock, f"peer agent (for {name})", ChannelKind.PEER)
 
     # --- journal (what a crash leaves behind) -----------------------------------------------
 

@@ -4,7 +4,8 @@
 
 It stands alone: everything it needs comes in the `start` request over the
 control socket (fd N, a socketpair end from the controller). Protocol: the
-(event, payload) JSON lines of harness.protocol with WORKER_SCHEMA:
+(event, payload) JSON lines of harness.core.protocol on the WORKER channel
+(harness.core.schemas.WORKER_REQUESTS):
 
     start    {name, policy, spec, device, agent_socket, clients_dir, journal}
              -> {generation}                 device opened, QPs connected
@@ -40,20 +41,12 @@ from pathlib import Path
 
 from clients import policy_class
 from harness.core.errors import ProtocolError, RxePowerError
-from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader, Message, decode
+from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader, Message, decode, error_reply
+from harness.core.schemas import ChannelKind
 from harness.rdma.verbs import raise_fd_limit
 from harness.workload.ledger import WorkloadSpec
 from power.notify import ClientEndpoint, DeviceInfo, SuspendReply
 
-WORKER_SCHEMA: dict = {
-    "start": {"name": str, "policy": str, "spec": dict, "device": dict, "agent_socket": str,
-              "clients_dir": str, "journal": str},
-    "go": {},
-    "progress": {},
-    "finish": {"timeout_s": (int, float)},
-    "round": {"spec": dict},
-    "ledger": {"start": int, "limit": int},
-}
 TICK_S = 0.05  # longest loop turn (the removal watch); completions and due posts wake sooner
 MAX_PAGE_REQUESTS = 20_000  # ledger requests per page at most (~30 bytes each as columns)
 
@@ -159,7 +152,7 @@ class Worker:
             readable = wait_any(fds, timeout)
             if self.sock in readable:
                 # Nothing the controller sends ends the worker: a line that is not a valid
-                # WORKER_SCHEMA message, a request out of order, or a handler's exception
+                # WORKER_REQUESTS message, a request out of order, or a handler's exception
                 # is answered with an "error" reply (id 0 when the line's id cannot be
                 # read) and the loop carries on with its ledger intact. A line over
                 # MAX_MESSAGE_BYTES without a newline (broken framing) is answered the same
@@ -183,7 +176,7 @@ class Worker:
                             if framing is None:
                                 break
                             raise framing
-                        msg = decode(line, schema=WORKER_SCHEMA)
+                        msg = decode(line, ChannelKind.WORKER)
                         mid = msg.id
                         if msg.event == "start" and self.core is not None:
                             raise ProtocolError(
@@ -204,10 +197,7 @@ class Worker:
                     else:
                         traceback.print_exception(err)
                     try:
-                        self.sock.sendall(Message("error", {
-                            "message": str(err)[:4096], "type": type(err).__name__,
-                            "fix": err.fix if isinstance(err, RxePowerError) else ""},
-                            mid).encode())
+                        self.sock.sendall(error_reply(err, mid))
                     except OSError:
                         return 0  # the controller is gone
             if self.endpoint is not None and self.endpoint.fileno() in readable:

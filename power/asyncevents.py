@@ -36,7 +36,8 @@ from collections.abc import Callable
 
 from harness.core.errors import BoundExceeded, FramingError, ProtocolError, RxePowerError
 from harness.core.proc import spawn, wait_or_kill
-from harness.core.protocol import MAX_INT, MAX_MESSAGE_BYTES, LineReader, loads_strict
+from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader
+from harness.core.strict_json import MAX_INT, loads_strict
 from harness.rdma.names import async_event_name
 
 READER_START_TIMEOUT_S = 30.0

@@ -82,7 +82,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.core.errors import FramingError, ProtocolError, RxePowerError
-from harness.core.protocol import MAX_INT, LineReader, Message, Schema, decode
+from harness.core.protocol import LineReader, Message, decode, encode_checked
+from harness.core.schemas import SHIM_NOTICES, ChannelKind
+from harness.core.strict_json import MAX_INT
 
 CLIENTS_DIR = Path(os.environ.get("RXE_POWER_CLIENTS_DIR", "/run/rxe-power/clients"))
 
@@ -108,16 +110,6 @@ SERVE_TICK_S = 1.0  # upper bound on one turn of serve_in_thread's loop (close()
 SOCKET_SUFFIX = ".sock"
 LISTEN_BACKLOG = 64
 
-NOTIFY_SCHEMA: Schema = {
-    # shim -> client
-    "suspend_prepare": {"transition": str, "deadline_s": (int, float)},
-    "resume_complete": {"transition": str, "device": dict},
-    # client -> shim
-    "released": {},
-    "veto": {"reason": str},
-    "resumed": {},
-}
-_SHIM_EVENTS = ("suspend_prepare", "resume_complete")
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) minus the NUL
 
@@ -284,13 +276,6 @@ def _read_line(sock: socket.socket, deadline: float) -> bytes | None:
             lines = exc.lines  # one whole line came before the overflow: that is the message
         if lines:
             return lines[0]
-
-
-def _checked(msg: Message) -> bytes:
-    """Encode `msg` and validate it against NOTIFY_SCHEMA, as the receiver will."""
-    line = msg.encode()
-    decode(line.rstrip(b"\n"), schema=NOTIFY_SCHEMA)
-    return line
 
 
 class _Round:
@@ -496,7 +481,7 @@ class Notifier:
                 return
             msg = make_msg(rnd.remaining())
             msg.id = next(self._ids)
-            line = _checked(msg)
+            line = encode_checked(msg, ChannelKind.NOTICE)
             rnd.mark_sent(i)
             rnd.stage(i, "waiting for the reply")
             try:
@@ -517,7 +502,7 @@ class Notifier:
             rnd.settle(i, AnswerKind.NO_ANSWER, closed, answered=False)
             return
         try:
-            reply = decode(reply_line, schema=NOTIFY_SCHEMA)
+            reply = decode(reply_line, ChannelKind.NOTICE)
         except ProtocolError as exc:
             rnd.settle(i, AnswerKind.ERROR, exc.problem)
             return
@@ -666,10 +651,10 @@ class ClientEndpoint:
             line = _read_line(conn, deadline)
             if line is None:
                 return False  # connected and left without a notice
-            msg = decode(line, schema=NOTIFY_SCHEMA)
-            if msg.event not in _SHIM_EVENTS:
+            msg = decode(line, ChannelKind.NOTICE)
+            if msg.event not in SHIM_NOTICES:
                 raise ProtocolError(f"the shim sent {msg.event!r}, which is a client's reply",
-                                    f"the shim sends only {', '.join(_SHIM_EVENTS)}")
+                                    f"the shim sends only {', '.join(SHIM_NOTICES)}")
             device = (DeviceInfo.from_json(msg.payload["device"])
                       if msg.event == "resume_complete" else None)
         except TimeoutError:
@@ -703,7 +688,7 @@ class ClientEndpoint:
             return True
         try:
             conn.settimeout(CLIENT_READ_TIMEOUT_S)
-            conn.sendall(_checked(out))
+            conn.sendall(encode_checked(out, ChannelKind.NOTICE))
         except (OSError, ProtocolError) as exc:
             _log(self.name, f"could not send {out.event!r} (past the shim's deadline?): {exc}")
         return True

@@ -28,12 +28,12 @@ import socket
 import struct
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.core.errors import FramingError, ProtocolError, RxePowerError
-from harness.core.protocol import LineReader, Message, decode
+from harness.core.protocol import LineReader, Message, decode, error_reply
+from harness.core.schemas import ChannelKind
 from harness.rdma import payload
 from harness.rdma.names import wc_status_name
 from harness.rdma.payload import GOODBYE_SEQ
@@ -43,7 +43,6 @@ SELECT_TICK_S = 0.5  # upper bound on one loop turn (deadline checks), not a sle
 POLL_BATCH = 64  # completions taken per poll call
 ARRIVALS_PAGE = 4000  # arrivals per "arrivals" reply at most (~170 bytes each); "more" follows
 WC_RECV, WC_RECV_RDMA_WITH_IMM = 128, 129  # enum ibv_wc_opcode
-ERROR_TEXT_MAX = 4096  # characters of an exception's text that go into an error reply
 WAIT_EVENTS = ("arrivals", "probe", "cm_events")  # answered when done or at payload timeout_s
 IBV_WC_WITH_IMM = 1 << 1
 Waiting = list[tuple[socket.socket, Message, float]]  # (connection, request, its deadline)
@@ -452,17 +451,6 @@ class Agent:
         self.stack.close()
 
 
-def error_reply(exc: BaseException, mid: int) -> bytes:
-    """The "error" reply line for `exc` answering request `mid`, bounded in size."""
-    fix = exc.fix if isinstance(exc, RxePowerError) else ""
-    if isinstance(exc, ProtocolError) and not mid:
-        mid = exc.msg_id
-    return Message("error", {"message": str(exc)[:ERROR_TEXT_MAX], "fix": fix[:ERROR_TEXT_MAX],
-                             "type": type(exc).__name__,
-                             "trace": traceback.format_exc(limit=3)[-ERROR_TEXT_MAX:]},
-                   mid).encode()
-
-
 def dispatch_line(conn: socket.socket, line: bytes, handle: Callable[[Message], dict | None],
                   waiting: Waiting) -> None:
     """Decode one line from `conn` and answer it. `handle(msg)` returns the reply payload,
@@ -472,7 +460,7 @@ def dispatch_line(conn: socket.socket, line: bytes, handle: Callable[[Message], 
     Raises only OSError (the connection is gone)."""
     mid = 0
     try:
-        msg = decode(line)
+        msg = decode(line, ChannelKind.PEER)
         mid = msg.id
         if any(c is conn and w.id == mid for c, w, _ in waiting):
             raise ProtocolError(f"request id {mid} is already outstanding on this connection",

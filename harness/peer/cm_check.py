@@ -12,7 +12,7 @@ import sys
 import time
 
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
-from harness.core.protocol import loads_strict
+from harness.core.strict_json import loads_strict
 from harness.peer import traffic
 from harness.peer.controller import PeerAgent
 from harness.rdma.cm import CmClient

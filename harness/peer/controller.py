@@ -21,6 +21,7 @@ from typing import Any
 from harness.core.errors import BoundExceeded, RxePowerError
 from harness.core.proc import spawn, wait_or_kill
 from harness.core.protocol import REPLY_TIMEOUT_S, Channel, ProtocolError
+from harness.core.schemas import ChannelKind
 from harness.rdma.verbs import QpInfo
 from harness.topology import Endpoint
 
@@ -48,7 +49,8 @@ class PeerAgent:
             self._wait_ready()
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(self.sock_path)
-            self.chan = Channel(sock, f"peer agent (pid {self.proc.pid}, {peer.dev})")
+            self.chan = Channel(sock, f"peer agent (pid {self.proc.pid}, {peer.dev})",
+                                ChannelKind.PEER)
             self.hello = self.request("hello")
         except BaseException:
             self.close()

@@ -29,6 +29,7 @@ from pathlib import Path
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
 from harness.core.proc import spawn, wait_or_kill
 from harness.core.protocol import Channel
+from harness.core.schemas import ChannelKind
 from harness.workload.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_peer_view
 from power.notify import DeviceInfo
 
@@ -103,7 +104,7 @@ class ClientWorker:
                           stdout=self._log, stderr=subprocess.STDOUT)
         theirs.close()
         self.pid = self.proc.pid
-        self.chan = Channel(ours, f"client {name} (pid {self.pid})")
+        self.chan = Channel(ours, f"client {name} (pid {self.pid})", ChannelKind.WORKER)
         self.rounds_done = 0  # finished workload rounds
 
     def start(self, device: DeviceInfo, agent_socket: str, clients_dir: Path) -> None:

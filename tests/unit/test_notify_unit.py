@@ -16,8 +16,8 @@ import pytest
 from harness import topology
 from harness.core.errors import ProtocolError, RxePowerError
 from harness.core.protocol import Message, decode
+from harness.core.schemas import ChannelKind
 from power.notify import (
-    NOTIFY_SCHEMA,
     Answer,
     AnswerKind,
     ClientEndpoint,
@@ -107,7 +107,7 @@ def read_notice(conn: socket.socket) -> Message:
         data = conn.recv(4096)
         assert data, "shim closed before sending a whole line"
         buf += data
-    return decode(buf.rstrip(b"\n"), schema=NOTIFY_SCHEMA)
+    return decode(buf.rstrip(b"\n"), ChannelKind.NOTICE)
 
 
 def kinds(answers: list[Answer]) -> dict[str, AnswerKind]:
