@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, OsCallError, ProtocolError, RxePowerError
 from harness.core.protocol import Channel, WorkerError
 from harness.core.schemas import ChannelKind
@@ -54,7 +55,7 @@ from harness.rdma.verbs import (
 )
 from harness.system.holders import SYSFS_VERBS, uverbs_files
 from harness.workload.ledger import AppRequest, Op, Recorder, WorkloadSpec
-from power.notify import DeviceInfo, SuspendReply
+from power.notify import SuspendReply
 
 DRAIN_TIMEOUT_S = 5.0  # QP to ERR -> every WR flushed back
 AGENT_REPLY_TIMEOUT_S = 20.0

@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 
 from clients.core import ClientCore, PeerUnreachable
-from power.notify import DeviceInfo, SuspendReply
+from harness.core.device import DeviceInfo
+from power.notify import SuspendReply
 
 
 class FailFast:

@@ -40,12 +40,13 @@ import traceback
 from pathlib import Path
 
 from clients import policy_class
+from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError, RxePowerError
 from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader, Message, decode, error_reply
 from harness.core.schemas import ChannelKind
 from harness.rdma.verbs import raise_fd_limit
 from harness.workload.ledger import WorkloadSpec
-from power.notify import ClientEndpoint, DeviceInfo, SuspendReply
+from power.notify import ClientEndpoint, SuspendReply
 
 TICK_S = 0.05  # longest loop turn (the removal watch); completions and due posts wake sooner
 MAX_PAGE_REQUESTS = 20_000  # ledger requests per page at most (~30 bytes each as columns)

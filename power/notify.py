@@ -76,15 +76,15 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
+from harness.core.device import DeviceInfo
 from harness.core.errors import FramingError, ProtocolError, RxePowerError
 from harness.core.protocol import LineReader, Message, decode, encode_checked
 from harness.core.schemas import SHIM_NOTICES, ChannelKind
-from harness.core.strict_json import MAX_INT
 
 CLIENTS_DIR = Path(os.environ.get("RXE_POWER_CLIENTS_DIR", "/run/rxe-power/clients"))
 
@@ -148,47 +148,6 @@ class Answer:
         return cls(str(d["client"]), AnswerKind(d["kind"]), str(d.get("reason", "")),
                    int(d["sent_ns"]),
                    None if d.get("answered_ns") is None else int(d["answered_ns"]))
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """The local HCA as it is after resume (what a client needs to reopen it)."""
-
-    dev: str
-    port: int
-    netdev: str
-    ifindex: int
-    addr: str
-    gid: str
-    gid_index: int
-
-    def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_json(cls, d: dict) -> DeviceInfo:
-        """Build from a dict, checking every field's type; extra keys are ignored."""
-        if not isinstance(d, dict):
-            raise ProtocolError(f"device info is a {type(d).__name__}, not an object",
-                                "send the device as a JSON object")
-        values = {}
-        for f in fields(cls):
-            typ = int if f.name in ("port", "ifindex", "gid_index") else str
-            val = d.get(f.name)
-            if val is None or isinstance(val, bool) or not isinstance(val, typ):
-                raise ProtocolError(f"device info field {f.name!r} is missing or not "
-                                    f"{typ.__name__} ({str(val)[:60]!r})",
-                                    f"send {f.name!r} as a JSON {typ.__name__}")
-            if typ is int and not 0 <= val <= MAX_INT:
-                raise ProtocolError(f"device info field {f.name!r} is {val}, outside 0..2**64-1",
-                                    f"send {f.name!r} as a non-negative integer")
-            values[f.name] = val
-        return cls(**values)
-
-    @classmethod
-    def from_endpoint(cls, ep: Any) -> DeviceInfo:
-        """Copy the fields of a harness.topology.Endpoint (or anything with them) by name."""
-        return cls(**{f.name: getattr(ep, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)

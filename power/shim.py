@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable
 
 from harness import topology
+from harness.core.device import DeviceInfo
 from harness.core.errors import RxePowerError, TopologyError
 from harness.system import network
 from power import kmsg, pmtest
 from power.asyncevents import AsyncEventReader
-from power.notify import AnswerKind, DeviceInfo, Notifier
+from power.notify import AnswerKind, Notifier
 from power.plan import OnVeto, StepKind
 from power.result import StepRecord, TransitionRequest, TransitionResult, Verdict
 from power.timeline import EntryKind, Timeline

@@ -26,12 +26,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
 from harness.core.proc import spawn, wait_or_kill
 from harness.core.protocol import Channel
 from harness.core.schemas import ChannelKind
 from harness.workload.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_peer_view
-from power.notify import DeviceInfo
 
 WORKER_START_TIMEOUT_S = 60.0
 PROGRESS_TIMEOUT_S = 60.0

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from harness import cli, topology
+from harness.core.device import DeviceInfo
 from harness.rdma.verbs import Device
 from power import kmsg, pmtest
-from power.notify import DeviceInfo, SuspendReply
+from power.notify import SuspendReply
 from power.plan import TRANSITIONS, OnVeto, Ordering, StepKind
 from power.result import TransitionResult, Verdict
 from power.timeline import EntryKind

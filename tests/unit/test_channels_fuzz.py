@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, FramingError, ProtocolError
 from harness.core.protocol import (
     ERROR_TEXT_MAX,
@@ -42,7 +43,6 @@ from harness.peer import agent as peer_agent
 from harness.workload.ledger import WorkloadSpec
 from power import notify
 from power.asyncevents import parse_command, parse_record
-from power.notify import DeviceInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ = settings(max_examples=200, deadline=None,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness import topology
+from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError, RxePowerError
 from harness.core.protocol import Message, decode
 from harness.core.schemas import ChannelKind
@@ -21,7 +22,6 @@ from power.notify import (
     Answer,
     AnswerKind,
     ClientEndpoint,
-    DeviceInfo,
     Notifier,
     SuspendReply,
     socket_client_name,
