@@ -41,8 +41,8 @@ from harness.core.schemas import SCHEMAS as REGISTRY
 from harness.core.strict_json import MAX_DEPTH, MAX_INT
 from harness.peer import agent as peer_agent
 from harness.workload.ledger import WorkloadSpec
-from power import notify
 from power.asyncevents import parse_command, parse_record
+from power.notify.sockets import read_line
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ = settings(max_examples=200, deadline=None,
@@ -434,7 +434,7 @@ def test_channel_closed_while_outstanding(pair: Any) -> None:
 
 # --- the notice protocol (power/notify.py) -------------------------------------------------
 class ChunkSock:
-    """A socket stand-in for notify._read_line: hands out the given chunks, then EOF."""
+    """A socket stand-in for read_line: hands out the given chunks, then EOF."""
 
     def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = [c for c in chunks if c]  # a real recv() returns b"" only at EOF
@@ -447,7 +447,7 @@ class ChunkSock:
 
 
 def read_notice_line(chunks: list[bytes]) -> bytes | None:
-    return notify._read_line(ChunkSock(chunks), time.monotonic() + BOUND_S)  # type: ignore[arg-type]
+    return read_line(ChunkSock(chunks), time.monotonic() + BOUND_S)  # type: ignore[arg-type]
 
 
 @FUZZ

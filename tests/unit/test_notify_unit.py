@@ -24,8 +24,8 @@ from power.notify import (
     ClientEndpoint,
     Notifier,
     SuspendReply,
-    socket_client_name,
 )
+from power.notify.sockets import socket_client_name
 
 DEV = DeviceInfo(dev="rxe0", port=1, netdev="rxpw0", ifindex=12, addr="198.18.0.1",
                  gid="::ffff:198.18.0.1", gid_index=1)
