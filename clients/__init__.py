@@ -35,5 +35,5 @@ def policy_class(spec: str) -> type:
     for hook in ("on_suspend", "on_resume", "on_error"):
         if not callable(getattr(cls, hook, None)):
             raise SettingError(f"client policy {spec!r} has no {hook}()",
-                               "implement the clients.core.Policy protocol")
+                               "implement the clients.connection.Policy protocol")
     return cls

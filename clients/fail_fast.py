@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 
-from clients.core import ClientCore, PeerUnreachable
+from clients.connection import PeerUnreachable
+from clients.core import ClientCore
 from harness.core.device import DeviceInfo
 from power.notify import SuspendReply
 

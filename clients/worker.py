@@ -40,6 +40,7 @@ import traceback
 from pathlib import Path
 
 from clients import policy_class
+from clients.core import ClientCore
 from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError, RxePowerError
 from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader, Message, decode, error_reply
@@ -113,8 +114,6 @@ class Worker:
             limit //= 2
 
     def start(self, p: dict) -> None:
-        from clients.core import ClientCore
-
         policy = policy_class(p["policy"])()
         self.journal = open(p["journal"], "a")  # noqa: SIM115 - closed at exit
         self.core = ClientCore(p["name"], policy, WorkloadSpec.from_json(p["spec"]),

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.core import _journal_run
+from clients.journal import journal_run as _journal_run
 from harness import topology
 from harness.core.errors import OsCallError, ProtocolError, SettingError
 from harness.rdma import payload
