@@ -40,6 +40,7 @@ from harness.core.schemas import MAX_SECONDS, ChannelKind
 from harness.core.schemas import SCHEMAS as REGISTRY
 from harness.core.strict_json import MAX_DEPTH, MAX_INT
 from harness.peer import agent as peer_agent
+from harness.peer import dispatch as peer_dispatch
 from harness.workload.ledger import WorkloadSpec
 from power.asyncevents import parse_command, parse_record
 from power.notify.sockets import read_line
@@ -568,7 +569,7 @@ def fake_handle(msg: Message) -> dict | None:
 def agent_feed(*lines: bytes) -> tuple[FakeConn, list, bool]:
     conn = FakeConn(b"".join(lines))
     waiting: list = []
-    alive = peer_agent.read_and_dispatch(conn, LineReader(), fake_handle, waiting)  # type: ignore[arg-type]
+    alive = peer_dispatch.read_and_dispatch(conn, LineReader(), fake_handle, waiting)  # type: ignore[arg-type]
     return conn, waiting, alive
 
 
@@ -598,7 +599,7 @@ def test_agent_waits_with_a_finite_deadline_and_refuses_a_duplicate_id() -> None
     conn = FakeConn(line, line)
     waiting: list = []
     for _ in range(2):
-        assert peer_agent.read_and_dispatch(conn, LineReader(), fake_handle, waiting)  # type: ignore[arg-type]
+        assert peer_dispatch.read_and_dispatch(conn, LineReader(), fake_handle, waiting)  # type: ignore[arg-type]
     assert len(waiting) == 1
     _, msg, deadline = waiting[0]
     assert msg.payload["_deadline"] == deadline and deadline - time.monotonic() <= 2.5
@@ -615,7 +616,7 @@ def test_agent_drops_a_connection_whose_framing_broke() -> None:
 
 def test_agent_survives_a_gone_connection() -> None:
     conn = FakeConn(env("hello") + b"\n", broken=True)
-    assert not peer_agent.read_and_dispatch(conn, LineReader(), fake_handle, [])  # type: ignore[arg-type]
+    assert not peer_dispatch.read_and_dispatch(conn, LineReader(), fake_handle, [])  # type: ignore[arg-type]
 
 
 def test_agent_finish_waits_survives_a_gone_connection() -> None:
