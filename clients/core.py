@@ -41,7 +41,8 @@ from harness.rdma.names import async_event_name
 from harness.rdma.payload import GOODBYE_SEQ, READ_SEQ
 from harness.rdma.verbs import Device, QpInfo, QpParams, RcQp, opcode, verbs_call, wait_readable
 from harness.system.holders import SYSFS_VERBS, uverbs_files
-from harness.workload.ledger import Recorder, WorkloadSpec
+from harness.workload.recorder import Recorder
+from harness.workload.spec import WorkloadSpec
 
 DRAIN_TIMEOUT_S = 5.0  # QP to ERR -> every WR flushed back
 AGENT_REPLY_TIMEOUT_S = 20.0

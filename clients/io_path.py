@@ -22,7 +22,8 @@ from harness.rdma import payload
 from harness.rdma.names import wc_status_name
 from harness.rdma.payload import READ_SEQ
 from harness.rdma.verbs import SEND_SIGNALED, opcode
-from harness.workload.ledger import AppRequest, Op, Recorder, WorkloadSpec
+from harness.workload.recorder import Recorder
+from harness.workload.spec import AppRequest, Op, WorkloadSpec
 
 MAX_EVENTS = 2000  # notes kept in memory per round for the timeline (the journal has all)
 POLL_BATCH = 64  # completions taken per poll call

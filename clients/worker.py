@@ -46,7 +46,7 @@ from harness.core.errors import ProtocolError, RxePowerError
 from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader, Message, decode, error_reply
 from harness.core.schemas import ChannelKind
 from harness.rdma.verbs import raise_fd_limit
-from harness.workload.ledger import WorkloadSpec
+from harness.workload.spec import WorkloadSpec
 from power.notify import ClientEndpoint, SuspendReply
 
 TICK_S = 0.05  # longest loop turn (the removal watch); completions and due posts wake sooner

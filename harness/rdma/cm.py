@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
 
 from harness.core.errors import BoundExceeded, RxePowerError, oserror_to
 from harness.rdma.verbs import (
@@ -48,12 +47,6 @@ CM_EVENT_NAMES = {
 
 def cm_event_name(event_type: int) -> str:
     return CM_EVENT_NAMES.get(event_type, f"CM_EVENT_{event_type}")
-
-
-@dataclass(frozen=True)
-class CmEventRecord:
-    name: str
-    t: float  # time.monotonic()
 
 
 class EventChannel:

@@ -384,11 +384,6 @@ class RcQp:
         with verbs_call(f"QP {self.qpn} -> ERR"):
             self.qp.modify(attr, e.IBV_QP_STATE)
 
-    def to_reset(self) -> None:
-        attr = QPAttr(qp_state=e.IBV_QPS_RESET)
-        with verbs_call(f"QP {self.qpn} -> RESET"):
-            self.qp.modify(attr, e.IBV_QP_STATE)
-
     # -- memory
     def _drop_view(self) -> None:
         view, self.view = self.view, None  # before the MR frees its buffer

@@ -14,7 +14,7 @@ import signal
 import pytest
 
 from harness.run.scenario import ClientResult, ScenarioResult, render, run_scenario
-from harness.workload.ledger import WorkloadSpec
+from harness.workload.spec import WorkloadSpec
 from power.plan import OnVeto, Ordering
 from power.result import TransitionRequest, Verdict
 

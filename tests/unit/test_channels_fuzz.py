@@ -41,7 +41,7 @@ from harness.core.schemas import SCHEMAS as REGISTRY
 from harness.core.strict_json import MAX_DEPTH, MAX_INT
 from harness.peer import agent as peer_agent
 from harness.peer import dispatch as peer_dispatch
-from harness.workload.ledger import WorkloadSpec
+from harness.workload.spec import WorkloadSpec
 from power.asyncevents import parse_command, parse_record
 from power.notify.sockets import read_line
 
