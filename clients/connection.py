@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from harness.core.device import DeviceInfo
 from harness.core.errors import RxePowerError
-from harness.rdma.verbs import QpInfo, RcQp
+from harness.rdma.qp_types import QpInfo
+from harness.rdma.verbs import RcQp
 from power.notify import SuspendReply
 
 if TYPE_CHECKING:  # the policies' hooks take the core that calls them

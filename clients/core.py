@@ -37,9 +37,11 @@ from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
 from harness.core.protocol import Channel, WorkerError
 from harness.core.schemas import ChannelKind
 from harness.rdma import payload
+from harness.rdma.event_fds import wait_readable
 from harness.rdma.names import async_event_name
 from harness.rdma.payload import GOODBYE_SEQ, READ_SEQ
-from harness.rdma.verbs import Device, QpInfo, QpParams, RcQp, opcode, verbs_call, wait_readable
+from harness.rdma.qp_types import QpInfo, QpParams
+from harness.rdma.verbs import Device, RcQp, opcode, verbs_call
 from harness.system.holders import SYSFS_VERBS, uverbs_files
 from harness.workload.recorder import Recorder
 from harness.workload.spec import WorkloadSpec

@@ -45,7 +45,7 @@ from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError, RxePowerError
 from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader, Message, decode, error_reply
 from harness.core.schemas import ChannelKind
-from harness.rdma.verbs import raise_fd_limit
+from harness.rdma.event_fds import raise_fd_limit
 from harness.workload.spec import WorkloadSpec
 from power.notify import ClientEndpoint, SuspendReply
 

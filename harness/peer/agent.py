@@ -29,7 +29,9 @@ from harness.core.protocol import LineReader, Message, error_reply
 from harness.peer.agent_qp import PROBE_WR_ID, AgentQp
 from harness.peer.dispatch import Waiting, read_and_dispatch
 from harness.rdma import cm, payload
-from harness.rdma.verbs import Device, QpInfo, QpParams, RcQp, opcode, raise_fd_limit
+from harness.rdma.event_fds import raise_fd_limit
+from harness.rdma.qp_types import QpInfo, QpParams
+from harness.rdma.verbs import Device, RcQp, opcode
 
 SELECT_TICK_S = 0.5  # upper bound on one loop turn (deadline checks), not a sleep
 ARRIVALS_PAGE = 4000  # arrivals per "arrivals" reply at most (~170 bytes each); "more" follows

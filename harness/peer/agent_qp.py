@@ -18,7 +18,8 @@ from harness.core.errors import RxePowerError
 from harness.rdma import payload
 from harness.rdma.names import wc_status_name
 from harness.rdma.payload import GOODBYE_SEQ
-from harness.rdma.verbs import QpInfo, RcQp
+from harness.rdma.qp_types import QpInfo
+from harness.rdma.verbs import RcQp
 
 POLL_BATCH = 64  # completions taken per poll call
 WC_RECV, WC_RECV_RDMA_WITH_IMM = 128, 129  # enum ibv_wc_opcode

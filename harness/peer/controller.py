@@ -22,7 +22,7 @@ from harness.core.errors import BoundExceeded, RxePowerError
 from harness.core.proc import spawn, wait_or_kill
 from harness.core.protocol import REPLY_TIMEOUT_S, Channel, ProtocolError
 from harness.core.schemas import ChannelKind
-from harness.rdma.verbs import QpInfo
+from harness.rdma.qp_types import QpInfo
 from harness.topology import Endpoint
 
 AGENT_START_TIMEOUT_S = 30.0

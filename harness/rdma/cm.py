@@ -13,17 +13,9 @@ import contextlib
 import time
 
 from harness.core.errors import BoundExceeded, RxePowerError, oserror_to
-from harness.rdma.verbs import (
-    FD_LOCK,
-    Device,
-    QpParams,
-    RcQp,
-    fds_of_kind,
-    new_event_fd,
-    require_pyverbs,
-    verbs_call,
-    wait_readable,
-)
+from harness.rdma.event_fds import FD_LOCK, fds_of_kind, new_event_fd, wait_readable
+from harness.rdma.qp_types import QpParams
+from harness.rdma.verbs import Device, RcQp, require_pyverbs, verbs_call
 
 try:
     import pyverbs.cm_enums as ce
