@@ -28,7 +28,7 @@ def policy_class(spec: str) -> type:
         raise SettingError(f"unknown client policy {spec!r}",
                            f"use one of: {', '.join(POLICIES)}, or module:Class")
     try:
-        cls = getattr(importlib.import_module(mod_name), cls_name)
+        cls: type = getattr(importlib.import_module(mod_name), cls_name)
     except (ImportError, AttributeError) as exc:
         raise SettingError(f"client policy {spec!r} cannot be loaded: {exc}",
                            "give an importable module:Class (is it on PYTHONPATH?)") from None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import collections
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.core.device import DeviceInfo
 from harness.core.errors import RxePowerError
 from harness.rdma.qp_types import QpInfo
 from harness.rdma.verbs import RcQp
+from harness.workload.spec import Op
 from power.notify import SuspendReply
 
 if TYPE_CHECKING:  # the policies' hooks take the core that calls them
@@ -43,12 +44,14 @@ class Conn:
     remote: QpInfo
     free_slots: list[int]
     slot_req: list[int] = field(default_factory=list)
-    wrs: dict = field(default_factory=dict)  # (slot, op, size) -> its prebuilt SendWR
+    # (slot, op, size) -> its prebuilt SendWR
+    wrs: dict[tuple[int, Op, int], Any] = field(default_factory=dict)
     n_inflight: int = 0
     broken: bool = False
-    order: collections.deque = field(default_factory=collections.deque)  # slots as posted
+    order: collections.deque[int] = field(default_factory=collections.deque)  # slots as posted
     unsignaled: int = 0  # WRs posted unsignaled since the last signaled one
-    chains: dict = field(default_factory=dict)  # (op, size) -> the window's WRs, linked
+    # (op, size) -> the window's WRs, linked
+    chains: dict[tuple[Op, int], list[Any]] = field(default_factory=dict)
 
     @property
     def inflight(self) -> dict[int, tuple[int, int]]:
@@ -68,5 +71,5 @@ class Metrics:
     reconnects: int = 0
     notes: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)

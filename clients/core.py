@@ -28,7 +28,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from clients.connection import Conn, Metrics, PeerUnreachable, Policy
 from clients.io_path import POLL_BATCH, ClientIoPath, bursts
@@ -260,7 +260,7 @@ class ClientCore(ClientIoPath):
         while self.queue:
             self.ledger.failed_to_app(self.queue.popleft(), reason)
 
-    def finish(self) -> dict:
+    def finish(self) -> dict[str, Any]:
         """Every request gets its outcome; the report without the ledger itself, which
         the controller reads in pages (ledger_page): it can be far larger than one
         message."""
@@ -274,7 +274,7 @@ class ClientCore(ClientIoPath):
                 "metrics": self.metrics.to_json(), "agent_qps": self.agent_qps,
                 "generations": self.generation, "round": self.round, "events": self.events}
 
-    def ledger_page(self, start: int, limit: int) -> dict:
+    def ledger_page(self, start: int, limit: int) -> dict[str, Any]:
         return self.ledger.page(start, limit)
 
 

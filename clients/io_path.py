@@ -221,13 +221,13 @@ class ClientIoPath:
         for req in reqs:
             self.ledger.posted(req.req_id, gen, now)
         conn.free_slots.clear()
-        bad = conn.qp.post_chain(chain[0])
-        posted = qd if bad is None else bad - 1  # wr_id = slot + 1
+        refused = conn.qp.post_chain(chain[0])
+        posted = qd if refused is None else refused[0] - 1  # wr_id = slot + 1
         conn.n_inflight += posted
         conn.order.extend(range(posted))
-        conn.unsignaled = 0 if bad is None else posted  # those wait for a later completion
-        if bad is not None:
-            exc = conn.qp.last_post_error
+        conn.unsignaled = 0 if refused is None else posted  # those wait for a later completion
+        if refused is not None:
+            exc = refused[1]
             for s in range(posted, qd):
                 req_id = conn.slot_req[s]
                 conn.slot_req[s] = -1

@@ -38,8 +38,10 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import IO, Any
 
 from clients import policy_class
+from clients.connection import Policy
 from clients.core import ClientCore
 from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError, RxePowerError
@@ -54,11 +56,14 @@ MAX_PAGE_REQUESTS = 20_000  # ledger requests per page at most (~30 bytes each a
 
 
 
-def wait_any(fds: list, timeout_s: float) -> set:
+Waitable = socket.socket | int  # a socket, or an fd number
+
+
+def wait_any(fds: list[Waitable], timeout_s: float) -> set[Waitable]:
     """The readable ones of `fds` (sockets or fd numbers) after at most `timeout_s`: poll(2),
     which has no FD_SETSIZE limit (a QP's completion channel is an fd of its own)."""
     p = select.poll()
-    by_fd = {}
+    by_fd: dict[int, Waitable] = {}
     for f in fds:
         fd = f if isinstance(f, int) else f.fileno()
         by_fd[fd] = f
@@ -70,19 +75,19 @@ class Worker:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = LineReader()
-        self.core = None
+        self.core: ClientCore | None = None
         self.endpoint: ClientEndpoint | None = None
         self.finish_msg: Message | None = None
         self.finish_deadline = 0.0
-        self.journal = None
+        self.journal: IO[str] | None = None
 
-    def reply(self, msg: Message, event: str, payload: dict) -> None:
+    def reply(self, msg: Message, event: str, payload: dict[str, Any]) -> None:
         self.sock.sendall(Message(event, payload, msg.id).encode())
 
     def handle(self, msg: Message) -> None:
         if msg.event == "start":
-            self.start(msg.payload)
-            self.reply(msg, "ok", {"generation": self.core.generation, "pid": os.getpid()})
+            core = self.start(msg.payload)
+            self.reply(msg, "ok", {"generation": core.generation, "pid": os.getpid()})
         elif self.core is None:
             raise RxePowerError(f"{msg.event!r} before start", "send start first")
         elif msg.event == "go":
@@ -96,7 +101,8 @@ class Worker:
             self.finish_msg = msg
             self.finish_deadline = time.monotonic() + msg.payload["timeout_s"]
         elif msg.event == "ledger":
-            self.reply(msg, "ok", self.ledger_page(msg.payload["start"], msg.payload["limit"]))
+            self.reply(msg, "ok", self.ledger_page(self.core, msg.payload["start"],
+                                                   msg.payload["limit"]))
         elif msg.event == "round":
             if self.finish_msg is not None:
                 raise RxePowerError("round while a finish is outstanding",
@@ -104,24 +110,24 @@ class Worker:
             self.core.new_round(WorkloadSpec.from_json(msg.payload["spec"]))
             self.reply(msg, "ok", {"generation": self.core.generation})
 
-    def ledger_page(self, start: int, limit: int) -> dict:
+    @staticmethod
+    def ledger_page(core: ClientCore, start: int, limit: int) -> dict[str, Any]:
         """A page that fits one message: halved until it does."""
         limit = max(1, min(limit, MAX_PAGE_REQUESTS))
         while True:
-            page = self.core.ledger_page(start, limit)
+            page = core.ledger_page(start, limit)
             if limit == 1 or len(Message("ok", page).encode()) < MAX_MESSAGE_BYTES - 1024:
                 return page
             limit //= 2
 
-    def start(self, p: dict) -> None:
-        policy = policy_class(p["policy"])()
+    def start(self, p: dict[str, Any]) -> ClientCore:
+        policy: Policy = policy_class(p["policy"])()
         self.journal = open(p["journal"], "a")  # noqa: SIM115 - closed at exit
-        self.core = ClientCore(p["name"], policy, WorkloadSpec.from_json(p["spec"]),
-                               DeviceInfo.from_json(p["device"]), p["agent_socket"],
-                               self.journal)
-        self.core.admitting = False  # until "go"
-        self.core.open(self.core.device_info)
-        core = self.core
+        core = self.core = ClientCore(p["name"], policy, WorkloadSpec.from_json(p["spec"]),
+                                      DeviceInfo.from_json(p["device"]), p["agent_socket"],
+                                      self.journal)
+        core.admitting = False  # until "go"
+        core.open(core.device_info)
 
         def on_suspend(transition: str, deadline_s: float) -> SuspendReply | None:
             core.note("suspend_prepare", transition=transition, deadline_s=deadline_s)
@@ -133,10 +139,11 @@ class Worker:
 
         self.endpoint = ClientEndpoint(p["name"], on_suspend, on_resume,
                                        clients_dir=Path(p["clients_dir"]))
+        return core
 
     def loop(self) -> int:
         while True:
-            fds = [self.sock]
+            fds: list[Waitable] = [self.sock]
             if self.endpoint is not None:
                 fds.append(self.endpoint.fileno())
             if self.core is not None:
@@ -205,7 +212,7 @@ class Worker:
             if self.core is None:
                 continue
             core = self.core
-            core.service(set(readable))
+            core.service({f for f in readable if isinstance(f, int)})
             if self.finish_msg is not None and (core.done()
                                                 or time.monotonic() >= self.finish_deadline):
                 self.reply(self.finish_msg, "ok", core.finish())

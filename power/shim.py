@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 from harness import topology
 from harness.core.device import DeviceInfo
@@ -24,7 +25,7 @@ from harness.core.errors import RxePowerError, TopologyError
 from harness.system import network
 from power import kmsg, pmtest
 from power.asyncevents import AsyncEventReader
-from power.notify import AnswerKind, Notifier
+from power.notify import Answer, AnswerKind, Notifier
 from power.plan import OnVeto, StepKind
 from power.result import StepRecord, TransitionRequest, TransitionResult, Verdict
 from power.timeline import EntryKind, Timeline
@@ -115,7 +116,7 @@ class Shim:
                                 "run `rxe-power recover`")
         return topo
 
-    def _on_event(self, dev: str, name: str, t_ns: int, rec: dict) -> None:
+    def _on_event(self, dev: str, name: str, t_ns: int, rec: dict[str, Any]) -> None:
         run = self._current
         if run is not None:
             run.tl.add(EntryKind.ASYNC_EVENT, dev, name, t_ns=t_ns, code=rec.get("code"))
@@ -201,7 +202,7 @@ class Shim:
 
     # --- the steps ------------------------------------------------------------------------
 
-    def _execute_step(self, run: TransitionRun, step: StepKind) -> dict:
+    def _execute_step(self, run: TransitionRun, step: StepKind) -> dict[str, Any]:
         cfg, req, tl = self.cfg, run.req, run.tl
         if step is S.NOTIFY_SUSPEND:
             return self._notify_suspend(run)
@@ -218,7 +219,7 @@ class Shim:
         if step is S.DELETE_DEVICE:
             self._close_events(run, cfg.local_dev)
 
-            def note(what: str, **detail: object) -> None:
+            def note(what: str, **detail: Any) -> None:
                 tl.add(EntryKind.VETO if detail.pop("veto", False) else EntryKind.NOTE,
                        cfg.local_dev, what, **detail)
                 if what.startswith("holder pid"):
@@ -237,8 +238,8 @@ class Shim:
             topology.destroy_side_netdev(cfg, "local")
             return {"old_ifindex": old}
         if step is S.HOLD:
-            time.sleep(req.hold_ms / 1000)  # the sleep itself: the device stays down this long
-            return {"hold_ms": req.hold_ms}
+            time.sleep(run.hold_ms / 1000)  # the sleep itself: the device stays down this long
+            return {"hold_ms": run.hold_ms}
         if step is S.CREATE_NETDEV:
             topology.create_side_netdev(cfg, "local", up=False)
             return {"new_ifindex": topology.netdev_ifindex(cfg.local_netdev)}
@@ -271,11 +272,11 @@ class Shim:
             self._record_answers(run, answers)
             return {"clients": len(answers)}
         if step is S.PM_SUSPEND:
-            took = pmtest.run(req.pm_level, max(1, round(req.hold_ms / 1000)))
+            took = pmtest.run(req.pm_level, max(1, round(run.hold_ms / 1000)))
             return {"level": req.pm_level, "took_s": round(took, 3), "real_suspend": True}
         raise AssertionError(f"unhandled step {step}")  # pragma: no cover
 
-    def _notify_suspend(self, run: TransitionRun) -> dict:
+    def _notify_suspend(self, run: TransitionRun) -> dict[str, Any]:
         req = run.req
         deadline_s = req.quiesce_timeout_s
         run.tl.add(EntryKind.NOTIFY, "shim", "suspend_prepare", deadline_s=deadline_s)
@@ -295,7 +296,7 @@ class Shim:
         return {"clients": len(answers),
                 "answers": {a.client: a.kind.value for a in answers}}
 
-    def _record_answers(self, run: TransitionRun, answers: list) -> None:
+    def _record_answers(self, run: TransitionRun, answers: list[Answer]) -> None:
         for a in answers:
             run.answers.append(a.to_json())
             run.tl.add(EntryKind.ANSWER, f"client {a.client}", a.kind.value,

@@ -15,7 +15,10 @@ class TransitionRun:
     """The mutable state of one transition run."""
 
     def __init__(self, req: TransitionRequest, tl: Timeline) -> None:
+        if req.hold_ms is None:
+            raise ValueError("a transition runs a resolved request (TransitionRequest.resolved)")
         self.req = req
+        self.hold_ms: int = req.hold_ms
         self.tl = tl
         self.steps: list[StepRecord] = []
         self.answers: list[dict[str, Any]] = []

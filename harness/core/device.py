@@ -10,12 +10,31 @@ added (harness.topology), so the fields are defined here once.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 from harness.core.errors import ProtocolError
 from harness.core.strict_json import MAX_INT
 
 _INT_FIELDS = ("port", "ifindex", "gid_index")
+
+
+class HasDeviceFields(Protocol):
+    """Anything that carries DeviceInfo's fields by name (a topology Endpoint)."""
+
+    @property
+    def dev(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def netdev(self) -> str: ...
+    @property
+    def ifindex(self) -> int: ...
+    @property
+    def addr(self) -> str: ...
+    @property
+    def gid(self) -> str: ...
+    @property
+    def gid_index(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,6 @@ class DeviceInfo:
         return DeviceInfo(**values)
 
     @classmethod
-    def from_endpoint(cls, ep: DeviceInfo) -> DeviceInfo:
+    def from_endpoint(cls, ep: HasDeviceFields) -> DeviceInfo:
         """The DeviceInfo part of `ep` (a topology Endpoint, which adds the port state)."""
         return DeviceInfo(**{f.name: getattr(ep, f.name) for f in fields(DeviceInfo)})

@@ -23,6 +23,7 @@ import socket
 import struct
 import sys
 import time
+from typing import Any
 
 from harness.core.errors import ProtocolError, RxePowerError
 from harness.core.protocol import LineReader, Message, error_reply
@@ -47,17 +48,17 @@ class Agent:
         self.qps: dict[int, AgentQp] = {}
         self.next_qp_id = 1
         self.waiting: Waiting = []
-        self.cm_listener: object | None = None
-        self.cm_channel = None
-        self.cm_params: dict = {}
-        self.cm_events: list[dict] = []
+        self.cm_listener: cm.CMID | None = None
+        self.cm_channel: cm.EventChannel | None = None
+        self.cm_params: dict[str, Any] = {}
+        self.cm_events: list[dict[str, Any]] = []
         self.cm_delivered = 0
         self.running = True
         # epoll: no FD_SETSIZE limit (a QP's completion channel is one fd; 1,024 QPs...)
         self.sel = selectors.DefaultSelector()
 
     # -- requests
-    def handle(self, msg: Message) -> dict | None:
+    def handle(self, msg: Message) -> dict[str, Any] | None:
         """Answer a request; None means "reply later" (a wait)."""
         p = msg.payload
         ev = msg.event
@@ -65,9 +66,9 @@ class Agent:
             return {"device": self.device_name, "pid": os.getpid(), "gid": self.dev.gid,
                     "gid_index": self.gid_index}
         if ev == "create_qp":
-            aq = self._new_qp(p["mr_size"], p["recv_slots"], p["slot_size"], self.dev)
-            aq.write_slots = p["write_slots"]
-            return {"qp_id": aq.qp_id, "info": aq.info()}
+            new = self._new_qp(p["mr_size"], p["recv_slots"], p["slot_size"], self.dev)
+            new.write_slots = p["write_slots"]
+            return {"qp_id": new.qp_id, "info": new.info()}
         if ev == "cm_listen":
             return self._cm_listen(p)
         if ev == "cm_events":
@@ -147,7 +148,7 @@ class Agent:
             aq.probe_started, aq.probe_done = time.monotonic(), None
             aq.qp.post_send(PROBE_WR_ID, opcode("SEND"), aq.rdma_base, 16)
 
-    def _probe_done(self, aq: AgentQp, msg: Message) -> dict | None:
+    def _probe_done(self, aq: AgentQp, msg: Message) -> dict[str, Any] | None:
         if aq.probe_done is None and time.monotonic() < msg.payload["_deadline"]:
             return None
         started = aq.probe_started or time.monotonic()
@@ -156,7 +157,7 @@ class Agent:
         return {"status": status, "seconds": round(t - started, 4)}
 
     def _arrivals_done(self, aq: AgentQp, count: int, deadline: float,
-                       final: bool) -> dict | None:
+                       final: bool) -> dict[str, Any] | None:
         """New arrivals once `count` are there (or at the deadline), at most ARRIVALS_PAGE
         per reply: "more" says the rest follows on the next request."""
         pending = len(aq.arrivals) - aq.delivered
@@ -169,7 +170,7 @@ class Agent:
         return None
 
     # -- rdma_cm (passive side)
-    def _cm_listen(self, p: dict) -> dict:
+    def _cm_listen(self, p: dict[str, Any]) -> dict[str, Any]:
         if self.cm_listener is not None:
             raise RxePowerError("already listening", "send cm_stop first")
         self.cm_channel = cm.EventChannel()
@@ -189,12 +190,16 @@ class Agent:
         if ev is None:
             return
         name = cm.cm_event_name(int(ev.event_type))
-        rec: dict = {"event": name, "t": time.monotonic(), "qp_id": None}
+        rec: dict[str, Any] = {"event": name, "t": time.monotonic(), "qp_id": None}
         try:
             if name == "CONNECT_REQUEST":
-                cmid = cm.CMID(creator=ev, listen_id=self.cm_listener)
-                dev = Device.borrow(self.device_name, self.cm_listener.context,
-                                    self.cm_listener.pd, self.gid_index)
+                listener = self.cm_listener
+                if listener is None:
+                    raise RxePowerError("a CONNECT_REQUEST with no listener",
+                                        "send cm_listen before connecting")
+                cmid = cm.CMID(creator=ev, listen_id=listener)
+                dev = Device.borrow(self.device_name, listener.context, listener.pd,
+                                    self.gid_index)
                 p = self.cm_params
                 aq = self._new_qp(p["mr_size"], p["recv_slots"], p["slot_size"], dev)
                 aq.cmid = cmid
@@ -205,14 +210,16 @@ class Agent:
                 rec["qp_id"] = aq.qp_id
                 rec["info"] = aq.info()
             else:
-                aq = self._qp_of_event(ev)
-                rec["qp_id"] = aq.qp_id if aq else None
-                if name == "ESTABLISHED" and aq is not None:
-                    cm.drive_qp(aq.cmid, aq.qp, cm.e.IBV_QPS_RTS, "RTR->RTS")
-                elif name == "DISCONNECTED" and aq is not None:
+                known = self._qp_of_event(ev)
+                rec["qp_id"] = known.qp_id if known else None
+                if known is None or known.cmid is None:
+                    pass
+                elif name == "ESTABLISHED":
+                    cm.drive_qp(known.cmid, known.qp, cm.e.IBV_QPS_RTS, "RTR->RTS")
+                elif name == "DISCONNECTED":
                     with contextlib.suppress(Exception):
-                        aq.cmid.disconnect()  # complete our half of the disconnect
-                    aq.qp.to_err()  # flush our posted receives; counted as wc_error events
+                        known.cmid.disconnect()  # complete our half of the disconnect
+                    known.qp.to_err()  # flush our posted receives; counted as wc_error events
         finally:
             ev.ack_cm_event()
         self.cm_events.append(rec)
@@ -223,7 +230,7 @@ class Agent:
         live = [aq for aq in self.qps.values() if aq.cmid is not None]
         return live[-1] if live else None
 
-    def _cm_wait_done(self, msg: Message, now: float) -> dict | None:
+    def _cm_wait_done(self, msg: Message, now: float) -> dict[str, Any] | None:
         new = self.cm_events[self.cm_delivered:]
         deadline = msg.payload.get("_deadline", now + msg.payload["timeout_s"])
         msg.payload["_deadline"] = deadline
@@ -294,11 +301,12 @@ class Agent:
         return read_and_dispatch(conn, reader, self.handle, self.waiting)
 
     def _finish_waits(self) -> None:
-        still = []
+        still: Waiting = []
         for c, msg, deadline in self.waiting:
             try:
                 if msg.event in ("arrivals", "probe"):
                     aq = self.qps.get(msg.payload["qp_id"])
+                    reply: dict[str, Any] | None
                     if aq is None:
                         reply = {"error": "QP destroyed while waiting"}
                     elif msg.event == "probe":

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from harness.core.errors import RxePowerError
-from harness.rdma import payload
+from harness.rdma import cm, payload
 from harness.rdma.names import wc_status_name
 from harness.rdma.payload import GOODBYE_SEQ
 from harness.rdma.qp_types import QpInfo
 from harness.rdma.verbs import RcQp
+
+if TYPE_CHECKING:  # pyverbs is imported only where a device is used (harness.rdma.verbs)
+    from pyverbs.cq import WC
 
 POLL_BATCH = 64  # completions taken per poll call
 WC_RECV, WC_RECV_RDMA_WITH_IMM = 128, 129  # enum ibv_wc_opcode
@@ -38,7 +42,7 @@ class Arrival:
     generation: int
     t: float
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"seq": self.seq, "opcode": self.opcode, "length": self.length, "ok": self.ok,
                 "reason": self.reason, "crc": self.crc, "generation": self.generation,
                 "t": self.t}
@@ -52,19 +56,19 @@ class AgentQp:
     slot_size: int
     generation: int = 0
     arrivals: list[Arrival] = field(default_factory=list)
-    events: list[dict] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
     delivered: int = 0  # arrivals already handed to the controller
     write_slots: int = 0  # WRITE_WITH_IMM slots at the start of the area (0: all of it)
     probe_started: float | None = None
     probe_done: tuple[str, float] | None = None
-    cmid: object | None = None
-    recv_wrs: list = field(default_factory=list)  # one prebuilt receive WR per slot
+    cmid: cm.CMID | None = None
+    recv_wrs: list[Any] = field(default_factory=list)  # one prebuilt receive WR per slot
 
     @property
     def rdma_base(self) -> int:
         return self.recv_slots * self.slot_size
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         base = self.qp.info()
         return QpInfo(base.qpn, base.psn, base.gid, base.rkey, base.addr + self.rdma_base,
                       base.length - self.rdma_base).to_json()
@@ -87,7 +91,7 @@ class AgentQp:
             if len(wcs) < POLL_BATCH:
                 return
 
-    def _completion(self, wc: object) -> None:
+    def _completion(self, wc: WC) -> None:
         code, wr_id = wc.status, wc.wr_id
         if wr_id == PROBE_WR_ID:
             self.probe_done = (wc_status_name(code), time.monotonic())

@@ -16,7 +16,7 @@ from harness.core.strict_json import loads_strict
 from harness.peer import traffic
 from harness.peer.controller import PeerAgent
 from harness.rdma.cm import CmClient
-from harness.rdma.verbs import QpInfo, QpParams
+from harness.rdma.qp_types import QpInfo, QpParams
 from harness.topology import Endpoint
 
 # --- a whole rdma_cm session in its own process -------------------------------------------

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.core.errors import BoundExceeded, RxePowerError
+from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
 from harness.core.proc import spawn, wait_or_kill
-from harness.core.protocol import REPLY_TIMEOUT_S, Channel, ProtocolError
+from harness.core.protocol import REPLY_TIMEOUT_S, Channel
 from harness.core.schemas import ChannelKind
 from harness.rdma.qp_types import QpInfo
 from harness.topology import Endpoint
@@ -82,7 +82,7 @@ class PeerAgent:
             return ""
 
     def request(self, event: str, reply_timeout_s: float = REPLY_TIMEOUT_S,
-                **payload: Any) -> dict:
+                **payload: Any) -> dict[str, Any]:
         assert self.chan is not None
         try:
             return self.chan.request(event, reply_timeout_s, **payload)
@@ -102,7 +102,7 @@ class PeerAgent:
     def connect_qp(self, qp_id: int, remote: QpInfo) -> str:
         return str(self.request("connect_qp", qp_id=qp_id, remote=remote.to_json())["state"])
 
-    def arrivals(self, qp_id: int, count: int, timeout_s: float = 10.0) -> dict:
+    def arrivals(self, qp_id: int, count: int, timeout_s: float = 10.0) -> dict[str, Any]:
         """The QP's new arrivals and events once `count` arrived (or at `timeout_s`): all
         of them, read page by page (the agent sends at most ARRIVALS_PAGE per reply)."""
         rep = self.request("arrivals", timeout_s + REPLY_TIMEOUT_S, qp_id=qp_id, count=count,

@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from harness.core.errors import FramingError, ProtocolError
 from harness.core.protocol import LineReader, Message, decode, error_reply
@@ -18,9 +19,10 @@ from harness.core.schemas import ChannelKind
 
 WAIT_EVENTS = ("arrivals", "probe", "cm_events")  # answered when done or at payload timeout_s
 Waiting = list[tuple[socket.socket, Message, float]]  # (connection, request, its deadline)
+Handler = Callable[[Message], dict[str, Any] | None]  # the reply payload; None: answer later
 
 
-def dispatch_line(conn: socket.socket, line: bytes, handle: Callable[[Message], dict | None],
+def dispatch_line(conn: socket.socket, line: bytes, handle: Handler,
                   waiting: Waiting) -> None:
     """Decode one line from `conn` and answer it. `handle(msg)` returns the reply payload,
     or None to answer later (the request joins `waiting` until its deadline). Any failure,
@@ -47,7 +49,7 @@ def dispatch_line(conn: socket.socket, line: bytes, handle: Callable[[Message], 
 
 
 def read_and_dispatch(conn: socket.socket, reader: LineReader,
-                      handle: Callable[[Message], dict | None], waiting: Waiting) -> bool:
+                      handle: Handler, waiting: Waiting) -> bool:
     """Read what `conn` sent and answer every complete line. False: drop the connection
     (it is gone, or its framing broke)."""
     try:

@@ -25,6 +25,23 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
+# the pyverbs names the passive side (harness.peer.agent) takes from here too
+__all__ = [
+    "CMID",
+    "CM_EVENT_NAMES",
+    "CM_EVENT_TIMEOUT_S",
+    "CM_RESOLVE_TIMEOUT_MS",
+    "RDMA_CM_FD_KIND",
+    "AddrInfo",
+    "CmClient",
+    "EventChannel",
+    "ce",
+    "cm_event_name",
+    "conn_param",
+    "drive_qp",
+    "e",
+]
+
 CM_EVENT_TIMEOUT_S = 10.0
 CM_RESOLVE_TIMEOUT_MS = 2000
 RDMA_CM_FD_KIND = "/dev/infiniband/rdma_cm"

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
-from harness.core.errors import BoundExceeded, NoRxe, RxePowerError, oserror_to
+from harness.core.errors import BoundExceeded, NoRxe, OsCallError, RxePowerError, oserror_to
 from harness.rdma import payload
 from harness.rdma.event_fds import (
     FD_LOCK,
@@ -72,6 +72,9 @@ SEND_SIGNALED = 2  # IBV_SEND_SIGNALED (fixed by the libibverbs ABI)
 if HAVE_PYVERBS:
     ACCESS_ALL = (e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE
                   | e.IBV_ACCESS_REMOTE_READ | e.IBV_ACCESS_REMOTE_ATOMIC)
+
+
+_NO_VIEW = memoryview(b"")  # a closed QP's view of its (freed) MR: nothing to read
 
 
 class QpState(IntEnum):
@@ -180,7 +183,7 @@ class RcQp:
         self.params = params = params or QpParams()
         self.psn = random.getrandbits(24)
         self._bad_wr: SendWR | None = None
-        self.last_post_error: RxePowerError | None = None
+        self.last_post_error: OsCallError | None = None
         self._stack = contextlib.ExitStack()
         try:
             with verbs_call(f"{dev.name}: create completion channel"):
@@ -196,7 +199,7 @@ class RcQp:
             self._stack.callback(self.mr.close)
             # the MR's buffer as a writable view: payloads are written and checked in
             # place (pyverbs' read/write copy through a bytes object)
-            self.view: memoryview | None = memoryview(
+            self.view: memoryview = memoryview(
                 (ctypes.c_char * params.mr_size).from_address(int(self.mr.buf))).cast("B")
             self._stack.callback(self._drop_view)
             cap = QPCap(max_send_wr=params.max_send_wr, max_recv_wr=params.max_recv_wr,
@@ -274,10 +277,9 @@ class RcQp:
 
     # -- memory
     def _drop_view(self) -> None:
-        view, self.view = self.view, None  # before the MR frees its buffer
-        if view is not None:
-            with contextlib.suppress(BufferError):
-                view.release()
+        view, self.view = self.view, _NO_VIEW  # before the MR frees its buffer
+        with contextlib.suppress(BufferError):
+            view.release()
 
     def write_local(self, offset: int, data: bytes) -> None:
         self.mr.write(data, len(data), offset)
@@ -335,18 +337,18 @@ class RcQp:
         except PyverbsError as exc:
             raise oserror_to(f"QP {self.qpn} post_send wr_id {wr.wr_id}", exc) from exc
 
-    def post_chain(self, head: SendWR) -> int | None:
+    def post_chain(self, head: SendWR) -> tuple[int, OsCallError] | None:
         """Post a chain of send WRs (linked with next_wr) in one ibv_post_send: one
         doorbell for the lot. None when all went; else the wr_id of the first WR that was
-        not posted (those before it were), with the error in `last_post_error`."""
+        not posted (those before it were) and the error (also in `last_post_error`)."""
         if self._bad_wr is None:  # receives a copy of the failing WR (pyverbs never frees
             self._bad_wr = SendWR(num_sge=1, sg=[self.sge(0, 0)])  # a WR's list by itself)
         try:
             self.qp.post_send(head, self._bad_wr)
         except PyverbsError as exc:
-            self.last_post_error = oserror_to(f"QP {self.qpn} post_send (chain from wr_id "
-                                              f"{head.wr_id})", exc)
-            return int(self._bad_wr.wr_id)
+            err = oserror_to(f"QP {self.qpn} post_send (chain from wr_id {head.wr_id})", exc)
+            self.last_post_error = err
+            return int(self._bad_wr.wr_id), err
         return None
 
     def post_send(self, wr_id: int, opcode: int, offset: int, length: int, *,

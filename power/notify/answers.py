@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from harness.core.device import DeviceInfo
 
@@ -34,12 +34,12 @@ class Answer:
             return None
         return (self.answered_ns - self.sent_ns) / 1e6
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"client": self.client, "kind": str(self.kind), "reason": self.reason,
                 "sent_ns": self.sent_ns, "answered_ns": self.answered_ns}
 
     @classmethod
-    def from_json(cls, d: dict) -> Answer:
+    def from_json(cls, d: dict[str, Any]) -> Answer:
         return cls(str(d["client"]), AnswerKind(d["kind"]), str(d.get("reason", "")),
                    int(d["sent_ns"]),
                    None if d.get("answered_ns") is None else int(d["answered_ns"]))

@@ -125,7 +125,8 @@ class ClientEndpoint:
         if self._closed or self._closing.is_set():
             return 0
         try:
-            ready, _, _ = select.select([self._sock, self._wake_r], [], [], max(timeout_s, 0.0))
+            ready, _, _ = select.select([self._sock.fileno(), self._wake_r], [], [],
+                                        max(timeout_s, 0.0))
         except (OSError, ValueError):  # closed under us
             return 0
         if not ready or self._closing.is_set():
