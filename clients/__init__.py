@@ -1,6 +1,6 @@
 """Client policies: the same workload through the same I/O path (clients.core), differing
 only in what they do around a power transition. Each runs in its own worker process
-(clients.worker), steered by the controller (harness.clientrun).
+(clients.worker), steered by the controller (harness.run.scenario).
 
 A policy is named by its short name (POLICIES) or, for a policy of your own, as
 `package.module:Class` importable in the worker (the tests' leaking client is one).

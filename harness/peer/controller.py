@@ -1,6 +1,6 @@
 """The controller's side of the remote peer agent: spawn, talk, stop.
 
-The agent is a separate process (harness.peer_agent) bound to the peer HCA; a
+The agent is a separate process (harness.peer.agent) bound to the peer HCA; a
 crash of it surfaces here as a ProtocolError naming the request that was
 outstanding and the tail of the agent's log.
 """

@@ -433,7 +433,7 @@ def test_channel_closed_while_outstanding(pair: Any) -> None:
         chan.request("progress", 2.0)
 
 
-# --- the notice protocol (power/notify.py) -------------------------------------------------
+# --- the notice protocol (power/notify/) ----------------------------------------------------
 class ChunkSock:
     """A socket stand-in for read_line: hands out the given chunks, then EOF."""
 

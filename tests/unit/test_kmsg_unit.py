@@ -1,4 +1,4 @@
-"""Pure logic for power/kmsg.py: runs on any host, no root, no real /dev/kmsg."""
+"""Pure logic for power/kmsg/: runs on any host, no root, no real /dev/kmsg."""
 
 from __future__ import annotations
 
