@@ -15,8 +15,9 @@ control socket (fd N, a socketpair end from the controller). Protocol: the
              size in "requests") when every request has an outcome, or at the deadline
              (in flight: LOST)
     ledger   {start, limit} -> a page of the ledger as columns (Recorder.page of
-             harness.workload.recorder; Ledger.from_pages rebuilds it), at most `limit` requests from `start`, fewer
-             if the page would not fit one message: "stop" says where it ended
+             harness.workload.recorder; Ledger.from_pages rebuilds it), at most `limit`
+             requests from `start`, fewer if the page would not fit one message: "stop"
+             says where it ended
     round    {spec} -> {generation}           after a finish: the next workload round on
              the same device with a fresh QP generation and ledger (rxe-power stress)
 
