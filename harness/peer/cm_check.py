@@ -12,11 +12,11 @@ import sys
 import time
 
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
-from harness.core.protocol import loads_strict
+from harness.core.strict_json import loads_strict
 from harness.peer import traffic
 from harness.peer.controller import PeerAgent
 from harness.rdma.cm import CmClient
-from harness.rdma.verbs import QpInfo, QpParams
+from harness.rdma.qp_types import QpInfo, QpParams
 from harness.topology.config import Endpoint
 
 # --- a whole rdma_cm session in its own process -------------------------------------------

@@ -18,7 +18,8 @@ from harness.core.errors import RxePowerError
 from harness.peer.controller import PeerAgent
 from harness.rdma import payload
 from harness.rdma.names import wc_status_name
-from harness.rdma.verbs import Device, QpInfo, QpParams, RcQp, opcode
+from harness.rdma.qp_types import QpInfo, QpParams
+from harness.rdma.verbs import Device, RcQp, opcode
 from harness.topology.config import Topology
 
 IMM_MASK = 0xFFFFFFFF

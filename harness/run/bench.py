@@ -323,9 +323,9 @@ def harness_run(agent: Any, topo: Any, clients_dir: Path, log_dir: Path, spec: A
                 name: str) -> HarnessRun:
     """One worker (the real client process) runs `spec` flat out; figures from its ledger,
     every request accounted, the peer's record of every SEND/WRITE matched to it."""
+    from harness.core.device import DeviceInfo
     from harness.run.scenario import ClientWorker
     from harness.workload.ledger import apply_peer_view
-    from power.notify import DeviceInfo
 
     with ClientWorker(name, "fail-fast", spec, log_dir) as w:
         t0 = time.monotonic()

@@ -26,12 +26,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
 from harness.core.proc import spawn, stop_child
 from harness.core.protocol import Channel
+from harness.core.schemas import ChannelKind
 from harness.run.scenario_result import ClientEnd, ClientResult, ScenarioResult
 from harness.workload.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_peer_view
-from power.notify import DeviceInfo
 
 if TYPE_CHECKING:  # types only: the controller objects a scenario is run with
     from harness.peer.controller import PeerAgent
@@ -68,7 +69,7 @@ class ClientWorker:
                           stdout=self._log, stderr=subprocess.STDOUT)
         theirs.close()
         self.pid = self.proc.pid
-        self.chan = Channel(ours, f"client {name} (pid {self.pid})")
+        self.chan = Channel(ours, f"client {name} (pid {self.pid})", ChannelKind.WORKER)
         self.rounds_done = 0  # finished workload rounds
 
     def start(self, device: DeviceInfo, agent_socket: str, clients_dir: Path) -> None:

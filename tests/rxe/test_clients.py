@@ -15,7 +15,7 @@ import pytest
 
 from harness.run.scenario import render, run_scenario
 from harness.run.scenario_result import ClientEnd, ClientResult, ScenarioResult
-from harness.workload.ledger import WorkloadSpec
+from harness.workload.spec import WorkloadSpec
 from power.plan import OnVeto, Ordering
 from power.result import TransitionRequest, Verdict
 

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from harness import cli
+from harness.core.device import DeviceInfo
 from harness.rdma.verbs import Device
 from harness.system.holders import find_holders
 from harness.system.tcp_ports import tcp_listening
 from harness.topology import devices, lifecycle, pingpong
 from harness.topology.config import Topology, TopologyConfig
 from power import kmsg, pmtest
-from power.notify import DeviceInfo, SuspendReply
+from power.notify import SuspendReply
 from power.plan import TRANSITIONS, OnVeto, Ordering, StepKind
 from power.result import TransitionResult, Verdict
 from power.timeline import EntryKind

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from harness.core import protocol
 from harness.core.errors import OsCallError, ProtocolError, SettingError, TopologyError, oserror_to
+from harness.core.schemas import PEER_REQUESTS, ChannelKind
 from harness.core.settings import Mode, resolve
 from harness.core.state import StateFile
 from harness.rdma import payload
@@ -56,7 +57,7 @@ def test_payload_patterns_differ_by_seq() -> None:
 # --- protocol -----------------------------------------------------------------------------
 def test_protocol_roundtrip() -> None:
     msg = protocol.Message("fill", {"qp_id": 1, "offset": 0, "length": 8, "seq": 3}, 7)
-    back = protocol.decode(msg.encode().rstrip(b"\n"))
+    back = protocol.decode(msg.encode().rstrip(b"\n"), ChannelKind.PEER)
     assert (back.event, back.payload, back.id) == ("fill", msg.payload, 7)
 
 
@@ -71,7 +72,7 @@ def test_protocol_roundtrip() -> None:
 ])
 def test_protocol_rejects(line: bytes, needle: str) -> None:
     with pytest.raises(ProtocolError, match=needle):
-        protocol.decode(line)
+        protocol.decode(line, ChannelKind.PEER)
 
 
 def test_protocol_size_limit() -> None:
@@ -87,18 +88,18 @@ def test_protocol_size_limit() -> None:
 @given(st.binary(max_size=512))
 def test_protocol_decode_never_crashes(raw: bytes) -> None:
     with contextlib.suppress(ProtocolError):
-        protocol.decode(raw)
+        protocol.decode(raw, ChannelKind.PEER)
 
 
 @given(st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=4),
-       st.sampled_from(sorted(protocol.REQUESTS)))
+       st.sampled_from(sorted(PEER_REQUESTS)))
 def test_protocol_decode_fuzz_payloads(payload_obj: dict, event: str) -> None:
     line = json.dumps({"v": 1, "id": 1, "event": event, "payload": payload_obj}).encode()
     try:
-        msg = protocol.decode(line)
+        msg = protocol.decode(line, ChannelKind.PEER)
     except ProtocolError:
         return
-    for name in protocol.REQUESTS[event]:
+    for name in PEER_REQUESTS[event]:
         assert name in msg.payload
 
 

@@ -13,19 +13,19 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError, RxePowerError
 from harness.core.protocol import Message, decode
+from harness.core.schemas import ChannelKind
 from harness.topology.config import Endpoint
 from power.notify import (
-    NOTIFY_SCHEMA,
     Answer,
     AnswerKind,
     ClientEndpoint,
-    DeviceInfo,
     Notifier,
     SuspendReply,
-    socket_client_name,
 )
+from power.notify.sockets import socket_client_name
 
 DEV = DeviceInfo(dev="rxe0", port=1, netdev="rxpw0", ifindex=12, addr="198.18.0.1",
                  gid="::ffff:198.18.0.1", gid_index=1)
@@ -107,7 +107,7 @@ def read_notice(conn: socket.socket) -> Message:
         data = conn.recv(4096)
         assert data, "shim closed before sending a whole line"
         buf += data
-    return decode(buf.rstrip(b"\n"), schema=NOTIFY_SCHEMA)
+    return decode(buf.rstrip(b"\n"), ChannelKind.NOTICE)
 
 
 def kinds(answers: list[Answer]) -> dict[str, AnswerKind]:
