@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from harness import topology
+from harness.vm import command_line as vm_command_line
 from harness.cli import bench_command, doctor
 from harness.cli.launch import (
     RESULTS_DIR,
@@ -398,9 +399,7 @@ def add_stress_options(p: argparse.ArgumentParser, mode_help: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["vm"]:  # everything after `vm` belongs to the VM runner's own parser
-        from harness import vm
-
-        return vm.main(argv[1:])
+        return vm_command_line.main(argv[1:])
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:

@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from harness import topology, vm
+from harness import topology
 from harness.core.errors import RxePowerError
 from harness.core.settings import Mode
+from harness.vm import runner
 
 RESULTS_DIR = Path(os.environ.get("RXE_POWER_RESULTS", "results"))
 
@@ -49,9 +50,9 @@ def _forwarded_env() -> dict[str, str]:
 
 
 def run_in_guest(argv: list[str], timeout_s: float, log_name: str) -> int:
-    req = vm.VmRequest(command=argv, rw_dirs=[Path.cwd()], log_path=RESULTS_DIR / log_name,
+    req = runner.VmRequest(command=argv, rw_dirs=[Path.cwd()], log_path=RESULTS_DIR / log_name,
                        timeout_s=timeout_s, env=_forwarded_env())
-    result = vm.run_in_vm(req)
+    result = runner.run_in_vm(req)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{log_name}.json").write_text(json.dumps(result.to_json(), indent=1,
                                                              default=str))

@@ -226,10 +226,11 @@ def test_oserror_carries_errno_text() -> None:
 
 # --- CLI parsing --------------------------------------------------------------------------
 def test_cli_vm_passes_its_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import cli, vm
+    from harness import cli
+    from harness.vm import command_line as vm_command_line
 
     seen: list[list[str]] = []
-    monkeypatch.setattr(vm, "main", lambda argv: seen.append(argv) or 7)
+    monkeypatch.setattr(vm_command_line, "main", lambda argv: seen.append(argv) or 7)
     assert cli.main(["vm", "--timeout-s", "5", "--", "true"]) == 7
     assert seen == [["--timeout-s", "5", "--", "true"]]
 
