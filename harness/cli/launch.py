@@ -16,6 +16,7 @@ from harness.core.settings import Mode
 from harness.vm import runner
 
 RESULTS_DIR = Path(os.environ.get("RXE_POWER_RESULTS", "results"))
+SHORT_COMMAND_VM_TIMEOUT_S = 600.0  # bound on a VM run of check or transition
 
 
 def native_rxe_available() -> tuple[bool, str]:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, topology
+from harness import topology
+from harness.cli import main as cli_main
 from harness.rdma.verbs import Device
 from power import kmsg, pmtest
 from power.notify import DeviceInfo, SuspendReply
@@ -334,7 +335,7 @@ def test_cli_transition_under_ibv_rc_pingpong(rxe_topology, results_dir: Path) -
             assert time.monotonic() < deadline, "ibv_rc_pingpong never opened rxe0"
             time.sleep(0.05)
         out = results_dir / "transitions" / "cli-surprise-removal-pingpong.json"
-        rc = cli.main(["transition", "surprise-removal", "--on-veto",
+        rc = cli_main.main(["transition", "surprise-removal", "--on-veto",
                        "force", "--hold-ms", str(HOLD_MS), "--json", str(out), "--mode",
                        "native"])
         res = TransitionResult.read(out)

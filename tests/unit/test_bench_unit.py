@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import bench_command, build_parser
+from harness.cli import bench_command
+from harness.cli.main import build_parser
 from harness.core.errors import SettingError
 from harness.run import bench
 from harness.run.bench import (
