@@ -21,9 +21,10 @@ from enum import StrEnum
 from pathlib import Path
 
 from harness import topology
-from harness.cli.launch import native_rxe_available
+from harness.cli.launch import Subcommands, native_rxe_available
 from harness.core.errors import OsCallError, RxePowerError
 from harness.core.settings import Mode, resolve
+from harness.core.state import STATE_PATH, StateFile
 from harness.system import command, rdma_netlink
 from harness.vm import accel as vm_accel
 from harness.vm import kernel as vm_kernel
@@ -292,11 +293,11 @@ def _rdma_names() -> set[str]:
 def check_state_file(path: Path | None = None, netdevs: Callable[[], set[str]] = _netdev_names,
                      rdma_devs: Callable[[], set[str]] = _rdma_names) -> Finding:
     """A topology state file whose devices are gone is a leftover for `rxe-power teardown`."""
-    path = path if path is not None else topology.STATE_PATH
+    path = path if path is not None else STATE_PATH
     if not path.exists():
         return ok("state file", f"no {path} (nothing of ours to remove)")
     try:
-        state = topology.StateFile.load(path)
+        state = StateFile.load(path)
         present = netdevs() | rdma_devs()
     except RxePowerError as exc:
         return warn("state file", exc.problem, exc.fix)
@@ -382,7 +383,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return exit_code(findings)
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: Subcommands) -> argparse.ArgumentParser:
     p = subparsers.add_parser("doctor", help="check what the harness needs; say how to fix it")
     p.add_argument("--json", action="store_true", help="print the findings as a JSON list")
     p.add_argument("--probe-kvm", action="store_true", help="boot the short KVM probe if its "

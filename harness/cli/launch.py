@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TypeAlias
 
 from harness import topology
 from harness.core.errors import RxePowerError
@@ -16,6 +17,8 @@ from harness.core.settings import Mode
 from harness.vm import runner
 
 RESULTS_DIR = Path(os.environ.get("RXE_POWER_RESULTS", "results"))
+# the subparsers of `rxe-power` each command module adds its commands to
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 SHORT_COMMAND_VM_TIMEOUT_S = 600.0  # bound on a VM run of check or transition
 
 

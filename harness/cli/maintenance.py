@@ -10,7 +10,13 @@ import sys
 import time
 
 from harness import topology
-from harness.cli.launch import RESULTS_DIR, SHORT_COMMAND_VM_TIMEOUT_S, choose_mode, run_in_guest
+from harness.cli.launch import (
+    RESULTS_DIR,
+    SHORT_COMMAND_VM_TIMEOUT_S,
+    Subcommands,
+    choose_mode,
+    run_in_guest,
+)
 from harness.core.settings import Mode
 from harness.peer import traffic
 from harness.peer.controller import PeerAgent
@@ -19,7 +25,7 @@ from harness.topology.cleanup import cleanup
 TOPOLOGY_ACTIONS = {"setup": "up", "teardown": "down", "show": "show"}
 
 
-def add_check_parser(subparsers: argparse._SubParsersAction, mode_help: str) -> None:
+def add_check_parser(subparsers: Subcommands, mode_help: str) -> None:
     p = subparsers.add_parser("check", help="bring up rxe0 <-> rxe1 and report a traffic check")
     p.add_argument("--mode", default=None, help=mode_help)
     p.add_argument("--timeout-s", type=float, default=SHORT_COMMAND_VM_TIMEOUT_S,
@@ -27,7 +33,7 @@ def add_check_parser(subparsers: argparse._SubParsersAction, mode_help: str) -> 
     p.set_defaults(func=cmd_check)
 
 
-def add_topology_parsers(subparsers: argparse._SubParsersAction) -> None:
+def add_topology_parsers(subparsers: Subcommands) -> None:
     subparsers.add_parser("cleanup", help="remove what a killed run left: its processes, "
                           "blocked deletes, and the topology (repaired instead if a live run "
                           "uses it)").set_defaults(func=cmd_cleanup)

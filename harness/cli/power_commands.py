@@ -9,14 +9,20 @@ import sys
 from pathlib import Path
 
 from harness import topology
-from harness.cli.launch import RESULTS_DIR, SHORT_COMMAND_VM_TIMEOUT_S, choose_mode, run_in_guest
+from harness.cli.launch import (
+    RESULTS_DIR,
+    SHORT_COMMAND_VM_TIMEOUT_S,
+    Subcommands,
+    choose_mode,
+    run_in_guest,
+)
 from harness.core.settings import Mode
 from power.plan import parse_on_veto, parse_ordering
 from power.result import VERDICT_EXIT, TransitionRequest
 from power.shim import Shim, render
 
 
-def add_parsers(subparsers: argparse._SubParsersAction, mode_help: str) -> None:
+def add_parsers(subparsers: Subcommands, mode_help: str) -> None:
     p = subparsers.add_parser("transition", help="run one power transition of the local HCA")
     p.add_argument("name", help="link-flap, standby, hibernate, surprise-removal or pm-test")
     p.add_argument("--ordering", help="clients-first or hca-first (default: the first the "

@@ -15,7 +15,13 @@ import os
 from pathlib import Path
 
 from harness import report, topology
-from harness.cli.launch import native_argv, run_in_guest, split_csv, start_results_command
+from harness.cli.launch import (
+    Subcommands,
+    native_argv,
+    run_in_guest,
+    split_csv,
+    start_results_command,
+)
 from harness.core.settings import Mode
 from harness.run.matrix import DEFAULT_TRANSITIONS, MatrixSpec, run_matrix
 from harness.run.stress import StressSpec, make_progress, run_stress
@@ -25,7 +31,7 @@ MATRIX_VM_TIMEOUT_S = 3600.0
 STRESS_VM_TIMEOUT_S = 6 * 3600.0
 
 
-def add_parsers(subparsers: argparse._SubParsersAction, mode_help: str) -> None:
+def add_parsers(subparsers: Subcommands, mode_help: str) -> None:
     for name, what in (("run", "the main job: the default scenario matrix, then its report "
                          "(table, timeline pictures, HTML) in one results folder"),
                        ("matrix", "run the scenario matrix (transitions x orderings x client "

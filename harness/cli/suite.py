@@ -11,14 +11,14 @@ import argparse
 import subprocess
 import sys
 
-from harness.cli.launch import choose_mode, run_in_guest
+from harness.cli.launch import Subcommands, choose_mode, run_in_guest
 from harness.core.settings import Mode
 
 PYTEST_NO_TESTS = 5  # pytest.ExitCode.NO_TESTS_COLLECTED
 TEST_VM_TIMEOUT_S = 3600.0  # the suite takes 15-20 min in TCG; CI allows 90
 
 
-def add_parser(subparsers: argparse._SubParsersAction, mode_help: str) -> None:
+def add_parser(subparsers: Subcommands, mode_help: str) -> None:
     p = subparsers.add_parser("test", help="run the test suite (pytest) where rxe exists")
     p.add_argument("--mode", default=None, help=mode_help)
     p.add_argument("--timeout-s", type=float, default=TEST_VM_TIMEOUT_S,
