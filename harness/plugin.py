@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -19,6 +20,13 @@ from harness.core.settings import SETTINGS, resolve
 from harness.system import holders, inventory
 from harness.topology import devices, lifecycle
 from harness.topology.config import Topology, TopologyConfig
+
+if TYPE_CHECKING:  # pyverbs-backed types: imported for real inside the fixtures, so that
+    # collecting the pure-logic tests needs no pyverbs
+    from harness.peer.controller import PeerAgent
+    from harness.peer.traffic import Pair
+    from harness.rdma.verbs import Device
+    from power.result import TransitionResult
 
 _TOPOLOGY_OPTIONS = ("rxe-local-dev", "rxe-peer-dev", "rxe-local-netdev", "rxe-peer-netdev",
                      "rxe-local-addr", "rxe-peer-addr")
@@ -118,7 +126,7 @@ def results_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def peer_agent(rxe_topology: Topology, results_dir: Path) -> Iterator[object]:
+def peer_agent(rxe_topology: Topology, results_dir: Path) -> Iterator[PeerAgent]:
     """The remote peer agent process on the peer HCA, for one test module (so a module
     that takes the topology down and up again has no holder of rxe1 in its way)."""
     from harness.peer.controller import PeerAgent
@@ -128,7 +136,7 @@ def peer_agent(rxe_topology: Topology, results_dir: Path) -> Iterator[object]:
 
 
 @pytest.fixture
-def local_device(rxe_topology: Topology) -> Iterator[object]:
+def local_device(rxe_topology: Topology) -> Iterator[Device]:
     """An open Context+PD on the local HCA, closed after the test."""
     from harness.rdma.verbs import Device
 
@@ -138,7 +146,7 @@ def local_device(rxe_topology: Topology) -> Iterator[object]:
 
 
 @pytest.fixture
-def rc_pair(local_device: object, peer_agent: object) -> Iterator[object]:
+def rc_pair(local_device: Device, peer_agent: PeerAgent) -> Iterator[Pair]:
     """A connected RC pair: our QP on the local HCA <-> the agent's QP on the peer HCA."""
     from harness.peer.traffic import connected_pair
 
@@ -159,9 +167,9 @@ class ShimFixture:
         self.shim.start()  # the reader starts while the test sets up its clients
         self.out_dir = out_dir
         self.test_name = test_name
-        self.results: list[object] = []
+        self.results: list[TransitionResult] = []
 
-    def run(self, name: str, **kwargs: object) -> object:
+    def run(self, name: str, **kwargs: Any) -> TransitionResult:
         """Run one transition (TransitionRequest fields as keywords); keep its JSON."""
         from power.result import TransitionRequest
 

@@ -9,14 +9,18 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TypeAlias
 
-from harness import vm
 from harness.core import settings
 from harness.core.errors import RxePowerError
 from harness.core.settings import Mode
 from harness.system.rxe_module import rxe_module_loaded
+from harness.vm import runner
 
 RESULTS_DIR = settings.results_dir()
+# the subparsers of `rxe-power` each command module adds its commands to
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+SHORT_COMMAND_VM_TIMEOUT_S = 600.0  # bound on a VM run of check or transition
 
 
 def native_rxe_available() -> tuple[bool, str]:
@@ -50,9 +54,9 @@ def _forwarded_env() -> dict[str, str]:
 
 
 def run_in_guest(argv: list[str], timeout_s: float, log_name: str) -> int:
-    req = vm.VmRequest(command=argv, rw_dirs=[Path.cwd()], log_path=RESULTS_DIR / log_name,
+    req = runner.VmRequest(command=argv, rw_dirs=[Path.cwd()], log_path=RESULTS_DIR / log_name,
                        timeout_s=timeout_s, env=_forwarded_env())
-    result = vm.run_in_vm(req)
+    result = runner.run_in_vm(req)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{log_name}.json").write_text(json.dumps(result.to_json(), indent=1,
                                                              default=str))

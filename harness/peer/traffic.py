@@ -13,6 +13,7 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from harness.core.errors import RxePowerError
 from harness.peer.controller import PeerAgent
@@ -37,7 +38,7 @@ class OpStats:
     def ok(self) -> bool:
         return not self.errors and self.messages > 0
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
 
 
@@ -77,7 +78,7 @@ def connected_pair(dev: Device, agent: PeerAgent, *, local_mr: int = 1 << 20,
                 agent.request("destroy_qp", qp_id=qp_id)
 
 
-def _check_wcs(wcs: list, stats: OpStats) -> None:
+def _check_wcs(wcs: list[Any], stats: OpStats) -> None:
     for wc in wcs:
         status = wc_status_name(int(wc.status))
         if status != "SUCCESS":

@@ -31,11 +31,15 @@ from typing import Any
 
 from harness.core.errors import RxePowerError, SettingError
 from harness.run.records import ScenarioKey
-from harness.run.resultsfile import RecordKind, ResultsWriter
+from harness.run.resultsfile import RecordKind
+from harness.run.scenario import run_scenario
 from harness.run.scenario_result import ClientEnd, ScenarioResult
+from harness.run.session import ResultsHeader, RunSession
+from harness.topology.config import TopologyConfig
+from harness.topology.lifecycle import restore_local_side
 from harness.workload.ledger import Op, Outcome, PeerView, WorkloadSpec
 from power.plan import OnVeto, Ordering, get_transition, parse_on_veto, parse_ordering
-from power.result import Verdict
+from power.result import TransitionRequest, Verdict
 from power.veto import VetoReport
 
 OP_MIXES: dict[str, tuple[Op, ...]] = {
@@ -278,38 +282,29 @@ def junit_xml(rows: list[Row], seconds: dict[str, float]) -> bytes:
 # --- running ------------------------------------------------------------------------------------
 
 
-def run_matrix(spec: MatrixSpec, cfg: Any, out_dir: Path, junit: Path | None = None,
+def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path | None = None,
                log: Callable[[str], None] = print) -> int:
     """Run every scenario; 0 when no row is broken, 1 otherwise. Results go to
     out_dir/results.jsonl as they happen; the table to out_dir/table.txt."""
-    from harness.peer.controller import PeerAgent
-    from harness.run.scenario import run_scenario
-    from harness.topology import lifecycle
-    from power.notify import Notifier, private_clients_dir
-    from power.result import TransitionRequest
-    from power.shim import Shim
-
     scenarios = spec.scenarios()
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     seconds: dict[str, float] = {}
-    topo, built = lifecycle.setup(cfg, log=lambda m: None)
-    log(f"matrix: {len(scenarios)} scenarios on {topo.local.dev} <-> {topo.peer.dev}; "
-        f"results in {out_dir / 'results.jsonl'}")
     interrupted = False
-    try:
-        with ResultsWriter(out_dir / "results.jsonl", "matrix", spec.to_json()) as out, \
-                PeerAgent(topo.peer, log_dir=out_dir / "logs") as agent, \
-                private_clients_dir() as clients_dir, Shim(cfg, Notifier(clients_dir)) as shim:
+    with RunSession(cfg, out_dir) as session:
+        topo = session.topo
+        log(f"matrix: {len(scenarios)} scenarios on {topo.local.dev} <-> {topo.peer.dev}; "
+            f"results in {session.results_path}")
+        with session.rig(results=ResultsHeader("matrix", spec.to_json())) as rig:
+            out = rig.results
             for i, sc in enumerate(scenarios, 1):
                 t0 = time.monotonic()
                 body: dict[str, Any] = {"index": i, "scenario": sc.to_json()}
                 req = TransitionRequest(sc.transition, sc.ordering, spec.hold_ms,
                                         spec.on_veto)
                 try:
-                    res = run_scenario(shim, agent, topo.local, req, list(sc.policies),
-                                       spec.workload(sc.mix), shim.notifier.clients_dir,
-                                       out_dir / "logs" / f"{i:03d}")
+                    res = run_scenario(rig.shim, rig.agent, topo.local, req, list(sc.policies),
+                                       spec.workload(sc.mix), rig.clients_dir,
+                                       rig.log_dir / f"{i:03d}")
                     body["result"] = res.to_json()
                     new = rows_of(sc.key(), res)
                 except KeyboardInterrupt:
@@ -319,7 +314,7 @@ def run_matrix(spec: MatrixSpec, cfg: Any, out_dir: Path, junit: Path | None = N
                 except RxePowerError as exc:
                     body["error"] = str(exc)
                     new = error_rows(sc.key(), str(exc))
-                problems = lifecycle.restore_local_side(cfg, log=lambda m: None)
+                problems = restore_local_side(cfg, log=lambda m: None)
                 seconds[sc.id] = body["seconds"] = round(time.monotonic() - t0, 3)
                 body["rows"] = [r.to_json() for r in new]
                 body["not_restored"] = problems
@@ -334,9 +329,6 @@ def run_matrix(spec: MatrixSpec, cfg: Any, out_dir: Path, junit: Path | None = N
             out.write(RecordKind.SUMMARY, {"rows": len(rows), "interrupted": interrupted,
                                            "by_status": {s.value: sum(r.status is s for r in rows)
                                                          for s in RowStatus}})
-    finally:
-        if built:
-            lifecycle.teardown(log=lambda m: None)
     table = render_table(rows)
     (out_dir / "table.txt").write_text("\n".join([*table, "", LEGEND]) + "\n")
     log("\n".join(["", *table, LEGEND]))

@@ -36,7 +36,7 @@ from harness.workload.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_pee
 
 if TYPE_CHECKING:  # types only: the controller objects a scenario is run with
     from harness.peer.controller import PeerAgent
-    from harness.topology import Endpoint
+    from harness.topology.config import Endpoint
     from power.result import TransitionRequest
     from power.shim import Shim
 

@@ -32,17 +32,20 @@ from harness.core import settings
 from harness.core.errors import RxePowerError, SettingError
 from harness.run.matrix import OP_MIXES, MatrixSpec
 from harness.run.records import CycleClient
-from harness.run.resultsfile import RecordKind, ResultsWriter
+from harness.run.resultsfile import RecordKind
 from harness.run.scenario import ClientWorker, run_round, safe_name, spawn_workers
 from harness.run.scenario_result import ClientEnd
+from harness.run.session import ResultsHeader, RunSession
 from harness.system import command
+from harness.topology.config import TopologyConfig
+from harness.topology.lifecycle import restore_local_side
 from harness.workload.ledger import WorkloadSpec
 from power.plan import OnVeto, Ordering, get_transition
 from power.result import TransitionRequest, Verdict
 
 if TYPE_CHECKING:  # types only: the controller objects a stress run is made of
     from harness.peer.controller import PeerAgent
-    from harness.topology import Topology
+    from harness.topology.config import Topology
     from power.shim import Shim
 
 RES_KINDS = ("qp", "cq", "mr", "pd")
@@ -257,57 +260,45 @@ class Stress:
         return out, body
 
 
-def run_stress(spec: StressSpec, cfg: Any, out_dir: Path,
+def run_stress(spec: StressSpec, cfg: TopologyConfig, out_dir: Path,
                progress: Callable[[CycleOutcome, int, int], None],
                log: Callable[[str], None] = print) -> int:
     """0 when every cycle passed, 1 when any failed, 130 when interrupted."""
-    from harness.peer.controller import PeerAgent
-    from harness.topology import lifecycle
-    from power.notify import Notifier, private_clients_dir
-    from power.shim import Shim
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    topo, built = lifecycle.setup(cfg, log=lambda m: None)
     failed = done = 0
     interrupted = False
-    stress: Stress | None = None
-    try:
-        with ResultsWriter(out_dir / "results.jsonl", "stress", spec.to_json()) as out, \
-                PeerAgent(topo.peer, log_dir=out_dir / "logs") as agent, \
-                private_clients_dir() as clients_dir, Shim(cfg, Notifier(clients_dir)) as shim:
-            stress = Stress(spec, topo, agent, shim, out_dir / "logs")
-            try:
-                stress.start()
-                for n in range(1, spec.cycles + 1):
-                    try:
-                        outcome, body = stress.cycle(n)
-                    except RxePowerError as exc:
-                        outcome = CycleOutcome(n, False, [f"harness error: {exc}"])
-                        body = {"cycle": n, "ok": False, "failures": outcome.failures}
-                    out.write(RecordKind.CYCLE, body)
-                    done += 1
-                    failed += not outcome.ok
-                    progress(outcome, failed, spec.cycles)
-                    problems = lifecycle.restore_local_side(cfg, log=lambda m: None)
-                    if problems:
-                        log(f"stress stopped: the local side was not restored: {problems}")
-                        break
-                    if spec.maxfail and failed >= spec.maxfail:
-                        log(f"stress stopped: {failed} failed cycles (--maxfail "
-                            f"{spec.maxfail})")
-                        break
-            except KeyboardInterrupt:
-                interrupted = True
-                log(f"\ninterrupted after {done} cycles; the results so far are kept")
-                lifecycle.restore_local_side(cfg, log=lambda m: None)
-            finally:
-                trends = summarize(stress.series)
-                out.write(RecordKind.SUMMARY, {"cycles": done, "failed": failed,
-                                               "interrupted": interrupted, "trends": trends})
-                stress.close()
-    finally:
-        if built:
-            lifecycle.teardown(log=lambda m: None)
+    with RunSession(cfg, out_dir) as session, \
+            session.rig(results=ResultsHeader("stress", spec.to_json())) as rig:
+        out = rig.results
+        stress = Stress(spec, rig.topo, rig.agent, rig.shim, rig.log_dir)
+        try:
+            stress.start()
+            for n in range(1, spec.cycles + 1):
+                try:
+                    outcome, body = stress.cycle(n)
+                except RxePowerError as exc:
+                    outcome = CycleOutcome(n, False, [f"harness error: {exc}"])
+                    body = {"cycle": n, "ok": False, "failures": outcome.failures}
+                out.write(RecordKind.CYCLE, body)
+                done += 1
+                failed += not outcome.ok
+                progress(outcome, failed, spec.cycles)
+                problems = restore_local_side(cfg, log=lambda m: None)
+                if problems:
+                    log(f"stress stopped: the local side was not restored: {problems}")
+                    break
+                if spec.maxfail and failed >= spec.maxfail:
+                    log(f"stress stopped: {failed} failed cycles (--maxfail "
+                        f"{spec.maxfail})")
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            log(f"\ninterrupted after {done} cycles; the results so far are kept")
+            restore_local_side(cfg, log=lambda m: None)
+        finally:
+            trends = summarize(stress.series)
+            out.write(RecordKind.SUMMARY, {"cycles": done, "failed": failed,
+                                           "interrupted": interrupted, "trends": trends})
+            stress.close()
     log("\n".join(["", *render_summary(done, failed, trends, out_dir)]))
     return 130 if interrupted else 1 if failed else 0
 

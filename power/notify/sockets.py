@@ -18,9 +18,10 @@ from pathlib import Path
 
 from harness.core.errors import FramingError, ProtocolError, RxePowerError
 from harness.core.protocol import LineReader
+from harness.core.settings import clients_dir
 from harness.core.state import StateFile
 
-CLIENTS_DIR = Path(os.environ.get("RXE_POWER_CLIENTS_DIR", "/run/rxe-power/clients"))
+CLIENTS_DIR = clients_dir()  # RXE_POWER_CLIENTS_DIR
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli
+from harness.cli import main as cli_main
 from harness.core.state import StateFile, process_start
 from harness.topology import devices, lifecycle
 from harness.topology.config import TopologyConfig
@@ -40,7 +40,7 @@ def test_cleanup_after_sigkill(point: str, rxe_config, rxe_topology, tmp_path: P
     roles = sorted(e["role"] for e in left)
     assert any(r.startswith("peer agent") for r in roles), roles
     assert any(process_start(e["pid"]) == e["start"] for e in left)  # orphans live on
-    assert cli.main(["cleanup"]) == 0, capsys.readouterr().out
+    assert cli_main.main(["cleanup"]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
     assert "a live rxe-power process" in out  # the session's topology is kept
     assert_clean(pid, left, rxe_config)

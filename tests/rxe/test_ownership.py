@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli
+from harness.cli import main as cli_main
 from harness.core.state import StateFile
 from harness.system import command, inventory
 from harness.topology import lifecycle
@@ -66,7 +66,7 @@ def test_foreign_objects_survive_everything(foreign: dict, power_shim, rxe_confi
         assert power_shim.run(name, hold_ms=100).verdict.value == "completed"
         assert foreign_snapshot() == foreign, name
     power_shim.shim.close()
-    assert cli.main(["cleanup"]) == 0, capsys.readouterr()
+    assert cli_main.main(["cleanup"]) == 0, capsys.readouterr()
     assert foreign_snapshot() == foreign
     try:
         assert lifecycle.teardown(log=print) == []
@@ -90,7 +90,7 @@ def test_killed_run_that_built_its_topology_is_removed_completely(
         argv, reached = POINTS["device-gone"]
         _pid, left = run_and_kill(argv, reached, rxe_config, tmp_path / "run")
         assert StateFile.load().topology_entries()  # it had built one
-        assert cli.main(["cleanup"]) == 0
+        assert cli_main.main(["cleanup"]) == 0
         assert not StateFile.load().created
         ours = {rxe_config.local_dev, rxe_config.peer_dev}
         assert not ours & {lk.ifname for lk in inventory.rdma_links()}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli
+from harness.cli import main as cli_main
 from harness.core.device import DeviceInfo
 from harness.rdma.verbs import Device
 from harness.system.holders import find_holders
@@ -339,7 +339,7 @@ def test_cli_transition_under_ibv_rc_pingpong(rxe_topology, results_dir: Path) -
             assert time.monotonic() < deadline, "ibv_rc_pingpong never opened rxe0"
             time.sleep(0.05)
         out = results_dir / "transitions" / "cli-surprise-removal-pingpong.json"
-        rc = cli.main(["transition", "surprise-removal", "--on-veto",
+        rc = cli_main.main(["transition", "surprise-removal", "--on-veto",
                        "force", "--hold-ms", str(HOLD_MS), "--json", str(out), "--mode",
                        "native"])
         res = TransitionResult.read(out)

@@ -229,30 +229,31 @@ def test_oserror_carries_errno_text() -> None:
 
 # --- CLI parsing --------------------------------------------------------------------------
 def test_cli_vm_passes_its_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import cli, vm
+    from harness.cli import main as cli_main
+    from harness.vm import command_line as vm_command_line
 
     seen: list[list[str]] = []
-    monkeypatch.setattr(vm, "main", lambda argv: seen.append(argv) or 7)
-    assert cli.main(["vm", "--timeout-s", "5", "--", "true"]) == 7
+    monkeypatch.setattr(vm_command_line, "main", lambda argv: seen.append(argv) or 7)
+    assert cli_main.main(["vm", "--timeout-s", "5", "--", "true"]) == 7
     assert seen == [["--timeout-s", "5", "--", "true"]]
 
 
 def test_cli_bad_mode_names_its_source(monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from harness import cli
+    from harness.cli import main as cli_main
 
     monkeypatch.setenv("RXE_POWER_MODE", "sideways")
-    assert cli.main(["run"]) == cli.HARNESS_ERROR_EXIT
+    assert cli_main.main(["run"]) == cli_main.HARNESS_ERROR_EXIT
     assert "environment variable RXE_POWER_MODE" in capsys.readouterr().err
 
 
 def test_cli_native_mode_without_rxe_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from harness import cli
     from harness.cli import launch
+    from harness.cli import main as cli_main
 
     monkeypatch.setattr(launch, "native_rxe_available", lambda: (False, "no rdma_rxe here"))
-    assert cli.main(["test", "--mode", "native"]) == cli.HARNESS_ERROR_EXIT
+    assert cli_main.main(["test", "--mode", "native"]) == cli_main.HARNESS_ERROR_EXIT
     err = capsys.readouterr().err
     assert "no rdma_rxe here" in err and "--mode vm" in err
 
@@ -261,7 +262,7 @@ def test_test_command_combines_the_host_and_vm_exit_codes() -> None:
     """`rxe-power test` in VM mode runs the pure-logic tests on the host and the rxe tests in
     the guest: one failing part fails the whole; "no tests collected" (5) in one part is
     fine when the other ran."""
-    from harness.cli import combined_pytest_exit
+    from harness.cli.suite import combined_pytest_exit
 
     assert combined_pytest_exit(0, 0) == 0
     assert combined_pytest_exit(5, 0) == 0 and combined_pytest_exit(0, 5) == 0

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from clients import policy_class
-from harness import cli
+from harness.cli import launch as cli_launch
+from harness.cli import main as cli_main
 from harness.core.errors import RxePowerError, SettingError
 from harness.run.matrix import (
     MatrixSpec,
@@ -175,16 +176,16 @@ def test_usage_and_resource_checks() -> None:
 ])
 def test_cli_refuses_bad_values_before_any_vm(argv: list[str], words: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(argv) == cli.HARNESS_ERROR_EXIT
+    assert cli_main.main(argv) == cli_main.HARNESS_ERROR_EXIT
     err = capsys.readouterr().err
     assert words in err and "fix:" in err
 
 
 def test_native_argv_for_the_vm_drops_host_only_options(tmp_path: Path) -> None:
-    args = cli.build_parser().parse_args(["stress", "--cycles", "5", "--mode", "vm",
+    args = cli_main.build_parser().parse_args(["stress", "--cycles", "5", "--mode", "vm",
                                           "--timeout-s=99", "--out", "x"])
     args.argv = ["stress", "--cycles", "5", "--mode", "vm", "--timeout-s=99", "--out", "x"]
-    assert cli.native_argv(args, tmp_path)[3:] == [
+    assert cli_launch.native_argv(args, tmp_path)[3:] == [
         "stress", "--cycles", "5", "--mode", "native", "--out", str(tmp_path)]
 
 
