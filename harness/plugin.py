@@ -10,23 +10,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from harness.core import settings
 from harness.core.errors import NotSupported, RxePowerError
 from harness.core.settings import SETTINGS, resolve
+from harness.peer.controller import PeerAgent
+from harness.peer.traffic import Pair, connected_pair
+from harness.rdma.verbs import Device
 from harness.system import holders, inventory
 from harness.topology import devices, lifecycle
 from harness.topology.config import Topology, TopologyConfig
-
-if TYPE_CHECKING:  # pyverbs-backed types: imported for real inside the fixtures, so that
-    # collecting the pure-logic tests needs no pyverbs
-    from harness.peer.controller import PeerAgent
-    from harness.peer.traffic import Pair
-    from harness.rdma.verbs import Device
-    from power.result import TransitionResult
+from power.notify import Notifier
+from power.result import TransitionRequest, TransitionResult
+from power.shim import Shim
 
 _TOPOLOGY_OPTIONS = ("rxe-local-dev", "rxe-peer-dev", "rxe-local-netdev", "rxe-peer-netdev",
                      "rxe-local-addr", "rxe-peer-addr")
@@ -129,8 +128,6 @@ def results_dir() -> Path:
 def peer_agent(rxe_topology: Topology, results_dir: Path) -> Iterator[PeerAgent]:
     """The remote peer agent process on the peer HCA, for one test module (so a module
     that takes the topology down and up again has no holder of rxe1 in its way)."""
-    from harness.peer.controller import PeerAgent
-
     with PeerAgent(rxe_topology.peer, log_dir=results_dir / "logs") as agent:
         yield agent
 
@@ -138,8 +135,6 @@ def peer_agent(rxe_topology: Topology, results_dir: Path) -> Iterator[PeerAgent]
 @pytest.fixture
 def local_device(rxe_topology: Topology) -> Iterator[Device]:
     """An open Context+PD on the local HCA, closed after the test."""
-    from harness.rdma.verbs import Device
-
     with Device(rxe_topology.local.dev, rxe_topology.local.port,
                 rxe_topology.local.gid_index) as dev:
         yield dev
@@ -148,8 +143,6 @@ def local_device(rxe_topology: Topology) -> Iterator[Device]:
 @pytest.fixture
 def rc_pair(local_device: Device, peer_agent: PeerAgent) -> Iterator[Pair]:
     """A connected RC pair: our QP on the local HCA <-> the agent's QP on the peer HCA."""
-    from harness.peer.traffic import connected_pair
-
     with connected_pair(local_device, peer_agent) as pair:
         yield pair
 
@@ -159,9 +152,6 @@ class ShimFixture:
 
     def __init__(self, cfg: TopologyConfig, clients_dir: Path, out_dir: Path,
                  test_name: str) -> None:
-        from power.notify import Notifier
-        from power.shim import Shim
-
         self.clients_dir = clients_dir
         self.shim = Shim(cfg, Notifier(clients_dir))
         self.shim.start()  # the reader starts while the test sets up its clients
@@ -171,8 +161,6 @@ class ShimFixture:
 
     def run(self, name: str, **kwargs: Any) -> TransitionResult:
         """Run one transition (TransitionRequest fields as keywords); keep its JSON."""
-        from power.result import TransitionRequest
-
         result = self.shim.run(TransitionRequest(name, **kwargs))
         self.results.append(result)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.test_name)

@@ -29,6 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from clients import policy_class
 from harness.core.errors import RxePowerError, SettingError
 from harness.run.records import ScenarioKey
 from harness.run.resultsfile import RecordKind
@@ -92,8 +93,6 @@ class MatrixSpec:
     on_veto: OnVeto = OnVeto.FORCE
 
     def validate(self) -> MatrixSpec:
-        from clients import policy_class
-
         for t in self.transitions:
             get_transition(t)
         for p in self.policies:
