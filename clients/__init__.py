@@ -9,6 +9,8 @@ A policy is named by its short name (POLICIES) or, for a policy of your own, as
 from __future__ import annotations
 
 import importlib
+import sys
+from pathlib import Path
 
 from clients.fail_fast import FailFast
 from clients.graceful import Graceful
@@ -37,3 +39,25 @@ def policy_class(spec: str) -> type:
             raise SettingError(f"client policy {spec!r} has no {hook}()",
                                "implement the clients.connection.Policy protocol")
     return cls
+
+
+def policy_import_roots(specs: list[str]) -> list[str]:
+    """For the `module:Class` policies among `specs`: the sys.path entry each module was
+    imported from here (policy_class imports it), handed to the worker explicitly
+    (clients.worker --import-root), which starts with -P and so has no working directory
+    on its path."""
+    roots: list[str] = []
+    for spec in specs:
+        if spec in POLICIES or ":" not in spec:
+            continue
+        policy_class(spec)
+        mod_name = spec.partition(":")[0]
+        origin = getattr(sys.modules[mod_name], "__file__", None)
+        if origin is None:
+            continue
+        root = Path(origin).resolve().parent
+        for _ in range(mod_name.count(".") + (Path(origin).name == "__init__.py")):
+            root = root.parent
+        if str(root) not in roots:
+            roots.append(str(root))
+    return roots

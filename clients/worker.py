@@ -231,7 +231,11 @@ class Worker:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="clients.worker", description=__doc__.split("\n")[0])
     ap.add_argument("--fd", type=int, required=True, help="the control socket's fd")
+    ap.add_argument("--import-root", action="append", default=[],
+                    help="a folder a `module:Class` policy is imported from (the controller "
+                         "found it; this process runs with -P: no working directory on its path)")
     args = ap.parse_args(argv)
+    sys.path.extend(r for r in args.import_root if r not in sys.path)
     sock = socket.socket(fileno=args.fd)
     raise_fd_limit()
     worker = Worker(sock)

@@ -37,7 +37,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from harness.core.errors import BoundExceeded, FramingError, ProtocolError, RxePowerError
-from harness.core.proc import spawn, stop_child
+from harness.core.proc import python_child, spawn, stop_child
 from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader
 from harness.core.strict_json import MAX_INT, loads_strict
 from harness.rdma.names import async_event_name
@@ -196,7 +196,7 @@ class AsyncEventReader:
         self.open_devices: set[str] = set()
         self.bad_records: list[str] = []  # malformed stdout lines (the first few)
         self.bad_record_count = 0
-        self.proc = spawn([sys.executable, "-m", "power.asyncevents"], "async event reader",
+        self.proc = spawn(python_child("power.asyncevents"), "async event reader",
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, errors="replace")
         self.pid = self.proc.pid

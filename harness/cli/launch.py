@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import TypeAlias
 
 from harness.core import settings
 from harness.core.errors import RxePowerError
+from harness.core.proc import python_child
 from harness.core.settings import Mode
 from harness.system.rxe_module import rxe_module_loaded
 from harness.vm import runner
@@ -76,8 +76,7 @@ def native_argv(args: argparse.Namespace, out_dir: Path) -> list[str]:
         if a.startswith(("--mode=", "--timeout-s=", "--out=")):
             continue
         argv.append(a)
-    return [sys.executable, "-m", "harness.cli", *argv, "--mode", "native",
-            "--out", str(out_dir)]
+    return python_child("harness.cli", *argv, "--mode", "native", "--out", str(out_dir))
 
 
 def start_results_command(args: argparse.Namespace, stem: str, what: str) -> tuple[Path, Mode]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 from harness.cli.launch import (
@@ -16,6 +15,7 @@ from harness.cli.launch import (
     choose_mode,
     run_in_guest,
 )
+from harness.core.proc import python_child
 from harness.core.settings import Mode
 from harness.peer import traffic
 from harness.peer.controller import PeerAgent
@@ -48,7 +48,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     mode, why = choose_mode(args.mode)
     print(f"rxe-power check: mode {mode.value} ({why})", flush=True)
     if mode is Mode.VM:
-        argv = [sys.executable, "-m", "harness.cli", "check", "--mode", "native"]
+        argv = python_child("harness.cli", "check", "--mode", "native")
         return run_in_guest(argv, args.timeout_s, "vm-check-console.log")
     return run_traffic_report(TopologyConfig.from_settings())
 

@@ -5,7 +5,6 @@ failed transition)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from harness.cli.launch import (
@@ -15,6 +14,7 @@ from harness.cli.launch import (
     choose_mode,
     run_in_guest,
 )
+from harness.core.proc import python_child
 from harness.core.settings import Mode
 from harness.topology import devices, lifecycle
 from harness.topology.config import TopologyConfig
@@ -54,7 +54,7 @@ def cmd_transition(args: argparse.Namespace) -> int:
     mode, why = choose_mode(args.mode)
     print(f"rxe-power transition: mode {mode.value} ({why})", flush=True)
     if mode is Mode.VM:
-        argv = [sys.executable, "-m", "harness.cli", "transition", req.name,
+        argv = [*python_child("harness.cli", "transition", req.name),
                 "--ordering", str(req.ordering), "--hold-ms", str(req.hold_ms),
                 "--on-veto", str(req.on_veto), "--veto-wait-s", str(req.veto_wait_s),
                 "--quiesce-timeout-s", str(req.quiesce_timeout_s), "--pm-level", req.pm_level,

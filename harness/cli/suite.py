@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 
 from harness.cli.launch import Subcommands, choose_mode, run_in_guest
+from harness.core.proc import python_child
 from harness.core.settings import Mode
 
 PYTEST_NO_TESTS = 5  # pytest.ExitCode.NO_TESTS_COLLECTED
@@ -36,12 +36,12 @@ def cmd_test(args: argparse.Namespace) -> int:
         return int(pytest.main(args.pytest_args))
     if any(a.startswith("-m") for a in args.pytest_args):
         # the caller selects by marker: all of it in the guest, as asked
-        return run_in_guest([sys.executable, "-m", "pytest", *args.pytest_args], args.timeout_s,
+        return run_in_guest(python_child("pytest", *args.pytest_args), args.timeout_s,
                             "vm-test-console.log")
     # The pure-logic tests need no rxe: here, natively (under emulation they cost minutes).
     print("rxe-power test: the tests not marked rxe, on this host: pytest -m 'not rxe' "
           + " ".join(args.pytest_args), flush=True)
-    host_argv = [sys.executable, "-m", "pytest", "-m", "not rxe", *args.pytest_args]
+    host_argv = python_child("pytest", "-m", "not rxe", *args.pytest_args)
     try:
         host_rc = subprocess.run(host_argv, check=False, timeout=args.timeout_s).returncode
     except subprocess.TimeoutExpired:
@@ -49,7 +49,7 @@ def cmd_test(args: argparse.Namespace) -> int:
               f"{args.timeout_s:g}s (still running: {' '.join(host_argv)}); killed", flush=True)
         host_rc = 1
     print("rxe-power test: the tests marked rxe, in the VM", flush=True)
-    vm_rc = run_in_guest([sys.executable, "-m", "pytest", "-m", "rxe", *args.pytest_args],
+    vm_rc = run_in_guest(python_child("pytest", "-m", "rxe", *args.pytest_args),
                          args.timeout_s, "vm-test-console.log")
     print(f"rxe-power test: host part exit {host_rc}, VM part exit {vm_rc}", flush=True)
     return combined_pytest_exit(host_rc, vm_rc)

@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -117,6 +118,16 @@ def stop_processes(
     out |= {r.pid: Stopped.SIGKILL for r in left if r not in still}
     out |= {r.pid: Stopped.SURVIVED for r in still}
     return out
+
+
+def python_child(module: str, *args: str) -> list[str]:
+    """The argv that runs `python -m module args` in a child of ours: with -P, so the
+    child's sys.path never starts with its working directory. Root runs this tool, often
+    from a folder someone else can write: a `harness/` or `clients/` planted there must
+    never be imported in place of ours. Our packages come from the installed tree (the
+    editable install in .venv); a user's own policy module is handed over explicitly
+    (clients.worker --import-root)."""
+    return [sys.executable, "-P", "-m", module, *args]
 
 
 def spawn(argv: list[str], role: str, **popen_kw: Any) -> subprocess.Popen[Any]:

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
+from harness.core.proc import python_child
 from harness.core.strict_json import loads_strict
 from harness.peer import traffic
 from harness.peer.controller import PeerAgent
@@ -66,7 +67,7 @@ def cm_session(topo_json: dict[str, Any], port: int, slots: int = 16,
 def run_cm_session_in_child(topo_json: dict[str, Any], port: int,
                             timeout_s: float = CM_CHECK_TIMEOUT_S) -> dict[str, Any]:
     """Run cm_session in a fresh Python process; returns its JSON result."""
-    argv = [sys.executable, "-m", "harness.peer.cm_check", json.dumps(topo_json), str(port)]
+    argv = python_child("harness.peer.cm_check", json.dumps(topo_json), str(port))
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
                               stdin=subprocess.DEVNULL)

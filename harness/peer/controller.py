@@ -12,14 +12,13 @@ import os
 import select
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
-from harness.core.proc import spawn, stop_child
+from harness.core.proc import python_child, spawn, stop_child
 from harness.core.protocol import REPLY_TIMEOUT_S, Channel
 from harness.core.schemas import ChannelKind
 from harness.rdma.qp_types import QpInfo
@@ -39,9 +38,9 @@ class PeerAgent:
         self.log_path = Path(log_dir or self._tmp.name) / f"peer-agent-{peer.dev}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in close()
-        argv = [sys.executable, "-m", "harness.peer.agent", "--device", peer.dev,
-                "--gid-index", str(peer.gid_index), "--addr", peer.addr,
-                "--socket", self.sock_path]
+        argv = python_child("harness.peer.agent", "--device", peer.dev,
+                            "--gid-index", str(peer.gid_index), "--addr", peer.addr,
+                            "--socket", self.sock_path)
         self.proc = spawn(argv, f"peer agent on {peer.dev}", stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=self._log, text=True)
         self.chan: Channel | None = None

@@ -21,14 +21,14 @@ import contextlib
 import json
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clients import policy_import_roots
 from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
-from harness.core.proc import spawn, stop_child
+from harness.core.proc import python_child, spawn, stop_child
 from harness.core.protocol import Channel
 from harness.core.schemas import ChannelKind
 from harness.run.scenario_result import ClientEnd, ClientResult, ScenarioResult
@@ -63,8 +63,9 @@ class ClientWorker:
         self.log_path = log_dir / f"{name}.log"
         ours, theirs = socket.socketpair()
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in close()
-        self.proc = spawn([sys.executable, "-m", "clients.worker", "--fd",
-                           str(theirs.fileno())], f"client worker {name} ({policy})",
+        roots = [a for r in policy_import_roots([policy]) for a in ("--import-root", r)]
+        self.proc = spawn(python_child("clients.worker", "--fd", str(theirs.fileno()), *roots),
+                          f"client worker {name} ({policy})",
                           pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                           stdout=self._log, stderr=subprocess.STDOUT)
         theirs.close()
