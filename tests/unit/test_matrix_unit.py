@@ -185,8 +185,9 @@ def test_native_argv_for_the_vm_drops_host_only_options(tmp_path: Path) -> None:
     args = cli_main.build_parser().parse_args(["stress", "--cycles", "5", "--mode", "vm",
                                           "--timeout-s=99", "--out", "x"])
     args.argv = ["stress", "--cycles", "5", "--mode", "vm", "--timeout-s=99", "--out", "x"]
-    assert cli_launch.native_argv(args, tmp_path)[3:] == [
-        "stress", "--cycles", "5", "--mode", "native", "--out", str(tmp_path)]
+    argv = cli_launch.native_argv(args, tmp_path)
+    assert argv[1:4] == ["-P", "-m", "harness.cli"]  # no working directory on the guest's path
+    assert argv[4:] == ["stress", "--cycles", "5", "--mode", "native", "--out", str(tmp_path)]
 
 
 def test_stress_spec_defaults_validate() -> None:
