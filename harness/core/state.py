@@ -31,7 +31,7 @@ from harness.core.settings import state_path
 STATE_PATH = state_path()  # RXE_POWER_STATE
 STATE_SCHEMA = 1
 OWNER_KEYS = ("owner", "keep")  # bookkeeping, not part of an entry's identity
-RUN_KINDS = ("process", "dir")  # what a run makes for itself, besides the topology
+RUN_KINDS = ("process", "dir", "delete")  # what a run makes for itself, besides the topology
 
 Entry = dict[str, Any]  # one record of the state file, as JSON (kind, its attributes, owner)
 

@@ -5,12 +5,14 @@ a process holds the device open: on timeout the holders are named).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
 from pathlib import Path
 
 from harness.core.errors import BoundExceeded, TopologyError
+from harness.core.state import Entry, StateFile, alive, process_start
 from harness.system import command, gid_table, network
 from harness.system.holders import find_holders, uverbs_files
 from harness.system.inventory import ip_addrs, rdma_links
@@ -107,23 +109,32 @@ def add_rdma_link(dev: str, netdev: str) -> None:
 
 
 def start_rdma_link_delete(dev: str) -> subprocess.Popen[str]:
-    """`rdma link delete DEV` as a child process: it blocks in the kernel while DEV is held."""
-    return subprocess.Popen(["rdma", "link", "delete", dev], stdin=subprocess.DEVNULL,
+    """`rdma link delete DEV` as a child process: it blocks in the kernel while DEV is held.
+    Its pid and start time go into the state file (kind `delete`): pending_deletes trusts
+    that record alone, never a command line that anyone could imitate."""
+    proc = subprocess.Popen(["rdma", "link", "delete", dev], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start = process_start(proc.pid)
+    if start is not None:
+        with contextlib.suppress(PermissionError):  # not root: the delete fails anyway
+            StateFile.load().record("delete", dev=dev, pid=proc.pid, start=start)
+    return proc
 
 
-def pending_deletes(dev: str, proc: Path = Path("/proc")) -> list[int]:
-    """Pids of `rdma link delete DEV` processes still running (blocked by holders)."""
-    want = f"rdma\0link\0delete\0{dev}\0".encode()
-    out = []
-    for pid_dir in proc.iterdir():
-        if pid_dir.name.isdigit():
-            try:
-                if (pid_dir / "cmdline").read_bytes().endswith(want):
-                    out.append(int(pid_dir.name))
-            except OSError:
-                continue
-    return sorted(out)
+def pending_deletes(dev: str, state_path: Path | None = None) -> list[int]:
+    """Pids of our own `rdma link delete DEV` processes still running (blocked in the
+    kernel by holders): the ones the state file records whose pid and start time still
+    match a live process. Finished ones are taken off the record."""
+    state = StateFile.load(state_path)
+    live: list[Entry] = []
+    done: list[Entry] = []
+    for e in state.created:
+        if e.get("kind") != "delete" or e.get("dev") != dev or not isinstance(e.get("pid"), int):
+            continue
+        (live if alive({"pid": e.get("pid"), "start": e.get("start")}) else done).append(e)
+    for e in done:
+        state.forget(**e)
+    return sorted(int(e["pid"]) for e in live)
 
 
 def delete_rdma_link(dev: str, timeout_s: float = RDMA_LINK_DELETE_TIMEOUT_S) -> None:
