@@ -91,7 +91,8 @@ def _check_rc(proc: subprocess.Popen[Any], dev: str) -> None:
 
 def terminate_holders(holders: list[Holder],
                       timeout_s: float = STOP_GRACE_S) -> list[dict[str, Any]]:
-    """SIGTERM every holder, SIGKILL what is left after the bound. Never ourselves."""
+    """SIGTERM every holder, SIGKILL what is left after the bound. Never ourselves, and
+    only the process that was found holding (pid and start time from the scan)."""
     out: list[dict[str, Any]] = []
     refs: list[ProcessRef] = []
     for h in holders:
@@ -99,7 +100,8 @@ def terminate_holders(holders: list[Holder],
         if h.pid == os.getpid():
             out.append({**rec, "how": "not terminated: it is the shim's own process (an "
                         "in-process client kept the device open)"})
-        elif (ref := ProcessRef.now(h.pid)) is None:
+        elif h.start is None or not (ref := ProcessRef(h.pid, h.start)).present():
+            # gone, or the pid now names another process: the one found holding is gone
             out.append({**rec, "how": Stopped.ALREADY_GONE.value})
         else:
             refs.append(ref)

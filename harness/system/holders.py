@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.core.state import process_start
+
 SYSFS_VERBS = Path("/sys/class/infiniband_verbs")
 
 
@@ -20,6 +22,10 @@ class Holder:
     pid: int
     cmdline: str
     files: tuple[str, ...]  # the uverbs device files it holds, e.g. ("/dev/infiniband/uverbs0",)
+    # its start time (clock ticks since boot) read when it was found holding the device:
+    # whoever signals it later checks it still is that process (a pid the kernel reused
+    # by then is never signalled); None when it had already gone
+    start: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,7 +74,9 @@ def find_holders(device: str, files: set[str] | None = None,
         except OSError:  # the process exited or is not ours to read
             continue
         if held:
-            holders.append(Holder(int(pid_dir.name), _cmdline(pid_dir), tuple(sorted(held))))
+            pid = int(pid_dir.name)
+            holders.append(Holder(pid, _cmdline(pid_dir), tuple(sorted(held)),
+                                  process_start(pid)))
     return sorted(holders, key=lambda h: h.pid)
 
 

@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from harness.core.errors import SettingError
+from harness.core.state import process_start
 from harness.system.holders import Holder
 from power import pmtest
 from power.kmsg import KmsgScan, Marker
@@ -128,13 +129,30 @@ def test_force_terminates_holders_and_escalates_to_kill() -> None:
     polite = _child("import time; print('ready', flush=True); time.sleep(60)")
     stubborn = _child("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                       "print('ready', flush=True); time.sleep(60)")
-    holders = [Holder(polite.pid, "polite", ("/dev/infiniband/uverbs0",)),
-               Holder(stubborn.pid, "stubborn", ("/dev/infiniband/uverbs0",))]
+    holders = [Holder(polite.pid, "polite", ("/dev/infiniband/uverbs0",),
+                      process_start(polite.pid)),
+               Holder(stubborn.pid, "stubborn", ("/dev/infiniband/uverbs0",),
+                      process_start(stubborn.pid))]
     out = {t["pid"]: t["how"] for t in terminate_holders(holders, timeout_s=1.0)}
     assert out == {polite.pid: "SIGTERM", stubborn.pid: "SIGKILL"}
     # both are gone (Popen reaps their zombies)
     assert polite.wait(5) is not None and stubborn.wait(5) is not None
     assert not psutil.pid_exists(polite.pid) and not psutil.pid_exists(stubborn.pid)
+
+
+def test_force_spares_a_process_that_took_a_holders_pid() -> None:
+    """Issue 17, defect 14: the identity is the one read when the holder was found. A
+    holder that exited and whose pid now names another process is not signalled."""
+    other = _child("import time; print('ready', flush=True); time.sleep(60)")
+    try:
+        found = Holder(other.pid, "the holder", ("/dev/infiniband/uverbs0",),
+                       (process_start(other.pid) or 0.0) - 1.0)  # an earlier process
+        out = terminate_holders([found], timeout_s=1.0)
+        assert out[0]["how"] == "already gone"
+        assert other.poll() is None  # the process that has the pid now lives on
+    finally:
+        other.kill()
+        other.wait(5)
 
 
 def test_force_never_terminates_the_shim_itself() -> None:
