@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.core.errors import BoundExceeded, NotSupported, RxePowerError
+from harness.core.errors import NotSupported, RxePowerError
+from harness.core.proc import run_bounded
 
 SYS_POWER = Path("/sys/power")
 PM_TEST_DELAY = Path("/sys/module/suspend/parameters/pm_test_delay")
@@ -70,12 +70,10 @@ def run(level: str, hold_s: int, sys_power: Path = SYS_POWER) -> float:
         (sys_power / "pm_test").write_text(level)
         t0 = time.monotonic()
         # the write blocks for the whole sequence: do it from a child, bounded
-        proc = subprocess.run(["sh", "-c", f"echo freeze > {sys_power / 'state'}"],
-                              capture_output=True, text=True, timeout=timeout_s)
+        proc = run_bounded(["sh", "-c", f"echo freeze > {sys_power / 'state'}"], timeout_s,
+                           step=f"pm_test suspend to {level}", bound_name="PM_SUSPEND_SLACK_S",
+                           outstanding="the kernel has not resumed from the test suspend")
         took = time.monotonic() - t0
-    except subprocess.TimeoutExpired:
-        raise BoundExceeded(f"pm_test suspend to {level}", "PM_SUSPEND_SLACK_S", timeout_s,
-                            "the kernel has not resumed from the test suspend") from None
     finally:
         (sys_power / "pm_test").write_text("none")
         if old_delay is not None:

@@ -13,7 +13,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -22,7 +21,8 @@ from pathlib import Path
 
 from harness.cli.launch import Subcommands, native_rxe_available
 from harness.core import settings
-from harness.core.errors import OsCallError, RxePowerError
+from harness.core.errors import BoundExceeded, OsCallError, RxePowerError
+from harness.core.proc import run_bounded
 from harness.core.settings import Mode, resolve
 from harness.core.state import STATE_PATH, StateFile
 from harness.system import command, inventory, rdma_netlink
@@ -91,9 +91,9 @@ Runner = Callable[[Sequence[str], float], Ran]
 def run_cmd(argv: Sequence[str], timeout_s: float) -> Ran:
     """Run with a bound; OSError (e.g. ENOENT) propagates for the caller to report."""
     try:
-        p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s,
-                           stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
+        p = run_bounded(argv, timeout_s, step=" ".join(argv), bound_name="timeout_s",
+                        outstanding=f"{argv[0]} had not exited")
+    except BoundExceeded:
         return Ran(None, "", "")
     return Ran(p.returncode, p.stdout, p.stderr)
 

@@ -8,10 +8,10 @@ marker selection (`-m ...`) runs as asked, all of it in the guest.
 from __future__ import annotations
 
 import argparse
-import subprocess
 
 from harness.cli.launch import Subcommands, choose_mode, run_in_guest
-from harness.core.proc import python_child
+from harness.core.errors import BoundExceeded
+from harness.core.proc import python_child, run_bounded
 from harness.core.settings import Mode
 
 PYTEST_NO_TESTS = 5  # pytest.ExitCode.NO_TESTS_COLLECTED
@@ -43,10 +43,11 @@ def cmd_test(args: argparse.Namespace) -> int:
           + " ".join(args.pytest_args), flush=True)
     host_argv = python_child("pytest", "-m", "not rxe", *args.pytest_args)
     try:
-        host_rc = subprocess.run(host_argv, check=False, timeout=args.timeout_s).returncode
-    except subprocess.TimeoutExpired:
-        print(f"rxe-power test: the host part did not finish within --timeout-s="
-              f"{args.timeout_s:g}s (still running: {' '.join(host_argv)}); killed", flush=True)
+        host_rc = run_bounded(host_argv, args.timeout_s, step="the host part of the tests",
+                              bound_name="--timeout-s", outstanding=" ".join(host_argv),
+                              capture=False).returncode
+    except BoundExceeded as exc:
+        print(f"rxe-power test: {exc.problem}", flush=True)
         host_rc = 1
     print("rxe-power test: the tests marked rxe, in the VM", flush=True)
     vm_rc = run_in_guest(python_child("pytest", "-m", "rxe", *args.pytest_args),

@@ -15,6 +15,7 @@ dead; every setup starts with it, and so does `rxe-power cleanup`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from harness.core.errors import BoundExceeded
 from harness.core.state import Entry, StateFile, alive, process_start, track, untrack
 
 STOP_GRACE_S = 3.0  # SIGTERM -> SIGKILL: the one grace every stop gives a process
@@ -118,6 +120,48 @@ def stop_processes(
     out |= {r.pid: Stopped.SIGKILL for r in left if r not in still}
     out |= {r.pid: Stopped.SURVIVED for r in still}
     return out
+
+
+def kill_bounded(proc: subprocess.Popen[Any]) -> str:
+    """SIGKILL a child of ours and give it GONE_TIMEOUT_S to go, never more: a child stuck
+    in the kernel (D state, what a blocked delete is) cannot die, and waiting for it
+    without a bound would hang us with it. Returns "" once it is gone, else a note for
+    the caller's report (the child is left)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    try:
+        proc.wait(timeout=GONE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return (f"pid {proc.pid} did not die within GONE_TIMEOUT_S={GONE_TIMEOUT_S:g}s of "
+                "SIGKILL (stuck in the kernel?) and was left")
+    return ""
+
+
+def run_bounded(argv: Sequence[str], timeout_s: float, *, step: str, bound_name: str,
+                outstanding: str, capture: bool = True,
+                **popen_kw: Any) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(argv, timeout=timeout_s)` whose bound holds however the child ends.
+
+    subprocess.run kills a child that overran its timeout and then waits for it and for
+    its output without a bound: forever for a child stuck in the kernel, or while a
+    grandchild keeps its pipes open. Here the child gets SIGKILL (kill_bounded) and its
+    pipes are closed; BoundExceeded(step, bound_name, ...) says what was outstanding and
+    whether the child was left."""
+    pipe = subprocess.PIPE if capture else None
+    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe,
+                            text=True, **popen_kw)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        left = kill_bounded(proc)
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+        raise BoundExceeded(step, bound_name, timeout_s,
+                            f"{outstanding}; it was killed{'; ' + left if left else ''}"
+                            ) from None
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out or "", err or "")
 
 
 def python_child(module: str, *args: str) -> list[str]:

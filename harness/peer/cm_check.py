@@ -7,13 +7,12 @@ between the local HCA and the peer agent, in a process of its own.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from typing import Any
 
-from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
-from harness.core.proc import python_child
+from harness.core.errors import ProtocolError, RxePowerError
+from harness.core.proc import python_child, run_bounded
 from harness.core.strict_json import loads_strict
 from harness.peer import traffic
 from harness.peer.controller import PeerAgent
@@ -68,12 +67,9 @@ def run_cm_session_in_child(topo_json: dict[str, Any], port: int,
                             timeout_s: float = CM_CHECK_TIMEOUT_S) -> dict[str, Any]:
     """Run cm_session in a fresh Python process; returns its JSON result."""
     argv = python_child("harness.peer.cm_check", json.dumps(topo_json), str(port))
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise BoundExceeded("rdma_cm session worker", "CM_CHECK_TIMEOUT_S", timeout_s,
-                            "the worker's connect/traffic/disconnect") from None
+    proc = run_bounded(argv, timeout_s, step="rdma_cm session worker",
+                       bound_name="CM_CHECK_TIMEOUT_S",
+                       outstanding="the worker's connect/traffic/disconnect")
     if proc.returncode != 0:
         raise RxePowerError(f"rdma_cm worker exited {proc.returncode}: {proc.stderr[-2000:]}",
                             "see the worker's error above")

@@ -7,11 +7,11 @@ network.py (ip), rdma_netlink.py (RDMA netlink) and gid_table.py (sysfs GID tabl
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from harness.core.errors import BoundExceeded, OsCallError, RxePowerError
+from harness.core.errors import OsCallError, RxePowerError
+from harness.core.proc import run_bounded
 
 CMD_TIMEOUT_S = 30.0
 
@@ -29,17 +29,13 @@ class CmdResult:
 def run(argv: list[str], timeout_s: float = CMD_TIMEOUT_S, check: bool = True) -> CmdResult:
     """Run a command with a bound; on failure raise naming the command and its stderr."""
     try:
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
-        )
+        proc = run_bounded(argv, timeout_s, step=" ".join(argv), bound_name="CMD_TIMEOUT_S",
+                           outstanding=f"the command {argv[0]} had not exited")
     except FileNotFoundError as exc:
         raise OsCallError(
             f"cannot run {argv[0]!r}", exc.errno or 2,
             "install it (Debian/Ubuntu: apt-get install iproute2 rdma-core)",
         ) from exc
-    except subprocess.TimeoutExpired:
-        raise BoundExceeded(" ".join(argv), "CMD_TIMEOUT_S", timeout_s,
-                            f"the command {argv[0]} had not exited") from None
     res = CmdResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
         raise RxePowerError(

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 from harness.core.errors import BoundExceeded, TopologyError
+from harness.core.proc import kill_bounded, run_bounded
 from harness.system.tcp_ports import free_tcp_port, tcp_listening
 from harness.topology.config import Topology
 
@@ -54,22 +55,17 @@ def pingpong_check(topo: Topology, iters: int = PINGPONG_ITERS,
                 raise BoundExceeded("ibv_rc_pingpong server start", "PINGPONG_TIMEOUT_S",
                                     timeout_s, f"server not listening on TCP port {port}")
             time.sleep(POLL_INTERVAL_S)
-        try:
-            cli = subprocess.run(cli_argv, stdin=subprocess.DEVNULL, capture_output=True,
-                                 text=True, timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            raise BoundExceeded("ibv_rc_pingpong rxe0 -> rxe1", "PINGPONG_TIMEOUT_S", timeout_s,
-                                f"{iters} round trips not finished: RoCE traffic is not "
-                                "crossing the wire") from None
+        cli = run_bounded(cli_argv, max(1.0, deadline - time.monotonic()),
+                          step="ibv_rc_pingpong rxe0 -> rxe1", bound_name="PINGPONG_TIMEOUT_S",
+                          outstanding=f"{iters} round trips not finished: RoCE traffic is not "
+                          "crossing the wire")
         try:
             srv_out, _ = srv.communicate(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             raise BoundExceeded("ibv_rc_pingpong server", "PINGPONG_TIMEOUT_S", timeout_s,
                                 "the server did not finish its iterations") from None
     finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
+        kill_bounded(srv)
     if cli.returncode != 0 or srv.returncode != 0:
         raise TopologyError(
             f"ibv_rc_pingpong failed (client exit {cli.returncode}, server exit "

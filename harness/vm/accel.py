@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import NoRxe, SettingError
-from harness.core.proc import STOP_GRACE_S
+from harness.core.proc import STOP_GRACE_S, kill_bounded
 from harness.core.settings import VM_ACCEL_ENV, runtime_dir, vm_accel_override
 from harness.vm.kernel import GuestKernel
 from harness.vm.messages import say
@@ -160,7 +160,7 @@ def probe_kvm(
     finally:
         if proc.poll() is None:  # hung, or still printing its panic: it has told us enough
             signal_group(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_bounded(proc)
         kill_stragglers(proc.pid)
         reader.join(READER_DRAIN_BOUND_S)
         if proc.stdout is not None:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from harness.core.errors import BoundExceeded, RxePowerError
+from harness.core.proc import kill_bounded, run_bounded
 from harness.system.tcp_ports import free_tcp_port, tcp_listening
 from harness.topology.config import Topology
 
@@ -116,7 +117,8 @@ def run_perftest(tool: str, topo: Topology, size: int, iters: int, qd: int) -> P
         deadline = time.monotonic() + PERFTEST_SERVER_READY_TIMEOUT_S
         while not tcp_listening(port):
             if srv.poll() is not None:
-                said = srv.communicate()[0].decode(errors="replace")[-300:]
+                said = srv.communicate(timeout=PERFTEST_SERVER_EXIT_TIMEOUT_S)[0].decode(
+                    errors="replace")[-300:]
                 raise RxePowerError(f"{tool} server exited {srv.returncode} before its client "
                                     f"connected: {said}", "see its output; is the peer up?")
             if time.monotonic() > deadline:
@@ -124,19 +126,14 @@ def run_perftest(tool: str, topo: Topology, size: int, iters: int, qd: int) -> P
                                     PERFTEST_SERVER_READY_TIMEOUT_S, f"it listening on {port}")
             time.sleep(0.02)
         t0 = time.monotonic()
-        try:
-            cli = subprocess.run(cli_argv, stdin=subprocess.DEVNULL, capture_output=True,
-                                 text=True, timeout=PERFTEST_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise BoundExceeded(" ".join(cli_argv), "PERFTEST_TIMEOUT_S", PERFTEST_TIMEOUT_S,
-                                "the perftest client had not exited") from None
+        cli = run_bounded(cli_argv, PERFTEST_TIMEOUT_S, step=" ".join(cli_argv),
+                          bound_name="PERFTEST_TIMEOUT_S",
+                          outstanding="the perftest client had not exited")
         seconds = time.monotonic() - t0
         with contextlib.suppress(subprocess.TimeoutExpired):
             srv.communicate(timeout=PERFTEST_SERVER_EXIT_TIMEOUT_S)
     finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.communicate()
+        kill_bounded(srv)
     text = cli.stdout + cli.stderr
     if cli.returncode != 0:
         raise RxePowerError(f"{' '.join(cli_argv)} exited {cli.returncode}: "
