@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from harness.core.device import DeviceInfo
 from harness.core.errors import TopologyError
 from harness.core.settings import resolve
 from harness.system import network
@@ -96,20 +97,14 @@ class Side:
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    """One HCA of the topology as discovered."""
+class Endpoint(DeviceInfo):
+    """One HCA of the topology as discovered: the device (harness.core.device, the one
+    description of a device) and its port state."""
 
-    dev: str
-    port: int
-    netdev: str
-    ifindex: int
-    addr: str
-    gid: str
-    gid_index: int
     state: str
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self)  # the topology's JSON keeps "state"
 
 
 @dataclass(frozen=True)
