@@ -15,7 +15,7 @@ import pytest
 
 from harness import topology
 from harness.core.errors import NotSupported, RxePowerError
-from harness.core.settings import SETTINGS, resolve
+from harness.core.settings import SETTINGS, RemovalMode, resolve
 from harness.system import holders
 
 _TOPOLOGY_OPTIONS = ("rxe-local-dev", "rxe-peer-dev", "rxe-local-netdev", "rxe-peer-netdev",
@@ -28,7 +28,7 @@ HOW_TO_GET_RXE = (
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("rxe-power", "rxe-power: Soft-RoCE power-transition harness")
-    for name in (*_TOPOLOGY_OPTIONS, "rxe-require"):
+    for name in (*_TOPOLOGY_OPTIONS, "rxe-require", "removal"):
         s = SETTINGS[name]
         group.addoption(f"--{name}", dest=name.replace("-", "_"), default=None,
                         help=f"{s.help} (env {s.env}, ini {s.ini}, default {s.default})")
@@ -42,6 +42,18 @@ def _setting(config: pytest.Config, name: str) -> object:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "rxe: needs the real rxe0 <-> rxe1 topology")
+    config.addinivalue_line("markers", "removal(mode): needs the session's --removal to be "
+                            "mode (disassociate or block); skipped otherwise")
+
+
+_MODULE_REPORT = pytest.StashKey[object]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The loaded rdma_rxe and its taint, once per run (the taint is expected, not a fault)."""
+    report = terminalreporter.config.stash.get(_MODULE_REPORT, None)
+    if report is not None:
+        terminalreporter.write_line(f"rxe-power: {report.line()}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -64,9 +76,14 @@ def rxe_config(pytestconfig: pytest.Config) -> topology.TopologyConfig:
 def rxe_topology(pytestconfig: pytest.Config,
                  rxe_config: topology.TopologyConfig) -> Iterator[topology.Topology]:
     """The discovered topology; built (and torn down after the session) if absent and root."""
+    from harness.system import rxe_module
+
     require = bool(_setting(pytestconfig, "rxe-require"))
     built = False
     try:
+        # the module first: swapping it is refused once rxe devices exist
+        report = rxe_module.ensure(_setting(pytestconfig, "removal"))
+        pytestconfig.stash[_MODULE_REPORT] = report
         try:
             topo = topology.discover(rxe_config)
         except RxePowerError:
@@ -80,6 +97,12 @@ def rxe_topology(pytestconfig: pytest.Config,
     yield topo
     if built:
         topology.teardown(log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def removal_mode(pytestconfig: pytest.Config, rxe_topology: topology.Topology) -> RemovalMode:
+    """What deleting a held local HCA does in this session (the rdma_rxe loaded for it)."""
+    return pytestconfig.stash[_MODULE_REPORT].removal
 
 
 def _kernel_objects() -> dict[str, set[str]]:
@@ -96,6 +119,13 @@ def _rxe_guard(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     topo = request.getfixturevalue("rxe_topology")
+    marker = request.node.get_closest_marker("removal")
+    if marker is not None:
+        have = request.getfixturevalue("removal_mode")
+        if have is not RemovalMode(marker.args[0]):
+            pytest.skip(f"needs --removal {marker.args[0]}, this session runs --removal "
+                        f"{have}: rxe-power test -- --removal {marker.args[0]} "
+                        f"(or RXE_POWER_REMOVAL={marker.args[0]})")
     before = _kernel_objects()
     yield
     for dev in (topo.local.dev, topo.peer.dev):
