@@ -46,14 +46,22 @@ def pytest_configure(config: pytest.Config) -> None:
                             "mode (disassociate or block); skipped otherwise")
 
 
-_MODULE_REPORT = pytest.StashKey[object]()
+_MODULE_REPORT = pytest.StashKey[object]()  # the rdma_rxe loaded now (a ModuleReport)
+_MODULE_LINES = pytest.StashKey[list[str]]()  # each module loaded in this run, once
+_BUILT = pytest.StashKey[bool]()  # this session built the topology (so it may rebuild it)
+
+
+def _loaded(config: pytest.Config, report: object) -> None:
+    config.stash[_MODULE_REPORT] = report
+    lines = config.stash.setdefault(_MODULE_LINES, [])
+    if report.line() not in lines:
+        lines.append(report.line())
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The loaded rdma_rxe and its taint, once per run (the taint is expected, not a fault)."""
-    report = terminalreporter.config.stash.get(_MODULE_REPORT, None)
-    if report is not None:
-        terminalreporter.write_line(f"rxe-power: {report.line()}")
+    """The rdma_rxe modules loaded and their taint, once per run (expected, not a fault)."""
+    for line in terminalreporter.config.stash.get(_MODULE_LINES, []):
+        terminalreporter.write_line(f"rxe-power: {line}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -82,8 +90,7 @@ def rxe_topology(pytestconfig: pytest.Config,
     built = False
     try:
         # the module first: swapping it is refused once rxe devices exist
-        report = rxe_module.ensure(_setting(pytestconfig, "removal"))
-        pytestconfig.stash[_MODULE_REPORT] = report
+        _loaded(pytestconfig, rxe_module.ensure(_setting(pytestconfig, "removal")))
         try:
             topo = topology.discover(rxe_config)
         except RxePowerError:
@@ -94,15 +101,55 @@ def rxe_topology(pytestconfig: pytest.Config,
             pytest.fail(f"{msg} (RXE_POWER_REQUIRE_RXE=1 turns this into a failure)",
                         pytrace=False)
         pytest.skip(f"{msg}. To get rxe: {HOW_TO_GET_RXE}")
+    pytestconfig.stash[_BUILT] = built
     yield topo
-    if built:
+    if pytestconfig.stash[_BUILT]:
         topology.teardown(log=lambda m: None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def removal_mode(pytestconfig: pytest.Config, rxe_topology: topology.Topology) -> RemovalMode:
-    """What deleting a held local HCA does in this session (the rdma_rxe loaded for it)."""
+    """What deleting a held local HCA does now (the rdma_rxe loaded for this test)."""
     return pytestconfig.stash[_MODULE_REPORT].removal
+
+
+def _swap_removal(config: pytest.Config, cfg: topology.TopologyConfig,
+                  want: RemovalMode) -> None:
+    """Tear the session's topology down, load the rdma_rxe `want` needs, build it again."""
+    from harness.system import rxe_module
+
+    problems = topology.teardown(log=lambda m: None)
+    assert not problems, f"cannot switch to --removal {want}: {problems}"
+    _loaded(config, rxe_module.ensure(want))
+    _, config.stash[_BUILT] = topology.setup(cfg, log=lambda m: None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _removal_for_module(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A module marked removal(mode) runs under that mode: when the session runs the other
+    one (and built the topology), the topology is rebuilt on the other rdma_rxe for the
+    module and put back after it."""
+    marker = request.node.get_closest_marker("removal")
+    if marker is None:
+        yield
+        return
+    want = RemovalMode(marker.args[0])
+    request.getfixturevalue("rxe_topology")
+    config = request.config
+    have = config.stash[_MODULE_REPORT].removal
+    if have is want:
+        yield
+        return
+    if not config.stash[_BUILT]:
+        pytest.skip(f"needs --removal {want}; this session runs --removal {have} on a "
+                    "topology it did not build, so it cannot switch: run with --removal "
+                    f"{want} (or RXE_POWER_REMOVAL={want})")
+    cfg = request.getfixturevalue("rxe_config")
+    _swap_removal(config, cfg, want)
+    try:
+        yield
+    finally:
+        _swap_removal(config, cfg, have)
 
 
 def _kernel_objects() -> dict[str, set[str]]:
@@ -121,7 +168,7 @@ def _rxe_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     topo = request.getfixturevalue("rxe_topology")
     marker = request.node.get_closest_marker("removal")
     if marker is not None:
-        have = request.getfixturevalue("removal_mode")
+        have = request.config.stash[_MODULE_REPORT].removal
         if have is not RemovalMode(marker.args[0]):
             pytest.skip(f"needs --removal {marker.args[0]}, this session runs --removal "
                         f"{have}: rxe-power test -- --removal {marker.args[0]} "

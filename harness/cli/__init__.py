@@ -43,6 +43,7 @@ from harness.cli.launch import (
     split_csv,
     start_results_command,
 )
+from harness.cli.removal import add_removal_option, choose_removal, prepare_removal
 from harness.core.errors import RxePowerError
 from harness.core.settings import SETTINGS, Mode, resolve
 
@@ -66,6 +67,11 @@ STRESS_VM_TIMEOUT_S = 6 * 3600.0
 def cmd_test(args: argparse.Namespace) -> int:
     mode, why = choose_mode(args.mode)
     print(f"rxe-power test: mode {mode.value} ({why})", flush=True)
+    if args.removal is not None:  # else the suite's own default (block; removal-marked
+        # modules switch by themselves): the plugin loads the module in the session
+        want, how = choose_removal(args.removal, mode)
+        os.environ[SETTINGS["removal"].env] = str(want)
+        print(f"rxe-power test: removal mode {want} ({how})", flush=True)
     if mode is not Mode.VM:
         import pytest
 
@@ -103,6 +109,7 @@ def combined_pytest_exit(*codes: int) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     mode, why = choose_mode(args.mode)
     print(f"rxe-power check: mode {mode.value} ({why})", flush=True)
+    prepare_removal(args, mode)
     if mode is Mode.VM:
         argv = [sys.executable, "-m", "harness.cli", "check", "--mode", "native"]
         return run_in_guest(argv, args.timeout_s, "vm-check-console.log")
@@ -227,6 +234,7 @@ def cmd_transition(args: argparse.Namespace) -> int:
         args.pm_level).resolved()  # bad values fail here, before any VM boots
     mode, why = choose_mode(args.mode)
     print(f"rxe-power transition: mode {mode.value} ({why})", flush=True)
+    prepare_removal(args, mode)
     if mode is Mode.VM:
         argv = [sys.executable, "-m", "harness.cli", "transition", req.name,
                 "--ordering", str(req.ordering), "--hold-ms", str(req.hold_ms),
@@ -304,11 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("check", help="bring up rxe0 <-> rxe1 and report a traffic check")
     p.add_argument("--mode", default=None, help=mode_help)
+    add_removal_option(p)
     p.add_argument("--timeout-s", type=float, default=RUN_VM_TIMEOUT_S,
                    help="bound on the whole VM run")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("test", help="run the test suite (pytest) where rxe exists")
     p.add_argument("--mode", default=None, help=mode_help)
+    add_removal_option(p)
     p.add_argument("--timeout-s", type=float, default=TEST_VM_TIMEOUT_S,
                    help="bound on the whole VM run")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="arguments for pytest")
@@ -328,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="where to write the result (default "
                    "results/transition-NAME.json)")
     p.add_argument("--mode", default=None, help=mode_help)
+    add_removal_option(p)
     p.add_argument("--timeout-s", type=float, default=RUN_VM_TIMEOUT_S,
                    help="bound on the whole VM run")
     p.set_defaults(func=cmd_transition)
@@ -349,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _common(p: argparse.ArgumentParser, mode_help: str, timeout_s: float) -> None:
     p.add_argument("--out", help="the results folder (default results/COMMAND-TIMESTAMP)")
     p.add_argument("--mode", default=None, help=mode_help)
+    add_removal_option(p)
     p.add_argument("--timeout-s", type=float, default=timeout_s,
                    help="bound on the whole VM run, in seconds")
 

@@ -9,6 +9,7 @@ import os
 
 from harness import topology
 from harness.cli.launch import native_argv, run_in_guest, split_csv, start_results_command
+from harness.cli.removal import add_removal_option
 from harness.core.errors import SettingError
 from harness.core.settings import SETTINGS, Mode
 from harness.run.bench import BENCH_VM_TIMEOUT_S, SECTIONS, BenchSpec, host_load, run_bench
@@ -38,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", help="the results folder (default results/bench-TIMESTAMP)")
     p.add_argument("--mode", default=None,
                    help=SETTINGS["rxe-mode"].help + " (env RXE_POWER_MODE)")
+    add_removal_option(p)
     p.add_argument("--timeout-s", type=float, default=BENCH_VM_TIMEOUT_S,
                    help="bound on the whole VM run, in seconds")
     p.set_defaults(func=cmd_bench)

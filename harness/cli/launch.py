@@ -78,10 +78,13 @@ def native_argv(args: argparse.Namespace, out_dir: Path) -> list[str]:
 def start_results_command(args: argparse.Namespace, stem: str, what: str) -> tuple[Path, Mode]:
     """The start of a command that leaves a results folder (matrix, stress, bench): the
     folder, the mode, and one line saying both and what will run."""
+    from harness.cli.removal import prepare_removal
+
     out_dir = _out_dir(args, stem)
     mode, why = choose_mode(args.mode)
     print(f"rxe-power {args.command}: mode {mode.value} ({why}); {what}; results in {out_dir}",
           flush=True)
+    prepare_removal(args, mode)
     return out_dir, mode
 
 

@@ -148,3 +148,22 @@ def test_patch_refuses_a_missing_anchor(tmp_path: Path) -> None:
     (rxe / "rxe_mmap.c").write_text("/* a different rxe */\n")
     with pytest.raises(SystemExit, match="occurs 0 times"):
         patch.apply(rxe, "full")
+
+
+def test_cli_default_removal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's default: disassociate where our module is built for the kernel, else block
+    (saying how to build it); natively with rxe devices present, the loaded module's mode."""
+    from harness.cli import removal
+    from harness.core.settings import Mode
+
+    monkeypatch.delenv("RXE_POWER_REMOVAL", raising=False)
+    monkeypatch.setattr(rm, "software_rdma_devices", lambda: [])
+    monkeypatch.setattr(rm, "default_removal", lambda rel: RemovalMode.DISASSOCIATE)
+    assert removal.choose_removal(None, Mode.NATIVE)[0] is RemovalMode.DISASSOCIATE
+    monkeypatch.setattr(rm, "default_removal", lambda rel: RemovalMode.BLOCK)
+    want, why = removal.choose_removal(None, Mode.NATIVE)
+    assert want is RemovalMode.BLOCK and "ci/build-rxe-disassociate.sh" in why
+    monkeypatch.setattr(rm, "software_rdma_devices", lambda: ["rxe0"])
+    monkeypatch.setattr(rm, "current_removal", lambda: RemovalMode.DISASSOCIATE)
+    assert removal.choose_removal(None, Mode.NATIVE)[0] is RemovalMode.DISASSOCIATE
+    assert removal.choose_removal("block", Mode.NATIVE)[0] is RemovalMode.BLOCK
