@@ -117,11 +117,13 @@ need=()
 for p in make xz-utils; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
+work=$(mktemp -d /tmp/rxe-power-build.XXXXXX)  # private: root writes here
+trap 'rm -rf -- "$work"' EXIT
 if [ "${#need[@]}" -gt 0 ]; then
   say "apt-get install ${need[*]}"
   if ! timeout "$APT_TIMEOUT_S" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-       --no-install-recommends "${need[@]}" >/tmp/rxe-power-build-apt.log 2>&1; then
-    tail -15 /tmp/rxe-power-build-apt.log >&2
+       --no-install-recommends "${need[@]}" >"$work/apt.log" 2>&1; then
+    tail -15 "$work/apt.log" >&2
     die "cannot install ${need[*]} (the kernel's own source and headers, version $pkgver)" \
       "apt-get update; check that a Debian mirror (and debian-security for point releases) carrying $src_pkg=$pkgver and $hdr_pkg is in sources.list; or boot a kernel whose source your mirror has; or use --removal block"
   fi
@@ -129,8 +131,6 @@ fi
 [ -f "$tarball" ] || die "$tarball missing after installing $src_pkg" "apt-get install --reinstall $src_pkg=$pkgver"
 [ -d "/usr/src/$hdr_pkg" ] || die "/usr/src/$hdr_pkg missing" "apt-get install --reinstall $hdr_pkg=$pkgver"
 
-work=$(mktemp -d /tmp/rxe-power-build.XXXXXX)
-trap 'rm -rf -- "$work"' EXIT
 say "extracting drivers/infiniband/sw/rxe from $tarball"
 tar -xJf "$tarball" -C "$work" "$src_pkg/drivers/infiniband/sw/rxe" \
   || die "cannot extract drivers/infiniband/sw/rxe from $tarball" "apt-get install --reinstall $src_pkg=$pkgver"
