@@ -13,13 +13,14 @@
 # measure what goes wrong without the rest; nothing uses it by default.
 #
 # Output: the module's path on stdout (last line); progress on stderr.
-# Cache: /var/cache/rxe-power/rxe-disassociate/<version>/rdma_rxe.ko (empty-callback:
+# Cache: /var/lib/rxe-power/rxe-disassociate/<version>/rdma_rxe.ko (not /var/cache: the
+# virtme-ng guest mounts a tmpfs over /var/cache, and the guest must see the module) (empty-callback:
 # <version>/empty-callback/rdma_rxe.ko), root-owned and not group/world-writable, with a
 # stamp of the source package version and of the patch; a second call is instant.
 # Needs root to install packages and write the cache (a cache hit needs neither).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CACHE_ROOT=/var/cache/rxe-power/rxe-disassociate
+CACHE_ROOT=/var/lib/rxe-power/rxe-disassociate
 BUILD_TIMEOUT_S=600
 APT_TIMEOUT_S=900
 variant=full

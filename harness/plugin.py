@@ -118,10 +118,17 @@ def _swap_removal(config: pytest.Config, cfg: topology.TopologyConfig,
     """Tear the session's topology down, load the rdma_rxe `want` needs, build it again."""
     from harness.system import rxe_module
 
+    if want is RemovalMode.DISASSOCIATE and rxe_module.our_build() is None:
+        err = rxe_module.missing_build_error(os.uname().release)
+        if bool(_setting(config, "rxe-require")):
+            pytest.fail(f"{err.problem}; fix: {err.fix}", pytrace=False)
+        pytest.skip(f"{err.problem}; fix: {err.fix}")
     problems = topology.teardown(log=lambda m: None)
     assert not problems, f"cannot switch to --removal {want}: {problems}"
-    _loaded(config, rxe_module.ensure(want))
-    _, config.stash[_BUILT] = topology.setup(cfg, log=lambda m: None)
+    try:
+        _loaded(config, rxe_module.ensure(want))
+    finally:  # the topology comes back in any case, on whichever module is loaded
+        _, config.stash[_BUILT] = topology.setup(cfg, log=lambda m: None)
 
 
 @pytest.fixture(scope="module", autouse=True)
