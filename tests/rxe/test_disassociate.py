@@ -32,6 +32,7 @@ HOLDER_READY_TIMEOUT_S = 90.0  # start, peer agent, connect, first window of WRI
 HOLDER_REPORT_TIMEOUT_S = 30.0  # from the delete's end to the holder's after_fatal report
 HOLDER_EXIT_TIMEOUT_S = 30.0  # from stdin closed to exit
 CYCLES = int(os.environ.get("RXE_POWER_DISASSOCIATE_CYCLES", "20"))
+CYCLE_BOUND_S = 15.0  # per held-delete cycle, for the test's timeout (measured 2-5 s in TCG)
 # the calls that reach the kernel fail with EIO once the context is disassociated
 EIO_CALLS = ("post_send", "req_notify_cq", "query_qp", "query_device", "alloc_pd", "reg_mr",
              "create_cq")
@@ -98,6 +99,7 @@ def test_held_delete_disassociates(rxe_config: topology.TopologyConfig,
     assert rdma_res() == base
 
 
+@pytest.mark.timeout(60 + CYCLE_BOUND_S * CYCLES)
 def test_held_delete_cycles(rxe_config: topology.TopologyConfig,
                             rxe_topology: topology.Topology) -> None:
     """CYCLES held deletes in a row (RXE_POWER_DISASSOCIATE_CYCLES, default 20): each
@@ -113,6 +115,10 @@ def test_held_delete_cycles(rxe_config: topology.TopologyConfig,
         times.append(c.delete_s)
         if (now := rdma_res()) != base:
             res_off.append((i, now))
+        if (i + 1) % 20 == 0:  # progress for long runs (RXE_POWER_DISASSOCIATE_CYCLES=200)
+            print(f"cycle {i + 1}/{CYCLES}: delete median {statistics.median(times) * 1000:.0f}"
+                  f" ms, max {max(times) * 1000:.0f} ms; rdma res off in {len(res_off)}",
+                  flush=True)
     scan = kmsg.scan_after(marker)
     print(f"{CYCLES} held deletes: median {statistics.median(times) * 1000:.0f} ms, max "
           f"{max(times) * 1000:.0f} ms; kernel log hits {len(scan.hits)}; rdma res off "
