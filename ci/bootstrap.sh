@@ -22,8 +22,10 @@ if ! /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/d
   exit 2
 fi
 rel=$(uname -r)
+removal_kernel=guest  # the kernel our disassociate rdma_rxe is built for (--removal)
 if [ -d /sys/module/rdma_rxe ] || modprobe -n rdma_rxe 2>/dev/null; then
   echo "bootstrap.sh: the running kernel $rel has rdma_rxe: native mode"
+  removal_kernel=native
 else
   echo "bootstrap.sh: the running kernel $rel has no rdma_rxe: installing the VM fallback"
   if grep -qi ubuntu /etc/os-release 2>/dev/null; then
@@ -44,6 +46,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
     >"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
   rm -f "$log"
+fi
+# --removal disassociate: rdma_rxe.ko with disassociate_ucontext, built from the kernel's own
+# source and headers (it installs linux-source-X.Y and linux-headers-<version>, make, xz);
+# cached per kernel version. Without it the harness runs --removal block.
+if ! "$here/ci/build-rxe-disassociate.sh" "$removal_kernel" >/dev/null; then
+  echo "bootstrap.sh: warning: no disassociate rdma_rxe for the $removal_kernel kernel (above);" \
+       "--removal disassociate is unavailable, --removal block works" >&2
 fi
 cd "$here"
 if [ ! -x .venv/bin/python ]; then

@@ -16,11 +16,12 @@ import pytest
 
 from harness.core import settings
 from harness.core.errors import NotSupported, RxePowerError
-from harness.core.settings import SETTINGS, resolve
+from harness.core.settings import SETTINGS, RemovalMode, resolve
 from harness.peer.controller import PeerAgent
 from harness.peer.traffic import Pair, connected_pair
 from harness.rdma.verbs import Device
-from harness.system import holders, inventory
+from harness.system import holders, inventory, rxe_module
+from harness.system.rxe_module import ModuleReport
 from harness.topology import devices, lifecycle
 from harness.topology.config import Topology, TopologyConfig
 from power.notify import Notifier
@@ -37,11 +38,17 @@ HOW_TO_GET_RXE = (
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("rxe-power", "rxe-power: Soft-RoCE power-transition harness")
-    for name in (*_TOPOLOGY_OPTIONS, "rxe-require"):
+    for name in (*_TOPOLOGY_OPTIONS, "rxe-require", "removal"):
         s = SETTINGS[name]
         group.addoption(f"--{name}", dest=name.replace("-", "_"), default=None,
                         help=f"{s.help} (env {s.env}, ini {s.ini}, default {s.default})")
         parser.addini(s.ini, help=s.help, default=None)
+
+
+def _removal_setting(config: pytest.Config) -> RemovalMode:
+    mode = _setting(config, "removal")
+    assert isinstance(mode, RemovalMode)  # parse_removal made it
+    return mode
 
 
 def _setting(config: pytest.Config, name: str) -> object:
@@ -51,6 +58,26 @@ def _setting(config: pytest.Config, name: str) -> object:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "rxe: needs the real rxe0 <-> rxe1 topology")
+    config.addinivalue_line("markers", "removal(mode): needs the session's --removal to be "
+                            "mode (disassociate or block); skipped otherwise")
+
+
+_MODULE_REPORT = pytest.StashKey[ModuleReport]()  # the rdma_rxe loaded now
+_MODULE_LINES = pytest.StashKey[list[str]]()  # each module loaded in this run, once
+_BUILT = pytest.StashKey[bool]()  # this session built the topology (so it may rebuild it)
+
+
+def _loaded(config: pytest.Config, report: ModuleReport) -> None:
+    config.stash[_MODULE_REPORT] = report
+    lines = config.stash.setdefault(_MODULE_LINES, [])
+    if report.line() not in lines:
+        lines.append(report.line())
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The rdma_rxe modules loaded and their taint, once per run (expected, not a fault)."""
+    for line in terminalreporter.config.stash.get(_MODULE_LINES, []):
+        terminalreporter.write_line(f"rxe-power: {line}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -76,6 +103,8 @@ def rxe_topology(pytestconfig: pytest.Config,
     require = bool(_setting(pytestconfig, "rxe-require"))
     built = False
     try:
+        # the module first: swapping it is refused once rxe devices exist
+        _loaded(pytestconfig, rxe_module.ensure(_removal_setting(pytestconfig)))
         try:
             topo = devices.discover(rxe_config)
         except RxePowerError:
@@ -86,9 +115,59 @@ def rxe_topology(pytestconfig: pytest.Config,
             pytest.fail(f"{msg} (RXE_POWER_REQUIRE_RXE=1 turns this into a failure)",
                         pytrace=False)
         pytest.skip(f"{msg}. To get rxe: {HOW_TO_GET_RXE}")
+    pytestconfig.stash[_BUILT] = built
     yield topo
-    if built:
+    if pytestconfig.stash[_BUILT]:
         lifecycle.teardown(log=lambda m: None)
+
+
+@pytest.fixture
+def removal_mode(pytestconfig: pytest.Config, rxe_topology: Topology) -> RemovalMode:
+    """What deleting a held local HCA does now (the rdma_rxe loaded for this test)."""
+    return pytestconfig.stash[_MODULE_REPORT].removal
+
+
+def _swap_removal(config: pytest.Config, cfg: TopologyConfig, want: RemovalMode) -> None:
+    """Tear the session's topology down, load the rdma_rxe `want` needs, build it again."""
+    if want is RemovalMode.DISASSOCIATE and rxe_module.our_build() is None:
+        err = rxe_module.missing_build_error(os.uname().release)
+        if bool(_setting(config, "rxe-require")):
+            pytest.fail(f"{err.problem}; fix: {err.fix}", pytrace=False)
+        pytest.skip(f"{err.problem}; fix: {err.fix}")
+    problems = lifecycle.teardown(log=lambda m: None)
+    assert not problems, f"cannot switch to --removal {want}: {problems}"
+    try:
+        _loaded(config, rxe_module.ensure(want))
+    finally:  # the topology comes back in any case, on whichever module is loaded
+        _, config.stash[_BUILT] = lifecycle.setup(cfg, log=lambda m: None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _removal_for_module(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A module marked removal(mode) runs under that mode: when the session runs the other
+    one (and built the topology), the topology is rebuilt on the other rdma_rxe for the
+    module and put back after it."""
+    marker = request.node.get_closest_marker("removal")
+    if marker is None:
+        yield
+        return
+    want = RemovalMode(marker.args[0])
+    request.getfixturevalue("rxe_topology")
+    config = request.config
+    have = config.stash[_MODULE_REPORT].removal
+    if have is want:
+        yield
+        return
+    if not config.stash[_BUILT]:
+        pytest.skip(f"needs --removal {want}; this session runs --removal {have} on a "
+                    "topology it did not build, so it cannot switch: run with --removal "
+                    f"{want} (or RXE_POWER_REMOVAL={want})")
+    cfg = request.getfixturevalue("rxe_config")
+    _swap_removal(config, cfg, want)
+    try:
+        yield
+    finally:
+        _swap_removal(config, cfg, have)
 
 
 def _kernel_objects() -> dict[str, set[str]]:
@@ -105,6 +184,13 @@ def _rxe_guard(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     topo = request.getfixturevalue("rxe_topology")
+    marker = request.node.get_closest_marker("removal")
+    if marker is not None:
+        have = request.config.stash[_MODULE_REPORT].removal
+        if have is not RemovalMode(marker.args[0]):
+            pytest.skip(f"needs --removal {marker.args[0]}, this session runs --removal "
+                        f"{have}: rxe-power test -- --removal {marker.args[0]} "
+                        f"(or RXE_POWER_REMOVAL={marker.args[0]})")
     before = _kernel_objects()
     yield
     for dev in (topo.local.dev, topo.peer.dev):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TypeAlias
 
+from harness.cli.removal import prepare_removal
 from harness.core import settings
 from harness.core.errors import RxePowerError
 from harness.core.proc import python_child
@@ -86,6 +87,7 @@ def start_results_command(args: argparse.Namespace, stem: str, what: str) -> tup
     mode, why = choose_mode(args.mode)
     print(f"rxe-power {args.command}: mode {mode.value} ({why}); {what}; results in {out_dir}",
           flush=True)
+    prepare_removal(args, mode)
     return out_dir, mode
 
 

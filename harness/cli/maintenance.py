@@ -15,6 +15,7 @@ from harness.cli.launch import (
     choose_mode,
     run_in_guest,
 )
+from harness.cli.removal import add_removal_option, prepare_removal
 from harness.core.proc import python_child
 from harness.core.settings import Mode
 from harness.peer import traffic
@@ -30,6 +31,7 @@ TOPOLOGY_ACTIONS = {"setup": "up", "teardown": "down", "show": "show"}
 def add_check_parser(subparsers: Subcommands, mode_help: str) -> None:
     p = subparsers.add_parser("check", help="bring up rxe0 <-> rxe1 and report a traffic check")
     p.add_argument("--mode", default=None, help=mode_help)
+    add_removal_option(p)
     p.add_argument("--timeout-s", type=float, default=SHORT_COMMAND_VM_TIMEOUT_S,
                    help="bound on the whole VM run")
     p.set_defaults(func=cmd_check)
@@ -47,6 +49,7 @@ def add_topology_parsers(subparsers: Subcommands) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     mode, why = choose_mode(args.mode)
     print(f"rxe-power check: mode {mode.value} ({why})", flush=True)
+    prepare_removal(args, mode)
     if mode is Mode.VM:
         argv = python_child("harness.cli", "check", "--mode", "native")
         return run_in_guest(argv, args.timeout_s, "vm-check-console.log")

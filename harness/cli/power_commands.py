@@ -14,6 +14,7 @@ from harness.cli.launch import (
     choose_mode,
     run_in_guest,
 )
+from harness.cli.removal import add_removal_option, prepare_removal
 from harness.core.proc import python_child
 from harness.core.settings import Mode
 from harness.topology import devices, lifecycle
@@ -39,6 +40,7 @@ def add_parsers(subparsers: Subcommands, mode_help: str) -> None:
     p.add_argument("--json", help="where to write the result (default "
                    "results/transition-NAME.json)")
     p.add_argument("--mode", default=None, help=mode_help)
+    add_removal_option(p)
     p.add_argument("--timeout-s", type=float, default=SHORT_COMMAND_VM_TIMEOUT_S,
                    help="bound on the whole VM run")
     p.set_defaults(func=cmd_transition)
@@ -53,6 +55,7 @@ def cmd_transition(args: argparse.Namespace) -> int:
         args.pm_level).resolved()  # bad values fail here, before any VM boots
     mode, why = choose_mode(args.mode)
     print(f"rxe-power transition: mode {mode.value} ({why})", flush=True)
+    prepare_removal(args, mode)
     if mode is Mode.VM:
         argv = [*python_child("harness.cli", "transition", req.name),
                 "--ordering", str(req.ordering), "--hold-ms", str(req.hold_ms),

@@ -21,6 +21,7 @@ from harness.cli.launch import (
     split_csv,
     start_results_command,
 )
+from harness.cli.removal import add_removal_option
 from harness.core import settings
 from harness.core.settings import Mode
 from harness.run.matrix import DEFAULT_TRANSITIONS, MatrixSpec, run_matrix
@@ -108,6 +109,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser, mode_help: str, timeout_s: float) -> None:
     p.add_argument("--out", help="the results folder (default results/COMMAND-TIMESTAMP)")
     p.add_argument("--mode", default=None, help=mode_help)
+    add_removal_option(p)
     p.add_argument("--timeout-s", type=float, default=timeout_s,
                    help="bound on the whole VM run, in seconds")
 

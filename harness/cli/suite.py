@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 
 from harness.cli.launch import Subcommands, choose_mode, run_in_guest
+from harness.cli.removal import add_removal_option, choose_removal
+from harness.core import settings
 from harness.core.errors import BoundExceeded
 from harness.core.proc import python_child, run_bounded
 from harness.core.settings import Mode
@@ -21,6 +23,7 @@ TEST_VM_TIMEOUT_S = 3600.0  # the suite takes 15-20 min in TCG; CI allows 90
 def add_parser(subparsers: Subcommands, mode_help: str) -> None:
     p = subparsers.add_parser("test", help="run the test suite (pytest) where rxe exists")
     p.add_argument("--mode", default=None, help=mode_help)
+    add_removal_option(p)
     p.add_argument("--timeout-s", type=float, default=TEST_VM_TIMEOUT_S,
                    help="bound on the whole VM run")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="arguments for pytest")
@@ -30,6 +33,11 @@ def add_parser(subparsers: Subcommands, mode_help: str) -> None:
 def cmd_test(args: argparse.Namespace) -> int:
     mode, why = choose_mode(args.mode)
     print(f"rxe-power test: mode {mode.value} ({why})", flush=True)
+    if args.removal is not None:  # else the suite's own default (block; removal-marked
+        # modules switch by themselves): the plugin loads the module in the session
+        want, how = choose_removal(args.removal, mode)
+        settings.export_removal(want)
+        print(f"rxe-power test: removal mode {want} ({how})", flush=True)
     if mode is not Mode.VM:
         import pytest  # only here: no other command needs the test runner loaded
 

@@ -75,6 +75,21 @@ def parse_positive_float(raw: str) -> float:
     return val
 
 
+class RemovalMode(StrEnum):
+    """What deleting a held local HCA does (harness/system/rxe_module.py loads the module)."""
+
+    DISASSOCIATE = "disassociate"  # our rdma_rxe build: holders get DEVICE_FATAL and EIO
+    BLOCK = "block"  # the distribution's rdma_rxe: the delete waits for every holder
+
+
+def parse_removal(raw: str) -> RemovalMode:
+    try:
+        return RemovalMode(raw.strip().lower())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not one of "
+                         f"{', '.join(m.value for m in RemovalMode)}") from None
+
+
 def parse_bool(raw: str) -> bool:
     low = raw.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -111,6 +126,10 @@ SETTINGS: dict[str, Setting] = {
                 "198.18.0.1", "IPv4 address of the local end (RFC 2544 test range)"),
         Setting("rxe-peer-addr", "RXE_POWER_PEER_ADDR", "rxe_peer_addr", parse_ipv4,
                 "198.18.0.2", "IPv4 address of the peer end"),
+        Setting("removal", "RXE_POWER_REMOVAL", "rxe_removal", parse_removal, "block",
+                "what deleting a held local HCA does: disassociate (our rdma_rxe build: "
+                "holders get DEVICE_FATAL and EIO, the delete completes, as on a real "
+                "HCA) or block (stock rdma_rxe: the delete waits for every holder)"),
         Setting("rxe-require", "RXE_POWER_REQUIRE_RXE", "rxe_require", parse_bool, "0",
                 "turn 'no rxe available' from a skip into a failure (CI sets it)"),
     )
@@ -255,6 +274,12 @@ def export_bench_host(host: Mapping[str, Any]) -> None:
 
 def mpl_config_dir_set(environ: Mapping[str, str] | None = None) -> bool:
     return _env(MPL_CONFIG_ENV, environ) is not None
+
+
+def export_removal(mode: RemovalMode) -> None:
+    """Hand the removal mode to the children of this process (the pytest session, the
+    command in the guest), which read it as RXE_POWER_REMOVAL."""
+    os.environ[SETTINGS["removal"].env] = str(mode)
 
 
 def export_mpl_config_dir(path: Path) -> None:

@@ -1,0 +1,169 @@
+"""harness/system/rxe_module.py: which rdma_rxe is loaded and what to do about it (pure
+logic, sysfs read from a temporary folder), and the patch applier's anchors."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.core.errors import RxePowerError, SettingError
+from harness.core.settings import resolve
+from harness.system import rxe_module as rm
+from harness.system.rxe_module import Loaded, ModuleFacts, RemovalMode, Step
+
+OURS_SRC = "0D6EECD8607642935EBDB95"
+OURS = ModuleFacts(True, "rxe-power-disassociate-full", OURS_SRC, "OE")
+STOCK = ModuleFacts(True, None, None, "")
+NONE = ModuleFacts(False, None, None, "")
+REPO = Path(__file__).parents[2]
+
+
+@pytest.mark.parametrize(("facts", "ours_src", "want"), [
+    (NONE, OURS_SRC, Loaded.NONE),
+    (STOCK, OURS_SRC, Loaded.STOCK),
+    (STOCK, None, Loaded.STOCK),
+    (OURS, OURS_SRC, Loaded.OURS),
+    (OURS, None, Loaded.OTHER),  # our version string, but no cached build to match
+    (OURS, "AAAA", Loaded.OTHER),  # an older build of ours: reload
+    (ModuleFacts(True, "rxe-power-disassociate-empty-callback", OURS_SRC, "OE"), OURS_SRC,
+     Loaded.OTHER),
+    (ModuleFacts(True, None, None, "OE"), OURS_SRC, Loaded.OTHER),  # someone else's build
+    (ModuleFacts(True, None, None, "E"), OURS_SRC, Loaded.STOCK),  # in tree, unsigned
+])
+def test_classify(facts: ModuleFacts, ours_src: str | None, want: Loaded) -> None:
+    assert rm.classify(facts, ours_src) is want
+
+
+@pytest.mark.parametrize(("want", "loaded", "steps"), [
+    (RemovalMode.DISASSOCIATE, Loaded.OURS, []),
+    (RemovalMode.DISASSOCIATE, Loaded.NONE, [Step.LOAD_OURS]),
+    (RemovalMode.DISASSOCIATE, Loaded.STOCK, [Step.UNLOAD, Step.LOAD_OURS]),
+    (RemovalMode.DISASSOCIATE, Loaded.OTHER, [Step.UNLOAD, Step.LOAD_OURS]),
+    (RemovalMode.BLOCK, Loaded.STOCK, []),
+    (RemovalMode.BLOCK, Loaded.NONE, [Step.LOAD_STOCK]),
+    (RemovalMode.BLOCK, Loaded.OURS, [Step.UNLOAD, Step.LOAD_STOCK]),
+    (RemovalMode.BLOCK, Loaded.OTHER, [Step.UNLOAD, Step.LOAD_STOCK]),
+])
+def test_plan(want: RemovalMode, loaded: Loaded, steps: list[Step]) -> None:
+    assert rm.plan(want, loaded) == steps
+
+
+def test_removal_of_and_taint() -> None:
+    assert rm.removal_of(Loaded.OURS) is RemovalMode.DISASSOCIATE
+    assert rm.removal_of(Loaded.STOCK) is RemovalMode.BLOCK
+    assert rm.removal_of(Loaded.OTHER) is None and rm.removal_of(Loaded.NONE) is None
+    assert rm.describe_taint("OE") == "taint OE (out-of-tree module, unsigned module)"
+    assert rm.describe_taint("") == "no taint"
+
+
+def test_module_facts_from_sysfs(tmp_path: Path) -> None:
+    assert rm.module_facts(tmp_path / "absent") == NONE
+    mod = tmp_path / "rdma_rxe"
+    mod.mkdir()
+    (mod / "taint").write_text("OE\n")
+    (mod / "version").write_text("rxe-power-disassociate-full\n")
+    (mod / "srcversion").write_text(OURS_SRC + "\n")
+    assert rm.module_facts(mod) == OURS
+    stock = tmp_path / "stock"
+    stock.mkdir()
+    (stock / "taint").write_text("\n")
+    assert rm.module_facts(stock) == STOCK
+
+
+def test_software_devices_are_the_parentless_ones(tmp_path: Path) -> None:
+    (tmp_path / "rxe0").mkdir()
+    (tmp_path / "mlx5_0").mkdir()
+    (tmp_path / "mlx5_0" / "device").mkdir()
+    assert rm.software_rdma_devices(tmp_path) == ["rxe0"]
+    assert rm.software_rdma_devices(tmp_path / "absent") == []
+
+
+def test_our_build_absent_and_unsafe(tmp_path: Path) -> None:
+    assert rm.our_build("6.1.0-1-amd64", tmp_path) is None
+    ko = tmp_path / "6.1.0-1-amd64" / "rdma_rxe.ko"
+    ko.parent.mkdir()
+    ko.write_bytes(b"")
+    if os.geteuid() != 0:  # not root-owned: refused, with the fix
+        with pytest.raises(RxePowerError, match="not root-owned"):
+            rm.our_build("6.1.0-1-amd64", tmp_path)
+    else:
+        os.chmod(ko, 0o666)  # world-writable: refused
+        with pytest.raises(RxePowerError, match="group/world-writable"):
+            rm.our_build("6.1.0-1-amd64", tmp_path)
+
+
+def test_missing_build_names_the_script() -> None:
+    err = rm.missing_build_error("6.1.0-56-amd64")
+    assert "ci/build-rxe-disassociate.sh 6.1.0-56-amd64" in err.fix
+
+
+def test_removal_setting() -> None:
+    assert resolve("removal", environ={}).value is RemovalMode.BLOCK
+    assert resolve("removal", "Disassociate", environ={}).value is RemovalMode.DISASSOCIATE
+    assert resolve("removal", environ={"RXE_POWER_REMOVAL": "block"}).value is RemovalMode.BLOCK
+    with pytest.raises(SettingError, match="RXE_POWER_REMOVAL"):
+        resolve("removal", environ={"RXE_POWER_REMOVAL": "later"})
+
+
+def _patcher() -> object:
+    spec = importlib.util.spec_from_file_location("rxe_patch", REPO / "ci" /
+                                                  "rxe_disassociate_patch.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fake_rxe(tmp_path: Path) -> Path:
+    """The anchors as they stand in Linux 6.1's rxe, in otherwise empty files."""
+    patch = _patcher()
+    files: dict[str, str] = {"rxe.c": 'MODULE_LICENSE("Dual BSD/GPL");\n'}
+    for name, anchor, _, _ in patch.EDITS:
+        files[name] = files.get(name, "/* head */\n") + anchor + "/* between */\n"
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize("variant", ["full", "empty-callback"])
+def test_patch_applies_each_anchor_once(tmp_path: Path, variant: str) -> None:
+    patch = _patcher()
+    rxe = _fake_rxe(tmp_path)
+    done = patch.apply(rxe, variant)
+    assert len(done) == (7 if variant == "full" else 3)
+    verbs = (rxe / "rxe_verbs.c").read_text()
+    assert ".disassociate_ucontext = rxe_disassociate_ucontext," in verbs
+    assert f'MODULE_VERSION("rxe-power-disassociate-{variant}")' in (rxe / "rxe.c").read_text()
+    mmap = (rxe / "rxe_mmap.c").read_text()
+    assert ("__module_get(THIS_MODULE)" in mmap) == (variant == "full")
+    with pytest.raises(SystemExit, match="already patched"):
+        patch.main([str(rxe)])
+
+
+def test_patch_refuses_a_missing_anchor(tmp_path: Path) -> None:
+    patch = _patcher()
+    rxe = _fake_rxe(tmp_path)
+    (rxe / "rxe_mmap.c").write_text("/* a different rxe */\n")
+    with pytest.raises(SystemExit, match="occurs 0 times"):
+        patch.apply(rxe, "full")
+
+
+def test_cli_default_removal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's default: disassociate where our module is built for the kernel, else block
+    (saying how to build it); natively with rxe devices present, the loaded module's mode."""
+    from harness.cli import removal
+    from harness.core.settings import Mode
+
+    monkeypatch.delenv("RXE_POWER_REMOVAL", raising=False)
+    monkeypatch.setattr(rm, "software_rdma_devices", lambda: [])
+    monkeypatch.setattr(rm, "default_removal", lambda rel: RemovalMode.DISASSOCIATE)
+    assert removal.choose_removal(None, Mode.NATIVE)[0] is RemovalMode.DISASSOCIATE
+    monkeypatch.setattr(rm, "default_removal", lambda rel: RemovalMode.BLOCK)
+    want, why = removal.choose_removal(None, Mode.NATIVE)
+    assert want is RemovalMode.BLOCK and "ci/build-rxe-disassociate.sh" in why
+    monkeypatch.setattr(rm, "software_rdma_devices", lambda: ["rxe0"])
+    monkeypatch.setattr(rm, "current_removal", lambda: RemovalMode.DISASSOCIATE)
+    assert removal.choose_removal(None, Mode.NATIVE)[0] is RemovalMode.DISASSOCIATE
+    assert removal.choose_removal("block", Mode.NATIVE)[0] is RemovalMode.BLOCK
