@@ -1,0 +1,107 @@
+"""The verbs tracer's overhead: ib_send_bw 4 KiB rxe0 -> rxe1, untraced and traced
+(both ends), interleaved, RUNS times each; the ratio of the medians (goal >= 0.9).
+
+    python -m harness.run.tracer_bench [--runs 5] [--iters 20000]     (needs the topology)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from clients.traced import make_trace_dir, traced_env
+from harness import topology
+from harness.bench import BW_COLUMNS, parse_perftest
+from harness.errors import BoundExceeded, RxePowerError
+from harness.topology import _free_tcp_port as free_tcp_port
+from harness.topology import _tcp_listening as tcp_listening
+
+RUN_TIMEOUT_S = 120.0  # one ib_send_bw pair to its end
+LISTEN_TIMEOUT_S = 30.0  # the server's port open
+POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    iters: int
+    size: int
+    plain_mb_s: list[float]
+    traced_mb_s: list[float]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.traced_mb_s) / statistics.median(self.plain_mb_s)
+
+
+def one_run(topo: topology.Topology, iters: int, size: int, trace: Path | None,
+            port: int) -> float:
+    env = traced_env(make_trace_dir(trace)) if trace else None
+    common = ["-F", "-s", str(size), "-t", "16", "-n", str(iters), "-p", str(port)]
+    srv = subprocess.Popen(["ib_send_bw", "-d", topo.peer.dev, "-x", str(topo.peer.gid_index),
+                            *common], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + LISTEN_TIMEOUT_S
+        while not tcp_listening(port):
+            if time.monotonic() > deadline or srv.poll() is not None:
+                raise BoundExceeded("ib_send_bw server listening", "LISTEN_TIMEOUT_S",
+                                    LISTEN_TIMEOUT_S, f"server exit {srv.poll()}")
+            time.sleep(POLL_S)  # polling interval of a bounded wait
+        cli = subprocess.run(["ib_send_bw", "-d", topo.local.dev, "-x",
+                              str(topo.local.gid_index), *common, topo.peer.addr], env=env,
+                             capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                             check=False)
+        if cli.returncode != 0:
+            raise RxePowerError(f"ib_send_bw client exit {cli.returncode}: "
+                                f"{cli.stderr[-300:]}", "see its output")
+        return parse_perftest(cli.stdout, BW_COLUMNS)[-1]["BW average[MB/sec]"]
+    finally:
+        if srv.poll() is None:
+            try:
+                srv.wait(RUN_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+                srv.wait()
+
+
+def bench(topo: topology.Topology, runs: int, iters: int, size: int = 4096) -> BenchResult:
+    plain: list[float] = []
+    traced: list[float] = []
+    work = Path(tempfile.mkdtemp(prefix="rxe-power-trace-bench."))
+    try:
+        for i in range(runs):
+            plain.append(one_run(topo, iters, size, None, free_tcp_port()))
+            traced.append(one_run(topo, iters, size, work / f"run{i}", free_tcp_port()))
+            print(f"run {i + 1}/{runs}: untraced {plain[-1]:.2f} MB/s, traced "
+                  f"{traced[-1]:.2f} MB/s", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return BenchResult(iters, size, plain, traced)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.run.tracer_bench")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--iters", type=int, default=20000)
+    p.add_argument("--json", type=Path, help="write the result here")
+    args = p.parse_args(argv)
+    topo = topology.discover(topology.TopologyConfig.from_settings({}))
+    res = bench(topo, args.runs, args.iters)
+    print(f"ib_send_bw {res.size} B x {res.iters}: median untraced "
+          f"{statistics.median(res.plain_mb_s):.2f} MB/s, traced "
+          f"{statistics.median(res.traced_mb_s):.2f} MB/s, ratio {res.ratio:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps({**asdict(res), "ratio": res.ratio}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
