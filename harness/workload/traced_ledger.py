@@ -12,7 +12,7 @@ Completions are matched to requests per QP and in order (the first outstanding r
 with the completion's wr_id), never by wr_id alone, so programs that reuse wr_ids (perftest
 posts every WR of a QP with the same one) are accounted correctly.
 
-Where the peer program is traced too, match_peer() pairs each QP with the peer QP it was
+Where the peer program is traced too, traced_peer.match_peer() pairs each QP with the peer QP it was
 connected to (the dest_qp_num each side gave ibv_modify_qp) and lines up the sender's
 SENDs and WRITE_WITH_IMMs with the receiver's receive completions, in order: delivered
 once, missing, and, by count, duplicated.
@@ -30,7 +30,6 @@ from harness.workload.tracelog import (
     NO_INDEX,
     NO_QPN,
     NO_STATE,
-    PEER_VISIBLE_OPS,
     QPF_CREATED_EX,
     QPF_SQ_SIG_ALL,
     QPF_WR_API_TRACED,
@@ -99,12 +98,24 @@ class QpTrack:
     sq: deque[TracedRequest] = field(default_factory=deque)
     rq: deque[TracedRequest] = field(default_factory=deque)
     receives_done: list[TracedRequest] = field(default_factory=list)
+    error_status: str = ""  # the first error completion's status since the last reset
+    posted_after_error: int = 0
+
+
+class FindingKind(StrEnum):
+    UNMATCHED_COMPLETION = "unmatched-completion"  # a completion no request explains
+    FAILED_CALL = "failed-call"  # a verbs call failed (errno)
+    ASYNC_EVENT = "async-event"
+    NOT_TRACED = "not-traced"  # a part of the program's work the tracer did not see
+    LOG_NOT_CLOSED = "log-not-closed"  # the process did not exit normally
+    POSTED_AFTER_ERROR = "posted-after-error"  # kept posting on a QP after an error
+    # completion without resetting it (the error was ignored)
 
 
 @dataclass(frozen=True)
 class Finding:
     """Something the program did or met that the ledger should name."""
-    what: str  # unmatched-completion, failed-call, async-event, not-traced, log-not-closed
+    what: FindingKind
     detail: str
     t_ns: int = 0
 
@@ -136,7 +147,12 @@ class ProcessLedger:
         return [r for r in self.requests if r.outcome is None]
 
     def unmatched_completions(self) -> list[Finding]:
-        return [f for f in self.findings if f.what == "unmatched-completion"]
+        return [f for f in self.findings if f.what is FindingKind.UNMATCHED_COMPLETION]
+
+    def posted_after_error(self) -> int:
+        """Requests posted on a QP after it had an error completion and before the
+        program reset or recreated it."""
+        return sum(q.posted_after_error for q in self.qps)
 
 
 def _end(req: TracedRequest, outcome: Outcome, by: EndedBy, status: str, t_ns: int | None,
@@ -172,8 +188,8 @@ class _Builder:
 
     def qp(self, num: int, t_ns: int) -> QpTrack:
         if num not in self.qps:  # created before the tracer saw it (or by a path not followed)
-            self.find(Finding("not-traced", f"QP {num} was used but its creation was not seen",
-                              t_ns))
+            self.find(Finding(FindingKind.NOT_TRACED,
+                              f"QP {num} was used but its creation was not seen", t_ns))
             self._new_qp(num, sig_all=False, wr_api=False, ex=False)
         return self.qps[num]
 
@@ -200,6 +216,12 @@ class _Builder:
                             rec.t_ns, receive=receive, imm=rec.aux2 if not receive else 0)
         self.led.requests.append(req)
         queue.append(req)
+        if rec.type is not RecType.POST_SRQ_RECV and track.error_status:
+            if not track.posted_after_error:
+                self.find(Finding(FindingKind.POSTED_AFTER_ERROR, f"QP {track.qp_num}: "
+                                  f"posted after a {track.error_status} completion without "
+                                  "resetting the QP", rec.t_ns))
+            track.posted_after_error += 1
         self.chains.setdefault(rec.obj, []).append((req, queue))
 
     def post_fail(self, rec: Record) -> None:
@@ -222,11 +244,14 @@ class _Builder:
     def completion(self, rec: Record) -> None:
         status = wc_status_name(rec.result)
         if rec.flags & WCF_QPN_UNKNOWN:
-            self.find(Finding("unmatched-completion", f"wr_id {rec.wr_id} status {status} on a "
-                              "CQ created without IBV_WC_EX_WITH_QP_NUM: QP unknown", rec.t_ns))
+            self.find(Finding(FindingKind.UNMATCHED_COMPLETION,
+                              f"wr_id {rec.wr_id} status {status} on a CQ created without "
+                              "IBV_WC_EX_WITH_QP_NUM: QP unknown", rec.t_ns))
             return
         track = self.qps.get(rec.qp_num)
         receive = rec.opcode >= WC_RECV
+        if track is not None and rec.result != WC_SUCCESS and not track.error_status:
+            track.error_status = status
         queues: list[deque[TracedRequest]] = []
         if track is not None:
             queues.append(track.rq if receive else track.sq)
@@ -248,7 +273,7 @@ class _Builder:
                     req.qp_num, req.qp_gen = track.qp_num, track.gen
                     track.receives_done.append(req)
                 return
-        self.find(Finding("unmatched-completion", f"QP {rec.qp_num}: wr_id {rec.wr_id} "
+        self.find(Finding(FindingKind.UNMATCHED_COMPLETION, f"QP {rec.qp_num}: wr_id {rec.wr_id} "
                           f"status {status}: no outstanding request with that wr_id",
                           rec.t_ns))
 
@@ -291,6 +316,8 @@ class _Builder:
                              bool(rec.flags & QPF_WR_API_TRACED), bool(rec.flags & QPF_CREATED_EX))
             elif t is RecType.QP_MODIFY and rec.result == 0:
                 track = self.qp(rec.qp_num, rec.t_ns)
+                if rec.opcode in (QpState.RESET, QpState.INIT):
+                    track.error_status = ""  # the program reset the QP after the error
                 if rec.opcode != NO_STATE:
                     track.states.append(QpState(rec.opcode).name
                                         if rec.opcode in QpState._value2member_map_
@@ -309,90 +336,30 @@ class _Builder:
             elif t is RecType.ASYNC_EVENT:
                 name = async_event_name(rec.opcode)
                 led.async_events.append(name + (f" qp {rec.qp_num}" if rec.qp_num else ""))
-                self.find(Finding("async-event", led.async_events[-1], rec.t_ns))
+                self.find(Finding(FindingKind.ASYNC_EVENT, led.async_events[-1], rec.t_ns))
             elif t is RecType.CALL_FAIL:
                 call = Call(rec.opcode).name.lower() if rec.opcode in Call._value2member_map_ \
                     else f"call {rec.opcode}"
                 led.failed_calls.append(f"ibv_{call}: errno {rec.result}")
-                self.find(Finding("failed-call", led.failed_calls[-1], rec.t_ns))
+                self.find(Finding(FindingKind.FAILED_CALL, led.failed_calls[-1], rec.t_ns))
         by = EndedBy.PROGRAM_EXITED if self.log.closed else EndedBy.LOG_ENDED
         if self.log.closed:
             reason = "never completed: outstanding when the program exited"
         else:
             reason = "never completed: outstanding when the log ended (the process did " \
                      "not exit normally: killed or crashed)"
-            self.find(Finding("log-not-closed", "no END record: the process did not exit "
+            self.find(Finding(FindingKind.LOG_NOT_CLOSED, "no END record: the process did not exit "
                               "normally"))
         self.drain([q for tr in self.qps.values() for q in (tr.sq, tr.rq)], by, reason)
         self.drain(list(self.srqs.values()), by, reason)
         if self.log.dropped:
-            self.find(Finding("not-traced", f"{self.log.dropped} records dropped at the size "
-                              "cap (RXE_POWER_TRACE_MAX_MB)"))
+            self.find(Finding(FindingKind.NOT_TRACED, f"{self.log.dropped} records dropped "
+                              "at the size cap (RXE_POWER_TRACE_MAX_MB)"))
         return led
 
 
 def build_ledger(log: TraceLog) -> ProcessLedger:
     return _Builder(log).run()
-
-
-@dataclass
-class PeerMatch:
-    """One connected QP pair: the sender's peer-visible requests against the receiver's
-    receive completions, in order."""
-    sender_pid: int
-    sender_qp: int
-    receiver_pid: int
-    receiver_qp: int
-    sent: int  # peer-visible requests that reached the send queue (not rejected at post)
-    received: int  # the receiver's successful receive completions on the paired QP
-    delivered_once: int
-    missing: int
-    duplicated: int  # receive completions beyond the requests sent
-    delivered_despite_error: int  # delivered, but the sender's request did not end ok
-    length_mismatches: int  # SEND length != the receive completion's byte_len
-
-
-def _pairs(a: ProcessLedger, b: ProcessLedger) -> list[tuple[QpTrack, QpTrack]]:
-    out = []
-    used: set[int] = set()
-    for qa in a.qps:
-        for j, qb in enumerate(b.qps):
-            if j not in used and qa.dest_qp_num == qb.qp_num and qb.dest_qp_num == qa.qp_num:
-                out.append((qa, qb))
-                used.add(j)
-                break
-    return out
-
-
-def match_peer(sender: ProcessLedger, receiver: ProcessLedger) -> list[PeerMatch]:
-    """Line up SENDER's peer-visible requests with RECEIVER's receive completions, for
-    every QP of SENDER connected to a QP of RECEIVER; sets each request's `peer` view
-    (requests that the peer cannot see get NOT_VISIBLE)."""
-    matches = []
-    for qs, qr in _pairs(sender, receiver):
-        reqs = [r for r in sender.requests if not r.receive and r.qp_num == qs.qp_num
-                and r.qp_gen == qs.gen]
-        for r in reqs:
-            if r.opcode not in PEER_VISIBLE_OPS:
-                r.peer = PeerView.NOT_VISIBLE
-        visible = [r for r in reqs if r.opcode in PEER_VISIBLE_OPS
-                   and r.outcome is not Outcome.REJECTED_AT_POST]
-        got = [c for c in qr.receives_done if c.outcome is Outcome.COMPLETED_OK]
-        despite = mismatch = 0
-        for k, req in enumerate(visible):
-            if k < len(got):
-                req.peer = PeerView.DELIVERED_ONCE
-                despite += req.outcome is not Outcome.COMPLETED_OK
-                if req.opcode is not WrOpcode.RDMA_WRITE_WITH_IMM and \
-                        got[k].byte_len is not None and got[k].byte_len != req.length:
-                    mismatch += 1
-            else:
-                req.peer = PeerView.MISSING
-        n = min(len(visible), len(got))
-        matches.append(PeerMatch(sender.pid, qs.qp_num, receiver.pid, qr.qp_num, len(visible),
-                                 len(got), n, len(visible) - n, max(0, len(got) - len(visible)),
-                                 despite, mismatch))
-    return matches
 
 
 def summary_line(led: ProcessLedger) -> str:

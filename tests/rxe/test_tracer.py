@@ -20,19 +20,21 @@ from pathlib import Path
 
 import pytest
 
-from clients.traced import make_trace_dir, traced_env
+from clients.traced import example_program, make_trace_dir, traced_env
 from harness import topology
 from harness.ledger import Outcome, PeerView
 from harness.proc import wait_or_kill
 from harness.workload.traced_ledger import (
     EndedBy,
+    FindingKind,
     ProcessLedger,
     build_ledger,
-    match_peer,
     summary_line,
 )
+from harness.workload.traced_peer import match_peer
 from harness.workload.tracelog import log_paths, read_log
 from power.plan import OnVeto
+from power.result import Verdict
 from tests.test_outside_clients import _free_port, listening
 
 pytestmark = pytest.mark.rxe
@@ -228,3 +230,86 @@ def test_forced_client_log_survives(power_shim, rxe_topology, results_dir, tmp_p
     lost = [r for r in client.sends() if r.outcome is Outcome.LOST]
     assert lost and {r.ended_by for r in lost} == {EndedBy.LOG_ENDED}, lost[:3]
     assert os.path.getsize(tdir / f"rxe-power-trace.{cli.pid}.bin") % 64 == 0
+
+
+EXAMPLE_RUN_S = 6  # the examples' traffic time: longer than the transition (500 ms hold)
+SOCKET_TIMEOUT_S = 10.0  # notify_client's socket in the clients directory
+
+
+@contextlib.contextmanager
+def traced_example(name: str, topo: topology.Topology, tdir: Path, log_dir: Path, tag: str,
+                   clients_dir: Path) -> Iterator[subprocess.Popen]:
+    env = traced_env(make_trace_dir(tdir))
+    env["RXE_POWER_CLIENTS_DIR"] = str(clients_dir)
+    argv = [str(example_program(name)), topo.local.dev, str(topo.local.gid_index),
+            topo.peer.dev, str(topo.peer.gid_index), str(EXAMPLE_RUN_S)]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{tag}.log", "w") as out:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        wait_or_kill(proc, STOP_TIMEOUT_S)
+
+
+def test_notify_client_releases_reopens_clean(power_shim, rxe_topology, results_dir,
+                                              tmp_path, request) -> None:
+    """examples/notify_client.c under standby (clients-first): it answers released (its
+    in-flight SENDs drained), so the delete finds no holder; on resume_complete it reopens
+    rxe0 and sends again. Its ledger: two opens of each device, every request completed-ok
+    and received once, no error, no failed call; exit 0."""
+    clients = power_shim.clients_dir
+    clients.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tdir = tmp_path / "trace"
+    with traced_example("notify_client", rxe_topology, tdir, results_dir / "logs",
+                        request.node.name, clients) as cli:
+        wait_first_completion(tdir, cli.pid, cli)
+        deadline = time.monotonic() + SOCKET_TIMEOUT_S
+        while not list(clients.glob("notify_client.*.sock")):
+            assert time.monotonic() < deadline, "no socket within SOCKET_TIMEOUT_S"
+            time.sleep(POLL_S)  # polling interval of a bounded wait
+        res = power_shim.run("standby")
+        rc = wait_exit(cli, "notify_client")
+    print(f"standby verdict {res.verdict}; answers {res.answers}; exit {rc}")
+    assert res.verdict is Verdict.COMPLETED, res.reasons
+    kinds = sorted(a["kind"] for a in res.answers)
+    assert kinds == ["released", "resumed"], res.answers
+    led = ledgers(tdir, results_dir / "trace" / request.node.name)[cli.pid]
+    assert rc == 0 and led.closed
+    check_accounted(led)
+    loc, peer = rxe_topology.local.dev, rxe_topology.peer.dev
+    assert led.devices == [loc, peer, loc, peer] and led.closes == 4, led.devices
+    assert {r.outcome for r in led.sends()} == {Outcome.COMPLETED_OK}, led.counts()
+    assert not led.failed_calls and not led.posted_after_error()
+    matches = match_peer(led, led)
+    assert len(matches) == 2 and all(m.missing == m.duplicated == 0 for m in matches), matches
+
+
+def test_broken_client_found_out(power_shim, rxe_topology, results_dir, tmp_path,
+                                 request) -> None:
+    """examples/broken_client.c under link-flap: it ignores the notice (it has no socket),
+    its SEND QP on rxe0 goes to the error state when the carrier drops, and it goes on
+    posting and ignoring every status. It exits 0; only its ledger tells: error
+    completions, requests posted after the error (finding posted-after-error), and
+    still every request accounted for."""
+    clients = power_shim.clients_dir
+    clients.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tdir = tmp_path / "trace"
+    with traced_example("broken_client", rxe_topology, tdir, results_dir / "logs",
+                        request.node.name, clients) as cli:
+        wait_first_completion(tdir, cli.pid, cli)
+        res = power_shim.run("link-flap")
+        rc = wait_exit(cli, "broken_client")
+    led = ledgers(tdir, results_dir / "trace" / request.node.name)[cli.pid]
+    print(f"link-flap verdict {res.verdict}; exit {rc}; findings "
+          f"{[f.what.value for f in led.findings][:10]}")
+    assert rc == 0 and led.closed
+    check_accounted(led)
+    counts = led.counts()
+    bad = counts.get(Outcome.FLUSHED.value, 0) + counts.get(Outcome.COMPLETED_ERROR.value, 0)
+    assert bad > 0, counts
+    assert led.posted_after_error() > 0
+    assert FindingKind.POSTED_AFTER_ERROR in {f.what for f in led.findings}
