@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from harness.errors import OsCallError, RxePowerError
+from harness.core.errors import OsCallError, RxePowerError
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_DIR = REPO / "build" / "tracer"

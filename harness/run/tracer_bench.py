@@ -19,8 +19,8 @@ from pathlib import Path
 
 from clients.traced import make_trace_dir, traced_env
 from harness import topology
-from harness.bench import BW_COLUMNS, parse_perftest
-from harness.errors import BoundExceeded, RxePowerError
+from harness.core.errors import BoundExceeded, RxePowerError
+from harness.run.bench import BW_COLUMNS, parse_perftest
 from harness.topology import _free_tcp_port as free_tcp_port
 from harness.topology import _tcp_listening as tcp_listening
 

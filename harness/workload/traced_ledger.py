@@ -24,8 +24,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from harness.ledger import Outcome, PeerView
-from harness.names import async_event_name, wc_status_name
+from harness.rdma.names import async_event_name, wc_status_name
+from harness.workload.ledger import Outcome, PeerView
 from harness.workload.tracelog import (
     NO_INDEX,
     NO_QPN,

@@ -22,8 +22,8 @@ import pytest
 
 from clients.traced import example_program, make_trace_dir, traced_env
 from harness import topology
-from harness.ledger import Outcome, PeerView
-from harness.proc import wait_or_kill
+from harness.core.proc import wait_or_kill
+from harness.workload.ledger import Outcome, PeerView
 from harness.workload.traced_ledger import (
     EndedBy,
     FindingKind,
@@ -35,7 +35,7 @@ from harness.workload.traced_peer import match_peer
 from harness.workload.tracelog import log_paths, read_log
 from power.plan import OnVeto
 from power.result import Verdict
-from tests.test_outside_clients import _free_port, listening
+from tests.rxe.test_outside_clients import _free_port, listening
 
 pytestmark = pytest.mark.rxe
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.ledger import Outcome, PeerView
+from harness.workload.ledger import Outcome, PeerView
 from harness.workload.traced_ledger import EndedBy, FindingKind, build_ledger
 from harness.workload.traced_peer import match_peer
 from harness.workload.tracelog import (
