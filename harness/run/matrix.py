@@ -78,13 +78,22 @@ class MatrixSpec:
     queue_depth: int = 4
     hold_ms: int = 300
     on_veto: OnVeto = OnVeto.FORCE
+    client_cmd: str = ""  # an outside program instead of the policies (harness/run/outside.py)
+    server_cmd: str = ""  # its own server on the peer HCA
 
     def validate(self) -> MatrixSpec:
         from clients import policy_class
 
         for t in self.transitions:
             get_transition(t)
-        for p in self.policies:
+        if self.client_cmd:
+            from harness.run.outside import OutsideSpec
+
+            OutsideSpec(self.client_cmd, self.server_cmd).validate()
+        elif self.server_cmd:
+            raise SettingError("--server-cmd without --client-cmd",
+                               "give the client program too (--client-cmd)")
+        for p in () if self.client_cmd else self.policies:
             policy_class(p)
         for m in self.mixes:
             if m not in OP_MIXES:
@@ -114,6 +123,10 @@ class MatrixSpec:
                 for mix in self.mixes:
                     groups = [tuple(self.policies)] if self.together else \
                         [(p,) for p in self.policies]
+                    if self.client_cmd:
+                        from harness.run.outside import OutsideSpec
+
+                        groups = [(OutsideSpec(self.client_cmd, self.server_cmd).label,)]
                     out += [Scenario(t, o, g, mix) for g in groups]
         return out
 
@@ -127,7 +140,8 @@ class MatrixSpec:
     def from_json(cls, d: dict) -> MatrixSpec:
         return cls(tuple(d["transitions"]), tuple(parse_ordering(o) for o in d["orderings"]),
                    tuple(d["policies"]), tuple(d["mixes"]), d["together"], d["count"],
-                   d["rate_per_s"], d["queue_depth"], d["hold_ms"], parse_on_veto(d["on_veto"]))
+                   d["rate_per_s"], d["queue_depth"], d["hold_ms"], parse_on_veto(d["on_veto"]),
+                   d.get("client_cmd", ""), d.get("server_cmd", ""))
 
 
 @dataclass
@@ -301,11 +315,19 @@ def run_matrix(spec: MatrixSpec, cfg: Any, out_dir: Path, junit: Path | None = N
                 req = TransitionRequest(sc.transition, sc.ordering, spec.hold_ms,
                                         spec.on_veto)
                 try:
-                    res = run_scenario(shim, agent, topo.local, req, list(sc.policies),
-                                       spec.workload(sc.mix), shim.notifier.clients_dir,
-                                       out_dir / "logs" / f"{i:03d}")
-                    body["result"] = res.to_json()
-                    new = rows_of(body["scenario"], body["result"])
+                    if spec.client_cmd:
+                        from harness.run.outside import OutsideSpec, outside_rows, run_outside
+
+                        body["result"] = run_outside(
+                            shim, topo, req, OutsideSpec(spec.client_cmd, spec.server_cmd),
+                            out_dir / "logs" / f"{i:03d}")
+                        new = outside_rows(body["scenario"], body["result"])
+                    else:
+                        res = run_scenario(shim, agent, topo.local, req, list(sc.policies),
+                                           spec.workload(sc.mix), shim.notifier.clients_dir,
+                                           out_dir / "logs" / f"{i:03d}")
+                        body["result"] = res.to_json()
+                        new = rows_of(body["scenario"], body["result"])
                 except KeyboardInterrupt:
                     interrupted = True
                     body["error"] = "interrupted (Ctrl-C)"

@@ -313,3 +313,29 @@ def test_broken_client_found_out(power_shim, rxe_topology, results_dir, tmp_path
     assert bad > 0, counts
     assert led.posted_after_error() > 0
     assert FindingKind.POSTED_AFTER_ERROR in {f.what for f in led.findings}
+
+
+MATRIX_ITERS = 5000  # ib_send_bw -n: still sending when the flap comes, ends by itself after
+
+
+def test_matrix_row_for_outside_program(rxe_config, rxe_topology, tmp_path) -> None:
+    """`matrix --client-cmd/--server-cmd` with ib_send_bw through link-flap (hca-first):
+    one row, every request accounted, each SEND received once by the traced server."""
+    from harness.run.matrix import MatrixSpec, run_matrix
+    from harness.run.resultsfile import RecordKind, read_results
+    from power.plan import Ordering
+
+    common = f"-F -s 4096 -t 16 -n {MATRIX_ITERS} -p {{port}}"
+    spec = MatrixSpec(transitions=("link-flap",), orderings=(Ordering.HCA_FIRST,),
+                      client_cmd=f"ib_send_bw -d {{dev}} -x {{gid}} {common} {{peer_addr}}",
+                      server_cmd=f"ib_send_bw -d {{peer_dev}} -x {{peer_gid}} {common}"
+                      ).validate()
+    code = run_matrix(spec, rxe_config, tmp_path / "matrix")
+    results = read_results(tmp_path / "matrix" / "results.jsonl")
+    rows = [r for rec in results.of_kind(RecordKind.SCENARIO) for r in rec["rows"]]
+    print(rows)
+    assert code == 0 and len(rows) == 1, rows
+    row = rows[0]
+    assert row["policy"] == "cmd:ib_send_bw" and row["status"] == "clean", row["findings"]
+    assert row["counts"] == {Outcome.COMPLETED_OK.value: MATRIX_ITERS}, row["counts"]
+    assert row["peer"] == {"delivered-once": MATRIX_ITERS, "missing": 0, "duplicated": 0}
