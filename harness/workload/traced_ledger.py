@@ -257,9 +257,14 @@ class _Builder:
             queues.append(track.rq if receive else track.sq)
         if receive:
             queues.extend(self.srqs.values())
+        # A successful completion belongs to a signalled request (an unsignalled one gives
+        # none when it succeeds): with reused wr_ids, the first outstanding request with
+        # the wr_id may be an unsignalled one that this completion implies, not its own.
+        # An error completion (flushes included) comes for signalled and unsignalled alike.
+        need_signalled = rec.result == WC_SUCCESS
         for qi, queue in enumerate(queues):
             for i, req in enumerate(queue):
-                if req.wr_id != rec.wr_id:
+                if req.wr_id != rec.wr_id or (need_signalled and not req.signalled):
                     continue
                 if qi == 0 and track is not None:  # a QP's own queue completes in order
                     self._resolve_before(queue, i, rec)
