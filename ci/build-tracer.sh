@@ -23,7 +23,7 @@ fi
 for c in "$here"/examples/*.c; do
   [ -f "$c" ] || continue
   bin="$out/$(basename "$c" .c)"
-  if [ ! -f "$bin" ] || [ "$c" -nt "$bin" ]; then
+  if [ ! -f "$bin" ] || [ "$c" -nt "$bin" ] || [ "$here/examples/loopback.h" -nt "$bin" ]; then
     gcc -std=gnu11 -O2 -g -Wall -Wextra -Werror -o "$bin.tmp" "$c" -libverbs
     mv "$bin.tmp" "$bin"
     echo "build-tracer.sh: built $bin"

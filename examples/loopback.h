@@ -18,6 +18,8 @@ struct lb_side {
 	struct ibv_context *ctx;
 	struct ibv_pd *pd;
 	struct ibv_cq *cq;
+	struct ibv_cq_ex *cqx; /* lb_use_ex: the CQ made with ibv_create_cq_ex */
+	struct ibv_qp_ex *qpx; /* lb_use_ex: the QP made with ibv_create_qp_ex (wr_* API) */
 	struct ibv_mr *mr;
 	struct ibv_qp *qp;
 	union ibv_gid gid;
@@ -28,6 +30,10 @@ struct lb_side {
 struct lb {
 	struct lb_side s[2]; /* [0] sends, [1] receives */
 };
+
+/* set before lb_open: the extended verbs (ibv_create_cq_ex + start_poll, ibv_create_qp_ex
+ * + the ibv_wr_* builders) instead of the classic ones */
+static int lb_use_ex;
 
 static int lb_fail(const char *what, int err)
 {
@@ -81,13 +87,28 @@ static int lb_side_open(struct lb_side *s, const char *dev, int gid_index)
 		return lb_fail("ibv_alloc_pd", errno);
 	if (!(s->mr = ibv_reg_mr(s->pd, s->buf, LB_DEPTH * LB_MSG, IBV_ACCESS_LOCAL_WRITE)))
 		return lb_fail("ibv_reg_mr", errno);
-	if (!(s->cq = ibv_create_cq(s->ctx, 4 * LB_DEPTH, NULL, NULL, 0)))
+	if (lb_use_ex) {
+		struct ibv_cq_init_attr_ex ca = { .cqe = 4 * LB_DEPTH, .wc_flags =
+			IBV_WC_EX_WITH_BYTE_LEN | IBV_WC_EX_WITH_QP_NUM };
+		if (!(s->cqx = ibv_create_cq_ex(s->ctx, &ca)))
+			return lb_fail("ibv_create_cq_ex", errno);
+		s->cq = ibv_cq_ex_to_cq(s->cqx);
+	} else if (!(s->cq = ibv_create_cq(s->ctx, 4 * LB_DEPTH, NULL, NULL, 0))) {
 		return lb_fail("ibv_create_cq", errno);
-	struct ibv_qp_init_attr a = { .send_cq = s->cq, .recv_cq = s->cq, .qp_type = IBV_QPT_RC,
+	}
+	struct ibv_qp_init_attr_ex a = { .send_cq = s->cq, .recv_cq = s->cq, .qp_type = IBV_QPT_RC,
 		.sq_sig_all = 1, .cap = { .max_send_wr = LB_DEPTH, .max_recv_wr = LB_DEPTH,
-					  .max_send_sge = 1, .max_recv_sge = 1 } };
-	if (!(s->qp = ibv_create_qp(s->pd, &a)))
+					  .max_send_sge = 1, .max_recv_sge = 1 },
+		.pd = s->pd, .comp_mask = IBV_QP_INIT_ATTR_PD };
+	if (lb_use_ex) {
+		a.comp_mask |= IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
+		a.send_ops_flags = IBV_QP_EX_WITH_SEND;
+		if (!(s->qp = ibv_create_qp_ex(s->ctx, &a)))
+			return lb_fail("ibv_create_qp_ex", errno);
+		s->qpx = ibv_qp_to_qp_ex(s->qp);
+	} else if (!(s->qp = ibv_create_qp(s->pd, (struct ibv_qp_init_attr *)&a))) {
 		return lb_fail("ibv_create_qp", errno);
+	}
 	struct ibv_qp_attr init = { .qp_state = IBV_QPS_INIT, .port_num = 1 };
 	if (ibv_modify_qp(s->qp, &init, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT |
 			  IBV_QP_ACCESS_FLAGS))
@@ -131,6 +152,15 @@ static int lb_open(struct lb *lb, const char *dev_a, int gid_a, const char *dev_
 static int lb_post_send(struct lb *lb, uint64_t wr_id)
 {
 	struct lb_side *s = &lb->s[0];
+	if (s->qpx) {
+		ibv_wr_start(s->qpx);
+		s->qpx->wr_id = wr_id;
+		s->qpx->wr_flags = IBV_SEND_SIGNALED;
+		ibv_wr_send(s->qpx);
+		ibv_wr_set_sge(s->qpx, s->mr->lkey,
+			       (uintptr_t)s->buf + (size_t)(wr_id % LB_DEPTH) * LB_MSG, LB_MSG);
+		return ibv_wr_complete(s->qpx);
+	}
 	struct ibv_sge sge = { .addr = (uintptr_t)s->buf + (size_t)(wr_id % LB_DEPTH) * LB_MSG,
 			       .length = LB_MSG, .lkey = s->mr->lkey };
 	struct ibv_send_wr wr = { .wr_id = wr_id, .sg_list = &sge, .num_sge = 1,

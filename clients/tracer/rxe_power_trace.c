@@ -110,8 +110,8 @@ static int open_log(void)
 		    errno);
 	int err = map_chunk(0);
 	if (err)
-		die("cannot map the trace log", "put RXE_POWER_TRACE_DIR on a local or tmpfs "
-		    "file system with free space", err);
+		die("cannot map the trace log shared (9p, NFS and some FUSE file systems cannot)",
+		    "put RXE_POWER_TRACE_DIR on a local or tmpfs file system with free space", err);
 	struct tr_header *h = (struct tr_header *)g.chunk;
 	memcpy(h->magic, TR_MAGIC, 8);
 	h->version = TR_VERSION;

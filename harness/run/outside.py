@@ -24,6 +24,7 @@ import shlex
 import shutil
 import string
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from harness.topology import _tcp_listening as tcp_listening
 from harness.workload.ledger import Outcome
 from harness.workload.traced_ledger import FindingKind, ProcessLedger, build_ledger
 from harness.workload.traced_peer import match_peer
-from harness.workload.tracelog import REFUSED_EXIT, TraceLogError, read_log
+from harness.workload.tracelog import REFUSED_EXIT, TraceLogError, log_paths, read_log
 
 PLACEHOLDERS = ("dev", "gid", "addr", "peer_dev", "peer_gid", "peer_addr", "port")
 SERVER_READY_TIMEOUT_S = 30.0  # the server listening on {port} / holding the peer HCA
@@ -155,7 +156,21 @@ def _tail(path: Path) -> str:
 def run_outside(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path) -> dict:
     """One scenario for the outside program: the result record (JSON-ready)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    tdir = make_trace_dir(log_dir / "trace")
+    # the tracer maps its log shared: the results folder may be on 9p (the VM's shared
+    # project directory), which cannot; the logs are written under /tmp, then kept
+    work = Path(tempfile.mkdtemp(prefix="rxe-power-trace."))
+    try:
+        return _run(shim, topo, req, spec, log_dir, make_trace_dir(work / "trace"))
+    finally:
+        keep = log_dir / "trace"
+        keep.mkdir(exist_ok=True)
+        for p in log_paths(work / "trace") if (work / "trace").is_dir() else []:
+            shutil.copyfile(p, keep / p.name)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path,
+         tdir: Path) -> dict:
     env = traced_env(tdir)
     env["RXE_POWER_CLIENTS_DIR"] = str(shim.notifier.clients_dir)
     port = free_tcp_port()

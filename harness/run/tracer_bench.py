@@ -36,9 +36,16 @@ class BenchResult:
     plain_mb_s: list[float]
     traced_mb_s: list[float]
 
+    @staticmethod
+    def valid(values: list[float]) -> list[float]:
+        """perftest 4.5 sometimes prints 0.00 MB/s for a run that completed (seen once in 10
+        runs under TCG): such a figure is not a measurement and is left out."""
+        return [v for v in values if v > 0]
+
     @property
     def ratio(self) -> float:
-        return statistics.median(self.traced_mb_s) / statistics.median(self.plain_mb_s)
+        return statistics.median(self.valid(self.traced_mb_s)) / \
+            statistics.median(self.valid(self.plain_mb_s))
 
 
 def one_run(topo: topology.Topology, iters: int, size: int, trace: Path | None,
@@ -95,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     topo = topology.discover(topology.TopologyConfig.from_settings({}))
     res = bench(topo, args.runs, args.iters)
+    plain, traced = res.valid(res.plain_mb_s), res.valid(res.traced_mb_s)
     print(f"ib_send_bw {res.size} B x {res.iters}: median untraced "
-          f"{statistics.median(res.plain_mb_s):.2f} MB/s, traced "
-          f"{statistics.median(res.traced_mb_s):.2f} MB/s, ratio {res.ratio:.3f}")
+          f"{statistics.median(plain):.2f} MB/s ({len(plain)} valid runs, range "
+          f"{min(plain):.2f}-{max(plain):.2f}), traced {statistics.median(traced):.2f} MB/s "
+          f"({len(traced)} valid, range {min(traced):.2f}-{max(traced):.2f}), ratio "
+          f"{res.ratio:.3f}")
     if args.json:
         args.json.write_text(json.dumps({**asdict(res), "ratio": res.ratio}, indent=1))
     return 0

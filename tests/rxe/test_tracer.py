@@ -284,8 +284,10 @@ def test_notify_client_releases_reopens_clean(power_shim, rxe_topology, results_
     assert led.devices == [loc, peer, loc, peer] and led.closes == 4, led.devices
     assert {r.outcome for r in led.sends()} == {Outcome.COMPLETED_OK}, led.counts()
     assert not led.failed_calls and not led.posted_after_error()
-    matches = match_peer(led, led)
-    assert len(matches) == 2 and all(m.missing == m.duplicated == 0 for m in matches), matches
+    # one QP pair per opening (rxe numbers QPs afresh on the re-created rxe0), each way
+    sending = [m for m in match_peer(led, led) if m.sent]
+    assert len(sending) == 2 and all(m.missing == m.duplicated == 0 for m in sending), sending
+    assert sum(m.delivered_once for m in sending) == len(led.sends())
 
 
 def test_broken_client_found_out(power_shim, rxe_topology, results_dir, tmp_path,
@@ -339,3 +341,34 @@ def test_matrix_row_for_outside_program(rxe_config, rxe_topology, tmp_path) -> N
     assert row["policy"] == "cmd:ib_send_bw" and row["status"] == "clean", row["findings"]
     assert row["counts"] == {Outcome.COMPLETED_OK.value: MATRIX_ITERS}, row["counts"]
     assert row["peer"] == {"delivered-once": MATRIX_ITERS, "missing": 0, "duplicated": 0}
+
+
+WR_API_COUNT = 200
+
+
+def test_extended_verbs_followed(rxe_topology, results_dir, tmp_path, request) -> None:
+    """examples/wr_api_client.c posts only with the ibv_wr_* builders on a QP from
+    ibv_create_qp_ex and polls only with ibv_start_poll/next_poll on CQs from
+    ibv_create_cq_ex: the tracer follows both (QP and CQ records say so), and the ledger
+    has every SEND completed-ok, built with the WR API, and received once."""
+    from harness.workload.tracelog import CQF_EX_TRACED, RecType
+
+    tdir = make_trace_dir(tmp_path / "trace")
+    loc, peer = rxe_topology.local, rxe_topology.peer
+    argv = [str(example_program("wr_api_client")), loc.dev, str(loc.gid_index), peer.dev,
+            str(peer.gid_index), str(WR_API_COUNT)]
+    proc = subprocess.run(argv, env=traced_env(tdir), capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (path,) = log_paths(tdir)
+    log = read_log(path)
+    led = ledgers(tdir, results_dir / "trace" / request.node.name)[log.pid]
+    check_accounted(led)
+    sends = led.sends()
+    assert len(sends) == WR_API_COUNT and all(r.wr_api for r in sends)
+    assert {r.outcome for r in sends} == {Outcome.COMPLETED_OK}
+    assert all(q.wr_api_traced and q.created_ex for q in led.qps)
+    cqs = [r for r in log.records if r.type is RecType.CQ_CREATE]
+    assert len(cqs) == 2 and all(r.flags & CQF_EX_TRACED for r in cqs)
+    sending = [m for m in match_peer(led, led) if m.sent]
+    assert [(m.delivered_once, m.missing) for m in sending] == [(WR_API_COUNT, 0)]

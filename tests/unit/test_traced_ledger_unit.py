@@ -1,12 +1,14 @@
 """The tracer's log reader and the traced ledger, on logs recorded from real runs under
-the tracer (tests/data/trace/, captured by tests/rxe/test_tracer.py in the guest: rxe0 <->
-rxe1, kernel 6.1, rdma-core 44), and on edits of them (cut, zeroed, extra records
-appended with the tracer's own record layout) for the cases a clean run does not show."""
+the tracer (tests/data/trace/SCENARIO/*.bin.gz, captured by tests/rxe/test_tracer.py in the
+guest: rxe0 <-> rxe1, kernel 6.1, rdma-core 44, perftest 4.5; gzipped, and the killed
+process's logs trimmed at their first unfinished record), and on edits of them (cut,
+zeroed, extra records appended in the tracer's own record layout) for the cases a clean
+run does not show."""
 
 from __future__ import annotations
 
 import errno
-import os
+import gzip
 import struct
 from pathlib import Path
 
@@ -31,8 +33,13 @@ TRACE = Path(__file__).parent.parent / "data" / "trace"
 REC = struct.Struct("<IIQQQIIiIIIQ")
 
 
+def recorded(scenario: str) -> list[tuple[str, bytes]]:
+    return [(p.name, gzip.decompress(p.read_bytes()))
+            for p in sorted((TRACE / scenario).glob("*.bin.gz"))]
+
+
 def logs(scenario: str) -> list[TraceLog]:
-    return [read_log(p) for p in log_paths(TRACE / scenario)]
+    return [parse(data, name) for name, data in recorded(scenario)]
 
 
 def by_role(scenario: str) -> tuple[TraceLog, TraceLog]:
@@ -65,7 +72,7 @@ def end_record() -> bytes:
 
 def client_bytes(scenario: str) -> tuple[bytes, TraceLog]:
     _, client = by_role(scenario)
-    return Path(client.name).read_bytes(), client
+    return dict(recorded(scenario))[client.name], client
 
 
 def test_clean_send_bw_reused_wr_ids_all_completed() -> None:
@@ -249,7 +256,8 @@ def test_notify_client_clean_through_standby() -> None:
 
 
 def test_data_logs_are_small() -> None:
-    """The committed recordings stay small (trimmed at the first unfinished record)."""
-    total = sum(p.stat().st_size for p in TRACE.rglob("*.bin"))
+    """The committed recordings stay small; each is whole records."""
+    total = sum(p.stat().st_size for p in TRACE.rglob("*.bin.gz"))
     assert total < 2 * 1024 * 1024, total
-    assert all(os.path.getsize(p) % REC_SIZE == 0 for p in TRACE.rglob("*.bin"))
+    for scenario in (p.name for p in TRACE.iterdir()):
+        assert all(len(data) % REC_SIZE == 0 for _, data in recorded(scenario))
