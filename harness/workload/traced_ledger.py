@@ -98,6 +98,7 @@ class QpTrack:
     sq: deque[TracedRequest] = field(default_factory=deque)
     rq: deque[TracedRequest] = field(default_factory=deque)
     receives_done: list[TracedRequest] = field(default_factory=list)
+    context: int = 0  # the ibv_context it was created on (an address in the process)
     error_status: str = ""  # the first error completion's status since the last reset
     posted_after_error: int = 0
 
@@ -315,10 +316,16 @@ class _Builder:
             elif t is RecType.QP_CREATE:
                 old = self.qps.get(rec.qp_num)
                 if old is not None:
+                    if old.context != rec.aux2:  # QP numbers are per device
+                        self.find(Finding(FindingKind.NOT_TRACED, f"QP {rec.qp_num} is live on "
+                                          "two devices at once: log format 1 does not name "
+                                          "the device per request, so the older QP's "
+                                          "requests are ended here", rec.t_ns))
                     self.drain([old.sq, old.rq], EndedBy.QP_NUM_REUSED, "never completed: "
                                "the QP number was reused before this request completed")
                 self._new_qp(rec.qp_num, bool(rec.flags & QPF_SQ_SIG_ALL),
-                             bool(rec.flags & QPF_WR_API_TRACED), bool(rec.flags & QPF_CREATED_EX))
+                             bool(rec.flags & QPF_WR_API_TRACED),
+                             bool(rec.flags & QPF_CREATED_EX)).context = rec.aux2
             elif t is RecType.QP_MODIFY and rec.result == 0:
                 track = self.qp(rec.qp_num, rec.t_ns)
                 if rec.opcode in (QpState.RESET, QpState.INIT):

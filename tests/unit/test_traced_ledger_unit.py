@@ -261,3 +261,15 @@ def test_data_logs_are_small() -> None:
     assert total < 2 * 1024 * 1024, total
     for scenario in (p.name for p in TRACE.iterdir()):
         assert all(len(data) % REC_SIZE == 0 for _, data in recorded(scenario))
+
+
+def test_same_qp_number_on_two_devices_is_named() -> None:
+    """rxe numbers QPs per device: a process with QP 500 on two devices at once cannot be
+    told apart request by request (format 1): the ledger says so instead of guessing."""
+    data, _ = client_bytes("send_bw-clean")
+    extra = rec(RecType.QP_CREATE, 500, aux2=0x1000) + \
+        rec(RecType.POST_SEND, 500, obj=10**9, wr_id=1, flags=1) + \
+        rec(RecType.QP_CREATE, 500, aux2=0x2000)
+    led = build_ledger(parse(without_end(data) + extra + end_record()))
+    assert led.sends()[-1].ended_by is EndedBy.QP_NUM_REUSED
+    assert FindingKind.NOT_TRACED in {f.what for f in led.findings}
