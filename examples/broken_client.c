@@ -28,6 +28,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	struct lb lb;
+	lb_timeout = 8; /* ~1 ms: a send caught by a link loss fails within the loss */
 	if (lb_open(&lb, argv[1], atoi(argv[2]), argv[3], atoi(argv[4])))
 		return 1;
 	for (int i = 0; i < LB_DEPTH; i++)
@@ -46,7 +47,7 @@ int main(int argc, char **argv)
 					lb_post_recv(&lb, wc[i].wr_id);
 			}
 		}
-		usleep(5000);
+		usleep(1000); /* keeps the send queue busy: something is always in flight */
 	}
 	printf("broken_client: posted %llu sends, saw %llu completions\n",
 	       (unsigned long long)sent, (unsigned long long)completions);

@@ -34,6 +34,8 @@ struct lb {
 /* set before lb_open: the extended verbs (ibv_create_cq_ex + start_poll, ibv_create_qp_ex
  * + the ibv_wr_* builders) instead of the classic ones */
 static int lb_use_ex;
+/* the RC ack timeout exponent (4.096 us << lb_timeout) and retries before RETRY_EXC_ERR */
+static int lb_timeout = 14;
 
 static int lb_fail(const char *what, int err)
 {
@@ -126,7 +128,8 @@ static int lb_side_connect(struct lb_side *s, const struct lb_side *to)
 			  IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER))
 		return lb_fail("ibv_modify_qp RTR", errno);
 	/* retry_cnt 7 is "forever" on rxe: 6 lets a sender learn that its peer is gone */
-	struct ibv_qp_attr r = { .qp_state = IBV_QPS_RTS, .timeout = 14, .retry_cnt = 6,
+	struct ibv_qp_attr r = { .qp_state = IBV_QPS_RTS, .timeout = (uint8_t)lb_timeout,
+		.retry_cnt = 6,
 		.rnr_retry = 7, .sq_psn = 0, .max_rd_atomic = 1 };
 	if (ibv_modify_qp(s->qp, &r, IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT |
 			  IBV_QP_RNR_RETRY | IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC))

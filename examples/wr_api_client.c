@@ -12,18 +12,19 @@
 
 static struct lb lb;
 
-/* the completions waiting on one side's CQ: counts sends done (side 0), reposts receives
- * (side 1); -1 at an error */
+/* the completions waiting on one side's CQ: counts sends done (side 0), reposts the
+ * receives (side 1) once the poll is ended; -1 at an error (said on stderr) */
 static int drain_cq(int side, int *done)
 {
 	struct ibv_poll_cq_attr attr = { 0 };
 	struct ibv_cq_ex *cq = lb.s[side].cqx;
+	uint64_t repost[4 * LB_DEPTH];
+	int n = 0, bad = 0;
 	int ret = ibv_start_poll(cq, &attr);
 	if (ret == ENOENT)
 		return 0;
 	if (ret)
 		return lb_fail("ibv_start_poll", ret), -1;
-	int bad = 0;
 	do {
 		if (cq->status != IBV_WC_SUCCESS) {
 			fprintf(stderr, "wr_api_client: wr_id %llu status %s\n",
@@ -31,11 +32,18 @@ static int drain_cq(int side, int *done)
 			bad = 1;
 		} else if (side == 0) {
 			(*done)++;
-		} else if (lb_post_recv(&lb, cq->wr_id)) {
-			bad = 1;
+		} else if (n < 4 * LB_DEPTH) {
+			repost[n++] = cq->wr_id;
 		}
 	} while (!bad && (ret = ibv_next_poll(cq)) == 0);
 	ibv_end_poll(cq);
+	if (!bad && ret != ENOENT)
+		return lb_fail("ibv_next_poll", ret), -1;
+	for (int i = 0; i < n && !bad; i++) {
+		int err = lb_post_recv(&lb, repost[i]);
+		if (err)
+			return lb_fail("ibv_post_recv", err), -1;
+	}
 	return bad ? -1 : 0;
 }
 
