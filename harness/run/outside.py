@@ -97,7 +97,7 @@ class OutsideResult:
     server_argv: list[str]
     pid: int
     exit: int | None  # None: stopped by the harness or the shim (see below)
-    output_tail: str
+    output_tail: str  # the end of its stderr (its stdout is in client.log)
     server_exit: int | None
     held_at_delete: bool
     terminated_by_shim: bool
@@ -190,9 +190,10 @@ def _run(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path,
                 raise SettingError(f"--server-cmd exited {srv.returncode} before it was ready: "
                                    f"{_tail(log_dir / 'server.log')[-200:]!r}",
                                    "run it by hand on the peer HCA to see why")
-        with open(log_dir / "client.log", "wb") as out:
+        with open(log_dir / "client.log", "wb") as out, \
+                open(log_dir / "client.stderr", "wb") as err:
             cli = spawn(cli_argv, "outside client", env=env, stdin=subprocess.DEVNULL,
-                        stdout=out, stderr=subprocess.STDOUT)
+                        stdout=out, stderr=err)
         _wait(lambda: _busy(tdir, cli.pid), "the outside client's first completion",
               "CLIENT_BUSY_TIMEOUT_S", CLIENT_BUSY_TIMEOUT_S, cli)
         res = shim.run(req)
@@ -246,7 +247,7 @@ def _result(spec: OutsideSpec, cli: subprocess.Popen, srv: subprocess.Popen | No
                         if f.what is not FindingKind.ASYNC_EVENT})
         findings += [f"trace: {k}" for k in kinds]
     return OutsideResult(
-        spec.label, cli_argv, srv_argv, cli.pid, exit_code, _tail(log_dir / "client.log"),
+        spec.label, cli_argv, srv_argv, cli.pid, exit_code, _tail(log_dir / "client.stderr"),
         srv.returncode if srv is not None else None, held, terminated, stopped,
         led is not None, bool(led and led.closed), counts, recv, peer_counts,
         len(led.unaccounted()) if led else 0,
@@ -277,7 +278,7 @@ def outside_rows(scenario: dict, result: dict) -> list[Row]:
     if o["stopped_by_harness"]:
         bad.append(f"still running {CLIENT_EXIT_TIMEOUT_S:g} s after the transition: stopped")
     if o["exit"] not in (0, None):
-        bad.append(f"exit status {o['exit']}: {o['output_tail'].strip()[-120:]!r}")
+        bad.append(f"exit status {o['exit']}, stderr ends {o['output_tail'].strip()[-120:]!r}")
     if o["counts"].get(Outcome.LOST.value):
         bad.append(f"{o['counts'][Outcome.LOST.value]} lost (posted, never completed)")
     if o["posted_after_error"]:
