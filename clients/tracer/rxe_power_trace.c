@@ -300,6 +300,7 @@ struct pending_wr {
 
 struct qp_state {
 	uint32_t qp_num;
+	uint64_t context;               /* the ibv_context, as POST records name it */
 	int sig_all;
 	struct ibv_qp_ex orig;          /* the provider's wr_* entries */
 	uint64_t chain;                 /* current wr_start..wr_complete chain */
@@ -430,11 +431,12 @@ static int w_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_sen
 	for (struct ibv_send_wr *w = wr; w; w = w->next, i++) {
 		struct tr_rec r = { .type = TR_POST_SEND, .qp_num = qp->qp_num, .wr_id = w->wr_id,
 				    .obj = chain, .opcode = w->opcode, .aux = i,
+				    .aux2 = (uintptr_t)qp->context,
 				    .flags = send_flags_of(w->send_flags, sig_all) };
 		for (int s = 0; s < w->num_sge; s++)
 			r.length += w->sg_list[s].length;
 		if (w->opcode == IBV_WR_SEND_WITH_IMM || w->opcode == IBV_WR_RDMA_WRITE_WITH_IMM)
-			r.aux2 = w->imm_data;
+			r.result = (int32_t)w->imm_data;
 		put(&r);
 	}
 	struct ibv_send_wr *b = NULL;
@@ -451,14 +453,14 @@ static int w_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_sen
 	return ret;
 }
 
-static int post_recv_common(uint32_t type, uint32_t qp_num, uint64_t srq, struct ibv_recv_wr *wr,
+static int post_recv_common(uint32_t type, uint32_t qp_num, uint64_t ctx_or_srq, struct ibv_recv_wr *wr,
 			    uint64_t *chain)
 {
 	*chain = next_chain();
 	uint32_t i = 0;
 	for (struct ibv_recv_wr *w = wr; w; w = w->next, i++) {
 		struct tr_rec r = { .type = type, .qp_num = qp_num, .wr_id = w->wr_id, .obj = *chain,
-				    .opcode = TR_OP_RECV, .aux = i, .aux2 = srq };
+				    .opcode = TR_OP_RECV, .aux = i, .aux2 = ctx_or_srq };
 		for (int s = 0; s < w->num_sge; s++)
 			r.length += w->sg_list[s].length;
 		put(&r);
@@ -482,7 +484,7 @@ static int w_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_rec
 {
 	struct ctx_state *cs = ctx_of(qp->context);
 	uint64_t chain;
-	post_recv_common(TR_POST_RECV, qp->qp_num, 0, wr, &chain);
+	post_recv_common(TR_POST_RECV, qp->qp_num, (uintptr_t)qp->context, wr, &chain);
 	struct ibv_recv_wr *b = NULL;
 	int ret = cs->post_recv(qp, wr, &b);
 	if (bad)
@@ -589,7 +591,8 @@ static void emit_pending(struct qp_state *s)
 		struct pending_wr *p = &s->pending[i];
 		struct tr_rec r = { .type = TR_POST_SEND, .qp_num = s->qp_num, .wr_id = p->wr_id,
 				    .obj = s->chain, .opcode = p->opcode, .length = p->length,
-				    .flags = p->flags, .aux = s->index++, .aux2 = p->imm };
+				    .flags = p->flags, .aux = s->index++,
+				    .result = (int32_t)p->imm, .aux2 = s->context };
 		put(&r);
 	}
 	s->npending = 0;
@@ -747,6 +750,7 @@ static void qp_created(struct ibv_qp *qp, int sig_all, uint32_t max_send, uint32
 		o->kind = OK_QP;
 		o->u.qp = s;
 		s->qp_num = qp->qp_num;
+		s->context = (uintptr_t)qp->context;
 		s->sig_all = sig_all;
 		if (wr_api && follow_qp_ex(ibv_qp_to_qp_ex(qp), s))
 			flags |= TR_QPF_WR_API_TRACED;

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define TR_MAGIC "RXPTRACE"
-#define TR_VERSION 1u
+#define TR_VERSION 2u /* 2: POST records name the context (aux2); imm in result */
 #define TR_REC_SIZE 64u
 /* exit status of a process whose tracer refused to start (bad RXE_POWER_TRACE_DIR) */
 #define TR_REFUSED_EXIT 125
@@ -58,8 +58,9 @@ struct tr_rec {             /* 64 bytes */
  *              qp_num (0 for an SRQ), wr_id, obj=chain sequence number, opcode (an
  *              ibv_wr_opcode; TR_OP_RECV for receives), length=sum of the SGE lengths
  *              (or of the inline data), flags=TR_WRF_*, aux=index in the chain,
- *              aux2=imm_data as the WR carries it (sends with immediate), or the srq
- *              pointer (POST_SRQ_RECV)
+ *              aux2=the QP's context (QP numbers are per device), or the srq pointer
+ *              (POST_SRQ_RECV); result=imm_data as the WR carries it (sends with
+ *              immediate; version 1 had it in aux2 and no context)
  * POST_FAIL    after a failed post: qp_num, obj=chain sequence number, result=errno,
  *              aux=index of the WR bad_wr pointed to (TR_NO_INDEX: not in the chain;
  *              the whole chain for wr_complete), opcode=TR_POSTK_*

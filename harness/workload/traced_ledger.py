@@ -98,6 +98,7 @@ class QpTrack:
     sq: deque[TracedRequest] = field(default_factory=deque)
     rq: deque[TracedRequest] = field(default_factory=deque)
     receives_done: list[TracedRequest] = field(default_factory=list)
+    sends: list[TracedRequest] = field(default_factory=list)  # every send-queue request
     context: int = 0  # the ibv_context it was created on (an address in the process)
     error_status: str = ""  # the first error completion's status since the last reset
     posted_after_error: int = 0
@@ -179,27 +180,36 @@ class _Builder:
     def __init__(self, log: TraceLog) -> None:
         self.log = log
         self.led = ProcessLedger(log.pid, log.cmdline, log.closed)
-        self.qps: dict[int, QpTrack] = {}
-        self.gens: Counter[int] = Counter()
+        # a QP is (its context, its number): rxe numbers QPs per device. Format 1 logs do
+        # not name the context in POST records: there it is 0 throughout
+        self.v2 = log.header.version >= 2
+        self.qps: dict[tuple[int, int], QpTrack] = {}
+        self.gens: Counter[tuple[int, int]] = Counter()
+        self.qp_keys: dict[int, tuple[int, int]] = {}  # QP address -> key (QP_CREATE)
+        self.cq_ctx: dict[int, int] = {}  # CQ address -> its context (CQ_CREATE)
         self.chains: dict[int, list[tuple[TracedRequest, deque[TracedRequest]]]] = {}
         self.srqs: dict[int, deque[TracedRequest]] = {}
 
     def find(self, f: Finding) -> None:
         self.led.findings.append(f)
 
-    def qp(self, num: int, t_ns: int) -> QpTrack:
-        if num not in self.qps:  # created before the tracer saw it (or by a path not followed)
+    def qp(self, key: tuple[int, int], t_ns: int) -> QpTrack:
+        if key not in self.qps:  # created before the tracer saw it (or by a path not followed)
             self.find(Finding(FindingKind.NOT_TRACED,
-                              f"QP {num} was used but its creation was not seen", t_ns))
-            self._new_qp(num, sig_all=False, wr_api=False, ex=False)
-        return self.qps[num]
+                              f"QP {key[1]} was used but its creation was not seen", t_ns))
+            self._new_qp(key, sig_all=False, wr_api=False, ex=False)
+        return self.qps[key]
 
-    def _new_qp(self, num: int, sig_all: bool, wr_api: bool, ex: bool) -> QpTrack:
-        self.gens[num] += 1
-        track = QpTrack(num, self.gens[num], sig_all, wr_api, ex)
-        self.qps[num] = track
+    def _new_qp(self, key: tuple[int, int], sig_all: bool, wr_api: bool, ex: bool) -> QpTrack:
+        self.gens[key] += 1
+        track = QpTrack(key[1], self.gens[key], sig_all, wr_api, ex, context=key[0])
+        self.qps[key] = track
         self.led.qps.append(track)
         return track
+
+    def key_of(self, rec: Record) -> tuple[int, int]:
+        """The QP a QP_MODIFY/QP_DESTROY record (obj = the QP's address) is about."""
+        return self.qp_keys.get(rec.obj, (0, rec.qp_num))
 
     def post(self, rec: Record) -> None:
         receive = rec.type is not RecType.POST_SEND
@@ -207,16 +217,19 @@ class _Builder:
             queue = self.srqs.setdefault(rec.aux2, deque())
             qp_num, gen = 0, 0
         else:
-            track = self.qp(rec.qp_num, rec.t_ns)
+            track = self.qp((rec.aux2 if self.v2 else 0, rec.qp_num), rec.t_ns)
             queue = track.rq if receive else track.sq
             qp_num, gen = track.qp_num, track.gen
         req = TracedRequest(len(self.led.requests), qp_num, gen, rec.wr_id,
                             WrOpcode.RECV if receive else _opcode(rec.opcode), rec.length,
                             receive or bool(rec.flags & WRF_SIGNALED),
                             bool(rec.flags & WRF_WR_API),
-                            rec.t_ns, receive=receive, imm=rec.aux2 if not receive else 0)
+                            rec.t_ns, receive=receive,
+                            imm=0 if receive else rec.result & 0xFFFFFFFF if self.v2 else rec.aux2)
         self.led.requests.append(req)
         queue.append(req)
+        if not receive:
+            track.sends.append(req)
         if rec.type is not RecType.POST_SRQ_RECV and track.error_status:
             if not track.posted_after_error:
                 self.find(Finding(FindingKind.POSTED_AFTER_ERROR, f"QP {track.qp_num}: "
@@ -249,7 +262,7 @@ class _Builder:
                               f"wr_id {rec.wr_id} status {status} on a CQ created without "
                               "IBV_WC_EX_WITH_QP_NUM: QP unknown", rec.t_ns))
             return
-        track = self.qps.get(rec.qp_num)
+        track = self.qps.get((self.cq_ctx.get(rec.obj, 0) if self.v2 else 0, rec.qp_num))
         receive = rec.opcode >= WC_RECV
         if track is not None and rec.result != WC_SUCCESS and not track.error_status:
             track.error_status = status
@@ -313,21 +326,25 @@ class _Builder:
                 self.completion(rec)
             elif t is RecType.POST_FAIL:
                 self.post_fail(rec)
+            elif t is RecType.CQ_CREATE:
+                self.cq_ctx[rec.obj] = rec.aux2
             elif t is RecType.QP_CREATE:
-                old = self.qps.get(rec.qp_num)
+                key = (rec.aux2 if self.v2 else 0, rec.qp_num)
+                self.qp_keys[rec.obj] = key
+                old = self.qps.get(key)
                 if old is not None:
-                    if old.context != rec.aux2:  # QP numbers are per device
+                    if not self.v2 and old.context != rec.aux2:  # QP numbers are per device
                         self.find(Finding(FindingKind.NOT_TRACED, f"QP {rec.qp_num} is live on "
                                           "two devices at once: log format 1 does not name "
                                           "the device per request, so the older QP's "
                                           "requests are ended here", rec.t_ns))
                     self.drain([old.sq, old.rq], EndedBy.QP_NUM_REUSED, "never completed: "
                                "the QP number was reused before this request completed")
-                self._new_qp(rec.qp_num, bool(rec.flags & QPF_SQ_SIG_ALL),
+                self._new_qp(key, bool(rec.flags & QPF_SQ_SIG_ALL),
                              bool(rec.flags & QPF_WR_API_TRACED),
                              bool(rec.flags & QPF_CREATED_EX)).context = rec.aux2
             elif t is RecType.QP_MODIFY and rec.result == 0:
-                track = self.qp(rec.qp_num, rec.t_ns)
+                track = self.qp(self.key_of(rec), rec.t_ns)
                 if rec.opcode in (QpState.RESET, QpState.INIT):
                     track.error_status = ""  # the program reset the QP after the error
                 if rec.opcode != NO_STATE:
@@ -337,7 +354,7 @@ class _Builder:
                 if rec.aux2 != NO_QPN:
                     track.dest_qp_num = rec.aux2
             elif t is RecType.QP_DESTROY and rec.result == 0:
-                track = self.qps.pop(rec.qp_num, None)
+                track = self.qps.pop(self.key_of(rec), None)
                 if track is not None:
                     self.drain([track.sq, track.rq], EndedBy.QP_DESTROYED, "never completed: "
                                "the QP was destroyed with it outstanding")

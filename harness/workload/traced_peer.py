@@ -37,7 +37,8 @@ def _pairs(a: ProcessLedger, b: ProcessLedger) -> list[tuple[QpTrack, QpTrack]]:
     used: set[int] = set()
     for qa in a.qps:
         for j, qb in enumerate(b.qps):
-            if j not in used and qa.dest_qp_num == qb.qp_num and qb.dest_qp_num == qa.qp_num:
+            if j not in used and qb is not qa and qa.dest_qp_num == qb.qp_num \
+                    and qb.dest_qp_num == qa.qp_num:
                 out.append((qa, qb))
                 used.add(j)
                 break
@@ -50,8 +51,7 @@ def match_peer(sender: ProcessLedger, receiver: ProcessLedger) -> list[PeerMatch
     (requests that the peer cannot see get NOT_VISIBLE)."""
     matches = []
     for qs, qr in _pairs(sender, receiver):
-        reqs = [r for r in sender.requests if not r.receive and r.qp_num == qs.qp_num
-                and r.qp_gen == qs.gen]
+        reqs = qs.sends
         for r in reqs:
             if r.opcode not in PEER_VISIBLE_OPS:
                 r.peer = PeerView.NOT_VISIBLE

@@ -16,7 +16,8 @@ from enum import IntEnum
 from pathlib import Path
 
 MAGIC = b"RXPTRACE"
-VERSION = 1
+VERSION = 2  # 2: POST records name the QP's context (aux2), the immediate data in result
+READABLE_VERSIONS = (1, 2)
 REC_SIZE = 64
 LOG_PREFIX = "rxe-power-trace."
 LOG_SUFFIX = ".bin"
@@ -180,9 +181,9 @@ def parse(data: bytes, name: str = "<bytes>") -> TraceLog:
     magic, version, rec_size, pid, ppid, rt, mono, comm, _ = _HEADER.unpack_from(data, 0)
     if magic != MAGIC:
         raise TraceLogError(f"{name}: magic {magic!r} is not {MAGIC!r}: not a tracer log")
-    if version != VERSION or rec_size != REC_SIZE:
+    if version not in READABLE_VERSIONS or rec_size != REC_SIZE:
         raise TraceLogError(f"{name}: format version {version} / record size {rec_size}; "
-                            f"this reader knows version {VERSION} / {REC_SIZE}")
+                            f"this reader knows versions {READABLE_VERSIONS} / {REC_SIZE}")
     log = TraceLog(name, Header(version, pid, ppid, rt, mono,
                                 comm.split(b"\0", 1)[0].decode(errors="replace")))
     text = bytearray()

@@ -273,3 +273,27 @@ def test_same_qp_number_on_two_devices_is_named() -> None:
     led = build_ledger(parse(without_end(data) + extra + end_record()))
     assert led.sends()[-1].ended_by is EndedBy.QP_NUM_REUSED
     assert FindingKind.NOT_TRACED in {f.what for f in led.findings}
+
+
+def test_format_2_tells_same_numbered_qps_apart() -> None:
+    """Format 2 names the context in every POST record: QP 17 on two devices (contexts
+    0xA and 0xB, CQs 0xCA and 0xCB) at once, each with its own request and completion,
+    are two QPs in the ledger, each request completed by its own device's completion."""
+    header = struct.pack("<8sIIIIQQ16sQ", b"RXPTRACE", 2, REC_SIZE, 42, 1, 0, 0, b"t", 0)
+    body = b"".join([
+        rec(RecType.CQ_CREATE, obj=0xCA, aux2=0xA), rec(RecType.CQ_CREATE, obj=0xCB, aux2=0xB),
+        rec(RecType.QP_CREATE, 17, obj=0x1A, aux2=0xA),
+        rec(RecType.QP_CREATE, 17, obj=0x1B, aux2=0xB),
+        rec(RecType.QP_MODIFY, 17, obj=0x1A, opcode=2, aux2=17),
+        rec(RecType.QP_MODIFY, 17, obj=0x1B, opcode=2, aux2=17),
+        rec(RecType.POST_SEND, 17, obj=1, wr_id=5, opcode=WrOpcode.SEND, flags=1, aux2=0xA),
+        rec(RecType.POST_RECV, 17, obj=2, wr_id=6, opcode=128, aux2=0xB),
+        rec(RecType.COMPLETION, 17, obj=0xCB, wr_id=6, opcode=128, length=64),
+        rec(RecType.COMPLETION, 17, obj=0xCA, wr_id=5, opcode=0),
+        end_record()])
+    led = build_ledger(parse(header + body))
+    assert len(led.qps) == 2 and {q.context for q in led.qps} == {0xA, 0xB}
+    assert [r.outcome for r in led.requests] == [Outcome.COMPLETED_OK] * 2
+    assert not led.findings
+    (m,) = [m for m in match_peer(led, led) if m.sent]
+    assert (m.sent, m.delivered_once) == (1, 1)
