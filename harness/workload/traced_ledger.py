@@ -242,10 +242,13 @@ class _Builder:
         chain = self.chains.get(rec.obj, [])
         kind = PostKind(rec.opcode) if rec.opcode in PostKind._value2member_map_ else None
         whole = kind in (PostKind.WR_COMPLETE, PostKind.WR_ABORT) or rec.aux == NO_INDEX
-        what = {PostKind.WR_COMPLETE: "ibv_wr_complete failed: no WR of the batch was posted",
-                PostKind.WR_ABORT: "ibv_wr_abort discarded the batch"}.get(
-            kind, "the post call failed at this WR (bad_wr)" if not whole else
-            "the post call failed and bad_wr was not in the chain")
+        if kind is PostKind.WR_COMPLETE:
+            what = "ibv_wr_complete failed: no WR of the batch was posted"
+        elif kind is PostKind.WR_ABORT:
+            what = "ibv_wr_abort discarded the batch"
+        else:
+            what = "the post call failed and bad_wr was not in the chain" if whole else \
+                "the post call failed at this WR (bad_wr)"
         for index, (req, queue) in enumerate(chain):
             if whole or index >= rec.aux:
                 reason = what if (whole or index == rec.aux) else \
@@ -354,9 +357,9 @@ class _Builder:
                 if rec.aux2 != NO_QPN:
                     track.dest_qp_num = rec.aux2
             elif t is RecType.QP_DESTROY and rec.result == 0:
-                track = self.qps.pop(self.key_of(rec), None)
-                if track is not None:
-                    self.drain([track.sq, track.rq], EndedBy.QP_DESTROYED, "never completed: "
+                gone = self.qps.pop(self.key_of(rec), None)
+                if gone is not None:
+                    self.drain([gone.sq, gone.rq], EndedBy.QP_DESTROYED, "never completed: "
                                "the QP was destroyed with it outstanding")
             elif t is RecType.DEV_OPEN:
                 led.devices.append(rec.text.decode(errors="replace"))

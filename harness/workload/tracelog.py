@@ -203,7 +203,10 @@ def parse(data: bytes, name: str = "<bytes>") -> TraceLog:
         extra = b""
         if rtype is RecType.DEV_OPEN:
             extra = data[off + 24:off + 64].split(b"\0", 1)[0]
-        rec = Record(rtype, *fields[1:], text=extra)
+        (_, qp_num, t_ns, obj, wr_id, opcode, length, result, flags, tid, aux,
+         aux2) = fields
+        rec = Record(rtype, qp_num, t_ns, obj, wr_id, opcode, length, result, flags, tid, aux,
+                     aux2, extra)
         if rtype is RecType.END:
             log.closed, log.written, log.dropped = True, rec.wr_id, rec.aux2
             continue
@@ -218,7 +221,8 @@ def read_log(path: Path) -> TraceLog:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
-        raise TraceLogError(f"{path}: cannot open: errno {e.errno} ({os.strerror(e.errno)}); "
+        err = e.errno or errno.EIO
+        raise TraceLogError(f"{path}: cannot open: errno {err} ({os.strerror(err)}); "
                             "fix: give a regular file the tracer wrote") from e
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
