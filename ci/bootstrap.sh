@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time install for a fresh Debian/Ubuntu machine, as root:
 #   - the RDMA userspace (rdma-core, the rxe provider, pyverbs, perftest, iproute2);
+#   - gcc and libibverbs-dev, for the verbs tracer (ci/build-tracer.sh, run below);
 #   - when the running kernel has no rdma_rxe: what the VM fallback needs
 #     (qemu-system-x86, a distribution kernel that ships rdma_rxe, busybox-static);
 #   - .venv/ made from /usr/bin/python3 with --system-site-packages (so it imports
@@ -14,7 +15,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 2
 fi
 pkgs=(rdma-core ibverbs-providers ibverbs-utils rdmacm-utils python3-pyverbs iproute2
-      perftest kmod python3-venv python3-pip)
+      perftest kmod python3-venv python3-pip gcc libibverbs-dev)
 # Python 3.11 or newer: the system python3 (the one python3-pyverbs is built for) makes .venv
 if ! /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   echo "bootstrap.sh: error: /usr/bin/python3 is $(/usr/bin/python3 -V 2>&1), rxe-power needs 3.11+" \
@@ -55,6 +56,7 @@ if ! "$here/ci/build-rxe-disassociate.sh" "$removal_kernel" >/dev/null; then
        "--removal disassociate is unavailable, --removal block works" >&2
 fi
 cd "$here"
+bash ci/build-tracer.sh
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi

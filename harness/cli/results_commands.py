@@ -60,7 +60,8 @@ def matrix_spec(args: argparse.Namespace) -> MatrixSpec:
                       split_csv(args.policy) or MatrixSpec.policies,
                       split_csv(args.mix) or ("mixed",),
                       args.together, args.count, args.rate, args.queue_depth, args.hold_ms,
-                      parse_on_veto(args.on_veto)).validate()
+                      parse_on_veto(args.on_veto), args.client_cmd or "",
+                      args.server_cmd or "").validate()
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -137,6 +138,10 @@ def add_matrix_options(p: argparse.ArgumentParser, mode_help: str) -> None:
                    "in one transition instead of one transition each")
     _workload_options(p, 120, 300)
     p.add_argument("--junit", help="also write JUnit XML here (one testcase per row)")
+    p.add_argument("--client-cmd", help="an unmodified verbs program (quoted, with "
+                   "placeholders {dev} {gid} {addr} {peer_dev} {peer_gid} {peer_addr} {port}) "
+                   "run under the verbs tracer instead of the policies")
+    p.add_argument("--server-cmd", help="its own server on the peer HCA (same placeholders)")
     _common(p, mode_help, MATRIX_VM_TIMEOUT_S)
 
 

@@ -16,7 +16,8 @@ from urllib.parse import quote
 from harness.report.pictures import existing_picture
 from harness.report.section import Log, Section, load_section, section_dirs
 from harness.report.tables import cycle_clients, stress_trends
-from harness.run.matrix import COLUMNS, LEGEND, PEER_COLUMNS, RowStatus
+from harness.run.matrix import COLUMNS, LEGEND, PEER_COLUMNS
+from harness.run.rows import RowStatus
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em 2em;color:#222}

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.run.matrix import Row, RowStatus, error_rows, rows_of
+from harness.run.matrix import error_rows, rows_of
 from harness.run.records import CycleRecord, ScenarioRecord
 from harness.run.resultsfile import Results, read_results
+from harness.run.rows import Row, RowStatus
 
 Log = Callable[[str], None]
 NO_RECORDS_EXIT = 2

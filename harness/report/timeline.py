@@ -41,8 +41,8 @@ from harness.report.timeline_lanes import (
     transition_labels,
     transition_t0,
 )
-from harness.run.matrix import Row, RowStatus
 from harness.run.records import ScenarioRecord
+from harness.run.rows import Row, RowStatus
 from power.timeline import EntryKind
 
 

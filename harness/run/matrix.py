@@ -20,19 +20,19 @@ the recovery time and the veto, plus a status:
 
 from __future__ import annotations
 
-import os
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from clients import policy_class
 from harness.core.errors import RxePowerError, SettingError
+from harness.run.outside import OutsideSpec, outside_rows, run_outside
 from harness.run.records import ScenarioKey
 from harness.run.resultsfile import RecordKind
+from harness.run.rows import Row, RowStatus, veto_text
 from harness.run.scenario import run_scenario
 from harness.run.scenario_result import ClientEnd, ScenarioResult
 from harness.run.session import ResultsHeader, RunSession
@@ -41,7 +41,6 @@ from harness.topology.lifecycle import restore_local_side
 from harness.workload.ledger import Op, Outcome, PeerView, WorkloadSpec
 from power.plan import OnVeto, Ordering, get_transition, parse_on_veto, parse_ordering
 from power.result import TransitionRequest, Verdict
-from power.veto import VetoReport
 
 OP_MIXES: dict[str, tuple[Op, ...]] = {
     "mixed": (Op.SEND, Op.WRITE, Op.READ, Op.FETCH_ADD),
@@ -53,10 +52,6 @@ DEFAULT_TRANSITIONS = ("link-flap", "standby", "hibernate", "surprise-removal")
 OK_OUTCOMES = (Outcome.COMPLETED_OK.value, Outcome.REPLAYED_OK.value)
 
 
-class RowStatus(StrEnum):
-    CLEAN = "clean"
-    BAD = "bad"
-    BROKEN = "broken"
 
 
 @dataclass(frozen=True)
@@ -91,11 +86,18 @@ class MatrixSpec:
     queue_depth: int = 4
     hold_ms: int = 300
     on_veto: OnVeto = OnVeto.FORCE
+    client_cmd: str = ""  # an outside program instead of the policies (harness/run/outside.py)
+    server_cmd: str = ""  # its own server on the peer HCA
 
     def validate(self) -> MatrixSpec:
         for t in self.transitions:
             get_transition(t)
-        for p in self.policies:
+        if self.client_cmd:
+            OutsideSpec(self.client_cmd, self.server_cmd).validate()
+        elif self.server_cmd:
+            raise SettingError("--server-cmd without --client-cmd",
+                               "give the client program too (--client-cmd)")
+        for p in () if self.client_cmd else self.policies:
             policy_class(p)
         for m in self.mixes:
             if m not in OP_MIXES:
@@ -125,6 +127,8 @@ class MatrixSpec:
                 for mix in self.mixes:
                     groups = [tuple(self.policies)] if self.together else \
                         [(p,) for p in self.policies]
+                    if self.client_cmd:
+                        groups = [(OutsideSpec(self.client_cmd, self.server_cmd).label,)]
                     out += [Scenario(t, o, g, mix) for g in groups]
         return out
 
@@ -138,47 +142,14 @@ class MatrixSpec:
     def from_json(cls, d: dict[str, Any]) -> MatrixSpec:
         return cls(tuple(d["transitions"]), tuple(parse_ordering(o) for o in d["orderings"]),
                    tuple(d["policies"]), tuple(d["mixes"]), d["together"], d["count"],
-                   d["rate_per_s"], d["queue_depth"], d["hold_ms"], parse_on_veto(d["on_veto"]))
+                   d["rate_per_s"], d["queue_depth"], d["hold_ms"], parse_on_veto(d["on_veto"]),
+                   d.get("client_cmd", ""), d.get("server_cmd", ""))
 
 
-@dataclass
-class Row:
-    """One policy in one scenario: what the table shows."""
-
-    scenario: str
-    transition: str
-    ordering: str
-    policy: str
-    mix: str
-    verdict: str  # the transition's
-    counts: dict[str, int] = field(default_factory=dict)
-    peer: dict[str, int] = field(default_factory=dict)
-    peer_saw: str = ""
-    recovery_ms: float | None = None
-    veto: str = ""
-    findings: list[str] = field(default_factory=list)
-    status: RowStatus = RowStatus.CLEAN
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "status": self.status.value}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Row:
-        return cls(**{**d, "status": RowStatus(d["status"])})
 
 
-def veto_text(veto: VetoReport | None) -> str:
-    if veto is None or not veto.detected:
-        return ""
-    held = ", ".join(f"pid {h['pid']} ({short_cmdline(h.get('cmdline', ''))})"
-                     for h in veto.holders)
-    killed = " terminated" if veto.terminated else ""
-    return f"held by {held or 'a client'}{killed}"
 
 
-def short_cmdline(cmdline: str) -> str:
-    words = cmdline.split()
-    return " ".join([os.path.basename(words[0]), *words[1:3]]) if words else "?"
 
 
 def rows_of(scenario: ScenarioKey, result: ScenarioResult) -> list[Row]:
@@ -301,11 +272,17 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
                 req = TransitionRequest(sc.transition, sc.ordering, spec.hold_ms,
                                         spec.on_veto)
                 try:
-                    res = run_scenario(rig.shim, rig.agent, topo.local, req, list(sc.policies),
-                                       spec.workload(sc.mix), rig.clients_dir,
-                                       rig.log_dir / f"{i:03d}")
-                    body["result"] = res.to_json()
-                    new = rows_of(sc.key(), res)
+                    if spec.client_cmd:
+                        body["result"] = run_outside(
+                            rig.shim, topo, req, OutsideSpec(spec.client_cmd, spec.server_cmd),
+                            rig.log_dir / f"{i:03d}")
+                        new = outside_rows(body["scenario"], body["result"])
+                    else:
+                        res = run_scenario(rig.shim, rig.agent, topo.local, req,
+                                           list(sc.policies), spec.workload(sc.mix),
+                                           rig.clients_dir, rig.log_dir / f"{i:03d}")
+                        body["result"] = res.to_json()
+                        new = rows_of(sc.key(), res)
                 except KeyboardInterrupt:
                     interrupted = True
                     body["error"] = "interrupted (Ctrl-C)"

@@ -86,7 +86,9 @@ class ScenarioRecord:
                   if isinstance(d.get("rows"), list) else [],
                   not_restored=_strs(d.get("not_restored")),
                   seconds=_float_or_none(d.get("seconds")))
-        if isinstance(d.get("result"), dict):
+        # an outside program's result (harness.run.outside) has no policy clients: its row
+        # was judged when it ran (outside_rows) and is the stored one
+        if isinstance(d.get("result"), dict) and "outside" not in d["result"]:
             try:
                 rec.result = ScenarioResult.from_json(d["result"], schema)
             except RESULT_PARSE_ERRORS as exc:
@@ -154,7 +156,9 @@ class CycleRecord:
                   {k: {f: int(v) for f, v in _figures(c).items()}
                    for k, c in _mapping(d.get("rdma_res")).items()},
                   [h for h in d.get("kernel_hits") or [] if isinstance(h, dict)])
-        if isinstance(d.get("result"), dict):
+        # an outside program's result (harness.run.outside) has no policy clients: its row
+        # was judged when it ran (outside_rows) and is the stored one
+        if isinstance(d.get("result"), dict) and "outside" not in d["result"]:
             try:
                 rec.result = ScenarioResult.from_json(d["result"], schema)
             except RESULT_PARSE_ERRORS:

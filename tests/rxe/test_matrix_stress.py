@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.run.matrix import MatrixSpec, RowStatus, run_matrix
+from harness.run.matrix import MatrixSpec, run_matrix
 from harness.run.resultsfile import RecordKind, read_results
+from harness.run.rows import RowStatus
 from harness.run.stress import CycleOutcome, StressSpec, run_stress
 from power.plan import Ordering
 

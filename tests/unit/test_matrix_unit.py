@@ -12,15 +12,10 @@ from clients import policy_class
 from harness.cli import launch as cli_launch
 from harness.cli import main as cli_main
 from harness.core.errors import RxePowerError, SettingError
-from harness.run.matrix import (
-    MatrixSpec,
-    RowStatus,
-    junit_xml,
-    render_table,
-    rows_of,
-)
+from harness.run.matrix import MatrixSpec, junit_xml, render_table, rows_of
 from harness.run.records import ScenarioRecord
 from harness.run.resultsfile import RESULTS_SCHEMA, RecordKind, ResultsWriter, read_results
+from harness.run.rows import RowStatus
 from harness.run.stress import (
     FD_SLACK,
     StressSpec,

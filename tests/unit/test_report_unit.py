@@ -15,9 +15,9 @@ from harness import report
 from harness.core.errors import RxePowerError
 from harness.report.drawing import timeline_name
 from harness.report.section import scenario_rows
-from harness.run.matrix import RowStatus
 from harness.run.records import ScenarioRecord
 from harness.run.resultsfile import RecordKind, ResultsWriter
+from harness.run.rows import RowStatus
 from harness.run.stress import summarize
 
 DATA = Path(__file__).parent.parent / "data"

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from harness import report
-from harness.run.matrix import Row, RowStatus, rows_of
+from harness.run.matrix import rows_of
 from harness.run.records import ScenarioRecord
 from harness.run.resultsfile import RESULTS_SCHEMA, RecordKind, ResultsWriter, read_results
+from harness.run.rows import Row, RowStatus
 from harness.run.scenario_result import ClientEnd, ScenarioResult
 from power.result import TransitionResult
 

@@ -1,0 +1,300 @@
+"""A program that is not ours in the matrix: `--client-cmd 'PROG ARGS'` (and
+`--server-cmd` for its own server on the peer HCA), run under the verbs tracer through a
+transition, with a table row like a policy's.
+
+Placeholders in the commands (each argument is formatted, after shlex splitting):
+    {dev} {gid} {addr}                  the local HCA, its RoCEv2 GID index, its address
+    {peer_dev} {peer_gid} {peer_addr}   the peer HCA's
+    {port}                              a free TCP port (for the program's own rendezvous)
+A scenario: the server starts (traced) and is ready when it listens on {port} (or, if its
+command has no {port}, when it holds the peer HCA); the client starts (traced, with
+RXE_POWER_CLIENTS_DIR set so it may speak the notify protocol) and is busy when its log
+shows a successful completion; the shim runs the transition; the client gets
+CLIENT_EXIT_TIMEOUT_S to end by itself (else it is stopped and the row says so); then both
+ledgers are built from the logs and the client's SENDs are matched with the server's
+receives. A program that does not answer the notify protocol is treated as hca-first
+would treat it: the shim finds it holding the device and (under --on-veto force) ends it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import string
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from clients.traced import make_trace_dir, traced_env
+from harness.core import settings
+from harness.core.errors import BoundExceeded, SettingError
+from harness.core.proc import spawn, stop_child
+from harness.run.rows import Row, RowStatus, veto_text
+from harness.system.holders import find_holders
+from harness.system.tcp_ports import free_tcp_port, tcp_listening
+from harness.workload.ledger import Outcome
+from harness.workload.traced_ledger import FindingKind, ProcessLedger, build_ledger
+from harness.workload.traced_peer import match_peer
+from harness.workload.tracelog import REFUSED_EXIT, TraceLogError, log_paths, read_log
+from power.veto import VetoReport
+
+PLACEHOLDERS = ("dev", "gid", "addr", "peer_dev", "peer_gid", "peer_addr", "port")
+SERVER_READY_TIMEOUT_S = 30.0  # the server listening on {port} / holding the peer HCA
+CLIENT_BUSY_TIMEOUT_S = 30.0  # the client's first successful completion in its log
+CLIENT_EXIT_TIMEOUT_S = 60.0  # after the transition: the client ends by itself
+SERVER_EXIT_TIMEOUT_S = 10.0  # after the client: the server ends by itself
+STOP_TIMEOUT_S = 5.0  # SIGTERM -> SIGKILL
+POLL_S = 0.05
+STDERR_TAIL = 400  # characters of the program's output kept in the row's record
+
+
+@dataclass(frozen=True)
+class OutsideSpec:
+    client_cmd: str
+    server_cmd: str = ""
+
+    def validate(self) -> OutsideSpec:
+        for name, cmd in (("--client-cmd", self.client_cmd), ("--server-cmd", self.server_cmd)):
+            if not cmd and name == "--server-cmd":
+                continue
+            try:
+                words = shlex.split(cmd)
+            except ValueError as e:
+                raise SettingError(f"{name} {cmd!r}: {e}", "quote it as a shell would") from e
+            if not words:
+                raise SettingError(f"{name} is empty", "give the program and its arguments")
+            for w in words:
+                for _, field_name, _, _ in string.Formatter().parse(w):
+                    if field_name is not None and field_name not in PLACEHOLDERS:
+                        raise SettingError(f"{name}: unknown placeholder {{{field_name}}}",
+                                           f"use {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
+                                           " (double a brace for a literal one)")
+            if shutil.which(words[0]) is None:
+                raise SettingError(f"{name}: program {words[0]!r} not found",
+                                   "give a path or a program on PATH")
+        return self
+
+    @property
+    def label(self) -> str:
+        return "cmd:" + os.path.basename(shlex.split(self.client_cmd)[0])
+
+
+def expand(cmd: str, topo: Any, port: int) -> list[str]:
+    values = {"dev": topo.local.dev, "gid": topo.local.gid_index, "addr": topo.local.addr,
+              "peer_dev": topo.peer.dev, "peer_gid": topo.peer.gid_index,
+              "peer_addr": topo.peer.addr, "port": port}
+    return [w.format(**values) for w in shlex.split(cmd)]
+
+
+@dataclass
+class OutsideResult:
+    program: str
+    argv: list[str]
+    server_argv: list[str]
+    pid: int
+    exit: int | None  # None: stopped by the harness or the shim (see below)
+    output_tail: str  # the end of its stderr (its stdout is in client.log)
+    server_exit: int | None
+    held_at_delete: bool
+    terminated_by_shim: bool
+    stopped_by_harness: bool
+    traced: bool  # the client's log was found
+    log_closed: bool
+    counts: dict[str, int]  # its send-queue requests by outcome
+    receive_counts: dict[str, int]
+    peer_counts: dict[str, int]
+    unaccounted: int
+    unmatched_completions: int
+    posted_after_error: int
+    devices_opened: list[str]
+    recovery_ms: float | None  # resume -> its first successful completion, if it went on
+    findings: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _wait(cond: Callable[[], bool], what: str, bound_name: str, bound: float,
+          proc: subprocess.Popen[bytes]) -> bool:
+    """True when COND held; False when PROC exited first; BoundExceeded at the bound."""
+    deadline = time.monotonic() + bound
+    while not cond():
+        if proc.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            raise BoundExceeded(what, bound_name, bound, f"{_program(proc)} (pid {proc.pid}) "
+                                "still running without it")
+        time.sleep(POLL_S)  # polling interval of a bounded wait
+    return True
+
+
+def _program(proc: subprocess.Popen[bytes]) -> str:
+    args = proc.args
+    return str(args[0]) if isinstance(args, list) and args else str(args)
+
+
+def _ledger(tdir: Path, pid: int) -> ProcessLedger | None:
+    path = tdir / f"rxe-power-trace.{pid}.bin"
+    try:
+        return build_ledger(read_log(path)) if path.exists() else None
+    except TraceLogError:
+        return None
+
+
+def _busy(tdir: Path, pid: int) -> bool:
+    led = _ledger(tdir, pid)
+    return led is not None and any(r.outcome is Outcome.COMPLETED_OK for r in led.requests)
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - STDERR_TAIL))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def run_outside(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path) -> dict[str, Any]:
+    """One scenario for the outside program: the result record (JSON-ready)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    # the tracer maps its log shared: the results folder may be on 9p (the VM's shared
+    # project directory), which cannot; the logs are written under /tmp, then kept
+    work = Path(tempfile.mkdtemp(prefix="rxe-power-trace."))
+    try:
+        return _run(shim, topo, req, spec, log_dir, make_trace_dir(work / "trace"))
+    finally:
+        keep = log_dir / "trace"
+        keep.mkdir(exist_ok=True)
+        for p in log_paths(work / "trace") if (work / "trace").is_dir() else []:
+            shutil.copyfile(p, keep / p.name)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path,
+         tdir: Path) -> dict[str, Any]:
+    env = traced_env(tdir)
+    env[settings.CLIENTS_DIR_ENV] = str(shim.notifier.clients_dir)
+    port = free_tcp_port()
+    cli_argv = expand(spec.client_cmd, topo, port)
+    srv_argv = expand(spec.server_cmd, topo, port) if spec.server_cmd else []
+    srv = cli = None
+    stopped = False
+    try:
+        if srv_argv:
+            with open(log_dir / "server.log", "wb") as out:
+                srv = spawn(srv_argv, "outside server", env=env, stdin=subprocess.DEVNULL,
+                            stdout=out, stderr=subprocess.STDOUT)
+            ready = (lambda: tcp_listening(port)) if "{port}" in spec.server_cmd else \
+                (lambda: any(h.pid == srv.pid for h in find_holders(topo.peer.dev)))
+            if not _wait(ready, "the outside server ready", "SERVER_READY_TIMEOUT_S",
+                         SERVER_READY_TIMEOUT_S, srv):
+                raise SettingError(f"--server-cmd exited {srv.returncode} before it was ready: "
+                                   f"{_tail(log_dir / 'server.log')[-200:]!r}",
+                                   "run it by hand on the peer HCA to see why")
+        with open(log_dir / "client.log", "wb") as out, \
+                open(log_dir / "client.stderr", "wb") as err:
+            cli = spawn(cli_argv, "outside client", env=env, stdin=subprocess.DEVNULL,
+                        stdout=out, stderr=err)
+        _wait(lambda: _busy(tdir, cli.pid), "the outside client's first completion",
+              "CLIENT_BUSY_TIMEOUT_S", CLIENT_BUSY_TIMEOUT_S, cli)
+        res = shim.run(req)
+        resumed_ns = time.monotonic_ns()
+        try:
+            cli.wait(CLIENT_EXIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            stopped = True
+        if srv is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                srv.wait(SERVER_EXIT_TIMEOUT_S)
+    finally:
+        for p in (cli, srv):
+            if p is not None:
+                stop_child(p, 0.0, grace_s=STOP_TIMEOUT_S)
+    return {"transition": res.to_json(), "clients": [],
+            "outside": _result(spec, cli, srv, cli_argv, srv_argv, res, resumed_ns, stopped,
+                               tdir, log_dir).to_json()}
+
+
+def _result(spec: OutsideSpec, cli: subprocess.Popen[bytes], srv: subprocess.Popen[bytes] | None,
+            cli_argv: list[str], srv_argv: list[str], res: Any, resumed_ns: int,
+            stopped: bool, tdir: Path, log_dir: Path) -> OutsideResult:
+    veto = res.veto
+    held = bool(veto) and any(h["pid"] == cli.pid for h in veto.holders)
+    terminated = bool(veto) and any(t["pid"] == cli.pid for t in veto.terminated)
+    led = _ledger(tdir, cli.pid)
+    peer = _ledger(tdir, srv.pid) if srv is not None else None
+    findings: list[str] = []
+    exit_code = None if (stopped or terminated) else cli.returncode
+    counts: dict[str, int] = {}
+    recv: dict[str, int] = {}
+    peer_counts: dict[str, int] = {}
+    recovery = None
+    if led is None:
+        findings.append("no trace log: the tracer was not loaded (setuid? static?)"
+                        if cli.returncode != REFUSED_EXIT else "the tracer refused to start")
+    else:
+        counts, recv = dict(led.counts(False)), dict(led.counts(True))
+        if peer is not None:
+            ms = match_peer(led, peer)
+            peer_counts = {"delivered-once": sum(m.delivered_once for m in ms),
+                           "missing": sum(m.missing for m in ms),
+                           "duplicated": sum(m.duplicated for m in ms)}
+        later = [r.completed_ns for r in led.sends() if r.outcome is Outcome.COMPLETED_OK
+                 and r.completed_ns is not None and r.completed_ns > resumed_ns]
+        recovery = (min(later) - resumed_ns) / 1e6 if later else None
+        kinds = sorted({f.what.value for f in led.findings
+                        if f.what is not FindingKind.ASYNC_EVENT})
+        findings += [f"trace: {k}" for k in kinds]
+    return OutsideResult(
+        spec.label, cli_argv, srv_argv, cli.pid, exit_code, _tail(log_dir / "client.stderr"),
+        srv.returncode if srv is not None else None, held, terminated, stopped,
+        led is not None, bool(led and led.closed), counts, recv, peer_counts,
+        len(led.unaccounted()) if led else 0,
+        len(led.unmatched_completions()) if led else 0,
+        led.posted_after_error() if led else 0, list(led.devices) if led else [],
+        recovery, findings)
+
+
+def outside_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:
+    """The outside program's row: same columns as a policy's."""
+    t, o = result["transition"], result["outside"]
+    row = Row(scenario["id"], scenario["transition"], scenario["ordering"], o["program"],
+              scenario["mix"], t["verdict"], o["counts"], o["peer_counts"], "",
+              o["recovery_ms"],
+              veto_text(VetoReport.from_json(t["veto"]) if t.get("veto") else None))
+    broken, bad = [], []
+    if not o["traced"]:
+        broken.append("; ".join(o["findings"]) or "no trace log")
+    if o["unaccounted"]:
+        broken.append(f"{o['unaccounted']} requests unaccounted")
+    if o["unmatched_completions"]:
+        broken.append(f"{o['unmatched_completions']} completions matched no request")
+    if t["verdict"] == "failed":
+        broken.append(f"transition failed: {'; '.join(t.get('reasons', []))}")
+    if o["terminated_by_shim"]:
+        bad.append("held the device: terminated by the shim")
+    elif o["held_at_delete"]:
+        bad.append("held the device at the delete")
+    if o["stopped_by_harness"]:
+        bad.append(f"still running {CLIENT_EXIT_TIMEOUT_S:g} s after the transition: stopped")
+    if o["exit"] not in (0, None):
+        bad.append(f"exit status {o['exit']}, stderr ends {o['output_tail'].strip()[-120:]!r}")
+    if o["counts"].get(Outcome.LOST.value):
+        bad.append(f"{o['counts'][Outcome.LOST.value]} lost (posted, never completed)")
+    if o["posted_after_error"]:
+        bad.append(f"{o['posted_after_error']} posted after an error completion (error "
+                   "ignored)")
+    if o["peer_counts"].get("duplicated"):
+        bad.append(f"{o['peer_counts']['duplicated']} duplicated at the peer")
+    if t["verdict"] == "vetoed":
+        bad.append("the sleep was vetoed")
+    row.findings = broken + bad
+    row.status = RowStatus.BROKEN if broken else RowStatus.BAD if bad else RowStatus.CLEAN
+    return [row]
