@@ -42,7 +42,7 @@ from pathlib import Path
 
 from harness.core.errors import BoundExceeded, NoRxe, NotOurs, RxePowerError, TopologyError
 from harness.core.state import STATE_PATH, StateFile, alive
-from harness.system import command, gid_table, network, rdma_netlink
+from harness.system import command, gid_table, kernelobjs, network, rdma_netlink
 from harness.system.holders import find_holders, uverbs_files
 
 TABLE_LOCAL_SIDE = "18770"  # routes the peer's address out of the local veth
@@ -674,6 +674,8 @@ def _undo(entry: dict, log) -> None:
         if any(n.ifname == entry["name"] for n in ip_links()):
             _ip("link", "del", entry["name"])
             log(f"deleted {entry['name']}" + (f" <-> {entry['peer']}" if entry["peer"] else ""))
+    elif kind in kernelobjs.KINDS:  # the kernel clients' objects (nvmet, nvme, null_blk)
+        kernelobjs.undo(entry, log)
     else:
         raise TopologyError(f"unknown entry kind {kind!r} in the state file",
                             "the state file was written by a newer rxe-power; use that to clean")

@@ -96,6 +96,27 @@ def wait_pending_deletes(devs: list[str], timeout_s: float = PENDING_DELETE_TIME
             for dev, pids in pending.items()]
 
 
+def remove_kernel_objects(log: Callable[[str], None] = print,
+                          state_path: Path | None = None) -> list[str]:
+    """The kernel clients' objects (nvme controllers, nvmet items, null_blk disks, the
+    prohibit route, a lowered sysctl) whose owner is dead, newest first: before the
+    topology, whose device the controllers use. Returns the problems left."""
+    from harness.core.errors import RxePowerError
+    from harness.system import kernelobjs
+
+    state = StateFile.load(state_path)
+    problems = []
+    for entry in reversed(state.created):
+        if entry["kind"] not in kernelobjs.KINDS or alive(entry.get("owner")):
+            continue
+        try:
+            kernelobjs.undo(entry, log)
+            state.forget(**entry)
+        except RxePowerError as exc:
+            problems.append(f"{entry['kind']} {entry}: {exc}")
+    return problems
+
+
 def cleanup(cfg: object, log: Callable[[str], None] = print) -> list[str]:
     """Everything a dead run left: its processes, blocked deletes, and the topology (if no
     live process owns it; else only the local side is put back whole)."""
@@ -103,6 +124,7 @@ def cleanup(cfg: object, log: Callable[[str], None] = print) -> list[str]:
 
     topology.require_root()
     problems = reap_stale(log)
+    problems += remove_kernel_objects(log)
     state = StateFile.load()
     devs = [e["name"] for e in state.created if e["kind"] == "rdma_link"]
     problems += wait_pending_deletes(devs)
