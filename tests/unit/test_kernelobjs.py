@@ -125,3 +125,15 @@ def test_connections_and_off_wire() -> None:
                                                   ("after", "rxe0")]
     bad = off_wire(conns, cfg)
     assert [(c.phase, c.dev, c.src) for c in bad] == [("during", "rxe1", "198.18.0.2")]
+
+
+def test_requirements_find_modules_and_tools(tmp_path: Path) -> None:
+    from clients.kernel.requirements import MODULES, missing
+
+    drivers = tmp_path / "kernel" / "drivers"
+    drivers.mkdir(parents=True)
+    for mod in MODULES[:-1]:
+        (drivers / f"{mod.replace('-', '_')}.ko.xz").write_text("")
+    gaps = missing(tmp_path, which=lambda t: None if t == "fio" else f"/usr/bin/{t}")
+    assert [w for w, _ in gaps] == [f"kernel module nvme-fabrics not in {tmp_path}",
+                                    "fio not on PATH"]
