@@ -340,7 +340,8 @@ def check_kernel_clients(modules_dir: Path | None) -> Finding:
     gaps = missing(modules_dir)
     if not gaps:
         return ok("kernel clients", f"nvme-rdma, nvmet-rdma, null_blk in {modules_dir}")
-    return warn("kernel clients", "; ".join(w for w, _ in gaps), "; ".join(dict.fromkeys(f for _, f in gaps)))
+    return warn("kernel clients", "; ".join(w for w, _ in gaps),
+                "; ".join(dict.fromkeys(f for _, f in gaps)))
 
 
 def run_checks(probe_kvm: bool = False, mode: str | None = None) -> list[Finding]:
