@@ -20,9 +20,9 @@ import pytest
 
 from clients.kernel.blockio import DriverSpec
 from clients.kernel.nvme_scenario import NvmeResult, NvmeScenario, run_nvme
-from harness.cleanup import remove_kernel_objects
-from harness.state import StateFile
+from harness.core.state import StateFile
 from harness.system import kernelobjs as ko
+from harness.topology.cleanup import remove_kernel_objects
 from harness.workload.block_ledger import IoOutcome
 from power.plan import Ordering
 
