@@ -144,17 +144,23 @@ def _window(tr: dict) -> Window | None:
     return Window(min(down), max(s["end_ns"] for s in steps))
 
 
-def _detect_recover(samples: list, ctrl: str | None, win: Window | None,
+def _back_ns(tr: dict) -> int | None:
+    """When the device was back: the end of port-up (or of create-device)."""
+    ends = {s["step"]: s["end_ns"] for s in tr.get("steps", []) if s["outcome"] == "ok"}
+    return ends.get(StepKind.PORT_UP.value) or ends.get(StepKind.CREATE_DEVICE.value)
+
+
+def _detect_recover(samples: list, ctrl: str | None, win: Window | None, back_ns: int | None,
                     records: list) -> tuple[float | None, float | None]:
-    """detect: the device went -> our controller left LIVE; recover: the end of the
-    transition -> the first I/O completed ok after it."""
+    """detect: the device went -> our controller left LIVE; recover: the device was back
+    -> the first I/O completed ok after that."""
     if win is None:
         return None, None
     detect = next(((s.t_ns - win.start_ns) / 1e6 for s in samples
                    if s.ctrl == ctrl and s.t_ns >= win.start_ns and s.state != "live"), None)
     oks = [r.done_ns for r in records if r.done_ns and r.errno is None
-           and r.submit_ns >= win.end_ns]
-    recover = (min(oks) - win.end_ns) / 1e6 if oks else None
+           and back_ns is not None and r.done_ns >= back_ns]
+    recover = (min(oks) - back_ns) / 1e6 if oks and back_ns is not None else None
     return detect, recover
 
 
@@ -211,7 +217,8 @@ def run_nvme(shim: object, cfg: TopologyConfig, sc: NvmeScenario,
                                     rec.generation, b) for b, rec in acked.items()}
         # the driver writes each block once, so every acknowledged write has its block
         ledger = summarize(records, tgt, win, sc.driver.block_size)
-        detect, recover = _detect_recover(ctrl_s.samples, first_ctrl, win, records)
+        detect, recover = _detect_recover(ctrl_s.samples, first_ctrl, win,
+                                          _back_ns(tres), records)
         conns = route_guard.connections(cm_s.samples, target.cfg.trsvcid,
                                         win.start_ns if win else 0,
                                         win.end_ns if win else 0)
