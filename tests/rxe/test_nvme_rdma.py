@@ -103,33 +103,90 @@ time.sleep(600)
 """
 
 
-def test_cleanup_after_sigkill_leaves_foreign_objects(rxe_topology) -> None:
-    """A foreign subsystem, port and null_blk made before; our child is SIGKILLed with its
-    target and controller up; cleanup removes exactly ours."""
-    foreign_nb = ko.NULLB / "foreignb"
-    foreign_sub = ko.NVMET / "subsystems" / "nqn.2026-11.test:foreign"
-    foreign_port = ko.NVMET / "ports" / "77"
-    child = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE,
-                             text=True, cwd=HERE.parent.parent)
+FOREIGN_NQN = "nqn.2026-11.test:foreign"
+
+
+def _foreign_stack() -> tuple[list[Path], str]:
+    """A foreign null_blk, subsystem, namespace, port (4421) and a controller connected to
+    it, made by hand as another user of the machine would. Returns the configfs items
+    (to remove afterwards, newest first) and the controller's name."""
+    nb = ko.NULLB / "foreignb"
+    nb.mkdir()
+    for attr, val in (("size", "16"), ("memory_backed", "1"), ("power", "1")):
+        (nb / attr).write_text(val)
+    sub = ko.NVMET / "subsystems" / FOREIGN_NQN
+    sub.mkdir()
+    (sub / "attr_allow_any_host").write_text("1")
+    ns = sub / "namespaces" / "1"
+    ns.mkdir()
+    (ns / "device_path").write_text(f"/dev/nullb{(nb / 'index').read_text().strip()}")
+    (ns / "enable").write_text("1")
+    port = ko.NVMET / "ports" / "77"
+    port.mkdir()
+    for attr, val in (("addr_trtype", "rdma"), ("addr_adrfam", "ipv4"),
+                      ("addr_traddr", "198.18.0.2"), ("addr_trsvcid", "4421")):
+        (port / attr).write_text(val)
+    link = port / "subsystems" / FOREIGN_NQN
+    link.symlink_to(sub)
+    fd = os.open("/dev/nvme-fabrics", os.O_RDWR)
     try:
+        os.write(fd, f"transport=rdma,traddr=198.18.0.2,trsvcid=4421,nqn={FOREIGN_NQN},"
+                     "host_traddr=198.18.0.1".encode())
+        reply = os.read(fd, 4096).decode()
+    finally:
+        os.close(fd)
+    ctrl = "nvme" + reply.split("instance=")[1].split(",")[0].strip()
+    return [link, port, ns, sub, nb], ctrl
+
+
+def _remove_foreign(items: list[Path], ctrl: str | None) -> None:
+    if ctrl and (ko.SYS_NVME / ctrl).exists():
+        ko.delete_ctrl(ctrl)
+    for p in items:
+        if p.is_symlink():
+            p.unlink()
+        elif p.is_dir():
+            if (p / "enable").exists():
+                (p / "enable").write_text("0")
+            if (p / "power").exists():
+                (p / "power").write_text("0")
+            p.rmdir()
+
+
+def test_cleanup_after_sigkill_leaves_foreign_objects(rxe_topology) -> None:
+    """A foreign target and controller exist before; our child is SIGKILLed with its
+    target and controller up; cleanup removes exactly ours."""
+    from clients.kernel.nvmet_target import ensure_configfs, modprobe
+
+    for mod in ("nvmet", "nvmet-rdma", "nvme-rdma"):
+        modprobe(mod)
+    if not Path("/sys/module/null_blk").exists():
+        modprobe("null_blk", "nr_devices=0")
+    ensure_configfs(StateFile.load())
+    items: list[Path] = []
+    ctrl = None
+    child = None
+    try:
+        items, ctrl = _foreign_stack()
+        child = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE,
+                                 text=True, cwd=HERE.parent.parent)
         line = _readline(child)
         assert line.startswith("ready"), line
-        foreign_nb.mkdir()
-        foreign_sub.mkdir()
-        foreign_port.mkdir()
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
+        assert [c for c in ko.nvme_ctrls() if ko.OUR_PREFIX in c.subsysnqn], \
+            "our controller should be there after the kill"
         problems = remove_kernel_objects(log=print)
         assert not problems
         nothing_of_ours_left()
-        assert foreign_nb.is_dir() and foreign_sub.is_dir() and foreign_port.is_dir()
+        foreign = {c.name: c.state for c in ko.nvme_ctrls()}
+        assert foreign.get(ctrl) == "live", foreign
+        assert all(p.exists() or p.is_symlink() for p in items)
     finally:
-        if child.poll() is None:
+        if child is not None and child.poll() is None:
             child.kill()
             child.wait(10)
-        for d in (foreign_port, foreign_sub, foreign_nb):
-            if d.is_dir():
-                d.rmdir()
+        _remove_foreign(items, ctrl)
 
 
 def _readline(child: subprocess.Popen) -> str:
