@@ -44,6 +44,13 @@ DEFAULT_TRANSITIONS = ("link-flap", "standby", "hibernate", "surprise-removal")
 OK_OUTCOMES = (Outcome.COMPLETED_OK.value, Outcome.REPLAYED_OK.value)
 
 
+def _kernel(policy: str) -> bool:
+    """A kernel client (clients.kernel), not a userspace verbs policy."""
+    from harness.run.kernel_rows import is_kernel_policy
+
+    return is_kernel_policy(policy)
+
+
 class RowStatus(StrEnum):
     CLEAN = "clean"
     BAD = "bad"
@@ -84,8 +91,13 @@ class MatrixSpec:
 
         for t in self.transitions:
             get_transition(t)
+        from harness.run import kernel_rows
+
         for p in self.policies:
-            policy_class(p)
+            if kernel_rows.is_kernel_policy(p):
+                kernel_rows.validate(p)
+            else:
+                policy_class(p)
         for m in self.mixes:
             if m not in OP_MIXES:
                 raise SettingError(f"unknown operation mix {m!r}",
@@ -112,8 +124,9 @@ class MatrixSpec:
             offered = tuple(get_transition(t).steps)
             for o in (o for o in offered if not self.orderings or o in self.orderings):
                 for mix in self.mixes:
-                    groups = [tuple(self.policies)] if self.together else \
-                        [(p,) for p in self.policies]
+                    user = tuple(p for p in self.policies if not _kernel(p))
+                    groups = [(p,) for p in self.policies if _kernel(p)] + (
+                        ([user] if user else []) if self.together else [(p,) for p in user])
                     out += [Scenario(t, o, g, mix) for g in groups]
         return out
 
@@ -301,11 +314,19 @@ def run_matrix(spec: MatrixSpec, cfg: Any, out_dir: Path, junit: Path | None = N
                 req = TransitionRequest(sc.transition, sc.ordering, spec.hold_ms,
                                         spec.on_veto)
                 try:
-                    res = run_scenario(shim, agent, topo.local, req, list(sc.policies),
-                                       spec.workload(sc.mix), shim.notifier.clients_dir,
-                                       out_dir / "logs" / f"{i:03d}")
-                    body["result"] = res.to_json()
-                    new = rows_of(body["scenario"], body["result"])
+                    if _kernel(sc.policies[0]):  # a kernel client: its own scenario and row
+                        from harness.run import kernel_rows
+
+                        body["result"] = kernel_rows.run_kernel(
+                            shim, cfg, sc, spec.count, spec.rate_per_s, spec.queue_depth,
+                            spec.hold_ms)
+                        new = kernel_rows.kernel_rows(body["scenario"], body["result"])
+                    else:
+                        res = run_scenario(shim, agent, topo.local, req, list(sc.policies),
+                                           spec.workload(sc.mix), shim.notifier.clients_dir,
+                                           out_dir / "logs" / f"{i:03d}")
+                        body["result"] = res.to_json()
+                        new = rows_of(body["scenario"], body["result"])
                 except KeyboardInterrupt:
                     interrupted = True
                     body["error"] = "interrupted (Ctrl-C)"
