@@ -109,10 +109,10 @@ class BlockDriver:
             if op is IoOp.WRITE:
                 buf[:] = make_block(seq, s.generation, block, s.block_size)
             with self._lock:
+                rec.submit_ns = time.monotonic_ns()  # before finish() can see it in flight
                 self._in_flight[seq] = rec
                 self.records.append(rec)
                 fd = self._fd
-            rec.submit_ns = time.monotonic_ns()
             try:
                 if op is IoOp.WRITE:
                     n = os.pwritev(fd, [buf], block * s.block_size)
@@ -175,11 +175,9 @@ class BlockDriver:
         with self._lock:
             self._paused = False
             self._lock.notify_all()
-        for t in self._threads:
-            t.join(max(0.0, end - time.monotonic()))
-            if t.is_alive():
-                break
-        with self._lock:
+            # every I/O issued (a thread stuck in the kernel holds only its own I/O back)
+            while self._next < s.count and time.monotonic() < end:
+                self._lock.wait(FINISH_POLL_S)
             self._stopping = True
             self._lock.notify_all()
             while True:
