@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.errors import OsCallError
-from harness.workload.block_ledger import IoOp, IoRecord, check_block, make_block
+from harness.workload.block_ledger import BlockState, IoOp, IoRecord, check_block, make_block
 
 IO_STUCK_TIMEOUT_S = 20.0  # an I/O without completion this long after submission is stuck
 PAUSE_DRAIN_TIMEOUT_S = 20.0  # pause(): in-flight I/O completes within this
@@ -127,8 +127,8 @@ class BlockDriver:
                     continue  # already declared stuck; its late return is kept as detail
                 rec.done_ns, rec.nbytes, rec.errno = done, n, err
                 if op is IoOp.READ and err is None:
-                    rec.read_ok = check_block(bytes(buf), expect, s.generation,
-                                              block).value == "intact"
+                    rec.read_ok = expect is not None and check_block(
+                        bytes(buf), expect, s.generation, block) is BlockState.INTACT
                 if op is IoOp.WRITE and err is None and n == s.block_size:
                     self._acked = seq if self._acked is None else max(self._acked, seq)
                 del self._in_flight[seq]

@@ -21,7 +21,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.core.errors import BoundExceeded, OsCallError, RxePowerError, TopologyError
+from harness.core.errors import (
+    BoundExceeded,
+    NotOurs,
+    OsCallError,
+    RxePowerError,
+    TopologyError,
+)
 from harness.core.state import StateFile
 from harness.system import kernelobjs as ko
 
@@ -135,7 +141,7 @@ class NvmetTarget:
         clash = [p for p in nvmet_ports() if p.trtype == "rdma" and p.traddr == c.addr
                  and p.trsvcid == str(c.trsvcid)]
         if clash:
-            raise ko.NotOurs(f"nvmet port {clash[0].port} already serves rdma {c.addr}:"
+            raise NotOurs(f"nvmet port {clash[0].port} already serves rdma {c.addr}:"
                              f"{c.trsvcid}", "choose another --trsvcid or remove that port")
         try:
             self._make_disk()

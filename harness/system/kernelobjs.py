@@ -28,6 +28,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.core.errors import BoundExceeded, NotOurs, OsCallError, TopologyError
 
@@ -174,7 +175,7 @@ def _write(path: Path, value: str) -> None:
                           "read dmesg for the kernel's reason") from None
 
 
-def undo(entry: dict, log: Callable[[str], None], configfs: Path = CONFIGFS,
+def undo(entry: dict[str, Any], log: Callable[[str], None], configfs: Path = CONFIGFS,
          sys_nvme: Path = SYS_NVME) -> None:
     """Remove the object one state-file entry names (if it is still there)."""
     kind = entry["kind"]

@@ -23,6 +23,7 @@ import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from typing import Any
 
 MAGIC = b"RXPWBLK1"
 # magic, seq, generation, block index, crc32 of everything after the header
@@ -100,11 +101,11 @@ class IoRecord:
     stuck_stack: str = ""
     tid: int = 0
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> IoRecord:
+    def from_json(cls, d: dict[str, Any]) -> IoRecord:
         return cls(**{**d, "op": IoOp(d["op"])})
 
 
@@ -146,7 +147,7 @@ class LedgerSummary:
     unaccounted: list[int] = field(default_factory=list)  # seqs without a verdict
     lost_seqs: list[int] = field(default_factory=list)
     corrupted_seqs: list[int] = field(default_factory=list)
-    stuck: list[dict] = field(default_factory=list)  # seq, wchan, stack of each stuck I/O
+    stuck: list[dict[str, Any]] = field(default_factory=list)  # seq, wchan, stack
 
     @property
     def invariant_ok(self) -> bool:
@@ -156,7 +157,7 @@ class LedgerSummary:
     def count(self, o: IoOutcome) -> int:
         return self.outcomes.get(o.value, 0)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "invariant_ok": self.invariant_ok}
 
 
