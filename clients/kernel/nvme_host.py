@@ -2,7 +2,7 @@
 namespace's block device in sysfs, disconnect within a bound; the policy presets; and
 a sampler of every nvme controller's sysfs `state` over time (for the timeline).
 
-    opts = parse_policy("nvme-rdma:fast-fail")          # or "nvme-rdma:ctrl_loss_tmo=5,..."
+    opts = parse_policy("nvme-rdma:fast-fail")  # or "nvme-rdma:ctrl_loss_tmo=5:reconnect_delay=1"
     host = NvmeHost(HostConfig(nqn, "198.18.0.2", 4420, "198.18.0.1", opts))
     host.connect()                      # recorded in the state file first
     host.block_device                   # Path("/dev/nvme0n1")
@@ -59,17 +59,18 @@ _RAW_KEYS = {f: (lo, hi) for f, lo, hi in (("ctrl_loss_tmo", -1, 86400),
 
 
 def parse_policy(raw: str) -> NvmeOptions:
-    """A preset name, or `nvme-rdma:key=val,...` with keys ctrl_loss_tmo, reconnect_delay,
-    fast_io_fail_tmo (unset keys keep the kernel default)."""
+    """A preset name, or `nvme-rdma:key=val:key=val...` with keys ctrl_loss_tmo,
+    reconnect_delay, fast_io_fail_tmo (unset keys keep the kernel default). Colons, not
+    commas: the command line's policy lists are comma-separated."""
     if raw in PRESETS:
         return PRESETS[raw]
     head, colon, rest = raw.partition(":")
     if head != "nvme-rdma" or not colon or "=" not in rest:
         raise SettingError(f"unknown nvme-rdma policy {raw!r}",
-                           f"use one of {', '.join(PRESETS)} or nvme-rdma:ctrl_loss_tmo=N,"
-                           "reconnect_delay=N,fast_io_fail_tmo=N")
+                           f"use one of {', '.join(PRESETS)} or nvme-rdma:ctrl_loss_tmo=N:"
+                           "reconnect_delay=N:fast_io_fail_tmo=N")
     vals = dict(KERNEL_DEFAULTS)
-    for part in rest.split(","):
+    for part in rest.split(":"):
         key, _, val = part.partition("=")
         if key not in _RAW_KEYS:
             raise SettingError(f"unknown nvme-rdma option {key!r} in {raw!r}",

@@ -28,7 +28,7 @@ from power.plan import Ordering
 
 pytestmark = pytest.mark.rxe
 
-POLICY = "nvme-rdma:ctrl_loss_tmo=30,reconnect_delay=1,fast_io_fail_tmo=0"
+POLICY = "nvme-rdma:ctrl_loss_tmo=30:reconnect_delay=1:fast_io_fail_tmo=0"
 SPEC = DriverSpec(count=200, depth=4, rate_per_s=40.0)
 CHILD_READY_TIMEOUT_S = 60.0
 HERE = Path(__file__).parent

@@ -94,7 +94,7 @@ def test_policy_presets_and_raw() -> None:
     assert parse_policy("nvme-rdma") == NvmeOptions(600, 10, -1)
     assert parse_policy("nvme-rdma:ctrl-loss-forever").ctrl_loss_tmo == -1
     assert set(PRESETS) == {"nvme-rdma", "nvme-rdma:ctrl-loss-forever", "nvme-rdma:fast-fail"}
-    raw = parse_policy("nvme-rdma:ctrl_loss_tmo=5,reconnect_delay=1,fast_io_fail_tmo=0")
+    raw = parse_policy("nvme-rdma:ctrl_loss_tmo=5:reconnect_delay=1:fast_io_fail_tmo=0")
     assert raw == NvmeOptions(5, 1, 0)
     assert raw.fabrics_options() == "ctrl_loss_tmo=5,reconnect_delay=1,fast_io_fail_tmo=0"
     assert NvmeOptions(600, 10, -1).fabrics_options() == "ctrl_loss_tmo=600,reconnect_delay=10"
