@@ -160,14 +160,18 @@ class NvmetTarget:
         _put(item / "blocksize", str(c.block_size))
         _put(item / "memory_backed", "1")
         _put(item / "power", "1")
-        dev = Path(f"/dev/nullb{(item / 'index').read_text().strip()}")
+        # the disk is named after the configfs item (Debian's 6.1 does so; older kernels
+        # name it nullb<index>)
+        names = (c.nullb_name, f"nullb{(item / 'index').read_text().strip()}")
         end = time.monotonic() + DEVICE_NODE_TIMEOUT_S
-        while not dev.exists():
+        while not (found := [n for n in names if Path("/sys/block", n).exists()
+                             and Path("/dev", n).exists()]):
             if time.monotonic() > end:
-                raise BoundExceeded(f"null_blk {c.nullb_name} device node",
+                raise BoundExceeded(f"null_blk {c.nullb_name} block device",
                                     "DEVICE_NODE_TIMEOUT_S", DEVICE_NODE_TIMEOUT_S,
-                                    f"{dev} absent")
+                                    f"none of /dev/{', /dev/'.join(names)} present")
             time.sleep(POLL_S)
+        dev = Path("/dev", found[0])
         self.backing_device = dev
 
     def _make_subsystem(self) -> None:

@@ -63,16 +63,27 @@ class CmId:
     dst: str
     dst_port: int | None
     comm: str
+    lqpn: int | None = None
 
     @classmethod
     def parse(cls, d: dict) -> CmId:
-        def port(key: str) -> int | None:
-            v = d.get(key)
-            return int(v) if isinstance(v, int) or (isinstance(v, str) and v.isdigit()) \
-                else None
-        return cls(str(d.get("ifname", "")), str(d.get("state", "")),
-                   str(d.get("src-addr", "")), port("src-port"), str(d.get("dst-addr", "")),
-                   port("dst-port"), str(d.get("comm", "")))
+        src, src_port = split_addr(d.get("src-addr"), d.get("src-port"))
+        dst, dst_port = split_addr(d.get("dst-addr"), d.get("dst-port"))
+        lqpn = d.get("lqpn")
+        return cls(str(d.get("ifname", "")), str(d.get("state", "")), src, src_port, dst,
+                   dst_port, str(d.get("comm", "")), lqpn if isinstance(lqpn, int) else None)
+
+
+def split_addr(addr: object, port: object = None) -> tuple[str, int | None]:
+    """iproute2 6.1 prints `"src-addr": "198.18.0.1:38632"` (address and port in one
+    field, IPv6 as `[addr]:port`); a separate port field is used when there is one."""
+    text = str(addr or "")
+    if isinstance(port, int):
+        return text, port
+    host, colon, tail = text.rpartition(":")
+    if colon and tail.isdigit() and (host.count(":") == 0 or host.startswith("[")):
+        return host.strip("[]"), int(tail)
+    return text, None
 
 
 def parse_cm_ids(data: list[dict]) -> list[CmId]:

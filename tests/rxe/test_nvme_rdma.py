@@ -119,7 +119,10 @@ def _foreign_stack() -> tuple[list[Path], str]:
     (sub / "attr_allow_any_host").write_text("1")
     ns = sub / "namespaces" / "1"
     ns.mkdir()
-    (ns / "device_path").write_text(f"/dev/nullb{(nb / 'index').read_text().strip()}")
+    dev = Path("/dev", nb.name)  # named after the configfs item (else nullb<index>)
+    if not dev.exists():
+        dev = Path(f"/dev/nullb{(nb / 'index').read_text().strip()}")
+    (ns / "device_path").write_text(str(dev))
     (ns / "enable").write_text("1")
     port = ko.NVMET / "ports" / "77"
     port.mkdir()

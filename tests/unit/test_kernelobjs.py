@@ -108,8 +108,24 @@ def test_policy_refused(raw: str) -> None:
 
 
 def _cm(dev: str, src: str, dst: str, dport: int, state: str = "CONNECT") -> dict:
-    return {"ifname": dev, "state": state, "src-addr": src, "src-port": 40000,
-            "dst-addr": dst, "dst-port": dport, "comm": "[nvme_rdma]"}
+    return {"ifname": dev, "state": state, "src-addr": f"{src}:40000",
+            "dst-addr": f"{dst}:{dport}", "comm": "nvme_rdma"}
+
+
+def test_parse_recorded_cm_ids(data_dir: Path) -> None:
+    """`rdma -j res show cm_id` in the guest with one nvme-rdma controller connected."""
+    import json
+
+    ids = parse_cm_ids(json.loads((data_dir / "rdma_cm_id_nvme.json").read_text()))
+    host = [c for c in ids if c.comm == "nvme_rdma"]
+    assert len(host) == 3 and {c.dev for c in host} == {"rxe0"}
+    assert {(c.src, c.dst, c.dst_port) for c in host} == {("198.18.0.1", "198.18.0.2", 4420)}
+    listen = [c for c in ids if c.state == "LISTEN"]
+    assert [(c.dev, c.src, c.src_port) for c in listen] == [("rxe1", "198.18.0.2", 4420)]
+    samples = [CmSample(1, tuple(ids))]
+    conns = connections(samples, 4420, 10, 20)
+    assert [(c.phase, c.dev, c.src) for c in conns] == [("before", "rxe0", "198.18.0.1")]
+    assert off_wire(conns, TopologyConfig()) == []
 
 
 def test_connections_and_off_wire() -> None:
