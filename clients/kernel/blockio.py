@@ -63,6 +63,7 @@ class BlockDriver:
         self._paused = False
         self._stopping = False
         self._acked: int | None = None  # newest acknowledged write's seq
+        self._limit = spec.count  # stop() lowers it to what was issued
         self._fd = self._open(device)
         self._t0 = 0.0
         self._threads = [threading.Thread(target=self._worker, name=f"blockio-{i}",
@@ -85,7 +86,7 @@ class BlockDriver:
         s = self.spec
         with self._lock:
             while True:
-                if self._stopping or self._next >= s.count:
+                if self._stopping or self._next >= self._limit:
                     return None
                 due = self._t0 + self._next / s.rate_per_s if s.rate_per_s else 0.0
                 wait = due - time.monotonic()
@@ -158,6 +159,12 @@ class BlockDriver:
             self._lock.notify_all()
         os.close(old)
 
+    def stop(self) -> None:
+        """Issue nothing more (the I/O in flight goes on; finish() collects it)."""
+        with self._lock:
+            self._limit = self._next
+            self._lock.notify_all()
+
     @property
     def issued(self) -> int:
         with self._lock:
@@ -176,7 +183,7 @@ class BlockDriver:
             self._paused = False
             self._lock.notify_all()
             # every I/O issued (a thread stuck in the kernel holds only its own I/O back)
-            while self._next < s.count and time.monotonic() < end:
+            while self._next < self._limit and time.monotonic() < end:
                 self._lock.wait(FINISH_POLL_S)
             self._stopping = True
             self._lock.notify_all()

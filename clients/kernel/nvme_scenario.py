@@ -32,6 +32,7 @@ from harness.workload.block_ledger import (
     Window,
     check_block,
     latest_write_per_block,
+    outcome,
     summarize,
 )
 from power import kmsg
@@ -40,7 +41,8 @@ from power.plan import OnVeto, Ordering, StepKind
 from power.result import TransitionRequest
 
 PROGRESS_TIMEOUT_S = 60.0  # the workload reaches its transition point
-RECOVER_TIMEOUT_S = 30.0  # after resume: the controller LIVE again (if it survived)
+SETTLE_TIMEOUT_S = 20.0  # after the transition: our controller LIVE again, or gone
+AFTER_SETTLE_S = 1.5  # I/O goes on this long once the controller settled (then stops)
 QUIESCE_TIMEOUT_S = 30.0  # clients-first: pause, sync, disconnect within this
 HUNG_TASK_TIMEOUT_S = 10  # the guest's hung_task_timeout_secs during the scenario
 HUNG_TASK = "kernel.hung_task_timeout_secs"
@@ -54,8 +56,8 @@ class NvmeScenario:
     ordering: Ordering
     policy: str = "nvme-rdma:fast-fail"
     hold_ms: int | None = None
-    driver: DriverSpec = field(default_factory=DriverSpec)
-    at_fraction: float = 0.3  # the transition starts once this share of I/O is issued
+    driver: DriverSpec = field(default_factory=lambda: DriverSpec(count=800))  # count: a cap
+    start_after_ios: int = 60  # the transition starts once this many I/Os were issued
     guard: bool = True  # the prohibit route against the loopback fall-through
     size_mib: int = 64
 
@@ -78,6 +80,7 @@ class NvmeResult:
     findings: list[str]
     status: str  # clean / bad / broken
     client_events: list[dict]
+    settled: dict = field(default_factory=dict)  # the controller after the transition
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -136,6 +139,27 @@ def _wait_issued(drv: BlockDriver, n: int) -> None:
         time.sleep(POLL_S)
 
 
+def _settle(host: NvmeHost, first: str | None, ordering: Ordering) -> dict:
+    """Wait (bounded) until our controller is LIVE again or gone; the I/O goes on."""
+    t0 = time.monotonic_ns()
+    end = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        ctrl = host.find()
+        state = ctrl.state if ctrl else "absent"
+        if state in ("live", "absent") or time.monotonic() > end:
+            return {"state": state, "ctrl": ctrl.name if ctrl else None,
+                    "waited_ms": round((time.monotonic_ns() - t0) / 1e6, 1),
+                    "timed_out": state not in ("live", "absent")}
+        time.sleep(POLL_S)
+
+
+def _run_on(drv: BlockDriver, seconds: float) -> None:
+    """Let the workload run on for `seconds` (it is paced: this is its duration)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(POLL_S)
+
+
 def _window(tr: dict) -> Window | None:
     steps = [s for s in tr.get("steps", []) if s["outcome"] != "skipped"]
     down = [s["begin_ns"] for s in steps if s["step"] in {k.value for k in DOWN_STEPS}]
@@ -158,8 +182,8 @@ def _detect_recover(samples: list, ctrl: str | None, win: Window | None, back_ns
         return None, None
     detect = next(((s.t_ns - win.start_ns) / 1e6 for s in samples
                    if s.ctrl == ctrl and s.t_ns >= win.start_ns and s.state != "live"), None)
-    oks = [r.done_ns for r in records if r.done_ns and r.errno is None
-           and back_ns is not None and r.done_ns >= back_ns]
+    oks = [r.done_ns for r in records if r.done_ns and back_ns is not None
+           and r.done_ns >= back_ns and outcome(r, win) is not IoOutcome.FAILED_TO_APP]
     recover = (min(oks) - back_ns) / 1e6 if oks and back_ns is not None else None
     return detect, recover
 
@@ -193,7 +217,7 @@ def run_nvme(shim: object, cfg: TopologyConfig, sc: NvmeScenario,
             marker = kmsg.write_marker(f"nvme-rdma {sc.transition} {sc.ordering}", tail=tail)
             drv = BlockDriver(host.block_device, sc.driver)
             drv.start()
-            _wait_issued(drv, int(sc.driver.count * sc.at_fraction))
+            _wait_issued(drv, min(sc.start_after_ios, sc.driver.count))
             if sc.ordering is Ordering.CLIENTS_FIRST:
                 pm = _PmClient(host, drv, events)
                 shim.notifier.register(pm)
@@ -203,6 +227,9 @@ def run_nvme(shim: object, cfg: TopologyConfig, sc: NvmeScenario,
             if pm is not None:
                 shim.notifier.unregister(pm)
             win = _window(tres)
+            settled = _settle(host, first_ctrl, sc.ordering)
+            _run_on(drv, AFTER_SETTLE_S)
+            drv.stop()
             records = drv.finish()
             scan = kmsg.scan_after(marker, tail=tail)
         ctrl_now = host.find()
@@ -217,28 +244,36 @@ def run_nvme(shim: object, cfg: TopologyConfig, sc: NvmeScenario,
                                     rec.generation, b) for b, rec in acked.items()}
         # the driver writes each block once, so every acknowledged write has its block
         ledger = summarize(records, tgt, win, sc.driver.block_size)
+        back = _back_ns(tres)
+        settled["ctrl_live_after_back_ms"] = next(
+            ((x.t_ns - back) / 1e6 for x in ctrl_s.samples
+             if back and x.ctrl == first_ctrl and x.state == "live" and x.t_ns >= back), None)
         detect, recover = _detect_recover(ctrl_s.samples, first_ctrl, win,
                                           _back_ns(tres), records)
         conns = route_guard.connections(cm_s.samples, target.cfg.trsvcid,
                                         win.start_ns if win else 0,
                                         win.end_ns if win else 0)
         bad_conns = route_guard.off_wire(conns, cfg)
-        findings, status = _judge(ledger, bad_conns, scan, tres)
+        findings, status = _judge(ledger, conns, bad_conns, scan, tres)
         return NvmeResult(
             asdict(sc) | {"ordering": sc.ordering.value}, opts.to_json(), tres, ledger,
             [r.to_json() for r in records], [asdict(s) for s in ctrl_s.samples],
             [c.to_json() for c in conns], [c.to_json() for c in bad_conns], survived,
-            after, detect, recover, scan.to_json(), findings, status, events)
+            after, detect, recover, scan.to_json(), findings, status, events, settled)
     finally:
         if pm is not None:
             shim.notifier.unregister(pm)
         _teardown(state, target, host, drv, guard)
 
 
-def _judge(ledger: LedgerSummary, bad_conns: list, scan: kmsg.KmsgScan,
+def _judge(ledger: LedgerSummary, conns: list, bad_conns: list, scan: kmsg.KmsgScan,
            tres: dict) -> tuple[list[str], str]:
     findings = []
     broken = False
+    if not any(c.phase == "before" for c in conns):
+        findings.append("no connection of the client seen in `rdma res show cm_id` before "
+                        "the transition: which device it used cannot be shown")
+        broken = True
     if ledger.unaccounted:
         findings.append(f"{len(ledger.unaccounted)} I/O unaccounted: seqs "
                         f"{ledger.unaccounted[:10]}")
