@@ -160,7 +160,7 @@ def _run_on(drv: BlockDriver, seconds: float) -> None:
         time.sleep(POLL_S)
 
 
-def _window(tr: dict) -> Window | None:
+def window_of(tr: dict) -> Window | None:
     steps = [s for s in tr.get("steps", []) if s["outcome"] != "skipped"]
     down = [s["begin_ns"] for s in steps if s["step"] in {k.value for k in DOWN_STEPS}]
     if not down:
@@ -226,7 +226,7 @@ def run_nvme(shim: object, cfg: TopologyConfig, sc: NvmeScenario,
             tres = shim.run(req).to_json()
             if pm is not None:
                 shim.notifier.unregister(pm)
-            win = _window(tres)
+            win = window_of(tres)
             settled = _settle(host, first_ctrl, sc.ordering)
             _run_on(drv, AFTER_SETTLE_S)
             drv.stop()
