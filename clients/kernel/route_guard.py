@@ -152,7 +152,7 @@ def connections(samples: list[CmSample], service_port: int, start_ns: int,
     for s in samples:
         phase = "before" if s.t_ns < start_ns else "during" if s.t_ns <= end_ns else "after"
         for c in s.ids:
-            if c.dst_port == service_port and c.state != "LISTEN":
+            if c.dst_port == service_port and c.state != "LISTEN" and c.dev:
                 seen.setdefault((phase, c.dev, c.src, c.dst), []).append(s.t_ns)
     return [Connection(k[0], k[1], k[2], k[3], min(v), len(v)) for k, v in sorted(
         seen.items(), key=lambda kv: min(kv[1]))]
