@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transition", default="standby")
     ap.add_argument("--ordering", default="hca-first", help="comma list")
     ap.add_argument("--policy", default="nvme-rdma:fast-fail", help="comma list")
-    ap.add_argument("--count", type=int, default=300)
+    ap.add_argument("--count", type=int, default=800, help="a cap: the I/O stops once the "
+                    "controller settled after the transition")
     ap.add_argument("--rate", type=float, default=40.0)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--hold-ms", type=int, default=None)
