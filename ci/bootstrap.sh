@@ -15,7 +15,8 @@ if [ "$(id -u)" != 0 ]; then
   exit 2
 fi
 pkgs=(rdma-core ibverbs-providers ibverbs-utils rdmacm-utils python3-pyverbs iproute2
-      perftest kmod python3-venv python3-pip gcc libibverbs-dev)
+      perftest kmod python3-venv python3-pip gcc libibverbs-dev  # gcc, headers: the tracer
+      nvme-cli fio)  # kernel clients: nvme-rdma host tools, I/O benchmark
 # Python 3.11 or newer: the system python3 (the one python3-pyverbs is built for) makes .venv
 if ! /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   echo "bootstrap.sh: error: /usr/bin/python3 is $(/usr/bin/python3 -V 2>&1), rxe-power needs 3.11+" \

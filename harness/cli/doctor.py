@@ -341,6 +341,17 @@ def check_mode(native_ok: bool, native_why: str, vm_ok: bool, vm_why: str,
 # --- all of them ------------------------------------------------------------------------
 
 
+def check_kernel_clients(modules_dir: Path | None) -> Finding:
+    """nvme-rdma, nvmet-rdma, null_blk in the kernel the run uses; nvme-cli, fio."""
+    from clients.kernel.requirements import missing
+
+    gaps = missing(modules_dir)
+    if not gaps:
+        return ok("kernel clients", f"nvme-rdma, nvmet-rdma, null_blk in {modules_dir}")
+    return warn("kernel clients", "; ".join(w for w, _ in gaps),
+                "; ".join(dict.fromkeys(f for _, f in gaps)))
+
+
 def run_checks(probe_kvm: bool = False, mode: str | None = None) -> list[Finding]:
     native = check_native()
     native_ok = native.status is Status.OK
@@ -359,6 +370,8 @@ def run_checks(probe_kvm: bool = False, mode: str | None = None) -> list[Finding
     return [check_root(), native, *vm_fs, check_rdma(native_ok), check_pyverbs(),
             *(check_package(d, Status(s), u) for d, s, u in PACKAGES),
             check_topology(native_ok, os.geteuid() == 0), check_state_file(),
+            check_kernel_clients(Path("/lib/modules", os.uname().release) if native_ok
+                                 else kernel.modules_dir if kernel else None),
             check_mode(native_ok, native.detail, not failed, vm_why, mode)]
 
 

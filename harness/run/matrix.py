@@ -29,6 +29,8 @@ from typing import Any
 
 from clients import policy_class
 from harness.core.errors import RxePowerError, SettingError
+from harness.run.kernel_rows import is_kernel_policy, kernel_rows, run_kernel
+from harness.run.kernel_rows import validate as validate_kernel_policy
 from harness.run.outside import OutsideSpec, outside_rows, run_outside
 from harness.run.records import ScenarioKey
 from harness.run.resultsfile import RecordKind
@@ -98,7 +100,10 @@ class MatrixSpec:
             raise SettingError("--server-cmd without --client-cmd",
                                "give the client program too (--client-cmd)")
         for p in () if self.client_cmd else self.policies:
-            policy_class(p)
+            if is_kernel_policy(p):
+                validate_kernel_policy(p)
+            else:
+                policy_class(p)
         for m in self.mixes:
             if m not in OP_MIXES:
                 raise SettingError(f"unknown operation mix {m!r}",
@@ -125,8 +130,9 @@ class MatrixSpec:
             offered = tuple(get_transition(t).steps)
             for o in (o for o in offered if not self.orderings or o in self.orderings):
                 for mix in self.mixes:
-                    groups = [tuple(self.policies)] if self.together else \
-                        [(p,) for p in self.policies]
+                    user = tuple(p for p in self.policies if not is_kernel_policy(p))
+                    groups = [(p,) for p in self.policies if is_kernel_policy(p)] + (
+                        ([user] if user else []) if self.together else [(p,) for p in user])
                     if self.client_cmd:
                         groups = [(OutsideSpec(self.client_cmd, self.server_cmd).label,)]
                     out += [Scenario(t, o, g, mix) for g in groups]
@@ -277,6 +283,11 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
                             rig.shim, topo, req, OutsideSpec(spec.client_cmd, spec.server_cmd),
                             rig.log_dir / f"{i:03d}")
                         new = outside_rows(body["scenario"], body["result"])
+                    elif is_kernel_policy(sc.policies[0]):  # a kernel client: its own run
+                        body["result"] = run_kernel(
+                            rig.shim, cfg, sc, spec.count, spec.rate_per_s, spec.queue_depth,
+                            spec.hold_ms)
+                        new = kernel_rows(body["scenario"], body["result"])
                     else:
                         res = run_scenario(rig.shim, rig.agent, topo.local, req,
                                            list(sc.policies), spec.workload(sc.mix),

@@ -11,9 +11,12 @@ our devices is named, not killed.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+from harness.core.errors import RxePowerError
 from harness.core.proc import Log, reap_stale
 from harness.core.state import StateFile, alive
+from harness.system import kernelobjs
 from harness.system.holders import find_holders
 from harness.topology.config import TopologyConfig
 from harness.topology.devices import pending_deletes
@@ -36,6 +39,24 @@ def wait_pending_deletes(devs: list[str], timeout_s: float = PENDING_DELETE_TIME
             for dev, pids in pending.items()]
 
 
+def remove_kernel_objects(log: Log = print,
+                          state_path: Path | None = None) -> list[str]:
+    """The kernel clients' objects (nvme controllers, nvmet items, null_blk disks, the
+    prohibit route, a lowered sysctl) whose owner is dead, newest first: before the
+    topology, whose device the controllers use. Returns the problems left."""
+    state = StateFile.load(state_path)
+    problems: list[str] = []
+    for entry in reversed(state.created):
+        if entry["kind"] not in kernelobjs.KINDS or alive(entry.get("owner")):
+            continue
+        try:
+            kernelobjs.undo(entry, log)
+            state.forget(**entry)
+        except RxePowerError as exc:
+            problems.append(f"{entry['kind']} {entry}: {exc}")
+    return problems
+
+
 def cleanup(cfg: TopologyConfig, log: Log = print) -> list[str]:
     """Everything a dead run left: its processes, blocked deletes, and the topology (if no
     live process owns it; else only the local side is put back whole)."""
@@ -44,6 +65,7 @@ def cleanup(cfg: TopologyConfig, log: Log = print) -> list[str]:
     state = StateFile.load()
     devs = [e["name"] for e in state.created if e["kind"] == "rdma_link"]
     problems += wait_pending_deletes(devs)
+    problems += remove_kernel_objects(log)
     if problems:
         return problems
     owners = {e["owner"]["pid"] for e in StateFile.load().created if alive(e.get("owner"))}

@@ -14,6 +14,7 @@ from pathlib import Path
 from harness.core.errors import NoRxe, NotOurs, RxePowerError, TopologyError
 from harness.core.proc import Log, reap_stale
 from harness.core.state import STATE_PATH, Entry, StateFile, alive
+from harness.system import kernelobjs
 from harness.system.inventory import ip_addrs, ip_links, ip_routes, ip_rules, rdma_links
 from harness.system.rxe_module import load_rxe_module
 from harness.topology.config import (
@@ -271,6 +272,8 @@ def _undo(entry: Entry, log: Log) -> None:
         if any(n.ifname == entry["name"] for n in ip_links()):
             ip("link", "del", entry["name"])
             log(f"deleted {entry['name']}" + (f" <-> {entry['peer']}" if entry["peer"] else ""))
+    elif kind in kernelobjs.KINDS:  # the kernel clients' objects (nvmet, nvme, null_blk)
+        kernelobjs.undo(entry, log)
     else:
         raise TopologyError(f"unknown entry kind {kind!r} in the state file",
                             "the state file was written by a newer rxe-power; use that to clean")

@@ -1,0 +1,322 @@
+"""One nvme-rdma scenario: target on the peer, controller from the local address, block
+I/O with a ledger, one transition through the shim, then the target's store read on the
+peer side and every acknowledged write checked.
+
+    res = run_nvme(shim, cfg, NvmeScenario("standby", Ordering.HCA_FIRST, "nvme-rdma:fast-fail"))
+    res.ledger.invariant_ok, res.status, res.findings
+
+clients-first (what a PM-aware system does on the notice): stop submitting, wait for the
+in-flight I/O, sync, disconnect the controller, answer released; after resume reconnect
+and go on on the (possibly renamed) block device. hca-first: nothing is done before the
+device goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clients.kernel import route_guard
+from clients.kernel.blockio import BlockDriver, DriverSpec
+from clients.kernel.nvme_host import CtrlSampler, HostConfig, NvmeHost, parse_policy
+from clients.kernel.nvmet_target import NvmetTarget, TargetConfig
+from harness.core.device import DeviceInfo
+from harness.core.errors import BoundExceeded, RxePowerError
+from harness.core.state import StateFile
+from harness.topology.config import TopologyConfig
+from harness.workload.block_ledger import (
+    IoOutcome,
+    LedgerSummary,
+    Window,
+    check_block,
+    latest_write_per_block,
+    outcome,
+    summarize,
+)
+from power import kmsg
+from power.notify import SuspendReply
+from power.plan import OnVeto, Ordering, StepKind
+from power.result import TransitionRequest
+from power.shim import Shim
+
+PROGRESS_TIMEOUT_S = 60.0  # the workload reaches its transition point
+SETTLE_TIMEOUT_S = 20.0  # after the transition: our controller LIVE again, or gone
+AFTER_SETTLE_S = 1.5  # I/O goes on this long once the controller settled (then stops)
+QUIESCE_TIMEOUT_S = 30.0  # clients-first: pause, sync, disconnect within this
+HUNG_TASK_TIMEOUT_S = 10  # the guest's hung_task_timeout_secs during the scenario
+HUNG_TASK = "kernel.hung_task_timeout_secs"
+POLL_S = 0.05
+DOWN_STEPS = (StepKind.PORT_DOWN, StepKind.DELETE_DEVICE)
+
+
+@dataclass(frozen=True)
+class NvmeScenario:
+    transition: str
+    ordering: Ordering
+    policy: str = "nvme-rdma:fast-fail"
+    hold_ms: int | None = None
+    driver: DriverSpec = field(default_factory=lambda: DriverSpec(count=800))  # count: a cap
+    start_after_ios: int = 60  # the transition starts once this many I/Os were issued
+    guard: bool = True  # the prohibit route against the loopback fall-through
+    size_mib: int = 64
+
+
+@dataclass
+class NvmeResult:
+    scenario: dict[str, Any]
+    options: dict[str, Any]
+    transition: dict[str, Any]
+    ledger: LedgerSummary
+    records: list[dict[str, Any]]
+    ctrl_states: list[dict[str, Any]]
+    connections: list[dict[str, Any]]
+    off_wire: list[dict[str, Any]]
+    survived: bool  # the controller we connected is LIVE at the end (same name, no reconnect)
+    block_device_after: str
+    detect_ms: float | None
+    recover_ms: float | None
+    kernel: dict[str, Any]
+    findings: list[str]
+    status: str  # clean / bad / broken
+    client_events: list[dict[str, Any]]
+    settled: dict[str, Any] = field(default_factory=dict)  # the controller after the transition
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ledger"] = self.ledger.to_json()
+        return d
+
+
+class _PmClient:
+    """clients-first for a kernel client: quiesce and disconnect on the notice."""
+
+    name = "nvme-rdma"
+
+    def __init__(self, host: NvmeHost, drv: BlockDriver, events: list[dict[str, Any]]) -> None:
+        self.host, self.drv, self.events = host, drv, events
+
+    def _note(self, what: str, **kw: object) -> None:
+        self.events.append({"t_ns": time.monotonic_ns(), "event": what, **kw})
+
+    def suspend_prepare(self, transition: str, deadline_s: float) -> SuspendReply | None:
+        left = self.drv.pause(timeout_s=max(0.1, deadline_s / 2))
+        self._note("paused", in_flight=left)
+        if left:
+            return SuspendReply.veto(f"{len(left)} I/O still in flight")
+        os.sync()
+        self.host.disconnect(forget=False)
+        self._note("disconnected")
+        return SuspendReply.release()
+
+    def resume_complete(self, transition: str, device: DeviceInfo) -> None:
+        took = self.host.connect()
+        self._note("reconnected", s=round(took, 3), block=str(self.host.block_device))
+        assert self.host.block_device is not None
+        self.drv.resume(self.host.block_device)
+
+
+def _set_sysctl(state: StateFile, key: str, value: int) -> None:
+    path = Path("/proc/sys") / key.replace(".", "/")
+    old = path.read_text().strip()
+    state.record("sysctl", key=key, old=old)
+    path.write_text(str(value))
+
+
+def _restore_sysctl(state: StateFile, key: str) -> None:
+    for e in state.created:
+        if e["kind"] == "sysctl" and e["key"] == key:
+            (Path("/proc/sys") / key.replace(".", "/")).write_text(e["old"])
+            state.forget(**e)
+
+
+def _wait_issued(drv: BlockDriver, n: int) -> None:
+    end = time.monotonic() + PROGRESS_TIMEOUT_S
+    while drv.issued < n:
+        if time.monotonic() > end:
+            raise BoundExceeded("I/O progress before the transition", "PROGRESS_TIMEOUT_S",
+                                PROGRESS_TIMEOUT_S, f"{drv.issued} of {n} I/Os issued")
+        time.sleep(POLL_S)
+
+
+def _settle(host: NvmeHost, first: str | None, ordering: Ordering) -> dict[str, Any]:
+    """Wait (bounded) until our controller is LIVE again or gone; the I/O goes on."""
+    t0 = time.monotonic_ns()
+    end = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        ctrl = host.find()
+        state = ctrl.state if ctrl else "absent"
+        if state in ("live", "absent") or time.monotonic() > end:
+            return {"state": state, "ctrl": ctrl.name if ctrl else None,
+                    "waited_ms": round((time.monotonic_ns() - t0) / 1e6, 1),
+                    "timed_out": state not in ("live", "absent")}
+        time.sleep(POLL_S)
+
+
+def _run_on(drv: BlockDriver, seconds: float) -> None:
+    """Let the workload run on for `seconds` (it is paced: this is its duration)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(POLL_S)
+
+
+def window_of(tr: dict[str, Any]) -> Window | None:
+    steps = [s for s in tr.get("steps", []) if s["outcome"] != "skipped"]
+    down = [s["begin_ns"] for s in steps if s["step"] in {k.value for k in DOWN_STEPS}]
+    if not down:
+        return None
+    return Window(min(down), max(s["end_ns"] for s in steps))
+
+
+def _back_ns(tr: dict[str, Any]) -> int | None:
+    """When the device was back: the end of port-up (or of create-device)."""
+    ends = {s["step"]: s["end_ns"] for s in tr.get("steps", []) if s["outcome"] == "ok"}
+    return ends.get(StepKind.PORT_UP.value) or ends.get(StepKind.CREATE_DEVICE.value)
+
+
+def _detect_recover(samples: list[Any], ctrl: str | None, win: Window | None, back_ns: int | None,
+                    records: list[Any]) -> tuple[float | None, float | None]:
+    """detect: the device went -> our controller left LIVE; recover: the device was back
+    -> the first I/O completed ok after that."""
+    if win is None:
+        return None, None
+    detect = next(((s.t_ns - win.start_ns) / 1e6 for s in samples
+                   if s.ctrl == ctrl and s.t_ns >= win.start_ns and s.state != "live"), None)
+    oks = [r.done_ns for r in records if r.done_ns and back_ns is not None
+           and r.done_ns >= back_ns and outcome(r, win) is not IoOutcome.FAILED_TO_APP]
+    recover = (min(oks) - back_ns) / 1e6 if oks and back_ns is not None else None
+    return detect, recover
+
+
+def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
+             state: StateFile | None = None) -> NvmeResult:
+    state = state or StateFile.load()
+    opts = parse_policy(sc.policy)
+    target = NvmetTarget(TargetConfig(addr=cfg.peer_addr, size_mib=sc.size_mib), state)
+    blocks = sc.size_mib * 1024 * 1024 // sc.driver.block_size
+    if sc.driver.count > blocks:
+        raise RxePowerError(f"{sc.driver.count} I/Os do not fit {blocks} blocks",
+                            "raise the size or lower the count")
+    guard = None
+    host = None
+    drv = None
+    events: list[dict[str, Any]] = []
+    pm = None
+    try:
+        target.setup()
+        if sc.guard:
+            guard = route_guard.install(cfg, state)
+        _set_sysctl(state, HUNG_TASK, HUNG_TASK_TIMEOUT_S)
+        host = NvmeHost(HostConfig(target.cfg.nqn, cfg.peer_addr, target.cfg.trsvcid,
+                                   cfg.local_addr, opts), state)
+        host.connect()
+        first_ctrl = host.ctrl
+        assert host.block_device is not None
+        with kmsg.Tail() as tail, CtrlSampler() as ctrl_s, \
+                route_guard.CmSampler() as cm_s:
+            marker = kmsg.write_marker(f"nvme-rdma {sc.transition} {sc.ordering}", tail=tail)
+            drv = BlockDriver(host.block_device, sc.driver)
+            drv.start()
+            _wait_issued(drv, min(sc.start_after_ios, sc.driver.count))
+            if sc.ordering is Ordering.CLIENTS_FIRST:
+                pm = _PmClient(host, drv, events)
+                shim.notifier.register(pm)
+            req = TransitionRequest(sc.transition, sc.ordering, sc.hold_ms, OnVeto.FORCE,
+                                    quiesce_timeout_s=QUIESCE_TIMEOUT_S)
+            tres = shim.run(req).to_json()
+            if pm is not None:
+                shim.notifier.unregister(pm)
+            win = window_of(tres)
+            settled = _settle(host, first_ctrl, sc.ordering)
+            _run_on(drv, AFTER_SETTLE_S)
+            drv.stop()
+            records = drv.finish()
+            scan = kmsg.scan_after(marker, tail=tail)
+        ctrl_now = host.find()
+        # survived: the controller we connected first is still there and LIVE (clients-first
+        # disconnects it on purpose, so there it is the reconnected one that must be LIVE)
+        survived = bool(ctrl_now and ctrl_now.state == "live" and (
+            ctrl_now.name == first_ctrl or sc.ordering is Ordering.CLIENTS_FIRST))
+        after = str(host.block_device) if ctrl_now else ""
+        # the target's store, read on the peer side
+        acked = latest_write_per_block(records, win, sc.driver.block_size)
+        tgt = {rec.seq: check_block(target.read_block(b, sc.driver.block_size), rec.seq,
+                                    rec.generation, b) for b, rec in acked.items()}
+        # the driver writes each block once, so every acknowledged write has its block
+        ledger = summarize(records, tgt, win, sc.driver.block_size)
+        back = _back_ns(tres)
+        settled["ctrl_live_after_back_ms"] = next(
+            ((x.t_ns - back) / 1e6 for x in ctrl_s.samples
+             if back and x.ctrl == first_ctrl and x.state == "live" and x.t_ns >= back), None)
+        detect, recover = _detect_recover(ctrl_s.samples, first_ctrl, win,
+                                          _back_ns(tres), records)
+        conns = route_guard.connections(cm_s.samples, target.cfg.trsvcid,
+                                        win.start_ns if win else 0,
+                                        win.end_ns if win else 0)
+        bad_conns = route_guard.off_wire(conns, cfg)
+        findings, status = _judge(ledger, conns, bad_conns, scan, tres)
+        return NvmeResult(
+            asdict(sc) | {"ordering": sc.ordering.value}, opts.to_json(), tres, ledger,
+            [r.to_json() for r in records], [asdict(s) for s in ctrl_s.samples],
+            [c.to_json() for c in conns], [c.to_json() for c in bad_conns], survived,
+            after, detect, recover, scan.to_json(), findings, status, events, settled)
+    finally:
+        if pm is not None:
+            shim.notifier.unregister(pm)
+        _teardown(state, target, host, drv, guard)
+
+
+def _judge(ledger: LedgerSummary, conns: list[Any], bad_conns: list[Any], scan: kmsg.KmsgScan,
+           tres: dict[str, Any]) -> tuple[list[str], str]:
+    findings = []
+    broken = False
+    if not any(c.phase == "before" for c in conns):
+        findings.append("no connection of the client seen in `rdma res show cm_id` before "
+                        "the transition: which device it used cannot be shown")
+        broken = True
+    if ledger.unaccounted:
+        findings.append(f"{len(ledger.unaccounted)} I/O unaccounted: seqs "
+                        f"{ledger.unaccounted[:10]}")
+        broken = True
+    for c in bad_conns:
+        findings.append(f"connection {c.src}->{c.dst} on {c.dev} ({c.phase}) did not cross "
+                        "the wire (loopback on one kernel): the row cannot be trusted")
+        broken = True
+    if tres.get("verdict") == "failed" and not scan.hits:
+        findings.append("transition failed: " + "; ".join(tres.get("reasons", [])))
+        broken = True
+    if ledger.lost_seqs:
+        findings.append(f"{len(ledger.lost_seqs)} acknowledged write(s) lost on the target")
+    if ledger.corrupted_seqs:
+        findings.append(f"{len(ledger.corrupted_seqs)} acknowledged write(s) corrupted")
+    if ledger.reads_bad:
+        findings.append(f"{ledger.reads_bad} read(s) returned other data than written")
+    if ledger.count(IoOutcome.STUCK):
+        findings.append(f"{ledger.count(IoOutcome.STUCK)} I/O stuck")
+    findings += [f"kernel log: {h.pattern}: {h.record.message}" for h in scan.hits]
+    bad = bool(ledger.lost_seqs or ledger.corrupted_seqs or ledger.reads_bad
+               or ledger.count(IoOutcome.STUCK) or scan.hits)
+    return findings, "broken" if broken else "bad" if bad else "clean"
+
+
+def _teardown(state: StateFile, target: NvmetTarget, host: NvmeHost | None,
+              drv: BlockDriver | None, guard: dict[str, Any] | None) -> None:
+    problems = []
+    if host is not None:
+        try:
+            host.disconnect()  # fails any I/O still queued: a stuck thread returns
+        except RxePowerError as exc:
+            problems.append(str(exc))
+    if drv is not None:
+        with contextlib.suppress(OSError):
+            drv.close()
+    problems += target.teardown()
+    if guard is not None:
+        route_guard.remove(guard, state)
+    _restore_sysctl(state, HUNG_TASK)
+    if problems:
+        raise RxePowerError("nvme-rdma teardown left: " + "; ".join(problems),
+                            "run `rxe-power cleanup`")

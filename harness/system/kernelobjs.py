@@ -1,0 +1,239 @@
+"""Kernel objects of the kernel clients (nvmet configfs items, null_blk disks, nvme
+controllers, a prohibit route): their names, where they live, and how to remove one.
+
+Every object is written to the state file (harness/state.py) before it is made, as one
+entry of a kind below; teardown and `rxe-power cleanup` call `undo(entry)` newest first.
+Entries come from a file root may have been handed, so every field is validated before
+it becomes part of a path or a command: an entry that fails validation is refused, and
+nothing is touched for it.
+
+    kind            fields                                   removal
+    configfs_mount  path                                     umount (only if empty of ours)
+    nullb           name                                     power=0, rmdir the configfs item
+    nvmet_subsys    nqn                                      rmdir subsystems/NQN
+    nvmet_ns        nqn, nsid                                enable=0, rmdir namespaces/NSID
+    nvmet_port      port                                     rmdir ports/PORT
+    nvmet_link      port, nqn                                unlink ports/PORT/subsystems/NQN
+    nvme_ctrl       nqn, traddr, trsvcid, host_traddr        delete_controller of the one
+                                                             controller matching all four
+    route_prohibit  dst, table, metric                       ip route del prohibit ...
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.core.errors import BoundExceeded, NotOurs, OsCallError, TopologyError
+
+CONFIGFS = Path("/sys/kernel/config")
+NVMET = CONFIGFS / "nvmet"
+NULLB = CONFIGFS / "nullb"
+SYS_NVME = Path("/sys/class/nvme")
+NVME_DELETE_TIMEOUT_S = 30.0  # delete_controller of a controller that may be reconnecting
+UMOUNT_TIMEOUT_S = 10.0
+
+KINDS = ("configfs_mount", "nullb", "nvmet_subsys", "nvmet_ns", "nvmet_port", "nvmet_link",
+         "nvme_ctrl", "route_prohibit")
+OUR_PREFIX = "rxpw"  # every null_blk name and subsystem NQN we make carries it
+_NQN_RE = re.compile(r"nqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.-]+:" + OUR_PREFIX + r"[a-z0-9._-]{1,64}")
+_NULLB_RE = re.compile(OUR_PREFIX + r"[a-z0-9_]{1,24}")
+_CTRL_RE = re.compile(r"nvme[0-9]{1,5}")
+
+
+def valid_nqn(nqn: object) -> str:
+    if not isinstance(nqn, str) or not _NQN_RE.fullmatch(nqn):
+        raise NotOurs(f"{nqn!r} is not an NQN rxe-power makes (nqn.YYYY-MM.domain:"
+                      f"{OUR_PREFIX}...)", "remove that entry from the state file by hand")
+    return nqn
+
+
+def valid_nullb(name: object) -> str:
+    if not isinstance(name, str) or not _NULLB_RE.fullmatch(name):
+        raise NotOurs(f"{name!r} is not a null_blk name rxe-power makes ({OUR_PREFIX}...)",
+                      "remove that entry from the state file by hand")
+    return name
+
+
+def valid_int(value: object, lo: int, hi: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise NotOurs(f"{what} {value!r} is not an integer in {lo}..{hi}",
+                      "remove that entry from the state file by hand")
+    return value
+
+
+def valid_addr(value: object, what: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(str(value)))
+    except ValueError:
+        raise NotOurs(f"{what} {value!r} is not an IPv4 address",
+                      "remove that entry from the state file by hand") from None
+
+
+def valid_ctrl(name: object) -> str:
+    if not isinstance(name, str) or not _CTRL_RE.fullmatch(name):
+        raise NotOurs(f"{name!r} is not an nvme controller name (nvmeN)",
+                      "check /sys/class/nvme")
+    return name
+
+
+# --- nvme controllers (host side) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NvmeCtrl:
+    """One nvme controller as /sys/class/nvme/NAME shows it."""
+
+    name: str
+    state: str
+    transport: str
+    subsysnqn: str
+    address: dict[str, str]  # traddr, trsvcid, host_traddr... (parsed, not displayed)
+
+    def matches(self, nqn: str, traddr: str, trsvcid: str, host_traddr: str) -> bool:
+        return (self.transport == "rdma" and self.subsysnqn == nqn
+                and self.address.get("traddr") == traddr
+                and self.address.get("trsvcid") == trsvcid
+                and self.address.get("host_traddr") == host_traddr)
+
+
+def parse_address(text: str) -> dict[str, str]:
+    """`traddr=198.18.0.2,trsvcid=4420,host_traddr=198.18.0.1` -> a dict (sysfs `address`)."""
+    out: dict[str, str] = {}
+    for part in text.strip().split(","):
+        key, eq, val = part.partition("=")
+        if eq and key:
+            out[key.strip()] = val.strip()
+    return out
+
+
+def read_attr(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def nvme_ctrls(root: Path = SYS_NVME) -> list[NvmeCtrl]:
+    """Every nvme controller now (of any transport; foreign ones included)."""
+    out = []
+    try:
+        names = sorted(p.name for p in root.iterdir() if _CTRL_RE.fullmatch(p.name))
+    except OSError:
+        return []
+    for name in names:
+        d = root / name
+        out.append(NvmeCtrl(name, read_attr(d / "state"), read_attr(d / "transport"),
+                            read_attr(d / "subsysnqn"), parse_address(read_attr(d / "address"))))
+    return out
+
+
+def delete_ctrl(name: str, timeout_s: float = NVME_DELETE_TIMEOUT_S) -> None:
+    """delete_controller, bounded (the write blocks until the controller is gone)."""
+    name = valid_ctrl(name)
+    path = SYS_NVME / name / "delete_controller"
+    try:
+        proc = subprocess.run(["sh", "-c", 'echo 1 > "$1"', "sh", str(path)],
+                              capture_output=True, text=True, timeout=timeout_s,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise BoundExceeded(f"delete of nvme controller {name}", "NVME_DELETE_TIMEOUT_S",
+                            timeout_s, f"{name} state {read_attr(SYS_NVME / name / 'state')!r}"
+                            ) from None
+    if proc.returncode != 0 and (SYS_NVME / name).exists():
+        raise TopologyError(f"delete of nvme controller {name} failed: {proc.stderr.strip()}",
+                            f"run `nvme disconnect -d {name}` and read dmesg")
+
+
+# --- removal -----------------------------------------------------------------------------
+
+
+def _rmdir(path: Path, what: str) -> bool:
+    try:
+        path.rmdir()
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise OsCallError(f"rmdir {path} ({what})", exc.errno or 0,
+                          "something still uses it: remove its children first") from None
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        path.write_text(value)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise OsCallError(f"write {value!r} to {path}", exc.errno or 0,
+                          "read dmesg for the kernel's reason") from None
+
+
+def undo(entry: dict[str, Any], log: Callable[[str], None], configfs: Path = CONFIGFS,
+         sys_nvme: Path = SYS_NVME) -> None:
+    """Remove the object one state-file entry names (if it is still there)."""
+    kind = entry["kind"]
+    nvmet, nullb = configfs / "nvmet", configfs / "nullb"
+    if kind == "nvme_ctrl":
+        nqn = valid_nqn(entry["nqn"])
+        want = (nqn, valid_addr(entry["traddr"], "traddr"),
+                str(valid_int(entry["trsvcid"], 1, 65535, "trsvcid")),
+                valid_addr(entry["host_traddr"], "host_traddr"))
+        for ctrl in nvme_ctrls(sys_nvme):
+            if ctrl.matches(*want):
+                delete_ctrl(ctrl.name)
+                log(f"deleted nvme controller {ctrl.name} ({nqn})")
+    elif kind == "nvmet_link":
+        port = valid_int(entry["port"], 1, 65535, "nvmet port")
+        link = nvmet / "ports" / str(port) / "subsystems" / valid_nqn(entry["nqn"])
+        if link.is_symlink():
+            link.unlink()
+            log(f"unlinked nvmet port {port} from {entry['nqn']}")
+    elif kind == "nvmet_port":
+        port = valid_int(entry["port"], 1, 65535, "nvmet port")
+        if _rmdir(nvmet / "ports" / str(port), "nvmet port"):
+            log(f"removed nvmet port {port}")
+    elif kind == "nvmet_ns":
+        nsid = valid_int(entry["nsid"], 1, 1 << 16, "nsid")
+        ns = nvmet / "subsystems" / valid_nqn(entry["nqn"]) / "namespaces" / str(nsid)
+        if ns.is_dir():
+            _write(ns / "enable", "0")
+            _rmdir(ns, "nvmet namespace")
+            log(f"removed nvmet namespace {entry['nqn']}/{nsid}")
+    elif kind == "nvmet_subsys":
+        if _rmdir(nvmet / "subsystems" / valid_nqn(entry["nqn"]), "nvmet subsystem"):
+            log(f"removed nvmet subsystem {entry['nqn']}")
+    elif kind == "nullb":
+        item = nullb / valid_nullb(entry["name"])
+        if item.is_dir():
+            _write(item / "power", "0")
+            _rmdir(item, "null_blk device")
+            log(f"removed null_blk {entry['name']}")
+    elif kind == "configfs_mount":
+        if Path(entry["path"]) != configfs:
+            raise NotOurs(f"configfs mount entry {entry['path']!r} is not {configfs}",
+                          "remove that entry from the state file by hand")
+        if os.path.ismount(configfs):
+            res = subprocess.run(["umount", str(configfs)], capture_output=True, text=True,
+                                 timeout=UMOUNT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+            if res.returncode == 0:
+                log(f"unmounted {configfs}")
+            else:  # busy with others' items: leave it (mounting it was harmless)
+                log(f"left {configfs} mounted: {res.stderr.strip()}")
+    elif kind == "route_prohibit":
+        dst = valid_addr(entry["dst"], "route dst")
+        table = str(valid_int(entry["table"], 1, 2**31, "route table"))
+        metric = str(valid_int(entry["metric"], 1, 2**31, "route metric"))
+        res = subprocess.run(["ip", "route", "del", "prohibit", dst, "table", table,
+                              "metric", metric], capture_output=True, text=True,
+                             timeout=UMOUNT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        if res.returncode == 0:
+            log(f"removed prohibit route {dst} table {table}")
+    else:
+        raise TopologyError(f"unknown kernel-object kind {kind!r}", "use a newer rxe-power")

@@ -1,0 +1,215 @@
+"""nvme-rdma under the shim, on real rxe: an nvmet-rdma target on rxe1 (null_blk memory
+disk), a controller from rxe0's address, O_DIRECT I/O with a ledger, one transition.
+
+Every test asserts the ledger invariant (every I/O has one outcome, every acknowledged
+write is intact in the target's store read on the peer side), the outcome measured for
+that transition and ordering, that every connection crossed the wire, and that nothing
+of ours remains afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clients.kernel.blockio import DriverSpec
+from clients.kernel.nvme_scenario import NvmeResult, NvmeScenario, run_nvme
+from harness.core.state import StateFile
+from harness.system import kernelobjs as ko
+from harness.topology.cleanup import remove_kernel_objects
+from harness.workload.block_ledger import IoOutcome
+from power.plan import Ordering
+
+pytestmark = pytest.mark.rxe
+
+POLICY = "nvme-rdma:ctrl_loss_tmo=30:reconnect_delay=1:fast_io_fail_tmo=0"
+SPEC = DriverSpec(count=800, depth=4, rate_per_s=40.0)  # a cap: it stops once settled
+CHILD_READY_TIMEOUT_S = 60.0
+HERE = Path(__file__).parent
+
+
+def nothing_of_ours_left() -> None:
+    ours = [c for c in ko.nvme_ctrls() if ko.OUR_PREFIX in c.subsysnqn]
+    assert not ours, f"nvme controllers of ours left: {ours}"
+    for sub in ("nvmet/subsystems", "nullb"):
+        d = ko.CONFIGFS / sub
+        left = [p.name for p in d.iterdir() if ko.OUR_PREFIX in p.name] if d.is_dir() else []
+        assert not left, f"{d}: ours left: {left}"
+    kinds = [e["kind"] for e in StateFile.load().created if e["kind"] in ko.KINDS
+             and e["kind"] != "configfs_mount"]
+    assert not kinds, f"state file still lists {kinds}"
+
+
+def common(res: NvmeResult) -> None:
+    lg = res.ledger
+    assert not lg.unaccounted, f"unaccounted I/O: {lg.unaccounted}"
+    assert lg.invariant_ok, f"lost {lg.lost_seqs} corrupted {lg.corrupted_seqs}"
+    assert lg.acknowledged_writes > 0 and lg.target.get("intact") == lg.acknowledged_writes
+    assert lg.ios == len(res.records) and sum(lg.outcomes.values()) == lg.ios
+    assert not res.off_wire, f"connections off the wire: {res.off_wire}"
+    assert {c["dev"] for c in res.connections} == {"rxe0"}, res.connections
+    assert res.status != "broken", res.findings
+    nothing_of_ours_left()
+
+
+def test_standby_hca_first(power_shim, rxe_config) -> None:
+    res = run_nvme(power_shim.shim, rxe_config,
+                   NvmeScenario("standby", Ordering.HCA_FIRST, POLICY, driver=SPEC))
+    common(res)
+    assert res.transition["verdict"] in ("completed", "forced")
+    lg = res.ledger
+    assert lg.count(IoOutcome.STUCK) == 0, lg.stuck
+    # measured (fast_io_fail_tmo=0): the carrier drop starts error recovery at once, and
+    # the I/O issued from then on fails with EIO; nothing acknowledged is lost
+    assert res.detect_ms is not None and res.detect_ms < 1000, res.ctrl_states
+    assert lg.count(IoOutcome.FAILED_TO_APP) > 0 and set(lg.errnos) == {
+        "EIO (Input/output error)"}, lg.errnos
+
+
+def test_standby_clients_first(power_shim, rxe_config) -> None:
+    res = run_nvme(power_shim.shim, rxe_config,
+                   NvmeScenario("standby", Ordering.CLIENTS_FIRST, POLICY, driver=SPEC))
+    common(res)
+    lg = res.ledger
+    # quiesced, disconnected and reconnected: nothing fails, nothing waits
+    assert lg.count(IoOutcome.FAILED_TO_APP) == 0 and lg.count(IoOutcome.STUCK) == 0, \
+        res.ledger.errnos
+    assert res.survived
+    assert [e["event"] for e in res.client_events] == ["paused", "disconnected", "reconnected"]
+    assert res.status == "clean", res.findings
+
+
+def test_surprise_removal(power_shim, rxe_config) -> None:
+    res = run_nvme(power_shim.shim, rxe_config,
+                   NvmeScenario("surprise-removal", Ordering.HCA_FIRST, POLICY, driver=SPEC))
+    common(res)
+    lg = res.ledger
+    assert lg.count(IoOutcome.STUCK) == 0, lg.stuck
+    # measured: nvme_rdma_remove_one deletes the controller, the namespace goes; writes to
+    # the dead block device fail (EIO, then ENOSPC: size 0) and reads return 0 bytes
+    assert not res.survived and res.settled["state"] == "absent", res.ctrl_states
+    assert lg.count(IoOutcome.FAILED_TO_APP) > 0
+    assert set(lg.errnos) <= {"EIO (Input/output error)", "ENOSPC (No space left on device)",
+                              "short (0 of 4096 bytes)"}, lg.errnos
+
+
+_CHILD = """
+import sys, time
+from clients.kernel.nvme_host import HostConfig, NvmeHost, parse_policy
+from clients.kernel.nvmet_target import NvmetTarget, TargetConfig
+t = NvmetTarget(TargetConfig(tag="k"))
+t.setup()
+h = NvmeHost(HostConfig(t.cfg.nqn, "198.18.0.2", 4420, "198.18.0.1",
+                        parse_policy("nvme-rdma:fast-fail")))
+h.connect()
+print("ready", h.block_device, flush=True)
+time.sleep(600)
+"""
+
+
+FOREIGN_NQN = "nqn.2026-11.test:foreign"
+
+
+def _foreign_stack() -> tuple[list[Path], str]:
+    """A foreign null_blk, subsystem, namespace, port (4421) and a controller connected to
+    it, made by hand as another user of the machine would. Returns the configfs items
+    (to remove afterwards, newest first) and the controller's name."""
+    nb = ko.NULLB / "foreignb"
+    nb.mkdir()
+    for attr, val in (("size", "16"), ("memory_backed", "1"), ("power", "1")):
+        (nb / attr).write_text(val)
+    sub = ko.NVMET / "subsystems" / FOREIGN_NQN
+    sub.mkdir()
+    (sub / "attr_allow_any_host").write_text("1")
+    ns = sub / "namespaces" / "1"
+    ns.mkdir()
+    dev = Path("/dev", nb.name)  # named after the configfs item (else nullb<index>)
+    if not dev.exists():
+        dev = Path(f"/dev/nullb{(nb / 'index').read_text().strip()}")
+    (ns / "device_path").write_text(str(dev))
+    (ns / "enable").write_text("1")
+    port = ko.NVMET / "ports" / "77"
+    port.mkdir()
+    for attr, val in (("addr_trtype", "rdma"), ("addr_adrfam", "ipv4"),
+                      ("addr_traddr", "198.18.0.2"), ("addr_trsvcid", "4421")):
+        (port / attr).write_text(val)
+    link = port / "subsystems" / FOREIGN_NQN
+    link.symlink_to(sub)
+    fd = os.open("/dev/nvme-fabrics", os.O_RDWR)
+    try:
+        os.write(fd, f"transport=rdma,traddr=198.18.0.2,trsvcid=4421,nqn={FOREIGN_NQN},"
+                     "host_traddr=198.18.0.1".encode())
+        reply = os.read(fd, 4096).decode()
+    finally:
+        os.close(fd)
+    ctrl = "nvme" + reply.split("instance=")[1].split(",")[0].strip()
+    return [link, port, ns, sub, nb], ctrl
+
+
+def _remove_foreign(items: list[Path], ctrl: str | None) -> None:
+    if ctrl and (ko.SYS_NVME / ctrl).exists():
+        ko.delete_ctrl(ctrl)
+    for p in items:
+        if p.is_symlink():
+            p.unlink()
+        elif p.is_dir():
+            if (p / "enable").exists():
+                (p / "enable").write_text("0")
+            if (p / "power").exists():
+                (p / "power").write_text("0")
+            p.rmdir()
+
+
+def test_cleanup_after_sigkill_leaves_foreign_objects(rxe_topology) -> None:
+    """A foreign target and controller exist before; our child is SIGKILLed with its
+    target and controller up; cleanup removes exactly ours."""
+    from clients.kernel.nvmet_target import ensure_configfs, modprobe
+
+    for mod in ("nvmet", "nvmet-rdma", "nvme-rdma"):
+        modprobe(mod)
+    if not Path("/sys/module/null_blk").exists():
+        modprobe("null_blk", "nr_devices=0")
+    ensure_configfs(StateFile.load())
+    items: list[Path] = []
+    ctrl = None
+    child = None
+    try:
+        items, ctrl = _foreign_stack()
+        child = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE,
+                                 text=True, cwd=HERE.parent.parent)
+        line = _readline(child)
+        assert line.startswith("ready"), line
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+        assert [c for c in ko.nvme_ctrls() if ko.OUR_PREFIX in c.subsysnqn], \
+            "our controller should be there after the kill"
+        problems = remove_kernel_objects(log=print)
+        assert not problems
+        nothing_of_ours_left()
+        foreign = {c.name: c.state for c in ko.nvme_ctrls()}
+        assert foreign.get(ctrl) == "live", foreign
+        assert all(p.exists() or p.is_symlink() for p in items)
+    finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait(10)
+        _remove_foreign(items, ctrl)
+
+
+def _readline(child: subprocess.Popen) -> str:
+    import select
+
+    end = time.monotonic() + CHILD_READY_TIMEOUT_S
+    while time.monotonic() < end:
+        r, _, _ = select.select([child.stdout], [], [], 0.5)
+        if r:
+            return child.stdout.readline().strip()
+        if child.poll() is not None:
+            return f"child exited {child.returncode}"
+    return f"no line within CHILD_READY_TIMEOUT_S={CHILD_READY_TIMEOUT_S:g}s"
