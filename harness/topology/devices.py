@@ -121,6 +121,15 @@ def start_rdma_link_delete(dev: str) -> subprocess.Popen[str]:
     return proc
 
 
+def delete_finished(dev: str, proc: subprocess.Popen[str]) -> None:
+    """Take a finished delete (its process reaped) off the state file's record."""
+    with contextlib.suppress(PermissionError):
+        state = StateFile.load()
+        for e in state.created:
+            if e.get("kind") == "delete" and e.get("dev") == dev and e.get("pid") == proc.pid:
+                state.forget(**e)
+
+
 def pending_deletes(dev: str, state_path: Path | None = None) -> list[int]:
     """Pids of our own `rdma link delete DEV` processes still running (blocked in the
     kernel by holders): the ones the state file records whose pid and start time still
@@ -147,6 +156,7 @@ def delete_rdma_link(dev: str, timeout_s: float = RDMA_LINK_DELETE_TIMEOUT_S) ->
     proc = start_rdma_link_delete(dev)
     try:
         _, err = proc.communicate(timeout=timeout_s)
+        delete_finished(dev, proc)
     except subprocess.TimeoutExpired:
         holders = find_holders(dev, files=files)
         names = "; ".join(h.describe() for h in holders) or "no holder found in /proc"
