@@ -10,7 +10,7 @@
 #   ci/rxe-setup.sh --show          print the topology
 # Names and addresses: RXE_POWER_LOCAL_DEV/PEER_DEV/LOCAL_NETDEV/PEER_NETDEV/
 # LOCAL_ADDR/PEER_ADDR (defaults rxe0 rxe1 rxpw0 rxpw1 198.18.0.1 198.18.0.2).
-# The logic lives in harness/topology.py (standard library only); this script
+# The logic lives in harness/topology/ (standard library only); this script
 # installs packages and calls it with the system python3.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -1,6 +1,6 @@
 """Client policies: the same workload through the same I/O path (clients.core), differing
 only in what they do around a power transition. Each runs in its own worker process
-(clients.worker), steered by the controller (harness.clientrun).
+(clients.worker), steered by the controller (harness.run.scenario).
 
 A policy is named by its short name (POLICIES) or, for a policy of your own, as
 `package.module:Class` importable in the worker (the tests' leaking client is one).
@@ -28,12 +28,12 @@ def policy_class(spec: str) -> type:
         raise SettingError(f"unknown client policy {spec!r}",
                            f"use one of: {', '.join(POLICIES)}, or module:Class")
     try:
-        cls = getattr(importlib.import_module(mod_name), cls_name)
+        cls: type = getattr(importlib.import_module(mod_name), cls_name)
     except (ImportError, AttributeError) as exc:
         raise SettingError(f"client policy {spec!r} cannot be loaded: {exc}",
                            "give an importable module:Class (is it on PYTHONPATH?)") from None
     for hook in ("on_suspend", "on_resume", "on_error"):
         if not callable(getattr(cls, hook, None)):
             raise SettingError(f"client policy {spec!r} has no {hook}()",
-                               "implement the clients.core.Policy protocol")
+                               "implement the clients.connection.Policy protocol")
     return cls

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import time
 
-from clients.core import ClientCore, PeerUnreachable
-from power.notify import DeviceInfo, SuspendReply
+from clients.connection import PeerUnreachable
+from clients.core import ClientCore
+from harness.core.device import DeviceInfo
+from power.notify import SuspendReply
 
 
 class FailFast:

@@ -10,7 +10,8 @@ shim (--on-veto force) terminates it.
 from __future__ import annotations
 
 from clients.core import ClientCore
-from power.notify import DeviceInfo, SuspendReply
+from harness.core.device import DeviceInfo
+from power.notify import SuspendReply
 
 
 class Naive:

@@ -4,7 +4,8 @@
 
 It stands alone: everything it needs comes in the `start` request over the
 control socket (fd N, a socketpair end from the controller). Protocol: the
-(event, payload) JSON lines of harness.protocol with WORKER_SCHEMA:
+(event, payload) JSON lines of harness.core.protocol on the WORKER channel
+(harness.core.schemas.WORKER_REQUESTS):
 
     start    {name, policy, spec, device, agent_socket, clients_dir, journal}
              -> {generation}                 device opened, QPs connected
@@ -13,9 +14,10 @@ control socket (fd N, a socketpair end from the controller). Protocol: the
     finish   {timeout_s} -> the client's report (counts, metrics, events; the ledger's
              size in "requests") when every request has an outcome, or at the deadline
              (in flight: LOST)
-    ledger   {start, limit} -> a page of the ledger as columns (harness.ledger.Recorder.page;
-             Ledger.from_pages rebuilds it), at most `limit` requests from `start`, fewer
-             if the page would not fit one message: "stop" says where it ended
+    ledger   {start, limit} -> a page of the ledger as columns (Recorder.page of
+             harness.workload.recorder; Ledger.from_pages rebuilds it), at most `limit`
+             requests from `start`, fewer if the page would not fit one message: "stop"
+             says where it ended
     round    {spec} -> {generation}           after a finish: the next workload round on
              the same device with a fresh QP generation and ledger (rxe-power stress)
 
@@ -37,33 +39,32 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import IO, Any
 
 from clients import policy_class
+from clients.connection import Policy
+from clients.core import ClientCore
+from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError, RxePowerError
-from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader, Message, decode
-from harness.rdma.verbs import raise_fd_limit
-from harness.workload.ledger import WorkloadSpec
-from power.notify import ClientEndpoint, DeviceInfo, SuspendReply
+from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader, Message, decode, error_reply
+from harness.core.schemas import ChannelKind
+from harness.rdma.event_fds import raise_fd_limit
+from harness.workload.spec import WorkloadSpec
+from power.notify import ClientEndpoint, SuspendReply
 
-WORKER_SCHEMA: dict = {
-    "start": {"name": str, "policy": str, "spec": dict, "device": dict, "agent_socket": str,
-              "clients_dir": str, "journal": str},
-    "go": {},
-    "progress": {},
-    "finish": {"timeout_s": (int, float)},
-    "round": {"spec": dict},
-    "ledger": {"start": int, "limit": int},
-}
 TICK_S = 0.05  # longest loop turn (the removal watch); completions and due posts wake sooner
 MAX_PAGE_REQUESTS = 20_000  # ledger requests per page at most (~30 bytes each as columns)
 
 
 
-def wait_any(fds: list, timeout_s: float) -> set:
+Waitable = socket.socket | int  # a socket, or an fd number
+
+
+def wait_any(fds: list[Waitable], timeout_s: float) -> set[Waitable]:
     """The readable ones of `fds` (sockets or fd numbers) after at most `timeout_s`: poll(2),
     which has no FD_SETSIZE limit (a QP's completion channel is an fd of its own)."""
     p = select.poll()
-    by_fd = {}
+    by_fd: dict[int, Waitable] = {}
     for f in fds:
         fd = f if isinstance(f, int) else f.fileno()
         by_fd[fd] = f
@@ -75,19 +76,19 @@ class Worker:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = LineReader()
-        self.core = None
+        self.core: ClientCore | None = None
         self.endpoint: ClientEndpoint | None = None
         self.finish_msg: Message | None = None
         self.finish_deadline = 0.0
-        self.journal = None
+        self.journal: IO[str] | None = None
 
-    def reply(self, msg: Message, event: str, payload: dict) -> None:
+    def reply(self, msg: Message, event: str, payload: dict[str, Any]) -> None:
         self.sock.sendall(Message(event, payload, msg.id).encode())
 
     def handle(self, msg: Message) -> None:
         if msg.event == "start":
-            self.start(msg.payload)
-            self.reply(msg, "ok", {"generation": self.core.generation, "pid": os.getpid()})
+            core = self.start(msg.payload)
+            self.reply(msg, "ok", {"generation": core.generation, "pid": os.getpid()})
         elif self.core is None:
             raise RxePowerError(f"{msg.event!r} before start", "send start first")
         elif msg.event == "go":
@@ -101,7 +102,8 @@ class Worker:
             self.finish_msg = msg
             self.finish_deadline = time.monotonic() + msg.payload["timeout_s"]
         elif msg.event == "ledger":
-            self.reply(msg, "ok", self.ledger_page(msg.payload["start"], msg.payload["limit"]))
+            self.reply(msg, "ok", self.ledger_page(self.core, msg.payload["start"],
+                                                   msg.payload["limit"]))
         elif msg.event == "round":
             if self.finish_msg is not None:
                 raise RxePowerError("round while a finish is outstanding",
@@ -109,26 +111,24 @@ class Worker:
             self.core.new_round(WorkloadSpec.from_json(msg.payload["spec"]))
             self.reply(msg, "ok", {"generation": self.core.generation})
 
-    def ledger_page(self, start: int, limit: int) -> dict:
+    @staticmethod
+    def ledger_page(core: ClientCore, start: int, limit: int) -> dict[str, Any]:
         """A page that fits one message: halved until it does."""
         limit = max(1, min(limit, MAX_PAGE_REQUESTS))
         while True:
-            page = self.core.ledger_page(start, limit)
+            page = core.ledger_page(start, limit)
             if limit == 1 or len(Message("ok", page).encode()) < MAX_MESSAGE_BYTES - 1024:
                 return page
             limit //= 2
 
-    def start(self, p: dict) -> None:
-        from clients.core import ClientCore
-
-        policy = policy_class(p["policy"])()
+    def start(self, p: dict[str, Any]) -> ClientCore:
+        policy: Policy = policy_class(p["policy"])()
         self.journal = open(p["journal"], "a")  # noqa: SIM115 - closed at exit
-        self.core = ClientCore(p["name"], policy, WorkloadSpec.from_json(p["spec"]),
-                               DeviceInfo.from_json(p["device"]), p["agent_socket"],
-                               self.journal)
-        self.core.admitting = False  # until "go"
-        self.core.open(self.core.device_info)
-        core = self.core
+        core = self.core = ClientCore(p["name"], policy, WorkloadSpec.from_json(p["spec"]),
+                                      DeviceInfo.from_json(p["device"]), p["agent_socket"],
+                                      self.journal)
+        core.admitting = False  # until "go"
+        core.open(core.device_info)
 
         def on_suspend(transition: str, deadline_s: float) -> SuspendReply | None:
             core.note("suspend_prepare", transition=transition, deadline_s=deadline_s)
@@ -140,10 +140,11 @@ class Worker:
 
         self.endpoint = ClientEndpoint(p["name"], on_suspend, on_resume,
                                        clients_dir=Path(p["clients_dir"]))
+        return core
 
     def loop(self) -> int:
         while True:
-            fds = [self.sock]
+            fds: list[Waitable] = [self.sock]
             if self.endpoint is not None:
                 fds.append(self.endpoint.fileno())
             if self.core is not None:
@@ -159,7 +160,7 @@ class Worker:
             readable = wait_any(fds, timeout)
             if self.sock in readable:
                 # Nothing the controller sends ends the worker: a line that is not a valid
-                # WORKER_SCHEMA message, a request out of order, or a handler's exception
+                # WORKER_REQUESTS message, a request out of order, or a handler's exception
                 # is answered with an "error" reply (id 0 when the line's id cannot be
                 # read) and the loop carries on with its ledger intact. A line over
                 # MAX_MESSAGE_BYTES without a newline (broken framing) is answered the same
@@ -183,7 +184,7 @@ class Worker:
                             if framing is None:
                                 break
                             raise framing
-                        msg = decode(line, schema=WORKER_SCHEMA)
+                        msg = decode(line, ChannelKind.WORKER)
                         mid = msg.id
                         if msg.event == "start" and self.core is not None:
                             raise ProtocolError(
@@ -204,10 +205,7 @@ class Worker:
                     else:
                         traceback.print_exception(err)
                     try:
-                        self.sock.sendall(Message("error", {
-                            "message": str(err)[:4096], "type": type(err).__name__,
-                            "fix": err.fix if isinstance(err, RxePowerError) else ""},
-                            mid).encode())
+                        self.sock.sendall(error_reply(err, mid))
                     except OSError:
                         return 0  # the controller is gone
             if self.endpoint is not None and self.endpoint.fileno() in readable:
@@ -215,7 +213,7 @@ class Worker:
             if self.core is None:
                 continue
             core = self.core
-            core.service(set(readable))
+            core.service({f for f in readable if isinstance(f, int)})
             if self.finish_msg is not None and (core.done()
                                                 or time.monotonic() >= self.finish_deadline):
                 self.reply(self.finish_msg, "ok", core.finish())

@@ -10,13 +10,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harness import topology
+from harness.core import settings
 from harness.core.errors import NotSupported, RxePowerError
 from harness.core.settings import SETTINGS, resolve
-from harness.system import holders
+from harness.peer.controller import PeerAgent
+from harness.peer.traffic import Pair, connected_pair
+from harness.rdma.verbs import Device
+from harness.system import holders, inventory
+from harness.topology import devices, lifecycle
+from harness.topology.config import Topology, TopologyConfig
+from power.notify import Notifier
+from power.result import TransitionRequest, TransitionResult
+from power.shim import Shim
 
 _TOPOLOGY_OPTIONS = ("rxe-local-dev", "rxe-peer-dev", "rxe-local-netdev", "rxe-peer-netdev",
                      "rxe-local-addr", "rxe-peer-addr")
@@ -54,23 +63,23 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def rxe_config(pytestconfig: pytest.Config) -> topology.TopologyConfig:
+def rxe_config(pytestconfig: pytest.Config) -> TopologyConfig:
     cli = {n: pytestconfig.getoption(n.replace("-", "_")) for n in _TOPOLOGY_OPTIONS}
     ini = {n: pytestconfig.getini(SETTINGS[n].ini) for n in _TOPOLOGY_OPTIONS}
-    return topology.TopologyConfig.from_settings({n: cli[n] or ini[n] for n in cli})
+    return TopologyConfig.from_settings({n: cli[n] or ini[n] for n in cli})
 
 
 @pytest.fixture(scope="session")
 def rxe_topology(pytestconfig: pytest.Config,
-                 rxe_config: topology.TopologyConfig) -> Iterator[topology.Topology]:
+                 rxe_config: TopologyConfig) -> Iterator[Topology]:
     """The discovered topology; built (and torn down after the session) if absent and root."""
     require = bool(_setting(pytestconfig, "rxe-require"))
     built = False
     try:
         try:
-            topo = topology.discover(rxe_config)
+            topo = devices.discover(rxe_config)
         except RxePowerError:
-            topo, built = topology.setup(rxe_config, log=lambda m: None)
+            topo, built = lifecycle.setup(rxe_config, log=lambda m: None)
     except RxePowerError as exc:
         msg = f"no rxe topology: {exc.problem}; {exc.fix or HOW_TO_GET_RXE}"
         if require:
@@ -79,13 +88,13 @@ def rxe_topology(pytestconfig: pytest.Config,
         pytest.skip(f"{msg}. To get rxe: {HOW_TO_GET_RXE}")
     yield topo
     if built:
-        topology.teardown(log=lambda m: None)
+        lifecycle.teardown(log=lambda m: None)
 
 
 def _kernel_objects() -> dict[str, set[str]]:
-    return {"rdma devices": {lk.ifname for lk in topology.rdma_links()},
+    return {"rdma devices": {lk.ifname for lk in inventory.rdma_links()},
             "netdevs": set(os.listdir("/sys/class/net")),  # as `ip link`, without running it
-            "ip rules": {" ".join(r.selector_args()) for r in topology.ip_rules()}}
+            "ip rules": {" ".join(r.selector_args()) for r in inventory.ip_rules()}}
 
 
 @pytest.fixture(autouse=True)
@@ -110,36 +119,30 @@ def _rxe_guard(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def results_dir() -> Path:
-    path = Path(os.environ.get("RXE_POWER_RESULTS", "results"))
+    path = settings.results_dir()
     (path / "logs").mkdir(parents=True, exist_ok=True)
     return path
 
 
 @pytest.fixture(scope="module")
-def peer_agent(rxe_topology: topology.Topology, results_dir: Path) -> Iterator[object]:
+def peer_agent(rxe_topology: Topology, results_dir: Path) -> Iterator[PeerAgent]:
     """The remote peer agent process on the peer HCA, for one test module (so a module
     that takes the topology down and up again has no holder of rxe1 in its way)."""
-    from harness.peer.controller import PeerAgent
-
     with PeerAgent(rxe_topology.peer, log_dir=results_dir / "logs") as agent:
         yield agent
 
 
 @pytest.fixture
-def local_device(rxe_topology: topology.Topology) -> Iterator[object]:
+def local_device(rxe_topology: Topology) -> Iterator[Device]:
     """An open Context+PD on the local HCA, closed after the test."""
-    from harness.rdma.verbs import Device
-
     with Device(rxe_topology.local.dev, rxe_topology.local.port,
                 rxe_topology.local.gid_index) as dev:
         yield dev
 
 
 @pytest.fixture
-def rc_pair(local_device: object, peer_agent: object) -> Iterator[object]:
+def rc_pair(local_device: Device, peer_agent: PeerAgent) -> Iterator[Pair]:
     """A connected RC pair: our QP on the local HCA <-> the agent's QP on the peer HCA."""
-    from harness.peer.traffic import connected_pair
-
     with connected_pair(local_device, peer_agent) as pair:
         yield pair
 
@@ -147,22 +150,17 @@ def rc_pair(local_device: object, peer_agent: object) -> Iterator[object]:
 class ShimFixture:
     """The power shim for one test: a private clients directory, results written as JSON."""
 
-    def __init__(self, cfg: topology.TopologyConfig, clients_dir: Path, out_dir: Path,
+    def __init__(self, cfg: TopologyConfig, clients_dir: Path, out_dir: Path,
                  test_name: str) -> None:
-        from power.notify import Notifier
-        from power.shim import Shim
-
         self.clients_dir = clients_dir
         self.shim = Shim(cfg, Notifier(clients_dir))
         self.shim.start()  # the reader starts while the test sets up its clients
         self.out_dir = out_dir
         self.test_name = test_name
-        self.results: list[object] = []
+        self.results: list[TransitionResult] = []
 
-    def run(self, name: str, **kwargs: object) -> object:
+    def run(self, name: str, **kwargs: Any) -> TransitionResult:
         """Run one transition (TransitionRequest fields as keywords); keep its JSON."""
-        from power.result import TransitionRequest
-
         result = self.shim.run(TransitionRequest(name, **kwargs))
         self.results.append(result)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.test_name)
@@ -171,7 +169,7 @@ class ShimFixture:
 
 
 @pytest.fixture
-def power_shim(rxe_config: topology.TopologyConfig, rxe_topology: topology.Topology,
+def power_shim(rxe_config: TopologyConfig, rxe_topology: Topology,
                results_dir: Path, tmp_path: Path,
                request: pytest.FixtureRequest) -> Iterator[ShimFixture]:
     """The power shim on the local HCA. After the test the local side must be whole."""
@@ -181,5 +179,5 @@ def power_shim(rxe_config: topology.TopologyConfig, rxe_topology: topology.Topol
         yield fx
     finally:
         fx.shim.close()
-    problems = topology.restore_local_side(rxe_config, log=lambda m: None)
+    problems = lifecycle.restore_local_side(rxe_config, log=lambda m: None)
     assert not problems, f"the topology was not whole after the test: {problems}"

@@ -33,11 +33,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 from harness.core.errors import BoundExceeded, FramingError, ProtocolError, RxePowerError
-from harness.core.proc import spawn, wait_or_kill
-from harness.core.protocol import MAX_INT, MAX_MESSAGE_BYTES, LineReader, loads_strict
+from harness.core.proc import spawn, stop_child
+from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader
+from harness.core.strict_json import MAX_INT, loads_strict
 from harness.rdma.names import async_event_name
+
+if TYPE_CHECKING:  # imported for real only in the reader process (see serve)
+    from harness.rdma.verbs import Device
 
 READER_START_TIMEOUT_S = 30.0
 READER_ACK_TIMEOUT_S = 10.0
@@ -47,7 +53,8 @@ BAD_RECORDS_KEPT = 20  # malformed stdout records kept in AsyncEventReader.bad_r
 _DEV_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # IB_DEVICE_NAME_MAX is 64
 _ACK_KEYS = {"ready": int, "opened": str, "closed": str}
 
-OnEvent = Callable[[str, str, int, dict], None]  # (device, event name, t_ns, raw record)
+OnEvent = Callable[[str, str, int, dict[str, Any]], None]  # (device, event, t_ns, record)
+VerbsCall = Callable[[str], AbstractContextManager[None]]  # harness.rdma.verbs.verbs_call
 
 
 def _say(**rec: object) -> None:
@@ -70,7 +77,7 @@ def parse_command(line: bytes) -> tuple[str, str]:
     return words[0], words[1]
 
 
-def parse_record(line: str | bytes) -> dict:
+def parse_record(line: str | bytes) -> dict[str, Any]:
     """One stdout record of the reader, checked against the shapes in the module docstring;
     ProtocolError for anything else."""
     raw = line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line
@@ -91,7 +98,7 @@ def parse_record(line: str | bytes) -> dict:
     for key, typ in want.items():
         val = rec.get(key)
         if isinstance(val, bool) or not isinstance(val, typ) or \
-                (typ is int and not 0 <= val <= MAX_INT):
+                (isinstance(val, int) and not 0 <= val <= MAX_INT):
             raise ProtocolError(f"record field {key!r} is {str(val)[:60]!r}, expected "
                                 f"{'a non-negative ' if typ is int else 'a '}{typ.__name__}",
                                 "see the module docstring")
@@ -100,6 +107,8 @@ def parse_record(line: str | bytes) -> dict:
 
 def serve() -> int:
     """The reader process body."""
+    # pyverbs is imported only in the reader process: the controller side of this module
+    # (AsyncEventReader) runs without it
     from harness.rdma.verbs import Device, verbs_call
 
     open_devs: dict[str, Device] = {}
@@ -108,7 +117,8 @@ def serve() -> int:
     _say(ready=os.getpid())
     try:
         while True:
-            by_fd = {d.async_fd: name for name, d in open_devs.items()}
+            by_fd = {d.async_fd: name for name, d in open_devs.items()
+                     if d.async_fd is not None}  # always: _command keeps only those
             readable, _, _ = select.select([stdin, *by_fd], [], [])
             for fd in readable:
                 if fd != stdin:
@@ -125,7 +135,7 @@ def serve() -> int:
                     lines, framing = exc.lines, exc
                 for line in lines:
                     try:
-                        _command(*parse_command(line), open_devs, Device)
+                        _command(*parse_command(line), open_devs, Device, verbs_call)
                     except Exception as exc:  # a bad command never ends the reader
                         _say(error=str(exc)[:MAX_COMMAND_BYTES], dev="")
                 if framing is not None:
@@ -135,12 +145,11 @@ def serve() -> int:
             dev.close()
 
 
-def _command(cmd: str, name: str, open_devs: dict, device_cls: type) -> None:
+def _command(cmd: str, name: str, open_devs: dict[str, Device], device_cls: type[Device],
+             verbs_call: VerbsCall) -> None:
     if cmd == "close":
         dev = open_devs.pop(name, None)
         if dev is not None:
-            from harness.rdma.verbs import verbs_call
-
             _drain(name, dev, verbs_call)  # what the device already delivered is reported
             dev.close()
         _say(closed=name)
@@ -162,11 +171,11 @@ def _command(cmd: str, name: str, open_devs: dict, device_cls: type) -> None:
     _say(opened=name)
 
 
-def _drain(name: str, dev: object, verbs_call: Callable) -> None:
+def _drain(name: str, dev: Device, verbs_call: VerbsCall) -> None:
     while True:
         try:
             with verbs_call(f"{name}: get async event"):
-                ev = dev.ctx.get_async_event()  # type: ignore[attr-defined]
+                ev = dev.ctx.get_async_event()
         except RxePowerError:
             return  # EAGAIN: drained
         t_ns = time.monotonic_ns()
@@ -191,7 +200,7 @@ class AsyncEventReader:
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, errors="replace")
         self.pid = self.proc.pid
-        self._acks: queue.Queue[dict] = queue.Queue()
+        self._acks: queue.Queue[dict[str, Any]] = queue.Queue()
         self._thread = threading.Thread(target=self._pump, name="async-events", daemon=True)
         self._thread.start()
         if wait_ready:
@@ -284,7 +293,7 @@ class AsyncEventReader:
         if self.proc.stdin and not self.proc.stdin.closed:
             with contextlib.suppress(BrokenPipeError):
                 self.proc.stdin.close()
-        wait_or_kill(self.proc, READER_STOP_TIMEOUT_S)
+        stop_child(self.proc, READER_STOP_TIMEOUT_S)
         self._thread.join(READER_STOP_TIMEOUT_S)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream:

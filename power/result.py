@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from harness.core.errors import RxePowerError, SettingError
 from power.kmsg import KmsgScan
@@ -53,14 +54,14 @@ class TransitionRequest:
         return get_transition(self.name).plan(self.ordering or next(
             iter(get_transition(self.name).steps)))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["ordering"] = self.ordering.value if self.ordering else None
         d["on_veto"] = self.on_veto.value
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> TransitionRequest:
+    def from_json(cls, d: dict[str, Any]) -> TransitionRequest:
         return cls(d["name"], Ordering(d["ordering"]) if d.get("ordering") else None,
                    d.get("hold_ms"), OnVeto(d.get("on_veto", "wait")),
                    d.get("veto_wait_s", VETO_WAIT_TIMEOUT_S),
@@ -87,18 +88,18 @@ class StepRecord:
     outcome: str  # "ok", "failed", "skipped"
     begin_ns: int = 0
     end_ns: int = 0
-    detail: dict = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
     error: str = ""
 
     @property
     def ms(self) -> float:
         return (self.end_ns - self.begin_ns) / 1e6
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "step": self.step.value, "ms": round(self.ms, 3)}
 
     @classmethod
-    def from_json(cls, d: dict) -> StepRecord:
+    def from_json(cls, d: dict[str, Any]) -> StepRecord:
         return cls(StepKind(d["step"]), d["outcome"], d["begin_ns"], d["end_ns"],
                    d.get("detail", {}), d.get("error", ""))
 
@@ -110,12 +111,12 @@ class TransitionResult:
     reasons: list[str]
     steps: list[StepRecord]
     timeline: Timeline
-    answers: list[dict] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)
     veto: VetoReport | None = None
     kernel: KmsgScan | None = None
     peer_active_throughout: bool = True
-    device_before: dict | None = None
-    device_after: dict | None = None
+    device_before: dict[str, Any] | None = None
+    device_after: dict[str, Any] | None = None
     not_restored: list[str] = field(default_factory=list)
 
     @property
@@ -126,7 +127,7 @@ class TransitionResult:
     def step(self, kind: StepKind) -> StepRecord | None:
         return next((s for s in self.steps if s.step is kind), None)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "schema": RESULT_SCHEMA, "request": self.request.to_json(),
             "verdict": self.verdict.value, "reasons": self.reasons,
@@ -140,7 +141,7 @@ class TransitionResult:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> TransitionResult:
+    def from_json(cls, d: dict[str, Any]) -> TransitionResult:
         if d.get("schema") != RESULT_SCHEMA:
             raise RxePowerError(f"transition result schema {d.get('schema')!r}, expected "
                                 f"{RESULT_SCHEMA}", "read it with the rxe-power that wrote it")

@@ -15,67 +15,37 @@ step has a bound, and a delete blocked by holders is a veto (see power.veto).
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from harness import topology
+from harness.core.device import DeviceInfo
 from harness.core.errors import RxePowerError, TopologyError
-from harness.system import network
+from harness.system import inventory, network
+from harness.topology import devices, lifecycle, neighbour, netdevs
+from harness.topology.config import Topology, TopologyConfig
 from power import kmsg, pmtest
 from power.asyncevents import AsyncEventReader
-from power.notify import AnswerKind, DeviceInfo, Notifier
+from power.notify import Answer, AnswerKind, Notifier
 from power.plan import OnVeto, StepKind
 from power.result import StepRecord, TransitionRequest, TransitionResult, Verdict
 from power.timeline import EntryKind, Timeline
-from power.veto import VetoReport, delete_device
+from power.transition_run import TransitionRun
+from power.veto import delete_device
 
 S = StepKind
 BAD_PEER_EVENTS = ("PORT_ERR", "DEVICE_FATAL")
 PORT_EVENT_TIMEOUT_S = 2.0  # port DOWN -> its PORT_ERR event seen (the step goes on without)
 
 
-class _Run:
-    """The mutable state of one transition run."""
-
-    def __init__(self, req: TransitionRequest, tl: Timeline) -> None:
-        self.req = req
-        self.tl = tl
-        self.steps: list[StepRecord] = []
-        self.answers: list[dict] = []
-        self.reasons: list[str] = []
-        self.veto: VetoReport | None = None
-        self.vetoed = False
-        self.forced = False
-        self.failed = False
-        self.peer_states: list[str] = []
-        self.device_after: dict | None = None
-        self.events = threading.Condition()  # notified per async event (see wait_event)
-        self.seen: list[tuple[str, str, int]] = []  # (dev, event, t_ns)
-
-    def wait_event(self, dev: str, name: str, since_ns: int, timeout_s: float) -> float | None:
-        """Seconds until `dev` delivered `name` (stamped after since_ns) to its clients, as
-        the async event reader saw it; None if not within timeout_s."""
-        deadline = time.monotonic() + timeout_s
-        with self.events:
-            while True:
-                hit = [t for d, n, t in self.seen if d == dev and n == name and t >= since_ns]
-                if hit:
-                    return (min(hit) - since_ns) / 1e9
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self.events.wait(left)
-
-
 class Shim:
-    def __init__(self, cfg: topology.TopologyConfig, notifier: Notifier | None = None,
+    def __init__(self, cfg: TopologyConfig, notifier: Notifier | None = None,
                  log: Callable[[str], None] = lambda msg: None) -> None:
         self.cfg = cfg
         self.notifier = notifier or Notifier()
         self.log = log
         self._reader: AsyncEventReader | None = None
-        self._current: _Run | None = None
+        self._current: TransitionRun | None = None
 
     def start(self) -> None:
         """Start the async event reader process now, without waiting for it (the first
@@ -102,7 +72,7 @@ class Shim:
     def run(self, request: TransitionRequest) -> TransitionResult:
         req = request.resolved()
         tl = Timeline()
-        run = _Run(req, tl)
+        run = TransitionRun(req, tl)
         if S.PM_SUSPEND in req.steps:
             sup = pmtest.support(req.pm_level)
             if not sup.ok:
@@ -119,7 +89,7 @@ class Shim:
             try:
                 self._open_events(run, self.cfg.peer_dev)
                 self._open_events(run, self.cfg.local_dev)
-                self._steps(run)
+                self._run_steps(run)
             finally:
                 self._close_all_events(run)
                 self._current = None
@@ -129,15 +99,15 @@ class Shim:
                records_after=scan.records_after)
         return self._verdict(run, scan, before, not_restored)
 
-    def _precondition(self) -> topology.Topology:
-        pend = topology.pending_deletes(self.cfg.local_dev)
+    def _precondition(self) -> Topology:
+        pend = devices.pending_deletes(self.cfg.local_dev)
         if pend:
             raise TopologyError(
                 f"a delete of {self.cfg.local_dev} is still pending (pid "
                 f"{', '.join(map(str, pend))}) from an earlier vetoed transition",
                 "end the processes holding the old device, then run `rxe-power recover`")
         try:
-            topo = topology.discover(self.cfg)
+            topo = devices.discover(self.cfg)
         except TopologyError as exc:
             raise TopologyError(f"the topology is not whole before the transition: "
                                 f"{exc.problem}", "run `rxe-power recover` (or setup)") from None
@@ -147,7 +117,7 @@ class Shim:
                                 "run `rxe-power recover`")
         return topo
 
-    def _on_event(self, dev: str, name: str, t_ns: int, rec: dict) -> None:
+    def _on_event(self, dev: str, name: str, t_ns: int, rec: dict[str, Any]) -> None:
         run = self._current
         if run is not None:
             run.tl.add(EntryKind.ASYNC_EVENT, dev, name, t_ns=t_ns, code=rec.get("code"))
@@ -155,7 +125,7 @@ class Shim:
                 run.seen.append((dev, name, t_ns))
                 run.events.notify_all()
 
-    def _open_events(self, run: _Run, dev: str) -> None:
+    def _open_events(self, run: TransitionRun, dev: str) -> None:
         if self._reader is None:
             self._reader = AsyncEventReader(self._on_event)
         if dev in self._reader.open_devices:
@@ -164,13 +134,13 @@ class Shim:
         run.tl.add(EntryKind.NOTE, "shim", f"async event reader opened {dev}",
                    pid=self._reader.pid)
 
-    def _close_events(self, run: _Run, dev: str) -> None:
+    def _close_events(self, run: TransitionRun, dev: str) -> None:
         if self._reader is not None and dev in self._reader.open_devices:
             self._reader.close(dev)
             run.tl.add(EntryKind.NOTE, "shim",
                        f"async event reader closed {dev} (its Context holds the device)")
 
-    def _close_all_events(self, run: _Run) -> None:
+    def _close_all_events(self, run: TransitionRun) -> None:
         if self._reader is None:
             return
         try:
@@ -180,7 +150,7 @@ class Shim:
             run.tl.add(EntryKind.NOTE, "shim", f"async event reader stopped: {exc.problem}")
             self.close()
 
-    def _steps(self, run: _Run) -> None:
+    def _run_steps(self, run: TransitionRun) -> None:
         steps = list(run.req.steps)
         resumed = False
         for i, step in enumerate(steps):
@@ -188,28 +158,28 @@ class Shim:
                 run.steps += [StepRecord(s, "skipped") for s in steps[i:]
                               if s is not S.NOTIFY_RESUME]
                 break
-            self._one(run, step)
+            self._run_step(run, step)
             resumed |= step is S.NOTIFY_RESUME
         if not resumed and (run.vetoed or run.failed):
             # clients were (or may have been) told of a sleep: tell them how it ended,
             # once the local side is back
-            problems = topology.restore_local_side(self.cfg, log=self.log,
-                                                   pending_timeout_s=0.0)
+            problems = lifecycle.restore_local_side(self.cfg, log=self.log,
+                                                    pending_timeout_s=0.0)
             run.tl.add(EntryKind.RECOVERY, "shim", "restore before resume notice",
                        problems=problems)
             if not problems:
                 with contextlib.suppress(RxePowerError):
                     self._open_events(run, self.cfg.local_dev)
-                self._one(run, S.NOTIFY_RESUME)
+                self._run_step(run, S.NOTIFY_RESUME)
             else:
                 run.steps.append(StepRecord(S.NOTIFY_RESUME, "skipped",
                                             error="the device could not be restored"))
 
-    def _one(self, run: _Run, step: StepKind) -> None:
+    def _run_step(self, run: TransitionRun, step: StepKind) -> None:
         rec = StepRecord(step, "ok", begin_ns=time.monotonic_ns())
         run.tl.add(EntryKind.STEP_BEGIN, "shim", step.value, t_ns=rec.begin_ns)
         try:
-            rec.detail = self._do(run, step)
+            rec.detail = self._execute_step(run, step)
         except RxePowerError as exc:
             rec.outcome, rec.error = "failed", str(exc)
             run.failed = True
@@ -221,9 +191,9 @@ class Shim:
                    **({"error": rec.error} if rec.error else {}))
         self._poll_ports(run)
 
-    def _poll_ports(self, run: _Run) -> None:
+    def _poll_ports(self, run: TransitionRun) -> None:
         try:
-            states = {lk.ifname: lk.state for lk in topology.rdma_links()}
+            states = {lk.ifname: lk.state for lk in inventory.rdma_links()}
         except RxePowerError as exc:
             run.tl.add(EntryKind.NOTE, "shim", f"cannot poll ports: {exc.problem}")
             return
@@ -233,14 +203,14 @@ class Shim:
 
     # --- the steps ------------------------------------------------------------------------
 
-    def _do(self, run: _Run, step: StepKind) -> dict:
+    def _execute_step(self, run: TransitionRun, step: StepKind) -> dict[str, Any]:
         cfg, req, tl = self.cfg, run.req, run.tl
         if step is S.NOTIFY_SUSPEND:
             return self._notify_suspend(run)
         if step is S.PORT_DOWN:
             t0 = time.monotonic_ns()
-            topology.set_netdev_up(cfg.local_netdev, False)
-            down = topology.wait_port_state(cfg.local_dev, "DOWN")
+            netdevs.set_netdev_up(cfg.local_netdev, False)
+            down = devices.wait_port_state(cfg.local_dev, "DOWN")
             # the step ends when the device's clients were told (PORT_ERR): the port state
             # changes first, the event follows from a kernel work queue; the reader must not
             # be closed (delete-device) before it came
@@ -250,7 +220,7 @@ class Shim:
         if step is S.DELETE_DEVICE:
             self._close_events(run, cfg.local_dev)
 
-            def note(what: str, **detail: object) -> None:
+            def note(what: str, **detail: Any) -> None:
                 tl.add(EntryKind.VETO if detail.pop("veto", False) else EntryKind.NOTE,
                        cfg.local_dev, what, **detail)
                 if what.startswith("holder pid"):
@@ -265,37 +235,37 @@ class Shim:
                 run.reasons.append(run.veto.reason)
             return {"blocked_s": round(run.veto.blocked_s, 4), "veto": run.veto.detected}
         if step is S.DESTROY_NETDEV:
-            old = topology.netdev_ifindex(cfg.local_netdev)
-            topology.destroy_side_netdev(cfg, "local")
+            old = netdevs.netdev_ifindex(cfg.local_netdev)
+            netdevs.destroy_side_netdev(cfg, "local")
             return {"old_ifindex": old}
         if step is S.HOLD:
-            time.sleep(req.hold_ms / 1000)  # the sleep itself: the device stays down this long
-            return {"hold_ms": req.hold_ms}
+            time.sleep(run.hold_ms / 1000)  # the sleep itself: the device stays down this long
+            return {"hold_ms": run.hold_ms}
         if step is S.CREATE_NETDEV:
-            topology.create_side_netdev(cfg, "local", up=False)
-            return {"new_ifindex": topology.netdev_ifindex(cfg.local_netdev)}
+            netdevs.create_side_netdev(cfg, "local", up=False)
+            return {"new_ifindex": netdevs.netdev_ifindex(cfg.local_netdev)}
         if step is S.CREATE_DEVICE:
-            topology.add_rdma_link(cfg.local_dev, cfg.local_netdev)
+            devices.add_rdma_link(cfg.local_dev, cfg.local_netdev)
             net = network.sysfs_netdev(cfg.local_netdev)
             up = bool(net and net[1])
-            took = topology.wait_port_state(cfg.local_dev, "ACTIVE" if up else "DOWN")
+            took = devices.wait_port_state(cfg.local_dev, "ACTIVE" if up else "DOWN")
             # the port shows in sysfs before the device's uverbs node exists: opening it
             # (the reader, the clients) must wait for that node
-            took = max(took, topology.wait_uverbs(cfg.local_dev))
+            took = max(took, devices.wait_uverbs(cfg.local_dev))
             self._open_events(run, cfg.local_dev)
             return {"present_after_s": round(took, 4)}
         if step is S.PORT_UP:
-            topology.side_up(cfg, "local")
-            topo = topology.wait_ports_active(cfg)
+            netdevs.side_up(cfg, "local")
+            topo = devices.wait_ports_active(cfg)
             run.device_after = topo.local.to_json()
             # the carrier drop flushed the neighbour tables: resolve the far addresses now,
             # or each side's first RC connect waits 1 s in the kernel (see resolve_neighbour)
-            neigh = {w: round(topology.resolve_neighbour(cfg, w) * 1000, 1)
+            neigh = {w: round(neighbour.resolve_neighbour(cfg, w) * 1000, 1)
                      for w in ("local", "peer")}
             return {"gid": topo.local.gid, "gid_index": topo.local.gid_index,
                     "ifindex": topo.local.ifindex, "arp_ms": neigh}
         if step is S.NOTIFY_RESUME:
-            topo = topology.discover(cfg)
+            topo = devices.discover(cfg)
             run.device_after = topo.local.to_json()
             info = DeviceInfo.from_endpoint(topo.local)
             tl.add(EntryKind.NOTIFY, "shim", "resume_complete", device=info.to_json())
@@ -303,11 +273,11 @@ class Shim:
             self._record_answers(run, answers)
             return {"clients": len(answers)}
         if step is S.PM_SUSPEND:
-            took = pmtest.run(req.pm_level, max(1, round(req.hold_ms / 1000)))
+            took = pmtest.run(req.pm_level, max(1, round(run.hold_ms / 1000)))
             return {"level": req.pm_level, "took_s": round(took, 3), "real_suspend": True}
         raise AssertionError(f"unhandled step {step}")  # pragma: no cover
 
-    def _notify_suspend(self, run: _Run) -> dict:
+    def _notify_suspend(self, run: TransitionRun) -> dict[str, Any]:
         req = run.req
         deadline_s = req.quiesce_timeout_s
         run.tl.add(EntryKind.NOTIFY, "shim", "suspend_prepare", deadline_s=deadline_s)
@@ -327,7 +297,7 @@ class Shim:
         return {"clients": len(answers),
                 "answers": {a.client: a.kind.value for a in answers}}
 
-    def _record_answers(self, run: _Run, answers: list) -> None:
+    def _record_answers(self, run: TransitionRun, answers: list[Answer]) -> None:
         for a in answers:
             run.answers.append(a.to_json())
             run.tl.add(EntryKind.ANSWER, f"client {a.client}", a.kind.value,
@@ -336,29 +306,29 @@ class Shim:
 
     # --- the end --------------------------------------------------------------------------
 
-    def _recover_if_needed(self, run: _Run) -> list[str]:
-        whole = self._whole()
+    def _recover_if_needed(self, run: TransitionRun) -> list[str]:
+        whole = self._topology_problem()
         if whole is None:
             return []
         run.tl.add(EntryKind.RECOVERY, "shim", f"restoring: {whole}")
-        problems = topology.restore_local_side(
+        problems = lifecycle.restore_local_side(
             self.cfg, log=self.log, pending_timeout_s=0.0 if run.vetoed else
-            topology.RDMA_LINK_DELETE_TIMEOUT_S)
+            devices.RDMA_LINK_DELETE_TIMEOUT_S)
         run.tl.add(EntryKind.RECOVERY, "shim", "restored" if not problems else "not restored",
                    problems=problems)
         return problems
 
-    def _whole(self) -> str | None:
+    def _topology_problem(self) -> str | None:
         """None when the topology is whole, else what is wrong."""
         try:
-            topo = topology.discover(self.cfg)
+            topo = devices.discover(self.cfg)
         except TopologyError as exc:
             return exc.problem
         if topo.local.state != "ACTIVE" or topo.peer.state != "ACTIVE":
             return f"ports {topo.local.state}/{topo.peer.state}"
         return None
 
-    def _verdict(self, run: _Run, scan: kmsg.KmsgScan, before: topology.Topology,
+    def _verdict(self, run: TransitionRun, scan: kmsg.KmsgScan, before: Topology,
                  not_restored: list[str]) -> TransitionResult:
         peer_events = [e for e in run.tl.of_kind(EntryKind.ASYNC_EVENT)
                        if e.source == self.cfg.peer_dev and e.what in BAD_PEER_EVENTS]

@@ -38,13 +38,13 @@ class Entry:
     what: str
     detail: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self, t0_ns: int) -> dict:
+    def to_json(self, t0_ns: int) -> dict[str, Any]:
         return {"t_ns": self.t_ns, "t_ms": round((self.t_ns - t0_ns) / 1e6, 3),
                 "kind": self.kind.value, "source": self.source, "what": self.what,
                 "detail": self.detail}
 
     @classmethod
-    def from_json(cls, d: dict) -> Entry:
+    def from_json(cls, d: dict[str, Any]) -> Entry:
         return cls(int(d["t_ns"]), EntryKind(d["kind"]), d["source"], d["what"],
                    dict(d.get("detail", {})))
 
@@ -73,11 +73,11 @@ class Timeline:
     def of_kind(self, *kinds: EntryKind) -> list[Entry]:
         return [e for e in self.entries if e.kind in kinds]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"t0_ns": self.t0_ns, "entries": [e.to_json(self.t0_ns) for e in self.entries]}
 
     @classmethod
-    def from_json(cls, d: dict) -> Timeline:
+    def from_json(cls, d: dict[str, Any]) -> Timeline:
         tl = cls(int(d["t0_ns"]))
         tl._entries = [Entry.from_json(e) for e in d["entries"]]
         return tl

@@ -11,7 +11,7 @@ line, uverbs files) and applies the policy:
   ahead late, otherwise it is reported as vetoed. The blocked delete cannot be
   withdrawn (the kernel is already tearing the device down; it has vanished from
   `rdma link`), so it stays pending until the holders exit; the report says so.
-- force: terminate the holders (SIGTERM, then SIGKILL after HOLDER_TERM_TIMEOUT_S),
+- force: terminate the holders (SIGTERM, then SIGKILL after STOP_GRACE_S),
   as an OS that cannot wait would, and report each pid and how it ended.
 
 The device's uverbs files are read from sysfs *before* the delete starts: once
@@ -20,24 +20,22 @@ it starts they vanish from /sys/class/infiniband_verbs.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
-
-import psutil
+from typing import Any, Protocol
 
 from harness.core.errors import BoundExceeded, TopologyError
+from harness.core.proc import STOP_GRACE_S, ProcessRef, Stopped, stop_processes
 from harness.system.holders import SYSFS_VERBS, Holder, find_holders, uverbs_files
-from harness.topology import start_rdma_link_delete
+from harness.topology.devices import start_rdma_link_delete
 from power.plan import OnVeto
 
 VETO_DETECT_S = 0.5  # a delete still blocked this long after it reached the kernel is a veto
 DELETE_START_TIMEOUT_S = 10.0  # `rdma link delete` spawned -> the kernel deleting (its start)
 DELETE_START_POLL_S = 0.005
 VETO_WAIT_TIMEOUT_S = 5.0  # default bound for --on-veto wait
-HOLDER_TERM_TIMEOUT_S = 3.0  # SIGTERM -> SIGKILL
 DELETE_AFTER_RELEASE_TIMEOUT_S = 10.0  # holders gone -> delete finished
 
 
@@ -46,22 +44,24 @@ class VetoReport:
     detected: bool = False
     policy: str = ""
     blocked_s: float = 0.0  # how long the delete blocked (until done or given up)
-    holders: list[dict] = field(default_factory=list)  # pid, cmdline, files at detection
-    terminated: list[dict] = field(default_factory=list)  # pid, cmdline, how (term/kill/gone)
+    # at detection: pid, cmdline, files
+    holders: list[dict[str, Any]] = field(default_factory=list)
+    # pid, cmdline, how (term/kill/gone)
+    terminated: list[dict[str, Any]] = field(default_factory=list)
     vetoed: bool = False  # the sleep did not happen
     delete_pending_pid: int | None = None  # the blocked `rdma link delete` left behind
     reason: str = ""
     start_s: float = 0.0  # `rdma link delete` spawned -> the kernel deleting
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> VetoReport:
+    def from_json(cls, d: dict[str, Any]) -> VetoReport:
         return cls(**d)
 
 
-def _finished(proc: subprocess.Popen, timeout_s: float) -> bool:
+def _finished(proc: subprocess.Popen[Any], timeout_s: float) -> bool:
     try:
         proc.wait(max(timeout_s, 0.0))
         return True
@@ -69,7 +69,7 @@ def _finished(proc: subprocess.Popen, timeout_s: float) -> bool:
         return False
 
 
-def _wait_started(proc: subprocess.Popen, files: set[str],
+def _wait_started(proc: subprocess.Popen[Any], files: set[str],
                   timeout_s: float = DELETE_START_TIMEOUT_S) -> float:
     """When (time.monotonic()) the delete reached the kernel: the device's uverbs sysfs
     nodes gone, or the program done; at most `timeout_s` from now (then: now)."""
@@ -82,7 +82,7 @@ def _wait_started(proc: subprocess.Popen, files: set[str],
     return time.monotonic()
 
 
-def _check_rc(proc: subprocess.Popen, dev: str) -> None:
+def _check_rc(proc: subprocess.Popen[Any], dev: str) -> None:
     if proc.returncode != 0:
         err = proc.stderr.read().strip() if proc.stderr else ""
         raise TopologyError(f"rdma link delete {dev} failed (exit {proc.returncode}): {err}",
@@ -90,36 +90,36 @@ def _check_rc(proc: subprocess.Popen, dev: str) -> None:
 
 
 def terminate_holders(holders: list[Holder],
-                      timeout_s: float = HOLDER_TERM_TIMEOUT_S) -> list[dict]:
+                      timeout_s: float = STOP_GRACE_S) -> list[dict[str, Any]]:
     """SIGTERM every holder, SIGKILL what is left after the bound. Never ourselves."""
-    out: list[dict] = []
-    procs: list[psutil.Process] = []
+    out: list[dict[str, Any]] = []
+    refs: list[ProcessRef] = []
     for h in holders:
         rec = {"pid": h.pid, "cmdline": h.cmdline}
         if h.pid == os.getpid():
             out.append({**rec, "how": "not terminated: it is the shim's own process (an "
                         "in-process client kept the device open)"})
-            continue
-        try:
-            p = psutil.Process(h.pid)
-            p.terminate()
-            procs.append(p)
-        except psutil.NoSuchProcess:
-            out.append({**rec, "how": "already gone"})
-    gone, alive = psutil.wait_procs(procs, timeout=timeout_s)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    killed, still = psutil.wait_procs(alive, timeout=timeout_s)
+        elif (ref := ProcessRef.now(h.pid)) is None:
+            out.append({**rec, "how": Stopped.ALREADY_GONE.value})
+        else:
+            refs.append(ref)
+    how = stop_processes(refs, grace_s=timeout_s, gone_timeout_s=timeout_s)
     cmd = {h.pid: h.cmdline for h in holders}
-    out += [{"pid": p.pid, "cmdline": cmd[p.pid], "how": "SIGTERM"} for p in gone]
-    out += [{"pid": p.pid, "cmdline": cmd[p.pid], "how": "SIGKILL"} for p in killed]
-    out += [{"pid": p.pid, "cmdline": cmd[p.pid], "how": "survived SIGKILL"} for p in still]
-    return out
+    return out + [{"pid": r.pid, "cmdline": cmd[r.pid], "how": how[r.pid].value} for r in refs]
+
+
+class Note(Protocol):
+    """Where delete_device records its progress (the shim: on the timeline)."""
+
+    def __call__(self, what: str, **detail: Any) -> None: ...
+
+
+def _no_note(what: str, **detail: Any) -> None:
+    """Records nothing (delete_device without a timeline)."""
 
 
 def delete_device(dev: str, on_veto: OnVeto, veto_wait_s: float = VETO_WAIT_TIMEOUT_S,
-                  note=lambda what, **detail: None) -> VetoReport:
+                  note: Note = _no_note) -> VetoReport:
     """Delete `dev`, detecting and handling a veto; never blocks past its bounds.
 
     `note(what, **detail)` records progress (the shim puts it on the timeline).

@@ -14,17 +14,19 @@ import argparse
 import json
 import subprocess
 import time
+from typing import Any
 
 from clients.kernel.blockio import BlockDriver, DriverSpec
 from clients.kernel.nvme_host import HostConfig, NvmeHost, parse_policy
 from clients.kernel.nvmet_target import NvmetTarget, TargetConfig
-from harness import topology
 from harness.core.errors import BoundExceeded, RxePowerError
+from harness.topology import lifecycle as topology
+from harness.topology.config import TopologyConfig
 
 FIO_TIMEOUT_S = 300.0
 
 
-def run_fio(device: str, count: int, depth: int, bs: int = 4096) -> dict:
+def run_fio(device: str, count: int, depth: int, bs: int = 4096) -> dict[str, Any]:
     argv = ["fio", "--name=rxpw", f"--filename={device}", "--rw=write", f"--bs={bs}",
             "--direct=1", "--ioengine=libaio", f"--iodepth={depth}",
             f"--size={count * bs}", "--output-format=json"]
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--depth", type=int, default=4)
     args = ap.parse_args(argv)
-    cfg = topology.TopologyConfig.from_settings()
+    cfg = TopologyConfig.from_settings()
     _topo, built = topology.setup(cfg, log=lambda m: None)
     target = NvmetTarget(TargetConfig(addr=cfg.peer_addr, size_mib=64, tag="b"))
     host = None

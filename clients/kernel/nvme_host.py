@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.core.errors import BoundExceeded, OsCallError, SettingError
 from harness.core.state import StateFile
@@ -44,7 +45,7 @@ class NvmeOptions:
             out += f",fast_io_fail_tmo={self.fast_io_fail_tmo}"
         return out
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -135,7 +136,7 @@ class NvmeHost:
         self.recorded = False
 
     @property
-    def entry(self) -> dict:
+    def entry(self) -> dict[str, Any]:
         c = self.cfg
         return {"nqn": c.nqn, "traddr": c.traddr, "trsvcid": c.trsvcid,
                 "host_traddr": c.host_traddr}

@@ -18,14 +18,16 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from clients.kernel import route_guard
 from clients.kernel.blockio import BlockDriver, DriverSpec
 from clients.kernel.nvme_host import CtrlSampler, HostConfig, NvmeHost, parse_policy
 from clients.kernel.nvmet_target import NvmetTarget, TargetConfig
+from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, RxePowerError
 from harness.core.state import StateFile
-from harness.topology import TopologyConfig
+from harness.topology.config import TopologyConfig
 from harness.workload.block_ledger import (
     IoOutcome,
     LedgerSummary,
@@ -36,9 +38,10 @@ from harness.workload.block_ledger import (
     summarize,
 )
 from power import kmsg
-from power.notify import DeviceInfo, SuspendReply
+from power.notify import SuspendReply
 from power.plan import OnVeto, Ordering, StepKind
 from power.result import TransitionRequest
+from power.shim import Shim
 
 PROGRESS_TIMEOUT_S = 60.0  # the workload reaches its transition point
 SETTLE_TIMEOUT_S = 20.0  # after the transition: our controller LIVE again, or gone
@@ -64,25 +67,25 @@ class NvmeScenario:
 
 @dataclass
 class NvmeResult:
-    scenario: dict
-    options: dict
-    transition: dict
+    scenario: dict[str, Any]
+    options: dict[str, Any]
+    transition: dict[str, Any]
     ledger: LedgerSummary
-    records: list[dict]
-    ctrl_states: list[dict]
-    connections: list[dict]
-    off_wire: list[dict]
+    records: list[dict[str, Any]]
+    ctrl_states: list[dict[str, Any]]
+    connections: list[dict[str, Any]]
+    off_wire: list[dict[str, Any]]
     survived: bool  # the controller we connected is LIVE at the end (same name, no reconnect)
     block_device_after: str
     detect_ms: float | None
     recover_ms: float | None
-    kernel: dict
+    kernel: dict[str, Any]
     findings: list[str]
     status: str  # clean / bad / broken
-    client_events: list[dict]
-    settled: dict = field(default_factory=dict)  # the controller after the transition
+    client_events: list[dict[str, Any]]
+    settled: dict[str, Any] = field(default_factory=dict)  # the controller after the transition
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["ledger"] = self.ledger.to_json()
         return d
@@ -93,7 +96,7 @@ class _PmClient:
 
     name = "nvme-rdma"
 
-    def __init__(self, host: NvmeHost, drv: BlockDriver, events: list[dict]) -> None:
+    def __init__(self, host: NvmeHost, drv: BlockDriver, events: list[dict[str, Any]]) -> None:
         self.host, self.drv, self.events = host, drv, events
 
     def _note(self, what: str, **kw: object) -> None:
@@ -139,7 +142,7 @@ def _wait_issued(drv: BlockDriver, n: int) -> None:
         time.sleep(POLL_S)
 
 
-def _settle(host: NvmeHost, first: str | None, ordering: Ordering) -> dict:
+def _settle(host: NvmeHost, first: str | None, ordering: Ordering) -> dict[str, Any]:
     """Wait (bounded) until our controller is LIVE again or gone; the I/O goes on."""
     t0 = time.monotonic_ns()
     end = time.monotonic() + SETTLE_TIMEOUT_S
@@ -160,7 +163,7 @@ def _run_on(drv: BlockDriver, seconds: float) -> None:
         time.sleep(POLL_S)
 
 
-def window_of(tr: dict) -> Window | None:
+def window_of(tr: dict[str, Any]) -> Window | None:
     steps = [s for s in tr.get("steps", []) if s["outcome"] != "skipped"]
     down = [s["begin_ns"] for s in steps if s["step"] in {k.value for k in DOWN_STEPS}]
     if not down:
@@ -168,14 +171,14 @@ def window_of(tr: dict) -> Window | None:
     return Window(min(down), max(s["end_ns"] for s in steps))
 
 
-def _back_ns(tr: dict) -> int | None:
+def _back_ns(tr: dict[str, Any]) -> int | None:
     """When the device was back: the end of port-up (or of create-device)."""
     ends = {s["step"]: s["end_ns"] for s in tr.get("steps", []) if s["outcome"] == "ok"}
     return ends.get(StepKind.PORT_UP.value) or ends.get(StepKind.CREATE_DEVICE.value)
 
 
-def _detect_recover(samples: list, ctrl: str | None, win: Window | None, back_ns: int | None,
-                    records: list) -> tuple[float | None, float | None]:
+def _detect_recover(samples: list[Any], ctrl: str | None, win: Window | None, back_ns: int | None,
+                    records: list[Any]) -> tuple[float | None, float | None]:
     """detect: the device went -> our controller left LIVE; recover: the device was back
     -> the first I/O completed ok after that."""
     if win is None:
@@ -188,7 +191,7 @@ def _detect_recover(samples: list, ctrl: str | None, win: Window | None, back_ns
     return detect, recover
 
 
-def run_nvme(shim: object, cfg: TopologyConfig, sc: NvmeScenario,
+def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
              state: StateFile | None = None) -> NvmeResult:
     state = state or StateFile.load()
     opts = parse_policy(sc.policy)
@@ -200,7 +203,7 @@ def run_nvme(shim: object, cfg: TopologyConfig, sc: NvmeScenario,
     guard = None
     host = None
     drv = None
-    events: list[dict] = []
+    events: list[dict[str, Any]] = []
     pm = None
     try:
         target.setup()
@@ -266,8 +269,8 @@ def run_nvme(shim: object, cfg: TopologyConfig, sc: NvmeScenario,
         _teardown(state, target, host, drv, guard)
 
 
-def _judge(ledger: LedgerSummary, conns: list, bad_conns: list, scan: kmsg.KmsgScan,
-           tres: dict) -> tuple[list[str], str]:
+def _judge(ledger: LedgerSummary, conns: list[Any], bad_conns: list[Any], scan: kmsg.KmsgScan,
+           tres: dict[str, Any]) -> tuple[list[str], str]:
     findings = []
     broken = False
     if not any(c.phase == "before" for c in conns):
@@ -300,7 +303,7 @@ def _judge(ledger: LedgerSummary, conns: list, bad_conns: list, scan: kmsg.KmsgS
 
 
 def _teardown(state: StateFile, target: NvmetTarget, host: NvmeHost | None,
-              drv: BlockDriver | None, guard: dict | None) -> None:
+              drv: BlockDriver | None, guard: dict[str, Any] | None) -> None:
     problems = []
     if host is not None:
         try:

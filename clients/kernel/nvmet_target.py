@@ -18,8 +18,10 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.core.errors import (
     BoundExceeded,
@@ -125,9 +127,9 @@ class NvmetTarget:
         self.state = state or StateFile.load()
         self.port_id: int | None = None
         self.backing_device: Path | None = None
-        self.entries: list[dict] = []  # what we recorded, in order
+        self.entries: list[dict[str, Any]] = []  # what we recorded, in order
 
-    def _record(self, kind: str, **attrs: object) -> None:
+    def _record(self, kind: str, **attrs: Any) -> None:
         self.state.record(kind, **attrs)
         self.entries.append({"kind": kind, **attrs})
 
@@ -206,7 +208,7 @@ class NvmetTarget:
                               "is the address on an rdma device, and the service id free? "
                               "read dmesg") from None
 
-    def teardown(self, log=lambda msg: None) -> list[str]:
+    def teardown(self, log: Callable[[str], None] = lambda msg: None) -> list[str]:
         """Remove what we made, newest first. Returns the problems left."""
         problems = []
         for entry in reversed(self.entries):

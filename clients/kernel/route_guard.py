@@ -20,19 +20,21 @@ import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from harness.core.errors import RxePowerError, TopologyError
 from harness.core.state import StateFile
 from harness.system import command as cmdjson
-from harness.topology import TABLE_LOCAL_SIDE, TopologyConfig
+from harness.topology.config import TABLE_LOCAL_SIDE, TopologyConfig
 
 GUARD_METRIC = 4242  # above the real route's metric 0
 CM_SAMPLE_INTERVAL_S = 0.2
 IP_TIMEOUT_S = 10.0
 
 
-def install(cfg: TopologyConfig, state: StateFile) -> dict:
-    entry = {"dst": cfg.peer_addr, "table": int(TABLE_LOCAL_SIDE), "metric": GUARD_METRIC}
+def install(cfg: TopologyConfig, state: StateFile) -> dict[str, Any]:
+    entry: dict[str, Any] = {"dst": cfg.peer_addr, "table": int(TABLE_LOCAL_SIDE),
+                             "metric": GUARD_METRIC}
     state.record("route_prohibit", **entry)
     res = subprocess.run(["ip", "route", "replace", "prohibit", cfg.peer_addr, "table",
                           TABLE_LOCAL_SIDE, "metric", str(GUARD_METRIC)],
@@ -45,7 +47,7 @@ def install(cfg: TopologyConfig, state: StateFile) -> dict:
     return entry
 
 
-def remove(entry: dict, state: StateFile) -> None:
+def remove(entry: dict[str, Any], state: StateFile) -> None:
     from harness.system.kernelobjs import undo
 
     undo({"kind": "route_prohibit", **entry}, lambda msg: None)
@@ -66,7 +68,7 @@ class CmId:
     lqpn: int | None = None
 
     @classmethod
-    def parse(cls, d: dict) -> CmId:
+    def parse(cls, d: dict[str, Any]) -> CmId:
         src, src_port = split_addr(d.get("src-addr"), d.get("src-port"))
         dst, dst_port = split_addr(d.get("dst-addr"), d.get("dst-port"))
         lqpn = d.get("lqpn")
@@ -86,7 +88,7 @@ def split_addr(addr: object, port: object = None) -> tuple[str, int | None]:
     return text, None
 
 
-def parse_cm_ids(data: list[dict]) -> list[CmId]:
+def parse_cm_ids(data: list[dict[str, Any]]) -> list[CmId]:
     return [CmId.parse(d) for d in data if isinstance(d, dict)]
 
 
@@ -141,7 +143,7 @@ class Connection:
     first_ns: int
     samples: int
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from clients.kernel.blockio import DriverSpec
 from clients.kernel.nvme_scenario import NvmeResult, NvmeScenario, run_nvme
-from harness import topology
 from harness.core.errors import RxePowerError
+from harness.topology import lifecycle as topology
+from harness.topology.config import TopologyConfig
 from harness.workload.block_ledger import IoOutcome
 from power.plan import parse_ordering
 from power.shim import Shim
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-guard", action="store_true", help="no prohibit route")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    cfg = topology.TopologyConfig.from_settings()
+    cfg = TopologyConfig.from_settings()
     out = open(args.json, "a") if args.json else None  # noqa: SIM115
     rc = 0
     try:

@@ -5,16 +5,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 
-from harness import topology
-from harness.cli.launch import native_argv, run_in_guest, split_csv, start_results_command
+from harness.cli.launch import (
+    Subcommands,
+    native_argv,
+    run_in_guest,
+    split_csv,
+    start_results_command,
+)
+from harness.core import settings
 from harness.core.errors import SettingError
 from harness.core.settings import SETTINGS, Mode
-from harness.run.bench import BENCH_VM_TIMEOUT_S, SECTIONS, BenchSpec, host_load, run_bench
+from harness.run.bench.record import BENCH_FILE, host_load
+from harness.run.bench.run import run_bench
+from harness.run.bench.spec import BENCH_VM_TIMEOUT_S, SECTIONS, BenchSpec
+from harness.topology.config import TopologyConfig
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: Subcommands) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="the harness client against perftest on the same "
                               "rxe pair; the standby cycle part by part; stress rate; "
                               "1,024 QPs")
@@ -61,14 +69,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                           f"sections {', '.join(spec.sections)}")
     if mode is Mode.VM:
         host = host_load()
-        os.environ["RXE_POWER_BENCH_HOST"] = json.dumps(
-            {**host, "other_qemu_pids": host["qemu_pids"]})
+        settings.export_bench_host({**host, "other_qemu_pids": host["qemu_pids"]})
         code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-bench-console.log")
-        path = out_dir / "bench.json"
+        path = out_dir / BENCH_FILE
         if path.exists():  # what the host looked like once the guest was done
             with contextlib.suppress(OSError, ValueError):
                 data = json.loads(path.read_text())
                 data["host_after"] = host_load()
                 path.write_text(json.dumps(data, indent=1, default=str))
         return code
-    return run_bench(spec, topology.TopologyConfig.from_settings(), out_dir)
+    return run_bench(spec, TopologyConfig.from_settings(), out_dir)

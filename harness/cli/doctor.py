@@ -20,11 +20,17 @@ from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-from harness import topology, vm
-from harness.cli.launch import native_rxe_available
+from harness.cli.launch import Subcommands, native_rxe_available
+from harness.core import settings
 from harness.core.errors import OsCallError, RxePowerError
 from harness.core.settings import Mode, resolve
-from harness.system import command, rdma_netlink
+from harness.core.state import STATE_PATH, StateFile
+from harness.system import command, inventory, rdma_netlink
+from harness.topology import devices
+from harness.topology.config import Topology, TopologyConfig
+from harness.vm import accel as vm_accel
+from harness.vm import kernel as vm_kernel
+from harness.vm import tools as vm_tools
 
 DOCTOR_IMPORT_TIMEOUT_S = 20.0  # `import pyverbs` in a child; a broken install must not hang us
 DOCTOR_CMD_TIMEOUT_S = 10.0  # rdma, dpkg-query
@@ -122,12 +128,12 @@ def check_native(probe: Callable[[], tuple[bool, str]] = native_probe) -> Findin
 
 
 def check_qemu(which: Which = shutil.which) -> Finding:
-    if path := which(vm.QEMU_BINARY):
-        return ok("qemu", f"{vm.QEMU_BINARY} at {path}")
-    return fail("qemu", f"{vm.QEMU_BINARY} is not on PATH", "apt-get install qemu-system-x86")
+    if path := which(vm_tools.QEMU_BINARY):
+        return ok("qemu", f"{vm_tools.QEMU_BINARY} at {path}")
+    return fail("qemu", f"{vm_tools.QEMU_BINARY} is not on PATH", "apt-get install qemu-system-x86")
 
 
-def check_vm_tools(find: Callable[[], vm.VmTools] = vm.find_vm_tools) -> Finding:
+def check_vm_tools(find: Callable[[], vm_tools.VmTools] = vm_tools.find_vm_tools) -> Finding:
     try:
         tools = find()
     except RxePowerError as exc:
@@ -135,8 +141,8 @@ def check_vm_tools(find: Callable[[], vm.VmTools] = vm.find_vm_tools) -> Finding
     return ok("virtme-ng", f"vng at {tools.vng}, static busybox at {tools.busybox}")
 
 
-def check_guest_kernel(find: Callable[[], vm.GuestKernel] = vm.find_guest_kernel,
-                       ) -> tuple[Finding, vm.GuestKernel | None]:
+def check_guest_kernel(find: Callable[[], vm_kernel.GuestKernel] = vm_kernel.find_guest_kernel,
+                       ) -> tuple[Finding, vm_kernel.GuestKernel | None]:
     """The kernel the VM would boot; also returned, for the kvm check."""
     try:
         k = find()
@@ -148,20 +154,22 @@ def check_guest_kernel(find: Callable[[], vm.GuestKernel] = vm.find_guest_kernel
 def _accel_finding(accel: str, reason: str, cache: Path) -> Finding:
     if accel == "kvm":
         return ok("kvm", f"VM runs use kvm: {reason}")
-    fix = (f"unset {vm.ACCEL_ENV} to let rxe-power probe kvm" if reason.startswith("forced")
+    fix = (f"unset {vm_accel.ACCEL_ENV} to let rxe-power probe kvm" if reason.startswith("forced")
            else f"nothing required (tcg works, slower); to retry kvm: rm {cache}")
     return warn("kvm", f"VM runs use tcg (slower): {reason}", fix)
 
 
-def check_kvm(kernel: vm.GuestKernel | None, qemu: str | None, *, dev_kvm: Path = vm.DEV_KVM,
+def check_kvm(kernel: vm_kernel.GuestKernel | None, qemu: str | None, *,
+              dev_kvm: Path = vm_accel.DEV_KVM,
               cache_path: Path | None = None, environ: Mapping[str, str] | None = None,
-              probe: bool = False, choose: Callable[..., vm.AccelChoice] = vm.choose_accel,
+              probe: bool = False,
+              choose: Callable[..., vm_accel.AccelChoice] = vm_accel.choose_accel,
               ) -> Finding:
     """The accelerator VM runs get: from the cache, or (probe=True) choose_accel itself."""
     if kernel is None or qemu is None:
         return warn("kvm", "not checked: needs qemu and a guest kernel", "fix those first")
-    cache = cache_path if cache_path is not None else vm.default_accel_cache_path()
-    if probe or (os.environ if environ is None else environ).get(vm.ACCEL_ENV):
+    cache = cache_path if cache_path is not None else vm_accel.default_accel_cache_path()
+    if probe or settings.vm_accel_override(environ):
         try:  # with RXE_POWER_VM_ACCEL set, choose_accel boots nothing
             choice = choose(kernel, qemu=Path(qemu), dev_kvm=dev_kvm, cache_path=cache)
         except RxePowerError as exc:
@@ -173,7 +181,7 @@ def check_kvm(kernel: vm.GuestKernel | None, qemu: str | None, *, dev_kvm: Path 
     if not os.access(dev_kvm, os.R_OK | os.W_OK):
         return warn("kvm", f"{dev_kvm} is not read-writable by uid {os.geteuid()}: VM runs use "
                     "tcg", "run as root, or join group kvm")
-    hit = vm.load_accel_cache(cache).get(vm.accel_cache_key(kernel, Path(qemu)))
+    hit = vm_accel.load_accel_cache(cache).get(vm_accel.accel_cache_key(kernel, Path(qemu)))
     if hit is None:
         return ok("kvm", f"{dev_kvm} present; kvm not probed since boot (the first VM run "
                   "probes it, or: rxe-power doctor --probe-kvm)")
@@ -253,14 +261,14 @@ def check_package(dist: str, missing: Status, used_by: str, python: str = sys.ex
 
 
 def check_topology(native_ok: bool, is_root: bool,
-                   discover: Callable[[topology.TopologyConfig], topology.Topology] | None = None,
+                   discover: Callable[[TopologyConfig], Topology] | None = None,
                    ) -> Finding:
     if not native_ok:
         return ok("topology", "not checked: no native rxe (each VM run builds its own)")
     if not is_root:
         return warn("topology", "not checked: needs root", "run doctor as root")
     try:
-        topo = (discover or topology.discover)(topology.TopologyConfig.from_settings())
+        topo = (discover or devices.discover)(TopologyConfig.from_settings())
     except RxePowerError as exc:
         return warn("topology", f"not set up ({exc.problem})",
                     "rxe-power setup builds it; tests build it themselves")
@@ -274,12 +282,12 @@ def check_topology(native_ok: bool, is_root: bool,
 
 
 def _netdev_names() -> set[str]:
-    return {lk.ifname for lk in topology.ip_links()}
+    return {lk.ifname for lk in inventory.ip_links()}
 
 
 def _rdma_names() -> set[str]:
     try:
-        return {lk.ifname for lk in topology.rdma_links()}
+        return {lk.ifname for lk in inventory.rdma_links()}
     except RxePowerError:  # no RDMA netlink in this kernel: no rdma devices either
         return set()
 
@@ -287,11 +295,11 @@ def _rdma_names() -> set[str]:
 def check_state_file(path: Path | None = None, netdevs: Callable[[], set[str]] = _netdev_names,
                      rdma_devs: Callable[[], set[str]] = _rdma_names) -> Finding:
     """A topology state file whose devices are gone is a leftover for `rxe-power teardown`."""
-    path = path if path is not None else topology.STATE_PATH
+    path = path if path is not None else STATE_PATH
     if not path.exists():
         return ok("state file", f"no {path} (nothing of ours to remove)")
     try:
-        state = topology.StateFile.load(path)
+        state = StateFile.load(path)
         present = netdevs() | rdma_devs()
     except RxePowerError as exc:
         return warn("state file", exc.problem, exc.fix)
@@ -349,7 +357,7 @@ def run_checks(probe_kvm: bool = False, mode: str | None = None) -> list[Finding
     native_ok = native.status is Status.OK
     kernel_f, kernel = check_guest_kernel()
     vm_fs = [check_qemu(), check_vm_tools(), kernel_f,
-             check_kvm(kernel, shutil.which(vm.QEMU_BINARY), probe=probe_kvm)]
+             check_kvm(kernel, shutil.which(vm_tools.QEMU_BINARY), probe=probe_kvm)]
     failed = [f for f in vm_fs if f.status is Status.FAIL]
     vm_why = failed[0].detail if failed or kernel is None else f"guest kernel {kernel.version}"
     try:
@@ -390,11 +398,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return exit_code(findings)
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: Subcommands) -> argparse.ArgumentParser:
     p = subparsers.add_parser("doctor", help="check what the harness needs; say how to fix it")
     p.add_argument("--json", action="store_true", help="print the findings as a JSON list")
     p.add_argument("--probe-kvm", action="store_true", help="boot the short KVM probe if its "
-                   f"verdict is not cached yet (at most {vm.KVM_PROBE_TIMEOUT_S:g} s)")
+                   f"verdict is not cached yet (at most {vm_accel.KVM_PROBE_TIMEOUT_S:g} s)")
     # dest is not `mode`: cli.main resolves args.mode itself and would exit 2 on a bad
     # RXE_POWER_MODE, which doctor must report as a finding instead
     p.add_argument("--mode", dest="doctor_mode", default=None,

@@ -9,17 +9,23 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TypeAlias
 
-from harness import topology, vm
+from harness.core import settings
 from harness.core.errors import RxePowerError
 from harness.core.settings import Mode
+from harness.system.rxe_module import rxe_module_loaded
+from harness.vm import runner
 
-RESULTS_DIR = Path(os.environ.get("RXE_POWER_RESULTS", "results"))
+RESULTS_DIR = settings.results_dir()
+# the subparsers of `rxe-power` each command module adds its commands to
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+SHORT_COMMAND_VM_TIMEOUT_S = 600.0  # bound on a VM run of check or transition
 
 
 def native_rxe_available() -> tuple[bool, str]:
     """Can this kernel give us rxe devices? (module loaded, or loadable)."""
-    if topology.rxe_module_loaded():
+    if rxe_module_loaded():
         return True, "rdma_rxe is loaded in the running kernel"
     release = os.uname().release
     mod_dir = Path("/lib/modules") / release
@@ -42,16 +48,15 @@ def choose_mode(requested: Mode) -> tuple[Mode, str]:
 
 
 def _forwarded_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k.startswith("RXE_POWER_") and k not in ("RXE_POWER_MODE",)}
+    env = {k: v for k, v in settings.own_environment().items() if k != "RXE_POWER_MODE"}
     env["RXE_POWER_IN_VM"] = "1"
     return env
 
 
 def run_in_guest(argv: list[str], timeout_s: float, log_name: str) -> int:
-    req = vm.VmRequest(command=argv, rw_dirs=[Path.cwd()], log_path=RESULTS_DIR / log_name,
+    req = runner.VmRequest(command=argv, rw_dirs=[Path.cwd()], log_path=RESULTS_DIR / log_name,
                        timeout_s=timeout_s, env=_forwarded_env())
-    result = vm.run_in_vm(req)
+    result = runner.run_in_vm(req)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{log_name}.json").write_text(json.dumps(result.to_json(), indent=1,
                                                              default=str))

@@ -1,20 +1,125 @@
-"""Child processes: start one on the record, stop one within a bound.
+"""Processes: start a child on the record, stop any process within bounds, and end what a
+dead run left.
 
-Every long-lived child (peer agent, client workers, async event reader) is started
-with `spawn`, which writes it into the state file (harness/state.py) with its start
-time; `wait_or_kill` takes it off once it is gone. If the harness is SIGKILLed in
-between, `rxe-power cleanup` or the next run ends it.
+Every long-lived child (peer agent, client workers, async event reader, the VM) is
+started with `spawn` (or recorded with `state.track`), which writes it into the state
+file with its start time. Stopping is one procedure for all of them (`stop_processes`):
+SIGTERM, up to STOP_GRACE_S for it to go, SIGKILL, up to GONE_TIMEOUT_S. A process
+still there after that is uninterruptible in the kernel (D state): it is left and
+reported, never waited on without a bound. A process is signalled only while its pid
+*and* start time match the record, so a pid the kernel reused is never signalled.
+
+`reap_stale` ends every recorded process whose owner (the run that started it) is
+dead; every setup starts with it, and so does `rxe-power cleanup`.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from harness.core.state import track, untrack
+from harness.core.state import Entry, StateFile, alive, process_start, track, untrack
+
+STOP_GRACE_S = 3.0  # SIGTERM -> SIGKILL: the one grace every stop gives a process
+GONE_TIMEOUT_S = 3.0  # SIGKILL -> gone; still there then: uninterruptible (D state), left
+STOP_POLL_S = 0.02  # polling interval of the bounded waits above
+RUN_DIR = Path("/run/rxe-power")  # the only place reap_stale removes recorded directories
+
+Log = Callable[[str], None]
 
 
-def spawn(argv: list[str], role: str, **popen_kw: Any) -> subprocess.Popen:
+class Stopped(StrEnum):
+    """How the stop of one process ended."""
+
+    ALREADY_GONE = "already gone"  # before any signal (or its pid is another process now)
+    EXITED = "exited"  # by itself, within the wait it was given before any signal
+    SIGTERM = "SIGTERM"  # went within the grace after SIGTERM
+    SIGKILL = "SIGKILL"  # went after SIGKILL
+    SURVIVED = "survived SIGKILL"  # still there GONE_TIMEOUT_S after SIGKILL: left alone
+
+    @property
+    def gone(self) -> bool:
+        return self is not Stopped.SURVIVED
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """One process as recorded: its pid and its start time (clock ticks since boot)."""
+
+    pid: int
+    start: float
+    group: bool = False  # it leads its own process group: signals go to the whole group
+
+    @classmethod
+    def now(cls, pid: int, group: bool = False) -> ProcessRef | None:
+        """The process that has `pid` now; None when there is none."""
+        start = process_start(pid)
+        return None if start is None else cls(pid, start, group)
+
+    def present(self) -> bool:
+        """Is the recorded process still there (a zombie is not)?"""
+        return process_start(self.pid) == self.start
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send `sig`, but only to the recorded process (checked just before)."""
+        if not self.present():
+            return
+        try:
+            if self.group:
+                os.killpg(self.pid, sig)
+            else:
+                os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_gone(refs: Sequence[ProcessRef], timeout_s: float) -> list[ProcessRef]:
+    """Wait up to `timeout_s` for every process to go; the ones still there."""
+    deadline = time.monotonic() + timeout_s
+    while (left := [r for r in refs if r.present()]) and time.monotonic() < deadline:
+        time.sleep(STOP_POLL_S)
+    return left
+
+
+def stop_processes(
+    refs: Sequence[ProcessRef],
+    *,
+    exit_wait_s: float = 0.0,
+    grace_s: float = STOP_GRACE_S,
+    gone_timeout_s: float = GONE_TIMEOUT_S,
+    terminate: Callable[[ProcessRef], None] | None = None,
+) -> dict[int, Stopped]:
+    """Stop processes together: up to `exit_wait_s` for them to exit by themselves (they
+    were asked to), SIGTERM (or `terminate(ref)`), up to `grace_s`, SIGKILL, up to
+    `gone_timeout_s`. Returns how each pid ended; one that survived SIGKILL is left."""
+    out = {r.pid: Stopped.ALREADY_GONE for r in refs if not r.present()}
+    left = [r for r in refs if r.pid not in out]
+    if exit_wait_s > 0 and left:
+        still = _wait_gone(left, exit_wait_s)
+        out |= {r.pid: Stopped.EXITED for r in left if r not in still}
+        left = still
+    for r in left:
+        (terminate or (lambda ref: ref.signal(signal.SIGTERM)))(r)
+    still = _wait_gone(left, grace_s)
+    out |= {r.pid: Stopped.SIGTERM for r in left if r not in still}
+    left = still
+    for r in left:
+        r.signal(signal.SIGKILL)
+    still = _wait_gone(left, gone_timeout_s)
+    out |= {r.pid: Stopped.SIGKILL for r in left if r not in still}
+    out |= {r.pid: Stopped.SURVIVED for r in still}
+    return out
+
+
+def spawn(argv: list[str], role: str, **popen_kw: Any) -> subprocess.Popen[Any]:
     """Popen, recorded in the state file under `role`."""
     proc = subprocess.Popen(argv, **popen_kw)
     try:
@@ -26,15 +131,58 @@ def spawn(argv: list[str], role: str, **popen_kw: Any) -> subprocess.Popen:
     return proc
 
 
-def wait_or_kill(proc: subprocess.Popen, timeout_s: float) -> bool:
-    """Give a child `timeout_s` to exit by itself, then SIGKILL it. True if it was killed.
-    Either way it is taken off the state file's record."""
-    try:
-        proc.wait(timeout_s)
-        killed = False
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        killed = True
-    untrack(proc.pid)
-    return killed
+def stop_child(
+    proc: subprocess.Popen[Any],
+    exit_wait_s: float,
+    *,
+    grace_s: float = STOP_GRACE_S,
+    group: bool = False,
+    terminate: Callable[[ProcessRef], None] | None = None,
+) -> Stopped:
+    """Stop a child we started (`stop_processes`), reap it, and take it off the state
+    file's record once it is gone. One that survived SIGKILL stays on the record (the
+    next cleanup tries again) and is not reaped: the caller reports it."""
+    ref = ProcessRef.now(proc.pid, group)
+    how = Stopped.EXITED if ref is None else stop_processes(
+        [ref], exit_wait_s=exit_wait_s, grace_s=grace_s, terminate=terminate)[proc.pid]
+    if how is Stopped.ALREADY_GONE:
+        how = Stopped.EXITED  # our own child: it cannot have been replaced before reaping
+    if how.gone:
+        proc.wait()  # a zombie by now: returns at once
+        untrack(proc.pid)
+    return how
+
+
+def end_recorded(entry: Entry, log: Log) -> str | None:
+    """Stop the process a state file entry records (its group if it leads one).
+    Returns a problem, or None once it is gone (or was never there)."""
+    pid = int(entry["pid"])
+    how = stop_processes([ProcessRef(pid, entry["start"], bool(entry.get("group")))])[pid]
+    if how is Stopped.SURVIVED:
+        return (f"{entry['role']} pid {pid} survived SIGKILL for {GONE_TIMEOUT_S:g} s "
+                "(uninterruptible in the kernel?)")
+    if how is not Stopped.ALREADY_GONE:
+        log(f"ended {entry['role']} pid {pid} ({how.value})")
+    return None
+
+
+def reap_stale(log: Log = print, state_path: Path | None = None) -> list[str]:
+    """End every recorded process, and remove every recorded directory, whose owner is
+    dead. Returns the problems left (a process that would not die)."""
+    state = StateFile.load(state_path)
+    problems = []
+    for entry in state.created:
+        if entry["kind"] not in ("process", "dir") or alive(entry.get("owner")):
+            continue
+        if entry["kind"] == "process":
+            problem = end_recorded(entry, log)
+            if problem:
+                problems.append(problem)
+                continue
+        else:
+            path = Path(entry["path"])
+            if path.is_relative_to(RUN_DIR):
+                shutil.rmtree(path, ignore_errors=True)
+                log(f"removed {path}")
+        state.forget(**entry)
+    return problems

@@ -1,18 +1,20 @@
-"""The (event, payload) protocol between the controller and its worker processes.
+"""The one codec of the (event, payload) line protocol between rxe-power's processes.
 
 Framing: one JSON object per line, UTF-8, at most MAX_MESSAGE_BYTES. Never pickle.
 A message is {"v": 1, "id": <int>, "event": <name>, "payload": {...}}. A request's
-reply reuses its id with event "ok" or "error". Every event name has a schema
-(field -> type) checked on both ends; an unknown event, a missing or mistyped
-field, an oversized line or bad JSON raises ProtocolError naming the problem.
+reply reuses its id with event "ok" or "error" (error_reply builds the one error
+form). Every channel (peer agent, client worker, power notices) has its schema in
+harness.core.schemas (event -> field -> type), checked on both ends; an unknown
+event, a missing or mistyped field, an oversized line or bad JSON raises
+ProtocolError naming the problem.
 
-decode() is the one place that validates a line from another process (this
-protocol, the power notices of power/notify.py and the client worker's all use
-it). Beyond the schema it enforces, for every message:
+decode(line, channel) is the one place that validates a line from another
+process, always against that channel's schema. Beyond the schema it enforces, for
+every message:
 
-- strict JSON in strict UTF-8: no NaN/Infinity, no number that overflows a
-  double, no integer of more than 20 digits, no duplicate key in any object, no
-  lone surrogate in any string, nesting at most MAX_DEPTH deep;
+- strict JSON in strict UTF-8 (harness.core.strict_json): no NaN/Infinity, no
+  number that overflows a double, no integer of more than 20 digits, no duplicate
+  key in any object, no lone surrogate in any string, nesting at most MAX_DEPTH deep;
 - "v" is the integer VERSION (not true, not 1.0); "id" is present, an integer
   (not a bool) in 0..MAX_INT;
 - a schema field typed int is a count, id, size, offset or value: 0..MAX_INT
@@ -28,45 +30,27 @@ an "error" reply can name the request it answers.
 from __future__ import annotations
 
 import json
-import math
 import select
 import socket
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.core.errors import BoundExceeded, FramingError, ProtocolError
+from harness.core.errors import BoundExceeded, FramingError, ProtocolError, RxePowerError
+from harness.core.schemas import (
+    MAX_SECONDS,
+    REPLIES,
+    SCHEMAS,
+    ChannelKind,
+    FieldType,
+)
+from harness.core.strict_json import MAX_INT, loads_strict, short
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20
 REPLY_TIMEOUT_S = 30.0
-MAX_DEPTH = 32  # nesting of arrays/objects in one message, the top object counting 1
-MAX_INT = 2**64 - 1  # the largest int a schema field (count, id, offset, value) may carry
-MAX_INT_DIGITS = 20  # any JSON integer: len(str(2**64)) == 20
-MAX_SECONDS = 7 * 24 * 3600.0  # the longest duration a schema field (timeout_s...) may carry
-
-_QP = {"qp_id": int}
-# request event -> required payload fields and their types
-REQUESTS: dict[str, dict[str, type | tuple[type, ...]]] = {  # controller -> peer agent
-    "hello": {},
-    "create_qp": {"mr_size": int, "recv_slots": int, "slot_size": int, "write_slots": int},
-    "connect_qp": {**_QP, "remote": dict},
-    "fill": {**_QP, "offset": int, "length": int, "seq": int},
-    "verify": {**_QP, "offset": int, "length": int, "seq": int},
-    "read_u64": {**_QP, "offset": int},
-    "write_u64": {**_QP, "offset": int, "value": int},
-    "arrivals": {**_QP, "count": int, "timeout_s": (int, float)},
-    "qp_state": _QP,
-    "probe": {**_QP, "timeout_s": (int, float)},
-    "probe_start": _QP,
-    "to_err": _QP,
-    "destroy_qp": _QP,
-    "cm_listen": {"port": int, "mr_size": int, "recv_slots": int, "slot_size": int},
-    "cm_events": {"count": int, "timeout_s": (int, float)},
-    "cm_stop": {},
-    "shutdown": {},
-}
-REPLIES = ("ok", "error")
+ERROR_TEXT_MAX = 4096  # characters of an exception's text (and of its fix) in an error reply
 
 
 @dataclass
@@ -80,7 +64,7 @@ class Message:
             text = json.dumps({"v": VERSION, "id": self.id, "event": self.event,
                                "payload": self.payload}, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError, RecursionError) as exc:
-            raise ProtocolError(f"message {_short(self.event)} cannot be sent as JSON: {exc}",
+            raise ProtocolError(f"message {short(self.event)} cannot be sent as JSON: {exc}",
                                 "send only finite numbers, strings, lists and objects",
                                 self.id if type(self.id) is int else 0) from None
         line = text.encode() + b"\n"
@@ -91,145 +75,27 @@ class Message:
         return line
 
 
-Schema = dict[str, dict[str, type | tuple[type, ...]]]
-
-
-class _Reject(Exception):
-    """Raised by the tree check; loads_strict() turns it into a ProtocolError."""
-
-
-class _Bad:
-    """What the json hooks put in place of a value strict JSON refuses, so that the
-    tree check reports it with the message's id (known once the line has parsed)."""
-
-    __slots__ = ("why",)
-
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-
-class _BadObject(dict):
-    """An object with a duplicate key (the last value wins in json; here it is an error)."""
-
-    why = ""
-
-
-def _parse_int(text: str) -> int | _Bad:
-    digits = len(text.lstrip("-"))
-    if digits > MAX_INT_DIGITS:  # also keeps int() away from its 4300-digit ValueError
-        return _Bad(f"an integer of {digits} digits (more than {MAX_INT_DIGITS})")
-    return int(text)
-
-
-def _parse_float(text: str) -> float | _Bad:
-    val = float(text)
-    return val if math.isfinite(val) else _Bad(f"the number {_short(text)} overflows a double")
-
-
-def _parse_constant(text: str) -> _Bad:
-    return _Bad(f"{text} (NaN and Infinity are not JSON)")
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    dups = []
-    for key, val in pairs:
-        if key in out:
-            dups.append(key)
-        out[key] = val
-    if not dups:
-        return out
-    bad = _BadObject(out)
-    bad.why = f"duplicate key {_short(dups[0])} in one object"
-    return bad
-
-
-def _short(val: object, limit: int = 60) -> str:
-    """repr() cut to `limit` characters: error texts never echo a whole message."""
-    text = repr(val)
-    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
-
-
-def _check_tree(obj: object) -> None:
-    """Nesting depth and string validity of a parsed message, iteratively."""
-    stack = [(obj, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            items = list(node.keys()) + list(node.values())
-        elif isinstance(node, list):
-            items = node
-        else:
-            items = [node]
-            depth -= 1  # a scalar adds no level
-        if depth > MAX_DEPTH:
-            raise _Reject(f"nesting deeper than MAX_DEPTH={MAX_DEPTH}")
-        if isinstance(node, _BadObject):
-            raise _Reject(node.why)
-        for item in items:
-            if isinstance(item, _Bad):
-                raise _Reject(item.why)
-            if isinstance(item, dict | list):
-                stack.append((item, depth + 1))
-            elif isinstance(item, str):
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise _Reject(f"a lone surrogate in the string {_short(item)}") from None
-
-
-def loads_strict(line: bytes) -> Any:
-    """Parse one line as strict JSON (the rules in the module docstring); every failure is a
-    ProtocolError. Shared by every line protocol between rxe-power's processes."""
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProtocolError(f"message is not UTF-8: {exc}",
-                            "send one JSON object per line, encoded in UTF-8") from None
-    try:
-        obj = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
-                         parse_constant=_parse_constant, object_pairs_hook=_object)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"message is not JSON: {exc}",
-                            "send one JSON object per line") from None
-    except RecursionError:
-        raise ProtocolError(f"message nests deeper than MAX_DEPTH={MAX_DEPTH} (and than "
-                            "Python's recursion limit)", "flatten the payload") from None
-    except ValueError as exc:  # anything json.loads itself rejects beyond the above
-        raise ProtocolError(f"message is not JSON: {exc}", "send one JSON object per line") \
-            from None
-    try:
-        _check_tree(obj)
-    except _Reject as exc:
-        mid = obj.get("id") if isinstance(obj, dict) else None
-        raise ProtocolError(f"message is not strict JSON: {exc}",
-                            "send finite numbers, integers of at most 64 bits, unique keys, "
-                            f"valid Unicode strings, nesting at most {MAX_DEPTH} deep",
-                            mid if type(mid) is int and 0 <= mid <= MAX_INT else 0) from None
-    return obj
-
-
-def _check_field(event: str, name: str, typ: type | tuple[type, ...], val: Any,
-                 mid: int) -> None:
+def _check_field(event: str, name: str, typ: FieldType, val: Any, mid: int) -> None:
     want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
     if isinstance(val, bool) or not isinstance(val, typ):
         raise ProtocolError(f"event {event!r} field {name!r} has type {type(val).__name__}, "
                             f"expected {want}", f"send {name!r} as a JSON {want}", mid)
     if isinstance(typ, tuple) and float in typ:  # a duration in seconds
-        if not 0 <= val <= MAX_SECONDS:
-            raise ProtocolError(f"event {event!r} field {name!r} is {_short(val)} seconds, "
+        if not (isinstance(val, int | float) and 0 <= val <= MAX_SECONDS):
+            raise ProtocolError(f"event {event!r} field {name!r} is {short(val)} seconds, "
                                 f"outside 0..MAX_SECONDS={MAX_SECONDS:g}",
                                 f"send {name!r} as a finite, non-negative number of seconds",
                                 mid)
     elif isinstance(val, int) and not 0 <= val <= MAX_INT:
-        raise ProtocolError(f"event {event!r} field {name!r} is {_short(val)}, outside "
+        raise ProtocolError(f"event {event!r} field {name!r} is {short(val)}, outside "
                             f"0..2**64-1", f"send {name!r} as a non-negative 64-bit integer", mid)
 
 
-def decode(line: bytes, expect_reply: bool = False, schema: Schema | None = None) -> Message:
-    """Parse and validate one line against `schema` (default: the peer-agent REQUESTS).
-    Raises ProtocolError (and nothing else) for any line that is not a valid message."""
-    table = REQUESTS if schema is None else schema
+def decode(line: bytes, channel: ChannelKind, expect_reply: bool = False) -> Message:
+    """Parse one line from `channel` and validate it against the channel's schema
+    (schemas.SCHEMAS), or, with `expect_reply`, as the "ok"/"error" reply to a request on
+    it. Raises ProtocolError (and nothing else) for any line that is not a valid message."""
+    table = REPLIES if expect_reply else SCHEMAS[channel]
     if len(line) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"message of {len(line)} bytes exceeds {MAX_MESSAGE_BYTES}",
                             "the peer must split its messages")
@@ -241,10 +107,10 @@ def decode(line: bytes, expect_reply: bool = False, schema: Schema | None = None
     known_id = mid if type(mid) is int and 0 <= mid <= MAX_INT else 0
     ver = obj.get("v")
     if type(ver) is not int or ver != VERSION:
-        raise ProtocolError(f"protocol version {_short(ver)}, expected {VERSION}",
+        raise ProtocolError(f"protocol version {short(ver)}, expected {VERSION}",
                             "run the same rxe-power version on both ends", known_id)
     if type(mid) is not int or not 0 <= mid <= MAX_INT:
-        raise ProtocolError(f"message id is {_short(mid)}, not an integer in 0..2**64-1",
+        raise ProtocolError(f"message id is {short(mid)}, not an integer in 0..2**64-1",
                             "give every message an integer id (a reply echoes its request's)")
     event, payload = obj.get("event"), obj.get("payload", {})
     if not isinstance(event, str) or not isinstance(payload, dict):
@@ -253,23 +119,42 @@ def decode(line: bytes, expect_reply: bool = False, schema: Schema | None = None
                             "send event as a string and payload as an object", mid)
     reserved = [k for k in payload if k.startswith("_")]
     if reserved:
-        raise ProtocolError(f"event {_short(event)} payload has reserved field(s) "
-                            f"{_short(reserved)}", "do not send fields starting with '_'", mid)
-    if expect_reply:
-        if event not in REPLIES:
-            raise ProtocolError(f"expected a reply, got event {_short(event)}",
+        raise ProtocolError(f"event {short(event)} payload has reserved field(s) "
+                            f"{short(reserved)}", "do not send fields starting with '_'", mid)
+    fields = table.get(event)
+    if fields is None:
+        if expect_reply:
+            raise ProtocolError(f"expected a reply on the {channel} channel, got event "
+                                f"{short(event)}",
                                 f"answer a request with one of: {', '.join(REPLIES)}", mid)
-    else:
-        fields = table.get(event)
-        if fields is None:
-            raise ProtocolError(f"unknown event {_short(event)}",
-                                f"use one of: {', '.join(sorted(table))}", mid)
-        for name, typ in fields.items():
-            if name not in payload:
-                raise ProtocolError(f"event {event!r} lacks field {name!r}",
-                                    f"send {name!r} in the payload", mid)
-            _check_field(event, name, typ, payload[name], mid)
+        raise ProtocolError(f"unknown event {short(event)} on the {channel} channel",
+                            f"use one of: {', '.join(sorted(table))}", mid)
+    for name, typ in fields.items():
+        if name not in payload:
+            raise ProtocolError(f"event {event!r} lacks field {name!r}",
+                                f"send {name!r} in the payload", mid)
+        _check_field(event, name, typ, payload[name], mid)
     return Message(event, payload, mid)
+
+
+def encode_checked(msg: Message, channel: ChannelKind) -> bytes:
+    """`msg` as a line, validated against `channel`'s schema as the receiver will."""
+    line = msg.encode()
+    decode(line.rstrip(b"\n"), channel)
+    return line
+
+
+def error_reply(exc: BaseException, mid: int) -> bytes:
+    """The one "error" reply line: answers request `mid` (or, when 0 and `exc` is a
+    ProtocolError that could read the line's id, that id) with the exception's text, its
+    fix, its type and the last frames of its trace, each bounded by ERROR_TEXT_MAX."""
+    fix = exc.fix if isinstance(exc, RxePowerError) else ""
+    if isinstance(exc, ProtocolError) and not mid:
+        mid = exc.msg_id
+    payload = {"message": str(exc)[:ERROR_TEXT_MAX], "fix": fix[:ERROR_TEXT_MAX],
+               "type": type(exc).__name__,
+               "trace": "".join(traceback.format_exception(exc, limit=3))[-ERROR_TEXT_MAX:]}
+    return Message("error", payload, mid).encode()
 
 
 class LineReader:
@@ -311,28 +196,26 @@ class Channel:
     an "error" reply with id 0 answers the request in flight (the other side could not
     read its id); any other id is a ProtocolError."""
 
-    def __init__(self, sock: socket.socket, name: str) -> None:
+    def __init__(self, sock: socket.socket, name: str, channel: ChannelKind) -> None:
         self.sock = sock
         self.name = name
+        self.channel = channel
         self.reader = LineReader()
         self.pending: list[bytes] = []
         self.next_id = 1
         self.abandoned: set[int] = set()  # ids of requests that timed out unanswered
 
     def request(self, event: str, reply_timeout_s: float = REPLY_TIMEOUT_S,
-                **payload: Any) -> dict:
+                **payload: Any) -> dict[str, Any]:
         mid = self.next_id
         self.next_id += 1
-        msg = Message(event, payload, mid)
-        line = msg.encode()
-        if event in REQUESTS:  # validate our own requests too
-            decode(line.rstrip(b"\n"))
+        line = encode_checked(Message(event, payload, mid), self.channel)  # as the far end will
         self.sock.sendall(line)
         deadline = time.monotonic() + reply_timeout_s
         while True:
             while self.pending:
                 try:
-                    reply = decode(self.pending.pop(0), expect_reply=True)
+                    reply = decode(self.pending.pop(0), self.channel, expect_reply=True)
                 except ProtocolError as exc:
                     raise ProtocolError(f"{self.name}: bad reply to {event!r} (id {mid}): "
                                         f"{exc.problem}", exc.fix, mid) from None
@@ -362,9 +245,10 @@ class Channel:
 
 
 class WorkerError(ProtocolError):
-    """A worker answered a request with an error."""
+    """The far end of a channel (peer agent or client worker) answered a request with an
+    "error" reply (error_reply's form)."""
 
-    def __init__(self, worker: str, event: str, payload: dict) -> None:
+    def __init__(self, worker: str, event: str, payload: dict[str, Any]) -> None:
         self.payload = payload
         super().__init__(f"{worker} failed {event!r}: {payload.get('message', payload)}",
                          str(payload.get("fix", "")))

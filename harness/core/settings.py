@@ -2,20 +2,26 @@
 
 Every setting is declared once here (name, environment variable, ini key, parser,
 default). A bad value raises SettingError naming where it came from, as
-pytest-timeout does.
+pytest-timeout does. Every environment variable the harness reads is read here: the
+settings with an option (SETTINGS, `resolve`) and those without one (the readers at
+the end: results_dir, state_path, in_vm, ...).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from harness.core.errors import SettingError
+
+T = TypeVar("T")
 
 
 class Mode(StrEnum):
@@ -143,3 +149,119 @@ def resolve(
                 f"set {source.split()[-1]} to a valid value ({setting.help})",
             ) from None
     raise AssertionError("unreachable: the default always parses")  # pragma: no cover
+
+
+# --- environment-only settings ------------------------------------------------------------
+# Variables without a command-line option: set by the user (paths, VM overrides), by the
+# runner for the guest (RXE_POWER_IN_VM, RXE_POWER_BENCH_HOST), or by the system. An empty
+# value counts as unset. Each reader names the variable when its value is bad.
+
+RESULTS_ENV = "RXE_POWER_RESULTS"  # where results and logs go (default ./results)
+STATE_ENV = "RXE_POWER_STATE"  # the state file (default /run/rxe-power/topology.json)
+CLIENTS_DIR_ENV = "RXE_POWER_CLIENTS_DIR"  # the clients' notice sockets
+IN_VM_ENV = "RXE_POWER_IN_VM"  # "1" inside the guest the runner booted
+BENCH_HOST_ENV = "RXE_POWER_BENCH_HOST"  # the host's load as JSON, handed to a guest bench
+VM_KERNEL_ENV = "RXE_POWER_VM_KERNEL"  # the guest kernel to boot instead of the newest
+VM_ACCEL_ENV = "RXE_POWER_VM_ACCEL"  # kvm or tcg: skip the accelerator probe
+RUNTIME_DIR_ENV = "XDG_RUNTIME_DIR"  # a non-root user's per-boot directory
+MPL_CONFIG_ENV = "MPLCONFIGDIR"  # matplotlib's configuration and font cache
+OWN_PREFIX = "RXE_POWER_"  # every variable of ours: forwarded into the guest
+
+DEFAULT_RESULTS_DIR = "results"
+DEFAULT_STATE_PATH = "/run/rxe-power/topology.json"
+DEFAULT_CLIENTS_DIR = "/run/rxe-power/clients"
+
+
+def _env(var: str, environ: Mapping[str, str] | None) -> str | None:
+    raw = (os.environ if environ is None else environ).get(var)
+    return raw or None
+
+
+def parse_path(raw: str) -> Path:
+    if "\0" in raw or raw != raw.strip():
+        raise ValueError(f"{raw!r} is not a usable path (NUL or surrounding blanks)")
+    return Path(raw)
+
+
+def _env_parsed(var: str, parse: Callable[[str], T], default: str | None, what: str,
+                environ: Mapping[str, str] | None) -> T | None:
+    raw = _env(var, environ)
+    if raw is None:
+        return None if default is None else parse(default)
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise SettingError(f"bad value of environment variable {var}: {exc}",
+                           f"set {var} to {what}, or unset it") from None
+
+
+def _env_path(var: str, default: str, environ: Mapping[str, str] | None) -> Path:
+    path = _env_parsed(var, parse_path, default, "a path", environ)
+    assert path is not None  # a default is given
+    return path
+
+
+def results_dir(environ: Mapping[str, str] | None = None) -> Path:
+    return _env_path(RESULTS_ENV, DEFAULT_RESULTS_DIR, environ)
+
+
+def state_path(environ: Mapping[str, str] | None = None) -> Path:
+    return _env_path(STATE_ENV, DEFAULT_STATE_PATH, environ)
+
+
+def clients_dir(environ: Mapping[str, str] | None = None) -> Path:
+    return _env_path(CLIENTS_DIR_ENV, DEFAULT_CLIENTS_DIR, environ)
+
+
+def runtime_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    return _env_parsed(RUNTIME_DIR_ENV, parse_path, None, "a directory", environ)
+
+
+def in_vm(environ: Mapping[str, str] | None = None) -> bool:
+    """Inside the guest the runner booted (it sets RXE_POWER_IN_VM=1; any other value: no)."""
+    return _env(IN_VM_ENV, environ) == "1"
+
+
+def vm_kernel_override(environ: Mapping[str, str] | None = None) -> str | None:
+    """RXE_POWER_VM_KERNEL as given (harness.vm validates the image it names)."""
+    return _env(VM_KERNEL_ENV, environ)
+
+
+def vm_accel_override(environ: Mapping[str, str] | None = None) -> str | None:
+    """RXE_POWER_VM_ACCEL as given (harness.vm checks it is kvm or tcg)."""
+    return _env(VM_ACCEL_ENV, environ)
+
+
+def parse_json_object(raw: str) -> dict[str, Any]:
+    try:
+        val = json.loads(raw)
+    except ValueError:
+        raise ValueError(f"{raw[:60]!r} is not JSON") from None
+    if not isinstance(val, dict):
+        raise ValueError(f"{raw[:60]!r} is not a JSON object")
+    return val
+
+
+def bench_host(environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The host's load the runner measured before booting a guest bench."""
+    return _env_parsed(BENCH_HOST_ENV, parse_json_object, None,
+                       "the JSON object `rxe-power bench --mode vm` writes", environ)
+
+
+def export_bench_host(host: Mapping[str, Any]) -> None:
+    """Hand the host's load to the guest (the runner forwards RXE_POWER_* variables)."""
+    os.environ[BENCH_HOST_ENV] = json.dumps(host)
+
+
+def mpl_config_dir_set(environ: Mapping[str, str] | None = None) -> bool:
+    return _env(MPL_CONFIG_ENV, environ) is not None
+
+
+def export_mpl_config_dir(path: Path) -> None:
+    os.environ[MPL_CONFIG_ENV] = str(path)
+
+
+def own_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every RXE_POWER_* variable set here (what the runner forwards into the guest)."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k.startswith(OWN_PREFIX)}

@@ -9,7 +9,8 @@ time, so a reused pid is never mistaken for ours). A change is a locked
 read-modify-write of the file (flock), written atomically and fsynced, so every
 process of a run (and a second run) sees the same record, and a SIGKILL at any
 point leaves a file that says exactly what exists. `rxe-power cleanup`
-(harness/cleanup.py) and the next run read it to remove what a killed run left.
+(harness/topology/cleanup.py) and the next run (harness/core/proc.py `reap_stale`,
+then the topology's setup) read it to remove what a killed run left.
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.core.errors import TopologyError
+from harness.core.settings import state_path
 
-STATE_PATH = Path(os.environ.get("RXE_POWER_STATE", "/run/rxe-power/topology.json"))
+STATE_PATH = state_path()  # RXE_POWER_STATE
 STATE_SCHEMA = 1
 OWNER_KEYS = ("owner", "keep")  # bookkeeping, not part of an entry's identity
 RUN_KINDS = ("process", "dir")  # what a run makes for itself, besides the topology
+
+Entry = dict[str, Any]  # one record of the state file, as JSON (kind, its attributes, owner)
 
 
 def process_start(pid: int) -> float | None:
@@ -42,11 +47,11 @@ def process_start(pid: int) -> float | None:
     return None if fields[0] in ("Z", "X") else float(fields[19])
 
 
-def me() -> dict:
+def me() -> Entry:
     return {"pid": os.getpid(), "start": process_start(os.getpid())}
 
 
-def alive(owner: dict | None) -> bool:
+def alive(owner: Entry | None) -> bool:
     """Is the process that `owner` names still the same process?"""
     if not owner:
         return False
@@ -54,7 +59,7 @@ def alive(owner: dict | None) -> bool:
     return start is not None and start == owner.get("start")
 
 
-def _identity(entry: dict) -> dict:
+def _identity(entry: Entry) -> Entry:
     return {k: v for k, v in entry.items() if k not in OWNER_KEYS}
 
 
@@ -63,8 +68,8 @@ class StateFile:
     """What we created, in creation order."""
 
     path: Path = STATE_PATH
-    config: dict = field(default_factory=dict)
-    created: list[dict] = field(default_factory=list)
+    config: dict[str, str] = field(default_factory=dict)
+    created: list[Entry] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path | None = None) -> StateFile:
@@ -147,20 +152,20 @@ class StateFile:
     def owns_rdma_link(self, name: str) -> bool:
         return any(e["kind"] == "rdma_link" and e["name"] == name for e in self.created)
 
-    def processes(self) -> list[dict]:
+    def processes(self) -> list[Entry]:
         return [e for e in self.created if e["kind"] == "process"]
 
-    def topology_entries(self) -> list[dict]:
+    def topology_entries(self) -> list[Entry]:
         return [e for e in self.created if e["kind"] not in RUN_KINDS]
 
 
-def track(proc: subprocess.Popen, role: str, group: bool = False) -> None:
+def track(proc: subprocess.Popen[Any], role: str, group: bool = False) -> None:
     """Record a process we started (with its start time): if we are killed, cleanup ends
     it. `group`: it leads its own process group, which is ended with it."""
     start = process_start(proc.pid)
     if start is None:
         return  # already gone
-    entry = {"pid": proc.pid, "start": start, "role": role}
+    entry: Entry = {"pid": proc.pid, "start": start, "role": role}
     if group:
         entry["group"] = True
     with contextlib.suppress(PermissionError):  # not root: nothing of ours can exist

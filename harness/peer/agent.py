@@ -1,20 +1,15 @@
 """The remote peer: a stand-alone process bound to the peer HCA (rxe1).
 
-    python -m harness.peer_agent --device rxe1 --gid-index 1 --addr 198.18.0.2 --socket PATH
+    python -m harness.peer.agent --device rxe1 --gid-index 1 --addr 198.18.0.2 --socket PATH
 
-It listens on a Unix socket for its controller (and client workers), speaks the (event, payload)
-protocol of harness.protocol, and runs one select() loop over the control socket,
-every QP's completion channel and the rdma_cm event channel, so no pyverbs call
-ever blocks. It records every arrival (seq, opcode, length, checksum verdict,
-QP generation, time) and every event of its own (completion errors, flushed
-receives, CM events) and reports them on request. It exits when the controller
-goes away; every verbs object is closed by construction on the way out.
-
-Memory layout of each QP's MR: `recv_slots` receive slots of `slot_size` bytes,
-then the RDMA area (the remote side's target for WRITE/READ/atomics); offsets
-in fill/verify/read_u64/write_u64 are relative to the RDMA area. A
-WRITE_WITH_IMM with imm = seq must land in slot (seq mod write_slots) of the
-area (slots of `slot_size`), where the agent checks it on arrival like a SEND.
+It listens on a Unix socket for its controller (and client workers), speaks the
+(event, payload) protocol of harness.core.protocol (the PEER channel; each line is
+answered by harness.peer.dispatch), and runs one select() loop over the control
+socket, every QP's completion channel and the rdma_cm event channel, so no pyverbs
+call ever blocks. Its QPs (harness.peer.agent_qp) record every arrival and every
+event of their own; the agent adds the CM events and reports them on request. It
+exits when the controller goes away; every verbs object is closed by construction
+on the way out.
 """
 
 from __future__ import annotations
@@ -28,136 +23,19 @@ import socket
 import struct
 import sys
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Any
 
-from harness.core.errors import FramingError, ProtocolError, RxePowerError
-from harness.core.protocol import LineReader, Message, decode
-from harness.rdma import payload
-from harness.rdma.names import wc_status_name
-from harness.rdma.payload import GOODBYE_SEQ
-from harness.rdma.verbs import Device, QpInfo, QpParams, RcQp, opcode, raise_fd_limit
+from harness.core.errors import ProtocolError, RxePowerError
+from harness.core.protocol import LineReader, Message, error_reply
+from harness.peer.agent_qp import PROBE_WR_ID, AgentQp
+from harness.peer.dispatch import Waiting, read_and_dispatch
+from harness.rdma import cm, payload
+from harness.rdma.event_fds import raise_fd_limit
+from harness.rdma.qp_types import QpInfo, QpParams
+from harness.rdma.verbs import Device, RcQp, opcode
 
 SELECT_TICK_S = 0.5  # upper bound on one loop turn (deadline checks), not a sleep
-POLL_BATCH = 64  # completions taken per poll call
 ARRIVALS_PAGE = 4000  # arrivals per "arrivals" reply at most (~170 bytes each); "more" follows
-WC_RECV, WC_RECV_RDMA_WITH_IMM = 128, 129  # enum ibv_wc_opcode
-ERROR_TEXT_MAX = 4096  # characters of an exception's text that go into an error reply
-WAIT_EVENTS = ("arrivals", "probe", "cm_events")  # answered when done or at payload timeout_s
-IBV_WC_WITH_IMM = 1 << 1
-Waiting = list[tuple[socket.socket, Message, float]]  # (connection, request, its deadline)
-PROBE_WR_ID = 0xFFFF_FFFF_0000  # the agent's own probe SEND
-
-
-@dataclass(slots=True)
-class Arrival:
-    seq: int | None
-    opcode: str
-    length: int
-    ok: bool
-    reason: str
-    crc: int
-    generation: int
-    t: float
-
-    def to_json(self) -> dict:
-        return {"seq": self.seq, "opcode": self.opcode, "length": self.length, "ok": self.ok,
-                "reason": self.reason, "crc": self.crc, "generation": self.generation,
-                "t": self.t}
-
-
-@dataclass
-class AgentQp:
-    qp_id: int
-    qp: RcQp
-    recv_slots: int
-    slot_size: int
-    generation: int = 0
-    arrivals: list[Arrival] = field(default_factory=list)
-    events: list[dict] = field(default_factory=list)
-    delivered: int = 0  # arrivals already handed to the controller
-    write_slots: int = 0  # WRITE_WITH_IMM slots at the start of the area (0: all of it)
-    probe_started: float | None = None
-    probe_done: tuple[str, float] | None = None
-    cmid: object | None = None
-    recv_wrs: list = field(default_factory=list)  # one prebuilt receive WR per slot
-
-    @property
-    def rdma_base(self) -> int:
-        return self.recv_slots * self.slot_size
-
-    def info(self) -> dict:
-        base = self.qp.info()
-        return QpInfo(base.qpn, base.psn, base.gid, base.rkey, base.addr + self.rdma_base,
-                      base.length - self.rdma_base).to_json()
-
-    def post_all_recvs(self) -> None:
-        if not self.recv_wrs:
-            self.recv_wrs = [self.qp.recv_wr(slot, slot * self.slot_size, self.slot_size)
-                             for slot in range(self.recv_slots)]
-        for wr in self.recv_wrs:
-            self.qp.post_recv_wr(wr)
-
-    def handle_completions(self, ready: bool | None = None) -> None:
-        """Take every completion there is, in batches. `ready`: the channel is known to
-        be readable (the agent's selector said so)."""
-        while True:
-            wcs = self.qp.poll(POLL_BATCH, ready)
-            ready = False
-            for wc in wcs:
-                self._completion(wc)
-            if len(wcs) < POLL_BATCH:
-                return
-
-    def _completion(self, wc: object) -> None:
-        code, wr_id = wc.status, wc.wr_id
-        if wr_id == PROBE_WR_ID:
-            self.probe_done = (wc_status_name(code), time.monotonic())
-            return
-        if code:
-            self.events.append({"kind": "wc_error", "status": wc_status_name(code),
-                                "wr_id": wr_id, "vendor_err": wc.vendor_err,
-                                "t": time.monotonic()})
-            return
-        op = wc.opcode
-        if op != WC_RECV and op != WC_RECV_RDMA_WITH_IMM:
-            return
-        seq = wc.imm_data if wc.wc_flags & IBV_WC_WITH_IMM else None
-        n = wc.byte_len
-        if op == WC_RECV:
-            if seq == GOODBYE_SEQ:  # the client's orderly disconnect
-                self.arrivals.append(Arrival(seq, "GOODBYE", 0, True, "", 0, self.generation,
-                                             time.monotonic()))
-                self.qp.to_err()  # our half: flush our receives (reported as events)
-                return
-            off = wr_id * self.slot_size
-            chk = payload.verify(self.qp.view[off:off + n], expect_seq=seq)  # in place
-            self.arrivals.append(Arrival(chk.seq, "RECV", n, chk.ok, chk.reason, chk.crc,
-                                         self.generation, time.monotonic()))
-        elif seq is None:  # cannot happen for WITH_IMM; recorded, not checked
-            self.arrivals.append(Arrival(None, "RECV_RDMA_WITH_IMM", n, False, "no imm", 0,
-                                         self.generation, time.monotonic()))
-        else:  # WRITE_WITH_IMM: the writer put seq's payload in seq's slot of the area
-            off = self.write_slot(seq)
-            chk = payload.verify(self.qp.view[off:off + n], expect_seq=seq)
-            self.arrivals.append(Arrival(chk.seq, "RECV_RDMA_WITH_IMM", n, chk.ok, chk.reason,
-                                         chk.crc, self.generation, time.monotonic()))
-        self.qp.post_recv_wr(self.recv_wrs[wr_id])
-
-    def write_slot(self, seq: int) -> int:
-        """Where a WRITE_WITH_IMM carrying `seq` lands: slot (seq mod write_slots) of the
-        area (write_slots 0: as many slots as the area holds)."""
-        slots = self.write_slots or max(1, (self.qp.params.mr_size - self.rdma_base)
-                                        // self.slot_size)
-        return self.rdma_base + (seq % slots) * self.slot_size
-
-    def rdma_offset(self, offset: int, length: int) -> int:
-        area = self.qp.params.mr_size - self.rdma_base
-        if offset < 0 or length < 0 or offset + length > area:
-            raise RxePowerError(f"[{offset}, {offset + length}) is outside the RDMA area of "
-                                f"{area} bytes", "ask for a larger mr_size in create_qp")
-        return self.rdma_base + offset
 
 
 class Agent:
@@ -170,17 +48,17 @@ class Agent:
         self.qps: dict[int, AgentQp] = {}
         self.next_qp_id = 1
         self.waiting: Waiting = []
-        self.cm_listener: object | None = None
-        self.cm_channel = None
-        self.cm_params: dict = {}
-        self.cm_events: list[dict] = []
+        self.cm_listener: cm.CMID | None = None
+        self.cm_channel: cm.EventChannel | None = None
+        self.cm_params: dict[str, Any] = {}
+        self.cm_events: list[dict[str, Any]] = []
         self.cm_delivered = 0
         self.running = True
         # epoll: no FD_SETSIZE limit (a QP's completion channel is one fd; 1,024 QPs...)
         self.sel = selectors.DefaultSelector()
 
     # -- requests
-    def handle(self, msg: Message) -> dict | None:
+    def handle(self, msg: Message) -> dict[str, Any] | None:
         """Answer a request; None means "reply later" (a wait)."""
         p = msg.payload
         ev = msg.event
@@ -188,9 +66,9 @@ class Agent:
             return {"device": self.device_name, "pid": os.getpid(), "gid": self.dev.gid,
                     "gid_index": self.gid_index}
         if ev == "create_qp":
-            aq = self._new_qp(p["mr_size"], p["recv_slots"], p["slot_size"], self.dev)
-            aq.write_slots = p["write_slots"]
-            return {"qp_id": aq.qp_id, "info": aq.info()}
+            new = self._new_qp(p["mr_size"], p["recv_slots"], p["slot_size"], self.dev)
+            new.write_slots = p["write_slots"]
+            return {"qp_id": new.qp_id, "info": new.info()}
         if ev == "cm_listen":
             return self._cm_listen(p)
         if ev == "cm_events":
@@ -270,7 +148,7 @@ class Agent:
             aq.probe_started, aq.probe_done = time.monotonic(), None
             aq.qp.post_send(PROBE_WR_ID, opcode("SEND"), aq.rdma_base, 16)
 
-    def _probe_done(self, aq: AgentQp, msg: Message) -> dict | None:
+    def _probe_done(self, aq: AgentQp, msg: Message) -> dict[str, Any] | None:
         if aq.probe_done is None and time.monotonic() < msg.payload["_deadline"]:
             return None
         started = aq.probe_started or time.monotonic()
@@ -279,7 +157,7 @@ class Agent:
         return {"status": status, "seconds": round(t - started, 4)}
 
     def _arrivals_done(self, aq: AgentQp, count: int, deadline: float,
-                       final: bool) -> dict | None:
+                       final: bool) -> dict[str, Any] | None:
         """New arrivals once `count` are there (or at the deadline), at most ARRIVALS_PAGE
         per reply: "more" says the rest follows on the next request."""
         pending = len(aq.arrivals) - aq.delivered
@@ -292,9 +170,7 @@ class Agent:
         return None
 
     # -- rdma_cm (passive side)
-    def _cm_listen(self, p: dict) -> dict:
-        from harness.rdma import cm
-
+    def _cm_listen(self, p: dict[str, Any]) -> dict[str, Any]:
         if self.cm_listener is not None:
             raise RxePowerError("already listening", "send cm_stop first")
         self.cm_channel = cm.EventChannel()
@@ -309,19 +185,21 @@ class Agent:
         return {"port": p["port"]}
 
     def _cm_on_event(self) -> None:
-        from harness.rdma import cm
-
         assert self.cm_channel is not None
         ev = self.cm_channel.try_get()
         if ev is None:
             return
         name = cm.cm_event_name(int(ev.event_type))
-        rec: dict = {"event": name, "t": time.monotonic(), "qp_id": None}
+        rec: dict[str, Any] = {"event": name, "t": time.monotonic(), "qp_id": None}
         try:
             if name == "CONNECT_REQUEST":
-                cmid = cm.CMID(creator=ev, listen_id=self.cm_listener)
-                dev = Device.borrow(self.device_name, self.cm_listener.context,
-                                    self.cm_listener.pd, self.gid_index)
+                listener = self.cm_listener
+                if listener is None:
+                    raise RxePowerError("a CONNECT_REQUEST with no listener",
+                                        "send cm_listen before connecting")
+                cmid = cm.CMID(creator=ev, listen_id=listener)
+                dev = Device.borrow(self.device_name, listener.context, listener.pd,
+                                    self.gid_index)
                 p = self.cm_params
                 aq = self._new_qp(p["mr_size"], p["recv_slots"], p["slot_size"], dev)
                 aq.cmid = cmid
@@ -332,14 +210,16 @@ class Agent:
                 rec["qp_id"] = aq.qp_id
                 rec["info"] = aq.info()
             else:
-                aq = self._qp_of_event(ev)
-                rec["qp_id"] = aq.qp_id if aq else None
-                if name == "ESTABLISHED" and aq is not None:
-                    cm.drive_qp(aq.cmid, aq.qp, cm.e.IBV_QPS_RTS, "RTR->RTS")
-                elif name == "DISCONNECTED" and aq is not None:
+                known = self._qp_of_event(ev)
+                rec["qp_id"] = known.qp_id if known else None
+                if known is None or known.cmid is None:
+                    pass
+                elif name == "ESTABLISHED":
+                    cm.drive_qp(known.cmid, known.qp, cm.e.IBV_QPS_RTS, "RTR->RTS")
+                elif name == "DISCONNECTED":
                     with contextlib.suppress(Exception):
-                        aq.cmid.disconnect()  # complete our half of the disconnect
-                    aq.qp.to_err()  # flush our posted receives; counted as wc_error events
+                        known.cmid.disconnect()  # complete our half of the disconnect
+                    known.qp.to_err()  # flush our posted receives; counted as wc_error events
         finally:
             ev.ack_cm_event()
         self.cm_events.append(rec)
@@ -350,7 +230,7 @@ class Agent:
         live = [aq for aq in self.qps.values() if aq.cmid is not None]
         return live[-1] if live else None
 
-    def _cm_wait_done(self, msg: Message, now: float) -> dict | None:
+    def _cm_wait_done(self, msg: Message, now: float) -> dict[str, Any] | None:
         new = self.cm_events[self.cm_delivered:]
         deadline = msg.payload.get("_deadline", now + msg.payload["timeout_s"])
         msg.payload["_deadline"] = deadline
@@ -421,11 +301,12 @@ class Agent:
         return read_and_dispatch(conn, reader, self.handle, self.waiting)
 
     def _finish_waits(self) -> None:
-        still = []
+        still: Waiting = []
         for c, msg, deadline in self.waiting:
             try:
                 if msg.event in ("arrivals", "probe"):
                     aq = self.qps.get(msg.payload["qp_id"])
+                    reply: dict[str, Any] | None
                     if aq is None:
                         reply = {"error": "QP destroyed while waiting"}
                     elif msg.event == "probe":
@@ -450,73 +331,6 @@ class Agent:
         for aq in list(self.qps.values()):
             self._destroy_qp(aq)
         self.stack.close()
-
-
-def error_reply(exc: BaseException, mid: int) -> bytes:
-    """The "error" reply line for `exc` answering request `mid`, bounded in size."""
-    fix = exc.fix if isinstance(exc, RxePowerError) else ""
-    if isinstance(exc, ProtocolError) and not mid:
-        mid = exc.msg_id
-    return Message("error", {"message": str(exc)[:ERROR_TEXT_MAX], "fix": fix[:ERROR_TEXT_MAX],
-                             "type": type(exc).__name__,
-                             "trace": traceback.format_exc(limit=3)[-ERROR_TEXT_MAX:]},
-                   mid).encode()
-
-
-def dispatch_line(conn: socket.socket, line: bytes, handle: Callable[[Message], dict | None],
-                  waiting: Waiting) -> None:
-    """Decode one line from `conn` and answer it. `handle(msg)` returns the reply payload,
-    or None to answer later (the request joins `waiting` until its deadline). Any failure,
-    from a line that is not a valid message to a handler's exception, is answered with an
-    "error" reply (id 0 when the line's id cannot be read) and the connection stays.
-    Raises only OSError (the connection is gone)."""
-    mid = 0
-    try:
-        msg = decode(line)
-        mid = msg.id
-        if any(c is conn and w.id == mid for c, w, _ in waiting):
-            raise ProtocolError(f"request id {mid} is already outstanding on this connection",
-                                "give every request a new id", mid)
-        if msg.event in WAIT_EVENTS:  # decode() keeps "_" fields out of what the sender sends
-            msg.payload["_deadline"] = time.monotonic() + msg.payload["timeout_s"]
-        reply = handle(msg)
-        if reply is None:
-            waiting.append((conn, msg, msg.payload.get("_deadline", time.monotonic())))
-            return
-        out = Message("ok", reply, mid).encode()
-    except Exception as exc:  # a bad request must never kill the agent
-        out = error_reply(exc, mid)
-    conn.sendall(out)
-
-
-def read_and_dispatch(conn: socket.socket, reader: LineReader,
-                      handle: Callable[[Message], dict | None], waiting: Waiting) -> bool:
-    """Read what `conn` sent and answer every complete line. False: drop the connection
-    (it is gone, or its framing broke)."""
-    try:
-        data = conn.recv(1 << 16)
-        if not data:
-            return False
-        try:
-            lines = reader.feed(data)
-        except FramingError as exc:
-            # A line over MAX_MESSAGE_BYTES without a newline: the framing is broken and
-            # this sender cannot be trusted to resynchronise, so answer what came whole
-            # before it, say why, and drop this connection (only this one: the agent
-            # serves its other connections on; when it is the owner's, the agent ends its
-            # session as it does whenever the controller goes).
-            for line in exc.lines:
-                dispatch_line(conn, line, handle, waiting)
-            with contextlib.suppress(OSError):
-                conn.sendall(error_reply(exc, 0))
-            print(f"peer_agent: dropping a connection: {exc}", file=sys.stderr, flush=True)
-            return False
-        for line in lines:
-            dispatch_line(conn, line, handle, waiting)
-    except OSError as exc:
-        print(f"peer_agent: dropping a connection: {exc}", file=sys.stderr, flush=True)
-        return False
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,14 +10,15 @@ import json
 import subprocess
 import sys
 import time
+from typing import Any
 
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
-from harness.core.protocol import loads_strict
+from harness.core.strict_json import loads_strict
 from harness.peer import traffic
 from harness.peer.controller import PeerAgent
 from harness.rdma.cm import CmClient
-from harness.rdma.verbs import QpInfo, QpParams
-from harness.topology import Endpoint
+from harness.rdma.qp_types import QpInfo, QpParams
+from harness.topology.config import Endpoint
 
 # --- a whole rdma_cm session in its own process -------------------------------------------
 #
@@ -30,11 +31,12 @@ from harness.topology import Endpoint
 CM_CHECK_TIMEOUT_S = 120.0
 
 
-def cm_session(topo_json: dict, port: int, slots: int = 16, slot_size: int = 1 << 16) -> dict:
+def cm_session(topo_json: dict[str, Any], port: int, slots: int = 16,
+               slot_size: int = 1 << 16) -> dict[str, Any]:
     """Listen on the peer (its own agent), connect from the local HCA, run traffic,
     disconnect in order; report what each side saw."""
     loc, peer = Endpoint(**topo_json["local"]), Endpoint(**topo_json["peer"])
-    out: dict = {}
+    out: dict[str, Any] = {}
     with PeerAgent(peer) as agent:
         agent.request("cm_listen", port=port, mr_size=1 << 21, recv_slots=slots,
                       slot_size=slot_size)
@@ -61,8 +63,8 @@ def cm_session(topo_json: dict, port: int, slots: int = 16, slot_size: int = 1 <
     return out
 
 
-def run_cm_session_in_child(topo_json: dict, port: int,
-                            timeout_s: float = CM_CHECK_TIMEOUT_S) -> dict:
+def run_cm_session_in_child(topo_json: dict[str, Any], port: int,
+                            timeout_s: float = CM_CHECK_TIMEOUT_S) -> dict[str, Any]:
     """Run cm_session in a fresh Python process; returns its JSON result."""
     argv = [sys.executable, "-m", "harness.peer.cm_check", json.dumps(topo_json), str(port)]
     try:

@@ -1,6 +1,6 @@
 """The controller's side of the remote peer agent: spawn, talk, stop.
 
-The agent is a separate process (harness.peer_agent) bound to the peer HCA; a
+The agent is a separate process (harness.peer.agent) bound to the peer HCA; a
 crash of it surfaces here as a ProtocolError naming the request that was
 outstanding and the tail of the agent's log.
 """
@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.core.errors import BoundExceeded, RxePowerError
-from harness.core.proc import spawn, wait_or_kill
-from harness.core.protocol import REPLY_TIMEOUT_S, Channel, ProtocolError
-from harness.rdma.verbs import QpInfo
-from harness.topology import Endpoint
+from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
+from harness.core.proc import spawn, stop_child
+from harness.core.protocol import REPLY_TIMEOUT_S, Channel
+from harness.core.schemas import ChannelKind
+from harness.rdma.qp_types import QpInfo
+from harness.topology.config import Endpoint
 
 AGENT_START_TIMEOUT_S = 30.0
 AGENT_STOP_TIMEOUT_S = 10.0
@@ -48,7 +49,8 @@ class PeerAgent:
             self._wait_ready()
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(self.sock_path)
-            self.chan = Channel(sock, f"peer agent (pid {self.proc.pid}, {peer.dev})")
+            self.chan = Channel(sock, f"peer agent (pid {self.proc.pid}, {peer.dev})",
+                                ChannelKind.PEER)
             self.hello = self.request("hello")
         except BaseException:
             self.close()
@@ -80,7 +82,7 @@ class PeerAgent:
             return ""
 
     def request(self, event: str, reply_timeout_s: float = REPLY_TIMEOUT_S,
-                **payload: Any) -> dict:
+                **payload: Any) -> dict[str, Any]:
         assert self.chan is not None
         try:
             return self.chan.request(event, reply_timeout_s, **payload)
@@ -100,7 +102,7 @@ class PeerAgent:
     def connect_qp(self, qp_id: int, remote: QpInfo) -> str:
         return str(self.request("connect_qp", qp_id=qp_id, remote=remote.to_json())["state"])
 
-    def arrivals(self, qp_id: int, count: int, timeout_s: float = 10.0) -> dict:
+    def arrivals(self, qp_id: int, count: int, timeout_s: float = 10.0) -> dict[str, Any]:
         """The QP's new arrivals and events once `count` arrived (or at `timeout_s`): all
         of them, read page by page (the agent sends at most ARRIVALS_PAGE per reply)."""
         rep = self.request("arrivals", timeout_s + REPLY_TIMEOUT_S, qp_id=qp_id, count=count,
@@ -119,7 +121,7 @@ class PeerAgent:
                 self.chan.request("shutdown", AGENT_STOP_TIMEOUT_S)
         if self.chan is not None:
             self.chan.sock.close()
-        wait_or_kill(self.proc, AGENT_STOP_TIMEOUT_S)
+        stop_child(self.proc, AGENT_STOP_TIMEOUT_S)
         if self.proc.stdout:
             self.proc.stdout.close()
         self._log.close()

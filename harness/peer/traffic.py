@@ -13,13 +13,15 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from harness.core.errors import RxePowerError
 from harness.peer.controller import PeerAgent
 from harness.rdma import payload
 from harness.rdma.names import wc_status_name
-from harness.rdma.verbs import Device, QpInfo, QpParams, RcQp, opcode
-from harness.topology import Topology
+from harness.rdma.qp_types import QpInfo, QpParams
+from harness.rdma.verbs import Device, RcQp, opcode
+from harness.topology.config import Topology
 
 IMM_MASK = 0xFFFFFFFF
 
@@ -36,7 +38,7 @@ class OpStats:
     def ok(self) -> bool:
         return not self.errors and self.messages > 0
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
 
 
@@ -76,7 +78,7 @@ def connected_pair(dev: Device, agent: PeerAgent, *, local_mr: int = 1 << 20,
                 agent.request("destroy_qp", qp_id=qp_id)
 
 
-def _check_wcs(wcs: list, stats: OpStats) -> None:
+def _check_wcs(wcs: list[Any], stats: OpStats) -> None:
     for wc in wcs:
         status = wc_status_name(int(wc.status))
         if status != "SUCCESS":

@@ -11,20 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
 
 from harness.core.errors import BoundExceeded, RxePowerError, oserror_to
-from harness.rdma.verbs import (
-    FD_LOCK,
-    Device,
-    QpParams,
-    RcQp,
-    fds_of_kind,
-    new_event_fd,
-    require_pyverbs,
-    verbs_call,
-    wait_readable,
-)
+from harness.rdma.event_fds import FD_LOCK, fds_of_kind, new_event_fd, wait_readable
+from harness.rdma.qp_types import QpParams
+from harness.rdma.verbs import Device, RcQp, require_pyverbs, verbs_call
 
 try:
     import pyverbs.cm_enums as ce
@@ -33,6 +24,23 @@ try:
     from pyverbs.pyverbs_error import PyverbsError
 except ImportError:  # pragma: no cover
     pass
+
+# the pyverbs names the passive side (harness.peer.agent) takes from here too
+__all__ = [
+    "CMID",
+    "CM_EVENT_NAMES",
+    "CM_EVENT_TIMEOUT_S",
+    "CM_RESOLVE_TIMEOUT_MS",
+    "RDMA_CM_FD_KIND",
+    "AddrInfo",
+    "CmClient",
+    "EventChannel",
+    "ce",
+    "cm_event_name",
+    "conn_param",
+    "drive_qp",
+    "e",
+]
 
 CM_EVENT_TIMEOUT_S = 10.0
 CM_RESOLVE_TIMEOUT_MS = 2000
@@ -48,12 +56,6 @@ CM_EVENT_NAMES = {
 
 def cm_event_name(event_type: int) -> str:
     return CM_EVENT_NAMES.get(event_type, f"CM_EVENT_{event_type}")
-
-
-@dataclass(frozen=True)
-class CmEventRecord:
-    name: str
-    t: float  # time.monotonic()
 
 
 class EventChannel:

@@ -10,7 +10,8 @@ Rules this module enforces by construction:
 
 pyverbs exposes no fd for a completion channel or an async event queue; we find
 them as the `anon_inode:[infinibandevent]` fds that appear in /proc/self/fd when
-the object is created.
+the object is created (harness.rdma.event_fds). QpInfo and QpParams, plain data
+that the peer protocol carries, are in harness.rdma.qp_types.
 """
 
 from __future__ import annotations
@@ -18,20 +19,23 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
-import os
 import random
-import resource
-import select
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import IntEnum
 
-from harness.core.errors import BoundExceeded, NoRxe, RxePowerError, oserror_to
+from harness.core.errors import BoundExceeded, NoRxe, OsCallError, RxePowerError, oserror_to
 from harness.rdma import payload
+from harness.rdma.event_fds import (
+    FD_LOCK,
+    fds_of_kind,
+    set_nonblocking,
+    wait_readable,
+    with_event_fd,
+)
 from harness.rdma.names import wc_status_name
+from harness.rdma.qp_types import QpInfo, QpParams
 
 try:  # pyverbs comes from the distribution (python3-pyverbs), not from PyPI
     import pyverbs.enums as e
@@ -52,9 +56,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the host
     PYVERBS_IMPORT_ERROR = str(_exc)
 
 CQ_WAIT_TIMEOUT_S = 10.0
-EVENT_FD_KIND = "anon_inode:[infinibandevent]"
 ACCESS_ALL = 0  # filled in below when pyverbs is present
-FD_LOCK = threading.Lock()  # serialises fd discovery within this process
 
 
 def require_pyverbs() -> None:
@@ -70,6 +72,9 @@ SEND_SIGNALED = 2  # IBV_SEND_SIGNALED (fixed by the libibverbs ABI)
 if HAVE_PYVERBS:
     ACCESS_ALL = (e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_WRITE
                   | e.IBV_ACCESS_REMOTE_READ | e.IBV_ACCESS_REMOTE_ATOMIC)
+
+
+_NO_VIEW = memoryview(b"")  # a closed QP's view of its (freed) MR: nothing to read
 
 
 class QpState(IntEnum):
@@ -89,85 +94,6 @@ def verbs_call(what: str, fix: str = "") -> Iterator[None]:
         yield
     except PyverbsError as exc:
         raise oserror_to(what, exc, fix) from exc
-
-
-def fds_of_kind(kind: str = EVENT_FD_KIND) -> set[int]:
-    """Our open fds whose /proc link target is `kind`."""
-    out = set()
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/self/fd/{name}") == kind:
-                out.add(int(name))
-    return out
-
-
-def _set_nonblocking(fd: int) -> None:
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-
-
-def new_event_fd(before: set[int], what: str, kind: str = EVENT_FD_KIND) -> int:
-    """The one fd of `kind` that appeared since `before`, made non-blocking."""
-    new = fds_of_kind(kind) - before
-    if len(new) != 1:
-        raise RxePowerError(f"cannot identify the event fd of {what} (found {sorted(new)})",
-                            "create verbs objects from one thread at a time")
-    fd = new.pop()
-    _set_nonblocking(fd)
-    return fd
-
-
-def lowest_free_fd() -> int:
-    """The fd number the next open() gets (the kernel hands out the lowest free one)."""
-    fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-    os.close(fd)
-    return fd
-
-
-def predicted_event_fd(guess: int, kind: str = EVENT_FD_KIND) -> int | None:
-    """`guess` made non-blocking if it is an fd of `kind`: the object just created took the
-    lowest free fd, as predicted (under FD_LOCK). None when it did not (another thread
-    opened something): the caller falls back to scanning /proc/self/fd. The scan costs
-    O(open fds) per object, which for a peer agent with 1,024 QPs was most of its setup."""
-    try:
-        if os.readlink(f"/proc/self/fd/{guess}") != kind:
-            return None
-    except OSError:
-        return None
-    _set_nonblocking(guess)
-    return guess
-
-
-def with_event_fd(create, what: str) -> tuple:
-    """(obj, its event fd) for an object whose creation opens one event fd: predicted
-    (the lowest free fd), or, when another thread got in between, found by scanning."""
-    with FD_LOCK:
-        guess = lowest_free_fd()
-        obj = create()
-        fd = predicted_event_fd(guess)
-        if fd is not None:
-            return obj, fd
-        obj.close()
-        before = fds_of_kind()
-        obj = create()
-        return obj, new_event_fd(before, what)
-
-
-def wait_readable(fd: int, timeout_s: float) -> bool:
-    """select() on one fd; releases the GIL while waiting."""
-    if timeout_s <= 0:
-        timeout_s = 0
-    r, _, _ = select.select([fd], [], [], timeout_s)
-    return bool(r)
-
-
-def raise_fd_limit() -> None:
-    """Soft RLIMIT_NOFILE up to the hard limit: every QP has a completion channel fd, and
-    the default soft limit (1,024) is below what a 1,024-QP run needs."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 # --- device -------------------------------------------------------------------------------
@@ -201,7 +127,7 @@ class Device:
             new = fds_of_kind() - before
             self.async_fd = new.pop() if len(new) == 1 else None
             if self.async_fd is not None:  # get_async_event must never block (GIL)
-                _set_nonblocking(self.async_fd)
+                set_nonblocking(self.async_fd)
         try:
             with verbs_call(f"{name}: alloc PD"):
                 self.pd = PD(self.ctx)
@@ -245,41 +171,6 @@ class Device:
 # --- RC queue pair --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class QpInfo:
-    """What the other side needs to connect to and address this QP."""
-
-    qpn: int
-    psn: int
-    gid: str
-    rkey: int
-    addr: int
-    length: int
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> QpInfo:
-        return cls(int(d["qpn"]), int(d["psn"]), str(d["gid"]), int(d["rkey"]), int(d["addr"]),
-                   int(d["length"]))
-
-
-@dataclass(frozen=True)
-class QpParams:
-    """RC QP parameters; timeouts follow the IB encoding (4.096 us * 2^timeout)."""
-
-    max_send_wr: int = 64
-    max_recv_wr: int = 64
-    mr_size: int = 1 << 16
-    timeout: int = 14  # ~67 ms per retry
-    retry_cnt: int = 7
-    rnr_retry: int = 7  # 7 = retry RNR forever
-    min_rnr_timer: int = 12
-    max_rd_atomic: int = 16
-    use_events: bool = True  # completions by event (default) or busy polling
-
-
 class RcQp:
     """An RC QP with its own CQ, completion channel and MR. Use as a context manager.
 
@@ -292,7 +183,7 @@ class RcQp:
         self.params = params = params or QpParams()
         self.psn = random.getrandbits(24)
         self._bad_wr: SendWR | None = None
-        self.last_post_error: RxePowerError | None = None
+        self.last_post_error: OsCallError | None = None
         self._stack = contextlib.ExitStack()
         try:
             with verbs_call(f"{dev.name}: create completion channel"):
@@ -308,7 +199,7 @@ class RcQp:
             self._stack.callback(self.mr.close)
             # the MR's buffer as a writable view: payloads are written and checked in
             # place (pyverbs' read/write copy through a bytes object)
-            self.view: memoryview | None = memoryview(
+            self.view: memoryview = memoryview(
                 (ctypes.c_char * params.mr_size).from_address(int(self.mr.buf))).cast("B")
             self._stack.callback(self._drop_view)
             cap = QPCap(max_send_wr=params.max_send_wr, max_recv_wr=params.max_recv_wr,
@@ -384,17 +275,11 @@ class RcQp:
         with verbs_call(f"QP {self.qpn} -> ERR"):
             self.qp.modify(attr, e.IBV_QP_STATE)
 
-    def to_reset(self) -> None:
-        attr = QPAttr(qp_state=e.IBV_QPS_RESET)
-        with verbs_call(f"QP {self.qpn} -> RESET"):
-            self.qp.modify(attr, e.IBV_QP_STATE)
-
     # -- memory
     def _drop_view(self) -> None:
-        view, self.view = self.view, None  # before the MR frees its buffer
-        if view is not None:
-            with contextlib.suppress(BufferError):
-                view.release()
+        view, self.view = self.view, _NO_VIEW  # before the MR frees its buffer
+        with contextlib.suppress(BufferError):
+            view.release()
 
     def write_local(self, offset: int, data: bytes) -> None:
         self.mr.write(data, len(data), offset)
@@ -452,18 +337,18 @@ class RcQp:
         except PyverbsError as exc:
             raise oserror_to(f"QP {self.qpn} post_send wr_id {wr.wr_id}", exc) from exc
 
-    def post_chain(self, head: SendWR) -> int | None:
+    def post_chain(self, head: SendWR) -> tuple[int, OsCallError] | None:
         """Post a chain of send WRs (linked with next_wr) in one ibv_post_send: one
         doorbell for the lot. None when all went; else the wr_id of the first WR that was
-        not posted (those before it were), with the error in `last_post_error`."""
+        not posted (those before it were) and the error (also in `last_post_error`)."""
         if self._bad_wr is None:  # receives a copy of the failing WR (pyverbs never frees
             self._bad_wr = SendWR(num_sge=1, sg=[self.sge(0, 0)])  # a WR's list by itself)
         try:
             self.qp.post_send(head, self._bad_wr)
         except PyverbsError as exc:
-            self.last_post_error = oserror_to(f"QP {self.qpn} post_send (chain from wr_id "
-                                              f"{head.wr_id})", exc)
-            return int(self._bad_wr.wr_id)
+            err = oserror_to(f"QP {self.qpn} post_send (chain from wr_id {head.wr_id})", exc)
+            self.last_post_error = err
+            return int(self._bad_wr.wr_id), err
         return None
 
     def post_send(self, wr_id: int, opcode: int, offset: int, length: int, *,

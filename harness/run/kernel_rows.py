@@ -39,14 +39,14 @@ def validate(policy: str) -> None:
 
 
 def run_kernel(shim: Any, cfg: Any, scenario: Any, count: int, rate_per_s: float,
-               depth: int, hold_ms: int | None) -> dict:
+               depth: int, hold_ms: int | None) -> dict[str, Any]:
     sc = NvmeScenario(scenario.transition, scenario.ordering, scenario.policies[0], hold_ms,
                       DriverSpec(count=max(count, KERNEL_MIN_COUNT), depth=depth,
                                  rate_per_s=min(rate_per_s, KERNEL_MAX_RATE_PER_S)))
     return run_nvme(shim, cfg, sc).to_json()
 
 
-def kernel_rows(scenario: dict, result: dict) -> list[Row]:
+def kernel_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:
     lg = result["ledger"]
     out = lg["outcomes"]
     t = result["transition"]

@@ -29,10 +29,19 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from clients import policy_class
 from harness.core.errors import RxePowerError, SettingError
-from harness.run.resultsfile import RecordKind, ResultsWriter
+from harness.run.records import ScenarioKey
+from harness.run.resultsfile import RecordKind
+from harness.run.scenario import run_scenario
+from harness.run.scenario_result import ClientEnd, ScenarioResult
+from harness.run.session import ResultsHeader, RunSession
+from harness.topology.config import TopologyConfig
+from harness.topology.lifecycle import restore_local_side
 from harness.workload.ledger import Op, Outcome, PeerView, WorkloadSpec
 from power.plan import OnVeto, Ordering, get_transition, parse_on_veto, parse_ordering
+from power.result import TransitionRequest, Verdict
+from power.veto import VetoReport
 
 OP_MIXES: dict[str, tuple[Op, ...]] = {
     "mixed": (Op.SEND, Op.WRITE, Op.READ, Op.FETCH_ADD),
@@ -68,9 +77,13 @@ class Scenario:
     def id(self) -> str:
         return f"{self.transition}/{self.ordering}/{'+'.join(self.policies)}/{self.mix}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"transition": self.transition, "ordering": self.ordering.value,
                 "policies": list(self.policies), "mix": self.mix, "id": self.id}
+
+    def key(self) -> ScenarioKey:
+        return ScenarioKey(self.transition, self.ordering.value, self.policies, self.mix,
+                           self.id)
 
 
 @dataclass(frozen=True)
@@ -87,8 +100,6 @@ class MatrixSpec:
     on_veto: OnVeto = OnVeto.FORCE
 
     def validate(self) -> MatrixSpec:
-        from clients import policy_class
-
         for t in self.transitions:
             get_transition(t)
         from harness.run import kernel_rows
@@ -130,14 +141,14 @@ class MatrixSpec:
                     out += [Scenario(t, o, g, mix) for g in groups]
         return out
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["orderings"] = [o.value for o in self.orderings]
         d["on_veto"] = self.on_veto.value
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> MatrixSpec:
+    def from_json(cls, d: dict[str, Any]) -> MatrixSpec:
         return cls(tuple(d["transitions"]), tuple(parse_ordering(o) for o in d["orderings"]),
                    tuple(d["policies"]), tuple(d["mixes"]), d["together"], d["count"],
                    d["rate_per_s"], d["queue_depth"], d["hold_ms"], parse_on_veto(d["on_veto"]))
@@ -161,21 +172,20 @@ class Row:
     findings: list[str] = field(default_factory=list)
     status: RowStatus = RowStatus.CLEAN
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "status": self.status.value}
 
     @classmethod
-    def from_json(cls, d: dict) -> Row:
+    def from_json(cls, d: dict[str, Any]) -> Row:
         return cls(**{**d, "status": RowStatus(d["status"])})
 
 
-def veto_text(transition: dict) -> str:
-    v = transition.get("veto") or {}
-    if not v.get("detected"):
+def veto_text(veto: VetoReport | None) -> str:
+    if veto is None or not veto.detected:
         return ""
     held = ", ".join(f"pid {h['pid']} ({short_cmdline(h.get('cmdline', ''))})"
-                     for h in v.get("holders", []))
-    killed = " terminated" if v.get("terminated") else ""
+                     for h in veto.holders)
+    killed = " terminated" if veto.terminated else ""
     return f"held by {held or 'a client'}{killed}"
 
 
@@ -184,40 +194,39 @@ def short_cmdline(cmdline: str) -> str:
     return " ".join([os.path.basename(words[0]), *words[1:3]]) if words else "?"
 
 
-def rows_of(scenario: dict, result: dict) -> list[Row]:
-    """The rows of one scenario record's result (a ScenarioResult JSON)."""
-    t = result["transition"]
-    verdict = t["verdict"]
+def rows_of(scenario: ScenarioKey, result: ScenarioResult) -> list[Row]:
+    """The rows of one scenario's result; the status from how each client ended
+    (ClientEnd), its outcome counts and the transition's verdict."""
+    t = result.transition
+    verdict = t.verdict.value
     rows = []
-    for c in result["clients"]:
-        row = Row(scenario["id"], scenario["transition"], scenario["ordering"], c["policy"],
-                  scenario["mix"], verdict, c.get("counts", {}), c.get("peer_counts", {}),
-                  c.get("clean_shutdown", {}).get("peer_saw", ""),
-                  c.get("clean_shutdown", {}).get("resume_to_first_ok_ms"), veto_text(t))
+    for c in result.clients:
+        row = Row(scenario.id, scenario.transition, scenario.ordering, c.policy, scenario.mix,
+                  verdict, dict(c.counts), dict(c.peer_counts), c.peer_saw, c.recovery_ms,
+                  veto_text(t.veto))
         broken, bad = [], []
-        if c["crashed"]:
-            inflight = len(c.get("in_flight_at_crash", []))
-            if "terminated by the shim" in c["crash"]:
-                bad.append(f"held the device: terminated by the shim ({inflight} in flight)")
-            else:
-                broken.append(f"crashed ({inflight} in flight): {c['crash']}")
-        if c.get("unaccounted"):
-            broken.append(f"{len(c['unaccounted'])} requests unaccounted")
-        if verdict == "failed":
-            broken.append(f"transition failed: {'; '.join(t.get('reasons', []))}")
+        inflight = len(c.in_flight_at_crash)
+        if c.ended is ClientEnd.TERMINATED_BY_SHIM:
+            bad.append(f"held the device: terminated by the shim ({inflight} in flight)")
+        elif c.crashed:
+            broken.append(f"crashed ({inflight} in flight): {c.crash}")
+        if c.unaccounted:
+            broken.append(f"{len(c.unaccounted)} requests unaccounted")
+        if t.verdict is Verdict.FAILED:
+            broken.append(f"transition failed: {'; '.join(t.reasons)}")
         n = row.counts
         if n.get("lost"):
             bad.append(f"{n['lost']} lost (posted, never completed)")
         for view in (PeerView.DUPLICATED, PeerView.CORRUPTED):
             if row.peer.get(view.value):
                 bad.append(f"{row.peer[view.value]} {view.value} at the peer")
-        silent = sum(1 for e in c.get("ledger", []) if e["outcome"] in OK_OUTCOMES
+        silent = sum(1 for e in c.ledger if e["outcome"] in OK_OUTCOMES
                      and e.get("peer") == PeerView.MISSING.value)
         if silent:
             bad.append(f"{silent} reported ok but never reached the peer")
-        if c.get("atomics") and not c["atomics"].get("match", True):
-            bad.append(f"atomics mismatch {c['atomics']}")
-        if verdict == "vetoed":
+        if c.atomics and not c.atomics.get("match", True):
+            bad.append(f"atomics mismatch {c.atomics}")
+        if t.verdict is Verdict.VETOED:
             bad.append("the sleep was vetoed")
         row.findings = broken + bad
         row.status = RowStatus.BROKEN if broken else RowStatus.BAD if bad else RowStatus.CLEAN
@@ -225,10 +234,10 @@ def rows_of(scenario: dict, result: dict) -> list[Row]:
     return rows
 
 
-def error_rows(scenario: dict, error: str) -> list[Row]:
-    return [Row(scenario["id"], scenario["transition"], scenario["ordering"], p,
-                scenario["mix"], "error", findings=[f"harness error: {error}"],
-                status=RowStatus.BROKEN) for p in scenario["policies"]]
+def error_rows(scenario: ScenarioKey, error: str) -> list[Row]:
+    return [Row(scenario.id, scenario.transition, scenario.ordering, p,
+                scenario.mix, "error", findings=[f"harness error: {error}"],
+                status=RowStatus.BROKEN) for p in scenario.policies]
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -279,35 +288,26 @@ def junit_xml(rows: list[Row], seconds: dict[str, float]) -> bytes:
             tag = "failure" if r.status is RowStatus.BAD else "error"
             ET.SubElement(case, tag, message="; ".join(r.findings)).text = (
                 f"{r.scenario}: verdict {r.verdict}; outcomes {r.counts}; peer {r.peer}")
-    return ET.tostring(suite, encoding="utf-8", xml_declaration=True)
+    return bytes(ET.tostring(suite, encoding="utf-8", xml_declaration=True))
 
 
 # --- running ------------------------------------------------------------------------------------
 
 
-def run_matrix(spec: MatrixSpec, cfg: Any, out_dir: Path, junit: Path | None = None,
+def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path | None = None,
                log: Callable[[str], None] = print) -> int:
     """Run every scenario; 0 when no row is broken, 1 otherwise. Results go to
     out_dir/results.jsonl as they happen; the table to out_dir/table.txt."""
-    from harness import topology
-    from harness.peer.controller import PeerAgent
-    from harness.run.scenario import run_scenario
-    from power.notify import Notifier, private_clients_dir
-    from power.result import TransitionRequest
-    from power.shim import Shim
-
     scenarios = spec.scenarios()
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     seconds: dict[str, float] = {}
-    topo, built = topology.setup(cfg, log=lambda m: None)
-    log(f"matrix: {len(scenarios)} scenarios on {topo.local.dev} <-> {topo.peer.dev}; "
-        f"results in {out_dir / 'results.jsonl'}")
     interrupted = False
-    try:
-        with ResultsWriter(out_dir / "results.jsonl", "matrix", spec.to_json()) as out, \
-                PeerAgent(topo.peer, log_dir=out_dir / "logs") as agent, \
-                private_clients_dir() as clients_dir, Shim(cfg, Notifier(clients_dir)) as shim:
+    with RunSession(cfg, out_dir) as session:
+        topo = session.topo
+        log(f"matrix: {len(scenarios)} scenarios on {topo.local.dev} <-> {topo.peer.dev}; "
+            f"results in {session.results_path}")
+        with session.rig(results=ResultsHeader("matrix", spec.to_json())) as rig:
+            out = rig.results
             for i, sc in enumerate(scenarios, 1):
                 t0 = time.monotonic()
                 body: dict[str, Any] = {"index": i, "scenario": sc.to_json()}
@@ -318,23 +318,23 @@ def run_matrix(spec: MatrixSpec, cfg: Any, out_dir: Path, junit: Path | None = N
                         from harness.run import kernel_rows
 
                         body["result"] = kernel_rows.run_kernel(
-                            shim, cfg, sc, spec.count, spec.rate_per_s, spec.queue_depth,
+                            rig.shim, cfg, sc, spec.count, spec.rate_per_s, spec.queue_depth,
                             spec.hold_ms)
                         new = kernel_rows.kernel_rows(body["scenario"], body["result"])
                     else:
-                        res = run_scenario(shim, agent, topo.local, req, list(sc.policies),
-                                           spec.workload(sc.mix), shim.notifier.clients_dir,
-                                           out_dir / "logs" / f"{i:03d}")
+                        res = run_scenario(rig.shim, rig.agent, topo.local, req,
+                                           list(sc.policies), spec.workload(sc.mix),
+                                           rig.clients_dir, rig.log_dir / f"{i:03d}")
                         body["result"] = res.to_json()
-                        new = rows_of(body["scenario"], body["result"])
+                        new = rows_of(sc.key(), res)
                 except KeyboardInterrupt:
                     interrupted = True
                     body["error"] = "interrupted (Ctrl-C)"
-                    new = error_rows(body["scenario"], body["error"])
+                    new = error_rows(sc.key(), body["error"])
                 except RxePowerError as exc:
                     body["error"] = str(exc)
-                    new = error_rows(body["scenario"], str(exc))
-                problems = topology.restore_local_side(cfg, log=lambda m: None)
+                    new = error_rows(sc.key(), str(exc))
+                problems = restore_local_side(cfg, log=lambda m: None)
                 seconds[sc.id] = body["seconds"] = round(time.monotonic() - t0, 3)
                 body["rows"] = [r.to_json() for r in new]
                 body["not_restored"] = problems
@@ -349,9 +349,6 @@ def run_matrix(spec: MatrixSpec, cfg: Any, out_dir: Path, junit: Path | None = N
             out.write(RecordKind.SUMMARY, {"rows": len(rows), "interrupted": interrupted,
                                            "by_status": {s.value: sum(r.status is s for r in rows)
                                                          for s in RowStatus}})
-    finally:
-        if built:
-            topology.teardown(log=lambda m: None)
     table = render_table(rows)
     (out_dir / "table.txt").write_text("\n".join([*table, "", LEGEND]) + "\n")
     log("\n".join(["", *table, LEGEND]))

@@ -3,11 +3,16 @@
     with ResultsWriter(path, command="matrix", spec={...}) as out:
         out.write("scenario", {...})          # flushed and fsynced before it returns
     results = read_results(path)              # header, records, and the first bad line
+    results.scenarios(), results.cycles()     # the records, typed (harness.run.records)
 
 Every line is {"schema": RESULTS_SCHEMA, "kind": KIND, ...}. The first record is the
 `header` (what ran, where, when); then `scenario` (rxe-power matrix), `cycle`
 (rxe-power stress) and a final `summary`. A crash loses at most the record being
 written: the reader takes every good line up to the first bad one and names it.
+
+Schema 2 records how each client ended as a field (`ended`: harness.run.scenario_result.
+ClientEnd); schema 1 (before it) is still read, its records migrated where they are made
+typed (harness.run.records).
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from harness.core import settings
 from harness.core.errors import RxePowerError
+from harness.run.records import CycleRecord, ScenarioRecord
 
-RESULTS_SCHEMA = 1
+RESULTS_SCHEMA = 2
+READABLE_SCHEMAS = (1, 2)
 
 
 class RecordKind(StrEnum):
@@ -45,7 +53,7 @@ class ResultsWriter:
             "command": command, "spec": spec,
             "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "host": {"node": platform.node(), "kernel": platform.release(),
-                     "in_vm": os.environ.get("RXE_POWER_IN_VM") == "1"}})
+                     "in_vm": settings.in_vm()}})
 
     def write(self, kind: RecordKind, body: dict[str, Any]) -> None:
         line = json.dumps({"schema": RESULTS_SCHEMA, "kind": kind.value, **body},
@@ -75,9 +83,21 @@ class Results:
     def of_kind(self, kind: RecordKind) -> list[dict[str, Any]]:
         return [r for r in self.records if r["kind"] == kind.value]
 
+    def scenarios(self) -> list[ScenarioRecord]:
+        return [ScenarioRecord.from_json(r) for r in self.of_kind(RecordKind.SCENARIO)]
+
+    def cycles(self) -> list[CycleRecord]:
+        return [CycleRecord.from_json(r) for r in self.of_kind(RecordKind.CYCLE)]
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        """The last summary record (None: the run is still going or stopped early)."""
+        s = self.of_kind(RecordKind.SUMMARY)
+        return s[-1] if s else None
+
     @property
     def command(self) -> str:
-        return (self.header or {}).get("command", "?")
+        return str((self.header or {}).get("command", "?"))
 
 
 def read_results(path: Path) -> Results:
@@ -106,9 +126,10 @@ def read_results(path: Path) -> Results:
         if not isinstance(rec, dict) or "kind" not in rec:
             out.problem = f"{where} is not a results record (no 'kind'); stopped there"
             break
-        if rec.get("schema") != RESULTS_SCHEMA:
+        if rec.get("schema") not in READABLE_SCHEMAS:
             raise RxePowerError(f"{where} has results schema {rec.get('schema')!r}; this "
-                                f"rxe-power reads schema {RESULTS_SCHEMA}",
+                                "rxe-power reads schemas "
+                                f"{', '.join(map(str, READABLE_SCHEMAS))}",
                                 "read it with the rxe-power version that wrote it")
         if rec["kind"] == RecordKind.HEADER:
             if out.header is None:

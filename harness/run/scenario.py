@@ -23,14 +23,22 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
-from harness.core.proc import spawn, wait_or_kill
+from harness.core.proc import spawn, stop_child
 from harness.core.protocol import Channel
+from harness.core.schemas import ChannelKind
+from harness.run.scenario_result import ClientEnd, ClientResult, ScenarioResult
 from harness.workload.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_peer_view
-from power.notify import DeviceInfo
+
+if TYPE_CHECKING:  # types only: the controller objects a scenario is run with
+    from harness.peer.controller import PeerAgent
+    from harness.topology.config import Endpoint
+    from power.result import TransitionRequest
+    from power.shim import Shim
 
 WORKER_START_TIMEOUT_S = 60.0
 PROGRESS_TIMEOUT_S = 60.0
@@ -42,48 +50,6 @@ WORKER_STOP_TIMEOUT_S = 5.0
 # 30 s (rxe's requester kept retransmitting), so a short bound reports NO_COMPLETION.
 PEER_PROBE_TIMEOUT_S = 2.0
 LEDGER_PAGE_REQUESTS = 20_000  # asked for per page (the worker may send fewer)
-
-
-@dataclass
-class ClientResult:
-    client: str
-    policy: str
-    crashed: bool = False
-    crash: str = ""
-    in_flight_at_crash: list[int] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-    peer_counts: dict[str, int] = field(default_factory=dict)
-    unaccounted: list[int] = field(default_factory=list)
-    metrics: dict = field(default_factory=dict)
-    clean_shutdown: dict = field(default_factory=dict)
-    atomics: dict = field(default_factory=dict)
-    ledger: list[dict] = field(default_factory=list)
-    events: list[dict] = field(default_factory=list)  # the client's notes: {t_ns, event, ...}
-    peer_events: list[dict] = field(default_factory=list)  # what the peer saw: {t_ns, what}
-
-    @property
-    def invariant_ok(self) -> bool:
-        return not self.crashed and not self.unaccounted
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "invariant_ok": self.invariant_ok}
-
-
-@dataclass
-class ScenarioResult:
-    transition: dict  # the TransitionResult JSON
-    clients: list[ClientResult]
-
-    @property
-    def ok(self) -> bool:
-        return all(c.invariant_ok for c in self.clients)
-
-    def client(self, policy: str) -> ClientResult:
-        return next(c for c in self.clients if c.policy == policy)
-
-    def to_json(self) -> dict:
-        return {"transition": self.transition, "clients": [c.to_json() for c in self.clients],
-                "ok": self.ok}
 
 
 class ClientWorker:
@@ -103,7 +69,7 @@ class ClientWorker:
                           stdout=self._log, stderr=subprocess.STDOUT)
         theirs.close()
         self.pid = self.proc.pid
-        self.chan = Channel(ours, f"client {name} (pid {self.pid})")
+        self.chan = Channel(ours, f"client {name} (pid {self.pid})", ChannelKind.WORKER)
         self.rounds_done = 0  # finished workload rounds
 
     def start(self, device: DeviceInfo, agent_socket: str, clients_dir: Path) -> None:
@@ -118,7 +84,7 @@ class ClientWorker:
         self.spec = spec
         self.request("round", WORKER_START_TIMEOUT_S, spec=spec.to_json())
 
-    def request(self, event: str, reply_timeout_s: float, **payload: object) -> dict:
+    def request(self, event: str, reply_timeout_s: float, **payload: object) -> dict[str, Any]:
         try:
             return self.chan.request(event, reply_timeout_s, **payload)
         except (ProtocolError, OSError) as exc:
@@ -172,7 +138,7 @@ class ClientWorker:
 
     def close(self) -> None:
         self.chan.sock.close()
-        wait_or_kill(self.proc, WORKER_STOP_TIMEOUT_S)
+        stop_child(self.proc, WORKER_STOP_TIMEOUT_S)
         self._log.close()
 
     def __enter__(self) -> ClientWorker:
@@ -211,7 +177,8 @@ def wait_progress(workers: list[ClientWorker], fraction: float) -> None:
 
 
 def finish(worker: ClientWorker, transition: str,
-           terminated: dict[int, str] | None = None) -> tuple[ClientResult, dict | None]:
+           terminated: dict[int, str] | None = None,
+           ) -> tuple[ClientResult, dict[str, Any] | None]:
     """Have one worker finish its workload; a dead worker becomes a crash result.
     `terminated`: pids the shim terminated under --on-veto force (it reaped them, so
     their exit status is gone), with how."""
@@ -223,11 +190,14 @@ def finish(worker: ClientWorker, transition: str,
         rep["ledger"] = worker.fetch_ledger(int(rep["requests"]))
     except (WorkerDied, ProtocolError, BoundExceeded, OSError) as exc:
         worker.proc.poll()
-        res.crashed = True
         how = (terminated or {}).get(worker.pid)
-        why = (f"terminated by the shim ({how}) under --on-veto force: it held the device"
-               if how else worker.crash_text() if worker.proc.returncode is not None
-               else str(exc))
+        if how:
+            res.ended = ClientEnd.TERMINATED_BY_SHIM
+            why = f"terminated by the shim ({how}) under --on-veto force: it held the device"
+        elif worker.proc.returncode is not None:
+            res.ended, why = ClientEnd.DIED, worker.crash_text()
+        else:
+            res.ended, why = ClientEnd.NO_REPLY, str(exc)
         res.crash = f"client {worker.name} ({worker.policy}) during {transition}: {why}"
         res.in_flight_at_crash = worker.in_flight()
         return res, None
@@ -235,21 +205,23 @@ def finish(worker: ClientWorker, transition: str,
     return res, rep
 
 
-def left_behind(rep: dict | None) -> list[dict]:
+def left_behind(rep: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The agent QPs of QP generations the client left behind (not its current one)."""
-    return [aq for aq in (rep or {}).get("agent_qps", [])
-            if aq["generation"] < rep["generations"]]
+    if rep is None:
+        return []
+    return [aq for aq in rep.get("agent_qps", []) if aq["generation"] < rep["generations"]]
 
 
-def account(res: ClientResult, rep: dict, agent: object, probe: bool = True) -> ClientResult:
+def account(res: ClientResult, rep: dict[str, Any], agent: PeerAgent,
+            probe: bool = True) -> ClientResult:
     """Every request's outcome, with the peer's view, atomics and clean-shutdown figures.
     Run once every worker has finished: the peer's probes must not meet live QPs. The
     agent's QPs of the round are destroyed afterwards (the client's current QP is left
     idle; a next round starts on a fresh generation)."""
     ledger = rep["ledger"] if isinstance(rep["ledger"], Ledger) \
         else Ledger.from_json(rep["ledger"])
-    arrivals: list[dict] = []
-    peer_events: list[dict] = []
+    arrivals: list[dict[str, Any]] = []
+    peer_events: list[dict[str, Any]] = []
     peer_adds = 0
     probes = []
     for aq in rep["agent_qps"]:
@@ -287,11 +259,12 @@ def account(res: ClientResult, rep: dict, agent: object, probe: bool = True) -> 
     return res
 
 
-def clean_shutdown(m: dict, arrivals: list[dict], peer_events: list[dict],
-                   ledger: Ledger) -> dict:
+def clean_shutdown(m: dict[str, Any], arrivals: list[dict[str, Any]],
+                   peer_events: list[dict[str, Any]], ledger: Ledger) -> dict[str, Any]:
     goodbyes = [a for a in arrivals if a.get("opcode") == "GOODBYE"]
     flushed = [ev for ev in peer_events if ev.get("status") == "WR_FLUSH_ERR"]
-    other = sorted({ev.get("status") for ev in peer_events if ev.get("status") != "WR_FLUSH_ERR"})
+    other = sorted({ev.get("status") for ev in peer_events if ev.get("status") != "WR_FLUSH_ERR"},
+                   key=str)
 
     def ms(a: int | None, b: int | None) -> float | None:
         return round((b - a) / 1e6, 3) if a is not None and b is not None else None
@@ -310,7 +283,7 @@ def clean_shutdown(m: dict, arrivals: list[dict], peer_events: list[dict],
     }
 
 
-def spawn_workers(policies: list[str], spec: WorkloadSpec, local: object, agent: object,
+def spawn_workers(policies: list[str], spec: WorkloadSpec, local: Endpoint, agent: PeerAgent,
                   clients_dir: Path, log_dir: Path,
                   names: list[str] | None = None) -> list[ClientWorker]:
     """One started worker per policy (spawned first: they start up in parallel). A worker
@@ -334,7 +307,8 @@ def safe_name(policy: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in policy)
 
 
-def run_round(shim: object, agent: object, workers: list[ClientWorker], request: object,
+def run_round(shim: Shim, agent: PeerAgent, workers: list[ClientWorker],
+              request: TransitionRequest,
               progress_fraction: float = 0.3, probe: bool = True) -> ScenarioResult:
     """Go, transition once the workers are `progress_fraction` in, finish, account."""
     for w in workers:
@@ -349,10 +323,10 @@ def run_round(shim: object, agent: object, workers: list[ClientWorker], request:
                 agent.request("probe_start", 30.0, qp_id=aq["qp_id"])
     results = [account(res, rep, agent, probe) if rep is not None else res
                for res, rep in finished]
-    return ScenarioResult(tres.to_json(), results)
+    return ScenarioResult(tres, results)
 
 
-def run_scenario(shim: object, agent: object, local: object, request: object,
+def run_scenario(shim: Shim, agent: PeerAgent, local: Endpoint, request: TransitionRequest,
                  policies: list[str], spec: WorkloadSpec, clients_dir: Path, log_dir: Path,
                  progress_fraction: float = 0.3) -> ScenarioResult:
     """One transition under one worker per policy, all at once; every request accounted."""
@@ -365,8 +339,8 @@ def run_scenario(shim: object, agent: object, local: object, request: object,
 
 
 def render(res: ScenarioResult) -> list[str]:
-    t = res.transition
-    out = [f"{t['request']['name']} {t['request']['ordering']}: verdict {t['verdict']}"]
+    req = res.transition.request
+    out = [f"{req.name} {req.ordering}: verdict {res.transition.verdict}"]
     for c in res.clients:
         if c.crashed:
             out.append(f"  {c.policy:<13} CRASHED: {c.crash}; in flight: {c.in_flight_at_crash}")

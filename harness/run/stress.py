@@ -24,15 +24,29 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from harness.core import settings
 from harness.core.errors import RxePowerError, SettingError
 from harness.run.matrix import OP_MIXES, MatrixSpec
-from harness.run.resultsfile import RecordKind, ResultsWriter
+from harness.run.records import CycleClient
+from harness.run.resultsfile import RecordKind
+from harness.run.scenario import ClientWorker, run_round, safe_name, spawn_workers
+from harness.run.scenario_result import ClientEnd
+from harness.run.session import ResultsHeader, RunSession
 from harness.system import command
+from harness.topology.config import TopologyConfig
+from harness.topology.lifecycle import restore_local_side
+from harness.workload.ledger import WorkloadSpec
 from power.plan import OnVeto, Ordering, get_transition
+from power.result import TransitionRequest, Verdict
+
+if TYPE_CHECKING:  # types only: the controller objects a stress run is made of
+    from harness.peer.controller import PeerAgent
+    from harness.topology.config import Topology
+    from power.shim import Shim
 
 RES_KINDS = ("qp", "cq", "mr", "pd")
 FD_SLACK = 2  # open fds a worker may have above its first-cycle figure
@@ -69,13 +83,11 @@ class StressSpec:
                    self.rate_per_s, self.queue_depth, self.hold_ms, self.on_veto).validate()
         return self
 
-    def workload(self) -> Any:
-        from harness.workload.ledger import WorkloadSpec
-
+    def workload(self) -> WorkloadSpec:
         return WorkloadSpec(ops=OP_MIXES[self.mix], count=self.count,
                             rate_per_s=self.rate_per_s, queue_depth=self.queue_depth)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["ordering"] = self.ordering.value if self.ordering else None
         d["on_veto"] = self.on_veto.value
@@ -108,7 +120,7 @@ def usage_problems(name: str, base: Usage, now: Usage) -> list[str]:
     return out
 
 
-def parse_rdma_res(data: list[dict]) -> dict[str, dict[str, int]]:
+def parse_rdma_res(data: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """`rdma -j res show` -> {device: {qp, cq, mr, pd}}."""
     out: dict[str, dict[str, int]] = {}
     for d in data:
@@ -161,23 +173,19 @@ def summarize(series: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 class Stress:
     """The live state of a stress run: workers, baselines, series."""
 
-    def __init__(self, spec: StressSpec, topo: Any, agent: Any, shim: Any, log_dir: Path,
-                 ) -> None:
+    def __init__(self, spec: StressSpec, topo: Topology, agent: PeerAgent, shim: Shim,
+                 log_dir: Path) -> None:
         self.spec, self.topo, self.agent, self.shim = spec, topo, agent, shim
         self.log_dir = log_dir
-        self.workers: list[Any] = []
+        self.workers: list[ClientWorker] = []
         self.usage_base: dict[str, Usage] = {}
         self.res_base: dict[str, dict[str, int]] | None = None
         self.series: dict[str, list[float]] = {}
 
     def names(self) -> list[str]:
-        from harness.run.scenario import safe_name
-
         return [f"{safe_name(p)}-{i}" for i, p in enumerate(self.spec.policies)]
 
     def start(self) -> None:
-        from harness.run.scenario import spawn_workers
-
         self.workers = spawn_workers(list(self.spec.policies), self.spec.workload(),
                                      self.topo.local, self.agent, self.shim.notifier.clients_dir,
                                      self.log_dir, self.names())
@@ -187,8 +195,6 @@ class Stress:
             w.close()
 
     def _respawn_dead(self, notes: list[str]) -> None:
-        from harness.run.scenario import spawn_workers
-
         for i, w in enumerate(self.workers):
             if w.proc.poll() is None:
                 continue
@@ -199,10 +205,7 @@ class Stress:
             self.usage_base.pop(w.name, None)  # a new process: a new baseline
             notes.append(f"{w.name} respawned (pid {self.workers[i].pid})")
 
-    def cycle(self, n: int) -> tuple[CycleOutcome, dict]:
-        from harness.run.scenario import run_round
-        from power.result import TransitionRequest
-
+    def cycle(self, n: int) -> tuple[CycleOutcome, dict[str, Any]]:
         t0 = time.monotonic()
         notes: list[str] = []
         failures: list[str] = []
@@ -215,18 +218,17 @@ class Stress:
                                 self.spec.on_veto)
         res = run_round(self.shim, self.agent, self.workers, req, probe=False)
         t = res.transition
-        if t["verdict"] not in ("completed", "forced"):
-            failures.append(f"transition {t['verdict']}: {'; '.join(t['reasons'])}")
+        if t.verdict not in (Verdict.COMPLETED, Verdict.FORCED):
+            failures.append(f"transition {t.verdict.value}: {'; '.join(t.reasons)}")
         for c in res.clients:
             if c.unaccounted:
                 failures.append(f"{c.client}: {len(c.unaccounted)} requests unaccounted")
-            if c.crashed and "terminated by the shim" not in c.crash:
+            if c.crashed and c.ended is not ClientEnd.TERMINATED_BY_SHIM:
                 failures.append(f"{c.client} crashed: {c.crash}")
-        kernel = t.get("kernel") or {}
-        hits = kernel.get("hits", [])
-        for h in hits:
-            failures.append(f"kernel log: {h['pattern']}: {h['record']['message']}")
-        if kernel.get("gap"):
+        for h in t.kernel.hits if t.kernel else []:
+            failures.append(f"kernel log: {h.pattern}: {h.record.message}")
+        hits = [h.to_json() for h in t.kernel.hits] if t.kernel else []
+        if t.kernel and t.kernel.gap:
             failures.append("kernel log: the ring buffer wrapped past the cycle's marker")
         usage = {w.name: Usage.of(w.pid) for w in self.workers if w.proc.poll() is None}
         usage["controller"] = Usage.of(os.getpid())
@@ -243,15 +245,14 @@ class Stress:
         for dev in devs:
             for k in RES_KINDS:
                 self.series.setdefault(f"{dev}.{k}", []).append(res_now.get(dev, {}).get(k, 0))
-        self.series.setdefault("transition_ms", []).append(t.get("total_ms", 0.0))
+        total_ms = round(t.total_ms, 3)
+        self.series.setdefault("transition_ms", []).append(total_ms)
         out = CycleOutcome(n, not failures, failures, round(time.monotonic() - t0, 3))
-        clients = [{"client": c.client, "policy": c.policy, "counts": c.counts,
-                    "unaccounted": len(c.unaccounted), "crashed": c.crashed, "crash": c.crash,
-                    "recovery_ms": c.clean_shutdown.get("resume_to_first_ok_ms")}
-                   for c in res.clients]
+        clients = [CycleClient(c.client, c.policy, c.counts, len(c.unaccounted), c.ended,
+                               c.crash, c.recovery_ms).to_json() for c in res.clients]
         body = {"cycle": n, "ok": out.ok, "failures": failures, "notes": notes,
-                "seconds": out.seconds, "verdict": t["verdict"],
-                "transition_ms": t.get("total_ms"), "clients": clients,
+                "seconds": out.seconds, "verdict": t.verdict.value,
+                "transition_ms": total_ms, "clients": clients,
                 "usage": {k: asdict(v) for k, v in usage.items()}, "rdma_res": res_now,
                 "kernel_hits": hits}
         if not out.ok or self.spec.keep_ledgers:
@@ -259,57 +260,45 @@ class Stress:
         return out, body
 
 
-def run_stress(spec: StressSpec, cfg: Any, out_dir: Path,
+def run_stress(spec: StressSpec, cfg: TopologyConfig, out_dir: Path,
                progress: Callable[[CycleOutcome, int, int], None],
                log: Callable[[str], None] = print) -> int:
     """0 when every cycle passed, 1 when any failed, 130 when interrupted."""
-    from harness import topology
-    from harness.peer.controller import PeerAgent
-    from power.notify import Notifier, private_clients_dir
-    from power.shim import Shim
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    topo, built = topology.setup(cfg, log=lambda m: None)
     failed = done = 0
     interrupted = False
-    stress: Stress | None = None
-    try:
-        with ResultsWriter(out_dir / "results.jsonl", "stress", spec.to_json()) as out, \
-                PeerAgent(topo.peer, log_dir=out_dir / "logs") as agent, \
-                private_clients_dir() as clients_dir, Shim(cfg, Notifier(clients_dir)) as shim:
-            stress = Stress(spec, topo, agent, shim, out_dir / "logs")
-            try:
-                stress.start()
-                for n in range(1, spec.cycles + 1):
-                    try:
-                        outcome, body = stress.cycle(n)
-                    except RxePowerError as exc:
-                        outcome = CycleOutcome(n, False, [f"harness error: {exc}"])
-                        body = {"cycle": n, "ok": False, "failures": outcome.failures}
-                    out.write(RecordKind.CYCLE, body)
-                    done += 1
-                    failed += not outcome.ok
-                    progress(outcome, failed, spec.cycles)
-                    problems = topology.restore_local_side(cfg, log=lambda m: None)
-                    if problems:
-                        log(f"stress stopped: the local side was not restored: {problems}")
-                        break
-                    if spec.maxfail and failed >= spec.maxfail:
-                        log(f"stress stopped: {failed} failed cycles (--maxfail "
-                            f"{spec.maxfail})")
-                        break
-            except KeyboardInterrupt:
-                interrupted = True
-                log(f"\ninterrupted after {done} cycles; the results so far are kept")
-                topology.restore_local_side(cfg, log=lambda m: None)
-            finally:
-                trends = summarize(stress.series)
-                out.write(RecordKind.SUMMARY, {"cycles": done, "failed": failed,
-                                               "interrupted": interrupted, "trends": trends})
-                stress.close()
-    finally:
-        if built:
-            topology.teardown(log=lambda m: None)
+    with RunSession(cfg, out_dir) as session, \
+            session.rig(results=ResultsHeader("stress", spec.to_json())) as rig:
+        out = rig.results
+        stress = Stress(spec, rig.topo, rig.agent, rig.shim, rig.log_dir)
+        try:
+            stress.start()
+            for n in range(1, spec.cycles + 1):
+                try:
+                    outcome, body = stress.cycle(n)
+                except RxePowerError as exc:
+                    outcome = CycleOutcome(n, False, [f"harness error: {exc}"])
+                    body = {"cycle": n, "ok": False, "failures": outcome.failures}
+                out.write(RecordKind.CYCLE, body)
+                done += 1
+                failed += not outcome.ok
+                progress(outcome, failed, spec.cycles)
+                problems = restore_local_side(cfg, log=lambda m: None)
+                if problems:
+                    log(f"stress stopped: the local side was not restored: {problems}")
+                    break
+                if spec.maxfail and failed >= spec.maxfail:
+                    log(f"stress stopped: {failed} failed cycles (--maxfail "
+                        f"{spec.maxfail})")
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            log(f"\ninterrupted after {done} cycles; the results so far are kept")
+            restore_local_side(cfg, log=lambda m: None)
+        finally:
+            trends = summarize(stress.series)
+            out.write(RecordKind.SUMMARY, {"cycles": done, "failed": failed,
+                                           "interrupted": interrupted, "trends": trends})
+            stress.close()
     log("\n".join(["", *render_summary(done, failed, trends, out_dir)]))
     return 130 if interrupted else 1 if failed else 0
 
@@ -378,6 +367,6 @@ def make_progress(total: int) -> Any:
     """A bar on a terminal; lines otherwise (CI logs, the VM's console)."""
     import sys
 
-    if sys.stdout.isatty() and os.environ.get("RXE_POWER_IN_VM") != "1":
+    if sys.stdout.isatty() and not settings.in_vm():
         return RichProgress(total)
     return LineProgress(total)

@@ -1,3 +1,7 @@
-"""The running system, as typed records: commands with bounds, RDMA netlink, network
-interfaces (`ip -j`, sysfs, ioctl), GID tables, device holders. Imports only core.
+"""The running system, as typed records: commands with bounds (command), RDMA netlink
+(rdma_netlink), network interfaces (`ip -j`, sysfs, ioctl: network), what exists now
+(inventory: rdma links, ip links, addresses, rules, routes), GID tables (gid_table),
+device holders (holders), the rdma_rxe module (rxe_module), local TCP ports (tcp_ports).
+Standard library only (ci/rxe-setup.sh runs the topology with the system python3).
+Imports only core.
 """

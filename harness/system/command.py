@@ -1,7 +1,7 @@
 """Run a command (`ip`, `rdma`, `ibv_*`) with a bound and parse its JSON output.
 
 Never scrape human text: every query uses `-j`; the typed records live in
-netdev.py (ip), rdma_netlink.py (RDMA netlink) and gids.py (sysfs GID tables).
+network.py (ip), rdma_netlink.py (RDMA netlink) and gid_table.py (sysfs GID tables).
 """
 
 from __future__ import annotations
@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 from harness.core.errors import BoundExceeded, OsCallError, RxePowerError
 
 CMD_TIMEOUT_S = 30.0
+
+JsonObject = dict[str, Any]  # one object of a `-j` output, before it becomes a typed record
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,12 @@ def run(argv: list[str], timeout_s: float = CMD_TIMEOUT_S, check: bool = True) -
     return res
 
 
-def run_json(argv: list[str], timeout_s: float = CMD_TIMEOUT_S) -> list[dict]:
+def run_json(argv: list[str], timeout_s: float = CMD_TIMEOUT_S) -> list[JsonObject]:
     res = run(argv, timeout_s)
     return parse_json_list(res.stdout, " ".join(argv))
 
 
-def parse_json_list(text: str, what: str) -> list[dict]:
+def parse_json_list(text: str, what: str) -> list[JsonObject]:
     text = text.strip()
     if not text:
         return []

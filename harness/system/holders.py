@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 SYSFS_VERBS = Path("/sys/class/infiniband_verbs")
 
@@ -20,7 +21,7 @@ class Holder:
     cmdline: str
     files: tuple[str, ...]  # the uverbs device files it holds, e.g. ("/dev/infiniband/uverbs0",)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def describe(self) -> str:

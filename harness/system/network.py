@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.errors import OsCallError
+from harness.system.command import JsonObject
 from harness.system.sysfs import read_small
 
 
@@ -50,7 +51,7 @@ class NetLink:
     peer_ifindex: int | None  # link_index of a veth
 
 
-def parse_ip_links(data: list[dict]) -> list[NetLink]:
+def parse_ip_links(data: list[JsonObject]) -> list[NetLink]:
     out = []
     for item in data:
         info = item.get("linkinfo") or {}
@@ -72,7 +73,7 @@ class IpAddr:
     prefixlen: int
 
 
-def parse_ip_addrs(data: list[dict]) -> list[IpAddr]:
+def parse_ip_addrs(data: list[JsonObject]) -> list[IpAddr]:
     out = []
     for item in data:
         for a in item.get("addr_info", []):
@@ -103,7 +104,7 @@ class IpRule:
         return [*args, "lookup", self.table]
 
 
-def parse_ip_rules(data: list[dict]) -> list[IpRule]:
+def parse_ip_rules(data: list[JsonObject]) -> list[IpRule]:
     out = []
     for item in data:
         src = item.get("src")
@@ -135,5 +136,5 @@ class IpRoute:
     table: str
 
 
-def parse_ip_routes(data: list[dict], table: str) -> list[IpRoute]:
+def parse_ip_routes(data: list[JsonObject], table: str) -> list[IpRoute]:
     return [IpRoute(str(item["dst"]), item.get("dev"), table) for item in data]

@@ -8,6 +8,7 @@ import struct
 from dataclasses import dataclass
 
 from harness.core.errors import BoundExceeded, OsCallError
+from harness.system.command import JsonObject
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class RdmaLink:
     netdev_index: int | None
 
 
-def parse_rdma_links(data: list[dict]) -> list[RdmaLink]:
+def parse_rdma_links(data: list[JsonObject]) -> list[RdmaLink]:
     out = []
     for item in data:
         out.append(RdmaLink(

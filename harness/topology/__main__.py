@@ -1,3 +1,5 @@
-from harness.topology import main
+"""`python -m harness.topology up|down|show|verify` (ci/rxe-setup.sh)."""
+
+from harness.topology.command_line import main
 
 raise SystemExit(main())

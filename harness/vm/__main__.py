@@ -1,3 +1,3 @@
-from harness.vm import main
+from harness.vm.command_line import main
 
 raise SystemExit(main())

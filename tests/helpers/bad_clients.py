@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from clients.core import ClientCore
 from clients.fail_fast import FailFast
-from power.notify import DeviceInfo
+from harness.core.device import DeviceInfo
 
 KMSG_LINE = "<3>rdma_rxe: rxe-power test: injected error line from a client\n"
 

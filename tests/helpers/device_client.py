@@ -22,8 +22,9 @@ import select
 import sys
 from pathlib import Path
 
+from harness.core.device import DeviceInfo
 from harness.rdma.verbs import Device
-from power.notify import CLIENTS_DIR, ClientEndpoint, DeviceInfo, SuspendReply
+from power.notify import CLIENTS_DIR, ClientEndpoint, SuspendReply
 
 
 def say(event: str, **detail: object) -> None:

@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import topology
 from harness.core.state import StateFile
+from harness.topology import devices
+from harness.topology.config import TopologyConfig
 
 KILL_POINT_TIMEOUT_S = 90.0  # until the child reaches the point where it is killed
 POLL_S = 0.05
@@ -23,20 +24,20 @@ def child_processes(pid: int) -> list[dict]:
     return [e for e in StateFile.load().processes() if e["owner"]["pid"] == pid]
 
 
-def workers_started(pid: int, cfg: topology.TopologyConfig) -> bool:
+def workers_started(pid: int, cfg: TopologyConfig) -> bool:
     return any(e["role"].startswith("client worker") for e in child_processes(pid))
 
 
-def delete_blocked(pid: int, cfg: topology.TopologyConfig) -> bool:
-    return bool(topology.pending_deletes(cfg.local_dev))
+def delete_blocked(pid: int, cfg: TopologyConfig) -> bool:
+    return bool(devices.pending_deletes(cfg.local_dev))
 
 
-def device_gone(pid: int, cfg: topology.TopologyConfig) -> bool:
-    return workers_started(pid, cfg) and topology.port_state(cfg.local_dev) is None \
-        and not topology.pending_deletes(cfg.local_dev)
+def device_gone(pid: int, cfg: TopologyConfig) -> bool:
+    return workers_started(pid, cfg) and devices.port_state(cfg.local_dev) is None \
+        and not devices.pending_deletes(cfg.local_dev)
 
 
-POINTS: dict[str, tuple[list[str], Callable[[int, topology.TopologyConfig], bool]]] = {
+POINTS: dict[str, tuple[list[str], Callable[[int, TopologyConfig], bool]]] = {
     # while its client workers start up
     "workers-started": (["stress", "--cycles", "3", "--policy", "graceful"], workers_started),
     # mid-transition: naive holds rxe0, the delete is blocked in the kernel
@@ -48,8 +49,8 @@ POINTS: dict[str, tuple[list[str], Callable[[int, topology.TopologyConfig], bool
 }
 
 
-def run_and_kill(argv: list[str], point: Callable[[int, topology.TopologyConfig], bool],
-                 cfg: topology.TopologyConfig, out: Path) -> tuple[int, list[dict]]:
+def run_and_kill(argv: list[str], point: Callable[[int, TopologyConfig], bool],
+                 cfg: TopologyConfig, out: Path) -> tuple[int, list[dict]]:
     log = open(out.parent / f"{out.name}.log", "w")  # noqa: SIM115 - closed below
     child = subprocess.Popen([sys.executable, "-m", "harness.cli", *argv, "--mode", "native",
                               "--count", "400", "--rate", "40", "--out", str(out)],

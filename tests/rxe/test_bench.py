@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.run.bench import BenchSpec, run_bench
+from harness.run.bench.run import run_bench
+from harness.run.bench.spec import BenchSpec
 
 pytestmark = pytest.mark.rxe
 

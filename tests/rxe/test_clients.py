@@ -13,8 +13,9 @@ import signal
 
 import pytest
 
-from harness.run.scenario import ClientResult, ScenarioResult, render, run_scenario
-from harness.workload.ledger import WorkloadSpec
+from harness.run.scenario import render, run_scenario
+from harness.run.scenario_result import ClientEnd, ClientResult, ScenarioResult
+from harness.workload.spec import WorkloadSpec
 from power.plan import OnVeto, Ordering
 from power.result import TransitionRequest, Verdict
 
@@ -64,7 +65,7 @@ def test_link_flap(power_shim, peer_agent, rxe_topology, results_dir, ordering) 
     after the carrier returns, and finish everything."""
     res = scenario(power_shim, peer_agent, rxe_topology, results_dir, "link-flap", ordering,
                    ["naive", *COOPERATIVE])
-    assert res.ok and Verdict(res.transition["verdict"]) is Verdict.COMPLETED
+    assert res.ok and res.transition.verdict is Verdict.COMPLETED
     naive = res.client("naive")
     assert naive.counts.get("lost", 0) == 0
     errors = {e["attempts"][-1]["status"] for e in naive.ledger
@@ -93,8 +94,8 @@ def test_standby_cooperative(power_shim, peer_agent, rxe_topology, results_dir,
     completion came before any notice) and the peer saw no goodbye."""
     res = scenario(power_shim, peer_agent, rxe_topology, results_dir, "standby", ordering,
                    COOPERATIVE)
-    assert Verdict(res.transition["verdict"]) is Verdict.COMPLETED, res.transition["reasons"]
-    assert not (res.transition["veto"] or {}).get("detected")
+    assert res.transition.verdict is Verdict.COMPLETED, res.transition.reasons
+    assert not (res.transition.veto and res.transition.veto.detected)
     for policy in COOPERATIVE:
         healthy(res.client(policy))
     qr = res.client("queue-replay")
@@ -108,7 +109,8 @@ def test_standby_cooperative(power_shim, peer_agent, rxe_topology, results_dir,
         assert graceful.clean_shutdown["quiesce"] == "drained, goodbye sent"
         # told by the goodbye, the peer moved its QP to ERR: its probe is flushed at once
         assert [p["status"] for p in graceful.clean_shutdown["peer_probe"]] == ["WR_FLUSH_ERR"]
-        assert res.transition["veto"]["blocked_s"] < 0.5  # the delete did not wait
+        veto = res.transition.veto
+        assert veto is not None and veto.blocked_s < 0.5  # the delete did not wait
     else:
         assert graceful.clean_shutdown["quiesce"].startswith("no chance to quiesce")
         assert graceful.clean_shutdown["peer_saw"] != "orderly disconnect (goodbye)"
@@ -123,11 +125,12 @@ def test_naive_under_standby(power_shim, peer_agent, rxe_topology, results_dir,
     and what was in flight, not a failed run; fail-fast beside it is unaffected."""
     res = scenario(power_shim, peer_agent, rxe_topology, results_dir, "standby", ordering,
                    ["naive", "fail-fast"], on_veto=OnVeto.FORCE)
-    assert Verdict(res.transition["verdict"]) is Verdict.FORCED
+    assert res.transition.verdict is Verdict.FORCED and res.transition.veto is not None
     naive = res.client("naive")
     assert naive.crashed and "terminated by the shim (SIGTERM)" in naive.crash
-    assert [h["pid"] for h in res.transition["veto"]["holders"]] == \
-        [t["pid"] for t in res.transition["veto"]["terminated"]]
+    assert naive.ended is ClientEnd.TERMINATED_BY_SHIM
+    assert [h["pid"] for h in res.transition.veto.holders] == \
+        [t["pid"] for t in res.transition.veto.terminated]
     healthy(res.client("fail-fast"))
 
 
@@ -138,11 +141,12 @@ def test_surprise_removal(power_shim, peer_agent, rxe_topology, results_dir) -> 
     terminates it: a killed worker becomes a failed client result, not a failed run."""
     res = scenario(power_shim, peer_agent, rxe_topology, results_dir, "surprise-removal",
                    Ordering.HCA_FIRST, ["naive", *COOPERATIVE], on_veto=OnVeto.FORCE)
-    assert Verdict(res.transition["verdict"]) is Verdict.FORCED
+    assert res.transition.verdict is Verdict.FORCED and res.transition.veto is not None
     naive = res.client("naive")
     assert naive.crashed and "terminated by the shim" in naive.crash
+    assert naive.ended is ClientEnd.TERMINATED_BY_SHIM
     assert "surprise-removal" in naive.crash
-    held = [h["pid"] for h in res.transition["veto"]["holders"]]
+    held = [h["pid"] for h in res.transition.veto.holders]
     assert len(held) == 1  # only naive still held it
     for policy in COOPERATIVE:
         c = res.client(policy)
@@ -176,7 +180,7 @@ def test_killed_worker_is_reported(power_shim, peer_agent, rxe_topology, results
     res = scenario(power_shim, peer_agent, rxe_topology, results_dir, "link-flap",
                    Ordering.CLIENTS_FIRST, COOPERATIVE)
     ff = res.client("fail-fast")
-    assert ff.crashed and not res.ok
+    assert ff.crashed and not res.ok and ff.ended is ClientEnd.DIED
     assert "killed by signal 9" in ff.crash and "link-flap" in ff.crash
     assert all(0 <= r < SPEC.count for r in ff.in_flight_at_crash)
     journal = (results_dir / "clients" / "fail-fast.journal.jsonl").read_text()

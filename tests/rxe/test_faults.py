@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness import topology
 from harness.peer.controller import PeerAgent
 from harness.rdma.names import wc_status_name
 from harness.rdma.payload import encode
@@ -39,6 +38,7 @@ from harness.run.scenario import (
 )
 from harness.system import command
 from harness.system.holders import find_holders
+from harness.topology.config import TopologyConfig
 from harness.workload.ledger import Ledger, Op, WorkloadSpec
 from power.plan import OnVeto, Ordering
 from power.result import Verdict
@@ -125,7 +125,7 @@ def netem(devs: list[str], *args: str) -> Iterator[dict[str, dict]]:
             assert root_qdisc(dev).get("kind") == "noqueue", f"{dev}: our qdisc is still there"
 
 
-def switch_ports(rxe_config: topology.TopologyConfig) -> list[str]:
+def switch_ports(rxe_config: TopologyConfig) -> list[str]:
     """The switch's port towards rxe0 (carries what rxe1 sends) and towards rxe1."""
     return [rxe_config.switch_port(rxe_config.local_netdev),
             rxe_config.switch_port(rxe_config.peer_netdev)]

@@ -14,18 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, topology
+from harness.cli import main as cli_main
 from harness.core.state import StateFile, process_start
+from harness.topology import devices, lifecycle
+from harness.topology.config import TopologyConfig
 from tests.helpers.killing import POINTS, run_and_kill
 
 pytestmark = pytest.mark.rxe
 
 
-def assert_clean(pid: int, left: list[dict], cfg: topology.TopologyConfig) -> None:
+def assert_clean(pid: int, left: list[dict], cfg: TopologyConfig) -> None:
     assert all(process_start(e["pid"]) != e["start"] for e in left), left
     assert not [e for e in StateFile.load().created if e["owner"]["pid"] == pid]
-    assert not topology.pending_deletes(cfg.local_dev)
-    topo = topology.discover(cfg)
+    assert not devices.pending_deletes(cfg.local_dev)
+    topo = devices.discover(cfg)
     assert topo.local.state == topo.peer.state == "ACTIVE"
 
 
@@ -38,7 +40,7 @@ def test_cleanup_after_sigkill(point: str, rxe_config, rxe_topology, tmp_path: P
     roles = sorted(e["role"] for e in left)
     assert any(r.startswith("peer agent") for r in roles), roles
     assert any(process_start(e["pid"]) == e["start"] for e in left)  # orphans live on
-    assert cli.main(["cleanup"]) == 0, capsys.readouterr().out
+    assert cli_main.main(["cleanup"]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
     assert "a live rxe-power process" in out  # the session's topology is kept
     assert_clean(pid, left, rxe_config)
@@ -51,6 +53,6 @@ def test_next_run_cleans_up_by_itself(rxe_config, rxe_topology, tmp_path: Path) 
     the blocked delete and repairs the local side."""
     argv, reached = POINTS["delete-blocked"]
     pid, left = run_and_kill(argv, reached, rxe_config, tmp_path / "run")
-    _topo, built = topology.setup(rxe_config, log=print)
+    _topo, built = lifecycle.setup(rxe_config, log=print)
     assert not built  # the session owns the topology, and keeps it
     assert_clean(pid, left, rxe_config)

@@ -59,11 +59,10 @@ def test_stress_20_cycles(rxe_config, rxe_topology, tmp_path: Path) -> None:
     failures = [(o.cycle, o.failures) for o in seen if not o.ok]
     assert code == 0 and not failures, failures
     res = read_results(tmp_path / "results.jsonl")
-    cycles = res.of_kind(RecordKind.CYCLE)
-    assert [c["cycle"] for c in cycles] == list(range(1, 21))
-    assert all(c["verdict"] == "completed" and not c["kernel_hits"] for c in cycles)
-    assert all(cl["unaccounted"] == 0 and not cl["crashed"] for c in cycles
-               for cl in c["clients"])
+    cycles = res.cycles()
+    assert [c.cycle for c in cycles] == list(range(1, 21))
+    assert all(c.verdict == "completed" and not c.kernel_hits for c in cycles)
+    assert all(cl.unaccounted == 0 and not cl.crashed for c in cycles for cl in c.clients)
     trends = res.of_kind(RecordKind.SUMMARY)[0]["trends"]
     flat = [k for k in trends if k.endswith((".fds", ".threads", ".qp", ".cq", ".mr", ".pd"))]
     assert len(flat) == 3 * 2 + 2 * 4  # 2 workers + the controller; 2 devices

@@ -25,10 +25,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness import topology
-from harness.core.proc import wait_or_kill
+from harness.core.proc import stop_child
 from harness.system import command
 from harness.system.holders import find_holders
+from harness.topology.config import Topology
 from power.plan import OnVeto
 from power.result import Verdict
 
@@ -50,7 +50,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def argvs(program: str, topo: topology.Topology, port: int,
+def argvs(program: str, topo: Topology, port: int,
           extra: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
     """(server on the peer HCA, client on the local HCA to the peer's address)."""
     loc, peer = topo.local, topo.peer
@@ -89,7 +89,7 @@ def wait_until(cond, what: str, proc: subprocess.Popen, deadline: float) -> None
 
 
 @contextlib.contextmanager
-def outside(program: str, topo: topology.Topology, log_dir: Path, tag: str,
+def outside(program: str, topo: Topology, log_dir: Path, tag: str,
             extra: tuple[str, ...] = ()) -> Iterator[tuple[subprocess.Popen, subprocess.Popen]]:
     """Server on rxe1, then the client on rxe0, with traffic flowing; both stopped
     (bounded) afterwards, whatever happened. Their output goes to LOG_DIR/TAG-*.log."""
@@ -118,7 +118,7 @@ def outside(program: str, topo: topology.Topology, log_dir: Path, tag: str,
         for p in reversed(started):
             if p.poll() is None:
                 p.terminate()
-            wait_or_kill(p, SERVER_STOP_TIMEOUT_S)
+            stop_child(p, SERVER_STOP_TIMEOUT_S)
 
 
 def check_named_and_forced(res, cli: subprocess.Popen, program: str, dev: str) -> None:

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, topology
+from harness.cli import main as cli_main
 from harness.core.state import StateFile
-from harness.system import command
+from harness.system import command, inventory
+from harness.topology import lifecycle
+from harness.topology.config import TopologyConfig
 from tests.helpers.killing import POINTS, run_and_kill
 
 pytestmark = pytest.mark.rxe
@@ -30,10 +32,10 @@ def ip(*args: str) -> None:
 
 
 def foreign_snapshot() -> dict:
-    return {"netdevs": sorted((asdict(n) for n in topology.ip_links()
+    return {"netdevs": sorted((asdict(n) for n in inventory.ip_links()
                                if n.ifname in FOREIGN[:2]), key=lambda d: d["ifname"]),
-            "rdma": [asdict(lk) for lk in topology.rdma_links() if lk.ifname == FOREIGN[2]],
-            "addrs": sorted(f"{a}" for a in topology.ip_addrs() if a.ifname in FOREIGN[:2])}
+            "rdma": [asdict(lk) for lk in inventory.rdma_links() if lk.ifname == FOREIGN[2]],
+            "addrs": sorted(f"{a}" for a in inventory.ip_addrs() if a.ifname in FOREIGN[:2])}
 
 
 @pytest.fixture
@@ -52,8 +54,8 @@ def foreign(rxe_topology) -> Iterator[dict]:
         subprocess.run(["ip", "link", "del", FOREIGN[0]], timeout=30, check=False)
 
 
-def whole_again(cfg: topology.TopologyConfig) -> None:
-    _topo, built = topology.setup(cfg, log=print)
+def whole_again(cfg: TopologyConfig) -> None:
+    _topo, built = lifecycle.setup(cfg, log=print)
     assert built
 
 
@@ -64,10 +66,10 @@ def test_foreign_objects_survive_everything(foreign: dict, power_shim, rxe_confi
         assert power_shim.run(name, hold_ms=100).verdict.value == "completed"
         assert foreign_snapshot() == foreign, name
     power_shim.shim.close()
-    assert cli.main(["cleanup"]) == 0, capsys.readouterr()
+    assert cli_main.main(["cleanup"]) == 0, capsys.readouterr()
     assert foreign_snapshot() == foreign
     try:
-        assert topology.teardown(log=print) == []
+        assert lifecycle.teardown(log=print) == []
         assert foreign_snapshot() == foreign
         assert not StateFile.load().topology_entries()
     finally:
@@ -81,22 +83,22 @@ def test_killed_run_that_built_its_topology_is_removed_completely(
     """With no topology up, the harness builds its own; SIGKILLed with the local device
     gone mid-standby, `rxe-power cleanup` (no live owner) removes every object it made:
     processes, devices, netdevs, rules, routes, and the moved `lookup local` goes back."""
-    rules_before = sorted(" ".join(r.selector_args()) for r in topology.ip_rules())
-    assert topology.teardown(log=print) == []
-    bare_rules = sorted(" ".join(r.selector_args()) for r in topology.ip_rules())
+    rules_before = sorted(" ".join(r.selector_args()) for r in inventory.ip_rules())
+    assert lifecycle.teardown(log=print) == []
+    bare_rules = sorted(" ".join(r.selector_args()) for r in inventory.ip_rules())
     try:
         argv, reached = POINTS["device-gone"]
         _pid, left = run_and_kill(argv, reached, rxe_config, tmp_path / "run")
         assert StateFile.load().topology_entries()  # it had built one
-        assert cli.main(["cleanup"]) == 0
+        assert cli_main.main(["cleanup"]) == 0
         assert not StateFile.load().created
         ours = {rxe_config.local_dev, rxe_config.peer_dev}
-        assert not ours & {lk.ifname for lk in topology.rdma_links()}
-        nets = {n.ifname for n in topology.ip_links()}
+        assert not ours & {lk.ifname for lk in inventory.rdma_links()}
+        nets = {n.ifname for n in inventory.ip_links()}
         assert not nets & {rxe_config.local_netdev, rxe_config.peer_netdev, rxe_config.switch}
-        assert sorted(" ".join(r.selector_args()) for r in topology.ip_rules()) == bare_rules
+        assert sorted(" ".join(r.selector_args()) for r in inventory.ip_rules()) == bare_rules
         assert foreign_snapshot() == foreign
         assert left
     finally:
         whole_again(rxe_config)
-    assert sorted(" ".join(r.selector_args()) for r in topology.ip_rules()) == rules_before
+    assert sorted(" ".join(r.selector_args()) for r in inventory.ip_rules()) == rules_before

@@ -14,10 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, topology
+from harness.cli import main as cli_main
+from harness.core.device import DeviceInfo
 from harness.rdma.verbs import Device
+from harness.system.holders import find_holders
+from harness.system.tcp_ports import tcp_listening
+from harness.topology import devices, lifecycle, pingpong
+from harness.topology.config import Topology, TopologyConfig
 from power import kmsg, pmtest
-from power.notify import DeviceInfo, SuspendReply
+from power.notify import SuspendReply
 from power.plan import TRANSITIONS, OnVeto, Ordering, StepKind
 from power.result import TransitionResult, Verdict
 from power.timeline import EntryKind
@@ -48,7 +53,7 @@ def local_events(res: TransitionResult) -> list[str]:
 
 
 @pytest.mark.parametrize("name, ordering", CASES, ids=[f"{n}-{o}" for n, o in CASES])
-def test_transition_without_clients(power_shim, rxe_topology: topology.Topology, name: str,
+def test_transition_without_clients(power_shim, rxe_topology: Topology, name: str,
                                     ordering: Ordering) -> None:
     """No clients: every step runs in order, rxe1 stays ACTIVE, the kernel log stays clean,
     and RoCE traffic (rdma-core's ibv_rc_pingpong) flows over the resumed device."""
@@ -65,14 +70,14 @@ def test_transition_without_clients(power_shim, rxe_topology: topology.Topology,
         # the new device is created on a down netdev; the reader sees it come up
         assert "PORT_ACTIVE" in events
     assert res.veto is None or not res.veto.detected
-    after = topology.discover(topology.TopologyConfig())
+    after = devices.discover(TopologyConfig())
     assert res.device_after is not None and res.device_after["gid"] == after.local.gid
     if name == "hibernate":
         assert after.local.ifindex != rxe_topology.local.ifindex or \
             res.device_after["ifindex"] != res.device_before["ifindex"]
         assert res.step(S.CREATE_NETDEV).detail["new_ifindex"] != \
             res.step(S.DESTROY_NETDEV).detail["old_ifindex"]
-    assert topology.pingpong_check(after, iters=20).iters == 20
+    assert pingpong.pingpong_check(after, iters=20).iters == 20
 
 
 # --- clients --------------------------------------------------------------------------------
@@ -128,7 +133,7 @@ class ClientProc:
 
 
 @pytest.fixture
-def client(power_shim, rxe_topology: topology.Topology) -> Iterator[Callable[[str], ClientProc]]:
+def client(power_shim, rxe_topology: Topology) -> Iterator[Callable[[str], ClientProc]]:
     started: list[ClientProc] = []
 
     def start(policy: str) -> ClientProc:
@@ -174,13 +179,13 @@ def test_holder_under_wait_policy_is_reported_vetoed(power_shim, client, rxe_con
     assert res.veto is not None and res.veto.vetoed and res.veto.detected
     assert veto_wait_s <= res.veto.blocked_s < veto_wait_s + 1.0
     assert holder.pid in [h["pid"] for h in res.veto.holders]
-    assert res.veto.delete_pending_pid in topology.pending_deletes(rxe_config.local_dev)
+    assert res.veto.delete_pending_pid in devices.pending_deletes(rxe_config.local_dev)
     assert res.not_restored and "pending" in res.not_restored[0]
     assert [s.outcome for s in res.steps if s.step is S.HOLD] == ["skipped"]
     assert took < 60, f"the vetoed transition took {took:.1f} s"
     holder.stop()  # the holder lets go: the pending delete completes
-    assert topology.restore_local_side(rxe_config, log=lambda m: None) == []
-    assert topology.pending_deletes(rxe_config.local_dev) == []
+    assert lifecycle.restore_local_side(rxe_config, log=lambda m: None) == []
+    assert devices.pending_deletes(rxe_config.local_dev) == []
 
 
 def test_cooperative_client_releases_and_reopens(power_shim, client) -> None:
@@ -322,19 +327,19 @@ def test_cli_transition_under_ibv_rc_pingpong(rxe_topology, results_dir: Path) -
     cli_proc = None
     try:
         deadline = time.monotonic() + 30
-        while not topology._tcp_listening(port):
+        while not tcp_listening(port):
             assert time.monotonic() < deadline, "ibv_rc_pingpong server did not listen"
             time.sleep(0.05)
         cli_proc = subprocess.Popen(["ibv_rc_pingpong", "-d", rxe_topology.local.dev, "-g",
                                      str(rxe_topology.local.gid_index), *common,
                                      rxe_topology.peer.addr],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while not [h for h in topology.find_holders(rxe_topology.local.dev)
+        while not [h for h in find_holders(rxe_topology.local.dev)
                    if h.pid == cli_proc.pid]:
             assert time.monotonic() < deadline, "ibv_rc_pingpong never opened rxe0"
             time.sleep(0.05)
         out = results_dir / "transitions" / "cli-surprise-removal-pingpong.json"
-        rc = cli.main(["transition", "surprise-removal", "--on-veto",
+        rc = cli_main.main(["transition", "surprise-removal", "--on-veto",
                        "force", "--hold-ms", str(HOLD_MS), "--json", str(out), "--mode",
                        "native"])
         res = TransitionResult.read(out)
@@ -347,4 +352,4 @@ def test_cli_transition_under_ibv_rc_pingpong(rxe_topology, results_dir: Path) -
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
-    topology.discover(topology.TopologyConfig())
+    devices.discover(TopologyConfig())

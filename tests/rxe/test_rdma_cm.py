@@ -12,7 +12,7 @@ import pytest
 
 from harness.peer.cm_check import run_cm_session_in_child
 from harness.system.holders import find_holders
-from harness.topology import Topology
+from harness.topology.config import Topology
 
 pytestmark = pytest.mark.rxe
 

@@ -11,11 +11,12 @@ import time
 
 import pytest
 
-from harness import topology
 from harness.peer import traffic
 from harness.rdma.names import wc_status_name
 from harness.rdma.verbs import Device, QpState, opcode
 from harness.system.holders import find_holders
+from harness.topology import devices, netdevs
+from harness.topology.config import Topology, TopologyConfig
 
 pytestmark = pytest.mark.rxe
 
@@ -23,7 +24,7 @@ BLOCKED_OBSERVATION_S = 2.0  # how long the delete must stay blocked to count as
 DELETE_AFTER_CLOSE_TIMEOUT_S = 5.0
 
 
-def test_link_down_errors_the_qp_and_it_stays_in_err(rxe_topology: topology.Topology,
+def test_link_down_errors_the_qp_and_it_stays_in_err(rxe_topology: Topology,
                                                       rc_pair: traffic.Pair) -> None:
     """Link down: port DOWN at once; a SEND is accepted by post_send, then completes with
     LOC_QP_OP_ERR (rxe's requester refuses to transmit on a down port and errors the QP).
@@ -31,26 +32,26 @@ def test_link_down_errors_the_qp_and_it_stays_in_err(rxe_topology: topology.Topo
     QP by itself, the client must re-create or reset and reconnect it."""
     loc = rxe_topology.local
     assert traffic.send_messages(rc_pair, [64] * 10).ok
-    topology.set_netdev_up(loc.netdev, False)
+    netdevs.set_netdev_up(loc.netdev, False)
     try:
-        topology.wait_port_state(loc.dev, "DOWN")
-        peer_state_while_down = topology.port_state(rxe_topology.peer.dev)
+        devices.wait_port_state(loc.dev, "DOWN")
+        peer_state_while_down = devices.port_state(rxe_topology.peer.dev)
         rc_pair.qp.write_local(0, traffic.payload.encode(1, 64))
         rc_pair.qp.post_send(1, opcode("SEND_WITH_IMM"), 0, 64, imm=1)
         wcs = rc_pair.qp.wait(1, what="the SEND posted while the link is down")
         assert wc_status_name(int(wcs[0].status)) == "LOC_QP_OP_ERR"
         assert rc_pair.qp.state() is QpState.ERR
     finally:
-        topology.set_netdev_up(loc.netdev, True)
-    topology.wait_port_state(loc.dev, "ACTIVE")
+        netdevs.set_netdev_up(loc.netdev, True)
+    devices.wait_port_state(loc.dev, "ACTIVE")
     assert rc_pair.qp.state() is QpState.ERR
     # a veth wire has no switch: the peer's end loses carrier with ours (recorded, not hidden)
     print(f"peer port state while the local link was down: {peer_state_while_down}")
-    topology.wait_port_state(rxe_topology.peer.dev, "ACTIVE")
+    devices.wait_port_state(rxe_topology.peer.dev, "ACTIVE")
 
 
 def test_delete_blocks_while_held_and_finishes_after_close(
-        rxe_topology: topology.Topology, rxe_config: topology.TopologyConfig) -> None:
+        rxe_topology: Topology, rxe_config: TopologyConfig) -> None:
     """`rdma link delete` of a device held open does not fail and does not finish: rxe has
     no disassociate_ucontext, so the kernel waits for every uverbs file to close. The
     device vanishes from `rdma link show` at once; the holder is named by /proc; once
@@ -63,19 +64,19 @@ def test_delete_blocks_while_held_and_finishes_after_close(
         assert any(h.pid == dev_pid() for h in holders), holders
         proc = subprocess.Popen(["rdma", "link", "delete", loc.dev], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        topology.wait_port_state(loc.dev, None)  # gone from the list at once
+        devices.wait_port_state(loc.dev, None)  # gone from the list at once
         with pytest.raises(subprocess.TimeoutExpired):
             proc.wait(timeout=BLOCKED_OBSERVATION_S)  # ...but the delete is still blocked
-        assert topology.port_state(rxe_topology.peer.dev) == "ACTIVE"
+        assert devices.port_state(rxe_topology.peer.dev) == "ACTIVE"
     finally:
         dev.close()
     t0 = time.monotonic()
     assert proc.wait(timeout=DELETE_AFTER_CLOSE_TIMEOUT_S) == 0
     took = time.monotonic() - t0
     print(f"delete finished {took * 1000:.0f} ms after the Context closed")
-    assert topology.port_state(rxe_topology.peer.dev) == "ACTIVE"
-    topology.add_rdma_link(loc.dev, loc.netdev)
-    topology.wait_ports_active(rxe_config)
+    assert devices.port_state(rxe_topology.peer.dev) == "ACTIVE"
+    devices.add_rdma_link(loc.dev, loc.netdev)
+    devices.wait_ports_active(rxe_config)
 
 
 def dev_pid() -> int:

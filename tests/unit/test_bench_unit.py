@@ -8,20 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import bench_command, build_parser
+from harness.cli import bench_command
+from harness.cli.main import build_parser
 from harness.core.errors import SettingError
-from harness.run import bench
-from harness.run.bench import (
-    BW_COLUMNS,
-    LAT_COLUMNS,
-    BenchSpec,
-    PerftestFormatError,
-    cycle_parts,
-    parse_perftest,
-    percentile,
-    spread,
-    targets,
-)
+from harness.run.bench.perftest import BW_COLUMNS, LAT_COLUMNS, PerftestFormatError, parse_perftest
+from harness.run.bench.record import targets
+from harness.run.bench.series import percentile, spread
+from harness.run.bench.spec import MIN_COUNT, BenchSpec
+from harness.run.bench.standby_cycle import cycle_parts
 
 PERF = Path(__file__).parent.parent / "data" / "perftest"
 
@@ -139,7 +133,7 @@ def test_targets() -> None:
 def test_spec_checks() -> None:
     spec = BenchSpec().validate()
     assert spec.count(64) == 20000 and spec.count(4096) == 8000 and spec.count(65536) == 2000
-    assert BenchSpec(scale=0.001).validate().count(64) == bench.MIN_COUNT
+    assert BenchSpec(scale=0.001).validate().count(64) == MIN_COUNT
     tp = spec.throughput_spec("WRITE", 65536)
     assert tp.signal_every == 64 and tp.write_slots == 256 and tp.slot_size == 65536
     assert spec.throughput_spec("SEND", 64, queue_depth=1).signal_every == 1

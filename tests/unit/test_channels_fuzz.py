@@ -24,30 +24,31 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clients.worker import WORKER_SCHEMA
+from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, FramingError, ProtocolError
 from harness.core.protocol import (
-    MAX_DEPTH,
-    MAX_INT,
+    ERROR_TEXT_MAX,
     MAX_MESSAGE_BYTES,
-    MAX_SECONDS,
-    REQUESTS,
     Channel,
     LineReader,
     Message,
     WorkerError,
     decode,
+    error_reply,
 )
+from harness.core.schemas import MAX_SECONDS, ChannelKind
+from harness.core.schemas import SCHEMAS as REGISTRY
+from harness.core.strict_json import MAX_DEPTH, MAX_INT
 from harness.peer import agent as peer_agent
-from harness.workload.ledger import WorkloadSpec
-from power import notify
+from harness.peer import dispatch as peer_dispatch
+from harness.workload.spec import WorkloadSpec
 from power.asyncevents import parse_command, parse_record
-from power.notify import NOTIFY_SCHEMA, DeviceInfo
+from power.notify.sockets import read_line
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-SCHEMAS = {"peer": REQUESTS, "worker": WORKER_SCHEMA, "notify": NOTIFY_SCHEMA}
+SCHEMAS = {str(kind): table for kind, table in REGISTRY.items()}  # "peer", "worker", "notice"
 EVENTS = [(name, ev) for name, table in SCHEMAS.items() for ev in sorted(table)]
 ERROR_TEXT_BOUND = 2000  # an error never echoes a whole message back
 BOUND_S = 10.0
@@ -133,15 +134,16 @@ def assert_valid(msg: Message, schema: dict) -> None:
             assert 0 <= val <= MAX_INT
 
 
-def decode_or_error(line: bytes, schema: dict | None = None, **kw: Any) -> Message | None:
+def decode_or_error(line: bytes, channel: str, **kw: Any) -> Message | None:
     """decode(), asserting the only failure is a ProtocolError with a bounded text."""
+    schema = SCHEMAS[channel]
     try:
-        msg = decode(line, schema=schema, **kw)
+        msg = decode(line, ChannelKind(channel), **kw)
     except ProtocolError as exc:
         assert len(str(exc)) < ERROR_TEXT_BOUND, str(exc)[:200]
         assert exc.problem and exc.fix
         return None
-    if schema is not None and not kw.get("expect_reply"):
+    if not kw.get("expect_reply"):
         assert_valid(msg, schema)
     return msg
 
@@ -150,13 +152,13 @@ def decode_or_error(line: bytes, schema: dict | None = None, **kw: Any) -> Messa
 @FUZZ
 @given(st.binary(max_size=300), st.sampled_from(sorted(SCHEMAS)))
 def test_decode_arbitrary_bytes(raw: bytes, schema: str) -> None:
-    decode_or_error(raw, SCHEMAS[schema])
+    decode_or_error(raw, schema)
 
 
 @FUZZ
 @given(json_values(), st.sampled_from(sorted(SCHEMAS)), st.booleans())
 def test_decode_arbitrary_json(value: Any, schema: str, reply: bool) -> None:
-    decode_or_error(json.dumps(value).encode(), SCHEMAS[schema], expect_reply=reply)
+    decode_or_error(json.dumps(value).encode(), schema, expect_reply=reply)
 
 
 @FUZZ
@@ -164,20 +166,20 @@ def test_decode_arbitrary_json(value: Any, schema: str, reply: bool) -> None:
 def test_decode_arbitrary_payload_in_envelope(payload: Any, event: tuple[str, str],
                                               mid: int) -> None:
     line = json.dumps({"v": 1, "id": mid, "event": event[1], "payload": payload}).encode()
-    decode_or_error(line, SCHEMAS[event[0]])
+    decode_or_error(line, event[0])
 
 
 @FUZZ
 @given(mutated_lines())
 def test_decode_mutated_schema_messages(case: tuple[str, bytes]) -> None:
-    decode_or_error(case[1], SCHEMAS[case[0]])
+    decode_or_error(case[1], case[0])
 
 
 @FUZZ
 @given(valid_messages())
 def test_roundtrip_every_event_of_every_schema(case: tuple[str, Message]) -> None:
     name, msg = case
-    back = decode(msg.encode().rstrip(b"\n"), schema=SCHEMAS[name])
+    back = decode(msg.encode().rstrip(b"\n"), ChannelKind(name))
     assert (back.event, back.payload, back.id) == (msg.event, msg.payload, msg.id)
 
 
@@ -209,7 +211,7 @@ def test_linereader_framing_invariant(msgs: list[tuple[str, Message]],
     assert got == [ln.rstrip(b"\n") for ln in lines]
     assert reader.buf == b""
     for (name, m), line in zip(msgs, got, strict=True):
-        assert decode(line, schema=SCHEMAS[name]).payload == m.payload
+        assert decode(line, ChannelKind(name)).payload == m.payload
 
 
 @FUZZ
@@ -287,16 +289,16 @@ ARR = {"qp_id": 1, "count": 1, "timeout_s": 1}
 ])
 def test_decode_rejects(line: bytes, needle: str) -> None:
     with pytest.raises(ProtocolError, match=needle) as info:
-        decode(line)
+        decode(line, ChannelKind.PEER)
     assert len(str(info.value)) < ERROR_TEXT_BOUND
 
 
 def test_decode_error_carries_the_id() -> None:
     with pytest.raises(ProtocolError) as info:
-        decode(env("fill", {"qp_id": 1}, id=42))
+        decode(env("fill", {"qp_id": 1}, id=42), ChannelKind.PEER)
     assert info.value.msg_id == 42
     with pytest.raises(ProtocolError) as info:
-        decode(b"garbage")
+        decode(b"garbage", ChannelKind.PEER)
     assert info.value.msg_id == 0
 
 
@@ -324,7 +326,7 @@ def test_workload_spec_from_message() -> None:
 @pytest.fixture
 def pair() -> Any:
     a, b = socket.socketpair()
-    yield Channel(a, "test worker"), b
+    yield Channel(a, "test worker", ChannelKind.WORKER), b
     a.close()
     b.close()
 
@@ -358,6 +360,72 @@ def test_channel_drops_the_late_reply_of_a_timed_out_request(pair: Any) -> None:
     assert chan.request("progress", 2.0) == {"n": 2}
 
 
+WRONG_VALUE = {int: -1, str: 7, dict: [], (int, float): "soon"}  # never valid for the type
+
+
+@FUZZ
+@given(valid_messages("worker"), st.data())
+def test_worker_channel_checks_its_own_requests(case: tuple[str, Message],
+                                                data: st.DataObject) -> None:
+    """A WORKER channel validates what it sends against WORKER_REQUESTS before sending: a
+    request with a mistyped field never reaches the worker."""
+    _, msg = case
+    a, b = socket.socketpair()
+    try:
+        chan = Channel(a, "test worker", ChannelKind.WORKER)
+        fields = SCHEMAS["worker"][msg.event]
+        if not fields:
+            msg.payload["_reserved"] = 1  # no field to break: a reserved one instead
+        else:
+            name = data.draw(st.sampled_from(sorted(fields)))
+            msg.payload[name] = WRONG_VALUE[fields[name]]
+        with pytest.raises(ProtocolError) as info:
+            chan.request(msg.event, 2.0, **msg.payload)
+        assert info.value.problem and info.value.fix
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            b.recv(1)  # nothing was sent
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize(("event", "sent_on", "known_on"), [
+    ("fill", ChannelKind.WORKER, ChannelKind.PEER),
+    ("finish", ChannelKind.PEER, ChannelKind.WORKER),
+    ("suspend_prepare", ChannelKind.WORKER, ChannelKind.NOTICE),
+    ("start", ChannelKind.NOTICE, ChannelKind.WORKER),
+])
+def test_decode_knows_each_channels_events_only(event: str, sent_on: ChannelKind,
+                                                known_on: ChannelKind) -> None:
+    """No channel falls back to another's schema: an event of one is unknown on another."""
+    fields = REGISTRY[known_on][event]
+    payload = {f: {int: 1, str: "s", dict: {}}.get(t, 1) for f, t in fields.items()}  # type: ignore[call-overload]
+    line = Message(event, payload, 5).encode().rstrip(b"\n")
+    assert decode(line, known_on).event == event
+    with pytest.raises(ProtocolError, match=f"unknown event .* on the {sent_on} channel") as info:
+        decode(line, sent_on)
+    assert info.value.msg_id == 5
+
+
+def test_error_reply_is_the_one_form() -> None:
+    """error_reply's line decodes as a reply on every request channel, with message, fix,
+    type and the request's id (or the id a ProtocolError could read); an "error" reply
+    without its fields is refused."""
+    line = error_reply(ProtocolError("bad thing", "do better", 17), 0).rstrip(b"\n")
+    for channel in (ChannelKind.PEER, ChannelKind.WORKER):
+        rep = decode(line, channel, expect_reply=True)
+        assert (rep.event, rep.id) == ("error", 17)
+        assert "bad thing" in rep.payload["message"] and rep.payload["fix"] == "do better"
+        assert rep.payload["type"] == "ProtocolError"
+    rep = decode(error_reply(ValueError("x" * 10_000), 3).rstrip(b"\n"), ChannelKind.WORKER,
+                 expect_reply=True)
+    assert rep.id == 3 and len(rep.payload["message"]) == ERROR_TEXT_MAX
+    with pytest.raises(ProtocolError, match="lacks field 'fix'"):
+        decode(Message("error", {"message": "m"}, 1).encode().rstrip(b"\n"),
+               ChannelKind.WORKER, expect_reply=True)
+
+
 def test_channel_closed_while_outstanding(pair: Any) -> None:
     chan, other = pair
     other.close()
@@ -365,9 +433,9 @@ def test_channel_closed_while_outstanding(pair: Any) -> None:
         chan.request("progress", 2.0)
 
 
-# --- the notice protocol (power/notify.py) -------------------------------------------------
+# --- the notice protocol (power/notify/) ----------------------------------------------------
 class ChunkSock:
-    """A socket stand-in for notify._read_line: hands out the given chunks, then EOF."""
+    """A socket stand-in for read_line: hands out the given chunks, then EOF."""
 
     def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = [c for c in chunks if c]  # a real recv() returns b"" only at EOF
@@ -380,11 +448,11 @@ class ChunkSock:
 
 
 def read_notice_line(chunks: list[bytes]) -> bytes | None:
-    return notify._read_line(ChunkSock(chunks), time.monotonic() + BOUND_S)  # type: ignore[arg-type]
+    return read_line(ChunkSock(chunks), time.monotonic() + BOUND_S)  # type: ignore[arg-type]
 
 
 @FUZZ
-@given(valid_messages("notify"), st.data())
+@given(valid_messages("notice"), st.data())
 def test_notify_read_line_any_chunking(case: tuple[str, Message], data: st.DataObject) -> None:
     line = case[1].encode()
     assert read_notice_line(data.draw(chunked(line + b"trailing"))) == line.rstrip(b"\n")
@@ -394,12 +462,12 @@ def test_notify_read_line_any_chunking(case: tuple[str, Message], data: st.DataO
 @given(st.binary(max_size=300) | mutated_lines().map(lambda c: c[1] + b"\n"), st.data())
 def test_notify_parser_only_protocol_errors(raw: bytes, data: st.DataObject) -> None:
     """What ClientEndpoint._serve does with a connection, and what the shim does with a
-    reply: _read_line, decode with NOTIFY_SCHEMA, DeviceInfo for resume_complete."""
+    reply: _read_line, decode on the NOTICE channel, DeviceInfo for resume_complete."""
     try:
         line = read_notice_line(data.draw(chunked(raw)))
         if line is None:
             return
-        msg = decode(line, schema=NOTIFY_SCHEMA)
+        msg = decode(line, ChannelKind.NOTICE)
         if msg.event == "resume_complete":
             DeviceInfo.from_json(msg.payload["device"])
     except ProtocolError as exc:
@@ -423,7 +491,7 @@ def test_notify_rejects_absurd_deadlines() -> None:
         line = json.dumps({"v": 1, "id": 1, "event": "suspend_prepare",
                            "payload": {"transition": "standby", "deadline_s": bad}}).encode()
         with pytest.raises(ProtocolError, match=r"deadline_s|NaN|Infinity|digits"):
-            decode(line, schema=NOTIFY_SCHEMA)
+            decode(line, ChannelKind.NOTICE)
     with pytest.raises(ProtocolError, match="'port' is -1"):
         DeviceInfo.from_json({"dev": "rxe0", "port": -1, "netdev": "n", "ifindex": 1,
                               "addr": "a", "gid": "g", "gid_index": 1})
@@ -485,7 +553,7 @@ class FakeConn:
         self.sent += data
 
     def replies(self) -> list[Message]:
-        return [decode(ln, expect_reply=True) for ln in self.sent.splitlines()]
+        return [decode(ln, ChannelKind.PEER, expect_reply=True) for ln in self.sent.splitlines()]
 
 
 def fake_handle(msg: Message) -> dict | None:
@@ -501,7 +569,7 @@ def fake_handle(msg: Message) -> dict | None:
 def agent_feed(*lines: bytes) -> tuple[FakeConn, list, bool]:
     conn = FakeConn(b"".join(lines))
     waiting: list = []
-    alive = peer_agent.read_and_dispatch(conn, LineReader(), fake_handle, waiting)  # type: ignore[arg-type]
+    alive = peer_dispatch.read_and_dispatch(conn, LineReader(), fake_handle, waiting)  # type: ignore[arg-type]
     return conn, waiting, alive
 
 
@@ -531,7 +599,7 @@ def test_agent_waits_with_a_finite_deadline_and_refuses_a_duplicate_id() -> None
     conn = FakeConn(line, line)
     waiting: list = []
     for _ in range(2):
-        assert peer_agent.read_and_dispatch(conn, LineReader(), fake_handle, waiting)  # type: ignore[arg-type]
+        assert peer_dispatch.read_and_dispatch(conn, LineReader(), fake_handle, waiting)  # type: ignore[arg-type]
     assert len(waiting) == 1
     _, msg, deadline = waiting[0]
     assert msg.payload["_deadline"] == deadline and deadline - time.monotonic() <= 2.5
@@ -548,13 +616,13 @@ def test_agent_drops_a_connection_whose_framing_broke() -> None:
 
 def test_agent_survives_a_gone_connection() -> None:
     conn = FakeConn(env("hello") + b"\n", broken=True)
-    assert not peer_agent.read_and_dispatch(conn, LineReader(), fake_handle, [])  # type: ignore[arg-type]
+    assert not peer_dispatch.read_and_dispatch(conn, LineReader(), fake_handle, [])  # type: ignore[arg-type]
 
 
 def test_agent_finish_waits_survives_a_gone_connection() -> None:
     agent = peer_agent.Agent.__new__(peer_agent.Agent)  # no device: only the wait list
     agent.qps, agent.cm_events, agent.cm_delivered = {}, [], 0
-    msg = decode(env("arrivals", {"qp_id": 9, "count": 1, "timeout_s": 0}))
+    msg = decode(env("arrivals", {"qp_id": 9, "count": 1, "timeout_s": 0}), ChannelKind.PEER)
     ok_conn = FakeConn()
     agent.waiting = [(FakeConn(broken=True), msg, 0.0), (ok_conn, msg, 0.0)]
     agent._finish_waits()
@@ -584,7 +652,8 @@ def read_replies(sock: socket.socket, n: int, timeout_s: float = BOUND_S) -> lis
         if r:
             data = sock.recv(1 << 16)
             assert data, f"the worker closed the socket after {len(out)} replies"
-            out += [decode(ln, expect_reply=True) for ln in reader.feed(data)]
+            out += [decode(ln, ChannelKind.WORKER, expect_reply=True)
+                    for ln in reader.feed(data)]
     return out
 
 
@@ -624,7 +693,8 @@ def test_worker_process_survives_garbage(tmp_path: Path) -> None:
             assert (rep.event, rep.id) == ("error", mid), (line[:60], rep)
             assert needle in rep.payload["message"], (needle, rep.payload)
             assert proc.poll() is None
-        chan = Channel(ours, "worker")  # and the real controller's channel still works
+        # and the real controller's channel still works
+        chan = Channel(ours, "worker", ChannelKind.WORKER)
         chan.next_id = 100
         with pytest.raises(WorkerError, match="'progress' before start"):
             chan.request("progress", BOUND_S)

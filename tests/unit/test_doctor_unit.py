@@ -13,16 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from harness import topology, vm
 from harness.cli import doctor
 from harness.cli.doctor import Finding, Ran, Status
 from harness.core.errors import NoRxe, SettingError, TopologyError
+from harness.core.state import StateFile
+from harness.topology.config import Endpoint, Topology, TopologyConfig
+from harness.vm import accel as vm_accel
+from harness.vm import kernel as vm_kernel
+from harness.vm import tools as vm_tools
 
 
 @pytest.fixture(autouse=True)
 def _no_host_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """The host's own RXE_POWER_* settings must not leak into these tests."""
-    for name in ("RXE_POWER_MODE", vm.KERNEL_ENV, vm.ACCEL_ENV, "RXE_POWER_LOCAL_DEV",
+    for name in ("RXE_POWER_MODE", vm_kernel.KERNEL_ENV, vm_accel.ACCEL_ENV, "RXE_POWER_LOCAL_DEV",
                  "RXE_POWER_PEER_DEV", "RXE_POWER_LOCAL_NETDEV", "RXE_POWER_PEER_NETDEV",
                  "RXE_POWER_LOCAL_ADDR", "RXE_POWER_PEER_ADDR"):
         monkeypatch.delenv(name, raising=False)
@@ -76,12 +80,13 @@ def test_qemu_missing_is_fail_with_package_name() -> None:
 
 
 def test_vm_tools_missing_vng_carries_the_fix() -> None:
-    def find() -> vm.VmTools:
-        raise NoRxe("virtme-ng's `vng` is neither next to python nor on PATH", vm.VM_TOOLS_FIX)
+    def find() -> vm_tools.VmTools:
+        raise NoRxe("virtme-ng's `vng` is neither next to python nor on PATH",
+                    vm_tools.VM_TOOLS_FIX)
 
     f = doctor.check_vm_tools(find)
     assert f.status is Status.FAIL and "vng" in f.detail and "pip install virtme-ng" in f.fix
-    tools = vm.VmTools(Path("/v/bin/vng"), Path("/usr/bin/qemu"), Path("/bin/busybox"))
+    tools = vm_tools.VmTools(Path("/v/bin/vng"), Path("/usr/bin/qemu"), Path("/bin/busybox"))
     assert doctor.check_vm_tools(lambda: tools).status is Status.OK
 
 
@@ -89,7 +94,7 @@ def make_boot(tmp_path: Path, version: str, rxe: bool) -> tuple[Path, Path]:
     boot, mods = tmp_path / "boot", tmp_path / "modules"
     boot.mkdir()
     (boot / f"vmlinuz-{version}").write_bytes(b"kernel")
-    rxe_dir = mods / version / vm.RXE_MODULE_SUBDIR
+    rxe_dir = mods / version / vm_kernel.RXE_MODULE_SUBDIR
     rxe_dir.mkdir(parents=True)
     if rxe:
         (rxe_dir / "rdma_rxe.ko.xz").write_bytes(b"")
@@ -98,14 +103,14 @@ def make_boot(tmp_path: Path, version: str, rxe: bool) -> tuple[Path, Path]:
 
 def test_guest_kernel_without_rxe_is_fail(tmp_path: Path) -> None:
     boot, mods = make_boot(tmp_path, "6.1.0-9-amd64", rxe=False)
-    f, k = doctor.check_guest_kernel(functools.partial(vm.find_guest_kernel, boot, mods))
+    f, k = doctor.check_guest_kernel(functools.partial(vm_kernel.find_guest_kernel, boot, mods))
     assert k is None and f.status is Status.FAIL
     assert "rdma_rxe" in f.detail and "linux-image-amd64" in f.fix
 
 
 def test_guest_kernel_with_rxe_is_ok(tmp_path: Path) -> None:
     boot, mods = make_boot(tmp_path, "6.1.0-9-amd64", rxe=True)
-    f, k = doctor.check_guest_kernel(functools.partial(vm.find_guest_kernel, boot, mods))
+    f, k = doctor.check_guest_kernel(functools.partial(vm_kernel.find_guest_kernel, boot, mods))
     assert f.status is Status.OK and k is not None and k.version == "6.1.0-9-amd64"
 
 
@@ -113,10 +118,11 @@ def test_guest_kernel_with_rxe_is_ok(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def kq(tmp_path: Path) -> tuple[vm.GuestKernel, str]:
+def kq(tmp_path: Path) -> tuple[vm_kernel.GuestKernel, str]:
     qemu = tmp_path / "qemu-system-x86_64"
     qemu.write_bytes(b"")
-    return vm.GuestKernel("6.1.0-9-amd64", tmp_path / "vmlinuz", tmp_path / "mods"), str(qemu)
+    kernel = vm_kernel.GuestKernel("6.1.0-9-amd64", tmp_path / "vmlinuz", tmp_path / "mods")
+    return kernel, str(qemu)
 
 
 def test_kvm_not_checked_without_kernel_or_qemu(tmp_path: Path) -> None:
@@ -135,11 +141,11 @@ def test_kvm_cache_verdicts(tmp_path: Path, kq) -> None:
     dev.write_bytes(b"")
     f = doctor.check_kvm(kernel, qemu, dev_kvm=dev, cache_path=cache, environ={})
     assert f.status is Status.OK and "not probed" in f.detail
-    key = vm.accel_cache_key(kernel, Path(qemu))
-    vm.save_accel_cache(cache, {key: {"accel": "tcg", "reason": "qemu hung; using tcg"}})
+    key = vm_accel.accel_cache_key(kernel, Path(qemu))
+    vm_accel.save_accel_cache(cache, {key: {"accel": "tcg", "reason": "qemu hung; using tcg"}})
     f = doctor.check_kvm(kernel, qemu, dev_kvm=dev, cache_path=cache, environ={})
     assert f.status is Status.WARN and "qemu hung" in f.detail and f"rm {cache}" in f.fix
-    vm.save_accel_cache(cache, {key: {"accel": "kvm", "reason": "booted"}})
+    vm_accel.save_accel_cache(cache, {key: {"accel": "kvm", "reason": "booted"}})
     f = doctor.check_kvm(kernel, qemu, dev_kvm=dev, cache_path=cache, environ={})
     assert f.status is Status.OK and "kvm" in f.detail
 
@@ -147,18 +153,18 @@ def test_kvm_cache_verdicts(tmp_path: Path, kq) -> None:
 def test_kvm_probe_and_forced_go_through_choose_accel(tmp_path: Path, kq) -> None:
     seen: list[dict] = []
 
-    def choose(kernel: vm.GuestKernel, **kw: object) -> vm.AccelChoice:
+    def choose(kernel: vm_kernel.GuestKernel, **kw: object) -> vm_accel.AccelChoice:
         seen.append(kw)
-        return vm.AccelChoice("tcg", "forced by environment variable RXE_POWER_VM_ACCEL")
+        return vm_accel.AccelChoice("tcg", "forced by environment variable RXE_POWER_VM_ACCEL")
 
     cache = tmp_path / "accel.json"
-    f = doctor.check_kvm(*kq, cache_path=cache, environ={vm.ACCEL_ENV: "tcg"}, choose=choose)
-    assert f.status is Status.WARN and vm.ACCEL_ENV in f.fix
+    f = doctor.check_kvm(*kq, cache_path=cache, environ={vm_accel.ACCEL_ENV: "tcg"}, choose=choose)
+    assert f.status is Status.WARN and vm_accel.ACCEL_ENV in f.fix
     assert seen[0]["cache_path"] == cache
     doctor.check_kvm(*kq, cache_path=cache, environ={}, probe=True, choose=choose)
     assert len(seen) == 2
 
-    def bad(kernel: vm.GuestKernel, **kw: object) -> vm.AccelChoice:
+    def bad(kernel: vm_kernel.GuestKernel, **kw: object) -> vm_accel.AccelChoice:
         raise SettingError("bad value for the VM accelerator", "set it to kvm or tcg")
 
     f = doctor.check_kvm(*kq, environ={}, probe=True, choose=bad)
@@ -273,30 +279,30 @@ def test_package_table_covers_the_brief() -> None:
 # --- topology and state file ------------------------------------------------------------
 
 
-def endpoint(dev: str, state: str) -> topology.Endpoint:
-    return topology.Endpoint(dev, 1, f"n{dev}", 3, "198.18.0.1", "::ffff:c612:1", 1, state)
+def endpoint(dev: str, state: str) -> Endpoint:
+    return Endpoint(dev, 1, f"n{dev}", 3, "198.18.0.1", "::ffff:c612:1", 1, state)
 
 
 def test_topology() -> None:
     assert doctor.check_topology(False, True).status is Status.OK
     assert doctor.check_topology(True, False).status is Status.WARN
 
-    def absent(cfg: topology.TopologyConfig) -> topology.Topology:
+    def absent(cfg: TopologyConfig) -> Topology:
         raise TopologyError("RDMA device 'rxe0' not found (have: none)", "build it")
 
     f = doctor.check_topology(True, True, absent)
     assert f.status is Status.WARN and f.detail.startswith("not set up")
     assert "rxe-power setup" in f.fix
-    up = topology.Topology(endpoint("rxe0", "ACTIVE"), endpoint("rxe1", "ACTIVE"))
+    up = Topology(endpoint("rxe0", "ACTIVE"), endpoint("rxe1", "ACTIVE"))
     f = doctor.check_topology(True, True, lambda cfg: up)
     assert f.status is Status.OK and "rxe0 ACTIVE" in f.detail and "rxe1 ACTIVE" in f.detail
-    half = topology.Topology(endpoint("rxe0", "DOWN"), endpoint("rxe1", "ACTIVE"))
+    half = Topology(endpoint("rxe0", "DOWN"), endpoint("rxe1", "ACTIVE"))
     f = doctor.check_topology(True, True, lambda cfg: half)
     assert f.status is Status.WARN and f.fix == "rxe-power recover"
 
 
 def write_state(path: Path) -> None:
-    st = topology.StateFile(path)
+    st = StateFile(path)
     st.created = [{"kind": "netdev", "name": "rxpw0", "peer": "rxpw0s"},
                   {"kind": "rule", "args": ["pref", "1"]},
                   {"kind": "rdma_link", "name": "rxe0", "netdev": "rxpw0"}]

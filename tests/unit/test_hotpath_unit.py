@@ -14,20 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.core import _journal_run
-from harness import topology
+from clients.journal import journal_run as _journal_run
 from harness.core.errors import OsCallError, ProtocolError, SettingError
 from harness.rdma import payload
 from harness.run.scenario import ClientWorker
 from harness.system import gid_table, network, rdma_netlink
-from harness.workload.ledger import (
-    MAX_CLIENT_MR_BYTES,
-    Ledger,
-    Op,
-    Recorder,
-    WorkloadSpec,
-    ledger_page,
-)
+from harness.topology import neighbour
+from harness.workload.ledger import Ledger
+from harness.workload.recorder import Recorder
+from harness.workload.spec import MAX_CLIENT_MR_BYTES, Op, WorkloadSpec
 
 STATUSES = ["SUCCESS", "WR_FLUSH_ERR", "LOC_QP_OP_ERR", "RETRY_EXC_ERR"]
 Step = tuple[str, int, int, int]  # (operation, request, value, time step)
@@ -79,7 +74,7 @@ def test_recorder_is_the_ledger(case: tuple[WorkloadSpec, list[Step]], final: bo
     assert sum(p["stop"] - p["start"] for p in pages) == spec.count
     back = Ledger.from_pages(json.loads(json.dumps(pages)))  # as they cross the socket
     assert back.to_json() == led.to_json()
-    assert Ledger.from_pages([ledger_page(led, 0, spec.count)]).to_json() == led.to_json()
+    assert Ledger.from_pages([led.page(0, spec.count)]).to_json() == led.to_json()
 
 
 def test_recorder_latencies_and_large_pages_stay_small() -> None:
@@ -248,7 +243,7 @@ def test_neighbour_table(tmp_path: Path) -> None:
                    "rxpw0\n"
                    "198.18.0.1       0x1         0x0         00:00:00:00:00:00     *        "
                    "rxpw1\n")
-    assert topology.neighbour_resolved("198.18.0.2", "rxpw0", arp)
-    assert not topology.neighbour_resolved("198.18.0.1", "rxpw1", arp)  # incomplete
-    assert not topology.neighbour_resolved("198.18.0.2", "rxpw1", arp)
-    assert not topology.neighbour_resolved("198.18.0.2", "rxpw0", tmp_path / "missing")
+    assert neighbour.neighbour_resolved("198.18.0.2", "rxpw0", arp)
+    assert not neighbour.neighbour_resolved("198.18.0.1", "rxpw1", arp)  # incomplete
+    assert not neighbour.neighbour_resolved("198.18.0.2", "rxpw1", arp)
+    assert not neighbour.neighbour_resolved("198.18.0.2", "rxpw0", tmp_path / "missing")

@@ -11,7 +11,7 @@ from clients.kernel.nvme_host import PRESETS, NvmeOptions, namespace_block, pars
 from clients.kernel.route_guard import CmSample, connections, off_wire, parse_cm_ids
 from harness.core.errors import NotOurs, SettingError
 from harness.system import kernelobjs as ko
-from harness.topology import TopologyConfig
+from harness.topology.config import TopologyConfig
 
 NQN = "nqn.2026-11.org.rxe-power:rxpw-1234"
 

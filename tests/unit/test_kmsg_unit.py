@@ -1,4 +1,4 @@
-"""Pure logic for power/kmsg.py: runs on any host, no root, no real /dev/kmsg."""
+"""Pure logic for power/kmsg/: runs on any host, no root, no real /dev/kmsg."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from harness.core.errors import RxePowerError
-from power import kmsg
 from power.kmsg import (
     PATTERNS,
     KmsgHit,
@@ -26,6 +25,8 @@ from power.kmsg import (
     scan_after,
     write_marker,
 )
+from power.kmsg import marker as kmsg_marker
+from power.kmsg import scan as kmsg_scan
 
 RXE_ACTIVE = (
     b"6,1120,15610919,-;infiniband rxe0: set active\n"
@@ -228,7 +229,7 @@ def test_write_marker_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     path = tmp_path / "kmsg"
     path.write_text("")
     fake = FakeKmsg(path, [rec(10, "a"), rec(11, "b")])
-    monkeypatch.setattr(kmsg, "read_records", fake)
+    monkeypatch.setattr(kmsg_marker, "read_records", fake)
     m = write_marker("suspend\ncycle 3", path=str(path))
     assert m.after_seq == 11
     assert m.written
@@ -240,7 +241,8 @@ def test_write_marker_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_write_marker_rate_limited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "kmsg"
     path.write_text("")
-    monkeypatch.setattr(kmsg, "read_records", FakeKmsg(path, [rec(10, "a")], accept_writes=False))
+    monkeypatch.setattr(kmsg_marker, "read_records",
+                        FakeKmsg(path, [rec(10, "a")], accept_writes=False))
     m = write_marker("resume", path=str(path))
     assert (m.after_seq, m.written) == (10, False)
 
@@ -248,7 +250,7 @@ def test_write_marker_rate_limited(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_write_marker_empty_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "kmsg"
     path.write_text("")
-    monkeypatch.setattr(kmsg, "read_records", FakeKmsg(path, []))
+    monkeypatch.setattr(kmsg_marker, "read_records", FakeKmsg(path, []))
     m = write_marker("x", path=str(path))
     assert (m.after_seq, m.written) == (-1, True)
 
@@ -257,7 +259,7 @@ def test_write_marker_write_error_is_not_fatal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A directory cannot be opened for writing (EISDIR).
-    monkeypatch.setattr(kmsg, "read_records", lambda path="/dev/kmsg": [rec(5, "a")])
+    monkeypatch.setattr(kmsg_marker, "read_records", lambda path="/dev/kmsg": [rec(5, "a")])
     m = write_marker("x", path=str(tmp_path))
     assert (m.after_seq, m.written) == (5, False)
 
@@ -449,7 +451,7 @@ def test_gap_and_hits_together() -> None:
 
 
 def test_scan_reads_kmsg_when_no_records(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kmsg, "read_records", lambda path="/dev/kmsg": [rec(6, "BUG: x", 1)])
+    monkeypatch.setattr(kmsg_scan, "read_records", lambda path="/dev/kmsg": [rec(6, "BUG: x", 1)])
     assert [h.pattern for h in scan_after(marker(5)).hits] == ["BUG"]
 
 

@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 
 from harness.core.errors import SettingError
-from harness.workload.ledger import (
-    Ledger,
-    Op,
-    Outcome,
-    PeerView,
-    WorkloadSpec,
-    apply_peer_view,
-)
+from harness.workload.ledger import Ledger, apply_peer_view
+from harness.workload.outcomes import Outcome, PeerView
+from harness.workload.spec import Op, WorkloadSpec
 
 
 def test_workload_cycles_ops_sizes_and_qps() -> None:

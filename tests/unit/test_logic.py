@@ -12,13 +12,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import topology
 from harness.core import protocol
 from harness.core.errors import OsCallError, ProtocolError, SettingError, TopologyError, oserror_to
+from harness.core.schemas import PEER_REQUESTS, ChannelKind
 from harness.core.settings import Mode, resolve
+from harness.core.state import StateFile
 from harness.rdma import payload
 from harness.rdma.names import async_event_name, wc_opcode_name, wc_status_name
 from harness.system import command, gid_table, network, rdma_netlink
+from harness.topology import pingpong
+from harness.topology.config import RULE_PREFS, TopologyConfig
 
 
 # --- payload ------------------------------------------------------------------------------
@@ -54,7 +57,7 @@ def test_payload_patterns_differ_by_seq() -> None:
 # --- protocol -----------------------------------------------------------------------------
 def test_protocol_roundtrip() -> None:
     msg = protocol.Message("fill", {"qp_id": 1, "offset": 0, "length": 8, "seq": 3}, 7)
-    back = protocol.decode(msg.encode().rstrip(b"\n"))
+    back = protocol.decode(msg.encode().rstrip(b"\n"), ChannelKind.PEER)
     assert (back.event, back.payload, back.id) == ("fill", msg.payload, 7)
 
 
@@ -69,7 +72,7 @@ def test_protocol_roundtrip() -> None:
 ])
 def test_protocol_rejects(line: bytes, needle: str) -> None:
     with pytest.raises(ProtocolError, match=needle):
-        protocol.decode(line)
+        protocol.decode(line, ChannelKind.PEER)
 
 
 def test_protocol_size_limit() -> None:
@@ -85,18 +88,18 @@ def test_protocol_size_limit() -> None:
 @given(st.binary(max_size=512))
 def test_protocol_decode_never_crashes(raw: bytes) -> None:
     with contextlib.suppress(ProtocolError):
-        protocol.decode(raw)
+        protocol.decode(raw, ChannelKind.PEER)
 
 
 @given(st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=4),
-       st.sampled_from(sorted(protocol.REQUESTS)))
+       st.sampled_from(sorted(PEER_REQUESTS)))
 def test_protocol_decode_fuzz_payloads(payload_obj: dict, event: str) -> None:
     line = json.dumps({"v": 1, "id": 1, "event": event, "payload": payload_obj}).encode()
     try:
-        msg = protocol.decode(line)
+        msg = protocol.decode(line, ChannelKind.PEER)
     except ProtocolError:
         return
-    for name in protocol.REQUESTS[event]:
+    for name in PEER_REQUESTS[event]:
         assert name in msg.payload
 
 
@@ -121,9 +124,9 @@ def test_settings_error_names_source() -> None:
 
 def test_topology_config_validation() -> None:
     with pytest.raises(TopologyError, match="both"):
-        topology.TopologyConfig(local_dev="rxe0", peer_dev="rxe0").validate()
-    rules = topology.TopologyConfig().rules()
-    assert [r.priority for r in rules] == list(topology.RULE_PREFS)
+        TopologyConfig(local_dev="rxe0", peer_dev="rxe0").validate()
+    rules = TopologyConfig().rules()
+    assert [r.priority for r in rules] == list(RULE_PREFS)
     assert rules[3].selector_args() == ["pref", "4", "to", "198.18.0.2", "lookup", "18770"]
 
 
@@ -140,7 +143,7 @@ def test_parse_ip_rules(data_dir: Path) -> None:
     assert by_pref[1].iif == "rxpw0" and by_pref[1].table == "local"
     assert by_pref[10].src is None
     assert by_pref[100].src == "10.0.0.0/8"
-    ours = {tuple(r.selector_args()) for r in topology.TopologyConfig().rules()}
+    ours = {tuple(r.selector_args()) for r in TopologyConfig().rules()}
     assert tuple(by_pref[3].selector_args()) in ours
     assert tuple(by_pref[4].selector_args()) in ours
 
@@ -180,24 +183,24 @@ def test_read_gids_from_fake_sysfs(tmp_path: Path) -> None:
 def test_parse_pingpong() -> None:
     out = ("8192000 bytes in 0.35 seconds = 187.21 Mbit/sec\n"
            "1000 iters in 0.35 seconds = 350.00 usec/iter\n")
-    assert topology.parse_pingpong(out) == (1000, 350.0)
-    assert topology.parse_pingpong("garbage") is None
+    assert pingpong.parse_pingpong(out) == (1000, 350.0)
+    assert pingpong.parse_pingpong("garbage") is None
 
 
 # --- state file ---------------------------------------------------------------------------
 def test_state_file_roundtrip_and_corruption(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    st_ = topology.StateFile(path)
+    st_ = StateFile(path)
     st_.record("netdev", name="rxpw0", peer="rxpw1")
     st_.record("netdev", name="rxpw0", peer="rxpw1")  # idempotent
-    loaded = topology.StateFile.load(path)
+    loaded = StateFile.load(path)
     assert loaded.created == [{"kind": "netdev", "name": "rxpw0", "peer": "rxpw1",
                                "owner": {"pid": os.getpid(),
                                          "start": loaded.created[0]["owner"]["start"]}}]
     assert loaded.owns_netdev("rxpw1") and not loaded.owns_netdev("eth0")
     path.write_text('{"schema": 1, "created": [')
     with pytest.raises(TopologyError, match="corrupt") as exc:
-        topology.StateFile.load(path)
+        StateFile.load(path)
     assert "rm " in exc.value.fix
 
 
@@ -226,30 +229,31 @@ def test_oserror_carries_errno_text() -> None:
 
 # --- CLI parsing --------------------------------------------------------------------------
 def test_cli_vm_passes_its_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import cli, vm
+    from harness.cli import main as cli_main
+    from harness.vm import command_line as vm_command_line
 
     seen: list[list[str]] = []
-    monkeypatch.setattr(vm, "main", lambda argv: seen.append(argv) or 7)
-    assert cli.main(["vm", "--timeout-s", "5", "--", "true"]) == 7
+    monkeypatch.setattr(vm_command_line, "main", lambda argv: seen.append(argv) or 7)
+    assert cli_main.main(["vm", "--timeout-s", "5", "--", "true"]) == 7
     assert seen == [["--timeout-s", "5", "--", "true"]]
 
 
 def test_cli_bad_mode_names_its_source(monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from harness import cli
+    from harness.cli import main as cli_main
 
     monkeypatch.setenv("RXE_POWER_MODE", "sideways")
-    assert cli.main(["run"]) == cli.HARNESS_ERROR_EXIT
+    assert cli_main.main(["run"]) == cli_main.HARNESS_ERROR_EXIT
     assert "environment variable RXE_POWER_MODE" in capsys.readouterr().err
 
 
 def test_cli_native_mode_without_rxe_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from harness import cli
     from harness.cli import launch
+    from harness.cli import main as cli_main
 
     monkeypatch.setattr(launch, "native_rxe_available", lambda: (False, "no rdma_rxe here"))
-    assert cli.main(["test", "--mode", "native"]) == cli.HARNESS_ERROR_EXIT
+    assert cli_main.main(["test", "--mode", "native"]) == cli_main.HARNESS_ERROR_EXIT
     err = capsys.readouterr().err
     assert "no rdma_rxe here" in err and "--mode vm" in err
 
@@ -258,7 +262,7 @@ def test_test_command_combines_the_host_and_vm_exit_codes() -> None:
     """`rxe-power test` in VM mode runs the pure-logic tests on the host and the rxe tests in
     the guest: one failing part fails the whole; "no tests collected" (5) in one part is
     fine when the other ran."""
-    from harness.cli import combined_pytest_exit
+    from harness.cli.suite import combined_pytest_exit
 
     assert combined_pytest_exit(0, 0) == 0
     assert combined_pytest_exit(5, 0) == 0 and combined_pytest_exit(0, 5) == 0

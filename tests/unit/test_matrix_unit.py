@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from clients import policy_class
-from harness import cli
+from harness.cli import launch as cli_launch
+from harness.cli import main as cli_main
 from harness.core.errors import RxePowerError, SettingError
 from harness.run.matrix import (
     MatrixSpec,
@@ -18,7 +19,8 @@ from harness.run.matrix import (
     render_table,
     rows_of,
 )
-from harness.run.resultsfile import RecordKind, ResultsWriter, read_results
+from harness.run.records import ScenarioRecord
+from harness.run.resultsfile import RESULTS_SCHEMA, RecordKind, ResultsWriter, read_results
 from harness.run.stress import (
     FD_SLACK,
     StressSpec,
@@ -74,8 +76,7 @@ def test_policy_by_module_path() -> None:
 def test_rows_and_table_from_a_recorded_run() -> None:
     res = read_results(DATA)
     assert not res.problem and res.header["command"] == "matrix"
-    rows = [r for s in res.of_kind(RecordKind.SCENARIO)
-            for r in rows_of(s["scenario"], s["result"])]
+    rows = [r for s in res.scenarios() if s.result for r in rows_of(s.scenario, s.result)]
     by = {(r.transition, r.ordering, r.policy): r for r in rows}
     assert len(rows) == 8
     for o in ("clients-first", "hca-first"):
@@ -105,7 +106,9 @@ def test_a_crash_that_was_not_the_shim_makes_a_row_broken() -> None:
     c = result["clients"][0]
     c.update(crashed=True, crash="client x during standby: killed by signal 11",
              unaccounted=[3, 4])
-    (row,) = rows_of(scen["scenario"], result)
+    rec = ScenarioRecord.from_json({**scen, "result": result})
+    assert rec.result is not None
+    (row,) = rows_of(rec.scenario, rec.result)
     assert row.status is RowStatus.BROKEN
     assert row.findings[0].startswith("crashed") and "2 requests unaccounted" in row.findings
 
@@ -128,7 +131,7 @@ def test_results_writer_and_tolerant_reader(tmp_path: Path) -> None:
     res = read_results(bad)
     assert [r["cycle"] for r in res.records] == [1] and "line 3 is corrupt" in res.problem
     foreign = tmp_path / "foreign.jsonl"
-    foreign.write_text(lines[0].replace('"schema":1', '"schema":99') + "\n")
+    foreign.write_text(lines[0].replace(f'"schema":{RESULTS_SCHEMA}', '"schema":99') + "\n")
     with pytest.raises(RxePowerError, match="schema 99") as exc:
         read_results(foreign)
     assert "version that wrote it" in exc.value.fix
@@ -173,16 +176,16 @@ def test_usage_and_resource_checks() -> None:
 ])
 def test_cli_refuses_bad_values_before_any_vm(argv: list[str], words: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(argv) == cli.HARNESS_ERROR_EXIT
+    assert cli_main.main(argv) == cli_main.HARNESS_ERROR_EXIT
     err = capsys.readouterr().err
     assert words in err and "fix:" in err
 
 
 def test_native_argv_for_the_vm_drops_host_only_options(tmp_path: Path) -> None:
-    args = cli.build_parser().parse_args(["stress", "--cycles", "5", "--mode", "vm",
+    args = cli_main.build_parser().parse_args(["stress", "--cycles", "5", "--mode", "vm",
                                           "--timeout-s=99", "--out", "x"])
     args.argv = ["stress", "--cycles", "5", "--mode", "vm", "--timeout-s=99", "--out", "x"]
-    assert cli.native_argv(args, tmp_path)[3:] == [
+    assert cli_launch.native_argv(args, tmp_path)[3:] == [
         "stress", "--cycles", "5", "--mode", "native", "--out", str(tmp_path)]
 
 

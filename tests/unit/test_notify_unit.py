@@ -13,19 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from harness import topology
+from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError, RxePowerError
 from harness.core.protocol import Message, decode
+from harness.core.schemas import ChannelKind
+from harness.topology.config import Endpoint
 from power.notify import (
-    NOTIFY_SCHEMA,
     Answer,
     AnswerKind,
     ClientEndpoint,
-    DeviceInfo,
     Notifier,
     SuspendReply,
-    socket_client_name,
 )
+from power.notify.sockets import socket_client_name
 
 DEV = DeviceInfo(dev="rxe0", port=1, netdev="rxpw0", ifindex=12, addr="198.18.0.1",
                  gid="::ffff:198.18.0.1", gid_index=1)
@@ -107,7 +107,7 @@ def read_notice(conn: socket.socket) -> Message:
         data = conn.recv(4096)
         assert data, "shim closed before sending a whole line"
         buf += data
-    return decode(buf.rstrip(b"\n"), schema=NOTIFY_SCHEMA)
+    return decode(buf.rstrip(b"\n"), ChannelKind.NOTICE)
 
 
 def kinds(answers: list[Answer]) -> dict[str, AnswerKind]:
@@ -127,8 +127,8 @@ def test_answer_json_roundtrip_and_latency() -> None:
 
 def test_device_info_json_and_from_endpoint() -> None:
     assert DeviceInfo.from_json(DEV.to_json()) == DEV
-    ep = topology.Endpoint(dev="rxe0", port=1, netdev="rxpw0", ifindex=12, addr="198.18.0.1",
-                           gid="::ffff:198.18.0.1", gid_index=1, state="ACTIVE")
+    ep = Endpoint(dev="rxe0", port=1, netdev="rxpw0", ifindex=12, addr="198.18.0.1",
+                  gid="::ffff:198.18.0.1", gid_index=1, state="ACTIVE")
     assert DeviceInfo.from_endpoint(ep) == DEV
     assert DeviceInfo.from_json(ep.to_json()) == DEV  # extra keys ignored
     with pytest.raises(ProtocolError, match="port"):

@@ -132,7 +132,7 @@ def test_force_terminates_holders_and_escalates_to_kill() -> None:
                Holder(stubborn.pid, "stubborn", ("/dev/infiniband/uverbs0",))]
     out = {t["pid"]: t["how"] for t in terminate_holders(holders, timeout_s=1.0)}
     assert out == {polite.pid: "SIGTERM", stubborn.pid: "SIGKILL"}
-    # psutil reaped them (so Popen sees no status); both are gone
+    # both are gone (Popen reaps their zombies)
     assert polite.wait(5) is not None and stubborn.wait(5) is not None
     assert not psutil.pid_exists(polite.pid) and not psutil.pid_exists(stubborn.pid)
 

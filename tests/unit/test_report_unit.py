@@ -13,8 +13,11 @@ import pytest
 
 from harness import report
 from harness.core.errors import RxePowerError
+from harness.report.drawing import timeline_name
+from harness.report.section import scenario_rows
 from harness.run.matrix import RowStatus
-from harness.run.resultsfile import RESULTS_SCHEMA, RecordKind, ResultsWriter
+from harness.run.records import ScenarioRecord
+from harness.run.resultsfile import RecordKind, ResultsWriter
 from harness.run.stress import summarize
 
 DATA = Path(__file__).parent.parent / "data"
@@ -106,7 +109,7 @@ def test_corrupt_line_in_the_middle(tmp_path: Path) -> None:
 def test_foreign_schema_is_an_error_with_the_fix(tmp_path: Path) -> None:
     lines = real_lines()
     header = json.loads(lines[0])
-    header["schema"] = RESULTS_SCHEMA + 41
+    header["schema"] = 42  # neither 1 nor 2
     path = write_lines(tmp_path / "foreign.jsonl", [json.dumps(header), *lines[1:3]])
     with pytest.raises(RxePowerError) as exc:
         report.write_report(path, tmp_path / "out", log=Log(), pictures=False)
@@ -138,10 +141,10 @@ def test_error_record_uses_its_stored_rows(tmp_path: Path) -> None:
     rec["error"] = "interrupted (Ctrl-C)"
     rec["rows"][0]["findings"] = ["harness error: interrupted (Ctrl-C)"]
     rec["rows"][0]["status"] = "broken"
-    rows = report.scenario_rows(rec)
+    rows = scenario_rows(ScenarioRecord.from_json(rec))
     assert [(r.policy, r.status) for r in rows] == [("naive", RowStatus.BROKEN)]
     del rec["rows"]
-    rows = report.scenario_rows(rec)
+    rows = scenario_rows(ScenarioRecord.from_json(rec))
     assert rows[0].status is RowStatus.BROKEN and "interrupted" in rows[0].findings[0]
 
 
@@ -180,7 +183,8 @@ def test_no_matplotlib_skips_pictures_with_the_fix(tmp_path: Path,
 def test_timeline_name() -> None:
     rec = {"index": 7, "scenario": {"transition": "link-flap", "ordering": "hca-first",
                                     "policies": ["naive", "my.mod:Class"], "mix": "mixed"}}
-    assert report.timeline_name(rec, 1) == "007-link-flap-hca-first-naive+my.mod_Class-mixed.png"
+    assert timeline_name(ScenarioRecord.from_json(rec), 1) == \
+        "007-link-flap-hca-first-naive+my.mod_Class-mixed.png"
 
 
 # --- HTML --------------------------------------------------------------------------------------
@@ -255,7 +259,7 @@ def cycle_body(n: int, ok: bool = True, rss_step: int = 0) -> dict:
     return {"cycle": n, "ok": ok, "failures": failures, "notes": [], "seconds": 6.5 + n / 10,
             "verdict": "completed", "transition_ms": 2200.0 + 10 * n,
             "clients": [{"client": c, "policy": c.rsplit("-", 1)[0],
-                         "counts": {"completed-ok": 60}, "unaccounted": 0, "crashed": False,
+                         "counts": {"completed-ok": 60}, "unaccounted": 0, "ended": "completed",
                          "crash": "", "recovery_ms": 60.0 + n} for c in NAMES],
             "usage": usage,
             "rdma_res": {"rxe0": {"qp": 4, "cq": 4, "mr": 3, "pd": 4},

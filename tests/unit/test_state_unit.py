@@ -13,14 +13,13 @@ import pytest
 
 from harness.core import proc, state
 from harness.core.errors import TopologyError
-from harness.topology import cleanup
 
 
 @pytest.fixture
 def state_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "topology.json"
     monkeypatch.setattr(state, "STATE_PATH", path)
-    monkeypatch.setattr(cleanup, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(proc, "RUN_DIR", tmp_path)
     return path
 
 
@@ -66,12 +65,12 @@ def test_concurrent_records_are_not_lost(state_path: Path) -> None:
     assert len(state.StateFile.load().created) == 60
 
 
-def test_spawn_records_and_wait_or_kill_forgets(state_path: Path) -> None:
+def test_spawn_records_and_stop_child_forgets(state_path: Path) -> None:
     child = proc.spawn(["sleep", "30"], "test sleeper")
     (entry,) = state.StateFile.load().processes()
     assert entry["pid"] == child.pid and entry["role"] == "test sleeper"
     assert entry["start"] == state.process_start(child.pid)
-    assert proc.wait_or_kill(child, 0.1) is True
+    assert proc.stop_child(child, 0.1) is proc.Stopped.SIGTERM
     assert state.StateFile.load().processes() == []
 
 
@@ -94,7 +93,7 @@ def test_reap_stale_ends_only_what_a_dead_owner_left(state_path: Path, tmp_path:
     state_path.write_text(json.dumps(body))
     logs: list[str] = []
     try:
-        assert cleanup.reap_stale(logs.append) == []
+        assert proc.reap_stale(logs.append) == []
         assert orphan.wait(5) == -15  # SIGTERM was enough
         assert bystander.poll() is None and live.poll() is None
         assert not leftover_dir.exists()

@@ -1,6 +1,6 @@
 """The static checks, as tests, so that the README's one test command runs them too:
-ruff (style and likely bugs), lint-imports (the layers: a module imports only its own
-layer or lower ones, pyproject.toml [tool.importlinter])."""
+ruff (style and likely bugs), mypy (types), lint-imports (the layers: a module imports
+only its own layer or lower ones, pyproject.toml [tool.importlinter])."""
 
 from __future__ import annotations
 
@@ -27,3 +27,10 @@ def test_imports_keep_to_their_layers() -> None:
     res = run_tool("lint-imports", "--no-cache")
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert "BROKEN" not in res.stdout and res.stdout.count("KEPT") >= 2, res.stdout[-2000:]
+
+
+def test_types_check() -> None:
+    """mypy on the whole tree (pyproject.toml [tool.mypy]): strict in core, system,
+    workload and power."""
+    res = run_tool("mypy", "--no-incremental")
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]

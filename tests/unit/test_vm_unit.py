@@ -12,8 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import vm
 from harness.core.errors import NoRxe, RxePowerError, SettingError
+from harness.vm import accel as vm_accel
+from harness.vm import command_line as vm_command_line
+from harness.vm import kernel as vm_kernel
+from harness.vm import process as vm_process
+from harness.vm import runner as vm_runner
+from harness.vm import tools as vm_tools
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -23,8 +28,8 @@ from harness.core.errors import NoRxe, RxePowerError, SettingError
 @pytest.fixture(autouse=True)
 def _no_vm_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """The host's own RXE_POWER_VM_* settings must not leak into these tests."""
-    monkeypatch.delenv(vm.KERNEL_ENV, raising=False)
-    monkeypatch.delenv(vm.ACCEL_ENV, raising=False)
+    monkeypatch.delenv(vm_kernel.KERNEL_ENV, raising=False)
+    monkeypatch.delenv(vm_accel.ACCEL_ENV, raising=False)
 
 
 def make_tree(tmp_path: Path, kernels: dict[str, str | None]) -> tuple[Path, Path]:
@@ -43,12 +48,12 @@ def make_tree(tmp_path: Path, kernels: dict[str, str | None]) -> tuple[Path, Pat
     return boot, mods
 
 
-def kernel(tmp_path: Path, version: str = "6.1.0-56-amd64") -> vm.GuestKernel:
-    return vm.GuestKernel(version, tmp_path / f"vmlinuz-{version}", tmp_path / version)
+def kernel(tmp_path: Path, version: str = "6.1.0-56-amd64") -> vm_kernel.GuestKernel:
+    return vm_kernel.GuestKernel(version, tmp_path / f"vmlinuz-{version}", tmp_path / version)
 
 
-def request(tmp_path: Path, command: list[str], **kw: object) -> vm.VmRequest:
-    return vm.VmRequest(
+def request(tmp_path: Path, command: list[str], **kw: object) -> vm_runner.VmRequest:
+    return vm_runner.VmRequest(
         command=command,
         rw_dirs=[tmp_path / "rw1", tmp_path / "rw two"],
         log_path=tmp_path / "log.txt",
@@ -68,7 +73,7 @@ def parse_exec(argv: list[str]) -> list[str]:
 
 
 def test_natural_version_sort_compares_numbers_as_numbers() -> None:
-    got = vm.sort_versions(
+    got = vm_kernel.sort_versions(
         ["6.10.0-1-amd64", "6.1.0-9-amd64", "6.9.2", "6.1.0-10-amd64", "5.15.0-100-generic"]
     )
     assert got == [
@@ -82,7 +87,7 @@ def test_natural_version_sort_compares_numbers_as_numbers() -> None:
 
 def test_natural_version_key_mixed_text_and_digits_is_total() -> None:
     # would raise TypeError if ints and strs were compared directly
-    got = vm.sort_versions(["6.1.0-rc1", "6.1.0-1", "6.1.0", "6.1.0-0"])
+    got = vm_kernel.sort_versions(["6.1.0-rc1", "6.1.0-1", "6.1.0", "6.1.0-0"])
     assert sorted(got) == sorted(["6.1.0-rc1", "6.1.0-1", "6.1.0", "6.1.0-0"])
     assert got.index("6.1.0") < got.index("6.1.0-0") < got.index("6.1.0-1")
 
@@ -101,8 +106,8 @@ def test_find_guest_kernel_picks_newest_with_rxe(tmp_path: Path) -> None:
             "6.12.0-1-amd64": None,  # newer, but no rdma_rxe: ignored
         },
     )
-    got = vm.find_guest_kernel(boot, mods)
-    assert got == vm.GuestKernel(
+    got = vm_kernel.find_guest_kernel(boot, mods)
+    assert got == vm_kernel.GuestKernel(
         "6.1.0-10-amd64", boot / "vmlinuz-6.1.0-10-amd64", mods / "6.1.0-10-amd64"
     )
 
@@ -111,17 +116,17 @@ def test_find_rxe_module_any_compression_anywhere(tmp_path: Path) -> None:
     odd = tmp_path / "7.0" / "updates" / "dkms"
     odd.mkdir(parents=True)
     (odd / "rdma_rxe.ko.zst").write_bytes(b"")
-    assert vm.find_rxe_module(tmp_path / "7.0") == odd / "rdma_rxe.ko.zst"
+    assert vm_kernel.find_rxe_module(tmp_path / "7.0") == odd / "rdma_rxe.ko.zst"
     (tmp_path / "7.1").mkdir()
     (tmp_path / "7.1" / "rdma_rxe.ko.bak").write_bytes(b"")
-    assert vm.find_rxe_module(tmp_path / "7.1") is None
-    assert vm.find_rxe_module(tmp_path / "missing") is None
+    assert vm_kernel.find_rxe_module(tmp_path / "7.1") is None
+    assert vm_kernel.find_rxe_module(tmp_path / "missing") is None
 
 
 def test_find_guest_kernel_none_with_rxe_names_the_fix(tmp_path: Path) -> None:
     boot, mods = make_tree(tmp_path, {"6.12.0-1-amd64": None, "6.8.0-45-generic": None})
     with pytest.raises(NoRxe) as info:
-        vm.find_guest_kernel(boot, mods)
+        vm_kernel.find_guest_kernel(boot, mods)
     msg = str(info.value)
     assert "apt-get install linux-image-amd64" in msg
     assert "linux-modules-extra-6.12.0-1-amd64" in msg  # the newest one, by name
@@ -131,27 +136,27 @@ def test_find_guest_kernel_none_with_rxe_names_the_fix(tmp_path: Path) -> None:
 def test_find_guest_kernel_empty_boot(tmp_path: Path) -> None:
     boot, mods = make_tree(tmp_path, {})
     with pytest.raises(NoRxe, match="apt-get install linux-image-amd64"):
-        vm.find_guest_kernel(boot, mods)
+        vm_kernel.find_guest_kernel(boot, mods)
 
 
 def test_find_guest_kernel_override_wins_and_is_validated(tmp_path: Path) -> None:
     boot, mods = make_tree(tmp_path, {"6.1.0-9-amd64": "rdma_rxe.ko", "6.1.0-10-amd64": None})
     older = boot / "vmlinuz-6.1.0-9-amd64"
-    assert vm.find_guest_kernel(boot, mods, override=str(older)).vmlinuz == older
+    assert vm_kernel.find_guest_kernel(boot, mods, override=str(older)).vmlinuz == older
 
     with pytest.raises(NoRxe, match="no rdma_rxe module"):
-        vm.find_guest_kernel(boot, mods, override=str(boot / "vmlinuz-6.1.0-10-amd64"))
+        vm_kernel.find_guest_kernel(boot, mods, override=str(boot / "vmlinuz-6.1.0-10-amd64"))
     with pytest.raises(SettingError, match="no such file"):
-        vm.find_guest_kernel(boot, mods, override=str(boot / "vmlinuz-nope"))
+        vm_kernel.find_guest_kernel(boot, mods, override=str(boot / "vmlinuz-nope"))
 
 
 def test_find_guest_kernel_reads_override_from_env(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     boot, mods = make_tree(tmp_path, {"6.1.0-9-amd64": "rdma_rxe.ko"})
-    monkeypatch.setenv(vm.KERNEL_ENV, str(tmp_path / "gone"))
-    with pytest.raises(SettingError, match=vm.KERNEL_ENV):
-        vm.find_guest_kernel(boot, mods)
+    monkeypatch.setenv(vm_kernel.KERNEL_ENV, str(tmp_path / "gone"))
+    with pytest.raises(SettingError, match=vm_kernel.KERNEL_ENV):
+        vm_kernel.find_guest_kernel(boot, mods)
 
 
 def test_read_bzimage_version_from_setup_header(tmp_path: Path) -> None:
@@ -162,9 +167,9 @@ def test_read_bzimage_version_from_setup_header(tmp_path: Path) -> None:
     img[0x300 : 0x300 + len(text)] = text
     path = tmp_path / "bzImage"
     path.write_bytes(bytes(img))
-    assert vm.read_bzimage_version(path) == "6.1.0-56-amd64"
+    assert vm_kernel.read_bzimage_version(path) == "6.1.0-56-amd64"
     path.write_bytes(b"\0" * 0x400)
-    assert vm.read_bzimage_version(path) is None
+    assert vm_kernel.read_bzimage_version(path) is None
 
 
 # ---------------------------------------------------------------------------
@@ -180,14 +185,14 @@ BOOT_OK = (
 
 
 def test_parse_probe_output_works() -> None:
-    ok, reason = vm.parse_probe_output(BOOT_OK, 0)
+    ok, reason = vm_accel.parse_probe_output(BOOT_OK, 0)
     assert ok and "using kvm" in reason
-    ok, _ = vm.parse_probe_output(BOOT_OK, None)  # stopped early at the panic
+    ok, _ = vm_accel.parse_probe_output(BOOT_OK, None)  # stopped early at the panic
     assert ok
 
 
 def test_parse_probe_output_hung_no_output() -> None:
-    ok, reason = vm.parse_probe_output("", None)
+    ok, reason = vm_accel.parse_probe_output("", None)
     assert not ok
     assert reason == "kvm probe printed nothing in 10 s (qemu hung); using tcg"
 
@@ -198,16 +203,16 @@ def test_parse_probe_output_aborted() -> None:
         "qemu-system-x86_64: ../target/i386/kvm/kvm.c:2893: kvm_buf_set_msrs: "
         "Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed.\n"
     )
-    ok, reason = vm.parse_probe_output(text, 134)
+    ok, reason = vm_accel.parse_probe_output(text, 134)
     assert not ok
     assert reason.startswith("qemu -accel kvm exited 134: ")
     assert "Assertion" in reason and reason.endswith("using tcg")
-    _, by_signal = vm.parse_probe_output(text, -6)  # Popen's view of SIGABRT
+    _, by_signal = vm_accel.parse_probe_output(text, -6)  # Popen's view of SIGABRT
     assert "exited 134 (SIGABRT)" in by_signal
 
 
 def test_parse_probe_output_banner_then_stall_is_not_working() -> None:
-    ok, reason = vm.parse_probe_output(BOOT_OK.splitlines()[0] + "\n", None, timeout_s=7)
+    ok, reason = vm_accel.parse_probe_output(BOOT_OK.splitlines()[0] + "\n", None, timeout_s=7)
     assert not ok and "7 s" in reason
 
 
@@ -219,7 +224,7 @@ def test_parse_probe_output_banner_then_stall_is_not_working() -> None:
 def test_build_vng_argv_tcg(tmp_path: Path) -> None:
     req = request(tmp_path, ["true"], cpus=3, memory="1G")
     k = kernel(tmp_path)
-    argv = vm.build_vng_argv(req, k, "tcg", "/venv/bin/vng")
+    argv = vm_runner.build_vng_argv(req, k, "tcg", "/venv/bin/vng")
     assert argv[:4] == ["/venv/bin/vng", "-r", str(k.vmlinuz), "--disable-kvm"]
     assert argv[argv.index("--cpus") + 1] == "3"
     assert argv[argv.index("--memory") + 1] == "1G"
@@ -229,21 +234,21 @@ def test_build_vng_argv_tcg(tmp_path: Path) -> None:
 
 
 def test_build_vng_argv_kvm_has_no_disable_kvm(tmp_path: Path) -> None:
-    argv = vm.build_vng_argv(request(tmp_path, ["true"]), kernel(tmp_path), "kvm", "/v/vng")
+    argv = vm_runner.build_vng_argv(request(tmp_path, ["true"]), kernel(tmp_path), "kvm", "/v/vng")
     assert "--disable-kvm" not in argv
     with pytest.raises(SettingError):
-        vm.build_vng_argv(request(tmp_path, ["true"]), kernel(tmp_path), "hvf", "/v/vng")
+        vm_runner.build_vng_argv(request(tmp_path, ["true"]), kernel(tmp_path), "hvf", "/v/vng")
 
 
 def test_build_vng_argv_quoting_survives_shlex(tmp_path: Path) -> None:
     cmd = ["sh", "-c", """echo "it's a $HOME `x`" ; exit 3""", "arg with  spaces", ""]
     req = request(tmp_path, cmd, env={"RXE_POWER_MODE": "native", "ODD": "a b'c\"d $x"})
-    words = parse_exec(vm.build_vng_argv(req, kernel(tmp_path), "tcg", "/venv/bin/vng"))
+    words = parse_exec(vm_runner.build_vng_argv(req, kernel(tmp_path), "tcg", "/venv/bin/vng"))
     assert words[:5] == ["cd", str(tmp_path / "work dir"), "&&", "exec", "env"]
     assert words[-len(cmd) :] == cmd
     assigns = words[5 : -len(cmd)]
     assert assigns == [
-        f"PATH=/venv/bin:{vm.GUEST_SYSTEM_PATH}",
+        f"PATH=/venv/bin:{vm_runner.GUEST_SYSTEM_PATH}",
         "PYTHONUNBUFFERED=1",  # the guest's output streams line by line
         "RXE_POWER_MODE=native",
         "ODD=a b'c\"d $x",
@@ -253,21 +258,25 @@ def test_build_vng_argv_quoting_survives_shlex(tmp_path: Path) -> None:
 def test_build_vng_argv_rejects_bad_env_name(tmp_path: Path) -> None:
     req = request(tmp_path, ["true"], env={"1BAD; rm -rf /": "x"})
     with pytest.raises(SettingError, match="not a shell identifier"):
-        vm.build_vng_argv(req, kernel(tmp_path), "tcg", "/v/vng")
+        vm_runner.build_vng_argv(req, kernel(tmp_path), "tcg", "/v/vng")
 
 
 def test_request_from_argv_defaults_and_dashdash(tmp_path: Path) -> None:
-    req = vm.request_from_argv(["--timeout-s", "8", "--", "sh", "-c", "a b; exit 3"], tmp_path)
+    req = vm_command_line.request_from_argv(
+        ["--timeout-s", "8", "--", "sh", "-c", "a b; exit 3"], tmp_path
+    )
     assert req.command == ["sh", "-c", "a b; exit 3"]
     assert req.timeout_s == 8.0
     assert req.rw_dirs == [tmp_path]
     assert req.log_path == tmp_path / "results" / "vm-console.log"
     with pytest.raises(SystemExit):
-        vm.request_from_argv(["--timeout-s", "0", "--", "true"], tmp_path)
+        vm_command_line.request_from_argv(["--timeout-s", "0", "--", "true"], tmp_path)
 
 
 def test_vm_result_to_json_is_json(tmp_path: Path) -> None:
-    res = vm.VmResult(3, "tcg", "6.1.0-56-amd64", 17.25, False, tmp_path / "l", ["vng", "-r"])
+    res = vm_runner.VmResult(
+        3, "tcg", "6.1.0-56-amd64", 17.25, False, tmp_path / "l", ["vng", "-r"]
+    )
     data = json.loads(json.dumps(res.to_json()))
     assert data["exit_code"] == 3 and data["log_path"] == str(tmp_path / "l")
 
@@ -282,7 +291,7 @@ class FakeProbe:
         self.works = works
         self.calls = 0
 
-    def __call__(self, k: vm.GuestKernel, qemu: Path, timeout_s: float) -> tuple[bool, str]:
+    def __call__(self, k: vm_kernel.GuestKernel, qemu: Path, timeout_s: float) -> tuple[bool, str]:
         self.calls += 1
         return self.works, "fake probe verdict"
 
@@ -305,14 +314,14 @@ def test_accel_cache_corrupt_file_is_ignored_and_rewritten(
     probe = FakeProbe(works=False)
     k = kernel(tmp_path)
 
-    first = vm.choose_accel(k, qemu=qemu, dev_kvm=dev_kvm, cache_path=cache, probe=probe)
-    assert first == vm.AccelChoice("tcg", "fake probe verdict")
+    first = vm_accel.choose_accel(k, qemu=qemu, dev_kvm=dev_kvm, cache_path=cache, probe=probe)
+    assert first == vm_accel.AccelChoice("tcg", "fake probe verdict")
     assert probe.calls == 1
     assert "corrupt" in capsys.readouterr().err
     data = json.loads(cache.read_text())  # rewritten as valid JSON
-    assert data["entries"][vm.accel_cache_key(k, qemu)]["accel"] == "tcg"
+    assert data["entries"][vm_accel.accel_cache_key(k, qemu)]["accel"] == "tcg"
 
-    second = vm.choose_accel(k, qemu=qemu, dev_kvm=dev_kvm, cache_path=cache, probe=probe)
+    second = vm_accel.choose_accel(k, qemu=qemu, dev_kvm=dev_kvm, cache_path=cache, probe=probe)
     assert probe.calls == 1  # served from the cache
     assert second.accel == "tcg" and "cached" in second.reason
 
@@ -320,18 +329,18 @@ def test_accel_cache_corrupt_file_is_ignored_and_rewritten(
 def test_accel_cache_wrong_shape_is_corrupt(tmp_path: Path) -> None:
     cache = tmp_path / "accel.json"
     cache.write_text(json.dumps({"format": 1, "entries": {"k": {"accel": "warp", "reason": ""}}}))
-    assert vm.load_accel_cache(cache) == {}
-    assert vm.load_accel_cache(tmp_path / "absent.json") == {}
+    assert vm_accel.load_accel_cache(cache) == {}
+    assert vm_accel.load_accel_cache(tmp_path / "absent.json") == {}
 
 
 def test_accel_cache_key_changes_with_kernel_and_qemu(tmp_path: Path) -> None:
     _, qemu = fake_host(tmp_path)
     k1, k2 = kernel(tmp_path, "6.1.0-1"), kernel(tmp_path, "6.1.0-2")
-    before = vm.accel_cache_key(k1, qemu)
-    assert before != vm.accel_cache_key(k2, qemu)
+    before = vm_accel.accel_cache_key(k1, qemu)
+    assert before != vm_accel.accel_cache_key(k2, qemu)
     st = qemu.stat()
     os.utime(qemu, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert vm.accel_cache_key(k1, qemu) != before
+    assert vm_accel.accel_cache_key(k1, qemu) != before
 
 
 def test_choose_accel_forced_and_no_dev_kvm(
@@ -342,22 +351,22 @@ def test_choose_accel_forced_and_no_dev_kvm(
     k = kernel(tmp_path)
     cache = tmp_path / "c.json"
 
-    monkeypatch.setenv(vm.ACCEL_ENV, "KVM")
-    assert vm.choose_accel(k, qemu=qemu, dev_kvm=dev_kvm, cache_path=cache, probe=probe).accel == (
-        "kvm"
-    )
-    monkeypatch.setenv(vm.ACCEL_ENV, "fast")
-    with pytest.raises(RxePowerError, match=vm.ACCEL_ENV):
-        vm.choose_accel(k, qemu=qemu, dev_kvm=dev_kvm, cache_path=cache, probe=probe)
-    monkeypatch.delenv(vm.ACCEL_ENV)
+    monkeypatch.setenv(vm_accel.ACCEL_ENV, "KVM")
+    choice = vm_accel.choose_accel(k, qemu=qemu, dev_kvm=dev_kvm, cache_path=cache, probe=probe)
+    assert choice.accel == "kvm"
+    monkeypatch.setenv(vm_accel.ACCEL_ENV, "fast")
+    with pytest.raises(RxePowerError, match=vm_accel.ACCEL_ENV):
+        vm_accel.choose_accel(k, qemu=qemu, dev_kvm=dev_kvm, cache_path=cache, probe=probe)
+    monkeypatch.delenv(vm_accel.ACCEL_ENV)
 
-    got = vm.choose_accel(k, qemu=qemu, dev_kvm=tmp_path / "nokvm", cache_path=cache, probe=probe)
+    got = vm_accel.choose_accel(
+        k, qemu=qemu, dev_kvm=tmp_path / "nokvm", cache_path=cache, probe=probe
+    )
     assert got.accel == "tcg" and "does not exist" in got.reason
     assert probe.calls == 0
 
-    assert vm.choose_accel(k, qemu=qemu, dev_kvm=dev_kvm, cache_path=cache, probe=probe).accel == (
-        "kvm"
-    )
+    choice = vm_accel.choose_accel(k, qemu=qemu, dev_kvm=dev_kvm, cache_path=cache, probe=probe)
+    assert choice.accel == "kvm"
     assert probe.calls == 1
 
 
@@ -380,9 +389,9 @@ def test_is_static_elf(tmp_path: Path) -> None:
     static.write_bytes(elf64([1, 1, 2]))  # LOAD, LOAD, DYNAMIC (static-pie)
     dynamic.write_bytes(elf64([6, 3, 1]))  # PHDR, INTERP, LOAD
     script.write_bytes(b"#!/bin/sh\necho hi\n")
-    assert vm.is_static_elf(static)
-    assert not vm.is_static_elf(dynamic)
-    assert not vm.is_static_elf(script)
+    assert vm_tools.is_static_elf(static)
+    assert not vm_tools.is_static_elf(dynamic)
+    assert not vm_tools.is_static_elf(script)
 
 
 # ---------------------------------------------------------------------------
@@ -404,7 +413,7 @@ needs_posix = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="n
 @needs_posix
 def test_run_logged_exit_code_and_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = tmp_path / "deep" / "log.txt"
-    out = vm.run_logged(
+    out = vm_process.run_logged(
         ["sh", "-c", "echo hello; echo oops >&2; exit 3"],
         log_path=log,
         timeout_s=30,
@@ -422,14 +431,14 @@ def test_run_logged_exit_code_and_log(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_run_logged_timeout_kills_the_group(tmp_path: Path) -> None:
     marker = tmp_path / "child.pid"
     start = time.monotonic()
-    out = vm.run_logged(
+    out = vm_process.run_logged(
         # a child that ignores SIGTERM, and a grandchild holding the pipe open
         ["sh", "-c", f"trap '' TERM; sleep 60 & echo $! > {marker}; wait"],
         log_path=tmp_path / "log.txt",
         timeout_s=0.5,
         kill_grace_s=0.5,
     )
-    assert out.timed_out and out.exit_code == vm.TIMEOUT_EXIT_CODE
+    assert out.timed_out and out.exit_code == vm_process.TIMEOUT_EXIT_CODE
     assert time.monotonic() - start < 10
     grandchild = int(marker.read_text())
     assert not alive(grandchild)
@@ -441,12 +450,12 @@ def test_run_logged_timeout_terminates_leaves_first(tmp_path: Path) -> None:
     # qemu's stand-in is the leaf `sleep`; its parent must live to reap it (no zombie
     # orphaned to init), as vng and virtme-run do when qemu exits.
     log = tmp_path / "log.txt"
-    out = vm.run_logged(
+    out = vm_process.run_logged(
         ["sh", "-c", "sleep 60 & wait; echo parent-reaped-child"],
         log_path=log,
         timeout_s=0.5,
         kill_grace_s=5,
     )
-    assert out.timed_out and out.exit_code == vm.TIMEOUT_EXIT_CODE
+    assert out.timed_out and out.exit_code == vm_process.TIMEOUT_EXIT_CODE
     assert "parent-reaped-child" in log.read_text()
     assert out.duration_s < 4  # did not need the SIGKILL fallback

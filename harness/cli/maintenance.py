@@ -1,0 +1,97 @@
+"""The topology by hand: `check` (bring it up and report a traffic check), `cleanup`
+(what a killed run left), `setup`, `teardown` and `show` (on this kernel, as root).
+`doctor` has its own module (harness.cli.doctor)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from harness.cli.launch import (
+    RESULTS_DIR,
+    SHORT_COMMAND_VM_TIMEOUT_S,
+    Subcommands,
+    choose_mode,
+    run_in_guest,
+)
+from harness.core.settings import Mode
+from harness.peer import traffic
+from harness.peer.controller import PeerAgent
+from harness.topology import command_line as topology_command_line
+from harness.topology import lifecycle, pingpong
+from harness.topology.cleanup import cleanup
+from harness.topology.config import TopologyConfig
+
+TOPOLOGY_ACTIONS = {"setup": "up", "teardown": "down", "show": "show"}
+
+
+def add_check_parser(subparsers: Subcommands, mode_help: str) -> None:
+    p = subparsers.add_parser("check", help="bring up rxe0 <-> rxe1 and report a traffic check")
+    p.add_argument("--mode", default=None, help=mode_help)
+    p.add_argument("--timeout-s", type=float, default=SHORT_COMMAND_VM_TIMEOUT_S,
+                   help="bound on the whole VM run")
+    p.set_defaults(func=cmd_check)
+
+
+def add_topology_parsers(subparsers: Subcommands) -> None:
+    subparsers.add_parser("cleanup", help="remove what a killed run left: its processes, "
+                          "blocked deletes, and the topology (repaired instead if a live run "
+                          "uses it)").set_defaults(func=cmd_cleanup)
+    for name in TOPOLOGY_ACTIONS:
+        subparsers.add_parser(name, help=f"topology {name} on this kernel").set_defaults(
+            func=cmd_topology)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    mode, why = choose_mode(args.mode)
+    print(f"rxe-power check: mode {mode.value} ({why})", flush=True)
+    if mode is Mode.VM:
+        argv = [sys.executable, "-m", "harness.cli", "check", "--mode", "native"]
+        return run_in_guest(argv, args.timeout_s, "vm-check-console.log")
+    return run_traffic_report(TopologyConfig.from_settings())
+
+
+def run_traffic_report(cfg: TopologyConfig) -> int:
+    """Bring up the topology, check it with ibv_rc_pingpong and our own traffic, report."""
+    t0 = time.monotonic()
+    topo, built = lifecycle.setup(cfg)
+    try:
+        ping = pingpong.pingpong_check(topo)
+        print(f"ibv_rc_pingpong {topo.local.dev} <-> {topo.peer.dev}: {ping.iters} iterations, "
+              f"{ping.usec_per_iter} usec/iter")
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        with PeerAgent(topo.peer, log_dir=RESULTS_DIR / "logs") as agent:
+            stats = traffic.run_check(topo, agent)
+    finally:
+        if built:
+            lifecycle.teardown(log=lambda m: None)
+    print(f"\n{'operation':<12} {'messages':>9} {'bytes':>10} {'seconds':>8} {'MB/s':>7}  verdict")
+    for st in stats:
+        rate = st.bytes / st.seconds / 1e6 if st.seconds else 0.0
+        verdict = "OK" if st.ok else f"FAIL: {'; '.join(st.errors[:3])}"
+        print(f"{st.op:<12} {st.messages:>9} {st.bytes:>10} {st.seconds:>8.3f} {rate:>7.2f}  "
+              f"{verdict}")
+    ok = all(st.ok for st in stats)
+    report = {"topology": topo.to_json(), "pingpong_usec_per_iter": ping.usec_per_iter,
+              "operations": [st.to_json() for st in stats], "ok": ok,
+              "seconds": time.monotonic() - t0}
+    out = RESULTS_DIR / "run.json"
+    out.write_text(json.dumps(report, indent=1))
+    print(f"\n{'PASS' if ok else 'FAIL'}: traffic rxe0 <-> rxe1 across the wire; report in {out}")
+    return 0 if ok else 1
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """What a killed run left (processes, blocked deletes, devices, netdevs, rules)."""
+    problems = cleanup(TopologyConfig.from_settings())
+    for p in problems:
+        print(f"not cleaned: {p}")
+    if not problems:
+        print("cleanup complete: nothing a dead run left remains")
+    return 1 if problems else 0
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    return topology_command_line.main([TOPOLOGY_ACTIONS[args.command]])

@@ -1,0 +1,154 @@
+"""The commands that leave a results folder: `run`, `matrix`, `stress`, and `report`
+(which draws one).
+
+    rxe-power run    [matrix options]    the default scenario matrix, then its report
+    rxe-power matrix [--transition T,..] [--ordering O,..] [--policy P,..] [--mix M,..]
+                     [--together] [--junit FILE]
+    rxe-power stress --cycles N [--transition T] [--policy P,..] [--maxfail N]
+    rxe-power report RESULTS.jsonl|DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness import report
+from harness.cli.launch import (
+    Subcommands,
+    native_argv,
+    run_in_guest,
+    split_csv,
+    start_results_command,
+)
+from harness.core import settings
+from harness.core.settings import Mode
+from harness.run.matrix import DEFAULT_TRANSITIONS, MatrixSpec, run_matrix
+from harness.run.stress import StressSpec, make_progress, run_stress
+from harness.topology.config import TopologyConfig
+from power.plan import parse_on_veto, parse_ordering
+
+MATRIX_VM_TIMEOUT_S = 3600.0
+STRESS_VM_TIMEOUT_S = 6 * 3600.0
+
+
+def add_parsers(subparsers: Subcommands, mode_help: str) -> None:
+    for name, what in (("run", "the main job: the default scenario matrix, then its report "
+                         "(table, timeline pictures, HTML) in one results folder"),
+                       ("matrix", "run the scenario matrix (transitions x orderings x client "
+                        "policies x operation mixes), writing results.jsonl as it goes")):
+        p = subparsers.add_parser(name, help=what)
+        add_matrix_options(p, mode_help)
+        p.set_defaults(func=cmd_matrix)
+    p = subparsers.add_parser("stress", help="repeat one transition under live clients, "
+                              "checking the ledger, fds, RSS, threads, kernel RDMA resources "
+                              "and the kernel log after every cycle")
+    add_stress_options(p, mode_help)
+    p.set_defaults(func=cmd_stress)
+    p = subparsers.add_parser("report", help="table, timeline pictures (PNG) and an HTML "
+                              "summary from a results.jsonl")
+    p.add_argument("results", help="a results.jsonl written by matrix, run or stress")
+    p.add_argument("--out", help="where to write (default: next to the results file)")
+    p.add_argument("--no-pictures", action="store_true", help="only the table and HTML")
+    p.set_defaults(func=cmd_report)
+
+
+def matrix_spec(args: argparse.Namespace) -> MatrixSpec:
+    return MatrixSpec(split_csv(args.transition) or DEFAULT_TRANSITIONS,
+                      tuple(parse_ordering(o) for o in split_csv(args.ordering)),
+                      split_csv(args.policy) or MatrixSpec.policies,
+                      split_csv(args.mix) or ("mixed",),
+                      args.together, args.count, args.rate, args.queue_depth, args.hold_ms,
+                      parse_on_veto(args.on_veto)).validate()
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    spec = matrix_spec(args)  # bad values fail here, before any VM boots
+    out_dir, mode = start_results_command(args, "matrix", f"{len(spec.scenarios())} scenarios")
+    if mode is Mode.VM:
+        code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-matrix-console.log")
+    else:
+        junit = Path(args.junit).absolute() if args.junit else None
+        code = run_matrix(spec, TopologyConfig.from_settings(), out_dir, junit)
+    if args.command == "run" and (out_dir / "results.jsonl").exists() \
+            and not settings.in_vm():
+        report.write_report(out_dir / "results.jsonl", out_dir, log=print)
+    return code
+
+
+def stress_spec(args: argparse.Namespace) -> StressSpec:
+    return StressSpec(args.cycles, args.transition,
+                      parse_ordering(args.ordering) if args.ordering else None,
+                      split_csv(args.policy) or StressSpec.policies, args.mix, args.count,
+                      args.rate,
+                      args.queue_depth, args.hold_ms, parse_on_veto(args.on_veto), args.maxfail,
+                      args.keep_ledgers).validate()
+
+
+def cmd_stress(args: argparse.Namespace) -> int:
+    spec = stress_spec(args)
+    out_dir, mode = start_results_command(args, "stress",
+                                          f"{spec.cycles} cycles of {spec.transition}")
+    if mode is Mode.VM:
+        return run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-stress-console.log")
+    progress = make_progress(spec.cycles)
+    try:
+        return run_stress(spec, TopologyConfig.from_settings(), out_dir, progress)
+    finally:
+        if hasattr(progress, "stop"):
+            progress.stop()
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    path = Path(args.results)
+    out_dir = Path(args.out) if args.out else path if path.is_dir() else path.parent
+    return report.write_report(path, out_dir, log=print, pictures=not args.no_pictures)
+
+
+def _common(p: argparse.ArgumentParser, mode_help: str, timeout_s: float) -> None:
+    p.add_argument("--out", help="the results folder (default results/COMMAND-TIMESTAMP)")
+    p.add_argument("--mode", default=None, help=mode_help)
+    p.add_argument("--timeout-s", type=float, default=timeout_s,
+                   help="bound on the whole VM run, in seconds")
+
+
+def _workload_options(p: argparse.ArgumentParser, count: int, hold_ms: int) -> None:
+    p.add_argument("--count", type=int, default=count, help="requests per client")
+    p.add_argument("--rate", type=float, default=60.0,
+                   help="requests per second per client (0: as fast as the queue allows)")
+    p.add_argument("--queue-depth", type=int, default=4, help="outstanding requests per QP")
+    p.add_argument("--hold-ms", type=int, default=hold_ms, help="how long to stay asleep")
+    p.add_argument("--on-veto", default="force", help="wait (report the veto) or force "
+                   "(terminate the holders, the default)")
+
+
+def add_matrix_options(p: argparse.ArgumentParser, mode_help: str) -> None:
+    p.add_argument("--transition", action="append", help="transitions, comma-separated "
+                   "(default link-flap,standby,hibernate,surprise-removal)")
+    p.add_argument("--ordering", action="append", help="clients-first and/or hca-first "
+                   "(default: every ordering each transition offers)")
+    p.add_argument("--policy", action="append", help="client policies (default naive,"
+                   "fail-fast,queue-replay,graceful), or module:Class")
+    p.add_argument("--mix", action="append", help="operation mixes: mixed, send, write, "
+                   "read-atomic (default mixed)")
+    p.add_argument("--together", action="store_true", help="run the policies side by side "
+                   "in one transition instead of one transition each")
+    _workload_options(p, 120, 300)
+    p.add_argument("--junit", help="also write JUnit XML here (one testcase per row)")
+    _common(p, mode_help, MATRIX_VM_TIMEOUT_S)
+
+
+def add_stress_options(p: argparse.ArgumentParser, mode_help: str) -> None:
+    p.add_argument("--cycles", type=int, default=20, help="how many transitions")
+    p.add_argument("--transition", default="standby", help="the transition to repeat")
+    p.add_argument("--ordering", help="clients-first or hca-first (default: the first the "
+                   "transition offers)")
+    p.add_argument("--policy", action="append", help="client policies (default fail-fast,"
+                   "queue-replay,graceful), or module:Class")
+    p.add_argument("--mix", default="mixed", help="operation mix")
+    p.add_argument("--maxfail", type=int, default=0, help="stop after N failed cycles "
+                   "(0: never)")
+    p.add_argument("--keep-ledgers", action="store_true",
+                   help="keep every cycle's full ledger (default: only failed cycles')")
+    _workload_options(p, 60, 100)
+    _common(p, mode_help, STRESS_VM_TIMEOUT_S)

@@ -1,0 +1,69 @@
+"""rxe-power report: the table, pictures and HTML summary of one results file or a folder.
+
+    code = write_report(Path("results/matrix-X/results.jsonl"), out_dir)  # 0; 2: nothing usable
+    code = write_report(Path("results"), out_dir)   # every results.jsonl beneath: one section each
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.core.errors import RxePowerError
+from harness.report.drawing import MATPLOTLIB_FIX, load_matplotlib
+from harness.report.html_summary import write_html
+from harness.report.pictures import picture_dir, write_pictures
+from harness.report.section import NO_RECORDS_EXIT, Log, Section, load_section
+from harness.report.tables import header_line, table_lines
+
+
+def write_report(path: Path, out_dir: Path, log: Log = print, pictures: bool = True) -> int:
+    """Table, pictures and HTML for one results file, or for every results.jsonl beneath a
+    folder (one section each). 0 when something was reported; 2 (logged) when there were no
+    usable records at all. A missing file or a foreign schema raises RxePowerError (for a
+    folder, such a file is skipped with a warning)."""
+    path, out_dir = Path(path), Path(out_dir)
+    if path.is_dir():
+        files = sorted(path.rglob("results.jsonl"))
+        if not files:
+            raise RxePowerError(f"no results.jsonl under {path}",
+                                "give a results.jsonl, or a folder holding rxe-power results")
+        dirs = [out_dir / f.absolute().parent.relative_to(path.absolute().parent)
+                for f in files]
+        sections: list[Section] = []
+        for f, d in zip(files, dirs, strict=True):
+            try:
+                sections.append(load_section(f, d, log))
+            except RxePowerError as exc:
+                log(f"warning: skipped {f}: {exc.problem}")
+    else:
+        sections = [load_section(path, out_dir, log)]
+    usable = [s for s in sections if s.usable]
+    for s in sections:
+        if not s.usable:
+            log(f"warning: {s.path} has no scenario or cycle records"
+                + (f" ({s.results.problem})" if s.results.problem else ""))
+    if not usable:
+        log(f"rxe-power report: error: no usable records in {path}\n  fix: give a results.jsonl "
+            "written by rxe-power matrix, run or stress that got past its first scenario or "
+            "cycle")
+        return NO_RECORDS_EXIT
+    written: list[Path] = []
+    for s in usable:
+        lines = table_lines(s)
+        log("\n".join(["", header_line(s), *lines]))
+        s.out_dir.mkdir(parents=True, exist_ok=True)
+        table = s.out_dir / "table.txt"
+        table.write_text("\n".join(lines) + "\n")
+        written.append(table)
+    npics = 0
+    if pictures:
+        if load_matplotlib() is None:
+            log(f"warning: no pictures: matplotlib is not installed; fix: {MATPLOTLIB_FIX}")
+        else:
+            npics = sum(write_pictures(s, log) for s in usable)
+    html_path = write_html(usable, out_dir / "summary.html")
+    log("report: " + ", ".join(str(p) for p in written) + f", {html_path}, {npics} picture(s)"
+        + (f" in {', '.join(sorted({str(picture_dir(s)) for s in usable if s.pictures}))}"
+           if npics else ""))
+    return 0
+

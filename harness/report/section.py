@@ -1,0 +1,91 @@
+"""Reading results files for the report: one *section* per file, its records typed.
+
+    sec = load_section(Path("results/matrix-X/results.jsonl"), out_dir)
+    sec.scenarios, sec.rows, sec.cycles, sec.summary
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.run.matrix import Row, RowStatus, error_rows, rows_of
+from harness.run.records import CycleRecord, ScenarioRecord
+from harness.run.resultsfile import Results, read_results
+
+Log = Callable[[str], None]
+NO_RECORDS_EXIT = 2
+
+
+@dataclass
+class Section:
+    """One results file, read, with where its table and pictures go."""
+
+    path: Path
+    out_dir: Path
+    results: Results
+    scenarios: list[ScenarioRecord] = field(default_factory=list)
+    cycles: list[CycleRecord] = field(default_factory=list)
+    rows_by: dict[int, list[Row]] = field(default_factory=dict)  # scenario position -> rows
+    pictures: dict[str, Path] = field(default_factory=dict)  # scenario position or "stress"
+
+    @property
+    def rows(self) -> list[Row]:
+        return [r for pos in sorted(self.rows_by) for r in self.rows_by[pos]]
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        return self.results.summary
+
+    @property
+    def is_stress(self) -> bool:
+        return bool(self.cycles) or self.results.command == "stress"
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.scenarios or self.cycles)
+
+
+def load_section(path: Path, out_dir: Path, log: Log = print) -> Section:
+    """Read one results file (errors for a missing file or a foreign schema propagate); a bad
+    line is logged as a warning and the good records before it are used."""
+    results = read_results(path)
+    if results.problem:
+        log(f"warning: {results.problem}")
+    sec = Section(path, out_dir, results, results.scenarios(), results.cycles())
+    sec.rows_by = {pos: scenario_rows(rec) for pos, rec in enumerate(sec.scenarios, 1)}
+    return sec
+
+
+def scenario_rows(rec: ScenarioRecord) -> list[Row]:
+    """A scenario record's rows: from its result (the current rules), else the rows it stored
+    (a harness error), else one broken row per policy."""
+    sc = rec.scenario
+    if rec.result is not None:
+        return rows_of(sc, rec.result)
+    why = rec.result_problem
+    if rec.rows:
+        try:
+            return [Row.from_json(r) for r in rec.rows]
+        except (KeyError, TypeError, ValueError) as exc:
+            why = why or f"its rows are unreadable ({exc!r})"
+    rows = error_rows(sc, rec.error or why or "no result recorded")
+    return rows or [Row(sc.id, sc.transition, sc.ordering, "?", sc.mix, "error",
+                        findings=[f"harness error: {rec.error or why}"],
+                        status=RowStatus.BROKEN)]
+
+
+def section_dirs(paths: list[Path], out_dir: Path) -> list[Path]:
+    """Where each results file's table and pictures go: out_dir itself for one file; for
+    several, out_dir/<their folders relative to the folder above their common ancestor>."""
+    if len(paths) == 1:
+        return [out_dir]
+    parents = [p.absolute().parent for p in paths]
+    base = Path(os.path.commonpath(parents)).parent
+    dirs = [out_dir / par.relative_to(base) for par in parents]
+    dup = Counter(dirs)
+    return [d / p.stem if dup[d] > 1 else d for d, p in zip(dirs, paths, strict=True)]

@@ -1,0 +1,186 @@
+"""The harness client against perftest on the same rxe pair: throughput and latency.
+
+Throughput: the harness client (one worker process, the one I/O path of every policy,
+with its ledger and the peer agent checking every message) against `ib_send_bw`
+(harness SEND_WITH_IMM) and `ib_write_bw` (harness RDMA_WRITE_WITH_IMM) at each size,
+same queue depth, one QP; MB/s as perftest prints it (2^20 bytes/s) and messages/s, as
+ratios harness / perftest.
+
+Latency at queue depth 1: post -> completion of every request from the ledger (median,
+p99), completions by event and by polling, next to `ib_write_lat` / `ib_send_lat`
+(which busy-poll and print half a ping-pong round trip).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from harness.core.device import DeviceInfo
+from harness.core.errors import RxePowerError
+from harness.run.bench.perftest import PerftestRun, run_perftest
+from harness.run.bench.record import BenchRecord, machine_load
+from harness.run.bench.series import percentile
+from harness.run.scenario import ClientWorker
+from harness.run.session import Rig
+from harness.workload.ledger import WorkloadSpec, apply_peer_view
+
+HARNESS_RUN_TIMEOUT_S = 600.0  # one harness throughput/latency run, go -> finish
+WORKER_GO_TIMEOUT_S = 30.0  # the worker's reply to `go`
+BW_TOOLS = {"SEND": "ib_send_bw", "WRITE": "ib_write_bw"}
+LAT_TOOLS = {"SEND": "ib_send_lat", "WRITE": "ib_write_lat"}
+LAT_SIZE = 64
+MIB = 1 << 20  # perftest's "MB/sec" is 2^20 bytes per second
+
+
+@dataclass
+class HarnessRun:
+    op: str
+    size: int
+    queue_depth: int
+    completion: str
+    signal_every: int
+    count: int
+    seconds: float  # first post -> last completion, from the ledger
+    mib_per_s: float
+    msg_per_s: float
+    latency_us: dict[str, float]
+    counts: dict[str, int]
+    peer_counts: dict[str, int]
+    unaccounted: int
+    open_ms: float  # worker start (device open, QP connect)
+    wall_s: float  # go -> finish reply (incl. the controller's round trips)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_harness_client(rig: Rig, spec: WorkloadSpec, name: str) -> HarnessRun:
+    """One worker (the real client process) runs `spec` flat out; figures from its ledger,
+    every request accounted, the peer's record of every SEND/WRITE matched to it."""
+    agent = rig.agent
+    with ClientWorker(name, "fail-fast", spec, rig.log_dir) as w:
+        t0 = time.monotonic()
+        w.start(DeviceInfo.from_endpoint(rig.topo.local), agent.sock_path, rig.clients_dir)
+        open_ms = (time.monotonic() - t0) * 1000
+        t1 = time.monotonic()
+        w.request("go", WORKER_GO_TIMEOUT_S)
+        rep = w.request("finish", HARNESS_RUN_TIMEOUT_S + 10, timeout_s=HARNESS_RUN_TIMEOUT_S)
+        wall = time.monotonic() - t1
+        ledger = w.fetch_ledger(int(rep["requests"]))
+    arrivals: list[dict[str, Any]] = []
+    for aq in rep["agent_qps"]:
+        arrivals += agent.arrivals(aq["qp_id"], 0, timeout_s=0)["arrivals"]
+        with contextlib.suppress(RxePowerError):
+            agent.request("destroy_qp", 30.0, qp_id=aq["qp_id"])
+    apply_peer_view(ledger, arrivals)
+    ok = [(a.posted_ns, a.completed_ns) for e in ledger.entries.values() for a in e.attempts
+          if a.status == "SUCCESS" and a.completed_ns is not None]
+    size = spec.sizes[0]
+    lat: dict[str, float] = {}
+    window = 0.0
+    if ok:
+        window = (max(done for _, done in ok) - min(posted for posted, _ in ok)) / 1e9
+        lats = [(done - posted) / 1e3 for posted, done in ok]
+        lat = {"median": round(statistics.median(lats), 1),
+               "p99": round(percentile(lats, 99), 1), "min": round(min(lats), 1),
+               "max": round(max(lats), 1)}
+    return HarnessRun(spec.ops[0].value, size, spec.queue_depth, spec.completion,
+                      spec.signal_every, spec.count,
+                      round(window, 4),
+                      round(len(ok) * size / window / MIB, 3) if window else 0.0,
+                      round(len(ok) / window, 1) if window else 0.0, lat, ledger.counts(),
+                      ledger.peer_counts(), len(ledger.unaccounted()), round(open_ms, 1),
+                      round(wall, 3))
+
+
+def ledger_held(run: HarnessRun) -> bool:
+    """Every request completed once and, for SEND/WRITE, delivered once at the peer."""
+    return (run.unaccounted == 0 and run.counts == {"completed-ok": run.count}
+            and run.peer_counts == {"delivered-once": run.count})
+
+
+def ledger_text(hr: HarnessRun) -> str:
+    peer = ", ".join(f"{v} {k}" for k, v in hr.peer_counts.items())
+    outs = ", ".join(f"{v} {k}" for k, v in hr.counts.items())
+    return f"{outs}; peer: {peer}; unaccounted {hr.unaccounted}"
+
+
+def throughput_row(op: str, tool: str, size: int, pt: PerftestRun,
+                   hr: HarnessRun) -> dict[str, Any]:
+    pt_mib, pt_rate = pt.figure("BW average[MB/sec]"), pt.figure("MsgRate[Mpps]") * 1e6
+    return {"size": size, "op": op, "tool": tool, "signal_every": hr.signal_every,
+            "perftest": {"mib_per_s": pt_mib, "msg_per_s": round(pt_rate, 1),
+                         "argv": pt.argv, "output": pt.output},
+            "harness": hr.to_json(),
+            "ratio_mib": round(hr.mib_per_s / pt_mib, 3) if pt_mib else None,
+            "ratio_msg": round(hr.msg_per_s / pt_rate, 3) if pt_rate else None,
+            "ledger_ok": ledger_held(hr), "load": machine_load()}
+
+
+def measure_throughput(bench: BenchRecord, rig: Rig) -> bool:
+    """Each size and op: perftest, then the harness client at the same queue depth."""
+    spec = bench.spec
+    rows: list[dict[str, Any]] = []
+    ok = True
+    qd = spec.queue_depth
+    bench.log(f"\nthroughput: 1 QP, queue depth {qd}, one signaled completion per {qd} WRs "
+              f"(perftest's CQ moderation at -t {qd}) unless the row says 1/1; MB/s = 2^20 "
+              "bytes/s (as perftest prints it); ratio = harness / perftest")
+    bench.log(f"{'size':>6} {'op':<6} {'signal':>6} {'perftest':>9} {'msg/s':>8} "
+              f"{'harness':>9} {'msg/s':>8} {'MB/s':>6} {'msg/s':>6}  ledger")
+    for size in spec.sizes:
+        for op, tool in BW_TOOLS.items():
+            hs = spec.throughput_spec(op, size)
+            pt = run_perftest(tool, rig.topo, size, hs.count, qd)
+            variants = [hs]
+            if size == min(spec.sizes) and op == "SEND" and qd > 1:  # what signaling costs
+                variants.append(spec.throughput_spec(op, size, signal_every=1))
+            for v in variants:
+                hr = run_harness_client(rig, v, f"bench-{op.lower()}-{size}-s{v.signal_every}")
+                row = throughput_row(op, tool, size, pt, hr)
+                ok &= row["ledger_ok"]
+                rows.append(row)
+                bench.record("throughput", rows)
+                bench.log(f"{size:>6} {op:<6} {'1/' + str(v.signal_every):>6} "
+                          f"{row['perftest']['mib_per_s']:>9.2f} "
+                          f"{row['perftest']['msg_per_s']:>8.0f} {hr.mib_per_s:>9.2f} "
+                          f"{hr.msg_per_s:>8.0f} {row['ratio_mib'] or 0:>6.2f} "
+                          f"{row['ratio_msg'] or 0:>6.2f}  {ledger_text(hr)}")
+    return ok
+
+
+def measure_latency(bench: BenchRecord, rig: Rig) -> bool:
+    """Queue depth 1, LAT_SIZE bytes: perftest's latency tools, then the harness client
+    with completions by event and by polling."""
+    spec = bench.spec
+    rows: list[dict[str, Any]] = []
+    ok = True
+    bench.log(f"\nlatency: {LAT_SIZE} B, queue depth 1, {spec.lat_iters} requests; microseconds."
+              " perftest: typical and p99 of half a ping-pong round trip (busy polling);"
+              " harness: post -> completion (a full round trip: the responder's ack)")
+    bench.log(f"{'op':<6} {'perftest typ':>12} {'p99':>8} {'harness events med':>18} {'p99':>8}"
+              f" {'harness poll med':>16} {'p99':>8}")
+    for op, tool in LAT_TOOLS.items():
+        pt = run_perftest(tool, rig.topo, LAT_SIZE, spec.lat_iters, 1)
+        runs = {}
+        for completion in ("events", "poll"):
+            hs = spec.throughput_spec(op, LAT_SIZE, queue_depth=1, completion=completion,
+                                      count=spec.lat_iters)
+            runs[completion] = run_harness_client(rig, hs, f"bench-lat-{op.lower()}-{completion}")
+            ok &= ledger_held(runs[completion])
+        row = {"op": op, "tool": tool, "size": LAT_SIZE,
+               "perftest": {"typical_us": pt.figure("t_typical[usec]"),
+                            "p99_us": pt.figure("99% percentile[usec]"), "argv": pt.argv,
+                            "output": pt.output},
+               "harness": {k: v.to_json() for k, v in runs.items()}, "load": machine_load()}
+        rows.append(row)
+        bench.record("latency", rows)
+        ev, po = runs["events"].latency_us, runs["poll"].latency_us
+        bench.log(f"{op:<6} {pt.figure('t_typical[usec]'):>12.1f} "
+                  f"{pt.figure('99% percentile[usec]'):>8.1f} {ev.get('median', 0):>18.1f} "
+                  f"{ev.get('p99', 0):>8.1f} {po.get('median', 0):>16.1f} {po.get('p99', 0):>8.1f}")
+    return ok

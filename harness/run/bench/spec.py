@@ -1,0 +1,85 @@
+"""What a bench run measures: its sections, sizes, counts and bounds (BenchSpec)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from harness.core.errors import SettingError
+from harness.workload.ledger import MAX_MESSAGE, Op, WorkloadSpec
+
+BENCH_VM_TIMEOUT_S = 3600.0
+SECTIONS = ("throughput", "latency", "cycle", "stress", "qps")
+BASE_COUNT = ((256, 20000), (8192, 8000), (1 << 30, 2000))  # (size up to, messages)
+MIN_COUNT = 50
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    sizes: tuple[int, ...] = (64, 4096, 65536)
+    queue_depth: int = 64
+    scale: float = 1.0  # multiplies the message counts (BASE_COUNT)
+    lat_iters: int = 2000
+    cycles: int = 10
+    stress_cycles: int = 5
+    qps: int = 1024
+    qp_workers: int = 8
+    hold_ms: int = 100
+    sections: tuple[str, ...] = SECTIONS
+    cycle_count: int = 800  # requests per client and cycle (at CYCLE_RATE: 4 s, outlasting it)
+
+    def validate(self) -> BenchSpec:
+        bad = [s for s in self.sections if s not in SECTIONS]
+        if bad or not self.sections:
+            raise SettingError(f"--only {','.join(self.sections)}: unknown section(s) {bad}",
+                               f"choose from {', '.join(SECTIONS)}")
+        if not self.sizes or any(not 1 <= s <= MAX_MESSAGE for s in self.sizes):
+            raise SettingError(f"--sizes {self.sizes} must be 1..{MAX_MESSAGE} bytes",
+                               "give message sizes that fit a slot")
+        for name, val, lo in (("--queue-depth", self.queue_depth, 1),
+                              ("--lat-iters", self.lat_iters, 10),
+                              ("--cycles", self.cycles, 1),
+                              ("--stress-cycles", self.stress_cycles, 1),
+                              ("--qp-workers", self.qp_workers, 1),
+                              ("--hold-ms", self.hold_ms, 0),
+                              ("cycle_count", self.cycle_count, 1)):
+            if val < lo:
+                raise SettingError(f"{name} {val} must be at least {lo}", f"give {name} >= {lo}")
+        if not 0 < self.scale <= 100:
+            raise SettingError(f"--scale {self.scale} must be in (0, 100]",
+                               "1 is the full run; 0.05 a quick look")
+        if self.qps < self.qp_workers or self.qps % self.qp_workers:
+            raise SettingError(f"--qps {self.qps} must be a multiple of --qp-workers "
+                               f"{self.qp_workers}", "e.g. --qps 1024 --qp-workers 8")
+        for size in self.sizes:  # the workloads must pass the ledger's own checks
+            self.throughput_spec("SEND", size)
+        self.qp_spec()
+        return self
+
+    def count(self, size: int) -> int:
+        base = next(n for limit, n in BASE_COUNT if size <= limit)
+        return max(MIN_COUNT, int(base * self.scale))
+
+    def throughput_spec(self, op: str, size: int, queue_depth: int | None = None,
+                        completion: str = "events", count: int | None = None,
+                        signal_every: int | None = None) -> WorkloadSpec:
+        """One QP flat out. signal_every defaults to the queue depth: perftest's CQ
+        moderation at the same -t (it prints "CQ Moderation: 64" for -t 64)."""
+        qd = queue_depth or self.queue_depth
+        # WRITE targets: the sender may be qd requests ahead, the agent's unprocessed
+        # arrivals up to its 2 x qd receives: 4 x qd slots never overwrite one unchecked
+        return WorkloadSpec(ops=(Op(op),), sizes=(size,), count=count or self.count(size),
+                            rate_per_s=0.0, queue_depth=qd, qps=1, completion=completion,
+                            write_slots=4 * qd,
+                            signal_every=signal_every or qd).validate()
+
+    def qp_spec(self) -> WorkloadSpec:
+        """Each scale worker: qps/qp_workers QPs, 4 small requests per QP, paced so that the
+        transition comes in the middle of the workload; tiny slots (see peer_mr_bytes)."""
+        per = self.qps // self.qp_workers
+        return WorkloadSpec(ops=(Op.SEND, Op.WRITE), sizes=(64,), count=4 * per,
+                            rate_per_s=float(max(50, per)), queue_depth=2, qps=per,
+                            write_slots=8).validate()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

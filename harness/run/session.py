@@ -1,0 +1,121 @@
+"""One run's rig, shared by matrix, stress and bench.
+
+    with RunSession(cfg, out_dir) as session:          # the topology: built here (and
+        log(f"on {session.topo.local.dev}")            # removed at the end) or found up
+        with session.rig(results=ResultsHeader("matrix", spec.to_json())) as rig:
+            rig.results.write(...)                     # out_dir/results.jsonl, fsynced
+            run_scenario(rig.shim, rig.agent, ...)     # peer agent, private clients
+                                                       # directory, shim notifying it
+
+Everything the session opens it closes, newest first, also when the body raises;
+the topology is removed only if this session built it (topology.setup says so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from harness.core.errors import RxePowerError
+from harness.peer.controller import PeerAgent
+from harness.run.resultsfile import ResultsWriter
+from harness.topology import lifecycle
+from harness.topology.config import Topology, TopologyConfig
+from power.notify import Notifier, private_clients_dir
+from power.shim import Shim
+
+RESULTS_FILE = "results.jsonl"
+LOGS_DIR = "logs"
+
+
+@dataclass(frozen=True)
+class ResultsHeader:
+    """What opens a run's results file: the command and its spec (the header record)."""
+
+    command: str
+    spec: dict[str, Any]
+
+
+@dataclass
+class Rig:
+    """What a run drives: the topology, the peer agent on the peer HCA, the private
+    clients directory, and (once opened) the shim and the results file."""
+
+    cfg: TopologyConfig
+    topo: Topology
+    agent: PeerAgent
+    clients_dir: Path
+    log_dir: Path
+    _stack: ExitStack
+    _results: ResultsWriter | None = None
+    _shim: Shim | None = field(default=None)
+
+    @property
+    def results(self) -> ResultsWriter:
+        if self._results is None:
+            raise RxePowerError("this run opened no results file",
+                                "open the rig with results=ResultsHeader(...)")
+        return self._results
+
+    @property
+    def shim(self) -> Shim:
+        if self._shim is None:
+            raise RxePowerError("this run started no shim",
+                                "open the rig with shim=True, or call open_shim() first")
+        return self._shim
+
+    def open_shim(self) -> Shim:
+        """Start the shim (its async event reader) now, notifying this run's clients; it
+        stops with the rig. Idempotent."""
+        if self._shim is None:
+            self._shim = self._stack.enter_context(Shim(self.cfg, Notifier(self.clients_dir)))
+        return self._shim
+
+
+class RunSession:
+    """The topology for one run, and the rig on it (see the module docstring)."""
+
+    def __init__(self, cfg: TopologyConfig, out_dir: Path) -> None:
+        self.cfg = cfg
+        self.out_dir = out_dir
+        self.log_dir = out_dir / LOGS_DIR
+        self.results_path = out_dir / RESULTS_FILE
+        self._topo: Topology | None = None
+        self._built = False
+
+    @property
+    def topo(self) -> Topology:
+        if self._topo is None:
+            raise RxePowerError("the run session is not open", "use it as `with RunSession(...)`")
+        return self._topo
+
+    def __enter__(self) -> RunSession:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._topo, self._built = lifecycle.setup(self.cfg, log=lambda m: None)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._built:
+            self._built = False
+            lifecycle.teardown(log=lambda m: None)
+
+    @contextmanager
+    def rig(self, *, results: ResultsHeader | None = None, shim: bool = True) -> Iterator[Rig]:
+        """Open, in this order, the results file (if `results`), the peer agent, a
+        private clients directory and (if `shim`) the shim; close them in reverse."""
+        with ExitStack() as stack:
+            writer = None
+            if results is not None:
+                writer = stack.enter_context(
+                    ResultsWriter(self.results_path, results.command, results.spec))
+            agent = stack.enter_context(PeerAgent(self.topo.peer, log_dir=self.log_dir))
+            clients_dir = stack.enter_context(private_clients_dir())
+            rig = Rig(self.cfg, self.topo, agent, clients_dir, self.log_dir, stack, writer)
+            if shim:
+                rig.open_shim()
+            yield rig

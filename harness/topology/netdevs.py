@@ -1,0 +1,76 @@
+"""One host's netdev side of the topology: create its veth pair on the switch, link it
+up with its route, destroy it (hibernate), and change only netdevs in the state file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.core.errors import NotOurs
+from harness.core.state import STATE_PATH, StateFile
+from harness.system import command, network
+from harness.topology.config import TopologyConfig
+
+
+def ip(*args: str) -> None:
+    """`ip ARGS...`, bounded, raising with its stderr on failure."""
+    command.run(["ip", *args])
+
+
+def sysctl_path(key: str) -> Path:
+    """/proc/sys/... of a dotted sysctl key."""
+    return Path("/proc/sys") / key.replace(".", "/")
+
+
+def require_ours_netdev(name: str) -> None:
+    """Refuse a netdev that is not in the state file."""
+    if not StateFile.load(STATE_PATH).owns_netdev(name):
+        raise NotOurs(f"netdev {name!r} is not in the state file {STATE_PATH}",
+                      "rxe-power only changes netdevs it created; build them with rxe-power setup")
+
+
+def set_netdev_up(name: str, up: bool) -> None:
+    """Administratively up/down one of our netdevs (refuses foreign ones)."""
+    require_ours_netdev(name)
+    network.set_link_up(name, up)
+
+
+def netdev_ifindex(name: str) -> int | None:
+    net = network.sysfs_netdev(name)
+    return net[0] if net else None
+
+
+def create_side_netdev(cfg: TopologyConfig, which: str, state: StateFile | None = None,
+                       up: bool = True, keep: bool | None = None) -> None:
+    """Create one host's veth pair, plug it into the switch, address it; `up`: link up + route.
+
+    Used by setup and by a hibernate resume (the netdev comes back with a new ifindex).
+    """
+    state = state or StateFile.load(STATE_PATH)
+    side = cfg.side(which)
+    state.record("netdev", keep=keep, name=side.netdev, peer=side.switch_port)
+    ip("link", "add", side.netdev, "type", "veth", "peer", "name", side.switch_port)
+    for key, val in (("accept_local", "1"), ("rp_filter", "0")):
+        sysctl_path(f"net.ipv4.conf.{side.netdev}.{key}").write_text(val)
+    ip("link", "set", side.switch_port, "master", cfg.switch)
+    ip("link", "set", side.switch_port, "up")
+    ip("addr", "add", f"{side.addr}/32", "dev", side.netdev)
+    state.record("table", keep=keep, table=side.table)
+    if up:
+        side_up(cfg, which)
+
+
+def side_up(cfg: TopologyConfig, which: str) -> None:
+    """Link up one host's netdev and (re-)add its route (a route needs its device up)."""
+    side = cfg.side(which)
+    require_ours_netdev(side.netdev)
+    network.set_link_up(side.netdev, True)
+    ip("route", "replace", side.remote_addr, "dev", side.netdev, "src", side.addr,
+        "table", side.table)
+
+
+def destroy_side_netdev(cfg: TopologyConfig, which: str) -> None:
+    """Delete one host's veth pair (both ends). Its rdma device must be gone first."""
+    side = cfg.side(which)
+    require_ours_netdev(side.netdev)
+    ip("link", "del", side.netdev)

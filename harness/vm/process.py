@@ -1,0 +1,175 @@
+"""A bounded process group with its output logged: the runner under every guest boot.
+
+A waiter thread enforces the bound, leaves before parents are signalled (so each parent
+reaps its child), then SIGKILL to what is left; the merged output goes to a console log
+and to the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from harness.core.proc import STOP_GRACE_S, stop_child
+from harness.core.state import track, untrack
+from harness.vm.messages import say
+
+GROUP_GONE_BOUND_S = 2.0  # how long to wait for SIGKILLed group members to vanish
+READER_DRAIN_BOUND_S = 5.0  # how long to wait for the output pipe to close after exit
+
+TIMEOUT_EXIT_CODE = 124  # as coreutils timeout(1)
+HARNESS_ERROR_EXIT_CODE = 125  # the runner itself failed (as timeout(1) does)
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_tree(pgid: int) -> dict[int, int]:
+    """Live (non-zombie) processes in process group `pgid`: {pid: parent pid}, from /proc."""
+    tree: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()  # state ppid pgrp ... after "pid (comm) "
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            tree[int(entry.name)] = int(fields[1])
+    return tree
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group `pgid`."""
+    return sorted(_group_tree(pgid))
+
+
+def _terminate_leaves(pgid: int) -> None:
+    """SIGTERM the group's leaf processes (qemu), not their parents (vng, virtme-run).
+
+    Each parent then sees its child exit, reaps it and exits in turn, so nothing is
+    orphaned as a zombie for init to collect. Signalling the whole group at once kills
+    vng and virtme-run before they reap qemu.
+    """
+    tree = _group_tree(pgid)
+    parents = set(tree.values())
+    leaves = [pid for pid in tree if pid not in parents and pid != pgid] or [pgid]
+    for pid in leaves:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def kill_stragglers(pgid: int) -> None:
+    """SIGKILL what is left of the group (e.g. qemu after vng died) and wait it out."""
+    signal_group(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + GROUP_GONE_BOUND_S
+    while (left := _group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if left:
+        say(f"processes {left} of group {pgid} survived SIGKILL for {GROUP_GONE_BOUND_S:g} s")
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    timed_out: bool
+    duration_s: float
+
+
+def run_logged(
+    argv: list[str],
+    *,
+    log_path: Path,
+    timeout_s: float,
+    header: Iterable[str] = (),
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    kill_grace_s: float = STOP_GRACE_S,
+    echo: IO[str] | None = None,
+) -> RunOutcome:
+    """Run `argv` in its own session; copy its merged output to `echo` and `log_path`.
+
+    A waiter thread enforces `timeout_s`: SIGTERM to the group's leaf processes (so
+    each parent reaps its child), then SIGKILL to the whole process group if the leader
+    is still alive after `kill_grace_s`; then SIGKILL to any stragglers. A timeout gives
+    exit code 124; death by signal N gives 128+N.
+    """
+    out = echo if echo is not None else sys.stdout
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w", encoding="utf-8", errors="replace", buffering=1) as log:
+        for line in header:
+            log.write(f"# {line}\n")
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            cwd=cwd,
+        )
+        track(proc, f"vm ({Path(argv[0]).name})", group=True)  # cleanup ends its group
+        timed_out = threading.Event()
+
+        def wait() -> None:
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out.set()
+                stop_child(proc, 0.0, grace_s=kill_grace_s, group=True,
+                           terminate=lambda ref: _terminate_leaves(ref.pid))
+            kill_stragglers(proc.pid)
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            echoing = True
+            for raw in iter(proc.stdout.readline, b""):
+                line = raw.decode("utf-8", "replace").replace("\r\n", "\n")
+                with contextlib.suppress(ValueError):  # log closed after the drain bound
+                    log.write(line)
+                if echoing:
+                    try:
+                        out.write(line)
+                        out.flush()
+                    except (OSError, ValueError):  # our stdout went away; keep logging
+                        echoing = False
+
+        waiter = threading.Thread(target=wait, name="vm-waiter", daemon=True)
+        reader = threading.Thread(target=pump, name="vm-reader", daemon=True)
+        reader.start()
+        waiter.start()
+        try:
+            waiter.join()
+        except BaseException:  # Ctrl-C: do not leave a VM behind
+            signal_group(proc.pid, signal.SIGKILL)
+            raise
+        duration = time.monotonic() - start
+        untrack(proc.pid)
+        reader.join(READER_DRAIN_BOUND_S)
+        if proc.stdout is not None and not reader.is_alive():
+            proc.stdout.close()
+        code = proc.returncode
+        if timed_out.is_set():
+            exit_code = TIMEOUT_EXIT_CODE
+        elif code < 0:
+            exit_code = 128 - code
+        else:
+            exit_code = code
+        log.write(
+            f"# finished: {'TIMED OUT, ' if timed_out.is_set() else ''}exit code {exit_code} "
+            f"after {duration:.1f} s\n"
+        )
+    return RunOutcome(exit_code, timed_out.is_set(), duration)

@@ -1,0 +1,174 @@
+"""One guest run: boot the guest kernel with vng and run a shell command in it.
+
+Shaped like the KUnit tool's runner: a request dataclass, a result dataclass, and a
+runner that prints the exact command, enforces its timeout (harness.vm.process) and
+keeps a console log. The guest command's exit code is propagated.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.core.errors import SettingError
+from harness.vm.accel import ACCELS, AccelChoice, choose_accel
+from harness.vm.kernel import GuestKernel, find_guest_kernel
+from harness.vm.messages import say
+from harness.vm.process import TIMEOUT_EXIT_CODE, run_logged
+from harness.vm.tools import VmTools, find_vm_tools
+
+VM_RUN_TIMEOUT_S = 1500.0  # whole guest command, boot included (TCG boot is ~15 s)
+GUEST_SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass
+class VmRequest:
+    command: list[str]
+    rw_dirs: list[Path]
+    log_path: Path
+    timeout_s: float = VM_RUN_TIMEOUT_S
+    cpus: int = 2
+    memory: str = "2G"
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = field(default_factory=Path.cwd)
+
+
+@dataclass
+class VmResult:
+    exit_code: int
+    accel: str
+    kernel_version: str
+    duration_s: float
+    timed_out: bool
+    log_path: Path
+    vng_argv: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "exit_code": self.exit_code,
+            "accel": self.accel,
+            "kernel_version": self.kernel_version,
+            "duration_s": round(self.duration_s, 3),
+            "timed_out": self.timed_out,
+            "log_path": str(self.log_path),
+            "vng_argv": list(self.vng_argv),
+        }
+
+
+def guest_env(req: VmRequest, bin_dir: Path) -> dict[str, str]:
+    """The guest command's environment additions: PATH (venv bin first), then req.env."""
+    env = {"PATH": f"{bin_dir}:{GUEST_SYSTEM_PATH}", "PYTHONUNBUFFERED": "1", **req.env}
+    for name, value in env.items():
+        if not _ENV_NAME.match(name):
+            raise SettingError(
+                f"guest environment variable name {name!r} is not a shell identifier",
+                "use names of letters, digits and _ that do not start with a digit",
+            )
+        if "\0" in value:
+            raise SettingError(
+                f"guest environment variable {name} contains a NUL byte", "remove it"
+            )
+    return env
+
+
+def guest_shell_command(req: VmRequest, bin_dir: Path) -> str:
+    """`cd <cwd> && exec env K=V ... <command>`, every word shell-quoted."""
+    if not req.command:
+        raise SettingError("empty guest command", "give the command to run after `--`")
+    assignments = [shlex.quote(f"{k}={v}") for k, v in guest_env(req, bin_dir).items()]
+    return " ".join(
+        ["cd", shlex.quote(str(req.cwd)), "&&", "exec", "env", *assignments,
+         shlex.join(req.command)]
+    )
+
+
+def build_vng_argv(req: VmRequest, kernel: GuestKernel, accel: str, vng: str) -> list[str]:
+    """The vng command line for `req`. `vng`'s directory is also the guest PATH's head."""
+    if accel not in ACCELS:
+        raise SettingError(f"accelerator {accel!r} is not kvm or tcg", "pass kvm or tcg")
+    argv = [vng, "-r", str(kernel.vmlinuz)]
+    if accel == "tcg":
+        argv.append("--disable-kvm")
+    argv += ["--cpus", str(req.cpus), "--memory", req.memory]
+    for d in req.rw_dirs:
+        argv += ["--rwdir", str(d)]
+    argv += ["--exec", guest_shell_command(req, Path(vng).parent)]
+    return argv
+
+
+def _host_env(bin_dir: Path) -> dict[str, str]:
+    """This environment with vng's directory first on PATH (vng runs `virtme-run`)."""
+    env = dict(os.environ)
+    parts = [p for p in env.get("PATH", "").split(":") if p and p != str(bin_dir)]
+    env["PATH"] = ":".join([str(bin_dir), *parts])
+    return env
+
+
+def _validate_request(req: VmRequest) -> None:
+    if not req.timeout_s > 0:
+        raise SettingError(f"timeout_s={req.timeout_s!r} must be > 0", "pass a positive timeout")
+    if not req.cwd.is_dir():
+        raise SettingError(f"working directory {req.cwd} does not exist", "run from a directory")
+    for d in req.rw_dirs:
+        if not d.is_dir():
+            raise SettingError(
+                f"--rwdir {d} is not a directory", "create it first, or drop the --rwdir"
+            )
+
+
+def run_in_vm(
+    req: VmRequest,
+    *,
+    kernel: GuestKernel | None = None,
+    accel: AccelChoice | None = None,
+    tools: VmTools | None = None,
+) -> VmResult:
+    """Boot the guest kernel with vng and run `req.command` in it; never raises on timeout."""
+    req.cwd = req.cwd.absolute()
+    req.rw_dirs = [d.absolute() for d in req.rw_dirs]
+    req.log_path = req.log_path if req.log_path.is_absolute() else req.cwd / req.log_path
+    _validate_request(req)
+    tools = tools or find_vm_tools()
+    kernel = kernel or find_guest_kernel()
+    accel = accel or choose_accel(kernel, qemu=tools.qemu)
+    argv = build_vng_argv(req, kernel, accel.accel, str(tools.vng))
+    say(f"kernel {kernel.version}, accel {accel.accel} ({accel.reason})")
+    say(f"command (with {tools.bin_dir} first on PATH): {shlex.join(argv)}")
+    started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    header = [
+        "rxe-power vm console log",
+        f"started: {started}",
+        f"kernel: {kernel.version} ({kernel.vmlinuz})",
+        f"accel: {accel.accel} ({accel.reason})",
+        f"command: {shlex.join(argv)}",
+        f"guest command: {shlex.join(req.command)}",
+        f"timeout_s: {req.timeout_s:g}",
+    ]
+    outcome = run_logged(
+        argv,
+        log_path=req.log_path,
+        timeout_s=req.timeout_s,
+        header=header,
+        env=_host_env(tools.bin_dir),
+        cwd=req.cwd,
+    )
+    if outcome.timed_out:
+        say(
+            f"timed out: the VM ran {outcome.duration_s:.1f} s of its {req.timeout_s:g} s "
+            f"bound and was killed (exit code {TIMEOUT_EXIT_CODE}); console log: {req.log_path}"
+        )
+    return VmResult(
+        exit_code=outcome.exit_code,
+        accel=accel.accel,
+        kernel_version=kernel.version,
+        duration_s=outcome.duration_s,
+        timed_out=outcome.timed_out,
+        log_path=req.log_path,
+        vng_argv=argv,
+    )

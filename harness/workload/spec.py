@@ -1,0 +1,163 @@
+"""The workload: operations, the workload spec and the application requests it makes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from harness.core.errors import ProtocolError, SettingError
+
+
+class Op(StrEnum):
+    SEND = "SEND"  # SEND_WITH_IMM, imm = seq: the peer checks header, checksum, pattern
+    WRITE = "WRITE"  # RDMA_WRITE_WITH_IMM into the peer's slot for seq: checked the same way
+    READ = "READ"  # RDMA_READ of what the peer filled: checked here
+    FETCH_ADD = "FETCH_ADD"  # +1 on the peer's counter: the final count is checked
+
+
+PEER_VISIBLE = frozenset({Op.SEND, Op.WRITE})
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    ops: tuple[Op, ...] = (Op.SEND, Op.WRITE, Op.READ, Op.FETCH_ADD)
+    sizes: tuple[int, ...] = (64, 4096)
+    count: int = 120
+    rate_per_s: float = 0.0  # 0: as fast as the queue depth allows
+    queue_depth: int = 8
+    qps: int = 1
+    completion: str = "events"  # "events" (completion channel + select) or "poll"
+    # the RC QPs' retry_cnt. On rxe 7 means retry forever (rxe_comp.c never decrements
+    # it), so a client with 7 never learns that its peer is gone; 0-6 end in RETRY_EXC_ERR
+    retry_cnt: int = 7
+    write_slots: int = 64  # WRITE_WITH_IMM targets in the peer's area (slot seq % write_slots)
+    # 1: every WR signaled. k > 1 (one QP, no rate): every k-th WR, and the one that fills
+    # the window or empties the queue, is signaled, as perftest's CQ moderation; the WRs
+    # before a completion completed before it (RC completes a QP's WRs in order), so each
+    # request still gets its own outcome, with the completion's time (an upper bound)
+    signal_every: int = 1
+
+    @property
+    def slot_size(self) -> int:
+        """Bytes of one buffer slot, here and at the peer (send, receive, WRITE target,
+        READ source): the largest message, rounded up to 64 (a cache line)."""
+        return max(64, -(-max(self.sizes) // 64) * 64)
+
+    def local_mr_bytes(self) -> int:
+        """One QP's MR here: a slot per outstanding request and one for the goodbye."""
+        return (self.queue_depth + 1) * self.slot_size
+
+    def peer_mr_bytes(self) -> int:
+        """One QP's MR at the peer agent: 2 x queue_depth receive slots, then the RDMA area
+        (write_slots WRITE targets, the READ source slot, the atomic counter)."""
+        return (2 * self.queue_depth + self.write_slots + 1) * self.slot_size + 64
+
+    def validate(self) -> WorkloadSpec:
+        if self.count < 1 or self.queue_depth < 1 or self.qps < 1:
+            raise SettingError(f"count {self.count}, queue depth {self.queue_depth} and qps "
+                               f"{self.qps} must all be >= 1", "give positive numbers")
+        if self.count > MAX_COUNT:
+            raise SettingError(f"count {self.count} is over MAX_COUNT={MAX_COUNT} requests "
+                               "per client and round",
+                               f"run at most {MAX_COUNT} requests per client, or more rounds")
+        if not self.ops or any(s < 1 or s > MAX_MESSAGE for s in self.sizes) or not self.sizes:
+            raise SettingError(f"sizes {self.sizes} must be 1..{MAX_MESSAGE} bytes and ops "
+                               "non-empty", "pick message sizes that fit a slot")
+        if self.completion not in ("events", "poll"):
+            raise SettingError(f"completion {self.completion!r}", "use events or poll")
+        if self.rate_per_s < 0:
+            raise SettingError(f"rate {self.rate_per_s} is negative", "use 0 for unlimited")
+        if not 0 <= self.retry_cnt <= 7:
+            raise SettingError(f"retry_cnt {self.retry_cnt} is outside 0..7",
+                               "give the 3-bit RC retry count")
+        if self.write_slots < 1:
+            raise SettingError(f"write_slots {self.write_slots} must be >= 1",
+                               "give the peer at least one WRITE target slot")
+        if not 1 <= self.signal_every <= self.queue_depth:
+            raise SettingError(f"signal_every {self.signal_every} must be 1..queue depth "
+                               f"{self.queue_depth}", "signal at least once per window")
+        if self.signal_every > 1 and (self.qps != 1 or self.rate_per_s):
+            raise SettingError(f"signal_every {self.signal_every} needs one QP and no rate "
+                               f"limit (qps {self.qps}, rate {self.rate_per_s})",
+                               "use signal_every 1 for paced or multi-QP workloads")
+        mr = self.qps * (self.local_mr_bytes() + self.peer_mr_bytes())
+        if mr > MAX_CLIENT_MR_BYTES:
+            raise SettingError(
+                f"this workload registers {mr >> 20} MiB of memory ({self.qps} QPs x "
+                f"(({self.queue_depth} + 1) + (2 x {self.queue_depth} + {self.write_slots} + "
+                f"1)) slots of {self.slot_size} bytes, here and at the peer agent), over "
+                f"MAX_CLIENT_MR_BYTES={MAX_CLIENT_MR_BYTES >> 20} MiB",
+                "use fewer QPs, a smaller queue depth, fewer write_slots or smaller sizes")
+        return self
+
+    def requests(self) -> list[AppRequest]:
+        """Deterministic: op, size and QP cycle through their lists."""
+        out = []
+        for i in range(self.count):
+            op = self.ops[i % len(self.ops)]
+            size = 8 if op is Op.FETCH_ADD else self.sizes[(i // len(self.ops)) % len(self.sizes)]
+            out.append(AppRequest(i, op, size, i % self.qps))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ops": [o.value for o in self.ops], "sizes": list(self.sizes)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> WorkloadSpec:
+        """Build from a message's `spec` object, checking every field's type (a
+        ProtocolError names the field), then validate() (a SettingError names the value)."""
+        def field_(name: str, ok: Callable[[Any], bool], what: str) -> Any:
+            val = d.get(name) if isinstance(d, dict) else None
+            if not ok(val):
+                raise ProtocolError(f"workload spec field {name!r} is {str(val)[:60]!r}, "
+                                    f"not {what}", f"send {name!r} as {what}")
+            return val
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        ops = field_("ops", lambda v: isinstance(v, list) and all(o in Op.__members__.values()
+                                                                  for o in v),
+                     f"a list of {', '.join(o.value for o in Op)}")
+        sizes = field_("sizes", lambda v: isinstance(v, list) and all(is_int(x) for x in v),
+                       "a list of integers")
+        return cls(tuple(Op(o) for o in ops), tuple(sizes),
+                   field_("count", is_int, "an integer"),
+                   field_("rate_per_s", lambda v: is_int(v) or (isinstance(v, float)
+                                                               and math.isfinite(v)),
+                          "a finite number"),
+                   field_("queue_depth", is_int, "an integer"),
+                   field_("qps", is_int, "an integer"),
+                   field_("completion", lambda v: isinstance(v, str), "a string"),
+                   field_("retry_cnt", is_int, "an integer") if "retry_cnt" in d
+                   else cls.retry_cnt,
+                   field_("write_slots", is_int, "an integer") if "write_slots" in d
+                   else cls.write_slots,
+                   field_("signal_every", is_int, "an integer") if "signal_every" in d
+                   else cls.signal_every).validate()
+
+
+# The largest message: slots are sized from the workload's largest size (slot_size).
+MAX_MESSAGE = 256 * 1024
+# Requests per client and round. The worker keeps its ledger in flat arrays (Recorder)
+# and hands it back in pages of columns (a few dozen bytes a request), not in one message.
+MAX_COUNT = 1_000_000
+# Memory one client registers (its QPs' MRs and their peer agent QPs' MRs): the VM
+# mode's guest has 2 GiB.
+MAX_CLIENT_MR_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class AppRequest:
+    req_id: int
+    op: Op
+    size: int
+    qp_index: int
+
+    @property
+    def seq(self) -> int:
+        """On the wire (imm data and payload header); 0 is never used."""
+        return self.req_id + 1
