@@ -12,7 +12,6 @@ a sampler of every nvme controller's sysfs `state` over time (for the timeline).
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -20,7 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clients.kernel.nvmet_target import modprobe
 from harness.core.errors import BoundExceeded, OsCallError, SettingError
+from harness.core.proc import run_bounded
 from harness.core.state import StateFile
 from harness.system import kernelobjs as ko
 
@@ -158,13 +159,11 @@ class NvmeHost:
         # the fabrics device as `nvme connect` does, from a child so that the bound holds
         opts = (f"transport=rdma,traddr={c.traddr},trsvcid={c.trsvcid},nqn={c.nqn},"
                 f"host_traddr={c.host_traddr},{c.options.fabrics_options()}")
-        try:
-            res = subprocess.run([sys.executable, "-c", _FABRICS_WRITE, opts],
-                                 capture_output=True, text=True,
-                                 timeout=CONNECT_TIMEOUT_S, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise BoundExceeded(f"connect {opts}", "CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S,
-                                "the write to /dev/nvme-fabrics had not returned") from None
+        if not Path("/dev/nvme-fabrics").exists():
+            modprobe("nvme-rdma")  # brings nvme-fabrics, which makes /dev/nvme-fabrics
+        res = run_bounded([sys.executable, "-c", _FABRICS_WRITE, opts], CONNECT_TIMEOUT_S,
+                          step=f"connect {opts}", bound_name="CONNECT_TIMEOUT_S",
+                          outstanding="the write to /dev/nvme-fabrics had not returned")
         if res.returncode != 0:
             err = int(res.stdout.strip() or 0) if res.stdout.strip().isdigit() else 0
             raise OsCallError(f"nvme-rdma connect ({opts}): {res.stderr.strip()}", err,
