@@ -23,7 +23,12 @@ from harness.rdma.verbs import Device
 from harness.system import holders, inventory, rxe_module
 from harness.system.rxe_module import ModuleReport
 from harness.topology import devices, lifecycle
-from harness.topology.config import Topology, TopologyConfig
+from harness.topology.config import (
+    TABLE_LOCAL_SIDE,
+    TABLE_PEER_SIDE,
+    Topology,
+    TopologyConfig,
+)
 from power.notify import Notifier
 from power.result import TransitionRequest, TransitionResult
 from power.shim import Shim
@@ -173,7 +178,12 @@ def _removal_for_module(request: pytest.FixtureRequest) -> Iterator[None]:
 def _kernel_objects() -> dict[str, set[str]]:
     return {"rdma devices": {lk.ifname for lk in inventory.rdma_links()},
             "netdevs": set(os.listdir("/sys/class/net")),  # as `ip link`, without running it
-            "ip rules": {" ".join(r.selector_args()) for r in inventory.ip_rules()}}
+            "ip rules": {" ".join(r.selector_args()) for r in inventory.ip_rules()},
+            # the routes that force traffic onto the wire: a test that loses one (a link set
+            # down and up without its route) breaks every test after it, so it fails itself
+            "our routes": {f"table {r.table} {r.dst} dev {r.dev}"
+                           for t in (TABLE_LOCAL_SIDE, TABLE_PEER_SIDE)
+                           for r in inventory.ip_routes(t)}}
 
 
 @pytest.fixture(autouse=True)

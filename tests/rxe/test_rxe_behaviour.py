@@ -25,6 +25,7 @@ DELETE_AFTER_CLOSE_TIMEOUT_S = 5.0
 
 
 def test_link_down_errors_the_qp_and_it_stays_in_err(rxe_topology: Topology,
+                                                      rxe_config: TopologyConfig,
                                                       rc_pair: traffic.Pair) -> None:
     """Link down: port DOWN at once; a SEND is accepted by post_send, then completes with
     LOC_QP_OP_ERR (rxe's requester refuses to transmit on a down port and errors the QP).
@@ -41,8 +42,8 @@ def test_link_down_errors_the_qp_and_it_stays_in_err(rxe_topology: Topology,
         wcs = rc_pair.qp.wait(1, what="the SEND posted while the link is down")
         assert wc_status_name(int(wcs[0].status)) == "LOC_QP_OP_ERR"
         assert rc_pair.qp.state() is QpState.ERR
-    finally:
-        netdevs.set_netdev_up(loc.netdev, True)
+    finally:  # link up *with its route*: the kernel dropped the route with the link
+        netdevs.side_up(rxe_config, "local")
     devices.wait_port_state(loc.dev, "ACTIVE")
     assert rc_pair.qp.state() is QpState.ERR
     # a veth wire has no switch: the peer's end loses carrier with ours (recorded, not hidden)
