@@ -155,7 +155,7 @@ def run(qps: int) -> int:
         writers = []
         for _ in range(qps):
             cm = connected_pair(dev, agent, local_mr=DEPTH * WRITE_SIZE,
-                                peer_mr=DEPTH * WRITE_SIZE, recv_slots=DEPTH)
+                                peer_mr=2 * DEPTH * WRITE_SIZE, recv_slots=DEPTH)
             writers.append(Writer(cm.__enter__()))
             pairs.append(cm)
         code = hold(dev, writers)
