@@ -1,8 +1,8 @@
 """`rxe-power cleanup`: remove what a killed run left behind, from the state file only.
 
-    cleanup(cfg, log)   end the processes whose owner is dead (core.proc.reap_stale),
-                        wait for blocked deletes, then remove the topology, or repair
-                        its local side if a live run owns it
+    cleanup(cfg, log)   under the run lock (core.runlock): end the processes whose
+                        owner is dead (core.proc.reap_stale), wait for blocked deletes,
+                        then remove the topology unless a live process owns it
 
 Nothing that is not in the state file is touched: a foreign process that holds one of
 our devices is named, not killed.
@@ -13,11 +13,12 @@ from __future__ import annotations
 import time
 
 from harness.core.proc import Log, reap_stale
+from harness.core.runlock import run_lock
 from harness.core.state import StateFile, alive
 from harness.system.holders import find_holders
 from harness.topology.config import TopologyConfig
 from harness.topology.devices import pending_deletes
-from harness.topology.lifecycle import require_root, restore_local_side, teardown
+from harness.topology.lifecycle import require_root, teardown
 
 PENDING_DELETE_TIMEOUT_S = 15.0
 POLL_S = 0.05  # polling interval of the bounded wait above
@@ -37,18 +38,31 @@ def wait_pending_deletes(devs: list[str], timeout_s: float = PENDING_DELETE_TIME
 
 
 def cleanup(cfg: TopologyConfig, log: Log = print) -> list[str]:
-    """Everything a dead run left: its processes, blocked deletes, and the topology (if no
-    live process owns it; else only the local side is put back whole)."""
-    require_root()
+    """Everything a dead run left: its processes, blocked deletes, and the topology. Under
+    the run lock: refused (RunBusy) while a run is active; a topology that a live process
+    owns (one that does not take the lock, e.g. a test session) is left to it."""
+    require_root("cleanup needs root (it ends the processes a dead run left and removes the "
+                 "topology it built)", "rxe-power cleanup")
+    with run_lock("rxe-power cleanup"):
+        return _cleanup(log)
+
+
+def _cleanup(log: Log) -> list[str]:
     problems = reap_stale(log)
     state = StateFile.load()
     devs = [e["name"] for e in state.created if e["kind"] == "rdma_link"]
     problems += wait_pending_deletes(devs)
     if problems:
         return problems
-    owners = {e["owner"]["pid"] for e in StateFile.load().created if alive(e.get("owner"))}
+    state = StateFile.load()
+    # only the topology's owners count: a live run's own entries (its processes, e.g. the
+    # guest of a VM run, and its folders) are its business, not a topology to put back
+    owners = {e["owner"]["pid"] for e in state.topology_entries() if alive(e.get("owner"))}
     if owners:
-        log(f"a live rxe-power process (pid {', '.join(map(str, sorted(owners)))}) uses the "
-            "topology: putting the local side back, not removing it")
-        return restore_local_side(cfg, log=log)
+        return [f"a live rxe-power process (pid {', '.join(map(str, sorted(owners)))}) owns "
+                "the topology: left to it; end that process first, then run cleanup again"]
+    live = [e for e in state.processes() if alive(e.get("owner"))]
+    for e in live:
+        log(f"{e.get('role', 'process')} pid {e['pid']} belongs to the live rxe-power process "
+            f"pid {e['owner']['pid']}: left to it")
     return teardown(log=log)
