@@ -39,7 +39,7 @@ def add_check_parser(subparsers: Subcommands, mode_help: str) -> None:
 def add_topology_parsers(subparsers: Subcommands) -> None:
     subparsers.add_parser("cleanup", help="remove what a killed run left: its processes, "
                           "blocked deletes, and the topology (refused while a run is active; "
-                          "a topology a live process owns is left to it)",
+                          "repaired instead if a live test session owns it)",
                           ).set_defaults(func=cmd_cleanup)
     for name in TOPOLOGY_ACTIONS:
         subparsers.add_parser(name, help=f"topology {name} on this kernel").set_defaults(

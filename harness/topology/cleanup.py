@@ -2,7 +2,8 @@
 
     cleanup(cfg, log)   under the run lock (core.runlock): end the processes whose
                         owner is dead (core.proc.reap_stale), wait for blocked deletes,
-                        then remove the topology unless a live process owns it
+                        then remove the topology (a live owner's: only repair its
+                        local side)
 
 Nothing that is not in the state file is touched: a foreign process that holds one of
 our devices is named, not killed.
@@ -18,7 +19,7 @@ from harness.core.state import StateFile, alive
 from harness.system.holders import find_holders
 from harness.topology.config import TopologyConfig
 from harness.topology.devices import pending_deletes
-from harness.topology.lifecycle import require_root, teardown
+from harness.topology.lifecycle import require_root, restore_local_side, teardown
 
 PENDING_DELETE_TIMEOUT_S = 15.0
 POLL_S = 0.05  # polling interval of the bounded wait above
@@ -39,15 +40,16 @@ def wait_pending_deletes(devs: list[str], timeout_s: float = PENDING_DELETE_TIME
 
 def cleanup(cfg: TopologyConfig, log: Log = print) -> list[str]:
     """Everything a dead run left: its processes, blocked deletes, and the topology. Under
-    the run lock: refused (RunBusy) while a run is active; a topology that a live process
-    owns (one that does not take the lock, e.g. a test session) is left to it."""
+    the run lock: refused (RunBusy) while a run is active. A topology that a live process
+    owns without the lock (a test session) is not removed; only its local side is put
+    back whole."""
     require_root("cleanup needs root (it ends the processes a dead run left and removes the "
                  "topology it built)", "rxe-power cleanup")
     with run_lock("rxe-power cleanup"):
-        return _cleanup(log)
+        return _cleanup(cfg, log)
 
 
-def _cleanup(log: Log) -> list[str]:
+def _cleanup(cfg: TopologyConfig, log: Log) -> list[str]:
     problems = reap_stale(log)
     state = StateFile.load()
     devs = [e["name"] for e in state.created if e["kind"] == "rdma_link"]
@@ -56,11 +58,14 @@ def _cleanup(log: Log) -> list[str]:
         return problems
     state = StateFile.load()
     # only the topology's owners count: a live run's own entries (its processes, e.g. the
-    # guest of a VM run, and its folders) are its business, not a topology to put back
+    # guest of a VM run, and its folders) are its business, not a topology to put back.
+    # Such an owner holds no run lock (that was refused above): e.g. a test session that
+    # built the topology; a killed run may have left its local side down: put it back.
     owners = {e["owner"]["pid"] for e in state.topology_entries() if alive(e.get("owner"))}
     if owners:
-        return [f"a live rxe-power process (pid {', '.join(map(str, sorted(owners)))}) owns "
-                "the topology: left to it; end that process first, then run cleanup again"]
+        log(f"a live rxe-power process (pid {', '.join(map(str, sorted(owners)))}) owns the "
+            "topology: putting the local side back, not removing it")
+        return restore_local_side(cfg, log=log)
     live = [e for e in state.processes() if alive(e.get("owner"))]
     for e in live:
         log(f"{e.get('role', 'process')} pid {e['pid']} belongs to the live rxe-power process "
