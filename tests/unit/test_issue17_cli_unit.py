@@ -124,6 +124,18 @@ def test_results_outside_the_cwd_are_shared_with_the_guest(
     assert code == launch.RESULTS_MISSING_EXIT  # the guest said 0 and wrote nothing
 
 
+def test_a_results_folder_outside_the_cwd_is_shared(
+        guest: GuestRecorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RXE_POWER_RESULTS (the folder of logs and check's report) elsewhere."""
+    elsewhere = tmp_path / "var" / "results"
+    monkeypatch.setattr(launch, "RESULTS_DIR", elsewhere)
+    (tmp_path / "cwd").mkdir()
+    os.chdir(tmp_path / "cwd")
+    main.main(["check", "--mode", "vm"])
+    (req,) = guest.requests
+    assert elsewhere in req.rw_dirs and elsewhere.is_dir()
+
+
 def test_exit_0_without_the_promised_results_is_an_error(
         guest: GuestRecorder, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
