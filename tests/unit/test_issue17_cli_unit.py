@@ -24,6 +24,9 @@ LOCK_HOLDER_READY_TIMEOUT_S = 10.0  # the child that holds the lock has written 
 
 @pytest.fixture
 def state_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The state file (and the run lock next to it) in tmp_path; the caller counts as
+    root (nothing here touches the system: the topology steps are replaced or empty)."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     path = tmp_path / "topology.json"
     monkeypatch.setenv("RXE_POWER_STATE", str(path))
     monkeypatch.setattr(state, "STATE_PATH", path)
