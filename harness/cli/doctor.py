@@ -24,7 +24,7 @@ from harness.core import settings
 from harness.core.errors import BoundExceeded, OsCallError, RxePowerError
 from harness.core.proc import run_bounded
 from harness.core.settings import Mode, resolve
-from harness.core.state import STATE_PATH, StateFile
+from harness.core.state import RUN_KINDS, STATE_PATH, StateFile, alive
 from harness.system import command, inventory, rdma_netlink
 from harness.topology import devices
 from harness.topology.config import Topology, TopologyConfig
@@ -305,8 +305,17 @@ def check_state_file(path: Path | None = None, netdevs: Callable[[], set[str]] =
         return warn("state file", exc.problem, exc.fix)
     except OSError as exc:
         return warn("state file", _os_detail(f"cannot check {path}", exc), "rxe-power teardown")
-    names = [n for e in state.created if e.get("kind") in ("netdev", "rdma_link")
+    runs = [e for e in state.created if e.get("kind") in RUN_KINDS]
+    live = sorted({int(e["owner"]["pid"]) for e in runs if alive(e.get("owner"))})
+    dead = [e for e in runs if not alive(e.get("owner"))]
+    if dead:
+        return warn("state file", f"{path}: {len(dead)} process/folder entries of dead runs "
+                    "are left", "rxe-power cleanup")
+    names = [n for e in state.topology_entries() if e.get("kind") in ("netdev", "rdma_link")
              for n in (e.get("name"), e.get("peer")) if n]
+    if not state.topology_entries() and live:  # a live run (e.g. a VM run's guest): no topology
+        return ok("state file", f"{path}: the live rxe-power run (pid "
+                  f"{', '.join(map(str, live))}) records its own processes; no topology")
     gone = [n for n in names if n not in present]
     if names and not gone:
         return ok("state file", f"{path}: our {', '.join(names)} are present")

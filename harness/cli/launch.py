@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TypeAlias
 
 from harness.cli.removal import prepare_removal
 from harness.core import settings
-from harness.core.errors import RxePowerError
+from harness.core.errors import OsCallError, RxePowerError
 from harness.core.proc import python_child
 from harness.core.settings import Mode
 from harness.system.rxe_module import rxe_module_loaded
@@ -22,6 +23,7 @@ RESULTS_DIR = settings.results_dir()
 # the subparsers of `rxe-power` each command module adds its commands to
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 SHORT_COMMAND_VM_TIMEOUT_S = 600.0  # bound on a VM run of check or transition
+RESULTS_MISSING_EXIT = 1  # the guest said 0 but a promised result is not on the host
 
 
 def native_rxe_available() -> tuple[bool, str]:
@@ -54,13 +56,50 @@ def _forwarded_env() -> dict[str, str]:
     return env
 
 
-def run_in_guest(argv: list[str], timeout_s: float, log_name: str) -> int:
-    req = runner.VmRequest(command=argv, rw_dirs=[Path.cwd()], log_path=RESULTS_DIR / log_name,
-                       timeout_s=timeout_s, env=_forwarded_env())
+def guest_rw_dirs(outputs: list[Path], cwd: Path) -> list[Path]:
+    """The host folders the guest must write: the cwd, and each folder an output lives in
+    that is not under it (the guest's own /tmp, /home ... are throwaway). Each is created
+    here first (the guest cannot create a folder in the read-only host root)."""
+    dirs = [cwd]
+    for out in outputs:
+        folder = out.absolute()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OsCallError(f"cannot create the results folder {folder}", exc.errno or 0,
+                              "give a folder you may create (--out, --json, --junit, "
+                              f"{settings.RESULTS_ENV})") from None
+        if not any(folder.is_relative_to(d) for d in dirs):
+            dirs = [d for d in dirs if not d.is_relative_to(folder)] + [folder]
+    return dirs
+
+
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def run_in_guest(argv: list[str], timeout_s: float, log_name: str,
+                 promised: tuple[Path, ...] = ()) -> int:
+    """Run `argv` in the guest; results come back through the shared folders of `promised`
+    (files the command must leave) and RESULTS_DIR. Exit 0 without a promised file is
+    turned into an error: a run never passes without the results it promised."""
+    folders = [RESULTS_DIR, *(p.parent for p in promised)]
+    req = runner.VmRequest(command=argv, rw_dirs=guest_rw_dirs(folders, Path.cwd().absolute()),
+                           log_path=RESULTS_DIR / log_name, timeout_s=timeout_s,
+                           env=_forwarded_env())
+    before = {p: _mtime_ns(p) for p in promised}
     result = runner.run_in_vm(req)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{log_name}.json").write_text(json.dumps(result.to_json(), indent=1,
                                                              default=str))
+    missing = [str(p) for p in promised if _mtime_ns(p) in (None, before[p])]
+    if missing and result.exit_code == 0:
+        print(f"rxe-power: error: the guest command exited 0 but left no {', '.join(missing)} "
+              f"on the host\n  fix: see the console log {result.log_path}", file=sys.stderr)
+        return RESULTS_MISSING_EXIT
     return result.exit_code
 
 

@@ -9,7 +9,11 @@ recover), doctor; `vm` hands the rest of the line to harness.vm.command_line.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shlex
 import sys
+from collections.abc import Iterator
 
 from harness.cli import (
     bench_command,
@@ -19,11 +23,19 @@ from harness.cli import (
     results_commands,
     suite,
 )
+from harness.cli.launch import choose_mode
+from harness.core import settings
 from harness.core.errors import RxePowerError
-from harness.core.settings import SETTINGS, resolve
+from harness.core.runlock import run_lock
+from harness.core.settings import SETTINGS, Mode, resolve
 from harness.vm import command_line as vm_command_line
+from harness.vm.process import StopSignal
 
 HARNESS_ERROR_EXIT = 2
+# the commands that use the topology on this kernel: each holds the run lock throughout
+# (in the VM mode the guest's command holds the guest's lock; the host has no topology)
+TOPOLOGY_COMMANDS = frozenset({"run", "matrix", "stress", "bench", "check", "transition",
+                               "recover", "setup", "teardown", "cleanup"})
 
 DESCRIPTION = """\
 rxe-power: a test harness that puts RDMA clients under simulated power transitions
@@ -75,18 +87,35 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["vm"]:  # everything after `vm` belongs to the VM runner's own parser
-        return vm_command_line.main(argv[1:])
+        return vm_command_line.main(argv[1:], prog="rxe-power vm")
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
         if hasattr(args, "mode"):
-            args.mode = resolve("rxe-mode", args.mode).value
+            args.mode = resolve("rxe-mode", args.mode, option="--mode").value
+        settings.check_environment()  # every value, before any VM boots
         if getattr(args, "pytest_args", None) and args.pytest_args[0] == "--":
             args.pytest_args = args.pytest_args[1:]
-        return int(args.func(args))
+        with _topology_lock(args):
+            return int(args.func(args))
     except RxePowerError as exc:
         print(f"rxe-power: error: {exc}", file=sys.stderr)
         return HARNESS_ERROR_EXIT
+    except StopSignal as stop:  # the guest is gone by now (harness.vm.process.end_guest)
+        print(f"rxe-power: stopped by {stop}", file=sys.stderr)
+        return stop.exit_code
+
+
+@contextlib.contextmanager
+def _topology_lock(args: argparse.Namespace) -> Iterator[None]:
+    """The run lock around a command that uses the topology here. Not taken by a non-root
+    caller (such a command refuses it: it can touch nothing) nor in the VM mode."""
+    if args.command not in TOPOLOGY_COMMANDS or os.geteuid() != 0 \
+            or (hasattr(args, "mode") and choose_mode(args.mode)[0] is Mode.VM):
+        yield
+        return
+    with run_lock(shlex.join(["rxe-power", *args.argv])):
+        yield
 
 
 if __name__ == "__main__":

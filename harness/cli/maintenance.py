@@ -25,6 +25,7 @@ from harness.topology import lifecycle, pingpong
 from harness.topology.cleanup import cleanup
 from harness.topology.config import TopologyConfig
 
+CHECK_REPORT = "run.json"  # check's report, in the results folder
 TOPOLOGY_ACTIONS = {"setup": "up", "teardown": "down", "show": "show"}
 
 
@@ -39,8 +40,9 @@ def add_check_parser(subparsers: Subcommands, mode_help: str) -> None:
 
 def add_topology_parsers(subparsers: Subcommands) -> None:
     subparsers.add_parser("cleanup", help="remove what a killed run left: its processes, "
-                          "blocked deletes, and the topology (repaired instead if a live run "
-                          "uses it)").set_defaults(func=cmd_cleanup)
+                          "blocked deletes, and the topology (refused while a run is active; "
+                          "repaired instead if a live test session owns it)",
+                          ).set_defaults(func=cmd_cleanup)
     for name in TOPOLOGY_ACTIONS:
         subparsers.add_parser(name, help=f"topology {name} on this kernel").set_defaults(
             func=cmd_topology)
@@ -52,7 +54,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     prepare_removal(args, mode)
     if mode is Mode.VM:
         argv = python_child("harness.cli", "check", "--mode", "native")
-        return run_in_guest(argv, args.timeout_s, "vm-check-console.log")
+        return run_in_guest(argv, args.timeout_s, "vm-check-console.log",
+                            promised=(RESULTS_DIR / CHECK_REPORT,))
     return run_traffic_report(TopologyConfig.from_settings())
 
 
@@ -80,7 +83,7 @@ def run_traffic_report(cfg: TopologyConfig) -> int:
     report = {"topology": topo.to_json(), "pingpong_usec_per_iter": ping.usec_per_iter,
               "operations": [st.to_json() for st in stats], "ok": ok,
               "seconds": time.monotonic() - t0}
-    out = RESULTS_DIR / "run.json"
+    out = RESULTS_DIR / CHECK_REPORT
     out.write_text(json.dumps(report, indent=1))
     print(f"\n{'PASS' if ok else 'FAIL'}: traffic rxe0 <-> rxe1 across the wire; report in {out}")
     return 0 if ok else 1
@@ -97,4 +100,4 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
-    return topology_command_line.main([TOPOLOGY_ACTIONS[args.command]])
+    return topology_command_line.main([TOPOLOGY_ACTIONS[args.command]], prog="rxe-power")

@@ -62,7 +62,8 @@ def cmd_transition(args: argparse.Namespace) -> int:
                 "--on-veto", str(req.on_veto), "--veto-wait-s", str(req.veto_wait_s),
                 "--quiesce-timeout-s", str(req.quiesce_timeout_s), "--pm-level", req.pm_level,
                 *(["--json", args.json] if args.json else []), "--mode", "native"]
-        return run_in_guest(argv, args.timeout_s, "vm-transition-console.log")
+        return run_in_guest(argv, args.timeout_s, "vm-transition-console.log",
+                            promised=(result_path(args.json, req.name),))
     cfg = TopologyConfig.from_settings()
     topo, built = lifecycle.setup(cfg, log=lambda m: None)
     if built:
@@ -75,13 +76,20 @@ def cmd_transition(args: argparse.Namespace) -> int:
         if built:
             lifecycle.teardown(log=lambda m: None)
     print("\n".join(render(result)))
-    out = Path(args.json) if args.json else RESULTS_DIR / f"transition-{req.name}.json"
+    out = result_path(args.json, req.name)
     result.write(out)
     print(f"result: {out}")
     return VERDICT_EXIT[result.verdict]
 
 
+def result_path(json_arg: str | None, name: str) -> Path:
+    """Where a transition's result goes: --json, else results/transition-NAME.json."""
+    return Path(json_arg) if json_arg else RESULTS_DIR / f"transition-{name}.json"
+
+
 def cmd_recover(args: argparse.Namespace) -> int:
+    lifecycle.require_root("recover needs root (it re-adds the local rdma link and brings its "
+                           "netdev up)", "rxe-power recover")
     cfg = TopologyConfig.from_settings()
     problems = lifecycle.restore_local_side(cfg)
     for p in problems:

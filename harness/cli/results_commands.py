@@ -25,6 +25,7 @@ from harness.cli.removal import add_removal_option
 from harness.core import settings
 from harness.core.settings import Mode
 from harness.run.matrix import DEFAULT_TRANSITIONS, MatrixSpec, run_matrix
+from harness.run.session import RESULTS_FILE
 from harness.run.stress import StressSpec, make_progress, run_stress
 from harness.topology.config import TopologyConfig
 from power.plan import parse_on_veto, parse_ordering
@@ -68,7 +69,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     spec = matrix_spec(args)  # bad values fail here, before any VM boots
     out_dir, mode = start_results_command(args, "matrix", f"{len(spec.scenarios())} scenarios")
     if mode is Mode.VM:
-        code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-matrix-console.log")
+        junit_file = (Path(args.junit).absolute(),) if args.junit else ()
+        code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-matrix-console.log",
+                            promised=(out_dir / RESULTS_FILE, *junit_file))
     else:
         junit = Path(args.junit).absolute() if args.junit else None
         code = run_matrix(spec, TopologyConfig.from_settings(), out_dir, junit)
@@ -92,7 +95,8 @@ def cmd_stress(args: argparse.Namespace) -> int:
     out_dir, mode = start_results_command(args, "stress",
                                           f"{spec.cycles} cycles of {spec.transition}")
     if mode is Mode.VM:
-        return run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-stress-console.log")
+        return run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-stress-console.log",
+                            promised=(out_dir / RESULTS_FILE,))
     progress = make_progress(spec.cycles)
     try:
         return run_stress(spec, TopologyConfig.from_settings(), out_dir, progress)

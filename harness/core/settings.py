@@ -147,12 +147,15 @@ def resolve(
     cli: str | None = None,
     ini: str | None = None,
     environ: Mapping[str, str] | None = None,
+    option: str | None = None,
 ) -> Resolved:
-    """Resolve one setting: CLI > environment > ini > default, naming the source on error."""
+    """Resolve one setting: CLI > environment > ini > default, naming the source on error.
+    `option`: the command-line option the value came from, as the caller spells it
+    (default --NAME, the pytest option)."""
     setting = SETTINGS[name]
     env = os.environ if environ is None else environ
     candidates = [
-        (cli, f"command-line option --{name}"),
+        (cli, f"command-line option {option or '--' + name}"),
         (env.get(setting.env), f"environment variable {setting.env}"),
         (ini, f"ini option {setting.ini}"),
         (setting.default, "built-in default"),
@@ -290,3 +293,16 @@ def own_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every RXE_POWER_* variable set here (what the runner forwards into the guest)."""
     env = os.environ if environ is None else environ
     return {k: v for k, v in env.items() if k.startswith(OWN_PREFIX)}
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Parse every environment variable of ours that has a parser, raising SettingError
+    naming the first bad one: called before any VM boots, so a bad value costs no boot
+    (the guest would only refuse it minutes later)."""
+    for setting in SETTINGS.values():
+        resolve(setting.name, environ=environ)
+    results_dir(environ)
+    state_path(environ)
+    clients_dir(environ)
+    runtime_dir(environ)
+    bench_host(environ)

@@ -1,8 +1,9 @@
 """`rxe-power cleanup`: remove what a killed run left behind, from the state file only.
 
-    cleanup(cfg, log)   end the processes whose owner is dead (core.proc.reap_stale),
-                        wait for blocked deletes, then remove the topology, or repair
-                        its local side if a live run owns it
+    cleanup(cfg, log)   under the run lock (core.runlock): end the processes whose
+                        owner is dead (core.proc.reap_stale), wait for blocked deletes,
+                        then remove the topology (a live owner's: only repair its
+                        local side)
 
 Nothing that is not in the state file is touched: a foreign process that holds one of
 our devices is named, not killed.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from harness.core.errors import RxePowerError
 from harness.core.proc import Log, reap_stale
+from harness.core.runlock import run_lock
 from harness.core.state import StateFile, alive
 from harness.system import kernelobjs
 from harness.system.holders import find_holders
@@ -58,9 +60,17 @@ def remove_kernel_objects(log: Log = print,
 
 
 def cleanup(cfg: TopologyConfig, log: Log = print) -> list[str]:
-    """Everything a dead run left: its processes, blocked deletes, and the topology (if no
-    live process owns it; else only the local side is put back whole)."""
-    require_root()
+    """Everything a dead run left: its processes, blocked deletes, and the topology. Under
+    the run lock: refused (RunBusy) while a run is active. A topology that a live process
+    owns without the lock (a test session) is not removed; only its local side is put
+    back whole."""
+    require_root("cleanup needs root (it ends the processes a dead run left and removes the "
+                 "topology it built)", "rxe-power cleanup")
+    with run_lock("rxe-power cleanup"):
+        return _cleanup(cfg, log)
+
+
+def _cleanup(cfg: TopologyConfig, log: Log) -> list[str]:
     problems = reap_stale(log)
     state = StateFile.load()
     devs = [e["name"] for e in state.created if e["kind"] == "rdma_link"]
@@ -68,9 +78,18 @@ def cleanup(cfg: TopologyConfig, log: Log = print) -> list[str]:
     problems += remove_kernel_objects(log)
     if problems:
         return problems
-    owners = {e["owner"]["pid"] for e in StateFile.load().created if alive(e.get("owner"))}
+    state = StateFile.load()
+    # only the topology's owners count: a live run's own entries (its processes, e.g. the
+    # guest of a VM run, and its folders) are its business, not a topology to put back.
+    # Such an owner holds no run lock (that was refused above): e.g. a test session that
+    # built the topology; a killed run may have left its local side down: put it back.
+    owners = {e["owner"]["pid"] for e in state.topology_entries() if alive(e.get("owner"))}
     if owners:
-        log(f"a live rxe-power process (pid {', '.join(map(str, sorted(owners)))}) uses the "
+        log(f"a live rxe-power process (pid {', '.join(map(str, sorted(owners)))}) owns the "
             "topology: putting the local side back, not removing it")
         return restore_local_side(cfg, log=log)
+    live = [e for e in state.processes() if alive(e.get("owner"))]
+    for e in live:
+        log(f"{e.get('role', 'process')} pid {e['pid']} belongs to the live rxe-power process "
+            f"pid {e['owner']['pid']}: left to it")
     return teardown(log=log)

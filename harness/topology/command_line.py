@@ -6,19 +6,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from harness.core.errors import RxePowerError
 from harness.topology.config import TopologyConfig
 from harness.topology.devices import discover
-from harness.topology.lifecycle import setup, teardown
+from harness.topology.lifecycle import BUILD, REMOVE, require_root, setup, teardown
 from harness.topology.pingpong import pingpong_check
 
 TOPOLOGY_HELP = "Build, show, verify or remove the two-HCA rxe topology (rxe0 <-> rxe1)."
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="rxe-setup", description=TOPOLOGY_HELP)
+ACTION_COMMANDS = {"up": "setup", "down": "teardown", "show": "show", "verify": "verify"}
+NEEDS_ROOT = {"up": BUILD, "down": REMOVE,
+              "verify": "verify needs root (it runs traffic between the two HCAs)"}
+
+
+def main(argv: list[str] | None = None, prog: str = "rxe-setup") -> int:
+    """`prog`: how errors name the tool (rxe-power passes `rxe-power`)."""
+    ap = argparse.ArgumentParser(prog=prog, description=TOPOLOGY_HELP)
     ap.add_argument("action", choices=["up", "down", "show", "verify"])
     ap.add_argument("--json", action="store_true", help="print the topology as JSON")
     for name in ("rxe-local-dev", "rxe-peer-dev", "rxe-local-netdev", "rxe-peer-netdev",
@@ -26,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--{name.removeprefix('rxe-')}", dest=name)
     args = ap.parse_args(argv)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    command = f"{prog} {ACTION_COMMANDS[args.action] if prog == 'rxe-power' else args.action}"
     try:
+        if args.action in NEEDS_ROOT:
+            require_root(NEEDS_ROOT[args.action], command)
         cfg = TopologyConfig.from_settings(vars(args))
         if args.action == "down":
             problems = teardown(log=log)
@@ -48,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{ep.dev}: {ep.netdev} {ep.addr} gid[{ep.gid_index}] {ep.gid} {ep.state}")
         return 0
     except RxePowerError as exc:
-        print(f"rxe-setup: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        if os.geteuid() != 0 and args.action == "show":
+            print(f"  as root it may see more: sudo {command} (the topology is root's: "
+                  "rxe-power setup as root builds it)", file=sys.stderr)
         return 2
 

@@ -44,11 +44,16 @@ from harness.topology.netdevs import (
     sysctl_path,
 )
 
+BUILD = "building the rxe topology needs root (it adds veths, rules and rdma links)"
+REMOVE = "removing the rxe topology needs root (it deletes the veths, rules and rdma links " \
+    "rxe-power made)"
 
-def require_root() -> None:
+
+def require_root(need: str = BUILD, command: str = "") -> None:
+    """Refuse a non-root caller, saying what needs root (`need`) and how to run it."""
     if os.geteuid() != 0:
-        raise NoRxe("building the rxe topology needs root (it adds veths, rules and rdma links)",
-                    "run as root, e.g. sudo")
+        raise NoRxe(need, f"run it as root: sudo {command}" if command else
+                    "run it as root (e.g. with sudo)")
 
 
 def _check_conflicts(cfg: TopologyConfig, state: StateFile) -> None:
@@ -215,7 +220,7 @@ def restore_local_side(cfg: TopologyConfig, log: Log = print,
 
 def teardown(log: Log = print, state_path: Path | None = None) -> list[str]:
     """Remove exactly what the state file records, newest first. Returns problems left."""
-    require_root()
+    require_root(REMOVE)
     state = StateFile.load(state_path or STATE_PATH)
     if not state.topology_entries():
         log("nothing of ours to remove")

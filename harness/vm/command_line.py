@@ -14,7 +14,7 @@ from pathlib import Path
 from harness.core.errors import BoundExceeded, RxePowerError
 from harness.core.settings import parse_positive_float
 from harness.vm.messages import say
-from harness.vm.process import HARNESS_ERROR_EXIT_CODE
+from harness.vm.process import HARNESS_ERROR_EXIT_CODE, StopSignal
 from harness.vm.runner import VM_RUN_TIMEOUT_S, VmRequest, run_in_vm
 
 
@@ -25,9 +25,12 @@ def _positive_float(raw: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _parser() -> argparse.ArgumentParser:
+MODULE_PROG = "python -m harness.vm"  # how this parser names itself (rxe-power vm: its own)
+
+
+def _parser(prog: str = MODULE_PROG) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m harness.vm",
+        prog=prog,
         description="Run CMD as root in a QEMU guest that boots a kernel with rdma_rxe "
         "(virtme-ng). Exits with CMD's exit code; 124 on timeout; 125 if the VM could "
         "not be started.",
@@ -42,15 +45,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def request_from_argv(argv: list[str], cwd: Path | None = None) -> VmRequest:
+def request_from_argv(argv: list[str], cwd: Path | None = None,
+                      prog: str = MODULE_PROG) -> VmRequest:
     """Parse the command line into a VmRequest (argparse exits 2 on a usage error)."""
-    parser = _parser()
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     command = list(args.command)
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
-        parser.error("no command given: python -m harness.vm [options] -- CMD...")
+        parser.error(f"no command given: {prog} [options] -- CMD...")
     here = cwd if cwd is not None else Path.cwd()
     return VmRequest(
         command=command,
@@ -61,13 +65,16 @@ def request_from_argv(argv: list[str], cwd: Path | None = None) -> VmRequest:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    req = request_from_argv(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None, prog: str = MODULE_PROG) -> int:
+    req = request_from_argv(sys.argv[1:] if argv is None else argv, prog=prog)
     try:
         result = run_in_vm(req)
     except RxePowerError as exc:
         say(str(exc))
         return HARNESS_ERROR_EXIT_CODE
+    except StopSignal as stop:  # the guest is gone by now (process.end_guest said so)
+        say(f"stopped by {stop}")
+        return stop.exit_code
     if result.timed_out:
         say(str(BoundExceeded("the guest command in the VM", "--timeout-s", req.timeout_s,
                                f"the guest command {shlex.join(req.command)}; console log "

@@ -14,17 +14,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from harness.core.proc import STOP_GRACE_S, stop_child
+from harness.core.proc import GONE_TIMEOUT_S, STOP_GRACE_S, stop_child
 from harness.core.state import track, untrack
 from harness.vm.messages import say
 
 GROUP_GONE_BOUND_S = 2.0  # how long to wait for SIGKILLed group members to vanish
 READER_DRAIN_BOUND_S = 5.0  # how long to wait for the output pipe to close after exit
+
+# a stop signal to the runner -> guest gone: SIGTERM to qemu, its grace, SIGKILL to the
+# group, the wait for it to vanish, the wait for stragglers
+GUEST_STOP_TIMEOUT_S = STOP_GRACE_S + GONE_TIMEOUT_S + GROUP_GONE_BOUND_S
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 TIMEOUT_EXIT_CODE = 124  # as coreutils timeout(1)
 HARNESS_ERROR_EXIT_CODE = 125  # the runner itself failed (as timeout(1) does)
@@ -81,6 +86,79 @@ def kill_stragglers(pgid: int) -> None:
         say(f"processes {left} of group {pgid} survived SIGKILL for {GROUP_GONE_BOUND_S:g} s")
 
 
+class StopSignal(BaseException):
+    """A stop signal (SIGTERM, SIGHUP, SIGINT) arrived while a guest ran. Raised after
+    the guest was ended; the command exits 128 + signum, as if the signal had killed it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopSignals:
+    """SIGTERM/SIGHUP/SIGINT, caught while a guest runs (their default would end this
+    process at once and orphan the guest). Until `arm()` a signal is held back (the
+    guest is still being started: there is nothing to end yet); armed, it raises
+    StopSignal in the main thread. Outside the main thread: nothing is caught."""
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.armed = False
+
+    def handler(self, signum: int, _frame: object) -> None:
+        if self.armed:
+            raise StopSignal(signum)
+        self.pending = self.pending or signum
+
+    def arm(self) -> None:
+        self.armed = True
+        if self.pending is not None:
+            raise StopSignal(self.pending)
+
+
+@contextlib.contextmanager
+def stop_signals_caught() -> Iterator[StopSignals]:
+    stops = StopSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield stops
+        return
+    old = {sig: signal.signal(sig, stops.handler) for sig in STOP_SIGNALS}
+    try:
+        yield stops
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def end_guest(proc: subprocess.Popen[bytes], why: str, kill_grace_s: float) -> None:
+    """End a guest (its process group) now, within GUEST_STOP_TIMEOUT_S, and say so.
+    Further stop signals meanwhile are ignored: a second Ctrl-C must not cut this short."""
+    ignoring = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS} if ignoring else {}
+    t0 = time.monotonic()
+    try:
+        members = _group_members(proc.pid)
+        stop_child(proc, 0.0, grace_s=kill_grace_s, group=True,
+                   terminate=lambda ref: _terminate_leaves(ref.pid))
+        kill_stragglers(proc.pid)
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+    left = _group_members(proc.pid)
+    took = time.monotonic() - t0
+    if left:
+        say(f"{why}: the guest's processes {left} (group {proc.pid}) are still there after "
+            f"{took:.1f} s (bound GUEST_STOP_TIMEOUT_S={GUEST_STOP_TIMEOUT_S:g} s); "
+            "rxe-power cleanup ends them")
+    else:
+        say(f"{why}: ended the guest (processes {members}, group {proc.pid}) in {took:.1f} s "
+            f"(bound GUEST_STOP_TIMEOUT_S={GUEST_STOP_TIMEOUT_S:g} s)")
+
+
 @dataclass
 class RunOutcome:
     exit_code: int
@@ -111,51 +189,57 @@ def run_logged(
     with log_path.open("w", encoding="utf-8", errors="replace", buffering=1) as log:
         for line in header:
             log.write(f"# {line}\n")
-        start = time.monotonic()
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-            cwd=cwd,
-        )
-        track(proc, f"vm ({Path(argv[0]).name})", group=True)  # cleanup ends its group
-        timed_out = threading.Event()
+        with stop_signals_caught() as stops:
+            start = time.monotonic()
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+                cwd=cwd,
+            )
+            track(proc, f"vm ({Path(argv[0]).name})", group=True)  # cleanup ends its group
+            timed_out = threading.Event()
 
-        def wait() -> None:
+            def wait() -> None:
+                try:
+                    proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    timed_out.set()
+                    stop_child(proc, 0.0, grace_s=kill_grace_s, group=True,
+                               terminate=lambda ref: _terminate_leaves(ref.pid))
+                kill_stragglers(proc.pid)
+
+            def pump() -> None:
+                assert proc.stdout is not None
+                echoing = True
+                for raw in iter(proc.stdout.readline, b""):
+                    line = raw.decode("utf-8", "replace").replace("\r\n", "\n")
+                    with contextlib.suppress(ValueError):  # log closed after the drain bound
+                        log.write(line)
+                    if echoing:
+                        try:
+                            out.write(line)
+                            out.flush()
+                        except (OSError, ValueError):  # our stdout went away; keep logging
+                            echoing = False
+
+            waiter = threading.Thread(target=wait, name="vm-waiter", daemon=True)
+            reader = threading.Thread(target=pump, name="vm-reader", daemon=True)
+            reader.start()
+            waiter.start()
             try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out.set()
-                stop_child(proc, 0.0, grace_s=kill_grace_s, group=True,
-                           terminate=lambda ref: _terminate_leaves(ref.pid))
-            kill_stragglers(proc.pid)
-
-        def pump() -> None:
-            assert proc.stdout is not None
-            echoing = True
-            for raw in iter(proc.stdout.readline, b""):
-                line = raw.decode("utf-8", "replace").replace("\r\n", "\n")
-                with contextlib.suppress(ValueError):  # log closed after the drain bound
-                    log.write(line)
-                if echoing:
-                    try:
-                        out.write(line)
-                        out.flush()
-                    except (OSError, ValueError):  # our stdout went away; keep logging
-                        echoing = False
-
-        waiter = threading.Thread(target=wait, name="vm-waiter", daemon=True)
-        reader = threading.Thread(target=pump, name="vm-reader", daemon=True)
-        reader.start()
-        waiter.start()
-        try:
-            waiter.join()
-        except BaseException:  # Ctrl-C: do not leave a VM behind
-            signal_group(proc.pid, signal.SIGKILL)
-            raise
+                stops.arm()
+                waiter.join()
+            except StopSignal as stop:  # SIGTERM, SIGHUP, Ctrl-C: do not leave a guest behind
+                end_guest(proc, f"{signal.Signals(stop.signum).name}", kill_grace_s)
+                log.write(f"# stopped by {signal.Signals(stop.signum).name}: guest ended\n")
+                raise
+            except BaseException:  # anything else: do not leave a guest behind either
+                end_guest(proc, "interrupted", kill_grace_s)
+                raise
         duration = time.monotonic() - start
         untrack(proc.pid)
         reader.join(READER_DRAIN_BOUND_S)

@@ -233,7 +233,7 @@ def test_cli_vm_passes_its_options_through(monkeypatch: pytest.MonkeyPatch) -> N
     from harness.vm import command_line as vm_command_line
 
     seen: list[list[str]] = []
-    monkeypatch.setattr(vm_command_line, "main", lambda argv: seen.append(argv) or 7)
+    monkeypatch.setattr(vm_command_line, "main", lambda argv, prog="": seen.append(argv) or 7)
     assert cli_main.main(["vm", "--timeout-s", "5", "--", "true"]) == 7
     assert seen == [["--timeout-s", "5", "--", "true"]]
 
