@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import RxePowerError, SettingError
+from harness.core.files import atomic_write
 from power.kmsg import KmsgScan
 from power.plan import OnVeto, Ordering, StepKind, get_transition
 from power.pmtest import DEFAULT_PM_LEVEL, PM_LEVELS
@@ -155,13 +155,7 @@ class TransitionResult:
 
     def write(self, path: Path) -> None:
         """Atomically, fsynced: a crash never leaves half a result."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(self.to_json(), fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(self.to_json(), indent=1))
 
     @classmethod
     def read(cls, path: Path) -> TransitionResult:

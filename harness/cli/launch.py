@@ -13,6 +13,7 @@ from typing import TypeAlias
 
 from harness.core import settings
 from harness.core.errors import RxePowerError
+from harness.core.files import atomic_write
 from harness.core.settings import Mode
 from harness.system.rxe_module import rxe_module_loaded
 from harness.vm import runner
@@ -58,8 +59,8 @@ def run_in_guest(argv: list[str], timeout_s: float, log_name: str) -> int:
                        timeout_s=timeout_s, env=_forwarded_env())
     result = runner.run_in_vm(req)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{log_name}.json").write_text(json.dumps(result.to_json(), indent=1,
-                                                             default=str))
+    atomic_write(RESULTS_DIR / f"{log_name}.json", json.dumps(result.to_json(), indent=1,
+                                                              default=str))
     return result.exit_code
 
 

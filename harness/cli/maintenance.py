@@ -16,6 +16,7 @@ from harness.cli.launch import (
     choose_mode,
     run_in_guest,
 )
+from harness.core.files import atomic_write
 from harness.core.settings import Mode
 from harness.peer import traffic
 from harness.peer.controller import PeerAgent
@@ -78,7 +79,7 @@ def run_traffic_report(cfg: TopologyConfig) -> int:
               "operations": [st.to_json() for st in stats], "ok": ok,
               "seconds": time.monotonic() - t0}
     out = RESULTS_DIR / "run.json"
-    out.write_text(json.dumps(report, indent=1))
+    atomic_write(out, json.dumps(report, indent=1))
     print(f"\n{'PASS' if ok else 'FAIL'}: traffic rxe0 <-> rxe1 across the wire; report in {out}")
     return 0 if ok else 1
 

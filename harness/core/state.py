@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import TopologyError
+from harness.core.files import atomic_write
 from harness.core.settings import state_path
 
 STATE_PATH = state_path()  # RXE_POWER_STATE
@@ -105,13 +106,8 @@ class StateFile:
             self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
         body = {"schema": STATE_SCHEMA, "config": self.config, "created": self.created}
-        with open(tmp, "w") as fh:
-            json.dump(body, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(body, indent=1), mode=0o600)
 
     def save(self) -> None:
         """Write this object's view as it is."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.core.errors import RxePowerError
+from harness.core.files import atomic_write
 from harness.report.drawing import MATPLOTLIB_FIX, load_matplotlib
 from harness.report.html_summary import write_html
 from harness.report.pictures import picture_dir, write_pictures
@@ -53,7 +54,7 @@ def write_report(path: Path, out_dir: Path, log: Log = print, pictures: bool = T
         log("\n".join(["", header_line(s), *lines]))
         s.out_dir.mkdir(parents=True, exist_ok=True)
         table = s.out_dir / "table.txt"
-        table.write_text("\n".join(lines) + "\n")
+        atomic_write(table, "\n".join(lines) + "\n")
         written.append(table)
     npics = 0
     if pictures:

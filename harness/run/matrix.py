@@ -31,6 +31,7 @@ from typing import Any
 
 from clients import policy_class
 from harness.core.errors import RxePowerError, SettingError
+from harness.core.files import atomic_write
 from harness.run.records import ScenarioKey
 from harness.run.resultsfile import RecordKind
 from harness.run.scenario import run_scenario
@@ -240,6 +241,11 @@ LEGEND = ("ok completed-ok, replay replayed-ok, rej rejected at post, err error 
           "(SEND and WRITE only); recov = resume to first good completion")
 
 
+def write_table(out_dir: Path, table: list[str]) -> Path:
+    """out_dir/table.txt: the rendered table and its legend (never through a symlink)."""
+    return atomic_write(out_dir / "table.txt", "\n".join([*table, "", LEGEND]) + "\n")
+
+
 def render_table(rows: list[Row]) -> list[str]:
     head = (f"{'transition':<17}{'ordering':<14}{'policy':<13}{'mix':<8}{'verdict':<10}"
             + "".join(f"{h:>7}" for h, _ in COLUMNS) + "  peer "
@@ -329,11 +335,10 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
                                            "by_status": {s.value: sum(r.status is s for r in rows)
                                                          for s in RowStatus}})
     table = render_table(rows)
-    (out_dir / "table.txt").write_text("\n".join([*table, "", LEGEND]) + "\n")
+    write_table(out_dir, table)
     log("\n".join(["", *table, LEGEND]))
     if junit is not None:
-        junit.parent.mkdir(parents=True, exist_ok=True)
-        junit.write_bytes(junit_xml(rows, seconds))
+        atomic_write(junit, junit_xml(rows, seconds))
         log(f"JUnit XML: {junit}")
     if interrupted:
         return 130

@@ -29,6 +29,7 @@ from typing import Any
 
 from harness.core import settings
 from harness.core.errors import RxePowerError
+from harness.core.files import open_new
 from harness.run.records import CycleRecord, ScenarioRecord
 
 RESULTS_SCHEMA = 2
@@ -47,8 +48,7 @@ class ResultsWriter:
 
     def __init__(self, path: Path, command: str, spec: dict[str, Any]) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._fh = open_new(path)
         self.write(RecordKind.HEADER, {
             "command": command, "spec": spec,
             "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
