@@ -8,6 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from harness.core.bounds import MAX_HOLD_MS, MAX_WAIT_S, check_number
 from harness.core.errors import RxePowerError, SettingError
 from harness.core.files import atomic_write
 from power.kmsg import KmsgScan
@@ -36,13 +37,10 @@ class TransitionRequest:
         ordering = self.ordering or next(iter(tr.steps))
         tr.plan(ordering)
         hold = tr.default_hold_ms if self.hold_ms is None else self.hold_ms
-        if hold < 0:
-            raise SettingError(f"--hold-ms {hold} is negative", "give a hold of 0 ms or more")
+        check_number("--hold-ms", hold, 0, MAX_HOLD_MS, "ms", "MAX_HOLD_MS")
         for name, val in (("--veto-wait-s", self.veto_wait_s),
                           ("--quiesce-timeout-s", self.quiesce_timeout_s)):
-            if not val > 0:
-                raise SettingError(f"{name} {val} must be greater than 0",
-                                   f"give {name} a positive number of seconds")
+            check_number(name, val, 0, MAX_WAIT_S, "s", "MAX_WAIT_S", lo_open=True)
         if self.pm_level not in PM_LEVELS:
             raise SettingError(f"unknown --pm-level {self.pm_level!r}",
                                f"use one of: {', '.join(PM_LEVELS)}")

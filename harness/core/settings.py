@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from harness.core.bounds import MAX_TIMEOUT_S
 from harness.core.errors import SettingError
 
 T = TypeVar("T")
@@ -66,12 +68,17 @@ def parse_ipv4(raw: str) -> str:
 
 
 def parse_positive_float(raw: str) -> float:
+    """A timeout in seconds: finite, above 0, at most MAX_TIMEOUT_S."""
     try:
         val = float(raw)
     except ValueError:
         raise ValueError(f"{raw!r} is not a number") from None
+    if not math.isfinite(val):
+        raise ValueError(f"{raw!r} is not a finite number")
     if not val > 0:
         raise ValueError(f"{raw!r} must be greater than 0")
+    if val > MAX_TIMEOUT_S:
+        raise ValueError(f"{raw!r} is over MAX_TIMEOUT_S={MAX_TIMEOUT_S:g} s")
     return val
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from clients import policy_class
+from harness.core.bounds import MAX_HOLD_MS, check_number
 from harness.core.errors import RxePowerError, SettingError
 from harness.core.files import atomic_write
 from harness.run.records import ScenarioKey
@@ -105,8 +106,7 @@ class MatrixSpec:
         if not (self.transitions and self.policies and self.mixes):
             raise SettingError("the matrix is empty (no transition, policy or mix)",
                                "select at least one of each")
-        if self.hold_ms < 0:
-            raise SettingError(f"--hold-ms {self.hold_ms} is negative", "give 0 or more")
+        check_number("--hold-ms", self.hold_ms, 0, MAX_HOLD_MS, "ms", "MAX_HOLD_MS")
         if not self.scenarios():
             raise SettingError(f"no selected transition offers ordering(s) "
                                f"{[o.value for o in self.orderings]}",
