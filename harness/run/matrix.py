@@ -33,6 +33,7 @@ from clients import policy_class
 from harness.core.bounds import MAX_HOLD_MS, check_number
 from harness.core.errors import RxePowerError, SettingError
 from harness.core.files import atomic_write
+from harness.core.xmltext import xml_safe
 from harness.run.records import ScenarioKey
 from harness.run.resultsfile import RecordKind
 from harness.run.scenario import run_scenario
@@ -268,18 +269,20 @@ def render_table(rows: list[Row]) -> list[str]:
 
 
 def junit_xml(rows: list[Row], seconds: dict[str, float]) -> bytes:
-    """One testcase per row: bad -> <failure>, broken -> <error>."""
+    """One testcase per row: bad -> <failure>, broken -> <error>. Every text goes through
+    xml_safe: findings carry holder command lines and veto text (any bytes)."""
+    x = xml_safe
     suite = ET.Element("testsuite", name="rxe-power matrix", tests=str(len(rows)),
                        failures=str(sum(r.status is RowStatus.BAD for r in rows)),
                        errors=str(sum(r.status is RowStatus.BROKEN for r in rows)))
     for r in rows:
         case = ET.SubElement(suite, "testcase",
-                             classname=f"rxe_power.{r.transition}.{r.ordering}",
-                             name=f"{r.policy}[{r.mix}]",
+                             classname=x(f"rxe_power.{r.transition}.{r.ordering}"),
+                             name=x(f"{r.policy}[{r.mix}]"),
                              time=f"{seconds.get(r.scenario, 0.0):.3f}")
         if r.status is not RowStatus.CLEAN:
             tag = "failure" if r.status is RowStatus.BAD else "error"
-            ET.SubElement(case, tag, message="; ".join(r.findings)).text = (
+            ET.SubElement(case, tag, message=x("; ".join(map(str, r.findings)))).text = x(
                 f"{r.scenario}: verdict {r.verdict}; outcomes {r.counts}; peer {r.peer}")
     return bytes(ET.tostring(suite, encoding="utf-8", xml_declaration=True))
 

@@ -75,3 +75,4 @@ def test_vm_request_refuses_an_infinite_timeout(tmp_path: Path) -> None:
     with pytest.raises(SettingError, match="--timeout-s"):
         run_in_vm(VmRequest(command=["true"], rw_dirs=[], log_path=tmp_path / "c.log",
                             timeout_s=math.inf))
+
