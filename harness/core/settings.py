@@ -46,13 +46,13 @@ def parse_mode(raw: str) -> Mode:
 
 
 def parse_ifname(raw: str) -> str:
-    if not _IFNAME.match(raw):
+    if not _IFNAME.fullmatch(raw) or raw in (".", ".."):  # the kernel refuses . and .. too
         raise ValueError(f"{raw!r} is not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)")
     return raw
 
 
 def parse_devname(raw: str) -> str:
-    if not _DEVNAME.match(raw):
+    if not _DEVNAME.fullmatch(raw):
         raise ValueError(f"{raw!r} is not a valid RDMA device name")
     return raw
 
