@@ -42,13 +42,14 @@ def cleanup(cfg: TopologyConfig, log: Log = print) -> list[str]:
     require_root()
     problems = reap_stale(log)
     state = StateFile.load()
+    malformed = state.problems  # reported (cleanup fails), skipped: the rest goes on
     devs = [e["name"] for e in state.created if e["kind"] == "rdma_link"]
-    problems += wait_pending_deletes(devs)
+    problems = [p for p in problems if p not in malformed] + wait_pending_deletes(devs)
     if problems:
-        return problems
+        return malformed + problems
     owners = {e["owner"]["pid"] for e in StateFile.load().created if alive(e.get("owner"))}
     if owners:
         log(f"a live rxe-power process (pid {', '.join(map(str, sorted(owners)))}) uses the "
             "topology: putting the local side back, not removing it")
-        return restore_local_side(cfg, log=log)
-    return teardown(log=log)
+        return malformed + restore_local_side(cfg, log=log)
+    return malformed + teardown(log=log)

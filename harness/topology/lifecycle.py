@@ -219,7 +219,7 @@ def teardown(log: Log = print, state_path: Path | None = None) -> list[str]:
     state = StateFile.load(state_path or STATE_PATH)
     if not state.topology_entries():
         log("nothing of ours to remove")
-        if not state.created:
+        if not state.created and not state.rejected:
             with contextlib.suppress(FileNotFoundError):
                 state.path.unlink()
         return []
@@ -238,7 +238,8 @@ def teardown(log: Log = print, state_path: Path | None = None) -> list[str]:
                     "run teardown again")
                 break
     if not problems:
-        if not StateFile.load(state.path).created:
+        left = StateFile.load(state.path)
+        if not left.created and not left.rejected:
             state.path.unlink(missing_ok=True)
         log("teardown complete: nothing of our topology remains")
     return problems
