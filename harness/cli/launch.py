@@ -13,7 +13,7 @@ from typing import TypeAlias
 
 from harness.core import settings
 from harness.core.errors import RxePowerError
-from harness.core.files import atomic_write
+from harness.core.files import atomic_write, make_dir
 from harness.core.settings import Mode
 from harness.system.rxe_module import rxe_module_loaded
 from harness.vm import runner
@@ -92,8 +92,8 @@ def start_results_command(args: argparse.Namespace, stem: str, what: str) -> tup
 
 
 def _out_dir(args: argparse.Namespace, command: str) -> Path:
-    if args.out:
-        return Path(args.out).absolute()
+    if args.out:  # a file there, or a folder we cannot write: refused before any VM boots
+        return make_dir(Path(args.out).absolute())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return (RESULTS_DIR / f"{command}-{stamp}").absolute()
 

@@ -104,3 +104,22 @@ def open_new(path: Path, mode: int = FILE_MODE, **text: Any) -> IO[str]:
     except BaseException:
         os.close(fd)
         raise
+
+
+def make_dir(path: Path, what: str = "results folder") -> Path:
+    """`path` as a folder we can write into (created if missing), or OsCallError saying
+    why not: an existing file there, a parent that is a file, no write permission."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OsCallError(f"the {what} {path} is an existing file, not a folder",
+                          errno.ENOTDIR, "give a folder (new or existing), not a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _fail(f"create the {what}", path, exc,
+                    "give a folder you can create (its parents must be folders you can "
+                    "write)") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OsCallError(f"cannot write into the {what} {path}", errno.EACCES,
+                          "give a folder you can write (or fix its permissions)")
+    return path
