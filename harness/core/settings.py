@@ -13,6 +13,7 @@ import ipaddress
 import json
 import math
 import os
+import pwd
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -166,6 +167,7 @@ def resolve(
 RESULTS_ENV = "RXE_POWER_RESULTS"  # where results and logs go (default ./results)
 STATE_ENV = "RXE_POWER_STATE"  # the state file (default /run/rxe-power/topology.json)
 CLIENTS_DIR_ENV = "RXE_POWER_CLIENTS_DIR"  # the clients' notice sockets
+NOTIFY_UIDS_ENV = "RXE_POWER_NOTIFY_UIDS"  # who may answer power notices (uids or names)
 IN_VM_ENV = "RXE_POWER_IN_VM"  # "1" inside the guest the runner booted
 BENCH_HOST_ENV = "RXE_POWER_BENCH_HOST"  # the host's load as JSON, handed to a guest bench
 VM_KERNEL_ENV = "RXE_POWER_VM_KERNEL"  # the guest kernel to boot instead of the newest
@@ -218,6 +220,28 @@ def state_path(environ: Mapping[str, str] | None = None) -> Path:
 
 def clients_dir(environ: Mapping[str, str] | None = None) -> Path:
     return _env_path(CLIENTS_DIR_ENV, DEFAULT_CLIENTS_DIR, environ)
+
+
+def parse_uids(raw: str) -> frozenset[int]:
+    """Comma-separated uids or user names."""
+    out = set()
+    for word in (w.strip() for w in raw.split(",")):
+        if word.isdigit():
+            out.add(int(word))
+            continue
+        try:
+            out.add(pwd.getpwnam(word).pw_uid)
+        except KeyError:
+            raise ValueError(f"{word!r} is neither a uid (0, 1, ...) nor a user name") from None
+    return frozenset(out)
+
+
+def notify_uids(environ: Mapping[str, str] | None = None) -> frozenset[int]:
+    """The uids whose sockets may answer power notices (SO_PEERCRED): RXE_POWER_NOTIFY_UIDS,
+    default root and the caller."""
+    uids = _env_parsed(NOTIFY_UIDS_ENV, parse_uids, None,
+                       "comma-separated uids or user names (e.g. root,1000)", environ)
+    return frozenset({0, os.geteuid()}) if uids is None else uids
 
 
 def runtime_dir(environ: Mapping[str, str] | None = None) -> Path | None:
