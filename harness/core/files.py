@@ -77,14 +77,16 @@ def atomic_write(path: Path, data: str | bytes, mode: int = FILE_MODE) -> Path:
     return path
 
 
-def open_new(path: Path, mode: int = FILE_MODE, **text: Any) -> IO[str]:
+def open_new(path: Path, mode: int = FILE_MODE, append: bool = False, **text: Any) -> IO[str]:
     """Open `path` to write text from the start (created, or emptied if it is a plain file
     of ours), refusing a symlink, a hard link and anything but a plain file. `text`:
-    open()'s text options (errors, buffering); the encoding is UTF-8."""
+    open()'s text options (errors, buffering); the encoding is UTF-8. `append`: keep what
+    the file holds and write at its end."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags | (os.O_APPEND if append else 0), mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise OsCallError(f"{path} is a symbolic link: refusing to write through it",
@@ -95,8 +97,9 @@ def open_new(path: Path, mode: int = FILE_MODE, **text: Any) -> IO[str]:
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             raise OsCallError(f"{path} is not a plain file of one link: refusing to write it",
                               errno.EEXIST, f"remove {path} (or choose another folder)")
-        os.ftruncate(fd, 0)
-        fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8", **text)
+        if not append:
+            os.ftruncate(fd, 0)
+        fh: IO[str] = os.fdopen(fd, "a" if append else "w", encoding="utf-8", **text)
         return fh
     except OSError as exc:
         os.close(fd)

@@ -93,3 +93,16 @@ def test_results_file_refuses_a_planted_symlink(tmp_path: Path, victim: Path) ->
     with pytest.raises(RxePowerError):
         ResultsWriter(tmp_path / "results.jsonl", "matrix", {})
     assert victim.read_text() == "precious\n"
+
+
+def test_open_new_append_keeps_and_refuses_a_symlink(tmp_path: Path, victim: Path) -> None:
+    from harness.core.files import open_new
+    path = tmp_path / "cycle-transitions.jsonl"
+    for line in ("a\n", "b\n"):
+        with open_new(path, append=True) as fh:
+            fh.write(line)
+    assert path.read_text() == "a\nb\n"
+    _plant(tmp_path, "other.jsonl", victim)
+    with pytest.raises(RxePowerError, match="symbolic link"):
+        open_new(tmp_path / "other.jsonl", append=True)
+    assert victim.read_text() == "precious\n"
