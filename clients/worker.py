@@ -46,6 +46,7 @@ from clients.connection import Policy
 from clients.core import ClientCore
 from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError, RxePowerError
+from harness.core.files import open_new
 from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader, Message, decode, error_reply
 from harness.core.schemas import ChannelKind
 from harness.rdma.event_fds import raise_fd_limit
@@ -123,7 +124,7 @@ class Worker:
 
     def start(self, p: dict[str, Any]) -> ClientCore:
         policy: Policy = policy_class(p["policy"])()
-        self.journal = open(p["journal"], "a")  # noqa: SIM115 - closed at exit
+        self.journal = open_new(Path(p["journal"]), append=True)  # closed at exit
         core = self.core = ClientCore(p["name"], policy, WorkloadSpec.from_json(p["spec"]),
                                       DeviceInfo.from_json(p["device"]), p["agent_socket"],
                                       self.journal)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from harness.core.bounds import MAX_HOLD_MS, MAX_WAIT_S, check_number
 from harness.core.errors import RxePowerError, SettingError
+from harness.core.files import atomic_write
 from power.kmsg import KmsgScan
 from power.plan import OnVeto, Ordering, StepKind, get_transition
 from power.pmtest import DEFAULT_PM_LEVEL, PM_LEVELS
@@ -36,13 +37,10 @@ class TransitionRequest:
         ordering = self.ordering or next(iter(tr.steps))
         tr.plan(ordering)
         hold = tr.default_hold_ms if self.hold_ms is None else self.hold_ms
-        if hold < 0:
-            raise SettingError(f"--hold-ms {hold} is negative", "give a hold of 0 ms or more")
+        check_number("--hold-ms", hold, 0, MAX_HOLD_MS, "ms", "MAX_HOLD_MS")
         for name, val in (("--veto-wait-s", self.veto_wait_s),
                           ("--quiesce-timeout-s", self.quiesce_timeout_s)):
-            if not val > 0:
-                raise SettingError(f"{name} {val} must be greater than 0",
-                                   f"give {name} a positive number of seconds")
+            check_number(name, val, 0, MAX_WAIT_S, "s", "MAX_WAIT_S", lo_open=True)
         if self.pm_level not in PM_LEVELS:
             raise SettingError(f"unknown --pm-level {self.pm_level!r}",
                                f"use one of: {', '.join(PM_LEVELS)}")
@@ -155,13 +153,7 @@ class TransitionResult:
 
     def write(self, path: Path) -> None:
         """Atomically, fsynced: a crash never leaves half a result."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(self.to_json(), fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(self.to_json(), indent=1))
 
     @classmethod
     def read(cls, path: Path) -> TransitionResult:

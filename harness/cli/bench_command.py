@@ -16,6 +16,7 @@ from harness.cli.launch import (
 from harness.cli.removal import add_removal_option
 from harness.core import settings
 from harness.core.errors import SettingError
+from harness.core.files import atomic_write
 from harness.core.settings import SETTINGS, Mode
 from harness.run.bench.record import BENCH_FILE, host_load
 from harness.run.bench.run import run_bench
@@ -79,6 +80,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError, ValueError):
                 data = json.loads(path.read_text())
                 data["host_after"] = host_load()
-                path.write_text(json.dumps(data, indent=1, default=str))
+                atomic_write(path, json.dumps(data, indent=1, default=str))
         return code
     return run_bench(spec, TopologyConfig.from_settings(), out_dir)

@@ -14,6 +14,7 @@ from typing import TypeAlias
 from harness.cli.removal import prepare_removal
 from harness.core import settings
 from harness.core.errors import OsCallError, RxePowerError
+from harness.core.files import atomic_write, make_dir
 from harness.core.proc import python_child
 from harness.core.settings import Mode
 from harness.system.rxe_module import rxe_module_loaded
@@ -93,8 +94,8 @@ def run_in_guest(argv: list[str], timeout_s: float, log_name: str,
     before = {p: _mtime_ns(p) for p in promised}
     result = runner.run_in_vm(req)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{log_name}.json").write_text(json.dumps(result.to_json(), indent=1,
-                                                             default=str))
+    atomic_write(RESULTS_DIR / f"{log_name}.json", json.dumps(result.to_json(), indent=1,
+                                                              default=str))
     missing = [str(p) for p in promised if _mtime_ns(p) in (None, before[p])]
     if missing and result.exit_code == 0:
         print(f"rxe-power: error: the guest command exited 0 but left no {', '.join(missing)} "
@@ -131,8 +132,8 @@ def start_results_command(args: argparse.Namespace, stem: str, what: str) -> tup
 
 
 def _out_dir(args: argparse.Namespace, command: str) -> Path:
-    if args.out:
-        return Path(args.out).absolute()
+    if args.out:  # a file there, or a folder we cannot write: refused before any VM boots
+        return make_dir(Path(args.out).absolute())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return (RESULTS_DIR / f"{command}-{stamp}").absolute()
 

@@ -16,6 +16,7 @@ from harness.cli.launch import (
     run_in_guest,
 )
 from harness.cli.removal import add_removal_option, prepare_removal
+from harness.core.files import atomic_write
 from harness.core.proc import python_child
 from harness.core.settings import Mode
 from harness.peer import traffic
@@ -84,7 +85,7 @@ def run_traffic_report(cfg: TopologyConfig) -> int:
               "operations": [st.to_json() for st in stats], "ok": ok,
               "seconds": time.monotonic() - t0}
     out = RESULTS_DIR / CHECK_REPORT
-    out.write_text(json.dumps(report, indent=1))
+    atomic_write(out, json.dumps(report, indent=1))
     print(f"\n{'PASS' if ok else 'FAIL'}: traffic rxe0 <-> rxe1 across the wire; report in {out}")
     return 0 if ok else 1
 

@@ -225,7 +225,7 @@ def reap_stale(log: Log = print, state_path: Path | None = None) -> list[str]:
     """End every recorded process, and remove every recorded directory, whose owner is
     dead. Returns the problems left (a process that would not die)."""
     state = StateFile.load(state_path)
-    problems = []
+    problems = list(state.problems)  # malformed entries: reported, never acted on
     for entry in state.created:
         if entry["kind"] not in ("process", "dir") or alive(entry.get("owner")):
             continue
@@ -235,9 +235,25 @@ def reap_stale(log: Log = print, state_path: Path | None = None) -> list[str]:
                 problems.append(problem)
                 continue
         else:
-            path = Path(entry["path"])
-            if path.is_relative_to(RUN_DIR):
-                shutil.rmtree(path, ignore_errors=True)
-                log(f"removed {path}")
+            problem = remove_recorded_dir(Path(entry["path"]), log)
+            if problem:
+                problems.append(problem)
+                continue
         state.forget(**entry)
     return problems
+
+
+def remove_recorded_dir(path: Path, log: Log) -> str | None:
+    """Remove a directory a dead run recorded, only if it really lies under RUN_DIR: the
+    path is resolved first (no `..`, no symlink anywhere on it leads out), and a symlink
+    is never followed. Returns a problem, or None once it is gone."""
+    run_dir = RUN_DIR.resolve()
+    real = path.resolve()
+    if path.is_symlink() or real == run_dir or not real.is_relative_to(run_dir):
+        return (f"state file entry dir {path} (really {real}) lies outside {run_dir} or "
+                "leads there through a symlink or '..': not removed; check it, then remove "
+                "the entry from the state file")
+    if real.exists():
+        shutil.rmtree(real, ignore_errors=True)  # rmtree itself never follows a symlink
+        log(f"removed {real}")
+    return None

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
+import pwd
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from harness.core.bounds import MAX_TIMEOUT_S
 from harness.core.errors import SettingError
 
 T = TypeVar("T")
@@ -44,13 +47,13 @@ def parse_mode(raw: str) -> Mode:
 
 
 def parse_ifname(raw: str) -> str:
-    if not _IFNAME.match(raw):
+    if not _IFNAME.fullmatch(raw) or raw in (".", ".."):  # the kernel refuses . and .. too
         raise ValueError(f"{raw!r} is not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)")
     return raw
 
 
 def parse_devname(raw: str) -> str:
-    if not _DEVNAME.match(raw):
+    if not _DEVNAME.fullmatch(raw):
         raise ValueError(f"{raw!r} is not a valid RDMA device name")
     return raw
 
@@ -66,12 +69,17 @@ def parse_ipv4(raw: str) -> str:
 
 
 def parse_positive_float(raw: str) -> float:
+    """A timeout in seconds: finite, above 0, at most MAX_TIMEOUT_S."""
     try:
         val = float(raw)
     except ValueError:
         raise ValueError(f"{raw!r} is not a number") from None
+    if not math.isfinite(val):
+        raise ValueError(f"{raw!r} is not a finite number")
     if not val > 0:
         raise ValueError(f"{raw!r} must be greater than 0")
+    if val > MAX_TIMEOUT_S:
+        raise ValueError(f"{raw!r} is over MAX_TIMEOUT_S={MAX_TIMEOUT_S:g} s")
     return val
 
 
@@ -181,6 +189,7 @@ def resolve(
 RESULTS_ENV = "RXE_POWER_RESULTS"  # where results and logs go (default ./results)
 STATE_ENV = "RXE_POWER_STATE"  # the state file (default /run/rxe-power/topology.json)
 CLIENTS_DIR_ENV = "RXE_POWER_CLIENTS_DIR"  # the clients' notice sockets
+NOTIFY_UIDS_ENV = "RXE_POWER_NOTIFY_UIDS"  # who may answer power notices (uids or names)
 IN_VM_ENV = "RXE_POWER_IN_VM"  # "1" inside the guest the runner booted
 BENCH_HOST_ENV = "RXE_POWER_BENCH_HOST"  # the host's load as JSON, handed to a guest bench
 VM_KERNEL_ENV = "RXE_POWER_VM_KERNEL"  # the guest kernel to boot instead of the newest
@@ -233,6 +242,28 @@ def state_path(environ: Mapping[str, str] | None = None) -> Path:
 
 def clients_dir(environ: Mapping[str, str] | None = None) -> Path:
     return _env_path(CLIENTS_DIR_ENV, DEFAULT_CLIENTS_DIR, environ)
+
+
+def parse_uids(raw: str) -> frozenset[int]:
+    """Comma-separated uids or user names."""
+    out = set()
+    for word in (w.strip() for w in raw.split(",")):
+        if word.isdigit():
+            out.add(int(word))
+            continue
+        try:
+            out.add(pwd.getpwnam(word).pw_uid)
+        except KeyError:
+            raise ValueError(f"{word!r} is neither a uid (0, 1, ...) nor a user name") from None
+    return frozenset(out)
+
+
+def notify_uids(environ: Mapping[str, str] | None = None) -> frozenset[int]:
+    """The uids whose sockets may answer power notices (SO_PEERCRED): RXE_POWER_NOTIFY_UIDS,
+    default root and the caller."""
+    uids = _env_parsed(NOTIFY_UIDS_ENV, parse_uids, None,
+                       "comma-separated uids or user names (e.g. root,1000)", environ)
+    return frozenset({0, os.geteuid()}) if uids is None else uids
 
 
 def runtime_dir(environ: Mapping[str, str] | None = None) -> Path | None:

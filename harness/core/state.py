@@ -16,6 +16,7 @@ then the topology's setup) read it to remove what a killed run left.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -26,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import TopologyError
+from harness.core.files import atomic_write
 from harness.core.settings import state_path
+from harness.core.state_entries import check_entry, check_trusted
 
 STATE_PATH = state_path()  # RXE_POWER_STATE
 STATE_SCHEMA = 1
@@ -69,18 +72,37 @@ class StateFile:
 
     path: Path = STATE_PATH
     config: dict[str, str] = field(default_factory=dict)
-    created: list[Entry] = field(default_factory=list)
+    created: list[Entry] = field(default_factory=list)  # well-formed entries only
+    rejected: list[Any] = field(default_factory=list)  # malformed: kept in the file, unused
+    problems: list[str] = field(default_factory=list)  # one per rejected entry
+
+    @staticmethod
+    def _sort(path: Path, entries: list[Any]) -> tuple[list[Entry], list[Any], list[str]]:
+        good: list[Entry] = []
+        bad: list[Any] = []
+        problems = []
+        for i, entry in enumerate(entries):
+            why = check_entry(entry)
+            if why is None:
+                good.append(entry)
+            else:
+                bad.append(entry)
+                problems.append(f"state file {path}: entry {i} skipped ({why}); nothing it "
+                                "names was touched. Check it, then remove it from the file")
+        return good, bad, problems
 
     @classmethod
     def load(cls, path: Path | None = None) -> StateFile:
         path = path or STATE_PATH
+        check_trusted(path.parent, folder=True)
+        check_trusted(path)
         if not path.exists():
             return cls(path)
         try:
             data = json.loads(path.read_text())
             if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA \
                     or not isinstance(data.get("created"), list) \
-                    or not all(isinstance(e, dict) and "kind" in e for e in data["created"]):
+                    or not isinstance(data.get("config", {}), dict):
                 raise ValueError(f"schema {data.get('schema')!r}, expected {STATE_SCHEMA}"
                                  if isinstance(data, dict) else "not a JSON object")
         except (OSError, ValueError) as exc:
@@ -88,30 +110,38 @@ class StateFile:
                 f"state file {path} is unreadable or corrupt: {exc}",
                 f"inspect it; if nothing of ours is left, remove it (rm {path})",
             ) from None
-        return cls(path, data.get("config", {}), data["created"])
+        return cls(path, data.get("config", {}), *cls._sort(path, data["created"]))
 
     @contextlib.contextmanager
     def _locked(self, reload: bool = True) -> Iterator[None]:
         """Under the lock: re-read (others may have recorded meanwhile), let the caller
         change, write back."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        check_trusted(self.path.parent, folder=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+        except OSError as exc:
+            raise TopologyError(
+                f"cannot open the state lock {lock_path}: [{exc.errno}] {exc.strerror}"
+                + (" (a symbolic link: refusing to follow it)" if exc.errno == errno.ELOOP
+                   else ""), f"remove {lock_path} if it is not a plain file, and check "
+                f"who can write {self.path.parent}") from None
+        with os.fdopen(fd, "r+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if reload:
                 fresh = StateFile.load(self.path)
-                self.created = fresh.created
+                self.created, self.rejected = fresh.created, fresh.rejected
+                self.problems = fresh.problems
                 self.config = self.config or fresh.config
             yield
             self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        body = {"schema": STATE_SCHEMA, "config": self.config, "created": self.created}
-        with open(tmp, "w") as fh:
-            json.dump(body, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        body = {"schema": STATE_SCHEMA, "config": self.config,
+                "created": [*self.created, *self.rejected]}
+        atomic_write(self.path, json.dumps(body, indent=1), mode=0o600)
 
     def save(self) -> None:
         """Write this object's view as it is."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
+from harness.core.files import open_new
 from harness.core.proc import python_child, spawn, stop_child
 from harness.core.protocol import REPLY_TIMEOUT_S, Channel
 from harness.core.schemas import ChannelKind
@@ -37,7 +38,7 @@ class PeerAgent:
         self.sock_path = os.path.join(self._tmp.name, "agent.sock")
         self.log_path = Path(log_dir or self._tmp.name) / f"peer-agent-{peer.dev}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in close()
+        self._log = open_new(self.log_path)  # closed in close()
         argv = python_child("harness.peer.agent", "--device", peer.dev,
                             "--gid-index", str(peer.gid_index), "--addr", peer.addr,
                             "--socket", self.sock_path)

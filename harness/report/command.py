@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.core.errors import RxePowerError
+from harness.core.files import atomic_write, make_dir
 from harness.report.drawing import MATPLOTLIB_FIX, load_matplotlib
 from harness.report.html_summary import write_html
 from harness.report.pictures import picture_dir, write_pictures
@@ -22,6 +23,7 @@ def write_report(path: Path, out_dir: Path, log: Log = print, pictures: bool = T
     usable records at all. A missing file or a foreign schema raises RxePowerError (for a
     folder, such a file is skipped with a warning)."""
     path, out_dir = Path(path), Path(out_dir)
+    make_dir(out_dir, "report folder")  # a file there or no permission: said before reading
     if path.is_dir():
         files = sorted(path.rglob("results.jsonl"))
         if not files:
@@ -51,9 +53,9 @@ def write_report(path: Path, out_dir: Path, log: Log = print, pictures: bool = T
     for s in usable:
         lines = table_lines(s)
         log("\n".join(["", header_line(s), *lines]))
-        s.out_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(s.out_dir, "report folder")
         table = s.out_dir / "table.txt"
-        table.write_text("\n".join(lines) + "\n")
+        atomic_write(table, "\n".join(lines) + "\n")
         written.append(table)
     npics = 0
     if pictures:

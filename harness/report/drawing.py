@@ -7,12 +7,14 @@ and HTML are still written.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from harness.core import settings
+from harness.core.files import atomic_write
 from harness.run.records import ScenarioRecord
 
 MATPLOTLIB_FIX = "pip install matplotlib (or .venv/bin/pip install matplotlib)"
@@ -98,3 +100,8 @@ def trim(text: str, limit: int = 44) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def save_png(fig: Any, out: Path) -> Path:
+    """The figure as a PNG at `out`, written whole (atomic_write: never through a symlink)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=FIG_DPI)
+    return atomic_write(out, buf.getvalue())

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
 
+from harness.core.files import atomic_write
 from harness.report.pictures import existing_picture
 from harness.report.section import Log, Section, load_section, section_dirs
 from harness.report.tables import cycle_clients, stress_trends
@@ -210,8 +211,4 @@ def write_summary(paths: list[Path], out: Path, log: Log = print,
 
 def write_html(sections: list[Section], out: Path) -> Path:
     """The summary of sections already read, written atomically at `out`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(summary_html(sections, out), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out, summary_html(sections, out))

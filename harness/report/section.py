@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.run.matrix import error_rows, rows_of
-from harness.run.records import CycleRecord, ScenarioRecord
-from harness.run.resultsfile import Results, read_results
+from harness.run.records import RESULT_PARSE_ERRORS, CycleRecord, ScenarioRecord
+from harness.run.resultsfile import RecordKind, Results, read_results
 from harness.run.rows import Row, RowStatus
 
 Log = Callable[[str], None]
@@ -54,10 +54,25 @@ class Section:
 def load_section(path: Path, out_dir: Path, log: Log = print) -> Section:
     """Read one results file (errors for a missing file or a foreign schema propagate); a bad
     line is logged as a warning and the good records before it are used."""
-    results = read_results(path)
+    return section_of(read_results(path), out_dir, log)
+
+
+def section_of(results: Results, out_dir: Path, log: Log = print) -> Section:
+    """The section of results already read. A record whose fields have the wrong types is
+    logged as a warning and skipped; a result of the wrong shape falls back to the rows
+    stored with it (scenario_rows)."""
     if results.problem:
         log(f"warning: {results.problem}")
-    sec = Section(path, out_dir, results, results.scenarios(), results.cycles())
+    sec = Section(results.path, out_dir, results)
+    for n, rec in enumerate(results.records, 1):
+        try:
+            if rec["kind"] == RecordKind.SCENARIO:
+                sec.scenarios.append(ScenarioRecord.from_json(rec))
+            elif rec["kind"] == RecordKind.CYCLE:
+                sec.cycles.append(CycleRecord.from_json(rec))
+        except RESULT_PARSE_ERRORS as exc:
+            log(f"warning: {results.path}: {rec['kind']} record {n} is unreadable ({exc!r}); "
+                "skipped")
     sec.rows_by = {pos: scenario_rows(rec) for pos, rec in enumerate(sec.scenarios, 1)}
     return sec
 
@@ -66,9 +81,12 @@ def scenario_rows(rec: ScenarioRecord) -> list[Row]:
     """A scenario record's rows: from its result (the current rules), else the rows it stored
     (a harness error), else one broken row per policy."""
     sc = rec.scenario
-    if rec.result is not None:
-        return rows_of(sc, rec.result)
     why = rec.result_problem
+    if rec.result is not None:
+        try:
+            return rows_of(sc, rec.result)
+        except RESULT_PARSE_ERRORS as exc:  # a result of the wrong shape: its stored rows
+            why = f"its result is unreadable ({exc!r})"
     if rec.rows:
         try:
             return [Row.from_json(r) for r in rec.rows]

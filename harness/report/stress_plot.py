@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.report.drawing import FIG_DPI, FIG_W_IN, figure
+from harness.report.drawing import FIG_W_IN, figure, save_png
 from harness.report.section import Section
 from harness.report.tables import cycle_number, stress_series, stress_trends
 from harness.run.stress import RES_KINDS
@@ -78,7 +78,5 @@ def render_stress(sec: Section, out: Path) -> Path:
                     "shaded red)" if failed else ""),
                  fontsize=12, fontweight="bold", color="#c62828" if nfail else "#2e7d32")
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=FIG_DPI)
-    return out
+    return save_png(fig, out)
 

@@ -28,6 +28,7 @@ from harness.report.drawing import (
     STEP_COLOURS,
     UNACCOUNTED_COLOUR,
     figure,
+    save_png,
     trim,
 )
 from harness.report.timeline_lanes import (
@@ -158,8 +159,6 @@ def render_timeline(rec: ScenarioRecord, rows: list[Row], out: Path, position: i
     fig.legend(handles=legend_handles(unaccounted), loc="lower center", ncol=9, fontsize=7.5,
                frameon=False, bbox_to_anchor=(0.5, 0.0), columnspacing=1.2,
                handletextpad=0.4, borderaxespad=0.2)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=FIG_DPI)
-    return out
+    return save_png(fig, out)
 
 

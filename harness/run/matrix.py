@@ -28,7 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from clients import policy_class
+from harness.core.bounds import MAX_HOLD_MS, check_number
 from harness.core.errors import RxePowerError, SettingError
+from harness.core.files import atomic_write
+from harness.core.xmltext import xml_safe
 from harness.run.kernel_rows import is_kernel_policy, kernel_rows, run_kernel
 from harness.run.kernel_rows import validate as validate_kernel_policy
 from harness.run.outside import OutsideSpec, outside_rows, run_outside
@@ -111,8 +114,7 @@ class MatrixSpec:
         if not (self.transitions and self.policies and self.mixes):
             raise SettingError("the matrix is empty (no transition, policy or mix)",
                                "select at least one of each")
-        if self.hold_ms < 0:
-            raise SettingError(f"--hold-ms {self.hold_ms} is negative", "give 0 or more")
+        check_number("--hold-ms", self.hold_ms, 0, MAX_HOLD_MS, "ms", "MAX_HOLD_MS")
         if not self.scenarios():
             raise SettingError(f"no selected transition offers ordering(s) "
                                f"{[o.value for o in self.orderings]}",
@@ -217,6 +219,11 @@ LEGEND = ("ok completed-ok, replay replayed-ok, rej rejected at post, err error 
           "(SEND and WRITE only); recov = resume to first good completion")
 
 
+def write_table(out_dir: Path, table: list[str]) -> Path:
+    """out_dir/table.txt: the rendered table and its legend (never through a symlink)."""
+    return atomic_write(out_dir / "table.txt", "\n".join([*table, "", LEGEND]) + "\n")
+
+
 def render_table(rows: list[Row]) -> list[str]:
     head = (f"{'transition':<17}{'ordering':<14}{'policy':<13}{'mix':<8}{'verdict':<10}"
             + "".join(f"{h:>7}" for h, _ in COLUMNS) + "  peer "
@@ -239,18 +246,20 @@ def render_table(rows: list[Row]) -> list[str]:
 
 
 def junit_xml(rows: list[Row], seconds: dict[str, float]) -> bytes:
-    """One testcase per row: bad -> <failure>, broken -> <error>."""
+    """One testcase per row: bad -> <failure>, broken -> <error>. Every text goes through
+    xml_safe: findings carry holder command lines and veto text (any bytes)."""
+    x = xml_safe
     suite = ET.Element("testsuite", name="rxe-power matrix", tests=str(len(rows)),
                        failures=str(sum(r.status is RowStatus.BAD for r in rows)),
                        errors=str(sum(r.status is RowStatus.BROKEN for r in rows)))
     for r in rows:
         case = ET.SubElement(suite, "testcase",
-                             classname=f"rxe_power.{r.transition}.{r.ordering}",
-                             name=f"{r.policy}[{r.mix}]",
+                             classname=x(f"rxe_power.{r.transition}.{r.ordering}"),
+                             name=x(f"{r.policy}[{r.mix}]"),
                              time=f"{seconds.get(r.scenario, 0.0):.3f}")
         if r.status is not RowStatus.CLEAN:
             tag = "failure" if r.status is RowStatus.BAD else "error"
-            ET.SubElement(case, tag, message="; ".join(r.findings)).text = (
+            ET.SubElement(case, tag, message=x("; ".join(map(str, r.findings)))).text = x(
                 f"{r.scenario}: verdict {r.verdict}; outcomes {r.counts}; peer {r.peer}")
     return bytes(ET.tostring(suite, encoding="utf-8", xml_declaration=True))
 
@@ -317,11 +326,10 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
                                            "by_status": {s.value: sum(r.status is s for r in rows)
                                                          for s in RowStatus}})
     table = render_table(rows)
-    (out_dir / "table.txt").write_text("\n".join([*table, "", LEGEND]) + "\n")
+    write_table(out_dir, table)
     log("\n".join(["", *table, LEGEND]))
     if junit is not None:
-        junit.parent.mkdir(parents=True, exist_ok=True)
-        junit.write_bytes(junit_xml(rows, seconds))
+        atomic_write(junit, junit_xml(rows, seconds))
         log(f"JUnit XML: {junit}")
     if interrupted:
         return 130

@@ -38,6 +38,10 @@ def _figures(v: object) -> dict[str, float]:
             if isinstance(x, int | float) and not isinstance(x, bool)}
 
 
+def _list(v: object) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
 def _strs(v: object) -> list[str]:
     return [str(x) for x in v] if isinstance(v, list) else []
 
@@ -56,7 +60,7 @@ class ScenarioKey:
     def from_json(cls, d: object) -> ScenarioKey:
         sc = d if isinstance(d, dict) else {}
         key = cls(str(sc.get("transition", "?")), str(sc.get("ordering", "?")),
-                  tuple(str(p) for p in sc.get("policies") or []), str(sc.get("mix", "?")))
+                  tuple(_strs(sc.get("policies"))), str(sc.get("mix", "?")))
         ident = sc.get("id") or (f"{key.transition}/{key.ordering}/"
                                  f"{'+'.join(key.policies)}/{key.mix}")
         return cls(key.transition, key.ordering, key.policies, key.mix, str(ident))
@@ -120,7 +124,8 @@ class CycleClient:
     @classmethod
     def from_json(cls, d: dict[str, Any], schema: int) -> CycleClient:
         return cls(str(d.get("client", "?")), str(d.get("policy", "?")),
-                   dict(d.get("counts") or {}), int(d.get("unaccounted") or 0),
+                   {k: int(v) for k, v in _figures(d.get("counts")).items()},
+                   _int_or_none(d.get("unaccounted")) or 0,
                    client_end_of(d, schema), str(d.get("crash") or ""),
                    _float_or_none(d.get("recovery_ms")))
 
@@ -150,12 +155,12 @@ class CycleRecord:
                   _strs(d.get("failures")), _strs(d.get("notes")),
                   _float_or_none(d.get("seconds")), str(d.get("verdict") or ""),
                   _float_or_none(d.get("transition_ms")),
-                  [CycleClient.from_json(c, schema) for c in d.get("clients") or []
+                  [CycleClient.from_json(c, schema) for c in _list(d.get("clients"))
                    if isinstance(c, dict)],
                   {k: _figures(u) for k, u in _mapping(d.get("usage")).items()},
                   {k: {f: int(v) for f, v in _figures(c).items()}
                    for k, c in _mapping(d.get("rdma_res")).items()},
-                  [h for h in d.get("kernel_hits") or [] if isinstance(h, dict)])
+                  [h for h in _list(d.get("kernel_hits")) if isinstance(h, dict)])
         # an outside program's result (harness.run.outside) has no policy clients: its row
         # was judged when it ran (outside_rows) and is the stored one
         if isinstance(d.get("result"), dict) and "outside" not in d["result"]:

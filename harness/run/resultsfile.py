@@ -21,17 +21,20 @@ import datetime as dt
 import json
 import os
 import platform
+import stat
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 from harness.core import settings
-from harness.core.errors import RxePowerError
+from harness.core.errors import OsCallError, RxePowerError
+from harness.core.files import open_new
 from harness.run.records import CycleRecord, ScenarioRecord
 
 RESULTS_SCHEMA = 2
+MAX_LINE_BYTES = 64 << 20  # one record (a scenario with its ledgers is well under 1 MiB)
 READABLE_SCHEMAS = (1, 2)
 
 
@@ -47,8 +50,7 @@ class ResultsWriter:
 
     def __init__(self, path: Path, command: str, spec: dict[str, Any]) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._fh = open_new(path)
         self.write(RecordKind.HEADER, {
             "command": command, "spec": spec,
             "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -103,22 +105,36 @@ class Results:
 def read_results(path: Path) -> Results:
     """Every good record up to the first bad line; a missing file or a foreign schema is an
     error, a truncated or corrupt line is reported in `problem` and ends the reading."""
+    fix = "give the path of a .jsonl written by rxe-power matrix or stress"
     try:
-        raw = path.read_bytes()
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
-        raise RxePowerError(f"cannot read results file {path}: [{exc.errno}] {exc.strerror}",
-                            "give the path of a .jsonl written by rxe-power matrix or "
-                            "stress") from None
+        raise OsCallError(f"cannot read results file {path}", exc.errno or 0, fix) from None
+    with fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise RxePowerError(f"{path} is not a regular file (a device, pipe or socket)", fix)
+        return _read_records(path, fh)
+
+
+def _read_records(path: Path, fh: BinaryIO) -> Results:
+    """Line by line, each line at most MAX_LINE_BYTES: memory stays bounded whatever the
+    file holds (a file of zeros ends at its first MAX_LINE_BYTES)."""
     out = Results(path)
-    lines = raw.split(b"\n")
-    for lineno, line in enumerate(lines, 1):
+    lineno = 0
+    while line := fh.readline(MAX_LINE_BYTES + 1):
+        lineno += 1
+        if len(line) > MAX_LINE_BYTES:
+            out.problem = (f"{path} line {lineno} is over MAX_LINE_BYTES={MAX_LINE_BYTES} "
+                           f"bytes (not a results file?); read the {len(out.records)} records "
+                           "before it")
+            break
         if not line.strip():
             continue
         where = f"{path} line {lineno}"
         try:
             rec = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            last = lineno == len(lines) or not any(x.strip() for x in lines[lineno:])
+            last = not line.endswith(b"\n") or _only_blank_left(fh)
             how = "cut short (the run was interrupted?)" if last else "corrupt"
             out.problem = (f"{where} is {how}: {exc}; read the {len(out.records)} records "
                            "before it")
@@ -144,3 +160,11 @@ def read_results(path: Path) -> Results:
                                                                  if out.problem else ""),
                             "give a .jsonl written by rxe-power matrix or stress")
     return out
+
+
+def _only_blank_left(fh: BinaryIO) -> bool:
+    """Is the rest of the file blank (read in bounded pieces)?"""
+    while chunk := fh.read(1 << 16):
+        if chunk.strip():
+            return False
+    return True

@@ -4,6 +4,7 @@ status. Shared by the matrix (policies) and outside programs (harness.run.outsid
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -40,7 +41,15 @@ class Row:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Row:
-        return cls(**{**d, "status": RowStatus(d["status"])})
+        """A stored row; TypeError/ValueError/KeyError naming the field of a wrong type."""
+        if not isinstance(d, dict):
+            raise TypeError(f"a row is not a JSON object: {str(d)[:60]!r}")
+        for name, ok in _ROW_FIELDS.items():
+            if name in d and not ok(d[name]):
+                raise TypeError(f"row field {name!r} has the wrong type: {str(d[name])[:60]!r}")
+        return cls(**{k: d[k] for k in _ROW_FIELDS if k in d},
+                   status=RowStatus(d["status"]))
+
 
 
 def veto_text(veto: VetoReport | None) -> str:
@@ -55,3 +64,20 @@ def veto_text(veto: VetoReport | None) -> str:
 def short_cmdline(cmdline: str) -> str:
     words = cmdline.split()
     return " ".join([os.path.basename(words[0]), *words[1:3]]) if words else "?"
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_counts(v: object) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _is_int(x) for k, x in v.items())
+
+
+_ROW_FIELDS: dict[str, Callable[[Any], bool]] = {
+    **{k: lambda v: isinstance(v, str) for k in ("scenario", "transition", "ordering", "policy",
+                                                 "mix", "verdict", "peer_saw", "veto")},
+    "counts": _is_counts, "peer": _is_counts,
+    "recovery_ms": lambda v: v is None or _is_int(v) or isinstance(v, float),
+    "findings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+}

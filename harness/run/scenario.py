@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from clients import policy_import_roots
 from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
+from harness.core.files import open_new
 from harness.core.proc import python_child, spawn, stop_child
 from harness.core.protocol import Channel
 from harness.core.schemas import ChannelKind
@@ -62,7 +63,7 @@ class ClientWorker:
         self.journal.unlink(missing_ok=True)
         self.log_path = log_dir / f"{name}.log"
         ours, theirs = socket.socketpair()
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in close()
+        self._log = open_new(self.log_path)  # closed in close()
         roots = [a for r in policy_import_roots([policy]) for a in ("--import-root", r)]
         self.proc = spawn(python_child("clients.worker", "--fd", str(theirs.fileno()), *roots),
                           f"client worker {name} ({policy})",

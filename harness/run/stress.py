@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from harness.core import settings
-from harness.core.errors import RxePowerError, SettingError
+from harness.core.bounds import MAX_CYCLES, check_number
+from harness.core.errors import RxePowerError
 from harness.run.matrix import OP_MIXES, MatrixSpec
 from harness.run.records import CycleClient
 from harness.run.resultsfile import RecordKind
@@ -72,10 +73,9 @@ class StressSpec:
     keep_ledgers: bool = False  # every cycle's full result (large), not only failed ones
 
     def validate(self) -> StressSpec:
-        if self.cycles < 1:
-            raise SettingError(f"--cycles {self.cycles} must be at least 1", "give --cycles N")
-        if self.maxfail < 0:
-            raise SettingError(f"--maxfail {self.maxfail} is negative", "0 means no limit")
+        check_number("--cycles", self.cycles, 1, MAX_CYCLES, "cycles", "MAX_CYCLES")
+        check_number("--maxfail", self.maxfail, 0, MAX_CYCLES, "cycles (0: no limit)",
+                     "MAX_CYCLES")
         tr = get_transition(self.transition)
         if self.ordering is not None:
             tr.plan(self.ordering)

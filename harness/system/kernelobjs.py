@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import BoundExceeded, NotOurs, OsCallError, TopologyError
+from harness.core.state_entries import KERNEL_CLIENT_KINDS
 
 CONFIGFS = Path("/sys/kernel/config")
 NVMET = CONFIGFS / "nvmet"
@@ -39,8 +40,7 @@ SYS_NVME = Path("/sys/class/nvme")
 NVME_DELETE_TIMEOUT_S = 30.0  # delete_controller of a controller that may be reconnecting
 UMOUNT_TIMEOUT_S = 10.0
 
-KINDS = ("configfs_mount", "nullb", "nvmet_subsys", "nvmet_ns", "nvmet_port", "nvmet_link",
-         "nvme_ctrl", "route_prohibit")
+KINDS = KERNEL_CLIENT_KINDS  # the state file's kinds for them (harness.core.state_entries)
 OUR_PREFIX = "rxpw"  # every null_blk name and subsystem NQN we make carries it
 _NQN_RE = re.compile(r"nqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.-]+:" + OUR_PREFIX + r"[a-z0-9._-]{1,64}")
 _NULLB_RE = re.compile(OUR_PREFIX + r"[a-z0-9_]{1,24}")

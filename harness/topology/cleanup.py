@@ -73,11 +73,12 @@ def cleanup(cfg: TopologyConfig, log: Log = print) -> list[str]:
 def _cleanup(cfg: TopologyConfig, log: Log) -> list[str]:
     problems = reap_stale(log)
     state = StateFile.load()
+    malformed = state.problems  # reported (cleanup fails), skipped: the rest goes on
     devs = [e["name"] for e in state.created if e["kind"] == "rdma_link"]
-    problems += wait_pending_deletes(devs)
+    problems = [p for p in problems if p not in malformed] + wait_pending_deletes(devs)
     problems += remove_kernel_objects(log)
     if problems:
-        return problems
+        return malformed + problems
     state = StateFile.load()
     # only the topology's owners count: a live run's own entries (its processes, e.g. the
     # guest of a VM run, and its folders) are its business, not a topology to put back.
@@ -87,9 +88,9 @@ def _cleanup(cfg: TopologyConfig, log: Log) -> list[str]:
     if owners:
         log(f"a live rxe-power process (pid {', '.join(map(str, sorted(owners)))}) owns the "
             "topology: putting the local side back, not removing it")
-        return restore_local_side(cfg, log=log)
+        return malformed + restore_local_side(cfg, log=log)
     live = [e for e in state.processes() if alive(e.get("owner"))]
     for e in live:
         log(f"{e.get('role', 'process')} pid {e['pid']} belongs to the live rxe-power process "
             f"pid {e['owner']['pid']}: left to it")
-    return teardown(log=log)
+    return malformed + teardown(log=log)

@@ -40,6 +40,7 @@ from harness.topology.netdevs import (
     create_side_netdev,
     ip,
     netdev_ifindex,
+    netdev_sysctl_path,
     side_up,
     sysctl_path,
 )
@@ -135,7 +136,7 @@ def setup(cfg: TopologyConfig, log: Log = print, keep: bool = False) -> tuple[To
     ip("link", "add", cfg.switch, "type", "bridge")
     ip("link", "set", cfg.switch, "up")
     log(f"created switch (bridge) {cfg.switch}")
-    all_rp = sysctl_path("net.ipv4.conf.all.rp_filter")
+    all_rp = netdev_sysctl_path("all", "rp_filter")
     old = all_rp.read_text().strip()
     if old != "0":
         state.record("sysctl", keep=keep, key="net.ipv4.conf.all.rp_filter", old=old)
@@ -224,7 +225,7 @@ def teardown(log: Log = print, state_path: Path | None = None) -> list[str]:
     state = StateFile.load(state_path or STATE_PATH)
     if not state.topology_entries():
         log("nothing of ours to remove")
-        if not state.created:
+        if not state.created and not state.rejected:
             with contextlib.suppress(FileNotFoundError):
                 state.path.unlink()
         return []
@@ -243,7 +244,8 @@ def teardown(log: Log = print, state_path: Path | None = None) -> list[str]:
                     "run teardown again")
                 break
     if not problems:
-        if not StateFile.load(state.path).created:
+        left = StateFile.load(state.path)
+        if not left.created and not left.rejected:
             state.path.unlink(missing_ok=True)
         log("teardown complete: nothing of our topology remains")
     return problems
@@ -271,7 +273,7 @@ def _undo(entry: Entry, log: Log) -> None:
         for route in ip_routes(entry["table"]):
             ip("route", "del", route.dst, "table", entry["table"])
     elif kind == "sysctl":
-        sysctl_path(entry["key"]).write_text(entry["old"])
+        sysctl_path(*entry["key"].split(".")).write_text(entry["old"])
         log(f"restored {entry['key']}={entry['old']}")
     elif kind == "netdev":
         if any(n.ifname == entry["name"] for n in ip_links()):

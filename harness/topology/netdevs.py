@@ -17,9 +17,21 @@ def ip(*args: str) -> None:
     command.run(["ip", *args])
 
 
-def sysctl_path(key: str) -> Path:
-    """/proc/sys/... of a dotted sysctl key."""
-    return Path("/proc/sys") / key.replace(".", "/")
+SYSCTL_ROOT = Path("/proc/sys")
+
+
+def sysctl_path(*parts: str) -> Path:
+    """/proc/sys/PART/PART/...: built from parts, never by replacing dots (a netdev name
+    may hold a dot, eth0.100, and keeps it in /proc/sys/net/ipv4/conf/eth0.100/)."""
+    for part in parts:
+        if part in ("", ".", "..") or "/" in part or "\0" in part:
+            raise ValueError(f"{part!r} cannot be a part of a sysctl path")
+    return SYSCTL_ROOT.joinpath(*parts)
+
+
+def netdev_sysctl_path(netdev: str, key: str) -> Path:
+    """net.ipv4.conf.NETDEV.KEY as a path (NETDEV may hold dots)."""
+    return sysctl_path("net", "ipv4", "conf", netdev, key)
 
 
 def require_ours_netdev(name: str) -> None:
@@ -51,7 +63,7 @@ def create_side_netdev(cfg: TopologyConfig, which: str, state: StateFile | None 
     state.record("netdev", keep=keep, name=side.netdev, peer=side.switch_port)
     ip("link", "add", side.netdev, "type", "veth", "peer", "name", side.switch_port)
     for key, val in (("accept_local", "1"), ("rp_filter", "0")):
-        sysctl_path(f"net.ipv4.conf.{side.netdev}.{key}").write_text(val)
+        netdev_sysctl_path(side.netdev, key).write_text(val)
     ip("link", "set", side.switch_port, "master", cfg.switch)
     ip("link", "set", side.switch_port, "up")
     ip("addr", "add", f"{side.addr}/32", "dev", side.netdev)

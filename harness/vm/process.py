@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from harness.core.files import open_new
 from harness.core.proc import GONE_TIMEOUT_S, STOP_GRACE_S, stop_child
 from harness.core.state import track, untrack
 from harness.vm.messages import say
@@ -186,7 +187,7 @@ def run_logged(
     """
     out = echo if echo is not None else sys.stdout
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w", encoding="utf-8", errors="replace", buffering=1) as log:
+    with open_new(log_path, errors="replace", buffering=1) as log:
         for line in header:
             log.write(f"# {line}\n")
         with stop_signals_caught() as stops:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.core.bounds import MAX_TIMEOUT_S, check_number
 from harness.core.errors import SettingError
 from harness.vm.accel import ACCELS, AccelChoice, choose_accel
 from harness.vm.kernel import GuestKernel, find_guest_kernel
@@ -111,8 +112,8 @@ def _host_env(bin_dir: Path) -> dict[str, str]:
 
 
 def _validate_request(req: VmRequest) -> None:
-    if not req.timeout_s > 0:
-        raise SettingError(f"timeout_s={req.timeout_s!r} must be > 0", "pass a positive timeout")
+    check_number("--timeout-s", req.timeout_s, 0, MAX_TIMEOUT_S, "s", "MAX_TIMEOUT_S",
+                 lo_open=True)
     if not req.cwd.is_dir():
         raise SettingError(f"working directory {req.cwd} does not exist", "run from a directory")
     for d in req.rw_dirs:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
+from harness.core.bounds import MAX_RATE_PER_S, check_number
 from harness.core.errors import ProtocolError, SettingError
 
 
@@ -68,8 +69,8 @@ class WorkloadSpec:
                                "non-empty", "pick message sizes that fit a slot")
         if self.completion not in ("events", "poll"):
             raise SettingError(f"completion {self.completion!r}", "use events or poll")
-        if self.rate_per_s < 0:
-            raise SettingError(f"rate {self.rate_per_s} is negative", "use 0 for unlimited")
+        check_number("--rate", self.rate_per_s, 0, MAX_RATE_PER_S,
+                     "requests per second (0: unlimited)", "MAX_RATE_PER_S")
         if not 0 <= self.retry_cnt <= 7:
             raise SettingError(f"retry_cnt {self.retry_cnt} is outside 0..7",
                                "give the 3-bit RC retry count")

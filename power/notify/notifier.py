@@ -18,11 +18,14 @@ from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError
 from harness.core.protocol import Message, decode, encode_checked
 from harness.core.schemas import ChannelKind
+from harness.core.settings import NOTIFY_UIDS_ENV, notify_uids
 from power.notify.answers import Answer, AnswerKind, PowerClient, SuspendReply
 from power.notify.sockets import (
     CLIENTS_DIR,
     RESUME_ACK_TIMEOUT_S,
     SOCKET_SUFFIX,
+    PeerCred,
+    check_clients_dir,
     read_line,
     socket_client_name,
     sun_path,
@@ -89,8 +92,12 @@ _Expect = dict[str, AnswerKind]  # reply event -> answer kind
 class Notifier:
     """Tells every client (in-process and socket) of a power transition, in parallel."""
 
-    def __init__(self, clients_dir: Path = CLIENTS_DIR) -> None:
+    def __init__(self, clients_dir: Path = CLIENTS_DIR,
+                 allowed_uids: frozenset[int] | None = None) -> None:
+        """`allowed_uids`: whose sockets may answer (SO_PEERCRED); default the setting
+        RXE_POWER_NOTIFY_UIDS, itself by default root and the caller."""
         self.clients_dir = Path(clients_dir)
+        self.allowed_uids = notify_uids() if allowed_uids is None else allowed_uids
         self._clients: list[PowerClient] = []
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -106,7 +113,9 @@ class Notifier:
             self._clients = [c for c in self._clients if c is not client]
 
     def socket_clients(self) -> list[Path]:
-        """The socket files `*.sock` in the clients dir (sockets only, sorted)."""
+        """The socket files `*.sock` in the clients dir (sockets only, sorted). Raises
+        RxePowerError for a clients dir someone else could write (check_clients_dir)."""
+        check_clients_dir(self.clients_dir)
         try:
             entries = list(os.scandir(self.clients_dir))
         except (FileNotFoundError, NotADirectoryError):
@@ -228,6 +237,14 @@ class Notifier:
                 return  # NO_ANSWER at the deadline
             except OSError as exc:
                 rnd.settle(i, AnswerKind.ERROR, f"connect failed: {exc}")
+                return
+            cred = PeerCred.of(sock)
+            if cred.uid not in self.allowed_uids:  # not told, not heard
+                rnd.settle(i, AnswerKind.ERROR, f"refused: its socket is served by uid "
+                           f"{cred.uid} (pid {cred.pid}), not allowed to answer power notices "
+                           f"(allowed uids {', '.join(map(str, sorted(self.allowed_uids)))}); "
+                           f"fix: add it to {NOTIFY_UIDS_ENV} if it is a client of yours",
+                           answered=False)
                 return
             msg = make_msg(rnd.remaining())
             msg.id = next(self._ids)

@@ -10,13 +10,16 @@ import os
 import re
 import shutil
 import socket
+import stat
+import struct
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from harness.core.errors import FramingError, ProtocolError, RxePowerError
+from harness.core.errors import FramingError, OsCallError, ProtocolError, RxePowerError
 from harness.core.protocol import LineReader
 from harness.core.settings import clients_dir
 from harness.core.state import StateFile
@@ -44,6 +47,7 @@ SOCKET_SUFFIX = ".sock"
 LISTEN_BACKLOG = 64
 
 CLIENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
+UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) minus the NUL
 
 
@@ -102,3 +106,43 @@ def read_line(sock: socket.socket, deadline: float) -> bytes | None:
             lines = exc.lines  # one whole line came before the overflow: that is the message
         if lines:
             return lines[0]
+
+
+def check_clients_dir(path: Path) -> None:
+    """Refuse a clients folder someone else could have planted sockets in: a symlink, not a
+    folder, not owned by the caller, or writable by group or others. Missing: no clients."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OsCallError(f"cannot inspect the clients folder {path}", exc.errno or 0,
+                          "make it readable, or set RXE_POWER_CLIENTS_DIR") from None
+    fix = (f"remove {path} (clients re-create it), or set RXE_POWER_CLIENTS_DIR to a folder "
+           "only you can write")
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise RxePowerError(f"the clients folder {path} is a symbolic link or not a folder: "
+                            "its sockets are not trusted", fix)
+    if st.st_uid != os.geteuid():
+        raise RxePowerError(f"the clients folder {path} is owned by uid {st.st_uid}, not the "
+                            f"caller (uid {os.geteuid()}): its sockets are not trusted",
+                            f"chown {os.geteuid()} {path}; or {fix}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise RxePowerError(f"the clients folder {path} is writable by others (mode "
+                            f"{stat.S_IMODE(st.st_mode):o}): anyone could plant a socket",
+                            f"chmod go-w {path} (clients make it 0700); or {fix}")
+
+
+@dataclass(frozen=True)
+class PeerCred:
+    """Who serves the other end of a Unix socket (SO_PEERCRED: taken at its listen())."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> PeerCred:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
+        pid, uid, gid = UCRED.unpack(raw)
+        return cls(pid, uid, gid)

@@ -133,7 +133,7 @@ def test_results_writer_and_tolerant_reader(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(RxePowerError, match="holds no results records"):
         read_results(tmp_path / "empty.jsonl")
-    with pytest.raises(RxePowerError, match=r"cannot read results file .*\[2\]"):
+    with pytest.raises(RxePowerError, match=r"cannot read results file .*\[ENOENT 2\]"):
         read_results(tmp_path / "missing.jsonl")
 
 

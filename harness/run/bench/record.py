@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core import settings
+from harness.core.files import atomic_write
 from harness.run.bench.spec import BenchSpec
 
 BENCH_FILE = "bench.json"
@@ -42,7 +43,7 @@ class BenchRecord:
 
     def write(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.results, indent=1, default=str))
+        atomic_write(self.path, json.dumps(self.results, indent=1, default=str))
 
 
 def machine_load() -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from harness.core.bounds import MAX_CYCLES, MAX_HOLD_MS, MAX_ITERATIONS, check_number
 from harness.core.errors import SettingError
 from harness.workload.ledger import MAX_MESSAGE, Op, WorkloadSpec
 
@@ -36,15 +37,20 @@ class BenchSpec:
         if not self.sizes or any(not 1 <= s <= MAX_MESSAGE for s in self.sizes):
             raise SettingError(f"--sizes {self.sizes} must be 1..{MAX_MESSAGE} bytes",
                                "give message sizes that fit a slot")
-        for name, val, lo in (("--queue-depth", self.queue_depth, 1),
-                              ("--lat-iters", self.lat_iters, 10),
-                              ("--cycles", self.cycles, 1),
-                              ("--stress-cycles", self.stress_cycles, 1),
-                              ("--qp-workers", self.qp_workers, 1),
-                              ("--hold-ms", self.hold_ms, 0),
-                              ("cycle_count", self.cycle_count, 1)):
-            if val < lo:
-                raise SettingError(f"{name} {val} must be at least {lo}", f"give {name} >= {lo}")
+        for name, val, lo, hi, unit, bound in (
+                ("--queue-depth", self.queue_depth, 1, MAX_ITERATIONS, "requests",
+                 "MAX_ITERATIONS"),
+                ("--lat-iters", self.lat_iters, 10, MAX_ITERATIONS, "iterations",
+                 "MAX_ITERATIONS"),
+                ("--cycles", self.cycles, 1, MAX_CYCLES, "cycles", "MAX_CYCLES"),
+                ("--stress-cycles", self.stress_cycles, 1, MAX_CYCLES, "cycles", "MAX_CYCLES"),
+                ("--qp-workers", self.qp_workers, 1, MAX_ITERATIONS, "workers",
+                 "MAX_ITERATIONS"),
+                ("--qps", self.qps, 1, MAX_ITERATIONS, "QPs", "MAX_ITERATIONS"),
+                ("--hold-ms", self.hold_ms, 0, MAX_HOLD_MS, "ms", "MAX_HOLD_MS"),
+                ("cycle_count", self.cycle_count, 1, MAX_ITERATIONS, "requests",
+                 "MAX_ITERATIONS")):
+            check_number(name, val, lo, hi, unit, bound)
         if not 0 < self.scale <= 100:
             raise SettingError(f"--scale {self.scale} must be in (0, 100]",
                                "1 is the full run; 0.05 a quick look")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from harness.core.files import open_new
 from harness.run.bench.record import BenchRecord, machine_load
 from harness.run.bench.series import spread
 from harness.run.scenario import run_round, spawn_workers
@@ -101,7 +102,7 @@ def measure_standby_cycles(bench: BenchRecord, rig: Rig) -> bool:
             res = summary_without_ledgers(run_round(rig.shim, rig.agent, workers, req,
                                                     probe=False))
             parts = cycle_parts(res)
-            with timelines.open("a") as fh:  # each cycle's whole timeline, for a closer look
+            with open_new(timelines, append=True) as fh:  # each cycle's whole timeline
                 fh.write(json.dumps(res["transition"], default=str) + "\n")
             held = res["ok"] and res["transition"]["verdict"] == "completed"
             ok &= held
