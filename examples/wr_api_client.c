@@ -8,15 +8,12 @@
  * Sends COUNT 4 KiB SENDs from DEV to PEER_DEV (both its own QPs, see loopback.h), at most
  * LB_DEPTH in flight; exit 0 when every one completed with success, 1 at the first error.
  */
-#include <sched.h>
 #include "loopback.h"
 
 static struct lb lb;
 
 /* the completions waiting on one side's CQ: counts sends done (side 0), reposts the
  * receives (side 1) once the poll is ended; -1 at an error (said on stderr) */
-#define REPOST_TRIES 100000 /* sched_yield()s while the receive ring is still full */
-
 static int drain_cq(int side, int *done)
 {
 	struct ibv_poll_cq_attr attr = { 0 };
@@ -43,13 +40,7 @@ static int drain_cq(int side, int *done)
 	if (!bad && ret != ENOENT)
 		return lb_fail("ibv_next_poll", ret), -1;
 	for (int i = 0; i < n && !bad; i++) {
-		/* rxe posts a receive's completion before the kernel moves the receive queue's
-		 * consumer index on (rxe_resp.c do_complete), so a repost right after the poll can
-		 * find the ring still full: ENOMEM. Retry while that lasts, a bounded number of
-		 * times (REPOST_TRIES), then report it. */
-		int err;
-		for (int t = 0; (err = lb_post_recv(&lb, repost[i])) == ENOMEM && t < REPOST_TRIES; t++)
-			sched_yield();
+		int err = lb_post_recv(&lb, repost[i]);
 		if (err)
 			return lb_fail("ibv_post_recv", err), -1;
 	}

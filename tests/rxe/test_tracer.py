@@ -342,6 +342,13 @@ def test_matrix_row_for_outside_program(rxe_config, rxe_topology, tmp_path) -> N
 WR_API_COUNT = 200
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "known, measured in the guest (rdma-core 44, rxe 6.1): examples/wr_api_client under the "
+    "tracer fails at its first receive repost with ENOMEM, on a QP made with "
+    "ibv_create_qp_ex; retrying the repost 100,000 times did not help, so the receive ring "
+    "is really full; whether the tracer's extended-verbs wrapping or the example causes it "
+    "is not found yet. The tracer's ibv_wr_*/ibv_start_poll path is therefore unverified "
+    "on rxe (README, tracer limits). strict: a pass fails the suite, so the fix is noticed"))
 def test_extended_verbs_followed(rxe_topology, results_dir, tmp_path, request) -> None:
     """examples/wr_api_client.c posts only with the ibv_wr_* builders on a QP from
     ibv_create_qp_ex and polls only with ibv_start_poll/next_poll on CQs from
