@@ -23,7 +23,6 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import IntEnum
 
 from harness.core.errors import BoundExceeded, NoRxe, OsCallError, RxePowerError, oserror_to
 from harness.rdma import payload
@@ -34,7 +33,7 @@ from harness.rdma.event_fds import (
     wait_readable,
     with_event_fd,
 )
-from harness.rdma.names import wc_status_name
+from harness.rdma.names import QpState, wc_status_name
 from harness.rdma.qp_types import QpInfo, QpParams
 
 try:  # pyverbs comes from the distribution (python3-pyverbs), not from PyPI
@@ -75,16 +74,6 @@ if HAVE_PYVERBS:
 
 
 _NO_VIEW = memoryview(b"")  # a closed QP's view of its (freed) MR: nothing to read
-
-
-class QpState(IntEnum):
-    RESET = 0
-    INIT = 1
-    RTR = 2
-    RTS = 3
-    SQD = 4
-    SQE = 5
-    ERR = 6
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from harness.rdma.names import async_event_name, wc_status_name
+from harness.rdma.names import QpState, async_event_name, wc_status_name
 from harness.workload.ledger import Outcome, PeerView
 from harness.workload.tracelog import (
     NO_INDEX,
@@ -38,7 +38,6 @@ from harness.workload.tracelog import (
     WRF_WR_API,
     Call,
     PostKind,
-    QpState,
     Record,
     RecType,
     TraceLog,

@@ -118,16 +118,6 @@ PEER_VISIBLE_OPS = frozenset({WrOpcode.SEND, WrOpcode.SEND_WITH_IMM, WrOpcode.SE
                               WrOpcode.RDMA_WRITE_WITH_IMM})
 
 
-class QpState(IntEnum):
-    RESET = 0
-    INIT = 1
-    RTR = 2
-    RTS = 3
-    SQD = 4
-    SQE = 5
-    ERR = 6
-
-
 class TraceLogError(ValueError):
     """A file that is not a tracer log (or not one this reader understands)."""
 

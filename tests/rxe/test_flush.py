@@ -6,8 +6,8 @@ import pytest
 
 from harness.core.errors import OsCallError
 from harness.peer import traffic
-from harness.rdma.names import wc_status_name
-from harness.rdma.verbs import QpState, opcode
+from harness.rdma.names import QpState, wc_status_name
+from harness.rdma.verbs import opcode
 
 pytestmark = pytest.mark.rxe
 

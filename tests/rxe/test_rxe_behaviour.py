@@ -12,8 +12,8 @@ import time
 import pytest
 
 from harness.peer import traffic
-from harness.rdma.names import wc_status_name
-from harness.rdma.verbs import Device, QpState, opcode
+from harness.rdma.names import QpState, wc_status_name
+from harness.rdma.verbs import Device, opcode
 from harness.system.holders import find_holders
 from harness.topology import devices, netdevs
 from harness.topology.config import Topology, TopologyConfig
