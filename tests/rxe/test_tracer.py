@@ -32,7 +32,7 @@ from harness.workload.traced_ledger import (
     summary_line,
 )
 from harness.workload.traced_peer import match_peer
-from harness.workload.tracelog import log_paths, read_log
+from harness.workload.tracelog import REC_SIZE, log_paths, read_log
 from power.plan import OnVeto
 from power.result import Verdict
 from tests.rxe.test_outside_clients import _free_port, listening
@@ -119,7 +119,9 @@ def wait_first_completion(trace_dir: Path, pid: int, proc: subprocess.Popen) -> 
     deadline = time.monotonic() + TRAFFIC_TIMEOUT_S
     path = trace_dir / f"rxe-power-trace.{pid}.bin"
     while True:
-        if path.exists():
+        # the tracer creates its log first and writes the 64-byte header a moment later:
+        # a log shorter than that is "no completion yet", not a broken log
+        if path.exists() and path.stat().st_size >= REC_SIZE:
             led = build_ledger(read_log(path))
             if any(r.outcome is Outcome.COMPLETED_OK for r in led.sends()):
                 return
