@@ -293,8 +293,8 @@ def test_broken_client_found_out(power_shim, rxe_topology, results_dir, tmp_path
     """examples/broken_client.c under link-flap: it ignores the notice (it has no socket),
     its SEND QP on rxe0 goes to the error state when the carrier drops, and it goes on
     posting and ignoring every status. It exits 0; only its ledger tells: error
-    completions, requests posted after the error (finding posted-after-error), and
-    still every request accounted for."""
+    completions and requests posted after the error (finding posted-after-error), or
+    posts refused by post_send that it ignores, and still every request accounted for."""
     clients = power_shim.clients_dir
     clients.mkdir(mode=0o700, parents=True, exist_ok=True)
     tdir = tmp_path / "trace"
@@ -310,9 +310,15 @@ def test_broken_client_found_out(power_shim, rxe_topology, results_dir, tmp_path
     check_accounted(led)
     counts = led.counts()
     bad = counts.get(Outcome.FLUSHED.value, 0) + counts.get(Outcome.COMPLETED_ERROR.value, 0)
-    assert bad > 0, counts
-    assert led.posted_after_error() > 0
-    assert FindingKind.POSTED_AFTER_ERROR in {f.what for f in led.findings}
+    rejected = counts.get(Outcome.REJECTED_AT_POST.value, 0)
+    # rxe decides which, run by run (both measured): a send in flight when the carrier
+    # drops completes in error and the client posts on (posted-after-error), or the QP is
+    # in ERR before one is in flight and post_send refuses every later post, which the
+    # client ignores just as well (thousands rejected, the last in-flight ones lost)
+    assert bad > 0 or rejected > 1, counts
+    if bad > 0:
+        assert led.posted_after_error() > 0
+        assert FindingKind.POSTED_AFTER_ERROR in {f.what for f in led.findings}
 
 
 MATRIX_ITERS = 5000  # ib_send_bw -n: still sending when the flap comes, ends by itself after
