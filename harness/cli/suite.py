@@ -1,13 +1,17 @@
 """`rxe-power test`: the test suite (pytest) where rxe exists.
 
 In the VM mode the tests not marked rxe run on this host (they need no rxe, and under
-emulation they would cost minutes) and the tests marked rxe run in the guest; a
-marker selection (`-m ...`) runs as asked, all of it in the guest.
+emulation they would cost minutes) and the tests marked rxe run in the guest. A marker
+selection of the caller's (`-m EXPR`) is kept on both sides: `(EXPR) and not rxe` here,
+`(EXPR) and rxe` in the guest; a guest part that cannot select any test is not booted
+(`-m 'not rxe'` runs here only). A side that collects nothing exits 5, which alone does
+not fail the command.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 
 from harness.cli.launch import Subcommands, choose_mode, run_in_guest
 from harness.cli.removal import add_removal_option, choose_removal
@@ -16,6 +20,7 @@ from harness.core.errors import BoundExceeded
 from harness.core.proc import python_child, run_bounded
 from harness.core.settings import Mode
 
+MAX_MARKER_NAMES = 12  # names tried in every combination (4096)
 PYTEST_NO_TESTS = 5  # pytest.ExitCode.NO_TESTS_COLLECTED
 TEST_VM_TIMEOUT_S = 3600.0  # the suite takes 15-20 min in TCG; CI allows 90
 
@@ -42,14 +47,12 @@ def cmd_test(args: argparse.Namespace) -> int:
         import pytest  # only here: no other command needs the test runner loaded
 
         return int(pytest.main(args.pytest_args))
-    if any(a.startswith("-m") for a in args.pytest_args):
-        # the caller selects by marker: all of it in the guest, as asked
-        return run_in_guest(python_child("pytest", *args.pytest_args), args.timeout_s,
-                            "vm-test-console.log")
+    expr, rest = split_marker_expression(args.pytest_args)
+    host_expr, guest_expr = side_expressions(expr)
     # The pure-logic tests need no rxe: here, natively (under emulation they cost minutes).
-    print("rxe-power test: the tests not marked rxe, on this host: pytest -m 'not rxe' "
-          + " ".join(args.pytest_args), flush=True)
-    host_argv = python_child("pytest", "-m", "not rxe", *args.pytest_args)
+    print(f"rxe-power test: the tests not marked rxe, on this host: pytest -m '{host_expr}' "
+          + " ".join(rest), flush=True)
+    host_argv = python_child("pytest", "-m", host_expr, *rest)
     try:
         host_rc = run_bounded(host_argv, args.timeout_s, step="the host part of the tests",
                               bound_name="--timeout-s", outstanding=" ".join(host_argv),
@@ -57,8 +60,11 @@ def cmd_test(args: argparse.Namespace) -> int:
     except BoundExceeded as exc:
         print(f"rxe-power test: {exc.problem}", flush=True)
         host_rc = 1
+    if selects_nothing(guest_expr):
+        print(f"rxe-power test: -m '{guest_expr}' selects no rxe test: no guest", flush=True)
+        return combined_pytest_exit(host_rc)
     print("rxe-power test: the tests marked rxe, in the VM", flush=True)
-    vm_rc = run_in_guest(python_child("pytest", "-m", "rxe", *args.pytest_args),
+    vm_rc = run_in_guest(python_child("pytest", "-m", guest_expr, *rest),
                          args.timeout_s, "vm-test-console.log")
     print(f"rxe-power test: host part exit {host_rc}, VM part exit {vm_rc}", flush=True)
     return combined_pytest_exit(host_rc, vm_rc)
@@ -71,3 +77,57 @@ def combined_pytest_exit(*codes: int) -> int:
     if failures:
         return failures[0]
     return PYTEST_NO_TESTS if all(c == PYTEST_NO_TESTS for c in codes) else 0
+
+
+def split_marker_expression(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The caller's `-m EXPR` (`-m EXPR`, `-mEXPR` or `-m=EXPR`; the last one wins, as in
+    pytest) and the other arguments, in order. A `-m` with no value is left to pytest."""
+    expr = None
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "-m" and i + 1 < len(argv):
+            expr, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("-m") and a != "-m":
+            expr = a[3:] if a.startswith("-m=") else a[2:]
+        else:
+            rest.append(a)
+        i += 1
+    return expr, rest
+
+
+def side_expressions(expr: str | None) -> tuple[str, str]:
+    """The marker expressions of the host part and the guest part."""
+    if expr is None or not expr.strip():
+        return "not rxe", "rxe"
+    return f"({expr}) and not rxe", f"({expr}) and rxe"
+
+
+def selects_nothing(guest_expr: str) -> bool:
+    """True when the guest part's expression is false for every test marked rxe, whatever
+    its other markers: tried for each set of the other names in the expression."""
+    from _pytest.mark.expression import Expression  # pytest's own parser of -m
+
+    try:
+        compiled = Expression.compile(guest_expr)
+    except SyntaxError:  # a bad expression: pytest itself says what is wrong, in the guest
+        return False
+    names = sorted(set(re.findall(r"[A-Za-z_][\w.]*", guest_expr))
+                   - {"and", "or", "not", "rxe", "True", "False"})[:MAX_MARKER_NAMES]
+    for bits in range(2 ** len(names)):
+        have = {"rxe"} | {n for k, n in enumerate(names) if bits >> k & 1}
+        if compiled.evaluate(_Markers(have)):
+            return False
+    return True
+
+
+class _Markers:
+    """A test's markers as pytest's expression matcher asks for them."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+
+    def __call__(self, name: str, /, **kwargs: str | int | bool | None) -> bool:
+        return name in self.names

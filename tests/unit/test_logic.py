@@ -269,3 +269,23 @@ def test_test_command_combines_the_host_and_vm_exit_codes() -> None:
     assert combined_pytest_exit(5, 5) == 5
     assert combined_pytest_exit(1, 0) == 1 and combined_pytest_exit(0, 1) == 1
     assert combined_pytest_exit(5, 2) == 2 and combined_pytest_exit(1, 3) == 1
+
+
+def test_a_marker_selection_is_split_between_host_and_guest() -> None:
+    """`rxe-power test -- -m EXPR`: the caller's expression is kept on both sides, and a
+    guest part that cannot select any rxe test boots no guest (it used to run the whole
+    selection, pure logic included, in the TCG guest)."""
+    from harness.cli.suite import selects_nothing, side_expressions, split_marker_expression
+
+    assert split_marker_expression(["-m", "not rxe", "-q"]) == ("not rxe", ["-q"])
+    assert split_marker_expression(["-mslow", "t.py"]) == ("slow", ["t.py"])
+    assert split_marker_expression(["-m=a or b", "-m", "c"]) == ("c", [])
+    assert split_marker_expression(["tests/rxe/x.py", "-k", "m"]) == (None,
+                                                                     ["tests/rxe/x.py", "-k", "m"])
+    assert side_expressions(None) == ("not rxe", "rxe")
+    assert side_expressions("slow") == ("(slow) and not rxe", "(slow) and rxe")
+    assert selects_nothing(side_expressions("not rxe")[1])
+    assert not selects_nothing(side_expressions("rxe")[1])
+    assert not selects_nothing(side_expressions("slow")[1])  # slow and rxe: a guest test
+    assert not selects_nothing(side_expressions("not removal")[1])
+    assert selects_nothing(side_expressions("slow and not rxe")[1])
