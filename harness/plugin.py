@@ -124,6 +124,10 @@ def rxe_topology(pytestconfig: pytest.Config,
     yield topo
     if pytestconfig.stash[_BUILT]:
         lifecycle.teardown(log=lambda m: None)
+        session_mode = _removal_setting(pytestconfig)
+        if pytestconfig.stash[_MODULE_REPORT].removal is not session_mode \
+                and not settings.in_vm():  # a guest is thrown away: no switch for nothing
+            _loaded(pytestconfig, rxe_module.ensure(session_mode))
 
 
 @pytest.fixture
@@ -147,32 +151,42 @@ def _swap_removal(config: pytest.Config, cfg: TopologyConfig, want: RemovalMode)
         _, config.stash[_BUILT] = lifecycle.setup(cfg, log=lambda m: None)
 
 
+def _wanted_removal(item: pytest.Item, session_mode: RemovalMode) -> RemovalMode:
+    marker = item.get_closest_marker("removal")
+    return RemovalMode(marker.args[0]) if marker is not None else session_mode
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests that need the other rdma_rxe (marker removal(mode)) run last, together,
+    so that the session switches the module once (a switch rebuilds the topology: tens of
+    seconds under emulation), not twice per such module."""
+    session_mode = _removal_setting(config)
+    items.sort(key=lambda it: _wanted_removal(it, session_mode) is not session_mode)
+
+
 @pytest.fixture(scope="module", autouse=True)
-def _removal_for_module(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A module marked removal(mode) runs under that mode: when the session runs the other
-    one (and built the topology), the topology is rebuilt on the other rdma_rxe for the
-    module and put back after it."""
-    marker = request.node.get_closest_marker("removal")
-    if marker is None:
-        yield
-        return
-    want = RemovalMode(marker.args[0])
-    request.getfixturevalue("rxe_topology")
+def _removal_for_module(request: pytest.FixtureRequest) -> None:
+    """A module runs under the rdma_rxe it needs (its removal(mode) marker, else the
+    session's --removal): when another one is loaded and the session built the topology,
+    the topology is rebuilt on the module needed. No switch back afterwards: the next
+    module that needs the other one switches (collection puts them last, so a suite
+    switches once); the session's end puts the session's module back (outside the VM)."""
     config = request.config
+    session_mode = _removal_setting(config)
+    marker = request.node.get_closest_marker("removal")
+    loaded = config.stash.get(_MODULE_REPORT, None)
+    if marker is None and (loaded is None or loaded.removal is session_mode):
+        return  # nothing to switch (and a pure-logic module never asks for the topology)
+    want = RemovalMode(marker.args[0]) if marker is not None else session_mode
+    request.getfixturevalue("rxe_topology")
     have = config.stash[_MODULE_REPORT].removal
     if have is want:
-        yield
         return
     if not config.stash[_BUILT]:
         pytest.skip(f"needs --removal {want}; this session runs --removal {have} on a "
                     "topology it did not build, so it cannot switch: run with --removal "
                     f"{want} (or RXE_POWER_REMOVAL={want})")
-    cfg = request.getfixturevalue("rxe_config")
-    _swap_removal(config, cfg, want)
-    try:
-        yield
-    finally:
-        _swap_removal(config, cfg, have)
+    _swap_removal(config, request.getfixturevalue("rxe_config"), want)
 
 
 def _kernel_objects() -> dict[str, set[str]]:

@@ -167,3 +167,27 @@ def test_cli_default_removal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rm, "current_removal", lambda: RemovalMode.DISASSOCIATE)
     assert removal.choose_removal(None, Mode.NATIVE)[0] is RemovalMode.DISASSOCIATE
     assert removal.choose_removal("block", Mode.NATIVE)[0] is RemovalMode.BLOCK
+
+
+class _Item:
+    def __init__(self, name: str, removal: str | None) -> None:
+        self.name, self.removal = name, removal
+
+    def get_closest_marker(self, name: str) -> object:
+        if name != "removal" or self.removal is None:
+            return None
+        return type("Mark", (), {"args": (self.removal,)})()
+
+
+def test_tests_needing_the_other_module_run_last_together(monkeypatch) -> None:
+    """The suite switches rdma_rxe once: the tests marked removal(<the other mode>) are
+    moved after the rest, keeping the order within each group (a switch rebuilds the
+    topology; before, each such module switched there and back)."""
+    from harness import plugin
+    from harness.core.settings import RemovalMode
+
+    monkeypatch.setattr(plugin, "_removal_setting", lambda config: RemovalMode.BLOCK)
+    items = [_Item("a", None), _Item("d1", "disassociate"), _Item("b", "block"),
+             _Item("d2", "disassociate"), _Item("c", None)]
+    plugin.pytest_collection_modifyitems(None, items)  # type: ignore[arg-type]
+    assert [i.name for i in items] == ["a", "b", "c", "d1", "d2"]
