@@ -8,12 +8,18 @@ tracer refuses, loudly, with exit status 125, anything else).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+from harness.core import proc
 from harness.core.errors import OsCallError, RxePowerError
+from harness.core.state import StateFile
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_DIR = REPO / "build" / "tracer"
@@ -66,3 +72,20 @@ def traced_env(trace_dir: Path, base: dict[str, str] | None = None,
     if max_mb is not None:
         env[ENV_MAX_MB] = str(int(max_mb))
     return env
+
+
+@contextlib.contextmanager
+def recorded_work_dir(what: str) -> Iterator[Path]:
+    """A private directory for tracer logs under the run directory (a tmpfs: the tracer
+    maps its log shared, which 9p, the VM's shared project folder, cannot), recorded in
+    the state file while it exists, so that `rxe-power cleanup` removes a killed run's;
+    removed afterwards. WHAT names the user in the directory's name."""
+    proc.RUN_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{what}-{os.getpid()}-", dir=proc.RUN_DIR))
+    state = StateFile.load()
+    state.record("dir", path=str(work))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        state.forget("dir", path=str(work))

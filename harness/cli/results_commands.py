@@ -25,6 +25,7 @@ from harness.cli.removal import add_removal_option
 from harness.core import settings
 from harness.core.settings import Mode
 from harness.run.matrix import DEFAULT_TRANSITIONS, MatrixSpec, run_matrix
+from harness.run.outside import CLIENT_EXIT_TIMEOUT_S
 from harness.run.session import RESULTS_FILE
 from harness.run.stress import StressSpec, make_progress, run_stress
 from harness.topology.config import TopologyConfig
@@ -62,7 +63,7 @@ def matrix_spec(args: argparse.Namespace) -> MatrixSpec:
                       split_csv(args.mix) or ("mixed",),
                       args.together, args.count, args.rate, args.queue_depth, args.hold_ms,
                       parse_on_veto(args.on_veto), args.client_cmd or "",
-                      args.server_cmd or "").validate()
+                      args.server_cmd or "", args.client_exit_timeout_s).validate()
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -146,6 +147,9 @@ def add_matrix_options(p: argparse.ArgumentParser, mode_help: str) -> None:
                    "placeholders {dev} {gid} {addr} {peer_dev} {peer_gid} {peer_addr} {port}) "
                    "run under the verbs tracer instead of the policies")
     p.add_argument("--server-cmd", help="its own server on the peer HCA (same placeholders)")
+    p.add_argument("--client-exit-timeout-s", type=float, default=CLIENT_EXIT_TIMEOUT_S,
+                   help="after the transition, how long the --client-cmd program gets to "
+                   "end by itself before it is stopped (and its row says so)")
     _common(p, mode_help, MATRIX_VM_TIMEOUT_S)
 
 

@@ -34,7 +34,7 @@ from harness.core.files import atomic_write
 from harness.core.xmltext import xml_safe
 from harness.run.kernel_rows import is_kernel_policy, kernel_rows, run_kernel
 from harness.run.kernel_rows import validate as validate_kernel_policy
-from harness.run.outside import OutsideSpec, outside_rows, run_outside
+from harness.run.outside import CLIENT_EXIT_TIMEOUT_S, OutsideSpec, outside_rows, run_outside
 from harness.run.records import ScenarioKey
 from harness.run.resultsfile import RecordKind
 from harness.run.rows import Row, RowStatus, veto_text
@@ -93,12 +93,13 @@ class MatrixSpec:
     on_veto: OnVeto = OnVeto.FORCE
     client_cmd: str = ""  # an outside program instead of the policies (harness/run/outside.py)
     server_cmd: str = ""  # its own server on the peer HCA
+    client_exit_timeout_s: float = CLIENT_EXIT_TIMEOUT_S  # after the transition, to end
 
     def validate(self) -> MatrixSpec:
         for t in self.transitions:
             get_transition(t)
         if self.client_cmd:
-            OutsideSpec(self.client_cmd, self.server_cmd).validate()
+            self.outside().validate()
         elif self.server_cmd:
             raise SettingError("--server-cmd without --client-cmd",
                                "give the client program too (--client-cmd)")
@@ -122,6 +123,9 @@ class MatrixSpec:
         self.workload("mixed")
         return self
 
+    def outside(self) -> OutsideSpec:
+        return OutsideSpec(self.client_cmd, self.server_cmd, self.client_exit_timeout_s)
+
     def workload(self, mix: str) -> WorkloadSpec:
         return WorkloadSpec(ops=OP_MIXES[mix], count=self.count, rate_per_s=self.rate_per_s,
                             queue_depth=self.queue_depth).validate()
@@ -136,7 +140,7 @@ class MatrixSpec:
                     groups = [(p,) for p in self.policies if is_kernel_policy(p)] + (
                         ([user] if user else []) if self.together else [(p,) for p in user])
                     if self.client_cmd:
-                        groups = [(OutsideSpec(self.client_cmd, self.server_cmd).label,)]
+                        groups = [(self.outside().label,)]
                     out += [Scenario(t, o, g, mix) for g in groups]
         return out
 
@@ -151,7 +155,8 @@ class MatrixSpec:
         return cls(tuple(d["transitions"]), tuple(parse_ordering(o) for o in d["orderings"]),
                    tuple(d["policies"]), tuple(d["mixes"]), d["together"], d["count"],
                    d["rate_per_s"], d["queue_depth"], d["hold_ms"], parse_on_veto(d["on_veto"]),
-                   d.get("client_cmd", ""), d.get("server_cmd", ""))
+                   d.get("client_cmd", ""), d.get("server_cmd", ""),
+                   d.get("client_exit_timeout_s", CLIENT_EXIT_TIMEOUT_S))
 
 
 
@@ -289,7 +294,7 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
                 try:
                     if spec.client_cmd:
                         body["result"] = run_outside(
-                            rig.shim, topo, req, OutsideSpec(spec.client_cmd, spec.server_cmd),
+                            rig.shim, topo, req, spec.outside(),
                             rig.log_dir / f"{i:03d}")
                         new = outside_rows(body["scenario"], body["result"])
                     elif is_kernel_policy(sc.policies[0]):  # a kernel client: its own run

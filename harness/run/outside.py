@@ -24,15 +24,15 @@ import shlex
 import shutil
 import string
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from clients.traced import make_trace_dir, traced_env
+from clients.traced import make_trace_dir, recorded_work_dir, traced_env
 from harness.core import settings
+from harness.core.bounds import MAX_WAIT_S, check_number
 from harness.core.errors import BoundExceeded, SettingError
 from harness.core.proc import spawn, stop_child
 from harness.run.rows import Row, RowStatus, veto_text
@@ -48,7 +48,7 @@ PLACEHOLDERS = ("dev", "gid", "addr", "peer_dev", "peer_gid", "peer_addr", "port
 SERVER_READY_TIMEOUT_S = 30.0  # the server listening on {port} / holding the peer HCA
 CLIENT_BUSY_TIMEOUT_S = 30.0  # the client's first successful completion in its log
 CLIENT_EXIT_TIMEOUT_S = 60.0  # after the transition: the client ends by itself
-SERVER_EXIT_TIMEOUT_S = 10.0  # after the client: the server ends by itself
+SERVER_EXIT_TIMEOUT_S = 10.0  # after the client, the server ends by itself (or exit_timeout_s)
 STOP_TIMEOUT_S = 5.0  # SIGTERM -> SIGKILL
 POLL_S = 0.05
 STDERR_TAIL = 400  # characters of the program's output kept in the row's record
@@ -58,8 +58,14 @@ STDERR_TAIL = 400  # characters of the program's output kept in the row's record
 class OutsideSpec:
     client_cmd: str
     server_cmd: str = ""
+    # after the transition the client gets this long to end by itself (else it is stopped
+    # and its row says so): a program that never ends by itself (a pingpong with a huge
+    # count, a server loop) is judged after this long
+    exit_timeout_s: float = CLIENT_EXIT_TIMEOUT_S
 
     def validate(self) -> OutsideSpec:
+        check_number("--client-exit-timeout-s", self.exit_timeout_s, 0, MAX_WAIT_S, "s",
+                     "MAX_WAIT_S", lo_open=True)
         for name, cmd in (("--client-cmd", self.client_cmd), ("--server-cmd", self.server_cmd)):
             if not cmd and name == "--server-cmd":
                 continue
@@ -115,6 +121,7 @@ class OutsideResult:
     devices_opened: list[str]
     recovery_ms: float | None  # resume -> its first successful completion, if it went on
     findings: list[str]
+    exit_timeout_s: float = CLIENT_EXIT_TIMEOUT_S  # the spec's bound on ending by itself
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,17 +171,15 @@ def _tail(path: Path) -> str:
 def run_outside(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path) -> dict[str, Any]:
     """One scenario for the outside program: the result record (JSON-ready)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    # the tracer maps its log shared: the results folder may be on 9p (the VM's shared
-    # project directory), which cannot; the logs are written under /tmp, then kept
-    work = Path(tempfile.mkdtemp(prefix="rxe-power-trace."))
-    try:
-        return _run(shim, topo, req, spec, log_dir, make_trace_dir(work / "trace"))
-    finally:
-        keep = log_dir / "trace"
-        keep.mkdir(exist_ok=True)
-        for p in log_paths(work / "trace") if (work / "trace").is_dir() else []:
-            shutil.copyfile(p, keep / p.name)
-        shutil.rmtree(work, ignore_errors=True)
+    # the logs are written in a recorded work directory (see recorded_work_dir), then kept
+    with recorded_work_dir("trace") as work:
+        try:
+            return _run(shim, topo, req, spec, log_dir, make_trace_dir(work / "trace"))
+        finally:
+            keep = log_dir / "trace"
+            keep.mkdir(exist_ok=True)
+            for p in log_paths(work / "trace") if (work / "trace").is_dir() else []:
+                shutil.copyfile(p, keep / p.name)
 
 
 def _run(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path,
@@ -207,12 +212,12 @@ def _run(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path,
         res = shim.run(req)
         resumed_ns = time.monotonic_ns()
         try:
-            cli.wait(CLIENT_EXIT_TIMEOUT_S)
+            cli.wait(spec.exit_timeout_s)
         except subprocess.TimeoutExpired:
             stopped = True
         if srv is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                srv.wait(SERVER_EXIT_TIMEOUT_S)
+                srv.wait(min(SERVER_EXIT_TIMEOUT_S, spec.exit_timeout_s))
     finally:
         for p in (cli, srv):
             if p is not None:
@@ -259,7 +264,7 @@ def _result(spec: OutsideSpec, cli: subprocess.Popen[bytes], srv: subprocess.Pop
         len(led.unaccounted()) if led else 0,
         len(led.unmatched_completions()) if led else 0,
         led.posted_after_error() if led else 0, list(led.devices) if led else [],
-        recovery, findings)
+        recovery, findings, spec.exit_timeout_s)
 
 
 def outside_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:
@@ -283,7 +288,8 @@ def outside_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:
     elif o["held_at_delete"]:
         bad.append("held the device at the delete")
     if o["stopped_by_harness"]:
-        bad.append(f"still running {CLIENT_EXIT_TIMEOUT_S:g} s after the transition: stopped")
+        bad.append(f"still running {o.get('exit_timeout_s', CLIENT_EXIT_TIMEOUT_S):g} s after "
+                   "the transition: stopped")
     if o["exit"] not in (0, None):
         bad.append(f"exit status {o['exit']}, stderr ends {o['output_tail'].strip()[-120:]!r}")
     if o["counts"].get(Outcome.LOST.value):

@@ -67,3 +67,23 @@ def test_rows() -> None:
     assert broken.status is RowStatus.BROKEN
     (unacc,) = outside_rows(SC, _result(unmatched_completions=2))
     assert unacc.status is RowStatus.BROKEN
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), 1e9])
+def test_client_exit_timeout_is_bounded(bad: float) -> None:
+    """--client-exit-timeout-s: a finite number of seconds, > 0, at most MAX_WAIT_S."""
+    with pytest.raises(SettingError, match="--client-exit-timeout-s"):
+        OutsideSpec(CLIENT, SERVER, bad).validate()
+    with pytest.raises(SettingError, match="--client-exit-timeout-s"):
+        MatrixSpec(transitions=("standby",), client_cmd=CLIENT, server_cmd=SERVER,
+                   client_exit_timeout_s=bad).validate()
+
+
+def test_a_stopped_program_row_names_its_own_bound() -> None:
+    (row,) = outside_rows(SC, _result(stopped_by_harness=True, exit=None, exit_timeout_s=8.0))
+    assert row.status is RowStatus.BAD
+    assert "still running 8 s after the transition: stopped" in row.findings
+    spec = MatrixSpec(transitions=("standby",), client_cmd=CLIENT, server_cmd=SERVER,
+                      client_exit_timeout_s=8.0).validate()
+    assert MatrixSpec.from_json(spec.to_json()) == spec
+    assert spec.outside().exit_timeout_s == 8.0

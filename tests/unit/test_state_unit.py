@@ -111,3 +111,27 @@ def test_corrupt_state_file_is_a_clear_error(state_path: Path) -> None:
     with pytest.raises(TopologyError, match="unreadable or corrupt") as exc:
         state.StateFile.load()
     assert f"rm {state_path}" in exc.value.fix
+
+
+def test_tracer_work_dirs_are_recorded_and_a_dead_runs_are_reaped(state_path: Path) -> None:
+    """The tracer's log folders (matrix --client-cmd, the tracer bench) live under the run
+    directory and are in the state file while they exist: a run killed with one in place
+    leaves it to `cleanup` (reap_stale), not in /tmp for ever."""
+    from clients.traced import recorded_work_dir
+
+    with recorded_work_dir("trace") as work:
+        assert work.is_dir() and work.parent == proc.RUN_DIR
+        (entry,) = [e for e in state.StateFile.load().created if e["kind"] == "dir"]
+        assert entry["path"] == str(work) and entry["owner"] == state.me()
+    assert not work.exists()
+    assert not [e for e in state.StateFile.load().created if e["kind"] == "dir"]
+    # a dead run's folder: recorded by an owner that is gone, removed by reap_stale
+    left = proc.RUN_DIR / "trace-1-x"
+    left.mkdir()
+    st = state.StateFile.load()
+    st.record("dir", path=str(left))
+    data = json.loads(state_path.read_text())
+    for e in data["created"]:
+        e["owner"] = dead_owner()
+    state_path.write_text(json.dumps(data))
+    assert proc.reap_stale(log=lambda m: None) == [] and not left.exists()

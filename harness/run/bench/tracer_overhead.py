@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from clients.traced import make_trace_dir, traced_env
+from clients.traced import make_trace_dir, recorded_work_dir, traced_env
 from harness.core.errors import BoundExceeded, RxePowerError
 from harness.run.bench.perftest import BW_COLUMNS, parse_perftest
 from harness.system.tcp_ports import free_tcp_port, tcp_listening
@@ -82,15 +80,12 @@ def one_run(topo: Topology, iters: int, size: int, trace: Path | None,
 def bench(topo: Topology, runs: int, iters: int, size: int = 4096) -> BenchResult:
     plain: list[float] = []
     traced: list[float] = []
-    work = Path(tempfile.mkdtemp(prefix="rxe-power-trace-bench."))
-    try:
+    with recorded_work_dir("trace-bench") as work:
         for i in range(runs):
             plain.append(one_run(topo, iters, size, None, free_tcp_port()))
             traced.append(one_run(topo, iters, size, work / f"run{i}", free_tcp_port()))
             print(f"run {i + 1}/{runs}: untraced {plain[-1]:.2f} MB/s, traced "
                   f"{traced[-1]:.2f} MB/s", flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return BenchResult(iters, size, plain, traced)
 
 

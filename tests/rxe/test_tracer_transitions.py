@@ -1,0 +1,226 @@
+"""Unmodified verbs programs under the verbs tracer through transitions (the suite's
+default rdma_rxe, whose delete blocks on a holder): ibv_rc_pingpong, ib_send_bw and
+ib_write_bw under link-flap through the matrix's own path for `--client-cmd`
+(harness/run/outside.py), a holder forced out by surprise-removal, and the two C examples
+(one that speaks the notify protocol, one that ignores every error). Every request of
+every program gets exactly one outcome; what each program made of the transition is
+printed as its row. Standby with the removal a real HCA does: test_tracer_standby.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients.traced import example_program, make_trace_dir, traced_env
+from harness.core.proc import stop_child
+from harness.run.outside import OutsideSpec, outside_rows, run_outside
+from harness.topology.config import Topology
+from harness.workload.ledger import Outcome
+from harness.workload.traced_ledger import EndedBy, FindingKind
+from harness.workload.traced_peer import match_peer
+from power.plan import OnVeto, Ordering
+from power.result import TransitionRequest, Verdict
+from tests.rxe.test_outside_clients import _free_port
+from tests.rxe.tracing import (
+    POLL_S,
+    STOP_TIMEOUT_S,
+    bw_argv,
+    check_accounted,
+    ledgers,
+    traced,
+    wait_exit,
+    wait_first_completion,
+)
+
+pytestmark = pytest.mark.rxe
+
+PROGRAMS = ("ibv_rc_pingpong", "ib_send_bw", "ib_write_bw")
+BW_DURATION_S = 5  # ib_*_bw -D: traffic through the transition, then the programs end
+PINGPONG_ITERS = 100_000_000  # pingpong has no duration mode: it never runs out here
+# after the transition: perftest ends by itself once its duration is over; a pingpong that
+# went on (or hangs) is judged and stopped after this long
+PROGRAM_EXIT_TIMEOUT_S = 8.0
+
+
+def program_spec(program: str) -> OutsideSpec:
+    """The program's client and server commands, as a user gives them to `matrix`."""
+    if program == "ibv_rc_pingpong":
+        common = f"-n {PINGPONG_ITERS} -s 4096 -p {{port}}"
+        return OutsideSpec(f"ibv_rc_pingpong -d {{dev}} -g {{gid}} {common} {{peer_addr}}",
+                           f"ibv_rc_pingpong -d {{peer_dev}} -g {{peer_gid}} {common}",
+                           PROGRAM_EXIT_TIMEOUT_S).validate()
+    # 4 KiB, 16 in flight: perftest's defaults fail by themselves under TCG
+    # (tests/rxe/test_outside_clients.py)
+    common = f"-F -s 4096 -t 16 -D {BW_DURATION_S} -p {{port}}"
+    return OutsideSpec(f"{program} -d {{dev}} -x {{gid}} {common} {{peer_addr}}",
+                       f"{program} -d {{peer_dev}} -x {{peer_gid}} {common}",
+                       PROGRAM_EXIT_TIMEOUT_S).validate()
+
+
+def run_program(power_shim: Any, topo: Topology, program: str, transition: str,
+                log_dir: Path) -> tuple[dict[str, Any], Any]:
+    """One scenario through the matrix's path: (the outside record, its table row)."""
+    req = TransitionRequest(transition, Ordering.HCA_FIRST, on_veto=OnVeto.FORCE)
+    result = run_outside(power_shim.shim, topo, req, program_spec(program), log_dir)
+    scenario = {"id": f"{transition}-{program}", "transition": transition,
+                "ordering": Ordering.HCA_FIRST.value, "mix": "program"}
+    (row,) = outside_rows(scenario, result)
+    out = result["outside"]
+    print(f"{program} under {transition}: verdict {result['transition']['verdict']}; "
+          f"exit {out['exit']} (stopped {out['stopped_by_harness']}, terminated "
+          f"{out['terminated_by_shim']}); sends {out['counts']}; receives "
+          f"{out['receive_counts']}; peer {out['peer_counts']}; recovery "
+          f"{out['recovery_ms']} ms; row {row.status.value}: {row.findings}")
+    return result, row
+
+
+def check_program_accounted(out: dict[str, Any], program: str) -> None:
+    """Every request of the program has one outcome, every completion found its request,
+    traffic flowed before the transition, and nothing reached the peer twice."""
+    assert out["traced"], out["findings"]
+    assert out["unaccounted"] == 0 and out["unmatched_completions"] == 0, out
+    assert out["counts"].get(Outcome.COMPLETED_OK.value, 0) > 0, out["counts"]
+    assert sum(out["counts"].values()) > 0
+    if program != "ib_write_bw":  # RDMA WRITE lands without the peer's CPU: nothing to match
+        assert out["peer_counts"]["delivered-once"] > 0, out["peer_counts"]
+    assert out["peer_counts"].get("duplicated", 0) == 0, out["peer_counts"]
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_program_under_link_flap(power_shim, rxe_topology, results_dir, program,
+                                 request) -> None:
+    """The program under link-flap (hca-first, 500 ms without carrier), both ends traced:
+    every request of both accounted for. rxe retries through the flap or errors the QP
+    (both happen; printed): either way nothing is unaccounted or duplicated."""
+    result, row = run_program(power_shim, rxe_topology, program, "link-flap",
+                              results_dir / "logs" / request.node.name)
+    assert result["transition"]["verdict"] == Verdict.COMPLETED.value, result["transition"]
+    check_program_accounted(result["outside"], program)
+    assert row.status.value != "broken", row.findings
+
+
+def test_forced_client_log_survives(power_shim, rxe_topology, results_dir, tmp_path,
+                                    request) -> None:
+    """ib_send_bw holds rxe0 when the shim removes it (surprise-removal, --on-veto force):
+    the shim terminates it, so it never reaches exit() and its log has no END record; the
+    records written up to the kill are there (shared mapping) and the ledger accounts for
+    every request: what was in flight is `lost`, saying the process did not exit."""
+    port = _free_port()
+    loc, peer = rxe_topology.local, rxe_topology.peer
+    d = ["-D", "30"]
+    tdir = tmp_path / "trace"
+    with traced(bw_argv("ib_send_bw", peer, port, *d),
+                [*bw_argv("ib_send_bw", loc, port, *d), peer.addr], port, tdir,
+                results_dir / "logs", request.node.name) as (_srv, cli):
+        wait_first_completion(tdir, cli.pid, cli)
+        res = power_shim.run("surprise-removal", hold_ms=200, on_veto=OnVeto.FORCE)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            cli.wait(STOP_TIMEOUT_S)
+    print(f"surprise-removal verdict {res.verdict}; terminated {res.veto.terminated}")
+    assert [t["pid"] for t in res.veto.terminated] == [cli.pid]
+    client = ledgers(tdir, results_dir / "trace" / request.node.name)[cli.pid]
+    assert not client.closed
+    check_accounted(client)
+    assert client.counts()[Outcome.COMPLETED_OK.value] > 0
+    lost = [r for r in client.sends() if r.outcome is Outcome.LOST]
+    assert lost and {r.ended_by for r in lost} == {EndedBy.LOG_ENDED}, lost[:3]
+    assert os.path.getsize(tdir / f"rxe-power-trace.{cli.pid}.bin") % 64 == 0
+
+
+EXAMPLE_RUN_S = 6  # the examples' traffic time: longer than the transition (500 ms hold)
+SOCKET_TIMEOUT_S = 10.0  # notify_client's socket in the clients directory
+
+
+@contextlib.contextmanager
+def traced_example(name: str, topo: Topology, tdir: Path, log_dir: Path, tag: str,
+                   clients_dir: Path) -> Iterator[subprocess.Popen]:
+    env = traced_env(make_trace_dir(tdir))
+    env["RXE_POWER_CLIENTS_DIR"] = str(clients_dir)
+    argv = [str(example_program(name)), topo.local.dev, str(topo.local.gid_index),
+            topo.peer.dev, str(topo.peer.gid_index), str(EXAMPLE_RUN_S)]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{tag}.log", "w") as out:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        stop_child(proc, 0.0, grace_s=STOP_TIMEOUT_S)
+
+
+def test_notify_client_releases_reopens_clean(power_shim, rxe_topology, results_dir,
+                                              tmp_path, request) -> None:
+    """examples/notify_client.c under standby (clients-first): it answers released (its
+    in-flight SENDs drained), so the delete finds no holder; on resume_complete it reopens
+    rxe0 and sends again. Its ledger: two opens of each device, every request completed-ok
+    and received once, no error, no failed call; exit 0."""
+    clients = power_shim.clients_dir
+    clients.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tdir = tmp_path / "trace"
+    with traced_example("notify_client", rxe_topology, tdir, results_dir / "logs",
+                        request.node.name, clients) as cli:
+        wait_first_completion(tdir, cli.pid, cli)
+        deadline = time.monotonic() + SOCKET_TIMEOUT_S
+        while not list(clients.glob("notify_client.*.sock")):
+            assert time.monotonic() < deadline, "no socket within SOCKET_TIMEOUT_S"
+            time.sleep(POLL_S)  # polling interval of a bounded wait
+        res = power_shim.run("standby")
+        rc = wait_exit(cli, "notify_client")
+    print(f"standby verdict {res.verdict}; answers {res.answers}; exit {rc}")
+    assert res.verdict is Verdict.COMPLETED, res.reasons
+    kinds = sorted(a["kind"] for a in res.answers)
+    assert kinds == ["released", "resumed"], res.answers
+    led = ledgers(tdir, results_dir / "trace" / request.node.name)[cli.pid]
+    assert rc == 0 and led.closed
+    check_accounted(led)
+    loc, peer = rxe_topology.local.dev, rxe_topology.peer.dev
+    assert led.devices == [loc, peer, loc, peer] and led.closes == 4, led.devices
+    assert {r.outcome for r in led.sends()} == {Outcome.COMPLETED_OK}, led.counts()
+    assert not led.failed_calls and not led.posted_after_error()
+    # one QP pair per opening (rxe numbers QPs afresh on the re-created rxe0), each way
+    sending = [m for m in match_peer(led, led) if m.sent]
+    assert len(sending) == 2 and all(m.missing == m.duplicated == 0 for m in sending), sending
+    assert sum(m.delivered_once for m in sending) == len(led.sends())
+
+
+def test_broken_client_found_out(power_shim, rxe_topology, results_dir, tmp_path,
+                                 request) -> None:
+    """examples/broken_client.c under link-flap: it ignores the notice (it has no socket),
+    its SEND QP on rxe0 goes to the error state when the carrier drops, and it goes on
+    posting and ignoring every status. It exits 0; only its ledger tells: error
+    completions and requests posted after the error (finding posted-after-error), or
+    posts refused by post_send that it ignores, and still every request accounted for."""
+    clients = power_shim.clients_dir
+    clients.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tdir = tmp_path / "trace"
+    with traced_example("broken_client", rxe_topology, tdir, results_dir / "logs",
+                        request.node.name, clients) as cli:
+        wait_first_completion(tdir, cli.pid, cli)
+        res = power_shim.run("link-flap")
+        rc = wait_exit(cli, "broken_client")
+    led = ledgers(tdir, results_dir / "trace" / request.node.name)[cli.pid]
+    print(f"link-flap verdict {res.verdict}; exit {rc}; findings "
+          f"{[f.what.value for f in led.findings][:10]}")
+    assert rc == 0 and led.closed
+    check_accounted(led)
+    counts = led.counts()
+    bad = counts.get(Outcome.FLUSHED.value, 0) + counts.get(Outcome.COMPLETED_ERROR.value, 0)
+    rejected = counts.get(Outcome.REJECTED_AT_POST.value, 0)
+    # rxe decides which, run by run (both measured): a send in flight when the carrier
+    # drops completes in error and the client posts on (posted-after-error), or the QP is
+    # in ERR before one is in flight and post_send refuses every later post, which the
+    # client ignores just as well (thousands rejected, the last in-flight ones lost)
+    assert bad > 0 or rejected > 1, counts
+    if bad > 0:
+        assert led.posted_after_error() > 0
+        assert FindingKind.POSTED_AFTER_ERROR in {f.what for f in led.findings}
+
+
