@@ -1,6 +1,6 @@
 """rxe-power matrix and stress against real rxe: results files, tables, leak and kernel checks.
 
-Small on purpose (the suite's budget): a two-scenario matrix, a 20-cycle stress of
+Small on purpose (the suite's budget): a two-scenario matrix, an 8-cycle stress of
 the cooperative policies, and a 4-cycle stress of two deliberately bad clients
 (tests/helpers/bad_clients.py) that stress must catch.
 """
@@ -49,11 +49,16 @@ def test_short_matrix(rxe_config, rxe_topology, tmp_path: Path) -> None:
     assert "naive" in (tmp_path / "table.txt").read_text()
 
 
+STRESS_CYCLES = 8  # 20 took 47 s of the suite under TCG
+
+
 @pytest.mark.timeout(600)
-def test_stress_20_cycles(rxe_config, rxe_topology, tmp_path: Path) -> None:
-    """20 standby cycles under live cooperative clients: every cycle passes its checks and
-    the fd, thread and RDMA resource figures are flat from the first cycle to the last."""
-    spec = StressSpec(cycles=20, policies=("graceful", "queue-replay"), count=40).validate()
+def test_stress_cycles(rxe_config, rxe_topology, tmp_path: Path) -> None:
+    """STRESS_CYCLES standby cycles under live cooperative clients: every cycle passes its
+    checks and the fd, thread and RDMA resource figures are flat from the first cycle to
+    the last. (Long runs are `rxe-power stress`'s job; here the suite's time counts.)"""
+    spec = StressSpec(cycles=STRESS_CYCLES, policies=("graceful", "queue-replay"),
+                      count=40).validate()
     seen: list[CycleOutcome] = []
     code = run_stress(spec, rxe_config, tmp_path, lambda o, f, t: seen.append(o),
                       log=print)
@@ -61,7 +66,7 @@ def test_stress_20_cycles(rxe_config, rxe_topology, tmp_path: Path) -> None:
     assert code == 0 and not failures, failures
     res = read_results(tmp_path / "results.jsonl")
     cycles = res.cycles()
-    assert [c.cycle for c in cycles] == list(range(1, 21))
+    assert [c.cycle for c in cycles] == list(range(1, STRESS_CYCLES + 1))
     assert all(c.verdict == "completed" and not c.kernel_hits for c in cycles)
     assert all(cl.unaccounted == 0 and not cl.crashed for c in cycles for cl in c.clients)
     trends = res.of_kind(RecordKind.SUMMARY)[0]["trends"]

@@ -43,11 +43,11 @@ from tests.rxe.tracing import (
 pytestmark = pytest.mark.rxe
 
 PROGRAMS = ("ibv_rc_pingpong", "ib_send_bw", "ib_write_bw")
-BW_DURATION_S = 5  # ib_*_bw -D: traffic through the transition, then the programs end
+BW_DURATION_S = 4  # ib_*_bw -D: traffic through the transition, then the programs end
 PINGPONG_ITERS = 100_000_000  # pingpong has no duration mode: it never runs out here
 # after the transition: perftest ends by itself once its duration is over; a pingpong that
 # went on (or hangs) is judged and stopped after this long
-PROGRAM_EXIT_TIMEOUT_S = 8.0
+PROGRAM_EXIT_TIMEOUT_S = 5.0
 
 
 def program_spec(program: str) -> OutsideSpec:
