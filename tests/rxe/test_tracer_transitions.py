@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from clients.traced import example_program, make_trace_dir, traced_env
+from harness.core.errors import BoundExceeded
 from harness.core.proc import stop_child
 from harness.run.outside import OutsideSpec, outside_rows, run_outside
 from harness.topology.config import Topology
@@ -69,7 +70,16 @@ def run_program(power_shim: Any, topo: Topology, program: str, transition: str,
                 log_dir: Path) -> tuple[dict[str, Any], Any]:
     """One scenario through the matrix's path: (the outside record, its table row)."""
     req = TransitionRequest(transition, Ordering.HCA_FIRST, on_veto=OnVeto.FORCE)
-    result = run_outside(power_shim.shim, topo, req, program_spec(program), log_dir)
+    try:
+        result = run_outside(power_shim.shim, topo, req, program_spec(program), log_dir)
+    except BoundExceeded:
+        # seen once: an ib_send_bw pair right after a link-flap test opened its devices and
+        # never got further (its own TCP rendezvous?): what the network looked like then
+        for argv in (["ip", "-j", "neigh", "show"], ["ss", "-tanp"],
+                     ["ip", "route", "show", "table", "all"]):
+            out = subprocess.run(argv, capture_output=True, text=True, check=False)
+            print(" ".join(argv), "->", out.stdout[-3000:], out.stderr[-500:])
+        raise
     scenario = {"id": f"{transition}-{program}", "transition": transition,
                 "ordering": Ordering.HCA_FIRST.value, "mix": "program"}
     (row,) = outside_rows(scenario, result)
