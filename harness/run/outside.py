@@ -35,7 +35,9 @@ from harness.core import settings
 from harness.core.bounds import MAX_WAIT_S, check_number
 from harness.core.errors import BoundExceeded, SettingError
 from harness.core.proc import spawn, stop_child
+from harness.run.outside_lane import program_lane
 from harness.run.rows import Row, RowStatus, veto_text
+from harness.run.scenario_result import ClientEnd
 from harness.system.holders import find_holders
 from harness.system.tcp_ports import free_tcp_port, tcp_listening
 from harness.workload.ledger import Outcome
@@ -213,8 +215,9 @@ def _run(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path,
         resumed_ns = time.monotonic_ns()
         try:
             cli.wait(spec.exit_timeout_s)
+            exit_ns: int | None = time.monotonic_ns()  # (within POLL: wait() polls)
         except subprocess.TimeoutExpired:
-            stopped = True
+            stopped, exit_ns = True, None
         if srv is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 srv.wait(min(SERVER_EXIT_TIMEOUT_S, spec.exit_timeout_s))
@@ -222,14 +225,20 @@ def _run(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path,
         for p in (cli, srv):
             if p is not None:
                 stop_child(p, 0.0, grace_s=STOP_TIMEOUT_S)
-    return {"transition": res.to_json(), "clients": [],
-            "outside": _result(spec, cli, srv, cli_argv, srv_argv, res, resumed_ns, stopped,
-                               tdir, log_dir).to_json()}
+    program, led = _result(spec, cli, srv, cli_argv, srv_argv, res, resumed_ns, stopped, tdir,
+                           log_dir)
+    ended = (ClientEnd.TERMINATED_BY_SHIM if program.terminated_by_shim else ClientEnd.NO_REPLY
+             if stopped else ClientEnd.COMPLETED if cli.returncode >= 0 else ClientEnd.DIED)
+    # the program's requests as a client lane of the timeline picture (its row: "outside")
+    lane = program_lane(spec.label, led, ended, program.peer_counts, exit_ns)
+    return {"transition": res.to_json(), "clients": [lane.to_json()],
+            "outside": program.to_json()}
 
 
 def _result(spec: OutsideSpec, cli: subprocess.Popen[bytes], srv: subprocess.Popen[bytes] | None,
             cli_argv: list[str], srv_argv: list[str], res: Any, resumed_ns: int,
-            stopped: bool, tdir: Path, log_dir: Path) -> OutsideResult:
+            stopped: bool, tdir: Path, log_dir: Path,
+            ) -> tuple[OutsideResult, ProcessLedger | None]:
     veto = res.veto
     held = bool(veto) and any(h["pid"] == cli.pid for h in veto.holders)
     terminated = bool(veto) and any(t["pid"] == cli.pid for t in veto.terminated)
@@ -257,14 +266,14 @@ def _result(spec: OutsideSpec, cli: subprocess.Popen[bytes], srv: subprocess.Pop
         kinds = sorted({f.what.value for f in led.findings
                         if f.what is not FindingKind.ASYNC_EVENT})
         findings += [f"trace: {k}" for k in kinds]
-    return OutsideResult(
+    return (OutsideResult(
         spec.label, cli_argv, srv_argv, cli.pid, exit_code, _tail(log_dir / "client.stderr"),
         srv.returncode if srv is not None else None, held, terminated, stopped,
         led is not None, bool(led and led.closed), counts, recv, peer_counts,
         len(led.unaccounted()) if led else 0,
         len(led.unmatched_completions()) if led else 0,
         led.posted_after_error() if led else 0, list(led.devices) if led else [],
-        recovery, findings, spec.exit_timeout_s)
+        recovery, findings, spec.exit_timeout_s), led)
 
 
 def outside_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:

@@ -80,6 +80,10 @@ class ScenarioRecord:
     rows: list[dict[str, Any]] = field(default_factory=list)
     not_restored: list[str] = field(default_factory=list)
     seconds: float | None = None
+    # an outside program's scenario (harness.run.outside): its result holds the transition
+    # and the program's lane for the pictures; its row was judged when it ran and is the
+    # stored one
+    outside: bool = False
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ScenarioRecord:
@@ -90,9 +94,8 @@ class ScenarioRecord:
                   if isinstance(d.get("rows"), list) else [],
                   not_restored=_strs(d.get("not_restored")),
                   seconds=_float_or_none(d.get("seconds")))
-        # an outside program's result (harness.run.outside) has no policy clients: its row
-        # was judged when it ran (outside_rows) and is the stored one
-        if isinstance(d.get("result"), dict) and "outside" not in d["result"]:
+        if isinstance(d.get("result"), dict):
+            rec.outside = "outside" in d["result"]
             try:
                 rec.result = ScenarioResult.from_json(d["result"], schema)
             except RESULT_PARSE_ERRORS as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -87,3 +88,71 @@ def test_a_stopped_program_row_names_its_own_bound() -> None:
                       client_exit_timeout_s=8.0).validate()
     assert MatrixSpec.from_json(spec.to_json()) == spec
     assert spec.outside().exit_timeout_s == 8.0
+
+
+# --- the program's lane in the timeline picture ----------------------------------------------
+
+def _recorded_client(scenario: str):
+    import gzip
+
+    from harness.workload.traced_ledger import build_ledger
+    from harness.workload.tracelog import parse
+
+    trace = Path(__file__).parent.parent / "data" / "trace" / scenario
+    logs = [parse(gzip.decompress(p.read_bytes()), p.name)
+            for p in sorted(trace.glob("*.bin.gz"))]
+    (client,) = [lg for lg in logs if "198.18.0.2" in lg.cmdline]
+    return build_ledger(client)
+
+
+def test_program_lane_keeps_every_request_that_did_not_end_ok() -> None:
+    """A traced program's requests become a client lane: all that did not end completed-ok
+    are drawn, the completed-ok ones sampled evenly under MAX_LANE_POINTS, and the lane's
+    counts are the whole ledger's (recorded: ib_send_bw under link-flap in the guest)."""
+    from harness.run.outside_lane import program_lane, sampled
+    from harness.run.scenario_result import ClientEnd
+
+    led = _recorded_client("send_bw-link-flap")
+    lane = program_lane("cmd:ib_send_bw", led, ClientEnd.COMPLETED, {"delivered-once": 1})
+    assert lane.counts == dict(led.counts(False)) and not lane.unaccounted
+    not_ok = [r for r in led.sends() if r.outcome.value != "completed-ok"]
+    assert not_ok  # the flap left some (recorded)
+    drawn = {e["seq"] for e in lane.ledger}
+    assert {r.seq for r in not_ok} <= drawn
+    shown, step = sampled(led.sends(), limit=len(not_ok) + 10)
+    assert step > 1 and len(shown) <= len(not_ok) + 10 + 1
+    small = program_lane("p", led, ClientEnd.COMPLETED, {}, exit_ns=None)
+    assert all(e["attempts"][0]["posted_ns"] for e in small.ledger)
+    assert program_lane("p", None, ClientEnd.DIED, {}).crash == "no trace log"
+
+
+def test_an_outside_scenario_is_drawn_and_keeps_its_stored_row(tmp_path: Path) -> None:
+    """A `--client-cmd` scenario's record: the report draws its timeline with the program's
+    lane, and its table row is the one stored when it ran (not recomputed as a policy's)."""
+    pytest.importorskip("matplotlib")
+    import json
+
+    from harness import report
+    from harness.run.outside_lane import program_lane
+    from harness.run.scenario_result import ClientEnd
+
+    data = Path(__file__).parent.parent / "data" / "matrix-standby-linkflap.jsonl"
+    header, first = data.read_text().splitlines()[:2]
+    rec = json.loads(first)
+    rec["schema"] = 2
+    led = _recorded_client("send_bw-link-flap")
+    lane = program_lane("cmd:ib_send_bw", led, ClientEnd.COMPLETED, {})
+    rec["scenario"] = {**rec["scenario"], "policies": ["cmd:ib_send_bw"]}
+    rec["result"] = {"transition": rec["result"]["transition"], "clients": [lane.to_json()],
+                     "outside": {"program": "cmd:ib_send_bw"}}
+    stored = dict(rec["rows"][0], policy="cmd:ib_send_bw", status="bad",
+                  findings=["exit status 17"])
+    rec["rows"] = [stored]
+    path = tmp_path / "r.jsonl"
+    path.write_text(header + "\n" + json.dumps(rec) + "\n")
+    lines: list[str] = []
+    assert report.write_report(path, tmp_path / "out", log=lines.append) == 0
+    (pic,) = (tmp_path / "out" / "timelines").iterdir()
+    assert pic.stat().st_size > 30_000
+    table = (tmp_path / "out" / "table.txt").read_text()
+    assert "cmd:ib_send" in table and "exit status 17" in table
