@@ -268,21 +268,25 @@ class _Builder:
         receive = rec.opcode >= WC_RECV
         if track is not None and rec.result != WC_SUCCESS and not track.error_status:
             track.error_status = status
-        queues: list[deque[TracedRequest]] = []
+        # the opcode is defined only for a successful completion (ibv_poll_cq(3)): an error
+        # completion is looked for in both of its QP's queues, the one its opcode names
+        # first (measured: pingpong's SEND completed LOC_QP_OP_ERR with a receive opcode)
+        defined = rec.result == WC_SUCCESS
+        own: list[deque[TracedRequest]] = []
         if track is not None:
-            queues.append(track.rq if receive else track.sq)
-        if receive:
-            queues.extend(self.srqs.values())
+            own = [track.rq, track.sq] if receive else [track.sq, track.rq]
+            own = own[:1] if defined else own
+        queues = own + (list(self.srqs.values()) if receive or not defined else [])
         # A successful completion belongs to a signalled request (an unsignalled one gives
         # none when it succeeds): with reused wr_ids, the first outstanding request with
         # the wr_id may be an unsignalled one that this completion implies, not its own.
         # An error completion (flushes included) comes for signalled and unsignalled alike.
         need_signalled = rec.result == WC_SUCCESS
-        for qi, queue in enumerate(queues):
+        for queue in queues:
             for i, req in enumerate(queue):
                 if req.wr_id != rec.wr_id or (need_signalled and not req.signalled):
                     continue
-                if qi == 0 and track is not None:  # a QP's own queue completes in order
+                if any(queue is q for q in own):  # a QP's own queue completes in order
                     self._resolve_before(queue, i, rec)
                     queue.popleft()
                 else:  # an SRQ: its buffers are consumed by any QP, in no set order
@@ -290,7 +294,7 @@ class _Builder:
                 _end(req, _outcome_of(rec.result), EndedBy.COMPLETION, status, rec.t_ns,
                      "" if rec.result in (WC_SUCCESS, WC_FLUSH) else
                      f"completion status {status} (vendor_err {rec.aux})", rec.length)
-                if receive and track is not None:
+                if req.receive and track is not None:
                     req.qp_num, req.qp_gen = track.qp_num, track.gen
                     track.receives_done.append(req)
                 return

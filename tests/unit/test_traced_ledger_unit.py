@@ -297,3 +297,23 @@ def test_format_2_tells_same_numbered_qps_apart() -> None:
     assert not led.findings
     (m,) = [m for m in match_peer(led, led) if m.sent]
     assert (m.sent, m.delivered_once) == (1, 1)
+
+
+def test_an_error_completion_is_matched_whatever_its_opcode_says() -> None:
+    """A WC's opcode is undefined unless its status is SUCCESS (ibv_poll_cq(3)). Measured
+    under link-flap: ibv_rc_pingpong's SEND (its wr_id 2) completed with LOC_QP_OP_ERR and
+    an opcode that named a receive, and the ledger called it unmatched (the row broken).
+    An error completion is looked for in both of its QP's queues."""
+    data, log = client_bytes("pingpong-clean")
+    qp = _qp_of(log)
+    cq = next(r.obj for r in log.records if r.type is RecType.COMPLETION and r.qp_num == qp)
+    send = next(r for r in log.records if r.type is RecType.POST_SEND and r.qp_num == qp)
+    cut = next(off for off in range(REC_SIZE, len(data), REC_SIZE)
+               if struct.unpack_from("<I", data, off)[0] == RecType.QP_DESTROY)
+    extra = rec(RecType.POST_SEND, qp, obj=send.obj, wr_id=2, opcode=WrOpcode.SEND,
+                length=4096, flags=1)
+    extra += rec(RecType.COMPLETION, qp, obj=cq, wr_id=2, result=2, opcode=128)  # "RECV"
+    led = build_ledger(parse(data[:cut] + extra + data[cut:]))
+    assert not led.unmatched_completions(), led.unmatched_completions()
+    last = led.sends()[-1]
+    assert last.outcome is Outcome.COMPLETED_ERROR and last.status == "LOC_QP_OP_ERR"
