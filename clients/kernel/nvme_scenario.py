@@ -308,6 +308,13 @@ def _judge(ledger: LedgerSummary, conns: list[Any], bad_conns: list[Any], scan: 
         findings.append(f"connection {c.src}->{c.dst} on {c.dev} ({c.phase}) did not cross "
                         "the wire (loopback on one kernel): the row cannot be trusted")
         broken = True
+    dd = next((s for s in tres.get("steps", []) if s["step"] == StepKind.DELETE_DEVICE.value
+               and s["outcome"] == "ok"), None)
+    if dd is not None and dd["detail"].get("veto"):
+        # the delete blocked, then finished within the shim's bounds: a shorter hold
+        findings.append(f"the delete of {dev} blocked {dd['detail']['blocked_s']:.2f} s "
+                        "(the veto report says whether a process held it; else the kernel "
+                        "client did)")
     if tres.get("verdict") == "failed" and not scan.hits and hang is None:
         findings.append("transition failed: " + "; ".join(tres.get("reasons", [])))
         broken = True

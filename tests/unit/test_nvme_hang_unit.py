@@ -103,3 +103,11 @@ def test_delete_ctrl_that_leaves_the_controller_is_an_error(tmp_path: Path,
     with pytest.raises(TopologyError) as exc:
         ko.delete_ctrl("nvme0", timeout_s=5.0)
     assert "deleting (no IO)" in exc.value.problem
+
+
+def test_judge_names_a_shorter_hold_the_shim_outlasted() -> None:
+    tres = {"verdict": "forced", "steps": [
+        {"step": "delete-device", "outcome": "ok", "detail": {"blocked_s": 4.25, "veto": True}}]}
+    conns = [type("C", (), {"phase": "before"})()]
+    findings, status = _judge(LedgerSummary(ios=1), conns, [], _scan(), tres, None)
+    assert status == "clean" and any("blocked 4.25 s" in f for f in findings), findings
