@@ -9,6 +9,10 @@ clients-first (what a PM-aware system does on the notice): stop submitting, wait
 in-flight I/O, sync, disconnect the controller, answer released; after resume reconnect
 and go on on the (possibly renamed) block device. hca-first: nothing is done before the
 device goes.
+
+A controller that holds rxe0's delete after the transition (our `rdma link delete` still
+pending) is reported, waited out within a bound and the local side restored
+(clients/kernel/nvme_hang.py): the row's `hang`.
 """
 
 from __future__ import annotations
