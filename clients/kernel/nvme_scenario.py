@@ -9,6 +9,10 @@ clients-first (what a PM-aware system does on the notice): stop submitting, wait
 in-flight I/O, sync, disconnect the controller, answer released; after resume reconnect
 and go on on the (possibly renamed) block device. hca-first: nothing is done before the
 device goes.
+
+A controller that holds rxe0's delete after the transition (our `rdma link delete` still
+pending) is reported, waited out within a bound and the local side restored
+(clients/kernel/nvme_hang.py): the row's `hang`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clients.kernel import route_guard
+from clients.kernel import nvme_hang, route_guard
 from clients.kernel.blockio import BlockDriver, DriverSpec
 from clients.kernel.nvme_host import CtrlSampler, HostConfig, NvmeHost, parse_policy
 from clients.kernel.nvmet_target import NvmetTarget, TargetConfig
@@ -84,6 +88,7 @@ class NvmeResult:
     status: str  # clean / bad / broken
     client_events: list[dict[str, Any]]
     settled: dict[str, Any] = field(default_factory=dict)  # the controller after the transition
+    hang: dict[str, Any] | None = None  # the kernel client held the device (nvme_hang)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -171,6 +176,11 @@ def window_of(tr: dict[str, Any]) -> Window | None:
     return Window(min(down), max(s["end_ns"] for s in steps))
 
 
+def _began_ns(tr: dict[str, Any], kind: StepKind) -> int | None:
+    return next((s["begin_ns"] for s in tr.get("steps", []) if s["step"] == kind.value
+                 and s["outcome"] != "skipped"), None)
+
+
 def _back_ns(tr: dict[str, Any]) -> int | None:
     """When the device was back: the end of port-up (or of create-device)."""
     ends = {s["step"]: s["end_ns"] for s in tr.get("steps", []) if s["outcome"] == "ok"}
@@ -230,9 +240,19 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
             if pm is not None:
                 shim.notifier.unregister(pm)
             win = window_of(tres)
-            settled = _settle(host, first_ctrl, sc.ordering)
-            _run_on(drv, AFTER_SETTLE_S)
-            drv.stop()
+            hang = None
+            held = nvme_hang.pending(cfg)
+            if held:  # the kernel client holds the device: nothing settles until it lets go
+                drv.stop()
+                hang = nvme_hang.wait_out(cfg, host.find, ctrl_s.samples, first_ctrl, held,
+                                          _began_ns(tres, StepKind.DELETE_DEVICE), tail,
+                                          marker, log=lambda m: None)
+                settled = {"state": hang.ctrl_states_after[-1], "ctrl": hang.ctrl,
+                           "waited_ms": hang.held_ms, "timed_out": not hang.released}
+            else:
+                settled = _settle(host, first_ctrl, sc.ordering)
+                _run_on(drv, AFTER_SETTLE_S)
+                drv.stop()
             records = drv.finish()
             scan = kmsg.scan_after(marker, tail=tail)
         ctrl_now = host.find()
@@ -257,12 +277,13 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
                                         win.start_ns if win else 0,
                                         win.end_ns if win else 0)
         bad_conns = route_guard.off_wire(conns, cfg)
-        findings, status = _judge(ledger, conns, bad_conns, scan, tres)
+        findings, status = _judge(ledger, conns, bad_conns, scan, tres, hang, cfg.local_dev)
         return NvmeResult(
             asdict(sc) | {"ordering": sc.ordering.value}, opts.to_json(), tres, ledger,
             [r.to_json() for r in records], [asdict(s) for s in ctrl_s.samples],
             [c.to_json() for c in conns], [c.to_json() for c in bad_conns], survived,
-            after, detect, recover, scan.to_json(), findings, status, events, settled)
+            after, detect, recover, scan.to_json(), findings, status, events, settled,
+            hang.to_json() if hang else None)
     finally:
         if pm is not None:
             shim.notifier.unregister(pm)
@@ -270,9 +291,15 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
 
 
 def _judge(ledger: LedgerSummary, conns: list[Any], bad_conns: list[Any], scan: kmsg.KmsgScan,
-           tres: dict[str, Any]) -> tuple[list[str], str]:
+           tres: dict[str, Any], hang: nvme_hang.HangReport | None = None,
+           dev: str = "rxe0") -> tuple[list[str], str]:
     findings = []
     broken = False
+    if hang is not None:
+        # a finding of the kernel's, not of the harness: the row stays readable. Only a
+        # hang the harness could not end (or a local side it could not restore) breaks it
+        findings += hang.findings(dev)
+        broken = not hang.recovered
     if not any(c.phase == "before" for c in conns):
         findings.append("no connection of the client seen in `rdma res show cm_id` before "
                         "the transition: which device it used cannot be shown")
@@ -285,7 +312,14 @@ def _judge(ledger: LedgerSummary, conns: list[Any], bad_conns: list[Any], scan: 
         findings.append(f"connection {c.src}->{c.dst} on {c.dev} ({c.phase}) did not cross "
                         "the wire (loopback on one kernel): the row cannot be trusted")
         broken = True
-    if tres.get("verdict") == "failed" and not scan.hits:
+    dd = next((s for s in tres.get("steps", []) if s["step"] == StepKind.DELETE_DEVICE.value
+               and s["outcome"] == "ok"), None)
+    if dd is not None and dd["detail"].get("veto"):
+        # the delete blocked, then finished within the shim's bounds: a shorter hold
+        findings.append(f"the delete of {dev} blocked {dd['detail']['blocked_s']:.2f} s "
+                        "(the veto report says whether a process held it; else the kernel "
+                        "client did)")
+    if tres.get("verdict") == "failed" and not scan.hits and hang is None:
         findings.append("transition failed: " + "; ".join(tres.get("reasons", [])))
         broken = True
     if ledger.lost_seqs:
@@ -298,7 +332,7 @@ def _judge(ledger: LedgerSummary, conns: list[Any], bad_conns: list[Any], scan: 
         findings.append(f"{ledger.count(IoOutcome.STUCK)} I/O stuck")
     findings += [f"kernel log: {h.pattern}: {h.record.message}" for h in scan.hits]
     bad = bool(ledger.lost_seqs or ledger.corrupted_seqs or ledger.reads_bad
-               or ledger.count(IoOutcome.STUCK) or scan.hits)
+               or ledger.count(IoOutcome.STUCK) or scan.hits or hang)
     return findings, "broken" if broken else "bad" if bad else "clean"
 
 

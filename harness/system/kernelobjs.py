@@ -25,12 +25,14 @@ import ipaddress
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.core.errors import BoundExceeded, NotOurs, OsCallError, TopologyError
+from harness.core.errors import NotOurs, OsCallError, TopologyError
+from harness.core.proc import run_bounded
 from harness.core.state_entries import KERNEL_CLIENT_KINDS
 
 CONFIGFS = Path("/sys/kernel/config")
@@ -39,6 +41,8 @@ NULLB = CONFIGFS / "nullb"
 SYS_NVME = Path("/sys/class/nvme")
 NVME_DELETE_TIMEOUT_S = 30.0  # delete_controller of a controller that may be reconnecting
 UMOUNT_TIMEOUT_S = 10.0
+CTRL_GONE_TIMEOUT_S = 2.0  # delete_controller returned -> its sysfs directory gone
+CTRL_GONE_POLL_S = 0.02
 
 KINDS = KERNEL_CLIENT_KINDS  # the state file's kinds for them (harness.core.state_entries)
 OUR_PREFIX = "rxpw"  # every null_blk name and subsystem NQN we make carries it
@@ -135,20 +139,29 @@ def nvme_ctrls(root: Path = SYS_NVME) -> list[NvmeCtrl]:
 
 
 def delete_ctrl(name: str, timeout_s: float = NVME_DELETE_TIMEOUT_S) -> None:
-    """delete_controller, bounded (the write blocks until the controller is gone)."""
+    """delete_controller, bounded (the write blocks until the controller is gone; a writer
+    stuck in the kernel is killed and left, never waited on).
+
+    Measured (6.1): on a controller the kernel is already deleting (nvme_rdma_remove_one
+    on the device's removal) the write returns success and does nothing, and the file is
+    gone after the first write (EACCES): a controller still there afterwards is an error
+    naming its state, not a success."""
     name = valid_ctrl(name)
     path = SYS_NVME / name / "delete_controller"
-    try:
-        proc = subprocess.run(["sh", "-c", 'echo 1 > "$1"', "sh", str(path)],
-                              capture_output=True, text=True, timeout=timeout_s,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise BoundExceeded(f"delete of nvme controller {name}", "NVME_DELETE_TIMEOUT_S",
-                            timeout_s, f"{name} state {read_attr(SYS_NVME / name / 'state')!r}"
-                            ) from None
-    if proc.returncode != 0 and (SYS_NVME / name).exists():
-        raise TopologyError(f"delete of nvme controller {name} failed: {proc.stderr.strip()}",
-                            f"run `nvme disconnect -d {name}` and read dmesg")
+    proc = run_bounded(["sh", "-c", 'echo 1 > "$1"', "sh", str(path)], timeout_s,
+                       step=f"delete of nvme controller {name}",
+                       bound_name="NVME_DELETE_TIMEOUT_S",
+                       outstanding=f"{name} state {read_attr(SYS_NVME / name / 'state')!r}")
+    end = time.monotonic() + CTRL_GONE_TIMEOUT_S
+    while (SYS_NVME / name).exists() and time.monotonic() < end:
+        time.sleep(CTRL_GONE_POLL_S)
+    if (SYS_NVME / name).exists():
+        why = proc.stderr.strip() if proc.returncode != 0 else "the write returned"
+        raise TopologyError(f"delete of nvme controller {name} failed: {why}; it is still "
+                            f"there in state {read_attr(SYS_NVME / name / 'state')!r}",
+                            "a controller in 'deleting' is being deleted by the kernel "
+                            f"itself: wait for it; else run `nvme disconnect -d {name}` and "
+                            "read dmesg")
 
 
 # --- removal -----------------------------------------------------------------------------
