@@ -136,9 +136,9 @@ def check_named_and_forced(res, cli: subprocess.Popen, program: str, dev: str) -
 
 # (program, its extra options, transition): the local side holds rxe0 when the delete comes
 FORCED_CASES = [
-    # rxe0 sends; no carrier drop before the delete, so nothing tells it to stop
-    # (ibv_rc_pingpong under surprise-removal: tests/rxe/test_power.py, through the CLI)
-    ("ib_send_bw", (), "surprise-removal"),
+    # (ib_send_bw sending under surprise-removal: test_forced_client_log_survives in
+    # tests/rxe/test_tracer_transitions.py, traced, with the same checks; ibv_rc_pingpong
+    # under surprise-removal: tests/rxe/test_power.py, through the CLI)
     # the server on rxe1 sends (--reversed): rxe0 only receives, so the carrier drop gives
     # it no error and it still holds the device at the delete
     ("ib_send_bw", ("--reversed",), "standby"),
