@@ -19,7 +19,6 @@ from harness.core.errors import SettingError
 from harness.core.files import atomic_write
 from harness.core.settings import SETTINGS, Mode
 from harness.run.bench.record import BENCH_FILE, host_load
-from harness.run.bench.run import run_bench
 from harness.run.bench.spec import BENCH_VM_TIMEOUT_S, SECTIONS, BenchSpec
 from harness.topology.config import TopologyConfig
 
@@ -82,4 +81,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 data["host_after"] = host_load()
                 atomic_write(path, json.dumps(data, indent=1, default=str))
         return code
+    # imported here: the bench's modules are the heaviest of the CLI (most commands never
+    # need them, and every harness child process starts the CLI)
+    from harness.run.bench.run import run_bench
+
     return run_bench(spec, TopologyConfig.from_settings(), out_dir)
