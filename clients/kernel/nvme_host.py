@@ -39,6 +39,11 @@ class NvmeOptions:
     ctrl_loss_tmo: int = 600  # s; -1: reconnect forever
     reconnect_delay: int = 10  # s between reconnect attempts
     fast_io_fail_tmo: int = -1  # s after which queued I/O fails; -1: off
+    # s: nvme_core's bound on an admin/fabrics command (a module parameter, read when a
+    # controller is created; production sets it with nvme_core.admin_timeout=). None:
+    # leave the system's. It bounds the hold of a removal that deletes a LIVE controller
+    # over a downed link (clients/kernel/nvme_hang.py)
+    admin_timeout: int | None = None
 
     def fabrics_options(self) -> str:
         out = f"ctrl_loss_tmo={self.ctrl_loss_tmo},reconnect_delay={self.reconnect_delay}"
@@ -57,12 +62,14 @@ PRESETS: dict[str, NvmeOptions] = {
 }
 _RAW_KEYS = {f: (lo, hi) for f, lo, hi in (("ctrl_loss_tmo", -1, 86400),
                                              ("reconnect_delay", 1, 3600),
-                                             ("fast_io_fail_tmo", -1, 86400))}
+                                             ("fast_io_fail_tmo", -1, 86400),
+                                             ("admin_timeout", 1, 3600))}
 
 
 def parse_policy(raw: str) -> NvmeOptions:
     """A preset name, or `nvme-rdma:key=val:key=val...` with keys ctrl_loss_tmo,
-    reconnect_delay, fast_io_fail_tmo (unset keys keep the kernel default). Colons, not
+    reconnect_delay, fast_io_fail_tmo, admin_timeout (unset keys keep the kernel
+    default; admin_timeout is nvme_core's, set for the scenario and put back). Colons, not
     commas: the command line's policy lists are comma-separated."""
     if raw in PRESETS:
         return PRESETS[raw]
@@ -70,7 +77,7 @@ def parse_policy(raw: str) -> NvmeOptions:
     if head != "nvme-rdma" or not colon or "=" not in rest:
         raise SettingError(f"unknown nvme-rdma policy {raw!r}",
                            f"use one of {', '.join(PRESETS)} or nvme-rdma:ctrl_loss_tmo=N:"
-                           "reconnect_delay=N:fast_io_fail_tmo=N")
+                           "reconnect_delay=N:fast_io_fail_tmo=N:admin_timeout=N")
     vals = dict(KERNEL_DEFAULTS)
     for part in rest.split(":"):
         key, _, val = part.partition("=")

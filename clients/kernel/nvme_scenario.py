@@ -31,6 +31,7 @@ from clients.kernel.nvmet_target import NvmetTarget, TargetConfig
 from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, RxePowerError
 from harness.core.state import StateFile
+from harness.system import kernelobjs as ko
 from harness.topology.config import TopologyConfig
 from harness.workload.block_ledger import (
     IoOutcome,
@@ -53,6 +54,7 @@ AFTER_SETTLE_S = 1.5  # I/O goes on this long once the controller settled (then 
 QUIESCE_TIMEOUT_S = 30.0  # clients-first: pause, sync, disconnect within this
 HUNG_TASK_TIMEOUT_S = 10  # the guest's hung_task_timeout_secs during the scenario
 HUNG_TASK = "kernel.hung_task_timeout_secs"
+ADMIN_TIMEOUT_PARAM = "nvme_core.admin_timeout"  # the policy's admin_timeout, if it sets one
 POLL_S = 0.05
 DOWN_STEPS = (StepKind.PORT_DOWN, StepKind.DELETE_DEVICE)
 
@@ -220,6 +222,8 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
         if sc.guard:
             guard = route_guard.install(cfg, state)
         _set_sysctl(state, HUNG_TASK, HUNG_TASK_TIMEOUT_S)
+        if opts.admin_timeout is not None:  # read when the controller is made: set first
+            ko.set_module_param(state, ADMIN_TIMEOUT_PARAM, opts.admin_timeout)
         host = NvmeHost(HostConfig(target.cfg.nqn, cfg.peer_addr, target.cfg.trsvcid,
                                    cfg.local_addr, opts), state)
         host.connect()
@@ -351,6 +355,7 @@ def _teardown(state: StateFile, target: NvmetTarget, host: NvmeHost | None,
     if guard is not None:
         route_guard.remove(guard, state)
     _restore_sysctl(state, HUNG_TASK)
+    ko.restore_module_param(state, ADMIN_TIMEOUT_PARAM, log=lambda m: None)
     if problems:
         raise RxePowerError("nvme-rdma teardown left: " + "; ".join(problems),
                             "run `rxe-power cleanup`")

@@ -27,7 +27,7 @@ Check = Callable[[Any], bool]
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,63}")
 # what the kernel clients make (nvmet, nvme, null_blk, configfs, the route guard)
 KERNEL_CLIENT_KINDS = ("configfs_mount", "nullb", "nvmet_subsys", "nvmet_ns", "nvmet_port",
-                       "nvmet_link", "nvme_ctrl", "route_prohibit")
+                       "nvmet_link", "nvme_ctrl", "route_prohibit", "module_param")
 SYSCTLS_WE_SET = frozenset({
     "net.ipv4.conf.all.rp_filter",  # the topology, when it was not 0
     "kernel.hung_task_timeout_secs",  # a kernel-client scenario, lowered for its duration

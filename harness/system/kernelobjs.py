@@ -33,6 +33,7 @@ from typing import Any
 
 from harness.core.errors import NotOurs, OsCallError, TopologyError
 from harness.core.proc import run_bounded
+from harness.core.state import StateFile
 from harness.core.state_entries import KERNEL_CLIENT_KINDS
 
 CONFIGFS = Path("/sys/kernel/config")
@@ -45,6 +46,9 @@ CTRL_GONE_TIMEOUT_S = 2.0  # delete_controller returned -> its sysfs directory g
 CTRL_GONE_POLL_S = 0.02
 
 KINDS = KERNEL_CLIENT_KINDS  # the state file's kinds for them (harness.core.state_entries)
+SYS_MODULE = Path("/sys/module")
+# the module parameters a kernel-client scenario may change (for its duration; put back)
+MODULE_PARAMS_WE_SET = frozenset({"nvme_core.admin_timeout"})
 OUR_PREFIX = "rxpw"  # every null_blk name and subsystem NQN we make carries it
 _NQN_RE = re.compile(r"nqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.-]+:" + OUR_PREFIX + r"[a-z0-9._-]{1,64}")
 _NULLB_RE = re.compile(OUR_PREFIX + r"[a-z0-9_]{1,24}")
@@ -189,7 +193,7 @@ def _write(path: Path, value: str) -> None:
 
 
 def undo(entry: dict[str, Any], log: Callable[[str], None], configfs: Path = CONFIGFS,
-         sys_nvme: Path = SYS_NVME) -> None:
+         sys_nvme: Path = SYS_NVME, sys_module: Path = SYS_MODULE) -> None:
     """Remove the object one state-file entry names (if it is still there)."""
     kind = entry["kind"]
     nvmet, nullb = configfs / "nvmet", configfs / "nullb"
@@ -248,5 +252,43 @@ def undo(entry: dict[str, Any], log: Callable[[str], None], configfs: Path = CON
                              timeout=UMOUNT_TIMEOUT_S, stdin=subprocess.DEVNULL)
         if res.returncode == 0:
             log(f"removed prohibit route {dst} table {table}")
+    elif kind == "module_param":
+        path = module_param_path(entry["param"], sys_module)
+        old = valid_int(entry["old"], 0, 2**31, "module parameter value")
+        _write(path, str(old))
+        log(f"restored {entry['param']}={old}")
     else:
         raise TopologyError(f"unknown kernel-object kind {kind!r}", "use a newer rxe-power")
+
+
+def module_param_path(param: object, sys_module: Path = SYS_MODULE) -> Path:
+    """/sys/module/<module>/parameters/<name> of a MODULE.NAME that a run may change."""
+    if param not in MODULE_PARAMS_WE_SET:
+        raise NotOurs(f"module parameter {param!r} is not one rxe-power sets",
+                      "remove that entry from the state file by hand")
+    module, _, name = str(param).partition(".")
+    return sys_module / module / "parameters" / name
+
+
+def set_module_param(state: StateFile, param: str, value: int,
+                     sys_module: Path = SYS_MODULE) -> int:
+    """Set a module parameter for a scenario, its old value recorded first (the entry is
+    how the scenario, or cleanup after a kill, puts it back). Returns the old value."""
+    path = module_param_path(param, sys_module)
+    try:
+        old = int(path.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise TopologyError(f"cannot read {path}: {exc}",
+                            f"load the module that owns {param} (modprobe)") from exc
+    state.record("module_param", param=param, old=old)
+    _write(path, str(value))
+    return old
+
+
+def restore_module_param(state: StateFile, param: str, log: Callable[[str], None],
+                         sys_module: Path = SYS_MODULE) -> None:
+    """Put back what set_module_param changed (its entries), and forget them."""
+    for e in [e for e in state.created if e["kind"] == "module_param"
+              and e.get("param") == param]:
+        undo(e, log, sys_module=sys_module)
+        state.forget(**e)

@@ -140,6 +140,38 @@ def test_surprise_removal(power_shim, rxe_config) -> None:
                               "short (0 of 4096 bytes)"}, lg.errnos
 
 
+IDLE = DriverSpec(count=2, depth=1, rate_per_s=0.0)  # two writes, then nothing in flight
+ADMIN_TIMEOUT_S = 5  # nvme_core's admin_timeout for that scenario (the default is 60 s)
+
+
+@pytest.mark.timeout(SCENARIO_TIMEOUT_S)
+def test_idle_controller_holds_the_sleep(power_shim, rxe_config) -> None:
+    """An idle controller under standby hca-first: no I/O meets the dead port, so (unless
+    a keep-alive happens to) nothing starts error recovery, the controller is still LIVE
+    when rxe0 goes, nvme_rdma_remove_one deletes it, and the delete's shutdown (a Property
+    Set over the downed link) waits out nvme_core's admin_timeout, holding rxe0's delete
+    and so the sleep. The policy lowers admin_timeout to ADMIN_TIMEOUT_S (the suite's
+    time; the kernel's default is 60 s, measured: 60.7 s) and puts it back. The scenario
+    must find the hold, report it with that bound, and restore the local side."""
+    before = ko.module_param_path("nvme_core.admin_timeout").read_text().strip()
+    sc = NvmeScenario("standby", Ordering.HCA_FIRST,
+                      f"{POLICY}:admin_timeout={ADMIN_TIMEOUT_S}", HOLD_MS, IDLE,
+                      start_after_ios=IDLE.count, size_mib=SIZE_MIB)
+    res = run_nvme(power_shim.shim, rxe_config, sc)
+    common(res)
+    assert ko.module_param_path("nvme_core.admin_timeout").read_text().strip() == before
+    assert res.options["admin_timeout"] == ADMIN_TIMEOUT_S
+    if res.hang is None:
+        # the other measured way: something met the dead port first (a keep-alive), error
+        # recovery released the device, and the removal found no controller to delete
+        assert res.detect_ms is not None, res.ctrl_states
+        return
+    hang = held(res)
+    assert hang["admin_timeout_s"] == ADMIN_TIMEOUT_S, hang
+    # the hold ends with the admin command's timeout (plus the kernel's own work)
+    assert hang["held_ms"] < (ADMIN_TIMEOUT_S + 15) * 1000, hang
+
+
 _CHILD = """
 import sys, time
 from clients.kernel.nvme_host import HostConfig, NvmeHost, parse_policy

@@ -153,3 +153,32 @@ def test_requirements_find_modules_and_tools(tmp_path: Path) -> None:
     gaps = missing(tmp_path, which=lambda t: None if t == "fio" else f"/usr/bin/{t}")
     assert [w for w, _ in gaps] == [f"kernel module nvme-fabrics not in {tmp_path}",
                                     "fio not on PATH"]
+
+
+def test_admin_timeout_is_set_recorded_and_put_back(tmp_path: Path, monkeypatch) -> None:
+    """`nvme-rdma:admin_timeout=N` sets nvme_core's admin_timeout for the scenario: the
+    old value is in the state file before the write (cleanup after a kill puts it back)
+    and the scenario's teardown restores it. Only that parameter may be written."""
+    from harness.core import state as st
+
+    monkeypatch.setattr(st, "STATE_PATH", tmp_path / "state.json")
+    params = tmp_path / "nvme_core" / "parameters"
+    params.mkdir(parents=True)
+    (params / "admin_timeout").write_text("60\n")
+    state = st.StateFile.load()
+    assert parse_policy("nvme-rdma:admin_timeout=5").admin_timeout == 5
+    assert ko.set_module_param(state, "nvme_core.admin_timeout", 5, tmp_path) == 60
+    assert (params / "admin_timeout").read_text() == "5"
+    (entry,) = st.StateFile.load().created
+    assert (entry["kind"], entry["param"], entry["old"]) == ("module_param",
+                                                             "nvme_core.admin_timeout", 60)
+    ko.restore_module_param(st.StateFile.load(), "nvme_core.admin_timeout", print, tmp_path)
+    assert (params / "admin_timeout").read_text() == "60"
+    assert not st.StateFile.load().created
+    with pytest.raises(NotOurs):
+        ko.undo({"kind": "module_param", "param": "kernel.panic", "old": 1}, print,
+                sys_module=tmp_path)
+    with pytest.raises(NotOurs):
+        ko.set_module_param(state, "../../etc.passwd", 1, tmp_path)
+    with pytest.raises(SettingError):
+        parse_policy("nvme-rdma:admin_timeout=0")
