@@ -146,13 +146,17 @@ ADMIN_TIMEOUT_S = 5  # nvme_core's admin_timeout for that scenario (the default 
 
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
 def test_idle_controller_holds_the_sleep(power_shim, rxe_config) -> None:
-    """An idle controller under standby hca-first: no I/O meets the dead port, so (unless
-    a keep-alive happens to) nothing starts error recovery, the controller is still LIVE
-    when rxe0 goes, nvme_rdma_remove_one deletes it, and the delete's shutdown (a Property
-    Set over the downed link) waits out nvme_core's admin_timeout, holding rxe0's delete
-    and so the sleep. The policy lowers admin_timeout to ADMIN_TIMEOUT_S (the suite's
-    time; the kernel's default is 60 s, measured: 60.7 s) and puts it back. The scenario
-    must find the hold, report it with that bound, and restore the local side."""
+    """An idle controller under standby hca-first, with nvme_core's admin_timeout lowered
+    to ADMIN_TIMEOUT_S by the policy (the kernel's default is 60 s) and put back after.
+    Both outcomes were measured, so the test takes whichever happened and checks it:
+    - held (by hand, admin_timeout 60): nothing had met the dead port, the controller was
+      still LIVE when rxe0 went, nvme_rdma_remove_one deleted it and the delete's
+      shutdown (a Property Set over the downed link) waited out admin_timeout: rxe0's
+      delete, and so the sleep, held 60.7 s. The row must report the hold with that
+      bound and the local side must be restored;
+    - not held (the first suite run with admin_timeout 5): the controller left LIVE
+      105 ms after the carrier drop and was gone at once, the delete not held.
+    Either way the ledger holds and admin_timeout is back to what it was."""
     before = ko.module_param_path("nvme_core.admin_timeout").read_text().strip()
     sc = NvmeScenario("standby", Ordering.HCA_FIRST,
                       f"{POLICY}:admin_timeout={ADMIN_TIMEOUT_S}", HOLD_MS, IDLE,
@@ -162,9 +166,9 @@ def test_idle_controller_holds_the_sleep(power_shim, rxe_config) -> None:
     assert ko.module_param_path("nvme_core.admin_timeout").read_text().strip() == before
     assert res.options["admin_timeout"] == ADMIN_TIMEOUT_S
     if res.hang is None:
-        # the other measured way: something met the dead port first (a keep-alive), error
-        # recovery released the device, and the removal found no controller to delete
-        assert res.detect_ms is not None, res.ctrl_states
+        # not held: the controller left LIVE and is gone, and the row says nothing held
+        assert res.detect_ms is not None and res.settled["state"] == "absent", res.settled
+        assert not any("held" in f for f in res.findings), res.findings
         return
     hang = held(res)
     assert hang["admin_timeout_s"] == ADMIN_TIMEOUT_S, hang
