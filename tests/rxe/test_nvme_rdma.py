@@ -169,7 +169,7 @@ def test_idle_controller_holds_the_sleep(power_shim, rxe_config) -> None:
         # not held: the controller left LIVE and is gone, and the row says nothing held
         assert res.detect_ms is not None and res.settled["state"] == "absent", res.settled
         deletes = [st for st in res.transition["steps"] if st["step"] == "delete-device"]
-        assert deletes and not any(st["detail"].get("veto") for st in deletes), deletes
+        assert deletes and not any((st.get("detail") or {}).get("veto") for st in deletes), deletes
         return
     hang = held(res)
     assert hang["admin_timeout_s"] == ADMIN_TIMEOUT_S, hang
