@@ -198,8 +198,10 @@ class ClientCore(ClientIoPath):
                 self.error(f"async event {name}")
 
     def check_removed(self) -> None:
-        """rxe sends no DEVICE_FATAL: its uverbs node vanishing is the removal notice."""
+        """Stock rxe sends no DEVICE_FATAL: its uverbs node vanishing is the removal notice
+        (with --removal disassociate both come). Noted once per device."""
         if self.device is not None and self.uverbs and not os.path.exists(self.uverbs):
+            self.uverbs = None  # seen: a client that keeps the device hears of it once
             self.note("device removed")
             self.error("the device's uverbs node vanished (device being removed)")
 
