@@ -145,6 +145,7 @@ def ledger_from_journal(text: str, spec: WorkloadSpec) -> Ledger:
                 led.failed_to_app(r, str(d.get("reason", "refused")))
         elif ev == "abandoned":
             for r in _reqs(d, n):
+                issued.add(r)
                 led.abandoned(r, str(d.get("reason", "the device went")))
     killed, why = OUTCOME_RULES[LedgerEvent.KILLED]
     in_flight = set(led.in_flight())

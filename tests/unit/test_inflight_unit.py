@@ -188,3 +188,39 @@ def test_a_killed_clients_row_is_bad_and_accounts_for_every_request() -> None:
     assert not lost.invariant_ok
     (row,) = rows_of(key, ScenarioResult(_steps(1, 2), [lost]))
     assert row.status is RowStatus.BROKEN
+
+
+def _fatal_core(requeue: bool) -> tuple[object, io.StringIO]:
+    """A ClientCore whose device delivered DEVICE_FATAL with requests 3 and 5 posted on
+    its QP (no device, agent or verbs needed: nothing is asked of the QP)."""
+    from clients.connection import Conn
+    from clients.core import ClientCore
+
+    journal = io.StringIO()
+    core = ClientCore.__new__(ClientCore)
+    ClientIoPath.__init__(core, WorkloadSpec(count=8), journal)
+    core.device, core.device_fatal = None, True
+    for r in (3, 5):
+        core.ledger.posted(r, 1, 100 + r)
+        core._jpend.append(r + 1)  # journaled as _post does
+    core.queue.remove(3)
+    core.queue.remove(5)
+    core.conns[0] = Conn(0, 1, None, 0, None, [2, 3], [3, 5, -1, -1], n_inflight=2)  # type: ignore[arg-type]
+    assert core.flush_all(requeue=requeue) == 2
+    assert core.outstanding() == 0 and core.conns[0].broken
+    return core, journal
+
+
+def test_device_fatal_ends_what_was_in_flight_without_a_drain() -> None:
+    """After DEVICE_FATAL nothing posted completes (measured on rxe): fail-fast reports the
+    requests in flight abandoned at once (not lost at the deadline, no drain wait), and
+    its journal says so; queue-replay and graceful put them back in line for replay."""
+    core, journal = _fatal_core(requeue=False)
+    core.ledger.finalize()
+    assert core.ledger.counts()["abandoned"] == 2 and "lost" not in core.ledger.counts()
+    core.flush_journal()
+    led = ledger_from_journal(journal.getvalue(), WorkloadSpec(count=8))
+    assert led.counts() == {"abandoned": 2}
+    core, _ = _fatal_core(requeue=True)
+    assert list(core.queue)[:2] == [3, 5] and core.ledger.unaccounted()[:2] == [0, 1]
+    assert 3 in core.ledger.unaccounted() and "abandoned" not in core.ledger.counts()
