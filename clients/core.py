@@ -23,7 +23,6 @@ has the device, the connections, events, quiescing and the finish report.
 
 from __future__ import annotations
 
-import collections
 import os
 import socket
 import time
@@ -78,6 +77,7 @@ class ClientCore(ClientIoPath):
         if self.device is None:
             self.device = Device(info.dev, info.port, info.gid_index)
             self.uverbs = uverbs_node(info.dev)
+            self.device_fatal = False
         t1 = time.monotonic_ns()
         self.generation += 1
         spec = self.spec
@@ -114,7 +114,11 @@ class ClientCore(ClientIoPath):
             self.agent_qps.append({"qp_id": rep["qp_id"], "generation": self.generation,
                                    "qp_index": q, "counter_offset": counter_off})
         t2 = time.monotonic_ns()
+        if self.t0_ns is not None:  # a reopen after go: what arrived by now waited for it
+            self.arrive(t2)
+            self.held_below = self.n_arrived
         self.note("opened", generation=self.generation, dev=info.dev,
+                  held_below=self.held_below,
                   device_ms=round((t1 - t0) / 1e6, 3), connect_ms=round((t2 - t1) / 1e6, 3),
                   qps=spec.qps)
 
@@ -133,7 +137,8 @@ class ClientCore(ClientIoPath):
         self.spec = spec.validate()
         self.requests = spec.requests()
         self.ledger = Recorder(self.requests)
-        self.queue = collections.deque(range(len(self.requests)))
+        self.start_queue()
+        self.refusing = ""
         self._slot_size = spec.slot_size
         self._read_want = payload.encode(READ_SEQ, spec.slot_size)
         self._burst = bursts(spec)
@@ -187,12 +192,16 @@ class ClientCore(ClientIoPath):
             name = async_event_name(int(ev.event_type))
             ev.ack()
             self.note("async", name=name)
+            if name == "DEVICE_FATAL":  # the device was taken away (--removal disassociate)
+                self.device_fatal = True
             if name in ("PORT_ERR", "DEVICE_FATAL"):
                 self.error(f"async event {name}")
 
     def check_removed(self) -> None:
-        """rxe sends no DEVICE_FATAL: its uverbs node vanishing is the removal notice."""
+        """Stock rxe sends no DEVICE_FATAL: its uverbs node vanishing is the removal notice
+        (with --removal disassociate both come). Noted once per device."""
         if self.device is not None and self.uverbs and not os.path.exists(self.uverbs):
+            self.uverbs = None  # seen: a client that keeps the device hears of it once
             self.note("device removed")
             self.error("the device's uverbs node vanished (device being removed)")
 
@@ -208,8 +217,19 @@ class ClientCore(ClientIoPath):
         With `requeue` the requests that came back unfinished (flushed now, or completed
         with an error since the last flush) go back to the front of the queue for replay."""
         flushed, self._errored = self._errored, []
+        abandoned: list[int] = []
+        self.read_async_events()  # a DEVICE_FATAL not read yet changes what can come back
         for conn in self.conns.values():
             if not conn.n_inflight:
+                continue
+            if self.device_fatal:  # nothing posted will complete, not even flushed
+                gone = [r for r in conn.slot_req if r >= 0]
+                conn.slot_req = [-1] * len(conn.slot_req)
+                conn.free_slots = list(range(len(conn.slot_req)))
+                conn.order.clear()
+                conn.n_inflight = 0
+                conn.broken = True
+                (flushed if requeue else abandoned).extend(gone)
                 continue
             try:
                 conn.qp.to_err()
@@ -227,8 +247,13 @@ class ClientCore(ClientIoPath):
             for req_id in sorted(flushed, reverse=True):
                 self.ledger.retry(req_id)
                 self.queue.appendleft(req_id)
+        if abandoned:
+            why = "the device went (DEVICE_FATAL) before it completed"
+            for req_id in abandoned:
+                self.ledger.abandoned(req_id, why)
+            self.note("abandoned", reqs=abandoned, reason=why)
         self.note("flushed", reqs=flushed, requeued=requeue)
-        return len(flushed)
+        return len(flushed) + len(abandoned)
 
     def drain(self, deadline_s: float) -> bool:
         """Stop admitting; wait for in-flight requests to complete normally, bounded."""
@@ -255,15 +280,11 @@ class ClientCore(ClientIoPath):
         self.note("goodbye", ok=ok)
         return ok
 
-    def fail_queue(self, reason: str) -> None:
-        """Refuse every request still queued to the application."""
-        while self.queue:
-            self.ledger.failed_to_app(self.queue.popleft(), reason)
-
     def finish(self) -> dict[str, Any]:
         """Every request gets its outcome; the report without the ledger itself, which
         the controller reads in pages (ledger_page): it can be far larger than one
         message."""
+        self.arrive(time.monotonic_ns())
         self.ledger.finalize()
         if self.queue:  # never posted by the deadline
             self.fail_queue("never posted: the client had not resumed by the deadline")

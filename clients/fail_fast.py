@@ -1,10 +1,13 @@
 """fail-fast: stops at the first error, surfaces it to its caller, reconnects after resume.
 
-On the first error from the verbs layer (or the device vanishing, or a suspend
-notice) it stops admitting requests, moves its QPs to ERR so every outstanding
-request comes back flushed (those are the failures its caller sees), releases
-the device, and answers released. After resume_complete it reopens the device
-it is told about and carries on with the requests not yet posted. If the peer
+On the first error from the verbs layer (or the device vanishing, DEVICE_FATAL,
+or a suspend notice) it stops admitting requests, moves its QPs to ERR so every
+outstanding request comes back flushed (those are the failures its caller sees;
+after DEVICE_FATAL nothing comes back, and it fails them as abandoned), releases
+the device, and answers released. With open-loop arrivals it then refuses to its
+caller every request that waits or arrives while it has no device. After
+resume_complete it reopens the device it is told about and carries on with the
+requests not yet posted. If the peer
 cannot be reached then (its agent is gone), it releases the device and fails
 what is left to its caller with that reason, at once (queue-replay and graceful
 inherit this).
@@ -30,6 +33,8 @@ class FailFast:
         core.admitting = False
         n = core.flush_all(requeue=self.requeue)
         core.release()
+        if not self.requeue:  # open loop: what waits, and what arrives until resume, fails
+            core.refuse(f"refused: the client has no device ({why})")
         core.metrics.quiesced_ns = time.monotonic_ns()
         core.metrics.quiesce = core.metrics.quiesce or f"aborted on {why}: {n} flushed"
 
@@ -47,6 +52,7 @@ class FailFast:
                 self.give_up(core, f"reconnect failed: {exc.problem}")
                 return
             core.metrics.reconnects += 1
+        core.refusing = ""
         core.admitting = True
 
     def give_up(self, core: ClientCore, why: str) -> None:
@@ -57,6 +63,7 @@ class FailFast:
         core.metrics.quiesce = core.metrics.quiesce or why
         core.metrics.notes.append(why)
         core.note("gave up", reason=why)
+        core.refusing = why  # open loop: later arrivals too
         core.fail_queue(why)
 
     def on_error(self, core: ClientCore, what: str) -> None:

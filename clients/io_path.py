@@ -16,14 +16,14 @@ import time
 from typing import IO, Any
 
 from clients.connection import Conn, Metrics
-from clients.journal import JOURNAL_FLUSH_S, journal_lines, note_line
 from harness.core.errors import OsCallError, RxePowerError
 from harness.rdma import payload
 from harness.rdma.names import wc_status_name
 from harness.rdma.payload import READ_SEQ
 from harness.rdma.verbs import SEND_SIGNALED, opcode
+from harness.workload.journal import JOURNAL_FLUSH_S, journal_lines, note_line
 from harness.workload.recorder import Recorder
-from harness.workload.spec import AppRequest, Op, WorkloadSpec
+from harness.workload.spec import AppRequest, Arrivals, Op, WorkloadSpec
 
 MAX_EVENTS = 2000  # notes kept in memory per round for the timeline (the journal has all)
 POLL_BATCH = 64  # completions taken per poll call
@@ -37,10 +37,15 @@ class ClientIoPath:
         self.spec = spec.validate()
         self.requests: list[AppRequest] = spec.requests()
         self.ledger = Recorder(self.requests)
-        self.queue: collections.deque[int] = collections.deque(range(len(self.requests)))
+        self.queue: collections.deque[int] = collections.deque()
         self.metrics = Metrics()
         self.journal = journal
         self._jpend: list[int] = []  # seq posted (+) or completed (-), not yet journaled
+        self._jerr: dict[int, str] = {}  # request -> status of its error completion, pending
+        self._jrefused: list[int] = []  # refused to the application, not yet journaled
+        self._jarrived = 0  # the arrivals journaled so far
+        self.open_loop = False
+        self.start_queue()
         self._errored: list[int] = []  # error completions since the last flush_all
         self._jflushed = 0.0  # time.monotonic() of the last journal write
         self._slot_size = spec.slot_size
@@ -53,7 +58,61 @@ class ClientIoPath:
         self.next_post_ns = 0
         self.round_generation = 1  # the generation each round starts on
         self.events: list[dict[str, Any]] = []  # notes other than posting/completion
+        self.refusing = ""  # set: requests arriving now are refused to the app (this reason)
+        self.device_fatal = False  # the open device delivered DEVICE_FATAL: nothing completes
 
+    # --- arrivals (spec.arrivals) -----------------------------------------------------------
+
+    def start_queue(self) -> None:
+        """The round's application queue: closed loop, every request is there from the
+        start and taken when the client can; open loop, requests arrive after go()."""
+        self.open_loop = self.spec.arrivals is Arrivals.OPEN
+        self.queue = collections.deque() if self.open_loop \
+            else collections.deque(range(len(self.requests)))
+        self.t0_ns: int | None = None  # go
+        self.n_arrived = 0  # open loop: requests [0, n_arrived) have arrived
+        self.held_below = 0  # n_arrived at the last reopen (harness.workload.outcomes)
+        self._jarrived = 0
+
+    def go(self) -> None:
+        """The application starts handing requests over."""
+        self.admitting = True
+        if self.t0_ns is None:
+            self.t0_ns = time.monotonic_ns()
+            self.note("go", t0_ns=self.t0_ns, arrivals=self.spec.arrivals.value)
+
+    def arrive(self, now_ns: int) -> None:
+        """Open loop: the requests due by `now_ns` arrive, whatever the device is doing;
+        each waits in the queue, or is refused at once while `refusing` is set."""
+        if not self.open_loop or self.t0_ns is None:
+            return
+        due = self.spec.arrived_by(now_ns - self.t0_ns)
+        t0, spec, ledger = self.t0_ns, self.spec, self.ledger
+        for i in range(self.n_arrived, due):
+            ledger.arrived(i, t0 + spec.arrival_offset_ns(i))
+            if self.refusing:
+                ledger.failed_to_app(i, self.refusing)
+                self._jrefused.append(i)
+            else:
+                self.queue.append(i)
+        self.n_arrived = max(self.n_arrived, due)
+
+    def refuse(self, reason: str) -> None:
+        """Refuse to the application what waits in the queue and, until refusing is
+        cleared, what arrives (open loop; closed loop: the queue is left for later)."""
+        if not self.open_loop:
+            return
+        self.arrive(time.monotonic_ns())
+        self.refusing = reason
+        self.fail_queue(reason)
+
+    def fail_queue(self, reason: str) -> None:
+        """Refuse every request still queued to the application."""
+        while self.queue:
+            i = self.queue.popleft()
+            self.ledger.failed_to_app(i, reason)
+            self._jrefused.append(i)
+        self.flush_journal(reason=reason)
     # --- journal (what a crash leaves behind) -----------------------------------------------
 
     def note(self, what: str, **detail: Any) -> None:
@@ -64,22 +123,32 @@ class ClientIoPath:
             self.journal.write(note_line(time.monotonic_ns(), what, detail))
             self.journal.flush()
 
-    def flush_journal(self, flush: bool = True, due_only: bool = False) -> None:
+    def flush_journal(self, flush: bool = True, due_only: bool = False,
+                      reason: str = "") -> None:
         """Write the postings and completions since the last flush, in order, one line per
         run of the same kind: {"event": "posted"|"completed", "detail": {"reqs": [...]}}.
         The worker calls this (`due_only`) before it waits: the journal lags the worker by
         at most JOURNAL_FLUSH_S, which is what a worker killed while running can lose
         (harness.run.scenario's ClientWorker.in_flight reads it)."""
-        pend = self._jpend
-        if not pend or self.journal is None:
-            self._jpend = []
+        pend, refused = self._jpend, self._jrefused
+        arrived = self.n_arrived if self.n_arrived > self._jarrived else 0
+        if self.journal is None or not (pend or refused or arrived):
+            self._jpend, self._jrefused, self._jerr = [], [], {}
             return
         now = time.monotonic()
         if due_only and now - self._jflushed < JOURNAL_FLUSH_S:
             return
         self._jflushed = now
-        self._jpend = []
-        self.journal.write(journal_lines(pend, time.monotonic_ns(), self.generation))
+        t_ns = time.monotonic_ns()
+        text = note_line(t_ns, "arrived", {"upto": arrived}) if arrived else ""
+        if pend:
+            text += journal_lines(pend, t_ns, self.generation, self._jerr)
+        if refused:  # final outcomes, never posted after: after the runs is in order
+            text += note_line(t_ns, "refused", {"reqs": refused, "reason": reason or
+                                                self.refusing or "refused"})
+        self._jpend, self._jrefused, self._jerr = [], [], {}
+        self._jarrived = max(self._jarrived, self.n_arrived)
+        self.journal.write(text)
         if flush:
             self.journal.flush()
 
@@ -97,11 +166,19 @@ class ClientIoPath:
         return sum(c.n_inflight for c in self.conns.values())
 
     def done(self) -> bool:
-        return not self.queue and self.outstanding() == 0
+        if self.open_loop and self.n_arrived < len(self.requests):
+            return False
+        # after DEVICE_FATAL nothing posted on that device ever completes (measured on rxe)
+        return not self.queue and (self.outstanding() == 0 or self.device_fatal)
 
     def pump(self) -> None:
-        """Post queued requests while admitted, connected, within depth and rate."""
-        interval_ns = int(1e9 / self.spec.rate_per_s) if self.spec.rate_per_s else 0
+        """Post queued requests while admitted, connected, within depth and rate (closed
+        loop; open loop, the arrivals are paced instead)."""
+        if self.open_loop:
+            self.arrive(time.monotonic_ns())
+            interval_ns = 0
+        else:
+            interval_ns = int(1e9 / self.spec.rate_per_s) if self.spec.rate_per_s else 0
         queue, requests, conns = self.queue, self.requests, self.conns
         qd = self.spec.queue_depth
         while self.admitting and queue and conns:
@@ -122,7 +199,13 @@ class ClientIoPath:
 
     def pace_delay(self) -> float | None:
         """Seconds until the rate lets the next request go, when the rate is all that holds
-        it back (None: nothing to post, or the queue depth or the connection holds it)."""
+        it back (None: nothing to post, or the queue depth or the connection holds it).
+        Open loop: until the next arrival."""
+        if self.open_loop:
+            if self.t0_ns is None or self.n_arrived >= len(self.requests):
+                return None
+            due = self.t0_ns + self.spec.arrival_offset_ns(self.n_arrived)
+            return max(0.0, (due - time.monotonic_ns()) / 1e9)
         if not (self.admitting and self.queue and self.conns and self.spec.rate_per_s):
             return None
         conn = self.conns.get(self.requests[self.queue[0]].qp_index)
@@ -173,7 +256,7 @@ class ClientIoPath:
             wr.send_flags = SEND_SIGNALED if signaled else 0
             if signaled:
                 conn.unsignaled = 0
-        self.ledger.posted(req.req_id, conn.generation, time.monotonic_ns())
+        self.ledger.posted(req.req_id, conn.generation, time.monotonic_ns(), self.held_below)
         self._jpend.append(seq)
         try:
             conn.qp.post(wr)
@@ -219,7 +302,7 @@ class ClientIoPath:
             self._jpend.append(seq)
         now = time.monotonic_ns()
         for req in reqs:
-            self.ledger.posted(req.req_id, gen, now)
+            self.ledger.posted(req.req_id, gen, now, self.held_below)
         conn.free_slots.clear()
         refused = conn.qp.post_chain(chain[0])
         posted = qd if refused is None else refused[0] - 1  # wr_id = slot + 1
@@ -305,6 +388,7 @@ class ClientIoPath:
             failed.append(req_id)  # journaled with the "flushed" note
         else:
             self._jpend.append(-(req_id + 1))
+            self._jerr[req_id] = status
             self._errored.append(req_id)  # came back unfinished: flush_all may requeue it
             conn.broken = True
             self.error(f"{status} on req {req_id}")

@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import os
 import select
+import signal
 import socket
 import sys
 import time
@@ -93,7 +94,7 @@ class Worker:
         elif self.core is None:
             raise RxePowerError(f"{msg.event!r} before start", "send start first")
         elif msg.event == "go":
-            self.core.admitting = True
+            self.core.go()
             self.reply(msg, "ok", {})
         elif msg.event == "progress":
             c = self.core
@@ -240,6 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(fileno=args.fd)
     raise_fd_limit()
     worker = Worker(sock)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        """Terminated (the shim under --on-veto force): the journal gets what is pending,
+        then the default action ends the process, as it would have."""
+        with contextlib.suppress(Exception):
+            if worker.core is not None:
+                worker.core.note("terminated", signal=signum)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return worker.loop()
     except (RxePowerError, ProtocolError) as exc:

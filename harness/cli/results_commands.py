@@ -23,12 +23,14 @@ from harness.cli.launch import (
 )
 from harness.cli.removal import add_removal_option
 from harness.core import settings
+from harness.core.errors import SettingError
 from harness.core.settings import Mode
 from harness.run.matrix import DEFAULT_TRANSITIONS, MatrixSpec, run_matrix
 from harness.run.outside import CLIENT_EXIT_TIMEOUT_S
 from harness.run.session import RESULTS_FILE
 from harness.run.stress import StressSpec, make_progress, run_stress
 from harness.topology.config import TopologyConfig
+from harness.workload.spec import Arrivals
 from power.plan import parse_on_veto, parse_ordering
 
 MATRIX_VM_TIMEOUT_S = 3600.0
@@ -63,7 +65,15 @@ def matrix_spec(args: argparse.Namespace) -> MatrixSpec:
                       split_csv(args.mix) or ("mixed",),
                       args.together, args.count, args.rate, args.queue_depth, args.hold_ms,
                       parse_on_veto(args.on_veto), args.client_cmd or "",
-                      args.server_cmd or "", args.client_exit_timeout_s).validate()
+                      args.server_cmd or "", args.client_exit_timeout_s,
+                      parse_arrivals(args.arrivals)).validate()
+
+
+def parse_arrivals(text: str) -> Arrivals:
+    try:
+        return Arrivals(text)
+    except ValueError:
+        raise SettingError(f"unknown --arrivals {text!r}", "use open or closed") from None
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -139,6 +149,10 @@ def add_matrix_options(p: argparse.ArgumentParser, mode_help: str) -> None:
                    "fail-fast,queue-replay,graceful), or module:Class")
     p.add_argument("--mix", action="append", help="operation mixes: mixed, send, write, "
                    "read-atomic (default mixed)")
+    p.add_argument("--arrivals", default=MatrixSpec.arrivals.value,
+                   help="open (the default: requests arrive at --rate whatever the device "
+                   "does, so they keep coming while it sleeps) or closed (the next request "
+                   "comes only when the client can take it)")
     p.add_argument("--together", action="store_true", help="run the policies side by side "
                    "in one transition instead of one transition each")
     _workload_options(p, 120, 300)

@@ -37,13 +37,14 @@ from harness.run.kernel_rows import validate as validate_kernel_policy
 from harness.run.outside import CLIENT_EXIT_TIMEOUT_S, OutsideSpec, outside_rows, run_outside
 from harness.run.records import ScenarioKey
 from harness.run.resultsfile import RecordKind
-from harness.run.rows import Row, RowStatus, veto_text
+from harness.run.rows import Row, RowStatus, add_ledger_figures, veto_text
 from harness.run.scenario import run_scenario
 from harness.run.scenario_result import ClientEnd, ScenarioResult
 from harness.run.session import ResultsHeader, RunSession
 from harness.topology.config import TopologyConfig
 from harness.topology.lifecycle import restore_local_side
 from harness.workload.ledger import Op, Outcome, PeerView, WorkloadSpec
+from harness.workload.spec import Arrivals
 from power.plan import OnVeto, Ordering, get_transition, parse_on_veto, parse_ordering
 from power.result import TransitionRequest, Verdict
 
@@ -94,6 +95,9 @@ class MatrixSpec:
     client_cmd: str = ""  # an outside program instead of the policies (harness/run/outside.py)
     server_cmd: str = ""  # its own server on the peer HCA
     client_exit_timeout_s: float = CLIENT_EXIT_TIMEOUT_S  # after the transition, to end
+    # open loop: the requests keep arriving at the rate while the device sleeps, so every
+    # policy must decide what to do with them (harness.workload.spec.Arrivals)
+    arrivals: Arrivals = Arrivals.OPEN
 
     def validate(self) -> MatrixSpec:
         for t in self.transitions:
@@ -128,7 +132,7 @@ class MatrixSpec:
 
     def workload(self, mix: str) -> WorkloadSpec:
         return WorkloadSpec(ops=OP_MIXES[mix], count=self.count, rate_per_s=self.rate_per_s,
-                            queue_depth=self.queue_depth).validate()
+                            queue_depth=self.queue_depth, arrivals=self.arrivals).validate()
 
     def scenarios(self) -> list[Scenario]:
         out = []
@@ -148,6 +152,7 @@ class MatrixSpec:
         d = asdict(self)
         d["orderings"] = [o.value for o in self.orderings]
         d["on_veto"] = self.on_veto.value
+        d["arrivals"] = self.arrivals.value
         return d
 
     @classmethod
@@ -156,7 +161,8 @@ class MatrixSpec:
                    tuple(d["policies"]), tuple(d["mixes"]), d["together"], d["count"],
                    d["rate_per_s"], d["queue_depth"], d["hold_ms"], parse_on_veto(d["on_veto"]),
                    d.get("client_cmd", ""), d.get("server_cmd", ""),
-                   d.get("client_exit_timeout_s", CLIENT_EXIT_TIMEOUT_S))
+                   d.get("client_exit_timeout_s", CLIENT_EXIT_TIMEOUT_S),
+                   Arrivals(d.get("arrivals", Arrivals.CLOSED.value)))
 
 
 
@@ -175,12 +181,15 @@ def rows_of(scenario: ScenarioKey, result: ScenarioResult) -> list[Row]:
         row = Row(scenario.id, scenario.transition, scenario.ordering, c.policy, scenario.mix,
                   verdict, dict(c.counts), dict(c.peer_counts), c.peer_saw, c.recovery_ms,
                   veto_text(t.veto))
+        add_ledger_figures(row, c.ledger, t)
         broken, bad = [], []
         inflight = len(c.in_flight_at_crash)
         if c.ended is ClientEnd.TERMINATED_BY_SHIM:
             bad.append(f"held the device: terminated by the shim ({inflight} in flight)")
         elif c.crashed:
             broken.append(f"crashed ({inflight} in flight): {c.crash}")
+        if c.crashed and c.from_journal is False:
+            broken.append("its journal could not be read: its requests are not accounted")
         if c.unaccounted:
             broken.append(f"{len(c.unaccounted)} requests unaccounted")
         if t.verdict is Verdict.FAILED:
@@ -213,15 +222,20 @@ def error_rows(scenario: ScenarioKey, error: str) -> list[Row]:
 
 # --- the table --------------------------------------------------------------------------------
 
-COLUMNS = (("ok", "completed-ok"), ("replay", "replayed-ok"), ("rej", "rejected-at-post"),
-           ("err", "completed-error"), ("flush", "flushed"), ("f2app", "failed-to-app"),
-           ("lost", "lost"))
+COLUMNS = (("ok", "completed-ok"), ("late", "completed-late"), ("replay", "replayed-ok"),
+           ("rej", "rejected-at-post"), ("err", "completed-error"), ("flush", "flushed"),
+           ("f2app", "failed-to-app"), ("aband", "abandoned"), ("lost", "lost"),
+           ("killed", "killed-in-flight"))
 PEER_COLUMNS = (("once", "delivered-once"), ("dup", "duplicated"), ("bad", "corrupted"),
                 ("miss", "missing"))
-LEGEND = ("ok completed-ok, replay replayed-ok, rej rejected at post, err error completion, "
-          "flush flushed, f2app failed to the application, lost posted and never completed; "
-          "peer: once/dup/bad/miss = delivered once / duplicated / corrupted / missing "
-          "(SEND and WRITE only); recov = resume to first good completion")
+LEGEND = ("ok completed-ok, late completed after waiting in the client's queue across the "
+          "sleep, replay replayed-ok, rej rejected at post, err error completion, flush "
+          "flushed, f2app failed to the application, aband posted then abandoned when the "
+          "device went (DEVICE_FATAL), lost posted and never completed, killed in flight "
+          "when the client was killed; in-flt = requests posted and not completed when the "
+          "port went down / when the device was deleted; wait ms = median/max wait of the "
+          "late requests; peer: once/dup/bad/miss = delivered once / duplicated / corrupted "
+          "/ missing (SEND and WRITE only); recov = resume to first good completion")
 
 
 def write_table(out_dir: Path, table: list[str]) -> Path:
@@ -233,6 +247,7 @@ def render_table(rows: list[Row]) -> list[str]:
     head = (f"{'transition':<17}{'ordering':<14}{'policy':<13}{'mix':<8}{'verdict':<10}"
             + "".join(f"{h:>7}" for h, _ in COLUMNS) + "  peer "
             + "".join(f"{h:>5}" for h, _ in PEER_COLUMNS)
+            + f"  {'in-flt':>7} {'wait ms':>11}"
             + f"  {'peer saw':<14}{'recov ms':>9}  {'status':<7}findings / veto")
     out = [head, "-" * len(head)]
     for r in rows:
@@ -242,12 +257,26 @@ def render_table(rows: list[Row]) -> list[str]:
         out.append(f"{r.transition:<17}{r.ordering:<14}{r.policy[:12]:<13}{r.mix[:7]:<8}"
                    f"{r.verdict:<10}" + "".join(f"{r.counts.get(k, 0):>7}" for _, k in COLUMNS)
                    + "       " + "".join(f"{r.peer.get(k, 0):>5}" for _, k in PEER_COLUMNS)
+                   + f"  {in_flight_text(r):>7} {wait_text(r):>11}"
                    + f"  {saw[:13]:<14}{rec:>9}  {r.status.value:<7}{notes}")
     by = {s: sum(1 for r in rows if r.status is s) for s in RowStatus}
     out.append(f"{len(rows)} rows: {by[RowStatus.CLEAN]} clean, {by[RowStatus.BAD]} bad "
                f"(the client misbehaved), {by[RowStatus.BROKEN]} broken (harness could not "
                "account)")
     return out
+
+
+def in_flight_text(r: Row) -> str:
+    """port/device in-flight counts ("-" where the transition has no such step)."""
+    def n(v: int | None) -> str:
+        return "-" if v is None else str(v)
+    return f"{n(r.in_flight_port)}/{n(r.in_flight_device)}"
+
+
+def wait_text(r: Row) -> str:
+    if r.wait_max_ms is None:
+        return "-"
+    return f"{r.wait_median_ms:.0f}/{r.wait_max_ms:.0f}"
 
 
 def junit_xml(rows: list[Row], seconds: dict[str, float]) -> bytes:

@@ -9,6 +9,10 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from harness.workload.entries import LedgerEntry
+from harness.workload.inflight import in_flight_at, late_waits
+from power.plan import StepKind
+from power.result import TransitionResult
 from power.veto import VetoReport
 
 
@@ -35,6 +39,13 @@ class Row:
     veto: str = ""
     findings: list[str] = field(default_factory=list)
     status: RowStatus = RowStatus.CLEAN
+    # requests posted and not completed when the port went down / the device was deleted
+    # (None: the transition has no such step, or no ledger)
+    in_flight_port: int | None = None
+    in_flight_device: int | None = None
+    # completed-late requests: arrival to first post (median, max), ms
+    wait_median_ms: float | None = None
+    wait_max_ms: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "status": self.status.value}
@@ -78,6 +89,25 @@ _ROW_FIELDS: dict[str, Callable[[Any], bool]] = {
     **{k: lambda v: isinstance(v, str) for k in ("scenario", "transition", "ordering", "policy",
                                                  "mix", "verdict", "peer_saw", "veto")},
     "counts": _is_counts, "peer": _is_counts,
-    "recovery_ms": lambda v: v is None or _is_int(v) or isinstance(v, float),
+    **{k: lambda v: v is None or _is_int(v) or isinstance(v, float)
+       for k in ("recovery_ms", "wait_median_ms", "wait_max_ms")},
+    **{k: lambda v: v is None or _is_int(v) for k in ("in_flight_port", "in_flight_device")},
     "findings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
 }
+
+
+def add_ledger_figures(row: Row, ledger: list[dict[str, Any]],
+                       transition: TransitionResult) -> None:
+    """The row's in-flight counts at the port going down and at the delete (from the
+    ledger's attempts and the steps' start times, one clock: CLOCK_MONOTONIC) and the
+    waits of its late requests."""
+    if not ledger:
+        return
+    entries = [LedgerEntry.from_json(e) for e in ledger]
+    for kind, name in ((StepKind.PORT_DOWN, "in_flight_port"),
+                       (StepKind.DELETE_DEVICE, "in_flight_device")):
+        step = transition.step(kind)
+        if step is not None and step.outcome != "skipped" and step.begin_ns:
+            setattr(row, name, in_flight_at(entries, step.begin_ns))
+    w = late_waits(entries)
+    row.wait_median_ms, row.wait_max_ms = w.median_ms, w.max_ms

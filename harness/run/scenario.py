@@ -18,7 +18,6 @@ the transition and the requests its journal shows in flight.
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import subprocess
 import time
@@ -33,6 +32,7 @@ from harness.core.proc import python_child, spawn, stop_child
 from harness.core.protocol import Channel
 from harness.core.schemas import ChannelKind
 from harness.run.scenario_result import ClientEnd, ClientResult, ScenarioResult
+from harness.workload.journal import ledger_from_journal
 from harness.workload.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_peer_view
 
 if TYPE_CHECKING:  # types only: the controller objects a scenario is run with
@@ -104,26 +104,20 @@ class ClientWorker:
             else []
         return how + (f"; its log ends: {' | '.join(tail)}" if tail else "")
 
-    def in_flight(self) -> list[int]:
-        """From the journal: requests posted whose last posting never completed."""
-        last: dict[int, str] = {}
+    def journal_ledger(self) -> Ledger | None:
+        """The ledger of this (killed) worker up to the kill, from its journal (None: the
+        journal cannot be read)."""
         try:
-            lines = self.journal.read_text().splitlines()
+            text = self.journal.read_text()
         except OSError:
-            return []
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by the crash
-            detail = rec.get("detail", {})
-            event = "completed" if rec["event"] == "flushed" else rec["event"]
-            if event not in ("posted", "completed", "rejected"):
-                continue
-            # one request ("req"), or a batch of them ("reqs": see ClientCore.flush_journal)
-            for r in detail.get("reqs", []) + ([detail["req"]] if "req" in detail else []):
-                last[r] = event
-        return sorted(r for r, ev in last.items() if ev == "posted")
+            return None
+        return ledger_from_journal(text, self.spec)
+
+    def in_flight(self) -> list[int]:
+        """From the journal: requests posted or waiting whose outcome never came."""
+        led = self.journal_ledger()
+        return [] if led is None else sorted(
+            i for i, e in led.entries.items() if e.outcome is Outcome.KILLED_IN_FLIGHT)
 
     def fetch_ledger(self, requests: int) -> Ledger:
         """The finished round's whole ledger, page by page (see clients.worker "ledger")."""
@@ -201,7 +195,13 @@ def finish(worker: ClientWorker, transition: str,
         else:
             res.ended, why = ClientEnd.NO_REPLY, str(exc)
         res.crash = f"client {worker.name} ({worker.policy}) during {transition}: {why}"
-        res.in_flight_at_crash = worker.in_flight()
+        led = worker.journal_ledger()
+        res.from_journal = led is not None
+        if led is not None:  # its books up to the kill
+            res.counts, res.unaccounted = led.counts(), led.unaccounted()
+            res.ledger = led.to_json()
+            res.in_flight_at_crash = sorted(i for i, e in led.entries.items()
+                                            if e.outcome is Outcome.KILLED_IN_FLIGHT)
         return res, None
     worker.rounds_done += 1
     return res, rep

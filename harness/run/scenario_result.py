@@ -72,6 +72,9 @@ class ClientResult:
     ledger: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)  # the client's notes: {t_ns, ..}
     peer_events: list[dict[str, Any]] = field(default_factory=list)  # the peer's: {t_ns, what}
+    # a crashed client's ledger rebuilt from its journal: True, or False when the journal
+    # could not be read; None in records written before journals were read back
+    from_journal: bool | None = None
 
     @property
     def crashed(self) -> bool:
@@ -79,7 +82,9 @@ class ClientResult:
 
     @property
     def invariant_ok(self) -> bool:
-        return not self.crashed and not self.unaccounted
+        """Every request the client's workload issued has an outcome: from its own report,
+        or (a killed client) from its journal."""
+        return (not self.crashed or self.from_journal is True) and not self.unaccounted
 
     @property
     def recovery_ms(self) -> float | None:
@@ -102,7 +107,7 @@ class ClientResult:
                    list(d.get("unaccounted") or []), dict(d.get("metrics") or {}),
                    dict(d.get("clean_shutdown") or {}), dict(d.get("atomics") or {}),
                    list(d.get("ledger") or []), list(d.get("events") or []),
-                   list(d.get("peer_events") or []))
+                   list(d.get("peer_events") or []), d.get("from_journal"))
 
 
 @dataclass

@@ -29,6 +29,15 @@ class LedgerEntry:
     outcome: Outcome | None = None
     reason: str = ""
     peer: PeerView | None = None
+    arrived_ns: int | None = None  # when the application handed it over (None: not known)
+    held: bool = False  # its first attempt waited in the client's queue across a reopen
+
+    @property
+    def wait_ns(self) -> int | None:
+        """How long it waited in the client's queue before its first post."""
+        if self.arrived_ns is None or not self.attempts:
+            return None
+        return self.attempts[0].posted_ns - self.arrived_ns
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -42,4 +51,5 @@ class LedgerEntry:
         return cls(d["req_id"], Op(d["op"]), d["size"], d["qp_index"],
                    [Attempt(**a) for a in d["attempts"]],
                    Outcome(d["outcome"]) if d["outcome"] else None, d.get("reason", ""),
-                   PeerView(d["peer"]) if d.get("peer") else None)
+                   PeerView(d["peer"]) if d.get("peer") else None, d.get("arrived_ns"),
+                   bool(d.get("held", False)))

@@ -18,6 +18,7 @@ from harness.workload.outcomes import (
     Outcome,
     PeerView,
     completion_outcome,
+    held_across,
 )
 from harness.workload.pages import columns, entries_from_page
 from harness.workload.spec import MAX_MESSAGE, PEER_VISIBLE, AppRequest, Op, WorkloadSpec
@@ -36,8 +37,16 @@ class Ledger:
         self.entries = {r.req_id: LedgerEntry(r.req_id, r.op, r.size, r.qp_index)
                         for r in requests}
 
-    def posted(self, req_id: int, generation: int, t_ns: int) -> None:
-        self.entries[req_id].attempts.append(Attempt(generation, t_ns))
+    def arrived(self, req_id: int, t_ns: int) -> None:
+        self.entries[req_id].arrived_ns = t_ns
+
+    def posted(self, req_id: int, generation: int, t_ns: int, held_below: int = 0) -> None:
+        e = self.entries[req_id]
+        if held_across(req_id, len(e.attempts), held_below):
+            e.held = True
+        if e.arrived_ns is None:  # handed over when taken (closed loop)
+            e.arrived_ns = t_ns
+        e.attempts.append(Attempt(generation, t_ns))
 
     def rejected(self, req_id: int, err: int, reason: str) -> None:
         e = self.entries[req_id]
@@ -48,7 +57,7 @@ class Ledger:
         e = self.entries[req_id]
         att = e.attempts[-1]
         att.status, att.vendor_err, att.completed_ns = status, vendor_err, t_ns
-        e.outcome, reason = completion_outcome(status, len(e.attempts), vendor_err)
+        e.outcome, reason = completion_outcome(status, len(e.attempts), vendor_err, e.held)
         if reason:
             e.reason = reason
 
@@ -60,10 +69,15 @@ class Ledger:
         e = self.entries[req_id]
         e.outcome, e.reason = OUTCOME_RULES[LedgerEvent.REFUSED][0], reason
 
+    def abandoned(self, req_id: int, reason: str) -> None:
+        """Posted, and the device went before it completed: failed to the caller."""
+        e = self.entries[req_id]
+        e.outcome, e.reason = OUTCOME_RULES[LedgerEvent.DEVICE_GONE][0], reason
+
     def in_flight(self) -> list[int]:
         return [i for i, e in self.entries.items()
                 if e.attempts and e.attempts[-1].completed_ns is None
-                and e.attempts[-1].errno is None]
+                and e.attempts[-1].errno is None and e.outcome is not Outcome.ABANDONED]
 
     def finalize(self) -> None:
         """At the deadline: whatever was posted and never completed is LOST."""
@@ -100,7 +114,8 @@ class Ledger:
                        [AppRequest(e.req_id, e.op, e.size, e.qp_index) for e in es],
                        [e.outcome for e in es],
                        {e.req_id: e.reason for e in es if e.reason},
-                       [e.attempts for e in es])
+                       [e.attempts for e in es], [e.arrived_ns for e in es],
+                       [e.held for e in es])
 
     @classmethod
     def from_pages(cls, pages: Iterable[dict[str, Any]]) -> Ledger:

@@ -16,17 +16,20 @@ from harness.workload.spec import AppRequest, Op
 
 OUTCOME_CODE = {None: "-", Outcome.COMPLETED_OK: "o", Outcome.REPLAYED_OK: "r",
                 Outcome.REJECTED_AT_POST: "j", Outcome.COMPLETED_ERROR: "e",
-                Outcome.FLUSHED: "f", Outcome.FAILED_TO_APP: "a", Outcome.LOST: "l"}
+                Outcome.FLUSHED: "f", Outcome.FAILED_TO_APP: "a", Outcome.LOST: "l",
+                Outcome.COMPLETED_LATE: "d", Outcome.ABANDONED: "b",
+                Outcome.KILLED_IN_FLIGHT: "k"}
 CODE_OUTCOME = {v: k for k, v in OUTCOME_CODE.items()}
 OP_CODE = {Op.SEND: "S", Op.WRITE: "W", Op.READ: "R", Op.FETCH_ADD: "F"}
 CODE_OP = {v: k for k, v in OP_CODE.items()}
 OUTCOMES = list(OUTCOME_CODE)  # index 0 is None: a bytearray of zeros is "no outcome"
 OUTCOME_INDEX = {o: i for i, o in enumerate(OUTCOMES)}
-PAGE_FORMAT = 1
+PAGE_FORMAT = 2  # 2: arrivals and held requests
 
 
 def columns(start: int, stop: int, reqs: list[AppRequest], outcomes: list[Outcome | None],
-             reasons: dict[int, str], attempts: list[list[Attempt]]) -> dict[str, Any]:
+             reasons: dict[int, str], attempts: list[list[Attempt]],
+             arrived: list[int | None], held: list[bool]) -> dict[str, Any]:
     natt, gens, posted, lat, stat, vendor, errno = [], [], [], [], [], [], []
     names: dict[str, int] = {}
     t0 = prev = next((a.posted_ns for atts in attempts for a in atts), 0)
@@ -51,7 +54,9 @@ def columns(start: int, stop: int, reqs: list[AppRequest], outcomes: list[Outcom
             "reasons": [[i, t] for i, t in sorted(reasons.items())],
             "attempts": natt, "t0": t0, "generations": gens, "posted": posted,
             "latency": lat, "statuses": stat, "status_names": list(names),
-            "vendor_err": vendor, "errno": errno}
+            "vendor_err": vendor, "errno": errno,
+            "arrived": [None if a is None else a - t0 for a in arrived],
+            "held": [j for j, h in enumerate(held) if h]}
 
 
 def entries_from_page(page: dict[str, Any]) -> Iterable[LedgerEntry]:
@@ -61,7 +66,8 @@ def entries_from_page(page: dict[str, Any]) -> Iterable[LedgerEntry]:
             raise ValueError(f"format {page.get('format')!r}, expected {PAGE_FORMAT}")
         start, stop = int(page["start"]), int(page["stop"])
         n = stop - start
-        cols = (page["ops"], page["sizes"], page["qps"], page["outcomes"], page["attempts"])
+        cols = (page["ops"], page["sizes"], page["qps"], page["outcomes"], page["attempts"],
+                page["arrived"])
         if any(len(c) != n for c in cols):
             raise ValueError(f"columns of {[len(c) for c in cols]} rows for {n} requests")
         reasons = {int(i): str(t) for i, t in page["reasons"]}
@@ -70,7 +76,8 @@ def entries_from_page(page: dict[str, Any]) -> Iterable[LedgerEntry]:
         names = page["status_names"]
         gens, posted, lat, stat = (page["generations"], page["posted"], page["latency"],
                                    page["statuses"])
-        t = int(page["t0"])
+        t = t0 = int(page["t0"])
+        held = {int(j) for j in page["held"]}
         k = 0
         out = []
         for j in range(n):
@@ -83,9 +90,11 @@ def entries_from_page(page: dict[str, Any]) -> Iterable[LedgerEntry]:
                                     None if lat[k] is None else t + int(lat[k]), errno.get(k)))
                 k += 1
             i = start + j
+            arr = page["arrived"][j]
             out.append(LedgerEntry(i, CODE_OP[page["ops"][j]], int(page["sizes"][j]),
                                    int(page["qps"][j]), atts,
-                                   CODE_OUTCOME[page["outcomes"][j]], reasons.get(i, "")))
+                                   CODE_OUTCOME[page["outcomes"][j]], reasons.get(i, ""),
+                                   None, None if arr is None else t0 + int(arr), j in held))
         if k != len(gens):
             raise ValueError(f"{len(gens)} attempts listed, {k} counted")
         return out

@@ -13,12 +13,13 @@ from collections import Counter
 from typing import Any
 
 from harness.workload.entries import Attempt
-from harness.workload.outcomes import OUTCOME_RULES, LedgerEvent, completion_outcome
+from harness.workload.outcomes import OUTCOME_RULES, LedgerEvent, completion_outcome, held_across
 from harness.workload.pages import OUTCOME_INDEX, OUTCOMES, columns
 from harness.workload.spec import AppRequest
 
 _REJECTED = OUTCOME_INDEX[OUTCOME_RULES[LedgerEvent.REJECTED][0]]
 _REFUSED = OUTCOME_INDEX[OUTCOME_RULES[LedgerEvent.REFUSED][0]]
+_ABANDONED = OUTCOME_INDEX[OUTCOME_RULES[LedgerEvent.DEVICE_GONE][0]]
 
 
 class Recorder:
@@ -40,6 +41,8 @@ class Recorder:
         self.gen = array("q", bytes(8 * n))  # the current attempt's fields...
         self.post = array("q", bytes(8 * n))
         self.done = array("q", [-1]) * n  # -1: not completed
+        self.arrive = array("q", [-1]) * n  # -1: not arrived (closed loop: set at first post)
+        self.held = bytearray(n)  # 1: its first attempt waited across a reopen
         self.status = bytearray(n)  # 0: none, else index + 1 into status_names
         self.vendor: dict[int, int] = {}  # non-zero vendor_err only
         self.errno: dict[int, int] = {}  # set when rejected at post
@@ -59,7 +62,14 @@ class Recorder:
     def attempts(self, i: int) -> list[Attempt]:
         return [*self.history.get(i, ()), self._attempt(i)] if self.natt[i] else []
 
-    def posted(self, req_id: int, generation: int, t_ns: int) -> None:
+    def arrived(self, req_id: int, t_ns: int) -> None:
+        self.arrive[req_id] = t_ns
+
+    def posted(self, req_id: int, generation: int, t_ns: int, held_below: int = 0) -> None:
+        if held_below and held_across(req_id, self.natt[req_id], held_below):
+            self.held[req_id] = 1
+        if self.arrive[req_id] < 0:
+            self.arrive[req_id] = t_ns
         if self.natt[req_id]:
             self.history.setdefault(req_id, []).append(self._attempt(req_id))
             self.status[req_id] = 0
@@ -86,7 +96,8 @@ class Recorder:
         elif req_id in self.vendor:
             del self.vendor[req_id]
         self.done[req_id] = t_ns
-        outcome, reason = completion_outcome(status, self.natt[req_id], vendor_err)
+        outcome, reason = completion_outcome(status, self.natt[req_id], vendor_err,
+                                             bool(self.held[req_id]))
         self.outcome[req_id] = OUTCOME_INDEX[outcome]
         if reason:
             self.reason[req_id] = reason
@@ -98,9 +109,14 @@ class Recorder:
         self.outcome[req_id] = _REFUSED
         self.reason[req_id] = reason
 
+    def abandoned(self, req_id: int, reason: str) -> None:
+        self.outcome[req_id] = _ABANDONED
+        self.reason[req_id] = reason
+
     def in_flight(self) -> list[int]:
-        done, errno = self.done, self.errno
-        return [i for i, k in enumerate(self.natt) if k and done[i] < 0 and i not in errno]
+        done, errno, out = self.done, self.errno, self.outcome
+        return [i for i, k in enumerate(self.natt) if k and done[i] < 0 and i not in errno
+                and out[i] != _ABANDONED]
 
     def finalize(self) -> None:
         lost, reason = OUTCOME_RULES[LedgerEvent.DEADLINE]
@@ -132,4 +148,6 @@ class Recorder:
         return columns(start, stop, [reqs[i] for i in rows],
                         [OUTCOMES[self.outcome[i]] for i in rows],
                         {i: self.reason[i] for i in rows if i in self.reason},
-                        [self.attempts(i) for i in rows])
+                        [self.attempts(i) for i in rows],
+                        [None if self.arrive[i] < 0 else self.arrive[i] for i in rows],
+                        [bool(self.held[i]) for i in rows])

@@ -22,6 +22,19 @@ class Op(StrEnum):
 PEER_VISIBLE = frozenset({Op.SEND, Op.WRITE})
 
 
+class Arrivals(StrEnum):
+    """How the application hands requests to the client.
+
+    OPEN: request i arrives at go + i / rate whatever the device is doing (rate 0: all at
+    go); a request that arrives while the client cannot post waits in its queue, or is
+    refused, as the policy decides. CLOSED: the application hands the next request over
+    only when the client can take it (within the queue depth, paced by the rate): the
+    queue is kept full and nothing arrives while the client holds back."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+
+
 @dataclass(frozen=True)
 class WorkloadSpec:
     ops: tuple[Op, ...] = (Op.SEND, Op.WRITE, Op.READ, Op.FETCH_ADD)
@@ -40,6 +53,25 @@ class WorkloadSpec:
     # before a completion completed before it (RC completes a QP's WRs in order), so each
     # request still gets its own outcome, with the completion's time (an upper bound)
     signal_every: int = 1
+    arrivals: Arrivals = Arrivals.CLOSED
+
+    def arrival_offset_ns(self, i: int) -> int:
+        """When request i arrives after go (OPEN)."""
+        return int(i * 1e9 / self.rate_per_s) if self.rate_per_s else 0
+
+    def arrived_by(self, since_go_ns: int) -> int:
+        """How many requests have arrived `since_go_ns` after go (OPEN): request i is there
+        once arrival_offset_ns(i) <= since_go_ns."""
+        if since_go_ns < 0:
+            return 0
+        if not self.rate_per_s:
+            return self.count
+        n = int(since_go_ns * self.rate_per_s / 1e9) + 1
+        while n > 0 and self.arrival_offset_ns(n - 1) > since_go_ns:  # float rounding
+            n -= 1
+        while n < self.count and self.arrival_offset_ns(n) <= since_go_ns:
+            n += 1
+        return min(n, self.count)
 
     @property
     def slot_size(self) -> int:
@@ -80,6 +112,8 @@ class WorkloadSpec:
         if not 1 <= self.signal_every <= self.queue_depth:
             raise SettingError(f"signal_every {self.signal_every} must be 1..queue depth "
                                f"{self.queue_depth}", "signal at least once per window")
+        if not isinstance(self.arrivals, Arrivals):
+            raise SettingError(f"arrivals {self.arrivals!r}", "use open or closed")
         if self.signal_every > 1 and (self.qps != 1 or self.rate_per_s):
             raise SettingError(f"signal_every {self.signal_every} needs one QP and no rate "
                                f"limit (qps {self.qps}, rate {self.rate_per_s})",
@@ -104,7 +138,8 @@ class WorkloadSpec:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "ops": [o.value for o in self.ops], "sizes": list(self.sizes)}
+        return {**asdict(self), "ops": [o.value for o in self.ops], "sizes": list(self.sizes),
+                "arrivals": self.arrivals.value}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> WorkloadSpec:
@@ -138,7 +173,10 @@ class WorkloadSpec:
                    field_("write_slots", is_int, "an integer") if "write_slots" in d
                    else cls.write_slots,
                    field_("signal_every", is_int, "an integer") if "signal_every" in d
-                   else cls.signal_every).validate()
+                   else cls.signal_every,
+                   Arrivals(field_("arrivals", lambda v: v in Arrivals.__members__.values(),
+                                   "open or closed")) if "arrivals" in d
+                   else cls.arrivals).validate()
 
 
 # The largest message: slots are sized from the workload's largest size (slot_size).

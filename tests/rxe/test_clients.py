@@ -13,9 +13,12 @@ import signal
 
 import pytest
 
+from harness.run.matrix import rows_of
+from harness.run.records import ScenarioKey
+from harness.run.rows import Row, RowStatus
 from harness.run.scenario import render, run_scenario
 from harness.run.scenario_result import ClientEnd, ClientResult, ScenarioResult
-from harness.workload.spec import WorkloadSpec
+from harness.workload.spec import Arrivals, WorkloadSpec
 from power.plan import OnVeto, Ordering
 from power.result import TransitionRequest, Verdict
 
@@ -23,15 +26,42 @@ pytestmark = pytest.mark.rxe
 SPEC = WorkloadSpec(count=240, rate_per_s=60.0, queue_depth=4)
 COOPERATIVE = ["fail-fast", "queue-replay", "graceful"]
 PEER_VISIBLE = 120  # SEND + WRITE requests of SPEC: the peer sees these land
+# the default matrix's workload: open-loop arrivals at 60/s, depth 4 (~1 s of the 2 s
+# arrive while rxe0 is away under standby)
+OPEN_SPEC = WorkloadSpec(count=120, rate_per_s=60.0, queue_depth=4, arrivals=Arrivals.OPEN)
+OPEN_SPEC_SLEEP_MS_AT_LEAST = 300  # the hold: a request held across it waited longer
 
 
 def scenario(power_shim, peer_agent, rxe_topology, results_dir, name: str,
-             ordering: Ordering, policies: list[str], **kw: object) -> ScenarioResult:
+             ordering: Ordering, policies: list[str], spec: WorkloadSpec = SPEC,
+             **kw: object) -> ScenarioResult:
     req = TransitionRequest(name, ordering, hold_ms=300, **kw)
-    res = run_scenario(power_shim.shim, peer_agent, rxe_topology.local, req, policies, SPEC,
+    res = run_scenario(power_shim.shim, peer_agent, rxe_topology.local, req, policies, spec,
                        power_shim.clients_dir, results_dir / "clients")
     print("\n".join(render(res)))
     return res
+
+
+def rows(res: ScenarioResult) -> dict[str, Row]:
+    """The matrix rows of a scenario, by policy."""
+    req = res.transition.request
+    ordering = (req.ordering or Ordering.CLIENTS_FIRST).value
+    policies = tuple(c.policy for c in res.clients)
+    key = ScenarioKey(req.name, ordering, policies, "mixed",
+                      f"{req.name}/{ordering}/{'+'.join(policies)}/mixed")
+    return {r.policy: r for r in rows_of(key, res)}
+
+
+def books_from_journal(c: ClientResult) -> None:
+    """A killed client's row: its ledger up to the kill, read back from its journal, with
+    an outcome for every request its workload issued (what was in flight at the kill:
+    killed-in-flight)."""
+    assert c.crashed and c.from_journal and c.invariant_ok, (c.crash, c.unaccounted)
+    issued = sum(c.counts.values())
+    assert 0 < issued <= SPEC.count and len(c.ledger) == issued
+    assert c.counts.get("completed-ok", 0) > 0  # it was mid-run
+    assert c.counts.get("killed-in-flight", 0) == len(c.in_flight_at_crash)
+    assert "unaccounted" not in c.counts
 
 
 def healthy(c: ClientResult) -> None:
@@ -137,6 +167,8 @@ def test_naive_under_standby(power_shim, peer_agent, rxe_topology, results_dir,
     assert naive.ended is ClientEnd.TERMINATED_BY_SHIM
     assert [h["pid"] for h in res.transition.veto.holders] == \
         [t["pid"] for t in res.transition.veto.terminated]
+    books_from_journal(naive)
+    assert rows(res)["naive"].status is RowStatus.BAD  # not broken: every request counted
     healthy(res.client("fail-fast"))
 
 
@@ -152,6 +184,7 @@ def test_surprise_removal(power_shim, peer_agent, rxe_topology, results_dir) -> 
     assert naive.crashed and "terminated by the shim" in naive.crash
     assert naive.ended is ClientEnd.TERMINATED_BY_SHIM
     assert "surprise-removal" in naive.crash
+    books_from_journal(naive)
     held = [h["pid"] for h in res.transition.veto.holders]
     assert len(held) == 1  # only naive still held it
     for policy in COOPERATIVE:
@@ -186,10 +219,45 @@ def test_killed_worker_is_reported(power_shim, peer_agent, rxe_topology, results
     res = scenario(power_shim, peer_agent, rxe_topology, results_dir, "link-flap",
                    Ordering.CLIENTS_FIRST, COOPERATIVE)
     ff = res.client("fail-fast")
-    assert ff.crashed and not res.ok and ff.ended is ClientEnd.DIED
+    assert ff.crashed and ff.ended is ClientEnd.DIED
     assert "killed by signal 9" in ff.crash and "link-flap" in ff.crash
     assert all(0 <= r < SPEC.count for r in ff.in_flight_at_crash)
+    books_from_journal(ff)
+    assert rows(res)["fail-fast"].status is RowStatus.BROKEN  # it died on its own
     journal = (results_dir / "clients" / "fail-fast.journal.jsonl").read_text()
     assert '"event": "posted"' in journal  # it was mid-run when killed
     for policy in ("queue-replay", "graceful"):
         healthy(res.client(policy))
+
+
+def test_open_loop_standby_tells_the_policies_apart(power_shim, peer_agent, rxe_topology,
+                                                    results_dir) -> None:
+    """Open-loop arrivals (OPEN_SPEC) under standby hca-first: requests keep arriving while
+    rxe0 is away, so the policies' rows differ. fail-fast refuses them to the application
+    (failed-to-app: the peer misses exactly those SENDs and WRITEs); queue-replay and
+    graceful hold them and complete them late after resume, with how long they waited
+    (graceful gets no notice before the device goes, so it does what queue-replay does).
+    Every request is accounted for, and each row says how many requests were in flight
+    when the port went down and when the device was deleted."""
+    res = scenario(power_shim, peer_agent, rxe_topology, results_dir, "standby",
+                   Ordering.HCA_FIRST, COOPERATIVE, OPEN_SPEC)
+    assert res.ok and res.transition.verdict is Verdict.COMPLETED, res.transition.reasons
+    by = rows(res)
+    for policy in COOPERATIVE:
+        c, row = res.client(policy), by[policy]
+        assert row.status is RowStatus.CLEAN, row.findings
+        assert sum(c.counts.values()) == OPEN_SPEC.count
+        assert row.in_flight_port is not None and row.in_flight_device is not None
+        assert c.counts.get("lost", 0) == 0 and c.peer_counts.get("duplicated", 0) == 0
+    ff = res.client("fail-fast")
+    refused = ff.counts.get("failed-to-app", 0)
+    assert refused > 0 and "completed-late" not in ff.counts, ff.counts
+    assert ff.peer_counts.get("missing", 0) == sum(
+        1 for e in ff.ledger if e["op"] in ("SEND", "WRITE")
+        and e["outcome"] not in ("completed-ok", "replayed-ok"))
+    for policy in ("queue-replay", "graceful"):
+        c, row = res.client(policy), by[policy]
+        assert c.counts.get("completed-late", 0) > 0 and "failed-to-app" not in c.counts
+        assert row.wait_max_ms is not None and row.wait_max_ms > OPEN_SPEC_SLEEP_MS_AT_LEAST
+        assert c.peer_counts.get("delivered-once") == OPEN_SPEC.count // 2
+    assert by["fail-fast"].counts != by["queue-replay"].counts

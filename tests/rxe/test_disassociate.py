@@ -178,3 +178,40 @@ def test_outside_program_held_delete(rxe_config: TopologyConfig,
     assert not problems, problems
     scan = kmsg.scan_after(marker)
     assert scan.ok, "\n".join(kmsg.render(scan))
+
+
+def test_policies_take_device_fatal_as_the_removal_notice(power_shim, peer_agent,
+                                                          rxe_topology: Topology,
+                                                          results_dir: Path) -> None:
+    """surprise-removal with every policy side by side, requests arriving open-loop: the
+    delete completes with nobody terminated. naive takes no notice of DEVICE_FATAL and
+    keeps posting: every later post fails (EIO: rejected at post), and it lives on. The
+    cooperative policies stop on the first removal notice (DEVICE_FATAL, or the uverbs
+    node vanishing, whichever comes first), release, and reopen the new device after
+    resume. Every request is accounted for."""
+    from harness.run.scenario import render, run_scenario
+    from harness.workload.spec import Arrivals, WorkloadSpec
+    from power.plan import Ordering
+    from power.result import TransitionRequest, Verdict
+
+    spec = WorkloadSpec(count=120, rate_per_s=60.0, queue_depth=4, arrivals=Arrivals.OPEN)
+    req = TransitionRequest("surprise-removal", Ordering.HCA_FIRST, hold_ms=300)
+    res = run_scenario(power_shim.shim, peer_agent, rxe_topology.local, req,
+                       ["naive", "fail-fast", "queue-replay", "graceful"], spec,
+                       power_shim.clients_dir, results_dir / "clients")
+    print("\n".join(render(res)))
+    assert res.transition.verdict is Verdict.COMPLETED, res.transition.reasons
+    assert not (res.transition.veto and res.transition.veto.terminated)
+    assert res.ok and not any(c.crashed for c in res.clients)
+    naive = res.client("naive")
+    assert {"event": "async", "name": "DEVICE_FATAL"} in [
+        {k: e.get(k) for k in ("event", "name")} for e in naive.events]
+    assert naive.counts.get("rejected-at-post", 0) > 0
+    assert naive.clean_shutdown["reconnects"] == 0
+    for policy in ("fail-fast", "queue-replay", "graceful"):
+        c = res.client(policy)
+        notices = [e["event"] if e["event"] != "async" else e.get("name")
+                   for e in c.events]
+        assert "DEVICE_FATAL" in notices or "device removed" in notices, notices
+        assert c.clean_shutdown["reconnects"] == 1 and c.counts.get("lost", 0) == 0
+        assert sum(c.counts.values()) == spec.count

@@ -39,7 +39,10 @@ def test_short_matrix(rxe_config, rxe_topology, tmp_path: Path) -> None:
                                                    "standby/clients-first/naive/mixed"]
     graceful, naive = (s["rows"][0] for s in scen)
     assert graceful["status"] == RowStatus.CLEAN and graceful["peer_saw"].endswith("(goodbye)")
-    assert graceful["counts"] == {"completed-ok": 60}
+    # open-loop arrivals (the matrix's default): what arrives while it sleeps completes late
+    assert set(graceful["counts"]) <= {"completed-ok", "completed-late"}
+    assert sum(graceful["counts"].values()) == 60
+    assert sum(naive["counts"].values()) > 0  # its books up to the kill, from its journal
     assert naive["status"] == RowStatus.BAD and naive["verdict"] == "forced"
     assert any(f.startswith("held the device") for f in naive["findings"])
     assert res.of_kind(RecordKind.SUMMARY)[0]["by_status"] == {"clean": 1, "bad": 1,

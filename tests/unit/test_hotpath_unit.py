@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.journal import journal_run as _journal_run
 from harness.core.errors import OsCallError, ProtocolError, SettingError
 from harness.rdma import payload
 from harness.run.scenario import ClientWorker
 from harness.system import gid_table, network, rdma_netlink
 from harness.topology import neighbour
+from harness.workload.journal import journal_run as _journal_run
 from harness.workload.ledger import Ledger
 from harness.workload.recorder import Recorder
 from harness.workload.spec import MAX_CLIENT_MR_BYTES, Op, WorkloadSpec
@@ -89,7 +89,7 @@ def test_recorder_latencies_and_large_pages_stay_small() -> None:
 
 
 @pytest.mark.parametrize("mutate,needle", [
-    (lambda p: p.update(format=2), "format"),
+    (lambda p: p.update(format=1), "format"),
     (lambda p: p.update(ops="S"), "columns of"),
     (lambda p: p.update(attempts=[5, 1, 1]), "IndexError|attempts"),
     (lambda p: p.pop("latency"), "KeyError"),
@@ -156,7 +156,9 @@ def test_batched_journal_gives_what_was_in_flight(tmp_path: Path) -> None:
              _journal_run(5, True, [4, 5], 2), '{"t_ns": 6, "event": "rejected", '
              '"detail": {"req": 5, "errno": 22}}\n', '{"t_ns": 7, "event": "posted", "de']
     path.write_text("".join(lines))
-    assert ClientWorker.in_flight(SimpleNamespace(journal=path)) == [1, 3, 4]
+    worker = SimpleNamespace(journal=path, spec=WorkloadSpec(count=8))
+    worker.journal_ledger = lambda: ClientWorker.journal_ledger(worker)
+    assert ClientWorker.in_flight(worker) == [1, 3, 4]
 
 
 def _fake_rdma_sysfs(root: Path) -> tuple[Path, Path]:

@@ -1,0 +1,48 @@
+"""Figures read off a ledger at given moments: how many requests were in flight, and
+how long the requests held across a sleep waited (pure logic, on ledger entries)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from harness.workload.entries import LedgerEntry
+from harness.workload.outcomes import Outcome
+
+
+def in_flight_at(entries: Iterable[LedgerEntry], t_ns: int) -> int:
+    """Requests posted at or before `t_ns` and not completed by then (an attempt without a
+    completion ends where the next attempt of the same request is posted; the last one
+    without a completion, never: lost, abandoned or killed in flight)."""
+    n = 0
+    for e in entries:
+        atts = e.attempts
+        for k, a in enumerate(atts):
+            if a.posted_ns > t_ns or a.errno is not None:
+                continue
+            end = a.completed_ns
+            if end is None and k + 1 < len(atts):
+                end = atts[k + 1].posted_ns
+            if end is None or end > t_ns:
+                n += 1
+                break
+    return n
+
+
+@dataclass(frozen=True)
+class Waits:
+    """The waits of the requests that completed late (COMPLETED_LATE): arrival to first
+    post, in ms."""
+
+    count: int
+    median_ms: float | None
+    max_ms: float | None
+
+
+def late_waits(entries: Iterable[LedgerEntry]) -> Waits:
+    ws = [w / 1e6 for e in entries if e.outcome is Outcome.COMPLETED_LATE
+          and (w := e.wait_ns) is not None]
+    if not ws:
+        return Waits(0, None, None)
+    return Waits(len(ws), round(statistics.median(ws), 1), round(max(ws), 1))
