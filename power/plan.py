@@ -64,11 +64,15 @@ STEP_DOCS: dict[StepKind, StepDoc] = {
         "and power off, which rxe cannot",
     ),
     StepKind.DELETE_DEVICE: StepDoc(
-        "rdma link delete DEV from a child process, bounded: ib_unregister_device waits in "
-        "ib_uverbs_remove_one until every uverbs file of the device is closed",
-        "rxe has no disassociate_ucontext, so no DEVICE_FATAL reaches the holders and the "
-        "delete blocks (a veto by holding); a real HCA driver with disassociate would yank "
-        "the context and complete",
+        "rdma link delete DEV from a child process, bounded: ib_unregister_device runs every "
+        "ib_client's remove(); with --removal block (stock rdma_rxe) ib_uverbs_remove_one "
+        "waits until every uverbs file of the device is closed; with --removal disassociate "
+        "(our rdma_rxe build) it takes each holder's context away (IBV_EVENT_DEVICE_FATAL, "
+        "EIO) and completes",
+        "a real HCA driver (mlx5, mlx4, irdma, hns) disassociates as --removal disassociate "
+        "does; stock rxe cannot, so under --removal block the delete blocks on a holder (a "
+        "veto by holding) until the holder closes or is ended; kernel ULPs hold it in both "
+        "modes until their remove() returns",
     ),
     StepKind.DESTROY_NETDEV: StepDoc(
         "ip link del NETDEV (its veth pair): the address, GIDs and routes go with it",
