@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.core.device import DeviceInfo
 from harness.core.errors import RxePowerError
-from harness.run.bench.perftest import PerftestRun, run_perftest
+from harness.run.bench.perftest import PerftestRun, run_perftest, run_perftest_counted
 from harness.run.bench.record import BenchRecord, machine_load
 from harness.run.bench.series import percentile
 from harness.run.scenario import ClientWorker
@@ -114,7 +114,7 @@ def throughput_row(op: str, tool: str, size: int, pt: PerftestRun,
     pt_mib, pt_rate = pt.figure("BW average[MB/sec]"), pt.figure("MsgRate[Mpps]") * 1e6
     return {"size": size, "op": op, "tool": tool, "signal_every": hr.signal_every,
             "perftest": {"mib_per_s": pt_mib, "msg_per_s": round(pt_rate, 1),
-                         "argv": pt.argv, "output": pt.output},
+                         "argv": pt.argv, "output": pt.output, "zero_runs": pt.zero_runs},
             "harness": hr.to_json(),
             "ratio_mib": round(hr.mib_per_s / pt_mib, 3) if pt_mib else None,
             "ratio_msg": round(hr.msg_per_s / pt_rate, 3) if pt_rate else None,
@@ -135,7 +135,7 @@ def measure_throughput(bench: BenchRecord, rig: Rig) -> bool:
     for size in spec.sizes:
         for op, tool in BW_TOOLS.items():
             hs = spec.throughput_spec(op, size)
-            pt = run_perftest(tool, rig.topo, size, hs.count, qd)
+            pt = run_perftest_counted(tool, rig.topo, size, hs.count, qd)
             variants = [hs]
             if size == min(spec.sizes) and op == "SEND" and qd > 1:  # what signaling costs
                 variants.append(spec.throughput_spec(op, size, signal_every=1))

@@ -86,6 +86,9 @@ class PerftestRun:
     argv: list[str]
     seconds: float
     output: str  # the client's whole output (kept in bench.json)
+    # runs before this one that reported a message rate of 0 (a perftest 4.5 quirk seen
+    # under TCG: the run completes and prints 0.00 MB/s) and were left out
+    zero_runs: int = 0
 
     def figure(self, column: str) -> float:
         return self.row[column]
@@ -142,3 +145,24 @@ def run_perftest(tool: str, topo: Topology, size: int, iters: int, qd: int) -> P
     required = BW_COLUMNS if tool.endswith("_bw") else LAT_COLUMNS
     rows = parse_perftest(text, required)
     return PerftestRun(tool, size, iters, rows[-1], cli_argv, round(seconds, 3), text)
+
+
+PERFTEST_ATTEMPTS = 3  # a bandwidth run that reports a rate of 0 is run again, this often
+RATE_COLUMN = "MsgRate[Mpps]"
+
+
+def run_perftest_counted(tool: str, topo: Topology, size: int, iters: int,
+                         qd: int) -> PerftestRun:
+    """run_perftest, again (at most PERFTEST_ATTEMPTS runs) while a bandwidth tool
+    reports a message rate of 0 for a run that completed: perftest 4.5 printed 0.00 MB/s
+    for about one run in ten under TCG (the tracer bench and a CI run of the bench saw
+    it). The runs left out are counted in the result; if every run says 0, the last is
+    returned as it is."""
+    zero = 0
+    while True:
+        run = run_perftest(tool, topo, size, iters, qd)
+        if not tool.endswith("_bw") or run.row.get(RATE_COLUMN, 0) > 0 \
+                or zero + 1 >= PERFTEST_ATTEMPTS:
+            run.zero_runs = zero
+            return run
+        zero += 1
