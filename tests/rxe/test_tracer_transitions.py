@@ -90,7 +90,8 @@ def run_program(power_shim: Any, topo: Topology, program: str, transition: str,
           f"exit {out['exit']} (stopped {out['stopped_by_harness']}, terminated "
           f"{out['terminated_by_shim']}); sends {out['counts']}; receives "
           f"{out['receive_counts']}; peer {out['peer_counts']}; recovery "
-          f"{out['recovery_ms']} ms; row {row.status.value}: {row.findings}")
+          f"{out['recovery_ms']} ms; wire ready after {out.get('wire_ready_ms')} ms; row "
+          f"{row.status.value}: {row.findings}")
     return result, row
 
 
@@ -104,19 +105,6 @@ def check_program_accounted(out: dict[str, Any], program: str) -> None:
     if program != "ib_write_bw":  # RDMA WRITE lands without the peer's CPU: nothing to match
         assert out["peer_counts"]["delivered-once"] > 0, out["peer_counts"]
     assert out["peer_counts"].get("duplicated", 0) == 0, out["peer_counts"]
-
-
-@pytest.mark.parametrize("program", PROGRAMS)
-def test_program_under_link_flap(power_shim, rxe_topology, results_dir, program,
-                                 request) -> None:
-    """The program under link-flap (hca-first, 500 ms without carrier), both ends traced:
-    every request of both accounted for. rxe retries through the flap or errors the QP
-    (both happen; printed): either way nothing is unaccounted or duplicated."""
-    result, row = run_program(power_shim, rxe_topology, program, "link-flap",
-                              results_dir / "logs" / request.node.name)
-    assert result["transition"]["verdict"] == Verdict.COMPLETED.value, result["transition"]
-    check_program_accounted(result["outside"], program)
-    assert row.status.value != "broken", row.findings
 
 
 def test_forced_client_log_survives(power_shim, rxe_topology, results_dir, tmp_path,
@@ -237,3 +225,21 @@ def test_broken_client_found_out(power_shim, rxe_topology, results_dir, tmp_path
         assert FindingKind.POSTED_AFTER_ERROR in {f.what for f in led.findings}
 
 
+# pingpong last, and this test last in the file: twice in four suite runs, right after
+# the pingpong case the wire gave the next program's TCP rendezvous no ARP answer for
+# ~30 s (neighbour FAILED on rxpw0; cause not found). run_outside now waits for ARP
+# both ways (WIRE_READY_TIMEOUT_S) and records the wait (wire_ready_ms, printed)
+LINK_FLAP_ORDER = ("ib_send_bw", "ib_write_bw", "ibv_rc_pingpong")
+
+
+@pytest.mark.parametrize("program", LINK_FLAP_ORDER)
+def test_program_under_link_flap(power_shim, rxe_topology, results_dir, program,
+                                 request) -> None:
+    """The program under link-flap (hca-first, 500 ms without carrier), both ends traced:
+    every request of both accounted for. rxe retries through the flap or errors the QP
+    (both happen; printed): either way nothing is unaccounted or duplicated."""
+    result, row = run_program(power_shim, rxe_topology, program, "link-flap",
+                              results_dir / "logs" / request.node.name)
+    assert result["transition"]["verdict"] == Verdict.COMPLETED.value, result["transition"]
+    check_program_accounted(result["outside"], program)
+    assert row.status.value != "broken", row.findings
