@@ -27,7 +27,10 @@ OUTCOME_COLOURS = {
     "completed-error": "#d62728",
     "flushed": "#ff7f0e",
     "failed-to-app": "#8c564b",
-    "lost": "#000000",
+    "completed-late": "#bcbd22",  # waited across the sleep, then succeeded
+    "abandoned": "#7f7f7f",  # posted, failed by the client when the device went
+    "killed-in-flight": "#393b79",  # in flight when the client was killed
+    "lost": "#000000",  # (a kernel client's stuck I/O is drawn as lost: never completed)
 }
 UNACCOUNTED_COLOUR = "#e377c2"  # no outcome at all: a harness bug (the row is broken)
 STATUS_COLOURS = {"clean": "#2e7d32", "bad": "#c62828", "broken": "#6a1b9a"}

@@ -82,7 +82,7 @@ def scenario_rows(rec: ScenarioRecord) -> list[Row]:
     (a harness error), else one broken row per policy."""
     sc = rec.scenario
     why = rec.result_problem
-    if rec.result is not None and not rec.outside:  # an outside program's row: stored
+    if rec.result is not None and not rec.row_stored:  # outside program, kernel client
         try:
             return rows_of(sc, rec.result)
         except RESULT_PARSE_ERRORS as exc:  # a result of the wrong shape: its stored rows

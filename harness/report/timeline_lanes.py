@@ -128,6 +128,16 @@ def client_event_label(ev: dict[str, Any]) -> tuple[str, str]:
         return f"async {name}", "clean" if "ACTIVE" in name else "error"
     if name == "rejected":
         return f"rejected req {ev.get('req', '?')} errno {ev.get('errno', '?')}", "error"
+    if name in ("controller", "transport"):  # a kernel client's (harness.run.kernel_lane)
+        state = str(ev.get("state"))
+        return f"{ev.get('obj', '?')} {state}", ("clean" if state in ("live", "connected")
+                                                else "error" if state == "absent" else "notice")
+    if name == "connection":
+        return (f"conn on {ev.get('dev', '?')} ({ev.get('phase', '?')})"
+                + (" OFF THE WIRE" if ev.get("off_wire") else ""),
+                "error" if ev.get("off_wire") else "other")
+    if name == "held the delete":
+        return f"held the delete {float(ev.get('ms') or 0) / 1000:.1f} s", "error"
     return name, "other"
 
 

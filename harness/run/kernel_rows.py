@@ -20,6 +20,7 @@ from typing import Any
 from clients.kernel.blockio import DriverSpec
 from clients.kernel.nvme_host import parse_policy
 from clients.kernel.nvme_scenario import NvmeScenario, run_nvme
+from harness.run.kernel_lane import kernel_lane
 from harness.run.rows import Row, RowStatus
 
 KERNEL_PREFIXES = ("nvme-rdma",)
@@ -43,7 +44,15 @@ def run_kernel(shim: Any, cfg: Any, scenario: Any, count: int, rate_per_s: float
     sc = NvmeScenario(scenario.transition, scenario.ordering, scenario.policies[0], hold_ms,
                       DriverSpec(count=max(count, KERNEL_MIN_COUNT), depth=depth,
                                  rate_per_s=min(rate_per_s, KERNEL_MAX_RATE_PER_S)))
-    return run_nvme(shim, cfg, sc).to_json()
+    result = run_nvme(shim, cfg, sc).to_json()
+    return with_lane(scenario.policies[0], result)
+
+
+def with_lane(policy: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The result with its timeline lane (`clients`) and the key that marks a kernel
+    client's result (`kernel_client`: its row was judged when it ran and is stored)."""
+    return result | {"clients": [kernel_lane(policy, result).to_json()],
+                     "kernel_client": policy}
 
 
 def kernel_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:

@@ -46,6 +46,15 @@ def _strs(v: object) -> list[str]:
     return [str(x) for x in v] if isinstance(v, list) else []
 
 
+# the keys that mark a result whose row was judged when it ran (an outside program's:
+# harness.run.outside; a kernel client's: harness.run.kernel_rows)
+STORED_ROW_KEYS = ("outside", "kernel_client")
+
+
+def has_stored_row(result: dict[str, Any]) -> bool:
+    return any(k in result for k in STORED_ROW_KEYS)
+
+
 @dataclass(frozen=True)
 class ScenarioKey:
     """Which scenario a record is: a matrix Scenario as it was written ('?' where missing)."""
@@ -80,10 +89,10 @@ class ScenarioRecord:
     rows: list[dict[str, Any]] = field(default_factory=list)
     not_restored: list[str] = field(default_factory=list)
     seconds: float | None = None
-    # an outside program's scenario (harness.run.outside): its result holds the transition
-    # and the program's lane for the pictures; its row was judged when it ran and is the
-    # stored one
-    outside: bool = False
+    # an outside program's or a kernel client's scenario (harness.run.outside,
+    # harness.run.kernel_rows): its result holds the transition and the client's lane for
+    # the pictures; its row was judged when it ran and is the stored one
+    row_stored: bool = False
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ScenarioRecord:
@@ -95,7 +104,7 @@ class ScenarioRecord:
                   not_restored=_strs(d.get("not_restored")),
                   seconds=_float_or_none(d.get("seconds")))
         if isinstance(d.get("result"), dict):
-            rec.outside = "outside" in d["result"]
+            rec.row_stored = has_stored_row(d["result"])
             try:
                 rec.result = ScenarioResult.from_json(d["result"], schema)
             except RESULT_PARSE_ERRORS as exc:
@@ -164,9 +173,9 @@ class CycleRecord:
                   {k: {f: int(v) for f, v in _figures(c).items()}
                    for k, c in _mapping(d.get("rdma_res")).items()},
                   [h for h in _list(d.get("kernel_hits")) if isinstance(h, dict)])
-        # an outside program's result (harness.run.outside) has no policy clients: its row
-        # was judged when it ran (outside_rows) and is the stored one
-        if isinstance(d.get("result"), dict) and "outside" not in d["result"]:
+        # an outside program's or a kernel client's result has no policy clients: its row
+        # was judged when it ran and is the stored one
+        if isinstance(d.get("result"), dict) and not has_stored_row(d["result"]):
             try:
                 rec.result = ScenarioResult.from_json(d["result"], schema)
             except RESULT_PARSE_ERRORS:

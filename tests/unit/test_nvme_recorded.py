@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from clients.kernel.nvme_scenario import window_of
+from harness.run.kernel_lane import _OUTCOME as _LANE_OUTCOMES
+from harness.run.kernel_lane import kernel_lane
 from harness.run.kernel_rows import kernel_rows
 from harness.run.rows import RowStatus
 from harness.workload.block_ledger import (
@@ -76,3 +78,40 @@ def test_late_rule_on_recorded_clients_first(recorded: list[dict]) -> None:
     recs = [IoRecord.from_json(d) for d in res["records"]]
     assert not [x for x in recs if x.submit_ns < win.start_ns < (x.done_ns or 0)]
     assert IoOutcome.COMPLETED_LATE.value not in res["ledger"]["outcomes"]
+
+
+def test_kernel_lane_draws_every_io_with_its_ledger_outcome(recorded: list[dict]) -> None:
+    """The timeline lane of a kernel client: one mark per I/O, its outcome the one the
+    row counted (the lane and the ledger decide it in one place), and what the ULP did as
+    notes (every change of the controller's state, the connections' devices)."""
+    for r in recorded:
+        res = r["result"]
+        lane = kernel_lane(res["scenario"]["policy"], res)
+        assert len(lane.ledger) == len(res["records"])
+        want = {("lost" if k == "stuck" else k): v
+                for k, v in res["ledger"]["outcomes"].items()}
+        assert lane.counts == want, r["scenario"]["id"]
+        assert {e["op"] for e in lane.ledger} <= {"WRITE", "READ"}
+        states = [(e["obj"], e["state"]) for e in lane.events if e["event"] == "controller"]
+        sampled = []
+        for s in res["ctrl_states"]:  # the changes only, in order
+            if not [x for x in sampled if x[0] == s["ctrl"]] or \
+                    [x for x in sampled if x[0] == s["ctrl"]][-1][1] != s["state"]:
+                sampled.append((s["ctrl"], s["state"]))
+        assert states == sampled
+        assert [e["t_ns"] for e in lane.events] == sorted(e["t_ns"] for e in lane.events)
+        failed = [e for e in lane.ledger if e["outcome"] == "failed-to-app"]
+        assert failed or r["scenario"]["id"].startswith("standby/clients-first")
+        assert all(e["attempts"][0].get("errno") or e["attempts"][0].get("short")
+                   for e in failed)
+
+
+def test_every_outcome_has_its_own_colour() -> None:
+    """A request whose outcome has no colour is drawn as unaccounted (pink): every verbs
+    outcome and every kernel lane outcome must have one."""
+    from harness.report.drawing import OUTCOME_COLOURS
+    from harness.workload.outcomes import Outcome
+
+    assert {o.value for o in Outcome} <= set(OUTCOME_COLOURS)
+    assert set(_LANE_OUTCOMES.values()) <= set(OUTCOME_COLOURS)
+    assert len(set(OUTCOME_COLOURS.values())) == len(OUTCOME_COLOURS)
