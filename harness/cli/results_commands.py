@@ -98,7 +98,7 @@ def stress_spec(args: argparse.Namespace) -> StressSpec:
                       split_csv(args.policy) or StressSpec.policies, args.mix, args.count,
                       args.rate,
                       args.queue_depth, args.hold_ms, parse_on_veto(args.on_veto), args.maxfail,
-                      args.keep_ledgers).validate()
+                      args.keep_ledgers, parse_arrivals(args.arrivals)).validate()
 
 
 def cmd_stress(args: argparse.Namespace) -> int:
@@ -149,10 +149,7 @@ def add_matrix_options(p: argparse.ArgumentParser, mode_help: str) -> None:
                    "fail-fast,queue-replay,graceful), or module:Class")
     p.add_argument("--mix", action="append", help="operation mixes: mixed, send, write, "
                    "read-atomic (default mixed)")
-    p.add_argument("--arrivals", default=MatrixSpec.arrivals.value,
-                   help="open (the default: requests arrive at --rate whatever the device "
-                   "does, so they keep coming while it sleeps) or closed (the next request "
-                   "comes only when the client can take it)")
+    _arrivals_option(p)
     p.add_argument("--together", action="store_true", help="run the policies side by side "
                    "in one transition instead of one transition each")
     _workload_options(p, 120, 300)
@@ -167,6 +164,13 @@ def add_matrix_options(p: argparse.ArgumentParser, mode_help: str) -> None:
     _common(p, mode_help, MATRIX_VM_TIMEOUT_S)
 
 
+def _arrivals_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arrivals", default=MatrixSpec.arrivals.value,
+                   help="open (the default: requests arrive at --rate whatever the device "
+                   "does, so they keep coming while it sleeps) or closed (the next request "
+                   "comes only when the client can take it)")
+
+
 def add_stress_options(p: argparse.ArgumentParser, mode_help: str) -> None:
     p.add_argument("--cycles", type=int, default=20, help="how many transitions")
     p.add_argument("--transition", default="standby", help="the transition to repeat")
@@ -175,6 +179,7 @@ def add_stress_options(p: argparse.ArgumentParser, mode_help: str) -> None:
     p.add_argument("--policy", action="append", help="client policies (default fail-fast,"
                    "queue-replay,graceful), or module:Class")
     p.add_argument("--mix", default="mixed", help="operation mix")
+    _arrivals_option(p)
     p.add_argument("--maxfail", type=int, default=0, help="stop after N failed cycles "
                    "(0: never)")
     p.add_argument("--keep-ledgers", action="store_true",

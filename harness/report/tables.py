@@ -10,7 +10,8 @@ from collections import Counter
 from harness.report.section import Section
 from harness.run.matrix import LEGEND, render_table
 from harness.run.records import CycleClient, CycleRecord
-from harness.run.stress import RES_KINDS, render_summary, summarize
+from harness.run.stress import render_summary
+from harness.run.stress_checks import RES_KINDS, summarize
 
 
 def header_line(sec: Section) -> str:

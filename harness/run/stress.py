@@ -22,25 +22,34 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from harness.core import settings
 from harness.core.bounds import MAX_CYCLES, check_number
-from harness.core.errors import RxePowerError
+from harness.core.errors import RxePowerError, SettingError
+from harness.run.kernel_rows import is_kernel_policy
+from harness.run.kernel_stress import KernelStress
 from harness.run.matrix import OP_MIXES, MatrixSpec
 from harness.run.records import CycleClient
 from harness.run.resultsfile import RecordKind
 from harness.run.scenario import ClientWorker, run_round, safe_name, spawn_workers
 from harness.run.scenario_result import ClientEnd
 from harness.run.session import ResultsHeader, RunSession
-from harness.system import command
+from harness.run.stress_checks import (
+    RES_KINDS,
+    CycleOutcome,
+    Usage,
+    rdma_res,
+    res_problems,
+    summarize,
+    usage_problems,
+)
 from harness.topology.config import TopologyConfig
 from harness.topology.lifecycle import restore_local_side
 from harness.workload.ledger import WorkloadSpec
+from harness.workload.spec import Arrivals
 from power.plan import OnVeto, Ordering, get_transition
 from power.result import TransitionRequest, Verdict
 
@@ -48,14 +57,6 @@ if TYPE_CHECKING:  # types only: the controller objects a stress run is made of
     from harness.peer.controller import PeerAgent
     from harness.topology.config import Topology
     from power.shim import Shim
-
-RES_KINDS = ("qp", "cq", "mr", "pd")
-FD_SLACK = 2  # open fds a worker may have above its first-cycle figure
-THREAD_SLACK = 1
-RSS_SLACK_KB = 16 * 1024  # Python's allocator settles over the first cycles
-RSS_SLACK_SHARE = 0.25
-RDMA_RES_TIMEOUT_S = 10.0
-
 
 @dataclass(frozen=True)
 class StressSpec:
@@ -71,6 +72,7 @@ class StressSpec:
     on_veto: OnVeto = OnVeto.FORCE
     maxfail: int = 0  # 0: never stop early
     keep_ledgers: bool = False  # every cycle's full result (large), not only failed ones
+    arrivals: Arrivals = Arrivals.OPEN  # as the matrix's (harness.workload.spec.Arrivals)
 
     def validate(self) -> StressSpec:
         check_number("--cycles", self.cycles, 1, MAX_CYCLES, "cycles", "MAX_CYCLES")
@@ -81,93 +83,30 @@ class StressSpec:
             tr.plan(self.ordering)
         MatrixSpec((self.transition,), (), self.policies, (self.mix,), True, self.count,
                    self.rate_per_s, self.queue_depth, self.hold_ms, self.on_veto).validate()
+        kernel = [p for p in self.policies if is_kernel_policy(p)]
+        if kernel and len(kernel) != len(self.policies):
+            raise SettingError(f"--policy {','.join(self.policies)} mixes kernel clients "
+                               f"({','.join(kernel)}) with userspace policies",
+                               "stress them in two runs: a cycle of kernel clients runs "
+                               "each in its own transition, userspace workers share one")
         return self
+
+    @property
+    def kernel(self) -> bool:
+        """Kernel clients (harness/run/kernel_stress.py), not userspace workers."""
+        return any(is_kernel_policy(p) for p in self.policies)
 
     def workload(self) -> WorkloadSpec:
         return WorkloadSpec(ops=OP_MIXES[self.mix], count=self.count,
-                            rate_per_s=self.rate_per_s, queue_depth=self.queue_depth)
+                            rate_per_s=self.rate_per_s, queue_depth=self.queue_depth,
+                            arrivals=self.arrivals)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["ordering"] = self.ordering.value if self.ordering else None
         d["on_veto"] = self.on_veto.value
+        d["arrivals"] = self.arrivals.value
         return d
-
-
-@dataclass
-class Usage:
-    fds: int
-    rss_kb: int
-    threads: int
-
-    @classmethod
-    def of(cls, pid: int) -> Usage:
-        p = psutil.Process(pid)
-        with p.oneshot():
-            return cls(p.num_fds(), p.memory_info().rss // 1024, p.num_threads())
-
-
-def usage_problems(name: str, base: Usage, now: Usage) -> list[str]:
-    out = []
-    if now.fds > base.fds + FD_SLACK:
-        out.append(f"{name}: {now.fds} open fds, {base.fds} after cycle 1 (slack {FD_SLACK})")
-    if now.threads > base.threads + THREAD_SLACK:
-        out.append(f"{name}: {now.threads} threads, {base.threads} after cycle 1")
-    limit = base.rss_kb + max(RSS_SLACK_KB, int(base.rss_kb * RSS_SLACK_SHARE))
-    if now.rss_kb > limit:
-        out.append(f"{name}: RSS {now.rss_kb} KiB, {base.rss_kb} KiB after cycle 1 "
-                   f"(limit {limit} KiB)")
-    return out
-
-
-def parse_rdma_res(data: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """`rdma -j res show` -> {device: {qp, cq, mr, pd}}."""
-    out: dict[str, dict[str, int]] = {}
-    for d in data:
-        if not isinstance(d, dict) or "ifname" not in d:
-            continue
-        vals = d.get("volatile", d)  # some iproute2 versions nest the counts
-        out[d["ifname"]] = {k: int(vals.get(k, 0)) for k in RES_KINDS}
-    return out
-
-
-def rdma_res() -> dict[str, dict[str, int]]:
-    return parse_rdma_res(command.run_json(["rdma", "-j", "res", "show"], RDMA_RES_TIMEOUT_S))
-
-
-def res_problems(base: dict[str, dict[str, int]], now: dict[str, dict[str, int]],
-                 devs: tuple[str, ...]) -> list[str]:
-    out = []
-    for dev in devs:
-        b, n = base.get(dev, {}), now.get(dev, {})
-        diff = {k: (b.get(k, 0), n.get(k, 0)) for k in RES_KINDS if b.get(k, 0) != n.get(k, 0)}
-        if diff:
-            out.append(f"{dev} RDMA resources differ from cycle 1: " + ", ".join(
-                f"{k} {a} -> {c}" for k, (a, c) in diff.items()))
-    return out
-
-
-@dataclass
-class CycleOutcome:
-    cycle: int
-    ok: bool
-    failures: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def trend(values: list[float]) -> float:
-    """Least-squares slope per cycle (0 for fewer than two points)."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mx, my = (n - 1) / 2, sum(values) / n
-    den = sum((i - mx) ** 2 for i in range(n))
-    return sum((i - mx) * (v - my) for i, v in enumerate(values)) / den
-
-
-def summarize(series: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    return {k: {"first": v[0], "last": v[-1], "max": max(v), "min": min(v),
-                "slope_per_cycle": round(trend(v), 4)} for k, v in series.items() if v}
 
 
 class Stress:
@@ -269,7 +208,9 @@ def run_stress(spec: StressSpec, cfg: TopologyConfig, out_dir: Path,
     with RunSession(cfg, out_dir) as session, \
             session.rig(results=ResultsHeader("stress", spec.to_json())) as rig:
         out = rig.results
-        stress = Stress(spec, rig.topo, rig.agent, rig.shim, rig.log_dir)
+        stress: Stress | KernelStress = (
+            KernelStress(spec, rig.topo, cfg, rig.shim) if spec.kernel
+            else Stress(spec, rig.topo, rig.agent, rig.shim, rig.log_dir))
         try:
             stress.start()
             for n in range(1, spec.cycles + 1):

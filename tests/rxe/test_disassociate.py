@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.run.stress import rdma_res
+from harness.run.stress_checks import rdma_res
 from harness.topology import devices, lifecycle
 from harness.topology.config import Topology, TopologyConfig
 from power import kmsg

@@ -16,9 +16,9 @@ from harness.run.matrix import MatrixSpec, junit_xml, render_table, rows_of
 from harness.run.records import ScenarioRecord
 from harness.run.resultsfile import RESULTS_SCHEMA, RecordKind, ResultsWriter, read_results
 from harness.run.rows import RowStatus
-from harness.run.stress import (
+from harness.run.stress import StressSpec
+from harness.run.stress_checks import (
     FD_SLACK,
-    StressSpec,
     Usage,
     parse_rdma_res,
     res_problems,
@@ -189,3 +189,16 @@ def test_stress_spec_defaults_validate() -> None:
     spec = StressSpec().validate()
     assert spec.cycles == 20 and spec.transition == "standby"
     assert spec.to_json()["on_veto"] == "force"
+
+
+def test_stress_of_kernel_clients_is_its_own_run() -> None:
+    """Kernel clients stress in their own cycles (harness/run/kernel_stress.py); mixing
+    them with userspace workers in one run is refused with the fix."""
+    spec = StressSpec(policies=("nvme-rdma:fast-fail",)).validate()
+    assert spec.kernel
+    assert not StressSpec().validate().kernel
+    with pytest.raises(SettingError, match="mixes kernel clients") as exc:
+        StressSpec(policies=("nvme-rdma", "graceful")).validate()
+    assert "two runs" in exc.value.fix
+    with pytest.raises(SettingError, match="unknown nvme-rdma"):
+        StressSpec(policies=("nvme-rdma:no-such-preset",)).validate()

@@ -18,7 +18,7 @@ from harness.report.section import scenario_rows
 from harness.run.records import ScenarioRecord
 from harness.run.resultsfile import RecordKind, ResultsWriter
 from harness.run.rows import RowStatus
-from harness.run.stress import summarize
+from harness.run.stress_checks import summarize
 
 DATA = Path(__file__).parent.parent / "data"
 REAL = DATA / "matrix-standby-linkflap.jsonl"

@@ -1,0 +1,106 @@
+"""rxe-power stress with kernel clients: every cycle runs each kernel client's scenario
+(harness/run/kernel_rows.py: target, controller or mount, I/O with its ledger, one
+transition, the target's store read on the peer side, everything of ours removed), and
+then checks what a stress cycle checks:
+
+- the kernel client's row is clean: every I/O has an outcome, every acknowledged write
+  is intact on the target, nothing stuck, no held delete, nothing in the kernel log
+  (a row that is bad or broken fails the cycle with its findings);
+- the controller process's fds, RSS and threads against the figures after cycle 1;
+- the kernel's RDMA resources (`rdma -j res`) equal to those after cycle 1: a kernel
+  client's QPs, CQs, MRs and PDs that outlive its teardown are a leak.
+
+The cycle record has the same fields as a userspace cycle's (harness/run/stress.py), one
+`clients` entry per kernel client; a failed cycle keeps the kernel results.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from harness.run.kernel_rows import kernel_rows, run_kernel
+from harness.run.matrix import Scenario
+from harness.run.records import CycleClient
+from harness.run.rows import RowStatus
+from harness.run.scenario_result import ClientEnd
+from harness.run.stress_checks import (
+    RES_KINDS,
+    CycleOutcome,
+    Usage,
+    rdma_res,
+    res_problems,
+    usage_problems,
+)
+from power.plan import get_transition
+
+if TYPE_CHECKING:
+    from harness.run.stress import StressSpec
+    from harness.topology.config import Topology, TopologyConfig
+    from power.shim import Shim
+
+
+class KernelStress:
+    """The live state of a stress run of kernel clients: baselines and series."""
+
+    def __init__(self, spec: StressSpec, topo: Topology, cfg: TopologyConfig,
+                 shim: Shim) -> None:
+        self.spec, self.topo, self.cfg, self.shim = spec, topo, cfg, shim
+        ordering = spec.ordering or next(iter(get_transition(spec.transition).steps))
+        self.scenarios = [Scenario(spec.transition, ordering, (p,), spec.mix)
+                          for p in spec.policies]
+        self.usage_base: dict[str, Any] = {}
+        self.res_base: dict[str, dict[str, int]] | None = None
+        self.series: dict[str, list[float]] = {}
+
+    def start(self) -> None:
+        """Nothing lives across cycles: each cycle sets its kernel clients up and down."""
+
+    def close(self) -> None:
+        """Each cycle removed what it made (its teardown raises if it could not)."""
+
+    def cycle(self, n: int) -> tuple[CycleOutcome, dict[str, Any]]:
+        t0 = time.monotonic()
+        failures: list[str] = []
+        clients, hits, results, verdicts, total_ms = [], [], [], [], 0.0
+        for sc in self.scenarios:
+            res = run_kernel(self.shim, self.cfg, sc, self.spec.count, self.spec.rate_per_s,
+                             self.spec.queue_depth, self.spec.hold_ms)
+            results.append(res)
+            row = kernel_rows(sc.to_json(), res)[0]
+            if row.status is not RowStatus.CLEAN:
+                failures.append(f"{row.policy}: {row.status.value}: "
+                                + ("; ".join(row.findings) or "no findings"))
+            lg = res["ledger"]
+            clients.append(CycleClient(row.policy, row.policy, dict(lg["outcomes"]),
+                                       len(lg["unaccounted"]), ClientEnd.COMPLETED, "",
+                                       res.get("recover_ms")).to_json())
+            hits += list((res.get("kernel") or {}).get("hits") or [])
+            verdicts.append(res["transition"]["verdict"])
+            total_ms += float(res["transition"].get("total_ms") or 0.0)
+        usage = {"controller": Usage.of(os.getpid())}
+        for name, u in usage.items():
+            base = self.usage_base.setdefault(name, u)
+            failures += usage_problems(name, base, u)
+            for k, v in asdict(u).items():
+                self.series.setdefault(f"{name}.{k}", []).append(v)
+        res_now = rdma_res()
+        devs = (self.topo.local.dev, self.topo.peer.dev)
+        if self.res_base is None:
+            self.res_base = res_now
+        failures += res_problems(self.res_base, res_now, devs)
+        for dev in devs:
+            for k in RES_KINDS:
+                self.series.setdefault(f"{dev}.{k}", []).append(res_now.get(dev, {}).get(k, 0))
+        self.series.setdefault("transition_ms", []).append(round(total_ms, 3))
+        out = CycleOutcome(n, not failures, failures, round(time.monotonic() - t0, 3))
+        body = {"cycle": n, "ok": out.ok, "failures": failures, "notes": [],
+                "seconds": out.seconds, "verdict": "/".join(dict.fromkeys(verdicts)),
+                "transition_ms": round(total_ms, 3), "clients": clients,
+                "usage": {k: asdict(v) for k, v in usage.items()}, "rdma_res": res_now,
+                "kernel_hits": hits}
+        if not out.ok or self.spec.keep_ledgers:
+            body["results"] = results
+        return out, body
