@@ -25,7 +25,13 @@ from harness.cli.removal import add_removal_option
 from harness.core import settings
 from harness.core.errors import SettingError
 from harness.core.settings import Mode
-from harness.run.matrix import DEFAULT_TRANSITIONS, MatrixSpec, run_matrix
+from harness.run.matrix import (
+    DEFAULT_TRANSITIONS,
+    RUN_KERNEL_TRANSITIONS,
+    RUN_POLICIES,
+    MatrixSpec,
+    run_matrix,
+)
 from harness.run.outside import CLIENT_EXIT_TIMEOUT_S
 from harness.run.session import RESULTS_FILE
 from harness.run.stress import StressSpec, make_progress, run_stress
@@ -59,14 +65,19 @@ def add_parsers(subparsers: Subcommands, mode_help: str) -> None:
 
 
 def matrix_spec(args: argparse.Namespace) -> MatrixSpec:
+    """`run` and `matrix` differ only in their default policies (and where `run`'s kernel
+    clients go: RUN_KERNEL_TRANSITIONS, unless --kernel-transitions says)."""
+    run = args.command == "run"
     return MatrixSpec(split_csv(args.transition) or DEFAULT_TRANSITIONS,
                       tuple(parse_ordering(o) for o in split_csv(args.ordering)),
-                      split_csv(args.policy) or MatrixSpec.policies,
+                      split_csv(args.policy) or (RUN_POLICIES if run else MatrixSpec.policies),
                       split_csv(args.mix) or ("mixed",),
                       args.together, args.count, args.rate, args.queue_depth, args.hold_ms,
                       parse_on_veto(args.on_veto), args.client_cmd or "",
                       args.server_cmd or "", args.client_exit_timeout_s,
-                      parse_arrivals(args.arrivals)).validate()
+                      parse_arrivals(args.arrivals),
+                      split_csv(args.kernel_transitions)
+                      or (RUN_KERNEL_TRANSITIONS if run and not args.policy else ())).validate()
 
 
 def parse_arrivals(text: str) -> Arrivals:
@@ -145,8 +156,14 @@ def add_matrix_options(p: argparse.ArgumentParser, mode_help: str) -> None:
                    "(default link-flap,standby,hibernate,surprise-removal)")
     p.add_argument("--ordering", action="append", help="clients-first and/or hca-first "
                    "(default: every ordering each transition offers)")
-    p.add_argument("--policy", action="append", help="client policies (default naive,"
-                   "fail-fast,queue-replay,graceful), or module:Class")
+    p.add_argument("--policy", action="append", help="client policies: userspace (naive, "
+                   "fail-fast, queue-replay, graceful, or module:Class) and kernel clients "
+                   "(nvme-rdma[:preset|:key=val...], nfs-rdma:hard|soft|key=val...); "
+                   "default: the four userspace ones (run: also nvme-rdma and nfs-rdma:hard)")
+    p.add_argument("--kernel-transitions", action="append",
+                   help="run kernel clients only in these transitions (default: every "
+                   "selected one; run's default matrix: " + ",".join(RUN_KERNEL_TRANSITIONS)
+                   + ")")
     p.add_argument("--mix", action="append", help="operation mixes: mixed, send, write, "
                    "read-atomic (default mixed)")
     _arrivals_option(p)

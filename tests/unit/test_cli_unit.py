@@ -11,6 +11,7 @@ import pytest
 
 from harness.cli import maintenance, power_commands, results_commands, suite
 from harness.cli.main import build_parser
+from harness.core.errors import SettingError
 
 HELP_TIMEOUT_S = 60.0
 
@@ -55,3 +56,32 @@ def test_spec_builders_return_their_specs() -> None:
     assert spec.transitions == ("standby",) and spec.policies == ("graceful",)
     args = build_parser().parse_args(["stress", "--cycles", "3"])
     assert results_commands.stress_spec(args).cycles == 3
+
+
+def test_run_has_kernel_clients_in_its_default_matrix() -> None:
+    """`run`'s default matrix: the four userspace policies everywhere, each kernel client
+    in RUN_KERNEL_TRANSITIONS; `matrix` has only the userspace ones by default; a kernel
+    client asked for by --policy runs in every selected transition unless
+    --kernel-transitions narrows it."""
+    from harness.run.kernel_rows import is_kernel_policy
+    from harness.run.matrix import RUN_KERNEL_TRANSITIONS, USER_POLICIES
+
+    run = results_commands.matrix_spec(build_parser().parse_args(["run"]))
+    kernel = [sc for sc in run.scenarios() if is_kernel_policy(sc.policies[0])]
+    user = [sc for sc in run.scenarios() if not is_kernel_policy(sc.policies[0])]
+    assert len(user) == 7 * len(USER_POLICIES)  # 4 transitions: 2+2+2+1 orderings
+    assert kernel and {sc.transition for sc in kernel} == set(RUN_KERNEL_TRANSITIONS)
+    assert {sc.policies[0].split(":")[0] for sc in kernel} >= {"nvme-rdma"}
+    matrix = results_commands.matrix_spec(build_parser().parse_args(["matrix"]))
+    assert not any(is_kernel_policy(sc.policies[0]) for sc in matrix.scenarios())
+    asked = results_commands.matrix_spec(build_parser().parse_args(
+        ["run", "--policy", "nvme-rdma:fast-fail"]))
+    assert len(asked.scenarios()) == 7  # every transition and ordering
+    narrowed = results_commands.matrix_spec(build_parser().parse_args(
+        ["matrix", "--policy", "nvme-rdma,graceful", "--kernel-transitions", "standby"]))
+    assert [(sc.transition, sc.policies) for sc in narrowed.scenarios()
+            if is_kernel_policy(sc.policies[0])] == [("standby", ("nvme-rdma",))] * 2
+    assert len(narrowed.scenarios()) == 2 + 7
+    with pytest.raises(SettingError, match="no-such"):
+        results_commands.matrix_spec(build_parser().parse_args(
+            ["matrix", "--kernel-transitions", "no-such"]))
