@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from typing import Any
 
 from clients.kernel.blockio import BlockDriver, DriverSpec
 from clients.kernel.nvme_host import HostConfig, NvmeHost, parse_policy
 from clients.kernel.nvmet_target import NvmetTarget, TargetConfig
-from harness.core.errors import BoundExceeded, RxePowerError
+from harness.core.errors import RxePowerError
+from harness.core.proc import run_bounded
 from harness.topology import lifecycle
 from harness.topology.config import TopologyConfig
 
@@ -30,17 +30,46 @@ def run_fio(device: str, count: int, depth: int, bs: int = 4096) -> dict[str, An
     argv = ["fio", "--name=rxpw", f"--filename={device}", "--rw=write", f"--bs={bs}",
             "--direct=1", "--ioengine=libaio", f"--iodepth={depth}",
             f"--size={count * bs}", "--output-format=json"]
-    try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=FIO_TIMEOUT_S,
-                             stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise BoundExceeded("fio", "FIO_TIMEOUT_S", FIO_TIMEOUT_S, "fio had not exited") \
-            from None
+    res = run_bounded(argv, FIO_TIMEOUT_S, step="fio", bound_name="FIO_TIMEOUT_S",
+                      outstanding=f"fio writing {count} blocks to {device} had not exited")
     if res.returncode != 0:
         raise RxePowerError(f"fio failed: {res.stderr.strip()}", "see fio's message")
     job = json.loads(res.stdout)["jobs"][0]["write"]
     return {"ios": job["total_ios"], "iops": job["iops"], "lat_ms_mean":
             job["clat_ns"]["mean"] / 1e6}
+
+
+def measure(cfg: TopologyConfig, count: int, depth: int) -> dict[str, Any]:
+    """Our driver, then fio, on one nvme-rdma namespace (the topology must be up): the
+    target and the controller are recorded in the state file and removed at the end."""
+    target = NvmetTarget(TargetConfig(addr=cfg.peer_addr, size_mib=64, tag="b"))
+    host = None
+    try:
+        target.setup()
+        host = NvmeHost(HostConfig(target.cfg.nqn, cfg.peer_addr, target.cfg.trsvcid,
+                                   cfg.local_addr, parse_policy("nvme-rdma:fast-fail")))
+        host.connect()
+        if host.block_device is None:
+            raise RxePowerError("the nvme-rdma controller has no namespace block device",
+                                "read dmesg; run `rxe-power doctor`")
+        drv = BlockDriver(host.block_device, DriverSpec(count, depth, 0.0, read_every=0))
+        t0 = time.monotonic()
+        drv.start()
+        recs = drv.finish()
+        ours_s = time.monotonic() - t0
+        drv.close()
+        ok = sum(r.errno is None and r.done_ns is not None for r in recs)
+        lat = sorted((r.done_ns - r.submit_ns) / 1e6 for r in recs if r.done_ns)
+        fio = run_fio(str(host.block_device), count, depth)
+        ours = {"ios": ok, "iops": round(ok / ours_s, 1),
+                "lat_ms_mean": round(sum(lat) / len(lat), 3) if lat else None}
+        return {"device": str(host.block_device), "count": count, "depth": depth,
+                "driver": ours, "fio": fio,
+                "ratio_iops": round(ours["iops"] / fio["iops"], 3) if fio["iops"] else None}
+    finally:
+        if host is not None:
+            host.disconnect()
+        target.teardown()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,32 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = TopologyConfig.from_settings()
     _topo, built = lifecycle.setup(cfg, log=lambda m: None)
-    target = NvmetTarget(TargetConfig(addr=cfg.peer_addr, size_mib=64, tag="b"))
-    host = None
     try:
-        target.setup()
-        host = NvmeHost(HostConfig(target.cfg.nqn, cfg.peer_addr, target.cfg.trsvcid,
-                                   cfg.local_addr, parse_policy("nvme-rdma:fast-fail")))
-        host.connect()
-        assert host.block_device is not None
-        drv = BlockDriver(host.block_device, DriverSpec(args.count, args.depth, 0.0,
-                                                        read_every=0))
-        t0 = time.monotonic()
-        drv.start()
-        recs = drv.finish()
-        ours_s = time.monotonic() - t0
-        drv.close()
-        ok = sum(r.errno is None and r.done_ns is not None for r in recs)
-        lat = sorted((r.done_ns - r.submit_ns) / 1e6 for r in recs if r.done_ns)
-        fio = run_fio(str(host.block_device), args.count, args.depth)
-        ours = {"ios": ok, "iops": ok / ours_s, "lat_ms_mean": sum(lat) / len(lat)}
-        print(json.dumps({"device": str(host.block_device), "depth": args.depth,
-                          "driver": ours, "fio": fio,
-                          "ratio_iops": round(ours["iops"] / fio["iops"], 3)}))
+        print(json.dumps(measure(cfg, args.count, args.depth)))
     finally:
-        if host is not None:
-            host.disconnect()
-        target.teardown()
         if built:
             lifecycle.teardown(log=lambda m: None)
     return 0

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.run.bench.blockio_vs_fio import measure_blockio
 from harness.run.bench.client_vs_perftest import measure_latency, measure_throughput
 from harness.run.bench.qp_scale import measure_qp_scale
 from harness.run.bench.record import (
@@ -51,6 +52,8 @@ def run_bench(spec: BenchSpec, cfg: TopologyConfig, out_dir: Path,
                         ok &= measure_qp_scale(bench, rig)
             if bench.section("stress"):  # its own session: the topology is still up
                 ok &= measure_stress_rate(bench, cfg)
+            if bench.section("blockio"):  # a kernel client: no rig of ours holds rxe0
+                ok &= measure_blockio(bench, cfg)
         finally:
             bench.results["load_end"] = machine_load()
             bench.results["targets"] = targets(bench.results)

@@ -10,7 +10,7 @@ from harness.core.errors import SettingError
 from harness.workload.ledger import MAX_MESSAGE, Op, WorkloadSpec
 
 BENCH_VM_TIMEOUT_S = 3600.0
-SECTIONS = ("throughput", "latency", "cycle", "stress", "qps")
+SECTIONS = ("throughput", "latency", "cycle", "stress", "qps", "blockio")
 BASE_COUNT = ((256, 20000), (8192, 8000), (1 << 30, 2000))  # (size up to, messages)
 MIN_COUNT = 50
 
@@ -28,6 +28,8 @@ class BenchSpec:
     hold_ms: int = 100
     sections: tuple[str, ...] = SECTIONS
     cycle_count: int = 800  # requests per client and cycle (at CYCLE_RATE: 4 s, outlasting it)
+    blockio_count: int = 2000  # 4 KiB writes of the block driver and of fio (nvme-rdma)
+    blockio_depth: int = 4
 
     def validate(self) -> BenchSpec:
         bad = [s for s in self.sections if s not in SECTIONS]
@@ -49,7 +51,10 @@ class BenchSpec:
                 ("--qps", self.qps, 1, MAX_ITERATIONS, "QPs", "MAX_ITERATIONS"),
                 ("--hold-ms", self.hold_ms, 0, MAX_HOLD_MS, "ms", "MAX_HOLD_MS"),
                 ("cycle_count", self.cycle_count, 1, MAX_ITERATIONS, "requests",
-                 "MAX_ITERATIONS")):
+                 "MAX_ITERATIONS"),
+                ("blockio_count", self.blockio_count, 1, 16384, "writes (a 64 MiB disk)",
+                 "the disk's 16384 blocks"),
+                ("blockio_depth", self.blockio_depth, 1, 64, "threads", "64")):
             check_number(name, val, lo, hi, unit, bound)
         if not 0 < self.scale <= 100:
             raise SettingError(f"--scale {self.scale} must be in (0, 100]",
