@@ -1,9 +1,9 @@
 """Peer and control channels: every parser of a line from another process, fuzzed.
 
-decode() (the peer agent's, the client worker's and the power notices' protocol),
-LineReader framing, Channel reply matching, the notice reader, the async event
-reader's two line formats, the peer agent's decode+dispatch step and a real client
-worker process fed garbage. Pure logic: no rxe needed.
+This half: decode() (the peer agent's, the client worker's and the power notices'
+protocol), LineReader framing and Channel reply matching. The readers (notices, async
+events, the agent's dispatch step, a worker fed garbage): test_channels_fuzz_readers.py.
+Pure logic: no rxe needed.
 """
 
 from __future__ import annotations
