@@ -1,0 +1,81 @@
+"""A stress cycle of kernel clients (harness/run/kernel_stress.py), judged on recorded
+nvme-rdma results from a guest run: the scenario itself is real only in the guest, so
+here its result and the kernel's `rdma res` are the recorded ones, and what is tested is
+what the cycle makes of them."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.run import kernel_stress
+from harness.run.stress import StressSpec
+from harness.run.stress_checks import Usage
+
+RES = {"rxe0": {"qp": 1, "cq": 1, "mr": 0, "pd": 1}, "rxe1": {"qp": 1, "cq": 1, "mr": 0,
+                                                                "pd": 1}}
+
+
+class Topo:
+    class Side:
+        def __init__(self, dev: str) -> None:
+            self.dev = dev
+
+    local, peer = Side("rxe0"), Side("rxe1")
+
+
+def stress_of(monkeypatch: pytest.MonkeyPatch, results: list[dict[str, Any]],
+              res: list[dict[str, dict[str, int]]]) -> kernel_stress.KernelStress:
+    it, res_it = iter(results), iter(res)
+    monkeypatch.setattr(kernel_stress, "run_kernel", lambda *a, **k: next(it))
+    monkeypatch.setattr(kernel_stress, "rdma_res", lambda: next(res_it))
+    monkeypatch.setattr(kernel_stress.Usage, "of", classmethod(
+        lambda cls, pid: Usage(10, 50_000, 3)))
+    spec = StressSpec(cycles=3, policies=("nvme-rdma:fast-fail",)).validate()
+    return kernel_stress.KernelStress(spec, Topo(), None, None)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def hca_first(data_dir: Path) -> dict[str, Any]:
+    rows = json.loads((data_dir / "nvme-matrix-rows.json").read_text())
+    return next(r["result"] for r in rows if r["scenario"]["id"].startswith("standby/hca"))
+
+
+def test_clean_cycles_pass_and_count_every_io(monkeypatch: pytest.MonkeyPatch,
+                                              hca_first: dict[str, Any]) -> None:
+    ks = stress_of(monkeypatch, [hca_first] * 2, [RES, RES])
+    for n in (1, 2):
+        out, body = ks.cycle(n)
+        assert out.ok and not body["failures"], body["failures"]
+        (client,) = body["clients"]
+        assert client["counts"] == hca_first["ledger"]["outcomes"]
+        assert client["unaccounted"] == 0 and client["ended"] == "completed"
+        assert "results" not in body  # kept only for failed cycles
+    assert ks.series["rxe0.qp"] == [1, 1]
+
+
+def test_a_lost_write_or_a_kernel_log_hit_fails_the_cycle(monkeypatch: pytest.MonkeyPatch,
+                                                          hca_first: dict[str, Any]) -> None:
+    lost = copy.deepcopy(hca_first)
+    lost["status"] = "bad"
+    lost["findings"] = ["1 acknowledged write(s) lost on the target"]
+    ks = stress_of(monkeypatch, [hca_first, lost], [RES, RES])
+    assert ks.cycle(1)[0].ok
+    out, body = ks.cycle(2)
+    assert not out.ok and "lost on the target" in body["failures"][0]
+    assert body["results"][0]["status"] == "bad"  # a failed cycle keeps its results
+
+
+def test_a_kernel_clients_leaked_qp_fails_the_cycle(monkeypatch: pytest.MonkeyPatch,
+                                                    hca_first: dict[str, Any]) -> None:
+    leaked = {**RES, "rxe0": {**RES["rxe0"], "qp": 3, "cq": 2}}
+    ks = stress_of(monkeypatch, [hca_first] * 2, [RES, leaked])
+    assert ks.cycle(1)[0].ok
+    out, body = ks.cycle(2)
+    assert not out.ok
+    assert body["failures"] == ["rxe0 RDMA resources differ from cycle 1: qp 1 -> 3, "
+                                "cq 1 -> 2"]
