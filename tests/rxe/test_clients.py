@@ -102,17 +102,30 @@ def healthy(c: ClientResult) -> None:
 def test_link_flap(power_shim, peer_agent, rxe_topology, results_dir, ordering) -> None:
     """naive keeps posting into a QP that the carrier drop moved to ERR: the first request
     fails with LOC_QP_OP_ERR and every later one is flushed at once (rxe completes WRs on an
-    ERR QP immediately), so nothing is lost and the peer misses exactly those. The others
-    quiesce (on the notice, or on PORT_ERR when the link goes first), reconnect a fresh QP
-    after the carrier returns, and finish everything."""
+    ERR QP immediately), and the peer misses exactly those. Once in five suite runs (a
+    loaded guest) 4 of naive's 240 requests never completed at all: the row then counts
+    them `lost` and is bad, which is what is checked here. The others quiesce (on the
+    notice, or on PORT_ERR when the link goes first), reconnect a fresh QP after the carrier
+    returns, and finish everything."""
     res = scenario(power_shim, peer_agent, rxe_topology, results_dir, "link-flap", ordering,
                    ["naive", *COOPERATIVE])
     assert res.ok and res.transition.verdict is Verdict.COMPLETED
     naive = res.client("naive")
-    assert naive.counts.get("lost", 0) == 0
+    lost = naive.counts.get("lost", 0)
+    row = rows(res)["naive"]
     errors = {e["attempts"][-1]["status"] for e in naive.ledger
               if e["outcome"] == "completed-error"}
-    if not errors:
+    not_ok = sum(1 for e in naive.ledger if e["op"] in ("SEND", "WRITE")
+                 and e["outcome"] != "completed-ok")
+    if lost:
+        # its posted requests filled the queue and never completed, so the rest of its
+        # workload was never posted (failed to the application at its deadline)
+        print("naive's lost requests:", [e for e in naive.ledger if e["outcome"] == "lost"])
+        assert row.status is RowStatus.BAD and f"{lost} lost (posted, never completed)" \
+            in row.findings, row.findings
+        assert lost <= SPEC.queue_depth and sum(naive.counts.values()) == SPEC.count
+        assert naive.peer_counts.get("missing", 0) <= not_ok  # a lost SEND may have landed
+    elif not errors:
         # measured under load: when no SEND met the carrier-down window, rxe's requester
         # retransmitted after the carrier came back and every request completed
         assert naive.counts == {"completed-ok": SPEC.count}, naive.counts
@@ -120,8 +133,7 @@ def test_link_flap(power_shim, peer_agent, rxe_topology, results_dir, ordering) 
     else:
         assert errors <= {"LOC_QP_OP_ERR", "RETRY_EXC_ERR"}, errors
         assert naive.counts.get("flushed", 0) > 0
-    assert naive.peer_counts.get("missing", 0) == sum(
-        1 for e in naive.ledger if e["op"] in ("SEND", "WRITE") and e["outcome"] != "completed-ok")
+        assert naive.peer_counts.get("missing", 0) == not_ok
     for policy in COOPERATIVE:
         healthy(res.client(policy))
 
@@ -251,10 +263,20 @@ def test_open_loop_standby_tells_the_policies_apart(power_shim, peer_agent, rxe_
     by = rows(res)
     for policy in COOPERATIVE:
         c, row = res.client(policy), by[policy]
-        assert row.status is RowStatus.CLEAN, row.findings
         assert sum(c.counts.values()) == OPEN_SPEC.count
         assert row.in_flight_port is not None and row.in_flight_device is not None
-        assert c.counts.get("lost", 0) == 0 and c.peer_counts.get("duplicated", 0) == 0
+        assert c.counts.get("lost", 0) == 0
+        # a replay may deliver twice (see healthy): measured here too (queue-replay, 1 of
+        # 120, the SEND flushed at PORT_ERR had reached the peer). Only a replayed request
+        # may be duplicated, and the row then says so and is bad
+        dup = [e for e in c.ledger if e.get("peer") == "duplicated"]
+        assert len(dup) == c.peer_counts.get("duplicated", 0), c.peer_counts
+        assert all(e["outcome"] == "replayed-ok" for e in dup), dup
+        if dup:
+            assert row.status is RowStatus.BAD, row.findings
+            assert row.findings == [f"{len(dup)} duplicated at the peer"], row.findings
+        else:
+            assert row.status is RowStatus.CLEAN, row.findings
     ff = res.client("fail-fast")
     refused = ff.counts.get("failed-to-app", 0)
     assert refused > 0 and "completed-late" not in ff.counts, ff.counts
@@ -265,5 +287,6 @@ def test_open_loop_standby_tells_the_policies_apart(power_shim, peer_agent, rxe_
         c, row = res.client(policy), by[policy]
         assert c.counts.get("completed-late", 0) > 0 and "failed-to-app" not in c.counts
         assert row.wait_max_ms is not None and row.wait_max_ms > OPEN_SPEC_SLEEP_MS_AT_LEAST
-        assert c.peer_counts.get("delivered-once") == OPEN_SPEC.count // 2
+        assert c.peer_counts.get("delivered-once", 0) + c.peer_counts.get("duplicated", 0) \
+            == OPEN_SPEC.count // 2
     assert by["fail-fast"].counts != by["queue-replay"].counts
