@@ -16,7 +16,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 pkgs=(rdma-core ibverbs-providers ibverbs-utils rdmacm-utils python3-pyverbs iproute2
       perftest kmod python3-venv python3-pip gcc libibverbs-dev  # gcc, headers: the tracer
-      nvme-cli fio)  # kernel clients: nvme-rdma host tools, I/O benchmark
+      nvme-cli fio  # kernel clients: nvme-rdma host tools, I/O benchmark
+      nfs-kernel-server nfs-common)  # NFS over RDMA: rpc.mountd; mount.nfs
 # Python 3.11 or newer: the system python3 (the one python3-pyverbs is built for) makes .venv
 if ! /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   echo "bootstrap.sh: error: /usr/bin/python3 is $(/usr/bin/python3 -V 2>&1), rxe-power needs 3.11+" \

@@ -1,9 +1,12 @@
 """The block I/O driver: O_DIRECT writes (and verified reads) with several in flight,
-each recorded in the block ledger (harness/workload/block_ledger.py).
+each recorded in the block ledger (harness/workload/block_ledger.py), on a block device
+or on a file (one under an NFS mount: O_DIRECT writes there return once the server has
+them, WRITE and COMMIT).
 
     drv = BlockDriver(Path("/dev/nvme0n1"), DriverSpec(count=400, depth=4, rate_per_s=50))
     drv.start()
     drv.pause(); ...; drv.resume(Path("/dev/nvme0n1"))    # clients-first: around the sleep
+    drv.pause(); drv.detach(); ...; drv.resume(path)       # ... closing the file (unmount)
     records = drv.finish()                                 # bounded: IO_STUCK_TIMEOUT_S
 
 Write `seq` goes to block `seq` (each block written once), so every acknowledged write
@@ -74,7 +77,8 @@ class BlockDriver:
             return os.open(device, os.O_RDWR | os.O_DIRECT)
         except OSError as exc:
             raise OsCallError(f"open {device} O_DIRECT", exc.errno or 0,
-                              "is the namespace's block device there?") from None
+                              "is the block device (or the file, or its mount) there?"
+                              ) from None
 
     def start(self) -> None:
         self._t0 = time.monotonic()
@@ -147,6 +151,13 @@ class BlockDriver:
                 self._lock.wait(FINISH_POLL_S)
             return sorted(self._in_flight)
 
+    def detach(self) -> None:
+        """While paused: close the device or file (an unmount needs it closed)."""
+        with self._lock:
+            old, self._fd = self._fd, -1
+        if old >= 0:
+            os.close(old)
+
     def resume(self, device: Path) -> None:
         """Reopen the device (it may have a new name) and go on."""
         fd = self._open(device)
@@ -157,7 +168,8 @@ class BlockDriver:
             self._t0 = time.monotonic() - self._next / self.spec.rate_per_s \
                 if self.spec.rate_per_s else 0.0
             self._lock.notify_all()
-        os.close(old)
+        if old >= 0:
+            os.close(old)
 
     def stop(self) -> None:
         """Issue nothing more (the I/O in flight goes on; finish() collects it)."""
@@ -201,4 +213,7 @@ class BlockDriver:
 
     def close(self) -> None:
         """Close the fd (a stuck thread keeps its own reference until it returns)."""
-        os.close(self._fd)
+        with self._lock:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)

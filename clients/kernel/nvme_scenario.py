@@ -21,15 +21,26 @@ import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from clients.kernel import nvme_hang, route_guard
 from clients.kernel.blockio import BlockDriver, DriverSpec
 from clients.kernel.nvme_host import CtrlSampler, HostConfig, NvmeHost, parse_policy
 from clients.kernel.nvmet_target import NvmetTarget, TargetConfig
+from clients.kernel.ulp_scenario import (
+    HUNG_TASK,
+    HUNG_TASK_TIMEOUT_S,
+    back_ns,
+    began_ns,
+    restore_sysctl,
+    run_on,
+    set_sysctl,
+    wait_issued,
+    window_of,
+)
+from clients.kernel.ulp_scenario import judge as _judge
 from harness.core.device import DeviceInfo
-from harness.core.errors import BoundExceeded, RxePowerError
+from harness.core.errors import RxePowerError
 from harness.core.state import StateFile
 from harness.system import kernelobjs as ko
 from harness.topology.config import TopologyConfig
@@ -48,15 +59,11 @@ from power.plan import OnVeto, Ordering, StepKind
 from power.result import TransitionRequest
 from power.shim import Shim
 
-PROGRESS_TIMEOUT_S = 60.0  # the workload reaches its transition point
 SETTLE_TIMEOUT_S = 20.0  # after the transition: our controller LIVE again, or gone
 AFTER_SETTLE_S = 1.5  # I/O goes on this long once the controller settled (then stops)
 QUIESCE_TIMEOUT_S = 30.0  # clients-first: pause, sync, disconnect within this
-HUNG_TASK_TIMEOUT_S = 10  # the guest's hung_task_timeout_secs during the scenario
-HUNG_TASK = "kernel.hung_task_timeout_secs"
 ADMIN_TIMEOUT_PARAM = "nvme_core.admin_timeout"  # the policy's admin_timeout, if it sets one
 POLL_S = 0.05
-DOWN_STEPS = (StepKind.PORT_DOWN, StepKind.DELETE_DEVICE)
 
 
 @dataclass(frozen=True)
@@ -126,29 +133,6 @@ class _PmClient:
         self.drv.resume(self.host.block_device)
 
 
-def _set_sysctl(state: StateFile, key: str, value: int) -> None:
-    path = Path("/proc/sys") / key.replace(".", "/")
-    old = path.read_text().strip()
-    state.record("sysctl", key=key, old=old)
-    path.write_text(str(value))
-
-
-def _restore_sysctl(state: StateFile, key: str) -> None:
-    for e in state.created:
-        if e["kind"] == "sysctl" and e["key"] == key:
-            (Path("/proc/sys") / key.replace(".", "/")).write_text(e["old"])
-            state.forget(**e)
-
-
-def _wait_issued(drv: BlockDriver, n: int) -> None:
-    end = time.monotonic() + PROGRESS_TIMEOUT_S
-    while drv.issued < n:
-        if time.monotonic() > end:
-            raise BoundExceeded("I/O progress before the transition", "PROGRESS_TIMEOUT_S",
-                                PROGRESS_TIMEOUT_S, f"{drv.issued} of {n} I/Os issued")
-        time.sleep(POLL_S)
-
-
 def _settle(host: NvmeHost, first: str | None, ordering: Ordering) -> dict[str, Any]:
     """Wait (bounded) until our controller is LIVE again or gone; the I/O goes on."""
     t0 = time.monotonic_ns()
@@ -161,32 +145,6 @@ def _settle(host: NvmeHost, first: str | None, ordering: Ordering) -> dict[str, 
                     "waited_ms": round((time.monotonic_ns() - t0) / 1e6, 1),
                     "timed_out": state not in ("live", "absent")}
         time.sleep(POLL_S)
-
-
-def _run_on(drv: BlockDriver, seconds: float) -> None:
-    """Let the workload run on for `seconds` (it is paced: this is its duration)."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        time.sleep(POLL_S)
-
-
-def window_of(tr: dict[str, Any]) -> Window | None:
-    steps = [s for s in tr.get("steps", []) if s["outcome"] != "skipped"]
-    down = [s["begin_ns"] for s in steps if s["step"] in {k.value for k in DOWN_STEPS}]
-    if not down:
-        return None
-    return Window(min(down), max(s["end_ns"] for s in steps))
-
-
-def _began_ns(tr: dict[str, Any], kind: StepKind) -> int | None:
-    return next((s["begin_ns"] for s in tr.get("steps", []) if s["step"] == kind.value
-                 and s["outcome"] != "skipped"), None)
-
-
-def _back_ns(tr: dict[str, Any]) -> int | None:
-    """When the device was back: the end of port-up (or of create-device)."""
-    ends = {s["step"]: s["end_ns"] for s in tr.get("steps", []) if s["outcome"] == "ok"}
-    return ends.get(StepKind.PORT_UP.value) or ends.get(StepKind.CREATE_DEVICE.value)
 
 
 def _detect_recover(samples: list[Any], ctrl: str | None, win: Window | None, back_ns: int | None,
@@ -221,7 +179,7 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
         target.setup()
         if sc.guard:
             guard = route_guard.install(cfg, state)
-        _set_sysctl(state, HUNG_TASK, HUNG_TASK_TIMEOUT_S)
+        set_sysctl(state, HUNG_TASK, HUNG_TASK_TIMEOUT_S)
         if opts.admin_timeout is not None:  # read when the controller is made: set first
             ko.set_module_param(state, ADMIN_TIMEOUT_PARAM, opts.admin_timeout)
         host = NvmeHost(HostConfig(target.cfg.nqn, cfg.peer_addr, target.cfg.trsvcid,
@@ -234,7 +192,7 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
             marker = kmsg.write_marker(f"nvme-rdma {sc.transition} {sc.ordering}", tail=tail)
             drv = BlockDriver(host.block_device, sc.driver)
             drv.start()
-            _wait_issued(drv, min(sc.start_after_ios, sc.driver.count))
+            wait_issued(drv, min(sc.start_after_ios, sc.driver.count))
             if sc.ordering is Ordering.CLIENTS_FIRST:
                 pm = _PmClient(host, drv, events)
                 shim.notifier.register(pm)
@@ -249,13 +207,13 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
             if held:  # the kernel client holds the device: nothing settles until it lets go
                 drv.stop()
                 hang = nvme_hang.wait_out(cfg, host.find, ctrl_s.samples, first_ctrl, held,
-                                          _began_ns(tres, StepKind.DELETE_DEVICE), tail,
+                                          began_ns(tres, StepKind.DELETE_DEVICE), tail,
                                           marker, log=lambda m: None)
                 settled = {"state": hang.ctrl_states_after[-1], "ctrl": hang.ctrl,
                            "waited_ms": hang.held_ms, "timed_out": not hang.released}
             else:
                 settled = _settle(host, first_ctrl, sc.ordering)
-                _run_on(drv, AFTER_SETTLE_S)
+                run_on(AFTER_SETTLE_S)
                 drv.stop()
             records = drv.finish()
             scan = kmsg.scan_after(marker, tail=tail)
@@ -271,12 +229,12 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
                                     rec.generation, b) for b, rec in acked.items()}
         # the driver writes each block once, so every acknowledged write has its block
         ledger = summarize(records, tgt, win, sc.driver.block_size)
-        back = _back_ns(tres)
+        back = back_ns(tres)
         settled["ctrl_live_after_back_ms"] = next(
             ((x.t_ns - back) / 1e6 for x in ctrl_s.samples
              if back and x.ctrl == first_ctrl and x.state == "live" and x.t_ns >= back), None)
         detect, recover = _detect_recover(ctrl_s.samples, first_ctrl, win,
-                                          _back_ns(tres), records)
+                                          back_ns(tres), records)
         conns = route_guard.connections(cm_s.samples, target.cfg.trsvcid,
                                         win.start_ns if win else 0,
                                         win.end_ns if win else 0)
@@ -294,52 +252,6 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
         _teardown(state, target, host, drv, guard)
 
 
-def _judge(ledger: LedgerSummary, conns: list[Any], bad_conns: list[Any], scan: kmsg.KmsgScan,
-           tres: dict[str, Any], hang: nvme_hang.HangReport | None = None,
-           dev: str = "rxe0") -> tuple[list[str], str]:
-    findings = []
-    broken = False
-    if hang is not None:
-        # a finding of the kernel's, not of the harness: the row stays readable. Only a
-        # hang the harness could not end (or a local side it could not restore) breaks it
-        findings += hang.findings(dev)
-        broken = not hang.recovered
-    if not any(c.phase == "before" for c in conns):
-        findings.append("no connection of the client seen in `rdma res show cm_id` before "
-                        "the transition: which device it used cannot be shown")
-        broken = True
-    if ledger.unaccounted:
-        findings.append(f"{len(ledger.unaccounted)} I/O unaccounted: seqs "
-                        f"{ledger.unaccounted[:10]}")
-        broken = True
-    for c in bad_conns:
-        findings.append(f"connection {c.src}->{c.dst} on {c.dev} ({c.phase}) did not cross "
-                        "the wire (loopback on one kernel): the row cannot be trusted")
-        broken = True
-    dd = next((s for s in tres.get("steps", []) if s["step"] == StepKind.DELETE_DEVICE.value
-               and s["outcome"] == "ok"), None)
-    if dd is not None and dd["detail"].get("veto"):
-        # the delete blocked, then finished within the shim's bounds: a shorter hold
-        findings.append(f"the delete of {dev} blocked {dd['detail']['blocked_s']:.2f} s "
-                        "(the veto report says whether a process held it; else the kernel "
-                        "client did)")
-    if tres.get("verdict") == "failed" and not scan.hits and hang is None:
-        findings.append("transition failed: " + "; ".join(tres.get("reasons", [])))
-        broken = True
-    if ledger.lost_seqs:
-        findings.append(f"{len(ledger.lost_seqs)} acknowledged write(s) lost on the target")
-    if ledger.corrupted_seqs:
-        findings.append(f"{len(ledger.corrupted_seqs)} acknowledged write(s) corrupted")
-    if ledger.reads_bad:
-        findings.append(f"{ledger.reads_bad} read(s) returned other data than written")
-    if ledger.count(IoOutcome.STUCK):
-        findings.append(f"{ledger.count(IoOutcome.STUCK)} I/O stuck")
-    findings += [f"kernel log: {h.pattern}: {h.record.message}" for h in scan.hits]
-    bad = bool(ledger.lost_seqs or ledger.corrupted_seqs or ledger.reads_bad
-               or ledger.count(IoOutcome.STUCK) or scan.hits or hang)
-    return findings, "broken" if broken else "bad" if bad else "clean"
-
-
 def _teardown(state: StateFile, target: NvmetTarget, host: NvmeHost | None,
               drv: BlockDriver | None, guard: dict[str, Any] | None) -> None:
     problems = []
@@ -354,7 +266,7 @@ def _teardown(state: StateFile, target: NvmetTarget, host: NvmeHost | None,
     problems += target.teardown()
     if guard is not None:
         route_guard.remove(guard, state)
-    _restore_sysctl(state, HUNG_TASK)
+    restore_sysctl(state, HUNG_TASK)
     ko.restore_module_param(state, ADMIN_TIMEOUT_PARAM, log=lambda m: None)
     if problems:
         raise RxePowerError("nvme-rdma teardown left: " + "; ".join(problems),

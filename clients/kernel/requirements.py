@@ -1,5 +1,7 @@
 """What the kernel clients need, for `rxe-power doctor`: the kernel modules (in the
-kernel the run uses: this one natively, the guest's in VM mode) and nvme-cli."""
+kernel the run uses: this one natively, the guest's in VM mode) and the tools: nvme-cli
+and fio (nvme-rdma); rpc.mountd (nfs-kernel-server) and mount.nfs (nfs-common) for NFS
+over RDMA (nfsd itself is driven through its procfs: no rpc.nfsd, exportfs or rpcbind)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-MODULES = ("nvme-rdma", "nvmet-rdma", "null_blk", "nvme-fabrics")
-TOOLS = (("nvme", "apt-get install nvme-cli"), ("fio", "apt-get install fio"))
+# NFS: nfsd (server), rpcrdma (the RDMA transport of both ends), nfsv4 (client)
+MODULES = ("nvme-rdma", "nvmet-rdma", "null_blk", "nfsd", "rpcrdma", "nfsv4", "nvme-fabrics")
+TOOLS = (("nvme", "apt-get install nvme-cli"), ("fio", "apt-get install fio"),
+         ("rpc.mountd", "apt-get install nfs-kernel-server"),
+         ("mount.nfs", "apt-get install nfs-common"), ("umount", "apt-get install mount"))
 _SUFFIXES = ("", ".xz", ".zst", ".gz")
 
 

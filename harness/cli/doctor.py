@@ -351,12 +351,14 @@ def check_mode(native_ok: bool, native_why: str, vm_ok: bool, vm_why: str,
 
 
 def check_kernel_clients(modules_dir: Path | None) -> Finding:
-    """nvme-rdma, nvmet-rdma, null_blk in the kernel the run uses; nvme-cli, fio."""
+    """nvme-rdma, nvmet-rdma, null_blk, nfsd, rpcrdma, nfsv4 in the kernel the run uses;
+    nvme-cli, fio, rpc.mountd, mount.nfs."""
     from clients.kernel.requirements import missing
 
     gaps = missing(modules_dir)
     if not gaps:
-        return ok("kernel clients", f"nvme-rdma, nvmet-rdma, null_blk in {modules_dir}")
+        return ok("kernel clients", f"nvme-rdma, nvmet-rdma, null_blk, nfsd, rpcrdma, nfsv4 "
+                  f"in {modules_dir}; nvme-cli, fio, rpc.mountd, mount.nfs")
     return warn("kernel clients", "; ".join(w for w, _ in gaps),
                 "; ".join(dict.fromkeys(f for _, f in gaps)))
 

@@ -25,9 +25,13 @@ from harness.core.errors import TopologyError
 Check = Callable[[Any], bool]
 
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,63}")
-# what the kernel clients make (nvmet, nvme, null_blk, configfs, the route guard)
+# what the kernel clients make (nvmet, nvme, null_blk, configfs, the route guard, nfsd,
+# NFS mounts)
 KERNEL_CLIENT_KINDS = ("configfs_mount", "nullb", "nvmet_subsys", "nvmet_ns", "nvmet_port",
-                       "nvmet_link", "nvme_ctrl", "route_prohibit", "module_param")
+                       "nvmet_link", "nvme_ctrl", "route_prohibit", "module_param",
+                       # NFS over RDMA (harness.system.nfsobjs)
+                       "nfsd_fs_mount", "nfsd_versions", "nfsd_server", "nfs_tmpfs",
+                       "nfs_mount")
 SYSCTLS_WE_SET = frozenset({
     "net.ipv4.conf.all.rp_filter",  # the topology, when it was not 0
     "kernel.hung_task_timeout_secs",  # a kernel-client scenario, lowered for its duration

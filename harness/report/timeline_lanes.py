@@ -130,8 +130,9 @@ def client_event_label(ev: dict[str, Any]) -> tuple[str, str]:
         return f"rejected req {ev.get('req', '?')} errno {ev.get('errno', '?')}", "error"
     if name in ("controller", "transport"):  # a kernel client's (harness.run.kernel_lane)
         state = str(ev.get("state"))
-        return f"{ev.get('obj', '?')} {state}", ("clean" if state in ("live", "connected")
-                                                else "error" if state == "absent" else "notice")
+        return f"{ev.get('obj', '?')} {state}", (
+            "clean" if state == "live" or state.startswith("connected")
+            else "error" if state == "absent" else "notice")
     if name == "connection":
         return (f"conn on {ev.get('dev', '?')} ({ev.get('phase', '?')})"
                 + (" OFF THE WIRE" if ev.get("off_wire") else ""),

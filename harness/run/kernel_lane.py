@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clients.kernel.nvme_scenario import window_of
+from clients.kernel.ulp_scenario import window_of
 from harness.run.scenario_result import ClientEnd, ClientResult
 from harness.workload.block_ledger import IoOp, IoOutcome, IoRecord, Window, errno_name, outcome
 
@@ -62,7 +62,10 @@ def connection_events(conns: list[dict[str, Any]], off_wire: list[dict[str, Any]
 
 def _events(result: dict[str, Any]) -> list[dict[str, Any]]:
     ev = state_events(result.get("ctrl_states") or [], "ctrl", "controller")
-    ev += state_events(result.get("transport_states") or [], "xprt", "transport")
+    ev += state_events([{"t_ns": x.get("t_ns"), "xprt": "nfs",
+                         "state": f"connected #{x.get('connect_count')}" if x.get("mounted")
+                         else "absent"} for x in result.get("xprt_states") or []],
+                       "xprt", "transport")
     ev += [dict(e) for e in result.get("client_events") or []]
     ev += connection_events(result.get("connections") or [], result.get("off_wire") or [])
     hang = result.get("hang")

@@ -1,51 +1,108 @@
-"""Kernel clients in the matrix: a policy named `nvme-rdma...` runs the nvme-rdma
-scenario (clients.kernel.nvme_scenario) instead of a userspace worker, and its result
-becomes one table row.
+"""Kernel clients in the matrix: a policy named `nvme-rdma...` or `nfs-rdma...` runs that
+kernel client's scenario (clients.kernel.nvme_scenario, clients.kernel.nfs_scenario)
+instead of a userspace worker, and its result becomes one table row. One table, KINDS,
+says per policy prefix how to validate, run and describe it.
 
-    is_kernel_policy("nvme-rdma:fast-fail") -> True
-    result = run_kernel(shim, cfg, scenario, spec)      # the NvmeResult JSON
-    rows = kernel_rows(scenario_json, result)            # one Row
+    is_kernel_policy("nfs-rdma:hard") -> True
+    result = run_kernel(shim, cfg, scenario, ...)      # the result's JSON (same shape)
+    rows = kernel_rows(scenario_json, result)           # one Row
 
 How the row reads (the table's columns are the verbs ledger's): `ok` completed-ok,
 `f2app` failed-to-app, `lost` acknowledged writes not found on the target; the peer
-columns are the target's store read on the peer side: `once` intact, `bad` corrupted,
-`miss` lost. Late and stuck I/O, the controller's fate, detection time and the devices
-of the connections are in the findings.
+columns are the target's store read on the peer side (the nvmet null_blk disk, the
+exported tmpfs): `once` intact, `bad` corrupted, `miss` lost. Late and stuck I/O, the
+controller's or mount's fate, detection time and the devices of the connections are in
+the findings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from clients.kernel import nfs_client, nfs_scenario, nvme_host, nvme_scenario
 from clients.kernel.blockio import DriverSpec
-from clients.kernel.nvme_host import parse_policy
-from clients.kernel.nvme_scenario import NvmeScenario, run_nvme
+from harness.core.errors import SettingError
 from harness.run.kernel_lane import kernel_lane
 from harness.run.rows import Row, RowStatus
 
-KERNEL_PREFIXES = ("nvme-rdma",)
-# The I/O runs until the controller settled after the transition (plus a little), so the
+# The I/O runs until the client settled after the transition (plus a little), so the
 # count is only a cap: at least this many; at most this rate (the matrix's own count and
 # rate are sized for the verbs clients: 120 at 60/s is 2 s)
 KERNEL_MIN_COUNT = 800
 KERNEL_MAX_RATE_PER_S = 40.0
 
 
+def _nvme_run(shim: Any, cfg: Any, sc: Any, drv: DriverSpec,
+              hold_ms: int | None) -> dict[str, Any]:
+    return nvme_scenario.run_nvme(shim, cfg, nvme_scenario.NvmeScenario(
+        sc.transition, sc.ordering, sc.policies[0], hold_ms, drv)).to_json()
+
+
+def _nfs_run(shim: Any, cfg: Any, sc: Any, drv: DriverSpec,
+             hold_ms: int | None) -> dict[str, Any]:
+    return nfs_scenario.run_nfs(shim, cfg, nfs_scenario.NfsScenario(
+        sc.transition, sc.ordering, sc.policies[0], hold_ms, drv)).to_json()
+
+
+def _nvme_notes(result: dict[str, Any]) -> list[str]:
+    out = [f"controller {'survived' if result['survived'] else 'gone'}"]
+    live = result.get("settled", {}).get("ctrl_live_after_back_ms")
+    if live is not None:
+        out.append(f"controller live {live:.0f} ms after the device returned")
+    return out
+
+
+def _nfs_notes(result: dict[str, Any]) -> list[str]:
+    out = [f"mount {'survived' if result['survived'] else 'did not survive'}"]
+    again = result.get("settled", {}).get("connected_after_back_ms")
+    if again is not None:
+        out.append(f"transport connected {again:.0f} ms after the device returned")
+    counts = [x["connect_count"] for x in result.get("xprt_states", [])
+              if x.get("connect_count") is not None]
+    if counts:
+        out.append(f"xprt connects {min(counts)}->{max(counts)} (mountstats)")
+    return out
+
+
+@dataclass(frozen=True)
+class KernelKind:
+    validate: Callable[[str], object]  # SettingError names the presets and the raw form
+    run: Callable[[Any, Any, Any, DriverSpec, int | None], dict[str, Any]]
+    notes: Callable[[dict[str, Any]], list[str]]  # the client's own fate, for the row
+
+
+KINDS: dict[str, KernelKind] = {
+    "nvme-rdma": KernelKind(nvme_host.parse_policy, _nvme_run, _nvme_notes),
+    "nfs-rdma": KernelKind(nfs_client.parse_policy, _nfs_run, _nfs_notes),
+}
+KERNEL_PREFIXES = tuple(KINDS)
+
+
+def kind_of(policy: str) -> KernelKind | None:
+    return KINDS.get(policy.split(":", 1)[0])
+
+
 def is_kernel_policy(policy: str) -> bool:
-    return policy.split(":", 1)[0] in KERNEL_PREFIXES
+    return kind_of(policy) is not None
 
 
 def validate(policy: str) -> None:
-    parse_policy(policy)  # SettingError names the presets and the raw form
+    kind = kind_of(policy)
+    if kind is None:
+        raise SettingError(f"{policy!r} is not a kernel-client policy",
+                           f"name one of {', '.join(KERNEL_PREFIXES)}, with its options")
+    kind.validate(policy)
 
 
 def run_kernel(shim: Any, cfg: Any, scenario: Any, count: int, rate_per_s: float,
                depth: int, hold_ms: int | None) -> dict[str, Any]:
-    sc = NvmeScenario(scenario.transition, scenario.ordering, scenario.policies[0], hold_ms,
-                      DriverSpec(count=max(count, KERNEL_MIN_COUNT), depth=depth,
-                                 rate_per_s=min(rate_per_s, KERNEL_MAX_RATE_PER_S)))
-    result = run_nvme(shim, cfg, sc).to_json()
-    return with_lane(scenario.policies[0], result)
+    kind = kind_of(scenario.policies[0])
+    assert kind is not None, scenario.policies
+    drv = DriverSpec(count=max(count, KERNEL_MIN_COUNT), depth=depth,
+                     rate_per_s=min(rate_per_s, KERNEL_MAX_RATE_PER_S))
+    return with_lane(scenario.policies[0], kind.run(shim, cfg, scenario, drv, hold_ms))
 
 
 def with_lane(policy: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -56,6 +113,8 @@ def with_lane(policy: str, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def kernel_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:
+    kind = kind_of(scenario["policies"][0])
+    assert kind is not None, scenario["policies"]
     lg = result["ledger"]
     out = lg["outcomes"]
     t = result["transition"]
@@ -66,11 +125,8 @@ def kernel_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:
             "corrupted": lg["target"].get("corrupted", 0),
             "missing": lg["target"].get("lost", 0)}
     notes = [f"{out.get('completed-late', 0)} late, {out.get('stuck', 0)} stuck",
-             f"controller {'survived' if result['survived'] else 'gone'}",
+             *kind.notes(result),
              "detect " + ("-" if result["detect_ms"] is None else f"{result['detect_ms']:.0f} ms")]
-    live = result.get("settled", {}).get("ctrl_live_after_back_ms")
-    if live is not None:
-        notes.append(f"controller live {live:.0f} ms after the device returned")
     if lg["errnos"]:
         notes.append("errno " + ", ".join(f"{k} x{v}" for k, v in lg["errnos"].items()))
     devs = sorted({f"{c['phase']}:{c['dev']}" for c in result["connections"]})

@@ -17,6 +17,7 @@ nothing is touched for it.
     nvme_ctrl       nqn, traddr, trsvcid, host_traddr        delete_controller of the one
                                                              controller matching all four
     route_prohibit  dst, table, metric                       ip route del prohibit ...
+    nfsd_*, nfs_*   (NFS over RDMA)                          harness.system.nfsobjs.undo
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from harness.core.errors import NotOurs, OsCallError, TopologyError
 from harness.core.proc import run_bounded
 from harness.core.state import StateFile
 from harness.core.state_entries import KERNEL_CLIENT_KINDS
+from harness.system import nfsobjs
 
 CONFIGFS = Path("/sys/kernel/config")
 NVMET = CONFIGFS / "nvmet"
@@ -197,7 +199,9 @@ def undo(entry: dict[str, Any], log: Callable[[str], None], configfs: Path = CON
     """Remove the object one state-file entry names (if it is still there)."""
     kind = entry["kind"]
     nvmet, nullb = configfs / "nvmet", configfs / "nullb"
-    if kind == "nvme_ctrl":
+    if kind in nfsobjs.NFS_KINDS:
+        nfsobjs.undo(entry, log)
+    elif kind == "nvme_ctrl":
         nqn = valid_nqn(entry["nqn"])
         want = (nqn, valid_addr(entry["traddr"], "traddr"),
                 str(valid_int(entry["trsvcid"], 1, 65535, "trsvcid")),

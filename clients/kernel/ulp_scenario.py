@@ -1,0 +1,130 @@
+"""What every kernel-client (ULP) scenario shares: the transition's window and the
+moment the device was back, the sysctl a scenario lowers for its duration, and the
+bounded waits on the I/O driver.
+
+    win = window_of(tres)           # Window(start: the device went, end: all steps done)
+    back_ns(tres)                   # the end of port-up (or create-device)
+    set_sysctl(state, HUNG_TASK, 10); ...; restore_sysctl(state, HUNG_TASK)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from harness.core.errors import BoundExceeded
+from harness.core.state import StateFile
+from harness.workload.block_ledger import IoOutcome, LedgerSummary, Window
+from power import kmsg
+from power.plan import StepKind
+
+PROGRESS_TIMEOUT_S = 60.0  # the workload reaches its transition point
+HUNG_TASK_TIMEOUT_S = 10  # the guest's hung_task_timeout_secs during a scenario
+HUNG_TASK = "kernel.hung_task_timeout_secs"
+POLL_S = 0.05
+DOWN_STEPS = (StepKind.PORT_DOWN, StepKind.DELETE_DEVICE)
+
+
+class Issuing(Protocol):
+    @property
+    def issued(self) -> int: ...
+
+
+def set_sysctl(state: StateFile, key: str, value: int) -> None:
+    """Change a sysctl for the scenario, its old value recorded first."""
+    path = Path("/proc/sys") / key.replace(".", "/")
+    old = path.read_text().strip()
+    state.record("sysctl", key=key, old=old)
+    path.write_text(str(value))
+
+
+def restore_sysctl(state: StateFile, key: str) -> None:
+    for e in state.created:
+        if e["kind"] == "sysctl" and e["key"] == key:
+            (Path("/proc/sys") / key.replace(".", "/")).write_text(e["old"])
+            state.forget(**e)
+
+
+def wait_issued(drv: Issuing, n: int) -> None:
+    end = time.monotonic() + PROGRESS_TIMEOUT_S
+    while drv.issued < n:
+        if time.monotonic() > end:
+            raise BoundExceeded("I/O progress before the transition", "PROGRESS_TIMEOUT_S",
+                                PROGRESS_TIMEOUT_S, f"{drv.issued} of {n} I/Os issued")
+        time.sleep(POLL_S)
+
+
+def run_on(seconds: float) -> None:
+    """Let the workload run on for `seconds` (it is paced: this is its duration)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(POLL_S)
+
+
+def window_of(tr: dict[str, Any]) -> Window | None:
+    steps = [s for s in tr.get("steps", []) if s["outcome"] != "skipped"]
+    down = [s["begin_ns"] for s in steps if s["step"] in {k.value for k in DOWN_STEPS}]
+    if not down:
+        return None
+    return Window(min(down), max(s["end_ns"] for s in steps))
+
+
+def began_ns(tr: dict[str, Any], kind: StepKind) -> int | None:
+    return next((s["begin_ns"] for s in tr.get("steps", []) if s["step"] == kind.value
+                 and s["outcome"] != "skipped"), None)
+
+
+def back_ns(tr: dict[str, Any]) -> int | None:
+    """When the device was back: the end of port-up (or of create-device)."""
+    ends = {s["step"]: s["end_ns"] for s in tr.get("steps", []) if s["outcome"] == "ok"}
+    out = ends.get(StepKind.PORT_UP.value) or ends.get(StepKind.CREATE_DEVICE.value)
+    return int(out) if out is not None else None
+
+
+def judge(ledger: LedgerSummary, conns: list[Any], bad_conns: list[Any], scan: kmsg.KmsgScan,
+          tres: dict[str, Any], hang: Any = None,
+          dev: str = "rxe0") -> tuple[list[str], str]:
+    """The row's findings and status (clean / bad / broken) from what was measured.
+    `hang`: an nvme_hang.HangReport when a controller held the device's delete."""
+    findings = []
+    broken = False
+    if hang is not None:
+        # a finding of the kernel's, not of the harness: the row stays readable. Only a
+        # hang the harness could not end (or a local side it could not restore) breaks it
+        findings += hang.findings(dev)
+        broken = not hang.recovered
+    if not any(c.phase == "before" for c in conns):
+        findings.append("no connection of the client seen in `rdma res show cm_id` before "
+                        "the transition: which device it used cannot be shown")
+        broken = True
+    if ledger.unaccounted:
+        findings.append(f"{len(ledger.unaccounted)} I/O unaccounted: seqs "
+                        f"{ledger.unaccounted[:10]}")
+        broken = True
+    for c in bad_conns:
+        findings.append(f"connection {c.src}->{c.dst} on {c.dev} ({c.phase}) did not cross "
+                        "the wire (loopback on one kernel): the row cannot be trusted")
+        broken = True
+    dd = next((s for s in tres.get("steps", []) if s["step"] == StepKind.DELETE_DEVICE.value
+               and s["outcome"] == "ok"), None)
+    if dd is not None and dd["detail"].get("veto"):
+        # the delete blocked, then finished within the shim's bounds: a shorter hold
+        findings.append(f"the delete of {dev} blocked {dd['detail']['blocked_s']:.2f} s "
+                        "(the veto report says whether a process held it; else the kernel "
+                        "client did)")
+    if tres.get("verdict") == "failed" and not scan.hits and hang is None:
+        findings.append("transition failed: " + "; ".join(tres.get("reasons", [])))
+        broken = True
+    if ledger.lost_seqs:
+        findings.append(f"{len(ledger.lost_seqs)} acknowledged write(s) lost on the target")
+    if ledger.corrupted_seqs:
+        findings.append(f"{len(ledger.corrupted_seqs)} acknowledged write(s) corrupted")
+    if ledger.reads_bad:
+        findings.append(f"{ledger.reads_bad} read(s) returned other data than written")
+    if ledger.count(IoOutcome.STUCK):
+        findings.append(f"{ledger.count(IoOutcome.STUCK)} I/O stuck")
+    findings += [f"kernel log: {h.pattern}: {h.record.message}" for h in scan.hits]
+    bad = bool(ledger.lost_seqs or ledger.corrupted_seqs or ledger.reads_bad
+               or ledger.count(IoOutcome.STUCK) or scan.hits or hang)
+    return findings, "broken" if broken else "bad" if bad else "clean"

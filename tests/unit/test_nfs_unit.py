@@ -1,0 +1,213 @@
+"""NFS over RDMA, pure logic (no rxe): the policy parser, the mount table, nfsd's
+portlist and /proc/self/mountstats parsers (on recorded text), the state-file entries'
+validation, the transport timeline and detect/recover from samples, and the table row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clients.kernel.nfs_client import PRESETS, NfsOptions, parse_mountstats, parse_policy
+from clients.kernel.nfs_scenario import detect_recover, transport_changes
+from clients.kernel.nfs_server import etab_line
+from clients.kernel.route_guard import CmId, CmSample
+from harness.core.errors import NotOurs, SettingError
+from harness.core.state_entries import check_entry
+from harness.run.kernel_rows import is_kernel_policy, kernel_rows, validate
+from harness.run.rows import RowStatus
+from harness.system import kernelobjs as ko
+from harness.system import nfsobjs
+from harness.workload.block_ledger import IoOp, IoRecord, Window
+
+# --- policies -----------------------------------------------------------------------------
+
+
+def test_presets() -> None:
+    assert parse_policy("nfs-rdma:hard") == NfsOptions(hard=True)
+    soft = parse_policy("nfs-rdma:soft")
+    assert not soft.hard and soft.timeo == 10 and soft.retrans == 1
+    assert soft.mount_options() == "vers=4.2,proto=rdma,soft,timeo=10,retrans=1"
+    assert PRESETS["nfs-rdma:hard"].mount_options() == "vers=4.2,proto=rdma,hard"
+
+
+def test_raw_options() -> None:
+    o = parse_policy("nfs-rdma:mount=soft:timeo=5:retrans=0:vers=4.1")
+    assert o == NfsOptions(hard=False, timeo=5, retrans=0, vers="4.1")
+    assert parse_policy("nfs-rdma:timeo=30").hard  # hard unless told
+
+
+@pytest.mark.parametrize("raw, words", [
+    ("nfs-rdma", "unknown nfs-rdma policy"),
+    ("nfs-rdma:medium", "unknown nfs-rdma policy"),
+    ("nfs-rdma:mount=squishy", "neither hard nor soft"),
+    ("nfs-rdma:timeo=0", "timeo='0' is not an integer in 1..6000"),
+    ("nfs-rdma:retrans=-1", "retrans='-1'"),
+    ("nfs-rdma:vers=3", "vers='3'"),
+    ("nfs-rdma:rsize=4096", "unknown nfs-rdma option 'rsize'"),
+])
+def test_bad_policies_name_problem_and_fix(raw: str, words: str) -> None:
+    with pytest.raises(SettingError) as exc:
+        parse_policy(raw)
+    assert words in exc.value.problem and exc.value.fix
+
+
+def test_kernel_rows_dispatch_on_prefix() -> None:
+    assert is_kernel_policy("nfs-rdma:hard") and is_kernel_policy("nvme-rdma:fast-fail")
+    assert not is_kernel_policy("naive") and not is_kernel_policy("nfs-rdmax:hard")
+    validate("nfs-rdma:soft")
+    validate("nvme-rdma")
+    with pytest.raises(SettingError):
+        validate("nfs-rdma:bogus=1")
+    with pytest.raises(SettingError):
+        validate("naive")
+
+
+# --- procfs parsers -------------------------------------------------------------------------
+
+MOUNTINFO = "".join(line + "\n" for line in (
+    "22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:5 - proc proc rw",
+    "41 22 0:37 / /proc/fs/nfsd rw,relatime shared:20 - nfsd nfsd rw",
+    "57 30 0:45 / /run/rxe-power/rxpw-nfs-412-export rw,relatime shared:31 - tmpfs "
+    "rxpw-nfs rw,size=16384k,mode=755",
+    "60 30 0:48 / /run/rxe-power/rxpw-nfs-412-mnt rw,relatime shared:33 - nfs4 "
+    "198.18.0.2:/ rw,vers=4.2,rsize=1048576,wsize=1048576,namlen=255,hard,proto=rdma,"
+    "port=20049,timeo=600,retrans=2,sec=sys,clientaddr=198.18.0.1,local_lock=none,"
+    "addr=198.18.0.2",
+    "61 30 0:49 / /mnt/with\\040space rw - tmpfs theirs rw"))
+
+
+def test_parse_mountinfo() -> None:
+    table = nfsobjs.parse_mountinfo(MOUNTINFO)
+    assert [m.fstype for m in table] == ["proc", "nfsd", "tmpfs", "nfs4", "tmpfs"]
+    nfs = nfsobjs.mount_at("/run/rxe-power/rxpw-nfs-412-mnt", table)
+    assert nfs is not None and nfs.mount_id == 60 and nfs.source == "198.18.0.2:/"
+    assert "proto=rdma" in nfs.options
+    assert nfsobjs.mount_at("/mnt/with space", table) is not None
+    assert nfsobjs.mount_at("/nowhere", table) is None
+
+
+def test_parse_portlist() -> None:
+    assert nfsobjs.parse_portlist("rdma 20049\ntcp 2049\n\n") == [
+        nfsobjs.Listener("rdma", 20049), nfsobjs.Listener("tcp", 2049)]
+    assert nfsobjs.parse_portlist("") == []
+
+
+# the xprt line as the guest's 6.1 printed it after a mount and a 16 KiB O_DIRECT write
+MOUNTSTATS = """\
+device proc mounted on /proc with fstype proc
+device 198.18.0.2:/ mounted on /run/rxe-power/rxpw-nfs-412-mnt with fstype nfs4 statvers=1.1
+\topts:\trw,vers=4.2,rsize=1048576,wsize=1048576,namlen=255,acregmin=3,hard,proto=rdma,port=20049,timeo=600,retrans=2,sec=sys,clientaddr=198.18.0.1
+\tage:\t12
+\tcaps:\tcaps=0x3ffbffff,wtmult=512,dtsize=1048576,bsize=0,namlen=255
+\tsec:\tflavor=1,pseudoflavor=1
+\tevents:\t0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0
+\tbytes:\t0 0 0 0 0 0 0 0
+\tRPC iostats version: 1.1  p/v: 100003/4 (nfs)
+\txprt:\trdma 0 0 1 0 0 14 14 0 14 0 0 0 2 8480 216 0 0 29876 0 0 0 0 0 11 0 0 0
+\tper-op statistics
+"""
+
+
+def test_parse_mountstats() -> None:
+    stats = parse_mountstats(MOUNTSTATS)
+    assert [s.mountpoint for s in stats] == ["/proc", "/run/rxe-power/rxpw-nfs-412-mnt"]
+    nfs = stats[1]
+    assert nfs.fstype == "nfs4" and nfs.opts["proto"] == "rdma" and "hard" in nfs.opts
+    assert nfs.xprt is not None and nfs.xprt.proto == "rdma"
+    assert (nfs.xprt.connect_count, nfs.xprt.sends, nfs.xprt.recvs) == (1, 14, 14)
+    assert stats[0].xprt is None
+
+
+def test_etab_line_is_exportfs_format() -> None:
+    line = etab_line(Path("/run/rxe-power/rxpw-nfs-1-export"), "198.18.0.1")
+    path, client = line.rstrip("\n").split("\t")
+    assert path == "/run/rxe-power/rxpw-nfs-1-export"
+    assert client.startswith("198.18.0.1(") and "fsid=0" in client and "rw" in client
+
+
+# --- state-file entries ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", [
+    {"kind": "nfs_mount", "path": "/"},
+    {"kind": "nfs_mount", "path": "/run/rxe-power/../../etc"},
+    {"kind": "nfs_mount", "path": "/mnt/rxpw-nfs-1-mnt"},
+    {"kind": "nfs_tmpfs", "path": "/run/rxe-power/topology"},
+    {"kind": "nfs_tmpfs", "path": 7},
+    {"kind": "nfsd_versions", "old": "+4; reboot"},
+    {"kind": "nfsd_fs_mount", "path": "/proc"},
+])
+def test_undo_refuses_what_is_not_ours(entry: dict) -> None:
+    assert check_entry(entry) is None  # the kind is known; its values are checked at undo
+    with pytest.raises(NotOurs):
+        ko.undo(entry, print)
+
+
+def test_undo_of_our_entries_when_nothing_is_there(tmp_path: Path) -> None:
+    """Entries of a run whose objects are already gone: nothing to do, no error."""
+    d = tmp_path / "rxpw-nfs-99-mnt"
+    d.mkdir()
+    assert nfsobjs.undo({"kind": "nfs_mount", "path": str(d)}, print, run_dir=tmp_path) == ""
+    assert not d.exists()  # the empty mount point is removed
+    fs = tmp_path / "nfsd"
+    fs.mkdir()
+    (fs / "threads").write_text("0\n")
+    (fs / "versions").write_text("-2 -3 +4 +4.1 +4.2\n")
+    nfsobjs.undo({"kind": "nfsd_server", "port": 20049}, print, nfsd_fs=fs)
+    nfsobjs.undo({"kind": "nfsd_versions", "old": "-2 +3 +4 +4.1 +4.2"}, print, nfsd_fs=fs)
+    assert (fs / "versions").read_text() == "-2 +3 +4 +4.1 +4.2\n"
+    assert nfsobjs.nfsd_threads(fs) == 0
+
+
+def test_versions_not_written_while_a_server_runs(tmp_path: Path) -> None:
+    (tmp_path / "threads").write_text("8\n")
+    (tmp_path / "versions").write_text("+3 +4\n")
+    nfsobjs.undo({"kind": "nfsd_versions", "old": "-3 +4"}, print, nfsd_fs=tmp_path)
+    assert (tmp_path / "versions").read_text() == "+3 +4\n"
+
+
+# --- the transport timeline, detect and recover --------------------------------------------
+
+
+def _cm(dev: str, state: str, src: str = "198.18.0.1") -> CmId:
+    return CmId(dev, state, src, 40000, "198.18.0.2", 20049, "")
+
+
+def test_transport_changes_and_detect_recover() -> None:
+    s = [CmSample(100, (_cm("rxe0", "CONNECT"), CmId("rxe1", "LISTEN", "0.0.0.0", 20049,
+                                                       "", None, ""))),
+         CmSample(200, (_cm("rxe0", "CONNECT"),)),
+         CmSample(300, ()),
+         CmSample(400, (_cm("rxe0", "ROUTE_QUERY"),)),
+         CmSample(500, (_cm("rxe0", "CONNECT"),))]
+    ch = transport_changes(s, 20049)
+    assert [c["t_ns"] for c in ch] == [100, 300, 400, 500]
+    assert ch[0]["ids"] == ["rxe0 CONNECT 198.18.0.1->198.18.0.2:20049"] and ch[1]["ids"] == []
+    win = Window(250, 450)
+    recs = [IoRecord(0, IoOp.WRITE, 0, 1, 150, 160, 4096),
+            IoRecord(1, IoOp.WRITE, 1, 1, 240, 470, 4096),  # waited across: late
+            IoRecord(2, IoOp.WRITE, 2, 1, 460, 480, None, 5)]  # failed: not a recovery
+    detect, recover = detect_recover(s, 20049, "rxe0", win, 450, recs)
+    assert detect == (300 - 250) / 1e6 and recover == (470 - 450) / 1e6
+    assert detect_recover(s, 20049, "rxe0", None, None, recs) == (None, None)
+
+
+def test_nfs_row() -> None:
+    scenario = {"id": "standby/hca-first/nfs-rdma:hard/mixed", "transition": "standby",
+                "ordering": "hca-first", "policies": ["nfs-rdma:hard"], "mix": "mixed"}
+    result = {"ledger": {"outcomes": {"completed-ok": 90, "completed-late": 4},
+                         "lost_seqs": [], "target": {"intact": 75}, "errnos": {}},
+              "transition": {"verdict": "completed"}, "survived": True,
+              "settled": {"connected_after_back_ms": 812.0}, "detect_ms": 120.0,
+              "recover_ms": 900.0, "xprt_states": [{"connect_count": 1},
+                                                   {"connect_count": 2}],
+              "connections": [{"phase": "before", "dev": "rxe0"},
+                              {"phase": "after", "dev": "rxe0"}],
+              "findings": [], "status": "clean"}
+    (row,) = kernel_rows(scenario, result)
+    assert row.status is RowStatus("clean") and row.peer["delivered-once"] == 75
+    assert "4 late, 0 stuck" in row.findings and "mount survived" in row.findings
+    assert "transport connected 812 ms after the device returned" in row.findings
+    assert "xprt connects 1->2 (mountstats)" in row.findings
+    assert "connections after:rxe0 before:rxe0" in row.findings
