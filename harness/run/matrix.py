@@ -62,7 +62,7 @@ USER_POLICIES = ("naive", "fail-fast", "queue-replay", "graceful")
 # On rxe hibernate is standby with a longer hold and link-flap never unregisters the
 # device; `matrix --policy` runs kernel clients wherever asked. (Their scenarios take
 # 10-25 s each in the TCG guest: all seven would put `run` over six minutes.)
-RUN_POLICIES = (*USER_POLICIES, "nvme-rdma")
+RUN_POLICIES = (*USER_POLICIES, "nvme-rdma", "nfs-rdma:hard")
 RUN_KERNEL_TRANSITIONS = ("standby", "surprise-removal")
 OK_OUTCOMES = (Outcome.COMPLETED_OK.value, Outcome.REPLAYED_OK.value)
 

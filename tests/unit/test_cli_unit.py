@@ -71,7 +71,7 @@ def test_run_has_kernel_clients_in_its_default_matrix() -> None:
     user = [sc for sc in run.scenarios() if not is_kernel_policy(sc.policies[0])]
     assert len(user) == 7 * len(USER_POLICIES)  # 4 transitions: 2+2+2+1 orderings
     assert kernel and {sc.transition for sc in kernel} == set(RUN_KERNEL_TRANSITIONS)
-    assert {sc.policies[0].split(":")[0] for sc in kernel} >= {"nvme-rdma"}
+    assert {sc.policies[0].split(":")[0] for sc in kernel} == {"nvme-rdma", "nfs-rdma"}
     matrix = results_commands.matrix_spec(build_parser().parse_args(["matrix"]))
     assert not any(is_kernel_policy(sc.policies[0]) for sc in matrix.scenarios())
     asked = results_commands.matrix_spec(build_parser().parse_args(
