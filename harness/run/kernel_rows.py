@@ -88,6 +88,29 @@ def is_kernel_policy(policy: str) -> bool:
     return kind_of(policy) is not None
 
 
+class KernelWedge:
+    """Which kernel clients this kernel can no longer run: a scenario whose teardown could
+    not remove what it made (`teardown_left`: a controller whose delete the kernel holds)
+    leaves the kernel in no state for another scenario of that client (measured: every
+    later nvme connect waited out its 60 s bound). Later scenarios of that client are not
+    run; their rows say why."""
+
+    def __init__(self) -> None:
+        self.left: dict[str, str] = {}  # policy prefix -> what was left, by which scenario
+
+    def note(self, scenario_id: str, policy: str, result: dict[str, Any]) -> None:
+        left = result.get("teardown_left") or []
+        if left:
+            self.left.setdefault(policy.split(":", 1)[0],
+                                 f"{scenario_id} left {'; '.join(map(str, left))}")
+
+    def blocks(self, policy: str) -> str:
+        """Why a scenario of `policy` is not run ("" when it can run)."""
+        why = self.left.get(policy.split(":", 1)[0])
+        return (f"not run: {why}; no scenario of this kernel client can be set up until "
+                "that is gone (`rxe-power cleanup`, else a reboot of the guest)") if why else ""
+
+
 def validate(policy: str) -> None:
     kind = kind_of(policy)
     if kind is None:

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from harness.run.kernel_rows import kernel_rows, run_kernel
+from harness.run.kernel_rows import KernelWedge, kernel_rows, run_kernel
 from harness.run.matrix import Scenario
 from harness.run.records import CycleClient
 from harness.run.rows import RowStatus
@@ -54,6 +54,7 @@ class KernelStress:
         self.usage_base: dict[str, Any] = {}
         self.res_base: dict[str, dict[str, int]] | None = None
         self.series: dict[str, list[float]] = {}
+        self.wedge = KernelWedge()
 
     def start(self) -> None:
         """Nothing lives across cycles: each cycle sets its kernel clients up and down."""
@@ -66,8 +67,13 @@ class KernelStress:
         failures: list[str] = []
         clients, hits, results, verdicts, total_ms = [], [], [], [], 0.0
         for sc in self.scenarios:
+            why = self.wedge.blocks(sc.policies[0])
+            if why:  # an earlier cycle left what the kernel would not let go
+                failures.append(f"{sc.policies[0]}: {why}")
+                continue
             res = run_kernel(self.shim, self.cfg, sc, self.spec.count, self.spec.rate_per_s,
                              self.spec.queue_depth, self.spec.hold_ms)
+            self.wedge.note(f"cycle {n}", sc.policies[0], res)
             results.append(res)
             row = kernel_rows(sc.to_json(), res)[0]
             if row.status is not RowStatus.CLEAN:

@@ -32,7 +32,7 @@ from harness.core.bounds import MAX_HOLD_MS, check_number
 from harness.core.errors import RxePowerError, SettingError
 from harness.core.files import atomic_write
 from harness.core.xmltext import xml_safe
-from harness.run.kernel_rows import is_kernel_policy, kernel_rows, run_kernel
+from harness.run.kernel_rows import KernelWedge, is_kernel_policy, kernel_rows, run_kernel
 from harness.run.kernel_rows import validate as validate_kernel_policy
 from harness.run.outside import CLIENT_EXIT_TIMEOUT_S, OutsideSpec, outside_rows, run_outside
 from harness.run.records import ScenarioKey
@@ -318,6 +318,7 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
     rows: list[Row] = []
     seconds: dict[str, float] = {}
     interrupted = False
+    wedge = KernelWedge()
     with RunSession(cfg, out_dir) as session:
         topo = session.topo
         log(f"matrix: {len(scenarios)} scenarios on {topo.local.dev} <-> {topo.peer.dev}; "
@@ -336,9 +337,12 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
                             rig.log_dir / f"{i:03d}")
                         new = outside_rows(body["scenario"], body["result"])
                     elif is_kernel_policy(sc.policies[0]):  # a kernel client: its own run
+                        if wedge.blocks(sc.policies[0]):
+                            raise RxePowerError(wedge.blocks(sc.policies[0]))
                         body["result"] = run_kernel(
                             rig.shim, cfg, sc, spec.count, spec.rate_per_s, spec.queue_depth,
                             spec.hold_ms)
+                        wedge.note(sc.id, sc.policies[0], body["result"])
                         new = kernel_rows(body["scenario"], body["result"])
                     else:
                         res = run_scenario(rig.shim, rig.agent, topo.local, req,

@@ -79,3 +79,32 @@ def test_a_kernel_clients_leaked_qp_fails_the_cycle(monkeypatch: pytest.MonkeyPa
     assert not out.ok
     assert body["failures"] == ["rxe0 RDMA resources differ from cycle 1: qp 1 -> 3, "
                                 "cq 1 -> 2"]
+
+
+def test_a_kernel_client_that_cannot_be_removed_stops_its_later_runs(
+        monkeypatch: pytest.MonkeyPatch, hca_first: dict[str, Any]) -> None:
+    """Measured: a controller whose delete the kernel held (link-flap, the kernel's
+    defaults) made every later nvme connect wait out its 60 s bound. Its scenario keeps its
+    ledger and is broken; later scenarios of that client are not run, and say why."""
+    wedged = {**copy.deepcopy(hca_first), "status": "broken",
+              "teardown_left": ["delete of nvme controller nvme0 did not finish"]}
+    ks = stress_of(monkeypatch, [wedged], [RES, RES])
+    out, body = ks.cycle(1)
+    assert not out.ok and body["clients"][0]["counts"] == hca_first["ledger"]["outcomes"]
+    out, body = ks.cycle(2)  # run_kernel is not called again (the iterator is empty)
+    assert not out.ok and body["clients"] == []
+    assert body["failures"][0].startswith("nvme-rdma:fast-fail: not run: cycle 1 left "
+                                          "delete of nvme controller nvme0")
+    assert "rxe-power cleanup" in body["failures"][0]
+
+
+def test_the_wedge_blocks_only_that_kernel_client() -> None:
+    from harness.run.kernel_rows import KernelWedge
+
+    w = KernelWedge()
+    w.note("link-flap/hca-first/nvme-rdma/mixed", "nvme-rdma", {"teardown_left": []})
+    assert not w.blocks("nvme-rdma:fast-fail")
+    w.note("link-flap/hca-first/nvme-rdma/mixed", "nvme-rdma", {"teardown_left": ["x"]})
+    assert w.blocks("nvme-rdma:fast-fail").startswith(
+        "not run: link-flap/hca-first/nvme-rdma/mixed left x")
+    assert not w.blocks("nfs-rdma:hard")
