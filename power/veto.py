@@ -52,6 +52,9 @@ class VetoReport:
     delete_pending_pid: int | None = None  # the blocked `rdma link delete` left behind
     reason: str = ""
     start_s: float = 0.0  # `rdma link delete` spawned -> the kernel deleting
+    # the processes that had the device's uverbs files open when the delete was started:
+    # a delete that completed with holders is one that disassociated them
+    held_at_start: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,9 +132,11 @@ def delete_device(dev: str, on_veto: OnVeto, veto_wait_s: float = VETO_WAIT_TIME
     """
     files = uverbs_files(dev)
     report = VetoReport(policy=on_veto.value)
+    report.held_at_start = sorted(h.pid for h in find_holders(dev, files=files)
+                                  if h.pid != os.getpid())
     spawned = time.monotonic()
     proc = start_rdma_link_delete(dev)
-    note("delete started", pid=proc.pid, uverbs=sorted(files))
+    note("delete started", pid=proc.pid, uverbs=sorted(files), held_by=report.held_at_start)
     # Holders get VETO_DETECT_S from when the kernel starts deleting (the device's uverbs
     # nodes vanish), not from the spawn: the `rdma` program's own start-up took 0.2-0.8 s
     # under a loaded emulator, which left clients that watch the nodes almost no time.

@@ -186,12 +186,15 @@ class Stress:
                 self.series.setdefault(f"{dev}.{k}", []).append(res_now.get(dev, {}).get(k, 0))
         total_ms = round(t.total_ms, 3)
         self.series.setdefault("transition_ms", []).append(total_ms)
+        held = len(t.veto.held_at_start) if t.veto else None  # processes holding at delete
+        if held is not None:
+            self.series.setdefault("held_at_delete", []).append(held)
         out = CycleOutcome(n, not failures, failures, round(time.monotonic() - t0, 3))
         clients = [CycleClient(c.client, c.policy, c.counts, len(c.unaccounted), c.ended,
                                c.crash, c.recovery_ms).to_json() for c in res.clients]
         body = {"cycle": n, "ok": out.ok, "failures": failures, "notes": notes,
                 "seconds": out.seconds, "verdict": t.verdict.value,
-                "transition_ms": total_ms, "clients": clients,
+                "transition_ms": total_ms, "held_at_delete": held, "clients": clients,
                 "usage": {k: asdict(v) for k, v in usage.items()}, "rdma_res": res_now,
                 "kernel_hits": hits}
         if not out.ok or self.spec.keep_ledgers:

@@ -1,14 +1,19 @@
 """Deliberately bad client policies, loaded by the worker as `tests.helpers.bad_clients:X`.
 
 They behave like fail-fast (quiesce, release, reconnect) and add one defect each, so
-that `rxe-power stress` has something real to notice.
+that `rxe-power stress` has something real to notice; HoldsTheDevice keeps the device
+open across the delete (held deletes, for stress).
 """
 
 from __future__ import annotations
 
+import time
+
 from clients.core import ClientCore
 from clients.fail_fast import FailFast
+from clients.queue_replay import QueueReplay
 from harness.core.device import DeviceInfo
+from power.notify import SuspendReply
 
 KMSG_LINE = "<3>rdma_rxe: rxe-power test: injected error line from a client\n"
 
@@ -43,3 +48,33 @@ class KernelNoise(FailFast):
                 fh.write(KMSG_LINE)
             core.note("wrote to the kernel log")
         super().on_resume(core, info)
+
+
+class HoldsTheDevice(QueueReplay):
+    """Keeps rxe0 open across the delete (the cooperative policies close it on PORT_ERR):
+    on an error it takes its requests back, requeued, and stops posting, but keeps the
+    device; on resume it closes the old device and opens the new one. Under --removal
+    disassociate every delete must complete with it holding (it gets DEVICE_FATAL); under
+    block the shim must end it. For stress runs of held deletes."""
+
+    name = "holds-the-device"
+
+    def stop(self, core: ClientCore, why: str) -> None:
+        if core.device is None or not core.admitting:
+            return
+        core.admitting = False
+        n = core.flush_all(requeue=True)
+        core.metrics.quiesced_ns = time.monotonic_ns()
+        core.metrics.quiesce = core.metrics.quiesce or f"kept the device on {why}: {n} requeued"
+
+    def on_suspend(self, core: ClientCore, deadline_s: float) -> SuspendReply | None:
+        core.note("suspend ignored")
+        return None
+
+    def on_resume(self, core: ClientCore, info: DeviceInfo) -> None:
+        core.metrics.resume_ns = time.monotonic_ns()
+        if core.device is not None:
+            core.release()  # the old device's context (disassociated, or a dead QP's)
+        core.open(info)
+        core.metrics.reconnects += 1
+        core.admitting = True
