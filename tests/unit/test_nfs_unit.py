@@ -137,6 +137,8 @@ def test_etab_line_is_exportfs_format() -> None:
     {"kind": "nfs_tmpfs", "path": 7},
     {"kind": "nfsd_versions", "old": "+4; reboot"},
     {"kind": "nfsd_fs_mount", "path": "/proc"},
+    {"kind": "route_prohibit", "dst": "198.18.0.2", "table": 18770, "metric": 4242,
+     "type": "throw; reboot"},
 ])
 def test_undo_refuses_what_is_not_ours(entry: dict) -> None:
     assert check_entry(entry) is None  # the kind is known; its values are checked at undo
