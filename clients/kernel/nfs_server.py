@@ -37,7 +37,7 @@ from harness.system import nfsobjs
 RDMA_PORT = 20049  # the IANA port of NFS over RDMA
 MOUNT_FS_TIMEOUT_S = 15.0  # mount of the nfsd filesystem or of the tmpfs
 MOUNTD_READY_TIMEOUT_S = 15.0  # rpc.mountd started -> it holds the export cache channels
-MOUNTD_STOP_WAIT_S = 2.0
+MOUNTD_EXIT_WAIT_S = 0.0  # rpc.mountd is not asked to exit first: SIGTERM at once
 POLL_S = 0.02
 NFS_VERSIONS = "-2 -3 +4 +4.1 +4.2"  # v2/v3 would start lockd, which needs rpcbind
 MOUNTD_CHANNELS = ("nfsd.export", "nfsd.fh", "auth.unix.ip")
@@ -177,7 +177,7 @@ class NfsServer:
         """Remove what we made, newest first. Returns the problems left."""
         problems = []
         if self.mountd is not None:
-            how = stop_child(self.mountd, MOUNTD_STOP_WAIT_S)
+            how = stop_child(self.mountd, MOUNTD_EXIT_WAIT_S)
             if not how.gone:
                 problems.append(f"rpc.mountd pid {self.mountd.pid} {how.value}")
             self.mountd = None

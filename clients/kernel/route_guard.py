@@ -6,7 +6,11 @@ and rdma_cm binds a kernel ULP's reconnect to the *peer's* device (both ends on 
 a loopback around the wire; seen with xprtrdma). The guard is a prohibit route for the
 peer's address in the local side's table, with a metric above the real route: while
 the local side is up the real route wins; while it is down the lookup ends in
-`prohibit` (EACCES) instead of falling through.
+`prohibit` (EACCES) instead of falling through. A ULP that tells connect errors apart
+gets `unreachable` instead (EHOSTUNREACH, what a host whose NIC is gone answers too, as
+ENETUNREACH): measured, the NFS client fails a hard mount's RPCs with EACCES from a
+prohibit route (the RPC client retries only network errors), and retries them after
+EHOSTUNREACH.
 
 `CmSampler` records, over the scenario, every rdma_cm id (`rdma -j res show cm_id`)
 with the device it is bound to; `connections` turns the samples into the kernel
@@ -32,16 +36,20 @@ CM_SAMPLE_INTERVAL_S = 0.2
 IP_TIMEOUT_S = 10.0
 
 
-def install(cfg: TopologyConfig, state: StateFile) -> dict[str, Any]:
+def install(cfg: TopologyConfig, state: StateFile,
+            route_type: str = "prohibit") -> dict[str, Any]:
+    """The guard route (`prohibit`, or `unreachable`), recorded first."""
     entry: dict[str, object] = {"dst": cfg.peer_addr, "table": int(TABLE_LOCAL_SIDE),
                                 "metric": GUARD_METRIC}
+    if route_type != "prohibit":  # entries without a type are prohibit routes
+        entry["type"] = route_type
     state.record("route_prohibit", None, **entry)
-    res = subprocess.run(["ip", "route", "replace", "prohibit", cfg.peer_addr, "table",
+    res = subprocess.run(["ip", "route", "replace", route_type, cfg.peer_addr, "table",
                           TABLE_LOCAL_SIDE, "metric", str(GUARD_METRIC)],
                          capture_output=True, text=True, timeout=IP_TIMEOUT_S,
                          stdin=subprocess.DEVNULL)
     if res.returncode != 0:
-        raise TopologyError(f"cannot add the prohibit route for {cfg.peer_addr}: "
+        raise TopologyError(f"cannot add the {route_type} route for {cfg.peer_addr}: "
                             f"{res.stderr.strip()}", "is the topology up (table "
                             f"{TABLE_LOCAL_SIDE})?")
     return entry

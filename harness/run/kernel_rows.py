@@ -8,9 +8,10 @@ says per policy prefix how to validate, run and describe it.
     rows = kernel_rows(scenario_json, result)           # one Row
 
 How the row reads (the table's columns are the verbs ledger's): `ok` completed-ok,
-`f2app` failed-to-app, `lost` acknowledged writes not found on the target; the peer
+`late` completed-late (waited across the transition, then succeeded), `f2app`
+failed-to-app, `lost` acknowledged writes not found on the target; the peer
 columns are the target's store read on the peer side (the nvmet null_blk disk, the
-exported tmpfs): `once` intact, `bad` corrupted, `miss` lost. Late and stuck I/O, the
+exported tmpfs): `once` intact, `bad` corrupted, `miss` lost. Stuck I/O, the
 controller's or mount's fate, detection time and the devices of the connections are in
 the findings.
 """
@@ -142,6 +143,7 @@ def kernel_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:
     out = lg["outcomes"]
     t = result["transition"]
     counts = {"completed-ok": out.get("completed-ok", 0),
+              "completed-late": out.get("completed-late", 0),
               "failed-to-app": out.get("failed-to-app", 0),
               "lost": len(lg["lost_seqs"])}
     peer = {"delivered-once": lg["target"].get("intact", 0),

@@ -16,7 +16,9 @@ nothing is touched for it.
     nvmet_link      port, nqn                                unlink ports/PORT/subsystems/NQN
     nvme_ctrl       nqn, traddr, trsvcid, host_traddr        delete_controller of the one
                                                              controller matching all four
-    route_prohibit  dst, table, metric                       ip route del prohibit ...
+    route_prohibit  dst, table, metric[, type]               ip route del TYPE ... (TYPE:
+                                                             prohibit, the default, or
+                                                             unreachable)
     nfsd_*, nfs_*   (NFS over RDMA)                          harness.system.nfsobjs.undo
 """
 
@@ -51,6 +53,7 @@ KINDS = KERNEL_CLIENT_KINDS  # the state file's kinds for them (harness.core.sta
 SYS_MODULE = Path("/sys/module")
 # the module parameters a kernel-client scenario may change (for its duration; put back)
 MODULE_PARAMS_WE_SET = frozenset({"nvme_core.admin_timeout"})
+GUARD_ROUTE_TYPES = ("prohibit", "unreachable")  # the route guard's (route_prohibit entries)
 OUR_PREFIX = "rxpw"  # every null_blk name and subsystem NQN we make carries it
 _NQN_RE = re.compile(r"nqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.-]+:" + OUR_PREFIX + r"[a-z0-9._-]{1,64}")
 _NULLB_RE = re.compile(OUR_PREFIX + r"[a-z0-9_]{1,24}")
@@ -251,11 +254,15 @@ def undo(entry: dict[str, Any], log: Callable[[str], None], configfs: Path = CON
         dst = valid_addr(entry["dst"], "route dst")
         table = str(valid_int(entry["table"], 1, 2**31, "route table"))
         metric = str(valid_int(entry["metric"], 1, 2**31, "route metric"))
-        res = subprocess.run(["ip", "route", "del", "prohibit", dst, "table", table,
+        rtype = entry.get("type", "prohibit")
+        if rtype not in GUARD_ROUTE_TYPES:
+            raise NotOurs(f"route type {rtype!r} is not one rxe-power adds",
+                          "remove that entry from the state file by hand")
+        res = subprocess.run(["ip", "route", "del", rtype, dst, "table", table,
                               "metric", metric], capture_output=True, text=True,
                              timeout=UMOUNT_TIMEOUT_S, stdin=subprocess.DEVNULL)
         if res.returncode == 0:
-            log(f"removed prohibit route {dst} table {table}")
+            log(f"removed {rtype} route {dst} table {table}")
     elif kind == "module_param":
         path = module_param_path(entry["param"], sys_module)
         old = valid_int(entry["old"], 0, 2**31, "module parameter value")

@@ -89,9 +89,12 @@ def test_hard_standby_hca_first(power_shim, rxe_config) -> None:
                   scenario("standby", Ordering.HCA_FIRST, "nfs-rdma:hard"))
     common(res)
     lg = res.ledger
-    # a hard mount retransmits across the outage: nothing fails, nothing is stuck, the
-    # mount survives and serves I/O again
+    # measured (two runs: 247 ok + 4 late; 267 ok + 4 late): a hard mount keeps the RPCs
+    # across the outage and sends them once the transport reconnected (about 2.2 to 2.4 s
+    # after rxe0 was back): the I/O in flight completes late, nothing fails, nothing is
+    # stuck, the mount survives and serves I/O again
     assert lg.count(IoOutcome.FAILED_TO_APP) == 0, lg.errnos
+    assert lg.count(IoOutcome.COMPLETED_LATE) > 0, lg.outcomes
     assert lg.count(IoOutcome.STUCK) == 0, lg.stuck
     assert res.survived, res.settled
     assert res.detect_ms is not None and res.recover_ms is not None
@@ -106,10 +109,11 @@ def test_soft_standby_hca_first(power_shim, rxe_config) -> None:
     lg = res.ledger
     assert lg.count(IoOutcome.STUCK) == 0, lg.stuck
     assert res.options["hard"] is False and res.options["timeo"] == 10
-    # whatever failed, failed with an errno the application can name (EIO or ETIMEDOUT
-    # from a soft RPC timeout) and the mount serves I/O after the device returned
-    assert set(lg.errnos) <= {"EIO (Input/output error)",
-                              "ETIMEDOUT (Connection timed out)"}, lg.errnos
+    # measured (238 ok, 4 failed with EIO): the soft mount's major timeout (1 s, then 2 s)
+    # ends before the transport is back: the I/O in flight fails with EIO; the mount
+    # serves I/O again after the device returned
+    assert lg.count(IoOutcome.FAILED_TO_APP) > 0, lg.outcomes
+    assert set(lg.errnos) == {"EIO (Input/output error)"}, lg.errnos
     assert res.survived, res.settled
 
 

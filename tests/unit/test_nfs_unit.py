@@ -137,6 +137,8 @@ def test_etab_line_is_exportfs_format() -> None:
     {"kind": "nfs_tmpfs", "path": 7},
     {"kind": "nfsd_versions", "old": "+4; reboot"},
     {"kind": "nfsd_fs_mount", "path": "/proc"},
+    {"kind": "route_prohibit", "dst": "198.18.0.2", "table": 18770, "metric": 4242,
+     "type": "throw; reboot"},
 ])
 def test_undo_refuses_what_is_not_ours(entry: dict) -> None:
     assert check_entry(entry) is None  # the kind is known; its values are checked at undo
@@ -211,3 +213,36 @@ def test_nfs_row() -> None:
     assert "transport connected 812 ms after the device returned" in row.findings
     assert "xprt connects 1->2 (mountstats)" in row.findings
     assert "connections after:rxe0 before:rxe0" in row.findings
+
+
+# --- a recorded matrix row (the guest: standby hca-first, nfs-rdma:hard) -------------------
+
+
+def test_recorded_row(data_dir: Path) -> None:
+    """`rxe-power matrix --policy nfs-rdma:hard --transition standby --ordering hca-first`
+    in the TCG guest: the ledger re-derived from its records, and the row made from it."""
+    import json
+
+    from clients.kernel.ulp_scenario import window_of
+    from harness.workload.block_ledger import BlockState, acknowledged, summarize
+
+    (rec,) = json.loads((data_dir / "nfs-matrix-row.json").read_text())
+    res = rec["result"]
+    recs = [IoRecord.from_json(d) for d in res["records"]]
+    win = window_of(res["transition"])
+    assert win is not None
+    target = {x.seq: BlockState.INTACT for x in recs if acknowledged(x, win)}
+    s = summarize(recs, target, win)
+    assert s.outcomes == res["ledger"]["outcomes"] == {"completed-ok": 267, "completed-late": 4}
+    assert s.acknowledged_writes == res["ledger"]["acknowledged_writes"] == 217
+    assert res["ledger"]["target"] == {"intact": 217}  # read from the tmpfs on the peer side
+    # the late ones waited across the outage: submitted before the device was back
+    late = [x for x in recs if x.done_ns and x.submit_ns < win.end_ns < x.done_ns]
+    assert len(late) >= 4
+    assert [(c["phase"], c["dev"], c["src"]) for c in res["connections"]] == [
+        ("before", "rxe0", "198.18.0.1"), ("after", "rxe0", "198.18.0.1")]
+    assert not res["off_wire"] and res["survived"]
+    (row,) = kernel_rows(rec["scenario"], res)
+    assert row.counts == {"completed-ok": 267, "completed-late": 4, "failed-to-app": 0,
+                          "lost": 0}
+    assert row.status is RowStatus.CLEAN and row.recovery_ms == res["recover_ms"]

@@ -64,7 +64,8 @@ def test_outcomes_measured(recorded: list[dict]) -> None:
 def test_rows(recorded: list[dict]) -> None:
     rows = [kernel_rows(r["scenario"], r["result"])[0] for r in recorded]
     hf = rows[1]
-    assert hf.counts == {"completed-ok": 64, "failed-to-app": 136, "lost": 0}
+    assert hf.counts == {"completed-ok": 64, "completed-late": 0, "failed-to-app": 136,
+                         "lost": 0}
     assert hf.peer == {"delivered-once": 52, "corrupted": 0, "missing": 0}
     assert hf.status is RowStatus.CLEAN
     assert any(f.startswith("errno EIO") for f in hf.findings)
