@@ -116,3 +116,35 @@ def test_every_outcome_has_its_own_colour() -> None:
     assert {o.value for o in Outcome} <= set(OUTCOME_COLOURS)
     assert set(_LANE_OUTCOMES.values()) <= set(OUTCOME_COLOURS)
     assert len(set(OUTCOME_COLOURS.values())) == len(OUTCOME_COLOURS)
+
+
+def test_a_kernel_clients_scenario_is_drawn_with_its_stored_row(data_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """A recorded NFS-over-RDMA matrix row (standby hca-first, hard): its result with the
+    lane, read back as a results record, keeps the row judged when it ran and is drawn as
+    a timeline picture whose lane carries the transport's connections."""
+    pytest.importorskip("matplotlib")
+    import struct
+
+    from harness.report.section import scenario_rows
+    from harness.report.timeline import render_timeline
+    from harness.run.kernel_rows import with_lane
+    from harness.run.records import ScenarioRecord
+
+    (rec,) = json.loads((data_dir / "nfs-matrix-row.json").read_text())
+    sc, res = rec["scenario"], rec["result"]
+    row = kernel_rows(sc, res)[0]
+    line = {"schema": 2, "kind": "scenario", "index": 1, "scenario": sc,
+            "result": with_lane(sc["policies"][0], res), "rows": [row.to_json()]}
+    back = ScenarioRecord.from_json(json.loads(json.dumps(line)))
+    assert back.row_stored and back.result is not None and not back.result_problem
+    (lane,) = back.result.clients
+    assert [e["state"] for e in lane.events if e["event"] == "transport"] == [
+        "connected #1", "connected #2"]
+    rows = scenario_rows(back)
+    assert [r.to_json() for r in rows] == [row.to_json()]
+    png = render_timeline(back, rows, tmp_path / "nfs.png")
+    head = png.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", head[16:24])
+    assert 1300 <= w <= 1500 and png.stat().st_size > 30_000
