@@ -147,4 +147,4 @@ def test_a_kernel_clients_scenario_is_drawn_with_its_stored_row(data_dir: Path,
     head = png.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     w, h = struct.unpack(">II", head[16:24])
-    assert 1300 <= w <= 1500 and png.stat().st_size > 30_000
+    assert 1300 <= w <= 1500 and 700 <= h <= 1100 and png.stat().st_size > 30_000
