@@ -53,7 +53,7 @@ def run_and_kill(argv: list[str], point: Callable[[int, TopologyConfig], bool],
                  cfg: TopologyConfig, out: Path) -> tuple[int, list[dict]]:
     log = open(out.parent / f"{out.name}.log", "w")  # noqa: SIM115 - closed below
     child = subprocess.Popen([*python_child("harness.cli", *argv), "--mode", "native",
-                              "--count", "400", "--rate", "40", "--out", str(out)],
+                              "--count", "200", "--rate", "40", "--out", str(out)],
                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         end = time.monotonic() + KILL_POINT_TIMEOUT_S
