@@ -164,14 +164,37 @@ def run_bounded(argv: Sequence[str], timeout_s: float, *, step: str, bound_name:
     return subprocess.CompletedProcess(list(argv), proc.returncode, out or "", err or "")
 
 
+# Children start without `site` (-S): it costs about a second per Python start under TCG
+# (measured in the guest: `import site` 1.2-1.3 s, its .pth files and sitecustomize; a bare
+# start 0.36 s with -S), and the suite starts well over a hundred children. The child's
+# import path is handed over explicitly instead: our packages' root, then this process's
+# own path (its site directories included), never '' or the working directory.
+_CHILD_BOOT = ("import runpy, sys; sys.path[:0] = sys.argv.pop(1).split(sys.argv.pop(1)); "
+               "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+PACKAGES_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds harness/
+
+
+def child_import_path() -> list[str]:
+    """What a child of ours imports from (besides the standard library): the folder of
+    our packages, then the directories on this process's path, minus '' and the cwd."""
+    cwd = os.getcwd()
+    path = [str(PACKAGES_ROOT)]
+    for entry in sys.path:
+        if entry and entry != cwd and entry not in path and os.path.isdir(entry):
+            path.append(entry)
+    return path
+
+
 def python_child(module: str, *args: str) -> list[str]:
     """The argv that runs `python -m module args` in a child of ours: with -P, so the
     child's sys.path never starts with its working directory. Root runs this tool, often
     from a folder someone else can write: a `harness/` or `clients/` planted there must
     never be imported in place of ours. Our packages come from the installed tree (the
-    editable install in .venv); a user's own policy module is handed over explicitly
-    (clients.worker --import-root)."""
-    return [sys.executable, "-P", "-m", module, *args]
+    folder of the harness package this process runs); a user's own policy module is
+    handed over explicitly (clients.worker --import-root). Without `site` (-S), with the
+    path of child_import_path: see _CHILD_BOOT."""
+    return [sys.executable, "-P", "-S", "-c", _CHILD_BOOT, os.pathsep.join(child_import_path()),
+            os.pathsep, module, *args]
 
 
 def spawn(argv: list[str], role: str, **popen_kw: Any) -> subprocess.Popen[Any]:

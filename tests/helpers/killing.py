@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.core.proc import python_child
 from harness.core.state import StateFile
 from harness.topology import devices
 from harness.topology.config import TopologyConfig
@@ -52,8 +52,8 @@ POINTS: dict[str, tuple[list[str], Callable[[int, TopologyConfig], bool]]] = {
 def run_and_kill(argv: list[str], point: Callable[[int, TopologyConfig], bool],
                  cfg: TopologyConfig, out: Path) -> tuple[int, list[dict]]:
     log = open(out.parent / f"{out.name}.log", "w")  # noqa: SIM115 - closed below
-    child = subprocess.Popen([sys.executable, "-m", "harness.cli", *argv, "--mode", "native",
-                              "--count", "400", "--rate", "40", "--out", str(out)],
+    child = subprocess.Popen([*python_child("harness.cli", *argv), "--mode", "native",
+                              "--count", "200", "--rate", "40", "--out", str(out)],
                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         end = time.monotonic() + KILL_POINT_TIMEOUT_S

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from harness.core.proc import python_child
 from harness.run.stress_checks import rdma_res
 from harness.topology import devices, lifecycle
 from harness.topology.config import Topology, TopologyConfig
@@ -27,7 +27,7 @@ from tests.helpers.json_child import JsonChild
 
 pytestmark = [pytest.mark.rxe, pytest.mark.removal("disassociate")]
 
-HOLDER = Path(__file__).parents[1] / "helpers" / "disassociate_holder.py"
+HOLDER = "tests.helpers.disassociate_holder"  # started as our children are (python_child)
 DELETE_TIMEOUT_S = 10.0  # the held delete; measured 0.10-0.30 s under TCG
 HOLDER_READY_TIMEOUT_S = 90.0  # start, peer agent, connect, first window of WRITEs
 HOLDER_REPORT_TIMEOUT_S = 30.0  # from the delete's end to the holder's after_fatal report
@@ -52,7 +52,7 @@ class Cycle:
 def held_delete(cfg: TopologyConfig, qps: int) -> Cycle:
     """One holder, one delete of the local HCA while it writes; the holder closes and
     exits; the local side is restored."""
-    holder = JsonChild([sys.executable, str(HOLDER), "--qps", str(qps)], "holder")
+    holder = JsonChild(python_child(HOLDER, "--qps", str(qps)), "holder")
     try:
         holder.wait_for("ready", HOLDER_READY_TIMEOUT_S)
         t0 = time.monotonic()

@@ -6,7 +6,6 @@ import json
 import os
 import queue
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ import pytest
 
 from harness.cli import main as cli_main
 from harness.core.device import DeviceInfo
+from harness.core.proc import python_child
 from harness.rdma.verbs import Device
 from harness.system.holders import find_holders
 from harness.system.tcp_ports import tcp_listening
@@ -30,7 +30,7 @@ from power.timeline import EntryKind
 pytestmark = pytest.mark.rxe
 S = StepKind
 HOLD_MS = 200
-CLIENT_SCRIPT = Path(__file__).parent.parent / "helpers" / "device_client.py"
+CLIENT_MODULE = "tests.helpers.device_client"  # started as our children are (python_child)
 CLIENT_LINE_TIMEOUT_S = 30.0
 CASES = [(name, o) for name in ("link-flap", "standby", "hibernate", "surprise-removal")
          for o in TRANSITIONS[name].steps]
@@ -88,8 +88,8 @@ class ClientProc:
 
     def __init__(self, dev: str, policy: str, clients_dir: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(CLIENT_SCRIPT), "--device", dev, "--policy", policy,
-             "--clients-dir", str(clients_dir)],
+            python_child(CLIENT_MODULE, "--device", dev, "--policy", policy,
+                         "--clients-dir", str(clients_dir)),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
         self.lines: list[dict] = []
@@ -156,7 +156,7 @@ def test_holder_ignoring_notice_is_forced_out(power_shim, client) -> None:
     assert res.veto is not None and res.veto.detected
     assert holder.pid in [h["pid"] for h in res.veto.holders]
     held = next(h for h in res.veto.holders if h["pid"] == holder.pid)
-    assert "device_client.py" in held["cmdline"] and held["files"]
+    assert CLIENT_MODULE in held["cmdline"] and held["files"]
     assert {t["pid"]: t["how"] for t in res.veto.terminated}[holder.pid] == "SIGTERM"
     assert res.step(S.DELETE_DEVICE).outcome == "ok"
     assert next(a["kind"] for a in res.answers if "test-ignore" in a["client"]) == "no-answer"

@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from clients import policy_import_roots
-from harness.core.proc import python_child
+from harness.core.proc import PACKAGES_ROOT, child_import_path, python_child
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD_TIMEOUT_S = 60.0
@@ -57,3 +59,19 @@ def test_every_python_child_is_started_through_python_child() -> None:
 def test_a_users_policy_module_is_handed_to_the_worker_explicitly() -> None:
     assert policy_import_roots(["graceful", "naive"]) == []
     assert policy_import_roots(["tests.helpers.bad_clients:Leaky"]) == [str(ROOT)]
+
+
+def test_a_child_starts_without_site_on_an_explicit_path(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """-S (no `site`: a second per start under TCG) with our packages' folder first and
+    neither '' nor the working directory on the path the child gets."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend("")
+    path = child_import_path()
+    assert path[0] == str(PACKAGES_ROOT) and "" not in path and str(tmp_path) not in path
+    argv = python_child("clients.worker", "--help")
+    assert argv[1:3] == ["-P", "-S"] and argv[5].split(argv[6]) == path
+    assert argv[7:] == ["clients.worker", "--help"]
+    res = run_in(tmp_path, argv)
+    assert res.returncode == 0 and "usage: clients.worker" in res.stdout, res.stderr

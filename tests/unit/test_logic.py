@@ -289,3 +289,18 @@ def test_a_marker_selection_is_split_between_host_and_guest() -> None:
     assert not selects_nothing(side_expressions("slow")[1])  # slow and rxe: a guest test
     assert not selects_nothing(side_expressions("not removal")[1])
     assert selects_nothing(side_expressions("slow and not rxe")[1])
+
+
+def test_the_guest_collects_only_the_rxe_tests_unless_given_paths(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing the pure-logic modules in the guest only to deselect them cost 33 s under
+    TCG: with no path of the caller's, the guest gets tests/rxe (tests/conftest.py refuses
+    an rxe test anywhere else)."""
+    from harness.cli.suite import RXE_TESTS, guest_paths
+
+    monkeypatch.chdir(Path(__file__).parents[2])
+    assert guest_paths([]) == [RXE_TESTS] == guest_paths(["-s", "-k", "clients", "-x"])
+    assert guest_paths(["--durations", "0", "-p", "no:cacheprovider"]) == [RXE_TESTS]
+    assert guest_paths(["tests/rxe/test_power.py", "-s"]) == []
+    assert guest_paths(["tests/rxe/test_power.py::test_client_veto_answer"]) == []
+    assert guest_paths(["tests/unit"]) == [] == guest_paths(["-k", "clients", "tests"])

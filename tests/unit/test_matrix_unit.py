@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -181,8 +182,9 @@ def test_native_argv_for_the_vm_drops_host_only_options(tmp_path: Path) -> None:
                                           "--timeout-s=99", "--out", "x"])
     args.argv = ["stress", "--cycles", "5", "--mode", "vm", "--timeout-s=99", "--out", "x"]
     argv = cli_launch.native_argv(args, tmp_path)
-    assert argv[1:4] == ["-P", "-m", "harness.cli"]  # no working directory on the guest's path
-    assert argv[4:] == ["stress", "--cycles", "5", "--mode", "native", "--out", str(tmp_path)]
+    assert argv[1:3] == ["-P", "-S"]  # no working directory on the guest's path
+    assert argv[7] == "harness.cli" and os.getcwd() not in argv[5].split(argv[6])[1:]
+    assert argv[8:] == ["stress", "--cycles", "5", "--mode", "native", "--out", str(tmp_path)]
 
 
 def test_stress_spec_defaults_validate() -> None:
