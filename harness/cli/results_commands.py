@@ -65,14 +65,15 @@ def add_parsers(subparsers: Subcommands, mode_help: str) -> None:
 
 
 def matrix_spec(args: argparse.Namespace) -> MatrixSpec:
-    """`run` and `matrix` differ only in their default policies (and where `run`'s kernel
-    clients go: RUN_KERNEL_TRANSITIONS, unless --kernel-transitions says)."""
+    """`run` and `matrix` differ only in their defaults: `run` adds a kernel client of each
+    ULP (in RUN_KERNEL_TRANSITIONS, unless --kernel-transitions says) and runs the
+    userspace policies side by side in each transition (unless --apart)."""
     run = args.command == "run"
     return MatrixSpec(split_csv(args.transition) or DEFAULT_TRANSITIONS,
                       tuple(parse_ordering(o) for o in split_csv(args.ordering)),
                       split_csv(args.policy) or (RUN_POLICIES if run else MatrixSpec.policies),
                       split_csv(args.mix) or ("mixed",),
-                      args.together, args.count, args.rate, args.queue_depth, args.hold_ms,
+                      args.together or (run and not args.apart), args.count, args.rate, args.queue_depth, args.hold_ms,
                       parse_on_veto(args.on_veto), args.client_cmd or "",
                       args.server_cmd or "", args.client_exit_timeout_s,
                       parse_arrivals(args.arrivals),
@@ -167,8 +168,10 @@ def add_matrix_options(p: argparse.ArgumentParser, mode_help: str) -> None:
     p.add_argument("--mix", action="append", help="operation mixes: mixed, send, write, "
                    "read-atomic (default mixed)")
     _arrivals_option(p)
-    p.add_argument("--together", action="store_true", help="run the policies side by side "
-                   "in one transition instead of one transition each")
+    p.add_argument("--together", action="store_true", help="run the userspace policies side "
+                   "by side in one transition instead of one transition each (run's default)")
+    p.add_argument("--apart", action="store_true", help="run: one transition per userspace "
+                   "policy (matrix's default)")
     _workload_options(p, 120, 300)
     p.add_argument("--junit", help="also write JUnit XML here (one testcase per row)")
     p.add_argument("--client-cmd", help="an unmodified verbs program (quoted, with "

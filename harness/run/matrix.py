@@ -61,7 +61,9 @@ USER_POLICIES = ("naive", "fail-fast", "queue-replay", "graceful")
 # (standby: the device unregistered and back, both orderings; surprise-removal: not back).
 # On rxe hibernate is standby with a longer hold and link-flap never unregisters the
 # device; `matrix --policy` runs kernel clients wherever asked. (Their scenarios take
-# 10-25 s each in the TCG guest: all seven would put `run` over six minutes.)
+# 10-30 s each in the TCG guest: all seven would put `run` over six minutes.) `run` also
+# puts the userspace policies side by side in one transition each (--together): one at
+# a time, 28 scenarios took 273 s of a 6-minute budget (measured, TCG guest)
 RUN_POLICIES = (*USER_POLICIES, "nvme-rdma", "nfs-rdma:hard")
 RUN_KERNEL_TRANSITIONS = ("standby", "surprise-removal")
 OK_OUTCOMES = (Outcome.COMPLETED_OK.value, Outcome.REPLAYED_OK.value)

@@ -173,6 +173,16 @@ def umount(path: str, force: bool, what: str, log: Log) -> str:
         log(note)
         return note
     if res.returncode != 0 and mount_at(path) is not None:
+        if force:  # busy (a thread stuck in the hard mount holds a file): the last resort
+            lazy = run_bounded(["umount", "-i", "-l", path], UMOUNT_TIMEOUT_S,
+                               step=f"lazy umount of {what} {path}",
+                               bound_name="UMOUNT_TIMEOUT_S",
+                               outstanding=f"{path} still mounted")
+            if lazy.returncode == 0 or mount_at(path) is None:
+                note = (f"umount -f of {what} {path} failed ({res.stderr.strip()}); "
+                        f"detached lazily (umount -l)")
+                log(note)
+                return note
         raise TopologyError(f"umount of {what} {path} failed: {res.stderr.strip()}",
                             "something still uses it (fuser -vm PATH); close it and run "
                             "`rxe-power cleanup`")

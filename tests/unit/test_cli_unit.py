@@ -69,7 +69,11 @@ def test_run_has_kernel_clients_in_its_default_matrix() -> None:
     run = results_commands.matrix_spec(build_parser().parse_args(["run"]))
     kernel = [sc for sc in run.scenarios() if is_kernel_policy(sc.policies[0])]
     user = [sc for sc in run.scenarios() if not is_kernel_policy(sc.policies[0])]
-    assert len(user) == 7 * len(USER_POLICIES)  # 4 transitions: 2+2+2+1 orderings
+    assert len(user) == 7  # 4 transitions: 2+2+2+1 orderings, the policies side by side
+    assert all(sc.policies == USER_POLICIES for sc in user)
+    apart = results_commands.matrix_spec(build_parser().parse_args(["run", "--apart"]))
+    assert len([sc for sc in apart.scenarios() if not is_kernel_policy(sc.policies[0])]) \
+        == 7 * len(USER_POLICIES)
     assert kernel and {sc.transition for sc in kernel} == set(RUN_KERNEL_TRANSITIONS)
     assert {sc.policies[0].split(":")[0] for sc in kernel} == {"nvme-rdma", "nfs-rdma"}
     matrix = results_commands.matrix_spec(build_parser().parse_args(["matrix"]))
