@@ -71,7 +71,8 @@ def matrix_spec(args: argparse.Namespace) -> MatrixSpec:
     run = args.command == "run"
     return MatrixSpec(split_csv(args.transition) or DEFAULT_TRANSITIONS,
                       tuple(parse_ordering(o) for o in split_csv(args.ordering)),
-                      split_csv(args.policy) or (RUN_POLICIES if run else MatrixSpec.policies),
+                      split_csv(args.policy)
+                      or (RUN_POLICIES if run else MatrixSpec.policies),
                       split_csv(args.mix) or ("mixed",),
                       args.together or (run and not args.apart), args.count, args.rate, args.queue_depth, args.hold_ms,
                       parse_on_veto(args.on_veto), args.client_cmd or "",
