@@ -74,7 +74,8 @@ def matrix_spec(args: argparse.Namespace) -> MatrixSpec:
                       split_csv(args.policy)
                       or (RUN_POLICIES if run else MatrixSpec.policies),
                       split_csv(args.mix) or ("mixed",),
-                      args.together or (run and not args.apart), args.count, args.rate, args.queue_depth, args.hold_ms,
+                      args.together or (run and not args.apart), args.count, args.rate,
+                      args.queue_depth, args.hold_ms,
                       parse_on_veto(args.on_veto), args.client_cmd or "",
                       args.server_cmd or "", args.client_exit_timeout_s,
                       parse_arrivals(args.arrivals),
