@@ -56,16 +56,17 @@ OP_MIXES: dict[str, tuple[Op, ...]] = {
 }
 DEFAULT_TRANSITIONS = ("link-flap", "standby", "hibernate", "surprise-removal")
 USER_POLICIES = ("naive", "fail-fast", "queue-replay", "graceful")
-# `rxe-power run`'s matrix: the four userspace policies in every transition and ordering,
-# and one client of each kernel ULP, in the transitions a kernel client's fate differs in
-# (standby: the device unregistered and back, both orderings; surprise-removal: not back).
-# On rxe hibernate is standby with a longer hold and link-flap never unregisters the
-# device; `matrix --policy` runs kernel clients wherever asked. (Their scenarios take
-# 10-30 s each in the TCG guest: all seven would put `run` over six minutes.) `run` also
-# puts the userspace policies side by side in one transition each (--together): one at
-# a time, 28 scenarios took 273 s of a 6-minute budget (measured, TCG guest)
+# `rxe-power run`'s matrix: the four userspace policies side by side in every transition
+# and ordering, and one client of each kernel ULP in standby, both orderings: the device
+# unregistered and back, with and without notice. On rxe hibernate is standby with a
+# longer hold and link-flap never unregisters the device. Surprise-removal of a hard NFS
+# mount left its I/O stuck and the mount busy, and the run's end then never came (seen
+# once, 26 Nov 2026; not understood yet): `matrix --policy nfs-rdma:hard --transition
+# surprise-removal` measures it, the six-minute overview does not. A kernel scenario takes 10-30 s in the TCG guest; with the userspace policies
+# one at a time and kernel clients in standby and surprise-removal, the default run took
+# 360 s of scenarios (measured).
 RUN_POLICIES = (*USER_POLICIES, "nvme-rdma", "nfs-rdma:hard")
-RUN_KERNEL_TRANSITIONS = ("standby", "surprise-removal")
+RUN_KERNEL_TRANSITIONS = ("standby",)
 OK_OUTCOMES = (Outcome.COMPLETED_OK.value, Outcome.REPLAYED_OK.value)
 
 
