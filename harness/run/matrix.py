@@ -62,14 +62,12 @@ USER_POLICIES = ("naive", "fail-fast", "queue-replay", "graceful")
 # longer hold and link-flap never unregisters the device. Surprise-removal of a hard NFS
 # mount left its I/O stuck and the mount busy, and the run's end then never came (seen
 # once, 26 Nov 2026; not understood yet): `matrix --policy nfs-rdma:hard --transition
-# surprise-removal` measures it, the six-minute overview does not. A kernel scenario takes 10-30 s in the TCG guest; with the userspace policies
-# one at a time and kernel clients in standby and surprise-removal, the default run took
-# 360 s of scenarios (measured).
+# surprise-removal` measures it, the six-minute overview does not. A kernel scenario
+# takes 10-30 s in the TCG guest; with the userspace policies one at a time and kernel
+# clients in standby and surprise-removal, the default run took 360 s of scenarios.
 RUN_POLICIES = (*USER_POLICIES, "nvme-rdma", "nfs-rdma:hard")
 RUN_KERNEL_TRANSITIONS = ("standby",)
 OK_OUTCOMES = (Outcome.COMPLETED_OK.value, Outcome.REPLAYED_OK.value)
-
-
 
 
 @dataclass(frozen=True)
