@@ -91,14 +91,21 @@ def test_hard_standby_hca_first(power_shim, rxe_config) -> None:
     lg = res.ledger
     # measured (two runs: 247 ok + 4 late; 267 ok + 4 late): a hard mount keeps the RPCs
     # across the outage and sends them once the transport reconnected (about 2.2 to 2.4 s
-    # after rxe0 was back): the I/O in flight completes late, nothing fails, nothing is
-    # stuck, the mount survives and serves I/O again
+    # after rxe0 was back): the I/O in flight completes late, nothing fails, the mount
+    # survives and serves I/O again. Once (the default run, 800 I/Os at 40/s) 4 I/Os were
+    # still waiting 20 s later although the transport had reconnected 2 s after rxe0 was
+    # back (their RPCs wait for the mount's major timeout, timeo 60 s): stuck, and the
+    # row is bad and says so. A hard mount never fails an I/O
     assert lg.count(IoOutcome.FAILED_TO_APP) == 0, lg.errnos
-    assert lg.count(IoOutcome.COMPLETED_LATE) > 0, lg.outcomes
-    assert lg.count(IoOutcome.STUCK) == 0, lg.stuck
+    stuck = lg.count(IoOutcome.STUCK)
+    assert lg.count(IoOutcome.COMPLETED_LATE) + stuck > 0, lg.outcomes
     assert res.survived, res.settled
     assert res.detect_ms is not None and res.recover_ms is not None
-    assert res.status == ("bad" if res.kernel["hits"] else "clean"), res.findings
+    if stuck:
+        print("stuck:", lg.stuck)
+        assert f"{stuck} I/O stuck" in res.findings and res.status == "bad", res.findings
+    else:
+        assert res.status == ("bad" if res.kernel["hits"] else "clean"), res.findings
 
 
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
