@@ -146,7 +146,8 @@ def add_matrix_options(p: argparse.ArgumentParser, mode_help: str) -> None:
     p.add_argument("--ordering", action="append", help="clients-first and/or hca-first "
                    "(default: every ordering each transition offers)")
     p.add_argument("--policy", action="append", help="client policies (default naive,"
-                   "fail-fast,queue-replay,graceful), or module:Class")
+                   "fail-fast,queue-replay,graceful), or module:Class, or kernel clients: "
+                   "nvme-rdma[:preset|:key=val:...], nfs-rdma:hard|soft|key=val:...")
     p.add_argument("--mix", action="append", help="operation mixes: mixed, send, write, "
                    "read-atomic (default mixed)")
     p.add_argument("--arrivals", default=MatrixSpec.arrivals.value,
