@@ -275,15 +275,16 @@ def run_nfs(shim: Shim, cfg: TopologyConfig, sc: NfsScenario,
         if pm is not None:
             shim.notifier.unregister(pm)
         problems, notes = _teardown(state, server, mnt, drv, guard)
-    if problems:  # (after an exception in the scenario that one propagates instead)
-        # the ledger stands; what could not be removed is the row's finding, and the matrix
-        # runs no further nfs-rdma scenario on this kernel (harness.run.kernel_rows)
-        res.teardown_left = problems
-        res.findings += [f"teardown: {p}" for p in problems]
+    # (after an exception in the scenario, that one propagates instead)
+    # an unmount that needed its last resort (umount -l) is the kernel client's finding;
+    # what teardown could not remove makes the row broken (the result is kept), and the
+    # matrix runs no further nfs-rdma scenario on this kernel (harness.run.kernel_rows)
+    res.findings += notes + [f"teardown left: {p} (run `rxe-power cleanup`)"
+                             for p in problems]
+    res.teardown_left = problems
+    if problems:
         res.status = "broken"
-    # an unmount that needed its last resort (umount -l) is the kernel client's finding
-    res.findings += notes
-    if notes and res.status == "clean":
+    elif notes and res.status == "clean":
         res.status = "bad"
     return res
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from harness.core.proc import RUN_DIR, run_bounded
 NFSD_FS = Path("/proc/fs/nfsd")
 MOUNTINFO = Path("/proc/self/mountinfo")
 UMOUNT_TIMEOUT_S = 15.0  # one umount (-f of a hard NFS mount whose server is gone: RPCs killed)
+UMOUNT_RETRY_S = 0.2  # an umount -f refused as busy is tried again this often
 NFSD_STOP_TIMEOUT_S = 20.0  # threads 0: every nfsd thread exits and the listeners close
 OUR_NFS_PREFIX = "rxpw-nfs-"  # every directory we mount on is RUN_DIR/rxpw-nfs-...
 TMPFS_SOURCE = "rxpw-nfs"  # the source name of the tmpfs we export
@@ -153,41 +155,46 @@ def valid_our_dir(path: object, run_dir: Path = RUN_DIR) -> Path:
 
 
 def umount(path: str, force: bool, what: str, log: Log) -> str:
-    """umount (-f when `force`), bounded; a hard NFS mount whose umount -f overran the
-    bound is detached lazily (-l) as the last resort. `-i`: the syscall only, no helper
-    (umount.nfs would talk to the server). Returns "" when it was unmounted normally, else
-    what happened (for the caller's report)."""
+    """umount (-f when `force`), bounded. `-i`: the syscall only, no helper (umount.nfs
+    would talk to the server). With `force`, an unmount refused as busy is tried again
+    until UMOUNT_TIMEOUT_S (-f fails the mount's pending RPCs, and the tasks that held it
+    let go), and a mount still there then, or an umount -f that overran the bound, is
+    detached lazily (-l) as the last resort. Returns "" when it was unmounted normally,
+    else what happened (for the caller's report)."""
     argv = ["umount", "-i", *(["-f"] if force else []), path]
-    try:
-        res = run_bounded(argv, UMOUNT_TIMEOUT_S, step=f"umount of {what} {path}",
-                          bound_name="UMOUNT_TIMEOUT_S",
-                          outstanding=f"{what} {path} still mounted")
-    except BoundExceeded as exc:
-        if not force:
-            raise
-        lazy = run_bounded(["umount", "-i", "-l", path], UMOUNT_TIMEOUT_S,
-                           step=f"lazy umount of {what} {path}",
-                           bound_name="UMOUNT_TIMEOUT_S", outstanding=f"{path} still mounted")
-        note = (f"umount -f of {what} {path} overran UMOUNT_TIMEOUT_S={UMOUNT_TIMEOUT_S:g}s "
-                f"({exc.problem}); detached lazily (umount -l: rc {lazy.returncode})")
-        log(note)
-        return note
-    if res.returncode != 0 and mount_at(path) is not None:
-        if force:  # busy (a thread stuck in the hard mount holds a file): the last resort
-            lazy = run_bounded(["umount", "-i", "-l", path], UMOUNT_TIMEOUT_S,
-                               step=f"lazy umount of {what} {path}",
-                               bound_name="UMOUNT_TIMEOUT_S",
-                               outstanding=f"{path} still mounted")
-            if lazy.returncode == 0 or mount_at(path) is None:
-                note = (f"umount -f of {what} {path} failed ({res.stderr.strip()}); "
-                        f"detached lazily (umount -l)")
-                log(note)
-                return note
-        raise TopologyError(f"umount of {what} {path} failed: {res.stderr.strip()}",
+    end = time.monotonic() + UMOUNT_TIMEOUT_S
+    tries = 0
+    why = ""
+    while True:
+        tries += 1
+        try:
+            res = run_bounded(argv, max(0.5, end - time.monotonic()),
+                              step=f"umount of {what} {path}", bound_name="UMOUNT_TIMEOUT_S",
+                              outstanding=f"{what} {path} still mounted")
+        except BoundExceeded as exc:
+            if not force:
+                raise
+            why = exc.problem
+            break
+        if res.returncode == 0 or mount_at(path) is None:
+            log(f"unmounted {what} {path}")
+            return ""
+        why = res.stderr.strip()
+        if not force or time.monotonic() > end:
+            break
+        time.sleep(UMOUNT_RETRY_S)
+    if not force:
+        raise TopologyError(f"umount of {what} {path} failed: {why}",
                             "something still uses it (fuser -vm PATH); close it and run "
                             "`rxe-power cleanup`")
-    log(f"unmounted {what} {path}")
-    return ""
+    lazy = run_bounded(["umount", "-i", "-l", path], UMOUNT_TIMEOUT_S,
+                       step=f"lazy umount of {what} {path}", bound_name="UMOUNT_TIMEOUT_S",
+                       outstanding=f"{path} still mounted")
+    note = (f"umount -f of {what} {path} did not succeed within UMOUNT_TIMEOUT_S="
+            f"{UMOUNT_TIMEOUT_S:g}s ({tries} tries; {why}); detached lazily (umount -l: rc "
+            f"{lazy.returncode})")
+    log(note)
+    return note
 
 
 def _rmdir(path: Path) -> None:

@@ -246,3 +246,30 @@ def test_recorded_row(data_dir: Path) -> None:
     assert row.counts == {"completed-ok": 267, "completed-late": 4, "failed-to-app": 0,
                           "lost": 0}
     assert row.status is RowStatus.CLEAN and row.recovery_ms == res["recover_ms"]
+
+
+def test_busy_forced_umount_is_retried_then_detached_lazily(monkeypatch) -> None:
+    """umount -f refused as busy (measured after surprise-removal: the driver's threads
+    still held the file): tried again until the bound, then umount -l, reported."""
+    import subprocess
+
+    calls: list[list[str]] = []
+
+    def fake_run(argv, timeout_s, **kw):
+        calls.append(list(argv))
+        lazy = "-l" in argv
+        return subprocess.CompletedProcess(argv, 0 if lazy else 32, "",
+                                           "" if lazy else "target is busy.")
+
+    monkeypatch.setattr(nfsobjs, "run_bounded", fake_run)
+    monkeypatch.setattr(nfsobjs, "mount_at", lambda p, t=None: object())
+    monkeypatch.setattr(nfsobjs, "UMOUNT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(nfsobjs, "UMOUNT_RETRY_S", 0.1)
+    note = nfsobjs.umount("/run/rxe-power/rxpw-nfs-1-mnt", True, "NFS mount", print)
+    assert calls[-1] == ["umount", "-i", "-l", "/run/rxe-power/rxpw-nfs-1-mnt"]
+    assert len(calls) >= 3 and all("-f" in c for c in calls[:-1])
+    assert "detached lazily" in note and "target is busy." in note
+    calls.clear()
+    with pytest.raises(Exception, match="target is busy"):  # not forced: no last resort
+        nfsobjs.umount("/run/rxe-power/rxpw-nfs-1-export", False, "tmpfs", print)
+    assert len(calls) == 1
