@@ -27,12 +27,9 @@ from harness.run.records import CycleClient
 from harness.run.rows import RowStatus
 from harness.run.scenario_result import ClientEnd
 from harness.run.stress_checks import (
-    RES_KINDS,
+    CycleChecks,
     CycleOutcome,
     Usage,
-    rdma_res,
-    res_problems,
-    usage_problems,
 )
 from power.plan import get_transition
 
@@ -51,10 +48,12 @@ class KernelStress:
         ordering = spec.ordering or next(iter(get_transition(spec.transition).steps))
         self.scenarios = [Scenario(spec.transition, ordering, (p,), spec.mix)
                           for p in spec.policies]
-        self.usage_base: dict[str, Any] = {}
-        self.res_base: dict[str, dict[str, int]] | None = None
-        self.series: dict[str, list[float]] = {}
+        self.checks = CycleChecks((topo.local.dev, topo.peer.dev))
         self.wedge = KernelWedge()
+
+    @property
+    def series(self) -> dict[str, list[float]]:
+        return self.checks.series
 
     def start(self) -> None:
         """Nothing lives across cycles: each cycle sets its kernel clients up and down."""
@@ -87,20 +86,9 @@ class KernelStress:
             verdicts.append(res["transition"]["verdict"])
             total_ms += float(res["transition"].get("total_ms") or 0.0)
         usage = {"controller": Usage.of(os.getpid())}
-        for name, u in usage.items():
-            base = self.usage_base.setdefault(name, u)
-            failures += usage_problems(name, base, u)
-            for k, v in asdict(u).items():
-                self.series.setdefault(f"{name}.{k}", []).append(v)
-        res_now = rdma_res()
-        devs = (self.topo.local.dev, self.topo.peer.dev)
-        if self.res_base is None:
-            self.res_base = res_now
-        failures += res_problems(self.res_base, res_now, devs)
-        for dev in devs:
-            for k in RES_KINDS:
-                self.series.setdefault(f"{dev}.{k}", []).append(res_now.get(dev, {}).get(k, 0))
-        self.series.setdefault("transition_ms", []).append(round(total_ms, 3))
+        problems, res_now = self.checks.check(usage)
+        failures += problems
+        self.checks.add("transition_ms", round(total_ms, 3))
         out = CycleOutcome(n, not failures, failures, round(time.monotonic() - t0, 3))
         body = {"cycle": n, "ok": out.ok, "failures": failures, "notes": [],
                 "seconds": out.seconds, "verdict": "/".join(dict.fromkeys(verdicts)),

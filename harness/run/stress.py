@@ -38,13 +38,10 @@ from harness.run.scenario import ClientWorker, run_round, safe_name, spawn_worke
 from harness.run.scenario_result import ClientEnd
 from harness.run.session import ResultsHeader, RunSession
 from harness.run.stress_checks import (
-    RES_KINDS,
+    CycleChecks,
     CycleOutcome,
     Usage,
-    rdma_res,
-    res_problems,
     summarize,
-    usage_problems,
 )
 from harness.topology.config import TopologyConfig
 from harness.topology.lifecycle import restore_local_side
@@ -117,9 +114,11 @@ class Stress:
         self.spec, self.topo, self.agent, self.shim = spec, topo, agent, shim
         self.log_dir = log_dir
         self.workers: list[ClientWorker] = []
-        self.usage_base: dict[str, Usage] = {}
-        self.res_base: dict[str, dict[str, int]] | None = None
-        self.series: dict[str, list[float]] = {}
+        self.checks = CycleChecks((topo.local.dev, topo.peer.dev))
+
+    @property
+    def series(self) -> dict[str, list[float]]:
+        return self.checks.series
 
     def names(self) -> list[str]:
         return [f"{safe_name(p)}-{i}" for i, p in enumerate(self.spec.policies)]
@@ -141,7 +140,7 @@ class Stress:
             self.workers[i] = spawn_workers([w.policy], self.spec.workload(), self.topo.local,
                                             self.agent, self.shim.notifier.clients_dir,
                                             self.log_dir, [w.name])[0]
-            self.usage_base.pop(w.name, None)  # a new process: a new baseline
+            self.checks.forget(w.name)  # a new process: a new baseline
             notes.append(f"{w.name} respawned (pid {self.workers[i].pid})")
 
     def cycle(self, n: int) -> tuple[CycleOutcome, dict[str, Any]]:
@@ -171,24 +170,13 @@ class Stress:
             failures.append("kernel log: the ring buffer wrapped past the cycle's marker")
         usage = {w.name: Usage.of(w.pid) for w in self.workers if w.proc.poll() is None}
         usage["controller"] = Usage.of(os.getpid())
-        for name, u in usage.items():
-            base = self.usage_base.setdefault(name, u)
-            failures += usage_problems(name, base, u)
-            for k, v in asdict(u).items():
-                self.series.setdefault(f"{name}.{k}", []).append(v)
-        res_now = rdma_res()
-        devs = (self.topo.local.dev, self.topo.peer.dev)
-        if self.res_base is None:
-            self.res_base = res_now
-        failures += res_problems(self.res_base, res_now, devs)
-        for dev in devs:
-            for k in RES_KINDS:
-                self.series.setdefault(f"{dev}.{k}", []).append(res_now.get(dev, {}).get(k, 0))
+        problems, res_now = self.checks.check(usage)
+        failures += problems
         total_ms = round(t.total_ms, 3)
-        self.series.setdefault("transition_ms", []).append(total_ms)
+        self.checks.add("transition_ms", total_ms)
         held = len(t.veto.held_at_start) if t.veto else None  # processes holding at delete
         if held is not None:
-            self.series.setdefault("held_at_delete", []).append(held)
+            self.checks.add("held_at_delete", held)
         out = CycleOutcome(n, not failures, failures, round(time.monotonic() - t0, 3))
         clients = [CycleClient(c.client, c.policy, c.counts, len(c.unaccounted), c.ended,
                                c.crash, c.recovery_ms).to_json() for c in res.clients]

@@ -6,7 +6,7 @@ each figure's series summarized (first, last, max, trend).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psutil
@@ -95,3 +95,38 @@ def trend(values: list[float]) -> float:
 def summarize(series: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return {k: {"first": v[0], "last": v[-1], "max": max(v), "min": min(v),
                 "slope_per_cycle": round(trend(v), 4)} for k, v in series.items() if v}
+
+
+class CycleChecks:
+    """The baselines after cycle 1 and every figure's series; `check` compares a cycle's
+    processes and the kernel's RDMA resources with them (shared by userspace and kernel
+    stress runs)."""
+
+    def __init__(self, devs: tuple[str, ...]) -> None:
+        self.devs = devs
+        self.usage_base: dict[str, Usage] = {}
+        self.res_base: dict[str, dict[str, int]] | None = None
+        self.series: dict[str, list[float]] = {}
+
+    def add(self, name: str, value: float) -> None:
+        self.series.setdefault(name, []).append(value)
+
+    def forget(self, name: str) -> None:
+        """A new process under an old name (a respawned worker): a new baseline."""
+        self.usage_base.pop(name, None)
+
+    def check(self, usage: dict[str, Usage]) -> tuple[list[str], dict[str, dict[str, int]]]:
+        """(the problems, `rdma res` now) for this cycle; the series grow by one."""
+        failures: list[str] = []
+        for name, u in usage.items():
+            failures += usage_problems(name, self.usage_base.setdefault(name, u), u)
+            for k, v in asdict(u).items():
+                self.add(f"{name}.{k}", v)
+        res_now = rdma_res()
+        if self.res_base is None:
+            self.res_base = res_now
+        failures += res_problems(self.res_base, res_now, self.devs)
+        for dev in self.devs:
+            for k in RES_KINDS:
+                self.add(f"{dev}.{k}", res_now.get(dev, {}).get(k, 0))
+        return failures, res_now

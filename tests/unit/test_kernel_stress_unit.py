@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from harness.run import kernel_stress
+from harness.run import kernel_stress, stress_checks
 from harness.run.stress import StressSpec
 from harness.run.stress_checks import Usage
 
@@ -32,8 +32,8 @@ def stress_of(monkeypatch: pytest.MonkeyPatch, results: list[dict[str, Any]],
               res: list[dict[str, dict[str, int]]]) -> kernel_stress.KernelStress:
     it, res_it = iter(results), iter(res)
     monkeypatch.setattr(kernel_stress, "run_kernel", lambda *a, **k: next(it))
-    monkeypatch.setattr(kernel_stress, "rdma_res", lambda: next(res_it))
-    monkeypatch.setattr(kernel_stress.Usage, "of", classmethod(
+    monkeypatch.setattr(stress_checks, "rdma_res", lambda: next(res_it))
+    monkeypatch.setattr(stress_checks.Usage, "of", classmethod(
         lambda cls, pid: Usage(10, 50_000, 3)))
     spec = StressSpec(cycles=3, policies=("nvme-rdma:fast-fail",)).validate()
     return kernel_stress.KernelStress(spec, Topo(), None, None)  # type: ignore[arg-type]
