@@ -14,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then
   echo "bootstrap.sh: error: must run as root (apt-get); fix: sudo $0" >&2
   exit 2
 fi
-pkgs=(rdma-core ibverbs-providers ibverbs-utils rdmacm-utils python3-pyverbs iproute2
+pkgs=(zstd rdma-core ibverbs-providers ibverbs-utils rdmacm-utils python3-pyverbs iproute2
       perftest kmod python3-venv python3-pip gcc libibverbs-dev  # gcc, headers: the tracer
       nvme-cli fio  # kernel clients: nvme-rdma host tools, I/O benchmark
       nfs-kernel-server nfs-common)  # NFS over RDMA: rpc.mountd; mount.nfs

@@ -12,8 +12,10 @@
  *    request has completed, close the device, answer {"event":"released"};
  *  - resume_complete: reopen DEV as the payload names it (dev, gid_index), answer
  *    {"event":"resumed"}, send again.
- * An error completion ends the run with exit status 1 (a clean run has none). At the end:
- * drain, close, print what it did, exit 0.
+ * SECONDS counts traffic time: the time it spends released does not count, so a slow
+ * transition cannot end its run while released (it waits at most RESUME_WAIT_S for
+ * resume_complete, then exits 1). An error completion ends the run with exit status 1 (a
+ * clean run has none). At the end: drain, close, print what it did, exit 0.
  */
 #include <poll.h>
 #include <signal.h>
@@ -26,6 +28,7 @@
 #include "loopback.h"
 
 #define DRAIN_SHARE 0.8 /* of the notice's deadline_s, for draining in-flight requests */
+#define RESUME_WAIT_S 60.0 /* the longest time it stays released, waiting for resume_complete */
 
 static double now_s(void)
 {
@@ -60,6 +63,7 @@ static int json_field(const char *line, const char *key, char *out, size_t size)
 static struct lb lb;
 static int open_ = 0, outstanding = 0, errors = 0;
 static uint64_t sent = 0, done = 0;
+static double end_s = 0, released_at_s = 0; /* traffic ends at end_s; released time does not count */
 
 static void poll_some(void)
 {
@@ -91,6 +95,8 @@ static void poll_some(void)
 /* every send completed, and the receive side caught up, within the bound */
 static void drain(double bound_s)
 {
+	if (!open_) /* released: nothing of the device is left to poll */
+		return;
 	double end = now_s() + bound_s;
 	while (open_ && outstanding > 0 && now_s() < end)
 		poll_some();
@@ -147,14 +153,17 @@ static void notice(int fd, const char *dev, int gid_index)
 		drain(deadline * DRAIN_SHARE);
 		lb_close(&lb);
 		open_ = 0;
+		released_at_s = now_s();
 		answer(fd, id, "released");
 	} else if (!strcmp(event, "resume_complete")) {
 		char newdev[64];
 		int gi = json_field(line, "gid_index", val, sizeof val) ? gid_index : atoi(val);
 		if (json_field(line, "dev", newdev, sizeof newdev))
 			snprintf(newdev, sizeof newdev, "%s", dev);
-		if (reopen(newdev, gi) == 0)
+		if (reopen(newdev, gi) == 0) {
+			end_s += now_s() - released_at_s;
 			answer(fd, id, "resumed");
+		}
 	}
 }
 
@@ -184,8 +193,10 @@ int main(int argc, char **argv)
 	}
 	if (reopen(argv[1], atoi(argv[2])))
 		return 1;
-	double end = now_s() + atof(argv[5]);
-	while (now_s() < end && !errors) {
+	end_s = now_s() + atof(argv[5]);
+	while (!errors) {
+		if (open_ ? now_s() >= end_s : now_s() >= released_at_s + RESUME_WAIT_S)
+			break;
 		struct pollfd p = { .fd = ls, .events = POLLIN };
 		if (poll(&p, 1, open_ ? 0 : 10) > 0) {
 			int fd = accept(ls, NULL, NULL);
@@ -210,6 +221,11 @@ int main(int argc, char **argv)
 		}
 		poll_some();
 		usleep(2000);
+	}
+	if (!open_) {
+		fprintf(stderr, "notify_client: released, and no resume_complete within %.0f s\n",
+			RESUME_WAIT_S);
+		errors++;
 	}
 	drain(2.0);
 	unlink(sa.sun_path);

@@ -10,6 +10,7 @@ and runs one shell command in it. The guest command's exit code is propagated.
     accel         KVM or TCG: a probe boot decides, cached per host boot
                   (RXE_POWER_VM_ACCEL overrides)
     process       a bounded process group with a console log
+    python_copy   the guest imports from a copy of the Python trees in its memory
     runner        VmRequest -> run_in_vm -> VmResult
     command_line  ``python -m harness.vm [--timeout-s N] [--rwdir DIR]... -- CMD...``
 """

@@ -1,4 +1,5 @@
-"""``python -m harness.vm [--timeout-s N] [--rwdir DIR]... [--log PATH] -- CMD...``
+"""``python -m harness.vm [--timeout-s N] [--rwdir DIR]... [--log PATH] [--no-python-copy]
+-- CMD...``
 
 Runs CMD as root in the guest; exits with CMD's exit code, 124 on timeout, 125 when the
 VM could not be started.
@@ -41,6 +42,9 @@ def _parser(prog: str = MODULE_PROG) -> argparse.ArgumentParser:
                    help="host dir the guest may write (repeatable; default: the cwd)")
     p.add_argument("--log", type=Path, default=None, metavar="PATH",
                    help="console log (default: results/vm-console.log under the cwd)")
+    p.add_argument("--no-python-copy", dest="python_copy", action="store_false",
+                   help="the guest imports Python from the shared host folder, not from a "
+                   "copy in its memory (slower under TCG; harness/vm/python_copy.py)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...")
     return p
 
@@ -62,6 +66,7 @@ def request_from_argv(argv: list[str], cwd: Path | None = None,
         log_path=args.log if args.log is not None else here / "results" / "vm-console.log",
         timeout_s=args.timeout_s,
         cwd=here,
+        python_copy=args.python_copy,
     )
 
 

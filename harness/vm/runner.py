@@ -21,6 +21,7 @@ from harness.vm.accel import ACCELS, AccelChoice, choose_accel
 from harness.vm.kernel import GuestKernel, find_guest_kernel
 from harness.vm.messages import say
 from harness.vm.process import TIMEOUT_EXIT_CODE, run_logged
+from harness.vm.python_copy import PythonCopy, prepare_python_copy
 from harness.vm.tools import VmTools, find_vm_tools
 
 VM_RUN_TIMEOUT_S = 1500.0  # whole guest command, boot included (TCG boot is ~15 s)
@@ -38,6 +39,7 @@ class VmRequest:
     memory: str = "2G"
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path = field(default_factory=Path.cwd)
+    python_copy: bool = True  # the guest imports from a copy in its memory (python_copy.py)
 
 
 @dataclass
@@ -78,19 +80,21 @@ def guest_env(req: VmRequest, bin_dir: Path) -> dict[str, str]:
     return env
 
 
-def guest_shell_command(req: VmRequest, bin_dir: Path) -> str:
-    """`cd <cwd> && exec env K=V ... <command>`, every word shell-quoted."""
+def guest_shell_command(req: VmRequest, bin_dir: Path, prefix: list[str] | None = None) -> str:
+    """`cd <cwd> && exec env K=V ... [prefix...] <command>`, every word shell-quoted."""
     if not req.command:
         raise SettingError("empty guest command", "give the command to run after `--`")
     assignments = [shlex.quote(f"{k}={v}") for k, v in guest_env(req, bin_dir).items()]
     return " ".join(
         ["cd", shlex.quote(str(req.cwd)), "&&", "exec", "env", *assignments,
-         shlex.join(req.command)]
+         shlex.join([*(prefix or []), *req.command])]
     )
 
 
-def build_vng_argv(req: VmRequest, kernel: GuestKernel, accel: str, vng: str) -> list[str]:
-    """The vng command line for `req`. `vng`'s directory is also the guest PATH's head."""
+def build_vng_argv(req: VmRequest, kernel: GuestKernel, accel: str, vng: str,
+                   copy: PythonCopy | None = None) -> list[str]:
+    """The vng command line for `req`. `vng`'s directory is also the guest PATH's head;
+    with `copy`, the guest unpacks it before the command (python_copy.py)."""
     if accel not in ACCELS:
         raise SettingError(f"accelerator {accel!r} is not kvm or tcg", "pass kvm or tcg")
     argv = [vng, "-r", str(kernel.vmlinuz)]
@@ -99,7 +103,8 @@ def build_vng_argv(req: VmRequest, kernel: GuestKernel, accel: str, vng: str) ->
     argv += ["--cpus", str(req.cpus), "--memory", req.memory]
     for d in req.rw_dirs:
         argv += ["--rwdir", str(d)]
-    argv += ["--exec", guest_shell_command(req, Path(vng).parent)]
+    prefix = copy.guest_argv() if copy is not None else None
+    argv += ["--exec", guest_shell_command(req, Path(vng).parent, prefix)]
     return argv
 
 
@@ -138,8 +143,10 @@ def run_in_vm(
     tools = tools or find_vm_tools()
     kernel = kernel or find_guest_kernel()
     accel = accel or choose_accel(kernel, qemu=tools.qemu)
-    argv = build_vng_argv(req, kernel, accel.accel, str(tools.vng))
+    copy, how = prepare_python_copy() if req.python_copy else (None, "off (--no-python-copy)")
+    argv = build_vng_argv(req, kernel, accel.accel, str(tools.vng), copy)
     say(f"kernel {kernel.version}, accel {accel.accel} ({accel.reason})")
+    say(f"guest's copy of the Python trees: {how}")
     say(f"command (with {tools.bin_dir} first on PATH): {shlex.join(argv)}")
     started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     header = [
