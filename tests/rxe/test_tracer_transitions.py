@@ -138,15 +138,20 @@ def test_forced_client_log_survives(power_shim, rxe_topology, results_dir, tmp_p
 
 EXAMPLE_RUN_S = 6  # the examples' traffic time: longer than the transition (500 ms hold)
 SOCKET_TIMEOUT_S = 10.0  # notify_client's socket in the clients directory
+# notify_client's traffic time, and a standby hold longer than all of it: its time runs out
+# while it is released (CI once saw it then poll its closed device and die of SIGSEGV)
+NOTIFY_RUN_S = 5
+NOTIFY_HOLD_MS = 6000
 
 
 @contextlib.contextmanager
 def traced_example(name: str, topo: Topology, tdir: Path, log_dir: Path, tag: str,
-                   clients_dir: Path) -> Iterator[subprocess.Popen]:
+                   clients_dir: Path, run_s: int = EXAMPLE_RUN_S
+                   ) -> Iterator[subprocess.Popen]:
     env = traced_env(make_trace_dir(tdir))
     env["RXE_POWER_CLIENTS_DIR"] = str(clients_dir)
     argv = [str(example_program(name)), topo.local.dev, str(topo.local.gid_index),
-            topo.peer.dev, str(topo.peer.gid_index), str(EXAMPLE_RUN_S)]
+            topo.peer.dev, str(topo.peer.gid_index), str(run_s)]
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / f"{tag}.log", "w") as out:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
@@ -161,19 +166,21 @@ def test_notify_client_releases_reopens_clean(power_shim, rxe_topology, results_
                                               tmp_path, request) -> None:
     """examples/notify_client.c under standby (clients-first): it answers released (its
     in-flight SENDs drained), so the delete finds no holder; on resume_complete it reopens
-    rxe0 and sends again. Its ledger: two opens of each device, every request completed-ok
-    and received once, no error, no failed call; exit 0."""
+    rxe0 and sends again. The hold outlasts its whole traffic time: released time does not
+    count, so it is still there to be resumed. Its ledger: two opens of each device, every
+    request completed-ok and received once, no error, no failed call; exit 0."""
     clients = power_shim.clients_dir
     clients.mkdir(mode=0o700, parents=True, exist_ok=True)
     tdir = tmp_path / "trace"
     with traced_example("notify_client", rxe_topology, tdir, results_dir / "logs",
-                        request.node.name, clients) as cli:
+                        request.node.name, clients, NOTIFY_RUN_S) as cli:
         wait_first_completion(tdir, cli.pid, cli)
         deadline = time.monotonic() + SOCKET_TIMEOUT_S
         while not list(clients.glob("notify_client.*.sock")):
             assert time.monotonic() < deadline, "no socket within SOCKET_TIMEOUT_S"
             time.sleep(POLL_S)  # polling interval of a bounded wait
-        res = power_shim.run("standby")
+        assert cli.poll() is None, "notify_client ended before the standby began"
+        res = power_shim.run("standby", hold_ms=NOTIFY_HOLD_MS)
         rc = wait_exit(cli, "notify_client")
     print(f"standby verdict {res.verdict}; answers {res.answers}; exit {rc}")
     assert res.verdict is Verdict.COMPLETED, res.reasons
