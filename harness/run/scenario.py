@@ -54,8 +54,10 @@ PROGRESS_POLL_S = 0.05
 WORKER_STOP_TIMEOUT_S = 5.0
 # How long the peer's probe SEND to a left-behind QP may take. Measured on rxe 6.1: to a
 # QP told by a goodbye it is flushed at once; to a vanished QP no completion came within
-# 30 s (rxe's requester kept retransmitting), so a short bound reports NO_COMPLETION.
-PEER_PROBE_TIMEOUT_S = 2.0
+# 30 s (rxe's requester kept retransmitting), so a short bound reports NO_COMPLETION. A
+# real HCA with the agent's QP settings (QpParams: timeout 14, ~67 ms a try; retry_cnt 7)
+# gives up after 8 tries, ~0.54 s, with RETRY_EXC_ERR: 1 s leaves it room to be seen.
+PEER_PROBE_TIMEOUT_S = 1.0
 LEDGER_PAGE_REQUESTS = 20_000  # asked for per page (the worker may send fewer)
 
 

@@ -140,8 +140,8 @@ EXAMPLE_RUN_S = 6  # the examples' traffic time: longer than the transition (500
 SOCKET_TIMEOUT_S = 10.0  # notify_client's socket in the clients directory
 # notify_client's traffic time, and a standby hold longer than all of it: its time runs out
 # while it is released (CI once saw it then poll its closed device and die of SIGSEGV)
-NOTIFY_RUN_S = 5
-NOTIFY_HOLD_MS = 6000
+NOTIFY_RUN_S = 4
+NOTIFY_HOLD_MS = 5000
 
 
 @contextlib.contextmanager
