@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import BoundExceeded
+from harness.core.forked import ForkedPython, fork_supported
 from harness.core.state import Entry, StateFile, alive, process_start, track, untrack
 
 STOP_GRACE_S = 3.0  # SIGTERM -> SIGKILL: the one grace every stop gives a process
@@ -197,9 +198,24 @@ def python_child(module: str, *args: str) -> list[str]:
             os.pathsep, module, *args]
 
 
-def spawn(argv: list[str], role: str, **popen_kw: Any) -> subprocess.Popen[Any]:
+def spawn_python(main: Callable[[list[str]], int], module: str, args: list[str], role: str,
+                 **popen_kw: Any) -> subprocess.Popen[Any]:
+    """A child of ours that runs `main(args)` of `module`, recorded under `role`: a fork of
+    this process where harness.core.forked can make one (its imports are done already:
+    seconds per child under TCG), else a new interpreter (`python_child(module, *args)`)."""
+    if fork_supported():
+        return spawn([], role, _forked=(main, args, f"python -m {module} (forked from pid "
+                                                  f"{os.getpid()}) {' '.join(args)}"),
+                     **popen_kw)
+    return spawn(python_child(module, *args), role, **popen_kw)
+
+
+def spawn(argv: list[str], role: str, _forked: tuple[Callable[[list[str]], int], list[str],
+                                                     str] | None = None,
+          **popen_kw: Any) -> subprocess.Popen[Any]:
     """Popen, recorded in the state file under `role`."""
-    proc = subprocess.Popen(argv, **popen_kw)
+    proc = ForkedPython(*_forked, **popen_kw) if _forked is not None \
+        else subprocess.Popen(argv, **popen_kw)
     try:
         track(proc, role)
     except BaseException:

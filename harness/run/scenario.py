@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clients import policy_import_roots
+from clients.worker import main as worker_main
 from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
 from harness.core.files import open_new
-from harness.core.proc import python_child, spawn, stop_child
+from harness.core.proc import spawn_python, stop_child
 from harness.core.protocol import Channel
 from harness.core.schemas import ChannelKind
 from harness.run.scenario_result import ClientEnd, ClientResult, ScenarioResult
@@ -73,10 +74,11 @@ class ClientWorker:
         ours, theirs = socket.socketpair()
         self._log = open_new(self.log_path)  # closed in close()
         roots = [a for r in policy_import_roots([policy]) for a in ("--import-root", r)]
-        self.proc = spawn(python_child("clients.worker", "--fd", str(theirs.fileno()), *roots),
-                          f"client worker {name} ({policy})",
-                          pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                          stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = spawn_python(worker_main, "clients.worker",
+                                 ["--fd", str(theirs.fileno()), *roots],
+                                 f"client worker {name} ({policy})",
+                                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                 stdout=self._log, stderr=subprocess.STDOUT)
         theirs.close()
         self.pid = self.proc.pid
         self.chan = Channel(ours, f"client {name} (pid {self.pid})", ChannelKind.WORKER)
