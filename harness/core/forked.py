@@ -14,8 +14,9 @@ start:
   KeyboardInterrupt, as in a new interpreter); the random generator is seeded afresh;
   logging has no handlers (the parent's would capture into memory nobody reads);
 - sys.stdout and sys.stderr write to fds 1 and 2, line by line;
-- the parent's garbage is collected at once (its fds are closed by then) and the rest
-  frozen, so no finalizer of the parent's objects can close a file of the child's;
+- the parent's objects are frozen for the collector (gc.freeze before the fork), so no
+  finalizer of the parent's garbage can close a file of the child's, and the child does
+  not copy the parent's heap page by page by walking it;
 - its command line (what /proc/PID/cmdline and so the holder scan shows) names what it
   runs, not the parent's command.
 
@@ -75,10 +76,14 @@ class ForkedPython(subprocess.Popen[Any]):
         for fh in (sys.stdout, sys.stderr):  # nothing buffered here is written twice
             with contextlib.suppress(OSError, ValueError):
                 fh.flush()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            _child(self._target, self._argv, self._title, p2cread, c2pwrite, errwrite,
-                   tuple(pass_fds))
+        gc.freeze()  # see _fresh_process_state: the child never collects what is here now
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: never returns
+                _child(self._target, self._argv, self._title, p2cread, c2pwrite, errwrite,
+                       tuple(pass_fds))
+        finally:  # only the parent gets here: the child ends in os._exit
+            gc.unfreeze()  # the parent collects as before
         self.pid = pid
         self._child_created = True
         self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite,  # type: ignore[attr-defined]
@@ -131,11 +136,11 @@ def _fresh_process_state() -> None:
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
     sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr  # type: ignore[misc]
-    # The parent's garbage is finalized now, while every fd above 2 but pass_fds is closed
-    # (a late finalizer closing an fd number the child reused would close the child's
-    # file), and what survives is frozen: never collected, never finalized here.
-    gc.collect()
-    gc.freeze()
+    # Every object of the parent's was frozen before the fork (gc.freeze): the child's
+    # collector never visits them (no copy-on-write of the parent's heap for it) and never
+    # finalizes the parent's garbage (a finalizer closing an fd number the child reused
+    # would close the child's file). What the child itself drops is finalized while every
+    # inherited fd above 2 but pass_fds is already closed.
 
 
 def set_cmdline(title: str) -> bool:
