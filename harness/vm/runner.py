@@ -11,6 +11,7 @@ import datetime as dt
 import os
 import re
 import shlex
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,15 @@ from harness.vm.accel import ACCELS, AccelChoice, choose_accel
 from harness.vm.kernel import GuestKernel, find_guest_kernel
 from harness.vm.messages import say
 from harness.vm.process import TIMEOUT_EXIT_CODE, run_logged
-from harness.vm.python_copy import PythonCopy, prepare_python_copy
+from harness.vm.python_copy import PythonCopy, archive_dir, prepare_python_copy
 from harness.vm.tools import VmTools, find_vm_tools
 
+# vng hands the guest command over on the kernel command line, base64-encoded
+# (`virtme.exec=`): x86 keeps 2048 bytes of it in all, and a longer line is cut, which
+# hangs the boot with no output at all (measured: `rxe-power test` with four test files
+# named, 3 s of guest CPU in 6 minutes). A command longer than this is handed over as a
+# script file in build/vm-python instead, removed after the run.
+EXEC_INLINE_MAX_CHARS = 800
 VM_RUN_TIMEOUT_S = 1500.0  # whole guest command, boot included (TCG boot is ~15 s)
 GUEST_SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -116,6 +123,17 @@ def _host_env(bin_dir: Path) -> dict[str, str]:
     return env
 
 
+def exec_argument(shell_command: str) -> tuple[str, Path | None]:
+    """What goes after vng's --exec: the command itself when it is short, else `sh
+    SCRIPT` and the script file written here (EXEC_INLINE_MAX_CHARS says why)."""
+    if len(shell_command) <= EXEC_INLINE_MAX_CHARS:
+        return shell_command, None
+    fd, name = tempfile.mkstemp(prefix="guest-command-", suffix=".sh", dir=archive_dir())
+    with os.fdopen(fd, "w") as f:
+        f.write(shell_command + "\n")
+    return f"sh {shlex.quote(name)}", Path(name)
+
+
 def _validate_request(req: VmRequest) -> None:
     check_number("--timeout-s", req.timeout_s, 0, MAX_TIMEOUT_S, "s", "MAX_TIMEOUT_S",
                  lo_open=True)
@@ -158,14 +176,22 @@ def run_in_vm(
         f"guest command: {shlex.join(req.command)}",
         f"timeout_s: {req.timeout_s:g}",
     ]
-    outcome = run_logged(
-        argv,
-        log_path=req.log_path,
-        timeout_s=req.timeout_s,
-        header=header,
-        env=_host_env(tools.bin_dir),
-        cwd=req.cwd,
-    )
+    argv[-1], script = exec_argument(argv[-1])
+    if script is not None:
+        header.append(f"guest command handed over as the script {script} (too long for the "
+                      f"kernel command line: EXEC_INLINE_MAX_CHARS={EXEC_INLINE_MAX_CHARS})")
+    try:
+        outcome = run_logged(
+            argv,
+            log_path=req.log_path,
+            timeout_s=req.timeout_s,
+            header=header,
+            env=_host_env(tools.bin_dir),
+            cwd=req.cwd,
+        )
+    finally:
+        if script is not None:
+            script.unlink(missing_ok=True)
     if outcome.timed_out:
         say(
             f"timed out: the VM ran {outcome.duration_s:.1f} s of its {req.timeout_s:g} s "

@@ -166,3 +166,17 @@ def test_the_guest_script_undoes_its_binds_and_runs_on_the_tree_when_a_copy_fail
     done = run_script(tmp_path, [tmp_path / "no.tar.zst"], [src], "exit 0")
     assert done.returncode == 0
     assert f"unpacking {tmp_path / 'no.tar.zst'} failed" in done.stderr
+
+
+def test_a_long_guest_command_is_handed_over_as_a_script(archive_dir: Path) -> None:
+    """The kernel command line that carries the command is cut at 2048 bytes (a cut one
+    hung the boot): a long command goes over as a script file the guest runs."""
+    assert vm_runner.exec_argument("echo hi") == ("echo hi", None)
+    long_cmd = "cd / && exec env A=" + "x" * 900 + " sh -c 'printf %s \"$A\" | wc -c'"
+    inline, script = vm_runner.exec_argument(long_cmd)
+    assert script is not None and script.parent == archive_dir
+    assert len(inline) <= vm_runner.EXEC_INLINE_MAX_CHARS
+    assert script.read_text() == long_cmd + "\n"
+    done = subprocess.run(shlex.split(inline), capture_output=True, text=True,
+                          timeout=SCRIPT_TIMEOUT_S)
+    assert done.stdout.strip() == "900", done
