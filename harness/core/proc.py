@@ -203,19 +203,19 @@ def spawn_python(main: Callable[[list[str]], int], module: str, args: list[str],
     """A child of ours that runs `main(args)` of `module`, recorded under `role`: a fork of
     this process where harness.core.forked can make one (its imports are done already:
     seconds per child under TCG), else a new interpreter (`python_child(module, *args)`)."""
-    if fork_supported():
-        return spawn([], role, _forked=(main, args, f"python -m {module} (forked from pid "
-                                                  f"{os.getpid()}) {' '.join(args)}"),
-                     **popen_kw)
-    return spawn(python_child(module, *args), role, **popen_kw)
+    if not fork_supported():
+        return spawn(python_child(module, *args), role, **popen_kw)
+    title = f"python -m {module} (forked from pid {os.getpid()}) {' '.join(args)}"
+    return _tracked(ForkedPython(main, args, title, **popen_kw), role)
 
 
-def spawn(argv: list[str], role: str, _forked: tuple[Callable[[list[str]], int], list[str],
-                                                     str] | None = None,
-          **popen_kw: Any) -> subprocess.Popen[Any]:
+def spawn(argv: list[str], role: str, **popen_kw: Any) -> subprocess.Popen[Any]:
     """Popen, recorded in the state file under `role`."""
-    proc = ForkedPython(*_forked, **popen_kw) if _forked is not None \
-        else subprocess.Popen(argv, **popen_kw)
+    return _tracked(subprocess.Popen(argv, **popen_kw), role)
+
+
+def _tracked(proc: subprocess.Popen[Any], role: str) -> subprocess.Popen[Any]:
+    """`proc` recorded in the state file under `role`; killed if it cannot be recorded."""
     try:
         track(proc, role)
     except BaseException:
