@@ -119,6 +119,8 @@ class ClientCore(ClientIoPath):
             self.held_below = self.n_arrived
         self.note("opened", generation=self.generation, dev=info.dev,
                   held_below=self.held_below,
+                  agent_qps=[a["qp_id"] for a in self.agent_qps
+                             if a["generation"] == self.generation],
                   device_ms=round((t1 - t0) / 1e6, 3), connect_ms=round((t2 - t1) / 1e6, 3),
                   qps=spec.qps)
 
@@ -149,6 +151,7 @@ class ClientCore(ClientIoPath):
         self._errored = []
         self.admitting = False
         self.round += 1
+        self.note("round", round=self.round)  # the journal's books restart here
         self.open(self.device_info)
         self.round_generation = self.generation
 

@@ -21,7 +21,7 @@ from harness.rdma import payload
 from harness.rdma.names import wc_status_name
 from harness.rdma.payload import READ_SEQ
 from harness.rdma.verbs import SEND_SIGNALED, opcode
-from harness.workload.journal import JOURNAL_FLUSH_S, journal_lines, note_line
+from harness.workload.journal import journal_lines, note_line
 from harness.workload.recorder import Recorder
 from harness.workload.spec import AppRequest, Arrivals, Op, WorkloadSpec
 
@@ -47,7 +47,6 @@ class ClientIoPath:
         self.open_loop = False
         self.start_queue()
         self._errored: list[int] = []  # error completions since the last flush_all
-        self._jflushed = 0.0  # time.monotonic() of the last journal write
         self._slot_size = spec.slot_size
         self._read_want = payload.encode(READ_SEQ, spec.slot_size)
         self._burst = bursts(spec)
@@ -86,7 +85,7 @@ class ClientIoPath:
         each waits in the queue, or is refused at once while `refusing` is set."""
         if not self.open_loop or self.t0_ns is None:
             return
-        due = self.spec.arrived_by(now_ns - self.t0_ns)
+        due = min(self.spec.arrived_by(now_ns - self.t0_ns), len(self.requests))
         t0, spec, ledger = self.t0_ns, self.spec, self.ledger
         for i in range(self.n_arrived, due):
             ledger.arrived(i, t0 + spec.arrival_offset_ns(i))
@@ -96,6 +95,27 @@ class ClientIoPath:
             else:
                 self.queue.append(i)
         self.n_arrived = max(self.n_arrived, due)
+
+    def stop_arrivals(self) -> dict[str, Any]:
+        """The application stops handing requests over (a RESUMED workload, at the
+        controller's word): what has arrived by now (open loop) or has been taken (closed
+        loop: posted, refused or replayed at least once) is the round's workload; the rest
+        never existed for the application and leaves the ledger. `ran_dry`: every request
+        of the cap had already been issued, so the workload ended before it was stopped."""
+        if self.open_loop:
+            self.arrive(time.monotonic_ns())
+            issued = self.n_arrived
+        else:
+            untouched = [i for i in self.queue if not self.ledger.natt[i]
+                         and not self.ledger.outcome[i]]
+            issued = min(untouched, default=len(self.requests))
+            self.queue = collections.deque(i for i in self.queue if i < issued)
+        ran_dry = issued >= len(self.requests)
+        if not ran_dry:
+            self.ledger.truncate(issued)
+            self.requests = self.requests[:issued]
+        self.note("stopped", upto=issued, ran_dry=ran_dry)
+        return {"issued": issued, "ran_dry": ran_dry}
 
     def refuse(self, reason: str) -> None:
         """Refuse to the application what waits in the queue and, until refusing is
@@ -119,26 +139,23 @@ class ClientIoPath:
         if len(self.events) < MAX_EVENTS:
             self.events.append({"t_ns": time.monotonic_ns(), "event": what, **detail})
         if self.journal is not None:
-            self.flush_journal(flush=False)
+            self.flush_journal()
             self.journal.write(note_line(time.monotonic_ns(), what, detail))
             self.journal.flush()
 
-    def flush_journal(self, flush: bool = True, due_only: bool = False,
-                      reason: str = "") -> None:
-        """Write the postings and completions since the last flush, in order, one line per
-        run of the same kind: {"event": "posted"|"completed", "detail": {"reqs": [...]}}.
-        The worker calls this (`due_only`) before it waits: the journal lags the worker by
-        at most JOURNAL_FLUSH_S, which is what a worker killed while running can lose
-        (harness.run.scenario's ClientWorker.in_flight reads it)."""
+    def flush_journal(self, reason: str = "") -> None:
+        """Write the arrivals, postings, completions and refusals since the last write, in
+        order, in one write: {"event": "posted"|"completed", "detail": {"reqs": [...]}}.
+        It runs before every ibv_post_send (the postings are written ahead of the post),
+        after every batch of completions and before the worker waits: the journal lives in
+        memory the controller shares (a memfd, harness.run.scenario), so what a worker
+        killed at any moment leaves there is everything it had posted and every
+        completion it had taken (ClientWorker.journal_ledger reads it)."""
         pend, refused = self._jpend, self._jrefused
         arrived = self.n_arrived if self.n_arrived > self._jarrived else 0
         if self.journal is None or not (pend or refused or arrived):
             self._jpend, self._jrefused, self._jerr = [], [], {}
             return
-        now = time.monotonic()
-        if due_only and now - self._jflushed < JOURNAL_FLUSH_S:
-            return
-        self._jflushed = now
         t_ns = time.monotonic_ns()
         text = note_line(t_ns, "arrived", {"upto": arrived}) if arrived else ""
         if pend:
@@ -149,8 +166,7 @@ class ClientIoPath:
         self._jpend, self._jrefused, self._jerr = [], [], {}
         self._jarrived = max(self._jarrived, self.n_arrived)
         self.journal.write(text)
-        if flush:
-            self.journal.flush()
+        self.journal.flush()
 
     def error(self, what: str) -> None:
         """Record an error; the policy reacts in dispatch_errors(), once the completions
@@ -258,6 +274,7 @@ class ClientIoPath:
                 conn.unsignaled = 0
         self.ledger.posted(req.req_id, conn.generation, time.monotonic_ns(), self.held_below)
         self._jpend.append(seq)
+        self.flush_journal()  # written ahead of the post: a kill after it loses nothing
         try:
             conn.qp.post(wr)
         except OsCallError as exc:
@@ -304,6 +321,7 @@ class ClientIoPath:
         for req in reqs:
             self.ledger.posted(req.req_id, gen, now, self.held_below)
         conn.free_slots.clear()
+        self.flush_journal()  # written ahead of the post: a kill after it loses nothing
         refused = conn.qp.post_chain(chain[0])
         posted = qd if refused is None else refused[0] - 1  # wr_id = slot + 1
         conn.n_inflight += posted
@@ -325,6 +343,12 @@ class ClientIoPath:
         """Take every completion there is, in batches. `ready`: the fds the caller's select
         found readable (in events mode only those QPs can have new completions); None
         looks at every QP."""
+        try:
+            self._reap(ready)
+        finally:
+            self.flush_journal()  # the completions taken, before anything else happens
+
+    def _reap(self, ready: set[int] | None) -> None:
         for conn in list(self.conns.values()):
             qp = conn.qp
             if ready is not None and qp.params.use_events:

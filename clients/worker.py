@@ -7,10 +7,12 @@ control socket (fd N, a socketpair end from the controller). Protocol: the
 (event, payload) JSON lines of harness.core.protocol on the WORKER channel
 (harness.core.schemas.WORKER_REQUESTS):
 
-    start    {name, policy, spec, device, agent_socket, clients_dir, journal}
+    start    {name, policy, spec, device, agent_socket, clients_dir}
              -> {generation}                 device opened, QPs connected
     go       {} -> {}                         start posting the workload
-    progress {} -> {posted, completed, queued, outstanding, counts}
+    progress {} -> {outstanding, queued, counts, done}
+    stop     {} -> {issued, ran_dry}           the application stops handing requests over
+             (a RESUMED workload): what was issued by now is the round's workload
     finish   {timeout_s} -> the client's report (counts, metrics, events; the ledger's
              size in "requests") when every request has an outcome, or at the deadline
              (in flight: LOST)
@@ -21,7 +23,9 @@ control socket (fd N, a socketpair end from the controller). Protocol: the
     round    {spec} -> {generation}           after a finish: the next workload round on
              the same device with a fresh QP generation and ledger (rxe-power stress)
 
-The worker lives until the controller closes the socket.
+The worker lives until the controller closes the socket. Its journal (--journal-fd, a
+memfd the controller made and reads back if the worker dies) gets every posting before
+the post and every completion as it is taken (harness.workload.journal).
 
 Power notices come straight from the shim on the client's own socket
 (power.notify.ClientEndpoint). Every posting and completion also goes to the
@@ -47,7 +51,6 @@ from clients.connection import Policy
 from clients.core import ClientCore
 from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError, RxePowerError
-from harness.core.files import open_new
 from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader, Message, decode, error_reply
 from harness.core.schemas import ChannelKind
 from harness.rdma.event_fds import raise_fd_limit
@@ -75,8 +78,9 @@ def wait_any(fds: list[Waitable], timeout_s: float) -> set[Waitable]:
 
 
 class Worker:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, journal_fd: int | None = None) -> None:
         self.sock = sock
+        self.journal_fd = journal_fd
         self.reader = LineReader()
         self.core: ClientCore | None = None
         self.endpoint: ClientEndpoint | None = None
@@ -100,6 +104,8 @@ class Worker:
             c = self.core
             self.reply(msg, "ok", {"outstanding": c.outstanding(), "queued": len(c.queue),
                                    "counts": c.ledger.counts(), "done": c.done()})
+        elif msg.event == "stop":
+            self.reply(msg, "ok", self.core.stop_arrivals())
         elif msg.event == "finish":
             self.finish_msg = msg
             self.finish_deadline = time.monotonic() + msg.payload["timeout_s"]
@@ -125,7 +131,10 @@ class Worker:
 
     def start(self, p: dict[str, Any]) -> ClientCore:
         policy: Policy = policy_class(p["policy"])()
-        self.journal = open_new(Path(p["journal"]), append=True)  # closed at exit
+        if self.journal_fd is None:
+            raise RxePowerError("start without a journal", "start the worker with --journal-fd")
+        self.journal = os.fdopen(self.journal_fd, "w", encoding="utf-8")  # closed at exit
+        self.journal_fd = None  # the file object owns it now
         core = self.core = ClientCore(p["name"], policy, WorkloadSpec.from_json(p["spec"]),
                                       DeviceInfo.from_json(p["device"]), p["agent_socket"],
                                       self.journal)
@@ -154,7 +163,7 @@ class Worker:
             timeout = TICK_S
             if self.core is not None:
                 core = self.core
-                core.flush_journal(due_only=True)  # see JOURNAL_FLUSH_S
+                core.flush_journal()  # arrivals and refusals, before the wait
                 if core.spec.completion == "poll":
                     timeout = 0
                 elif (due := core.pace_delay()) is not None:
@@ -233,6 +242,8 @@ class Worker:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="clients.worker", description=__doc__.split("\n")[0])
     ap.add_argument("--fd", type=int, required=True, help="the control socket's fd")
+    ap.add_argument("--journal-fd", type=int, required=True,
+                    help="the journal's fd (a memfd the controller reads back after a kill)")
     ap.add_argument("--import-root", action="append", default=[],
                     help="a folder a `module:Class` policy is imported from (the controller "
                          "found it; this process runs with -P: no working directory on its path)")
@@ -240,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.extend(r for r in args.import_root if r not in sys.path)
     sock = socket.socket(fileno=args.fd)
     raise_fd_limit()
-    worker = Worker(sock)
+    worker = Worker(sock, args.journal_fd)
 
     def on_sigterm(signum: int, frame: object) -> None:
         """Terminated (the shim under --on-veto force): the journal gets what is pending,

@@ -44,6 +44,15 @@ class StepKind(StrEnum):
     PM_SUSPEND = "pm-suspend"
 
 
+# The steps that take the device away from its clients, and those that give it back: the
+# device is away from the first one's begin to the last one's end (a pm-suspend step is
+# both: the system sleeps and resumes inside it)
+DEVICE_AWAY_STEPS = frozenset({StepKind.PORT_DOWN, StepKind.DELETE_DEVICE,
+                               StepKind.DESTROY_NETDEV, StepKind.PM_SUSPEND})
+DEVICE_BACK_STEPS = frozenset({StepKind.PORT_UP, StepKind.CREATE_DEVICE,
+                               StepKind.CREATE_NETDEV, StepKind.PM_SUSPEND})
+
+
 @dataclass(frozen=True)
 class StepDoc:
     kernel_ops: str  # what the shim makes the kernel do

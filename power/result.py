@@ -11,8 +11,16 @@ from typing import Any
 from harness.core.bounds import MAX_HOLD_MS, MAX_WAIT_S, check_number
 from harness.core.errors import RxePowerError, SettingError
 from harness.core.files import atomic_write
+from harness.workload.coverage import FaultWindow
 from power.kmsg import KmsgScan
-from power.plan import OnVeto, Ordering, StepKind, get_transition
+from power.plan import (
+    DEVICE_AWAY_STEPS,
+    DEVICE_BACK_STEPS,
+    OnVeto,
+    Ordering,
+    StepKind,
+    get_transition,
+)
 from power.pmtest import DEFAULT_PM_LEVEL, PM_LEVELS
 from power.timeline import Timeline
 from power.veto import VETO_WAIT_TIMEOUT_S, VetoReport
@@ -102,6 +110,21 @@ class StepRecord:
                    d.get("detail", {}), d.get("error", ""))
 
 
+def fault_window(steps: list[StepRecord]) -> FaultWindow | None:
+    """The transition's window on CLOCK_MONOTONIC, from the steps that ran (None: none
+    ran): the whole span, and the device away from the first away step's begin to the
+    last back step's end (harness.workload.coverage)."""
+    ran = [s for s in steps if s.outcome != "skipped" and s.begin_ns]
+    if not ran:
+        return None
+    away = [s.begin_ns for s in ran if s.step in DEVICE_AWAY_STEPS]
+    back = [s.end_ns for s in ran if s.step in DEVICE_BACK_STEPS and s.end_ns]
+    begin, end = min(s.begin_ns for s in ran), max(max(s.end_ns, s.begin_ns) for s in ran)
+    if away and back and max(back) >= min(away):
+        return FaultWindow(begin, end, min(away), max(back))
+    return FaultWindow(begin, end)
+
+
 @dataclass
 class TransitionResult:
     request: TransitionRequest
@@ -124,6 +147,9 @@ class TransitionResult:
 
     def step(self, kind: StepKind) -> StepRecord | None:
         return next((s for s in self.steps if s.step is kind), None)
+
+    def fault_window(self) -> FaultWindow | None:
+        return fault_window(self.steps)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -31,6 +31,7 @@ from clients.kernel.ulp_scenario import (
     HUNG_TASK,
     HUNG_TASK_TIMEOUT_S,
     back_ns,
+    io_coverage,
     judge,
     restore_sysctl,
     run_on,
@@ -52,6 +53,7 @@ from harness.workload.block_ledger import (
     outcome,
     summarize,
 )
+from harness.workload.coverage import Coverage
 from power import kmsg
 from power.notify import SuspendReply
 from power.plan import OnVeto, Ordering
@@ -107,6 +109,8 @@ class NfsResult:
     hang: dict[str, Any] | None = None  # (nvme only; the shape is shared)
     # what the teardown could not remove (see NvmeResult.teardown_left)
     teardown_left: list[str] = field(default_factory=list)
+    # how the I/O met the transition (harness.workload.coverage)
+    coverage: Coverage | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -259,7 +263,9 @@ def run_nfs(shim: Shim, cfg: TopologyConfig, sc: NfsScenario,
         conns = route_guard.connections(cm_s.samples, server.cfg.port,
                                         win.start_ns if win else 0, win.end_ns if win else 0)
         bad_conns = route_guard.off_wire(conns, cfg)
-        findings, status = judge(ledger, conns, bad_conns, scan, tres, None, cfg.local_dev)
+        coverage = io_coverage(records, tres)
+        findings, status = judge(ledger, conns, bad_conns, scan, tres, None, cfg.local_dev,
+                                 coverage)
         if settled["timed_out"]:
             findings.append(f"the client was not connected again within SETTLE_TIMEOUT_S="
                             f"{SETTLE_TIMEOUT_S:g}s of the device's return")
@@ -270,7 +276,7 @@ def run_nfs(shim: Shim, cfg: TopologyConfig, sc: NfsScenario,
             transport_changes(cm_s.samples, server.cfg.port),
             [c.to_json() for c in conns], [c.to_json() for c in bad_conns], survived,
             str(now.mount_id) if now else "", detect, recover, scan.to_json(), findings,
-            status, events, settled)
+            status, events, settled, coverage=coverage)
     finally:
         if pm is not None:
             shim.notifier.unregister(pm)

@@ -32,6 +32,7 @@ from clients.kernel.ulp_scenario import (
     HUNG_TASK_TIMEOUT_S,
     back_ns,
     began_ns,
+    io_coverage,
     restore_sysctl,
     run_on,
     set_sysctl,
@@ -53,6 +54,7 @@ from harness.workload.block_ledger import (
     outcome,
     summarize,
 )
+from harness.workload.coverage import Coverage
 from power import kmsg
 from power.notify import SuspendReply
 from power.plan import OnVeto, Ordering, StepKind
@@ -101,6 +103,8 @@ class NvmeResult:
     # what the teardown could not remove (a controller whose delete the kernel held): the
     # kernel is in no state for another scenario of this client
     teardown_left: list[str] = field(default_factory=list)
+    # how the I/O met the transition (harness.workload.coverage)
+    coverage: Coverage | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -242,13 +246,15 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
                                         win.start_ns if win else 0,
                                         win.end_ns if win else 0)
         bad_conns = route_guard.off_wire(conns, cfg)
-        findings, status = _judge(ledger, conns, bad_conns, scan, tres, hang, cfg.local_dev)
+        coverage = io_coverage(records, tres)
+        findings, status = _judge(ledger, conns, bad_conns, scan, tres, hang, cfg.local_dev,
+                                  coverage)
         res = NvmeResult(
             asdict(sc) | {"ordering": sc.ordering.value}, opts.to_json(), tres, ledger,
             [r.to_json() for r in records], [asdict(s) for s in ctrl_s.samples],
             [c.to_json() for c in conns], [c.to_json() for c in bad_conns], survived,
             after, detect, recover, scan.to_json(), findings, status, events, settled,
-            hang.to_json() if hang else None)
+            hang.to_json() if hang else None, coverage=coverage)
     finally:
         if pm is not None:
             shim.notifier.unregister(pm)

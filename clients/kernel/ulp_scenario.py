@@ -15,9 +15,11 @@ from typing import Any, Protocol
 
 from harness.core.errors import BoundExceeded
 from harness.core.state import StateFile
-from harness.workload.block_ledger import IoOutcome, LedgerSummary, Window
+from harness.workload.block_ledger import IoOutcome, IoRecord, LedgerSummary, Window
+from harness.workload.coverage import Coverage, Span
 from power import kmsg
 from power.plan import StepKind
+from power.result import StepRecord, fault_window
 
 PROGRESS_TIMEOUT_S = 60.0  # the workload reaches its transition point
 HUNG_TASK_TIMEOUT_S = 10  # the guest's hung_task_timeout_secs during a scenario
@@ -82,13 +84,26 @@ def back_ns(tr: dict[str, Any]) -> int | None:
     return int(out) if out is not None else None
 
 
+def io_coverage(records: list[IoRecord], tres: dict[str, Any]) -> Coverage | None:
+    """How the block I/O met the transition (harness.workload.coverage): each I/O from its
+    submission to its completion (None: stuck). None when no step ran."""
+    win = fault_window([StepRecord.from_json(s) for s in tres.get("steps", [])])
+    if win is None:
+        return None
+    return Coverage.of((Span(r.submit_ns, r.done_ns) for r in records), win)
+
+
 def judge(ledger: LedgerSummary, conns: list[Any], bad_conns: list[Any], scan: kmsg.KmsgScan,
           tres: dict[str, Any], hang: Any = None,
-          dev: str = "rxe0") -> tuple[list[str], str]:
-    """The row's findings and status (clean / bad / broken) from what was measured.
-    `hang`: an nvme_hang.HangReport when a controller held the device's delete."""
+          dev: str = "rxe0", coverage: Coverage | None = None) -> tuple[list[str], str]:
+    """The row's findings and status (clean / bad / missed / broken) from what was
+    measured. `hang`: an nvme_hang.HangReport when a controller held the device's delete.
+    `coverage`: how the I/O met the transition; the I/O runs on past it by construction
+    (until the client settled, and more), so none crossing it or none after it makes the
+    row no measurement (`missed`)."""
     findings = []
     broken = False
+    missed = coverage.missed(require_after=True) if coverage is not None else []
     if hang is not None:
         # a finding of the kernel's, not of the harness: the row stays readable. Only a
         # hang the harness could not end (or a local side it could not restore) breaks it
@@ -127,4 +142,6 @@ def judge(ledger: LedgerSummary, conns: list[Any], bad_conns: list[Any], scan: k
     findings += [f"kernel log: {h.pattern}: {h.record.message}" for h in scan.hits]
     bad = bool(ledger.lost_seqs or ledger.corrupted_seqs or ledger.reads_bad
                or ledger.count(IoOutcome.STUCK) or scan.hits or hang)
-    return findings, "broken" if broken else "bad" if bad else "clean"
+    findings += missed
+    return findings, ("broken" if broken else "missed" if missed else "bad" if bad
+                      else "clean")

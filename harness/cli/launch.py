@@ -90,7 +90,7 @@ def run_in_guest(argv: list[str], timeout_s: float, log_name: str,
     folders = [RESULTS_DIR, *(p.parent for p in promised)]
     req = runner.VmRequest(command=argv, rw_dirs=guest_rw_dirs(folders, Path.cwd().absolute()),
                            log_path=RESULTS_DIR / log_name, timeout_s=timeout_s,
-                           env=_forwarded_env())
+                           cpus=settings.vm_cpus(), env=_forwarded_env())
     before = {p: _mtime_ns(p) for p in promised}
     result = runner.run_in_vm(req)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

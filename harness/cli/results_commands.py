@@ -36,7 +36,7 @@ from harness.run.outside import CLIENT_EXIT_TIMEOUT_S
 from harness.run.session import RESULTS_FILE
 from harness.run.stress import StressSpec, make_progress, run_stress
 from harness.topology.config import TopologyConfig
-from harness.workload.spec import Arrivals
+from harness.workload.spec import RESUMED_CAP_S, Arrivals, WorkloadEnd
 from power.plan import parse_on_veto, parse_ordering
 
 MATRIX_VM_TIMEOUT_S = 3600.0
@@ -80,7 +80,8 @@ def matrix_spec(args: argparse.Namespace) -> MatrixSpec:
                       args.server_cmd or "", args.client_exit_timeout_s,
                       parse_arrivals(args.arrivals),
                       split_csv(args.kernel_transitions)
-                      or (RUN_KERNEL_TRANSITIONS if run and not args.policy else ())).validate()
+                      or (RUN_KERNEL_TRANSITIONS if run and not args.policy else ()),
+                      parse_end(args.end), args.settle_ms).validate()
 
 
 def parse_arrivals(text: str) -> Arrivals:
@@ -88,6 +89,14 @@ def parse_arrivals(text: str) -> Arrivals:
         return Arrivals(text)
     except ValueError:
         raise SettingError(f"unknown --arrivals {text!r}", "use open or closed") from None
+
+
+def parse_end(text: str) -> WorkloadEnd:
+    try:
+        return WorkloadEnd(text)
+    except ValueError:
+        raise SettingError(f"unknown --end {text!r}",
+                           f"use one of: {', '.join(e.value for e in WorkloadEnd)}") from None
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -112,7 +121,8 @@ def stress_spec(args: argparse.Namespace) -> StressSpec:
                       split_csv(args.policy) or StressSpec.policies, args.mix, args.count,
                       args.rate,
                       args.queue_depth, args.hold_ms, parse_on_veto(args.on_veto), args.maxfail,
-                      args.keep_ledgers, parse_arrivals(args.arrivals)).validate()
+                      args.keep_ledgers, parse_arrivals(args.arrivals), parse_end(args.end),
+                      args.settle_ms).validate()
 
 
 def cmd_stress(args: argparse.Namespace) -> int:
@@ -145,7 +155,9 @@ def _common(p: argparse.ArgumentParser, mode_help: str, timeout_s: float) -> Non
 
 
 def _workload_options(p: argparse.ArgumentParser, count: int, hold_ms: int) -> None:
-    p.add_argument("--count", type=int, default=count, help="requests per client")
+    p.add_argument("--count", type=int, default=count, help="requests per client (--end "
+                   "count), or their cap (--end resumed: at least --rate x "
+                   f"{RESUMED_CAP_S:g} s)")
     p.add_argument("--rate", type=float, default=60.0,
                    help="requests per second per client (0: as fast as the queue allows)")
     p.add_argument("--queue-depth", type=int, default=4, help="outstanding requests per QP")
@@ -191,6 +203,14 @@ def _arrivals_option(p: argparse.ArgumentParser) -> None:
                    help="open (the default: requests arrive at --rate whatever the device "
                    "does, so they keep coming while it sleeps) or closed (the next request "
                    "comes only when the client can take it)")
+    p.add_argument("--end", default=MatrixSpec.end.value,
+                   help="resumed (the default: requests keep coming until the transition "
+                   "has ended and --settle-ms more, so the transition meets the workload "
+                   "whatever the machine's speed; --count is then a cap) or count (the "
+                   "workload is --count requests; a transition that comes after the last "
+                   "one makes the row `missed`)")
+    p.add_argument("--settle-ms", type=int, default=MatrixSpec.settle_ms,
+                   help="--end resumed: how long requests keep coming after the transition")
 
 
 def add_stress_options(p: argparse.ArgumentParser, mode_help: str) -> None:

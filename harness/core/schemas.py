@@ -59,9 +59,10 @@ PEER_REQUESTS: Schema = {  # controller or client worker -> peer agent
 
 WORKER_REQUESTS: Schema = {  # controller -> client worker (clients.worker documents each)
     "start": {"name": str, "policy": str, "spec": dict, "device": dict, "agent_socket": str,
-              "clients_dir": str, "journal": str},
+              "clients_dir": str},
     "go": {},
     "progress": {},
+    "stop": {},
     "finish": {"timeout_s": SECONDS},
     "round": {"spec": dict},
     "ledger": {"start": int, "limit": int},

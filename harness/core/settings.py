@@ -194,6 +194,7 @@ IN_VM_ENV = "RXE_POWER_IN_VM"  # "1" inside the guest the runner booted
 BENCH_HOST_ENV = "RXE_POWER_BENCH_HOST"  # the host's load as JSON, handed to a guest bench
 VM_KERNEL_ENV = "RXE_POWER_VM_KERNEL"  # the guest kernel to boot instead of the newest
 VM_ACCEL_ENV = "RXE_POWER_VM_ACCEL"  # kvm or tcg: skip the accelerator probe
+VM_CPUS_ENV = "RXE_POWER_VM_CPUS"  # the guest's vCPUs (default 2): 1 slows it on purpose
 RUNTIME_DIR_ENV = "XDG_RUNTIME_DIR"  # a non-root user's per-boot directory
 MPL_CONFIG_ENV = "MPLCONFIGDIR"  # matplotlib's configuration and font cache
 OWN_PREFIX = "RXE_POWER_"  # every variable of ours: forwarded into the guest
@@ -285,6 +286,25 @@ def vm_accel_override(environ: Mapping[str, str] | None = None) -> str | None:
     return _env(VM_ACCEL_ENV, environ)
 
 
+DEFAULT_VM_CPUS = 2
+MAX_VM_CPUS = 64
+
+
+def parse_vm_cpus(raw: str) -> int:
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_VM_CPUS:
+        raise ValueError(f"{raw!r} is not a vCPU count 1..{MAX_VM_CPUS}")
+    return int(raw)
+
+
+def vm_cpus(environ: Mapping[str, str] | None = None) -> int:
+    """The guest's vCPUs: RXE_POWER_VM_CPUS (1 runs the harness on a deliberately slow
+    machine), default DEFAULT_VM_CPUS."""
+    n = _env_parsed(VM_CPUS_ENV, parse_vm_cpus, str(DEFAULT_VM_CPUS),
+                    f"a vCPU count 1..{MAX_VM_CPUS}", environ)
+    assert n is not None  # a default is given
+    return n
+
+
 def parse_json_object(raw: str) -> dict[str, Any]:
     try:
         val = json.loads(raw)
@@ -337,3 +357,4 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     clients_dir(environ)
     runtime_dir(environ)
     bench_host(environ)
+    vm_cpus(environ)

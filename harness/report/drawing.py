@@ -33,7 +33,8 @@ OUTCOME_COLOURS = {
     "lost": "#000000",  # (a kernel client's stuck I/O is drawn as lost: never completed)
 }
 UNACCOUNTED_COLOUR = "#e377c2"  # no outcome at all: a harness bug (the row is broken)
-STATUS_COLOURS = {"clean": "#2e7d32", "bad": "#c62828", "broken": "#6a1b9a"}
+STATUS_COLOURS = {"clean": "#2e7d32", "bad": "#c62828", "missed": "#b26a00",
+                  "broken": "#6a1b9a"}
 OP_MARKERS = {"SEND": "o", "WRITE": "s", "READ": "^", "FETCH_ADD": "D"}
 PORT_COLOURS = {"ACTIVE": "#2ca02c", "DOWN": "#ff7f0e", "absent": "#d62728"}
 STEP_COLOURS = ("#dbe9f6", "#ececec")

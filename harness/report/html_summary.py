@@ -30,6 +30,7 @@ th{background:#eef2f7;text-align:left} td.n{text-align:right;font-variant-numeri
 .clean{background:#e3f1e4;color:#1b5e20;font-weight:bold}
 .bad{background:#fbe3e1;color:#b71c1c;font-weight:bold}
 .broken{background:#efe1f5;color:#4a148c;font-weight:bold}
+.missed{background:#fff3cd;color:#7a5200;font-weight:bold}
 .ok{color:#1b5e20;font-weight:bold} .failed{color:#b71c1c;font-weight:bold}
 .warn{background:#fff4d6;border:1px solid #e0b000;padding:.5em .8em;margin:.6em 0}
 .meta td:first-child{font-weight:bold;background:#f6f6f6} .muted{color:#777}

@@ -27,6 +27,7 @@ from clients.kernel.blockio import DriverSpec
 from harness.core.errors import SettingError
 from harness.run.kernel_lane import kernel_lane
 from harness.run.rows import Row, RowStatus
+from harness.workload.coverage import Coverage
 
 # The I/O runs until the client settled after the transition (plus a little), so the
 # count is only a cap: at least this many; at most this rate (the matrix's own count and
@@ -159,5 +160,7 @@ def kernel_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:
     row = Row(scenario["id"], scenario["transition"], scenario["ordering"],
               scenario["policies"][0], scenario["mix"], t["verdict"], counts, peer,
               "", result["recover_ms"], findings=[*result["findings"], *notes],
-              status=RowStatus(result["status"]))
+              status=RowStatus(result["status"]),
+              coverage=Coverage.from_json(result["coverage"]) if result.get("coverage")
+              else None)
     return [row]

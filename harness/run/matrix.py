@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,14 @@ from harness.run.kernel_rows import validate as validate_kernel_policy
 from harness.run.outside import CLIENT_EXIT_TIMEOUT_S, OutsideSpec, outside_rows, run_outside
 from harness.run.records import ScenarioKey
 from harness.run.resultsfile import RecordKind
-from harness.run.rows import Row, RowStatus, add_ledger_figures, veto_text
+from harness.run.rows import Row, RowStatus, add_ledger_figures, status_of, veto_text
 from harness.run.scenario import run_scenario
 from harness.run.scenario_result import ClientEnd, ScenarioResult
 from harness.run.session import ResultsHeader, RunSession
 from harness.topology.config import TopologyConfig
 from harness.topology.lifecycle import restore_local_side
 from harness.workload.ledger import Op, Outcome, PeerView, WorkloadSpec
-from harness.workload.spec import Arrivals
+from harness.workload.spec import Arrivals, WorkloadEnd, resumed_cap
 from power.plan import OnVeto, Ordering, get_transition, parse_on_veto, parse_ordering
 from power.result import TransitionRequest, Verdict
 
@@ -110,6 +110,11 @@ class MatrixSpec:
     arrivals: Arrivals = Arrivals.OPEN
     # kernel clients run only in these transitions (empty: in every selected one)
     kernel_transitions: tuple[str, ...] = ()
+    # the userspace workload runs on past the transition and is stopped settle_ms after it
+    # (RESUMED: `count` is then a cap, at least the rate x RESUMED_CAP_S), or ends after
+    # `count` requests (COUNT: the transition may miss it; the row then says `missed`)
+    end: WorkloadEnd = WorkloadEnd.RESUMED
+    settle_ms: int = 1000
 
     def validate(self) -> MatrixSpec:
         for t in (*self.transitions, *self.kernel_transitions):
@@ -137,14 +142,18 @@ class MatrixSpec:
                                f"{[o.value for o in self.orderings]}",
                                "surprise-removal is hca-first only; widen --ordering")
         self.workload("mixed")
+        replace(self, end=WorkloadEnd.COUNT).workload("mixed")  # the count itself, too
         return self
 
     def outside(self) -> OutsideSpec:
         return OutsideSpec(self.client_cmd, self.server_cmd, self.client_exit_timeout_s)
 
     def workload(self, mix: str) -> WorkloadSpec:
-        return WorkloadSpec(ops=OP_MIXES[mix], count=self.count, rate_per_s=self.rate_per_s,
-                            queue_depth=self.queue_depth, arrivals=self.arrivals).validate()
+        count = self.count if self.end is WorkloadEnd.COUNT \
+            else resumed_cap(self.rate_per_s, self.count)
+        return WorkloadSpec(ops=OP_MIXES[mix], count=count, rate_per_s=self.rate_per_s,
+                            queue_depth=self.queue_depth, arrivals=self.arrivals,
+                            end=self.end, settle_ms=self.settle_ms).validate()
 
     def scenarios(self) -> list[Scenario]:
         out = []
@@ -168,6 +177,7 @@ class MatrixSpec:
         d["on_veto"] = self.on_veto.value
         d["arrivals"] = self.arrivals.value
         d["kernel_transitions"] = list(self.kernel_transitions)
+        d["end"] = self.end.value
         return d
 
     @classmethod
@@ -178,7 +188,10 @@ class MatrixSpec:
                    d.get("client_cmd", ""), d.get("server_cmd", ""),
                    d.get("client_exit_timeout_s", CLIENT_EXIT_TIMEOUT_S),
                    Arrivals(d.get("arrivals", Arrivals.CLOSED.value)),
-                   tuple(d.get("kernel_transitions") or ()))
+                   tuple(d.get("kernel_transitions") or ()),
+                   # files written before the RESUMED workload ended after `count`
+                   WorkloadEnd(d.get("end", WorkloadEnd.COUNT.value)),
+                   int(d.get("settle_ms", MatrixSpec.settle_ms)))
 
 
 def rows_of(scenario: ScenarioKey, result: ScenarioResult) -> list[Row]:
@@ -192,6 +205,7 @@ def rows_of(scenario: ScenarioKey, result: ScenarioResult) -> list[Row]:
                   verdict, dict(c.counts), dict(c.peer_counts), c.peer_saw, c.recovery_ms,
                   veto_text(t.veto))
         add_ledger_figures(row, c.ledger, t)
+        row.coverage = c.coverage
         broken, bad = [], []
         inflight = len(c.in_flight_at_crash)
         if c.ended is ClientEnd.TERMINATED_BY_SHIM:
@@ -218,8 +232,8 @@ def rows_of(scenario: ScenarioKey, result: ScenarioResult) -> list[Row]:
             bad.append(f"atomics mismatch {c.atomics}")
         if t.verdict is Verdict.VETOED:
             bad.append("the sleep was vetoed")
-        row.findings = broken + bad
-        row.status = RowStatus.BROKEN if broken else RowStatus.BAD if bad else RowStatus.CLEAN
+        row.findings = broken + list(c.missed) + bad
+        row.status = status_of(broken, c.missed, bad)
         rows.append(row)
     return rows
 
@@ -257,7 +271,7 @@ def render_table(rows: list[Row]) -> list[str]:
     head = (f"{'transition':<17}{'ordering':<14}{'policy':<13}{'mix':<8}{'verdict':<10}"
             + "".join(f"{h:>7}" for h, _ in COLUMNS) + "  peer "
             + "".join(f"{h:>5}" for h, _ in PEER_COLUMNS)
-            + f"  {'in-flt':>7} {'wait ms':>11}"
+            + f"  {'in-flt':>7} {'away':>5} {'wait ms':>11}"
             + f"  {'peer saw':<14}{'recov ms':>9}  {'status':<7}findings / veto")
     out = [head, "-" * len(head)]
     for r in rows:
@@ -267,13 +281,26 @@ def render_table(rows: list[Row]) -> list[str]:
         out.append(f"{r.transition:<17}{r.ordering:<14}{r.policy[:12]:<13}{r.mix[:7]:<8}"
                    f"{r.verdict:<10}" + "".join(f"{r.counts.get(k, 0):>7}" for _, k in COLUMNS)
                    + "       " + "".join(f"{r.peer.get(k, 0):>5}" for _, k in PEER_COLUMNS)
-                   + f"  {in_flight_text(r):>7} {wait_text(r):>11}"
+                   + f"  {in_flight_text(r):>7} {away_text(r):>5} {wait_text(r):>11}"
                    + f"  {saw[:13]:<14}{rec:>9}  {r.status.value:<7}{notes}")
-    by = {s: sum(1 for r in rows if r.status is s) for s in RowStatus}
-    out.append(f"{len(rows)} rows: {by[RowStatus.CLEAN]} clean, {by[RowStatus.BAD]} bad "
-               f"(the client misbehaved), {by[RowStatus.BROKEN]} broken (harness could not "
-               "account)")
+    out.append(summary_line(rows))
     return out
+
+
+def summary_line(rows: list[Row]) -> str:
+    by = {s: sum(1 for r in rows if r.status is s) for s in RowStatus}
+    return (f"{len(rows)} rows: {by[RowStatus.CLEAN]} clean, {by[RowStatus.BAD]} bad (the "
+            f"client misbehaved), {by[RowStatus.MISSED]} missed (the transition missed the "
+            f"workload: no measurement), {by[RowStatus.BROKEN]} broken (harness could not "
+            "account)")
+
+
+def away_text(r: Row) -> str:
+    """Requests handed over while the device was away ("-": not measured, or no away
+    step)."""
+    if r.coverage is None or r.coverage.arrived_away is None:
+        return "-"
+    return str(r.coverage.arrived_away)
 
 
 def in_flight_text(r: Row) -> str:
@@ -295,7 +322,7 @@ def junit_xml(rows: list[Row], seconds: dict[str, float]) -> bytes:
     x = xml_safe
     suite = ET.Element("testsuite", name="rxe-power matrix", tests=str(len(rows)),
                        failures=str(sum(r.status is RowStatus.BAD for r in rows)),
-                       errors=str(sum(r.status is RowStatus.BROKEN for r in rows)))
+                       errors=str(sum(r.status.fails_run for r in rows)))
     for r in rows:
         case = ET.SubElement(suite, "testcase",
                              classname=x(f"rxe_power.{r.transition}.{r.ordering}"),
@@ -303,7 +330,8 @@ def junit_xml(rows: list[Row], seconds: dict[str, float]) -> bytes:
                              time=f"{seconds.get(r.scenario, 0.0):.3f}")
         if r.status is not RowStatus.CLEAN:
             tag = "failure" if r.status is RowStatus.BAD else "error"
-            ET.SubElement(case, tag, message=x("; ".join(map(str, r.findings)))).text = x(
+            ET.SubElement(case, tag, type=r.status.value,
+                          message=x("; ".join(map(str, r.findings)))).text = x(
                 f"{r.scenario}: verdict {r.verdict}; outcomes {r.counts}; peer {r.peer}")
     return bytes(ET.tostring(suite, encoding="utf-8", xml_declaration=True))
 
@@ -381,4 +409,4 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
         log(f"JUnit XML: {junit}")
     if interrupted:
         return 130
-    return 1 if any(r.status is RowStatus.BROKEN for r in rows) else 0
+    return 1 if any(r.status.fails_run for r in rows) else 0

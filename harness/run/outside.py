@@ -36,11 +36,12 @@ from harness.core.bounds import MAX_WAIT_S, check_number
 from harness.core.errors import BoundExceeded, SettingError
 from harness.core.proc import spawn, stop_child
 from harness.run.outside_lane import program_lane
-from harness.run.rows import Row, RowStatus, veto_text
+from harness.run.rows import Row, status_of, veto_text
 from harness.run.scenario_result import ClientEnd
 from harness.system.holders import find_holders
 from harness.system.tcp_ports import free_tcp_port, tcp_listening
 from harness.topology.neighbour import resolve_neighbour
+from harness.workload.coverage import Coverage, Span
 from harness.workload.ledger import Outcome
 from harness.workload.traced_ledger import FindingKind, ProcessLedger, build_ledger
 from harness.workload.traced_peer import match_peer
@@ -126,6 +127,8 @@ class OutsideResult:
     recovery_ms: float | None  # resume -> its first successful completion, if it went on
     findings: list[str]
     exit_timeout_s: float = CLIENT_EXIT_TIMEOUT_S  # the spec's bound on ending by itself
+    # how its requests met the transition (harness.workload.coverage); None: no trace
+    coverage: Coverage | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -300,7 +303,17 @@ def _result(spec: OutsideSpec, cli: subprocess.Popen[bytes], srv: subprocess.Pop
         len(led.unaccounted()) if led else 0,
         len(led.unmatched_completions()) if led else 0,
         led.posted_after_error() if led else 0, list(led.devices) if led else [],
-        recovery, findings, spec.exit_timeout_s), led)
+        recovery, findings, spec.exit_timeout_s, _coverage(led, res)), led)
+
+
+def _coverage(led: ProcessLedger | None, res: Any) -> Coverage | None:
+    """How the program's send-queue requests met the transition: each from its post to
+    its completion (None: never). The program's workload is its own: it is not run on
+    past the transition, so only none crossing it makes the row no measurement."""
+    win = res.fault_window()
+    if led is None or win is None:
+        return None
+    return Coverage.of((Span(r.posted_ns, r.completed_ns) for r in led.sends()), win)
 
 
 def outside_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:
@@ -337,6 +350,9 @@ def outside_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:
         bad.append(f"{o['peer_counts']['duplicated']} duplicated at the peer")
     if t["verdict"] == "vetoed":
         bad.append("the sleep was vetoed")
-    row.findings = broken + bad
-    row.status = RowStatus.BROKEN if broken else RowStatus.BAD if bad else RowStatus.CLEAN
+    cov = Coverage.from_json(o["coverage"]) if o.get("coverage") else None
+    missed = cov.missed(require_after=False) if cov is not None else []
+    row.coverage = cov
+    row.findings = broken + missed + bad
+    row.status = status_of(broken, missed, bad)
     return [row]

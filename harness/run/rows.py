@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from harness.workload.coverage import Coverage
 from harness.workload.entries import LedgerEntry
 from harness.workload.inflight import in_flight_at, late_waits
 from power.plan import StepKind
@@ -17,9 +18,31 @@ from power.veto import VetoReport
 
 
 class RowStatus(StrEnum):
-    CLEAN = "clean"
-    BAD = "bad"
-    BROKEN = "broken"
+    """A row's status, least severe first (the order is the severity: a scenario's worst
+    row is the max by this order)."""
+
+    CLEAN = "clean"  # a measurement, and the client did everything right
+    BAD = "bad"  # a measurement, and the client misbehaved (the findings say how)
+    # no measurement: the transition missed the workload (nothing was in flight or arrived
+    # while it ran), so the row says nothing about the client; never green
+    MISSED = "missed"
+    BROKEN = "broken"  # the harness could not account for something: a bug to report
+
+    @property
+    def measured(self) -> bool:
+        """The row is a measurement of the client under the transition."""
+        return self in (RowStatus.CLEAN, RowStatus.BAD)
+
+    @property
+    def fails_run(self) -> bool:
+        """The run's exit status is 1 when a row has this status."""
+        return self in (RowStatus.MISSED, RowStatus.BROKEN)
+
+
+def status_of(broken: list[str], missed: list[str], bad: list[str]) -> RowStatus:
+    """The one rule from a row's findings, by kind, to its status."""
+    return (RowStatus.BROKEN if broken else RowStatus.MISSED if missed
+            else RowStatus.BAD if bad else RowStatus.CLEAN)
 
 
 @dataclass
@@ -46,9 +69,13 @@ class Row:
     # completed-late requests: arrival to first post (median, max), ms
     wait_median_ms: float | None = None
     wait_max_ms: float | None = None
+    # how the workload met the transition (None: not measured, e.g. a row read from an
+    # old results file)
+    coverage: Coverage | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "status": self.status.value}
+        return {**asdict(self), "status": self.status.value,
+                "coverage": self.coverage.to_json() if self.coverage else None}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Row:
@@ -59,7 +86,8 @@ class Row:
             if name in d and not ok(d[name]):
                 raise TypeError(f"row field {name!r} has the wrong type: {str(d[name])[:60]!r}")
         return cls(**{k: d[k] for k in _ROW_FIELDS if k in d},
-                   status=RowStatus(d["status"]))
+                   status=RowStatus(d["status"]),
+                   coverage=Coverage.from_json(d["coverage"]) if d.get("coverage") else None)
 
 
 

@@ -18,6 +18,7 @@ the transition and the requests its journal shows in flight.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import time
@@ -33,8 +34,12 @@ from harness.core.proc import spawn_python, stop_child
 from harness.core.protocol import Channel
 from harness.core.schemas import ChannelKind
 from harness.run.scenario_result import ClientEnd, ClientResult, ScenarioResult
+from harness.workload.coverage import Coverage, FaultWindow
+from harness.workload.entries import LedgerEntry
+from harness.workload.inflight import spans
 from harness.workload.journal import ledger_from_journal
 from harness.workload.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_peer_view
+from harness.workload.spec import Arrivals, WorkloadEnd
 
 if TYPE_CHECKING:  # types only: the controller objects a scenario is run with
     from harness.peer.controller import PeerAgent
@@ -52,6 +57,9 @@ FINISH_MARGIN_S = 15.0
 # an unpaced workload (rate 0: flat out) has no duration of its own: this is its bound
 FLAT_OUT_FINISH_TIMEOUT_S = 30.0
 PROGRESS_POLL_S = 0.05
+# A RESUMED workload is running once each client has an outcome for this many requests
+# (at 60/s: ~0.2 s): its device is open, its QPs carry traffic, and the transition comes
+WARMUP_REQUESTS = 12
 WORKER_STOP_TIMEOUT_S = 5.0
 # How long the peer's probe SEND to a left-behind QP may take. Measured on rxe 6.1: to a
 # QP told by a goodbye it is flushed at once; to a vanished QP no completion came within
@@ -63,23 +71,37 @@ LEDGER_PAGE_REQUESTS = 20_000  # asked for per page (the worker may send fewer)
 
 
 class ClientWorker:
-    """One worker process and its control channel (a socketpair)."""
+    """One worker process, its control channel (a socketpair) and its journal: a memfd
+    this process made and shares with the worker, so that the worker's postings and
+    completions are here the moment it writes them, whatever kills it (a file in the
+    results folder would be on the VM's 9p share, and a page the worker had not written
+    yet is lost with it). close() keeps a copy in the log folder."""
 
     def __init__(self, name: str, policy: str, spec: WorkloadSpec, log_dir: Path) -> None:
         self.name, self.policy, self.spec = name, policy, spec
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.journal = log_dir / f"{name}.journal.jsonl"
+        self.journal = log_dir / f"{name}.journal.jsonl"  # the copy kept by close()
         self.journal.unlink(missing_ok=True)
+        self.journal_fd = os.memfd_create(f"rxe-power-journal-{name}", os.MFD_CLOEXEC)
         self.log_path = log_dir / f"{name}.log"
         ours, theirs = socket.socketpair()
         self._log = open_new(self.log_path)  # closed in close()
         roots = [a for r in policy_import_roots([policy]) for a in ("--import-root", r)]
-        self.proc = spawn_python(worker_main, "clients.worker",
-                                 ["--fd", str(theirs.fileno()), *roots],
-                                 f"client worker {name} ({policy})",
-                                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                 stdout=self._log, stderr=subprocess.STDOUT)
-        theirs.close()
+        try:
+            self.proc = spawn_python(worker_main, "clients.worker",
+                                     ["--fd", str(theirs.fileno()),
+                                      "--journal-fd", str(self.journal_fd), *roots],
+                                     f"client worker {name} ({policy})",
+                                     pass_fds=[theirs.fileno(), self.journal_fd],
+                                     stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        except BaseException:
+            os.close(self.journal_fd)
+            self._log.close()
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         self.pid = self.proc.pid
         self.chan = Channel(ours, f"client {name} (pid {self.pid})", ChannelKind.WORKER)
         self.rounds_done = 0  # finished workload rounds
@@ -88,8 +110,7 @@ class ClientWorker:
         """Open the device and connect (the process was spawned already, in parallel)."""
         self.request("start", WORKER_START_TIMEOUT_S, name=self.name, policy=self.policy,
                      spec=self.spec.to_json(), device=device.to_json(),
-                     agent_socket=agent_socket, clients_dir=str(clients_dir),
-                     journal=str(self.journal))
+                     agent_socket=agent_socket, clients_dir=str(clients_dir))
 
     def new_round(self, spec: WorkloadSpec) -> None:
         """The next workload round on the same process and device (after finish)."""
@@ -114,14 +135,19 @@ class ClientWorker:
             else []
         return how + (f"; its log ends: {' | '.join(tail)}" if tail else "")
 
-    def journal_ledger(self) -> Ledger | None:
-        """The ledger of this (killed) worker up to the kill, from its journal (None: the
-        journal cannot be read)."""
+    def journal_text(self) -> str | None:
+        """Everything the worker has journaled so far (None: it cannot be read)."""
         try:
-            text = self.journal.read_text()
+            size = os.fstat(self.journal_fd).st_size
+            return os.pread(self.journal_fd, size, 0).decode("utf-8", "replace")
         except OSError:
             return None
-        return ledger_from_journal(text, self.spec)
+
+    def journal_ledger(self) -> Ledger | None:
+        """The ledger of this (killed) worker's current round up to the kill, from its
+        journal (None: the journal cannot be read)."""
+        text = self.journal_text()
+        return None if text is None else ledger_from_journal(text, self.spec)
 
     def in_flight(self) -> list[int]:
         """From the journal: requests posted or waiting whose outcome never came."""
@@ -146,6 +172,11 @@ class ClientWorker:
         self.chan.sock.close()
         stop_child(self.proc, WORKER_STOP_TIMEOUT_S)
         self._log.close()
+        text = self.journal_text()
+        os.close(self.journal_fd)
+        if text is not None:
+            with open_new(self.journal) as f:
+                f.write(text)
 
     def __enter__(self) -> ClientWorker:
         return self
@@ -161,8 +192,10 @@ class WorkerDied(RxePowerError):
                          f"{worker.crash_text()}", f"see {worker.log_path}")
 
 
-def wait_progress(workers: list[ClientWorker], fraction: float) -> None:
-    """Until every live worker has an outcome for `fraction` of its requests (bounded)."""
+def wait_progress(workers: list[ClientWorker], fraction: float = 0.0,
+                  at_least: int = 0) -> None:
+    """Until every live worker has an outcome for `fraction` of its requests and for at
+    least `at_least` of them (or is done), bounded."""
     deadline = time.monotonic() + PROGRESS_TIMEOUT_S
     pending = list(workers)
     while pending:
@@ -172,8 +205,8 @@ def wait_progress(workers: list[ClientWorker], fraction: float) -> None:
         except WorkerDied:
             pending.pop(0)
             continue
-        if sum(rep["counts"].get(k, 0) for k in rep["counts"] if k != "unaccounted") \
-                >= fraction * w.spec.count or rep["done"]:
+        have = sum(v for k, v in rep["counts"].items() if k != "unaccounted")
+        if (have >= fraction * w.spec.count and have >= at_least) or rep["done"]:
             pending.pop(0)
             continue
         if time.monotonic() > deadline:
@@ -182,15 +215,36 @@ def wait_progress(workers: list[ClientWorker], fraction: float) -> None:
         time.sleep(PROGRESS_POLL_S)  # polling interval of a bounded wait
 
 
+def run_on_until(t_ns: int) -> None:
+    """The workload runs on until CLOCK_MONOTONIC reaches `t_ns` (a RESUMED workload's
+    settle: this is its duration, not a wait for a condition)."""
+    while (left := (t_ns - time.monotonic_ns()) / 1e9) > 0:
+        time.sleep(min(left, PROGRESS_POLL_S))
+
+
+def stop_arrivals(workers: list[ClientWorker]) -> dict[str, dict[str, Any]]:
+    """Tell every live worker of a RESUMED workload that the application stops handing
+    requests over; what each had issued by then, by name (a dead worker: absent)."""
+    out = {}
+    for w in workers:
+        if w.spec.end is not WorkloadEnd.RESUMED:
+            continue
+        with contextlib.suppress(WorkerDied):
+            out[w.name] = w.request("stop", WORKER_START_TIMEOUT_S)
+    return out
+
+
 def finish(worker: ClientWorker, transition: str,
-           terminated: dict[int, str] | None = None,
+           terminated: dict[int, str] | None = None, stopped: bool = False,
            ) -> tuple[ClientResult, dict[str, Any] | None]:
     """Have one worker finish its workload; a dead worker becomes a crash result.
     `terminated`: pids the shim terminated under --on-veto force (it reaped them, so
-    their exit status is gone), with how."""
+    their exit status is gone), with how. `stopped`: its arrivals were stopped (every
+    request it will ever have is issued: only FINISH_MARGIN_S is left for them)."""
     res = ClientResult(worker.name, worker.policy)
     spec = worker.spec
-    finish_s = (spec.count / spec.rate_per_s + FINISH_MARGIN_S if spec.rate_per_s
+    finish_s = (FINISH_MARGIN_S if stopped else
+                spec.count / spec.rate_per_s + FINISH_MARGIN_S if spec.rate_per_s
                 else FLAT_OUT_FINISH_TIMEOUT_S)
     try:
         rep = worker.request("finish", finish_s + 10, timeout_s=finish_s)
@@ -323,20 +377,49 @@ def safe_name(policy: str) -> str:
 def run_round(shim: Shim, agent: PeerAgent, workers: list[ClientWorker],
               request: TransitionRequest,
               progress_fraction: float = 0.3, probe: bool = True) -> ScenarioResult:
-    """Go, transition once the workers are `progress_fraction` in, finish, account."""
+    """Go; run the transition once the workload is running (a COUNT workload: each worker
+    has an outcome for `progress_fraction` of its requests; a RESUMED one: for
+    WARMUP_REQUESTS); a RESUMED workload runs on for its settle_ms after the transition's
+    last step and is then stopped; finish, account, and measure how the workload met the
+    transition (ClientResult.coverage; `missed` says why a round is no measurement)."""
+    go_ns = time.monotonic_ns()
     for w in workers:
         w.request("go", WORKER_START_TIMEOUT_S)
-    wait_progress(workers, progress_fraction)
+    resumed = [w for w in workers if w.spec.end is WorkloadEnd.RESUMED]
+    wait_progress(workers, 0.0 if resumed else progress_fraction,
+                  WARMUP_REQUESTS if resumed else 0)
     tres = shim.run(request)
+    stops: dict[str, dict[str, Any]] = {}
+    if resumed:
+        run_on_until(time.monotonic_ns() + max(w.spec.settle_ms for w in resumed) * 1_000_000)
+        stops = stop_arrivals(workers)
     terminated = {t["pid"]: t["how"] for t in (tres.veto.terminated if tres.veto else [])}
-    finished = [finish(w, request.name, terminated) for w in workers]
+    finished = [finish(w, request.name, terminated, w.name in stops) for w in workers]
     if probe:  # every client's probes at once: each waits out its bound in parallel
         for _, rep in finished:
             for aq in left_behind(rep):
                 agent.request("probe_start", 30.0, qp_id=aq["qp_id"])
     results = [account(res, rep, agent, probe) if rep is not None else res
                for res, rep in finished]
+    window = tres.fault_window()
+    for w, res in zip(workers, results, strict=True):
+        res.ran_dry = bool(stops.get(w.name, {}).get("ran_dry", False))
+        if window is not None:
+            measure_coverage(res, w.spec, window, go_ns)
     return ScenarioResult(tres, results)
+
+
+def measure_coverage(res: ClientResult, spec: WorkloadSpec, window: FaultWindow,
+                     go_ns: int) -> None:
+    """How the client's workload met the transition, from its ledger (closed loop: every
+    request was there from go), and why the round is no measurement, if it is not."""
+    entries = [LedgerEntry.from_json(e) for e in res.ledger]
+    handed = go_ns if spec.arrivals is Arrivals.CLOSED else None
+    res.coverage = Coverage.of(spans(entries, handed), window)
+    res.missed = res.coverage.missed(require_after=spec.end is WorkloadEnd.RESUMED)
+    if res.ran_dry:
+        res.missed.append(f"the workload ran dry: all {spec.count} requests of its cap were "
+                          "issued before it was stopped")
 
 
 def run_scenario(shim: Shim, agent: PeerAgent, local: Endpoint, request: TransitionRequest,

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from harness.workload.coverage import Coverage
 from power.result import TransitionResult
 
 # What a v1 results file wrote into a client's crash text when the shim had terminated
@@ -75,6 +76,12 @@ class ClientResult:
     # a crashed client's ledger rebuilt from its journal: True, or False when the journal
     # could not be read; None in records written before journals were read back
     from_journal: bool | None = None
+    # how the workload met the transition (harness.workload.coverage), measured from the
+    # ledger; None in records written before it was
+    coverage: Coverage | None = None
+    # why this client's round is no measurement of the transition ([]: it is one)
+    missed: list[str] = field(default_factory=list)
+    ran_dry: bool = False  # a RESUMED workload reached its cap before it was stopped
 
     @property
     def crashed(self) -> bool:
@@ -97,7 +104,8 @@ class ClientResult:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ended": self.ended.value, "crashed": self.crashed,
-                "invariant_ok": self.invariant_ok}
+                "invariant_ok": self.invariant_ok,
+                "coverage": self.coverage.to_json() if self.coverage else None}
 
     @classmethod
     def from_json(cls, d: dict[str, Any], schema: int) -> ClientResult:
@@ -107,7 +115,9 @@ class ClientResult:
                    list(d.get("unaccounted") or []), dict(d.get("metrics") or {}),
                    dict(d.get("clean_shutdown") or {}), dict(d.get("atomics") or {}),
                    list(d.get("ledger") or []), list(d.get("events") or []),
-                   list(d.get("peer_events") or []), d.get("from_journal"))
+                   list(d.get("peer_events") or []), d.get("from_journal"),
+                   Coverage.from_json(d["coverage"]) if d.get("coverage") else None,
+                   [str(m) for m in d.get("missed") or []], bool(d.get("ran_dry", False)))
 
 
 @dataclass

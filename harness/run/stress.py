@@ -46,7 +46,7 @@ from harness.run.stress_checks import (
 from harness.topology.config import TopologyConfig
 from harness.topology.lifecycle import restore_local_side
 from harness.workload.ledger import WorkloadSpec
-from harness.workload.spec import Arrivals
+from harness.workload.spec import Arrivals, WorkloadEnd, resumed_cap
 from power.plan import OnVeto, Ordering, get_transition
 from power.result import TransitionRequest, Verdict
 
@@ -70,6 +70,8 @@ class StressSpec:
     maxfail: int = 0  # 0: never stop early
     keep_ledgers: bool = False  # every cycle's full result (large), not only failed ones
     arrivals: Arrivals = Arrivals.OPEN  # as the matrix's (harness.workload.spec.Arrivals)
+    end: WorkloadEnd = WorkloadEnd.RESUMED  # as the matrix's: every cycle meets its workload
+    settle_ms: int = 1000
 
     def validate(self) -> StressSpec:
         check_number("--cycles", self.cycles, 1, MAX_CYCLES, "cycles", "MAX_CYCLES")
@@ -79,7 +81,8 @@ class StressSpec:
         if self.ordering is not None:
             tr.plan(self.ordering)
         MatrixSpec((self.transition,), (), self.policies, (self.mix,), True, self.count,
-                   self.rate_per_s, self.queue_depth, self.hold_ms, self.on_veto).validate()
+                   self.rate_per_s, self.queue_depth, self.hold_ms, self.on_veto,
+                   arrivals=self.arrivals, end=self.end, settle_ms=self.settle_ms).validate()
         kernel = [p for p in self.policies if is_kernel_policy(p)]
         if kernel and len(kernel) != len(self.policies):
             raise SettingError(f"--policy {','.join(self.policies)} mixes kernel clients "
@@ -94,15 +97,18 @@ class StressSpec:
         return any(is_kernel_policy(p) for p in self.policies)
 
     def workload(self) -> WorkloadSpec:
-        return WorkloadSpec(ops=OP_MIXES[self.mix], count=self.count,
+        count = self.count if self.end is WorkloadEnd.COUNT \
+            else resumed_cap(self.rate_per_s, self.count)
+        return WorkloadSpec(ops=OP_MIXES[self.mix], count=count,
                             rate_per_s=self.rate_per_s, queue_depth=self.queue_depth,
-                            arrivals=self.arrivals)
+                            arrivals=self.arrivals, end=self.end, settle_ms=self.settle_ms)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["ordering"] = self.ordering.value if self.ordering else None
         d["on_veto"] = self.on_veto.value
         d["arrivals"] = self.arrivals.value
+        d["end"] = self.end.value
         return d
 
 
@@ -163,6 +169,7 @@ class Stress:
                 failures.append(f"{c.client}: {len(c.unaccounted)} requests unaccounted")
             if c.crashed and c.ended is not ClientEnd.TERMINATED_BY_SHIM:
                 failures.append(f"{c.client} crashed: {c.crash}")
+            failures += [f"{c.client}: missed: {why}" for why in c.missed]
         for h in t.kernel.hits if t.kernel else []:
             failures.append(f"kernel log: {h.pattern}: {h.record.message}")
         hits = [h.to_json() for h in t.kernel.hits] if t.kernel else []

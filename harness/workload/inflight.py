@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from harness.workload.coverage import Span
 from harness.workload.entries import LedgerEntry
 from harness.workload.outcomes import Outcome
 
@@ -46,3 +47,32 @@ def late_waits(entries: Iterable[LedgerEntry]) -> Waits:
     if not ws:
         return Waits(0, None, None)
     return Waits(len(ws), round(statistics.median(ws), 1), round(max(ws), 1))
+
+
+def spans(entries: Iterable[LedgerEntry], handed_over_ns: int | None = None) -> list[Span]:
+    """Each request's life as the application saw it (harness.workload.coverage): from
+    `handed_over_ns` (closed loop: every request was there from the start of the workload)
+    or its arrival (open loop) or its first post, to its final outcome: the completion of
+    its last attempt, the post that was rejected, its refusal (at its arrival, or at its
+    last attempt's completion); None when it never got one (lost, abandoned, killed)."""
+    out = []
+    for e in entries:
+        atts = e.attempts
+        start = handed_over_ns if handed_over_ns is not None else (
+            e.arrived_ns if e.arrived_ns is not None else atts[0].posted_ns if atts else None)
+        if start is None:
+            continue  # never handed over: not part of the workload
+        end: int | None = None
+        if e.outcome in _NEVER_ENDED or e.outcome is None:
+            end = None
+        elif atts and atts[-1].errno is not None:
+            end = atts[-1].posted_ns
+        elif atts and atts[-1].completed_ns is not None:
+            end = atts[-1].completed_ns
+        elif e.outcome is Outcome.FAILED_TO_APP:
+            end = e.arrived_ns if e.arrived_ns is not None else start
+        out.append(Span(start, end))
+    return out
+
+
+_NEVER_ENDED = frozenset({Outcome.LOST, Outcome.ABANDONED, Outcome.KILLED_IN_FLIGHT})

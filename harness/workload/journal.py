@@ -9,13 +9,15 @@ One JSON line per note, and one per run of postings or completions:
 ("errors": the requests of the run whose completion was not SUCCESS, with its status).
 Notes that settle outcomes: "go" {t0_ns} (open-loop arrivals count from it), "opened"
 {generation, held_below}, "arrived" {upto}, "flushed" {reqs, requeued}, "rejected"
-{req | reqs, errno}, "refused" {reqs, reason}, "abandoned" {reqs, reason}. T is when the
-line was written: a posting or completion is journaled at most JOURNAL_FLUSH_S after it
-happened, so its time here is that late at most.
+{req | reqs, errno}, "refused" {reqs, reason}, "abandoned" {reqs, reason}, "stopped"
+{upto} (a RESUMED workload: nothing arrives after). "round" {round} starts a new
+workload round on the same worker (rxe-power stress): the books before it are another
+round's. T is when the line was written: a posting is journaled just before its post, a
+completion right after its batch was taken off the CQ (clients.io_path).
 
-ledger_from_journal() rebuilds the ledger of a killed client up to the kill: every
-request its workload issued (posted, arrived or refused) gets its outcome, and what was
-posted or waiting in its queue at the kill gets KILLED_IN_FLIGHT.
+ledger_from_journal() rebuilds the ledger of a killed client's current round up to the
+kill: every request its workload issued (posted, arrived or refused) gets its outcome,
+and what was posted or waiting in its queue at the kill gets KILLED_IN_FLIGHT.
 """
 
 from __future__ import annotations
@@ -26,11 +28,6 @@ from typing import Any
 from harness.workload.ledger import Ledger
 from harness.workload.outcomes import FLUSHED_STATUS, OUTCOME_RULES, SUCCESS, LedgerEvent
 from harness.workload.spec import Arrivals, WorkloadSpec
-
-# The journal is written at most this often (and at every note, finish and release): in
-# the VM it lives on the host's shared folder, where one write costs ~0.7 ms; writing it
-# per loop turn made every request at queue depth 1 cost two of them.
-JOURNAL_FLUSH_S = 0.02
 
 
 def journal_lines(pending: list[int], t_ns: int, generation: int,
@@ -107,7 +104,9 @@ def ledger_from_journal(text: str, spec: WorkloadSpec) -> Ledger:
                 led.arrived(i, t0 + spec.arrival_offset_ns(i))
         arrived = max(arrived, min(upto, n))
 
-    for rec in journal_records(text):
+    records = journal_records(text)
+    starts = [i for i, rec in enumerate(records) if rec.get("event") == "round"]
+    for rec in records[starts[-1] + 1:] if starts else records:  # the current round's
         ev, d = rec.get("event"), rec.get("detail", {})
         t = int(rec.get("t_ns", last_t))
         last_t = t

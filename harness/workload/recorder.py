@@ -53,6 +53,16 @@ class Recorder:
     def __len__(self) -> int:
         return len(self.outcome)
 
+    def truncate(self, n: int) -> None:
+        """Keep requests [0, n) only: the workload stopped after n were issued (those after
+        never existed for the application: no attempt, no outcome)."""
+        if any(self.natt[i] or self.outcome[i] for i in range(n, len(self))):
+            raise ValueError(f"requests from {n} on were already issued: cannot cut there")
+        self.requests = self.requests[:n]
+        for arr in (self.outcome, self.natt, self.gen, self.post, self.done, self.arrive,
+                    self.held, self.status):
+            del arr[n:]
+
     def _attempt(self, i: int) -> Attempt:
         st = self.status[i]
         done = self.done[i]

@@ -35,6 +35,20 @@ class Arrivals(StrEnum):
     CLOSED = "closed"
 
 
+class WorkloadEnd(StrEnum):
+    """When the application stops handing requests over.
+
+    COUNT: after `count` requests, however long they take (the transition may come after
+    the last one: then it missed the workload, and the row says so). RESUMED: requests
+    keep coming (at the rate, open or closed loop) until the controller stops them, which
+    it does once the transition has ended and `settle_ms` more have passed: the workload
+    spans the transition by construction, whatever the machine's speed; `count` is only a
+    cap (a workload that reaches it before the stop "ran dry", and the row says so)."""
+
+    COUNT = "count"
+    RESUMED = "resumed"
+
+
 @dataclass(frozen=True)
 class WorkloadSpec:
     ops: tuple[Op, ...] = (Op.SEND, Op.WRITE, Op.READ, Op.FETCH_ADD)
@@ -54,6 +68,10 @@ class WorkloadSpec:
     # request still gets its own outcome, with the completion's time (an upper bound)
     signal_every: int = 1
     arrivals: Arrivals = Arrivals.CLOSED
+    end: WorkloadEnd = WorkloadEnd.COUNT
+    # RESUMED: how long requests keep arriving after the transition's last step (the
+    # device back and the clients told): the part of the workload that shows recovery
+    settle_ms: int = 1000
 
     def arrival_offset_ns(self, i: int) -> int:
         """When request i arrives after go (OPEN)."""
@@ -114,6 +132,14 @@ class WorkloadSpec:
                                f"{self.queue_depth}", "signal at least once per window")
         if not isinstance(self.arrivals, Arrivals):
             raise SettingError(f"arrivals {self.arrivals!r}", "use open or closed")
+        if not isinstance(self.end, WorkloadEnd):
+            raise SettingError(f"workload end {self.end!r}", "use count or resumed")
+        check_number("--settle-ms", self.settle_ms, 0, MAX_SETTLE_MS, "ms", "MAX_SETTLE_MS")
+        if self.end is WorkloadEnd.RESUMED and self.arrivals is Arrivals.OPEN \
+                and not self.rate_per_s:
+            raise SettingError("open-loop arrivals at rate 0 all arrive at once: a workload "
+                               "that ends when resumed needs a rate",
+                               "give --rate (requests per second), or --end count")
         if self.signal_every > 1 and (self.qps != 1 or self.rate_per_s):
             raise SettingError(f"signal_every {self.signal_every} needs one QP and no rate "
                                f"limit (qps {self.qps}, rate {self.rate_per_s})",
@@ -139,7 +165,7 @@ class WorkloadSpec:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ops": [o.value for o in self.ops], "sizes": list(self.sizes),
-                "arrivals": self.arrivals.value}
+                "arrivals": self.arrivals.value, "end": self.end.value}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> WorkloadSpec:
@@ -176,7 +202,11 @@ class WorkloadSpec:
                    else cls.signal_every,
                    Arrivals(field_("arrivals", lambda v: v in Arrivals.__members__.values(),
                                    "open or closed")) if "arrivals" in d
-                   else cls.arrivals).validate()
+                   else cls.arrivals,
+                   WorkloadEnd(field_("end", lambda v: v in WorkloadEnd.__members__.values(),
+                                      "count or resumed")) if "end" in d else cls.end,
+                   field_("settle_ms", is_int, "an integer") if "settle_ms" in d
+                   else cls.settle_ms).validate()
 
 
 # The largest message: slots are sized from the workload's largest size (slot_size).
@@ -184,6 +214,21 @@ MAX_MESSAGE = 256 * 1024
 # Requests per client and round. The worker keeps its ledger in flat arrays (Recorder)
 # and hands it back in pages of columns (a few dozen bytes a request), not in one message.
 MAX_COUNT = 1_000_000
+# A RESUMED workload at a rate is capped at this many seconds of arrivals (far beyond any
+# transition and settle the bounds allow): resumed_cap()
+RESUMED_CAP_S = 300.0
+
+
+def resumed_cap(rate_per_s: float, at_least: int) -> int:
+    """The request cap of a RESUMED workload at `rate_per_s` (0: flat out, when only the
+    caller's `at_least` can bound it), never over MAX_COUNT."""
+    if not rate_per_s or not math.isfinite(rate_per_s) or rate_per_s < 0:
+        return at_least  # (a rate that is no number is refused by validate())
+    return min(MAX_COUNT, max(at_least, math.ceil(rate_per_s * RESUMED_CAP_S)))
+
+
+# The longest settle a RESUMED workload may ask for (ms)
+MAX_SETTLE_MS = 600_000
 # Memory one client registers (its QPs' MRs and their peer agent QPs' MRs): the VM
 # mode's guest has 2 GiB.
 MAX_CLIENT_MR_BYTES = 512 << 20

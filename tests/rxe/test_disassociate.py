@@ -191,11 +191,14 @@ def test_policies_take_device_fatal_as_the_removal_notice(power_shim, peer_agent
     resume (a removal notice may also be an error on its data path that came before the
     DEVICE_FATAL event was read). Every request is accounted for."""
     from harness.run.scenario import render, run_scenario
-    from harness.workload.spec import Arrivals, WorkloadSpec
+    from harness.workload.spec import Arrivals, WorkloadEnd, WorkloadSpec, resumed_cap
     from power.plan import Ordering
     from power.result import TransitionRequest, Verdict
 
-    spec = WorkloadSpec(count=120, rate_per_s=60.0, queue_depth=4, arrivals=Arrivals.OPEN)
+    # requests keep arriving until a second after the transition: it meets them whatever
+    # the machine's speed (CI once saw every request done before the delete came)
+    spec = WorkloadSpec(count=resumed_cap(60.0, 120), rate_per_s=60.0, queue_depth=4,
+                        arrivals=Arrivals.OPEN, end=WorkloadEnd.RESUMED)
     req = TransitionRequest("surprise-removal", Ordering.HCA_FIRST, hold_ms=300)
     res = run_scenario(power_shim.shim, peer_agent, rxe_topology.local, req,
                        ["naive", "fail-fast", "queue-replay", "graceful"], spec,
@@ -204,6 +207,9 @@ def test_policies_take_device_fatal_as_the_removal_notice(power_shim, peer_agent
     assert res.transition.verdict is Verdict.COMPLETED, res.transition.reasons
     assert not (res.transition.veto and res.transition.veto.terminated)
     assert res.ok and not any(c.crashed for c in res.clients)
+    for c in res.clients:  # the removal met every client's workload: a measurement
+        assert c.coverage is not None and c.coverage.crossed > 0 and not c.missed, c.missed
+        assert c.coverage.arrived_away, c.coverage
     naive = res.client("naive")
     assert {"event": "async", "name": "DEVICE_FATAL"} in [
         {k: e.get(k) for k in ("event", "name")} for e in naive.events]
@@ -220,4 +226,4 @@ def test_policies_take_device_fatal_as_the_removal_notice(power_shim, peer_agent
         assert "released" in notices and "resume_complete" in notices, notices
         assert notices.index("released") < notices.index("resume_complete"), notices
         assert c.clean_shutdown["reconnects"] == 1 and c.counts.get("lost", 0) == 0
-        assert sum(c.counts.values()) == spec.count
+        assert sum(c.counts.values()) == len(c.ledger) > 0

@@ -7,6 +7,7 @@ Pure logic: no rxe needed.
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import subprocess
@@ -276,14 +277,16 @@ def read_replies(sock: socket.socket, n: int, timeout_s: float = BOUND_S) -> lis
 def test_worker_process_survives_garbage(tmp_path: Path) -> None:
     ours, theirs = socket.socketpair()
     log = (tmp_path / "worker.log").open("w")
+    journal = os.memfd_create("journal", os.MFD_CLOEXEC)
     proc = subprocess.Popen([sys.executable, "-m", "clients.worker", "--fd",
-                             str(theirs.fileno())], pass_fds=[theirs.fileno()], cwd=ROOT,
+                             str(theirs.fileno()), "--journal-fd", str(journal)],
+                            pass_fds=[theirs.fileno(), journal], cwd=ROOT,
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     theirs.close()
+    os.close(journal)
     try:
         bad_start = {"name": "w", "policy": "naive", "spec": {"ops": "x"}, "device": {},
-                     "agent_socket": str(tmp_path / "none"), "clients_dir": str(tmp_path),
-                     "journal": str(tmp_path / "j.jsonl")}
+                     "agent_socket": str(tmp_path / "none"), "clients_dir": str(tmp_path)}
         sends: list[tuple[bytes, int, str]] = [
             (b"garbage\n", 0, "not JSON"),
             (b"\xff\xfe\x00\n", 0, "not UTF-8"),

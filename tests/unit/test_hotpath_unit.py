@@ -5,6 +5,7 @@ readers (sysfs, netlink, ioctl) that replace `rdma`/`ip` runs."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -149,16 +150,27 @@ def test_payload_in_place(seq: int, length: int, gen: int) -> None:
 def test_batched_journal_gives_what_was_in_flight(tmp_path: Path) -> None:
     """Postings and completions journaled in batches (and the old one-request lines) tell
     the controller what a dead worker had in flight."""
-    path = tmp_path / "w.journal.jsonl"
     lines = [_journal_run(1, True, [0, 1, 2, 3], 1), _journal_run(2, False, [0, 2], 1),
              '{"t_ns": 3, "event": "flushed", "detail": {"reqs": [3]}}\n',
              '{"t_ns": 4, "event": "posted", "detail": {"req": 3, "gen": 2}}\n',
              _journal_run(5, True, [4, 5], 2), '{"t_ns": 6, "event": "rejected", '
              '"detail": {"req": 5, "errno": 22}}\n', '{"t_ns": 7, "event": "posted", "de']
-    path.write_text("".join(lines))
-    worker = SimpleNamespace(journal=path, spec=WorkloadSpec(count=8))
-    worker.journal_ledger = lambda: ClientWorker.journal_ledger(worker)
-    assert ClientWorker.in_flight(worker) == [1, 3, 4]
+    fd = os.memfd_create("journal")  # as ClientWorker shares it with its worker
+    try:
+        os.write(fd, "".join(lines).encode())
+        worker = SimpleNamespace(journal_fd=fd, spec=WorkloadSpec(count=8))
+        worker.journal_text = lambda: ClientWorker.journal_text(worker)
+        worker.journal_ledger = lambda: ClientWorker.journal_ledger(worker)
+        assert ClientWorker.in_flight(worker) == [1, 3, 4]
+        # a later round (rxe-power stress): the books start again at its "round" note
+        os.write(fd, ('\n{"t_ns": 8, "event": "round", "detail": {"round": 2}}\n'
+                      + _journal_run(9, True, [0, 1], 3) + _journal_run(10, False, [0], 3)
+                      ).encode())
+        assert ClientWorker.in_flight(worker) == [1]
+        led = ClientWorker.journal_ledger(worker)
+        assert led is not None and sorted(led.entries) == [0, 1]
+    finally:
+        os.close(fd)
 
 
 def _fake_rdma_sysfs(root: Path) -> tuple[Path, Path]:
