@@ -411,11 +411,12 @@ def run_round(shim: Shim, agent: PeerAgent, workers: list[ClientWorker],
 
 def measure_coverage(res: ClientResult, spec: WorkloadSpec, window: FaultWindow,
                      go_ns: int) -> None:
-    """How the client's workload met the transition, from its ledger (closed loop: every
-    request was there from go), and why the round is no measurement, if it is not."""
+    """How the client's workload met the transition, from its ledger (closed loop: from
+    go, each request ready once the one before it was taken), and why the round is no
+    measurement, if it is not."""
     entries = [LedgerEntry.from_json(e) for e in res.ledger]
-    handed = go_ns if spec.arrivals is Arrivals.CLOSED else None
-    res.coverage = Coverage.of(spans(entries, handed), window)
+    go = go_ns if spec.arrivals is Arrivals.CLOSED else None
+    res.coverage = Coverage.of(spans(entries, go), window)
     res.missed = res.coverage.missed(require_after=spec.end is WorkloadEnd.RESUMED)
     if res.ran_dry:
         res.missed.append(f"the workload ran dry: all {spec.count} requests of its cap were "

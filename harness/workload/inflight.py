@@ -49,18 +49,26 @@ def late_waits(entries: Iterable[LedgerEntry]) -> Waits:
     return Waits(len(ws), round(statistics.median(ws), 1), round(max(ws), 1))
 
 
-def spans(entries: Iterable[LedgerEntry], handed_over_ns: int | None = None) -> list[Span]:
-    """Each request's life as the application saw it (harness.workload.coverage): from
-    `handed_over_ns` (closed loop: every request was there from the start of the workload)
-    or its arrival (open loop) or its first post, to its final outcome: the completion of
-    its last attempt, the post that was rejected, its refusal (at its arrival, or at its
-    last attempt's completion); None when it never got one (lost, abandoned, killed)."""
+def spans(entries: Iterable[LedgerEntry], closed_loop_go_ns: int | None = None) -> list[Span]:
+    """Each request's life as the application saw it (harness.workload.coverage), from
+    when it was handed over to its final outcome: the completion of its last attempt,
+    the post that was rejected, its refusal (at its arrival, or at its last attempt's
+    completion); None when it never got one (lost, abandoned, killed, or never taken).
+
+    Handed over: open loop, at its arrival; closed loop (`closed_loop_go_ns`: the
+    workload's go), the application has the next request ready from the moment the
+    client took the one before it (request 0: from go), and it waits there while the
+    client cannot take it, which is how a held client makes its application wait."""
     out = []
-    for e in entries:
+    prev_taken = closed_loop_go_ns
+    for e in sorted(entries, key=lambda x: x.req_id):
         atts = e.attempts
-        start = handed_over_ns if handed_over_ns is not None else (
-            e.arrived_ns if e.arrived_ns is not None else atts[0].posted_ns if atts else None)
-        if start is None:
+        taken = e.arrived_ns if e.arrived_ns is not None else \
+            atts[0].posted_ns if atts else None
+        start = prev_taken if closed_loop_go_ns is not None else taken
+        if closed_loop_go_ns is not None and taken is not None:
+            prev_taken = max(prev_taken or taken, taken)
+        if start is None or (not atts and e.outcome is None):
             continue  # never handed over: not part of the workload
         end: int | None = None
         if e.outcome in _NEVER_ENDED or e.outcome is None:
@@ -69,8 +77,8 @@ def spans(entries: Iterable[LedgerEntry], handed_over_ns: int | None = None) -> 
             end = atts[-1].posted_ns
         elif atts and atts[-1].completed_ns is not None:
             end = atts[-1].completed_ns
-        elif e.outcome is Outcome.FAILED_TO_APP:
-            end = e.arrived_ns if e.arrived_ns is not None else start
+        elif e.outcome is Outcome.FAILED_TO_APP and e.arrived_ns is not None:
+            end = e.arrived_ns
         out.append(Span(start, end))
     return out
 

@@ -317,3 +317,23 @@ def test_open_loop_standby_tells_the_policies_apart(power_shim, peer_agent, rxe_
         assert c.peer_counts.get("delivered-once", 0) + c.peer_counts.get("duplicated", 0) \
             == peer_visible(c)
     assert by["fail-fast"].counts != by["queue-replay"].counts
+
+
+def test_a_transition_that_comes_after_the_workload_is_missed(
+        power_shim, peer_agent, rxe_topology, results_dir) -> None:
+    """The negative control of the coverage check, on real rxe: a fixed-count workload
+    (WorkloadEnd.COUNT) whose transition is started only once every request has its
+    outcome (what a slow machine did to CI's rows) is no measurement: its row is `missed`,
+    never clean, with every request finished before the transition began."""
+    spec = WorkloadSpec(count=30, rate_per_s=60.0, queue_depth=4, arrivals=Arrivals.OPEN)
+    req = TransitionRequest("standby", Ordering.HCA_FIRST, hold_ms=300)
+    res = run_scenario(power_shim.shim, peer_agent, rxe_topology.local, req, ["graceful"],
+                       spec, power_shim.clients_dir, results_dir / "clients",
+                       progress_fraction=1.0)
+    print("\n".join(render(res)))
+    c, row = res.client("graceful"), rows(res)["graceful"]
+    assert c.counts == {"completed-ok": spec.count}, c.counts
+    assert c.coverage is not None and c.coverage.crossed == 0, c.coverage
+    assert c.coverage.before == spec.count and c.coverage.arrived_away == 0
+    assert row.status is RowStatus.MISSED and row.status.fails_run, row.findings
+    assert any("missed the workload" in f for f in row.findings), row.findings

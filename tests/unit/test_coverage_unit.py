@@ -78,9 +78,9 @@ def test_a_workload_that_ended_before_the_transition_missed_it() -> None:
 
 
 def test_ledger_spans_cover_every_outcome() -> None:
-    """Open loop: from the arrival; closed loop: from go; the end is the last attempt's
-    completion, a rejected post's time, a refusal's arrival; lost/abandoned/killed never
-    end."""
+    """Open loop: from the arrival; closed loop: from go for the first, then from when
+    the one before it was taken; the end is the last attempt's completion, a rejected
+    post's time, a refusal's arrival; lost/abandoned/killed never end."""
     spec = WorkloadSpec(count=5)
     led = Ledger(spec.requests())
     led.arrived(0, 100), led.posted(0, 1, 110), led.completed(0, "SUCCESS", 0, 120)
@@ -93,7 +93,7 @@ def test_ledger_spans_cover_every_outcome() -> None:
     entries = list(led.entries.values())
     assert spans(entries) == [Span(100, 120), Span(200, 210), Span(300, 300), Span(400, None),
                               Span(500, 650)]
-    assert [s.start_ns for s in spans(entries, handed_over_ns=7)] == [7] * 5
+    assert [s.start_ns for s in spans(entries, closed_loop_go_ns=7)] == [7, 100, 200, 300, 400]
 
 
 def result_with(ledger: Ledger, t0: int, spec: WorkloadSpec) -> ScenarioResult:
@@ -172,3 +172,25 @@ def test_resumed_workloads_are_capped_and_checked() -> None:
     assert WorkloadSpec.from_json(spec.to_json()) == spec
     old = {k: v for k, v in spec.to_json().items() if k not in ("end", "settle_ms")}
     assert WorkloadSpec.from_json(old).end is WorkloadEnd.COUNT
+
+
+def test_a_closed_loop_client_that_holds_its_queue_crosses_the_transition() -> None:
+    """Closed loop: nothing in flight at the notice (it drained), nothing posted while
+    away, yet the request after the last one taken waited through the whole transition:
+    it crossed; the one taken after it came after."""
+    spec = WorkloadSpec(count=6, rate_per_s=60.0)
+    led = Ledger(spec.requests())
+    for i, t in enumerate((0, 10, 20, 600, 610)):
+        led.posted(i, 1, t * MS)
+        led.completed(i, "SUCCESS", 0, t * MS + MS)
+    win = FaultWindow(25 * MS, 525 * MS, 30 * MS, 500 * MS)
+    cov = Coverage.of(spans(led.entries.values(), closed_loop_go_ns=0), win)
+    assert cov == Coverage(requests=5, before=3, crossed=1, arrived_away=0, after=1,
+                           in_flight_at_begin=1)
+    assert cov.missed(require_after=True) == []
+    # the negative control: all five taken and done before the notice
+    early = Ledger(spec.requests())
+    for i in range(5):
+        early.posted(i, 1, i * MS)
+        early.completed(i, "SUCCESS", 0, i * MS + MS // 2)
+    assert Coverage.of(spans(early.entries.values(), 0), win).missed(False)
