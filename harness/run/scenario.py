@@ -417,7 +417,10 @@ def measure_coverage(res: ClientResult, spec: WorkloadSpec, window: FaultWindow,
     entries = [LedgerEntry.from_json(e) for e in res.ledger]
     go = go_ns if spec.arrivals is Arrivals.CLOSED else None
     res.coverage = Coverage.of(spans(entries, go), window)
-    res.missed = res.coverage.missed(require_after=spec.end is WorkloadEnd.RESUMED)
+    # a client that did not live through the transition (killed, died) has nothing after
+    # it by its own doing: that it crossed it is what makes its row a measurement
+    res.missed = res.coverage.missed(require_after=spec.end is WorkloadEnd.RESUMED
+                                     and not res.crashed)
     if res.ran_dry:
         res.missed.append(f"the workload ran dry: all {spec.count} requests of its cap were "
                           "issued before it was stopped")
