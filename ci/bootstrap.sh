@@ -19,7 +19,7 @@ pkgs=(zstd rdma-core ibverbs-providers ibverbs-utils rdmacm-utils python3-pyverb
       nvme-cli fio  # kernel clients: nvme-rdma host tools, I/O benchmark
       nfs-kernel-server nfs-common)  # NFS over RDMA: rpc.mountd; mount.nfs
 # Python 3.11 or newer: the system python3 (the one python3-pyverbs is built for) makes .venv
-if ! /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+if ! /usr/bin/python3 -P -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   echo "bootstrap.sh: error: /usr/bin/python3 is $(/usr/bin/python3 -V 2>&1), rxe-power needs 3.11+" \
        "(Debian 12, Ubuntu 24.04); fix: use a supported distribution (Ubuntu 22.04 has 3.10)" >&2
   exit 2
@@ -60,10 +60,10 @@ fi
 cd "$here"
 bash ci/build-tracer.sh
 if [ ! -x .venv/bin/python ]; then
-  /usr/bin/python3 -m venv --system-site-packages .venv
+  /usr/bin/python3 -P -m venv --system-site-packages .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
-.venv/bin/python -c "import pyverbs, harness.cli" || {
+.venv/bin/python -P -m pip install -q --disable-pip-version-check -e ".[test]"
+.venv/bin/python -P -c "import pyverbs, harness.cli" || {
   echo "bootstrap.sh: error: .venv cannot import pyverbs; fix: apt-get install python3-pyverbs" >&2
   exit 1; }
 echo "bootstrap.sh: ready: .venv/bin/rxe-power"

@@ -136,7 +136,7 @@ say "extracting drivers/infiniband/sw/rxe from $tarball"
 tar -xJf "$tarball" -C "$work" "$src_pkg/drivers/infiniband/sw/rxe" \
   || die "cannot extract drivers/infiniband/sw/rxe from $tarball" "apt-get install --reinstall $src_pkg=$pkgver"
 rxe_dir="$work/$src_pkg/drivers/infiniband/sw/rxe"
-/usr/bin/python3 "$here/ci/rxe_disassociate_patch.py" --variant "$variant" "$rxe_dir"
+/usr/bin/python3 -P "$here/ci/rxe_disassociate_patch.py" --variant "$variant" "$rxe_dir"
 say "building rdma_rxe.ko against /usr/src/$hdr_pkg (at most ${BUILD_TIMEOUT_S}s)"
 if ! timeout "$BUILD_TIMEOUT_S" make -C "/usr/src/$hdr_pkg" M="$rxe_dir" CONFIG_RDMA_RXE=m \
      -j"$(nproc)" modules >"$work/build.log" 2>&1; then

@@ -55,4 +55,4 @@ if [ "$install" = 1 ] && command -v apt-get >/dev/null; then
   fi
 fi
 cd "$here"
-exec env PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" /usr/bin/python3 -m harness.topology "$action"
+exec env PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" /usr/bin/python3 -P -m harness.topology "$action"

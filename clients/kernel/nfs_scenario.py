@@ -42,6 +42,7 @@ from clients.kernel.ulp_scenario import (
 from harness.core.device import DeviceInfo
 from harness.core.errors import RxePowerError
 from harness.core.state import StateFile
+from harness.system.rdma_cm_ids import CmId
 from harness.topology.config import TopologyConfig
 from harness.workload.block_ledger import (
     IoOutcome,
@@ -146,7 +147,7 @@ class _PmClient:
         self.drv.resume(self.mnt.path / DATA_FILE)
 
 
-def client_ids(sample: route_guard.CmSample, port: int) -> list[route_guard.CmId]:
+def client_ids(sample: route_guard.CmSample, port: int) -> list[CmId]:
     """The client's rdma_cm ids in one sample: those towards the service port."""
     return [c for c in sample.ids if c.dst_port == port and c.state != "LISTEN"]
 

@@ -12,7 +12,6 @@ a sampler of every nvme controller's sysfs `state` over time (for the timeline).
 from __future__ import annotations
 
 import re
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 
 from clients.kernel.nvmet_target import modprobe
 from harness.core.errors import BoundExceeded, OsCallError, SettingError
-from harness.core.proc import run_bounded
+from harness.core.proc import python_child, run_bounded
 from harness.core.state import StateFile
 from harness.system import kernelobjs as ko
 
@@ -122,19 +121,6 @@ def namespace_block(ctrl_dir: Path) -> str | None:
     return None
 
 
-_FABRICS_WRITE = """
-import os, sys
-try:
-    fd = os.open("/dev/nvme-fabrics", os.O_RDWR)
-    os.write(fd, sys.argv[1].encode())
-    print(os.read(fd, 4096).decode().strip(), file=sys.stderr)
-except OSError as exc:
-    print(exc.errno)
-    print(exc, file=sys.stderr)
-    sys.exit(1)
-"""
-
-
 class NvmeHost:
     def __init__(self, cfg: HostConfig, state: StateFile | None = None) -> None:
         self.cfg = cfg
@@ -164,11 +150,12 @@ class NvmeHost:
             self.recorded = True
         # nvme-cli 2.3 (Debian 12) has no fast_io_fail_tmo option: write the options to
         # the fabrics device as `nvme connect` does, from a child so that the bound holds
+        # (harness.system.nvme_fabrics)
         opts = (f"transport=rdma,traddr={c.traddr},trsvcid={c.trsvcid},nqn={c.nqn},"
                 f"host_traddr={c.host_traddr},{c.options.fabrics_options()}")
         if not Path("/dev/nvme-fabrics").exists():
             modprobe("nvme-rdma")  # brings nvme-fabrics, which makes /dev/nvme-fabrics
-        res = run_bounded([sys.executable, "-c", _FABRICS_WRITE, opts], CONNECT_TIMEOUT_S,
+        res = run_bounded(python_child("harness.system.nvme_fabrics", opts), CONNECT_TIMEOUT_S,
                           step=f"connect {opts}", bound_name="CONNECT_TIMEOUT_S",
                           outstanding="the write to /dev/nvme-fabrics had not returned")
         if res.returncode != 0:

@@ -12,7 +12,7 @@ ENETUNREACH): measured, the NFS client fails a hard mount's RPCs with EACCES fro
 prohibit route (the RPC client retries only network errors), and retries them after
 EHOSTUNREACH.
 
-`CmSampler` records, over the scenario, every rdma_cm id (`rdma -j res show cm_id`)
+`CmSampler` records, over the scenario, every rdma_cm id (harness.system.rdma_cm_ids)
 with the device it is bound to; `connections` turns the samples into the kernel
 client's connections (those whose destination port is the service) and
 `off_wire` names those that did not cross the wire.
@@ -28,7 +28,7 @@ from typing import Any
 
 from harness.core.errors import RxePowerError, TopologyError
 from harness.core.state import StateFile
-from harness.system import command as cmdjson
+from harness.system.rdma_cm_ids import CmId, cm_ids
 from harness.topology.config import TABLE_LOCAL_SIDE, TopologyConfig
 
 GUARD_METRIC = 4242  # above the real route's metric 0
@@ -63,44 +63,6 @@ def remove(entry: dict[str, Any], state: StateFile) -> None:
 
 
 @dataclass(frozen=True)
-class CmId:
-    """One rdma_cm id as `rdma -j res show cm_id` gives it."""
-
-    dev: str
-    state: str
-    src: str
-    src_port: int | None
-    dst: str
-    dst_port: int | None
-    comm: str
-    lqpn: int | None = None
-
-    @classmethod
-    def parse(cls, d: dict[str, Any]) -> CmId:
-        src, src_port = split_addr(d.get("src-addr"), d.get("src-port"))
-        dst, dst_port = split_addr(d.get("dst-addr"), d.get("dst-port"))
-        lqpn = d.get("lqpn")
-        return cls(str(d.get("ifname", "")), str(d.get("state", "")), src, src_port, dst,
-                   dst_port, str(d.get("comm", "")), lqpn if isinstance(lqpn, int) else None)
-
-
-def split_addr(addr: object, port: object = None) -> tuple[str, int | None]:
-    """iproute2 6.1 prints `"src-addr": "198.18.0.1:38632"` (address and port in one
-    field, IPv6 as `[addr]:port`); a separate port field is used when there is one."""
-    text = str(addr or "")
-    if isinstance(port, int):
-        return text, port
-    host, colon, tail = text.rpartition(":")
-    if colon and tail.isdigit() and (host.count(":") == 0 or host.startswith("[")):
-        return host.strip("[]"), int(tail)
-    return text, None
-
-
-def parse_cm_ids(data: list[dict[str, Any]]) -> list[CmId]:
-    return [CmId.parse(d) for d in data if isinstance(d, dict)]
-
-
-@dataclass(frozen=True)
 class CmSample:
     t_ns: int
     ids: tuple[CmId, ...]
@@ -119,11 +81,11 @@ class CmSampler:
     def sample_once(self) -> None:
         t = time.monotonic_ns()
         try:
-            data = cmdjson.run_json(["rdma", "-j", "res", "show", "cm_id"], timeout_s=5.0)
+            ids = cm_ids()
         except RxePowerError as exc:
             self.errors.append(exc.problem)
             return
-        self.samples.append(CmSample(t, tuple(parse_cm_ids(data))))
+        self.samples.append(CmSample(t, tuple(ids)))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -22,7 +22,7 @@ from pathlib import Path
 from harness.cli.launch import Subcommands, native_rxe_available
 from harness.core import settings
 from harness.core.errors import BoundExceeded, OsCallError, RxePowerError
-from harness.core.proc import run_bounded
+from harness.core.proc import python_child, run_bounded
 from harness.core.settings import Mode, resolve
 from harness.core.state import RUN_KINDS, STATE_PATH, StateFile, alive
 from harness.system import command, inventory, rdma_netlink
@@ -39,8 +39,7 @@ NATIVE_FIX = ("install the module for this kernel (Ubuntu: apt-get install "
               "linux-modules-extra-$(uname -r)), or use the VM path (--mode vm; auto picks it)")
 PYVERBS_FIX = ("apt-get install python3-pyverbs, and make the venv from the system python "
                "with its site packages: /usr/bin/python3 -m venv --system-site-packages .venv")
-_PYVERBS_PROBE = ("import json, pyverbs; print(json.dumps({'version': getattr(pyverbs, "
-                  "'__version__', None), 'file': getattr(pyverbs, '__file__', None)}))")
+PYVERBS_PROBE = "harness.cli.pyverbs_probe"
 # (distribution, status when missing, what needs it)
 PACKAGES = (("psutil", "FAIL", "the harness"), ("pytest", "FAIL", "rxe-power test"),
             ("pytest-timeout", "FAIL", "rxe-power test"),
@@ -228,11 +227,12 @@ def dpkg_version(package: str, which: Which = shutil.which, run: Runner = run_cm
     return (r.stdout.strip() or None) if r.returncode == 0 else None
 
 
-def check_pyverbs(run: Runner = run_cmd, which: Which = shutil.which,
-                  python: str = sys.executable) -> Finding:
-    """`import pyverbs` in a child bounded by DOCTOR_IMPORT_TIMEOUT_S."""
+def check_pyverbs(run: Runner = run_cmd, which: Which = shutil.which) -> Finding:
+    """`import pyverbs` in a child of ours (harness.cli.pyverbs_probe: -P, never from the
+    working directory) bounded by DOCTOR_IMPORT_TIMEOUT_S."""
+    python = sys.executable
     try:
-        r = run([python, "-c", _PYVERBS_PROBE], DOCTOR_IMPORT_TIMEOUT_S)
+        r = run(python_child(PYVERBS_PROBE), DOCTOR_IMPORT_TIMEOUT_S)
     except OSError as exc:
         return fail("pyverbs", _os_detail(f"cannot run {python}", exc), PYVERBS_FIX)
     if r.returncode is None:

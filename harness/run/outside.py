@@ -5,9 +5,11 @@ transition, with a table row like a policy's.
 Placeholders in the commands (each argument is formatted, after shlex splitting):
     {dev} {gid} {addr}                  the local HCA, its RoCEv2 GID index, its address
     {peer_dev} {peer_gid} {peer_addr}   the peer HCA's
-    {port}                              a free TCP port (for the program's own rendezvous)
-A scenario: the server starts (traced) and is ready when it listens on {port} (or, if its
-command has no {port}, when it holds the peer HCA); the client starts (traced, with
+    {port}                              a free port (the programs' rendezvous: a TCP port,
+                                        or the rdma_cm port of a server such as rping)
+A scenario: the server starts (traced) and is ready when it listens on {port}, over TCP or
+through rdma_cm on the peer HCA (or, if its command has no {port}, when its rdma_cm id
+listens there or it holds the peer HCA: outside_ready.py); the client starts (traced, with
 RXE_POWER_CLIENTS_DIR set so it may speak the notify protocol) and is busy when its log
 shows a successful completion; the shim runs the transition; the client gets
 CLIENT_EXIT_TIMEOUT_S to end by itself (else it is stopped and the row says so); then both
@@ -36,10 +38,10 @@ from harness.core.bounds import MAX_WAIT_S, check_number
 from harness.core.errors import BoundExceeded, SettingError
 from harness.core.proc import spawn, stop_child
 from harness.run.outside_lane import program_lane
+from harness.run.outside_ready import ServerReady
 from harness.run.rows import Row, status_of, veto_text
 from harness.run.scenario_result import ClientEnd
-from harness.system.holders import find_holders
-from harness.system.tcp_ports import free_tcp_port, tcp_listening
+from harness.system.tcp_ports import free_tcp_port
 from harness.topology.neighbour import resolve_neighbour
 from harness.workload.coverage import Coverage, Span
 from harness.workload.ledger import Outcome
@@ -50,7 +52,7 @@ from power.veto import VetoReport
 
 PLACEHOLDERS = ("dev", "gid", "addr", "peer_dev", "peer_gid", "peer_addr", "port")
 WIRE_READY_TIMEOUT_S = 45.0  # before the programs start: ARP across our wire, both ways
-SERVER_READY_TIMEOUT_S = 30.0  # the server listening on {port} / holding the peer HCA
+SERVER_READY_TIMEOUT_S = 30.0  # the server listening (TCP or rdma_cm: outside_ready.py)
 CLIENT_BUSY_TIMEOUT_S = 30.0  # the client's first successful completion in its log
 CLIENT_EXIT_TIMEOUT_S = 60.0  # after the transition: the client ends by itself
 SERVER_EXIT_TIMEOUT_S = 10.0  # after the client, the server ends by itself (or exit_timeout_s)
@@ -135,15 +137,17 @@ class OutsideResult:
 
 
 def _wait(cond: Callable[[], bool], what: str, bound_name: str, bound: float,
-          proc: subprocess.Popen[bytes]) -> bool:
-    """True when COND held; False when PROC exited first; BoundExceeded at the bound."""
+          proc: subprocess.Popen[bytes], seen: Callable[[], str] | None = None) -> bool:
+    """True when COND held; False when PROC exited first; BoundExceeded at the bound
+    (with what SEEN says the last look found)."""
     deadline = time.monotonic() + bound
     while not cond():
         if proc.poll() is not None:
             return False
         if time.monotonic() > deadline:
             raise BoundExceeded(what, bound_name, bound, f"{_program(proc)} (pid {proc.pid}) "
-                                "still running without it")
+                                "still running without it"
+                                + (f"; last seen: {seen()}" if seen else ""))
         time.sleep(POLL_S)  # polling interval of a bounded wait
     return True
 
@@ -197,7 +201,7 @@ def _run(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path,
     cli_argv = expand(spec.client_cmd, topo, port)
     srv_argv = expand(spec.server_cmd, topo, port) if spec.server_cmd else []
     srv = cli = None
-    stopped = False
+    stopped, server_ready = False, ""
     # the programs' own rendezvous (TCP) and connects cross our wire: both sides' ARP for
     # the far address first, bounded (measured: after a link-flap scenario, twice in four
     # suite runs, the wire gave the next program no ARP answer for ~30 s: the neighbour
@@ -208,13 +212,15 @@ def _run(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path,
             with open(log_dir / "server.log", "wb") as out:
                 srv = spawn(srv_argv, "outside server", env=env, stdin=subprocess.DEVNULL,
                             stdout=out, stderr=subprocess.STDOUT)
-            ready = (lambda: tcp_listening(port)) if "{port}" in spec.server_cmd else \
-                (lambda: any(h.pid == srv.pid for h in find_holders(topo.peer.dev)))
-            if not _wait(ready, "the outside server ready", "SERVER_READY_TIMEOUT_S",
-                         SERVER_READY_TIMEOUT_S, srv):
+            ready = ServerReady(srv.pid, topo.peer.dev,
+                                port if "{port}" in spec.server_cmd else None)
+            if not _wait(ready, f"the outside server ready ({ready.waited_for()})",
+                         "SERVER_READY_TIMEOUT_S", SERVER_READY_TIMEOUT_S, srv,
+                         lambda: ready.seen):
                 raise SettingError(f"--server-cmd exited {srv.returncode} before it was ready: "
                                    f"{_tail(log_dir / 'server.log')[-200:]!r}",
                                    "run it by hand on the peer HCA to see why")
+            server_ready = ready.how
         with open(log_dir / "client.log", "wb") as out, \
                 open(log_dir / "client.stderr", "wb") as err:
             cli = spawn(cli_argv, "outside client", env=env, stdin=subprocess.DEVNULL,
@@ -242,7 +248,8 @@ def _run(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path,
     # the program's requests as a client lane of the timeline picture (its row: "outside")
     lane = program_lane(spec.label, led, ended, program.peer_counts, exit_ns)
     return {"transition": res.to_json(), "clients": [lane.to_json()],
-            "outside": program.to_json() | {"wire_ready_ms": wire_ms}}
+            "outside": program.to_json() | {"wire_ready_ms": wire_ms,
+                                            "server_ready": server_ready}}
 
 
 def _wire_ready(cfg: Any) -> float:

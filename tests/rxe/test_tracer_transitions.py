@@ -1,6 +1,6 @@
 """Unmodified verbs programs under the verbs tracer through transitions (the suite's
-default rdma_rxe, whose delete blocks on a holder): ibv_rc_pingpong, ib_send_bw and
-ib_write_bw under link-flap through the matrix's own path for `--client-cmd`
+default rdma_rxe, whose delete blocks on a holder): ibv_rc_pingpong, ib_send_bw,
+ib_write_bw and rping (rdma_cm) under link-flap through the matrix's own path for `--client-cmd`
 (harness/run/outside.py), a holder forced out by surprise-removal, and the two C examples
 (one that speaks the notify protocol, one that ignores every error). Every request of
 every program gets exactly one outcome; what each program made of the transition is
@@ -23,10 +23,12 @@ from clients.traced import example_program, make_trace_dir, traced_env
 from harness.core.errors import BoundExceeded
 from harness.core.proc import stop_child
 from harness.run.outside import OutsideSpec, outside_rows, run_outside
+from harness.run.rows import RowStatus
 from harness.topology.config import Topology
 from harness.workload.ledger import Outcome
-from harness.workload.traced_ledger import EndedBy, FindingKind
+from harness.workload.traced_ledger import EndedBy, FindingKind, build_ledger
 from harness.workload.traced_peer import match_peer
+from harness.workload.tracelog import read_log
 from power.plan import OnVeto, Ordering
 from power.result import TransitionRequest, Verdict
 from tests.rxe.test_outside_clients import _free_port, check_named_and_forced
@@ -51,10 +53,15 @@ PROGRAM_EXIT_TIMEOUT_S = 5.0
 # a pingpong never ends by itself unless it errors: one that went on (or hangs polling a
 # device that is gone) is judged and stopped after this long
 PINGPONG_EXIT_TIMEOUT_S = 3.0
+RPING_EXIT_TIMEOUT_S = 3.0  # rping without a count: as a pingpong
 
 
 def program_spec(program: str) -> OutsideSpec:
     """The program's client and server commands, as a user gives them to `matrix`."""
+    if program == "rping":  # no -C: it pings until it errors or is stopped
+        return OutsideSpec("rping -c -a {peer_addr} -p {port} -V",
+                           "rping -s -a {peer_addr} -p {port} -V",
+                           RPING_EXIT_TIMEOUT_S).validate()
     if program == "ibv_rc_pingpong":
         common = f"-n {PINGPONG_ITERS} -s 4096 -p {{port}}"
         return OutsideSpec(f"ibv_rc_pingpong -d {{dev}} -g {{gid}} {common} {{peer_addr}}",
@@ -230,6 +237,46 @@ def test_broken_client_found_out(power_shim, rxe_topology, results_dir, tmp_path
     if bad > 0:
         assert led.posted_after_error() > 0
         assert FindingKind.POSTED_AFTER_ERROR in {f.what for f in led.findings}
+
+
+def test_rping_under_link_flap(power_shim, rxe_topology, results_dir, request) -> None:
+    """rping (rdmacm-utils), the common rdma_cm example, client and server traced, under
+    link-flap through the matrix's path. Its server listens through rdma_cm on rxe1 and
+    has no TCP socket: it is seen ready by its listening rdma_cm id (issue 22 defect 7:
+    before, the run ended in BoundExceeded after SERVER_READY_TIMEOUT_S, a broken row).
+    What rping made of the flap is the row's, and each known behaviour is checked
+    against rping's exit and both ledgers: it errored and exited (bad: its exit status,
+    with error completions in its ledger), or RC retried through the flap and it went on
+    pinging until it was stopped (bad: stopped, nothing in error, completions after the
+    resume; the SEND it had in flight at the stop is lost, its log ended by the kill).
+    Anything else fails the test."""
+    log_dir = results_dir / "logs" / request.node.name
+    result, row = run_program(power_shim, rxe_topology, "rping", "link-flap", log_dir)
+    out, peer = result["outside"], rxe_topology.peer
+    assert out["server_ready"].startswith(f"rdma_cm id LISTEN on {peer.dev} {peer.addr}:") \
+        and out["server_ready"].endswith("(rping)"), out["server_ready"]
+    assert result["transition"]["verdict"] == Verdict.COMPLETED.value, result["transition"]
+    check_program_accounted(out, "rping")
+    counts = out["counts"]
+    errors = counts.get(Outcome.COMPLETED_ERROR.value, 0) + counts.get(Outcome.FLUSHED.value, 0)
+    assert row.status is RowStatus.BAD, (row.status, row.findings)
+    if out["exit"] not in (0, None):
+        print(f"rping errored under the flap: exit {out['exit']}, {errors} in error")
+        assert not out["stopped_by_harness"] and errors > 0, (out["exit"], counts)
+        assert any(f.startswith(f"exit status {out['exit']}") for f in row.findings)
+        return
+    print(f"rping went on through the flap: recovery {out['recovery_ms']} ms, stopped")
+    assert out["stopped_by_harness"] and out["exit"] is None, out
+    assert errors == 0 and out["recovery_ms"] is not None, (counts, out["recovery_ms"])
+    led = build_ledger(read_log(log_dir / "trace" / f"rxe-power-trace.{out['pid']}.bin"))
+    lost = [r for r in led.sends() if r.outcome is Outcome.LOST]
+    # rping waits for each ping's answer: at most its one SEND in flight at the stop,
+    # ended by the kill; the server missed none but that one
+    assert len(lost) <= 1 and {r.ended_by for r in lost} <= {EndedBy.LOG_ENDED}, lost
+    assert out["peer_counts"]["missing"] <= len(lost), out["peer_counts"]
+    stopped = f"still running {RPING_EXIT_TIMEOUT_S:g} s after the transition: stopped"
+    assert row.findings == [stopped] + ([f"{len(lost)} lost (posted, never completed)"]
+                                        if lost else []), row.findings
 
 
 # pingpong last, and this test last in the file: twice in four suite runs, right after

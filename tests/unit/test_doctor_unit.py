@@ -16,6 +16,7 @@ import pytest
 from harness.cli import doctor
 from harness.cli.doctor import Finding, Ran, Status
 from harness.core.errors import NoRxe, SettingError, TopologyError
+from harness.core.proc import python_child
 from harness.core.state import StateFile
 from harness.topology.config import Endpoint, Topology, TopologyConfig
 from harness.vm import accel as vm_accel
@@ -222,20 +223,20 @@ def probe_out(version: str | None) -> str:
 
 
 def test_pyverbs_version_from_module() -> None:
-    run = FakeRun({("-c",): Ran(0, probe_out("50.0"), "")})
-    f = doctor.check_pyverbs(run, no_which, "/venv/python")
+    run = FakeRun({("-P",): Ran(0, probe_out("50.0"), "")})
+    f = doctor.check_pyverbs(run, no_which)
     assert f.status is Status.OK and "pyverbs 50.0" in f.detail
     argv, timeout = run.calls[0]
-    assert argv[:2] == ["/venv/python", "-c"] and timeout == doctor.DOCTOR_IMPORT_TIMEOUT_S
+    assert argv == python_child(doctor.PYVERBS_PROBE) and timeout == doctor.DOCTOR_IMPORT_TIMEOUT_S
 
 
 def test_pyverbs_version_from_dpkg() -> None:
-    run = FakeRun({("-c",): Ran(0, "noise\n" + probe_out(None), ""),
+    run = FakeRun({("-P",): Ran(0, "noise\n" + probe_out(None), ""),
                    ("-W",): Ran(0, "44.0-2", "")})
-    f = doctor.check_pyverbs(run, which_in("/usr/bin"), "/venv/python")
+    f = doctor.check_pyverbs(run, which_in("/usr/bin"))
     assert f.status is Status.OK and "44.0-2 (python3-pyverbs)" in f.detail
     assert run.calls[1][0] == ["/usr/bin/dpkg-query", "-W", "-f=${Version}", "python3-pyverbs"]
-    f = doctor.check_pyverbs(FakeRun({("-c",): Ran(0, probe_out(None), "")}), no_which, "py")
+    f = doctor.check_pyverbs(FakeRun({("-P",): Ran(0, probe_out(None), "")}), no_which)
     assert f.status is Status.OK and "version unknown" in f.detail
 
 
@@ -245,14 +246,14 @@ def test_pyverbs_version_from_dpkg() -> None:
     (Ran(0, "garbage", ""), "garbage"),
 ])
 def test_pyverbs_failures(ran: Ran, words: str) -> None:
-    f = doctor.check_pyverbs(FakeRun({("-c",): ran}), no_which, "/venv/python")
+    f = doctor.check_pyverbs(FakeRun({("-P",): ran}), no_which)
     assert f.status is Status.FAIL and words in f.detail
     assert "python3-pyverbs" in f.fix and "--system-site-packages" in f.fix
 
 
 def test_pyverbs_python_missing_carries_errno() -> None:
-    run = FakeRun({("-c",): FileNotFoundError(errno.ENOENT, "No such file or directory")})
-    f = doctor.check_pyverbs(run, no_which, "/nope/python")
+    run = FakeRun({("-P",): FileNotFoundError(errno.ENOENT, "No such file or directory")})
+    f = doctor.check_pyverbs(run, no_which)
     assert f.status is Status.FAIL and "ENOENT 2" in f.detail
 
 

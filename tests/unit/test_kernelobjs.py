@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from clients.kernel.nvme_host import PRESETS, NvmeOptions, namespace_block, parse_policy
-from clients.kernel.route_guard import CmSample, connections, off_wire, parse_cm_ids
+from clients.kernel.route_guard import CmSample, connections, off_wire
 from harness.core.errors import NotOurs, SettingError
 from harness.system import kernelobjs as ko
+from harness.system.rdma_cm_ids import parse_cm_ids
 from harness.topology.config import TopologyConfig
 
 NQN = "nqn.2026-11.org.rxe-power:rxpw-1234"

@@ -11,13 +11,14 @@ import pytest
 from clients.kernel.nfs_client import PRESETS, NfsOptions, parse_mountstats, parse_policy
 from clients.kernel.nfs_scenario import detect_recover, transport_changes
 from clients.kernel.nfs_server import etab_line
-from clients.kernel.route_guard import CmId, CmSample
+from clients.kernel.route_guard import CmSample
 from harness.core.errors import NotOurs, SettingError
 from harness.core.state_entries import check_entry
 from harness.run.kernel_rows import is_kernel_policy, kernel_rows, validate
 from harness.run.rows import RowStatus
 from harness.system import kernelobjs as ko
 from harness.system import nfsobjs
+from harness.system.rdma_cm_ids import CmId
 from harness.workload.block_ledger import IoOp, IoRecord, Window
 
 # --- policies -----------------------------------------------------------------------------
