@@ -165,7 +165,7 @@ def test_cleanup_after_sigkill_leaves_foreign_mount(rxe_topology, tmp_path: Path
     (foreign / "keep").write_text("theirs")
     child = None
     try:
-        child = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE,
+        child = subprocess.Popen([sys.executable, "-P", "-c", _CHILD], stdout=subprocess.PIPE,
                                  text=True, cwd=HERE.parent.parent)
         line = _readline(child)
         assert line.startswith("ready"), line

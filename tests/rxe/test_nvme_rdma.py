@@ -259,7 +259,7 @@ def test_cleanup_after_sigkill_leaves_foreign_objects(rxe_topology) -> None:
     child = None
     try:
         items, ctrl = _foreign_stack()
-        child = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE,
+        child = subprocess.Popen([sys.executable, "-P", "-c", _CHILD], stdout=subprocess.PIPE,
                                  text=True, cwd=HERE.parent.parent)
         line = _readline(child)
         assert line.startswith("ready"), line
