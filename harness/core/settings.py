@@ -194,6 +194,8 @@ IN_VM_ENV = "RXE_POWER_IN_VM"  # "1" inside the guest the runner booted
 BENCH_HOST_ENV = "RXE_POWER_BENCH_HOST"  # the host's load as JSON, handed to a guest bench
 VM_KERNEL_ENV = "RXE_POWER_VM_KERNEL"  # the guest kernel to boot instead of the newest
 VM_ACCEL_ENV = "RXE_POWER_VM_ACCEL"  # kvm or tcg: skip the accelerator probe
+LAUNCH_ENV = "RXE_POWER_LAUNCH"  # the CLI's mode, its reason and the source tree (JSON)
+VM_FACTS_ENV = "RXE_POWER_VM_FACTS"  # the VM runner's accelerator and host, for the guest
 RUNTIME_DIR_ENV = "XDG_RUNTIME_DIR"  # a non-root user's per-boot directory
 MPL_CONFIG_ENV = "MPLCONFIGDIR"  # matplotlib's configuration and font cache
 OWN_PREFIX = "RXE_POWER_"  # every variable of ours: forwarded into the guest
@@ -306,6 +308,25 @@ def export_bench_host(host: Mapping[str, Any]) -> None:
     os.environ[BENCH_HOST_ENV] = json.dumps(host)
 
 
+def launch_facts(environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """What the CLI decided before the run (mode, its reason, the source tree, the removal
+    mode's reason), for the provenance (harness.system.provenance_collect types it)."""
+    return _env_parsed(LAUNCH_ENV, parse_json_object, None,
+                       "the JSON object rxe-power's launch writes", environ)
+
+
+def export_launch_facts(facts: Mapping[str, Any]) -> None:
+    """Hand the CLI's decisions to this process's later steps and to the guest (the runner
+    forwards RXE_POWER_* variables)."""
+    os.environ[LAUNCH_ENV] = json.dumps(facts, separators=(",", ":"))
+
+
+def vm_facts(environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The VM runner's accelerator and host, set in the guest's environment."""
+    return _env_parsed(VM_FACTS_ENV, parse_json_object, None,
+                       "the JSON object the VM runner writes", environ)
+
+
 def mpl_config_dir_set(environ: Mapping[str, str] | None = None) -> bool:
     return _env(MPL_CONFIG_ENV, environ) is not None
 
@@ -337,3 +358,5 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     clients_dir(environ)
     runtime_dir(environ)
     bench_host(environ)
+    launch_facts(environ)
+    vm_facts(environ)
