@@ -18,7 +18,8 @@ from harness.core import settings
 from harness.core.settings import Mode, RemovalMode
 from harness.run.matrix import MatrixSpec, run_matrix
 from harness.run.resultsfile import read_results
-from harness.system.provenance import Accel, Recorded
+from harness.system.provenance import Accel
+from harness.system.provenance_text import Recorded
 from power.plan import Ordering
 
 pytestmark = pytest.mark.rxe
