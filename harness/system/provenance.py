@@ -22,10 +22,13 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from harness.core.errors import RxePowerError
-from harness.core.settings import Mode, RemovalMode
+from harness.core.settings import LAUNCH_ENV, VM_FACTS_ENV, Mode, RemovalMode
 from harness.system.rxe_module import Loaded
 
-PROVENANCE_SCHEMA = 1
+# 2: module.build_id (the loaded module's GNU build-id). 1 (7 Dec 2026, before it) is still
+# read, its build_id None: file_matches_loaded came from srcversion alone then.
+PROVENANCE_SCHEMA = 2
+READABLE_PROVENANCE_SCHEMAS = (1, 2)
 MAX_TEXT = 2000  # a reason or problem longer than this is cut (a header stays small)
 E = TypeVar("E", bound=StrEnum)
 T = TypeVar("T")
@@ -93,7 +96,8 @@ class RxeModule:
     kind: Loaded  # none, stock, ours (the cached disassociate build) or other
     path: str | None  # the .ko whose sha256 is given
     sha256: str | None
-    file_matches_loaded: bool | None  # the file's srcversion is the loaded module's
+    file_matches_loaded: bool | None  # the file's GNU build-id (or srcversion) is the loaded's
+    build_id: str | None  # the loaded module's GNU build-id (/sys/module/rdma_rxe/notes)
     srcversion: str | None  # the loaded module's (/sys/module/rdma_rxe/srcversion)
     version: str | None  # its MODULE_VERSION (ours: rxe-power-disassociate-<variant>)
     source_package: str | None  # ours: linux-source-X.Y; stock: the package holding it
@@ -140,10 +144,10 @@ class Provenance:
     def from_json(cls, d: object) -> Provenance:
         r = JsonReader(d, "provenance")
         schema = r.integer("schema")
-        if schema != PROVENANCE_SCHEMA:
+        if schema not in READABLE_PROVENANCE_SCHEMAS:
             raise ProvenanceError(f"provenance schema {schema}; this rxe-power reads "
-                                  f"{PROVENANCE_SCHEMA}", "read it with the rxe-power that "
-                                  "wrote it")
+                                  f"{', '.join(map(str, READABLE_PROVENANCE_SCHEMAS))}",
+                                  "read it with the rxe-power that wrote it")
         mode = r.enum("mode", Mode)
         if mode is Mode.AUTO:
             raise ProvenanceError("provenance.mode is auto", "a run is native or vm")
@@ -151,7 +155,7 @@ class Provenance:
         return cls(mode, r.text("mode_reason"), r.enum("accel", Accel), r.text("accel_reason"),
                    _machine(r.get("machine"), "provenance.machine"),
                    None if host is None else _machine(host, "provenance.host"),
-                   _kernel(r.sub("kernel")), _module(r.sub("module")),
+                   _kernel(r.sub("kernel")), _module(r.sub("module"), schema),
                    r.opt("removal", lambda v, w: _enum(v, RemovalMode, w)),
                    r.enum("removal_requested", RemovalMode), r.text("removal_reason"),
                    _packages(r.sub("packages")), _tree(r.sub("tree")),
@@ -167,6 +171,47 @@ def taint_letters(tainted: int) -> str:
     letters = "".join(c for i, c in enumerate(KERNEL_TAINT_BITS) if tainted >> i & 1)
     unnamed = tainted >> len(KERNEL_TAINT_BITS)
     return letters + (f"+{unnamed << len(KERNEL_TAINT_BITS):#x}" if unnamed else "")
+
+
+@dataclass(frozen=True)
+class LaunchFacts:
+    """The CLI's decisions before the run (RXE_POWER_LAUNCH)."""
+
+    mode: Mode
+    mode_reason: str
+    tree: SourceTree
+    command_line: str = ""
+    removal_reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode.value, "mode_reason": self.mode_reason,
+                "tree": {"commit": self.tree.commit, "dirty": self.tree.dirty,
+                         "problem": self.tree.problem},
+                "command_line": self.command_line, "removal_reason": self.removal_reason}
+
+    @classmethod
+    def from_json(cls, d: object) -> LaunchFacts:
+        r = JsonReader(d, LAUNCH_ENV)
+        t = r.sub("tree")
+        return cls(r.enum("mode", Mode), r.text("mode_reason"),
+                   SourceTree(t.opt_str("commit"), t.opt_bool("dirty"), t.text("problem")),
+                   r.text("command_line"), r.text("removal_reason"))
+
+
+@dataclass(frozen=True)
+class VmFacts:
+    """The VM runner's accelerator and the host that ran QEMU (RXE_POWER_VM_FACTS)."""
+
+    accel: Accel
+    accel_reason: str
+    host: Machine
+
+    @classmethod
+    def from_json(cls, d: object) -> VmFacts:
+        r = JsonReader(d, VM_FACTS_ENV)
+        h = r.sub("host")
+        return cls(r.enum("accel", Accel), r.text("accel_reason"),
+                   Machine(h.integer("cpus"), h.opt_int("memory_mib"), h.text("kernel")))
 
 
 # --- JSON -----------------------------------------------------------------------------------
@@ -278,9 +323,10 @@ def _kernel(r: JsonReader) -> KernelFacts:
                        r.integer("tainted"))
 
 
-def _module(r: JsonReader) -> RxeModule:
+def _module(r: JsonReader, schema: int) -> RxeModule:
     return RxeModule(r.enum("kind", Loaded), r.opt_str("path"), r.opt_str("sha256"),
-                     r.opt_bool("file_matches_loaded"), r.opt_str("srcversion"),
+                     r.opt_bool("file_matches_loaded"),
+                     r.opt_str("build_id") if schema >= 2 else None, r.opt_str("srcversion"),
                      r.opt_str("version"), r.opt_str("source_package"),
                      r.opt_str("source_version"), r.opt_str("patch"), r.text("taint"))
 

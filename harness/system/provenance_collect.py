@@ -13,6 +13,7 @@ a run. `Sources` says where each piece is read; tests give recorded copies.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Callable, Mapping
@@ -25,11 +26,12 @@ from harness.core.errors import RxePowerError
 from harness.core.settings import Mode, RemovalMode, resolve
 from harness.system import command, rxe_module
 from harness.system.command import CmdResult
+from harness.system.elf_notes import build_id_note, note_build_id
 from harness.system.provenance import (
     Accel,
     FaultModel,
-    JsonReader,
     KernelFacts,
+    LaunchFacts,
     Machine,
     Packages,
     PeerPlacement,
@@ -37,6 +39,7 @@ from harness.system.provenance import (
     ProvenanceError,
     RxeModule,
     SourceTree,
+    VmFacts,
 )
 from harness.system.rxe_module import Loaded
 
@@ -164,14 +167,24 @@ def dpkg_versions(src: Sources, problems: _Problems) -> dict[str, str | None]:
     return parse_dpkg(res.stdout)
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
+def read_module_file(path: Path) -> bytes:
+    """A .ko file, whole (bounded: MAX_MODULE_BYTES)."""
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size > MAX_MODULE_BYTES:
-            raise OSError(27, os.strerror(27))  # EFBIG: not a module
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))  # not a module
+        return f.read(MAX_MODULE_BYTES + 1)
+
+
+def _loaded_note(src: Sources, problems: _Problems) -> bytes | None:
+    """The loaded module's GNU build-id note (root may read it; absent: none)."""
+    path = src.sys_module / "notes" / ".note.gnu.build-id"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        problems.add(str(path), f"[errno {exc.errno}] {os.strerror(exc.errno or 0)}")
+        return None
 
 
 def _modinfo(src: Sources, args: list[str], problems: _Problems) -> str | None:
@@ -188,7 +201,8 @@ def _modinfo(src: Sources, args: list[str], problems: _Problems) -> str | None:
 def module_facts(src: Sources, versions: Mapping[str, str | None],
                  problems: _Problems) -> RxeModule:
     """The loaded rdma_rxe, the file it came from (ours: the cached build; stock: the one
-    modinfo names for this kernel), that file's sha256 and where its source came from."""
+    modinfo names for this kernel), that file's sha256, whether it is the loaded one and
+    where its source came from."""
     try:
         facts = rxe_module.module_facts(src.sys_module)
     except RxePowerError as exc:
@@ -199,7 +213,7 @@ def module_facts(src: Sources, versions: Mapping[str, str | None],
         if ours.is_file() else None
     kind = rxe_module.classify(facts, ours_src)
     if kind is Loaded.NONE:
-        return RxeModule(kind, None, None, None, None, None, None, None, None, "")
+        return RxeModule(kind, None, None, None, None, None, None, None, None, None, "")
     patch = source_package = source_version = None
     if kind is Loaded.OURS:
         path: Path | None = ours
@@ -221,15 +235,23 @@ def module_facts(src: Sources, versions: Mapping[str, str | None],
         path, file_src = None, None
         problems.add("rdma_rxe", f"the loaded module is not ours nor the distribution's "
                      f"(version {facts.version!r}, taint {facts.taint!r}): no file to hash")
-    digest = None
+    digest = file_note = None
     if path is not None:
         try:
-            digest = sha256_of(path)
+            data = read_module_file(path)
+            digest, file_note = hashlib.sha256(data).hexdigest(), build_id_note(data)
         except OSError as exc:
             problems.add(f"sha256 of {path}", f"[errno {exc.errno}] "
                          f"{os.strerror(exc.errno or 0)}")
-    matches = (file_src == facts.srcversion) if file_src and facts.srcversion else None
-    return RxeModule(kind, str(path) if path else None, digest, matches, facts.srcversion,
+    loaded_note = _loaded_note(src, problems)
+    # the file is the loaded module: same GNU build-id (every module has one), else same
+    # srcversion (a module with MODULE_VERSION has one; Debian's in-tree rdma_rxe has not)
+    if loaded_note is not None and file_note is not None:
+        matches: bool | None = loaded_note == file_note
+    else:
+        matches = (file_src == facts.srcversion) if file_src and facts.srcversion else None
+    return RxeModule(kind, str(path) if path else None, digest, matches,
+                     note_build_id(loaded_note) if loaded_note else None, facts.srcversion,
                      facts.version, source_package, source_version, patch, facts.taint)
 
 
@@ -272,48 +294,7 @@ def tree_facts(src: Sources) -> SourceTree:
     return SourceTree(commit, bool(status.stdout.strip()), "")
 
 
-# --- what the CLI and the VM runner hand over -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LaunchFacts:
-    """The CLI's decisions before the run (RXE_POWER_LAUNCH)."""
-
-    mode: Mode
-    mode_reason: str
-    tree: SourceTree
-    command_line: str = ""
-    removal_reason: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"mode": self.mode.value, "mode_reason": self.mode_reason,
-                "tree": {"commit": self.tree.commit, "dirty": self.tree.dirty,
-                         "problem": self.tree.problem},
-                "command_line": self.command_line, "removal_reason": self.removal_reason}
-
-    @classmethod
-    def from_json(cls, d: object) -> LaunchFacts:
-        r = JsonReader(d, settings.LAUNCH_ENV)
-        t = r.sub("tree")
-        return cls(r.enum("mode", Mode), r.text("mode_reason"),
-                   SourceTree(t.opt_str("commit"), t.opt_bool("dirty"), t.text("problem")),
-                   r.text("command_line"), r.text("removal_reason"))
-
-
-@dataclass(frozen=True)
-class VmFacts:
-    """The VM runner's accelerator and the host that ran QEMU (RXE_POWER_VM_FACTS)."""
-
-    accel: Accel
-    accel_reason: str
-    host: Machine
-
-    @classmethod
-    def from_json(cls, d: object) -> VmFacts:
-        r = JsonReader(d, settings.VM_FACTS_ENV)
-        h = r.sub("host")
-        return cls(r.enum("accel", Accel), r.text("accel_reason"),
-                   Machine(h.integer("cpus"), h.opt_int("memory_mib"), h.text("kernel")))
+# --- what the CLI and the VM runner hand over (provenance.LaunchFacts, VmFacts) ---------------
 
 
 def record_launch(mode: Mode, why: str, command_line: str, src: Sources | None = None) -> None:
@@ -395,4 +376,5 @@ def collect(src: Sources | None = None, environ: Mapping[str, str] | None = None
         launch.command_line if launch is not None else "")
 
 
-__all__ = ["LaunchFacts", "ProvenanceError", "Sources", "VmFacts", "collect"]
+__all__ = ["LaunchFacts", "ProvenanceError", "Sources", "VmFacts", "collect", "record_launch",
+           "record_removal_reason", "vm_facts_json"]

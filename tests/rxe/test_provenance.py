@@ -1,7 +1,8 @@
 """A real matrix run's results header names what made it: the kernel that ran it, the
-rdma_rxe module (the file's sha256, checked against the loaded module's srcversion), the
-removal mode the module gives, and (in the guest) the VM and its accelerator; each
-checked here against the system itself, not against the collector's own code.
+rdma_rxe module (the file's sha256, the file checked to be the loaded module by its GNU
+build-id), the removal mode the module gives, and (in the guest) the VM and its
+accelerator; each checked here against the system itself, not against the collector's
+own code.
 Run it under both modules: `rxe-power test -- tests/rxe/test_provenance.py` (block) and
 `... --removal disassociate`."""
 
@@ -49,13 +50,18 @@ def test_a_matrix_header_names_kernel_module_and_removal(rxe_config, rxe_topolog
     assert p.kernel.tainted == int(Path("/proc/sys/kernel/tainted").read_text())
     assert p.kernel.package_version is not None
     assert p.kernel.package_version == dpkg_version(p.kernel.package or "")
-    # the module: the hashed file is the loaded one (same srcversion), its hash is right
-    loaded = (SYS_MODULE / "srcversion").read_text().strip()
+    # the module: the hashed file is the loaded one (the same GNU build-id note, taken out
+    # of the file by objcopy), its hash is right
     assert p.module.path and p.module.sha256 and p.module.file_matches_loaded is True
     assert hashlib.sha256(Path(p.module.path).read_bytes()).hexdigest() == p.module.sha256
-    file_src = subprocess.run(["modinfo", "-F", "srcversion", p.module.path],
-                              capture_output=True, text=True, timeout=30, check=True)
-    assert file_src.stdout.strip() == loaded
+    loaded_note = (SYS_MODULE / "notes" / ".note.gnu.build-id").read_bytes()
+    subprocess.run(["objcopy", "-O", "binary", "--only-section=.note.gnu.build-id",
+                    p.module.path, str(tmp_path / "note")], timeout=30, check=True)
+    assert (tmp_path / "note").read_bytes() == loaded_note
+    assert p.module.build_id == loaded_note[16:].hex()  # after namesz, descsz, type, "GNU"
+    srcversion = SYS_MODULE / "srcversion"  # only a module with MODULE_VERSION has one
+    assert p.module.srcversion == (srcversion.read_text().strip() if srcversion.exists()
+                                   else None)
     # the removal mode: ours carries our MODULE_VERSION, the distribution's none
     version_file = SYS_MODULE / "version"
     ours = version_file.exists() and version_file.read_text().startswith(OUR_VERSION_PREFIX)

@@ -17,6 +17,7 @@ from harness.core.errors import OsCallError
 from harness.core.settings import Mode, RemovalMode
 from harness.run.resultsfile import RecordKind, ResultsWriter, read_results
 from harness.system.command import CmdResult
+from harness.system.elf_notes import build_id_note, note_build_id
 from harness.system.provenance import Accel, Provenance, SourceTree, taint_letters
 from harness.system.provenance_collect import (
     LaunchFacts,
@@ -46,9 +47,32 @@ DPKG_ERR = (f"dpkg-query: no packages found matching linux-modules-extra-{RELEAS
 MEMINFO = "MemTotal:        2030748 kB\nMemFree:         1569320 kB\nMemAvailable:    1651400 kB\n"
 STAMP = "6.1.192-3 dbbaf6816dfeadab\n"  # /var/lib/rxe-power/rxe-disassociate/R/stamp
 OURS_SRCVERSION = "5D2A6F7E0C1B3E2F4A9C8D1"
-STOCK_SRCVERSION = "0E5AF3D2C1B09A8F7E6D5C4"
 COMMIT = "42de5b1909e214779bf84d9a1fb2c3a7ea63a603"
 OE = 1 << 12 | 1 << 13  # /proc/sys/kernel/tainted after our module loaded: 12288
+
+
+# the GNU build-id note of Debian 12's rdma_rxe.ko for 6.1.0-57-amd64, as
+# /sys/module/rdma_rxe/notes/.note.gnu.build-id holds it (readelf -n: e50248c2...8947)
+STOCK_NOTE = bytes.fromhex("040000001400000003000000474e5500"
+                           "e50248c29f0bbeda99f38467b5638f7141878947")
+
+
+def tiny_ko(note: bytes, body: bytes = b"") -> bytes:
+    """A minimal ELF64 little-endian file: sections null, .shstrtab, .note.gnu.build-id."""
+    import struct
+
+    names = b"\0.shstrtab\0.note.gnu.build-id\0"
+    strtab_off = 64
+    note_off = strtab_off + len(names)
+    shoff = note_off + len(note) + len(body)
+    head = bytearray(64)
+    head[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<Q", head, 0x28, shoff)
+    struct.pack_into("<HHH", head, 0x3A, 64, 3, 1)
+    sections = bytes(64) + struct.pack("<IIQQQQIIQQ", 1, 3, 0, 0, strtab_off, len(names),
+                                       0, 0, 1, 0) \
+        + struct.pack("<IIQQQQIIQQ", 11, 7, 2, 0, note_off, len(note), 0, 0, 4, 0)
+    return bytes(head) + names + note + body + sections
 
 
 class Recorder:
@@ -75,7 +99,7 @@ def ok(stdout: str, rc: int = 0, stderr: str = "") -> CmdResult:
 
 
 def system(tmp_path: Path, *, loaded: str | None, tainted: str = f"{OE}\n",
-           ours: bool = True) -> tuple[Path, Path, Path]:
+           ours: bool = True, loaded_note: bytes | None = None) -> tuple[Path, Path, Path]:
     """A recorded /sys/module/rdma_rxe (`loaded`: ours, stock or None), our build's cache
     and the stock module file; returns (sys_module, cache_root, stock .ko)."""
     sysmod = tmp_path / "sys" / "rdma_rxe"
@@ -85,9 +109,11 @@ def system(tmp_path: Path, *, loaded: str | None, tainted: str = f"{OE}\n",
             (sysmod / "version").write_text("rxe-power-disassociate-full\n")
             (sysmod / "srcversion").write_text(OURS_SRCVERSION + "\n")
             (sysmod / "taint").write_text("OE\n")
-        else:
-            (sysmod / "srcversion").write_text(STOCK_SRCVERSION + "\n")
+        else:  # Debian's in-tree module: no version, no srcversion
             (sysmod / "taint").write_text("\n")
+        if loaded_note is not None:
+            (sysmod / "notes").mkdir()
+            (sysmod / "notes" / ".note.gnu.build-id").write_bytes(loaded_note)
     cache = tmp_path / "cache"
     if ours:
         (cache / RELEASE).mkdir(parents=True)
@@ -95,7 +121,7 @@ def system(tmp_path: Path, *, loaded: str | None, tainted: str = f"{OE}\n",
         (cache / RELEASE / "stamp").write_text(STAMP)
     stock = tmp_path / "lib" / "rdma_rxe.ko"
     stock.parent.mkdir(parents=True)
-    stock.write_bytes(b"\x7fELF the distribution's rdma_rxe")
+    stock.write_bytes(tiny_ko(STOCK_NOTE, b"the distribution's rdma_rxe"))
     (tmp_path / "tainted").write_text(tainted)
     (tmp_path / "meminfo").write_text(MEMINFO)
     return sysmod, cache, stock
@@ -107,7 +133,7 @@ def recorded_run(stock: Path, cache: Path,
         "dpkg-query": ok(DPKG_OUT, 1, DPKG_ERR),
         f"modinfo -F srcversion {cache}": ok(OURS_SRCVERSION + "\n"),
         "modinfo -n rdma_rxe": ok(f"{stock}\n"),
-        f"modinfo -F srcversion {stock}": ok(STOCK_SRCVERSION + "\n"),
+        f"modinfo -F srcversion {stock}": ok("\n"),  # an in-tree module has none
         "rev-parse --verify HEAD": ok(COMMIT + "\n"),
         "status --porcelain": ok(" M README.md\n"),
     }
@@ -197,15 +223,18 @@ def test_our_module_in_a_guest(tmp_path: Path) -> None:
 
 
 def test_stock_module_natively(tmp_path: Path) -> None:
-    """The distribution's module: the file modinfo names, hashed; its package; removal
-    block; the tree read with git here (dirty: README.md modified)."""
-    sysmod, cache, stock = system(tmp_path, loaded="stock", tainted="0\n", ours=False)
+    """The distribution's module: the file modinfo names, hashed, and the same build-id as
+    the loaded module (it has no srcversion); its package; removal block; the tree read
+    with git here (dirty: README.md modified)."""
+    sysmod, cache, stock = system(tmp_path, loaded="stock", tainted="0\n", ours=False,
+                                  loaded_note=STOCK_NOTE)
     run = recorded_run(stock, cache)
     p = collect(sources(tmp_path, run, sysmod, cache), {})
     assert (p.mode, p.accel, p.host) == (Mode.NATIVE, Accel.NONE, None)
     m = p.module
     assert m.kind is Loaded.STOCK and p.removal is RemovalMode.BLOCK
-    assert m.path == str(stock) and m.file_matches_loaded is True
+    assert m.path == str(stock) and m.file_matches_loaded is True and m.srcversion is None
+    assert m.build_id == "e50248c29f0bbeda99f38467b5638f7141878947"
     assert m.sha256 == hashlib.sha256(stock.read_bytes()).hexdigest()
     assert (m.source_package, m.source_version) == (f"linux-image-{RELEASE}", "6.1.192-3")
     assert p.kernel.tainted == 0 and p.kernel.taint_flags == ""
@@ -214,11 +243,31 @@ def test_stock_module_natively(tmp_path: Path) -> None:
 
 
 def test_a_module_file_that_is_not_the_loaded_one_is_said(tmp_path: Path) -> None:
-    sysmod, cache, stock = system(tmp_path, loaded="stock", ours=False)
-    run = recorded_run(stock, cache, {f"modinfo -F srcversion {stock}": ok("FFFF\n")})
-    p = collect(sources(tmp_path, run, sysmod, cache), {})
+    """Another build-id loaded than the file's (a module file replaced after the load);
+    and, without notes, another srcversion (ours rebuilt since it was loaded)."""
+    other = STOCK_NOTE[:-1] + b"\x00"
+    sysmod, cache, stock = system(tmp_path, loaded="stock", ours=False, loaded_note=other)
+    p = collect(sources(tmp_path, recorded_run(stock, cache), sysmod, cache), {})
     assert p.module.file_matches_loaded is False
     assert "NOT the loaded one" in "\n".join(describe(p))
+    sysmod, cache, stock = system(tmp_path / "b", loaded="ours")
+    (sysmod / "srcversion").write_text("FFFF\n")  # loaded: an older build of ours
+    run = recorded_run(stock, cache, {f"modinfo -F srcversion {cache}": ok("FFFF\n")})
+    p = collect(sources(tmp_path / "b", run, sysmod, cache), {})
+    assert p.module.kind is Loaded.OURS and p.module.file_matches_loaded is True
+    run = recorded_run(stock, cache, {f"modinfo -F srcversion {cache}": ok("EEEE\n")})
+    p = collect(sources(tmp_path / "b", run, sysmod, cache), {})
+    assert p.module.kind is Loaded.OTHER and p.removal is None  # not the cached build
+
+
+def test_elf_build_id_notes() -> None:
+    assert build_id_note(tiny_ko(STOCK_NOTE)) == STOCK_NOTE
+    assert note_build_id(STOCK_NOTE) == "e50248c29f0bbeda99f38467b5638f7141878947"
+    elf = tiny_ko(STOCK_NOTE)
+    assert build_id_note(elf[:100]) is None  # cut: the section headers are gone
+    assert build_id_note(b"\x7fELF\x01\x01" + bytes(60)) is None  # 32-bit: not a .ko here
+    assert build_id_note(b"not an ELF file at all, but long enough to be one" * 2) is None
+    assert note_build_id(STOCK_NOTE[:20]) is None and note_build_id(b"") is None
 
 
 def test_what_cannot_be_read_is_named_not_fatal(tmp_path: Path) -> None:
@@ -314,3 +363,19 @@ def test_only_identity_fields_are_compared(tmp_path: Path) -> None:
     diff = differing_fields([p, None])
     assert diff["provenance"] == [None, "not recorded"] and diff["kernel.release"] == [
         RELEASE, None]
+
+
+def test_a_schema_1_provenance_is_still_read(tmp_path: Path) -> None:
+    """Schema 1 (before module.build_id) reads with build_id None; it differs from a
+    schema 2 record in its schema."""
+    d = a_provenance(tmp_path).to_json()
+    d["schema"] = 1
+    del d["module"]["build_id"]
+    old = Provenance.from_json(d)
+    assert old.schema == 1 and old.module.build_id is None
+    assert "schema" in differing_fields([old, a_provenance(tmp_path / "2")])
+    path = (Path(__file__).parents[2] / "docs" / "measurements"
+            / "matrix-standby-clients-first-graceful.jsonl")
+    head = read_results(path).provenance
+    assert head.state is Recorded.YES and head.provenance is not None
+    assert head.provenance.schema == 1 and head.provenance.module.sha256
