@@ -2,6 +2,8 @@
 
     code = write_report(Path("results/matrix-X/results.jsonl"), out_dir)  # 0; 2: nothing usable
     code = write_report(Path("results"), out_dir)   # every results.jsonl beneath: one section each
+    code = write_report([a, b], out_dir, allow_mixed=True)  # several; differing provenance
+                                                             # is refused unless allowed
 """
 
 from __future__ import annotations
@@ -73,7 +75,6 @@ def write_report(path: Path | Sequence[Path], out_dir: Path, log: Log = print,
         + (f" in {', '.join(sorted({str(picture_dir(s)) for s in usable if s.pictures}))}"
            if npics else ""))
     return 0
-
 
 
 def _load_many(paths: list[Path], out_dir: Path, log: Log) -> list[Section]:
