@@ -69,7 +69,9 @@ out_dir="$CACHE_ROOT/$version"
 [ "$variant" = full ] || out_dir="$out_dir/$variant"
 ko="$out_dir/rdma_rxe.ko"
 stamp="$out_dir/stamp"
-patch_sum=$(sha256sum "$here/ci/rxe_disassociate_patch.py" "$0" | sha256sum | cut -c1-16)
+# the contents of the change and of this script (not their paths: every clone of the tree
+# must stamp the same build alike; the stamp is the module's `patch` in a run's provenance)
+patch_sum=$(cat -- "$here/ci/rxe_disassociate_patch.py" "$0" | sha256sum | cut -c1-16)
 
 # A path root runs code from must be root's alone: owned by root, not group/world-writable.
 safe_path() {

@@ -11,6 +11,7 @@ from typing import Any
 from harness.core.bounds import MAX_HOLD_MS, MAX_WAIT_S, check_number
 from harness.core.errors import RxePowerError, SettingError
 from harness.core.files import atomic_write
+from harness.system.provenance import Provenance
 from harness.workload.coverage import FaultWindow
 from power.kmsg import KmsgScan
 from power.plan import (
@@ -177,9 +178,14 @@ class TransitionResult:
                    d.get("peer_active_throughout", True), d.get("device_before"),
                    d.get("device_after"), d.get("not_restored", []))
 
-    def write(self, path: Path) -> None:
-        """Atomically, fsynced: a crash never leaves half a result."""
-        atomic_write(path, json.dumps(self.to_json(), indent=1))
+    def write(self, path: Path, provenance: Provenance | None = None) -> None:
+        """Atomically, fsynced: a crash never leaves half a result. `provenance`: what made
+        it (`rxe-power transition` gives it; a transition inside a matrix or stress run has
+        its results file's)."""
+        d = self.to_json()
+        if provenance is not None:
+            d["provenance"] = provenance.to_json()
+        atomic_write(path, json.dumps(d, indent=1))
 
     @classmethod
     def read(cls, path: Path) -> TransitionResult:

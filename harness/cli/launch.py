@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from harness.core.errors import OsCallError, RxePowerError
 from harness.core.files import atomic_write, make_dir
 from harness.core.proc import python_child
 from harness.core.settings import Mode
+from harness.system.provenance_collect import record_launch
 from harness.system.rxe_module import rxe_module_loaded
 from harness.vm import runner
 
@@ -49,6 +51,15 @@ def choose_mode(requested: Mode) -> tuple[Mode, str]:
                             "use --mode vm (or auto), or install the module "
                             "(Ubuntu: linux-modules-extra-$(uname -r))")
     return requested, why
+
+
+def launch_mode(args: argparse.Namespace) -> tuple[Mode, str]:
+    """choose_mode for the command `args`, the choice recorded for the run's provenance:
+    this process's run and the guest read it (RXE_POWER_LAUNCH, with the command line and
+    the source tree's commit)."""
+    mode, why = choose_mode(args.mode)
+    record_launch(mode, why, shlex.join(["rxe-power", *getattr(args, "argv", [args.command])]))
+    return mode, why
 
 
 def _forwarded_env() -> dict[str, str]:
@@ -124,7 +135,7 @@ def start_results_command(args: argparse.Namespace, stem: str, what: str) -> tup
     """The start of a command that leaves a results folder (matrix, stress, bench): the
     folder, the mode, and one line saying both and what will run."""
     out_dir = _out_dir(args, stem)
-    mode, why = choose_mode(args.mode)
+    mode, why = launch_mode(args)
     print(f"rxe-power {args.command}: mode {mode.value} ({why}); {what}; results in {out_dir}",
           flush=True)
     prepare_removal(args, mode)

@@ -12,7 +12,7 @@ from harness.cli.launch import (
     RESULTS_DIR,
     SHORT_COMMAND_VM_TIMEOUT_S,
     Subcommands,
-    choose_mode,
+    launch_mode,
     run_in_guest,
 )
 from harness.cli.removal import add_removal_option, prepare_removal
@@ -21,6 +21,8 @@ from harness.core.proc import python_child
 from harness.core.settings import Mode
 from harness.peer import traffic
 from harness.peer.controller import PeerAgent
+from harness.system.provenance_collect import collect
+from harness.system.provenance_text import describe
 from harness.topology import command_line as topology_command_line
 from harness.topology import lifecycle, pingpong
 from harness.topology.cleanup import cleanup
@@ -50,7 +52,7 @@ def add_topology_parsers(subparsers: Subcommands) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    mode, why = choose_mode(args.mode)
+    mode, why = launch_mode(args)
     print(f"rxe-power check: mode {mode.value} ({why})", flush=True)
     prepare_removal(args, mode)
     if mode is Mode.VM:
@@ -65,6 +67,8 @@ def run_traffic_report(cfg: TopologyConfig) -> int:
     t0 = time.monotonic()
     topo, built = lifecycle.setup(cfg)
     try:
+        provenance = collect()  # what made this check (run.json's record)
+        print("\n".join(describe(provenance)))
         ping = pingpong.pingpong_check(topo)
         print(f"ibv_rc_pingpong {topo.local.dev} <-> {topo.peer.dev}: {ping.iters} iterations, "
               f"{ping.usec_per_iter} usec/iter")
@@ -81,7 +85,8 @@ def run_traffic_report(cfg: TopologyConfig) -> int:
         print(f"{st.op:<12} {st.messages:>9} {st.bytes:>10} {st.seconds:>8.3f} {rate:>7.2f}  "
               f"{verdict}")
     ok = all(st.ok for st in stats)
-    report = {"topology": topo.to_json(), "pingpong_usec_per_iter": ping.usec_per_iter,
+    report = {"provenance": provenance.to_json(), "topology": topo.to_json(),
+              "pingpong_usec_per_iter": ping.usec_per_iter,
               "operations": [st.to_json() for st in stats], "ok": ok,
               "seconds": time.monotonic() - t0}
     out = RESULTS_DIR / CHECK_REPORT

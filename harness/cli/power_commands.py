@@ -11,12 +11,13 @@ from harness.cli.launch import (
     RESULTS_DIR,
     SHORT_COMMAND_VM_TIMEOUT_S,
     Subcommands,
-    choose_mode,
+    launch_mode,
     run_in_guest,
 )
 from harness.cli.removal import add_removal_option, prepare_removal
 from harness.core.proc import python_child
 from harness.core.settings import Mode
+from harness.system.provenance_collect import collect
 from harness.topology import devices, lifecycle
 from harness.topology.config import TopologyConfig
 from power.plan import parse_on_veto, parse_ordering
@@ -53,7 +54,7 @@ def cmd_transition(args: argparse.Namespace) -> int:
         args.name, parse_ordering(args.ordering) if args.ordering else None, args.hold_ms,
         parse_on_veto(args.on_veto), args.veto_wait_s, args.quiesce_timeout_s,
         args.pm_level).resolved()  # bad values fail here, before any VM boots
-    mode, why = choose_mode(args.mode)
+    mode, why = launch_mode(args)
     print(f"rxe-power transition: mode {mode.value} ({why})", flush=True)
     prepare_removal(args, mode)
     if mode is Mode.VM:
@@ -70,6 +71,7 @@ def cmd_transition(args: argparse.Namespace) -> int:
         print(f"built the topology for this run ({topo.local.dev} <-> {topo.peer.dev}); "
               "it is removed afterwards")
     try:
+        provenance = collect()  # what made this result (written with it)
         with Shim(cfg, log=print) as shim:
             result = shim.run(req)
     finally:
@@ -77,7 +79,7 @@ def cmd_transition(args: argparse.Namespace) -> int:
             lifecycle.teardown(log=lambda m: None)
     print("\n".join(render(result)))
     out = result_path(args.json, req.name)
-    result.write(out)
+    result.write(out, provenance=provenance)
     print(f"result: {out}")
     return VERDICT_EXIT[result.verdict]
 

@@ -20,6 +20,7 @@ from harness.core import settings
 from harness.core.errors import RxePowerError
 from harness.core.settings import SETTINGS, Mode, RemovalMode, resolve
 from harness.system import rxe_module
+from harness.system.provenance_collect import record_removal_reason
 from harness.vm import kernel as vm_kernel
 
 BUILD_TIMEOUT_S = 1200.0  # apt-get of the kernel source and headers, then the build (~50 s)
@@ -78,6 +79,7 @@ def prepare_removal(args: argparse.Namespace, mode: Mode) -> RemovalMode:
     it to the guest in RXE_POWER_REMOVAL."""
     want, why = choose_removal(getattr(args, "removal", None), mode)
     settings.export_removal(want)
+    record_removal_reason(why)
     if mode is Mode.VM:
         print(f"rxe-power {args.command}: removal mode {want} ({why}); the guest loads its "
               "rdma_rxe", flush=True)

@@ -5,7 +5,7 @@
     rxe-power matrix [--transition T,..] [--ordering O,..] [--policy P,..] [--mix M,..]
                      [--together] [--junit FILE]
     rxe-power stress --cycles N [--transition T] [--policy P,..] [--maxfail N]
-    rxe-power report RESULTS.jsonl|DIR
+    rxe-power report RESULTS.jsonl|DIR ... [--out DIR] [--allow-mixed-provenance]
 """
 
 from __future__ import annotations
@@ -58,9 +58,13 @@ def add_parsers(subparsers: Subcommands, mode_help: str) -> None:
     p.set_defaults(func=cmd_stress)
     p = subparsers.add_parser("report", help="table, timeline pictures (PNG) and an HTML "
                               "summary from a results.jsonl")
-    p.add_argument("results", help="a results.jsonl written by matrix, run or stress")
+    p.add_argument("results", nargs="+", help="results.jsonl files written by matrix, run or "
+                   "stress, or folders holding them")
     p.add_argument("--out", help="where to write (default: next to the results file)")
     p.add_argument("--no-pictures", action="store_true", help="only the table and HTML")
+    p.add_argument("--allow-mixed-provenance", action="store_true",
+                   help="report files made by different setups (kernel, rdma_rxe, removal "
+                   "mode, versions, commit ...) together; the table and HTML say what differs")
     p.set_defaults(func=cmd_report)
 
 
@@ -141,9 +145,16 @@ def cmd_stress(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    path = Path(args.results)
-    out_dir = Path(args.out) if args.out else path if path.is_dir() else path.parent
-    return report.write_report(path, out_dir, log=print, pictures=not args.no_pictures)
+    paths = [Path(r) for r in args.results]
+    if args.out:
+        out_dir = Path(args.out)
+    elif len(paths) == 1:
+        out_dir = paths[0] if paths[0].is_dir() else paths[0].parent
+    else:
+        raise SettingError(f"{len(paths)} results given and no --out",
+                           "say where the report of several results goes: --out DIR")
+    return report.write_report(paths, out_dir, log=print, pictures=not args.no_pictures,
+                               allow_mixed=args.allow_mixed_provenance)
 
 
 def _common(p: argparse.ArgumentParser, mode_help: str, timeout_s: float) -> None:

@@ -16,12 +16,13 @@ import argparse
 import re
 from pathlib import Path
 
-from harness.cli.launch import Subcommands, choose_mode, run_in_guest
+from harness.cli.launch import Subcommands, launch_mode, run_in_guest
 from harness.cli.removal import add_removal_option, choose_removal
 from harness.core import settings
 from harness.core.errors import BoundExceeded
 from harness.core.proc import python_child, run_bounded
 from harness.core.settings import Mode
+from harness.system.provenance_collect import record_removal_reason
 
 MAX_MARKER_NAMES = 12  # names tried in every combination (4096)
 PYTEST_NO_TESTS = 5  # pytest.ExitCode.NO_TESTS_COLLECTED
@@ -40,12 +41,13 @@ def add_parser(subparsers: Subcommands, mode_help: str) -> None:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    mode, why = choose_mode(args.mode)
+    mode, why = launch_mode(args)
     print(f"rxe-power test: mode {mode.value} ({why})", flush=True)
     if args.removal is not None:  # else the suite's own default (block; removal-marked
         # modules switch by themselves): the plugin loads the module in the session
         want, how = choose_removal(args.removal, mode)
         settings.export_removal(want)
+        record_removal_reason(how)
         print(f"rxe-power test: removal mode {want} ({how})", flush=True)
     if mode is not Mode.VM:
         import pytest  # only here: no other command needs the test runner loaded

@@ -195,6 +195,8 @@ BENCH_HOST_ENV = "RXE_POWER_BENCH_HOST"  # the host's load as JSON, handed to a 
 VM_KERNEL_ENV = "RXE_POWER_VM_KERNEL"  # the guest kernel to boot instead of the newest
 VM_ACCEL_ENV = "RXE_POWER_VM_ACCEL"  # kvm or tcg: skip the accelerator probe
 VM_CPUS_ENV = "RXE_POWER_VM_CPUS"  # the guest's vCPUs (default 2): 1 slows it on purpose
+LAUNCH_ENV = "RXE_POWER_LAUNCH"  # the CLI's mode, its reason and the source tree (JSON)
+VM_FACTS_ENV = "RXE_POWER_VM_FACTS"  # the VM runner's accelerator and host, for the guest
 RUNTIME_DIR_ENV = "XDG_RUNTIME_DIR"  # a non-root user's per-boot directory
 MPL_CONFIG_ENV = "MPLCONFIGDIR"  # matplotlib's configuration and font cache
 OWN_PREFIX = "RXE_POWER_"  # every variable of ours: forwarded into the guest
@@ -326,6 +328,25 @@ def export_bench_host(host: Mapping[str, Any]) -> None:
     os.environ[BENCH_HOST_ENV] = json.dumps(host)
 
 
+def launch_facts(environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """What the CLI decided before the run (mode, its reason, the source tree, the removal
+    mode's reason), for the provenance (harness.system.provenance_collect types it)."""
+    return _env_parsed(LAUNCH_ENV, parse_json_object, None,
+                       "the JSON object rxe-power's launch writes", environ)
+
+
+def export_launch_facts(facts: Mapping[str, Any]) -> None:
+    """Hand the CLI's decisions to this process's later steps and to the guest (the runner
+    forwards RXE_POWER_* variables)."""
+    os.environ[LAUNCH_ENV] = json.dumps(facts, separators=(",", ":"))
+
+
+def vm_facts(environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The VM runner's accelerator and host, set in the guest's environment."""
+    return _env_parsed(VM_FACTS_ENV, parse_json_object, None,
+                       "the JSON object the VM runner writes", environ)
+
+
 def mpl_config_dir_set(environ: Mapping[str, str] | None = None) -> bool:
     return _env(MPL_CONFIG_ENV, environ) is not None
 
@@ -358,3 +379,5 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     runtime_dir(environ)
     bench_host(environ)
     vm_cpus(environ)
+    launch_facts(environ)
+    vm_facts(environ)

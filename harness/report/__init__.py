@@ -6,13 +6,15 @@
 
 What it writes, per results file (a *section*):
 
-- `table.txt`: for a matrix the rows (harness.run.matrix.render_table), for a stress run
-  the per-cycle table and the trends (first, last, max, slope of every figure);
+- `table.txt`: the file's provenance (what made it; harness.system.provenance_text), then
+  for a matrix the rows (harness.run.matrix.render_table), for a stress run the per-cycle
+  table and the trends (first, last, max, slope of every figure);
 - `timelines/NNN-<transition>-<ordering>-<policies>-<mix>.png`: one picture per matrix
   scenario (harness.report.timeline);
 - `stress.png` for a stress run (harness.report.stress_plot);
 
-and one `summary.html` (self-contained, inline CSS) with every section. Pictures need
+and one `summary.html` (self-contained, inline CSS) with every section. Files of different
+provenance are refused in one report unless allowed, and then said to be mixed. Pictures need
 matplotlib (imported lazily, Agg); without it the table and HTML are still written.
 
 Modules: section (reading results files into sections, typed), tables (text tables),

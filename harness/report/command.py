@@ -2,10 +2,13 @@
 
     code = write_report(Path("results/matrix-X/results.jsonl"), out_dir)  # 0; 2: nothing usable
     code = write_report(Path("results"), out_dir)   # every results.jsonl beneath: one section each
+    code = write_report([a, b], out_dir, allow_mixed=True)  # several; differing provenance
+                                                             # is refused unless allowed
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from harness.core.errors import RxePowerError
@@ -13,32 +16,35 @@ from harness.core.files import atomic_write, make_dir
 from harness.report.drawing import MATPLOTLIB_FIX, load_matplotlib
 from harness.report.html_summary import write_html
 from harness.report.pictures import picture_dir, write_pictures
-from harness.report.section import NO_RECORDS_EXIT, Log, Section, load_section
+from harness.report.section import (
+    NO_RECORDS_EXIT,
+    Log,
+    Section,
+    check_provenance,
+    load_section,
+    provenance_lines,
+    section_dirs,
+)
 from harness.report.tables import header_line, table_lines
 
 
-def write_report(path: Path, out_dir: Path, log: Log = print, pictures: bool = True) -> int:
-    """Table, pictures and HTML for one results file, or for every results.jsonl beneath a
-    folder (one section each). 0 when something was reported; 2 (logged) when there were no
-    usable records at all. A missing file or a foreign schema raises RxePowerError (for a
-    folder, such a file is skipped with a warning)."""
-    path, out_dir = Path(path), Path(out_dir)
+def write_report(path: Path | Sequence[Path], out_dir: Path, log: Log = print,
+                 pictures: bool = True, allow_mixed: bool = False) -> int:
+    """Table, pictures and HTML for one results file, for every results.jsonl beneath a
+    folder, or for several files and folders (one section each). 0 when something was
+    reported; 2 (logged) when there were no usable records at all. A missing file or a
+    foreign schema raises RxePowerError (for a folder, such a file is skipped with a
+    warning); so do files of different provenance, unless `allow_mixed` (then every table
+    and the HTML say what differs)."""
+    paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+    if not paths:
+        raise RxePowerError("no results file given", "give a results.jsonl or a folder")
+    out_dir = Path(out_dir)
     make_dir(out_dir, "report folder")  # a file there or no permission: said before reading
-    if path.is_dir():
-        files = sorted(path.rglob("results.jsonl"))
-        if not files:
-            raise RxePowerError(f"no results.jsonl under {path}",
-                                "give a results.jsonl, or a folder holding rxe-power results")
-        dirs = [out_dir / f.absolute().parent.relative_to(path.absolute().parent)
-                for f in files]
-        sections: list[Section] = []
-        for f, d in zip(files, dirs, strict=True):
-            try:
-                sections.append(load_section(f, d, log))
-            except RxePowerError as exc:
-                log(f"warning: skipped {f}: {exc.problem}")
+    if len(paths) == 1 and not paths[0].is_dir():
+        sections = [load_section(paths[0], out_dir, log)]
     else:
-        sections = [load_section(path, out_dir, log)]
+        sections = _load_many(paths, out_dir, log)
     usable = [s for s in sections if s.usable]
     for s in sections:
         if not s.usable:
@@ -49,9 +55,10 @@ def write_report(path: Path, out_dir: Path, log: Log = print, pictures: bool = T
             "written by rxe-power matrix, run or stress that got past its first scenario or "
             "cycle")
         return NO_RECORDS_EXIT
+    mix = check_provenance(usable, allow_mixed)  # refused here, before anything is written
     written: list[Path] = []
     for s in usable:
-        lines = table_lines(s)
+        lines = [*provenance_lines(s), *mix, "", *table_lines(s)]
         log("\n".join(["", header_line(s), *lines]))
         make_dir(s.out_dir, "report folder")
         table = s.out_dir / "table.txt"
@@ -63,9 +70,38 @@ def write_report(path: Path, out_dir: Path, log: Log = print, pictures: bool = T
             log(f"warning: no pictures: matplotlib is not installed; fix: {MATPLOTLIB_FIX}")
         else:
             npics = sum(write_pictures(s, log) for s in usable)
-    html_path = write_html(usable, out_dir / "summary.html")
+    html_path = write_html(usable, out_dir / "summary.html", allow_mixed)
     log("report: " + ", ".join(str(p) for p in written) + f", {html_path}, {npics} picture(s)"
         + (f" in {', '.join(sorted({str(picture_dir(s)) for s in usable if s.pictures}))}"
            if npics else ""))
     return 0
 
+
+def _load_many(paths: list[Path], out_dir: Path, log: Log) -> list[Section]:
+    """Every results.jsonl of `paths` (a folder: those beneath it), each read into its own
+    section folder under out_dir; an unreadable file in a folder is skipped with a warning."""
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(p.rglob("results.jsonl"))
+            if not found:
+                raise RxePowerError(f"no results.jsonl under {p}",
+                                    "give a results.jsonl, or a folder holding rxe-power "
+                                    "results")
+            files += found
+        else:
+            files.append(p)
+    if len(paths) == 1:  # one folder: its layout below out_dir
+        base = paths[0].absolute().parent
+        dirs = [out_dir / f.absolute().parent.relative_to(base) for f in files]
+    else:
+        dirs = section_dirs(files, out_dir)
+    sections: list[Section] = []
+    for f, d in zip(files, dirs, strict=True):
+        try:
+            sections.append(load_section(f, d, log))
+        except RxePowerError as exc:
+            if f in paths:  # named by the caller: its error is the command's
+                raise
+            log(f"warning: skipped {f}: {exc.problem}")
+    return sections

@@ -15,7 +15,15 @@ from urllib.parse import quote
 
 from harness.core.files import atomic_write
 from harness.report.pictures import existing_picture
-from harness.report.section import Log, Section, load_section, section_dirs
+from harness.report.section import (
+    Log,
+    Section,
+    check_provenance,
+    load_section,
+    provenance_lines,
+    provenance_mix,
+    section_dirs,
+)
 from harness.report.tables import cycle_clients, stress_trends
 from harness.run.matrix import COLUMNS, LEGEND, PEER_COLUMNS
 from harness.run.rows import RowStatus
@@ -39,6 +47,8 @@ th{background:#eef2f7;text-align:left} td.n{text-align:right;font-variant-numeri
 .gallery img{width:100%;height:auto;border:1px solid #eee}
 .gallery figcaption{font-size:.8em;margin-top:.3em}
 code{font-size:.9em} td.findings{max-width:38em}
+pre.provenance{font-size:.8em;background:#f6f8fa;border:1px solid #ddd;padding:.5em .8em;
+white-space:pre-wrap}
 """
 
 
@@ -64,6 +74,7 @@ def _meta_html(sec: Section) -> list[str]:
     out = ['<table class="meta">']
     out += [f"<tr><td>{_e(k)}</td><td><code>{_e(v)}</code></td></tr>" for k, v in rows]
     out.append("</table>")
+    out.append('<pre class="provenance">' + _e("\n".join(provenance_lines(sec))) + "</pre>")
     if sec.results.problem:
         out.append(f'<div class="warn">warning: {_e(sec.results.problem)}</div>')
     if not sec.usable:
@@ -175,6 +186,15 @@ def summary_html(sections: list[Section], html_path: Path) -> str:
            "<title>rxe-power report</title>", f"<style>{CSS}</style></head><body>",
            "<h1>rxe-power report</h1>",
            f'<p class="muted">written {_e(now)} from {len(sections)} results file(s)</p>']
+    mix = provenance_mix(sections)
+    if mix:
+        out.append('<div class="warn mixed"><b>Mixed provenance</b>: these results were made '
+                   "by different setups (reported with --allow-mixed-provenance)"
+                   f"<pre>{_e(chr(10).join(mix))}</pre></div>")
+    elif sections and (len(sections) == 1 or all(s.results.provenance.provenance is not None
+                                                 for s in sections)):
+        out.append('<pre class="provenance">' + _e("\n".join(provenance_lines(sections[0])))
+                   + "</pre>")
     if len(sections) > 1:
         out.append("<ul>")
         for i, sec in enumerate(sections, 1):
@@ -199,17 +219,20 @@ def _section_brief(sec: Section) -> str:
 
 
 def write_summary(paths: list[Path], out: Path, log: Log = print,
-                  dirs: list[Path] | None = None) -> Path:
+                  dirs: list[Path] | None = None, allow_mixed: bool = False) -> Path:
     """The HTML summary of several results files at `out` (a .html path, or a folder: then
     out/summary.html). Pictures already drawn in each file's section folder (section_dirs:
-    out's folder for one file) are linked; nothing is drawn here."""
+    out's folder for one file) are linked; nothing is drawn here. Files of different
+    provenance are refused unless `allow_mixed`."""
     out = out / "summary.html" if out.is_dir() or not out.suffix else out
     paths = [Path(p) for p in paths]
     dirs = dirs or section_dirs(paths, out.parent)
     sections = [load_section(p, d, log) for p, d in zip(paths, dirs, strict=True)]
-    return write_html(sections, out)
+    return write_html(sections, out, allow_mixed)
 
 
-def write_html(sections: list[Section], out: Path) -> Path:
-    """The summary of sections already read, written atomically at `out`."""
+def write_html(sections: list[Section], out: Path, allow_mixed: bool = False) -> Path:
+    """The summary of sections already read, written atomically at `out` (refused for
+    sections of different provenance unless `allow_mixed`)."""
+    check_provenance(sections, allow_mixed)
     return atomic_write(out, summary_html(sections, out))

@@ -2,6 +2,8 @@
 
     sec = load_section(Path("results/matrix-X/results.jsonl"), out_dir)
     sec.scenarios, sec.rows, sec.cycles, sec.summary
+    provenance_lines(sec)                 # what made it (or that it is not recorded)
+    check_provenance(sections, allow_mixed)   # several files of different provenance
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.core.errors import RxePowerError
 from harness.run.matrix import error_rows, rows_of
 from harness.run.records import RESULT_PARSE_ERRORS, CycleRecord, ScenarioRecord
 from harness.run.resultsfile import RecordKind, Results, read_results
 from harness.run.rows import Row, RowStatus
+from harness.system.provenance_text import header_differences, mixed_lines
 
 Log = Callable[[str], None]
 NO_RECORDS_EXIT = 2
@@ -108,3 +112,29 @@ def section_dirs(paths: list[Path], out_dir: Path) -> list[Path]:
     dirs = [out_dir / par.relative_to(base) for par in parents]
     dup = Counter(dirs)
     return [d / p.stem if dup[d] > 1 else d for d, p in zip(dirs, paths, strict=True)]
+
+
+def provenance_lines(sec: Section) -> list[str]:
+    """What made this results file (harness.system.provenance.describe), or the line that
+    says it was not recorded or is unreadable."""
+    return sec.results.provenance.lines()
+
+
+def provenance_mix(sections: list[Section]) -> list[str]:
+    """The lines saying how the provenances of `sections` differ (empty: they agree, or
+    there is one section)."""
+    diff = header_differences([s.results.provenance for s in sections])
+    return mixed_lines([str(s.path) for s in sections], diff) if diff else []
+
+
+def check_provenance(sections: list[Section], allow_mixed: bool) -> list[str]:
+    """Refuse to put results of different provenance in one report unless `allow_mixed`;
+    returns the lines saying how they differ (empty: they agree)."""
+    mix = provenance_mix(sections)
+    if mix and not allow_mixed:
+        raise RxePowerError(
+            "these results files were made by different setups, and one report would "
+            "mix them: " + " ".join(x.strip() for x in mix),
+            "report them one at a time, or pass --allow-mixed-provenance (the table and "
+            "the HTML then say what differs)")
+    return mix

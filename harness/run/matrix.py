@@ -41,6 +41,7 @@ from harness.run.rows import Row, RowStatus, add_ledger_figures, status_of, veto
 from harness.run.scenario import run_scenario
 from harness.run.scenario_result import ClientEnd, ScenarioResult
 from harness.run.session import ResultsHeader, RunSession
+from harness.system.provenance_text import describe
 from harness.topology.config import TopologyConfig
 from harness.topology.lifecycle import restore_local_side
 from harness.workload.ledger import Op, Outcome, PeerView, WorkloadSpec
@@ -350,8 +351,10 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
     wedge = KernelWedge()
     with RunSession(cfg, out_dir) as session:
         topo = session.topo
+        provenance = describe(session.provenance)
         log(f"matrix: {len(scenarios)} scenarios on {topo.local.dev} <-> {topo.peer.dev}; "
             f"results in {session.results_path}")
+        log("\n".join(provenance))
         with session.rig(results=ResultsHeader("matrix", spec.to_json())) as rig:
             out = rig.results
             for i, sc in enumerate(scenarios, 1):
@@ -402,7 +405,7 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
                                            "by_status": {s.value: sum(r.status is s for r in rows)
                                                          for s in RowStatus}})
     table = render_table(rows)
-    write_table(out_dir, table)
+    write_table(out_dir, [*provenance, "", *table])
     log("\n".join(["", *table, LEGEND]))
     if junit is not None:
         atomic_write(junit, junit_xml(rows, seconds))

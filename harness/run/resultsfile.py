@@ -1,12 +1,14 @@
 """Results on disk: one JSON record per line (JSONL), schema-versioned, synced per record.
 
-    with ResultsWriter(path, command="matrix", spec={...}) as out:
+    with ResultsWriter(path, command="matrix", spec={...}, provenance=prov) as out:
         out.write("scenario", {...})          # flushed and fsynced before it returns
     results = read_results(path)              # header, records, and the first bad line
     results.scenarios(), results.cycles()     # the records, typed (harness.run.records)
 
 Every line is {"schema": RESULTS_SCHEMA, "kind": KIND, ...}. The first record is the
-`header` (what ran, where, when); then `scenario` (rxe-power matrix), `cycle`
+`header` (what ran, where, when, and the run's `provenance`: the kernel, rdma_rxe, removal
+mode, VM or not, versions and commit that made it, harness.system.provenance; absent in
+files written before it was recorded); then `scenario` (rxe-power matrix), `cycle`
 (rxe-power stress) and a final `summary`. A crash loses at most the record being
 written: the reader takes every good line up to the first bad one and names it.
 
@@ -32,6 +34,8 @@ from harness.core import settings
 from harness.core.errors import OsCallError, RxePowerError
 from harness.core.files import open_new
 from harness.run.records import CycleRecord, ScenarioRecord
+from harness.system.provenance import Provenance
+from harness.system.provenance_text import HeaderProvenance, header_provenance
 
 RESULTS_SCHEMA = 2
 MAX_LINE_BYTES = 64 << 20  # one record (a scenario with its ledgers is well under 1 MiB)
@@ -48,14 +52,18 @@ class RecordKind(StrEnum):
 class ResultsWriter:
     """Appends records; each is on disk (flushed and fsynced) before write() returns."""
 
-    def __init__(self, path: Path, command: str, spec: dict[str, Any]) -> None:
+    def __init__(self, path: Path, command: str, spec: dict[str, Any], *,
+                 provenance: Provenance | None) -> None:
+        """`provenance`: what made the run (None only for files made by hand, as tests do:
+        a run always has one, harness.run.session)."""
         self.path = path
         self._fh = open_new(path)
         self.write(RecordKind.HEADER, {
             "command": command, "spec": spec,
             "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "host": {"node": platform.node(), "kernel": platform.release(),
-                     "in_vm": settings.in_vm()}})
+                     "in_vm": settings.in_vm()},
+            **({"provenance": provenance.to_json()} if provenance is not None else {})})
 
     def write(self, kind: RecordKind, body: dict[str, Any]) -> None:
         line = json.dumps({"schema": RESULTS_SCHEMA, "kind": kind.value, **body},
@@ -100,6 +108,11 @@ class Results:
     @property
     def command(self) -> str:
         return str((self.header or {}).get("command", "?"))
+
+    @property
+    def provenance(self) -> HeaderProvenance:
+        """The header's provenance: recorded, not recorded (an older file) or unreadable."""
+        return header_provenance(self.header)
 
 
 def read_results(path: Path) -> Results:

@@ -8,7 +8,9 @@
                                                        # directory, shim notifying it
 
 Everything the session opens it closes, newest first, also when the body raises;
-the topology is removed only if this session built it (topology.setup says so).
+the topology is removed only if this session built it (topology.setup says so). The run's
+provenance (`session.provenance`: kernel, rdma_rxe, removal mode, versions, commit) is
+collected once, when the topology is up, and heads the results file.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any
 from harness.core.errors import RxePowerError
 from harness.peer.controller import PeerAgent
 from harness.run.resultsfile import ResultsWriter
+from harness.system.provenance import Provenance
+from harness.system.provenance_collect import collect
 from harness.topology import lifecycle
 from harness.topology.config import Topology, TopologyConfig
 from power.notify import Notifier, private_clients_dir
@@ -86,6 +90,7 @@ class RunSession:
         self.results_path = out_dir / RESULTS_FILE
         self._topo: Topology | None = None
         self._built = False
+        self._provenance: Provenance | None = None
 
     @property
     def topo(self) -> Topology:
@@ -93,9 +98,21 @@ class RunSession:
             raise RxePowerError("the run session is not open", "use it as `with RunSession(...)`")
         return self._topo
 
+    @property
+    def provenance(self) -> Provenance:
+        """What makes this run (collected once the topology and its module are up)."""
+        if self._provenance is None:
+            raise RxePowerError("the run session is not open", "use it as `with RunSession(...)`")
+        return self._provenance
+
     def __enter__(self) -> RunSession:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._topo, self._built = lifecycle.setup(self.cfg, log=lambda m: None)
+        try:
+            self._provenance = collect()  # never raises for what it cannot read
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -112,7 +129,8 @@ class RunSession:
             writer = None
             if results is not None:
                 writer = stack.enter_context(
-                    ResultsWriter(self.results_path, results.command, results.spec))
+                    ResultsWriter(self.results_path, results.command, results.spec,
+                                  provenance=self.provenance))
             agent = stack.enter_context(PeerAgent(self.topo.peer, log_dir=self.log_dir))
             clients_dir = stack.enter_context(private_clients_dir())
             rig = Rig(self.cfg, self.topo, agent, clients_dir, self.log_dir, stack, writer)

@@ -43,6 +43,7 @@ from harness.run.stress_checks import (
     Usage,
     summarize,
 )
+from harness.system.provenance_text import describe
 from harness.topology.config import TopologyConfig
 from harness.topology.lifecycle import restore_local_side
 from harness.workload.ledger import WorkloadSpec
@@ -206,6 +207,7 @@ def run_stress(spec: StressSpec, cfg: TopologyConfig, out_dir: Path,
     with RunSession(cfg, out_dir) as session, \
             session.rig(results=ResultsHeader("stress", spec.to_json())) as rig:
         out = rig.results
+        log("\n".join(describe(session.provenance)))
         stress: Stress | KernelStress = (
             KernelStress(spec, rig.topo, cfg, rig.shim) if spec.kernel
             else Stress(spec, rig.topo, rig.agent, rig.shim, rig.log_dir))

@@ -8,6 +8,7 @@ keeps a console log. The guest command's exit code is propagated.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import shlex
@@ -16,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.core import settings
 from harness.core.bounds import MAX_TIMEOUT_S, check_number
 from harness.core.errors import SettingError
+from harness.system.provenance_collect import vm_facts_json
 from harness.vm.accel import ACCELS, AccelChoice, choose_accel
 from harness.vm.kernel import GuestKernel, find_guest_kernel
 from harness.vm.messages import say
@@ -161,6 +164,9 @@ def run_in_vm(
     tools = tools or find_vm_tools()
     kernel = kernel or find_guest_kernel()
     accel = accel or choose_accel(kernel, qemu=tools.qemu)
+    # the run's provenance in the guest names the accelerator and this host
+    req.env = {**req.env, settings.VM_FACTS_ENV: json.dumps(
+        vm_facts_json(accel.accel, accel.reason), separators=(",", ":"))}
     copy, how = prepare_python_copy() if req.python_copy else (None, "off (--no-python-copy)")
     argv = build_vng_argv(req, kernel, accel.accel, str(tools.vng), copy)
     say(f"kernel {kernel.version}, accel {accel.accel} ({accel.reason})")

@@ -91,7 +91,7 @@ def test_results_file_refuses_a_planted_symlink(tmp_path: Path, victim: Path) ->
     from harness.run.resultsfile import ResultsWriter
     _plant(tmp_path, "results.jsonl", victim)
     with pytest.raises(RxePowerError):
-        ResultsWriter(tmp_path / "results.jsonl", "matrix", {})
+        ResultsWriter(tmp_path / "results.jsonl", "matrix", {}, provenance=None)
     assert victim.read_text() == "precious\n"
 
 

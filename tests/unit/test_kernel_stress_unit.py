@@ -6,13 +6,13 @@ what the cycle makes of them."""
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.run import kernel_stress, stress_checks
+from harness.run.resultsfile import RecordKind, read_results
 from harness.run.stress import StressSpec
 from harness.run.stress_checks import Usage
 
@@ -41,7 +41,7 @@ def stress_of(monkeypatch: pytest.MonkeyPatch, results: list[dict[str, Any]],
 
 @pytest.fixture
 def hca_first(data_dir: Path) -> dict[str, Any]:
-    rows = json.loads((data_dir / "nvme-matrix-rows.json").read_text())
+    rows = read_results(data_dir / "nvme-matrix.jsonl").of_kind(RecordKind.SCENARIO)
     return next(r["result"] for r in rows if r["scenario"]["id"].startswith("standby/hca"))
 
 

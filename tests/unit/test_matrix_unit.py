@@ -111,7 +111,7 @@ def test_a_crash_that_was_not_the_shim_makes_a_row_broken() -> None:
 
 def test_results_writer_and_tolerant_reader(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
-    with ResultsWriter(path, "stress", {"cycles": 3}) as out:
+    with ResultsWriter(path, "stress", {"cycles": 3}, provenance=None) as out:
         for n in (1, 2, 3):
             out.write(RecordKind.CYCLE, {"cycle": n, "ok": True})
     assert [r["cycle"] for r in read_results(path).records] == [1, 2, 3]

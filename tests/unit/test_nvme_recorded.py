@@ -1,6 +1,15 @@
 """The nvme-rdma rows of a real matrix run in the guest (standby both orderings and
 surprise-removal, nvme-rdma:ctrl_loss_tmo=30:reconnect_delay=1:fast_io_fail_tmo=0):
-the ledger re-derived from the recorded I/O records, and the table row made from it."""
+the ledger re-derived from the recorded I/O records, the table row made from it, and
+today's judge of the row agreeing with the status it was recorded with.
+
+tests/data/nvme-matrix.jsonl is that run's results file as written, its provenance in the
+header: `rxe-power matrix --policy nvme-rdma:ctrl_loss_tmo=30:reconnect_delay=1:
+fast_io_fail_tmo=0 --transition standby,surprise-removal` (7 Dec 2026, commit 1f2156f, TCG
+guest, kernel 6.1.0-57-amd64, our disassociate rdma_rxe). The recording it replaces had
+no connections (it was made before the route guard listed them), yet its rows were
+asserted clean; today's judge calls such a row broken (test_a_row_without_connections_is_
+broken), and the old one even lacked the step details the judge reads."""
 
 from __future__ import annotations
 
@@ -10,22 +19,41 @@ from pathlib import Path
 import pytest
 
 from clients.kernel.nvme_scenario import window_of
+from clients.kernel.route_guard import Connection
+from clients.kernel.ulp_scenario import judge
 from harness.run.kernel_lane import _OUTCOME as _LANE_OUTCOMES
 from harness.run.kernel_lane import kernel_lane
 from harness.run.kernel_rows import kernel_rows
+from harness.run.resultsfile import RecordKind, read_results
 from harness.run.rows import RowStatus
+from harness.system.provenance_text import Recorded
 from harness.workload.block_ledger import (
     BlockState,
     IoOutcome,
     IoRecord,
+    LedgerSummary,
     acknowledged,
     summarize,
 )
+from power.kmsg import KmsgScan
 
 
 @pytest.fixture
 def recorded(data_dir: Path) -> list[dict]:
-    return json.loads((data_dir / "nvme-matrix-rows.json").read_text())
+    """The run's scenario records (each with its `scenario` and `result`)."""
+    res = read_results(data_dir / "nvme-matrix.jsonl")
+    assert not res.problem and res.provenance.state is Recorded.YES
+    return res.of_kind(RecordKind.SCENARIO)
+
+
+def todays_judge(result: dict) -> tuple[list[str], str]:
+    """clients.kernel.ulp_scenario.judge on what the run measured and recorded."""
+    ledger = LedgerSummary(**{k: v for k, v in result["ledger"].items()
+                              if k != "invariant_ok"})
+    assert result["hang"] is None  # none in this run (a held delete: nvme_hang's report)
+    return judge(ledger, [Connection(**c) for c in result["connections"]],
+                 [Connection(**c) for c in result["off_wire"]],
+                 KmsgScan.from_json(result["kernel"]), result["transition"], None, "rxe0")
 
 
 def test_ledger_rederived_from_records(recorded: list[dict]) -> None:
@@ -49,27 +77,54 @@ def test_outcomes_measured(recorded: list[dict]) -> None:
     by = {r["scenario"]["transition"] + "/" + r["scenario"]["ordering"]: r["result"]
           for r in recorded}
     cf = by["standby/clients-first"]["ledger"]
-    assert cf["outcomes"] == {"completed-ok": 200}
+    assert cf["outcomes"] == {"completed-ok": 144}
     hf = by["standby/hca-first"]["ledger"]
-    assert hf["outcomes"]["failed-to-app"] == 136 and hf["errnos"] == {
-        "EIO (Input/output error)": 136}
+    assert hf["outcomes"]["failed-to-app"] == 176 and hf["errnos"] == {
+        "EIO (Input/output error)": 176}
     sr = by["surprise-removal/hca-first"]["ledger"]
-    assert sr["errnos"]["ENOSPC (No space left on device)"] == 97
+    assert sr["errnos"]["ENOSPC (No space left on device)"] == 80
     # a read of the vanished namespace returns 0 bytes: a failure, not an ok
     recs = [IoRecord.from_json(d) for d in by["surprise-removal/hca-first"]["records"]]
     zero_reads = [x for x in recs if x.nbytes == 0]
     assert zero_reads and all(x.errno is None for x in zero_reads)
+    assert sr["errnos"]["short (0 of 4096 bytes)"] == len(zero_reads) == 19
 
 
 def test_rows(recorded: list[dict]) -> None:
     rows = [kernel_rows(r["scenario"], r["result"])[0] for r in recorded]
     hf = rows[1]
-    assert hf.counts == {"completed-ok": 64, "completed-late": 0, "failed-to-app": 136,
+    assert hf.counts == {"completed-ok": 131, "completed-late": 0, "failed-to-app": 176,
                          "lost": 0}
-    assert hf.peer == {"delivered-once": 52, "corrupted": 0, "missing": 0}
+    assert hf.peer == {"delivered-once": 105, "corrupted": 0, "missing": 0}
     assert hf.status is RowStatus.CLEAN
     assert any(f.startswith("errno EIO") for f in hf.findings)
-    assert rows[0].counts["completed-ok"] == 200
+    assert rows[0].counts["completed-ok"] == 144
+    # every connection of the client crossed the wire on rxe0, seen before the transition
+    for r in recorded:
+        conns = r["result"]["connections"]
+        assert any(c["phase"] == "before" for c in conns) and not r["result"]["off_wire"]
+        assert {(c["dev"], c["src"]) for c in conns} == {("rxe0", "198.18.0.1")}
+
+
+def test_todays_judge_agrees_with_the_recorded_status(recorded: list[dict]) -> None:
+    """The stored row status is what the judge of today says of what was measured (a row
+    the judge would now call otherwise is stale data, not a fixture)."""
+    for r in recorded:
+        findings, status = todays_judge(r["result"])
+        assert status == r["result"]["status"] == "clean", (r["scenario"]["id"], findings)
+        assert findings == r["result"]["findings"]
+
+
+def test_a_row_without_connections_is_broken(recorded: list[dict]) -> None:
+    """Negative control: the same row with no connection seen before the transition (what
+    the old recording held) is broken, and says why; so is one off the wire."""
+    res = dict(recorded[1]["result"])
+    findings, status = todays_judge(res | {"connections": []})
+    assert status == "broken"
+    assert findings[0].startswith("no connection of the client seen in `rdma res show cm_id`")
+    loop = {**res["connections"][0], "dev": "rxe1", "src": "198.18.0.2"}
+    findings, status = todays_judge(res | {"off_wire": [loop]})
+    assert status == "broken" and "did not cross the wire" in findings[0]
 
 
 def test_late_rule_on_recorded_clients_first(recorded: list[dict]) -> None:

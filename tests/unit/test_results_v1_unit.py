@@ -28,6 +28,8 @@ from harness.run.rows import Row, RowStatus
 from harness.run.scenario_result import ClientEnd, ScenarioResult
 from power.result import TransitionResult
 
+NOT_RECORDED = ("provenance: not recorded (a results file written before rxe-power "
+                "recorded it)")
 DATA = Path(__file__).parent.parent / "data"
 V1_MATRIX_FILES = sorted(p for p in DATA.glob("*.jsonl") if p.name.startswith("matrix-"))
 V1_STRESS = DATA / "stress-v1-old-writer.jsonl"
@@ -90,7 +92,7 @@ def _v2_file(tmp_path: Path, ended: ClientEnd, crash: str) -> Path:
     rec.result.clients[0].ended = ended
     rec.result.clients[0].crash = crash
     path = tmp_path / "v2.jsonl"
-    with ResultsWriter(path, "matrix", {}) as out:
+    with ResultsWriter(path, "matrix", {}, provenance=None) as out:
         out.write(RecordKind.SCENARIO, {"index": 1, "scenario": line["scenario"],
                                         "result": rec.result.to_json()})
     return path
@@ -129,6 +131,8 @@ def test_v1_stress_file_reads_typed_and_reports(tmp_path: Path) -> None:
     log: list[str] = []
     assert report.write_report(V1_STRESS, tmp_path, log=log.append, pictures=False) == 0
     lines = (tmp_path / "table.txt").read_text().splitlines()
+    assert lines[:2] == [NOT_RECORDED, ""]  # a v1 file has no provenance: said on top
+    lines = lines[2:]
     assert lines[2].split()[:3] == ["1", "ok", "forced"] and "crashed: naive-0" in lines[2]
     assert lines[3].split()[:2] == ["2", "FAILED"]
     assert "crashed: naive-0, graceful-1" in lines[3]
@@ -140,11 +144,15 @@ def test_v1_stress_file_reads_typed_and_reports(tmp_path: Path) -> None:
                                   "stress-v1-old-writer", "stress-v1-405a4e6"])
 def test_report_table_equals_the_old_codes(tmp_path: Path, name: str) -> None:
     """`rxe-power report` of a v1 file prints the table the old code (405a4e6) printed for
-    it (tests/data/NAME.table-405a4e6.txt, its results path replaced by {RESULTS})."""
+    it (tests/data/NAME.table-405a4e6.txt, its results path replaced by {RESULTS}), under
+    the line saying the file records no provenance."""
     path = DATA / f"{name}.jsonl"
     assert report.write_report(path, tmp_path, log=lambda m: None, pictures=False) == 0
     old = (DATA / f"{name}.table-405a4e6.txt").read_text().replace("{RESULTS}", str(path))
-    new = (tmp_path / "table.txt").read_text()
+    text = (tmp_path / "table.txt").read_text()
+    # the table now starts with what produced the file (an old file: not recorded)
+    assert text.startswith(f"{NOT_RECORDED}\n\n"), text[:200]
+    new = text[len(NOT_RECORDED) + 2:]
     if name.startswith("stress"):
         assert new == old
         return

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core import settings
+from harness.core.errors import OsCallError, RxePowerError
 from harness.core.files import atomic_write
 from harness.run.bench.spec import BenchSpec
 
@@ -44,6 +45,21 @@ class BenchRecord:
     def write(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, json.dumps(self.results, indent=1, default=str))
+
+
+def read_bench(path: Path) -> dict[str, Any]:
+    """A bench.json's figures: a JSON object holding the bench's `spec` (its `provenance`
+    is read with harness.system.provenance.header_provenance). Errors name the file."""
+    fix = "give the bench.json that rxe-power bench wrote"
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise OsCallError(f"cannot read {path}", exc.errno or 0, fix) from None
+    except ValueError as exc:
+        raise RxePowerError(f"{path} is not JSON: {exc}", fix) from None
+    if not isinstance(data, dict) or not isinstance(data.get("spec"), dict):
+        raise RxePowerError(f"{path} is not a bench record (no `spec` object)", fix)
+    return data
 
 
 def machine_load() -> dict[str, Any]:

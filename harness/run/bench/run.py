@@ -23,6 +23,7 @@ from harness.run.bench.spec import BenchSpec
 from harness.run.bench.standby_cycle import measure_standby_cycles
 from harness.run.bench.stress_rate import measure_stress_rate
 from harness.run.session import RunSession
+from harness.system.provenance_text import describe
 from harness.topology.config import TopologyConfig
 
 
@@ -37,6 +38,8 @@ def run_bench(spec: BenchSpec, cfg: TopologyConfig, out_dir: Path,
     ok = True
     with RunSession(cfg, out_dir) as session:
         bench.results["topology"] = session.topo.to_json()
+        bench.results["provenance"] = session.provenance.to_json()
+        log("\n".join(describe(session.provenance)))
         try:
             log(header_line(bench.results))
             with session.rig(shim=False) as rig:

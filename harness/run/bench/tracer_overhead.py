@@ -18,6 +18,7 @@ from pathlib import Path
 from clients.traced import make_trace_dir, recorded_work_dir, traced_env
 from harness.core.errors import BoundExceeded, RxePowerError
 from harness.run.bench.perftest import BW_COLUMNS, parse_perftest
+from harness.system.provenance_collect import collect
 from harness.system.tcp_ports import free_tcp_port, tcp_listening
 from harness.topology import devices
 from harness.topology.config import Topology, TopologyConfig
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({len(traced)} valid, range {min(traced):.2f}-{max(traced):.2f}), ratio "
           f"{res.ratio:.3f}")
     if args.json:
-        args.json.write_text(json.dumps({**asdict(res), "ratio": res.ratio}, indent=1))
+        args.json.write_text(json.dumps({**asdict(res), "ratio": res.ratio,
+                                         "provenance": collect().to_json()}, indent=1))
     return 0
 
 
