@@ -23,6 +23,7 @@ has the device, the connections, events, quiescing and the finish report.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -32,7 +33,7 @@ from typing import IO, Any
 from clients.connection import Conn, Metrics, PeerUnreachable, Policy
 from clients.io_path import POLL_BATCH, ClientIoPath, bursts
 from harness.core.device import DeviceInfo
-from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
+from harness.core.errors import BoundExceeded, OsCallError, ProtocolError, RxePowerError
 from harness.core.protocol import Channel, WorkerError
 from harness.core.schemas import ChannelKind
 from harness.rdma import payload
@@ -226,13 +227,7 @@ class ClientCore(ClientIoPath):
             if not conn.n_inflight:
                 continue
             if self.device_fatal:  # nothing posted will complete, not even flushed
-                gone = [r for r in conn.slot_req if r >= 0]
-                conn.slot_req = [-1] * len(conn.slot_req)
-                conn.free_slots = list(range(len(conn.slot_req)))
-                conn.order.clear()
-                conn.n_inflight = 0
-                conn.broken = True
-                (flushed if requeue else abandoned).extend(gone)
+                (flushed if requeue else abandoned).extend(self._give_up(conn))
                 continue
             try:
                 conn.qp.to_err()
@@ -240,7 +235,19 @@ class ClientCore(ClientIoPath):
                 self.metrics.notes.append(f"to_err failed: {exc.problem}")
             deadline = time.monotonic() + DRAIN_TIMEOUT_S
             while conn.n_inflight and time.monotonic() < deadline:
-                for wc in conn.qp.poll(POLL_BATCH):
+                try:
+                    wcs = conn.qp.poll(POLL_BATCH)
+                except OsCallError as exc:
+                    if exc.errno != errno.EIO:
+                        raise
+                    # the context was taken away (disassociate) before its DEVICE_FATAL
+                    # was read: its CQ answers EIO and nothing posted will complete (seen
+                    # in the guest: queue-replay under surprise-removal died of this)
+                    self.note("cq gone", error=exc.problem)
+                    self.device_fatal = True
+                    (flushed if requeue else abandoned).extend(self._give_up(conn))
+                    break
+                for wc in wcs:
                     self._complete(conn, wc, flushed)
                 if conn.n_inflight:
                     wait_readable(conn.qp.channel_fd, 0.05)
@@ -257,6 +264,18 @@ class ClientCore(ClientIoPath):
             self.note("abandoned", reqs=abandoned, reason=why)
         self.note("flushed", reqs=flushed, requeued=requeue)
         return len(flushed) + len(abandoned)
+
+    @staticmethod
+    def _give_up(conn: Conn) -> list[int]:
+        """Every request posted on `conn`, taken back without a completion (the device is
+        gone: none will come); the connection is broken."""
+        gone = [r for r in conn.slot_req if r >= 0]
+        conn.slot_req = [-1] * len(conn.slot_req)
+        conn.free_slots = list(range(len(conn.slot_req)))
+        conn.order.clear()
+        conn.n_inflight = 0
+        conn.broken = True
+        return gone
 
     def drain(self, deadline_s: float) -> bool:
         """Stop admitting; wait for in-flight requests to complete normally, bounded."""
