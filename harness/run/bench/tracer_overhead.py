@@ -5,10 +5,13 @@ ratio within each adjacent pair (goal: traced / untraced >= GOAL). Every traced 
 logs are counted: a run the tracer did not record is an error, not a figure.
 
     python -m harness.run.bench.tracer_overhead [--runs 9] [--iters 10000] [--json PATH]
+                                                [--hot-paths-only]
 
-It builds the rxe topology if none is up (and removes what it built); in the VM:
+First the tracer's hot paths alone (build/tracer/trace_hotpath: the tracer's code over a
+fake provider, nanoseconds per traced post and poll and per clock read), then the runs. It
+builds the rxe topology if none is up (and removes what it built); in the VM:
 `rxe-power vm -- python -m harness.run.bench.tracer_overhead --json ...`. The results
-file records what made it (command, date, commit, kernel, module, perftest).
+file records what made it (command, date, commit, kernel, clock source, module, perftest).
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from clients.traced import make_trace_dir, recorded_work_dir, traced_env, tracer_library
+from clients.traced import (
+    ENV_DIR,
+    make_trace_dir,
+    recorded_work_dir,
+    traced_env,
+    tracer_library,
+)
 from harness.core.errors import BoundExceeded, RxePowerError
 from harness.core.files import atomic_write
 from harness.core.proc import kill_bounded, run_bounded
@@ -46,6 +55,8 @@ SERVER_EXIT_TIMEOUT_S = 30.0  # the server, once its client is done
 POLL_S = 0.05
 TX_DEPTH = 16
 TRACE_REC_BYTES = 64  # clients/tracer/rxe_power_trace.h: TR_REC_SIZE (the header is one)
+HOTPATH_CALLS = 200_000  # calls of each kind timed by trace_hotpath
+HOTPATH_TIMEOUT_S = 120.0  # its run (about 4 s under TCG)
 
 
 @dataclass
@@ -123,6 +134,25 @@ def one_run(topo: Topology, iters: int, size: int, index: int, trace: Path | Non
     return run
 
 
+def hot_paths(work: Path) -> dict[str, Any]:
+    """trace_hotpath's figures (ns per call), its log in a private directory under `work`."""
+    prog = tracer_library().parent / "trace_hotpath"
+    if not prog.is_file():
+        raise RxePowerError(f"{prog} is not built", "run: bash ci/build-tracer.sh")
+    trace = make_trace_dir(work / "hotpath")
+    res = run_bounded([str(prog), str(HOTPATH_CALLS)], HOTPATH_TIMEOUT_S,
+                      step=f"{prog} {HOTPATH_CALLS}", bound_name="HOTPATH_TIMEOUT_S",
+                      outstanding="it had not exited",
+                      env={**os.environ, ENV_DIR: str(trace)})  # (its own copy: no preload)
+    for f in trace.iterdir():
+        f.unlink()
+    if res.returncode != 0:
+        raise RxePowerError(f"{prog} exited {res.returncode}: {res.stderr.strip()[-300:]}",
+                            "run it by hand to see why")
+    figures: dict[str, Any] = json.loads(res.stdout)
+    return figures
+
+
 def spread3(values: list[float]) -> dict[str, float]:
     """median, min, max and quartiles to 3 decimals (ratios; series.spread rounds to 0.1)."""
     if not values:
@@ -171,16 +201,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the results file here")
     p.add_argument("--out", type=Path, default=Path("results/tracer-overhead"),
                    help="the run's folder (topology logs)")
+    p.add_argument("--hot-paths-only", action="store_true",
+                   help="time the tracer's hot paths only (no rxe, no perftest)")
     args = p.parse_args(argv)
     if args.runs < MIN_RUNS or not 100 <= args.iters <= 1_000_000 or args.size < 1:
         p.error(f"--runs must be >= {MIN_RUNS}, --iters 100..1000000, --size >= 1")
     started = provenance(["python", "-m", "harness.run.bench.tracer_overhead",
                           *(argv if argv is not None else sys.argv[1:])])
+    with recorded_work_dir("trace-hotpath") as work:
+        hot = hot_paths(work)
+    print("tracer hot paths over a fake provider, ns per call: "
+          + ", ".join(f"{k} {v}" for k, v in hot.items()))
+    if args.hot_paths_only:
+        doc = {"kind": "tracer-hot-paths", **started, "hot_paths": hot,
+               "tracer_sha256": file_sha256(tracer_library())}
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(args.json, json.dumps(doc, indent=1) + "\n")
+            print(f"results: {args.json}")
+        return 0
     with RunSession(TopologyConfig.from_settings({}), args.out) as session:
         topo = session.topo
         module = rxe_module_now()
         runs = measure(topo, args.runs, args.iters, args.size)
     summary = summarize(runs)
+    summary["records_per_message"] = round(statistics.median(
+        r.records / args.iters for r in runs if r.traced), 3)
     u, t = summary["untraced_mib_per_s"], summary["traced_mib_per_s"]
     print(f"ib_send_bw {args.size} B x {args.iters}, -t {TX_DEPTH}, both ends traced; "
           f"{args.runs} runs of each, interleaved (T U U T ...):\n"
@@ -192,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'met' if summary['met'] else 'NOT met'}); per pair: median "
           f"{summary['pair_ratio'].get('median')} (min {summary['pair_ratio'].get('min')}, "
           f"max {summary['pair_ratio'].get('max')}); zero-rate runs left out: "
-          f"{summary['left_out_zero_rate']}")
+          f"{summary['left_out_zero_rate']}; tracer records per message (both ends) "
+          f"{summary['records_per_message']}")
     if args.json:
         doc = {"kind": "tracer-overhead", **started, "finished": time.strftime(
                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_end": list(os.getloadavg()),
@@ -200,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                "topology": topo.to_json(), "tool": "ib_send_bw", "size": args.size,
                "iters": args.iters,
                "tx_depth": TX_DEPTH, "runs_each": args.runs, "both_ends_traced": True,
-               "summary": summary, "runs": [asdict(r) for r in runs]}
+               "hot_paths": hot, "summary": summary, "runs": [asdict(r) for r in runs]}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(args.json, json.dumps(doc, indent=1) + "\n")
         print(f"results: {args.json}")
