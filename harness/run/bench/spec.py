@@ -13,6 +13,11 @@ from harness.workload.ledger import MAX_MESSAGE, Op, WorkloadSpec
 BENCH_VM_TIMEOUT_S = 3600.0
 SECTIONS = ("throughput", "latency", "cycle", "stress", "qps", "blockio")
 BASE_COUNT = ((256, 20000), (8192, 8000), (1 << 30, 2000))  # (size up to, messages)
+# The harness runs' retry_cnt: the largest rxe counts down (7 is "retry forever" on rxe),
+# so a peer that stops answering ends the run in RETRY_EXC_ERR after 7 timeouts of ~67 ms
+# without progress (any ACK resets the count), a FAILED row, instead of a run that waits
+# for HARNESS_RUN_TIMEOUT_S
+BENCH_RETRY_CNT = 6
 MIN_COUNT = 50
 # Every section is bounded (harness.run.bench.bounds). Each bound is for the default amount
 # of work and grows with it (a larger --scale, more sizes, cycles, QPs or writes); the
@@ -110,7 +115,7 @@ class BenchSpec:
         # arrivals up to its 2 x qd receives: 4 x qd slots never overwrite one unchecked
         return WorkloadSpec(ops=(Op(op),), sizes=(size,), count=count or self.count(size),
                             rate_per_s=0.0, queue_depth=qd, qps=1, completion=completion,
-                            write_slots=4 * qd,
+                            retry_cnt=BENCH_RETRY_CNT, write_slots=4 * qd,
                             signal_every=signal_every or qd).validate()
 
     def qp_spec(self) -> WorkloadSpec:
