@@ -39,17 +39,17 @@ def cpu_mask(online: str) -> str:
     return ",".join([f"{groups[-1]:x}"] + [f"{g:08x}" for g in reversed(groups[:-1])])
 
 
-def steer_flows(name: str, net: Path = Path("/sys/class/net"),
+def steer_flows(name: str, on: bool = True, net: Path = Path("/sys/class/net"),
                 online: Path = Path("/sys/devices/system/cpu/online")) -> bool:
-    """Receive packet steering on every receive queue of netdev NAME over all online CPUs:
-    the packets of one flow are then handled on one CPU, in order. Without it a veth
-    queues what it receives on the sending CPU (netif_rx), and packets sent from two CPUs
-    are taken in parallel and can overtake each other. False when the kernel has no RPS
-    (no rps_cpus files)."""
+    """Receive packet steering on every receive queue of netdev NAME over all online CPUs
+    (`on`; else none, the kernel's default): the packets of one flow are then handled on
+    one CPU, in order. Without it a veth queues what it receives on the sending CPU
+    (netif_rx), and packets sent from two CPUs are taken in parallel and can overtake each
+    other. False when the kernel has no RPS (no rps_cpus files)."""
     files = sorted((net / name / "queues").glob("rx-*/rps_cpus"))
     if not files:
         return False
-    mask = cpu_mask(online.read_text())
+    mask = cpu_mask(online.read_text()) if on else "0"
     for f in files:
         try:
             f.write_text(mask)
