@@ -100,9 +100,10 @@ def test_a_run_with_an_error_is_failed_with_its_cause_and_no_ratio(
     """Negative control of the bench's verdict: the peer's QP of the 4 KiB SEND run goes to
     ERR while that run posts (the sender's retries, BENCH_RETRY_CNT, run out). Its row must
     be FAILED, naming the error, with no ratio; the section fails; the run ends at the
-    client's error, not at its bound (none fired); the WRITE row after it, untouched,
-    keeps its figures. The run's bound is lowered to RUN_BOUND_S so that a run that does
-    not end at its error fails here, with the bound's message, within the test's time."""
+    client's error, not at its bound (none fired); the rows after it (SEND signaled 1/1,
+    WRITE), untouched, keep their figures. The run's bound is lowered to RUN_BOUND_S so
+    that a run that does not end at its error fails here, with the bound's message,
+    within the test's time."""
     monkeypatch.setattr(cvp, "HARNESS_RUN_TIMEOUT_S", RUN_BOUND_S)
     spec = BenchSpec(sizes=(4096,), queue_depth=8, scale=0.25,
                      sections=("throughput",)).validate()
@@ -118,8 +119,10 @@ def test_a_run_with_an_error_is_failed_with_its_cause_and_no_ratio(
         ok = cvp.measure_throughput(bench, rig)
         plant.join(PLANT_TIMEOUT_S)
     assert plant.error is None and plant.state == "ERR", (plant.error, plant.state)
-    send, write = bench.results["throughput"]
-    assert (send["op"], write["op"]) == ("SEND", "WRITE")
+    rows = bench.results["throughput"]
+    assert [(r["op"], r["signal_every"]) for r in rows] == [("SEND", 8), ("SEND", 1),
+                                                            ("WRITE", 8)]
+    send, others = rows[0], rows[1:]
     hr = send["harness"]
     # the fault met the work: the run did not complete (else the control proves nothing)
     assert hr["counts"].get("completed-ok", 0) < hr["count"], hr["counts"]
@@ -131,4 +134,5 @@ def test_a_run_with_an_error_is_failed_with_its_cause_and_no_ratio(
     assert hr["first_error"]["status"] in send["failed"]
     failed_lines = [line for line in lines if "FAILED (no figures)" in line]
     assert len(failed_lines) == 1 and failed_lines[0].split()[:2] == ["4096", "SEND"], lines
-    assert write["failed"] is None and write["ratio_mib"] is not None, write["failed"]
+    for r in others:  # the runs after it, on fresh QPs, untouched: figures as usual
+        assert r["failed"] is None and r["ratio_mib"] is not None, r["failed"]
