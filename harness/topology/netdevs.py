@@ -56,9 +56,9 @@ def create_side_netdev(cfg: TopologyConfig, which: str, state: StateFile | None 
                        up: bool = True, keep: bool | None = None) -> bool:
     """Create one host's veth pair, plug it into the switch, address it; `up`: link up + route.
     Both ends steer each flow to one CPU (network.steer_flows): without it, rxe's packets
-    overtook each other on the way (measured in the TCG guest: 4 KiB SENDs, ~30 out of
-    sequence and ~700 duplicate packets per 8,000, each a go-back-N retry; with it, none
-    but those after an RNR NAK). Returns whether that steering could be set.
+    overtook each other on the way, and every 4 KiB SEND run of the bench met sequence
+    NAKs and hundreds of go-back-N duplicates (docs/measurements/rxe-steering-*.json).
+    Returns whether that steering could be set.
 
     Used by setup and by a hibernate resume (the netdev comes back with a new ifindex).
     """
