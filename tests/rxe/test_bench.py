@@ -9,11 +9,12 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from harness.core.protocol import Channel
+from harness.core.protocol import Channel, WorkerError
 from harness.core.schemas import ChannelKind
 from harness.run.bench import client_vs_perftest as cvp
 from harness.run.bench.record import BenchRecord
@@ -24,7 +25,7 @@ from harness.topology.config import Topology, TopologyConfig
 
 pytestmark = pytest.mark.rxe
 
-PLANT_TIMEOUT_S = 60.0  # the harness run's first posts in its journal
+PLANT_TIMEOUT_S = 60.0  # the harness run's QP connected and its first message received
 RUN_BOUND_S = 60.0  # the planted run's bound (measured: it ends at its error in ~1 s)
 POLL_S = 0.01
 
@@ -65,27 +66,42 @@ def test_bench_smoke(rxe_config: TopologyConfig, rxe_topology: Topology,
 
 
 class PeerQpToErr(threading.Thread):
-    """Moves the peer agent's QP `qp_id` to ERR once the harness run `name` has posted
-    (its journal shows it): a real error on real rxe, the sender's retries run out. Its
-    own connection to the agent (the rig's belongs to the main thread)."""
+    """Moves the peer agent's QP `qp_id` to ERR once the harness run on it is under way: the
+    QP is connected (RTS: the worker connects it before `go`) and the peer HCA has received
+    a message since (rxe's own rdma_recvs counter): a real error on real rxe, the sender's
+    retries run out. Its own connection to the agent (the rig's is the main thread's)."""
 
-    def __init__(self, agent_socket: str, qp_id: int, journal: Path) -> None:
+    def __init__(self, agent_socket: str, qp_id: int, peer_dev: str) -> None:
         super().__init__(daemon=True)
-        self.agent_socket, self.qp_id, self.journal = agent_socket, qp_id, journal
+        self.agent_socket, self.qp_id = agent_socket, qp_id
+        self.recvs = Path(f"/sys/class/infiniband/{peer_dev}/ports/1/hw_counters/rdma_recvs")
         self.state: str | None = None
         self.error: BaseException | None = None
+
+    def _wait(self, what: str, done: Callable[[], bool], deadline: float) -> None:
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not seen in {PLANT_TIMEOUT_S} s")
+            time.sleep(POLL_S)  # polling interval of the bounded wait
 
     def run(self) -> None:
         try:
             deadline = time.monotonic() + PLANT_TIMEOUT_S
-            while not (self.journal.exists() and '"posted"' in self.journal.read_text()):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no post in {self.journal} in {PLANT_TIMEOUT_S} s")
-                time.sleep(POLL_S)  # polling interval of the bounded wait above
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(self.agent_socket)
             chan = Channel(sock, "peer agent (the test's)", ChannelKind.PEER)
             try:
+                def connected() -> bool:
+                    try:
+                        state = chan.request("qp_state", 30.0, qp_id=self.qp_id)["state"]
+                        return bool(state == "RTS")
+                    except WorkerError:  # not created yet
+                        return False
+
+                self._wait(f"the agent's QP {self.qp_id} in RTS", connected, deadline)
+                base = int(self.recvs.read_text())
+                self._wait(f"a message received on {self.recvs} after {base}",
+                           lambda: int(self.recvs.read_text()) > base, deadline)
                 self.state = chan.request("to_err", 30.0, qp_id=self.qp_id)["state"]
             finally:
                 sock.close()
@@ -113,8 +129,7 @@ def test_a_run_with_an_error_is_failed_with_its_cause_and_no_ratio(
         # the agent numbers its QPs in order: the SEND run's will be the next one
         probe_id, _ = rig.agent.create_qp(1 << 16, 4, 4096)
         rig.agent.request("destroy_qp", qp_id=probe_id)
-        plant = PeerQpToErr(rig.agent.sock_path, probe_id + 1,
-                            rig.log_dir / "bench-send-4096-s8.journal.jsonl")
+        plant = PeerQpToErr(rig.agent.sock_path, probe_id + 1, rig.topo.peer.dev)
         plant.start()
         ok = cvp.measure_throughput(bench, rig)
         plant.join(PLANT_TIMEOUT_S)
