@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the verbs tracer (clients/tracer/rxe_power_trace.c) into
 # build/tracer/librxe_power_trace.so with the distribution's gcc and libibverbs headers
-# (apt: gcc libibverbs-dev). Also builds the C examples in examples/ when they exist.
+# (apt: gcc libibverbs-dev), and build/tracer/trace_hotpath (the tracer's hot paths timed over
+# a fake provider). Also builds the C examples in examples/ when they exist.
 # Run by ci/bootstrap.sh; safe to re-run (rebuilds when a source is newer).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,6 +20,14 @@ if [ ! -f "$lib" ] || [ "$src" -nt "$lib" ] || [ "$here/clients/tracer/rxe_power
       -o "$lib.tmp" "$src" -ldl -libverbs -lpthread
   mv "$lib.tmp" "$lib"
   echo "build-tracer.sh: built $lib"
+fi
+# the tracer's hot paths timed over a fake provider (harness/run/bench/tracer_overhead.py)
+hot="$out/trace_hotpath"
+if [ ! -f "$hot" ] || [ "$src" -nt "$hot" ] || [ "$here/clients/tracer/trace_hotpath.c" -nt "$hot" ]; then
+  gcc -std=gnu11 -O2 -g -Wall -Wextra -Werror -o "$hot.tmp" \
+      "$here/clients/tracer/trace_hotpath.c" -ldl -libverbs -lpthread
+  mv "$hot.tmp" "$hot"
+  echo "build-tracer.sh: built $hot"
 fi
 for c in "$here"/examples/*.c; do
   [ -f "$c" ] || continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from clients.kernel.blockio import BlockDriver, DriverSpec
@@ -39,9 +40,11 @@ def run_fio(device: str, count: int, depth: int, bs: int = 4096) -> dict[str, An
             job["clat_ns"]["mean"] / 1e6}
 
 
-def measure(cfg: TopologyConfig, count: int, depth: int) -> dict[str, Any]:
+def measure(cfg: TopologyConfig, count: int, depth: int,
+            before_fio: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Our driver, then fio, on one nvme-rdma namespace (the topology must be up): the
-    target and the controller are recorded in the state file and removed at the end."""
+    target and the controller are recorded in the state file and removed at the end.
+    `before_fio` runs between the two (a caller's bound check: it may raise)."""
     target = NvmetTarget(TargetConfig(addr=cfg.peer_addr, size_mib=64, tag="b"))
     host = None
     try:
@@ -60,6 +63,7 @@ def measure(cfg: TopologyConfig, count: int, depth: int) -> dict[str, Any]:
         drv.close()
         ok = sum(r.errno is None and r.done_ns is not None for r in recs)
         lat = sorted((r.done_ns - r.submit_ns) / 1e6 for r in recs if r.done_ns)
+        before_fio()
         fio = run_fio(str(host.block_device), count, depth)
         ours = {"ios": ok, "iops": round(ok / ours_s, 1),
                 "lat_ms_mean": round(sum(lat) / len(lat), 3) if lat else None}

@@ -22,6 +22,43 @@ def sysfs_netdev(name: str, net: Path = Path("/sys/class/net")) -> tuple[int, bo
     return int(idx), bool(int(flags, 16) & 0x1)  # IFF_UP
 
 
+def cpu_mask(online: str) -> str:
+    """/sys/devices/system/cpu/online ("0-1", "0,2-3") as the hex mask sysfs takes for
+    rps_cpus: 32-bit groups, most significant first, comma-separated ("3", "1,00000000")."""
+    bits = 0
+    for part in online.strip().split(","):
+        lo, _, hi = part.partition("-")
+        for cpu in range(int(lo), int(hi or lo) + 1):
+            bits |= 1 << cpu
+    if not bits:
+        raise ValueError(f"no CPU in {online!r}")
+    groups = []
+    while bits:
+        groups.append(bits & 0xFFFFFFFF)
+        bits >>= 32
+    return ",".join([f"{groups[-1]:x}"] + [f"{g:08x}" for g in reversed(groups[:-1])])
+
+
+def steer_flows(name: str, on: bool = True, net: Path = Path("/sys/class/net"),
+                online: Path = Path("/sys/devices/system/cpu/online")) -> bool:
+    """Receive packet steering on every receive queue of netdev NAME over all online CPUs
+    (`on`; else none, the kernel's default): the packets of one flow are then handled on
+    one CPU, in order. Without it a veth queues what it receives on the sending CPU
+    (netif_rx), and packets sent from two CPUs are taken in parallel and can overtake each
+    other. False when the kernel has no RPS (no rps_cpus files)."""
+    files = sorted((net / name / "queues").glob("rx-*/rps_cpus"))
+    if not files:
+        return False
+    mask = cpu_mask(online.read_text()) if on else "0"
+    for f in files:
+        try:
+            f.write_text(mask)
+        except OSError as exc:
+            raise OsCallError(f"cannot write {mask} to {f}", exc.errno or 0,
+                              "are we root, and is the netdev ours?") from exc
+    return True
+
+
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 _IFREQ_FLAGS = struct.Struct("16sH22x")  # struct ifreq: the name, then ifr_flags
 

@@ -11,6 +11,7 @@ and rxe drops what arrives on a netdev without an rxe device). What `up` builds:
            pref 5 from B lookup 18771         pref 6 to A lookup 18771   (A via rxpw1)
            the system's `pref 0 lookup local` moved to pref 10 (restored on teardown)
     sysctls on our veths: accept_local=1 rp_filter=0; all.rp_filter=0 if it was not
+    receive packet steering on both ends of each veth (a flow on one CPU, in order)
 
 The bridge is the switch between the two hosts: with a plain veth pair, taking
 the local end down also drops the peer's carrier (measured: rxe1 went DOWN), and

@@ -143,10 +143,12 @@ def setup(cfg: TopologyConfig, log: Log = print, keep: bool = False) -> tuple[To
         all_rp.write_text("0")
         log(f"set net.ipv4.conf.all.rp_filter 0 (was {old}; restored on teardown)")
     for which in ("local", "peer"):
-        create_side_netdev(cfg, which, state, keep=keep)
+        steered = create_side_netdev(cfg, which, state, keep=keep)
         side = cfg.side(which)
         log(f"veth {side.netdev} <-> {side.switch_port} on {cfg.switch}, {side.addr} on "
-            f"{side.netdev}, route to {side.remote_addr} in table {side.table}")
+            f"{side.netdev}, route to {side.remote_addr} in table {side.table}"
+            + ("" if steered else "; no receive packet steering in this kernel (rxe's "
+               "packets may overtake each other: go-back-N retries)"))
     for rule in cfg.rules():
         state.record("rule", keep=keep, args=rule.selector_args())
         ip("rule", "add", *rule.selector_args())

@@ -53,8 +53,12 @@ def netdev_ifindex(name: str) -> int | None:
 
 
 def create_side_netdev(cfg: TopologyConfig, which: str, state: StateFile | None = None,
-                       up: bool = True, keep: bool | None = None) -> None:
+                       up: bool = True, keep: bool | None = None) -> bool:
     """Create one host's veth pair, plug it into the switch, address it; `up`: link up + route.
+    Both ends steer each flow to one CPU (network.steer_flows): without it, rxe's packets
+    overtook each other on the way, and every 4 KiB SEND run of the bench met sequence
+    NAKs and hundreds of go-back-N duplicates (docs/measurements/rxe-steering-*.json).
+    Returns whether that steering could be set.
 
     Used by setup and by a hibernate resume (the netdev comes back with a new ifindex).
     """
@@ -64,12 +68,14 @@ def create_side_netdev(cfg: TopologyConfig, which: str, state: StateFile | None 
     ip("link", "add", side.netdev, "type", "veth", "peer", "name", side.switch_port)
     for key, val in (("accept_local", "1"), ("rp_filter", "0")):
         netdev_sysctl_path(side.netdev, key).write_text(val)
+    steered = all([network.steer_flows(side.netdev), network.steer_flows(side.switch_port)])
     ip("link", "set", side.switch_port, "master", cfg.switch)
     ip("link", "set", side.switch_port, "up")
     ip("addr", "add", f"{side.addr}/32", "dev", side.netdev)
     state.record("table", keep=keep, table=side.table)
     if up:
         side_up(cfg, which)
+    return steered
 
 
 def side_up(cfg: TopologyConfig, which: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from harness.cli import bench_command
 from harness.cli.main import build_parser
-from harness.core.errors import SettingError
+from harness.core.errors import RxePowerError, SettingError
 from harness.run.bench.perftest import BW_COLUMNS, LAT_COLUMNS, PerftestFormatError, parse_perftest
 from harness.run.bench.record import targets
 from harness.run.bench.series import percentile, spread
@@ -163,14 +163,33 @@ def test_a_perftest_run_reporting_zero_is_run_again_and_counted(monkeypatch) -> 
 
     rates = iter([0.0, 0.0, 0.25])
 
-    def fake(tool, topo, size, iters, qd):
+    def fake(tool, topo, size, iters, qd, bound=None):
         return pt.PerftestRun(tool, size, iters, {pt.RATE_COLUMN: next(rates)}, [tool], 1.0, "")
 
     monkeypatch.setattr(pt, "run_perftest", fake)
     run = pt.run_perftest_counted("ib_send_bw", None, 64, 10, 8)
-    assert run.figure(pt.RATE_COLUMN) == 0.25 and run.zero_runs == 2
+    assert run.figure(pt.RATE_COLUMN) == 0.25 and run.zero_runs == 2 and run.failure is None
     rates = iter([0.0] * 5)
     run = pt.run_perftest_counted("ib_send_bw", None, 64, 10, 8)
-    assert run.figure(pt.RATE_COLUMN) == 0.0 and run.zero_runs == pt.PERFTEST_ATTEMPTS - 1
+    # every run said 0: no figure, a failed run saying so
+    assert run.zero_runs == pt.PERFTEST_ATTEMPTS - 1
+    assert run.failure == "ib_send_bw reported a message rate of 0 in all 3 runs " \
+        "(PERFTEST_ATTEMPTS)"
+    with pytest.raises(RxePowerError, match="no figure"):
+        run.figure(pt.RATE_COLUMN)
     rates = iter([0.0])
     assert pt.run_perftest_counted("ib_send_lat", None, 64, 10, 1).zero_runs == 0
+
+
+def test_a_failed_perftest_run_is_not_run_again(monkeypatch) -> None:
+    from harness.run.bench import perftest as pt
+
+    calls = []
+
+    def fake(tool, topo, size, iters, qd, bound=None):
+        calls.append(tool)
+        return pt.PerftestRun(tool, size, iters, {}, [tool], 1.0, "", failure="it broke")
+
+    monkeypatch.setattr(pt, "run_perftest", fake)
+    assert pt.run_perftest_counted("ib_send_bw", None, 64, 10, 8).failure == "it broke"
+    assert calls == ["ib_send_bw"]

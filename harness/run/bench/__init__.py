@@ -23,9 +23,13 @@ In one run, on the same rxe0 <-> rxe1 pair (in the VM when this kernel has no rx
 
 perftest prints no JSON: its result table is parsed by its header columns
 (`parse_perftest`), and an unexpected format is an error naming what is missing.
-Every subprocess is bounded. The figures go to the terminal and to DIR/bench.json.
+A run with any error is FAILED with its cause and no figures. Every subprocess is
+bounded, and every section (its ..._SECTION_TIMEOUT_S). The figures go to the terminal
+and to DIR/bench.json.
 
-    spec                BenchSpec: sections, sizes, counts
+    spec                BenchSpec: sections, sizes, counts, the sections' bounds
+    bounds              SectionBound: a section's bound, clipping its steps' timeouts
+    failures            why a run is not a figure (ledger, the peer's events, perftest)
     perftest            perftest's command lines, a bounded run, its table parsed
     client_vs_perftest  throughput and latency, harness client next to perftest
     standby_cycle       the standby cycle part by part
@@ -34,4 +38,7 @@ Every subprocess is bounded. The figures go to the terminal and to DIR/bench.jso
     record              bench.json, the machine load, the targets
     series              percentiles, median and quartiles
     run                 run_bench: the sections on one run session
+    provenance          what made a results file (command, date, commit, machine, module)
+    tracer_overhead     the verbs tracer's overhead (python -m ...; docs/measurements/)
+    steering            rxe's retries with and without receive packet steering (python -m)
 """

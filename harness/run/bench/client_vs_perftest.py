@@ -20,20 +20,28 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from harness.core.device import DeviceInfo
-from harness.core.errors import RxePowerError
+from harness.core.errors import BoundExceeded, RxePowerError
+from harness.run.bench.bounds import Clipped, SectionBound
+from harness.run.bench.failures import first_error, harness_failure, peer_errors
 from harness.run.bench.perftest import PerftestRun, run_perftest, run_perftest_counted
 from harness.run.bench.record import BenchRecord, machine_load
 from harness.run.bench.series import percentile
-from harness.run.scenario import ClientWorker
+from harness.run.scenario import PROGRESS_TIMEOUT_S, ClientWorker
 from harness.run.session import Rig
-from harness.workload.ledger import WorkloadSpec, apply_peer_view
+from harness.workload.ledger import Outcome, WorkloadSpec, apply_peer_view
 
-HARNESS_RUN_TIMEOUT_S = 600.0  # one harness throughput/latency run, go -> finish
+HARNESS_RUN_TIMEOUT_S = 600.0  # one harness throughput/latency run, go -> its last outcome
 WORKER_GO_TIMEOUT_S = 30.0  # the worker's reply to `go`
+FINISH_REPLY_TIMEOUT_S = 30.0  # the worker's report, once it is done or has stopped
+RUN_PROGRESS_POLL_S = 0.5  # how often a running client is asked how far it is
 BW_TOOLS = {"SEND": "ib_send_bw", "WRITE": "ib_write_bw"}
 LAT_TOOLS = {"SEND": "ib_send_lat", "WRITE": "ib_write_lat"}
 LAT_SIZE = 64
 MIB = 1 << 20  # perftest's "MB/sec" is 2^20 bytes per second
+# outcomes that mean the fail-fast client has stopped at an error: with nothing in flight
+# it waits for a resume that no bench section sends, so the run is over
+STOPPED = {Outcome.COMPLETED_ERROR.value, Outcome.REJECTED_AT_POST.value,
+           Outcome.FLUSHED.value}
 
 
 @dataclass
@@ -53,14 +61,38 @@ class HarnessRun:
     unaccounted: int
     open_ms: float  # worker start (device open, QP connect)
     wall_s: float  # go -> finish reply (incl. the controller's round trips)
+    first_error: dict[str, Any] | None = None  # failures.FirstError
+    peer_errors: dict[str, int] | None = None  # the peer's error completions (not flushes)
+    bound: str | None = None  # the bound that fired while waiting for the run, if one did
+    failure: str | None = None  # why this run is not a figure (None: it is one)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def run_harness_client(rig: Rig, spec: WorkloadSpec, name: str) -> HarnessRun:
+def wait_until_over(w: ClientWorker, clip: Clipped) -> str | None:
+    """Until the client is done, or has stopped at an error with nothing in flight (the
+    fail-fast client then waits for a resume, which would hold the run to its whole
+    bound), asking it every RUN_PROGRESS_POLL_S. Returns the fired bound's text, naming
+    what was outstanding, or None."""
+    deadline = time.monotonic() + clip.seconds
+    while True:
+        rep = w.request("progress", PROGRESS_TIMEOUT_S)
+        if rep["done"] or (rep["outstanding"] == 0 and STOPPED & set(rep["counts"])):
+            return None
+        if time.monotonic() >= deadline:
+            return BoundExceeded(
+                f"harness client {w.name}", clip.bound_name, clip.bound_s,
+                f"{rep['outstanding']} requests in flight and {rep['queued']} queued; "
+                f"outcomes so far {rep['counts']}").problem
+        time.sleep(RUN_PROGRESS_POLL_S)  # polling interval of the bounded wait above
+
+
+def run_harness_client(rig: Rig, spec: WorkloadSpec, name: str,
+                       bound: SectionBound) -> HarnessRun:
     """One worker (the real client process) runs `spec` flat out; figures from its ledger,
-    every request accounted, the peer's record of every SEND/WRITE matched to it."""
+    every request accounted, the peer's record of every SEND/WRITE matched to it. A run
+    with any error (or a bound that fired) has `failure` saying why."""
     agent = rig.agent
     with ClientWorker(name, "fail-fast", spec, rig.log_dir) as w:
         t0 = time.monotonic()
@@ -68,12 +100,16 @@ def run_harness_client(rig: Rig, spec: WorkloadSpec, name: str) -> HarnessRun:
         open_ms = (time.monotonic() - t0) * 1000
         t1 = time.monotonic()
         w.request("go", WORKER_GO_TIMEOUT_S)
-        rep = w.request("finish", HARNESS_RUN_TIMEOUT_S + 10, timeout_s=HARNESS_RUN_TIMEOUT_S)
+        fired = wait_until_over(w, bound.clip("HARNESS_RUN_TIMEOUT_S", HARNESS_RUN_TIMEOUT_S))
+        rep = w.request("finish", FINISH_REPLY_TIMEOUT_S, timeout_s=0)
         wall = time.monotonic() - t1
         ledger = w.fetch_ledger(int(rep["requests"]))
     arrivals: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
     for aq in rep["agent_qps"]:
-        arrivals += agent.arrivals(aq["qp_id"], 0, timeout_s=0)["arrivals"]
+        got = agent.arrivals(aq["qp_id"], 0, timeout_s=0)
+        arrivals += got["arrivals"]
+        events += got["events"]
         with contextlib.suppress(RxePowerError):
             agent.request("destroy_qp", 30.0, qp_id=aq["qp_id"])
     apply_peer_view(ledger, arrivals)
@@ -88,19 +124,24 @@ def run_harness_client(rig: Rig, spec: WorkloadSpec, name: str) -> HarnessRun:
         lat = {"median": round(statistics.median(lats), 1),
                "p99": round(percentile(lats, 99), 1), "min": round(min(lats), 1),
                "max": round(max(lats), 1)}
+    first, peer_errs = first_error(ledger), peer_errors(events)
+    counts, peer_counts, unaccounted = ledger.counts(), ledger.peer_counts(), \
+        len(ledger.unaccounted())
     return HarnessRun(spec.ops[0].value, size, spec.queue_depth, spec.completion,
                       spec.signal_every, spec.count,
                       round(window, 4),
                       round(len(ok) * size / window / MIB, 3) if window else 0.0,
-                      round(len(ok) / window, 1) if window else 0.0, lat, ledger.counts(),
-                      ledger.peer_counts(), len(ledger.unaccounted()), round(open_ms, 1),
-                      round(wall, 3))
+                      round(len(ok) / window, 1) if window else 0.0, lat, counts,
+                      peer_counts, unaccounted, round(open_ms, 1), round(wall, 3),
+                      first.to_json() if first else None, peer_errs, fired,
+                      harness_failure(spec.count, counts, peer_counts, unaccounted, first,
+                                      peer_errs, fired))
 
 
 def ledger_held(run: HarnessRun) -> bool:
-    """Every request completed once and, for SEND/WRITE, delivered once at the peer."""
-    return (run.unaccounted == 0 and run.counts == {"completed-ok": run.count}
-            and run.peer_counts == {"delivered-once": run.count})
+    """Every request completed once and, for SEND/WRITE, delivered once at the peer, with
+    no error anywhere and no bound fired."""
+    return run.failure is None
 
 
 def ledger_text(hr: HarnessRun) -> str:
@@ -111,52 +152,78 @@ def ledger_text(hr: HarnessRun) -> str:
 
 def throughput_row(op: str, tool: str, size: int, pt: PerftestRun,
                    hr: HarnessRun) -> dict[str, Any]:
-    pt_mib, pt_rate = pt.figure("BW average[MB/sec]"), pt.figure("MsgRate[Mpps]") * 1e6
+    """One row: perftest's and the harness's figures and their ratios, or, when either
+    run failed, `failed` with the cause(s) and no ratio (a failed run is not a figure)."""
+    causes = [c for c in (pt.failure and f"perftest: {pt.failure}",
+                          hr.failure and f"harness: {hr.failure}") if c]
+    failed = "; ".join(causes) or None
+    pt_mib = pt_rate = 0.0
+    if pt.failure is None:
+        pt_mib, pt_rate = pt.figure("BW average[MB/sec]"), pt.figure("MsgRate[Mpps]") * 1e6
+    ratio_mib = ratio_msg = None
+    if failed is None:
+        ratio_mib = round(hr.mib_per_s / pt_mib, 3) if pt_mib else None
+        ratio_msg = round(hr.msg_per_s / pt_rate, 3) if pt_rate else None
     return {"size": size, "op": op, "tool": tool, "signal_every": hr.signal_every,
-            "perftest": {"mib_per_s": pt_mib, "msg_per_s": round(pt_rate, 1),
-                         "argv": pt.argv, "output": pt.output, "zero_runs": pt.zero_runs},
-            "harness": hr.to_json(),
-            "ratio_mib": round(hr.mib_per_s / pt_mib, 3) if pt_mib else None,
-            "ratio_msg": round(hr.msg_per_s / pt_rate, 3) if pt_rate else None,
-            "ledger_ok": ledger_held(hr), "load": machine_load()}
+            "perftest": {"mib_per_s": pt_mib if pt.failure is None else None,
+                         "msg_per_s": round(pt_rate, 1) if pt.failure is None else None,
+                         "argv": pt.argv, "output": pt.output, "zero_runs": pt.zero_runs,
+                         "failure": pt.failure},
+            "harness": hr.to_json(), "ratio_mib": ratio_mib, "ratio_msg": ratio_msg,
+            "ledger_ok": ledger_held(hr), "failed": failed, "load": machine_load()}
+
+
+def throughput_line(row: dict[str, Any]) -> str:
+    """The table's line for a row: its figures, or FAILED and the cause instead."""
+    hr, pt = row["harness"], row["perftest"]
+    head = f"{row['size']:>6} {row['op']:<6} {'1/' + str(row['signal_every']):>6} "
+    if row["failed"]:
+        return head + f"FAILED (no figures): {row['failed']}"
+    return (head + f"{pt['mib_per_s']:>9.2f} {pt['msg_per_s']:>8.0f} {hr['mib_per_s']:>9.2f} "
+            f"{hr['msg_per_s']:>8.0f} {row['ratio_mib'] or 0:>6.2f} {row['ratio_msg'] or 0:>6.2f}"
+            f"  {ledger_text(HarnessRun(**hr))}")
 
 
 def measure_throughput(bench: BenchRecord, rig: Rig) -> bool:
-    """Each size and op: perftest, then the harness client at the same queue depth."""
+    """Each size and op: perftest, then the harness client at the same queue depth.
+    False when any run failed (its row says why) or the section's bound fired."""
     spec = bench.spec
+    bound = spec.section_bound("throughput")
     rows: list[dict[str, Any]] = []
     ok = True
     qd = spec.queue_depth
     bench.log(f"\nthroughput: 1 QP, queue depth {qd}, one signaled completion per {qd} WRs "
               f"(perftest's CQ moderation at -t {qd}) unless the row says 1/1; MB/s = 2^20 "
-              "bytes/s (as perftest prints it); ratio = harness / perftest")
+              "bytes/s (as perftest prints it); ratio = harness / perftest; a run with any "
+              "error is FAILED, with no figures")
     bench.log(f"{'size':>6} {'op':<6} {'signal':>6} {'perftest':>9} {'msg/s':>8} "
               f"{'harness':>9} {'msg/s':>8} {'MB/s':>6} {'msg/s':>6}  ledger")
     for size in spec.sizes:
         for op, tool in BW_TOOLS.items():
             hs = spec.throughput_spec(op, size)
-            pt = run_perftest_counted(tool, rig.topo, size, hs.count, qd)
+            bound.check(f"{tool} and the harness {op} at {size} B, not started")
+            pt = run_perftest_counted(tool, rig.topo, size, hs.count, qd, bound)
             variants = [hs]
             if size == min(spec.sizes) and op == "SEND" and qd > 1:  # what signaling costs
                 variants.append(spec.throughput_spec(op, size, signal_every=1))
             for v in variants:
-                hr = run_harness_client(rig, v, f"bench-{op.lower()}-{size}-s{v.signal_every}")
+                name = f"bench-{op.lower()}-{size}-s{v.signal_every}"
+                bound.check(f"the harness run {name}, not started")
+                hr = run_harness_client(rig, v, name, bound)
                 row = throughput_row(op, tool, size, pt, hr)
-                ok &= row["ledger_ok"]
+                ok &= row["failed"] is None
                 rows.append(row)
                 bench.record("throughput", rows)
-                bench.log(f"{size:>6} {op:<6} {'1/' + str(v.signal_every):>6} "
-                          f"{row['perftest']['mib_per_s']:>9.2f} "
-                          f"{row['perftest']['msg_per_s']:>8.0f} {hr.mib_per_s:>9.2f} "
-                          f"{hr.msg_per_s:>8.0f} {row['ratio_mib'] or 0:>6.2f} "
-                          f"{row['ratio_msg'] or 0:>6.2f}  {ledger_text(hr)}")
+                bench.log(throughput_line(row))
     return ok
 
 
 def measure_latency(bench: BenchRecord, rig: Rig) -> bool:
     """Queue depth 1, LAT_SIZE bytes: perftest's latency tools, then the harness client
-    with completions by event and by polling."""
+    with completions by event and by polling. A failed run is FAILED with its cause and
+    no figures; False when any run failed or the section's bound fired."""
     spec = bench.spec
+    bound = spec.section_bound("latency")
     rows: list[dict[str, Any]] = []
     ok = True
     bench.log(f"\nlatency: {LAT_SIZE} B, queue depth 1, {spec.lat_iters} requests; microseconds."
@@ -165,20 +232,30 @@ def measure_latency(bench: BenchRecord, rig: Rig) -> bool:
     bench.log(f"{'op':<6} {'perftest typ':>12} {'p99':>8} {'harness events med':>18} {'p99':>8}"
               f" {'harness poll med':>16} {'p99':>8}")
     for op, tool in LAT_TOOLS.items():
-        pt = run_perftest(tool, rig.topo, LAT_SIZE, spec.lat_iters, 1)
+        bound.check(f"{tool} and the harness {op} latency runs, not started")
+        pt = run_perftest(tool, rig.topo, LAT_SIZE, spec.lat_iters, 1, bound)
         runs = {}
         for completion in ("events", "poll"):
             hs = spec.throughput_spec(op, LAT_SIZE, queue_depth=1, completion=completion,
                                       count=spec.lat_iters)
-            runs[completion] = run_harness_client(rig, hs, f"bench-lat-{op.lower()}-{completion}")
-            ok &= ledger_held(runs[completion])
+            name = f"bench-lat-{op.lower()}-{completion}"
+            bound.check(f"the harness run {name}, not started")
+            runs[completion] = run_harness_client(rig, hs, name, bound)
+        causes = [c for c in [pt.failure and f"perftest: {pt.failure}"]
+                  + [r.failure and f"harness ({k}): {r.failure}" for k, r in runs.items()] if c]
+        failed = "; ".join(causes) or None
+        ok &= failed is None
         row = {"op": op, "tool": tool, "size": LAT_SIZE,
-               "perftest": {"typical_us": pt.figure("t_typical[usec]"),
-                            "p99_us": pt.figure("99% percentile[usec]"), "argv": pt.argv,
-                            "output": pt.output},
-               "harness": {k: v.to_json() for k, v in runs.items()}, "load": machine_load()}
+               "perftest": {"typical_us": None if pt.failure else pt.figure("t_typical[usec]"),
+                            "p99_us": None if pt.failure else pt.figure("99% percentile[usec]"),
+                            "argv": pt.argv, "output": pt.output, "failure": pt.failure},
+               "harness": {k: v.to_json() for k, v in runs.items()}, "failed": failed,
+               "load": machine_load()}
         rows.append(row)
         bench.record("latency", rows)
+        if failed:
+            bench.log(f"{op:<6} FAILED (no figures): {failed}")
+            continue
         ev, po = runs["events"].latency_us, runs["poll"].latency_us
         bench.log(f"{op:<6} {pt.figure('t_typical[usec]'):>12.1f} "
                   f"{pt.figure('99% percentile[usec]'):>8.1f} {ev.get('median', 0):>18.1f} "

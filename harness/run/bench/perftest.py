@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from harness.core.errors import BoundExceeded, RxePowerError
 from harness.core.proc import kill_bounded, run_bounded
+from harness.run.bench.bounds import Clipped, SectionBound
+from harness.run.bench.failures import perftest_failure
 from harness.system.tcp_ports import free_tcp_port, tcp_listening
 from harness.topology.config import Topology
 
@@ -82,15 +84,19 @@ class PerftestRun:
     tool: str
     size: int
     iterations: int
-    row: dict[str, float]
+    row: dict[str, float]  # empty when the run failed
     argv: list[str]
     seconds: float
     output: str  # the client's whole output (kept in bench.json)
     # runs before this one that reported a message rate of 0 (a perftest 4.5 quirk seen
     # under TCG: the run completes and prints 0.00 MB/s) and were left out
     zero_runs: int = 0
+    failure: str | None = None  # why this run is not a figure (None: it is one)
 
     def figure(self, column: str) -> float:
+        if self.failure is not None:
+            raise RxePowerError(f"{self.tool} {self.size} B failed: no figure ({self.failure})",
+                                "check PerftestRun.failure before reading a figure")
         return self.row[column]
 
 
@@ -103,47 +109,66 @@ def perftest_argv(tool: str, dev: str, gid_index: int, size: int, iters: int, qd
     return argv + ([server] if server else [])
 
 
-def run_perftest(tool: str, topo: Topology, size: int, iters: int, qd: int) -> PerftestRun:
+def run_perftest(tool: str, topo: Topology, size: int, iters: int, qd: int,
+                 bound: SectionBound | None = None) -> PerftestRun:
     """Server on the peer HCA, client on the local one connecting to the peer's address;
-    both bounded. The client starts once the server listens on its TCP port (its banner
-    sits in stdio's buffer until it exits)."""
+    both bounded (the client by PERFTEST_TIMEOUT_S or what is left of the section's
+    `bound`). The client starts once the server listens on its TCP port (its banner sits
+    in stdio's buffer until it exits). A run that fails (an error completion, a non-zero
+    exit, a bound, output without the result table) comes back with `failure` saying why
+    and no figures."""
     port = free_tcp_port()
     srv_argv = perftest_argv(tool, topo.peer.dev, topo.peer.gid_index, size, iters, qd, port)
     cli_argv = perftest_argv(tool, topo.local.dev, topo.local.gid_index, size, iters, qd, port,
                              topo.peer.addr)
+    clip = bound.clip("PERFTEST_TIMEOUT_S", PERFTEST_TIMEOUT_S) if bound \
+        else Clipped(PERFTEST_TIMEOUT_S, "PERFTEST_TIMEOUT_S", PERFTEST_TIMEOUT_S)
+
+    def failed(why: str, output: str = "", seconds: float = 0.0) -> PerftestRun:
+        return PerftestRun(tool, size, iters, {}, cli_argv, round(seconds, 3), output,
+                           failure=why)
+
     try:
         srv = subprocess.Popen(srv_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
     except FileNotFoundError as exc:
         raise RxePowerError(f"cannot run {tool}: {exc}", "apt-get install perftest") from None
+    t0 = time.monotonic()
     try:
         deadline = time.monotonic() + PERFTEST_SERVER_READY_TIMEOUT_S
         while not tcp_listening(port):
             if srv.poll() is not None:
                 said = srv.communicate(timeout=PERFTEST_SERVER_EXIT_TIMEOUT_S)[0].decode(
-                    errors="replace")[-300:]
-                raise RxePowerError(f"{tool} server exited {srv.returncode} before its client "
-                                    f"connected: {said}", "see its output; is the peer up?")
+                    errors="replace")
+                return failed(f"{tool} server exited {srv.returncode} before its client "
+                              f"connected: {perftest_failure(said, srv.returncode or 1)}", said)
             if time.monotonic() > deadline:
-                raise BoundExceeded(f"{tool} server start", "PERFTEST_SERVER_READY_TIMEOUT_S",
-                                    PERFTEST_SERVER_READY_TIMEOUT_S, f"it listening on {port}")
-            time.sleep(0.02)
+                return failed(BoundExceeded(f"{tool} server start",
+                                            "PERFTEST_SERVER_READY_TIMEOUT_S",
+                                            PERFTEST_SERVER_READY_TIMEOUT_S,
+                                            f"it listening on TCP port {port}").problem)
+            time.sleep(0.02)  # polling interval of the bounded wait above
         t0 = time.monotonic()
-        cli = run_bounded(cli_argv, PERFTEST_TIMEOUT_S, step=" ".join(cli_argv),
-                          bound_name="PERFTEST_TIMEOUT_S",
-                          outstanding="the perftest client had not exited")
+        try:
+            cli = run_bounded(cli_argv, clip.seconds, step=" ".join(cli_argv),
+                              bound_name=clip.bound_name,
+                              outstanding="the perftest client had not exited")
+        except BoundExceeded as exc:
+            return failed(exc.problem, seconds=time.monotonic() - t0)
         seconds = time.monotonic() - t0
         with contextlib.suppress(subprocess.TimeoutExpired):
             srv.communicate(timeout=PERFTEST_SERVER_EXIT_TIMEOUT_S)
     finally:
         kill_bounded(srv)
     text = cli.stdout + cli.stderr
-    if cli.returncode != 0:
-        raise RxePowerError(f"{' '.join(cli_argv)} exited {cli.returncode}: "
-                            f"{' | '.join(text.strip().splitlines()[-4:])[:400]}",
-                            "see the perftest output in bench.json")
+    why = perftest_failure(text, cli.returncode)
+    if why is not None:
+        return failed(why, text, seconds)
     required = BW_COLUMNS if tool.endswith("_bw") else LAT_COLUMNS
-    rows = parse_perftest(text, required)
+    try:
+        rows = parse_perftest(text, required)
+    except PerftestFormatError as exc:
+        return failed(f"perftest's output: {exc.problem}", text, seconds)
     return PerftestRun(tool, size, iters, rows[-1], cli_argv, round(seconds, 3), text)
 
 
@@ -152,17 +177,22 @@ RATE_COLUMN = "MsgRate[Mpps]"
 
 
 def run_perftest_counted(tool: str, topo: Topology, size: int, iters: int,
-                         qd: int) -> PerftestRun:
+                         qd: int, bound: SectionBound | None = None) -> PerftestRun:
     """run_perftest, again (at most PERFTEST_ATTEMPTS runs) while a bandwidth tool
     reports a message rate of 0 for a run that completed: perftest 4.5 printed 0.00 MB/s
     for about one run in ten under TCG (the tracer bench and a CI run of the bench saw
     it). The runs left out are counted in the result; if every run says 0, the last is
-    returned as it is."""
+    returned as failed. A run that failed otherwise is returned as it is (not retried)."""
     zero = 0
     while True:
-        run = run_perftest(tool, topo, size, iters, qd)
-        if not tool.endswith("_bw") or run.row.get(RATE_COLUMN, 0) > 0 \
-                or zero + 1 >= PERFTEST_ATTEMPTS:
+        run = run_perftest(tool, topo, size, iters, qd, bound)
+        if run.failure is not None or not tool.endswith("_bw") \
+                or run.row.get(RATE_COLUMN, 0) > 0:
             run.zero_runs = zero
+            return run
+        if zero + 1 >= PERFTEST_ATTEMPTS:
+            run.zero_runs = zero
+            run.failure = (f"{tool} reported a message rate of 0 in all {zero + 1} runs "
+                           "(PERFTEST_ATTEMPTS)")
             return run
         zero += 1

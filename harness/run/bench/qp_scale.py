@@ -17,8 +17,11 @@ from power.result import TransitionRequest
 
 
 def measure_qp_scale(bench: BenchRecord, rig: Rig) -> bool:
-    """One standby with spec.qps QPs over spec.qp_workers queue-replay workers."""
+    """One standby with spec.qps QPs over spec.qp_workers queue-replay workers; bounded by
+    QPS_SECTION_TIMEOUT_S, checked before each step (a step under way is held to its own
+    bounds)."""
     spec = bench.spec
+    bound = spec.section_bound("qps")
     wl = spec.qp_spec()
     names = [f"bench-qps-{i}" for i in range(spec.qp_workers)]
     t0 = time.monotonic()
@@ -26,6 +29,8 @@ def measure_qp_scale(bench: BenchRecord, rig: Rig) -> bool:
                             rig.clients_dir, rig.log_dir, names)
     open_s = time.monotonic() - t0
     try:
+        bound.check(f"the standby under {spec.qps} QPs, not started (the workers connected "
+                    f"in {open_s:.1f} s)")
         req = TransitionRequest("standby", Ordering.CLIENTS_FIRST, spec.hold_ms, OnVeto.FORCE)
         t1 = time.monotonic()
         res = summary_without_ledgers(run_round(rig.shim, rig.agent, workers, req,

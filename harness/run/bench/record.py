@@ -100,8 +100,18 @@ def header_line(results: dict[str, Any]) -> str:
             f"{load_text(results['load_start'])}")
 
 
+def _ratio_target(text: str, row: dict[str, Any], key: str, goal: float) -> dict[str, Any]:
+    """A target read from a throughput row; a failed row measured nothing: not met."""
+    if row.get("failed"):
+        return {"target": text, "value": None, "goal": goal, "met": False,
+                "failed": row["failed"]}
+    return {"target": text, "value": row[key], "goal": goal,
+            "met": (row[key] or 0) >= goal}
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets against this run's figures (absent figures: not measured)."""
+    """The issue's targets against this run's figures (absent figures: not measured; a
+    failed run: not met, with its cause)."""
     out: list[dict[str, Any]] = []
     qd = results.get("spec", {}).get("queue_depth")
     rows = {(r["size"], r["op"]): r for r in results.get("throughput", [])
@@ -109,15 +119,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     big = max((s for s, op in rows if op == "SEND"), default=None)
     small = min((s for s, op in rows if op == "SEND"), default=None)
     if big is not None:
-        r = rows[(big, "SEND")]
-        out.append({"target": f"harness SEND throughput >= 80% of ib_send_bw at {big} B",
-                    "value": r["ratio_mib"], "goal": TARGETS["send_64k_bw_ratio"],
-                    "met": (r["ratio_mib"] or 0) >= TARGETS["send_64k_bw_ratio"]})
+        out.append(_ratio_target(f"harness SEND throughput >= 80% of ib_send_bw at {big} B",
+                                 rows[(big, "SEND")], "ratio_mib",
+                                 TARGETS["send_64k_bw_ratio"]))
     if small is not None:
-        r = rows[(small, "SEND")]
-        out.append({"target": f"harness SEND message rate >= 30% of ib_send_bw at {small} B",
-                    "value": r["ratio_msg"], "goal": TARGETS["send_64_rate_ratio"],
-                    "met": (r["ratio_msg"] or 0) >= TARGETS["send_64_rate_ratio"]})
+        out.append(_ratio_target(f"harness SEND message rate >= 30% of ib_send_bw at {small} B",
+                                 rows[(small, "SEND")], "ratio_msg",
+                                 TARGETS["send_64_rate_ratio"]))
     whole = results.get("cycle", {}).get("summary", {}).get("whole")
     if whole:
         in_vm = results.get("load_start", {}).get("in_vm")
@@ -131,6 +139,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 def target_lines(rows: list[dict[str, Any]]) -> list[str]:
     out = ["targets:"] if rows else []
     for r in rows:
+        if r.get("failed"):
+            out.append(f"  NOT MET {r['target']}: not measured, its run FAILED "
+                       f"(goal {r['goal']})")
+            continue
         out.append(f"  {'MET    ' if r['met'] else 'NOT MET'} {r['target']}: {r['value']} "
                    f"(goal {r['goal']})")
     return out

@@ -7,12 +7,27 @@ from typing import Any
 
 from harness.core.bounds import MAX_CYCLES, MAX_HOLD_MS, MAX_ITERATIONS, check_number
 from harness.core.errors import SettingError
+from harness.run.bench.bounds import SectionBound
 from harness.workload.ledger import MAX_MESSAGE, Op, WorkloadSpec
 
 BENCH_VM_TIMEOUT_S = 3600.0
 SECTIONS = ("throughput", "latency", "cycle", "stress", "qps", "blockio")
 BASE_COUNT = ((256, 20000), (8192, 8000), (1 << 30, 2000))  # (size up to, messages)
+# The harness runs' retry_cnt: the largest rxe counts down (7 is "retry forever" on rxe),
+# so a peer that stops answering ends the run in RETRY_EXC_ERR after 7 timeouts of ~67 ms
+# without progress (any ACK resets the count), a FAILED row, instead of a run that waits
+# for HARNESS_RUN_TIMEOUT_S
+BENCH_RETRY_CNT = 6
 MIN_COUNT = 50
+# Every section is bounded (harness.run.bench.bounds). Each bound is for the default amount
+# of work and grows with it (a larger --scale, more sizes, cycles, QPs or writes); the
+# whole default bench took about 6 minutes in the TCG guest, its throughput section ~1.5.
+THROUGHPUT_SECTION_TIMEOUT_S = 900.0  # three sizes at --scale 1
+LATENCY_SECTION_TIMEOUT_S = 600.0  # --lat-iters 2000
+CYCLE_SECTION_TIMEOUT_S = 60.0  # per standby cycle (and once for the workers' start)
+STRESS_SECTION_TIMEOUT_S = 60.0  # per stress cycle (and once for its start)
+QPS_SECTION_TIMEOUT_S = 600.0  # 1,024 QPs
+BLOCKIO_SECTION_TIMEOUT_S = 900.0  # 2,000 writes of our driver and of fio
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,25 @@ class BenchSpec:
         self.qp_spec()
         return self
 
+    def section_bound(self, section: str) -> SectionBound:
+        """The section's bound, started now: its ..._SECTION_TIMEOUT_S times the work
+        asked for relative to the default (never less than once)."""
+        name, base, times = {
+            "throughput": ("THROUGHPUT_SECTION_TIMEOUT_S", THROUGHPUT_SECTION_TIMEOUT_S,
+                           max(1.0, self.scale) * max(1.0, len(self.sizes) / 3)),
+            "latency": ("LATENCY_SECTION_TIMEOUT_S", LATENCY_SECTION_TIMEOUT_S,
+                        max(1.0, self.lat_iters / 2000)),
+            "cycle": ("CYCLE_SECTION_TIMEOUT_S", CYCLE_SECTION_TIMEOUT_S,
+                      float(self.cycles + 1)),
+            "stress": ("STRESS_SECTION_TIMEOUT_S", STRESS_SECTION_TIMEOUT_S,
+                       float(self.stress_cycles + 1)),
+            "qps": ("QPS_SECTION_TIMEOUT_S", QPS_SECTION_TIMEOUT_S, max(1.0, self.qps / 1024)),
+            "blockio": ("BLOCKIO_SECTION_TIMEOUT_S", BLOCKIO_SECTION_TIMEOUT_S,
+                        max(1.0, self.blockio_count / 2000)),
+        }[section]
+        return SectionBound(section, name if times == 1 else f"{name} x {times:g}",
+                            base * times)
+
     def count(self, size: int) -> int:
         base = next(n for limit, n in BASE_COUNT if size <= limit)
         return max(MIN_COUNT, int(base * self.scale))
@@ -81,7 +115,7 @@ class BenchSpec:
         # arrivals up to its 2 x qd receives: 4 x qd slots never overwrite one unchecked
         return WorkloadSpec(ops=(Op(op),), sizes=(size,), count=count or self.count(size),
                             rate_per_s=0.0, queue_depth=qd, qps=1, completion=completion,
-                            write_slots=4 * qd,
+                            retry_cnt=BENCH_RETRY_CNT, write_slots=4 * qd,
                             signal_every=signal_every or qd).validate()
 
     def qp_spec(self) -> WorkloadSpec:

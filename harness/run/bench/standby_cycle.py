@@ -79,8 +79,11 @@ def cycle_parts(res: dict[str, Any]) -> dict[str, float]:
 
 def measure_standby_cycles(bench: BenchRecord, rig: Rig) -> bool:
     """Standby cycles under a fail-fast and a graceful client (both quiesce on the notice),
-    the workers living through the cycles as in stress; every ledger must hold."""
+    the workers living through the cycles as in stress; every ledger must hold. Bounded by
+    CYCLE_SECTION_TIMEOUT_S per cycle, checked before each (a round under way is held to
+    its own bounds)."""
     spec = bench.spec
+    bound = spec.section_bound("cycle")
     # long enough that both clients still have requests queued when the notice comes, so
     # each has a first successful completion after resume
     wl = WorkloadSpec(count=spec.cycle_count, rate_per_s=CYCLE_RATE, queue_depth=4).validate()
@@ -94,6 +97,8 @@ def measure_standby_cycles(bench: BenchRecord, rig: Rig) -> bool:
     ok = True
     try:
         for n in range(1, spec.cycles + 1):
+            bound.check(f"standby cycle {n} of {spec.cycles}, not started "
+                        f"({len(per_cycle)} done)")
             if n > 1:
                 for w in workers:
                     w.new_round(wl)
@@ -127,6 +132,6 @@ def measure_standby_cycles(bench: BenchRecord, rig: Rig) -> bool:
         if s:
             bench.log(f"{CYCLE_PART_TEXT[p]:<46} {s['median']:>8.1f} {s['min']:>8.1f} "
                       f"{s['max']:>8.1f} {s['q1']:>8.1f} {s['q3']:>8.1f}")
-    bench.log("every ledger held" if ok else "a cycle FAILED: see bench.json")
+    bench.log("every cycle's ledger held" if ok else "a cycle FAILED: see bench.json")
     return ok
 

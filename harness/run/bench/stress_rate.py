@@ -8,17 +8,27 @@ from harness.run.bench.record import BenchRecord, machine_load
 from harness.run.bench.series import spread
 from harness.run.resultsfile import RecordKind, read_results
 from harness.run.stress import StressSpec, run_stress
+from harness.run.stress_checks import CycleOutcome
 from harness.topology.config import TopologyConfig
 
 
 def measure_stress_rate(bench: BenchRecord, cfg: TopologyConfig) -> bool:
     """A short `rxe-power stress` (the suite's stress: graceful + queue-replay, 40
-    requests at 60/s each, standby); cycles per minute over its wall time."""
+    requests at 60/s each, standby); cycles per minute over its wall time. Bounded by
+    STRESS_SECTION_TIMEOUT_S per cycle, checked after each (a cycle under way is held to
+    its own bounds)."""
     spec = StressSpec(cycles=bench.spec.stress_cycles, policies=("graceful", "queue-replay"),
                       count=40).validate()
+    bound = bench.spec.section_bound("stress")
     out = bench.out_dir / "stress"
+
+    def after_cycle(outcome: CycleOutcome, failed: int, total: int) -> None:
+        if outcome.cycle < total:
+            bound.check(f"stress cycles {outcome.cycle + 1}..{total}, not started "
+                        f"({failed} of {outcome.cycle} failed so far)")
+
     t0 = time.monotonic()
-    code = run_stress(spec, cfg, out, lambda o, f, t: None, log=lambda m: None)
+    code = run_stress(spec, cfg, out, after_cycle, log=lambda m: None)
     wall = time.monotonic() - t0
     cycles = read_results(out / "results.jsonl").of_kind(RecordKind.CYCLE)
     secs = [c.get("seconds", 0.0) for c in cycles]
