@@ -63,9 +63,7 @@ def launch_mode(args: argparse.Namespace) -> tuple[Mode, str]:
 
 
 def _forwarded_env() -> dict[str, str]:
-    env = {k: v for k, v in settings.own_environment().items() if k != "RXE_POWER_MODE"}
-    env["RXE_POWER_IN_VM"] = "1"
-    return env
+    return {k: v for k, v in settings.own_environment().items() if k != "RXE_POWER_MODE"}
 
 
 def guest_rw_dirs(outputs: list[Path], cwd: Path) -> list[Path]:

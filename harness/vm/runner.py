@@ -164,8 +164,9 @@ def run_in_vm(
     tools = tools or find_vm_tools()
     kernel = kernel or find_guest_kernel()
     accel = accel or choose_accel(kernel, qemu=tools.qemu)
-    # the run's provenance in the guest names the accelerator and this host
-    req.env = {**req.env, settings.VM_FACTS_ENV: json.dumps(
+    # every guest command knows it runs in our guest, and its provenance names the
+    # accelerator and this host (`rxe-power vm -- CMD` as much as `rxe-power run`)
+    req.env = {**req.env, settings.IN_VM_ENV: "1", settings.VM_FACTS_ENV: json.dumps(
         vm_facts_json(accel.accel, accel.reason), separators=(",", ":"))}
     copy, how = prepare_python_copy() if req.python_copy else (None, "off (--no-python-copy)")
     argv = build_vng_argv(req, kernel, accel.accel, str(tools.vng), copy)
