@@ -113,3 +113,75 @@ def test_recorded_clean_row_turns_broken_by_an_extra_completion_or_a_dropped_ent
         assert rec.result is not None
         row = rows_of(rec.scenario, rec.result)[where["client"]]
         assert row.status is RowStatus.BROKEN and finding in row.findings, row.findings
+
+
+# --- the verbs tracer's ledger, on recorded logs (tests/data/trace) -------------------------
+
+TRACE = Path(__file__).parent.parent / "data" / "trace"
+REC_SIZE = 64
+
+
+def _recorded_pair(scenario: str) -> tuple[bytes, bytes]:
+    """(client log, server log) of a recorded clean run, as the tracer wrote them."""
+    import gzip
+
+    from harness.workload.tracelog import parse
+
+    logs = [gzip.decompress(p.read_bytes()) for p in sorted((TRACE / scenario).glob("*.gz"))]
+    client = [d for d in logs if "198.18.0.2" in parse(d).cmdline]
+    assert len(logs) == 2 and len(client) == 1, scenario
+    return client[0], next(d for d in logs if d is not client[0])
+
+
+def _offsets(data: bytes, rtype: int) -> list[int]:
+    import struct
+
+    return [off for off in range(REC_SIZE, len(data) - len(data) % REC_SIZE, REC_SIZE)
+            if struct.unpack_from("<I", data, off)[0] == rtype]
+
+
+def _row(client: bytes, server: bytes) -> object:
+    """The outside program's row from the two logs, as harness.run.outside makes it."""
+    from harness.run.outside import outside_rows
+    from harness.workload.traced_ledger import build_ledger
+    from harness.workload.traced_peer import match_peer
+    from harness.workload.tracelog import parse
+
+    led, peer = build_ledger(parse(client)), build_ledger(parse(server))
+    ms = match_peer(led, peer)
+    out = {"program": "cmd:ibv_rc_pingpong", "counts": dict(led.counts()),
+           "peer_counts": {"delivered-once": sum(m.delivered_once for m in ms),
+                           "missing": sum(m.missing for m in ms),
+                           "duplicated": sum(m.duplicated for m in ms)},
+           "recovery_ms": None, "traced": True, "unaccounted": len(led.unaccounted()),
+           "unmatched_completions": len(led.unmatched_completions()),
+           "terminated_by_shim": False, "held_at_delete": False, "stopped_by_harness": False,
+           "exit": 0, "output_tail": "", "posted_after_error": led.posted_after_error(),
+           "findings": []}
+    scen = {"id": "x", "transition": "link-flap", "ordering": "hca-first", "mix": "program"}
+    (row,) = outside_rows(scen, {"transition": {"verdict": "completed", "veto": None},
+                                 "outside": out})
+    return row
+
+
+def test_recorded_trace_an_extra_or_a_dropped_record_makes_the_row_broken() -> None:
+    """A recorded clean ibv_rc_pingpong run (both ends traced): its row is clean. The
+    same client log with one completion record written twice (an extra completion), or
+    with one SEND's post record missing (a dropped ledger entry): the completion no
+    request explains is found and the row is broken; with the post dropped the traced
+    server also received one SEND more than the client posted."""
+    from harness.workload.tracelog import RecType
+
+    client, server = _recorded_pair("pingpong-clean")
+    assert _row(client, server).status is RowStatus.CLEAN
+    comp = _offsets(client, RecType.COMPLETION)[10]
+    extra = client[:comp + REC_SIZE] + client[comp:]
+    row = _row(extra, server)
+    assert row.status is RowStatus.BROKEN, row.findings
+    assert row.findings == ["1 completions matched no request"], row.findings
+    post = _offsets(client, RecType.POST_SEND)[10]
+    dropped = client[:post] + client[post + REC_SIZE:]
+    row = _row(dropped, server)
+    assert row.status is RowStatus.BROKEN, row.findings
+    assert "1 completions matched no request" in row.findings, row.findings
+    assert row.peer["duplicated"] == 1, row.peer
