@@ -89,13 +89,20 @@ MATRIX_CLIENT_EXIT_TIMEOUT_S = 15.0
 def test_matrix_row_for_outside_program(rxe_config, rxe_topology, tmp_path) -> None:
     """`matrix --client-cmd/--server-cmd` with ib_send_bw through link-flap (hca-first):
     one row, every posted SEND accounted for by the client's ledger and by the traced
-    server, none delivered twice, and a status that is what was measured. Both outcomes
-    are rxe's (README, outside programs): no packet went out while the carrier was down
-    (`clean`: every SEND completed-ok and received once), or one did (rxe fails it with
-    LOC_QP_OP_ERR, ib_send_bw exits 17: `bad`, its findings say so)."""
+    server, none delivered twice, and a status that is what was measured. Which known
+    behaviour happened is decided from the two kept trace logs against the shim's step
+    times (tests/rxe/tracing.py flap_behaviour) and printed: `errored` (a SEND failed
+    with LOC_QP_OP_ERR, ib_send_bw exits 17: bad, its exit status named), `retried` (no
+    error, RC carried the SENDs in flight across the flap: clean exactly when ib_send_bw
+    exited 0 with all MATRIX_ITERS completed), `stalled` (no error, nothing completed after
+    the flap: it waited for a SEND rxe never completed and was stopped, bad); anything else
+    fails."""
     from harness.run.matrix import MatrixSpec, run_matrix
+    from harness.run.outside import outside_rows
     from harness.run.resultsfile import RecordKind, read_results
     from power.plan import Ordering
+    from tests.rxe.test_tracer_transitions import traced_pair
+    from tests.rxe.tracing import check_flap_row, flap_behaviour
 
     common = f"-F -s 4096 -t 16 -n {MATRIX_ITERS} -p {{port}}"
     spec = MatrixSpec(transitions=("link-flap",), orderings=(Ordering.HCA_FIRST,),
@@ -104,7 +111,8 @@ def test_matrix_row_for_outside_program(rxe_config, rxe_topology, tmp_path) -> N
                       client_exit_timeout_s=MATRIX_CLIENT_EXIT_TIMEOUT_S).validate()
     code = run_matrix(spec, rxe_config, tmp_path / "matrix")
     results = read_results(tmp_path / "matrix" / "results.jsonl")
-    rows = [r for rec in results.of_kind(RecordKind.SCENARIO) for r in rec["rows"]]
+    (rec,) = results.of_kind(RecordKind.SCENARIO)
+    rows = rec["rows"]
     print(rows)
     assert code == 0 and len(rows) == 1 and rows[0]["policy"] == "cmd:ib_send_bw", rows
     row, ok = rows[0], Outcome.COMPLETED_OK.value
@@ -115,13 +123,16 @@ def test_matrix_row_for_outside_program(rxe_config, rxe_topology, tmp_path) -> N
     # every posted SEND is on the server's side of the ledger: received once or missing
     assert peer.get("delivered-once", 0) + peer.get("missing", 0) == posted, (peer, counts)
     assert peer.get("delivered-once", 0) >= counts[ok]  # a completed SEND was received
-    if row["status"] == "clean":
-        assert not row["findings"], row
+    out = rec["result"]["outside"]
+    (typed,) = outside_rows(rec["scenario"], rec["result"])  # the stored row, typed
+    assert typed.to_json()["status"] == row["status"]
+    client, server = traced_pair(tmp_path / "matrix" / "logs" / "001" / "trace", out["pid"])
+    behaviour = flap_behaviour(client, server, rec["result"]["transition"])
+    print(f"ib_send_bw -n {MATRIX_ITERS} under link-flap (matrix): behaviour "
+          f"{behaviour.value}; exit {out['exit']}, stopped {out['stopped_by_harness']}")
+    check_flap_row(behaviour, client, server, out, typed)
+    if behaviour.value == "retried" and row["status"] == "clean":
         assert counts == {ok: MATRIX_ITERS} and peer["delivered-once"] == MATRIX_ITERS, row
-    else:  # bad: the findings name what was measured, and something did not complete ok
-        assert row["status"] == "bad" and row["findings"] and posted > counts[ok], row
-        if counts.get(Outcome.COMPLETED_ERROR.value, 0):
-            assert any(f.startswith("exit status ") for f in row["findings"]), row["findings"]
 
 
 WR_API_COUNT = 200
