@@ -78,11 +78,13 @@ def test_clean_run_every_request_completed(rxe_topology, results_dir, tmp_path, 
         assert {r.peer for r in sends} == {PeerView.DELIVERED_ONCE}
 
 
-MATRIX_ITERS = 5000  # ib_send_bw -n: still sending when the flap comes, ends by itself after
+# ib_send_bw -D: sending for this long, so the flap (its first completion, then 500 ms
+# without carrier) meets its traffic whatever the machine's speed (with -n 5000 it had
+# finished all 5000 before the flap came in one guest run: the row was `missed`)
+MATRIX_DURATION_S = 8
 # After the flap ib_send_bw sometimes never ends: a SEND rxe lost never completes and it
 # waits for it (CI, 26 Nov 2026: the harness's default 60 s bound ran out, and the test
-# took 78 s). Its 5000 SENDs take a few seconds in the guest: past this bound it is
-# stopped, and the row is bad with those SENDs lost.
+# took 78 s): past this bound it is stopped, and the row is bad with those SENDs lost.
 MATRIX_CLIENT_EXIT_TIMEOUT_S = 15.0
 
 
@@ -94,7 +96,7 @@ def test_matrix_row_for_outside_program(rxe_config, rxe_topology, tmp_path) -> N
     times (tests/rxe/tracing.py flap_behaviour) and printed: `errored` (a SEND failed
     with LOC_QP_OP_ERR, ib_send_bw exits 17: bad, its exit status named), `retried` (no
     error, RC carried the SENDs in flight across the flap: clean exactly when ib_send_bw
-    exited 0 with all MATRIX_ITERS completed), `stalled` (no error, nothing completed after
+    exited 0 with every SEND completed), `stalled` (no error, nothing completed after
     the flap: it waited for a SEND rxe never completed and was stopped, bad); anything else
     fails."""
     from harness.run.matrix import MatrixSpec, run_matrix
@@ -104,7 +106,7 @@ def test_matrix_row_for_outside_program(rxe_config, rxe_topology, tmp_path) -> N
     from tests.rxe.test_tracer_transitions import traced_pair
     from tests.rxe.tracing import check_flap_row, flap_behaviour
 
-    common = f"-F -s 4096 -t 16 -n {MATRIX_ITERS} -p {{port}}"
+    common = f"-F -s 4096 -t 16 -D {MATRIX_DURATION_S} -p {{port}}"
     spec = MatrixSpec(transitions=("link-flap",), orderings=(Ordering.HCA_FIRST,),
                       client_cmd=f"ib_send_bw -d {{dev}} -x {{gid}} {common} {{peer_addr}}",
                       server_cmd=f"ib_send_bw -d {{peer_dev}} -x {{peer_gid}} {common}",
@@ -118,7 +120,7 @@ def test_matrix_row_for_outside_program(rxe_config, rxe_topology, tmp_path) -> N
     row, ok = rows[0], Outcome.COMPLETED_OK.value
     counts, peer = row["counts"], row["peer"]
     posted = sum(counts.values())
-    assert 0 < posted <= MATRIX_ITERS and counts.get(ok, 0) > 0, counts
+    assert posted > 0 and counts.get(ok, 0) > 0, counts
     assert peer.get("duplicated", 0) == 0 and peer.get("corrupted", 0) == 0, peer
     # every posted SEND is on the server's side of the ledger: received once or missing
     assert peer.get("delivered-once", 0) + peer.get("missing", 0) == posted, (peer, counts)
@@ -128,11 +130,11 @@ def test_matrix_row_for_outside_program(rxe_config, rxe_topology, tmp_path) -> N
     assert typed.to_json()["status"] == row["status"]
     client, server = traced_pair(tmp_path / "matrix" / "logs" / "001" / "trace", out["pid"])
     behaviour = flap_behaviour(client, server, rec["result"]["transition"])
-    print(f"ib_send_bw -n {MATRIX_ITERS} under link-flap (matrix): behaviour "
+    print(f"ib_send_bw -D {MATRIX_DURATION_S} under link-flap (matrix): behaviour "
           f"{behaviour.value}; exit {out['exit']}, stopped {out['stopped_by_harness']}")
     check_flap_row(behaviour, client, server, out, typed)
-    if behaviour.value == "retried" and row["status"] == "clean":
-        assert counts == {ok: MATRIX_ITERS} and peer["delivered-once"] == MATRIX_ITERS, row
+    if row["status"] == "clean":
+        assert counts == {ok: posted} and peer["delivered-once"] == posted, row
 
 
 WR_API_COUNT = 200

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -301,6 +302,7 @@ def test_program_under_link_flap(power_shim, rxe_topology, results_dir, program,
     back, a SEND never completed: bad, stopped or lost). The behaviour is printed; none of
     them fails the test."""
     log_dir = results_dir / "logs" / request.node.name
+    shutil.rmtree(log_dir / "trace", ignore_errors=True)  # this test's own, of an earlier run
     result, row = run_program(power_shim, rxe_topology, program, "link-flap", log_dir)
     assert result["transition"]["verdict"] == Verdict.COMPLETED.value, result["transition"]
     out = result["outside"]
