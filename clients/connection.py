@@ -31,6 +31,9 @@ class Policy(Protocol):
     def on_error(self, core: ClientCore, what: str) -> None: ...
 
 
+GOODBYE_WR_ID = 0  # the orderly disconnect's SEND; request slot s posts with wr_id s + 1
+
+
 @dataclass
 class Conn:
     """One QP generation on one QP index, with the agent's QP it is connected to. Slot s
@@ -69,6 +72,9 @@ class Metrics:
     first_ok_after_resume_ns: int | None = None
     goodbye_ns: int | None = None
     reconnects: int = 0
+    # completions whose wr_id named no request in flight (not the goodbye's): an HCA that
+    # completed something twice, or a WR the client did not post; each is also a note
+    extra_completions: int = 0
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:

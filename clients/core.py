@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from clients.connection import Conn, Metrics, PeerUnreachable, Policy
+from clients.connection import GOODBYE_WR_ID, Conn, Metrics, PeerUnreachable, Policy
 from clients.io_path import POLL_BATCH, ClientIoPath, bursts
 from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, OsCallError, ProtocolError, RxePowerError
@@ -292,7 +292,8 @@ class ClientCore(ClientIoPath):
         ok = True
         for conn in self.conns.values():
             try:
-                conn.qp.post_send(0, opcode("SEND_WITH_IMM"), 0, 0, imm=GOODBYE_SEQ)
+                conn.qp.post_send(GOODBYE_WR_ID, opcode("SEND_WITH_IMM"), 0, 0,
+                                  imm=GOODBYE_SEQ)
                 wcs = conn.qp.wait(1, timeout_s=DRAIN_TIMEOUT_S, what="goodbye completion")
                 ok &= all(int(w.status) == 0 for w in wcs)
             except RxePowerError as exc:

@@ -65,6 +65,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "rxe: needs the real rxe0 <-> rxe1 topology")
     config.addinivalue_line("markers", "removal(mode): needs the session's --removal to be "
                             "mode (disassociate or block); skipped otherwise")
+    config.addinivalue_line("markers", "may_be_unsupported(why): the test may meet "
+                            "EOPNOTSUPP from the device or kernel (why says where); only "
+                            "such a test skips on it under RXE_POWER_REQUIRE_RXE=1")
 
 
 _MODULE_REPORT = pytest.StashKey[ModuleReport]()  # the rdma_rxe loaded now
@@ -87,11 +90,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    """The one place where EOPNOTSUPP from the verbs layer becomes a skip."""
+    """The one place where EOPNOTSUPP from the verbs layer becomes a skip. Under
+    RXE_POWER_REQUIRE_RXE=1 (CI: the device and kernel are known) only a test marked
+    `may_be_unsupported(why)` skips on it; anywhere else it is a failure naming the call
+    and the errno (a feature that vanished must not turn into a quiet skip)."""
     try:
         return (yield)
     except NotSupported as exc:
+        if unsupported_fails(item):
+            pytest.fail(f"unexpected EOPNOTSUPP under RXE_POWER_REQUIRE_RXE=1: {exc.problem} "
+                        "(a test that may meet it says so with "
+                        "@pytest.mark.may_be_unsupported(why))", pytrace=False)
         pytest.skip(f"not supported by this device/kernel: {exc.problem}")
+
+
+def unsupported_fails(item: pytest.Item) -> bool:
+    """Whether an EOPNOTSUPP in this test is a failure rather than a skip."""
+    return (item.get_closest_marker("may_be_unsupported") is None
+            and bool(_setting(item.config, "rxe-require")))
 
 
 @pytest.fixture(scope="session")

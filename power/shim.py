@@ -233,7 +233,11 @@ class Shim:
             elif run.veto.terminated:
                 run.forced = True
                 run.reasons.append(run.veto.reason)
-            return {"blocked_s": round(run.veto.blocked_s, 4), "veto": run.veto.detected}
+            # start_s: until the delete reached the device's uverbs nodes. A kernel
+            # client's removal runs before ib_uverbs' (LIFO), so a kernel client that
+            # holds the device shows here, not as a veto (no process holds it)
+            return {"blocked_s": round(run.veto.blocked_s, 4), "veto": run.veto.detected,
+                    "start_s": round(run.veto.start_s, 4)}
         if step is S.DESTROY_NETDEV:
             old = netdevs.netdev_ifindex(cfg.local_netdev)
             netdevs.destroy_side_netdev(cfg, "local")

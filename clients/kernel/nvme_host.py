@@ -43,11 +43,17 @@ class NvmeOptions:
     # leave the system's. It bounds the hold of a removal that deletes a LIVE controller
     # over a downed link (clients/kernel/nvme_hang.py)
     admin_timeout: int | None = None
+    # s: the controller's keep-alive timeout (nvme connect --keep-alive-tmo; the host
+    # sends a keep-alive every half of it). None: the kernel's default (5 s); 0: no
+    # keep-alive at all, so an idle controller meets a dead link only with its next command
+    keep_alive_tmo: int | None = None
 
     def fabrics_options(self) -> str:
         out = f"ctrl_loss_tmo={self.ctrl_loss_tmo},reconnect_delay={self.reconnect_delay}"
         if self.fast_io_fail_tmo >= 0:
             out += f",fast_io_fail_tmo={self.fast_io_fail_tmo}"
+        if self.keep_alive_tmo is not None:
+            out += f",keep_alive_tmo={self.keep_alive_tmo}"
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -62,13 +68,14 @@ PRESETS: dict[str, NvmeOptions] = {
 _RAW_KEYS = {f: (lo, hi) for f, lo, hi in (("ctrl_loss_tmo", -1, 86400),
                                              ("reconnect_delay", 1, 3600),
                                              ("fast_io_fail_tmo", -1, 86400),
-                                             ("admin_timeout", 1, 3600))}
+                                             ("admin_timeout", 1, 3600),
+                                             ("keep_alive_tmo", 0, 3600))}
 
 
 def parse_policy(raw: str) -> NvmeOptions:
     """A preset name, or `nvme-rdma:key=val:key=val...` with keys ctrl_loss_tmo,
-    reconnect_delay, fast_io_fail_tmo, admin_timeout (unset keys keep the kernel
-    default; admin_timeout is nvme_core's, set for the scenario and put back). Colons, not
+    reconnect_delay, fast_io_fail_tmo, admin_timeout, keep_alive_tmo (unset keys keep the
+    kernel default; admin_timeout is nvme_core's, set for the scenario and put back). Colons, not
     commas: the command line's policy lists are comma-separated."""
     if raw in PRESETS:
         return PRESETS[raw]
@@ -76,7 +83,8 @@ def parse_policy(raw: str) -> NvmeOptions:
     if head != "nvme-rdma" or not colon or "=" not in rest:
         raise SettingError(f"unknown nvme-rdma policy {raw!r}",
                            f"use one of {', '.join(PRESETS)} or nvme-rdma:ctrl_loss_tmo=N:"
-                           "reconnect_delay=N:fast_io_fail_tmo=N:admin_timeout=N")
+                           "reconnect_delay=N:fast_io_fail_tmo=N:admin_timeout=N:"
+                           "keep_alive_tmo=N")
     vals = dict(KERNEL_DEFAULTS)
     for part in rest.split(":"):
         key, _, val = part.partition("=")

@@ -217,6 +217,9 @@ def rows_of(scenario: ScenarioKey, result: ScenarioResult) -> list[Row]:
             broken.append("its journal could not be read: its requests are not accounted")
         if c.unaccounted:
             broken.append(f"{len(c.unaccounted)} requests unaccounted")
+        extra = int(c.metrics.get("extra_completions") or 0)
+        if extra:
+            broken.append(f"{extra} completions matched no request in flight")
         if t.verdict is Verdict.FAILED:
             broken.append(f"transition failed: {'; '.join(t.reasons)}")
         n = row.counts

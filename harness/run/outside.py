@@ -310,17 +310,23 @@ def _result(spec: OutsideSpec, cli: subprocess.Popen[bytes], srv: subprocess.Pop
         len(led.unaccounted()) if led else 0,
         len(led.unmatched_completions()) if led else 0,
         led.posted_after_error() if led else 0, list(led.devices) if led else [],
-        recovery, findings, spec.exit_timeout_s, _coverage(led, res)), led)
+        recovery, findings, spec.exit_timeout_s, _coverage(led, peer, res)), led)
 
 
-def _coverage(led: ProcessLedger | None, res: Any) -> Coverage | None:
-    """How the program's send-queue requests met the transition: each from its post to
-    its completion (None: never). The program's workload is its own: it is not run on
-    past the transition, so only none crossing it makes the row no measurement."""
+def _coverage(led: ProcessLedger | None, peer: ProcessLedger | None,
+              res: Any) -> Coverage | None:
+    """How the program's traffic met the transition: its send-queue requests and its
+    traced server's, each from its post to its completion (None: never). A ping-pong
+    client waits on its server's message, which may be the one in flight across the
+    transition (measured: rping's server's SEND in flight 898 ms across a link flap while
+    its client had none: the row read `missed`). The program's workload is its own: it is
+    not run on past the transition, so only none crossing it makes the row no
+    measurement."""
     win = res.fault_window()
     if led is None or win is None:
         return None
-    return Coverage.of((Span(r.posted_ns, r.completed_ns) for r in led.sends()), win)
+    sends = [*led.sends(), *(peer.sends() if peer is not None else [])]
+    return Coverage.of((Span(r.posted_ns, r.completed_ns) for r in sends), win)
 
 
 def outside_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:

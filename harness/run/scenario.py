@@ -37,7 +37,7 @@ from harness.run.scenario_result import ClientEnd, ClientResult, ScenarioResult
 from harness.workload.coverage import Coverage, FaultWindow
 from harness.workload.entries import LedgerEntry
 from harness.workload.inflight import spans
-from harness.workload.journal import ledger_from_journal
+from harness.workload.journal import ledger_from_journal, restore_dropped
 from harness.workload.ledger import Ledger, Op, Outcome, WorkloadSpec, apply_peer_view
 from harness.workload.spec import Arrivals, WorkloadEnd
 
@@ -249,6 +249,9 @@ def finish(worker: ClientWorker, transition: str,
     try:
         rep = worker.request("finish", finish_s + 10, timeout_s=finish_s)
         rep["ledger"] = worker.fetch_ledger(int(rep["requests"]))
+        text = worker.journal_text()  # what it issued, written ahead of each post
+        if text is not None:
+            restore_dropped(rep["ledger"], text, spec)
     except (WorkerDied, ProtocolError, BoundExceeded, OSError) as exc:
         worker.proc.poll()
         how = (terminated or {}).get(worker.pid)
@@ -303,10 +306,11 @@ def account(res: ClientResult, rep: dict[str, Any], agent: PeerAgent,
                                        offset=aq["counter_offset"])["value"])
         with contextlib.suppress(RxePowerError):
             agent.request("destroy_qp", 30.0, qp_id=aq["qp_id"])
-    apply_peer_view(ledger, arrivals)
-    res.counts = ledger.counts()
+    strays = apply_peer_view(ledger, arrivals)  # received by the peer, not in the ledger
+    res.counts = ledger.counts() | ({"unaccounted": len(ledger.unaccounted()) + len(strays)}
+                                    if strays else {})
     res.peer_counts = ledger.peer_counts()
-    res.unaccounted = ledger.unaccounted()
+    res.unaccounted = ledger.unaccounted() + strays
     res.metrics = rep["metrics"]
     res.ledger = ledger.to_json()
     local_adds = sum(1 for e in ledger.entries.values() if e.op is Op.FETCH_ADD

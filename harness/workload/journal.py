@@ -154,3 +154,16 @@ def ledger_from_journal(text: str, spec: WorkloadSpec) -> Ledger:
             e.outcome, e.reason = killed, why
     led.entries = {r: e for r, e in led.entries.items() if r in issued}
     return led
+
+
+def restore_dropped(ledger: Ledger, text: str, spec: WorkloadSpec) -> list[int]:
+    """The requests the journal shows issued in the current round (posted, arrived or
+    refused) that `ledger` (what the worker handed back) does not have: put back without
+    an outcome, so they count as unaccounted and the row is broken. Returns their ids."""
+    issued = ledger_from_journal(text, spec).entries
+    dropped = sorted(set(issued) - set(ledger.entries))
+    requests = spec.requests()
+    for r in dropped:
+        ledger.restore(requests[r], "issued (the journal shows it) but missing from the "
+                                    "ledger the worker handed back")
+    return dropped

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from harness.rdma.payload import GOODBYE_SEQ
 from harness.workload.entries import Attempt, LedgerEntry
 from harness.workload.outcomes import (
     OUTCOME_RULES,
@@ -74,6 +75,13 @@ class Ledger:
         e = self.entries[req_id]
         e.outcome, e.reason = OUTCOME_RULES[LedgerEvent.DEVICE_GONE][0], reason
 
+    def restore(self, req: AppRequest, reason: str) -> None:
+        """Put back a request the ledger does not have although it was issued (its
+        journal, or the peer, says so): without an outcome, so it is unaccounted."""
+        self.entries[req.req_id] = LedgerEntry(req.req_id, req.op, req.size, req.qp_index,
+                                               reason=reason)
+        self.entries = dict(sorted(self.entries.items()))
+
     def in_flight(self) -> list[int]:
         return [i for i, e in self.entries.items()
                 if e.attempts and e.attempts[-1].completed_ns is None
@@ -127,12 +135,16 @@ class Ledger:
         return led
 
 
-def apply_peer_view(ledger: Ledger, arrivals: list[dict[str, Any]]) -> None:
-    """Match the peer's arrivals (seq, ok) to the ledger: once, duplicated, corrupted, missing."""
+def apply_peer_view(ledger: Ledger, arrivals: list[dict[str, Any]]) -> list[int]:
+    """Match the peer's arrivals (seq, ok) to the ledger: once, duplicated, corrupted, missing.
+    Returns the requests the peer received intact that the ledger does not have (a
+    dropped entry: unaccounted; the goodbye and a damaged message name no request)."""
     by_seq: dict[int, list[dict[str, Any]]] = {}
     for a in arrivals:
         if a.get("seq") is not None:
             by_seq.setdefault(int(a["seq"]), []).append(a)
+    strays = sorted(seq - 1 for seq, got in by_seq.items() if seq != GOODBYE_SEQ
+                    and seq - 1 not in ledger.entries and any(a.get("ok") for a in got))
     for e in ledger.entries.values():
         if e.op not in PEER_VISIBLE:
             e.peer = PeerView.NOT_VISIBLE
@@ -146,3 +158,4 @@ def apply_peer_view(ledger: Ledger, arrivals: list[dict[str, Any]]) -> None:
             e.peer = PeerView.DUPLICATED
         else:
             e.peer = PeerView.DELIVERED_ONCE
+    return strays

@@ -29,7 +29,8 @@ from harness.core.proc import stop_child
 from harness.system import command
 from harness.system.holders import find_holders
 from harness.topology.config import Topology
-from power.plan import OnVeto
+from harness.workload.ledger import Outcome
+from power.plan import OnVeto, StepKind
 from power.result import Verdict
 
 pytestmark = pytest.mark.rxe
@@ -167,25 +168,54 @@ def test_outside_holder_named_and_forced(power_shim, rxe_topology, results_dir, 
     check_named_and_forced(res, cli, program, rxe_topology.local.dev)
 
 
-def test_pingpong_under_standby(power_shim, rxe_topology, results_dir, request) -> None:
-    """ibv_rc_pingpong under standby (force) races the carrier drop, and both outcomes
-    were measured (10 runs: 6 and 4): if rxe0's last SEND was still unacknowledged, its
-    retransmission meets the down port, it fails with LOC_QP_OP_ERR ("Failed status local
-    QP operation error"), pingpong exits 1 by itself and the delete finds no holder
-    (verdict completed); if rxe0 had its ACK and was waiting for rxe1's message, nothing
-    tells it anything, it still holds rxe0 at the delete and is named and forced. Either
-    way rxe1 stays ACTIVE and the topology is whole."""
-    with outside("ibv_rc_pingpong", rxe_topology, results_dir / "logs",
-                 request.node.name) as (_srv, cli):
+def test_pingpong_under_standby(power_shim, rxe_topology, results_dir, tmp_path,
+                                request) -> None:
+    """ibv_rc_pingpong under standby (force), both ends traced, races the carrier drop;
+    both ends were measured (10 runs: 6 and 4), and which one happened is decided from
+    evidence the program does not write itself, then printed:
+    - `errored`: rxe0's last SEND was still unacknowledged, its retransmission met the
+      down port: the tracer's log has a SEND completed LOC_QP_OP_ERR after the carrier
+      dropped and before the delete began, the log is closed (it exited by itself, 1,
+      "Failed status local QP operation error"), and the shim found no holder (verdict
+      completed);
+    - `held`: it had its ACK and was waiting for rxe1's message: no error completion in
+      its log before the delete began, the log has no END (it never exited by itself), and
+      the shim named it as the only holder and terminated it (verdict forced).
+    Anything else fails. Either way rxe1 stays ACTIVE and the topology is whole."""
+    from tests.rxe.tracing import check_accounted, ledgers, traced, wait_first_completion
+
+    port = _free_port()
+    srv_argv, cli_argv = argvs("ibv_rc_pingpong", rxe_topology, port)
+    tdir, tag = tmp_path / "trace", request.node.name
+    with traced(srv_argv, cli_argv, port, tdir, results_dir / "logs", tag) as (_srv, cli):
+        wait_first_completion(tdir, cli.pid, cli)
         res = power_shim.run("standby", hold_ms=HOLD_MS, on_veto=OnVeto.FORCE)
         with contextlib.suppress(subprocess.TimeoutExpired):
             cli.wait(CLIENT_EXIT_TIMEOUT_S)
-    log = (results_dir / "logs" / f"{request.node.name}-client.log").read_text()
-    print(f"ibv_rc_pingpong under standby: verdict {res.verdict}; holders "
-          f"{res.veto.holders}; client exit {cli.returncode}; its log ends {log[-200:]!r}")
+    log = (results_dir / "logs" / f"{tag}-client.log").read_text()
+    client = ledgers(tdir, results_dir / "trace" / tag)[cli.pid]
+    check_accounted(client)
+    down, delete = res.step(StepKind.PORT_DOWN), res.step(StepKind.DELETE_DEVICE)
+    assert down is not None and delete is not None, res.steps
+    errors = sorted((r for r in client.sends() if r.outcome is Outcome.COMPLETED_ERROR),
+                    key=lambda r: r.completed_ns or 0)
+    behaviour = "held" if res.veto.holders else "errored"
+    print(f"ibv_rc_pingpong under standby: behaviour {behaviour}; verdict {res.verdict}; "
+          f"holders {res.veto.holders}; exit {cli.returncode}; errors "
+          f"{[(r.status, r.completed_ns) for r in errors[:3]]}; carrier down at "
+          f"{down.begin_ns}, delete at {delete.begin_ns}; its log ends {log[-200:]!r}")
     assert res.peer_active_throughout
-    if res.veto.holders:  # it still held rxe0 at the delete
+    if behaviour == "held":
         check_named_and_forced(res, cli, "ibv_rc_pingpong", rxe_topology.local.dev)
-    else:  # it had failed and exited on its own before the delete
-        assert res.verdict is Verdict.COMPLETED, res.reasons
-        assert cli.returncode == 1 and "Failed status" in log, (cli.returncode, log)
+        assert not client.closed, "its log has END: it exited by itself, yet it held rxe0"
+        assert not [r for r in errors if (r.completed_ns or 0) < delete.begin_ns], errors
+        assert "Failed status" not in log, log[-300:]
+        return
+    assert res.verdict is Verdict.COMPLETED, res.reasons
+    assert errors, ("none of the known ends: nobody held rxe0 at the delete, yet its log "
+                    f"has no error completion; counts {dict(client.counts())}")
+    first = errors[0]
+    assert first.status == "LOC_QP_OP_ERR", first
+    assert down.begin_ns <= (first.completed_ns or 0) < delete.begin_ns, (first, down, delete)
+    assert client.closed and cli.returncode == 1, (client.closed, cli.returncode)
+    assert "Failed status local QP operation error" in log, log[-300:]

@@ -9,7 +9,9 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +19,13 @@ from clients.traced import make_trace_dir, traced_env
 from harness.core.proc import stop_child
 from harness.topology.config import Endpoint
 from harness.workload.ledger import Outcome
-from harness.workload.traced_ledger import ProcessLedger, build_ledger, summary_line
+from harness.workload.traced_ledger import (
+    ProcessLedger,
+    TracedRequest,
+    build_ledger,
+    summary_line,
+)
+from harness.workload.traced_peer import match_peer
 from harness.workload.tracelog import REC_SIZE, log_paths, read_log
 from tests.rxe.test_outside_clients import listening
 
@@ -111,3 +119,100 @@ def wait_first_completion(trace_dir: Path, pid: int, proc: subprocess.Popen) -> 
         assert time.monotonic() < deadline, \
             f"no completion in {path} within TRAFFIC_TIMEOUT_S={TRAFFIC_TIMEOUT_S}"
         time.sleep(POLL_S)  # polling interval of a bounded wait
+
+
+# --- a traced program under link-flap: which known behaviour, from independent evidence ----
+
+FLAP_ERRORS = {"LOC_QP_OP_ERR", "RETRY_EXC_ERR"}  # what rxe completes a request with there
+
+
+class FlapBehaviour(StrEnum):
+    """What a traced program (and its traced server) made of a link flap, as measured on
+    rxe 6.1; decided from the two ledgers against the shim's own step times."""
+
+    ERRORED = "errored"  # a request of the program failed at the carrier drop
+    PEER_ERRORED = "peer-errored"  # only its server's did: the program saw no error
+    RETRIED = "retried"  # no error anywhere: RC carried what was in flight across the flap
+    # no error anywhere, and no SEND of either side completed after the carrier came back:
+    # what was in flight never completed and the program waited until it was stopped
+    # (measured: ib_send_bw -n, and ibv_rc_pingpong, whose server's SEND reached rxe0
+    # after the flap while rxe0's ACK and its next SEND never reached rxe1; the next pair
+    # of programs then got no first completion in 30 s: the wire after some flaps, cause
+    # not found)
+    STALLED = "stalled"
+
+
+def flap_window(transition: dict[str, Any]) -> tuple[int, int]:
+    """(the port-down step's begin, the port-up step's end), CLOCK_MONOTONIC ns, as the
+    shim recorded them (the tracer's clock too)."""
+    steps = {s["step"]: s for s in transition["steps"] if s["outcome"] == "ok"}
+    assert {"port-down", "port-up"} <= set(steps), transition["steps"]
+    return int(steps["port-down"]["begin_ns"]), int(steps["port-up"]["end_ns"])
+
+
+def _errors(led: ProcessLedger | None) -> list[TracedRequest]:
+    got = [r for r in led.requests if r.outcome is Outcome.COMPLETED_ERROR] if led else []
+    return sorted(got, key=lambda r: r.completed_ns or 0)
+
+
+def flap_behaviour(client: ProcessLedger, server: ProcessLedger | None,
+                   transition: dict[str, Any]) -> FlapBehaviour:
+    """The known behaviour the two ledgers show, each from its own evidence; an
+    AssertionError naming what was seen when they show none of them (or an error of
+    another kind, or one before the carrier dropped: not the flap's)."""
+    down, up = flap_window(transition)
+    cli_err, srv_err = _errors(client), _errors(server)
+    for first in cli_err[:1] + srv_err[:1]:
+        assert first.status in FLAP_ERRORS and (first.completed_ns or 0) >= down, (
+            f"an error completion not of the flap: {first.status} at {first.completed_ns} "
+            f"(carrier dropped at {down})")
+    if cli_err:
+        return FlapBehaviour.ERRORED
+    if srv_err:
+        return FlapBehaviour.PEER_ERRORED
+    sends = [r for led in (client, server) if led for r in led.sends()]
+    across = [r for r in sends if r.outcome is Outcome.COMPLETED_OK and r.posted_ns < down
+              and (r.completed_ns or 0) > up]
+    if across:
+        return FlapBehaviour.RETRIED
+    after = [r for r in sends if r.outcome is Outcome.COMPLETED_OK
+             and (r.completed_ns or 0) > up]
+    lost = [r for r in sends if r.outcome is Outcome.LOST]
+    assert lost and not after, (
+        "none of the known behaviours under the flap: no error completion on either side, "
+        "no SEND carried across it, and "
+        + (f"{len(after)} completed after it" if after else "none lost")
+        + f"; client {dict(client.counts())}, server "
+        f"{dict(server.counts()) if server else None}")
+    return FlapBehaviour.STALLED
+
+
+def check_flap_row(behaviour: FlapBehaviour, client: ProcessLedger,
+                   server: ProcessLedger | None, out: dict[str, Any], row: Any) -> None:
+    """The row against what the ledgers showed: an error is never clean; a program that
+    saw none has no failed or flushed request; its server received what it completed, once;
+    the row is clean exactly when the program exited 0 with every request completed ok."""
+    counts = client.counts()
+    ok = counts.get(Outcome.COMPLETED_OK.value, 0)
+    not_ok = sum(counts.values()) - ok
+    if server is not None and any(r.opcode.name.startswith("SEND") for r in client.sends()):
+        ms = [m for m in match_peer(client, server) if m.sent]
+        missing = sum(m.missing for m in ms)
+        assert sum(m.duplicated for m in ms) == 0 and missing <= not_ok, (ms, counts)
+    if behaviour is FlapBehaviour.ERRORED:
+        assert row.status.value == "bad", (row.status, row.findings)
+        if out["exit"] not in (0, None):
+            assert any(f.startswith(f"exit status {out['exit']}") for f in row.findings)
+        return
+    if behaviour is FlapBehaviour.STALLED:
+        lost = counts.get(Outcome.LOST.value, 0)
+        assert row.status.value == "bad", (row.status, row.findings)
+        assert not lost or f"{lost} lost (posted, never completed)" in row.findings, \
+            row.findings
+    assert not counts.get(Outcome.COMPLETED_ERROR.value) and \
+        not counts.get(Outcome.FLUSHED.value), counts
+    clean = out["exit"] == 0 and not_ok == 0 and not out["stopped_by_harness"]
+    assert (row.status.value == "clean") is clean, (row.status, row.findings, out["exit"],
+                                                    counts)
+    if not clean:
+        assert row.status.value == "bad", (row.status, row.findings)

@@ -20,6 +20,7 @@ from harness.system import kernelobjs as ko
 from harness.system import nfsobjs
 from harness.system.rdma_cm_ids import CmId
 from harness.workload.block_ledger import IoOp, IoRecord, Window
+from tests.helpers.recorded_blocks import recorded_target
 
 # --- policies -----------------------------------------------------------------------------
 
@@ -225,18 +226,18 @@ def test_recorded_row(data_dir: Path) -> None:
     import json
 
     from clients.kernel.ulp_scenario import window_of
-    from harness.workload.block_ledger import BlockState, acknowledged, summarize
+    from harness.workload.block_ledger import summarize
 
     (rec,) = json.loads((data_dir / "nfs-matrix-row.json").read_text())
     res = rec["result"]
     recs = [IoRecord.from_json(d) for d in res["records"]]
     win = window_of(res["transition"])
     assert win is not None
-    target = {x.seq: BlockState.INTACT for x in recs if acknowledged(x, win)}
-    s = summarize(recs, target, win)
+    # the blocks as the run read them from the tmpfs on the peer side
+    s = summarize(recs, recorded_target(res, recs, win), win)
     assert s.outcomes == res["ledger"]["outcomes"] == {"completed-ok": 267, "completed-late": 4}
     assert s.acknowledged_writes == res["ledger"]["acknowledged_writes"] == 217
-    assert res["ledger"]["target"] == {"intact": 217}  # read from the tmpfs on the peer side
+    assert s.target == res["ledger"]["target"] == {"intact": 217}
     # the late ones waited across the outage: submitted before the device was back
     late = [x for x in recs if x.done_ns and x.submit_ns < win.end_ns < x.done_ns]
     assert len(late) >= 4
@@ -247,6 +248,53 @@ def test_recorded_row(data_dir: Path) -> None:
     assert row.counts == {"completed-ok": 267, "completed-late": 4, "failed-to-app": 0,
                           "lost": 0}
     assert row.status is RowStatus.CLEAN and row.recovery_ms == res["recover_ms"]
+
+
+def _rejudge(res: dict, *, target_change: dict | None = None,
+             planted: list | None = None) -> tuple[list[str], str]:
+    """The recorded NFS row judged again by today's judge (clients.kernel.ulp_scenario),
+    from its own records, its target as read, its connections and its kernel log; with a
+    block of the target changed or a connection planted (the negative controls)."""
+    from clients.kernel.route_guard import Connection, off_wire
+    from clients.kernel.ulp_scenario import io_coverage, judge, window_of
+    from harness.topology.config import TopologyConfig
+    from harness.workload.block_ledger import summarize
+    from power.kmsg import KmsgScan
+
+    recs = [IoRecord.from_json(d) for d in res["records"]]
+    win = window_of(res["transition"])
+    target = recorded_target(res, recs, win) | (target_change or {})
+    conns = [Connection(**c) for c in res["connections"]] + (planted or [])
+    return judge(summarize(recs, target, win), conns, off_wire(conns, TopologyConfig()),
+                 KmsgScan.from_json(res["kernel"]), res["transition"], None, "rxe0",
+                 io_coverage(recs, res["transition"]))
+
+
+def test_recorded_row_judged_again_and_its_negative_controls(data_dir: Path) -> None:
+    """Today's judge makes the recorded row's status from its records, the target as read
+    and its connections: clean, as it was. One acknowledged write's block corrupted on
+    the target makes it bad, naming the corrupted write; a connection with both ends on
+    rxe1 (the loopback the route guard prevents) planted among its samples makes it
+    broken. (The guest's controls do both for real: tests/rxe/test_negative_controls.py.)"""
+    import json
+
+    from clients.kernel.route_guard import Connection
+    from clients.kernel.ulp_scenario import window_of
+    from harness.workload.block_ledger import BlockState
+
+    (rec,) = json.loads((data_dir / "nfs-matrix-row.json").read_text())
+    res = rec["result"]
+    assert _rejudge(res) == ([], "clean") and res["status"] == "clean"
+    recs = [IoRecord.from_json(d) for d in res["records"]]
+    seq = sorted(recorded_target(res, recs, window_of(res["transition"])))[100]
+    findings, status = _rejudge(res, target_change={seq: BlockState.CORRUPTED})
+    assert status == "bad" and findings == ["1 acknowledged write(s) corrupted"], findings
+    t = res["connections"][-1]["first_ns"]
+    loop = Connection("during", "rxe1", "198.18.0.2", "198.18.0.2", t - 1_000_000_000, 3)
+    findings, status = _rejudge(res, planted=[loop])
+    assert status == "broken", findings
+    assert findings == ["connection 198.18.0.2->198.18.0.2 on rxe1 (during) did not cross "
+                        "the wire (loopback on one kernel): the row cannot be trusted"]
 
 
 def test_busy_forced_umount_is_retried_then_detached_lazily(monkeypatch) -> None:

@@ -111,3 +111,45 @@ def test_judge_names_a_shorter_hold_the_shim_outlasted() -> None:
     conns = [type("C", (), {"phase": "before"})()]
     findings, status = _judge(LedgerSummary(ios=1), conns, [], _scan(), tres, None)
     assert status == "clean" and any("blocked 4.25 s" in f for f in findings), findings
+
+
+def test_judge_names_a_hold_before_the_delete_reached_uverbs() -> None:
+    """An idle nvme controller deleted over a downed link holds the delete inside its own
+    removal, which runs before ib_uverbs' (measured: 5.3-5.5 s with admin_timeout 5): the
+    delete's uverbs nodes go only then, no process holds it (no veto), and the shim's
+    step says so in start_s. The row names it; a quick start (the `rdma` program's own
+    start-up) is not named."""
+    conns = [type("C", (), {"phase": "before"})()]
+    for start_s, named in ((5.34, True), (0.6, False)):
+        tres = {"verdict": "completed", "steps": [
+            {"step": "delete-device", "outcome": "ok",
+             "detail": {"blocked_s": 0.01, "veto": False, "start_s": start_s}}]}
+        findings, status = _judge(LedgerSummary(ios=1), conns, [], _scan(), tres, None)
+        assert status == "clean"
+        assert [f for f in findings if "reached its uverbs nodes" in f] == (
+            [f"the delete of rxe0 reached its uverbs nodes only {start_s:.2f} s after it "
+             "began: a kernel client's removal held it (and the sleep) that long"]
+            if named else []), findings
+
+
+def test_a_held_delete_does_not_require_io_after_the_transition() -> None:
+    """A held delete stops the I/O (the transition never ended): the row is bad for the
+    hold, not `missed` for the I/O after it that could not be (the nvme row of a guard-off
+    guest run read `missed` with a 93 s hold). I/O that crossed the hold is still required."""
+    from harness.workload.coverage import Coverage
+
+    conns = [type("C", (), {"phase": "before"})()]
+    tres = {"verdict": "failed", "reasons": ["held"], "steps": []}
+    crossed = Coverage(requests=14, before=10, crossed=4, arrived_away=0, after=0,
+                       in_flight_at_begin=2)
+    held = report(released=True, held_ms=93318.0)
+    _, status = _judge(LedgerSummary(ios=14), conns, [], _scan(), tres, held,
+                       coverage=crossed)
+    assert status == "bad"
+    _, status = _judge(LedgerSummary(ios=14), conns, [], _scan(),
+                       {"verdict": "completed", "steps": []}, None, coverage=crossed)
+    assert status == "missed"
+    idle = Coverage(requests=2, before=2, crossed=0, arrived_away=0, after=0,
+                    in_flight_at_begin=0)
+    _, status = _judge(LedgerSummary(ios=2), conns, [], _scan(), tres, held, coverage=idle)
+    assert status == "missed"

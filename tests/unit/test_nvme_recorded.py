@@ -36,6 +36,7 @@ from harness.workload.block_ledger import (
     summarize,
 )
 from power.kmsg import KmsgScan
+from tests.helpers.recorded_blocks import recorded_target
 
 
 @pytest.fixture
@@ -64,13 +65,34 @@ def test_ledger_rederived_from_records(recorded: list[dict]) -> None:
         recs = [IoRecord.from_json(d) for d in res["records"]]
         win = window_of(res["transition"])
         assert win is not None
-        # the target held every acknowledged write intact in that run
-        target = {x.seq: BlockState.INTACT for x in recs if acknowledged(x, win)}
-        s = summarize(recs, target, win)
+        s = summarize(recs, recorded_target(res, recs, win), win)
         assert s.outcomes == res["ledger"]["outcomes"], r["scenario"]["id"]
         assert s.errnos == res["ledger"]["errnos"]
         assert s.acknowledged_writes == res["ledger"]["acknowledged_writes"]
+        assert s.target == res["ledger"]["target"]
         assert s.invariant_ok and not s.unaccounted
+
+
+@pytest.mark.parametrize(("state", "verdict"), [(BlockState.CORRUPTED, "corrupted"),
+                                                (BlockState.ABSENT, "lost")])
+def test_a_bad_block_on_the_target_breaks_the_invariant(recorded: list[dict],
+                                                        state: BlockState,
+                                                        verdict: str) -> None:
+    """The negative control of the target half, on the recorded runs: one acknowledged
+    write's block read back corrupted (or not there) on the target is named by its seq,
+    counted apart from the intact ones, and the invariant no longer holds. (The guest's
+    control corrupts a real block of the target: tests/rxe/test_negative_controls.py.)"""
+    for r in recorded:
+        res = r["result"]
+        recs = [IoRecord.from_json(d) for d in res["records"]]
+        win = window_of(res["transition"])
+        target = recorded_target(res, recs, win)
+        seq = sorted(target)[len(target) // 2]
+        s = summarize(recs, target | {seq: state}, win)
+        assert not s.invariant_ok, r["scenario"]["id"]
+        assert (s.corrupted_seqs, s.lost_seqs) == (
+            ([seq], []) if verdict == "corrupted" else ([], [seq]))
+        assert s.target == {"intact": len(target) - 1, verdict: 1}, s.target
 
 
 def test_outcomes_measured(recorded: list[dict]) -> None:

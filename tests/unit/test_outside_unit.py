@@ -156,3 +156,30 @@ def test_an_outside_scenario_is_drawn_and_keeps_its_stored_row(tmp_path: Path) -
     assert pic.stat().st_size > 30_000
     table = (tmp_path / "out" / "table.txt").read_text()
     assert "cmd:ib_send" in table and "exit status 17" in table
+
+
+def test_coverage_counts_the_servers_sends_too(data_dir: Path) -> None:
+    """A ping-pong client waits on its server's message: at a moment when only the
+    server's SEND is in flight (found in a recorded clean ibv_rc_pingpong run), a
+    transition meets none of the client's own SENDs but meets the program's traffic. The
+    row's coverage counts the traced server's SENDs too (a guest run of rping under
+    link-flap read `missed` with the server's SEND in flight 898 ms across the flap)."""
+    import gzip
+
+    from harness.run.outside import _coverage
+    from harness.workload.coverage import FaultWindow
+    from harness.workload.traced_ledger import build_ledger
+    from harness.workload.tracelog import parse
+
+    leds = [build_ledger(parse(gzip.decompress(p.read_bytes())))
+            for p in sorted((data_dir / "trace" / "pingpong-clean").glob("*.gz"))]
+    client = next(x for x in leds if "198.18.0.2" in x.cmdline)
+    server = next(x for x in leds if x is not client)
+    busy = [(r.posted_ns, r.completed_ns) for r in client.sends()]
+    t = next(s.posted_ns + 1 for s in server.sends()
+             if s.completed_ns and not any(p <= s.posted_ns + 1 <= (c or p) for p, c in busy))
+    res = SimpleNamespace(fault_window=lambda: FaultWindow(t, t + 1))
+    alone = _coverage(client, None, res)
+    both = _coverage(client, server, res)
+    assert alone is not None and alone.crossed == 0 and alone.missed(require_after=False)
+    assert both is not None and both.crossed == 1 and not both.missed(require_after=False)

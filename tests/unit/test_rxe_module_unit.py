@@ -116,37 +116,104 @@ def _patcher() -> object:
     return mod
 
 
-def _fake_rxe(tmp_path: Path) -> Path:
-    """The anchors as they stand in Linux 6.1's rxe, in otherwise empty files."""
-    patch = _patcher()
-    files: dict[str, str] = {"rxe.c": 'MODULE_LICENSE("Dual BSD/GPL");\n'}
-    for name, anchor, _, _ in patch.EDITS:
-        files[name] = files.get(name, "/* head */\n") + anchor + "/* between */\n"
-    for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    return tmp_path
+# The kernel source the module is built from (ci/build-rxe-disassociate.sh): Debian's
+# linux-source-6.1, for the guest's 6.1 kernel. Extracting rxe takes ~10 s of xz.
+SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
+RXE_IN_TARBALL = "linux-source-6.1/drivers/infiniband/sw/rxe"
+EXTRACT_TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def real_rxe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """drivers/infiniband/sw/rxe as the kernel's own source tarball has it (read-only:
+    each test patches a copy)."""
+    import subprocess
+
+    if not SOURCE_TARBALL.is_file():
+        msg = (f"{SOURCE_TARBALL} is not installed: the patch is checked against the real "
+               "source; fix: apt-get install linux-source-6.1 (ci/bootstrap.sh does)")
+        if os.environ.get("RXE_POWER_REQUIRE_RXE") == "1":
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    out = tmp_path_factory.mktemp("linux-source")
+    subprocess.run(["tar", "-xJf", str(SOURCE_TARBALL), "-C", str(out), RXE_IN_TARBALL],
+                   check=True, timeout=EXTRACT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    return out / RXE_IN_TARBALL
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(src, dst / "rxe"))
+
+
+def _block(text: str, head: str, end: str = "\n}") -> str:
+    """The text from `head` (which occurs once) to the first `end` after it."""
+    assert text.count(head) == 1, head
+    start = text.index(head)
+    return text[start:text.index(end, start) + len(end)]
 
 
 @pytest.mark.parametrize("variant", ["full", "empty-callback"])
-def test_patch_applies_each_anchor_once(tmp_path: Path, variant: str) -> None:
+def test_patch_applies_to_the_real_source(real_rxe: Path, tmp_path: Path,
+                                          variant: str) -> None:
+    """Each edit's anchor occurs exactly once in Linux 6.1's own rxe (Debian's
+    linux-source-6.1), and the patched files say what the build needs, where it must
+    be: the callback in rxe_dev_ops, a module reference per live VMA (taken in
+    rxe_mmap() and rxe_vma_open(), dropped in rxe_vma_close()), the device's lock only
+    for an entry still pending, and our MODULE_VERSION. Nothing else changes."""
+    import difflib
+
     patch = _patcher()
-    rxe = _fake_rxe(tmp_path)
+    rxe = _copy(real_rxe, tmp_path)
     done = patch.apply(rxe, variant)
-    assert len(done) == (7 if variant == "full" else 3)
+    assert len(done) == (7 if variant == "full" else 3), done
+    full = variant == "full"
     verbs = (rxe / "rxe_verbs.c").read_text()
-    assert ".disassociate_ucontext = rxe_disassociate_ucontext," in verbs
-    assert f'MODULE_VERSION("rxe-power-disassociate-{variant}")' in (rxe / "rxe.c").read_text()
+    ops = _block(verbs, "static const struct ib_device_ops rxe_dev_ops = {", "\n};")
+    assert "\t.disassociate_ucontext = rxe_disassociate_ucontext,\n" in ops
+    assert verbs.index("static void rxe_disassociate_ucontext(") < verbs.index(ops)
     mmap = (rxe / "rxe_mmap.c").read_text()
-    assert ("__module_get(THIS_MODULE)" in mmap) == (variant == "full")
+    vma_open = _block(mmap, "static void rxe_vma_open(")
+    vma_close = _block(mmap, "static void rxe_vma_close(")
+    mapper = _block(mmap, "int rxe_mmap(struct ib_ucontext *context")
+    release = _block(mmap, "void rxe_mmap_release(struct kref *ref)")
+    assert ("__module_get(THIS_MODULE)" in vma_open) == full
+    assert ("module_put(THIS_MODULE)" in vma_close) == full
+    assert ("__module_get(THIS_MODULE)" in mapper) == full
+    # the device is looked at only inside the branch for an entry still pending
+    assert ("if (!list_empty(&ip->pending_mmaps)) {\n\t\tstruct rxe_dev *rxe" in release) \
+        == full
+    assert f'MODULE_VERSION("rxe-power-disassociate-{variant}");' in \
+        (rxe / "rxe.c").read_text()
+    # only the three files changed, and only by added lines (plus the one rewritten
+    # block of rxe_mmap_release in the full variant)
+    changed = []
+    for f in sorted(real_rxe.iterdir()):
+        before, after = f.read_text().splitlines(), (rxe / f.name).read_text().splitlines()
+        if before != after:
+            changed.append(f.name)
+            removed = [d for d in difflib.unified_diff(before, after, lineterm="", n=0)
+                       if d.startswith("-") and not d.startswith("---")]
+            assert not removed or (full and f.name == "rxe_mmap.c"), (f.name, removed)
+    assert changed == ["rxe.c", "rxe_mmap.c", "rxe_verbs.c"] if full else \
+        ["rxe.c", "rxe_verbs.c"], changed
     with pytest.raises(SystemExit, match="already patched"):
         patch.main([str(rxe)])
 
 
-def test_patch_refuses_a_missing_anchor(tmp_path: Path) -> None:
+def test_patch_refuses_a_source_that_differs(real_rxe: Path, tmp_path: Path) -> None:
+    """A kernel whose rxe differs at an anchor (here: the real 6.1 file with one line of
+    rxe_vma_close changed) is refused, naming the file and the anchor, instead of building
+    something we did not mean (the build script patches a fresh extract each time)."""
     patch = _patcher()
-    rxe = _fake_rxe(tmp_path)
-    (rxe / "rxe_mmap.c").write_text("/* a different rxe */\n")
-    with pytest.raises(SystemExit, match="occurs 0 times"):
+    rxe = _copy(real_rxe, tmp_path)
+    mmap = rxe / "rxe_mmap.c"
+    text = mmap.read_text()
+    assert text.count("\tkref_put(&ip->ref, rxe_mmap_release);\n}\n") == 1
+    mmap.write_text(text.replace("\tkref_put(&ip->ref, rxe_mmap_release);\n}\n",
+                                 "\tkref_put(&ip->ref, rxe_mmap_release_v2);\n}\n"))
+    with pytest.raises(SystemExit, match=r"rxe_mmap.c: the anchor occurs 0 times"):
         patch.apply(rxe, "full")
 
 

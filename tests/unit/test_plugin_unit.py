@@ -1,0 +1,48 @@
+"""The pytest plugin's handling of EOPNOTSUPP (harness/plugin.py), run for real on small
+test files through pytester: a skip where the device or kernel may lack the feature, a
+failure under RXE_POWER_REQUIRE_RXE=1 unless the test says it may meet it."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+RAISES = f"""
+import pytest
+from harness.core.errors import NotSupported
+
+def _call():
+    raise NotSupported("ibv_alloc_dm(rxe0)", {errno.EOPNOTSUPP})
+
+def test_plain():
+    _call()
+
+@pytest.mark.may_be_unsupported("device memory: no rxe has it")
+def test_declared():
+    _call()
+
+def test_other_error():
+    raise OSError({errno.EIO}, "not an EOPNOTSUPP")
+"""
+
+
+@pytest.mark.parametrize("require", ["0", "1"])
+def test_eopnotsupp_is_a_skip_only_where_expected(pytester: pytest.Pytester,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  require: str) -> None:
+    monkeypatch.setenv("RXE_POWER_REQUIRE_RXE", require)
+    pytester.makepyfile(test_eop=RAISES)
+    res = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rsf")
+    if require == "0":  # on a machine that may lack the feature: both skip, with the errno
+        res.assert_outcomes(skipped=2, failed=1)
+        res.stdout.fnmatch_lines(["SKIPPED [[]2[]] *not supported by this device/kernel: "
+                                  "ibv_alloc_dm(rxe0): [[]*95[]] Operation not supported"])
+    else:  # CI: only the test that says it may meet EOPNOTSUPP skips
+        res.assert_outcomes(skipped=1, failed=2)
+        res.stdout.fnmatch_lines(["unexpected EOPNOTSUPP under RXE_POWER_REQUIRE_RXE=1: "
+                                  "ibv_alloc_dm(rxe0): [[]*95[]] Operation not supported*"])
+        failed = {line.split()[1] for line in res.outlines if line.startswith("FAILED")}
+        assert failed == {"test_eop.py::test_plain", "test_eop.py::test_other_error"}
