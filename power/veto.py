@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from harness.core.errors import BoundExceeded, TopologyError
 from harness.core.proc import STOP_GRACE_S, ProcessRef, Stopped, stop_processes
 from harness.system.holders import SYSFS_VERBS, Holder, find_holders, uverbs_files
+from harness.system.kstacks import blocked_tasks, process_in_kernel
 from harness.topology.devices import start_rdma_link_delete
 from power.plan import OnVeto
 
@@ -55,6 +56,9 @@ class VetoReport:
     # the processes that had the device's uverbs files open when the delete was started:
     # a delete that completed with holders is one that disassociated them
     held_at_start: list[int] = field(default_factory=list)
+    # at detection, the kernel's view (harness.system.kstacks): the delete's own threads,
+    # each holder's threads (their call, its file, their stack), every task in state D
+    kernel_view: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +117,14 @@ def terminate_holders(holders: list[Holder],
     return out + [{"pid": r.pid, "cmdline": cmd[r.pid], "how": how[r.pid].value} for r in refs]
 
 
+def kernel_view(delete_pid: int, holders: list[Holder]) -> dict[str, Any]:
+    """What the blocked delete and each holder are doing in the kernel, at one moment."""
+    return {"delete": [t.to_json() for t in process_in_kernel(delete_pid)],
+            "holders": {str(h.pid): [t.to_json() for t in process_in_kernel(h.pid)]
+                        for h in holders},
+            "blocked": blocked_tasks()}
+
+
 class Note(Protocol):
     """Where delete_device records its progress (the shim: on the timeline)."""
 
@@ -152,6 +164,7 @@ def delete_device(dev: str, on_veto: OnVeto, veto_wait_s: float = VETO_WAIT_TIME
     report.detected = True
     report.blocked_s = time.monotonic() - t0
     report.holders = [h.to_json() for h in holders]
+    report.kernel_view = kernel_view(proc.pid, holders)
     note(f"delete blocked {report.blocked_s:.3f} s: device held", veto=True,
          holders=[h.describe() for h in holders] or ["no holder found in /proc"])
 

@@ -193,6 +193,12 @@ class Stress:
                 "transition_ms": total_ms, "held_at_delete": held, "clients": clients,
                 "usage": {k: asdict(v) for k, v in usage.items()}, "rdma_res": res_now,
                 "kernel_hits": hits}
+        if t.veto is not None:
+            body["delete"] = {"start_s": round(t.veto.start_s, 4),
+                              "blocked_s": round(t.veto.blocked_s, 4),
+                              "held_at_start": t.veto.held_at_start}
+            if t.veto.detected:
+                body["veto"] = t.veto.to_json()
         if not out.ok or self.spec.keep_ledgers:
             body["result"] = res.to_json()
         return out, body
