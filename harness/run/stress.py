@@ -314,7 +314,9 @@ def render_summary(done: int, failed: int, trends: dict[str, dict[str, float]],
         findings = list(found.get("findings") or [])
         out.append(f"{len(findings)} finding(s) of the run" + (":" if findings else ""))
         out += [f"  {f}" for f in findings]
-        out += [f"  RSS growth not judged for {x}" for x in found.get("rss_not_judged") or []]
+        if found.get("rss_not_judged"):
+            out.append("RSS growth not judged (too few cycles) for: "
+                       + "; ".join(x.split(":")[0] for x in found["rss_not_judged"]))
     out.append(f"{'figure':<28}{'first':>10}{'last':>10}{'max':>10}{'slope/cycle':>13}")
     for k, v in trends.items():
         out.append(f"{k:<28}{v['first']:>10g}{v['last']:>10g}{v['max']:>10g}"

@@ -52,6 +52,10 @@ def test_short_matrix(rxe_config, rxe_topology, tmp_path: Path) -> None:
     assert "naive" in (tmp_path / "table.txt").read_text()
 
 
+def res_cycles(folder: Path) -> list[dict]:
+    return read_results(folder / "results.jsonl").of_kind(RecordKind.CYCLE)
+
+
 STRESS_CYCLES = 8  # 20 took 47 s of the suite under TCG
 
 
@@ -111,8 +115,13 @@ def test_stress_catches_a_leak_and_a_kernel_log_hit(rxe_config, rxe_topology,
     kmsg = [f for f in by[2].failures if f.startswith("kernel log:")]
     assert len(kmsg) == 1 and "injected error line" in kmsg[0], by[2].failures
     assert not [f for f in by[3].failures if f.startswith("kernel log:")]
-    leak = [f for f in by[4].failures if "open fds" in f]
-    assert len(leak) == 1 and leak[0].startswith("tests_helpers_bad_clients_Leaky-0:"), leak
+    leak = sorted(f for f in by[4].failures if "open fds" in f)
+    # Leaky's own files, and the peer agent's: a completion channel per QP LeaksPeerQps left
+    assert len(leak) == 2 and leak[1].startswith("tests_helpers_bad_clients_Leaky-0:"), leak
+    agent_fds = [c["usage"]["peer-agent"]["fds"] for c in res_cycles(tmp_path)]
+    assert agent_fds == [agent_fds[0] + i for i in range(4)], agent_fds
+    assert leak[0].startswith(f"peer-agent: {agent_fds[3]} open fds, {agent_fds[0]} after "
+                              "cycle 1"), leak
     peer = "tests_helpers_bad_clients_LeaksPeerQps-2"
     for n in (2, 3, 4):  # a resume (and so a peer QP) in every cycle, counted from cycle 1's
         res = [f for f in by[n].failures if f.startswith("rxe1 rdma res differs")]

@@ -61,7 +61,7 @@ def qps(agent: PeerAgent) -> dict[int, dict]:
 def test_a_dead_clients_qp_is_destroyed_after_the_keepalive(rxe_topology: Topology) -> None:
     with PeerAgent(rxe_topology.peer) as agent:
         base = res_summary()[rxe_topology.peer.dev]
-        own_id, _ = agent.create_qp()  # the controller's: never reaped
+        own_id, _ = agent.create_qp(mr_size=1 << 17, recv_slots=4)  # the controller's
         dead, dead_qp = client(agent)
         alive, alive_qp = client(agent)
         try:
