@@ -11,9 +11,9 @@ from typing import Any
 from harness.report.section import Section
 from harness.run.matrix import LEGEND, render_table
 from harness.run.records import CycleClient, CycleRecord
-from harness.run.stress import render_summary
 from harness.run.stress_checks import summarize
 from harness.run.stress_findings import StepTracker, rss_growth
+from harness.run.stress_text import render_summary
 from harness.system.rdma_res import RES_KINDS
 
 
