@@ -25,8 +25,12 @@ from typing import Any
 # respawn) is four times the bound.
 RSS_GROWTH_BOUND_KB_PER_CYCLE = 8.0
 # A process's first cycles are its allocator settling (the first rounds import and cache),
-# not growth: its slope is fitted from its RSS_WARMUP_CYCLES + 1st cycle on...
-RSS_WARMUP_CYCLES = 10
+# not growth: its slope is fitted from its RSS_WARMUP_CYCLES + 1st cycle on. Measured (40
+# standby cycles, 4 workers, TCG guest): each worker's RSS rose in steps of 140-1040 KiB
+# up to its 15th cycle, then by 0-8 KiB a cycle; fitted from cycle 11, three of the four
+# came out at 9-18 KiB per cycle, from cycle 21 at 0-2.5 (the peer agent and the
+# controller too)...
+RSS_WARMUP_CYCLES = 20
 # ...and only over at least this many cycles: fewer points give a slope of noise (a
 # 4 KiB page more or less in one cycle of ten is 0.4 KiB per cycle of nothing)
 RSS_FIT_MIN_CYCLES = 20
@@ -148,16 +152,16 @@ class RssGrowth:
 
 
 def rss_growth(by_process: dict[str, list[tuple[int, float]]],
-               bound_kb: float = RSS_GROWTH_BOUND_KB_PER_CYCLE) -> tuple[list[RssGrowth],
-                                                                        list[str]]:
+               bound_kb: float = RSS_GROWTH_BOUND_KB_PER_CYCLE,
+               warmup: int = RSS_WARMUP_CYCLES) -> tuple[list[RssGrowth], list[str]]:
     """(each judged process's slope, the processes not judged and why). `by_process`:
     process -> [(cycle, rss_kb)] in cycle order, one process per pid."""
     judged, not_judged = [], []
     for proc, pts in by_process.items():
-        fit = pts[RSS_WARMUP_CYCLES:]
+        fit = pts[warmup:]
         if len(fit) < RSS_FIT_MIN_CYCLES:
             not_judged.append(f"{proc}: {len(pts)} cycles, fewer than the "
-                              f"{RSS_WARMUP_CYCLES} of warm-up + {RSS_FIT_MIN_CYCLES} fitted")
+                              f"{warmup} of warm-up + {RSS_FIT_MIN_CYCLES} fitted")
             continue
         slope = fit_slope(fit)
         rise, at = max(((b[1] - a[1], b[0]) for a, b in pairwise(fit)),
