@@ -188,7 +188,8 @@ class RcQp:
             # own buffer comes from the heap (posix_memalign), and freed between Python's
             # large objects it left holes the next page-aligned MR did not fit. Measured
             # (peer agent, 30 standby cycles, 292 KiB MRs): RSS +296 KiB, one MR, in most
-            # cycles (23.5 -> 38.3 MB); its QPs, CQs and MRs were all destroyed.
+            # cycles (23.5 -> 38.3 MB); its QPs, CQs and MRs were all destroyed
+            # (tests/data/stress-rss-series.json, before and after).
             self._buf = mmap.mmap(-1, params.mr_size)
             self._stack.callback(self._unmap)
             self._cbuf: ctypes.Array[ctypes.c_char] | None = (
