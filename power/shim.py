@@ -21,7 +21,8 @@ from typing import Any
 
 from harness.core.device import DeviceInfo
 from harness.core.errors import RxePowerError, TopologyError
-from harness.system import inventory, network
+from harness.core.settings import RemovalMode
+from harness.system import inventory, network, rxe_module
 from harness.topology import devices, lifecycle, neighbour, netdevs
 from harness.topology.config import Topology, TopologyConfig
 from power import kmsg, pmtest
@@ -46,6 +47,7 @@ class Shim:
         self.log = log
         self._reader: AsyncEventReader | None = None
         self._current: TransitionRun | None = None
+        self._disassociates: bool | None = None
 
     def start(self) -> None:
         """Start the async event reader process now, without waiting for it (the first
@@ -59,6 +61,22 @@ class Shim:
         if self._reader is not None:
             self._reader.stop()
             self._reader = None
+
+    @property
+    def disassociates(self) -> bool:
+        """The loaded rdma_rxe disassociates holders when a device goes (our build), read
+        once per shim from the module's own fields (harness.system.rxe_module)."""
+        if self._disassociates is None:
+            try:
+                self._disassociates = rxe_module.current_removal() is RemovalMode.DISASSOCIATE
+            except RxePowerError:
+                self._disassociates = False
+        return self._disassociates
+
+    @property
+    def reader_pid(self) -> int | None:
+        """The async event reader's process (it holds the devices it reads), if running."""
+        return self._reader.pid if self._reader is not None else None
 
     def __enter__(self) -> Shim:
         self.start()
@@ -226,7 +244,8 @@ class Shim:
                 if what.startswith("holder pid"):
                     tl.add(EntryKind.HOLDER, cfg.local_dev, what, **detail)
 
-            run.veto = delete_device(cfg.local_dev, req.on_veto, req.veto_wait_s, note)
+            run.veto = delete_device(cfg.local_dev, req.on_veto, req.veto_wait_s, note,
+                                     self.disassociates)
             if run.veto.vetoed:
                 run.vetoed = True
                 run.reasons.append(run.veto.reason)

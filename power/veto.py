@@ -14,6 +14,19 @@ line, uverbs files) and applies the policy:
 - force: terminate the holders (SIGTERM, then SIGKILL after STOP_GRACE_S),
   as an OS that cannot wait would, and report each pid and how it ended.
 
+With a module that disassociates (`--removal disassociate`) holding the device is no
+veto: ib_uverbs_remove_one destroys the holders' objects itself. It still waits for
+every uverbs command in progress on the device (uverbs_disassociate_api_pre:
+synchronize_srcu; uverbs_destroy_ufile_hw: the file's hw_destroy_rwsem), and such a
+command can sleep in the driver (measured: a client's DESTROY_QP, issued while it let go
+of the device after PORT_ERR, waited 2.8 s in rxe's __rxe_cleanup for the QP's last
+reference, and the delete with it). A process in the kernel takes a signal only when
+its call returns, so terminating it gains nothing and ends a client that was letting go.
+The shim then records what the delete waits for (the kernel's view: which process, in
+which call, on which file, where the delete sleeps) and waits for it up to
+DISASSOCIATE_DELETE_TIMEOUT_S: a slow delete, not a veto; past that bound, the veto
+policy applies.
+
 The device's uverbs files are read from sysfs *before* the delete starts: once
 it starts they vanish from /sys/class/infiniband_verbs.
 """
@@ -29,6 +42,7 @@ from typing import Any, Protocol
 from harness.core.errors import BoundExceeded, TopologyError
 from harness.core.proc import STOP_GRACE_S, ProcessRef, Stopped, stop_processes
 from harness.system.holders import SYSFS_VERBS, Holder, find_holders, uverbs_files
+from harness.system.kstacks import ThreadInKernel, blocked_tasks, process_in_kernel
 from harness.topology.devices import start_rdma_link_delete
 from power.plan import OnVeto
 
@@ -37,6 +51,11 @@ DELETE_START_TIMEOUT_S = 10.0  # `rdma link delete` spawned -> the kernel deleti
 DELETE_START_POLL_S = 0.005
 VETO_WAIT_TIMEOUT_S = 5.0  # default bound for --on-veto wait
 DELETE_AFTER_RELEASE_TIMEOUT_S = 10.0  # holders gone -> delete finished
+# Under disassociate, the delete waits for the commands in progress on the device; the
+# longest a command of rxe sleeps is its destroy waiting for the object's last reference,
+# bounded by rxe itself at 50 s (__rxe_cleanup: wait_for_completion_timeout(50000 ms),
+# then a WARNING and the object is freed anyway); 10 s more for the rest of the delete
+DISASSOCIATE_DELETE_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -55,6 +74,14 @@ class VetoReport:
     # the processes that had the device's uverbs files open when the delete was started:
     # a delete that completed with holders is one that disassociated them
     held_at_start: list[int] = field(default_factory=list)
+    # at detection, the kernel's view (harness.system.kstacks): the delete's own threads,
+    # each holder's threads (their call, its file, their stack), every task in state D
+    kernel_view: dict[str, Any] = field(default_factory=dict)
+    # the module disassociates and the delete was still running at VETO_DETECT_S: it
+    # waited for the calls in `waited_for` (a holder's thread in a call on one of the
+    # device's uverbs files: pid, cmdline, tid, syscall, file, stack), not a veto
+    slow: bool = False
+    waited_for: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +140,38 @@ def terminate_holders(holders: list[Holder],
     return out + [{"pid": r.pid, "cmdline": cmd[r.pid], "how": how[r.pid].value} for r in refs]
 
 
+def calls_in_progress(view: dict[str, Any], holders: list[Holder]) -> list[dict[str, Any]]:
+    """The holders' threads that are in a call on one of their uverbs files of the device:
+    the commands a disassociating delete waits for."""
+    out = []
+    for h in holders:
+        for t in view.get("holders", {}).get(str(h.pid), []):
+            if t.get("file", "").removesuffix(" (deleted)") in h.files:
+                out.append({"pid": h.pid, "cmdline": h.cmdline, **t})
+    return out
+
+
+def describe_wait(report: VetoReport, dev: str) -> str:
+    """Where the delete waited and for whom, from the kernel's view at detection."""
+    delete = [ThreadInKernel.from_json(t) for t in report.kernel_view.get("delete", [])]
+    where = " <- ".join(delete[0].stack[:5]) if delete and delete[0].stack else "?"
+    calls = "; ".join(f"pid {c['pid']} ({c['cmdline'][:60]}) {c['syscall']} on {c['file']} "
+                      f"in {' <- '.join(c['stack'][:4]) or c['wchan']}"
+                      for c in report.waited_for)
+    return (f"the delete of {dev} waited {report.blocked_s:.3f} s in the kernel ({where}) "
+            + (f"for a command in progress: {calls}" if calls else
+               "with no holder in a call on the device (see the kernel view)")
+            + "; the module disassociates, so its holders are no veto: nothing terminated")
+
+
+def kernel_view(delete_pid: int, holders: list[Holder]) -> dict[str, Any]:
+    """What the blocked delete and each holder are doing in the kernel, at one moment."""
+    return {"delete": [t.to_json() for t in process_in_kernel(delete_pid)],
+            "holders": {str(h.pid): [t.to_json() for t in process_in_kernel(h.pid)]
+                        for h in holders},
+            "blocked": blocked_tasks()}
+
+
 class Note(Protocol):
     """Where delete_device records its progress (the shim: on the timeline)."""
 
@@ -124,10 +183,11 @@ def _no_note(what: str, **detail: Any) -> None:
 
 
 def delete_device(dev: str, on_veto: OnVeto, veto_wait_s: float = VETO_WAIT_TIMEOUT_S,
-                  note: Note = _no_note) -> VetoReport:
+                  note: Note = _no_note, disassociates: bool = False) -> VetoReport:
     """Delete `dev`, detecting and handling a veto; never blocks past its bounds.
 
     `note(what, **detail)` records progress (the shim puts it on the timeline).
+    `disassociates`: the loaded module disassociates holders (see the module's text).
     Raises BoundExceeded only when even the forced path cannot finish the delete.
     """
     files = uverbs_files(dev)
@@ -149,9 +209,23 @@ def delete_device(dev: str, on_veto: OnVeto, veto_wait_s: float = VETO_WAIT_TIME
         return report
 
     holders = find_holders(dev, files=files)
+    report.holders = [h.to_json() for h in holders]
+    report.kernel_view = kernel_view(proc.pid, holders)
+    if disassociates:
+        report.waited_for = calls_in_progress(report.kernel_view, holders)
+        note(f"delete still running after {time.monotonic() - t0:.3f} s: waiting in the "
+             "kernel", waits_for=[f"pid {c['pid']} {c['syscall']} on {c['file']}"
+                                  for c in report.waited_for])
+        if _finished(proc, DISASSOCIATE_DELETE_TIMEOUT_S - (time.monotonic() - t0)):
+            _check_rc(proc, dev)
+            report.blocked_s = time.monotonic() - t0
+            report.slow = True
+            report.reason = describe_wait(report, dev)
+            note(report.reason)
+            return report
+        holders = find_holders(dev, files=files)  # past the bound: the veto policy applies
     report.detected = True
     report.blocked_s = time.monotonic() - t0
-    report.holders = [h.to_json() for h in holders]
     note(f"delete blocked {report.blocked_s:.3f} s: device held", veto=True,
          holders=[h.describe() for h in holders] or ["no holder found in /proc"])
 

@@ -55,6 +55,7 @@ PEER_REQUESTS: Schema = {  # controller or client worker -> peer agent
     "cm_events": {"count": int, "timeout_s": SECONDS},
     "cm_stop": {},
     "shutdown": {},
+    "holders": {},  # whose each live QP is; the QPs reaped after their client went
 }
 
 WORKER_REQUESTS: Schema = {  # controller -> client worker (clients.worker documents each)

@@ -9,7 +9,9 @@ socket, every QP's completion channel and the rdma_cm event channel, so no pyver
 call ever blocks. Its QPs (harness.peer.agent_qp) record every arrival and every
 event of their own; the agent adds the CM events and reports them on request. It
 exits when the controller goes away; every verbs object is closed by construction
-on the way out.
+on the way out. The QPs a client made over its own connection are destroyed
+PARTNER_KEEPALIVE_TIMEOUT_S after that connection closes, as a target's keep-alive
+would (harness.peer.keepalive); `holders` says whose each live QP is.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from harness.core.errors import ProtocolError, RxePowerError
 from harness.core.protocol import LineReader, Message, error_reply
 from harness.peer.agent_qp import PROBE_WR_ID, AgentQp
 from harness.peer.dispatch import Waiting, read_and_dispatch
+from harness.peer.keepalive import Owner, PartnerWatch, peer_pid
 from harness.rdma import cm, payload
 from harness.rdma.event_fds import raise_fd_limit
 from harness.rdma.qp_types import QpInfo, QpParams
@@ -54,6 +57,8 @@ class Agent:
         self.cm_events: list[dict[str, Any]] = []
         self.cm_delivered = 0
         self.running = True
+        self.watch = PartnerWatch()  # whose each QP is; a gone client's QPs, when to reap
+        self.current: Owner | None = None  # the connection whose request is being handled
         # epoll: no FD_SETSIZE limit (a QP's completion channel is one fd; 1,024 QPs...)
         self.sel = selectors.DefaultSelector()
 
@@ -68,6 +73,8 @@ class Agent:
         if ev == "create_qp":
             new = self._new_qp(p["mr_size"], p["recv_slots"], p["slot_size"], self.dev)
             new.write_slots = p["write_slots"]
+            if self.current is not None:
+                self.watch.own(new.qp_id, self.current)
             return {"qp_id": new.qp_id, "info": new.info()}
         if ev == "cm_listen":
             return self._cm_listen(p)
@@ -79,6 +86,8 @@ class Agent:
         if ev == "shutdown":
             self.running = False
             return {}
+        if ev == "holders":
+            return {"pid": os.getpid(), **self.watch.report(time.monotonic())}
         aq = self.qps.get(p["qp_id"])
         if aq is None:
             raise RxePowerError(f"no QP with id {p['qp_id']}", "create it first")
@@ -137,6 +146,7 @@ class Agent:
 
     def _destroy_qp(self, aq: AgentQp) -> None:
         del self.qps[aq.qp_id]
+        self.watch.forget(aq.qp_id)
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(aq.qp.channel_fd)  # before the fd closes
         aq.qp.close()
@@ -257,6 +267,7 @@ class Agent:
         may connect later to set up their own QPs; their going changes nothing else."""
         owner, _ = listen_sock.accept()
         conns: dict[socket.socket, LineReader] = {owner: LineReader()}
+        whose = {owner: Owner(0, peer_pid(owner), True)}
         sel = self.sel
         sel.register(listen_sock, selectors.EVENT_READ, "listen")
         sel.register(owner, selectors.EVENT_READ, "conn")
@@ -266,6 +277,9 @@ class Agent:
                 if self.waiting:
                     timeout = max(0.0, min(timeout, *(d - time.monotonic()
                                                         for _, _, d in self.waiting)))
+                due = self.watch.next_due()
+                if due is not None:
+                    timeout = max(0.0, min(timeout, due - time.monotonic()))
                 ready = sel.select(timeout)
                 # completions first (only the QPs whose channel fired), then the rest
                 for key, _ in ready:
@@ -277,17 +291,25 @@ class Agent:
                     elif key.data == "listen":
                         conn, _ = listen_sock.accept()
                         conns[conn] = LineReader()
+                        whose[conn] = Owner(len(whose), peer_pid(conn), False)
                         sel.register(conn, selectors.EVENT_READ, "conn")
                     elif key.data == "conn" and key.fileobj in conns:
                         conn = key.fileobj
-                        if not self._read(conn, conns[conn]):
+                        self.current = whose[conn]
+                        try:
+                            alive = self._read(conn, conns[conn])
+                        finally:
+                            self.current = None
+                        if not alive:
                             if conn is owner:
                                 return  # controller gone: exit and close everything
+                            self.watch.partner_gone(whose.pop(conn).conn, time.monotonic())
                             conns.pop(conn)
                             sel.unregister(conn)
                             conn.close()
                             self.waiting = [w for w in self.waiting if w[0] is not conn]
                 self._finish_waits()
+                self._reap_gone_partners()
         finally:
             for conn in conns:
                 with contextlib.suppress(KeyError, ValueError):
@@ -295,6 +317,17 @@ class Agent:
                 conn.close()
             with contextlib.suppress(KeyError, ValueError):
                 sel.unregister(listen_sock)
+
+    def _reap_gone_partners(self) -> None:
+        """Destroy the QPs of clients gone for the keep-alive bound (harness.peer.keepalive)."""
+        now = time.monotonic()
+        for qp_id in self.watch.due(now):
+            rec = self.watch.destroyed(qp_id, now)
+            if qp_id in self.qps:
+                self._destroy_qp(self.qps[qp_id])
+            print(f"peer_agent: destroyed QP {qp_id} of pid {rec.owner_pid}: its connection "
+                  f"closed {rec.gone_s} s ago (keep-alive bound {self.watch.timeout_s:g} s)",
+                  file=sys.stderr, flush=True)
 
     def _read(self, conn: socket.socket, reader: LineReader) -> bool:
         """Handle what one connection sent; False when it is gone or misbehaved."""

@@ -13,7 +13,7 @@ from typing import Any
 from harness.report.drawing import FIG_W_IN, figure, save_png
 from harness.report.section import Section
 from harness.report.tables import cycle_number, stress_series, stress_trends
-from harness.run.stress_checks import RES_KINDS
+from harness.system.rdma_res import RES_KINDS
 
 
 def render_stress(sec: Section, out: Path) -> Path:

@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from harness.report.section import Section
 from harness.run.matrix import LEGEND, render_table
 from harness.run.records import CycleClient, CycleRecord
-from harness.run.stress import render_summary
-from harness.run.stress_checks import RES_KINDS, summarize
+from harness.run.stress_checks import summarize
+from harness.run.stress_findings import StepTracker, rss_growth
+from harness.run.stress_text import render_summary
+from harness.system.rdma_res import RES_KINDS
 
 
 def header_line(sec: Section) -> str:
@@ -79,6 +82,29 @@ def stress_series(cycles: list[CycleRecord]) -> dict[str, list[tuple[int, float]
     return series
 
 
+def stress_findings(sec: Section) -> dict[str, Any] | None:
+    """The run's findings: the summary's, or (no summary, but cycles that record their
+    processes' pids: the run is still going or was stopped) made again from the cycles,
+    without the holders' names only the run itself knew. None for files from before."""
+    s = sec.summary
+    if s and isinstance(s.get("findings"), list):
+        return s
+    if not sec.cycles or not all(u.get("pid") for c in sec.cycles for u in c.usage.values()):
+        return None
+    steps = StepTracker()
+    rss: dict[str, list[tuple[int, float]]] = {}
+    for i, c in enumerate(sec.cycles, 1):
+        n = cycle_number(c, i)
+        for dev in sorted(c.rdma_res):
+            steps.observe(n, f"{dev} rdma res", {k: c.rdma_res[dev].get(k, 0)
+                                                 for k in RES_KINDS})
+        for name, u in c.usage.items():
+            rss.setdefault(f"{name} (pid {int(u['pid'])})", []).append((n, u["rss_kb"]))
+    growth, not_judged = rss_growth(rss)
+    return {"findings": [x.describe() for x in steps.steps]
+            + [g.describe() for g in growth if g.over_bound], "rss_not_judged": not_judged}
+
+
 def stress_trends(sec: Section) -> tuple[int, int, dict[str, dict[str, float]], bool]:
     """(cycles, failed, trends, from_summary)."""
     s = sec.summary
@@ -109,7 +135,7 @@ def stress_lines(sec: Section) -> list[str]:
         out.append("failed cycles:")
         out += [f"  cycle {c.cycle if c.cycle is not None else '?'}: {'; '.join(c.failures)}"
                 for c in bad]
-    summary = render_summary(done, failed, trends, sec.path.parent)
+    summary = render_summary(done, failed, trends, sec.path.parent, stress_findings(sec))
     summary[0] = f"{done} cycles, {failed} failed; results in {sec.path}" + (
         "" if from_summary else " (no summary record: the run is still going or stopped "
         "early; trends computed from the cycle records)")

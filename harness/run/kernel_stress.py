@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from harness.run.kernel_rows import KernelWedge, kernel_rows, run_kernel
@@ -30,7 +29,10 @@ from harness.run.stress_checks import (
     CycleChecks,
     CycleOutcome,
     Usage,
+    usage_json,
 )
+from harness.run.stress_holders import HolderExplainer, RunParts
+from harness.system.rdma_res import res_by_holder
 from power.plan import get_transition
 
 if TYPE_CHECKING:
@@ -50,6 +52,9 @@ class KernelStress:
                           for p in spec.policies]
         self.checks = CycleChecks((topo.local.dev, topo.peer.dev))
         self.wedge = KernelWedge()
+        # a kernel client's objects are the kernel's (`rdma res` names its module)
+        self.explainer = HolderExplainer(
+            lambda: RunParts({os.getpid(): "controller"}), res_by_holder)
 
     @property
     def series(self) -> dict[str, list[float]]:
@@ -86,15 +91,20 @@ class KernelStress:
             verdicts.append(res["transition"]["verdict"])
             total_ms += float(res["transition"].get("total_ms") or 0.0)
         usage = {"controller": Usage.of(os.getpid())}
-        problems, res_now = self.checks.check(usage)
-        failures += problems
+        self.explainer.new_check()
+        checked = self.checks.check(n, usage, self.explainer)
+        if self.explainer.base is None:
+            self.explainer.take_base()
+        failures += checked.failures
         self.checks.add("transition_ms", round(total_ms, 3))
         out = CycleOutcome(n, not failures, failures, round(time.monotonic() - t0, 3))
-        body = {"cycle": n, "ok": out.ok, "failures": failures, "notes": [],
+        body = {"cycle": n, "ok": out.ok, "failures": failures, "notes": checked.notes,
                 "seconds": out.seconds, "verdict": "/".join(dict.fromkeys(verdicts)),
                 "transition_ms": round(total_ms, 3), "clients": clients,
-                "usage": {k: asdict(v) for k, v in usage.items()}, "rdma_res": res_now,
+                "usage": usage_json(usage), "rdma_res": checked.rdma_res,
                 "kernel_hits": hits}
+        if self.explainer.now is not None:  # a device differed: who held what, per part
+            body["rdma_res_by_part"] = self.explainer.now
         if not out.ok or self.spec.keep_ledgers:
             body["results"] = results
         return out, body

@@ -123,15 +123,26 @@ class CycleClient:
     ended: ClientEnd = ClientEnd.COMPLETED
     crash: str = ""
     recovery_ms: float | None = None
+    pid: int | None = None  # the worker's process in this cycle (None: a kernel client)
+    # the async events it read in the cycle (PORT_ERR, DEVICE_FATAL...); None when unknown
+    # (it crashed or was killed: its report never came)
+    async_events: list[str] | None = None
+    held_at_delete: bool = False  # it had the device open when the delete started
 
     @property
     def crashed(self) -> bool:
         return self.ended.crashed
 
+    @property
+    def device_fatal(self) -> bool | None:
+        return None if self.async_events is None else "DEVICE_FATAL" in self.async_events
+
     def to_json(self) -> dict[str, Any]:
         return {"client": self.client, "policy": self.policy, "counts": self.counts,
                 "unaccounted": self.unaccounted, "ended": self.ended.value,
-                "crash": self.crash, "recovery_ms": self.recovery_ms}
+                "crash": self.crash, "recovery_ms": self.recovery_ms, "pid": self.pid,
+                "async_events": self.async_events, "device_fatal": self.device_fatal,
+                "held_at_delete": self.held_at_delete}
 
     @classmethod
     def from_json(cls, d: dict[str, Any], schema: int) -> CycleClient:
@@ -139,7 +150,9 @@ class CycleClient:
                    {k: int(v) for k, v in _figures(d.get("counts")).items()},
                    _int_or_none(d.get("unaccounted")) or 0,
                    client_end_of(d, schema), str(d.get("crash") or ""),
-                   _float_or_none(d.get("recovery_ms")))
+                   _float_or_none(d.get("recovery_ms")), _int_or_none(d.get("pid")),
+                   _strs(d["async_events"]) if isinstance(d.get("async_events"), list)
+                   else None, bool(d.get("held_at_delete")))
 
 
 @dataclass

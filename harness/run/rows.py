@@ -92,6 +92,9 @@ class Row:
 
 
 def veto_text(veto: VetoReport | None) -> str:
+    if veto is not None and veto.slow:  # disassociate: the delete waited for a call, no veto
+        calls = ", ".join(f"pid {c['pid']} {c['syscall']}" for c in veto.waited_for)
+        return f"delete waited {veto.blocked_s:.1f} s for {calls or 'the kernel'}"
     if veto is None or not veto.detected:
         return ""
     held = ", ".join(f"pid {h['pid']} ({short_cmdline(h.get('cmdline', ''))})"

@@ -6,15 +6,21 @@ sleeps. After every cycle:
 
 - the ledger invariant: every request of every client has an outcome, no worker died
   on its own (a worker the shim terminated for holding the device is respawned);
-- each worker's and the controller's open fds, RSS and threads (psutil) against the
-  figure after the first cycle, within a slack;
+- each worker's, the peer agent's and the controller's open fds, RSS and threads
+  (psutil) against the figure after the first cycle, within a slack (a figure that
+  stays up is reported once);
 - the kernel's RDMA resources (`rdma -j res`: QPs, CQs, MRs, PDs per device) equal to
-  those after the first cycle;
+  those after the first cycle; a difference names who holds it (harness.run.stress_holders)
+  and is reported once, at the cycle it began;
 - the kernel log after the cycle's marker clean (the shim's scan).
 
 A failed check fails the cycle; `maxfail` failed cycles stop the run. Ctrl-C stops
-after recording what ran. Every cycle is a `cycle` record in results.jsonl (fsynced),
-and the final `summary` gives each figure's first, last and max and its trend.
+after recording what ran. Every cycle is a `cycle` record in results.jsonl (fsynced):
+its delete (how long, who held the device, the kernel's view if it blocked), each
+client's async events (DEVICE_FATAL), the usage per process (with its pid) and `rdma res`.
+The final `summary` gives each figure's first, last and max and its trend, and the run's
+findings: every change of a device's objects with the cycle it began, and each process's
+RSS growth per cycle against RSS_GROWTH_BOUND_KB_PER_CYCLE (harness.run.stress_findings).
 """
 
 from __future__ import annotations
@@ -42,8 +48,12 @@ from harness.run.stress_checks import (
     CycleOutcome,
     Usage,
     summarize,
+    usage_json,
 )
+from harness.run.stress_holders import PEER_AGENT, HolderExplainer, RunParts
+from harness.run.stress_text import async_events, render_summary, veto_note
 from harness.system.provenance_text import describe
+from harness.system.rdma_res import res_by_holder
 from harness.topology.config import TopologyConfig
 from harness.topology.lifecycle import restore_local_side
 from harness.workload.ledger import WorkloadSpec
@@ -122,6 +132,9 @@ class Stress:
         self.log_dir = log_dir
         self.workers: list[ClientWorker] = []
         self.checks = CycleChecks((topo.local.dev, topo.peer.dev))
+        self.pids: dict[int, str] = {}  # every pid the run's processes had -> their part
+        self.gone: dict[str, str] = {}  # this cycle's workers that are not running, and why
+        self.explainer = HolderExplainer(self.parts, res_by_holder)
 
     @property
     def series(self) -> dict[str, list[float]]:
@@ -134,6 +147,27 @@ class Stress:
         self.workers = spawn_workers(list(self.spec.policies), self.spec.workload(),
                                      self.topo.local, self.agent, self.shim.notifier.clients_dir,
                                      self.log_dir, self.names())
+        self.pids |= {w.pid: w.name for w in self.workers}
+        self.pids |= {os.getpid(): "controller", self.agent.proc.pid: PEER_AGENT}
+
+    def processes(self) -> dict[str, int]:
+        """The run's live processes whose usage is checked: workers, agent, controller."""
+        out = {w.name: w.pid for w in self.workers if w.proc.poll() is None}
+        if self.agent.proc.poll() is None:
+            out["peer-agent"] = self.agent.proc.pid
+        out["controller"] = os.getpid()
+        return out
+
+    def parts(self) -> RunParts:
+        """Who is who now (for naming the holders of a device's objects)."""
+        names = dict(self.pids)
+        if self.shim.reader_pid is not None:
+            names[self.shim.reader_pid] = "the shim's async event reader"
+        try:
+            held = self.agent.request("holders")
+        except RxePowerError as exc:
+            held = {"error": exc.problem}
+        return RunParts(names, dict(self.gone), self.agent.proc.pid, held)
 
     def close(self) -> None:
         for w in self.workers:
@@ -148,6 +182,7 @@ class Stress:
                                             self.agent, self.shim.notifier.clients_dir,
                                             self.log_dir, [w.name])[0]
             self.checks.forget(w.name)  # a new process: a new baseline
+            self.pids[self.workers[i].pid] = w.name
             notes.append(f"{w.name} respawned (pid {self.workers[i].pid})")
 
     def cycle(self, n: int) -> tuple[CycleOutcome, dict[str, Any]]:
@@ -165,34 +200,59 @@ class Stress:
         t = res.transition
         if t.verdict not in (Verdict.COMPLETED, Verdict.FORCED):
             failures.append(f"transition {t.verdict.value}: {'; '.join(t.reasons)}")
+        pid_of = {w.name: w.pid for w in self.workers}
+        self.gone = {}
         for c in res.clients:
             if c.unaccounted:
                 failures.append(f"{c.client}: {len(c.unaccounted)} requests unaccounted")
             if c.crashed and c.ended is not ClientEnd.TERMINATED_BY_SHIM:
                 failures.append(f"{c.client} crashed: {c.crash}")
             failures += [f"{c.client}: missed: {why}" for why in c.missed]
+            if c.crashed:
+                self.gone[c.client] = (f"{c.ended.value} in cycle {n} (pid "
+                                       f"{pid_of.get(c.client)}); respawned at the next cycle")
         for h in t.kernel.hits if t.kernel else []:
             failures.append(f"kernel log: {h.pattern}: {h.record.message}")
         hits = [h.to_json() for h in t.kernel.hits] if t.kernel else []
         if t.kernel and t.kernel.gap:
             failures.append("kernel log: the ring buffer wrapped past the cycle's marker")
-        usage = {w.name: Usage.of(w.pid) for w in self.workers if w.proc.poll() is None}
-        usage["controller"] = Usage.of(os.getpid())
-        problems, res_now = self.checks.check(usage)
-        failures += problems
+        usage = {name: Usage.of(pid) for name, pid in self.processes().items()}
+        self.explainer.new_check()
+        checked = self.checks.check(n, usage, self.explainer)
+        if self.explainer.base is None:
+            self.explainer.take_base()
+        failures += checked.failures
+        notes += checked.notes
         total_ms = round(t.total_ms, 3)
         self.checks.add("transition_ms", total_ms)
-        held = len(t.veto.held_at_start) if t.veto else None  # processes holding at delete
-        if held is not None:
-            self.checks.add("held_at_delete", held)
-        out = CycleOutcome(n, not failures, failures, round(time.monotonic() - t0, 3))
+        v = t.veto
+        held = len(v.held_at_start) if v else None  # processes holding at delete
+        if v is not None:
+            self.checks.add("held_at_delete", len(v.held_at_start))
+            self.checks.add("delete_ms", round(v.blocked_s * 1000, 1))
+            if v.detected:
+                notes.append(veto_note(v.blocked_s, v.holders, v.terminated, v.kernel_view))
+            elif v.slow:  # the module disassociates: the delete waited for a call in progress
+                notes.append(f"slow delete: {v.reason}")
+        out = CycleOutcome(n, not failures, failures, round(time.monotonic() - t0, 3), notes)
         clients = [CycleClient(c.client, c.policy, c.counts, len(c.unaccounted), c.ended,
-                               c.crash, c.recovery_ms).to_json() for c in res.clients]
+                               c.crash, c.recovery_ms, pid_of.get(c.client),
+                               None if c.crashed else async_events(c.events),
+                               pid_of.get(c.client) in (v.held_at_start if v else []))
+                   .to_json() for c in res.clients]
         body = {"cycle": n, "ok": out.ok, "failures": failures, "notes": notes,
                 "seconds": out.seconds, "verdict": t.verdict.value,
                 "transition_ms": total_ms, "held_at_delete": held, "clients": clients,
-                "usage": {k: asdict(v) for k, v in usage.items()}, "rdma_res": res_now,
+                "usage": usage_json(usage), "rdma_res": checked.rdma_res,
                 "kernel_hits": hits}
+        if self.explainer.now is not None:  # a device differed: who held what, per part
+            body["rdma_res_by_part"] = self.explainer.now
+        if v is not None:
+            body["delete"] = {"start_s": round(v.start_s, 4), "blocked_s": round(v.blocked_s, 4),
+                              "held_at_start": v.held_at_start, "slow": v.slow,
+                              "vetoed": v.detected}
+            if v.detected or v.slow:  # the whole report, with the kernel's view
+                body["veto"] = v.to_json()
         if not out.ok or self.spec.keep_ledgers:
             body["result"] = res.to_json()
         return out, body
@@ -237,21 +297,13 @@ def run_stress(spec: StressSpec, cfg: TopologyConfig, out_dir: Path,
             restore_local_side(cfg, log=lambda m: None)
         finally:
             trends = summarize(stress.series)
+            found = stress.checks.findings()
             out.write(RecordKind.SUMMARY, {"cycles": done, "failed": failed,
-                                           "interrupted": interrupted, "trends": trends})
+                                           "interrupted": interrupted, "trends": trends,
+                                           **found})
             stress.close()
-    log("\n".join(["", *render_summary(done, failed, trends, out_dir)]))
-    return 130 if interrupted else 1 if failed else 0
-
-
-def render_summary(done: int, failed: int, trends: dict[str, dict[str, float]],
-                   out_dir: Path) -> list[str]:
-    out = [f"{done} cycles, {failed} failed; results in {out_dir / 'results.jsonl'}",
-           f"{'figure':<28}{'first':>10}{'last':>10}{'max':>10}{'slope/cycle':>13}"]
-    for k, v in trends.items():
-        out.append(f"{k:<28}{v['first']:>10g}{v['last']:>10g}{v['max']:>10g}"
-                   f"{v['slope_per_cycle']:>13g}")
-    return out
+    log("\n".join(["", *render_summary(done, failed, trends, out_dir, found)]))
+    return 130 if interrupted else 1 if failed or found["findings"] else 0
 
 
 class LineProgress:
@@ -268,7 +320,8 @@ class LineProgress:
         eta = (total - outcome.cycle) / rate * 60 if rate else 0.0
         self.echo(f"cycle {outcome.cycle}/{total} {'ok' if outcome.ok else 'FAILED'} | "
                   f"failures {failed} | {rate:.1f} cycles/min | ETA {eta:.0f} s"
-                  + ("" if outcome.ok else f" | {'; '.join(outcome.failures)[:300]}"))
+                  + ("" if outcome.ok else f" | {'; '.join(outcome.failures)[:300]}")
+                  + (f" | note: {'; '.join(outcome.notes)[:400]}" if outcome.notes else ""))
 
 
 class RichProgress:

@@ -1,24 +1,30 @@
 """What a stress cycle checks besides the ledger, for userspace and kernel clients alike:
 a process's fds, RSS and threads against its figures after cycle 1 (psutil), the
-kernel's RDMA resources per device against those after cycle 1 (`rdma -j res`), and
-each figure's series summarized (first, last, max, trend).
+kernel's RDMA resources per device against those after cycle 1 (`rdma -j res`), each
+figure's series summarized (first, last, max, trend), and the run's findings: a change
+of a device's objects reported once, where it began, with who holds it
+(harness.run.stress_findings, harness.run.stress_holders), and each process's RSS growth
+per cycle against its bound.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psutil
 
-from harness.system import command
+from harness.run.stress_findings import StepTracker, rss_growth
+from harness.system import rdma_res as res
+from harness.system.rdma_res import RES_KINDS, Counts
 
-RES_KINDS = ("qp", "cq", "mr", "pd")
 FD_SLACK = 2  # open fds a worker may have above its first-cycle figure
 THREAD_SLACK = 1
 RSS_SLACK_KB = 16 * 1024  # Python's allocator settles over the first cycles
 RSS_SLACK_SHARE = 0.25
-RDMA_RES_TIMEOUT_S = 10.0
+# A device's counts differ from cycle 1's: (all of it passing, who holds what)
+Explain = Callable[[str, Counts], tuple[bool, str]]
 
 
 @dataclass
@@ -26,51 +32,41 @@ class Usage:
     fds: int
     rss_kb: int
     threads: int
+    pid: int = 0
 
     @classmethod
     def of(cls, pid: int) -> Usage:
         p = psutil.Process(pid)
         with p.oneshot():
-            return cls(p.num_fds(), p.memory_info().rss // 1024, p.num_threads())
+            return cls(p.num_fds(), p.memory_info().rss // 1024, p.num_threads(), pid)
 
 
-def usage_problems(name: str, base: Usage, now: Usage) -> list[str]:
+USAGE_FIGURES = ("fds", "rss_kb", "threads")
+
+
+def usage_limits(base: Usage) -> dict[str, int]:
+    return {"fds": base.fds + FD_SLACK, "threads": base.threads + THREAD_SLACK,
+            "rss_kb": base.rss_kb + max(RSS_SLACK_KB, int(base.rss_kb * RSS_SLACK_SHARE))}
+
+
+def usage_problems(name: str, base: Usage, now: Usage,
+                   reported: dict[str, int] | None = None) -> list[str]:
+    """A figure past its slack over cycle 1's. With `reported` (figure -> the highest value
+    already reported), only a new high is a problem: a figure that stays up is one event."""
     out = []
-    if now.fds > base.fds + FD_SLACK:
-        out.append(f"{name}: {now.fds} open fds, {base.fds} after cycle 1 (slack {FD_SLACK})")
-    if now.threads > base.threads + THREAD_SLACK:
-        out.append(f"{name}: {now.threads} threads, {base.threads} after cycle 1")
-    limit = base.rss_kb + max(RSS_SLACK_KB, int(base.rss_kb * RSS_SLACK_SHARE))
-    if now.rss_kb > limit:
-        out.append(f"{name}: RSS {now.rss_kb} KiB, {base.rss_kb} KiB after cycle 1 "
-                   f"(limit {limit} KiB)")
-    return out
-
-
-def parse_rdma_res(data: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """`rdma -j res show` -> {device: {qp, cq, mr, pd}}."""
-    out: dict[str, dict[str, int]] = {}
-    for d in data:
-        if not isinstance(d, dict) or "ifname" not in d:
+    for fig, limit in usage_limits(base).items():
+        v = getattr(now, fig)
+        if v <= limit or (reported is not None and v <= reported.get(fig, limit)):
             continue
-        vals = d.get("volatile", d)  # some iproute2 versions nest the counts
-        out[d["ifname"]] = {k: int(vals.get(k, 0)) for k in RES_KINDS}
-    return out
-
-
-def rdma_res() -> dict[str, dict[str, int]]:
-    return parse_rdma_res(command.run_json(["rdma", "-j", "res", "show"], RDMA_RES_TIMEOUT_S))
-
-
-def res_problems(base: dict[str, dict[str, int]], now: dict[str, dict[str, int]],
-                 devs: tuple[str, ...]) -> list[str]:
-    out = []
-    for dev in devs:
-        b, n = base.get(dev, {}), now.get(dev, {})
-        diff = {k: (b.get(k, 0), n.get(k, 0)) for k in RES_KINDS if b.get(k, 0) != n.get(k, 0)}
-        if diff:
-            out.append(f"{dev} RDMA resources differ from cycle 1: " + ", ".join(
-                f"{k} {a} -> {c}" for k, (a, c) in diff.items()))
+        if reported is not None:
+            reported[fig] = v
+        if fig == "fds":
+            out.append(f"{name}: {v} open fds, {base.fds} after cycle 1 (slack {FD_SLACK})")
+        elif fig == "threads":
+            out.append(f"{name}: {v} threads, {base.threads} after cycle 1")
+        else:
+            out.append(f"{name}: RSS {v} KiB, {base.rss_kb} KiB after cycle 1 "
+                       f"(limit {limit} KiB)")
     return out
 
 
@@ -80,6 +76,7 @@ class CycleOutcome:
     ok: bool
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
 
 def trend(values: list[float]) -> float:
@@ -97,16 +94,25 @@ def summarize(series: dict[str, list[float]]) -> dict[str, dict[str, float]]:
                 "slope_per_cycle": round(trend(v), 4)} for k, v in series.items() if v}
 
 
+@dataclass
+class CheckResult:
+    failures: list[str]
+    notes: list[str]
+    rdma_res: dict[str, Counts]
+
+
 class CycleChecks:
     """The baselines after cycle 1 and every figure's series; `check` compares a cycle's
     processes and the kernel's RDMA resources with them (shared by userspace and kernel
-    stress runs)."""
+    stress runs). A change is reported once, at the cycle it began."""
 
     def __init__(self, devs: tuple[str, ...]) -> None:
         self.devs = devs
         self.usage_base: dict[str, Usage] = {}
-        self.res_base: dict[str, dict[str, int]] | None = None
+        self.usage_reported: dict[str, dict[str, int]] = {}
         self.series: dict[str, list[float]] = {}
+        self.steps = StepTracker()
+        self.rss: dict[str, list[tuple[int, float]]] = {}  # "name (pid P)" -> (cycle, KiB)
 
     def add(self, name: str, value: float) -> None:
         self.series.setdefault(name, []).append(value)
@@ -114,19 +120,46 @@ class CycleChecks:
     def forget(self, name: str) -> None:
         """A new process under an old name (a respawned worker): a new baseline."""
         self.usage_base.pop(name, None)
+        self.usage_reported.pop(name, None)
 
-    def check(self, usage: dict[str, Usage]) -> tuple[list[str], dict[str, dict[str, int]]]:
-        """(the problems, `rdma res` now) for this cycle; the series grow by one."""
+    def check(self, cycle: int, usage: dict[str, Usage],
+              explain: Explain | None = None) -> CheckResult:
+        """This cycle's problems and notes, and `rdma res` now; the series grow by one.
+        `explain(dev, counts)` says who holds a device's difference from cycle 1."""
         failures: list[str] = []
+        notes: list[str] = []
         for name, u in usage.items():
-            failures += usage_problems(name, self.usage_base.setdefault(name, u), u)
-            for k, v in asdict(u).items():
-                self.add(f"{name}.{k}", v)
-        res_now = rdma_res()
-        if self.res_base is None:
-            self.res_base = res_now
-        failures += res_problems(self.res_base, res_now, self.devs)
+            failures += usage_problems(name, self.usage_base.setdefault(name, u), u,
+                                       self.usage_reported.setdefault(name, {}))
+            for k in USAGE_FIGURES:
+                self.add(f"{name}.{k}", getattr(u, k))
+            self.rss.setdefault(f"{name} (pid {u.pid})", []).append((cycle, u.rss_kb))
+        res_now = res.res_summary()
         for dev in self.devs:
+            counts = {k: res_now.get(dev, {}).get(k, 0) for k in RES_KINDS}
+            base = self.steps.base.get(f"{dev} rdma res")
+            explained, why = False, ""
+            if base is not None and counts != base and explain is not None:
+                explained, why = explain(dev, counts)
+            v = self.steps.observe(cycle, f"{dev} rdma res", counts, explained, why)
+            if v.failure:
+                failures.append(v.failure)
+            if v.note:
+                notes.append(v.note)
             for k in RES_KINDS:
-                self.add(f"{dev}.{k}", res_now.get(dev, {}).get(k, 0))
-        return failures, res_now
+                self.add(f"{dev}.{k}", counts[k])
+        return CheckResult(failures, notes, res_now)
+
+    def findings(self) -> dict[str, Any]:
+        """The run's findings: every change of a device's objects (once, with its span),
+        each process's RSS slope against RSS_GROWTH_BOUND_KB_PER_CYCLE."""
+        growth, not_judged = rss_growth(self.rss)
+        lines = [s.describe() for s in self.steps.steps if s.failed]
+        lines += [g.describe() for g in growth if g.over_bound]
+        return {"steps": [s.to_json() for s in self.steps.steps],
+                "rss_growth": [g.to_json() for g in growth],
+                "rss_not_judged": not_judged, "findings": lines}
+
+
+def usage_json(usage: dict[str, Usage]) -> dict[str, dict[str, int]]:
+    return {k: asdict(v) for k, v in usage.items()}

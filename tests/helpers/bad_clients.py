@@ -32,6 +32,22 @@ class Leaky(FailFast):
         super().on_resume(core, info)
 
 
+class LeaksPeerQps(FailFast):
+    """Asks the peer agent for one more QP on every resume and never destroys it: the peer
+    device's objects climb per cycle, held by the agent for this (live) client."""
+
+    name = "leaks-peer-qps"
+
+    def __init__(self) -> None:
+        self.peer_qps: list[int] = []
+
+    def on_resume(self, core: ClientCore, info: DeviceInfo) -> None:
+        rep = core.agent.request("create_qp", 20.0, mr_size=1 << 16, recv_slots=4,
+                                 slot_size=4096, write_slots=0)
+        self.peer_qps.append(int(rep["qp_id"]))
+        super().on_resume(core, info)
+
+
 class KernelNoise(FailFast):
     """On its second resume, writes an error-level line naming rdma_rxe into the kernel
     log through /dev/kmsg (as a misbehaving driver would log), once."""

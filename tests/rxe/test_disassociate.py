@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness.core.proc import python_child
-from harness.run.stress_checks import rdma_res
+from harness.system.rdma_res import res_summary
 from harness.topology import devices, lifecycle
 from harness.topology.config import Topology, TopologyConfig
 from power import kmsg
@@ -85,7 +85,7 @@ def test_held_delete_disassociates(rxe_config: TopologyConfig,
     ring is mapped into the holder) does not fail and, once drained, returns nothing; the
     holder closes
     everything and exits 0; no kernel WARNING/BUG/Oops; `rdma res` back to baseline."""
-    base = rdma_res()
+    base = res_summary()
     marker = kmsg.write_marker("test_held_delete_disassociates")
     c = held_delete(rxe_config, qps=2)
     calls = c.report["calls"]
@@ -103,7 +103,7 @@ def test_held_delete_disassociates(rxe_config: TopologyConfig,
     assert c.closed["errors"] == [] and c.exit_code == 0, (c.closed, c.exit_code)
     scan = kmsg.scan_after(marker)
     assert scan.ok, "\n".join(kmsg.render(scan))
-    assert rdma_res() == base
+    assert res_summary() == base
 
 
 @pytest.mark.timeout(60 + CYCLE_BOUND_S * CYCLES)
@@ -112,7 +112,7 @@ def test_held_delete_cycles(rxe_config: TopologyConfig,
     """CYCLES held deletes in a row (RXE_POWER_DISASSOCIATE_CYCLES, default 3): each
     completes within the bound, each holder exits 0, the kernel log stays clean and the
     kernel's RDMA resources come back to the baseline every cycle."""
-    base = rdma_res()
+    base = res_summary()
     marker = kmsg.write_marker("test_held_delete_cycles")
     times, res_off = [], []
     for i in range(CYCLES):
@@ -120,7 +120,7 @@ def test_held_delete_cycles(rxe_config: TopologyConfig,
         assert "DEVICE_FATAL" in c.report["events"], (i, c.report)
         assert c.exit_code == 0 and not c.closed["errors"], (i, c.closed)
         times.append(c.delete_s)
-        if (now := rdma_res()) != base:
+        if (now := res_summary()) != base:
             res_off.append((i, now))
         if (i + 1) % 20 == 0:  # progress for long runs (RXE_POWER_DISASSOCIATE_CYCLES=200)
             print(f"cycle {i + 1}/{CYCLES}: delete median {statistics.median(times) * 1000:.0f}"

@@ -52,6 +52,10 @@ def test_short_matrix(rxe_config, rxe_topology, tmp_path: Path) -> None:
     assert "naive" in (tmp_path / "table.txt").read_text()
 
 
+def res_cycles(folder: Path) -> list[dict]:
+    return read_results(folder / "results.jsonl").of_kind(RecordKind.CYCLE)
+
+
 STRESS_CYCLES = 8  # 20 took 47 s of the suite under TCG
 
 
@@ -74,11 +78,21 @@ def test_stress_cycles(rxe_config, rxe_topology, tmp_path: Path) -> None:
     assert all(cl.unaccounted == 0 and not cl.crashed for c in cycles for cl in c.clients)
     trends = res.of_kind(RecordKind.SUMMARY)[0]["trends"]
     flat = [k for k in trends if k.endswith((".fds", ".threads", ".qp", ".cq", ".mr", ".pd"))]
-    assert len(flat) == 3 * 2 + 2 * 4  # 2 workers + the controller; 2 devices
+    assert len(flat) == 4 * 2 + 2 * 4  # 2 workers, the peer agent, the controller; 2 devices
     for k in flat:  # never above cycle 1 (a thread of the controller may end)
         assert trends[k]["max"] == trends[k]["first"], (k, trends[k])
         if not k.startswith("controller."):
             assert trends[k]["min"] == trends[k]["max"], (k, trends[k])
+    summary = res.of_kind(RecordKind.SUMMARY)[0]
+    assert summary["findings"] == [] and summary["steps"] == []
+    assert len(summary["rss_not_judged"]) == 4  # too few cycles to judge a slope: said so
+    for raw in res.of_kind(RecordKind.CYCLE):  # what each cycle records of its delete
+        held = raw["delete"]["held_at_start"]
+        assert raw["delete"]["blocked_s"] >= 0 and not raw["delete"]["vetoed"]
+        assert {u["pid"] for u in raw["usage"].values()} >= {c["pid"] for c in raw["clients"]}
+        for c in raw["clients"]:
+            assert c["held_at_delete"] == (c["pid"] in held)
+            assert c["device_fatal"] == ("DEVICE_FATAL" in c["async_events"])
 
 
 @pytest.mark.timeout(300)
@@ -86,9 +100,12 @@ def test_stress_catches_a_leak_and_a_kernel_log_hit(rxe_config, rxe_topology,
                                                     tmp_path: Path) -> None:
     """Leaky keeps one more open file per resume: by cycle 4 it is past the fd slack and
     that cycle fails naming it. KernelNoise writes an rdma_rxe error line to /dev/kmsg on
-    its second resume: cycle 2 fails on the kernel-log check, naming the line."""
-    spec = StressSpec(cycles=4, policies=(f"{BAD}:Leaky", f"{BAD}:KernelNoise"),
-                      count=40).validate()
+    its second resume: cycle 2 fails on the kernel-log check, naming the line.
+    LeaksPeerQps has the peer agent make one more QP per resume: every cycle from 1 on
+    leaves rxe1 one QP, CQ and MR up, each a new level (a failure), named as the agent's
+    for that client, which is still connected; rxe0 never changes."""
+    spec = StressSpec(cycles=4, policies=(f"{BAD}:Leaky", f"{BAD}:KernelNoise",
+                                          f"{BAD}:LeaksPeerQps"), count=40).validate()
     seen: list[CycleOutcome] = []
     code = run_stress(spec, rxe_config, tmp_path, lambda o, f, t: seen.append(o),
                       log=print)
@@ -98,8 +115,20 @@ def test_stress_catches_a_leak_and_a_kernel_log_hit(rxe_config, rxe_topology,
     kmsg = [f for f in by[2].failures if f.startswith("kernel log:")]
     assert len(kmsg) == 1 and "injected error line" in kmsg[0], by[2].failures
     assert not [f for f in by[3].failures if f.startswith("kernel log:")]
-    leak = [f for f in by[4].failures if "open fds" in f]
-    assert len(leak) == 1 and leak[0].startswith("tests_helpers_bad_clients_Leaky-0:"), leak
+    leak = sorted(f for f in by[4].failures if "open fds" in f)
+    # Leaky's own files, and the peer agent's: a completion channel per QP LeaksPeerQps left
+    assert len(leak) == 2 and leak[1].startswith("tests_helpers_bad_clients_Leaky-0:"), leak
+    agent_fds = [c["usage"]["peer-agent"]["fds"] for c in res_cycles(tmp_path)]
+    assert agent_fds == [agent_fds[0] + i for i in range(4)], agent_fds
+    assert leak[0].startswith(f"peer-agent: {agent_fds[3]} open fds, {agent_fds[0]} after "
+                              "cycle 1"), leak
+    peer = "tests_helpers_bad_clients_LeaksPeerQps-2"
+    for n in (2, 3, 4):  # a resume (and so a peer QP) in every cycle, counted from cycle 1's
+        res = [f for f in by[n].failures if f.startswith("rxe1 rdma res differs")]
+        assert len(res) == 1, (n, by[n].failures)
+        assert (f"+{n - 1} qp, +{n - 1} cq, +{n - 1} mr held by the peer agent (pid "
+                in res[0]) and f"for client {peer}: {peer} is still connected" in res[0], res
+        assert not [f for f in by[n].failures if f.startswith("rxe0 rdma res")]
     res = read_results(tmp_path / "results.jsonl")
     usage = [c["usage"] for c in res.of_kind(RecordKind.CYCLE)]
     leaky = [u["tests_helpers_bad_clients_Leaky-0"]["fds"] for u in usage]

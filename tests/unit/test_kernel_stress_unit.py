@@ -15,6 +15,7 @@ from harness.run import kernel_stress, stress_checks
 from harness.run.resultsfile import RecordKind, read_results
 from harness.run.stress import StressSpec
 from harness.run.stress_checks import Usage
+from harness.system.rdma_res import ResHolder
 
 RES = {"rxe0": {"qp": 1, "cq": 1, "mr": 0, "pd": 1}, "rxe1": {"qp": 1, "cq": 1, "mr": 0,
                                                                 "pd": 1}}
@@ -28,11 +29,25 @@ class Topo:
     local, peer = Side("rxe0"), Side("rxe1")
 
 
+def by_holder(res: dict[str, dict[str, int]]) -> dict[str, dict[ResHolder, dict[str, int]]]:
+    """`rdma res` per holder as a kernel client's cycle has it: every object the kernel's
+    (nvme-rdma's host on rxe0, nvmet-rdma's target on rxe1)."""
+    return {"rxe0": {ResHolder(None, "nvme_rdma"): res["rxe0"]},
+            "rxe1": {ResHolder(None, "nvmet_rdma"): res["rxe1"]}}
+
+
 def stress_of(monkeypatch: pytest.MonkeyPatch, results: list[dict[str, Any]],
               res: list[dict[str, dict[str, int]]]) -> kernel_stress.KernelStress:
     it, res_it = iter(results), iter(res)
+    now: list[dict[str, dict[str, int]]] = []
+
+    def summary() -> dict[str, dict[str, int]]:
+        now[:] = [next(res_it)]
+        return now[0]
+
     monkeypatch.setattr(kernel_stress, "run_kernel", lambda *a, **k: next(it))
-    monkeypatch.setattr(stress_checks, "rdma_res", lambda: next(res_it))
+    monkeypatch.setattr(stress_checks.res, "res_summary", summary)
+    monkeypatch.setattr(kernel_stress, "res_by_holder", lambda: by_holder(now[0]))
     monkeypatch.setattr(stress_checks.Usage, "of", classmethod(
         lambda cls, pid: Usage(10, 50_000, 3)))
     spec = StressSpec(cycles=3, policies=("nvme-rdma:fast-fail",)).validate()
@@ -77,8 +92,10 @@ def test_a_kernel_clients_leaked_qp_fails_the_cycle(monkeypatch: pytest.MonkeyPa
     assert ks.cycle(1)[0].ok
     out, body = ks.cycle(2)
     assert not out.ok
-    assert body["failures"] == ["rxe0 RDMA resources differ from cycle 1: qp 1 -> 3, "
-                                "cq 1 -> 2"]
+    assert body["failures"] == ["rxe0 rdma res differs from cycle 1: qp 1 -> 3, cq 1 -> 2: "
+                                "rxe0: +2 qp, +1 cq held by kernel (nvme_rdma) (qp 3, cq 2, "
+                                "mr 0, pd 1 now)"]
+    assert body["rdma_res_by_part"]["rxe0"] == {"kernel (nvme_rdma)": leaked["rxe0"]}
 
 
 def test_a_kernel_client_that_cannot_be_removed_stops_its_later_runs(

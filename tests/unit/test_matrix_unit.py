@@ -21,12 +21,11 @@ from harness.run.stress import StressSpec
 from harness.run.stress_checks import (
     FD_SLACK,
     Usage,
-    parse_rdma_res,
-    res_problems,
     summarize,
     trend,
     usage_problems,
 )
+from harness.system.rdma_res import parse_res_summary
 from power.plan import Ordering
 
 DATA = Path(__file__).parent.parent / "data" / "matrix-standby-linkflap.jsonl"
@@ -145,15 +144,10 @@ def test_usage_and_resource_checks() -> None:
     assert probs == [f"w: {13 + FD_SLACK} open fds, 12 after cycle 1 (slack {FD_SLACK})",
                      "w: 3 threads, 1 after cycle 1",
                      "w: RSS 60000 KiB, 20000 KiB after cycle 1 (limit 36384 KiB)"]
-    flat = {"rxe0": {"qp": 4, "cq": 4, "mr": 3, "pd": 4}}
-    grown = {"rxe0": {"qp": 5, "cq": 4, "mr": 3, "pd": 4}}
-    assert res_problems(flat, flat, ("rxe0",)) == []
-    assert res_problems(flat, grown, ("rxe0",)) == [
-        "rxe0 RDMA resources differ from cycle 1: qp 4 -> 5"]
     raw = [{"ifindex": 3, "ifname": "rxe0", "pd": 4, "cq": 4, "qp": 4, "cm_id": 0, "mr": 3,
             "ctx": 3, "srq": 0},
            {"ifindex": 4, "ifname": "rxe1", "volatile": {"pd": 2, "cq": 1, "qp": 1, "mr": 0}}]
-    assert parse_rdma_res(raw) == {"rxe0": {"qp": 4, "cq": 4, "mr": 3, "pd": 4},
+    assert parse_res_summary(raw) == {"rxe0": {"qp": 4, "cq": 4, "mr": 3, "pd": 4},
                                    "rxe1": {"qp": 1, "cq": 1, "mr": 0, "pd": 2}}
     assert trend([5, 5, 5]) == 0 and trend([1, 2, 3, 4]) == pytest.approx(1.0)
     assert summarize({"x.fds": [3, 4, 5]})["x.fds"] == {

@@ -1,0 +1,91 @@
+"""A delete that waits for a uverbs call in progress, with our disassociate build: the shim
+records it as slow (which process, which call, on which file, where the delete sleeps)
+and terminates nobody; the negative control, the same moment judged as stock rxe would
+be (`disassociates=False`), terminates the holder.
+
+Seen in 200-cycle stress runs (README, "A slow delete under disassociate is no veto"): a
+client destroying its QP slept in rxe's __rxe_cleanup and the delete waited in
+ib_uverbs_remove_one -> synchronize_srcu for it. That call cannot be made to sleep on
+purpose, so the holder here (tests/helpers/reg_mr_loop.py) is inside another long call
+of the same kind: it registers a large MR over and over (ibv_reg_mr pins every page),
+sized so that one registration takes at least a second.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from harness.core.proc import python_child
+from harness.system.kstacks import process_in_kernel
+from harness.topology import lifecycle
+from harness.topology.config import Topology, TopologyConfig
+from power import veto
+from power.plan import OnVeto
+from tests.helpers.json_child import JsonChild
+
+pytestmark = [pytest.mark.rxe, pytest.mark.removal("disassociate")]
+
+HOLDER = "tests.helpers.reg_mr_loop"
+SIZED_TIMEOUT_S = 120.0  # start, open the device, double the MR until a reg takes 1 s
+IN_CALL_TIMEOUT_S = 30.0  # until the holder is seen inside its ioctl on the device
+FAILED_TIMEOUT_S = 60.0  # from the delete to the holder's failed registration (EIO)
+EXIT_TIMEOUT_S = 30.0
+
+
+def in_reg_call(pid: int) -> bool:
+    return any(t.syscall == "ioctl" and t.file.startswith("/dev/infiniband/uverbs")
+               for t in process_in_kernel(pid))
+
+
+def holder_in_call() -> JsonChild:
+    holder = JsonChild(python_child(HOLDER), "reg_mr loop")
+    sized = holder.wait_for("sized", SIZED_TIMEOUT_S)
+    print(f"one registration of {sized['bytes'] >> 20} MiB took {sized['took_s']} s")
+    holder.wait_for("looping", SIZED_TIMEOUT_S)
+    deadline = time.monotonic() + IN_CALL_TIMEOUT_S
+    while not in_reg_call(holder.pid):
+        assert time.monotonic() < deadline, "the holder was never seen inside its ioctl"
+        time.sleep(0.01)
+    return holder
+
+
+@pytest.mark.timeout(600)
+def test_a_delete_waiting_for_a_call_is_slow_not_a_veto(rxe_config: TopologyConfig,
+                                                        rxe_topology: Topology) -> None:
+    holder = holder_in_call()
+    try:
+        rep = veto.delete_device(rxe_config.local_dev, OnVeto.FORCE, disassociates=True)
+        assert rep.slow and not rep.detected, rep.to_json()
+        assert rep.terminated == [] and holder.proc.poll() is None
+        assert rep.blocked_s > veto.VETO_DETECT_S
+        (call,) = [c for c in rep.waited_for if c["pid"] == holder.pid]
+        assert call["syscall"] == "ioctl" and call["file"].startswith("/dev/infiniband/uverbs")
+        assert "ib_uverbs_ioctl [ib_uverbs]" in call["stack"], call["stack"]
+        delete_stack = rep.kernel_view["delete"][0]["stack"]
+        assert "ib_uverbs_remove_one [ib_uverbs]" in delete_stack, delete_stack
+        print(rep.reason)
+        failed = holder.wait_for("failed", FAILED_TIMEOUT_S)  # its next call: disassociated
+        assert failed["name"] == "EIO", failed
+        holder.close_stdin()
+        assert holder.wait(EXIT_TIMEOUT_S) == 0
+    finally:
+        holder.stop()
+        assert not lifecycle.restore_local_side(rxe_config, log=lambda m: None)
+
+
+@pytest.mark.timeout(600)
+def test_the_same_moment_judged_as_stock_rxe_terminates_the_holder(
+        rxe_config: TopologyConfig, rxe_topology: Topology) -> None:
+    """Negative control: with `disassociates=False` (what the shim assumed of every module
+    before) the holder in its call is a veto and --on-veto force terminates it."""
+    holder = holder_in_call()
+    try:
+        rep = veto.delete_device(rxe_config.local_dev, OnVeto.FORCE, disassociates=False)
+        assert rep.detected and not rep.slow, rep.to_json()
+        assert [t["pid"] for t in rep.terminated] == [holder.pid]
+        assert holder.proc.poll() is not None
+    finally:
+        holder.stop()
+        assert not lifecycle.restore_local_side(rxe_config, log=lambda m: None)
