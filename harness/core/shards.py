@@ -9,9 +9,9 @@ The split balances time, not count: every item gets its recorded duration in sec
 (`durations`, a committed file of real runs: read_durations), an item without one the
 median of those that have one (1 s when none has), and the items, largest first (ties by
 name, then by place), go one by one onto the shard with the least time so far (ties: the
-one with fewer items, then the lowest). The same names and durations give the same split on every machine, so N
-independent runs, each told its own I/N, together run every item exactly once; each shard
-runs its items in the whole run's order.
+one with fewer items, then the lowest). The same names and durations give the same split
+on every machine, so N independent runs, each told its own I/N, together run every item
+exactly once; each shard runs its items in the whole run's order.
 
 Stress cycles are alike in cost: a shard runs a contiguous share of them (cycle_share),
 numbered as in the whole run (the greedy split would give the same counts, dealt round
