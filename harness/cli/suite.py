@@ -83,7 +83,8 @@ def cmd_test(args: argparse.Namespace) -> int:
 VALUE_OPTIONS = frozenset({"-k", "-m", "-p", "-c", "-o", "-W", "-r", "--durations",
                            "--durations-min", "--deselect", "--ignore", "--ignore-glob",
                            "--timeout", "--rootdir", "--junitxml", "--basetemp", "--maxfail",
-                           "--tb", "--confcutdir", "--override-ini", "--removal"})
+                           "--tb", "--confcutdir", "--override-ini", "--removal",
+                           "--shard", "--shard-durations", "--record-durations"})
 
 
 def guest_paths(rest: list[str]) -> list[str]:
