@@ -2,7 +2,7 @@
 
     shard = parse_shard("2/3")                         # Shard(2, 3); SettingError if bad
     plan = plan_shard(names, durations, shard)         # ShardPlan: which items shard 2 runs
-    plan.positions, plan.items, plan.loads_s           # 1-based places in the whole run, ...
+    plan.positions, plan.items, plan.loads             # 1-based places in the whole run, ...
     cycles = cycle_share(200, shard)                   # range(68, 135): stress cycles
 
 The split balances time, not count: every item gets its recorded duration in seconds
@@ -26,6 +26,7 @@ import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,6 @@ from harness.core.errors import OsCallError, RxePowerError, SettingError
 from harness.core.files import atomic_write
 
 MAX_SHARDS = 1000  # --shard I/N: N at most this
-CYCLE_PLAN_DURATIONS = "cycles count 1 each"  # a cycle plan's durations_from
 UNKNOWN_DURATION_S = 1.0  # every item's estimate when no item has a recorded duration
 _SHARD_RE = re.compile(r"([0-9]{1,7})/([0-9]{1,7})")
 SHARD_FIX = (f"give --shard I/N: N shards (1 to MAX_SHARDS={MAX_SHARDS}) and this run's "
@@ -92,22 +92,35 @@ def split(names: Sequence[str], durations: Mapping[str, float], total: int) -> l
     return [sorted(places) for places in out]
 
 
+class PlanUnit(StrEnum):
+    """What a plan's loads count."""
+
+    SECONDS = "s"  # recorded seconds (the median for an item without one)
+    CYCLES = "cycles"  # stress cycles, alike in cost
+
+
 @dataclass(frozen=True)
 class ShardPlan:
     """What one shard of a run runs: its items (in the whole run's order), their 1-based
-    places in the whole run, how many items the whole run has, and the expected seconds of
-    every shard (the balance of the split), from the durations named in `durations_from`."""
+    places in the whole run, how many items the whole run has, and every shard's load (the
+    balance of the split: expected seconds, or cycles), from the durations in
+    `durations_from`, which held a recorded time for `timed` of the whole run's items."""
 
     shard: Shard
     items: tuple[str, ...]
     positions: tuple[int, ...]
     whole: int
-    loads_s: tuple[float, ...]
+    loads: tuple[float, ...]
+    unit: PlanUnit = PlanUnit.SECONDS
+    timed: int = 0
     durations_from: str = ""
 
     @property
-    def expected_s(self) -> float:
-        return self.loads_s[self.shard.index - 1]
+    def expected_s(self) -> float | None:
+        """This shard's expected seconds (None: a cycle plan, or nothing was timed)."""
+        if self.unit is not PlanUnit.SECONDS or not self.timed:
+            return None
+        return self.loads[self.shard.index - 1]
 
     def places_in(self, names: Sequence[str]) -> list[int]:
         """This shard's 0-based places in the whole run `names`, checked to be the run the
@@ -126,7 +139,8 @@ class ShardPlan:
     def to_json(self) -> dict[str, Any]:
         return {"index": self.shard.index, "total": self.shard.total,
                 "items": list(self.items), "positions": list(self.positions),
-                "whole": self.whole, "loads_s": [round(x, 3) for x in self.loads_s],
+                "whole": self.whole, "loads": [round(x, 3) for x in self.loads],
+                "unit": self.unit.value, "timed": self.timed,
                 "durations_from": self.durations_from}
 
     @classmethod
@@ -135,7 +149,8 @@ class ShardPlan:
         if not isinstance(d, dict):
             raise ValueError(f"a shard record is not an object: {str(d)[:60]!r}")
         index, total, whole = d.get("index"), d.get("total"), d.get("whole")
-        items, positions, loads = d.get("items"), d.get("positions"), d.get("loads_s")
+        items, positions, loads = d.get("items"), d.get("positions"), d.get("loads")
+        unit, timed = d.get("unit"), d.get("timed")
         if not (isinstance(index, int) and isinstance(total, int) and isinstance(whole, int)
                 and _is_int(index) and _is_int(total) and _is_int(whole)
                 and 1 <= index <= total <= MAX_SHARDS):
@@ -148,9 +163,13 @@ class ShardPlan:
                              "names and places of one length")
         if not (isinstance(loads, list) and len(loads) == total
                 and all(_is_number(x) for x in loads)):
-            raise ValueError("shard record: loads_s is not one number per shard")
+            raise ValueError("shard record: loads is not one number per shard")
+        if unit not in tuple(PlanUnit) or not (isinstance(timed, int) and _is_int(timed)
+                                               and 0 <= timed <= whole):
+            raise ValueError(f"shard record: bad unit/timed {unit!r}/{timed!r}")
         return cls(Shard(index, total), tuple(items), tuple(positions), whole,
-                   tuple(float(x) for x in loads), str(d.get("durations_from") or ""))
+                   tuple(float(x) for x in loads), PlanUnit(unit), timed,
+                   str(d.get("durations_from") or ""))
 
 
 def plan_shard(names: Sequence[str], durations: Mapping[str, float], shard: Shard,
@@ -166,7 +185,8 @@ def plan_shard(names: Sequence[str], durations: Mapping[str, float], shard: Shar
     est = estimates(names, durations)
     loads = tuple(sum(est[i] for i in part) for part in parts)
     return ShardPlan(shard, tuple(names[i] for i in places), tuple(i + 1 for i in places),
-                     len(names), loads, durations_from)
+                     len(names), loads, PlanUnit.SECONDS,
+                     sum(1 for n in names if n in durations), durations_from)
 
 
 def cycle_share(cycles: int, shard: Shard) -> range:
@@ -187,7 +207,7 @@ def cycle_plan(cycles: int, shard: Shard) -> ShardPlan:
     loads = tuple(float(len(cycle_share(cycles, Shard(i, shard.total))))
                   for i in range(1, shard.total + 1))
     return ShardPlan(shard, tuple(str(n) for n in mine), tuple(mine), cycles, loads,
-                     CYCLE_PLAN_DURATIONS)
+                     PlanUnit.CYCLES)
 
 
 # --- the durations file -----------------------------------------------------------------------

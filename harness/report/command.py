@@ -15,7 +15,13 @@ from harness.core.errors import RxePowerError
 from harness.core.files import atomic_write, make_dir
 from harness.report.drawing import MATPLOTLIB_FIX, load_matplotlib
 from harness.report.html_summary import write_html
-from harness.report.merge import merge_matrix, merged_junit, merged_lines, shard_note
+from harness.report.merge import (
+    merge_matrix,
+    merged_head,
+    merged_junit,
+    merged_lines,
+    shard_note,
+)
 from harness.report.merge_stress import merge_stress, merged_stress_lines
 from harness.report.pictures import picture_dir, write_pictures
 from harness.report.section import (
@@ -69,7 +75,8 @@ def write_report(path: Path | Sequence[Path], out_dir: Path, log: Log = print,
         table = s.out_dir / "table.txt"
         atomic_write(table, "\n".join(lines) + "\n")
         written.append(table)
-    written += write_merged(usable, out_dir, [*provenance_lines(usable[0]), *mix], log)
+    written += write_merged(usable, out_dir, [*merged_head(provenance_lines(usable[0])), *mix],
+                            log)
     npics = 0
     if pictures:
         if load_matplotlib() is None:

@@ -52,6 +52,12 @@ class Source:
         return json.dumps([h.get("command"), h.get("spec")], sort_keys=True, default=str)
 
     @property
+    def command_line(self) -> str:
+        """The command that wrote the file, as its provenance recorded it ("" if not)."""
+        prov = self.section.results.provenance.provenance
+        return prov.command_line if prov is not None else ""
+
+    @property
     def scenario_seconds(self) -> float:
         return sum(r.seconds or 0.0 for r in self.section.scenarios)
 
@@ -173,12 +179,14 @@ def files_lines(merged: Merged) -> list[str]:
     out = [f"merged from {len(merged.sources)} results files:"]
     for s in merged.sources:
         wall = f", {s.wall_s:.0f} s start to finish" if s.wall_s is not None else ""
-        exp = f" (expected {s.shard.expected_s:.0f} s)" if s.shard else ""
+        exp = s.shard.expected_s if s.shard else None
         out.append(f"  file {s.number}: shard {s.shard_label}, {len(s.section.scenarios)} "
                    f"scenarios, {len(s.section.rows)} rows, {s.scenario_seconds:.1f} s of "
-                   f"scenarios{exp}{wall}: {s.section.path}"
-                   + (f" (its shard record is unreadable: {s.shard_problem})"
-                      if s.shard_problem else ""))
+                   f"scenarios{f' (expected {exp:.0f} s)' if exp is not None else ''}{wall}: "
+                   f"{s.section.path}" + (f" (its shard record is unreadable: "
+                                          f"{s.shard_problem})" if s.shard_problem else ""))
+        if s.command_line:
+            out.append(f"          {s.command_line}")
     times = [s.scenario_seconds for s in merged.sources if s.shard is not None]
     if len(times) > 1 and sum(times, 0.0) > 0:
         out.append(f"  balance of the shards: {' / '.join(f'{t:.1f}' for t in times)} s of "
@@ -200,6 +208,12 @@ def merged_lines(merged: Merged) -> list[str]:
               "worst outcome kept, the others named in its findings"] if dup else [])
     return [*files_lines(merged), *[f"warning: {g}" for g in merged.gaps], "", *head, *body,
             table[-1], *notes]
+
+
+def merged_head(lines: list[str]) -> list[str]:
+    """The provenance lines at the top of a merged table: the first file's without its
+    command line (each file's is under its own line, files_lines)."""
+    return [x for x in lines if not x.startswith("  command: ")]
 
 
 def merged_junit(merged: Merged) -> bytes:

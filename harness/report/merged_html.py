@@ -34,7 +34,8 @@ def _files_table(sources: list[Source]) -> list[str]:
         n = len(s.section.cycles) if s.section.is_stress else len(s.section.scenarios)
         secs = (sum(c.seconds or 0.0 for c in s.section.cycles) if s.section.is_stress
                 else s.scenario_seconds)
-        exp = f"{s.shard.expected_s:.0f}" if s.shard and not s.section.is_stress else "-"
+        exp_s = s.shard.expected_s if s.shard else None
+        exp = f"{exp_s:.0f}" if exp_s is not None else "-"
         wall = f"{s.wall_s:.0f}" if s.wall_s is not None else "-"
         out.append(f'<tr><td class="n">{s.number}</td><td>{_e(s.shard_label)}</td>'
                    f'<td class="n">{n}</td><td class="n">{secs:.1f}</td>'

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from harness.core.shards import (
-    CYCLE_PLAN_DURATIONS,
+    PlanUnit,
     Shard,
     ShardPlan,
     cycle_plan,
@@ -46,11 +46,8 @@ def matrix_plan(spec: MatrixSpec, shard: Shard | None,
     if shard is None:
         return None
     ids = [sc.id for sc in spec.scenarios()]
-    recorded = read_durations(durations)
-    known = sum(1 for i in ids if i in recorded)
-    return plan_shard(ids, recorded, shard, "scenarios",
-                      durations_from=f"{known} of {len(ids)} scenarios timed in "
-                      f"{durations.name}")
+    return plan_shard(ids, read_durations(durations), shard, "scenarios",
+                      durations_from=durations.name)
 
 
 def stress_plan(spec: StressSpec, shard: Shard | None) -> ShardPlan | None:
@@ -61,11 +58,15 @@ def stress_plan(spec: StressSpec, shard: Shard | None) -> ShardPlan | None:
 def describe_plan(plan: ShardPlan, what: str) -> str:
     """One line: this shard's share and the balance of the split."""
     head = f"shard {plan.shard}: {len(plan.items)} of the run's {plan.whole} {what}"
-    loads = ", ".join(f"{x:.0f}" for x in plan.loads_s)
-    if plan.durations_from == CYCLE_PLAN_DURATIONS:
+    loads = ", ".join(f"{x:.0f}" for x in plan.loads)
+    if plan.unit is PlanUnit.CYCLES:
         return f"{head} (cycles {plan.positions[0]}-{plan.positions[-1]}; the shards run {loads})"
+    if plan.expected_s is None:
+        return (f"{head} (none of them has a recorded time in {plan.durations_from}: split "
+                "by count)")
     return (f"{head} (expected {plan.expected_s:.0f} s; the {plan.shard.total} shards expect "
-            f"{loads} s; {plan.durations_from or 'no recorded durations'})")
+            f"{loads} s; {plan.timed} of the {plan.whole} timed in {plan.durations_from}, "
+            "the others count the median)")
 
 
 def scenario_seconds(paths: Iterable[Path]) -> dict[str, float]:

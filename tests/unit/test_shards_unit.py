@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from harness.core.errors import RxePowerError, SettingError
 from harness.core.shards import (
     MAX_SHARDS,
+    PlanUnit,
     Shard,
     ShardPlan,
     cycle_plan,
@@ -105,7 +106,7 @@ def test_each_shard_plan_is_its_part_and_the_plans_cover_the_run(
         assert p.places_in(names) == [pos - 1 for pos in p.positions]
         assert ShardPlan.from_json(json.loads(json.dumps(p.to_json()))).positions == \
             p.positions
-        assert math.isclose(sum(p.loads_s), sum(estimates(names, durations)), abs_tol=1e-6)
+        assert math.isclose(sum(p.loads), sum(estimates(names, durations)), abs_tol=1e-6)
 
 
 def test_largest_first_onto_the_least_loaded_ties_by_name() -> None:
@@ -123,6 +124,10 @@ def test_an_item_without_a_recorded_duration_counts_the_median() -> None:
     assert estimates(["x", "y"], {}) == [1.0, 1.0]  # none recorded: split by count
     # time, not count: the slow item alone, the three others together
     assert split(names, {"slow": 30.0, "mid": 6.0, "fast": 2.0}, 2) == [[0], [1, 2, 3]]
+    plan = plan_shard(names, {"slow": 30.0, "mid": 6.0, "fast": 2.0}, Shard(2, 2))
+    assert plan.timed == 3 and plan.expected_s == 14.0 and plan.loads == (30.0, 14.0)
+    # nothing timed: split by count, and no expectation claimed
+    assert plan_shard(names, {}, Shard(1, 2)).expected_s is None
 
 
 def test_a_plan_refuses_another_run() -> None:
@@ -135,11 +140,20 @@ def test_a_plan_refuses_another_run() -> None:
 
 @pytest.mark.parametrize("bad", [None, [], {"index": 3, "total": 2, "whole": 1},
                                  {"index": 1, "total": 1, "whole": 1, "items": ["a"],
-                                  "positions": [1, 2], "loads_s": [1.0]},
+                                  "positions": [1, 2], "loads": [1.0], "unit": "s",
+                                  "timed": 0},
                                  {"index": 1, "total": 2, "whole": 1, "items": ["a"],
-                                  "positions": [1], "loads_s": [1.0]},
+                                  "positions": [1], "loads": [1.0], "unit": "s",
+                                  "timed": 0},
                                  {"index": True, "total": 1, "whole": 1, "items": [],
-                                  "positions": [], "loads_s": [0]}])
+                                  "positions": [], "loads": [0], "unit": "s",
+                                  "timed": 0},
+                                 {"index": 1, "total": 1, "whole": 1, "items": ["a"],
+                                  "positions": [1], "loads": [1.0], "unit": "minutes",
+                                  "timed": 0},
+                                 {"index": 1, "total": 1, "whole": 1, "items": ["a"],
+                                  "positions": [1], "loads": [1.0], "unit": "s",
+                                  "timed": 2}])
 def test_a_stored_plan_of_the_wrong_shape_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="shard record"):
         ShardPlan.from_json(bad)
@@ -159,7 +173,7 @@ def test_stress_shards_share_the_cycles_contiguously(cycles: int, total: int) ->
     assert [n for r in shares for n in r] == list(range(1, cycles + 1))  # in order, once
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
     plan = cycle_plan(cycles, Shard(total, total))
-    assert plan.positions == tuple(shares[-1]) and sum(plan.loads_s) == cycles
+    assert plan.positions == tuple(shares[-1]) and sum(plan.loads) == cycles
 
 
 def test_a_stress_shard_plans_its_cycles() -> None:
@@ -167,6 +181,7 @@ def test_a_stress_shard_plans_its_cycles() -> None:
     assert stress_plan(spec, None) is None
     plan = stress_plan(spec, Shard(2, 3))
     assert plan is not None and plan.positions == (5, 6, 7)
+    assert plan.unit is PlanUnit.CYCLES and plan.loads == (4, 3, 3) and plan.expected_s is None
     with pytest.raises(SettingError, match="10 cycles cannot be split into 11 shards"):
         stress_plan(spec, Shard(1, 11))
 
