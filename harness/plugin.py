@@ -96,6 +96,13 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"{exc.problem}; fix: {exc.fix}") from None
     record = config.getoption("record_durations", None)
     if record is not None:
+        if _SHARD in config.stash and Path(record).absolute() == _durations_path(config):
+            raise pytest.UsageError(
+                f"--record-durations {record} is the file --shard splits by: the shards run "
+                "after this one would split by other durations than this one did, and some "
+                "tests would run twice and others never; fix: record into another file "
+                "(--record-durations FILE) and put it in place once every shard has run, or "
+                "record in a run without --shard")
         config.pluginmanager.register(DurationRecorder(Path(record)), "rxe-power-durations")
 
 
@@ -205,11 +212,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         _keep_shard(config, items, config.stash[_SHARD])
 
 
+def _durations_path(config: pytest.Config) -> Path:
+    """The durations file --shard splits by."""
+    return Path(config.getoption("shard_durations", None)
+                or config.rootpath / DURATIONS_FILE).absolute()
+
+
 def _keep_shard(config: pytest.Config, items: list[pytest.Item], shard: Shard) -> None:
     """Deselect every test but shard `shard`'s (harness.core.shards.split by the recorded
     durations; a test without one counts the median)."""
-    path = Path(config.getoption("shard_durations", None)
-                or config.rootpath / DURATIONS_FILE)
+    path = _durations_path(config)
     try:
         durations = read_durations(path)
     except RxePowerError as exc:

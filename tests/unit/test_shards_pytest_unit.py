@@ -122,3 +122,16 @@ def test_a_bad_durations_file_stops_the_shard(suite: Path) -> None:
     res = Run(suite, "--shard", "1/2", "--shard-durations", str(suite / "bad.json"))
     assert res.code == pytest.ExitCode.USAGE_ERROR
     assert "is not JSON" in res.output and "bad.json" in res.output
+
+
+def test_recording_into_the_file_the_shards_split_by_is_refused(suite: Path) -> None:
+    """Shard 1 recording into the durations file shard 2 then splits by would change shard
+    2's split (seen in a guest run: the host part's shards ran 393 and 320 of 786 tests)."""
+    (suite / "d.json").write_text('{"seconds": {}}')
+    res = Run(suite, "--shard", "1/2", "--shard-durations", str(suite / "d.json"),
+              "--record-durations", str(suite / "d.json"))
+    assert res.code == pytest.ExitCode.USAGE_ERROR
+    assert "is the file --shard splits by" in res.output and "fix:" in res.output
+    res = Run(suite, "-m", "not rxe", "--shard", "1/2", "--shard-durations",
+              str(suite / "d.json"), "--record-durations", str(suite / "other.json"))
+    assert res.code == 0 and len(read_durations(suite / "other.json")) == len(res.ran) > 0
