@@ -81,3 +81,15 @@ def test_a_test_shard_goes_to_both_parts(guest: GuestRecorder, monkeypatch: pyte
     for argv in (h, g.command):
         assert argv[argv.index("--shard") + 1] == "2/3" and argv.count("--shard") == 1
         assert "-k" in argv
+
+
+def test_the_durations_file_is_no_test_path_of_the_guest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rxe-power test -- --record-durations tests/durations.json`: the file is the option's
+    value, not a test path, so the guest still collects tests/rxe (else it collected the
+    JSON file and ran no rxe test)."""
+    root = Path(__file__).parents[2]
+    monkeypatch.chdir(root)
+    assert (root / "tests" / "durations.json").is_file()
+    for option in ("--record-durations", "--shard-durations"):
+        assert suite.guest_paths(["--shard", "1/2", option, "tests/durations.json"]) == \
+            [suite.RXE_TESTS]
