@@ -8,6 +8,7 @@ how to get it, unless RXE_POWER_REQUIRE_RXE=1 (CI), where that is a failure.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,16 @@ from typing import Any
 import pytest
 
 from harness.core import settings
-from harness.core.errors import NotSupported, RxePowerError
+from harness.core.errors import NotSupported, RxePowerError, SettingError
 from harness.core.settings import SETTINGS, RemovalMode, resolve
+from harness.core.shards import (
+    Shard,
+    estimates,
+    parse_shard,
+    read_durations,
+    split,
+    write_durations,
+)
 from harness.peer.controller import PeerAgent
 from harness.peer.traffic import Pair, connected_pair
 from harness.rdma.verbs import Device
@@ -35,6 +44,10 @@ from power.shim import Shim
 
 _TOPOLOGY_OPTIONS = ("rxe-local-dev", "rxe-peer-dev", "rxe-local-netdev", "rxe-peer-netdev",
                      "rxe-local-addr", "rxe-peer-addr")
+DURATIONS_FILE = "tests/durations.json"  # the recorded seconds of each test, by node id
+DURATIONS_ABOUT = ("seconds per test (pytest node id: setup + call + teardown) from real "
+                   "runs, recorded by pytest --record-durations; `rxe-power test --shard "
+                   "I/N` balances its shards by them (harness.core.shards)")
 HOW_TO_GET_RXE = (
     "run the suite where rdma_rxe exists: `rxe-power test` (boots a VM with the module "
     "when this kernel lacks it), or as root on a kernel with rdma_rxe"
@@ -48,6 +61,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(f"--{name}", dest=name.replace("-", "_"), default=None,
                         help=f"{s.help} (env {s.env}, ini {s.ini}, default {s.default})")
         parser.addini(s.ini, help=s.help, default=None)
+    group.addoption("--shard", dest="rxe_shard", default=None, metavar="I/N",
+                    help="run only shard I of N of the selected tests, split by their "
+                    "recorded durations (harness.core.shards): the N shards together run "
+                    "every test once")
+    group.addoption("--shard-durations", default=None, metavar="FILE",
+                    help=f"the durations the split reads (default {DURATIONS_FILE} under "
+                    "the rootdir)")
+    group.addoption("--record-durations", default=None, metavar="FILE",
+                    help="add the seconds each test that ran took (setup, call and "
+                    f"teardown) to FILE, the durations file of --shard ({DURATIONS_FILE})")
 
 
 def _removal_setting(config: pytest.Config) -> RemovalMode:
@@ -68,8 +91,26 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "may_be_unsupported(why): the test may meet "
                             "EOPNOTSUPP from the device or kernel (why says where); only "
                             "such a test skips on it under RXE_POWER_REQUIRE_RXE=1")
+    text = config.getoption("rxe_shard", None)
+    if text is not None:
+        try:
+            config.stash[_SHARD] = parse_shard(text)
+        except SettingError as exc:
+            raise pytest.UsageError(f"{exc.problem}; fix: {exc.fix}") from None
+    record = config.getoption("record_durations", None)
+    if record is not None:
+        if _SHARD in config.stash and Path(record).absolute() == _durations_path(config):
+            raise pytest.UsageError(
+                f"--record-durations {record} is the file --shard splits by: the shards run "
+                "after this one would split by other durations than this one did, and some "
+                "tests would run twice and others never; fix: record into another file "
+                "(--record-durations FILE) and put it in place once every shard has run, or "
+                "record in a run without --shard")
+        config.pluginmanager.register(DurationRecorder(Path(record)), "rxe-power-durations")
 
 
+_SHARD = pytest.StashKey[Shard]()  # --shard I/N
+_SHARD_LINE = pytest.StashKey[str]()  # what this shard runs, for the terminal summary
 _MODULE_REPORT = pytest.StashKey[ModuleReport]()  # the rdma_rxe loaded now
 _MODULE_LINES = pytest.StashKey[list[str]]()  # each module loaded in this run, once
 _BUILT = pytest.StashKey[bool]()  # this session built the topology (so it may rebuild it)
@@ -83,9 +124,12 @@ def _loaded(config: pytest.Config, report: ModuleReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The rdma_rxe modules loaded and their taint, once per run (expected, not a fault)."""
+    """The rdma_rxe modules loaded and their taint, once per run (expected, not a fault);
+    this shard's share of the tests."""
     for line in terminalreporter.config.stash.get(_MODULE_LINES, []):
         terminalreporter.write_line(f"rxe-power: {line}")
+    if _SHARD_LINE in terminalreporter.config.stash:
+        terminalreporter.write_line(f"rxe-power: {terminalreporter.config.stash[_SHARD_LINE]}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -172,12 +216,65 @@ def _wanted_removal(item: pytest.Item, session_mode: RemovalMode) -> RemovalMode
     return RemovalMode(marker.args[0]) if marker is not None else session_mode
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k deselected theirs: the shards split the rest
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The tests that need the other rdma_rxe (marker removal(mode)) run last, together,
     so that the session switches the module once (a switch rebuilds the topology: tens of
-    seconds under emulation), not twice per such module."""
+    seconds under emulation), not twice per such module. With --shard I/N only shard I's
+    tests are kept (the others are deselected), in the same order."""
     session_mode = _removal_setting(config)
     items.sort(key=lambda it: _wanted_removal(it, session_mode) is not session_mode)
+    if _SHARD in config.stash:
+        _keep_shard(config, items, config.stash[_SHARD])
+
+
+def _durations_path(config: pytest.Config) -> Path:
+    """The durations file --shard splits by."""
+    return Path(config.getoption("shard_durations", None)
+                or config.rootpath / DURATIONS_FILE).absolute()
+
+
+def _keep_shard(config: pytest.Config, items: list[pytest.Item], shard: Shard) -> None:
+    """Deselect every test but shard `shard`'s (harness.core.shards.split by the recorded
+    durations; a test without one counts the median)."""
+    path = _durations_path(config)
+    try:
+        durations = read_durations(path)
+    except RxePowerError as exc:
+        raise pytest.UsageError(f"{exc.problem}; fix: {exc.fix}") from None
+    names = [it.nodeid for it in items]
+    parts = split(names, durations, shard.total)
+    mine = set(parts[shard.index - 1])
+    dropped = [it for i, it in enumerate(items) if i not in mine]
+    items[:] = [it for i, it in enumerate(items) if i in mine]
+    config.hook.pytest_deselected(items=dropped)
+    est = estimates(names, durations)
+    loads = ", ".join(f"{sum(est[i] for i in part):.0f}" for part in parts)
+    known = sum(1 for n in names if n in durations)
+    config.stash[_SHARD_LINE] = (
+        f"shard {shard}: {len(items)} of {len(names)} tests (the {shard.total} shards expect "
+        f"{loads} s; {known} of the {len(names)} tests have a recorded duration in {path})")
+
+
+class DurationRecorder:
+    """--record-durations FILE: each test's setup, call and teardown seconds, added to FILE
+    at the end of the session (a test recorded again takes its new value)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.seconds:
+            return
+        where = "in the VM" if settings.in_vm() else f"kernel {os.uname().release}"
+        args = " ".join(session.config.invocation_params.args)
+        write_durations(self.path, self.seconds, DURATIONS_ABOUT,
+                        f"{time.strftime('%Y-%m-%d')}: pytest {args} ({len(self.seconds)} "
+                        f"tests, {where})")
 
 
 @pytest.fixture(scope="module", autouse=True)

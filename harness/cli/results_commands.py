@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from harness import report
@@ -22,6 +23,7 @@ from harness.cli.launch import (
     start_results_command,
 )
 from harness.cli.removal import add_removal_option
+from harness.cli.shard_option import add_shard_option, shard_of
 from harness.core import settings
 from harness.core.errors import SettingError
 from harness.core.settings import Mode
@@ -34,6 +36,13 @@ from harness.run.matrix import (
 )
 from harness.run.outside import CLIENT_EXIT_TIMEOUT_S
 from harness.run.session import RESULTS_FILE
+from harness.run.shard_plans import (
+    SCENARIO_DURATIONS,
+    describe_plan,
+    matrix_plan,
+    record_durations,
+    stress_plan,
+)
 from harness.run.stress import StressSpec, make_progress, run_stress
 from harness.topology.config import TopologyConfig
 from harness.workload.spec import RESUMED_CAP_S, Arrivals, WorkloadEnd
@@ -65,6 +74,10 @@ def add_parsers(subparsers: Subcommands, mode_help: str) -> None:
     p.add_argument("--allow-mixed-provenance", action="store_true",
                    help="report files made by different setups (kernel, rdma_rxe, removal "
                    "mode, versions, commit ...) together; the table and HTML say what differs")
+    p.add_argument("--record-durations", metavar="FILE",
+                   help="also add the seconds each scenario took to FILE, the durations "
+                   "file --shard splits by (the committed one: "
+                   f"{SCENARIO_DURATIONS.relative_to(SCENARIO_DURATIONS.parents[2])})")
     p.set_defaults(func=cmd_report)
 
 
@@ -105,14 +118,16 @@ def parse_end(text: str) -> WorkloadEnd:
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     spec = matrix_spec(args)  # bad values fail here, before any VM boots
-    out_dir, mode = start_results_command(args, "matrix", f"{len(spec.scenarios())} scenarios")
+    plan = matrix_plan(spec, shard_of(args))  # and a shard with nothing to run
+    out_dir, mode = start_results_command(args, "matrix", describe_plan(plan, "scenarios")
+                                          if plan else f"{len(spec.scenarios())} scenarios")
     if mode is Mode.VM:
         junit_file = (Path(args.junit).absolute(),) if args.junit else ()
         code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-matrix-console.log",
                             promised=(out_dir / RESULTS_FILE, *junit_file))
     else:
         junit = Path(args.junit).absolute() if args.junit else None
-        code = run_matrix(spec, TopologyConfig.from_settings(), out_dir, junit)
+        code = run_matrix(spec, TopologyConfig.from_settings(), out_dir, junit, plan=plan)
     if args.command == "run" and (out_dir / "results.jsonl").exists() \
             and not settings.in_vm():
         report.write_report(out_dir / "results.jsonl", out_dir, log=print)
@@ -131,14 +146,16 @@ def stress_spec(args: argparse.Namespace) -> StressSpec:
 
 def cmd_stress(args: argparse.Namespace) -> int:
     spec = stress_spec(args)
-    out_dir, mode = start_results_command(args, "stress",
-                                          f"{spec.cycles} cycles of {spec.transition}")
+    plan = stress_plan(spec, shard_of(args))
+    out_dir, mode = start_results_command(args, "stress", (
+        describe_plan(plan, "cycles") if plan else f"{spec.cycles} cycles")
+        + f" of {spec.transition}")
     if mode is Mode.VM:
         return run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-stress-console.log",
                             promised=(out_dir / RESULTS_FILE,))
-    progress = make_progress(spec.cycles)
+    progress = make_progress(len(plan.items) if plan else spec.cycles)
     try:
-        return run_stress(spec, TopologyConfig.from_settings(), out_dir, progress)
+        return run_stress(spec, TopologyConfig.from_settings(), out_dir, progress, plan=plan)
     finally:
         if hasattr(progress, "stop"):
             progress.stop()
@@ -153,8 +170,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         raise SettingError(f"{len(paths)} results given and no --out",
                            "say where the report of several results goes: --out DIR")
-    return report.write_report(paths, out_dir, log=print, pictures=not args.no_pictures,
+    code = report.write_report(paths, out_dir, log=print, pictures=not args.no_pictures,
                                allow_mixed=args.allow_mixed_provenance)
+    if args.record_durations and code == 0:
+        record_durations(paths, Path(args.record_durations), shlex.join(["rxe-power", *args.argv]))
+    return code
 
 
 def _common(p: argparse.ArgumentParser, mode_help: str, timeout_s: float) -> None:
@@ -198,6 +218,7 @@ def add_matrix_options(p: argparse.ArgumentParser, mode_help: str) -> None:
     p.add_argument("--apart", action="store_true", help="run: one transition per userspace "
                    "policy (matrix's default)")
     _workload_options(p, 120, 300)
+    add_shard_option(p, "scenario")
     p.add_argument("--junit", help="also write JUnit XML here (one testcase per row)")
     p.add_argument("--client-cmd", help="an unmodified verbs program (quoted, with "
                    "placeholders {dev} {gid} {addr} {peer_dev} {peer_gid} {peer_addr} {port}) "
@@ -238,4 +259,5 @@ def add_stress_options(p: argparse.ArgumentParser, mode_help: str) -> None:
     p.add_argument("--keep-ledgers", action="store_true",
                    help="keep every cycle's full ledger (default: only failed cycles')")
     _workload_options(p, 60, 100)
+    add_shard_option(p, "cycle")
     _common(p, mode_help, STRESS_VM_TIMEOUT_S)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from harness.cli.launch import Subcommands, launch_mode, run_in_guest
 from harness.cli.removal import add_removal_option, choose_removal
+from harness.cli.shard_option import add_shard_option, suite_pytest_args
 from harness.core import settings
 from harness.core.errors import BoundExceeded
 from harness.core.proc import python_child, run_bounded
@@ -36,11 +37,13 @@ def add_parser(subparsers: Subcommands, mode_help: str) -> None:
     add_removal_option(p)
     p.add_argument("--timeout-s", type=float, default=TEST_VM_TIMEOUT_S,
                    help="bound on the whole VM run")
+    add_shard_option(p, "test")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="arguments for pytest")
     p.set_defaults(func=cmd_test)
 
 
 def cmd_test(args: argparse.Namespace) -> int:
+    args.pytest_args = suite_pytest_args(args)  # --shard I/N checked before any VM boots
     mode, why = launch_mode(args)
     print(f"rxe-power test: mode {mode.value} ({why})", flush=True)
     if args.removal is not None:  # else the suite's own default (block; removal-marked
@@ -80,7 +83,8 @@ def cmd_test(args: argparse.Namespace) -> int:
 VALUE_OPTIONS = frozenset({"-k", "-m", "-p", "-c", "-o", "-W", "-r", "--durations",
                            "--durations-min", "--deselect", "--ignore", "--ignore-glob",
                            "--timeout", "--rootdir", "--junitxml", "--basetemp", "--maxfail",
-                           "--tb", "--confcutdir", "--override-ini", "--removal"})
+                           "--tb", "--confcutdir", "--override-ini", "--removal",
+                           "--shard", "--shard-durations", "--record-durations"})
 
 
 def guest_paths(rest: list[str]) -> list[str]:

@@ -13,13 +13,19 @@ What it writes, per results file (a *section*):
   scenario (harness.report.timeline);
 - `stress.png` for a stress run (harness.report.stress_plot);
 
-and one `summary.html` (self-contained, inline CSS) with every section. Files of different
-provenance are refused in one report unless allowed, and then said to be mixed. Pictures need
+and one `summary.html` (self-contained, inline CSS) with every section. Several matrix files
+(the shards of one run, or runs of other days) are also merged: `table.txt` and `junit.xml`
+in the report folder hold every row once, with the file and shard that ran it, a case in
+several files keeping its worst outcome (and saying so), the shards' times and what a run
+given in shards lacks; the HTML begins with the same; several stress files give
+`stress-table.txt`, their cycles by number. Files of different provenance are refused in
+one report unless allowed, and then said to be mixed. Pictures need
 matplotlib (imported lazily, Agg); without it the table and HTML are still written.
 
 Modules: section (reading results files into sections, typed), tables (text tables),
 drawing (colours, figure, names), timeline_lanes and timeline (a scenario's picture),
-stress_plot, pictures (drawing a section's pictures), html_summary, command
+stress_plot, pictures (drawing a section's pictures), html_summary, merge and merge_stress
+(several files in one table; merge also the JUnit XML), merged_html, command
 (write_report).
 """
 

@@ -15,6 +15,14 @@ from harness.core.errors import RxePowerError
 from harness.core.files import atomic_write, make_dir
 from harness.report.drawing import MATPLOTLIB_FIX, load_matplotlib
 from harness.report.html_summary import write_html
+from harness.report.merge import (
+    merge_matrix,
+    merged_head,
+    merged_junit,
+    merged_lines,
+    shard_note,
+)
+from harness.report.merge_stress import merge_stress, merged_stress_lines
 from harness.report.pictures import picture_dir, write_pictures
 from harness.report.section import (
     NO_RECORDS_EXIT,
@@ -26,6 +34,7 @@ from harness.report.section import (
     section_dirs,
 )
 from harness.report.tables import header_line, table_lines
+from harness.run.matrix import LEGEND
 
 
 def write_report(path: Path | Sequence[Path], out_dir: Path, log: Log = print,
@@ -35,7 +44,8 @@ def write_report(path: Path | Sequence[Path], out_dir: Path, log: Log = print,
     reported; 2 (logged) when there were no usable records at all. A missing file or a
     foreign schema raises RxePowerError (for a folder, such a file is skipped with a
     warning); so do files of different provenance, unless `allow_mixed` (then every table
-    and the HTML say what differs)."""
+    and the HTML say what differs). Several matrix (or stress) files are also merged into
+    one table in out_dir (write_merged)."""
     paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
     if not paths:
         raise RxePowerError("no results file given", "give a results.jsonl or a folder")
@@ -58,12 +68,15 @@ def write_report(path: Path | Sequence[Path], out_dir: Path, log: Log = print,
     mix = check_provenance(usable, allow_mixed)  # refused here, before anything is written
     written: list[Path] = []
     for s in usable:
-        lines = [*provenance_lines(s), *mix, "", *table_lines(s)]
+        lines = [*provenance_lines(s), *mix, "", *table_lines(s),
+                 *(shard_note(s) if len(usable) == 1 else [])]
         log("\n".join(["", header_line(s), *lines]))
         make_dir(s.out_dir, "report folder")
         table = s.out_dir / "table.txt"
         atomic_write(table, "\n".join(lines) + "\n")
         written.append(table)
+    written += write_merged(usable, out_dir, [*merged_head(provenance_lines(usable[0])), *mix],
+                            log)
     npics = 0
     if pictures:
         if load_matplotlib() is None:
@@ -75,6 +88,24 @@ def write_report(path: Path | Sequence[Path], out_dir: Path, log: Log = print,
         + (f" in {', '.join(sorted({str(picture_dir(s)) for s in usable if s.pictures}))}"
            if npics else ""))
     return 0
+
+
+def write_merged(sections: list[Section], out_dir: Path, head: list[str], log: Log) -> list[Path]:
+    """Several matrix files: one table of every row (out_dir/table.txt) and one JUnit XML
+    (out_dir/junit.xml); several stress files: one table of their cycles
+    (out_dir/stress-table.txt). `head`: the provenance lines (and how they are mixed)."""
+    written: list[Path] = []
+    if sum(not s.is_stress for s in sections) > 1:
+        merged = merge_matrix(sections)
+        lines = [*head, "", *merged_lines(merged), "", LEGEND]
+        log("\n".join(["", "merged:", *lines]))
+        written.append(atomic_write(out_dir / "table.txt", "\n".join(lines) + "\n"))
+        written.append(atomic_write(out_dir / "junit.xml", merged_junit(merged)))
+    if sum(s.is_stress for s in sections) > 1:
+        lines = [*head, "", *merged_stress_lines(merge_stress(sections))]
+        log("\n".join(["", "merged:", *lines]))
+        written.append(atomic_write(out_dir / "stress-table.txt", "\n".join(lines) + "\n"))
+    return written
 
 
 def _load_many(paths: list[Path], out_dir: Path, log: Log) -> list[Section]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from harness.core.files import atomic_write
+from harness.report.merged_html import merged_html
 from harness.report.pictures import existing_picture
 from harness.report.section import (
     Log,
@@ -195,6 +196,7 @@ def summary_html(sections: list[Section], html_path: Path) -> str:
                                                  for s in sections)):
         out.append('<pre class="provenance">' + _e("\n".join(provenance_lines(sections[0])))
                    + "</pre>")
+    out += merged_html(sections, html_dir)  # several files: every row once, and who ran it
     if len(sections) > 1:
         out.append("<ul>")
         for i, sec in enumerate(sections, 1):

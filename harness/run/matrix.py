@@ -31,6 +31,7 @@ from clients import policy_class
 from harness.core.bounds import MAX_HOLD_MS, check_number
 from harness.core.errors import RxePowerError, SettingError
 from harness.core.files import atomic_write
+from harness.core.shards import ShardPlan
 from harness.core.xmltext import xml_safe
 from harness.run.kernel_rows import KernelWedge, is_kernel_policy, kernel_rows, run_kernel
 from harness.run.kernel_rows import validate as validate_kernel_policy
@@ -344,10 +345,13 @@ def junit_xml(rows: list[Row], seconds: dict[str, float]) -> bytes:
 
 
 def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path | None = None,
-               log: Callable[[str], None] = print) -> int:
-    """Run every scenario; 0 when no row is broken, 1 otherwise. Results go to
+               log: Callable[[str], None] = print, plan: ShardPlan | None = None) -> int:
+    """Run every scenario (of `plan`'s shard only, numbered as in the whole matrix: see
+    harness.run.shard_plans); 0 when no row is broken, 1 otherwise. Results go to
     out_dir/results.jsonl as they happen; the table to out_dir/table.txt."""
-    scenarios = spec.scenarios()
+    whole = spec.scenarios()
+    places = plan.places_in([sc.id for sc in whole]) if plan else range(len(whole))
+    scenarios = [(p + 1, whole[p]) for p in places]
     rows: list[Row] = []
     seconds: dict[str, float] = {}
     interrupted = False
@@ -355,12 +359,13 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
     with RunSession(cfg, out_dir) as session:
         topo = session.topo
         provenance = describe(session.provenance)
-        log(f"matrix: {len(scenarios)} scenarios on {topo.local.dev} <-> {topo.peer.dev}; "
-            f"results in {session.results_path}")
+        log(f"matrix: {len(scenarios)} scenarios" + (f" (shard {plan.shard} of {len(whole)})"
+                                                     if plan else "")
+            + f" on {topo.local.dev} <-> {topo.peer.dev}; results in {session.results_path}")
         log("\n".join(provenance))
-        with session.rig(results=ResultsHeader("matrix", spec.to_json())) as rig:
+        with session.rig(results=ResultsHeader("matrix", spec.to_json(), plan)) as rig:
             out = rig.results
-            for i, sc in enumerate(scenarios, 1):
+            for k, (i, sc) in enumerate(scenarios, 1):
                 t0 = time.monotonic()
                 body: dict[str, Any] = {"index": i, "scenario": sc.to_json()}
                 req = TransitionRequest(sc.transition, sc.ordering, spec.hold_ms,
@@ -398,7 +403,7 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
                 body["not_restored"] = problems
                 out.write(RecordKind.SCENARIO, body)
                 rows += new
-                log(f"[{i}/{len(scenarios)}] {sc.id}: " + ", ".join(
+                log(f"[{k}/{len(scenarios)}{f' #{i}' if plan else ''}] {sc.id}: " + ", ".join(
                     f"{r.policy} {r.status.value}" for r in new) + f" ({body['seconds']:.1f} s)")
                 if problems or interrupted:
                     log("matrix stopped: " + ("interrupted" if interrupted else

@@ -8,9 +8,11 @@
 Every line is {"schema": RESULTS_SCHEMA, "kind": KIND, ...}. The first record is the
 `header` (what ran, where, when, and the run's `provenance`: the kernel, rdma_rxe, removal
 mode, VM or not, versions and commit that made it, harness.system.provenance; absent in
-files written before it was recorded); then `scenario` (rxe-power matrix), `cycle`
-(rxe-power stress) and a final `summary`. A crash loses at most the record being
-written: the reader takes every good line up to the first bad one and names it.
+files written before it was recorded; for one shard of a run, `shard`: which one and what
+it runs, harness.core.shards.ShardPlan); then `scenario` (rxe-power matrix), `cycle`
+(rxe-power stress) and a final `summary` (with the time it was written, `finished`). A
+crash loses at most the record being written: the reader takes every good line up to the
+first bad one and names it.
 
 Schema 2 records how each client ended as a field (`ended`: harness.run.scenario_result.
 ClientEnd); schema 1 (before it) is still read, its records migrated where they are made
@@ -33,6 +35,7 @@ from typing import Any, BinaryIO
 from harness.core import settings
 from harness.core.errors import OsCallError, RxePowerError
 from harness.core.files import open_new
+from harness.core.shards import ShardPlan
 from harness.run.records import CycleRecord, ScenarioRecord
 from harness.system.provenance import Provenance
 from harness.system.provenance_text import HeaderProvenance, header_provenance
@@ -53,19 +56,24 @@ class ResultsWriter:
     """Appends records; each is on disk (flushed and fsynced) before write() returns."""
 
     def __init__(self, path: Path, command: str, spec: dict[str, Any], *,
-                 provenance: Provenance | None) -> None:
+                 provenance: Provenance | None, shard: ShardPlan | None = None) -> None:
         """`provenance`: what made the run (None only for files made by hand, as tests do:
-        a run always has one, harness.run.session)."""
+        a run always has one, harness.run.session); `shard`: the run is this shard of a
+        larger one (--shard I/N)."""
         self.path = path
         self._fh = open_new(path)
         self.write(RecordKind.HEADER, {
             "command": command, "spec": spec,
-            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "started": _now(),
             "host": {"node": platform.node(), "kernel": platform.release(),
                      "in_vm": settings.in_vm()},
-            **({"provenance": provenance.to_json()} if provenance is not None else {})})
+            **({"provenance": provenance.to_json()} if provenance is not None else {}),
+            **({"shard": shard.to_json()} if shard is not None else {})})
 
     def write(self, kind: RecordKind, body: dict[str, Any]) -> None:
+        """One record; the summary gets the time it was written (`finished`)."""
+        if kind is RecordKind.SUMMARY:
+            body = {**body, "finished": _now()}
         line = json.dumps({"schema": RESULTS_SCHEMA, "kind": kind.value, **body},
                           separators=(",", ":"), default=str)
         self._fh.write(line + "\n")
@@ -81,6 +89,10 @@ class ResultsWriter:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -108,6 +120,13 @@ class Results:
     @property
     def command(self) -> str:
         return str((self.header or {}).get("command", "?"))
+
+    @property
+    def shard(self) -> ShardPlan | None:
+        """The shard of a larger run this file is (--shard I/N), None for a whole run;
+        ValueError naming the field for a header whose shard is of the wrong shape."""
+        raw = (self.header or {}).get("shard")
+        return None if raw is None else ShardPlan.from_json(raw)
 
     @property
     def provenance(self) -> HeaderProvenance:

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from harness.core.errors import RxePowerError
+from harness.core.shards import ShardPlan
 from harness.peer.controller import PeerAgent
 from harness.run.resultsfile import ResultsWriter
 from harness.system.provenance import Provenance
@@ -42,6 +43,7 @@ class ResultsHeader:
 
     command: str
     spec: dict[str, Any]
+    shard: ShardPlan | None = None  # --shard I/N: what this shard of the run runs
 
 
 @dataclass
@@ -130,7 +132,7 @@ class RunSession:
             if results is not None:
                 writer = stack.enter_context(
                     ResultsWriter(self.results_path, results.command, results.spec,
-                                  provenance=self.provenance))
+                                  provenance=self.provenance, shard=results.shard))
             agent = stack.enter_context(PeerAgent(self.topo.peer, log_dir=self.log_dir))
             clients_dir = stack.enter_context(private_clients_dir())
             rig = Rig(self.cfg, self.topo, agent, clients_dir, self.log_dir, stack, writer)

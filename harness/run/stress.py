@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from harness.core import settings
 from harness.core.bounds import MAX_CYCLES, check_number
 from harness.core.errors import RxePowerError, SettingError
+from harness.core.shards import ShardPlan
 from harness.run.kernel_rows import is_kernel_policy
 from harness.run.kernel_stress import KernelStress
 from harness.run.matrix import OP_MIXES, MatrixSpec
@@ -135,6 +136,7 @@ class Stress:
         self.pids: dict[int, str] = {}  # every pid the run's processes had -> their part
         self.gone: dict[str, str] = {}  # this cycle's workers that are not running, and why
         self.explainer = HolderExplainer(self.parts, res_by_holder)
+        self.cycles_run = 0  # a shard's first cycle is numbered as in the whole run
 
     @property
     def series(self) -> dict[str, list[float]]:
@@ -189,7 +191,8 @@ class Stress:
         t0 = time.monotonic()
         notes: list[str] = []
         failures: list[str] = []
-        if n > 1:
+        self.cycles_run += 1
+        if self.cycles_run > 1:
             self._respawn_dead(notes)
             for w in self.workers:
                 if w.proc.poll() is None and w.rounds_done:
@@ -260,12 +263,15 @@ class Stress:
 
 def run_stress(spec: StressSpec, cfg: TopologyConfig, out_dir: Path,
                progress: Callable[[CycleOutcome, int, int], None],
-               log: Callable[[str], None] = print) -> int:
-    """0 when every cycle passed, 1 when any failed, 130 when interrupted."""
+               log: Callable[[str], None] = print, plan: ShardPlan | None = None) -> int:
+    """0 when every cycle passed, 1 when any failed, 130 when interrupted. With `plan`
+    (--shard I/N) only its share of the cycles, numbered as in the whole run."""
     failed = done = 0
     interrupted = False
+    numbers = [p + 1 for p in plan.places_in([str(n) for n in range(1, spec.cycles + 1)])] \
+        if plan else list(range(1, spec.cycles + 1))
     with RunSession(cfg, out_dir) as session, \
-            session.rig(results=ResultsHeader("stress", spec.to_json())) as rig:
+            session.rig(results=ResultsHeader("stress", spec.to_json(), plan)) as rig:
         out = rig.results
         log("\n".join(describe(session.provenance)))
         stress: Stress | KernelStress = (
@@ -273,7 +279,7 @@ def run_stress(spec: StressSpec, cfg: TopologyConfig, out_dir: Path,
             else Stress(spec, rig.topo, rig.agent, rig.shim, rig.log_dir))
         try:
             stress.start()
-            for n in range(1, spec.cycles + 1):
+            for n in numbers:
                 try:
                     outcome, body = stress.cycle(n)
                 except RxePowerError as exc:
@@ -282,7 +288,7 @@ def run_stress(spec: StressSpec, cfg: TopologyConfig, out_dir: Path,
                 out.write(RecordKind.CYCLE, body)
                 done += 1
                 failed += not outcome.ok
-                progress(outcome, failed, spec.cycles)
+                progress(outcome, failed, len(numbers))
                 problems = restore_local_side(cfg, log=lambda m: None)
                 if problems:
                     log(f"stress stopped: the local side was not restored: {problems}")
@@ -313,12 +319,16 @@ class LineProgress:
         self.t0 = time.monotonic()
         self.total = total
         self.echo = echo
+        self.done = 0  # cycles reported (a shard's cycle numbers start past 1)
 
     def __call__(self, outcome: CycleOutcome, failed: int, total: int) -> None:
         el = time.monotonic() - self.t0
-        rate = outcome.cycle / el * 60 if el else 0.0
-        eta = (total - outcome.cycle) / rate * 60 if rate else 0.0
-        self.echo(f"cycle {outcome.cycle}/{total} {'ok' if outcome.ok else 'FAILED'} | "
+        self.done += 1
+        rate = self.done / el * 60 if el else 0.0
+        eta = (total - self.done) / rate * 60 if rate else 0.0
+        which = f"{outcome.cycle}/{total}" if outcome.cycle == self.done \
+            else f"{outcome.cycle} ({self.done}/{total} of this shard)"
+        self.echo(f"cycle {which} {'ok' if outcome.ok else 'FAILED'} | "
                   f"failures {failed} | {rate:.1f} cycles/min | ETA {eta:.0f} s"
                   + ("" if outcome.ok else f" | {'; '.join(outcome.failures)[:300]}")
                   + (f" | note: {'; '.join(outcome.notes)[:400]}" if outcome.notes else ""))
@@ -343,12 +353,14 @@ class RichProgress:
                             TimeElapsedColumn(), TimeRemainingColumn())
         self.task = self.bar.add_task("stress", total=total, failed=0, rate=0.0)
         self.t0 = time.monotonic()
+        self.done = 0
         self.bar.start()
 
     def __call__(self, outcome: CycleOutcome, failed: int, total: int) -> None:
         el = time.monotonic() - self.t0
-        self.bar.update(self.task, completed=outcome.cycle, failed=failed,
-                        rate=outcome.cycle / el * 60 if el else 0.0)
+        self.done += 1
+        self.bar.update(self.task, completed=self.done, failed=failed,
+                        rate=self.done / el * 60 if el else 0.0)
         if not outcome.ok:
             self.bar.console.print(f"cycle {outcome.cycle} FAILED: "
                                    f"{'; '.join(outcome.failures)}")

@@ -85,7 +85,8 @@ def test_mixed_when_allowed_says_so(tmp_path: Path) -> None:
     assert report.write_report([a, b], tmp_path / "out", log=quiet, pictures=False,
                                allow_mixed=True) == 0
     tables = sorted((tmp_path / "out").rglob("table.txt"))
-    assert len(tables) == 2
+    # each file's own table, and the merged one (harness.report.merge) at the top
+    assert len(tables) == 3 and tmp_path / "out" / "table.txt" in tables
     for t in tables:
         text = t.read_text()
         assert "provenance: MIXED across 2 results files" in text

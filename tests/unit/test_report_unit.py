@@ -232,7 +232,8 @@ def test_summary_of_a_folder_has_one_section_per_file(tmp_path: Path) -> None:
     log = Log()
     assert report.write_report(tmp_path / "runs", tmp_path / "out", log=log, pictures=False) == 0
     html = (tmp_path / "out" / "summary.html").read_text()
-    assert html.count("<h2 ") == 3
+    assert html.count("<h2 ") == 4  # the two matrix files merged, then a section per file
+    assert html.count('<h2 id="merged">') == 1 and html.count('<h2 id="s') == 3
     for sub in ("m1", "m2", "s1"):
         assert (tmp_path / "out" / "runs" / sub / "table.txt").exists()
     assert "standby/clients-first/graceful/mixed" in html

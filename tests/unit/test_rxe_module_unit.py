@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -256,5 +257,6 @@ def test_tests_needing_the_other_module_run_last_together(monkeypatch) -> None:
     monkeypatch.setattr(plugin, "_removal_setting", lambda config: RemovalMode.BLOCK)
     items = [_Item("a", None), _Item("d1", "disassociate"), _Item("b", "block"),
              _Item("d2", "disassociate"), _Item("c", None)]
-    plugin.pytest_collection_modifyitems(None, items)  # type: ignore[arg-type]
+    config = types.SimpleNamespace(stash=pytest.Stash())  # no --shard
+    plugin.pytest_collection_modifyitems(config, items)  # type: ignore[arg-type]
     assert [i.name for i in items] == ["a", "b", "c", "d1", "d2"]

@@ -1,0 +1,95 @@
+"""`--shard I/N` on run, matrix, stress and test: refused before any VM boots when bad (the
+problem and the fix on stderr), handed to the guest (and to both parts of the suite) when
+good. Pure logic: the VM runner and the host part's pytest are replaced by recorders."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.cli import launch, main, suite
+from harness.vm import runner
+
+
+class GuestRecorder:
+    """Stands in for runner.run_in_vm: records each request, boots nothing."""
+
+    def __init__(self) -> None:
+        self.requests: list[runner.VmRequest] = []
+
+    def __call__(self, req: runner.VmRequest) -> runner.VmResult:
+        self.requests.append(req)
+        return runner.VmResult(0, "tcg", "test", 0.0, False, req.log_path, [])
+
+
+@pytest.fixture
+def guest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> GuestRecorder:
+    rec = GuestRecorder()
+    monkeypatch.setattr(runner, "run_in_vm", rec)
+    monkeypatch.setattr(launch, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    return rec
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["matrix", "--shard", "3/2"], "shard 3 of 2 does not exist"),
+    (["run", "--shard", "1/0"], "0 shards"),
+    (["run", "--shard", "12/12"], "the run has 11 scenarios, fewer than 12 shards"),
+    (["matrix", "--transition", "link-flap", "--policy", "graceful", "--shard", "3/3"],
+     "the run has 2 scenarios, fewer than 3 shards, so shard 3 has nothing to run"),
+    (["stress", "--cycles", "3", "--shard", "1/4"], "3 cycles cannot be split into 4"),
+    (["stress", "--shard", "one/two"], "is not of the form I/N"),
+    (["test", "--shard", "0/3"], "shard 0 of 3 does not exist"),
+    (["test", "--", "-k", "x", "--shard=4/3"], "shard 4 of 3 does not exist"),
+    (["test", "--shard", "1/2", "--", "--shard", "2/2"], "differ"),
+])
+def test_a_bad_shard_is_refused_before_the_vm_boots(
+        guest: GuestRecorder, capsys: pytest.CaptureFixture[str], argv: list[str],
+        problem: str) -> None:
+    assert main.main([argv[0], "--mode", "vm", *argv[1:]]) == main.HARNESS_ERROR_EXIT
+    assert guest.requests == []  # no boot
+    err = capsys.readouterr().err
+    assert problem in err and "fix:" in err and "--shard" in err
+
+
+def test_a_matrix_shard_goes_to_the_guest_and_says_what_it_runs(
+        guest: GuestRecorder, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = main.main(["matrix", "--mode", "vm", "--transition", "link-flap", "--policy",
+                      "graceful,fail-fast", "--shard", "2/2", "--out", str(tmp_path / "o")])
+    assert code == launch.RESULTS_MISSING_EXIT  # the recorder wrote no results
+    [req] = guest.requests
+    cmd = req.command
+    assert cmd[cmd.index("--shard") + 1] == "2/2"
+    out = capsys.readouterr().out
+    assert "shard 2/2: 2 of the run's 4 scenarios" in out
+
+
+def test_a_test_shard_goes_to_both_parts(guest: GuestRecorder, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    host: list[list[str]] = []
+
+    def host_part(argv: list[str], *a: object, **kw: object) -> subprocess.CompletedProcess[str]:
+        host.append(list(argv))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(suite, "run_bounded", host_part)
+    assert main.main(["test", "--mode", "vm", "--shard", "2/3", "--", "-k", "x"]) == 0
+    [h] = host
+    [g] = guest.requests
+    for argv in (h, g.command):
+        assert argv[argv.index("--shard") + 1] == "2/3" and argv.count("--shard") == 1
+        assert "-k" in argv
+
+
+def test_the_durations_file_is_no_test_path_of_the_guest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rxe-power test -- --record-durations tests/durations.json`: the file is the option's
+    value, not a test path, so the guest still collects tests/rxe (else it collected the
+    JSON file and ran no rxe test)."""
+    root = Path(__file__).parents[2]
+    monkeypatch.chdir(root)
+    assert (root / "tests" / "durations.json").is_file()
+    for option in ("--record-durations", "--shard-durations"):
+        assert suite.guest_paths(["--shard", "1/2", option, "tests/durations.json"]) == \
+            [suite.RXE_TESTS]
