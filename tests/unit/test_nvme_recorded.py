@@ -32,7 +32,6 @@ from harness.workload.block_ledger import (
     IoOutcome,
     IoRecord,
     LedgerSummary,
-    acknowledged,
     summarize,
 )
 from power.kmsg import KmsgScan

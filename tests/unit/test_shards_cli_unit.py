@@ -83,13 +83,15 @@ def test_a_test_shard_goes_to_both_parts(guest: GuestRecorder, monkeypatch: pyte
         assert "-k" in argv
 
 
-def test_the_durations_file_is_no_test_path_of_the_guest(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_durations_file_is_no_test_path_of_the_guest(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """`rxe-power test -- --record-durations tests/durations.json`: the file is the option's
     value, not a test path, so the guest still collects tests/rxe (else it collected the
-    JSON file and ran no rxe test)."""
-    root = Path(__file__).parents[2]
-    monkeypatch.chdir(root)
-    assert (root / "tests" / "durations.json").is_file()
+    JSON file and ran no rxe test). The control: the same existing file given bare is a path."""
+    (tmp_path / suite.RXE_TESTS).mkdir(parents=True)
+    (tmp_path / "tests" / "durations.json").write_text('{"seconds": {}}')
+    monkeypatch.chdir(tmp_path)
     for option in ("--record-durations", "--shard-durations"):
         assert suite.guest_paths(["--shard", "1/2", option, "tests/durations.json"]) == \
             [suite.RXE_TESTS]
+    assert suite.guest_paths(["--shard", "1/2", "tests/durations.json"]) == []
