@@ -70,6 +70,8 @@ class Machine:
     cpus: int
     memory_mib: int | None  # MemTotal of /proc/meminfo (None: unreadable)
     kernel: str = ""  # the release it runs (the host's, for the host of a VM)
+    load_1m: float | None = None  # /proc/loadavg's 1-minute load when the run started
+    #                               (None: unreadable, or a file written before it was kept)
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,8 @@ class VmFacts:
         r = JsonReader(d, VM_FACTS_ENV)
         h = r.sub("host")
         return cls(r.enum("accel", Accel), r.text("accel_reason"),
-                   Machine(h.integer("cpus"), h.opt_int("memory_mib"), h.text("kernel")))
+                   Machine(h.integer("cpus"), h.opt_int("memory_mib"), h.text("kernel"),
+                           _load(h)))
 
 
 # --- JSON -----------------------------------------------------------------------------------
@@ -315,7 +318,17 @@ def _machine(d: object, where: str) -> Machine:
     cpus = r.integer("cpus")
     if cpus < 1:
         raise ProvenanceError(f"{where}.cpus is {cpus}", "")
-    return Machine(cpus, r.opt_int("memory_mib"), r.text("kernel"))
+    return Machine(cpus, r.opt_int("memory_mib"), r.text("kernel"), _load(r))
+
+
+def _load(r: JsonReader) -> float | None:
+    """A machine's load_1m: absent (written before it was kept) or null reads None."""
+    v = r.d.get("load_1m")
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1e6:
+        raise ProvenanceError(f"{r.where}.load_1m is not a load average (a number >= 0)", "")
+    return float(v)
 
 
 def _kernel(r: JsonReader) -> KernelFacts:

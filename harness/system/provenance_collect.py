@@ -61,6 +61,7 @@ class Sources:
     run: Callable[[list[str]], CmdResult] = _live_run
     tainted: Path = Path("/proc/sys/kernel/tainted")
     meminfo: Path = Path("/proc/meminfo")
+    loadavg: Path = Path("/proc/loadavg")
     sys_module: Path = rxe_module.SYS_MODULE
     cache_root: Path = rxe_module.CACHE_ROOT
     repo: Path = REPO
@@ -273,8 +274,18 @@ def kernel_facts(src: Sources, versions: Mapping[str, str | None],
 
 def machine_facts(src: Sources, problems: _Problems) -> Machine:
     text = _read(src.meminfo, problems)
+    load = _read(src.loadavg, problems)
     return Machine(src.cpus, parse_meminfo_mib(text) if text is not None else None,
-                   src.release)
+                   src.release, parse_loadavg_1m(load) if load is not None else None)
+
+
+def parse_loadavg_1m(text: str) -> float | None:
+    """The first field of /proc/loadavg ("0.52 0.40 0.31 1/123 4567"); None if malformed."""
+    try:
+        value = float(text.split(maxsplit=1)[0])
+    except (ValueError, IndexError):
+        return None
+    return value if 0 <= value < 1e6 else None
 
 
 def tree_facts(src: Sources) -> SourceTree:
@@ -319,7 +330,8 @@ def vm_facts_json(accel: str, reason: str, src: Sources | None = None) -> dict[s
     """What the VM runner puts in the guest's RXE_POWER_VM_FACTS."""
     host = machine_facts(src or Sources(), _Problems())
     return {"accel": Accel(accel).value, "accel_reason": reason,
-            "host": {"cpus": host.cpus, "memory_mib": host.memory_mib, "kernel": host.kernel}}
+            "host": {"cpus": host.cpus, "memory_mib": host.memory_mib, "kernel": host.kernel,
+                     "load_1m": host.load_1m}}
 
 
 # --- the whole record ---------------------------------------------------------------------

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from harness.system.provenance import Provenance, ProvenanceError
+from harness.system.provenance import Machine, Provenance, ProvenanceError
 from harness.system.rxe_module import TAINT_FLAGS, Loaded
 
 # context, not identity: two runs of one setup may differ here
 NOT_COMPARED = frozenset({"mode_reason", "accel_reason", "removal_reason", "problems",
-                          "tree.problem", "command_line"})
+                          "tree.problem", "command_line", "machine.load_1m",
+                          "host.load_1m"})
 
 
 def flat(p: Provenance) -> dict[str, object]:
@@ -58,6 +59,10 @@ def _taint_text(letters: str) -> str:
     return f"taint {letters} ({names})"
 
 
+def _load_text(m: Machine) -> str:
+    return "" if m.load_1m is None else f", load {m.load_1m:.2f} at the start"
+
+
 def _or(value: object, unknown: str = "?") -> str:
     return unknown if value is None else str(value)
 
@@ -66,7 +71,7 @@ def describe(p: Provenance) -> list[str]:
     """A few lines: what made the results (the top of table.txt)."""
     m, k = p.module, p.kernel
     host = (f"; host {p.host.cpus} CPUs, {_or(p.host.memory_mib)} MiB, kernel "
-            f"{p.host.kernel or '?'}" if p.host else "")
+            f"{p.host.kernel or '?'}{_load_text(p.host)}" if p.host else "")
     if m.kind is Loaded.NONE:
         module = "rdma_rxe not loaded"
     else:
@@ -81,7 +86,7 @@ def describe(p: Provenance) -> list[str]:
     pk = p.packages
     lines = [
         f"provenance: mode {p.mode} ({p.mode_reason}), accel {p.accel}; machine "
-        f"{p.machine.cpus} CPUs, {_or(p.machine.memory_mib)} MiB{host}",
+        f"{p.machine.cpus} CPUs, {_or(p.machine.memory_mib)} MiB{_load_text(p.machine)}{host}",
         f"  kernel {k.release} ("
         + (f"{k.package} {k.package_version}" if k.package else "no installed package")
         + f"), {_taint_text(k.taint_flags)}",

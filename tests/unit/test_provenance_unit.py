@@ -18,13 +18,21 @@ from harness.core.settings import Mode, RemovalMode
 from harness.run.resultsfile import RecordKind, ResultsWriter, read_results
 from harness.system.command import CmdResult
 from harness.system.elf_notes import build_id_note, note_build_id
-from harness.system.provenance import Accel, Provenance, SourceTree, taint_letters
+from harness.system.provenance import (
+    Accel,
+    Machine,
+    Provenance,
+    ProvenanceError,
+    SourceTree,
+    taint_letters,
+)
 from harness.system.provenance_collect import (
     LaunchFacts,
     Sources,
     VmFacts,
     collect,
     parse_dpkg,
+    parse_loadavg_1m,
     parse_meminfo_mib,
     parse_stamp,
     parse_tainted,
@@ -352,6 +360,26 @@ def test_a_header_without_provenance_or_with_a_bad_one(tmp_path: Path,
         got = read_results(path).provenance
         assert got.state is Recorded.UNREADABLE and field in got.problem, got.problem
         assert got.lines()[0].startswith("provenance: unreadable")
+
+
+def test_the_load_at_the_start_is_kept_shown_and_not_compared(tmp_path: Path) -> None:
+    """A run beside a CPU hog says so (the host's 1-minute load at its start); shards of one
+    run at other loads are still one provenance; a file written before the field reads None;
+    a malformed /proc/loadavg or record is caught."""
+    assert parse_loadavg_1m("2.07 1.50 0.90 3/456 7890\n") == 2.07
+    for bad in ("", "x 1 2", "-1 0 0", "nan 0 0"):
+        assert parse_loadavg_1m(bad) is None, bad
+    p = dataclasses.replace(a_provenance(tmp_path), host=Machine(2, 24105, "6.18", 0.1))
+    busy = dataclasses.replace(p, host=Machine(2, 24105, "6.18", 3.5))
+    assert differing_fields([p, busy]) == {}
+    assert "load 3.50 at the start" in describe(busy)[0]
+    assert Provenance.from_json(busy.to_json()).host == busy.host
+    d = busy.to_json()
+    del d["host"]["load_1m"]
+    assert Provenance.from_json(d).host.load_1m is None  # type: ignore[union-attr]
+    d["host"]["load_1m"] = "high"
+    with pytest.raises(ProvenanceError, match="load_1m"):
+        Provenance.from_json(d)
 
 
 def test_only_identity_fields_are_compared(tmp_path: Path) -> None:
