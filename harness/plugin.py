@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -82,6 +82,15 @@ def _removal_setting(config: pytest.Config) -> RemovalMode:
 def _setting(config: pytest.Config, name: str) -> object:
     s = SETTINGS[name]
     return resolve(name, config.getoption(name.replace("-", "_")), config.getini(s.ini)).value
+
+
+def unmet(config: pytest.Config, msg: str) -> NoReturn:
+    """The one place an unmet requirement of a test becomes a skip with its reason, or a
+    failure under RXE_POWER_REQUIRE_RXE=1 (CI knows what its machine has)."""
+    if bool(_setting(config, "rxe-require")):
+        pytest.fail(f"{msg} (RXE_POWER_REQUIRE_RXE=1 turns this into a failure)",
+                    pytrace=False)
+    pytest.skip(msg)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -175,11 +184,8 @@ def rxe_topology(pytestconfig: pytest.Config,
         except RxePowerError:
             topo, built = lifecycle.setup(rxe_config, log=lambda m: None)
     except RxePowerError as exc:
-        msg = f"no rxe topology: {exc.problem}; {exc.fix or HOW_TO_GET_RXE}"
-        if require:
-            pytest.fail(f"{msg} (RXE_POWER_REQUIRE_RXE=1 turns this into a failure)",
-                        pytrace=False)
-        pytest.skip(f"{msg}. To get rxe: {HOW_TO_GET_RXE}")
+        unmet(pytestconfig, f"no rxe topology: {exc.problem}; {exc.fix or HOW_TO_GET_RXE}"
+              + ("" if require else f". To get rxe: {HOW_TO_GET_RXE}"))
     pytestconfig.stash[_BUILT] = built
     yield topo
     if pytestconfig.stash[_BUILT]:
@@ -200,9 +206,7 @@ def _swap_removal(config: pytest.Config, cfg: TopologyConfig, want: RemovalMode)
     """Tear the session's topology down, load the rdma_rxe `want` needs, build it again."""
     if want is RemovalMode.DISASSOCIATE and rxe_module.our_build() is None:
         err = rxe_module.missing_build_error(os.uname().release)
-        if bool(_setting(config, "rxe-require")):
-            pytest.fail(f"{err.problem}; fix: {err.fix}", pytrace=False)
-        pytest.skip(f"{err.problem}; fix: {err.fix}")
+        unmet(config, f"{err.problem}; fix: {err.fix}")
     problems = lifecycle.teardown(log=lambda m: None)
     assert not problems, f"cannot switch to --removal {want}: {problems}"
     try:

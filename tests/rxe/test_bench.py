@@ -23,8 +23,6 @@ from harness.run.bench.spec import BenchSpec
 from harness.run.session import RunSession
 from harness.topology.config import Topology, TopologyConfig
 
-pytestmark = pytest.mark.rxe
-
 PLANT_TIMEOUT_S = 60.0  # the harness run's QP connected and its first message received
 RUN_BOUND_S = 60.0  # the planted run's bound (measured: it ends at its error in ~1 s)
 POLL_S = 0.01

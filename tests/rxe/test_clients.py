@@ -24,7 +24,6 @@ from harness.workload.spec import Arrivals, WorkloadEnd, WorkloadSpec, resumed_c
 from power.plan import OnVeto, Ordering, StepKind
 from power.result import TransitionRequest, Verdict
 
-pytestmark = pytest.mark.rxe
 # closed loop: the next request is handed over when the client can take it
 SPEC = WorkloadSpec(count=resumed_cap(60.0, 240), rate_per_s=60.0, queue_depth=4,
                     end=WorkloadEnd.RESUMED)

@@ -25,7 +25,7 @@ from harness.topology.config import Topology, TopologyConfig
 from power import kmsg
 from tests.helpers.json_child import JsonChild
 
-pytestmark = [pytest.mark.rxe, pytest.mark.removal("disassociate")]
+pytestmark = pytest.mark.removal("disassociate")
 
 HOLDER = "tests.helpers.disassociate_holder"  # started as our children are (python_child)
 DELETE_TIMEOUT_S = 10.0  # the held delete; measured 0.10-0.30 s under TCG

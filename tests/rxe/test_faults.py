@@ -43,8 +43,6 @@ from harness.workload.ledger import Ledger, Op, WorkloadSpec
 from power.plan import OnVeto, Ordering
 from power.result import Verdict
 
-pytestmark = pytest.mark.rxe
-
 TC_TIMEOUT_S = 10.0  # one tc call
 QDISC_HANDLE = "7e57:"  # ours: the only root qdisc these tests ever delete
 GO_TIMEOUT_S = 30.0

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from harness.core.errors import OsCallError
 from harness.peer import traffic
 from harness.rdma.names import QpState, wc_status_name
 from harness.rdma.verbs import opcode
-
-pytestmark = pytest.mark.rxe
 
 
 def test_err_flushes_every_outstanding_wr(rc_pair: traffic.Pair) -> None:

@@ -18,8 +18,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
 from harness.peer.controller import PeerAgent
 from harness.run.scenario import ClientWorker, finish, spawn_workers
 from harness.workload.journal import journal_records
@@ -27,7 +25,6 @@ from harness.workload.ledger import Ledger
 from harness.workload.outcomes import Outcome
 from harness.workload.spec import Op, WorkloadSpec
 
-pytestmark = pytest.mark.rxe
 # flat out, closed loop, one op: the worker is always in the middle of a burst of posts
 BURST = WorkloadSpec(ops=(Op.SEND,), sizes=(64,), count=100_000, queue_depth=16)
 SHORT = WorkloadSpec(ops=(Op.SEND,), sizes=(64,), count=200, queue_depth=16)

@@ -20,8 +20,6 @@ from harness.topology import devices, lifecycle
 from harness.topology.config import TopologyConfig
 from tests.helpers.killing import POINTS, run_and_kill
 
-pytestmark = pytest.mark.rxe
-
 
 def assert_clean(pid: int, left: list[dict], cfg: TopologyConfig) -> None:
     assert all(process_start(e["pid"]) != e["start"] for e in left), left

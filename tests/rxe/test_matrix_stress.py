@@ -19,7 +19,6 @@ from harness.run.rows import RowStatus
 from harness.run.stress import CycleOutcome, StressSpec, run_stress
 from power.plan import Ordering
 
-pytestmark = pytest.mark.rxe
 BAD = "tests.helpers.bad_clients"
 
 

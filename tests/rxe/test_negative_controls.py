@@ -33,9 +33,8 @@ from harness.run.scenario import ClientWorker
 from harness.workload.spec import Op
 from power.plan import Ordering
 from tests.helpers.json_child import JsonChild
+from tests.helpers.kernel_needs import NFS_RDMA_MODULES, NVME_RDMA_MODULES
 from tests.rxe.test_clients import SPEC, issued, rows, scenario
-
-pytestmark = pytest.mark.rxe
 
 POLICY = "nvme-rdma:ctrl_loss_tmo=30:reconnect_delay=1:fast_io_fail_tmo=0"
 NVME_SPEC = DriverSpec(count=800, depth=4, rate_per_s=40.0)  # a cap: it stops once settled
@@ -124,6 +123,7 @@ def nvme(power_shim, rxe_config, ordering: Ordering = Ordering.CLIENTS_FIRST):
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.kernel_modules(*NVME_RDMA_MODULES)
 def test_a_corrupted_block_on_the_target_makes_the_row_bad(power_shim, rxe_config,
                                                            monkeypatch) -> None:
     """After the I/O, before the target is read back, one byte of the first acknowledged
@@ -161,6 +161,7 @@ def test_a_corrupted_block_on_the_target_makes_the_row_bad(power_shim, rxe_confi
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.kernel_modules(*NVME_RDMA_MODULES)
 def test_a_connection_around_the_wire_makes_the_kernel_row_broken(
         power_shim, rxe_config, monkeypatch) -> None:
     """While the transition runs, an rdma_cm id with both ends on rxe1 (from the peer's
@@ -203,6 +204,7 @@ NFS_SCENARIO_TIMEOUT_S = 150.0
 
 
 @pytest.mark.timeout(NFS_SCENARIO_TIMEOUT_S)
+@pytest.mark.kernel_modules(*NFS_RDMA_MODULES)
 @pytest.mark.parametrize("guard", [False, True], ids=["guard-off", "guard-on"])
 def test_the_route_guard_keeps_the_nfs_reconnect_on_the_wire(power_shim, rxe_config,
                                                               guard: bool) -> None:

@@ -30,8 +30,9 @@ from harness.system import nfsobjs
 from harness.topology.cleanup import remove_kernel_objects
 from harness.workload.block_ledger import IoOutcome
 from power.plan import Ordering
+from tests.helpers.kernel_needs import NFS_RDMA_MODULES
 
-pytestmark = pytest.mark.rxe
+pytestmark = pytest.mark.kernel_modules(*NFS_RDMA_MODULES)
 
 SPEC = DriverSpec(count=600, depth=4, rate_per_s=40.0)  # a cap: it stops once settled
 START_AFTER_IOS = 20

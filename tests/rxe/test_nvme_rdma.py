@@ -28,8 +28,9 @@ from harness.system import kernelobjs as ko
 from harness.topology.cleanup import remove_kernel_objects
 from harness.workload.block_ledger import IoOutcome
 from power.plan import Ordering
+from tests.helpers.kernel_needs import NVME_RDMA_MODULES
 
-pytestmark = pytest.mark.rxe
+pytestmark = pytest.mark.kernel_modules(*NVME_RDMA_MODULES)
 
 POLICY = "nvme-rdma:ctrl_loss_tmo=30:reconnect_delay=1:fast_io_fail_tmo=0"
 SPEC = DriverSpec(count=800, depth=4, rate_per_s=40.0)  # a cap: it stops once settled

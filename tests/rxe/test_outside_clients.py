@@ -33,8 +33,6 @@ from harness.workload.ledger import Outcome
 from power.plan import OnVeto, StepKind
 from power.result import Verdict
 
-pytestmark = pytest.mark.rxe
-
 START_TIMEOUT_S = 30.0  # server listening, then the client holding rxe0 with traffic flowing
 SERVER_STOP_TIMEOUT_S = 5.0  # SIGTERM -> SIGKILL for what we started
 CLIENT_EXIT_TIMEOUT_S = 10.0  # the forced client reaped after the transition

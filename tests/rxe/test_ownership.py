@@ -23,7 +23,6 @@ from harness.topology import lifecycle
 from harness.topology.config import TopologyConfig
 from tests.helpers.killing import POINTS, run_and_kill
 
-pytestmark = pytest.mark.rxe
 FOREIGN = ("fgn0", "fgn1", "fgnrxe")  # veth pair and an rxe device on fgn0: not ours
 
 

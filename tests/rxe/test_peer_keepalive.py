@@ -24,7 +24,6 @@ from harness.peer.keepalive import PARTNER_KEEPALIVE_TIMEOUT_S
 from harness.system.rdma_res import res_summary
 from harness.topology.config import Topology
 
-pytestmark = pytest.mark.rxe
 REAP_SLACK_S = 3.0  # the agent's loop turns at most every SELECT_TICK_S (0.5 s); TCG is slow
 CLIENT_READY_TIMEOUT_S = 60.0
 

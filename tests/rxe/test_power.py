@@ -27,7 +27,6 @@ from power.plan import TRANSITIONS, OnVeto, Ordering, StepKind
 from power.result import TransitionResult, Verdict
 from power.timeline import EntryKind
 
-pytestmark = pytest.mark.rxe
 S = StepKind
 HOLD_MS = 200
 CLIENT_MODULE = "tests.helpers.device_client"  # started as our children are (python_child)

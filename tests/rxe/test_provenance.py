@@ -14,8 +14,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from harness.core import settings
 from harness.core.settings import Mode, RemovalMode
 from harness.run.matrix import MatrixSpec, run_matrix
@@ -25,7 +23,6 @@ from harness.system.provenance_collect import collect
 from harness.system.provenance_text import Recorded
 from power.plan import Ordering
 
-pytestmark = pytest.mark.rxe
 SYS_MODULE = Path("/sys/module/rdma_rxe")
 OUR_VERSION_PREFIX = "rxe-power-disassociate-"  # MODULE_VERSION of ci/rxe_disassociate_patch.py
 

@@ -5,11 +5,7 @@ Over this module more than 10,000 messages cross the veth wire.
 
 from __future__ import annotations
 
-import pytest
-
 from harness.peer import traffic
-
-pytestmark = pytest.mark.rxe
 
 SIZES = [1, 2, 7, 23, 24, 25, 64, 255, 1000, 1024, 4095, 4096, 4097, 16384, 65536]
 

@@ -8,13 +8,9 @@ rdma_cm on it, which would block every later delete of rxe0 until pytest exits.
 
 from __future__ import annotations
 
-import pytest
-
 from harness.peer.cm_check import run_cm_session_in_child
 from harness.system.holders import find_holders
 from harness.topology.config import Topology
-
-pytestmark = pytest.mark.rxe
 
 CM_PORT = 18515
 

@@ -18,8 +18,6 @@ from harness.system.holders import find_holders
 from harness.topology import devices, netdevs
 from harness.topology.config import Topology, TopologyConfig
 
-pytestmark = pytest.mark.rxe
-
 BLOCKED_OBSERVATION_S = 2.0  # how long the delete must stay blocked to count as blocked
 DELETE_AFTER_CLOSE_TIMEOUT_S = 5.0
 

@@ -25,7 +25,7 @@ from power import veto
 from power.plan import OnVeto
 from tests.helpers.json_child import JsonChild
 
-pytestmark = [pytest.mark.rxe, pytest.mark.removal("disassociate")]
+pytestmark = pytest.mark.removal("disassociate")
 
 HOLDER = "tests.helpers.reg_mr_loop"
 SIZED_TIMEOUT_S = 120.0  # start, open the device, double the MR until a reg takes 1 s

@@ -31,8 +31,6 @@ from tests.rxe.tracing import (
     wait_exit,
 )
 
-pytestmark = pytest.mark.rxe
-
 CLEAN = ["ibv_rc_pingpong", "ib_send_bw", "ib_write_bw"]
 
 

@@ -16,7 +16,7 @@ import pytest
 from power.result import Verdict
 from tests.rxe.test_tracer_transitions import PROGRAMS, check_program_accounted, run_program
 
-pytestmark = [pytest.mark.rxe, pytest.mark.removal("disassociate")]
+pytestmark = pytest.mark.removal("disassociate")
 
 
 @pytest.mark.parametrize("program", PROGRAMS)

@@ -46,8 +46,6 @@ from tests.rxe.tracing import (
     wait_first_completion,
 )
 
-pytestmark = pytest.mark.rxe
-
 PROGRAMS = ("ibv_rc_pingpong", "ib_send_bw", "ib_write_bw")
 BW_DURATION_S = 4  # ib_*_bw -D: traffic through the transition, then the programs end
 PINGPONG_ITERS = 100_000_000  # pingpong has no duration mode: it never runs out here
