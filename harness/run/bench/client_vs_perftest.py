@@ -103,15 +103,18 @@ def run_harness_client(rig: Rig, spec: WorkloadSpec, name: str,
         fired = wait_until_over(w, bound.clip("HARNESS_RUN_TIMEOUT_S", HARNESS_RUN_TIMEOUT_S))
         rep = w.request("finish", FINISH_REPLY_TIMEOUT_S, timeout_s=0)
         wall = time.monotonic() - t1
+        # the peer's record while the client lives: once its process is gone the agent
+        # destroys its QPs after PARTNER_KEEPALIVE_TIMEOUT_S, as a target would (a guest
+        # run lost QP 2 between two pages of a flat-out run's arrivals)
+        arrivals: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for aq in rep["agent_qps"]:
+            got = agent.arrivals(aq["qp_id"], 0, timeout_s=0)
+            arrivals += got["arrivals"]
+            events += got["events"]
+            with contextlib.suppress(RxePowerError):
+                agent.request("destroy_qp", 30.0, qp_id=aq["qp_id"])
         ledger = w.fetch_ledger(int(rep["requests"]))
-    arrivals: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-    for aq in rep["agent_qps"]:
-        got = agent.arrivals(aq["qp_id"], 0, timeout_s=0)
-        arrivals += got["arrivals"]
-        events += got["events"]
-        with contextlib.suppress(RxePowerError):
-            agent.request("destroy_qp", 30.0, qp_id=aq["qp_id"])
     apply_peer_view(ledger, arrivals)
     ok = [(a.posted_ns, a.completed_ns) for e in ledger.entries.values() for a in e.attempts
           if a.status == "SUCCESS" and a.completed_ns is not None]
