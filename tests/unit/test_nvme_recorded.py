@@ -199,7 +199,6 @@ def test_a_kernel_clients_scenario_is_drawn_with_its_stored_row(data_dir: Path,
     """A recorded NFS-over-RDMA matrix row (standby hca-first, hard): its result with the
     lane, read back as a results record, keeps the row judged when it ran and is drawn as
     a timeline picture whose lane carries the transport's connections."""
-    pytest.importorskip("matplotlib")
     import struct
 
     from harness.report.section import scenario_rows

@@ -129,7 +129,6 @@ def test_program_lane_keeps_every_request_that_did_not_end_ok() -> None:
 def test_an_outside_scenario_is_drawn_and_keeps_its_stored_row(tmp_path: Path) -> None:
     """A `--client-cmd` scenario's record: the report draws its timeline with the program's
     lane, and its table row is the one stored when it ran (not recomputed as a policy's)."""
-    pytest.importorskip("matplotlib")
     import json
 
     from harness import report

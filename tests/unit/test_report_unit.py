@@ -152,7 +152,6 @@ def test_error_record_uses_its_stored_rows(tmp_path: Path) -> None:
 
 
 def test_timeline_pictures_are_valid_pngs(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     lines = real_lines()
     two = write_lines(tmp_path / "two.jsonl", lines[:3])  # standby clients-first: both policies
     log = Log()
@@ -289,7 +288,6 @@ def stress_file(path: Path, summary: bool = True) -> Path:
 
 
 def test_stress_table_picture_and_html(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     path = stress_file(tmp_path / "s" / "results.jsonl")
     log = Log()
     assert report.write_report(path, tmp_path / "out", log=log) == 0

@@ -1,4 +1,4 @@
-"""Issue 17, defects 1, 3, 4, 7, 16: the CLI's checks before a VM boots, its messages,
+"""The CLI's checks before a VM boots (issue 17: defects 1, 3, 4, 7, 16), its messages,
 the run lock, and what cleanup/doctor make of a live VM run's entries. Pure logic: the
 VM runner is replaced by a recorder (no guest boots), the state file lives in tmp_path."""
 
