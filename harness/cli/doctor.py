@@ -2,7 +2,7 @@
 
 One Finding (ok / warn / FAIL, detail, fix) per check. The checks take their inputs
 (paths, a `which`, a `run`, finder functions) as parameters with real defaults, so
-tests/unit/test_doctor_unit.py runs each on any host. Nothing here boots a VM unless
+tests/unit/cli/test_doctor_unit.py runs each on any host. Nothing here boots a VM unless
 `--probe-kvm` is given. Exit code: 0 without a FAIL, 1 with one.
 """
 

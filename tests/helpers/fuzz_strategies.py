@@ -1,4 +1,4 @@
-"""Shared by the channel fuzz tests (tests/unit/test_channels_fuzz*.py): hypothesis
+"""Shared by the channel fuzz tests (tests/unit/core/test_channels_fuzz*.py): hypothesis
 strategies for JSON values and protocol messages, mutated lines, and the checks every
 decoded message must pass."""
 

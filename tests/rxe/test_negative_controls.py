@@ -11,7 +11,7 @@ look the same as a harness that finds nothing wrong.
   route guard prevents) during the transition: broken, off the wire;
 - the route guard off: the loopback it prevents, shown (or measured absent).
 
-The same controls on recorded data or pure logic: tests/unit/test_accounting_controls_unit.py,
+The same controls on recorded data or pure logic: tests/unit/run/test_accounting_controls_unit.py,
 test_nvme_recorded.py, test_nfs_unit.py.
 """
 

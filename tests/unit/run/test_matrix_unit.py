@@ -28,7 +28,7 @@ from harness.run.stress_checks import (
 from harness.system.rdma_res import parse_res_summary
 from power.plan import Ordering
 
-DATA = Path(__file__).parent.parent / "data" / "matrix-standby-linkflap.jsonl"
+DATA = Path(__file__).parents[2] / "data" / "matrix-standby-linkflap.jsonl"
 
 
 def test_default_matrix_is_every_offered_ordering_times_every_policy() -> None:

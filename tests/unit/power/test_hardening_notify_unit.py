@@ -63,7 +63,7 @@ def test_a_socket_served_by_nobody_cannot_veto_roots_sleep(tmp_path: Path) -> No
     cdir.mkdir(mode=0o700)
     sock = cdir / "evil.1.sock"
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(sock)], stdout=subprocess.PIPE,
-                            text=True, cwd=Path(__file__).parent.parent.parent)
+                            text=True, cwd=Path(__file__).parents[3])
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         os.rename(str(sock) + ".tmp", sock)  # the name the notifier lists

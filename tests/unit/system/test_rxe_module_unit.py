@@ -19,7 +19,7 @@ OURS_SRC = "0D6EECD8607642935EBDB95"
 OURS = ModuleFacts(True, "rxe-power-disassociate-full", OURS_SRC, "OE")
 STOCK = ModuleFacts(True, None, None, "")
 NONE = ModuleFacts(False, None, None, "")
-REPO = Path(__file__).parents[2]
+REPO = Path(__file__).parents[3]
 
 
 @pytest.mark.parametrize(("facts", "ours_src", "want"), [

@@ -29,7 +29,7 @@ from harness.workload.tracelog import (
     read_log,
 )
 
-TRACE = Path(__file__).parent.parent / "data" / "trace"
+TRACE = Path(__file__).parents[2] / "data" / "trace"
 REC = struct.Struct("<IIQQQIIiIIIQ")
 
 

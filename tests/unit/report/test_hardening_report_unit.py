@@ -45,7 +45,7 @@ from harness.run import resultsfile  # noqa: E402
 from harness.run.matrix import render_table  # noqa: E402
 from harness.run.resultsfile import Results, read_results  # noqa: E402
 
-DATA = Path(__file__).parent.parent / "data"
+DATA = Path(__file__).parents[2] / "data"
 REPORT_DEV_ZERO_TIMEOUT_S = 5.0  # what "quickly" means for `report /dev/zero`
 
 

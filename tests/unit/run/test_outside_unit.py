@@ -98,7 +98,7 @@ def _recorded_client(scenario: str):
     from harness.workload.traced_ledger import build_ledger
     from harness.workload.tracelog import parse
 
-    trace = Path(__file__).parent.parent / "data" / "trace" / scenario
+    trace = Path(__file__).parents[2] / "data" / "trace" / scenario
     logs = [parse(gzip.decompress(p.read_bytes()), p.name)
             for p in sorted(trace.glob("*.bin.gz"))]
     (client,) = [lg for lg in logs if "198.18.0.2" in lg.cmdline]
@@ -135,7 +135,7 @@ def test_an_outside_scenario_is_drawn_and_keeps_its_stored_row(tmp_path: Path) -
     from harness.run.outside_lane import program_lane
     from harness.run.scenario_result import ClientEnd
 
-    data = Path(__file__).parent.parent / "data" / "matrix-standby-linkflap.jsonl"
+    data = Path(__file__).parents[2] / "data" / "matrix-standby-linkflap.jsonl"
     header, first = data.read_text().splitlines()[:2]
     rec = json.loads(first)
     rec["schema"] = 2

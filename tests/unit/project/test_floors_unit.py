@@ -11,7 +11,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-REPO = Path(__file__).parents[2]
+REPO = Path(__file__).parents[3]
 ROOTS = ("harness", "power", "clients")
 STDLIB_ONLY = ("harness.core", "harness.system", "harness.topology")
 

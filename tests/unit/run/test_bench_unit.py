@@ -17,7 +17,7 @@ from harness.run.bench.series import percentile, spread
 from harness.run.bench.spec import MIN_COUNT, BenchSpec
 from harness.run.bench.standby_cycle import cycle_parts
 
-PERF = Path(__file__).parent.parent / "data" / "perftest"
+PERF = Path(__file__).parents[2] / "data" / "perftest"
 
 
 @pytest.mark.parametrize("name,size,avg,rate", [

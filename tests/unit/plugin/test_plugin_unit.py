@@ -67,7 +67,7 @@ def test_the_rxe_group_marks_its_tests_and_checks_their_kernel_modules(
     (`-m 'not rxe'` leaves none), and a module no kernel has skips its test with modinfo's
     reason, or fails it under RXE_POWER_REQUIRE_RXE=1; a test needing nothing more runs."""
     from pathlib import Path
-    conftest = Path(__file__).parents[1] / "rxe" / "conftest.py"
+    conftest = Path(__file__).parents[2] / "rxe" / "conftest.py"
     monkeypatch.setenv("RXE_POWER_REQUIRE_RXE", require)
     group = pytester.mkdir("rxe")
     (group / "conftest.py").write_text(conftest.read_text())

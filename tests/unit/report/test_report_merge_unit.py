@@ -20,7 +20,7 @@ from harness.report.merge import merge_matrix
 from harness.report.section import load_section
 from harness.run.rows import RowStatus
 
-DATA = Path(__file__).parent.parent / "data"
+DATA = Path(__file__).parents[2] / "data"
 RECORDED = (DATA / "matrix-standby-linkflap.jsonl", DATA / "nvme-matrix.jsonl")
 STRESS = DATA / "stress-v1-405a4e6.jsonl"
 

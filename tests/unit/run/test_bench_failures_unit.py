@@ -26,7 +26,7 @@ from harness.run.bench.spec import BenchSpec
 from harness.run.bench.tracer_overhead import Run, order, summarize
 from harness.workload.ledger import Ledger
 
-DATA = Path(__file__).parent.parent / "data"
+DATA = Path(__file__).parents[2] / "data"
 PERF = DATA / "perftest"
 BENCH = DATA / "bench"
 

@@ -15,9 +15,9 @@ from harness import report
 from harness.cli.main import main
 from harness.core.errors import RxePowerError
 from harness.system.provenance import Provenance
-from tests.unit.test_provenance_unit import a_provenance
+from tests.unit.system.test_provenance_unit import a_provenance
 
-DATA = Path(__file__).parent.parent / "data"
+DATA = Path(__file__).parents[2] / "data"
 REAL = DATA / "matrix-standby-linkflap.jsonl"
 
 

@@ -20,7 +20,7 @@ from harness.workload.journal import journal_run, note_line, restore_dropped
 from harness.workload.ledger import Ledger, apply_peer_view
 from harness.workload.spec import Op, WorkloadSpec
 
-DATA = Path(__file__).parent.parent / "data" / "matrix-standby-linkflap.jsonl"
+DATA = Path(__file__).parents[2] / "data" / "matrix-standby-linkflap.jsonl"
 SPEC = WorkloadSpec(count=8, ops=(Op.SEND,), sizes=(64,), queue_depth=2)
 
 
@@ -117,7 +117,7 @@ def test_recorded_clean_row_turns_broken_by_an_extra_completion_or_a_dropped_ent
 
 # --- the verbs tracer's ledger, on recorded logs (tests/data/trace) -------------------------
 
-TRACE = Path(__file__).parent.parent / "data" / "trace"
+TRACE = Path(__file__).parents[2] / "data" / "trace"
 REC_SIZE = 64
 
 

@@ -402,7 +402,7 @@ def test_a_schema_1_provenance_is_still_read(tmp_path: Path) -> None:
     old = Provenance.from_json(d)
     assert old.schema == 1 and old.module.build_id is None
     assert "schema" in differing_fields([old, a_provenance(tmp_path / "2")])
-    path = (Path(__file__).parents[2] / "docs" / "measurements"
+    path = (Path(__file__).parents[3] / "docs" / "measurements"
             / "matrix-standby-clients-first-graceful.jsonl")
     head = read_results(path).provenance
     assert head.state is Recorded.YES and head.provenance is not None

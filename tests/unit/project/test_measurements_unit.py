@@ -17,7 +17,7 @@ from harness.run.bench.record import read_bench
 from harness.run.resultsfile import read_results
 from harness.system.provenance_text import Recorded, header_provenance
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MEASUREMENTS = "docs/measurements"
 # `docs/measurements/NAME` in a doc: a file (a reference ending in "/" is the folder)
 REFERENCE = re.compile(r"docs/measurements/[A-Za-z0-9_.+-][A-Za-z0-9_./+-]*")
@@ -105,7 +105,7 @@ def test_report_re_renders_every_results_file(tmp_path: Path) -> None:
 def tree(tmp_path: Path) -> Path:
     """A repository of one good results file, named by the README (from the real matrix
     file's records, with a provenance)."""
-    from tests.unit.test_provenance_unit import a_provenance
+    from tests.unit.system.test_provenance_unit import a_provenance
 
     lines = (REPO / "tests/data/matrix-standby-linkflap.jsonl").read_text().splitlines()
     header = json.loads(lines[0]) | {"provenance": a_provenance(tmp_path).to_json()}

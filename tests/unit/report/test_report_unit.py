@@ -20,7 +20,7 @@ from harness.run.resultsfile import RecordKind, ResultsWriter
 from harness.run.rows import RowStatus
 from harness.run.stress_checks import summarize
 
-DATA = Path(__file__).parent.parent / "data"
+DATA = Path(__file__).parents[2] / "data"
 REAL = DATA / "matrix-standby-linkflap.jsonl"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert('pwned')</script>"

@@ -23,7 +23,7 @@ from harness.core.proc import PACKAGES_ROOT, child_import_path, python_child
 from harness.core.state import StateFile
 from harness.system import nvme_fabrics
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHILD_TIMEOUT_S = 60.0
 PLANTED = "import pathlib; pathlib.Path(__file__).parent.parent.joinpath('PWNED').touch()\n"
 

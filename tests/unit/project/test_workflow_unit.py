@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 WORKFLOW = ROOT / ".github" / "workflows" / "rxe-power.yml"
 README = ROOT / "README.md"
 ACTIONLINT_TIMEOUT_S = 120.0

@@ -30,7 +30,7 @@ from power.result import TransitionResult
 
 NOT_RECORDED = ("provenance: not recorded (a results file written before rxe-power "
                 "recorded it)")
-DATA = Path(__file__).parent.parent / "data"
+DATA = Path(__file__).parents[2] / "data"
 V1_MATRIX_FILES = sorted(p for p in DATA.glob("*.jsonl") if p.name.startswith("matrix-"))
 V1_STRESS = DATA / "stress-v1-old-writer.jsonl"
 V1_MATRIX_405 = DATA / "matrix-v1-405a4e6.jsonl"
