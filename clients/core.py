@@ -152,7 +152,7 @@ class ClientCore(ClientIoPath):
         self._errored = []
         self.admitting = False
         self.round += 1
-        self.note("round", round=self.round)  # the journal's books restart here
+        self.restart_journal("round", round=self.round)  # the books restart here
         self.open(self.device_info)
         self.round_generation = self.generation
 

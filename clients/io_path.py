@@ -143,6 +143,17 @@ class ClientIoPath:
             self.journal.write(note_line(time.monotonic_ns(), what, detail))
             self.journal.flush()
 
+    def restart_journal(self, what: str, **detail: Any) -> None:
+        """Empty the journal and start it with the note `what`: the rounds before were read
+        and accounted, and only the current one is ever read back (a stress run that kept
+        them all had its controller read every round again each cycle: it grew by ~0.5 MB
+        a cycle, 42 -> 60 MB in 38 cycles)."""
+        if self.journal is not None:
+            self.flush_journal()
+            self.journal.seek(0)
+            self.journal.truncate()
+        self.note(what, **detail)
+
     def flush_journal(self, reason: str = "") -> None:
         """Write the arrivals, postings, completions and refusals since the last write, in
         order, in one write: {"event": "posted"|"completed", "detail": {"reqs": [...]}}.

@@ -173,6 +173,34 @@ def test_batched_journal_gives_what_was_in_flight(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_a_new_round_empties_the_journal_and_starts_it_with_its_note() -> None:
+    """A worker's journal holds only its current round (what a controller reads back after
+    a kill); the rounds before are gone from the memfd, so reading it stays as small as one
+    round however long a stress run is. Written through the worker's own text file object
+    on the shared memfd, read back as the controller does."""
+    from clients.io_path import ClientIoPath
+
+    fd = os.memfd_create("journal")
+    journal = os.fdopen(os.dup(fd), "w", encoding="utf-8")
+    try:
+        core = ClientIoPath(WorkloadSpec(count=8), journal)
+        core.note("opened", generation=1)
+        core.note("stopped", taken=8)
+        reader = SimpleNamespace(journal_fd=fd)
+        before = ClientWorker.journal_text(reader)  # type: ignore[arg-type]
+        assert before is not None and before.count("\n") == 2
+        core.restart_journal("round", round=2)
+        core.note("opened", generation=2)
+        text = ClientWorker.journal_text(reader)  # type: ignore[arg-type]
+        assert text is not None
+        events = [json.loads(line)["event"] for line in text.splitlines()]
+        assert events == ["round", "opened"], text
+        assert os.fstat(fd).st_size == len(text.encode())
+    finally:
+        journal.close()
+        os.close(fd)
+
+
 def _fake_rdma_sysfs(root: Path) -> tuple[Path, Path]:
     ib, net = root / "infiniband", root / "net"
     for dev, netdev, state, phys, idx in (("rxe0", "rxpw0", "4: ACTIVE", "5: LinkUp", 7),
