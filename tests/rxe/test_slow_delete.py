@@ -3,12 +3,12 @@ records it as slow (which process, which call, on which file, where the delete s
 and terminates nobody; the negative control, the same moment judged as stock rxe would
 be (`disassociates=False`), terminates the holder.
 
-Seen in 200-cycle stress runs (README, "A slow delete under disassociate is no veto"): a
-client destroying its QP slept in rxe's __rxe_cleanup and the delete waited in
-ib_uverbs_remove_one -> synchronize_srcu for it. That call cannot be made to sleep on
-purpose, so the holder here (tests/helpers/reg_mr_loop.py) is inside another long call
-of the same kind: it registers a large MR over and over (ibv_reg_mr pins every page),
-sized so that one registration takes at least a second.
+Seen in 200-cycle stress runs (docs/shim-and-fault-models.md, "A slow delete under
+disassociate is no veto"): a client destroying its QP slept in rxe's __rxe_cleanup and
+the delete waited in ib_uverbs_remove_one -> synchronize_srcu for it. That call cannot be
+made to sleep on purpose, so the holder here (tests/helpers/reg_mr_loop.py) is inside
+another long call of the same kind: it registers a large MR over and over (ibv_reg_mr
+pins every page), sized so that one registration takes at least a second.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Measurements as data: every file under docs/measurements/ that README.md or docs/*.md
-names exists, is read by the project's own reader, carries its provenance (the commit
+names (as `docs/measurements/F`, or as a link relative to its page: `measurements/F` from
+a page in docs/) exists, is read by the project's own reader, carries its provenance (the commit
 that made it) and, for a results.jsonl, is re-rendered by `rxe-power report`; every file
 there is named by some doc (a figure names its file, a file backs a figure)."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from harness.core.errors import RxePowerError
 from harness.run.bench.record import read_bench
 from harness.run.resultsfile import read_results
 from harness.system.provenance_text import Recorded, header_provenance
+from tests.helpers.doc_links import links, pages
 
 REPO = Path(__file__).resolve().parents[3]
 MEASUREMENTS = "docs/measurements"
@@ -23,17 +26,25 @@ MEASUREMENTS = "docs/measurements"
 REFERENCE = re.compile(r"docs/measurements/[A-Za-z0-9_.+-][A-Za-z0-9_./+-]*")
 
 
-def docs(root: Path) -> list[Path]:
-    return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))]
-            if p.is_file()]
+def linked(doc: Path, root: Path) -> list[str]:
+    """The docs/measurements/... files a page links to, relative to its own folder."""
+    top = root.resolve()
+    out = []
+    for link in links(doc):
+        target = link.resolved()
+        if not link.external and link.path_part and target.is_relative_to(top):
+            rel = target.relative_to(top).as_posix()
+            if rel.startswith(MEASUREMENTS + "/"):
+                out.append(rel)
+    return out
 
 
 def named(root: Path) -> dict[str, list[str]]:
     """Each docs/measurements/... path a doc names -> the docs naming it."""
     out: dict[str, list[str]] = {}
-    for doc in docs(root):
-        for ref in REFERENCE.findall(doc.read_text()):
-            ref = ref.rstrip(".")
+    for doc in pages(root):
+        mentioned = [ref.rstrip(".") for ref in REFERENCE.findall(doc.read_text())]
+        for ref in dict.fromkeys(mentioned + linked(doc, root)):
             if not ref.endswith("/"):
                 out.setdefault(ref, []).append(doc.name)
     return out
@@ -122,14 +133,21 @@ def test_the_check_finds_a_missing_a_corrupt_and_an_orphan_file(tree: Path) -> N
     (tree / "docs").mkdir(exist_ok=True)
     (tree / "docs" / "more.md").write_text(f"see {MEASUREMENTS}/gone.jsonl and "
                                            f"[this]({MEASUREMENTS}/bad.jsonl). And "
-                                           f"{MEASUREMENTS}/old.jsonl.\n")
+                                           f"{MEASUREMENTS}/old.jsonl. And [rel]("
+                                           "measurements/rel-gone.jsonl) and [kept]"
+                                           "(measurements/linked.jsonl).\n")
     (tree / MEASUREMENTS / "bad.jsonl").write_text('{"schema": 2, "kind": "header"}\n{"cut\n')
     lines = (REPO / "tests/data/matrix-standby-linkflap.jsonl").read_text().splitlines()
     (tree / MEASUREMENTS / "old.jsonl").write_text("\n".join(lines[:2]) + "\n")
     (tree / MEASUREMENTS / "orphan.json").write_text("{}")
+    shutil.copy(tree / MEASUREMENTS / "good.jsonl", tree / MEASUREMENTS / "linked.jsonl")
     found = problems(tree)
-    assert len(found) == 4, found
+    assert len(found) == 5, found
     assert "bad.jsonl: " in found[0] and "line 2" in found[0]
     assert found[1] == f"{MEASUREMENTS}/gone.jsonl (named in more.md) does not exist"
     assert found[2] == f"{MEASUREMENTS}/old.jsonl: provenance not recorded"
-    assert found[3] == f"{MEASUREMENTS}/orphan.json is named by no doc (README.md, docs/*.md)"
+    # a link relative to its page (docs/more.md -> measurements/F) names docs/measurements/F
+    assert found[3] == f"{MEASUREMENTS}/rel-gone.jsonl (named in more.md) does not exist"
+    assert found[4] == f"{MEASUREMENTS}/orphan.json is named by no doc (README.md, docs/*.md)"
+    assert named(tree)[f"{MEASUREMENTS}/linked.jsonl"] == ["more.md"]
+
