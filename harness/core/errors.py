@@ -64,6 +64,11 @@ class ProtocolError(RxePowerError):
         super().__init__(problem, fix)
 
 
+class NoHandler(ProtocolError):
+    """A server got a name (a request's event, a plan's step) it has no handler for
+    (harness.core.handlers)."""
+
+
 class FramingError(ProtocolError):
     """The byte stream lost its framing: a line grew past the size limit without a newline.
     `lines` holds the complete lines that came before it in the same read (still valid)."""
