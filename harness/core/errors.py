@@ -78,6 +78,19 @@ class FramingError(ProtocolError):
         super().__init__(problem, fix)
 
 
+class ProcError(RxePowerError):
+    """A /proc file of a process that is still there could not be read, or does not read as
+    the kernel writes it (harness.core.procfs). A process that is gone is no error."""
+
+
+class ProcUnreadable(OsCallError, ProcError):
+    """Reading a /proc file failed with an errno other than "gone" (EACCES, EIO...)."""
+
+
+class ProcFormatError(ProcError):
+    """A /proc file's text is not in the kernel's format (a malformed or cut line)."""
+
+
 class SettingError(RxePowerError):
     """A bad option value; the message says where the value came from."""
 
