@@ -17,6 +17,8 @@ import pytest
 from harness.core import procfs
 from harness.core.errors import ProcError, ProcFormatError, ProcUnreadable
 from harness.core.procfs import ProcStat, SyscallLine
+from harness.system.holders import Holder, find_holders
+from harness.system.nfsobjs import processes_named
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "proc"
 
@@ -209,3 +211,17 @@ def test_a_reaped_child_is_gone() -> None:
     pid = int(child.stdout)
     # the pid could be taken again by now only after the kernel wrapped pid_max
     assert procfs.read_stat(pid) is None and procfs.fd_targets(pid) is None
+
+
+# --- its callers on a /proc tree --------------------------------------------------------------
+
+def test_holders_found_through_the_reader(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path)
+    assert find_holders("rxe0", files={"/dev/infiniband/uverbs0"}, proc=proc) == [
+        Holder(4242, "python3 -P caf\ufffd", ("/dev/infiniband/uverbs0",), 1240575.0)]
+    assert find_holders("rxe0", files={"/dev/infiniband/uverbs1"}, proc=proc) == []
+    (proc / "4242" / "stat").unlink()  # went between its fds and its identity: no start
+    assert find_holders("rxe0", files={"/dev/infiniband/uverbs0"}, proc=proc) == [
+        Holder(4242, "", ("/dev/infiniband/uverbs0",), None)]
+    assert processes_named("python3", proc) == [4242]
+    assert processes_named("rpc.mountd", proc) == []
