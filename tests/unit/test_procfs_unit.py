@@ -18,6 +18,7 @@ from harness.core import procfs
 from harness.core.errors import ProcError, ProcFormatError, ProcUnreadable
 from harness.core.procfs import ProcStat, SyscallLine
 from harness.system.holders import Holder, find_holders
+from harness.system.kstacks import blocked_tasks, process_in_kernel, thread_in_kernel
 from harness.system.nfsobjs import processes_named
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "proc"
@@ -225,3 +226,20 @@ def test_holders_found_through_the_reader(tmp_path: Path) -> None:
         Holder(4242, "", ("/dev/infiniband/uverbs0",), None)]
     assert processes_named("python3", proc) == [4242]
     assert processes_named("rpc.mountd", proc) == []
+
+
+def test_a_thread_in_the_kernel_through_the_reader(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path)
+    t = thread_in_kernel(4242, 4242, proc, arch="x86_64")
+    assert (t.comm, t.state, t.syscall, t.fd, t.file, t.wchan) == (
+        "cat", "R", "read", 3, "/dev/infiniband/uverbs0 (deleted)", "do_select")
+    assert t.stack[0] == "poll_schedule_timeout.constprop.0"
+    assert blocked_tasks(proc) == []
+    task_stat = proc / "4242" / "task" / "4242" / "stat"
+    task_stat.write_text(task_stat.read_text().replace(" R ", " D ", 1))
+    assert [(b["pid"], b["tid"], b["state"]) for b in blocked_tasks(proc)] == [(4242, 4242, "D")]
+    task_stat.write_text("4242 (cat")  # cut short: shown as unknown, not a crash
+    (proc / "4242" / "task" / "4242" / "syscall").write_text("16 0xnothex")
+    t = thread_in_kernel(4242, 4242, proc, arch="x86_64")
+    assert (t.state, t.comm, t.syscall, t.fd) == ("?", "", "?", None)
+    assert process_in_kernel(7, proc) == [] and blocked_tasks(proc) == []
