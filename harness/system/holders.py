@@ -49,7 +49,7 @@ def uverbs_files(device: str, sysfs: Path = SYSFS_VERBS) -> set[str]:
 
 
 def find_holders(device: str, files: set[str] | None = None,
-                 proc: Path = Path("/proc")) -> list[Holder]:
+                 proc: Path = procfs.PROC) -> list[Holder]:
     """Every process with one of the device's uverbs files open, ourselves included.
 
     Pass `files` taken before a delete starts: the sysfs entries vanish once it does.

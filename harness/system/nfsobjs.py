@@ -259,7 +259,7 @@ def undo(entry: dict[str, Any], log: Log, nfsd_fs: Path = NFSD_FS,
     return note
 
 
-def processes_named(comm: str, proc: Path = Path("/proc")) -> list[int]:
+def processes_named(comm: str, proc: Path = procfs.PROC) -> list[int]:
     """Pids whose /proc/PID/comm is `comm` (a foreign rpc.mountd is refused, not ended)."""
     out = []
     for pid in procfs.pids(proc):
