@@ -6,6 +6,7 @@ ProcError naming the file, and nothing else, whatever the text."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import os
 import subprocess
@@ -243,3 +244,23 @@ def test_a_thread_in_the_kernel_through_the_reader(tmp_path: Path) -> None:
     t = thread_in_kernel(4242, 4242, proc, arch="x86_64")
     assert (t.state, t.comm, t.syscall, t.fd) == ("?", "", "?", None)
     assert process_in_kernel(7, proc) == [] and blocked_tasks(proc) == []
+
+
+# --- standard library only ----------------------------------------------------------------------
+
+def outside_imports(source: str, allowed: tuple[str, ...]) -> list[str]:
+    """The modules `source` imports that are neither the standard library's nor `allowed`."""
+    tree = ast.parse(source)
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module for n in ast.walk(tree)
+              if isinstance(n, ast.ImportFrom) and n.module and not n.level]
+    return sorted(m for m in names if m.split(".")[0] not in sys.stdlib_module_names
+                  and m not in allowed)
+
+
+def test_the_reader_needs_only_the_standard_library() -> None:
+    """ci/rxe-setup.sh runs the holder scan with the system python, before any venv."""
+    source = Path(procfs.__file__).read_text()
+    assert outside_imports(source, ("harness.core.errors",)) == []
+    assert outside_imports(source + "\nimport psutil\nfrom harness.system import kstacks\n",
+                           ("harness.core.errors",)) == ["harness.system", "psutil"]
