@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from harness.core import procfs
 from harness.core.errors import ProcError, ProcFormatError, ProcUnreadable
@@ -77,6 +79,33 @@ def test_a_malformed_stat_is_a_format_error_naming_the_file(text: str, needle: s
         procfs.parse_stat(text, Path("/proc/9/stat"))
     assert needle in exc.value.problem
     assert isinstance(exc.value, ProcError) and exc.value.fix
+
+
+def test_a_comm_with_a_newline() -> None:
+    line = recorded("stat-cat.txt").replace("(cat)", "(a\nb) R)", 1)
+    st = procfs.parse_stat(line)
+    assert (st.comm, st.state, st.ppid) == ("a\nb) R", "R", 10691)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs.text(max_size=400) | hs.lists(hs.sampled_from(
+    ["1", "-1", "(", ")", " ", "x", "0x1f", "R", "\n", "12 (a) S"]), max_size=80).map("".join))
+def test_any_text_is_a_stat_or_a_format_error(text: str) -> None:
+    try:
+        stat = procfs.parse_stat(text)
+    except ProcFormatError:
+        return
+    assert isinstance(stat.pid, int) and isinstance(stat.start_ticks, int)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs.text(max_size=200))
+def test_any_text_is_a_syscall_line_or_a_format_error(text: str) -> None:
+    try:
+        line = procfs.parse_syscall(text)
+    except ProcFormatError:
+        return
+    assert line.running or line.nr is None or all(isinstance(a, int) for a in line.args)
 
 
 # --- syscall and stack ------------------------------------------------------------------------
