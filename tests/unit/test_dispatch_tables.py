@@ -13,6 +13,7 @@ with a handler for no name, a server missing a handler, two names on one method.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -163,6 +164,15 @@ def test_the_worker_dispatches_to_its_handlers() -> None:
     assert not isinstance(exc.value, NoHandler)
     with pytest.raises(NoHandler, match="'gossip' has no handler in Worker"):
         worker.handle(Message("gossip", {}, 2))
+    # the guards that were the loop's, now their handlers'
+    worker.core = SimpleNamespace(name="c1")  # type: ignore[assignment]
+    worker.finish_msg = Message("finish", {"timeout_s": 5}, 4)
+    with pytest.raises(ProtocolError, match="start while client 'c1' is running"):
+        worker.handle(Message("start", {}, 5))
+    with pytest.raises(ProtocolError, match="finish while finish id 4 is outstanding"):
+        worker.handle(Message("finish", {"timeout_s": 1}, 6))
+    with pytest.raises(RxePowerError, match="round while a finish is outstanding"):
+        worker.handle(Message("round", {"spec": {}}, 7))
 
 
 def test_the_shim_reports_a_step_without_handler_as_a_step_error() -> None:
