@@ -5,7 +5,8 @@
 It stands alone: everything it needs comes in the `start` request over the
 control socket (fd N, a socketpair end from the controller). Protocol: the
 (event, payload) JSON lines of harness.core.protocol on the WORKER channel
-(harness.core.schemas.WORKER_REQUESTS):
+(harness.core.schemas.WORKER_REQUESTS), each answered by the worker's
+worker_<event> method:
 
     start    {name, policy, spec, device, agent_socket, clients_dir}
              -> {generation}                 device opened, QPs connected
@@ -51,6 +52,7 @@ from clients.connection import Policy
 from clients.core import ClientCore
 from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError, RxePowerError
+from harness.core.handlers import handler_for
 from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader, Message, decode, error_reply
 from harness.core.schemas import ChannelKind
 from harness.rdma.event_fds import raise_fd_limit
@@ -92,32 +94,56 @@ class Worker:
         self.sock.sendall(Message(event, payload, msg.id).encode())
 
     def handle(self, msg: Message) -> None:
-        if msg.event == "start":
-            core = self.start(msg.payload)
-            self.reply(msg, "ok", {"generation": core.generation, "pid": os.getpid()})
-        elif self.core is None:
+        """Answer a request with its worker_<event> method (one per WORKER_REQUESTS event):
+        the payload it returns is the "ok" reply; None: answered later (finish)."""
+        handler = handler_for(self, "worker_", msg.event, "update the worker", msg.id)
+        reply: dict[str, Any] | None = handler(msg)
+        if reply is not None:
+            self.reply(msg, "ok", reply)
+
+    def _started(self, msg: Message) -> ClientCore:
+        if self.core is None:
             raise RxePowerError(f"{msg.event!r} before start", "send start first")
-        elif msg.event == "go":
-            self.core.go()
-            self.reply(msg, "ok", {})
-        elif msg.event == "progress":
-            c = self.core
-            self.reply(msg, "ok", {"outstanding": c.outstanding(), "queued": len(c.queue),
-                                   "counts": c.ledger.counts(), "done": c.done()})
-        elif msg.event == "stop":
-            self.reply(msg, "ok", self.core.stop_arrivals())
-        elif msg.event == "finish":
-            self.finish_msg = msg
-            self.finish_deadline = time.monotonic() + msg.payload["timeout_s"]
-        elif msg.event == "ledger":
-            self.reply(msg, "ok", self.ledger_page(self.core, msg.payload["start"],
-                                                   msg.payload["limit"]))
-        elif msg.event == "round":
-            if self.finish_msg is not None:
-                raise RxePowerError("round while a finish is outstanding",
-                                    "wait for the finish reply first")
-            self.core.new_round(WorkloadSpec.from_json(msg.payload["spec"]))
-            self.reply(msg, "ok", {"generation": self.core.generation})
+        return self.core
+
+    def worker_start(self, msg: Message) -> dict[str, Any]:
+        if self.core is not None:
+            raise ProtocolError(f"start while client {self.core.name!r} is running: a second "
+                                "start would replace its ledger", "use one worker per client")
+        core = self.start(msg.payload)
+        return {"generation": core.generation, "pid": os.getpid()}
+
+    def worker_go(self, msg: Message) -> dict[str, Any]:
+        self._started(msg).go()
+        return {}
+
+    def worker_progress(self, msg: Message) -> dict[str, Any]:
+        c = self._started(msg)
+        return {"outstanding": c.outstanding(), "queued": len(c.queue),
+                "counts": c.ledger.counts(), "done": c.done()}
+
+    def worker_stop(self, msg: Message) -> dict[str, Any]:
+        return self._started(msg).stop_arrivals()
+
+    def worker_finish(self, msg: Message) -> None:
+        """Answered by the loop once every request has an outcome, or at the deadline."""
+        self._started(msg)
+        if self.finish_msg is not None:
+            raise ProtocolError(f"finish while finish id {self.finish_msg.id} is outstanding",
+                                "send finish once")
+        self.finish_msg = msg
+        self.finish_deadline = time.monotonic() + msg.payload["timeout_s"]
+
+    def worker_ledger(self, msg: Message) -> dict[str, Any]:
+        return self.ledger_page(self._started(msg), msg.payload["start"], msg.payload["limit"])
+
+    def worker_round(self, msg: Message) -> dict[str, Any]:
+        core = self._started(msg)
+        if self.finish_msg is not None:
+            raise RxePowerError("round while a finish is outstanding",
+                                "wait for the finish reply first")
+        core.new_round(WorkloadSpec.from_json(msg.payload["spec"]))
+        return {"generation": core.generation}
 
     @staticmethod
     def ledger_page(core: ClientCore, start: int, limit: int) -> dict[str, Any]:
@@ -197,13 +223,6 @@ class Worker:
                             raise framing
                         msg = decode(line, ChannelKind.WORKER)
                         mid = msg.id
-                        if msg.event == "start" and self.core is not None:
-                            raise ProtocolError(
-                                f"start while client {self.core.name!r} is running: a second "
-                                "start would replace its ledger", "use one worker per client")
-                        if msg.event == "finish" and self.finish_msg is not None:
-                            raise ProtocolError(f"finish while finish id {self.finish_msg.id} "
-                                                "is outstanding", "send finish once")
                         self.handle(msg)
                         continue
                     except Exception as exc:  # answered right here; never ends the worker

@@ -21,6 +21,7 @@ from typing import Any
 
 from harness.core.device import DeviceInfo
 from harness.core.errors import RxePowerError, TopologyError
+from harness.core.handlers import handler_for
 from harness.core.settings import RemovalMode
 from harness.system import inventory, network, rxe_module
 from harness.topology import devices, lifecycle, neighbour, netdevs
@@ -35,7 +36,6 @@ from power.transition_run import TransitionRun
 from power.veto import delete_device
 
 S = StepKind
-BAD_PEER_EVENTS = ("PORT_ERR", "DEVICE_FATAL")
 PORT_EVENT_TIMEOUT_S = 2.0  # port DOWN -> its PORT_ERR event seen (the step goes on without)
 
 
@@ -115,7 +115,7 @@ class Shim:
             scan = kmsg.scan_after(marker, tail=tail)
         tl.add(EntryKind.KMSG, "kernel", "scan", ok=scan.ok, hits=len(scan.hits),
                records_after=scan.records_after)
-        return self._verdict(run, scan, before, not_restored)
+        return run.verdict(scan, before.local.to_json(), not_restored, self.cfg.peer_dev)
 
     def _precondition(self) -> Topology:
         pend = devices.pending_deletes(self.cfg.local_dev)
@@ -219,88 +219,103 @@ class Shim:
             run.tl.add(EntryKind.PORT_STATE, dev, states.get(dev, "absent"))
         run.peer_states.append(states.get(self.cfg.peer_dev, "absent"))
 
-    # --- the steps ------------------------------------------------------------------------
+    # --- the steps: step_<kind>, one per power.plan.StepKind (harness.core.handlers) ------
 
     def _execute_step(self, run: TransitionRun, step: StepKind) -> dict[str, Any]:
+        """Do `step` with its step_<kind> method (one per power.plan.StepKind); the detail
+        it returns goes on the step's record."""
+        handler = handler_for(self, "step_", step.value, "give the shim a method for the step")
+        detail: dict[str, Any] = handler(run)
+        return detail
+
+    def step_port_down(self, run: TransitionRun) -> dict[str, Any]:
+        cfg = self.cfg
+        t0 = time.monotonic_ns()
+        netdevs.set_netdev_up(cfg.local_netdev, False)
+        down = devices.wait_port_state(cfg.local_dev, "DOWN")
+        # the step ends when the device's clients were told (PORT_ERR): the port state
+        # changes first, the event follows from a kernel work queue; the reader must not
+        # be closed (delete-device) before it came
+        err = run.wait_event(cfg.local_dev, "PORT_ERR", t0, PORT_EVENT_TIMEOUT_S)
+        return {"down_after_s": round(down, 4),
+                "port_err_after_s": None if err is None else round(err, 4)}
+
+    def step_delete_device(self, run: TransitionRun) -> dict[str, Any]:
         cfg, req, tl = self.cfg, run.req, run.tl
-        if step is S.NOTIFY_SUSPEND:
-            return self._notify_suspend(run)
-        if step is S.PORT_DOWN:
-            t0 = time.monotonic_ns()
-            netdevs.set_netdev_up(cfg.local_netdev, False)
-            down = devices.wait_port_state(cfg.local_dev, "DOWN")
-            # the step ends when the device's clients were told (PORT_ERR): the port state
-            # changes first, the event follows from a kernel work queue; the reader must not
-            # be closed (delete-device) before it came
-            err = run.wait_event(cfg.local_dev, "PORT_ERR", t0, PORT_EVENT_TIMEOUT_S)
-            return {"down_after_s": round(down, 4),
-                    "port_err_after_s": None if err is None else round(err, 4)}
-        if step is S.DELETE_DEVICE:
-            self._close_events(run, cfg.local_dev)
+        self._close_events(run, cfg.local_dev)
 
-            def note(what: str, **detail: Any) -> None:
-                tl.add(EntryKind.VETO if detail.pop("veto", False) else EntryKind.NOTE,
-                       cfg.local_dev, what, **detail)
-                if what.startswith("holder pid"):
-                    tl.add(EntryKind.HOLDER, cfg.local_dev, what, **detail)
+        def note(what: str, **detail: Any) -> None:
+            tl.add(EntryKind.VETO if detail.pop("veto", False) else EntryKind.NOTE,
+                   cfg.local_dev, what, **detail)
+            if what.startswith("holder pid"):
+                tl.add(EntryKind.HOLDER, cfg.local_dev, what, **detail)
 
-            run.veto = delete_device(cfg.local_dev, req.on_veto, req.veto_wait_s, note,
-                                     self.disassociates)
-            if run.veto.vetoed:
-                run.vetoed = True
-                run.reasons.append(run.veto.reason)
-            elif run.veto.terminated:
-                run.forced = True
-                run.reasons.append(run.veto.reason)
-            # start_s: until the delete reached the device's uverbs nodes. A kernel
-            # client's removal runs before ib_uverbs' (LIFO), so a kernel client that
-            # holds the device shows here, not as a veto (no process holds it)
-            return {"blocked_s": round(run.veto.blocked_s, 4), "veto": run.veto.detected,
-                    "start_s": round(run.veto.start_s, 4)}
-        if step is S.DESTROY_NETDEV:
-            old = netdevs.netdev_ifindex(cfg.local_netdev)
-            netdevs.destroy_side_netdev(cfg, "local")
-            return {"old_ifindex": old}
-        if step is S.HOLD:
-            time.sleep(run.hold_ms / 1000)  # the sleep itself: the device stays down this long
-            return {"hold_ms": run.hold_ms}
-        if step is S.CREATE_NETDEV:
-            netdevs.create_side_netdev(cfg, "local", up=False)
-            return {"new_ifindex": netdevs.netdev_ifindex(cfg.local_netdev)}
-        if step is S.CREATE_DEVICE:
-            devices.add_rdma_link(cfg.local_dev, cfg.local_netdev)
-            net = network.sysfs_netdev(cfg.local_netdev)
-            up = bool(net and net[1])
-            took = devices.wait_port_state(cfg.local_dev, "ACTIVE" if up else "DOWN")
-            # the port shows in sysfs before the device's uverbs node exists: opening it
-            # (the reader, the clients) must wait for that node
-            took = max(took, devices.wait_uverbs(cfg.local_dev))
-            self._open_events(run, cfg.local_dev)
-            return {"present_after_s": round(took, 4)}
-        if step is S.PORT_UP:
-            netdevs.side_up(cfg, "local")
-            topo = devices.wait_ports_active(cfg)
-            run.device_after = topo.local.to_json()
-            # the carrier drop flushed the neighbour tables: resolve the far addresses now,
-            # or each side's first RC connect waits 1 s in the kernel (see resolve_neighbour)
-            neigh = {w: round(neighbour.resolve_neighbour(cfg, w) * 1000, 1)
-                     for w in ("local", "peer")}
-            return {"gid": topo.local.gid, "gid_index": topo.local.gid_index,
-                    "ifindex": topo.local.ifindex, "arp_ms": neigh}
-        if step is S.NOTIFY_RESUME:
-            topo = devices.discover(cfg)
-            run.device_after = topo.local.to_json()
-            info = DeviceInfo.from_endpoint(topo.local)
-            tl.add(EntryKind.NOTIFY, "shim", "resume_complete", device=info.to_json())
-            answers = self.notifier.resume_complete(req.name, info)
-            self._record_answers(run, answers)
-            return {"clients": len(answers)}
-        if step is S.PM_SUSPEND:
-            took = pmtest.run(req.pm_level, max(1, round(run.hold_ms / 1000)))
-            return {"level": req.pm_level, "took_s": round(took, 3), "real_suspend": True}
-        raise AssertionError(f"unhandled step {step}")  # pragma: no cover
+        run.veto = delete_device(cfg.local_dev, req.on_veto, req.veto_wait_s, note,
+                                 self.disassociates)
+        if run.veto.vetoed:
+            run.vetoed = True
+            run.reasons.append(run.veto.reason)
+        elif run.veto.terminated:
+            run.forced = True
+            run.reasons.append(run.veto.reason)
+        # start_s: until the delete reached the device's uverbs nodes. A kernel
+        # client's removal runs before ib_uverbs' (LIFO), so a kernel client that
+        # holds the device shows here, not as a veto (no process holds it)
+        return {"blocked_s": round(run.veto.blocked_s, 4), "veto": run.veto.detected,
+                "start_s": round(run.veto.start_s, 4)}
 
-    def _notify_suspend(self, run: TransitionRun) -> dict[str, Any]:
+    def step_destroy_netdev(self, run: TransitionRun) -> dict[str, Any]:
+        old = netdevs.netdev_ifindex(self.cfg.local_netdev)
+        netdevs.destroy_side_netdev(self.cfg, "local")
+        return {"old_ifindex": old}
+
+    def step_hold(self, run: TransitionRun) -> dict[str, Any]:
+        time.sleep(run.hold_ms / 1000)  # the sleep itself: the device stays down this long
+        return {"hold_ms": run.hold_ms}
+
+    def step_create_netdev(self, run: TransitionRun) -> dict[str, Any]:
+        netdevs.create_side_netdev(self.cfg, "local", up=False)
+        return {"new_ifindex": netdevs.netdev_ifindex(self.cfg.local_netdev)}
+
+    def step_create_device(self, run: TransitionRun) -> dict[str, Any]:
+        cfg = self.cfg
+        devices.add_rdma_link(cfg.local_dev, cfg.local_netdev)
+        net = network.sysfs_netdev(cfg.local_netdev)
+        up = bool(net and net[1])
+        took = devices.wait_port_state(cfg.local_dev, "ACTIVE" if up else "DOWN")
+        # the port shows in sysfs before the device's uverbs node exists: opening it
+        # (the reader, the clients) must wait for that node
+        took = max(took, devices.wait_uverbs(cfg.local_dev))
+        self._open_events(run, cfg.local_dev)
+        return {"present_after_s": round(took, 4)}
+
+    def step_port_up(self, run: TransitionRun) -> dict[str, Any]:
+        cfg = self.cfg
+        netdevs.side_up(cfg, "local")
+        topo = devices.wait_ports_active(cfg)
+        run.device_after = topo.local.to_json()
+        # the carrier drop flushed the neighbour tables: resolve the far addresses now,
+        # or each side's first RC connect waits 1 s in the kernel (see resolve_neighbour)
+        neigh = {w: round(neighbour.resolve_neighbour(cfg, w) * 1000, 1)
+                 for w in ("local", "peer")}
+        return {"gid": topo.local.gid, "gid_index": topo.local.gid_index,
+                "ifindex": topo.local.ifindex, "arp_ms": neigh}
+
+    def step_notify_resume(self, run: TransitionRun) -> dict[str, Any]:
+        topo = devices.discover(self.cfg)
+        run.device_after = topo.local.to_json()
+        info = DeviceInfo.from_endpoint(topo.local)
+        run.tl.add(EntryKind.NOTIFY, "shim", "resume_complete", device=info.to_json())
+        answers = self.notifier.resume_complete(run.req.name, info)
+        self._record_answers(run, answers)
+        return {"clients": len(answers)}
+
+    def step_pm_suspend(self, run: TransitionRun) -> dict[str, Any]:
+        req = run.req
+        took = pmtest.run(req.pm_level, max(1, round(run.hold_ms / 1000)))
+        return {"level": req.pm_level, "took_s": round(took, 3), "real_suspend": True}
+
+    def step_notify_suspend(self, run: TransitionRun) -> dict[str, Any]:
         req = run.req
         deadline_s = req.quiesce_timeout_s
         run.tl.add(EntryKind.NOTIFY, "shim", "suspend_prepare", deadline_s=deadline_s)
@@ -350,33 +365,6 @@ class Shim:
         if topo.local.state != "ACTIVE" or topo.peer.state != "ACTIVE":
             return f"ports {topo.local.state}/{topo.peer.state}"
         return None
-
-    def _verdict(self, run: TransitionRun, scan: kmsg.KmsgScan, before: Topology,
-                 not_restored: list[str]) -> TransitionResult:
-        peer_events = [e for e in run.tl.of_kind(EntryKind.ASYNC_EVENT)
-                       if e.source == self.cfg.peer_dev and e.what in BAD_PEER_EVENTS]
-        peer_ok = all(s == "ACTIVE" for s in run.peer_states) and not peer_events
-        reasons = list(run.reasons)
-        if not peer_ok:
-            reasons.append(f"the peer HCA {self.cfg.peer_dev} did not stay ACTIVE: states "
-                           f"{sorted(set(run.peer_states))}, events "
-                           f"{[e.what for e in peer_events]}")
-        if not scan.ok:
-            reasons.append(f"kernel log after marker {scan.marker.token}: "
-                           + ("; ".join(f"{h.pattern}: {h.record.message}" for h in scan.hits)
-                              or "records lost (ring buffer wrapped)"))
-        reasons += [f"not restored: {p}" for p in not_restored]
-        if run.failed or not peer_ok or not scan.ok or (not_restored and not run.vetoed):
-            verdict = Verdict.FAILED
-        elif run.vetoed:
-            verdict = Verdict.VETOED
-        elif run.forced:
-            verdict = Verdict.FORCED
-        else:
-            verdict = Verdict.COMPLETED
-        return TransitionResult(run.req, verdict, reasons, run.steps, run.tl, run.answers,
-                                run.veto, scan, peer_ok, before.local.to_json(),
-                                run.device_after, not_restored)
 
 
 def render(result: TransitionResult) -> list[str]:

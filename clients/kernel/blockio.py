@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.core.errors import OsCallError
+from harness.core import procfs
+from harness.core.errors import OsCallError, ProcError, ProcUnreadable
 from harness.workload.block_ledger import BlockState, IoOp, IoRecord, check_block, make_block
 
 IO_STUCK_TIMEOUT_S = 20.0  # an I/O without completion this long after submission is stuck
@@ -45,14 +46,22 @@ class DriverSpec:
 
 
 def proc_task_info(tid: int) -> tuple[str, str]:
-    """The task's wchan and kernel stack (what it waits for), as /proc tells it."""
-    base = Path(f"/proc/self/task/{tid}")
+    """The task's wchan and kernel stack (what it waits for: function names, innermost
+    first, one a line), as /proc tells it (harness.core.procfs)."""
     out = []
-    for name in ("wchan", "stack"):
+    for read in (procfs.read_wchan, procfs.read_kernel_stack):
         try:
-            out.append((base / name).read_text().strip())
-        except OSError as exc:
+            got = read("self", tid)
+        except ProcUnreadable as exc:
             out.append(f"unreadable: {exc.strerror}")
+            continue
+        except ProcError as exc:
+            out.append(f"unreadable: {exc.problem}")
+            continue
+        if got is None:
+            out.append("unreadable: the thread is gone")
+        else:
+            out.append(got if isinstance(got, str) else "\n".join(got))
     return out[0], out[1]
 
 

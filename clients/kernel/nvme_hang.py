@@ -26,6 +26,7 @@ from typing import Any
 
 from harness.core.errors import RxePowerError
 from harness.system import kernelobjs as ko
+from harness.system import kstacks
 from harness.topology import devices, lifecycle
 from harness.topology.config import TopologyConfig
 from power import kmsg
@@ -56,23 +57,9 @@ def _read(path: Path) -> str:
 
 
 def d_state_tasks(limit: int = MAX_D_TASKS) -> list[dict[str, Any]]:
-    """Every task in D state now (kernel threads included): pid, comm, wchan, stack."""
-    out: list[dict[str, Any]] = []
-    for proc in sorted(Path("/proc").iterdir(), key=lambda p: p.name):
-        if not proc.name.isdigit():
-            continue
-        for task in (proc / "task").glob("*"):
-            stat = _read(task / "stat")
-            # "pid (comm) S ...": the state follows the last ')' (comm may hold one)
-            state = stat.rpartition(")")[2].split()[:1]
-            if state != ["D"]:
-                continue
-            out.append({"pid": int(proc.name), "tid": int(task.name),
-                        "comm": _read(task / "comm"), "wchan": _read(task / "wchan"),
-                        "stack": _read(task / "stack").splitlines()})
-            if len(out) >= limit:
-                return out
-    return out
+    """Every task in D state now (kernel threads included): pid, tid, comm, wchan, stack
+    (function names), the system call and file it is in (harness.system.kstacks)."""
+    return kstacks.blocked_tasks(limit=limit)
 
 
 @dataclass

@@ -64,6 +64,11 @@ class ProtocolError(RxePowerError):
         super().__init__(problem, fix)
 
 
+class NoHandler(ProtocolError):
+    """A server got a name (a request's event, a plan's step) it has no handler for
+    (harness.core.handlers)."""
+
+
 class FramingError(ProtocolError):
     """The byte stream lost its framing: a line grew past the size limit without a newline.
     `lines` holds the complete lines that came before it in the same read (still valid)."""
@@ -71,6 +76,19 @@ class FramingError(ProtocolError):
     def __init__(self, problem: str, fix: str = "", lines: list[bytes] | None = None) -> None:
         self.lines = lines or []
         super().__init__(problem, fix)
+
+
+class ProcError(RxePowerError):
+    """A /proc file of a process that is still there could not be read, or does not read as
+    the kernel writes it (harness.core.procfs). A process that is gone is no error."""
+
+
+class ProcUnreadable(OsCallError, ProcError):
+    """Reading a /proc file failed with an errno other than "gone" (EACCES, EIO...)."""
+
+
+class ProcFormatError(ProcError):
+    """A /proc file's text is not in the kernel's format (a malformed or cut line)."""
 
 
 class SettingError(RxePowerError):

@@ -44,6 +44,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from harness.core import procfs
+from harness.core.errors import ProcError
+
 _EXPECTED = ("self", "args", "executable", "preexec_fn", "close_fds", "pass_fds", "cwd", "env",
              "startupinfo", "creationflags", "shell", "p2cread", "p2cwrite", "c2pread",
              "c2pwrite", "errread", "errwrite", "restore_signals", "gid", "gids", "uid",
@@ -147,9 +150,10 @@ def set_cmdline(title: str) -> bool:
     """Write `title` over this process's argv area (what /proc/self/cmdline shows, as the
     setproctitle package does), cut to the area's length; False when that cannot be done."""
     try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+        stat = procfs.read_stat("self")
+        if stat is None or stat.arg_start is None or stat.arg_end is None:
+            return False
+        start, end = stat.arg_start, stat.arg_end
         size = end - start
         if size <= 1:
             return False
@@ -158,5 +162,5 @@ def set_cmdline(title: str) -> bool:
             mem.seek(start)
             mem.write(raw + b"\0" * (size - len(raw)))
         return True
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError, ProcError):
         return False

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.core.errors import TopologyError
+from harness.core import procfs
+from harness.core.errors import ProcUnreadable, TopologyError
 from harness.core.files import atomic_write
 from harness.core.settings import state_path
 from harness.core.state_entries import check_entry, check_trusted
@@ -40,14 +41,14 @@ Entry = dict[str, Any]  # one record of the state file, as JSON (kind, its attri
 
 
 def process_start(pid: int) -> float | None:
-    """The process's start time (clock ticks since boot, from /proc), or None if gone
-    (a zombie is gone: it only waits for its parent to collect its exit status)."""
+    """The process's start time (clock ticks since boot, from /proc), or None if gone or
+    unreadable (a zombie is gone: it only waits for its parent to collect its exit
+    status). A stat line not in the kernel's format is ProcFormatError."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        stat = procfs.read_stat(pid)
+    except ProcUnreadable:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] in ("Z", "X") else float(fields[19])
+    return None if stat is None or stat.gone else float(stat.start_ticks)
 
 
 def me() -> Entry:

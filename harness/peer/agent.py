@@ -4,10 +4,12 @@
 
 It listens on a Unix socket for its controller (and client workers), speaks the
 (event, payload) protocol of harness.core.protocol (the PEER channel; each line is
-answered by harness.peer.dispatch), and runs one select() loop over the control
-socket, every QP's completion channel and the rdma_cm event channel, so no pyverbs
-call ever blocks. Its QPs (harness.peer.agent_qp) record every arrival and every
-event of their own; the agent adds the CM events and reports them on request. It
+answered by harness.peer.dispatch, with the agent's peer_<event> method: one per
+event of harness.core.schemas.PEER_REQUESTS), and runs one select() loop over the
+control socket, every QP's completion channel and the rdma_cm event channel, so no
+pyverbs call ever blocks. Its QPs (harness.peer.agent_qp) record every arrival and
+every event of their own; its rdma_cm passive side (harness.peer.agent_cm) adds the
+CM events and reports them on request. It
 exits when the controller goes away; every verbs object is closed by construction
 on the way out. The QPs a client made over its own connection are destroyed
 PARTNER_KEEPALIVE_TIMEOUT_S after that connection closes, as a target's keep-alive
@@ -27,10 +29,12 @@ import sys
 import time
 from typing import Any
 
-from harness.core.errors import ProtocolError, RxePowerError
+from harness.core.errors import RxePowerError
+from harness.core.handlers import handler_for
 from harness.core.protocol import LineReader, Message, error_reply
+from harness.peer.agent_cm import AgentCm
 from harness.peer.agent_qp import PROBE_WR_ID, AgentQp
-from harness.peer.dispatch import Waiting, read_and_dispatch
+from harness.peer.dispatch import Reply, Waiting, read_and_dispatch
 from harness.peer.keepalive import Owner, PartnerWatch, peer_pid
 from harness.rdma import cm, payload
 from harness.rdma.event_fds import raise_fd_limit
@@ -41,7 +45,7 @@ SELECT_TICK_S = 0.5  # upper bound on one loop turn (deadline checks), not a sle
 ARRIVALS_PAGE = 4000  # arrivals per "arrivals" reply at most (~170 bytes each); "more" follows
 
 
-class Agent:
+class Agent(AgentCm):
     def __init__(self, device: str, gid_index: int, addr: str) -> None:
         self.device_name = device
         self.gid_index = gid_index
@@ -62,75 +66,98 @@ class Agent:
         # epoll: no FD_SETSIZE limit (a QP's completion channel is one fd; 1,024 QPs...)
         self.sel = selectors.DefaultSelector()
 
-    # -- requests
-    def handle(self, msg: Message) -> dict[str, Any] | None:
-        """Answer a request; None means "reply later" (a wait)."""
+    # -- requests: one peer_<event> method per PEER_REQUESTS event (harness.core.handlers)
+    def handle(self, msg: Message) -> Reply:
+        """Answer a request with its handler; None means "reply later" (a wait)."""
+        handler = handler_for(self, "peer_", msg.event, "update the agent", msg.id)
+        reply: Reply = handler(msg)
+        return reply
+
+    def peer_hello(self, msg: Message) -> Reply:
+        return {"device": self.device_name, "pid": os.getpid(), "gid": self.dev.gid,
+                "gid_index": self.gid_index}
+
+    def peer_create_qp(self, msg: Message) -> Reply:
         p = msg.payload
-        ev = msg.event
-        if ev == "hello":
-            return {"device": self.device_name, "pid": os.getpid(), "gid": self.dev.gid,
-                    "gid_index": self.gid_index}
-        if ev == "create_qp":
-            new = self._new_qp(p["mr_size"], p["recv_slots"], p["slot_size"], self.dev)
-            new.write_slots = p["write_slots"]
-            if self.current is not None:
-                self.watch.own(new.qp_id, self.current)
-            return {"qp_id": new.qp_id, "info": new.info()}
-        if ev == "cm_listen":
-            return self._cm_listen(p)
-        if ev == "cm_events":
-            return self._cm_wait_done(msg, time.monotonic())
-        if ev == "cm_stop":
-            self._cm_stop()
-            return {}
-        if ev == "shutdown":
-            self.running = False
-            return {}
-        if ev == "holders":
-            return {"pid": os.getpid(), **self.watch.report(time.monotonic())}
-        aq = self.qps.get(p["qp_id"])
+        new = self._new_qp(p["mr_size"], p["recv_slots"], p["slot_size"], self.dev)
+        new.write_slots = p["write_slots"]
+        if self.current is not None:
+            self.watch.own(new.qp_id, self.current)
+        return {"qp_id": new.qp_id, "info": new.info()}
+
+    def peer_shutdown(self, msg: Message) -> Reply:
+        self.running = False
+        return {}
+
+    def peer_holders(self, msg: Message) -> Reply:
+        return {"pid": os.getpid(), **self.watch.report(time.monotonic())}
+
+    def _qp(self, msg: Message) -> AgentQp:
+        """The QP a request names by its qp_id."""
+        aq = self.qps.get(msg.payload["qp_id"])
         if aq is None:
-            raise RxePowerError(f"no QP with id {p['qp_id']}", "create it first")
-        if ev == "connect_qp":
-            aq.qp.connect(QpInfo.from_json(p["remote"]))
-            aq.post_all_recvs()
-            return {"state": aq.qp.state().name}
-        if ev == "fill":
-            off = aq.rdma_offset(p["offset"], p["length"])
-            aq.qp.write_local(off, payload.encode(p["seq"], p["length"]))
-            return {}
-        if ev == "verify":
-            off = aq.rdma_offset(p["offset"], p["length"])
-            chk = payload.verify(aq.qp.read_local(off, p["length"]), p["seq"], p["length"])
-            return {"ok": chk.ok, "reason": chk.reason, "crc": chk.crc}
-        if ev == "read_u64":
-            off = aq.rdma_offset(p["offset"], 8)
-            return {"value": struct.unpack("<Q", aq.qp.read_local(off, 8))[0]}
-        if ev == "write_u64":
-            off = aq.rdma_offset(p["offset"], 8)
-            aq.qp.write_local(off, struct.pack("<Q", p["value"] & (2**64 - 1)))
-            return {}
-        if ev == "arrivals":
-            return self._arrivals_done(aq, p["count"], time.monotonic() + p["timeout_s"], False)
-        if ev == "probe_start":  # post the probe now, ask for its outcome later ("probe")
+            raise RxePowerError(f"no QP with id {msg.payload['qp_id']}", "create it first")
+        return aq
+
+    def peer_connect_qp(self, msg: Message) -> Reply:
+        aq = self._qp(msg)
+        aq.qp.connect(QpInfo.from_json(msg.payload["remote"]))
+        aq.post_all_recvs()
+        return {"state": aq.qp.state().name}
+
+    def peer_fill(self, msg: Message) -> Reply:
+        aq, p = self._qp(msg), msg.payload
+        off = aq.rdma_offset(p["offset"], p["length"])
+        aq.qp.write_local(off, payload.encode(p["seq"], p["length"]))
+        return {}
+
+    def peer_verify(self, msg: Message) -> Reply:
+        aq, p = self._qp(msg), msg.payload
+        off = aq.rdma_offset(p["offset"], p["length"])
+        chk = payload.verify(aq.qp.read_local(off, p["length"]), p["seq"], p["length"])
+        return {"ok": chk.ok, "reason": chk.reason, "crc": chk.crc}
+
+    def peer_read_u64(self, msg: Message) -> Reply:
+        aq = self._qp(msg)
+        off = aq.rdma_offset(msg.payload["offset"], 8)
+        return {"value": struct.unpack("<Q", aq.qp.read_local(off, 8))[0]}
+
+    def peer_write_u64(self, msg: Message) -> Reply:
+        aq = self._qp(msg)
+        off = aq.rdma_offset(msg.payload["offset"], 8)
+        aq.qp.write_local(off, struct.pack("<Q", msg.payload["value"] & (2**64 - 1)))
+        return {}
+
+    def peer_arrivals(self, msg: Message) -> Reply:
+        aq, p = self._qp(msg), msg.payload
+        return self._arrivals_done(aq, p["count"], time.monotonic() + p["timeout_s"], False)
+
+    def peer_probe_start(self, msg: Message) -> Reply:
+        """Post the probe now, ask for its outcome later ("probe")."""
+        self._start_probe(self._qp(msg))
+        return {}
+
+    def peer_probe(self, msg: Message) -> Reply:
+        """Does our side notice the client is gone? (answered when done)"""
+        aq, p = self._qp(msg), msg.payload
+        if aq.probe_started is None:
             self._start_probe(aq)
-            return {}
-        if ev == "probe":  # does our side notice the client is gone? (answered when done)
-            if aq.probe_started is None:
-                self._start_probe(aq)
-            else:  # started earlier (probe_start): the bound counts from then
-                p["_deadline"] = min(p.get("_deadline", float("inf")),
-                                     aq.probe_started + p["timeout_s"])
-            return self._probe_done(aq, msg)
-        if ev == "qp_state":
-            return {"state": aq.qp.state().name}
-        if ev == "to_err":
-            aq.qp.to_err()
-            return {"state": aq.qp.state().name}
-        if ev == "destroy_qp":
-            self._destroy_qp(aq)
-            return {}
-        raise ProtocolError(f"event {ev!r} has no handler", "update the agent")
+        else:  # started earlier (probe_start): the bound counts from then
+            p["_deadline"] = min(p.get("_deadline", float("inf")),
+                                 aq.probe_started + p["timeout_s"])
+        return self._probe_done(aq, msg)
+
+    def peer_qp_state(self, msg: Message) -> Reply:
+        return {"state": self._qp(msg).qp.state().name}
+
+    def peer_to_err(self, msg: Message) -> Reply:
+        aq = self._qp(msg)
+        aq.qp.to_err()
+        return {"state": aq.qp.state().name}
+
+    def peer_destroy_qp(self, msg: Message) -> Reply:
+        self._destroy_qp(self._qp(msg))
+        return {}
 
     def _new_qp(self, mr_size: int, recv_slots: int, slot_size: int, dev: Device) -> AgentQp:
         if recv_slots < 1 or slot_size < 1 or recv_slots * slot_size >= mr_size:
@@ -178,88 +205,6 @@ class Agent:
             return {"arrivals": [a.to_json() for a in new], "events": events,
                     "complete": pending >= count, "more": pending > len(new)}
         return None
-
-    # -- rdma_cm (passive side)
-    def _cm_listen(self, p: dict[str, Any]) -> dict[str, Any]:
-        if self.cm_listener is not None:
-            raise RxePowerError("already listening", "send cm_stop first")
-        self.cm_channel = cm.EventChannel()
-        listener = cm.CMID(creator=self.cm_channel.ch, port_space=cm.ce.RDMA_PS_TCP)
-        ai = cm.AddrInfo(src=self.addr, src_service=str(p["port"]),
-                         port_space=cm.ce.RDMA_PS_TCP, flags=cm.ce.RAI_PASSIVE)
-        listener.bind_addr(ai)
-        listener.listen()
-        self.cm_listener = listener
-        self.cm_params = p
-        self.sel.register(self.cm_channel.fd, selectors.EVENT_READ, "cm")
-        return {"port": p["port"]}
-
-    def _cm_on_event(self) -> None:
-        assert self.cm_channel is not None
-        ev = self.cm_channel.try_get()
-        if ev is None:
-            return
-        name = cm.cm_event_name(int(ev.event_type))
-        rec: dict[str, Any] = {"event": name, "t": time.monotonic(), "qp_id": None}
-        try:
-            if name == "CONNECT_REQUEST":
-                listener = self.cm_listener
-                if listener is None:
-                    raise RxePowerError("a CONNECT_REQUEST with no listener",
-                                        "send cm_listen before connecting")
-                cmid = cm.CMID(creator=ev, listen_id=listener)
-                dev = Device.borrow(self.device_name, listener.context, listener.pd,
-                                    self.gid_index)
-                p = self.cm_params
-                aq = self._new_qp(p["mr_size"], p["recv_slots"], p["slot_size"], dev)
-                aq.cmid = cmid
-                cm.drive_qp(cmid, aq.qp, cm.e.IBV_QPS_INIT, "RESET->INIT")
-                aq.post_all_recvs()
-                cm.drive_qp(cmid, aq.qp, cm.e.IBV_QPS_RTR, "INIT->RTR")
-                cmid.accept(cm.conn_param(aq.qp.qpn))
-                rec["qp_id"] = aq.qp_id
-                rec["info"] = aq.info()
-            else:
-                known = self._qp_of_event(ev)
-                rec["qp_id"] = known.qp_id if known else None
-                if known is None or known.cmid is None:
-                    pass
-                elif name == "ESTABLISHED":
-                    cm.drive_qp(known.cmid, known.qp, cm.e.IBV_QPS_RTS, "RTR->RTS")
-                elif name == "DISCONNECTED":
-                    with contextlib.suppress(Exception):
-                        known.cmid.disconnect()  # complete our half of the disconnect
-                    known.qp.to_err()  # flush our posted receives; counted as wc_error events
-        finally:
-            ev.ack_cm_event()
-        self.cm_events.append(rec)
-
-    def _qp_of_event(self, ev: object) -> AgentQp | None:
-        # pyverbs does not expose which cm_id an event names; with one connection at a
-        # time (what the tests do) it is the one CM-connected QP still alive.
-        live = [aq for aq in self.qps.values() if aq.cmid is not None]
-        return live[-1] if live else None
-
-    def _cm_wait_done(self, msg: Message, now: float) -> dict[str, Any] | None:
-        new = self.cm_events[self.cm_delivered:]
-        deadline = msg.payload.get("_deadline", now + msg.payload["timeout_s"])
-        msg.payload["_deadline"] = deadline
-        if len(new) >= msg.payload["count"] or now >= deadline:
-            self.cm_delivered = len(self.cm_events)
-            return {"events": new, "complete": len(new) >= msg.payload["count"]}
-        return None
-
-    def _cm_stop(self) -> None:
-        for aq in [a for a in self.qps.values() if a.cmid is not None]:
-            self._destroy_qp(aq)
-        if self.cm_listener is not None:
-            self.cm_listener.close()
-            self.cm_listener = None
-        if self.cm_channel is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.sel.unregister(self.cm_channel.fd)
-            self.cm_channel.close()
-            self.cm_channel = None
 
     # -- loop
     def serve(self, listen_sock: socket.socket) -> None:
@@ -333,21 +278,25 @@ class Agent:
         """Handle what one connection sent; False when it is gone or misbehaved."""
         return read_and_dispatch(conn, reader, self.handle, self.waiting)
 
+    # -- waits: one wait_<event> method per WAIT_EVENTS event, asked again each loop turn
+    def wait_arrivals(self, msg: Message, deadline: float) -> Reply:
+        aq = self.qps.get(msg.payload["qp_id"])
+        if aq is None:
+            return {"error": "QP destroyed while waiting"}
+        return self._arrivals_done(aq, msg.payload["count"], deadline, False)
+
+    def wait_probe(self, msg: Message, deadline: float) -> Reply:
+        aq = self.qps.get(msg.payload["qp_id"])
+        if aq is None:
+            return {"error": "QP destroyed while waiting"}
+        return self._probe_done(aq, msg)
+
     def _finish_waits(self) -> None:
         still: Waiting = []
         for c, msg, deadline in self.waiting:
             try:
-                if msg.event in ("arrivals", "probe"):
-                    aq = self.qps.get(msg.payload["qp_id"])
-                    reply: dict[str, Any] | None
-                    if aq is None:
-                        reply = {"error": "QP destroyed while waiting"}
-                    elif msg.event == "probe":
-                        reply = self._probe_done(aq, msg)
-                    else:
-                        reply = self._arrivals_done(aq, msg.payload["count"], deadline, False)
-                else:
-                    reply = self._cm_wait_done(msg, time.monotonic())
+                wait = handler_for(self, "wait_", msg.event, "update the agent", msg.id)
+                reply: Reply = wait(msg, deadline)
                 if reply is None:
                     still.append((c, msg, deadline))
                 else:

@@ -19,7 +19,8 @@ from harness.core.schemas import ChannelKind
 
 WAIT_EVENTS = ("arrivals", "probe", "cm_events")  # answered when done or at payload timeout_s
 Waiting = list[tuple[socket.socket, Message, float]]  # (connection, request, its deadline)
-Handler = Callable[[Message], dict[str, Any] | None]  # the reply payload; None: answer later
+Reply = dict[str, Any] | None  # a request's reply payload; None: answer later (a wait)
+Handler = Callable[[Message], Reply]
 
 
 def dispatch_line(conn: socket.socket, line: bytes, handle: Handler,

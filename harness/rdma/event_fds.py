@@ -17,7 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from harness.core.errors import RxePowerError
+from harness.core import procfs
+from harness.core.errors import ProcError, RxePowerError
 
 EVENT_FD_KIND = "anon_inode:[infinibandevent]"
 FD_LOCK = threading.Lock()  # serialises fd discovery within this process
@@ -25,12 +26,7 @@ FD_LOCK = threading.Lock()  # serialises fd discovery within this process
 
 def fds_of_kind(kind: str = EVENT_FD_KIND) -> set[int]:
     """Our open fds whose /proc link target is `kind`."""
-    out = set()
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/self/fd/{name}") == kind:
-                out.add(int(name))
-    return out
+    return {fd for fd, target in (procfs.fd_targets("self") or {}).items() if target == kind}
 
 
 def set_nonblocking(fd: int) -> None:
@@ -62,9 +58,9 @@ def predicted_event_fd(guess: int, kind: str = EVENT_FD_KIND) -> int | None:
     opened something): the caller falls back to scanning /proc/self/fd. The scan costs
     O(open fds) per object, which for a peer agent with 1,024 QPs was most of its setup."""
     try:
-        if os.readlink(f"/proc/self/fd/{guess}") != kind:
+        if procfs.fd_target("self", guess) != kind:
             return None
-    except OSError:
+    except ProcError:
         return None
     set_nonblocking(guess)
     return guess

@@ -7,12 +7,12 @@ because ci/rxe-setup.sh runs this with the system python before any venv exists.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.core.state import process_start
+from harness.core import procfs
+from harness.core.errors import ProcError
 
 SYSFS_VERBS = Path("/sys/class/infiniband_verbs")
 
@@ -49,7 +49,7 @@ def uverbs_files(device: str, sysfs: Path = SYSFS_VERBS) -> set[str]:
 
 
 def find_holders(device: str, files: set[str] | None = None,
-                 proc: Path = Path("/proc")) -> list[Holder]:
+                 proc: Path = procfs.PROC) -> list[Holder]:
     """Every process with one of the device's uverbs files open, ourselves included.
 
     Pass `files` taken before a delete starts: the sysfs entries vanish once it does.
@@ -58,31 +58,26 @@ def find_holders(device: str, files: set[str] | None = None,
     if not wanted:
         return []
     holders = []
-    for pid_dir in proc.iterdir():
-        if not pid_dir.name.isdigit():
-            continue
-        held = set()
+    for pid in procfs.pids(proc):
         try:
-            for fd in (pid_dir / "fd").iterdir():
-                try:
-                    # a device node removed while held reads "... (deleted)"
-                    target = os.readlink(fd).removesuffix(" (deleted)")
-                except OSError:
-                    continue
-                if target in wanted:
-                    held.add(target)
-        except OSError:  # the process exited or is not ours to read
+            fds = procfs.fd_targets(pid, proc)
+        except ProcError:  # not ours to read
             continue
+        # a device node removed while held reads "... (deleted)"
+        held = {t.removesuffix(" (deleted)") for t in (fds or {}).values()} & wanted
         if held:
-            pid = int(pid_dir.name)
-            holders.append(Holder(pid, _cmdline(pid_dir), tuple(sorted(held)),
-                                  process_start(pid)))
+            start, cmdline = _identity(pid, proc)
+            holders.append(Holder(pid, cmdline, tuple(sorted(held)), start))
     return sorted(holders, key=lambda h: h.pid)
 
 
-def _cmdline(pid_dir: Path) -> str:
+def _identity(pid: int, proc: Path) -> tuple[float | None, str]:
+    """Its start time and command line, read while it stayed one process; (None, "")
+    when it went (or its pid was taken by another) meanwhile."""
     try:
-        raw = (pid_dir / "cmdline").read_bytes()
-    except OSError:
-        return ""
-    return " ".join(p.decode(errors="replace") for p in raw.split(b"\0") if p)
+        seen = procfs.read_stable(pid, lambda: procfs.read_cmdline(pid, proc), proc)
+    except ProcError:
+        seen = None
+    if seen is None:
+        return None, ""
+    return float(seen[0]), " ".join(seen[1] or ())

@@ -1,7 +1,7 @@
 """What a process is doing in the kernel, read from /proc: for each of its threads the
 state, the system call it is in (by name, with the file its fd argument names), where it
 sleeps (wchan) and its kernel stack (function names, /proc/PID/task/TID/stack: root
-only).
+only), read through harness.core.procfs.
 
 A blocked `rdma link delete` is explained by two views taken at the same moment: the
 delete's own stack (which kernel function it waits in, e.g. ib_uverbs_remove_one ->
@@ -11,13 +11,17 @@ each holder's threads (which call they are in, on which file). Standard library 
 
 from __future__ import annotations
 
-import os
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-PROC = Path("/proc")
+from harness.core import procfs
+from harness.core.errors import ProcError, ProcFormatError
+from harness.core.procfs import PROC, SyscallLine
+
+T = TypeVar("T")
 # x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl) of the calls a
 # verbs process or a delete can be found in; others are shown by number
 SYSCALLS_X86_64 = {
@@ -61,80 +65,54 @@ class ThreadInKernel:
         return f"tid {self.tid} [{self.state}] in {call} at {where}"
 
 
-def parse_stack(text: str) -> tuple[str, ...]:
-    """/proc/PID/stack -> ("func [module]", ...), innermost first, offsets dropped.
-    A line reads `[<0>] ib_uverbs_remove_one+0x4f/0xb0 [ib_uverbs]`."""
-    out = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 2:
-            continue
-        func = parts[1].split("+", 1)[0]
-        out.append(f"{func} {parts[2]}" if len(parts) > 2 else func)
-    return tuple(out)
-
-
 def parse_syscall(text: str, arch: str) -> tuple[str, int | None]:
-    """/proc/PID/syscall -> (name, the fd argument or None). It reads `running`, or
-    `-1 SP PC` (blocked, not in a system call), or `NR ARG1 .. ARG6 SP PC` (hex args)."""
-    parts = text.split()
-    if not parts:
-        return "?", None
-    if parts[0] == "running":
-        return "running", None
+    """/proc/PID/syscall -> (name, the fd argument or None): "running" (in user space),
+    "-" (blocked, not in a system call), "?" (not in the kernel's format)."""
     try:
-        nr = int(parts[0])
-    except ValueError:
+        return syscall_name(procfs.parse_syscall(text), arch)
+    except ProcFormatError:
         return "?", None
-    if nr < 0:
+
+
+def syscall_name(line: SyscallLine | None, arch: str) -> tuple[str, int | None]:
+    """A thread's system call by name (x86_64; others by number), with its fd argument for
+    the calls in FD_SYSCALLS; ("?", None) when it could not be read."""
+    if line is None:
+        return "?", None
+    if line.running:
+        return "running", None
+    if line.nr is None:
         return "-", None
+    nr = line.nr
     name = SYSCALLS_X86_64.get(nr, f"syscall {nr}") if arch == "x86_64" else f"syscall {nr}"
-    fd = None
-    if name in FD_SYSCALLS and len(parts) > 1:
-        try:
-            fd = int(parts[1], 16)
-        except ValueError:
-            fd = None
+    fd = line.args[0] if name in FD_SYSCALLS and line.args else None
     return name, fd
 
 
-def _read(path: Path) -> str:
+def _quiet(read: Callable[..., T | None], *args: Any) -> T | None:
+    """What read(*args) gives; None also when the file cannot be read or parsed (this view
+    is taken while a delete is stuck: a thread that cannot be read is shown as unknown)."""
     try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def _state_and_comm(stat: str) -> tuple[str, str]:
-    if ")" not in stat:
-        return "?", ""
-    head, tail = stat.rsplit(")", 1)
-    fields = tail.split()
-    return (fields[0] if fields else "?"), head.split("(", 1)[-1]
+        return read(*args)
+    except ProcError:
+        return None
 
 
 def thread_in_kernel(pid: int, tid: int, proc: Path = PROC,
                      arch: str | None = None) -> ThreadInKernel:
-    task = proc / str(pid) / "task" / str(tid)
-    state, comm = _state_and_comm(_read(task / "stat"))
-    name, fd = parse_syscall(_read(task / "syscall"), arch or platform.machine())
-    file = ""
-    if fd is not None:
-        try:
-            file = os.readlink(proc / str(pid) / "fd" / str(fd))
-        except OSError:
-            file = ""
-    return ThreadInKernel(tid, comm, state, name, fd, file, _read(task / "wchan").strip(),
-                          parse_stack(_read(task / "stack")))
+    stat = _quiet(procfs.read_task_stat, pid, tid, proc)
+    state, comm = (stat.state, stat.comm) if stat is not None else ("?", "")
+    name, fd = syscall_name(_quiet(procfs.read_syscall, pid, tid, proc),
+                            arch or platform.machine())
+    file = "" if fd is None else _quiet(procfs.fd_target, pid, fd, proc) or ""
+    return ThreadInKernel(tid, comm, state, name, fd, file,
+                          _quiet(procfs.read_wchan, pid, tid, proc) or "",
+                          _quiet(procfs.read_kernel_stack, pid, tid, proc) or ())
 
 
 def process_in_kernel(pid: int, proc: Path = PROC) -> list[ThreadInKernel]:
     """Every thread of `pid` (at most MAX_THREADS); [] when it is gone."""
-    try:
-        tids = sorted(int(t.name) for t in (proc / str(pid) / "task").iterdir()
-                      if t.name.isdigit())
-    except OSError:
-        return []
+    tids = _quiet(procfs.tids, pid, proc) or []
     return [thread_in_kernel(pid, t, proc) for t in tids[:MAX_THREADS]]
 
 
@@ -143,19 +121,10 @@ def blocked_tasks(proc: Path = PROC, limit: int = MAX_BLOCKED) -> list[dict[str,
     what else the kernel is waiting on (a kernel worker, a process that holds no uverbs
     file)."""
     out: list[dict[str, Any]] = []
-    try:
-        pids = sorted(int(p.name) for p in proc.iterdir() if p.name.isdigit())
-    except OSError:
-        return out
-    for pid in pids:
-        try:
-            tids = [int(t.name) for t in (proc / str(pid) / "task").iterdir()
-                    if t.name.isdigit()]
-        except OSError:
-            continue
-        for tid in sorted(tids):
-            state, _ = _state_and_comm(_read(proc / str(pid) / "task" / str(tid) / "stat"))
-            if state != "D":
+    for pid in _quiet(procfs.pids, proc) or []:
+        for tid in _quiet(procfs.tids, pid, proc) or []:
+            stat = _quiet(procfs.read_task_stat, pid, tid, proc)
+            if stat is None or stat.state != "D":
                 continue
             out.append({"pid": pid, **thread_in_kernel(pid, tid, proc).to_json()})
             if len(out) >= limit:

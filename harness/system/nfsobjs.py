@@ -18,7 +18,6 @@ must be ours (directly under RUN_DIR, named with our prefix), version strings nf
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
@@ -26,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.core.errors import BoundExceeded, NotOurs, OsCallError, TopologyError
+from harness.core import procfs
+from harness.core.errors import BoundExceeded, NotOurs, OsCallError, ProcError, TopologyError
 from harness.core.proc import RUN_DIR, run_bounded
 
 NFSD_FS = Path("/proc/fs/nfsd")
@@ -259,25 +259,24 @@ def undo(entry: dict[str, Any], log: Log, nfsd_fs: Path = NFSD_FS,
     return note
 
 
-def processes_named(comm: str, proc: Path = Path("/proc")) -> list[int]:
+def processes_named(comm: str, proc: Path = procfs.PROC) -> list[int]:
     """Pids whose /proc/PID/comm is `comm` (a foreign rpc.mountd is refused, not ended)."""
     out = []
-    for d in proc.iterdir():
-        if d.name.isdigit():
-            try:
-                if (d / "comm").read_text().strip() == comm:
-                    out.append(int(d.name))
-            except OSError:
-                continue
-    return sorted(out)
+    for pid in procfs.pids(proc):
+        try:
+            name = procfs.read_comm(pid, proc)
+        except ProcError:
+            continue
+        if name is not None and name.strip() == comm:
+            out.append(pid)
+    return out
 
 
 def holds_channel(pid: int, channel: str) -> bool:
     """Does process `pid` have the sunrpc cache channel open (e.g. nfsd.export)? That is
     how we know rpc.mountd answers the kernel's export upcalls."""
-    fd_dir = Path(f"/proc/{pid}/fd")
     try:
-        links = [os.readlink(fd_dir / fd) for fd in os.listdir(fd_dir)]
-    except OSError:
+        links = procfs.fd_targets(pid)
+    except ProcError:
         return False
-    return any(link.endswith(f"/rpc/{channel}/channel") for link in links)
+    return any(link.endswith(f"/rpc/{channel}/channel") for link in (links or {}).values())

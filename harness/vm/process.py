@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from harness.core import procfs
+from harness.core.errors import ProcError
 from harness.core.files import open_new
 from harness.core.proc import GONE_TIMEOUT_S, STOP_GRACE_S, stop_child
 from harness.core.state import track, untrack
@@ -44,16 +46,13 @@ def signal_group(pgid: int, sig: int) -> None:
 def _group_tree(pgid: int) -> dict[int, int]:
     """Live (non-zombie) processes in process group `pgid`: {pid: parent pid}, from /proc."""
     tree: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in procfs.pids():
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
+            stat = procfs.read_stat(pid)
+        except ProcError:
             continue
-        fields = stat[stat.rfind(")") + 2 :].split()  # state ppid pgrp ... after "pid (comm) "
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            tree[int(entry.name)] = int(fields[1])
+        if stat is not None and stat.state != "Z" and stat.pgrp == pgid:
+            tree[pid] = stat.ppid
     return tree
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.core import settings
-from harness.core.errors import OsCallError, RxePowerError
+from harness.core import procfs, settings
+from harness.core.errors import OsCallError, ProcError, RxePowerError
 from harness.core.files import atomic_write
 from harness.run.bench.spec import BenchSpec
 
@@ -72,11 +72,11 @@ def machine_load() -> dict[str, Any]:
 def host_load() -> dict[str, Any]:
     """This machine's load and the QEMUs running on it (another VM slows ours)."""
     qemus = []
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-        with contextlib.suppress(OSError):
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if cmd and b"qemu-system" in os.path.basename(cmd[0]):
-                qemus.append(int(pid))
+    for pid in procfs.pids():
+        with contextlib.suppress(ProcError):
+            cmd = procfs.read_cmdline(pid)
+            if cmd and "qemu-system" in os.path.basename(cmd[0]):
+                qemus.append(pid)
     return {"loadavg": [round(x, 2) for x in os.getloadavg()], "nproc": os.cpu_count(),
             "qemu_pids": sorted(qemus)}
 

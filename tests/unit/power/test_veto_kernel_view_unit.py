@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
+from harness.core.procfs import parse_stack
 from harness.system import kstacks
 from harness.system.holders import Holder
-from harness.system.kstacks import ThreadInKernel, parse_stack, parse_syscall
+from harness.system.kstacks import ThreadInKernel, parse_syscall
 from power import veto
 from power.plan import OnVeto
 
