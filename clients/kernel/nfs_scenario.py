@@ -55,6 +55,7 @@ from harness.workload.block_ledger import (
     summarize,
 )
 from harness.workload.coverage import Coverage
+from harness.workload.findings import Finding, RowStatus, Severity, of_severity, texts
 from power import kmsg
 from power.notify import SuspendReply
 from power.plan import OnVeto, Ordering
@@ -215,6 +216,7 @@ def run_nfs(shim: Shim, cfg: TopologyConfig, sc: NfsScenario,
     drv = None
     events: list[dict[str, Any]] = []
     pm = None
+    fs: list[Finding] = []  # the row's findings (its status: RowStatus.of)
     res: NfsResult | None = None
     try:
         server.setup()
@@ -265,19 +267,18 @@ def run_nfs(shim: Shim, cfg: TopologyConfig, sc: NfsScenario,
                                         win.start_ns if win else 0, win.end_ns if win else 0)
         bad_conns = route_guard.off_wire(conns, cfg)
         coverage = io_coverage(records, tres)
-        findings, status = judge(ledger, conns, bad_conns, scan, tres, None, cfg.local_dev,
-                                 coverage)
+        fs = judge(ledger, conns, bad_conns, scan, tres, None, cfg.local_dev, coverage)
         if settled["timed_out"]:
-            findings.append(f"the client was not connected again within SETTLE_TIMEOUT_S="
-                            f"{SETTLE_TIMEOUT_S:g}s of the device's return")
-        findings += [f"cm sampler: {e}" for e in cm_s.errors[:3]]
+            fs.append(Finding(Severity.NOTE, "the client was not connected again within "
+                              f"SETTLE_TIMEOUT_S={SETTLE_TIMEOUT_S:g}s of the device's return"))
+        fs += of_severity(Severity.NOTE, [f"cm sampler: {e}" for e in cm_s.errors[:3]])
         res = NfsResult(
             asdict(sc) | {"ordering": sc.ordering.value}, opts.to_json(), tres, ledger,
             [r.to_json() for r in records], [asdict(x) for x in xs.samples],
             transport_changes(cm_s.samples, server.cfg.port),
             [c.to_json() for c in conns], [c.to_json() for c in bad_conns], survived,
-            str(now.mount_id) if now else "", detect, recover, scan.to_json(), findings,
-            status, events, settled, coverage=coverage)
+            str(now.mount_id) if now else "", detect, recover, scan.to_json(), texts(fs),
+            RowStatus.of(fs).value, events, settled, coverage=coverage)
     finally:
         if pm is not None:
             shim.notifier.unregister(pm)
@@ -286,13 +287,11 @@ def run_nfs(shim: Shim, cfg: TopologyConfig, sc: NfsScenario,
     # an unmount that needed its last resort (umount -l) is the kernel client's finding;
     # what teardown could not remove makes the row broken (the result is kept), and the
     # matrix runs no further nfs-rdma scenario on this kernel (harness.run.kernel_rows)
-    res.findings += notes + [f"teardown left: {p} (run `rxe-power cleanup`)"
-                             for p in problems]
+    fs += of_severity(Severity.BAD, notes)
+    fs += of_severity(Severity.BROKEN, [f"teardown left: {p} (run `rxe-power cleanup`)"
+                                        for p in problems])
     res.teardown_left = problems
-    if problems:
-        res.status = "broken"
-    elif notes and res.status == "clean":
-        res.status = "bad"
+    res.findings, res.status = texts(fs), RowStatus.of(fs).value
     return res
 
 

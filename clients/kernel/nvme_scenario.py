@@ -55,6 +55,7 @@ from harness.workload.block_ledger import (
     summarize,
 )
 from harness.workload.coverage import Coverage
+from harness.workload.findings import Finding, RowStatus, Severity, of_severity, texts
 from power import kmsg
 from power.notify import SuspendReply
 from power.plan import OnVeto, Ordering, StepKind
@@ -182,6 +183,7 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
     drv = None
     events: list[dict[str, Any]] = []
     pm = None
+    fs: list[Finding] = []  # the row's findings (its status: RowStatus.of)
     try:
         target.setup()
         if sc.guard:
@@ -247,13 +249,13 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
                                         win.end_ns if win else 0)
         bad_conns = route_guard.off_wire(conns, cfg)
         coverage = io_coverage(records, tres)
-        findings, status = _judge(ledger, conns, bad_conns, scan, tres, hang, cfg.local_dev,
-                                  coverage)
+        fs = _judge(ledger, conns, bad_conns, scan, tres, hang, cfg.local_dev, coverage)
         res = NvmeResult(
             asdict(sc) | {"ordering": sc.ordering.value}, opts.to_json(), tres, ledger,
             [r.to_json() for r in records], [asdict(s) for s in ctrl_s.samples],
             [c.to_json() for c in conns], [c.to_json() for c in bad_conns], survived,
-            after, detect, recover, scan.to_json(), findings, status, events, settled,
+            after, detect, recover, scan.to_json(), texts(fs), RowStatus.of(fs).value, events,
+            settled,
             hang.to_json() if hang else None, coverage=coverage)
     finally:
         if pm is not None:
@@ -263,8 +265,8 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
         # the ledger stands; what the kernel would not let go is the row's finding, and the
         # matrix runs no further nvme-rdma scenario on this kernel (harness.run.kernel_rows)
         res.teardown_left = left
-        res.findings += [f"teardown: {p}" for p in left]
-        res.status = "broken"
+        fs += of_severity(Severity.BROKEN, [f"teardown: {p}" for p in left])
+        res.findings, res.status = texts(fs), RowStatus.of(fs).value
     return res
 
 

@@ -26,8 +26,9 @@ from clients.kernel import nfs_client, nfs_scenario, nvme_host, nvme_scenario
 from clients.kernel.blockio import DriverSpec
 from harness.core.errors import SettingError
 from harness.run.kernel_lane import kernel_lane
-from harness.run.rows import Row, RowStatus
+from harness.run.rows import Row
 from harness.workload.coverage import Coverage
+from harness.workload.findings import RowStatus
 
 # The I/O runs until the client settled after the transition (plus a little), so the
 # count is only a cap: at least this many; at most this rate (the matrix's own count and

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from harness.run.kernel_rows import KernelWedge, kernel_rows, run_kernel
 from harness.run.matrix import Scenario
 from harness.run.records import CycleClient
-from harness.run.rows import RowStatus
 from harness.run.scenario_result import ClientEnd
 from harness.run.stress_checks import (
     CycleChecks,
@@ -33,6 +32,7 @@ from harness.run.stress_checks import (
 )
 from harness.run.stress_holders import HolderExplainer, RunParts
 from harness.system.rdma_res import res_by_holder
+from harness.workload.findings import RowStatus
 from power.plan import get_transition
 
 if TYPE_CHECKING:

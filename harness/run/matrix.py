@@ -38,17 +38,27 @@ from harness.run.kernel_rows import validate as validate_kernel_policy
 from harness.run.outside import CLIENT_EXIT_TIMEOUT_S, OutsideSpec, outside_rows, run_outside
 from harness.run.records import ScenarioKey
 from harness.run.resultsfile import RecordKind
-from harness.run.rows import Row, RowStatus, add_ledger_figures, status_of, veto_text
+from harness.run.rows import Row, add_ledger_figures, veto_text
 from harness.run.scenario import run_scenario
-from harness.run.scenario_result import ClientEnd, ScenarioResult
+from harness.run.scenario_result import ClientEnd, ClientResult, ScenarioResult
 from harness.run.session import ResultsHeader, RunSession
 from harness.system.provenance_text import describe
 from harness.topology.config import TopologyConfig
 from harness.topology.lifecycle import restore_local_side
+from harness.workload.findings import (
+    Finding,
+    RowStatus,
+    Severity,
+    by_severity,
+    of_severity,
+    texts,
+)
 from harness.workload.ledger import Op, Outcome, PeerView, WorkloadSpec
 from harness.workload.spec import Arrivals, WorkloadEnd, resumed_cap
 from power.plan import OnVeto, Ordering, get_transition, parse_on_veto, parse_ordering
-from power.result import TransitionRequest, Verdict
+from power.result import TransitionRequest, TransitionResult, Verdict
+
+BROKEN, BAD = Severity.BROKEN, Severity.BAD
 
 OP_MIXES: dict[str, tuple[Op, ...]] = {
     "mixed": (Op.SEND, Op.WRITE, Op.READ, Op.FETCH_ADD),
@@ -208,39 +218,46 @@ def rows_of(scenario: ScenarioKey, result: ScenarioResult) -> list[Row]:
                   veto_text(t.veto))
         add_ledger_figures(row, c.ledger, t)
         row.coverage = c.coverage
-        broken, bad = [], []
-        inflight = len(c.in_flight_at_crash)
-        if c.ended is ClientEnd.TERMINATED_BY_SHIM:
-            bad.append(f"held the device: terminated by the shim ({inflight} in flight)")
-        elif c.crashed:
-            broken.append(f"crashed ({inflight} in flight): {c.crash}")
-        if c.crashed and c.from_journal is False:
-            broken.append("its journal could not be read: its requests are not accounted")
-        if c.unaccounted:
-            broken.append(f"{len(c.unaccounted)} requests unaccounted")
-        extra = int(c.metrics.get("extra_completions") or 0)
-        if extra:
-            broken.append(f"{extra} completions matched no request in flight")
-        if t.verdict is Verdict.FAILED:
-            broken.append(f"transition failed: {'; '.join(t.reasons)}")
-        n = row.counts
-        if n.get("lost"):
-            bad.append(f"{n['lost']} lost (posted, never completed)")
-        for view in (PeerView.DUPLICATED, PeerView.CORRUPTED):
-            if row.peer.get(view.value):
-                bad.append(f"{row.peer[view.value]} {view.value} at the peer")
-        silent = sum(1 for e in c.ledger if e["outcome"] in OK_OUTCOMES
-                     and e.get("peer") == PeerView.MISSING.value)
-        if silent:
-            bad.append(f"{silent} reported ok but never reached the peer")
-        if c.atomics and not c.atomics.get("match", True):
-            bad.append(f"atomics mismatch {c.atomics}")
-        if t.verdict is Verdict.VETOED:
-            bad.append("the sleep was vetoed")
-        row.findings = broken + list(c.missed) + bad
-        row.status = status_of(broken, c.missed, bad)
+        row.findings = texts(by_severity(fs := client_findings(c, t, row)))
+        row.status = RowStatus.of(fs)
         rows.append(row)
     return rows
+
+
+def client_findings(c: ClientResult, t: TransitionResult, row: Row) -> list[Finding]:
+    """What one policy client did wrong, or what could not be accounted, from fields."""
+    fs: list[Finding] = []
+    inflight = len(c.in_flight_at_crash)
+    if c.ended is ClientEnd.TERMINATED_BY_SHIM:
+        fs.append(Finding(BAD, f"held the device: terminated by the shim ({inflight} in flight)"))
+    elif c.crashed:
+        fs.append(Finding(BROKEN, f"crashed ({inflight} in flight): {c.crash}"))
+    if c.crashed and c.from_journal is False:
+        fs.append(Finding(BROKEN, "its journal could not be read: its requests are not "
+                                  "accounted"))
+    if c.unaccounted:
+        fs.append(Finding(BROKEN, f"{len(c.unaccounted)} requests unaccounted"))
+    extra = int(c.metrics.get("extra_completions") or 0)
+    if extra:
+        fs.append(Finding(BROKEN, f"{extra} completions matched no request in flight"))
+    if t.verdict is Verdict.FAILED:
+        fs.append(Finding(BROKEN, f"transition failed: {'; '.join(t.reasons)}"))
+    fs += of_severity(Severity.MISSED, c.missed)
+    n = row.counts
+    if n.get("lost"):
+        fs.append(Finding(BAD, f"{n['lost']} lost (posted, never completed)"))
+    for view in (PeerView.DUPLICATED, PeerView.CORRUPTED):
+        if row.peer.get(view.value):
+            fs.append(Finding(BAD, f"{row.peer[view.value]} {view.value} at the peer"))
+    silent = sum(1 for e in c.ledger if e["outcome"] in OK_OUTCOMES
+                 and e.get("peer") == PeerView.MISSING.value)
+    if silent:
+        fs.append(Finding(BAD, f"{silent} reported ok but never reached the peer"))
+    if c.atomics and not c.atomics.get("match", True):
+        fs.append(Finding(BAD, f"atomics mismatch {c.atomics}"))
+    if t.verdict is Verdict.VETOED:
+        fs.append(Finding(BAD, "the sleep was vetoed"))
+    return fs
 
 
 def error_rows(scenario: ScenarioKey, error: str) -> list[Row]:

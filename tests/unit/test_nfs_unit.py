@@ -259,15 +259,17 @@ def _rejudge(res: dict, *, target_change: dict | None = None,
     from clients.kernel.ulp_scenario import io_coverage, judge, window_of
     from harness.topology.config import TopologyConfig
     from harness.workload.block_ledger import summarize
+    from harness.workload.findings import texts
     from power.kmsg import KmsgScan
 
     recs = [IoRecord.from_json(d) for d in res["records"]]
     win = window_of(res["transition"])
     target = recorded_target(res, recs, win) | (target_change or {})
     conns = [Connection(**c) for c in res["connections"]] + (planted or [])
-    return judge(summarize(recs, target, win), conns, off_wire(conns, TopologyConfig()),
-                 KmsgScan.from_json(res["kernel"]), res["transition"], None, "rxe0",
-                 io_coverage(recs, res["transition"]))
+    fs = judge(summarize(recs, target, win), conns, off_wire(conns, TopologyConfig()),
+               KmsgScan.from_json(res["kernel"]), res["transition"], None, "rxe0",
+               io_coverage(recs, res["transition"]))
+    return texts(fs), RowStatus.of(fs)
 
 
 def test_recorded_row_judged_again_and_its_negative_controls(data_dir: Path) -> None:

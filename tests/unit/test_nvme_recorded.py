@@ -25,7 +25,6 @@ from harness.run.kernel_lane import _OUTCOME as _LANE_OUTCOMES
 from harness.run.kernel_lane import kernel_lane
 from harness.run.kernel_rows import kernel_rows
 from harness.run.resultsfile import RecordKind, read_results
-from harness.run.rows import RowStatus
 from harness.system.provenance_text import Recorded
 from harness.workload.block_ledger import (
     BlockState,
@@ -34,6 +33,7 @@ from harness.workload.block_ledger import (
     LedgerSummary,
     summarize,
 )
+from harness.workload.findings import RowStatus, texts
 from power.kmsg import KmsgScan
 from tests.helpers.recorded_blocks import recorded_target
 
@@ -51,9 +51,10 @@ def todays_judge(result: dict) -> tuple[list[str], str]:
     ledger = LedgerSummary(**{k: v for k, v in result["ledger"].items()
                               if k != "invariant_ok"})
     assert result["hang"] is None  # none in this run (a held delete: nvme_hang's report)
-    return judge(ledger, [Connection(**c) for c in result["connections"]],
-                 [Connection(**c) for c in result["off_wire"]],
-                 KmsgScan.from_json(result["kernel"]), result["transition"], None, "rxe0")
+    fs = judge(ledger, [Connection(**c) for c in result["connections"]],
+               [Connection(**c) for c in result["off_wire"]],
+               KmsgScan.from_json(result["kernel"]), result["transition"], None, "rxe0")
+    return texts(fs), RowStatus.of(fs)
 
 
 def test_ledger_rederived_from_records(recorded: list[dict]) -> None:
