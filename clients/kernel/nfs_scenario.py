@@ -11,7 +11,7 @@ in-flight I/O, sync, close the file, unmount, answer released; after resume moun
 and go on. hca-first: nothing is done before the device goes.
 
 The result has the shape of NvmeResult.to_json() wherever a field means the same
-(harness.run.kernel_rows makes one table row of either); `xprt_states` (the mount's
+(harness.run.lanes.kernel makes one table row of either); `xprt_states` (the mount's
 transport counters) and `transport` (the client's rdma_cm ids over time) are its own.
 """
 
@@ -286,7 +286,7 @@ def run_nfs(shim: Shim, cfg: TopologyConfig, sc: NfsScenario,
     # (after an exception in the scenario, that one propagates instead)
     # an unmount that needed its last resort (umount -l) is the kernel client's finding;
     # what teardown could not remove makes the row broken (the result is kept), and the
-    # matrix runs no further nfs-rdma scenario on this kernel (harness.run.kernel_rows)
+    # matrix runs no further nfs-rdma scenario on this kernel (harness.run.lanes.kernel)
     fs += of_severity(Severity.BAD, notes)
     fs += of_severity(Severity.BROKEN, [f"teardown left: {p} (run `rxe-power cleanup`)"
                                         for p in problems])

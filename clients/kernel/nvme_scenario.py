@@ -263,7 +263,7 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
         left = _teardown(state, target, host, drv, guard)
     if left:  # (after an exception in the scenario that one propagates instead)
         # the ledger stands; what the kernel would not let go is the row's finding, and the
-        # matrix runs no further nvme-rdma scenario on this kernel (harness.run.kernel_rows)
+        # matrix runs no further nvme-rdma scenario on this kernel (harness.run.lanes.kernel)
         res.teardown_left = left
         fs += of_severity(Severity.BROKEN, [f"teardown: {p}" for p in left])
         res.findings, res.status = texts(fs), RowStatus.of(fs).value

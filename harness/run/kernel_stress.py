@@ -1,5 +1,5 @@
 """rxe-power stress with kernel clients: every cycle runs each kernel client's scenario
-(harness/run/kernel_rows.py: target, controller or mount, I/O with its ledger, one
+(harness/run/lanes/kernel.py: target, controller or mount, I/O with its ledger, one
 transition, the target's store read on the peer side, everything of ours removed), and
 then checks what a stress cycle checks:
 
@@ -20,8 +20,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from harness.run.kernel_rows import KernelWedge, kernel_rows, run_kernel
-from harness.run.matrix import Scenario
+from harness.run.lanes.base import Scenario
+from harness.run.lanes.kernel import KernelWedge, kernel_rows, run_kernel
 from harness.run.records import CycleClient
 from harness.run.scenario_result import ClientEnd
 from harness.run.stress_checks import (
@@ -71,15 +71,16 @@ class KernelStress:
         failures: list[str] = []
         clients, hits, results, verdicts, total_ms = [], [], [], [], 0.0
         for sc in self.scenarios:
-            why = self.wedge.blocks(sc.policies[0])
+            ref = sc.policies[0]
+            why = self.wedge.blocks(ref)
             if why:  # an earlier cycle left what the kernel would not let go
-                failures.append(f"{sc.policies[0]}: {why}")
+                failures.append(f"{ref}: {why}")
                 continue
             res = run_kernel(self.shim, self.cfg, sc, self.spec.count, self.spec.rate_per_s,
                              self.spec.queue_depth, self.spec.hold_ms)
-            self.wedge.note(f"cycle {n}", sc.policies[0], res)
+            self.wedge.note(f"cycle {n}", ref, res)
             results.append(res)
-            row = kernel_rows(sc.to_json(), res)[0]
+            row = kernel_rows(sc.to_json(), res, ref)[0]
             if row.status is not RowStatus.CLEAN:
                 failures.append(f"{row.policy}: {row.status.value}: "
                                 + ("; ".join(row.findings) or "no findings"))

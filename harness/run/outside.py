@@ -70,6 +70,7 @@ SERVER_EXIT_TIMEOUT_S = 10.0  # after the client, the server ends by itself (or 
 STOP_TIMEOUT_S = 5.0  # SIGTERM -> SIGKILL
 POLL_S = 0.05
 STDERR_TAIL = 400  # characters of the program's output kept in the row's record
+OUTSIDE_PREFIX = "cmd:"  # an outside program's policy name: cmd:<basename of its client>
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class OutsideSpec:
 
     @property
     def label(self) -> str:
-        return "cmd:" + os.path.basename(shlex.split(self.client_cmd)[0])
+        return OUTSIDE_PREFIX + os.path.basename(shlex.split(self.client_cmd)[0])
 
 
 def expand(cmd: str, topo: Any, port: int) -> list[str]:

@@ -23,7 +23,8 @@ from clients.kernel.route_guard import Connection
 from clients.kernel.ulp_scenario import judge
 from harness.run.kernel_lane import _OUTCOME as _LANE_OUTCOMES
 from harness.run.kernel_lane import kernel_lane
-from harness.run.kernel_rows import kernel_rows
+from harness.run.lanes import parse_policy
+from harness.run.lanes.kernel import kernel_rows
 from harness.run.resultsfile import RecordKind, read_results
 from harness.system.provenance_text import Recorded
 from harness.workload.block_ledger import (
@@ -113,7 +114,8 @@ def test_outcomes_measured(recorded: list[dict]) -> None:
 
 
 def test_rows(recorded: list[dict]) -> None:
-    rows = [kernel_rows(r["scenario"], r["result"])[0] for r in recorded]
+    rows = [kernel_rows(r["scenario"], r["result"], parse_policy(r["scenario"]["policies"][0]))[0]
+            for r in recorded]
     hf = rows[1]
     assert hf.counts == {"completed-ok": 131, "completed-late": 0, "failed-to-app": 176,
                          "lost": 0}
@@ -205,12 +207,12 @@ def test_a_kernel_clients_scenario_is_drawn_with_its_stored_row(data_dir: Path,
 
     from harness.report.section import scenario_rows
     from harness.report.timeline import render_timeline
-    from harness.run.kernel_rows import with_lane
+    from harness.run.lanes.kernel import with_lane
     from harness.run.records import ScenarioRecord
 
     (rec,) = json.loads((data_dir / "nfs-matrix-row.json").read_text())
     sc, res = rec["scenario"], rec["result"]
-    row = kernel_rows(sc, res)[0]
+    row = kernel_rows(sc, res, parse_policy(sc["policies"][0]))[0]
     line = {"schema": 2, "kind": "scenario", "index": 1, "scenario": sc,
             "result": with_lane(sc["policies"][0], res), "rows": [row.to_json()]}
     back = ScenarioRecord.from_json(json.loads(json.dumps(line)))

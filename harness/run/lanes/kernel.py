@@ -1,11 +1,12 @@
-"""Kernel clients in the matrix: a policy named `nvme-rdma...` or `nfs-rdma...` runs that
+"""The kernel-client lane: a policy named `nvme-rdma...` or `nfs-rdma...` runs that
 kernel client's scenario (clients.kernel.nvme_scenario, clients.kernel.nfs_scenario)
 instead of a userspace worker, and its result becomes one table row. One table, KINDS,
-says per policy prefix how to validate, run and describe it.
+says per ULP (a PolicyRef's name) how to validate, run and describe it; a new ULP is its
+client module plus an entry there.
 
-    is_kernel_policy("nfs-rdma:hard") -> True
+    ref = parse_policy("nfs-rdma:hard")                 # KERNEL, name "nfs-rdma"
     result = run_kernel(shim, cfg, scenario, ...)      # the result's JSON (same shape)
-    rows = kernel_rows(scenario_json, result)           # one Row
+    rows = kernel_rows(scenario_json, result, ref)      # one Row
 
 How the row reads (the table's columns are the verbs ledger's): `ok` completed-ok,
 `late` completed-late (waited across the transition, then succeeded), `f2app`
@@ -24,8 +25,10 @@ from typing import Any
 
 from clients.kernel import nfs_client, nfs_scenario, nvme_host, nvme_scenario
 from clients.kernel.blockio import DriverSpec
-from harness.core.errors import SettingError
+from harness.core.errors import RxePowerError
 from harness.run.kernel_lane import kernel_lane
+from harness.run.lanes.base import LaneContext, LaneKind, PolicyRef, RunSpec, Scenario
+from harness.run.records import ScenarioKey
 from harness.run.rows import Row
 from harness.workload.coverage import Coverage
 from harness.workload.findings import RowStatus
@@ -37,16 +40,16 @@ KERNEL_MIN_COUNT = 800
 KERNEL_MAX_RATE_PER_S = 40.0
 
 
-def _nvme_run(shim: Any, cfg: Any, sc: Any, drv: DriverSpec,
+def _nvme_run(shim: Any, cfg: Any, sc: Scenario, drv: DriverSpec,
               hold_ms: int | None) -> dict[str, Any]:
     return nvme_scenario.run_nvme(shim, cfg, nvme_scenario.NvmeScenario(
-        sc.transition, sc.ordering, sc.policies[0], hold_ms, drv)).to_json()
+        sc.transition, sc.ordering, sc.policies[0].text, hold_ms, drv)).to_json()
 
 
-def _nfs_run(shim: Any, cfg: Any, sc: Any, drv: DriverSpec,
+def _nfs_run(shim: Any, cfg: Any, sc: Scenario, drv: DriverSpec,
              hold_ms: int | None) -> dict[str, Any]:
     return nfs_scenario.run_nfs(shim, cfg, nfs_scenario.NfsScenario(
-        sc.transition, sc.ordering, sc.policies[0], hold_ms, drv)).to_json()
+        sc.transition, sc.ordering, sc.policies[0].text, hold_ms, drv)).to_json()
 
 
 def _nvme_notes(result: dict[str, Any]) -> list[str]:
@@ -71,8 +74,10 @@ def _nfs_notes(result: dict[str, Any]) -> list[str]:
 
 @dataclass(frozen=True)
 class KernelKind:
-    validate: Callable[[str], object]  # SettingError names the presets and the raw form
-    run: Callable[[Any, Any, Any, DriverSpec, int | None], dict[str, Any]]
+    # the ULP's own option parser, given the whole name (its presets are whole names);
+    # SettingError names the presets and the raw form
+    validate: Callable[[str], object]
+    run: Callable[[Any, Any, Scenario, DriverSpec, int | None], dict[str, Any]]
     notes: Callable[[dict[str, Any]], list[str]]  # the client's own fate, for the row
 
 
@@ -80,17 +85,6 @@ KINDS: dict[str, KernelKind] = {
     "nvme-rdma": KernelKind(nvme_host.parse_policy, _nvme_run, _nvme_notes),
     "nfs-rdma": KernelKind(nfs_client.parse_policy, _nfs_run, _nfs_notes),
 }
-KERNEL_PREFIXES = tuple(KINDS)
-
-
-def kind_of(policy: str) -> KernelKind | None:
-    return KINDS.get(policy.split(":", 1)[0])
-
-
-def is_kernel_policy(policy: str) -> bool:
-    return kind_of(policy) is not None
-
-
 class KernelWedge:
     """Which kernel clients this kernel can no longer run: a scenario whose teardown could
     not remove what it made (`teardown_left`: a controller whose delete the kernel holds)
@@ -99,36 +93,26 @@ class KernelWedge:
     run; their rows say why."""
 
     def __init__(self) -> None:
-        self.left: dict[str, str] = {}  # policy prefix -> what was left, by which scenario
+        self.left: dict[str, str] = {}  # ULP -> what was left, by which scenario
 
-    def note(self, scenario_id: str, policy: str, result: dict[str, Any]) -> None:
+    def note(self, scenario_id: str, ref: PolicyRef, result: dict[str, Any]) -> None:
         left = result.get("teardown_left") or []
         if left:
-            self.left.setdefault(policy.split(":", 1)[0],
-                                 f"{scenario_id} left {'; '.join(map(str, left))}")
+            self.left.setdefault(ref.name, f"{scenario_id} left {'; '.join(map(str, left))}")
 
-    def blocks(self, policy: str) -> str:
-        """Why a scenario of `policy` is not run ("" when it can run)."""
-        why = self.left.get(policy.split(":", 1)[0])
+    def blocks(self, ref: PolicyRef) -> str:
+        """Why a scenario of `ref` is not run ("" when it can run)."""
+        why = self.left.get(ref.name)
         return (f"not run: {why}; no scenario of this kernel client can be set up until "
                 "that is gone (`rxe-power cleanup`, else a reboot of the guest)") if why else ""
 
 
-def validate(policy: str) -> None:
-    kind = kind_of(policy)
-    if kind is None:
-        raise SettingError(f"{policy!r} is not a kernel-client policy",
-                           f"name one of {', '.join(KERNEL_PREFIXES)}, with its options")
-    kind.validate(policy)
-
-
-def run_kernel(shim: Any, cfg: Any, scenario: Any, count: int, rate_per_s: float,
+def run_kernel(shim: Any, cfg: Any, scenario: Scenario, count: int, rate_per_s: float,
                depth: int, hold_ms: int | None) -> dict[str, Any]:
-    kind = kind_of(scenario.policies[0])
-    assert kind is not None, scenario.policies
+    ref = scenario.policies[0]
     drv = DriverSpec(count=max(count, KERNEL_MIN_COUNT), depth=depth,
                      rate_per_s=min(rate_per_s, KERNEL_MAX_RATE_PER_S))
-    return with_lane(scenario.policies[0], kind.run(shim, cfg, scenario, drv, hold_ms))
+    return with_lane(ref.text, KINDS[ref.name].run(shim, cfg, scenario, drv, hold_ms))
 
 
 def with_lane(policy: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -138,9 +122,9 @@ def with_lane(policy: str, result: dict[str, Any]) -> dict[str, Any]:
                      "kernel_client": policy}
 
 
-def kernel_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:
-    kind = kind_of(scenario["policies"][0])
-    assert kind is not None, scenario["policies"]
+def kernel_rows(scenario: dict[str, Any], result: dict[str, Any], ref: PolicyRef) -> list[Row]:
+    """The kernel client's row (its status and findings were judged when it ran)."""
+    kind = KINDS[ref.name]
     lg = result["ledger"]
     out = lg["outcomes"]
     t = result["transition"]
@@ -165,3 +149,57 @@ def kernel_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:
               coverage=Coverage.from_json(result["coverage"]) if result.get("coverage")
               else None)
     return [row]
+
+
+class KernelLane:
+    kind = LaneKind.KERNEL
+
+    def __init__(self) -> None:
+        self.wedge = KernelWedge()  # for this run's later scenarios
+
+    def claims(self, text: str) -> bool:
+        return text.partition(":")[0] in KINDS
+
+    def parse(self, text: str) -> PolicyRef:
+        name, _, options = text.partition(":")
+        return PolicyRef(LaneKind.KERNEL, name, options, text)
+
+    def validate(self, ref: PolicyRef, spec: RunSpec) -> None:
+        KINDS[ref.name].validate(ref.text)
+
+    def groups(self, refs: tuple[PolicyRef, ...], spec: RunSpec,
+               transition: str) -> list[tuple[PolicyRef, ...]]:
+        """Each kernel client in its own transition (in spec.kernel_transitions only, if
+        it names any)."""
+        if spec.kernel_transitions and transition not in spec.kernel_transitions:
+            return []
+        return [(r,) for r in refs]
+
+    def run(self, ctx: LaneContext, sc: Scenario) -> KernelResult:
+        ref = sc.policies[0]
+        why = self.wedge.blocks(ref)
+        if why:
+            raise RxePowerError(why)
+        res = run_kernel(ctx.shim, ctx.cfg, sc, ctx.spec.count, ctx.spec.rate_per_s,
+                         ctx.spec.queue_depth, ctx.spec.hold_ms)
+        self.wedge.note(sc.id, ref, res)
+        return KernelResult(ref, res)
+
+    def result_from_json(self, d: dict[str, Any], schema: int) -> KernelResult:
+        return KernelResult(self.parse(str(d["kernel_client"])), d)
+
+
+class KernelResult:
+    """A kernel client's scenario result: its JSON (clients.kernel's NvmeResult/NfsResult
+    with its timeline lane) and the ULP it was."""
+
+    def __init__(self, ref: PolicyRef, result: dict[str, Any]) -> None:
+        self.ref, self.result = ref, result
+
+    def rows(self, sc: ScenarioKey) -> list[Row]:
+        return kernel_rows({"id": sc.id, "transition": sc.transition, "ordering": sc.ordering,
+                            "policies": list(sc.policies), "mix": sc.mix},
+                           self.result, self.ref)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.result
