@@ -11,8 +11,8 @@ client's scenario record (harness.run.lanes.kernel makes the row of either).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Self
 
 from harness.workload.block_ledger import LedgerSummary
 from harness.workload.coverage import Coverage
@@ -52,3 +52,16 @@ class UlpResult:
         d["ledger"] = self.ledger.to_json()
         d["status"] = self.status.value
         return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Self:
+        """A stored result of this ULP (keys of others, such as the kernel lane's `clients`,
+        are left); a field a record predates takes its default. KeyError, TypeError or
+        ValueError on a malformed one."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["ledger"] = LedgerSummary(**{k: v for k, v in d["ledger"].items()
+                                        if k != "invariant_ok"})
+        kw["status"] = RowStatus(d["status"])
+        kw["coverage"] = Coverage.from_json(d["coverage"]) if d.get("coverage") else None
+        return cls(**kw)

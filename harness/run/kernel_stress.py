@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from harness.run.lanes.base import Scenario
-from harness.run.lanes.kernel import KernelWedge, kernel_rows, run_kernel
+from harness.run.lanes.kernel import KernelWedge, run_kernel
 from harness.run.records import CycleClient
 from harness.run.scenario_result import ClientEnd
 from harness.run.stress_checks import (
@@ -78,19 +78,19 @@ class KernelStress:
                 continue
             res = run_kernel(self.shim, self.cfg, sc, self.spec.count, self.spec.rate_per_s,
                              self.spec.queue_depth, self.spec.hold_ms)
-            self.wedge.note(f"cycle {n}", ref, res)
-            results.append(res)
-            row = kernel_rows(sc.to_json(), res, ref)[0]
+            self.wedge.note(f"cycle {n}", ref, res.result.teardown_left)
+            results.append(res.to_json())
+            row = res.rows(sc.key())[0]
             if row.status is not RowStatus.CLEAN:
                 failures.append(f"{row.policy}: {row.status.value}: "
                                 + ("; ".join(row.findings) or "no findings"))
-            lg = res["ledger"]
-            clients.append(CycleClient(row.policy, row.policy, dict(lg["outcomes"]),
-                                       len(lg["unaccounted"]), ClientEnd.COMPLETED, "",
-                                       res.get("recover_ms")).to_json())
-            hits += list((res.get("kernel") or {}).get("hits") or [])
-            verdicts.append(res["transition"]["verdict"])
-            total_ms += float(res["transition"].get("total_ms") or 0.0)
+            ulp = res.result
+            clients.append(CycleClient(row.policy, row.policy, dict(ulp.ledger.outcomes),
+                                       len(ulp.ledger.unaccounted), ClientEnd.COMPLETED, "",
+                                       ulp.recover_ms).to_json())
+            hits += list(ulp.kernel.get("hits") or [])
+            verdicts.append(ulp.transition["verdict"])
+            total_ms += float(ulp.transition.get("total_ms") or 0.0)
         usage = {"controller": Usage.of(os.getpid())}
         self.explainer.new_check()
         checked = self.checks.check(n, usage, self.explainer)

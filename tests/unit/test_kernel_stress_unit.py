@@ -13,6 +13,7 @@ import pytest
 
 from harness.run import kernel_stress, stress_checks
 from harness.run.lanes import parse_policies
+from harness.run.lanes.kernel import KernelResult
 from harness.run.resultsfile import RecordKind, read_results
 from harness.run.stress import StressSpec
 from harness.run.stress_checks import Usage
@@ -46,7 +47,9 @@ def stress_of(monkeypatch: pytest.MonkeyPatch, results: list[dict[str, Any]],
         now[:] = [next(res_it)]
         return now[0]
 
-    monkeypatch.setattr(kernel_stress, "run_kernel", lambda *a, **k: next(it))
+    # the recorded results, read back as the kernel lane's typed results
+    monkeypatch.setattr(kernel_stress, "run_kernel", lambda shim, cfg, sc, *a:
+                        KernelResult.from_json(sc.policies[0], next(it)))
     monkeypatch.setattr(stress_checks.res, "res_summary", summary)
     monkeypatch.setattr(kernel_stress, "res_by_holder", lambda: by_holder(now[0]))
     monkeypatch.setattr(stress_checks.Usage, "of", classmethod(
@@ -122,9 +125,9 @@ def test_the_wedge_blocks_only_that_kernel_client() -> None:
 
     w = KernelWedge()
     nvme = parse_policy("nvme-rdma")
-    w.note("link-flap/hca-first/nvme-rdma/mixed", nvme, {"teardown_left": []})
+    w.note("link-flap/hca-first/nvme-rdma/mixed", nvme, [])
     assert not w.blocks(parse_policy("nvme-rdma:fast-fail"))
-    w.note("link-flap/hca-first/nvme-rdma/mixed", nvme, {"teardown_left": ["x"]})
+    w.note("link-flap/hca-first/nvme-rdma/mixed", nvme, ["x"])
     assert w.blocks(parse_policy("nvme-rdma:fast-fail")).startswith(
         "not run: link-flap/hca-first/nvme-rdma/mixed left x")
     assert not w.blocks(parse_policy("nfs-rdma:hard"))

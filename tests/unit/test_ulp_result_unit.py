@@ -46,3 +46,17 @@ def test_judged_sets_findings_and_status_from_severities() -> None:
     assert res.status is RowStatus.BAD and res.findings == ["cm sampler: x", "1 I/O stuck"]
     res.judged([Finding(Severity.BROKEN, "teardown left: y")])
     assert res.to_json()["status"] == "broken"
+
+
+def test_recorded_results_read_back_typed_and_write_the_same(data_dir: Path) -> None:
+    """Each recorded kernel result read back as its ULP's type gives the same JSON for
+    every key it had (and the type's defaults for the keys it predates)."""
+    (row,) = json.loads((data_dir / "nfs-matrix-row.json").read_text())
+    recs = [r["result"] for r in read_results(data_dir / "nvme-matrix.jsonl")
+            .of_kind(RecordKind.SCENARIO)]
+    for cls, d in [(NfsResult, row["result"]), *((NvmeResult, r) for r in recs)]:
+        back = cls.from_json(d)
+        assert isinstance(back.ledger, LedgerSummary) and isinstance(back.status, RowStatus)
+        again = back.to_json()
+        assert {k: again[k] for k in set(d) - LANE_KEYS} == {k: d[k] for k in set(d) - LANE_KEYS}
+        assert again["coverage"] is None and again["teardown_left"] == d.get("teardown_left", [])

@@ -5,8 +5,8 @@ says per ULP (a PolicyRef's name) how to validate, run and describe it; a new UL
 client module plus an entry there.
 
     ref = parse_policy("nfs-rdma:hard")                 # KERNEL, name "nfs-rdma"
-    result = run_kernel(shim, cfg, scenario, ...)      # the result's JSON (same shape)
-    rows = kernel_rows(scenario_json, result, ref)      # one Row
+    res = run_kernel(shim, cfg, scenario, ...)         # KernelResult: the ULP's result, typed
+    res.rows(scenario.key()); res.to_json()            # one Row; the record's `result`
 
 How the row reads (the table's columns are the verbs ledger's): `ok` completed-ok,
 `late` completed-late (waited across the transition, then succeeded), `f2app`
@@ -25,6 +25,7 @@ from typing import Any
 
 from clients.kernel import nfs_client, nfs_scenario, nvme_host, nvme_scenario
 from clients.kernel.blockio import DriverSpec
+from clients.kernel.ulp_result import UlpResult
 from harness.core.errors import RxePowerError
 from harness.run.kernel_lane import kernel_lane
 from harness.run.lanes.base import LaneContext, LaneKind, PolicyRef, RunSpec, Scenario
@@ -41,15 +42,15 @@ KERNEL_MAX_RATE_PER_S = 40.0
 
 
 def _nvme_run(shim: Any, cfg: Any, sc: Scenario, drv: DriverSpec,
-              hold_ms: int | None) -> dict[str, Any]:
+              hold_ms: int | None) -> UlpResult:
     return nvme_scenario.run_nvme(shim, cfg, nvme_scenario.NvmeScenario(
-        sc.transition, sc.ordering, sc.policies[0].text, hold_ms, drv)).to_json()
+        sc.transition, sc.ordering, sc.policies[0].text, hold_ms, drv))
 
 
 def _nfs_run(shim: Any, cfg: Any, sc: Scenario, drv: DriverSpec,
-             hold_ms: int | None) -> dict[str, Any]:
+             hold_ms: int | None) -> UlpResult:
     return nfs_scenario.run_nfs(shim, cfg, nfs_scenario.NfsScenario(
-        sc.transition, sc.ordering, sc.policies[0].text, hold_ms, drv)).to_json()
+        sc.transition, sc.ordering, sc.policies[0].text, hold_ms, drv))
 
 
 def _nvme_notes(result: dict[str, Any]) -> list[str]:
@@ -77,13 +78,16 @@ class KernelKind:
     # the ULP's own option parser, given the whole name (its presets are whole names);
     # SettingError names the presets and the raw form
     validate: Callable[[str], object]
-    run: Callable[[Any, Any, Scenario, DriverSpec, int | None], dict[str, Any]]
+    run: Callable[[Any, Any, Scenario, DriverSpec, int | None], UlpResult]
     notes: Callable[[dict[str, Any]], list[str]]  # the client's own fate, for the row
+    result: type[UlpResult]  # its result type (read back: result.from_json)
 
 
 KINDS: dict[str, KernelKind] = {
-    "nvme-rdma": KernelKind(nvme_host.parse_policy, _nvme_run, _nvme_notes),
-    "nfs-rdma": KernelKind(nfs_client.parse_policy, _nfs_run, _nfs_notes),
+    "nvme-rdma": KernelKind(nvme_host.parse_policy, _nvme_run, _nvme_notes,
+                            nvme_scenario.NvmeResult),
+    "nfs-rdma": KernelKind(nfs_client.parse_policy, _nfs_run, _nfs_notes,
+                           nfs_scenario.NfsResult),
 }
 class KernelWedge:
     """Which kernel clients this kernel can no longer run: a scenario whose teardown could
@@ -95,8 +99,8 @@ class KernelWedge:
     def __init__(self) -> None:
         self.left: dict[str, str] = {}  # ULP -> what was left, by which scenario
 
-    def note(self, scenario_id: str, ref: PolicyRef, result: dict[str, Any]) -> None:
-        left = result.get("teardown_left") or []
+    def note(self, scenario_id: str, ref: PolicyRef, left: list[str]) -> None:
+        """`left`: what the scenario's teardown could not remove (UlpResult)."""
         if left:
             self.left.setdefault(ref.name, f"{scenario_id} left {'; '.join(map(str, left))}")
 
@@ -108,11 +112,11 @@ class KernelWedge:
 
 
 def run_kernel(shim: Any, cfg: Any, scenario: Scenario, count: int, rate_per_s: float,
-               depth: int, hold_ms: int | None) -> dict[str, Any]:
+               depth: int, hold_ms: int | None) -> KernelResult:
     ref = scenario.policies[0]
     drv = DriverSpec(count=max(count, KERNEL_MIN_COUNT), depth=depth,
                      rate_per_s=min(rate_per_s, KERNEL_MAX_RATE_PER_S))
-    return with_lane(ref.text, KINDS[ref.name].run(shim, cfg, scenario, drv, hold_ms))
+    return KernelResult(ref, KINDS[ref.name].run(shim, cfg, scenario, drv, hold_ms))
 
 
 def with_lane(policy: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -182,24 +186,33 @@ class KernelLane:
             raise RxePowerError(why)
         res = run_kernel(ctx.shim, ctx.cfg, sc, ctx.spec.count, ctx.spec.rate_per_s,
                          ctx.spec.queue_depth, ctx.spec.hold_ms)
-        self.wedge.note(sc.id, ref, res)
-        return KernelResult(ref, res)
+        self.wedge.note(sc.id, ref, res.result.teardown_left)
+        return res
 
     def result_from_json(self, d: dict[str, Any], schema: int) -> KernelResult:
-        return KernelResult(self.parse(str(d["kernel_client"])), d)
+        return KernelResult.from_json(self.parse(str(d["kernel_client"])), d)
 
 
 class KernelResult:
-    """A kernel client's scenario result: its JSON (clients.kernel's NvmeResult/NfsResult
-    with its timeline lane) and the ULP it was."""
+    """A kernel client's scenario result: the ULP's result (clients.kernel.ulp_result,
+    typed) and the policy it ran. Its JSON is the ULP result's with the timeline lane
+    (`clients`) and `kernel_client`; its row is made from that JSON, the form the report
+    reads back."""
 
-    def __init__(self, ref: PolicyRef, result: dict[str, Any]) -> None:
+    def __init__(self, ref: PolicyRef, result: UlpResult) -> None:
         self.ref, self.result = ref, result
+        self._json: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, ref: PolicyRef, d: dict[str, Any]) -> KernelResult:
+        return cls(ref, KINDS[ref.name].result.from_json(d))
 
     def rows(self, sc: ScenarioKey) -> list[Row]:
         return kernel_rows({"id": sc.id, "transition": sc.transition, "ordering": sc.ordering,
                             "policies": list(sc.policies), "mix": sc.mix},
-                           self.result, self.ref)
+                           self.to_json(), self.ref)
 
     def to_json(self) -> dict[str, Any]:
-        return self.result
+        if self._json is None:
+            self._json = with_lane(self.ref.text, self.result.to_json())
+        return self._json
