@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import RxePowerError
-from harness.run.matrix import error_rows, rows_of
+from harness.run.lanes.userspace import rows_of
+from harness.run.matrix import error_rows
 from harness.run.records import RESULT_PARSE_ERRORS, CycleRecord, ScenarioRecord
 from harness.run.resultsfile import RecordKind, Results, read_results
 from harness.run.rows import Row

@@ -4,6 +4,10 @@
     for sc in spec.scenarios(): ...                  # what would run, in order
     code = run_matrix(spec, cfg, out_dir)            # run, writing results.jsonl as it goes
 
+The policies are PolicyRefs (harness.run.lanes.parse_policy, at the command line); each
+scenario runs one lane's group of them (LANES: userspace workers, a kernel client, an
+outside program), and the lane makes its rows.
+
 One scenario is one transition under one client worker per policy. By default each
 policy gets its own transition (isolated: one client's behaviour cannot colour
 another's row); `together` runs the policies side by side in one transition, as
@@ -33,8 +37,9 @@ from harness.core.files import atomic_write
 from harness.core.shards import ShardPlan
 from harness.core.xmltext import xml_safe
 from harness.run.lanes import new_lanes, parse_policies, parse_policy
-from harness.run.lanes.base import LaneContext, PolicyRef, Scenario
-from harness.run.lanes.userspace import rows_of
+from harness.run.lanes.base import LaneContext, PolicyRef
+from harness.run.lanes.base import Scenario as Scenario  # (re-exported for its readers)
+from harness.run.lanes.userspace import rows_of as rows_of  # (re-exported: tests, report)
 from harness.run.outside import CLIENT_EXIT_TIMEOUT_S, OutsideSpec
 from harness.run.records import ScenarioKey
 from harness.run.resultsfile import RecordKind
@@ -48,8 +53,6 @@ from harness.workload.ledger import Op, WorkloadSpec
 from harness.workload.spec import Arrivals, WorkloadEnd, resumed_cap
 from power.plan import OnVeto, Ordering, get_transition, parse_on_veto, parse_ordering
 from power.result import TransitionRequest
-
-__all__ = ["MatrixSpec", "Scenario", "rows_of", "run_matrix"]  # Scenario, rows_of: for readers
 
 OP_MIXES: dict[str, tuple[Op, ...]] = {
     "mixed": (Op.SEND, Op.WRITE, Op.READ, Op.FETCH_ADD),
