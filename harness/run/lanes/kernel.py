@@ -89,6 +89,8 @@ KINDS: dict[str, KernelKind] = {
     "nfs-rdma": KernelKind(nfs_client.parse_policy, _nfs_run, _nfs_notes,
                            nfs_scenario.NfsResult),
 }
+
+
 class KernelWedge:
     """Which kernel clients this kernel can no longer run: a scenario whose teardown could
     not remove what it made (`teardown_left`: a controller whose delete the kernel holds)
