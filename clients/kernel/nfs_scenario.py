@@ -10,9 +10,10 @@ clients-first (what a PM-aware system does on the notice): stop submitting, wait
 in-flight I/O, sync, close the file, unmount, answer released; after resume mount again
 and go on. hca-first: nothing is done before the device goes.
 
-The result has the shape of NvmeResult.to_json() wherever a field means the same
-(harness.run.kernel_rows makes one table row of either); `xprt_states` (the mount's
-transport counters) and `transport` (the client's rdma_cm ids over time) are its own.
+The result is the ULP result nvme-rdma's is too (clients/kernel/ulp_result.py;
+harness.run.lanes.kernel makes one table row of either); `xprt_states` (the mount's
+transport counters), `transport` (the client's rdma_cm ids over time) and `mount_after`
+are its own.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from clients.kernel import route_guard
 from clients.kernel.blockio import BlockDriver, DriverSpec
 from clients.kernel.nfs_client import MountConfig, NfsMount, XprtSampler, parse_policy
 from clients.kernel.nfs_server import NfsServer, ServerConfig
+from clients.kernel.ulp_result import UlpResult
 from clients.kernel.ulp_scenario import (
     HUNG_TASK,
     HUNG_TASK_TIMEOUT_S,
@@ -47,14 +49,13 @@ from harness.topology.config import TopologyConfig
 from harness.workload.block_ledger import (
     IoOutcome,
     IoRecord,
-    LedgerSummary,
     Window,
     check_block,
     latest_write_per_block,
     outcome,
     summarize,
 )
-from harness.workload.coverage import Coverage
+from harness.workload.findings import Finding, RowStatus, Severity, of_severity, texts
 from power import kmsg
 from power.notify import SuspendReply
 from power.plan import OnVeto, Ordering
@@ -87,36 +88,14 @@ class NfsScenario:
     size_mib: int = 64  # the exported tmpfs
 
 
-@dataclass
-class NfsResult:
-    scenario: dict[str, Any]
-    options: dict[str, Any]
-    transition: dict[str, Any]
-    ledger: LedgerSummary
-    records: list[dict[str, Any]]
+@dataclass(kw_only=True)
+class NfsResult(UlpResult):
+    """The shared ULP result (clients.kernel.ulp_result) and the mount's own. survived:
+    the mount is there at the end and served I/O after the device was back."""
+
     xprt_states: list[dict[str, Any]]  # the mount's transport counters when they changed
     transport: list[dict[str, Any]]  # the client's rdma_cm ids whenever they changed
-    connections: list[dict[str, Any]]
-    off_wire: list[dict[str, Any]]
-    survived: bool  # the mount is there at the end and served I/O after the device was back
     mount_after: str  # the mount's id at the end ("" if none)
-    detect_ms: float | None
-    recover_ms: float | None
-    kernel: dict[str, Any]
-    findings: list[str]
-    status: str  # clean / bad / broken
-    client_events: list[dict[str, Any]]
-    settled: dict[str, Any] = field(default_factory=dict)
-    hang: dict[str, Any] | None = None  # (nvme only; the shape is shared)
-    # what the teardown could not remove (see NvmeResult.teardown_left)
-    teardown_left: list[str] = field(default_factory=list)
-    # how the I/O met the transition (harness.workload.coverage)
-    coverage: Coverage | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ledger"] = self.ledger.to_json()
-        return d
 
 
 class _PmClient:
@@ -215,6 +194,7 @@ def run_nfs(shim: Shim, cfg: TopologyConfig, sc: NfsScenario,
     drv = None
     events: list[dict[str, Any]] = []
     pm = None
+    fs: list[Finding] = []  # the row's findings (its status: RowStatus.of)
     res: NfsResult | None = None
     try:
         server.setup()
@@ -265,19 +245,22 @@ def run_nfs(shim: Shim, cfg: TopologyConfig, sc: NfsScenario,
                                         win.start_ns if win else 0, win.end_ns if win else 0)
         bad_conns = route_guard.off_wire(conns, cfg)
         coverage = io_coverage(records, tres)
-        findings, status = judge(ledger, conns, bad_conns, scan, tres, None, cfg.local_dev,
-                                 coverage)
+        fs = judge(ledger, conns, bad_conns, scan, tres, None, cfg.local_dev, coverage)
         if settled["timed_out"]:
-            findings.append(f"the client was not connected again within SETTLE_TIMEOUT_S="
-                            f"{SETTLE_TIMEOUT_S:g}s of the device's return")
-        findings += [f"cm sampler: {e}" for e in cm_s.errors[:3]]
+            fs.append(Finding(Severity.NOTE, "the client was not connected again within "
+                              f"SETTLE_TIMEOUT_S={SETTLE_TIMEOUT_S:g}s of the device's return"))
+        fs += of_severity(Severity.NOTE, [f"cm sampler: {e}" for e in cm_s.errors[:3]])
         res = NfsResult(
-            asdict(sc) | {"ordering": sc.ordering.value}, opts.to_json(), tres, ledger,
-            [r.to_json() for r in records], [asdict(x) for x in xs.samples],
-            transport_changes(cm_s.samples, server.cfg.port),
-            [c.to_json() for c in conns], [c.to_json() for c in bad_conns], survived,
-            str(now.mount_id) if now else "", detect, recover, scan.to_json(), findings,
-            status, events, settled, coverage=coverage)
+            scenario=asdict(sc) | {"ordering": sc.ordering.value}, options=opts.to_json(),
+            transition=tres, ledger=ledger, records=[r.to_json() for r in records],
+            xprt_states=[asdict(x) for x in xs.samples],
+            transport=transport_changes(cm_s.samples, server.cfg.port),
+            connections=[c.to_json() for c in conns],
+            off_wire=[c.to_json() for c in bad_conns], survived=survived,
+            mount_after=str(now.mount_id) if now else "", detect_ms=detect,
+            recover_ms=recover, kernel=scan.to_json(), findings=texts(fs),
+            status=RowStatus.of(fs), client_events=events, settled=settled,
+            coverage=coverage)
     finally:
         if pm is not None:
             shim.notifier.unregister(pm)
@@ -285,14 +268,12 @@ def run_nfs(shim: Shim, cfg: TopologyConfig, sc: NfsScenario,
     # (after an exception in the scenario, that one propagates instead)
     # an unmount that needed its last resort (umount -l) is the kernel client's finding;
     # what teardown could not remove makes the row broken (the result is kept), and the
-    # matrix runs no further nfs-rdma scenario on this kernel (harness.run.kernel_rows)
-    res.findings += notes + [f"teardown left: {p} (run `rxe-power cleanup`)"
-                             for p in problems]
+    # matrix runs no further nfs-rdma scenario on this kernel (harness.run.lanes.kernel)
+    fs += of_severity(Severity.BAD, notes)
+    fs += of_severity(Severity.BROKEN, [f"teardown left: {p} (run `rxe-power cleanup`)"
+                                        for p in problems])
     res.teardown_left = problems
-    if problems:
-        res.status = "broken"
-    elif notes and res.status == "clean":
-        res.status = "bad"
+    res.judged(fs)
     return res
 
 

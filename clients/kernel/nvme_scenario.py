@@ -27,6 +27,7 @@ from clients.kernel import nvme_hang, route_guard
 from clients.kernel.blockio import BlockDriver, DriverSpec
 from clients.kernel.nvme_host import CtrlSampler, HostConfig, NvmeHost, parse_policy
 from clients.kernel.nvmet_target import NvmetTarget, TargetConfig
+from clients.kernel.ulp_result import UlpResult
 from clients.kernel.ulp_scenario import (
     HUNG_TASK,
     HUNG_TASK_TIMEOUT_S,
@@ -47,14 +48,13 @@ from harness.system import kernelobjs as ko
 from harness.topology.config import TopologyConfig
 from harness.workload.block_ledger import (
     IoOutcome,
-    LedgerSummary,
     Window,
     check_block,
     latest_write_per_block,
     outcome,
     summarize,
 )
-from harness.workload.coverage import Coverage
+from harness.workload.findings import Finding, RowStatus, Severity, of_severity, texts
 from power import kmsg
 from power.notify import SuspendReply
 from power.plan import OnVeto, Ordering, StepKind
@@ -80,36 +80,13 @@ class NvmeScenario:
     size_mib: int = 64
 
 
-@dataclass
-class NvmeResult:
-    scenario: dict[str, Any]
-    options: dict[str, Any]
-    transition: dict[str, Any]
-    ledger: LedgerSummary
-    records: list[dict[str, Any]]
-    ctrl_states: list[dict[str, Any]]
-    connections: list[dict[str, Any]]
-    off_wire: list[dict[str, Any]]
-    survived: bool  # the controller we connected is LIVE at the end (same name, no reconnect)
-    block_device_after: str
-    detect_ms: float | None
-    recover_ms: float | None
-    kernel: dict[str, Any]
-    findings: list[str]
-    status: str  # clean / bad / broken
-    client_events: list[dict[str, Any]]
-    settled: dict[str, Any] = field(default_factory=dict)  # the controller after the transition
-    hang: dict[str, Any] | None = None  # the kernel client held the device (nvme_hang)
-    # what the teardown could not remove (a controller whose delete the kernel held): the
-    # kernel is in no state for another scenario of this client
-    teardown_left: list[str] = field(default_factory=list)
-    # how the I/O met the transition (harness.workload.coverage)
-    coverage: Coverage | None = None
+@dataclass(kw_only=True)
+class NvmeResult(UlpResult):
+    """The shared ULP result (clients.kernel.ulp_result) and the controller's own."""
 
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ledger"] = self.ledger.to_json()
-        return d
+    ctrl_states: list[dict[str, Any]]  # the controller's state whenever it changed
+    # survived: the controller we connected is LIVE at the end (same name, no reconnect)
+    block_device_after: str
 
 
 class _PmClient:
@@ -182,6 +159,7 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
     drv = None
     events: list[dict[str, Any]] = []
     pm = None
+    fs: list[Finding] = []  # the row's findings (its status: RowStatus.of)
     try:
         target.setup()
         if sc.guard:
@@ -247,24 +225,27 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
                                         win.end_ns if win else 0)
         bad_conns = route_guard.off_wire(conns, cfg)
         coverage = io_coverage(records, tres)
-        findings, status = _judge(ledger, conns, bad_conns, scan, tres, hang, cfg.local_dev,
-                                  coverage)
+        fs = _judge(ledger, conns, bad_conns, scan, tres, hang, cfg.local_dev, coverage)
         res = NvmeResult(
-            asdict(sc) | {"ordering": sc.ordering.value}, opts.to_json(), tres, ledger,
-            [r.to_json() for r in records], [asdict(s) for s in ctrl_s.samples],
-            [c.to_json() for c in conns], [c.to_json() for c in bad_conns], survived,
-            after, detect, recover, scan.to_json(), findings, status, events, settled,
-            hang.to_json() if hang else None, coverage=coverage)
+            scenario=asdict(sc) | {"ordering": sc.ordering.value}, options=opts.to_json(),
+            transition=tres, ledger=ledger, records=[r.to_json() for r in records],
+            ctrl_states=[asdict(s) for s in ctrl_s.samples],
+            connections=[c.to_json() for c in conns],
+            off_wire=[c.to_json() for c in bad_conns], survived=survived,
+            block_device_after=after, detect_ms=detect, recover_ms=recover,
+            kernel=scan.to_json(), findings=texts(fs), status=RowStatus.of(fs),
+            client_events=events, settled=settled, hang=hang.to_json() if hang else None,
+            coverage=coverage)
     finally:
         if pm is not None:
             shim.notifier.unregister(pm)
         left = _teardown(state, target, host, drv, guard)
     if left:  # (after an exception in the scenario that one propagates instead)
         # the ledger stands; what the kernel would not let go is the row's finding, and the
-        # matrix runs no further nvme-rdma scenario on this kernel (harness.run.kernel_rows)
+        # matrix runs no further nvme-rdma scenario on this kernel (harness.run.lanes.kernel)
         res.teardown_left = left
-        res.findings += [f"teardown: {p}" for p in left]
-        res.status = "broken"
+        fs += of_severity(Severity.BROKEN, [f"teardown: {p}" for p in left])
+        res.judged(fs)
     return res
 
 

@@ -22,6 +22,7 @@ from harness.core.errors import RxePowerError
 from harness.topology import lifecycle
 from harness.topology.config import TopologyConfig
 from harness.workload.block_ledger import IoOutcome
+from harness.workload.findings import RowStatus
 from power.plan import parse_ordering
 from power.shim import Shim
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                                 if out:
                                     out.write(json.dumps(res.to_json()) + "\n")
                                     out.flush()
-                                rc |= res.status == "broken"
+                                rc |= res.status is RowStatus.BROKEN
                             lifecycle.restore_local_side(cfg, log=lambda m: None)
         finally:
             if built:

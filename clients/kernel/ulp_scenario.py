@@ -17,9 +17,10 @@ from harness.core.errors import BoundExceeded
 from harness.core.state import StateFile
 from harness.workload.block_ledger import IoOutcome, IoRecord, LedgerSummary, Window
 from harness.workload.coverage import Coverage, Span
+from harness.workload.findings import Finding, Severity, of_severity
 from power import kmsg
 from power.plan import StepKind
-from power.result import StepRecord, fault_window
+from power.result import StepRecord, Verdict, fault_window
 
 PROGRESS_TIMEOUT_S = 60.0  # the workload reaches its transition point
 HUNG_TASK_TIMEOUT_S = 10  # the guest's hung_task_timeout_secs during a scenario
@@ -29,6 +30,7 @@ POLL_S = 0.05
 # removal (the `rdma` program's own start-up took at most 0.8 s, measured under load)
 KERNEL_HOLD_MIN_S = 2.0
 DOWN_STEPS = (StepKind.PORT_DOWN, StepKind.DELETE_DEVICE)
+BROKEN, BAD, NOTE = Severity.BROKEN, Severity.BAD, Severity.NOTE
 
 
 class Issuing(Protocol):
@@ -98,62 +100,62 @@ def io_coverage(records: list[IoRecord], tres: dict[str, Any]) -> Coverage | Non
 
 def judge(ledger: LedgerSummary, conns: list[Any], bad_conns: list[Any], scan: kmsg.KmsgScan,
           tres: dict[str, Any], hang: Any = None,
-          dev: str = "rxe0", coverage: Coverage | None = None) -> tuple[list[str], str]:
-    """The row's findings and status (clean / bad / missed / broken) from what was
-    measured. `hang`: an nvme_hang.HangReport when a controller held the device's delete.
-    `coverage`: how the I/O met the transition; the I/O runs on past it by construction
-    (until the client settled, and more), so none crossing it or none after it makes the
-    row no measurement (`missed`)."""
-    findings = []
-    broken = False
+          dev: str = "rxe0", coverage: Coverage | None = None) -> list[Finding]:
+    """The row's findings from what was measured (its status: RowStatus.of). `hang`: an
+    nvme_hang.HangReport when a controller held the device's delete. `coverage`: how the
+    I/O met the transition; the I/O runs on past it by construction (until the client
+    settled, and more), so none crossing it or none after it makes the row no measurement
+    (`missed`)."""
+    fs: list[Finding] = []
     # a held delete stops the I/O (nothing can run after a transition that never ended):
     # then only I/O crossing it is required
     missed = coverage.missed(require_after=hang is None) if coverage is not None else []
     if hang is not None:
-        # a finding of the kernel's, not of the harness: the row stays readable. Only a
-        # hang the harness could not end (or a local side it could not restore) breaks it
-        findings += hang.findings(dev)
-        broken = not hang.recovered
+        # a finding of the kernel's, not of the harness: the row stays readable (bad). Only
+        # a hang the harness could not end (or a local side it could not restore) breaks it
+        fs += of_severity(BAD if hang.recovered else BROKEN, hang.findings(dev))
     if not any(c.phase == "before" for c in conns):
-        findings.append("no connection of the client seen in `rdma res show cm_id` before "
-                        "the transition: which device it used cannot be shown")
-        broken = True
+        fs.append(Finding(BROKEN, "no connection of the client seen in `rdma res show cm_id` "
+                                  "before the transition: which device it used cannot be "
+                                  "shown"))
     if ledger.unaccounted:
-        findings.append(f"{len(ledger.unaccounted)} I/O unaccounted: seqs "
-                        f"{ledger.unaccounted[:10]}")
-        broken = True
+        fs.append(Finding(BROKEN, f"{len(ledger.unaccounted)} I/O unaccounted: seqs "
+                                  f"{ledger.unaccounted[:10]}"))
     for c in bad_conns:
-        findings.append(f"connection {c.src}->{c.dst} on {c.dev} ({c.phase}) did not cross "
-                        "the wire (loopback on one kernel): the row cannot be trusted")
-        broken = True
+        fs.append(Finding(BROKEN, f"connection {c.src}->{c.dst} on {c.dev} ({c.phase}) did "
+                                  "not cross the wire (loopback on one kernel): the row "
+                                  "cannot be trusted"))
     dd = next((s for s in tres.get("steps", []) if s["step"] == StepKind.DELETE_DEVICE.value
                and s["outcome"] == "ok"), None)
     if dd is not None and dd["detail"].get("veto"):
         # the delete blocked, then finished within the shim's bounds: a shorter hold
-        findings.append(f"the delete of {dev} blocked {dd['detail']['blocked_s']:.2f} s "
-                        "(the veto report says whether a process held it; else the kernel "
-                        "client did)")
+        fs.append(Finding(NOTE, f"the delete of {dev} blocked {dd['detail']['blocked_s']:.2f} "
+                                "s (the veto report says whether a process held it; else the "
+                                "kernel client did)"))
     if dd is not None and (dd["detail"].get("start_s") or 0) >= KERNEL_HOLD_MIN_S:
         # a kernel client's removal runs before ib_uverbs' and held the delete this long
         # before the device's uverbs nodes went (measured: an idle nvme controller,
         # nvme_core admin_timeout 5 s: 5.3-5.5 s), within the shim's bounds
-        findings.append(f"the delete of {dev} reached its uverbs nodes only "
-                        f"{dd['detail']['start_s']:.2f} s after it began: a kernel client's "
-                        "removal held it (and the sleep) that long")
-    if tres.get("verdict") == "failed" and not scan.hits and hang is None:
-        findings.append("transition failed: " + "; ".join(tres.get("reasons", [])))
-        broken = True
+        fs.append(Finding(NOTE, f"the delete of {dev} reached its uverbs nodes only "
+                                f"{dd['detail']['start_s']:.2f} s after it began: a kernel "
+                                "client's removal held it (and the sleep) that long"))
+    if verdict_of(tres) is Verdict.FAILED and not scan.hits and hang is None:
+        fs.append(Finding(BROKEN, "transition failed: " + "; ".join(tres.get("reasons", []))))
     if ledger.lost_seqs:
-        findings.append(f"{len(ledger.lost_seqs)} acknowledged write(s) lost on the target")
+        fs.append(Finding(BAD, f"{len(ledger.lost_seqs)} acknowledged write(s) lost on the "
+                               "target"))
     if ledger.corrupted_seqs:
-        findings.append(f"{len(ledger.corrupted_seqs)} acknowledged write(s) corrupted")
+        fs.append(Finding(BAD, f"{len(ledger.corrupted_seqs)} acknowledged write(s) "
+                               "corrupted"))
     if ledger.reads_bad:
-        findings.append(f"{ledger.reads_bad} read(s) returned other data than written")
+        fs.append(Finding(BAD, f"{ledger.reads_bad} read(s) returned other data than written"))
     if ledger.count(IoOutcome.STUCK):
-        findings.append(f"{ledger.count(IoOutcome.STUCK)} I/O stuck")
-    findings += [f"kernel log: {h.pattern}: {h.record.message}" for h in scan.hits]
-    bad = bool(ledger.lost_seqs or ledger.corrupted_seqs or ledger.reads_bad
-               or ledger.count(IoOutcome.STUCK) or scan.hits or hang)
-    findings += missed
-    return findings, ("broken" if broken else "missed" if missed else "bad" if bad
-                      else "clean")
+        fs.append(Finding(BAD, f"{ledger.count(IoOutcome.STUCK)} I/O stuck"))
+    fs += [Finding(BAD, f"kernel log: {h.pattern}: {h.record.message}") for h in scan.hits]
+    return fs + of_severity(Severity.MISSED, missed)
+
+
+def verdict_of(tres: dict[str, Any]) -> Verdict | None:
+    """A transition result's verdict, typed (None: the record has none)."""
+    v = tres.get("verdict")
+    return Verdict(v) if v is not None else None

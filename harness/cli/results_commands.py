@@ -27,6 +27,7 @@ from harness.cli.shard_option import add_shard_option, shard_of
 from harness.core import settings
 from harness.core.errors import SettingError
 from harness.core.settings import Mode
+from harness.run.lanes import parse_policies
 from harness.run.matrix import (
     DEFAULT_TRANSITIONS,
     RUN_KERNEL_TRANSITIONS,
@@ -88,7 +89,7 @@ def matrix_spec(args: argparse.Namespace) -> MatrixSpec:
     run = args.command == "run"
     return MatrixSpec(split_csv(args.transition) or DEFAULT_TRANSITIONS,
                       tuple(parse_ordering(o) for o in split_csv(args.ordering)),
-                      split_csv(args.policy)
+                      parse_policies(split_csv(args.policy))
                       or (RUN_POLICIES if run else MatrixSpec.policies),
                       split_csv(args.mix) or ("mixed",),
                       args.together or (run and not args.apart), args.count, args.rate,
@@ -137,9 +138,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 def stress_spec(args: argparse.Namespace) -> StressSpec:
     return StressSpec(args.cycles, args.transition,
                       parse_ordering(args.ordering) if args.ordering else None,
-                      split_csv(args.policy) or StressSpec.policies, args.mix, args.count,
-                      args.rate,
-                      args.queue_depth, args.hold_ms, parse_on_veto(args.on_veto), args.maxfail,
+                      parse_policies(split_csv(args.policy)) or StressSpec.policies, args.mix,
+                      args.count, args.rate, args.queue_depth, args.hold_ms,
+                      parse_on_veto(args.on_veto), args.maxfail,
                       args.keep_ledgers, parse_arrivals(args.arrivals), parse_end(args.end),
                       args.settle_ms).validate()
 

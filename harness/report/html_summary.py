@@ -27,7 +27,7 @@ from harness.report.section import (
 )
 from harness.report.tables import cycle_clients, stress_trends
 from harness.run.matrix import COLUMNS, LEGEND, PEER_COLUMNS
-from harness.run.rows import RowStatus
+from harness.workload.findings import RowStatus
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em 2em;color:#222}

@@ -25,7 +25,8 @@ from harness.core.shards import ShardPlan
 from harness.core.xmltext import xml_safe
 from harness.report.section import Section
 from harness.run.matrix import render_table
-from harness.run.rows import Row, RowStatus
+from harness.run.rows import Row
+from harness.workload.findings import RowStatus
 
 SEVERITY = {s: n for n, s in enumerate(RowStatus)}  # the declared order is the severity
 

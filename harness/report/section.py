@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import RxePowerError
-from harness.run.matrix import error_rows, rows_of
+from harness.run.lanes.userspace import rows_of
+from harness.run.matrix import error_rows
 from harness.run.records import RESULT_PARSE_ERRORS, CycleRecord, ScenarioRecord
 from harness.run.resultsfile import RecordKind, Results, read_results
-from harness.run.rows import Row, RowStatus
+from harness.run.rows import Row
 from harness.system.provenance_text import header_differences, mixed_lines
+from harness.workload.findings import RowStatus
 
 Log = Callable[[str], None]
 NO_RECORDS_EXIT = 2

@@ -43,7 +43,8 @@ from harness.report.timeline_lanes import (
     transition_t0,
 )
 from harness.run.records import ScenarioRecord
-from harness.run.rows import Row, RowStatus
+from harness.run.rows import Row
+from harness.workload.findings import RowStatus
 from power.timeline import EntryKind
 
 

@@ -1,5 +1,5 @@
 """rxe-power stress with kernel clients: every cycle runs each kernel client's scenario
-(harness/run/kernel_rows.py: target, controller or mount, I/O with its ledger, one
+(harness/run/lanes/kernel.py: target, controller or mount, I/O with its ledger, one
 transition, the target's store read on the peer side, everything of ours removed), and
 then checks what a stress cycle checks:
 
@@ -20,10 +20,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from harness.run.kernel_rows import KernelWedge, kernel_rows, run_kernel
-from harness.run.matrix import Scenario
+from harness.run.lanes.base import Scenario
+from harness.run.lanes.kernel import KernelWedge, run_kernel
 from harness.run.records import CycleClient
-from harness.run.rows import RowStatus
 from harness.run.scenario_result import ClientEnd
 from harness.run.stress_checks import (
     CycleChecks,
@@ -33,6 +32,7 @@ from harness.run.stress_checks import (
 )
 from harness.run.stress_holders import HolderExplainer, RunParts
 from harness.system.rdma_res import res_by_holder
+from harness.workload.findings import RowStatus
 from power.plan import get_transition
 
 if TYPE_CHECKING:
@@ -71,25 +71,26 @@ class KernelStress:
         failures: list[str] = []
         clients, hits, results, verdicts, total_ms = [], [], [], [], 0.0
         for sc in self.scenarios:
-            why = self.wedge.blocks(sc.policies[0])
+            ref = sc.policies[0]
+            why = self.wedge.blocks(ref)
             if why:  # an earlier cycle left what the kernel would not let go
-                failures.append(f"{sc.policies[0]}: {why}")
+                failures.append(f"{ref}: {why}")
                 continue
             res = run_kernel(self.shim, self.cfg, sc, self.spec.count, self.spec.rate_per_s,
                              self.spec.queue_depth, self.spec.hold_ms)
-            self.wedge.note(f"cycle {n}", sc.policies[0], res)
-            results.append(res)
-            row = kernel_rows(sc.to_json(), res)[0]
+            self.wedge.note(f"cycle {n}", ref, res.result.teardown_left)
+            results.append(res.to_json())
+            row = res.rows(sc.key())[0]
             if row.status is not RowStatus.CLEAN:
                 failures.append(f"{row.policy}: {row.status.value}: "
                                 + ("; ".join(row.findings) or "no findings"))
-            lg = res["ledger"]
-            clients.append(CycleClient(row.policy, row.policy, dict(lg["outcomes"]),
-                                       len(lg["unaccounted"]), ClientEnd.COMPLETED, "",
-                                       res.get("recover_ms")).to_json())
-            hits += list((res.get("kernel") or {}).get("hits") or [])
-            verdicts.append(res["transition"]["verdict"])
-            total_ms += float(res["transition"].get("total_ms") or 0.0)
+            ulp = res.result
+            clients.append(CycleClient(row.policy, row.policy, dict(ulp.ledger.outcomes),
+                                       len(ulp.ledger.unaccounted), ClientEnd.COMPLETED, "",
+                                       ulp.recover_ms).to_json())
+            hits += list(ulp.kernel.get("hits") or [])
+            verdicts.append(ulp.transition["verdict"])
+            total_ms += float(ulp.transition.get("total_ms") or 0.0)
         usage = {"controller": Usage.of(os.getpid())}
         self.explainer.new_check()
         checked = self.checks.check(n, usage, self.explainer)

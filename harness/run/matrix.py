@@ -4,6 +4,10 @@
     for sc in spec.scenarios(): ...                  # what would run, in order
     code = run_matrix(spec, cfg, out_dir)            # run, writing results.jsonl as it goes
 
+The policies are PolicyRefs (harness.run.lanes.parse_policy, at the command line); each
+scenario runs one lane's group of them (LANES: userspace workers, a kernel client, an
+outside program), and the lane makes its rows.
+
 One scenario is one transition under one client worker per policy. By default each
 policy gets its own transition (isolated: one client's behaviour cannot colour
 another's row); `together` runs the policies side by side in one transition, as
@@ -27,28 +31,28 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from clients import policy_class
 from harness.core.bounds import MAX_HOLD_MS, check_number
 from harness.core.errors import RxePowerError, SettingError
 from harness.core.files import atomic_write
 from harness.core.shards import ShardPlan
 from harness.core.xmltext import xml_safe
-from harness.run.kernel_rows import KernelWedge, is_kernel_policy, kernel_rows, run_kernel
-from harness.run.kernel_rows import validate as validate_kernel_policy
-from harness.run.outside import CLIENT_EXIT_TIMEOUT_S, OutsideSpec, outside_rows, run_outside
+from harness.run.lanes import new_lanes, parse_policies, parse_policy
+from harness.run.lanes.base import LaneContext, PolicyRef
+from harness.run.lanes.base import Scenario as Scenario  # (re-exported for its readers)
+from harness.run.lanes.userspace import rows_of as rows_of  # (re-exported: tests, report)
+from harness.run.outside import CLIENT_EXIT_TIMEOUT_S, OutsideSpec
 from harness.run.records import ScenarioKey
 from harness.run.resultsfile import RecordKind
-from harness.run.rows import Row, RowStatus, add_ledger_figures, status_of, veto_text
-from harness.run.scenario import run_scenario
-from harness.run.scenario_result import ClientEnd, ScenarioResult
+from harness.run.rows import Row
 from harness.run.session import ResultsHeader, RunSession
 from harness.system.provenance_text import describe
 from harness.topology.config import TopologyConfig
 from harness.topology.lifecycle import restore_local_side
-from harness.workload.ledger import Op, Outcome, PeerView, WorkloadSpec
+from harness.workload.findings import RowStatus
+from harness.workload.ledger import Op, WorkloadSpec
 from harness.workload.spec import Arrivals, WorkloadEnd, resumed_cap
 from power.plan import OnVeto, Ordering, get_transition, parse_on_veto, parse_ordering
-from power.result import TransitionRequest, Verdict
+from power.result import TransitionRequest
 
 OP_MIXES: dict[str, tuple[Op, ...]] = {
     "mixed": (Op.SEND, Op.WRITE, Op.READ, Op.FETCH_ADD),
@@ -57,7 +61,7 @@ OP_MIXES: dict[str, tuple[Op, ...]] = {
     "read-atomic": (Op.READ, Op.FETCH_ADD),
 }
 DEFAULT_TRANSITIONS = ("link-flap", "standby", "hibernate", "surprise-removal")
-USER_POLICIES = ("naive", "fail-fast", "queue-replay", "graceful")
+USER_POLICIES = parse_policies(("naive", "fail-fast", "queue-replay", "graceful"))
 # `rxe-power run`'s matrix: the four userspace policies side by side in every transition
 # and ordering, and one client of each kernel ULP in standby, both orderings: the device
 # unregistered and back, with and without notice. On rxe hibernate is standby with a
@@ -67,36 +71,15 @@ USER_POLICIES = ("naive", "fail-fast", "queue-replay", "graceful")
 # surprise-removal` measures it, the six-minute overview does not. A kernel scenario
 # takes 10-30 s in the TCG guest; with the userspace policies one at a time and kernel
 # clients in standby and surprise-removal, the default run took 360 s of scenarios.
-RUN_POLICIES = (*USER_POLICIES, "nvme-rdma", "nfs-rdma:hard")
+RUN_POLICIES = (*USER_POLICIES, *parse_policies(("nvme-rdma", "nfs-rdma:hard")))
 RUN_KERNEL_TRANSITIONS = ("standby",)
-OK_OUTCOMES = (Outcome.COMPLETED_OK.value, Outcome.REPLAYED_OK.value)
-
-
-@dataclass(frozen=True)
-class Scenario:
-    transition: str
-    ordering: Ordering
-    policies: tuple[str, ...]
-    mix: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.transition}/{self.ordering}/{'+'.join(self.policies)}/{self.mix}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"transition": self.transition, "ordering": self.ordering.value,
-                "policies": list(self.policies), "mix": self.mix, "id": self.id}
-
-    def key(self) -> ScenarioKey:
-        return ScenarioKey(self.transition, self.ordering.value, self.policies, self.mix,
-                           self.id)
 
 
 @dataclass(frozen=True)
 class MatrixSpec:
     transitions: tuple[str, ...] = DEFAULT_TRANSITIONS
     orderings: tuple[Ordering, ...] = ()  # empty: every ordering each transition offers
-    policies: tuple[str, ...] = USER_POLICIES
+    policies: tuple[PolicyRef, ...] = USER_POLICIES  # (harness.run.lanes.parse_policies)
     mixes: tuple[str, ...] = ("mixed",)
     together: bool = False
     count: int = 120
@@ -121,16 +104,18 @@ class MatrixSpec:
     def validate(self) -> MatrixSpec:
         for t in (*self.transitions, *self.kernel_transitions):
             get_transition(t)
-        if self.client_cmd:
+        if self.client_cmd:  # before its lane is named from it (lane_refs)
             self.outside().validate()
         elif self.server_cmd:
             raise SettingError("--server-cmd without --client-cmd",
                                "give the client program too (--client-cmd)")
-        for p in () if self.client_cmd else self.policies:
-            if is_kernel_policy(p):
-                validate_kernel_policy(p)
-            else:
-                policy_class(p)
+        for p in self.policies:
+            if not isinstance(p, PolicyRef):
+                raise TypeError(f"MatrixSpec.policies holds {p!r}: give PolicyRefs "
+                                "(harness.run.lanes.parse_policies)")
+        lanes = new_lanes()
+        for p in self.lane_refs():
+            lanes[p.lane].validate(p, self)
         for m in self.mixes:
             if m not in OP_MIXES:
                 raise SettingError(f"unknown operation mix {m!r}",
@@ -150,6 +135,10 @@ class MatrixSpec:
     def outside(self) -> OutsideSpec:
         return OutsideSpec(self.client_cmd, self.server_cmd, self.client_exit_timeout_s)
 
+    def lane_refs(self) -> tuple[PolicyRef, ...]:
+        """What runs: the policies, or the outside program of --client-cmd instead."""
+        return (parse_policy(self.outside().label),) if self.client_cmd else self.policies
+
     def workload(self, mix: str) -> WorkloadSpec:
         count = self.count if self.end is WorkloadEnd.COUNT \
             else resumed_cap(self.rate_per_s, self.count)
@@ -158,24 +147,24 @@ class MatrixSpec:
                             end=self.end, settle_ms=self.settle_ms).validate()
 
     def scenarios(self) -> list[Scenario]:
+        """In each transition, ordering and mix: each lane's groups, in the lanes' order
+        (harness.run.lanes.LANES)."""
         out = []
+        refs = self.lane_refs()
         for t in self.transitions:
             offered = tuple(get_transition(t).steps)
+            groups = [g for kind, lane in new_lanes().items()
+                      if (mine := tuple(p for p in refs if p.lane is kind))
+                      for g in lane.groups(mine, self, t)]
             for o in (o for o in offered if not self.orderings or o in self.orderings):
                 for mix in self.mixes:
-                    user = tuple(p for p in self.policies if not is_kernel_policy(p))
-                    kernel = [(p,) for p in self.policies if is_kernel_policy(p)
-                              and (not self.kernel_transitions or t in self.kernel_transitions)]
-                    groups = kernel + (
-                        ([user] if user else []) if self.together else [(p,) for p in user])
-                    if self.client_cmd:
-                        groups = [(self.outside().label,)]
                     out += [Scenario(t, o, g, mix) for g in groups]
         return out
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["orderings"] = [o.value for o in self.orderings]
+        d["policies"] = [p.text for p in self.policies]
         d["on_veto"] = self.on_veto.value
         d["arrivals"] = self.arrivals.value
         d["kernel_transitions"] = list(self.kernel_transitions)
@@ -185,7 +174,7 @@ class MatrixSpec:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> MatrixSpec:
         return cls(tuple(d["transitions"]), tuple(parse_ordering(o) for o in d["orderings"]),
-                   tuple(d["policies"]), tuple(d["mixes"]), d["together"], d["count"],
+                   parse_policies(d["policies"]), tuple(d["mixes"]), d["together"], d["count"],
                    d["rate_per_s"], d["queue_depth"], d["hold_ms"], parse_on_veto(d["on_veto"]),
                    d.get("client_cmd", ""), d.get("server_cmd", ""),
                    d.get("client_exit_timeout_s", CLIENT_EXIT_TIMEOUT_S),
@@ -194,53 +183,6 @@ class MatrixSpec:
                    # files written before the RESUMED workload ended after `count`
                    WorkloadEnd(d.get("end", WorkloadEnd.COUNT.value)),
                    int(d.get("settle_ms", MatrixSpec.settle_ms)))
-
-
-def rows_of(scenario: ScenarioKey, result: ScenarioResult) -> list[Row]:
-    """The rows of one scenario's result; the status from how each client ended
-    (ClientEnd), its outcome counts and the transition's verdict."""
-    t = result.transition
-    verdict = t.verdict.value
-    rows = []
-    for c in result.clients:
-        row = Row(scenario.id, scenario.transition, scenario.ordering, c.policy, scenario.mix,
-                  verdict, dict(c.counts), dict(c.peer_counts), c.peer_saw, c.recovery_ms,
-                  veto_text(t.veto))
-        add_ledger_figures(row, c.ledger, t)
-        row.coverage = c.coverage
-        broken, bad = [], []
-        inflight = len(c.in_flight_at_crash)
-        if c.ended is ClientEnd.TERMINATED_BY_SHIM:
-            bad.append(f"held the device: terminated by the shim ({inflight} in flight)")
-        elif c.crashed:
-            broken.append(f"crashed ({inflight} in flight): {c.crash}")
-        if c.crashed and c.from_journal is False:
-            broken.append("its journal could not be read: its requests are not accounted")
-        if c.unaccounted:
-            broken.append(f"{len(c.unaccounted)} requests unaccounted")
-        extra = int(c.metrics.get("extra_completions") or 0)
-        if extra:
-            broken.append(f"{extra} completions matched no request in flight")
-        if t.verdict is Verdict.FAILED:
-            broken.append(f"transition failed: {'; '.join(t.reasons)}")
-        n = row.counts
-        if n.get("lost"):
-            bad.append(f"{n['lost']} lost (posted, never completed)")
-        for view in (PeerView.DUPLICATED, PeerView.CORRUPTED):
-            if row.peer.get(view.value):
-                bad.append(f"{row.peer[view.value]} {view.value} at the peer")
-        silent = sum(1 for e in c.ledger if e["outcome"] in OK_OUTCOMES
-                     and e.get("peer") == PeerView.MISSING.value)
-        if silent:
-            bad.append(f"{silent} reported ok but never reached the peer")
-        if c.atomics and not c.atomics.get("match", True):
-            bad.append(f"atomics mismatch {c.atomics}")
-        if t.verdict is Verdict.VETOED:
-            bad.append("the sleep was vetoed")
-        row.findings = broken + list(c.missed) + bad
-        row.status = status_of(broken, c.missed, bad)
-        rows.append(row)
-    return rows
 
 
 def error_rows(scenario: ScenarioKey, error: str) -> list[Row]:
@@ -355,7 +297,7 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
     rows: list[Row] = []
     seconds: dict[str, float] = {}
     interrupted = False
-    wedge = KernelWedge()
+    lanes = new_lanes()  # one of each kind for this run (the kernel lane's wedge)
     with RunSession(cfg, out_dir) as session:
         topo = session.topo
         provenance = describe(session.provenance)
@@ -371,25 +313,11 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
                 req = TransitionRequest(sc.transition, sc.ordering, spec.hold_ms,
                                         spec.on_veto)
                 try:
-                    if spec.client_cmd:
-                        body["result"] = run_outside(
-                            rig.shim, topo, req, spec.outside(),
-                            rig.log_dir / f"{i:03d}")
-                        new = outside_rows(body["scenario"], body["result"])
-                    elif is_kernel_policy(sc.policies[0]):  # a kernel client: its own run
-                        if wedge.blocks(sc.policies[0]):
-                            raise RxePowerError(wedge.blocks(sc.policies[0]))
-                        body["result"] = run_kernel(
-                            rig.shim, cfg, sc, spec.count, spec.rate_per_s, spec.queue_depth,
-                            spec.hold_ms)
-                        wedge.note(sc.id, sc.policies[0], body["result"])
-                        new = kernel_rows(body["scenario"], body["result"])
-                    else:
-                        res = run_scenario(rig.shim, rig.agent, topo.local, req,
-                                           list(sc.policies), spec.workload(sc.mix),
-                                           rig.clients_dir, rig.log_dir / f"{i:03d}")
-                        body["result"] = res.to_json()
-                        new = rows_of(sc.key(), res)
+                    ctx = LaneContext(spec, rig.shim, rig.agent, cfg, topo, req,
+                                      rig.clients_dir, rig.log_dir / f"{i:03d}")
+                    res = lanes[sc.lane].run(ctx, sc)
+                    body["result"] = res.to_json()
+                    new = res.rows(sc.key())
                 except KeyboardInterrupt:
                     interrupted = True
                     body["error"] = "interrupted (Ctrl-C)"

@@ -39,16 +39,27 @@ from harness.core.errors import BoundExceeded, SettingError
 from harness.core.proc import spawn, stop_child
 from harness.run.outside_lane import program_lane
 from harness.run.outside_ready import ServerReady
-from harness.run.rows import Row, status_of, veto_text
+from harness.run.rows import Row, veto_text
 from harness.run.scenario_result import ClientEnd
 from harness.system.tcp_ports import free_tcp_port
 from harness.topology.neighbour import resolve_neighbour
 from harness.workload.coverage import Coverage, Span
+from harness.workload.findings import (
+    Finding,
+    RowStatus,
+    Severity,
+    by_severity,
+    of_severity,
+    texts,
+)
 from harness.workload.ledger import Outcome
 from harness.workload.traced_ledger import FindingKind, ProcessLedger, build_ledger
 from harness.workload.traced_peer import match_peer
 from harness.workload.tracelog import REFUSED_EXIT, TraceLogError, log_paths, read_log
+from power.result import Verdict
 from power.veto import VetoReport
+
+BROKEN, BAD = Severity.BROKEN, Severity.BAD
 
 PLACEHOLDERS = ("dev", "gid", "addr", "peer_dev", "peer_gid", "peer_addr", "port")
 WIRE_READY_TIMEOUT_S = 45.0  # before the programs start: ARP across our wire, both ways
@@ -59,6 +70,7 @@ SERVER_EXIT_TIMEOUT_S = 10.0  # after the client, the server ends by itself (or 
 STOP_TIMEOUT_S = 5.0  # SIGTERM -> SIGKILL
 POLL_S = 0.05
 STDERR_TAIL = 400  # characters of the program's output kept in the row's record
+OUTSIDE_PREFIX = "cmd:"  # an outside program's policy name: cmd:<basename of its client>
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,7 @@ class OutsideSpec:
 
     @property
     def label(self) -> str:
-        return "cmd:" + os.path.basename(shlex.split(self.client_cmd)[0])
+        return OUTSIDE_PREFIX + os.path.basename(shlex.split(self.client_cmd)[0])
 
 
 def expand(cmd: str, topo: Any, port: int) -> list[str]:
@@ -336,36 +348,41 @@ def outside_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:
               scenario["mix"], t["verdict"], o["counts"], o["peer_counts"], "",
               o["recovery_ms"],
               veto_text(VetoReport.from_json(t["veto"]) if t.get("veto") else None))
-    broken, bad = [], []
+    verdict = Verdict(t["verdict"])
+    fs: list[Finding] = []
     if not o["traced"]:
-        broken.append("; ".join(o["findings"]) or "no trace log")
+        fs.append(Finding(BROKEN, "; ".join(o["findings"]) or "no trace log"))
     if o["unaccounted"]:
-        broken.append(f"{o['unaccounted']} requests unaccounted")
+        fs.append(Finding(BROKEN, f"{o['unaccounted']} requests unaccounted"))
     if o["unmatched_completions"]:
-        broken.append(f"{o['unmatched_completions']} completions matched no request")
-    if t["verdict"] == "failed":
-        broken.append(f"transition failed: {'; '.join(t.get('reasons', []))}")
+        fs.append(Finding(BROKEN, f"{o['unmatched_completions']} completions matched no "
+                                  "request"))
+    if verdict is Verdict.FAILED:
+        fs.append(Finding(BROKEN, f"transition failed: {'; '.join(t.get('reasons', []))}"))
     if o["terminated_by_shim"]:
-        bad.append("held the device: terminated by the shim")
+        fs.append(Finding(BAD, "held the device: terminated by the shim"))
     elif o["held_at_delete"]:
-        bad.append("held the device at the delete")
+        fs.append(Finding(BAD, "held the device at the delete"))
     if o["stopped_by_harness"]:
-        bad.append(f"still running {o.get('exit_timeout_s', CLIENT_EXIT_TIMEOUT_S):g} s after "
-                   "the transition: stopped")
+        fs.append(Finding(BAD, f"still running {o.get('exit_timeout_s', CLIENT_EXIT_TIMEOUT_S):g}"
+                               " s after the transition: stopped"))
     if o["exit"] not in (0, None):
-        bad.append(f"exit status {o['exit']}, stderr ends {o['output_tail'].strip()[-120:]!r}")
+        fs.append(Finding(BAD, f"exit status {o['exit']}, stderr ends "
+                               f"{o['output_tail'].strip()[-120:]!r}"))
     if o["counts"].get(Outcome.LOST.value):
-        bad.append(f"{o['counts'][Outcome.LOST.value]} lost (posted, never completed)")
+        fs.append(Finding(BAD, f"{o['counts'][Outcome.LOST.value]} lost (posted, never "
+                               "completed)"))
     if o["posted_after_error"]:
-        bad.append(f"{o['posted_after_error']} posted after an error completion (error "
-                   "ignored)")
+        fs.append(Finding(BAD, f"{o['posted_after_error']} posted after an error completion "
+                               "(error ignored)"))
     if o["peer_counts"].get("duplicated"):
-        bad.append(f"{o['peer_counts']['duplicated']} duplicated at the peer")
-    if t["verdict"] == "vetoed":
-        bad.append("the sleep was vetoed")
+        fs.append(Finding(BAD, f"{o['peer_counts']['duplicated']} duplicated at the peer"))
+    if verdict is Verdict.VETOED:
+        fs.append(Finding(BAD, "the sleep was vetoed"))
     cov = Coverage.from_json(o["coverage"]) if o.get("coverage") else None
-    missed = cov.missed(require_after=False) if cov is not None else []
+    if cov is not None:
+        fs += of_severity(Severity.MISSED, cov.missed(require_after=False))
     row.coverage = cov
-    row.findings = broken + missed + bad
-    row.status = status_of(broken, missed, bad)
+    row.findings = texts(by_severity(fs))
+    row.status = RowStatus.of(fs)
     return [row]

@@ -47,7 +47,7 @@ def _strs(v: object) -> list[str]:
 
 
 # the keys that mark a result whose row was judged when it ran (an outside program's:
-# harness.run.outside; a kernel client's: harness.run.kernel_rows)
+# harness.run.outside; a kernel client's: harness.run.lanes.kernel)
 STORED_ROW_KEYS = ("outside", "kernel_client")
 
 
@@ -90,7 +90,7 @@ class ScenarioRecord:
     not_restored: list[str] = field(default_factory=list)
     seconds: float | None = None
     # an outside program's or a kernel client's scenario (harness.run.outside,
-    # harness.run.kernel_rows): its result holds the transition and the client's lane for
+    # harness.run.lanes.kernel): its result holds the transition and the client's lane for
     # the pictures; its row was judged when it ran and is the stored one
     row_stored: bool = False
 

@@ -1,48 +1,21 @@
 """The table's unit: one client (policy or outside program) in one scenario, with its
-status. Shared by the matrix (policies) and outside programs (harness.run.outside)."""
+status. Shared by the lanes (harness.run.lanes); its status from its findings
+(harness.workload.findings: RowStatus.of)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from harness.workload.coverage import Coverage
 from harness.workload.entries import LedgerEntry
+from harness.workload.findings import RowStatus
 from harness.workload.inflight import in_flight_at, late_waits
 from power.plan import StepKind
 from power.result import TransitionResult
 from power.veto import VetoReport
-
-
-class RowStatus(StrEnum):
-    """A row's status, least severe first (the order is the severity: a scenario's worst
-    row is the max by this order)."""
-
-    CLEAN = "clean"  # a measurement, and the client did everything right
-    BAD = "bad"  # a measurement, and the client misbehaved (the findings say how)
-    # no measurement: the transition missed the workload (nothing was in flight or arrived
-    # while it ran), so the row says nothing about the client; never green
-    MISSED = "missed"
-    BROKEN = "broken"  # the harness could not account for something: a bug to report
-
-    @property
-    def measured(self) -> bool:
-        """The row is a measurement of the client under the transition."""
-        return self in (RowStatus.CLEAN, RowStatus.BAD)
-
-    @property
-    def fails_run(self) -> bool:
-        """The run's exit status is 1 when a row has this status."""
-        return self in (RowStatus.MISSED, RowStatus.BROKEN)
-
-
-def status_of(broken: list[str], missed: list[str], bad: list[str]) -> RowStatus:
-    """The one rule from a row's findings, by kind, to its status."""
-    return (RowStatus.BROKEN if broken else RowStatus.MISSED if missed
-            else RowStatus.BAD if bad else RowStatus.CLEAN)
 
 
 @dataclass

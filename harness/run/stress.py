@@ -36,8 +36,9 @@ from harness.core import settings
 from harness.core.bounds import MAX_CYCLES, check_number
 from harness.core.errors import RxePowerError, SettingError
 from harness.core.shards import ShardPlan
-from harness.run.kernel_rows import is_kernel_policy
 from harness.run.kernel_stress import KernelStress
+from harness.run.lanes import parse_policies
+from harness.run.lanes.base import LaneKind, PolicyRef
 from harness.run.matrix import OP_MIXES, MatrixSpec
 from harness.run.records import CycleClient
 from harness.run.resultsfile import RecordKind
@@ -72,7 +73,7 @@ class StressSpec:
     cycles: int = 20
     transition: str = "standby"
     ordering: Ordering | None = None  # None: the transition's first
-    policies: tuple[str, ...] = ("fail-fast", "queue-replay", "graceful")
+    policies: tuple[PolicyRef, ...] = parse_policies(("fail-fast", "queue-replay", "graceful"))
     mix: str = "mixed"
     count: int = 60
     rate_per_s: float = 60.0
@@ -95,10 +96,10 @@ class StressSpec:
         MatrixSpec((self.transition,), (), self.policies, (self.mix,), True, self.count,
                    self.rate_per_s, self.queue_depth, self.hold_ms, self.on_veto,
                    arrivals=self.arrivals, end=self.end, settle_ms=self.settle_ms).validate()
-        kernel = [p for p in self.policies if is_kernel_policy(p)]
+        kernel = [p.text for p in self.policies if p.lane is LaneKind.KERNEL]
         if kernel and len(kernel) != len(self.policies):
-            raise SettingError(f"--policy {','.join(self.policies)} mixes kernel clients "
-                               f"({','.join(kernel)}) with userspace policies",
+            raise SettingError(f"--policy {','.join(map(str, self.policies))} mixes kernel "
+                               f"clients ({','.join(kernel)}) with userspace policies",
                                "stress them in two runs: a cycle of kernel clients runs "
                                "each in its own transition, userspace workers share one")
         return self
@@ -106,7 +107,7 @@ class StressSpec:
     @property
     def kernel(self) -> bool:
         """Kernel clients (harness/run/kernel_stress.py), not userspace workers."""
-        return any(is_kernel_policy(p) for p in self.policies)
+        return any(p.lane is LaneKind.KERNEL for p in self.policies)
 
     def workload(self) -> WorkloadSpec:
         count = self.count if self.end is WorkloadEnd.COUNT \
@@ -118,6 +119,7 @@ class StressSpec:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["ordering"] = self.ordering.value if self.ordering else None
+        d["policies"] = [p.text for p in self.policies]
         d["on_veto"] = self.on_veto.value
         d["arrivals"] = self.arrivals.value
         d["end"] = self.end.value
@@ -143,10 +145,10 @@ class Stress:
         return self.checks.series
 
     def names(self) -> list[str]:
-        return [f"{safe_name(p)}-{i}" for i, p in enumerate(self.spec.policies)]
+        return [f"{safe_name(p.name)}-{i}" for i, p in enumerate(self.spec.policies)]
 
     def start(self) -> None:
-        self.workers = spawn_workers(list(self.spec.policies), self.spec.workload(),
+        self.workers = spawn_workers([p.name for p in self.spec.policies], self.spec.workload(),
                                      self.topo.local, self.agent, self.shim.notifier.clients_dir,
                                      self.log_dir, self.names())
         self.pids |= {w.pid: w.name for w in self.workers}

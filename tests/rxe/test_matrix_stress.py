@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.run.lanes import parse_policies
 from harness.run.matrix import MatrixSpec, run_matrix
 from harness.run.resultsfile import RecordKind, read_results
 from harness.run.rows import RowStatus
@@ -26,7 +27,8 @@ def test_short_matrix(rxe_config, rxe_topology, tmp_path: Path) -> None:
     """graceful completes standby cleanly; naive holds the device and is terminated, which
     is its row's finding (bad), not a harness failure. Every record is on disk, the JUnit
     file has one failing testcase."""
-    spec = MatrixSpec(("standby",), (Ordering.CLIENTS_FIRST,), ("graceful", "naive"),
+    spec = MatrixSpec(("standby",), (Ordering.CLIENTS_FIRST,),
+                      parse_policies(("graceful", "naive")),
                       count=60).validate()
     lines: list[str] = []
     code = run_matrix(spec, rxe_config, tmp_path, tmp_path / "junit.xml", log=lines.append)
@@ -63,7 +65,7 @@ def test_stress_cycles(rxe_config, rxe_topology, tmp_path: Path) -> None:
     """STRESS_CYCLES standby cycles under live cooperative clients: every cycle passes its
     checks and the fd, thread and RDMA resource figures are flat from the first cycle to
     the last. (Long runs are `rxe-power stress`'s job; here the suite's time counts.)"""
-    spec = StressSpec(cycles=STRESS_CYCLES, policies=("graceful", "queue-replay"),
+    spec = StressSpec(cycles=STRESS_CYCLES, policies=parse_policies(("graceful", "queue-replay")),
                       count=40).validate()
     seen: list[CycleOutcome] = []
     code = run_stress(spec, rxe_config, tmp_path, lambda o, f, t: seen.append(o),
@@ -103,8 +105,9 @@ def test_stress_catches_a_leak_and_a_kernel_log_hit(rxe_config, rxe_topology,
     LeaksPeerQps has the peer agent make one more QP per resume: every cycle from 1 on
     leaves rxe1 one QP, CQ and MR up, each a new level (a failure), named as the agent's
     for that client, which is still connected; rxe0 never changes."""
-    spec = StressSpec(cycles=4, policies=(f"{BAD}:Leaky", f"{BAD}:KernelNoise",
-                                          f"{BAD}:LeaksPeerQps"), count=40).validate()
+    spec = StressSpec(cycles=4, policies=parse_policies((f"{BAD}:Leaky", f"{BAD}:KernelNoise",
+                                                         f"{BAD}:LeaksPeerQps")),
+                      count=40).validate()
     seen: list[CycleOutcome] = []
     code = run_stress(spec, rxe_config, tmp_path, lambda o, f, t: seen.append(o),
                       log=print)

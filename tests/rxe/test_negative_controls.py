@@ -27,7 +27,8 @@ from clients.kernel.nvme_scenario import NvmeScenario, run_nvme
 from clients.kernel.nvmet_target import NvmetTarget
 from harness.core.proc import python_child
 from harness.rdma.verbs import RcQp
-from harness.run.kernel_rows import kernel_rows
+from harness.run.lanes import parse_policy
+from harness.run.lanes.kernel import kernel_rows
 from harness.run.rows import RowStatus
 from harness.run.scenario import ClientWorker
 from harness.workload.spec import Op
@@ -115,7 +116,7 @@ def nvme(power_shim, rxe_config, ordering: Ordering = Ordering.CLIENTS_FIRST):
         size_mib=16))
     scen = {"id": f"standby/{ordering.value}/{POLICY}", "transition": "standby",
             "ordering": ordering.value, "policies": [POLICY], "mix": "mixed"}
-    (row,) = kernel_rows(scen, res.to_json())
+    (row,) = kernel_rows(scen, res.to_json(), parse_policy(POLICY))
     print(f"nvme-rdma standby {ordering.value}: {res.status}; ledger {res.ledger.target} "
           f"corrupted {res.ledger.corrupted_seqs}; connections {res.connections}; off the "
           f"wire {res.off_wire}; row {row.status.value} {row.findings}")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from harness.core import settings
 from harness.core.settings import Mode, RemovalMode
+from harness.run.lanes import parse_policies
 from harness.run.matrix import MatrixSpec, run_matrix
 from harness.run.resultsfile import read_results
 from harness.system.provenance import Accel
@@ -35,7 +36,7 @@ def dpkg_version(package: str) -> str | None:
 
 def test_a_matrix_header_names_kernel_module_and_removal(rxe_config, rxe_topology,
                                                          tmp_path: Path) -> None:
-    spec = MatrixSpec(("link-flap",), (Ordering.CLIENTS_FIRST,), ("graceful",),
+    spec = MatrixSpec(("link-flap",), (Ordering.CLIENTS_FIRST,), parse_policies(("graceful",)),
                       count=20).validate()
     lines: list[str] = []
     assert run_matrix(spec, rxe_config, tmp_path, log=lines.append) == 0, lines

@@ -13,7 +13,7 @@ from harness.run.scenario import run_round, spawn_workers
 from harness.run.session import Rig
 from harness.topology.lifecycle import restore_local_side
 from power.plan import OnVeto, Ordering
-from power.result import TransitionRequest
+from power.result import TransitionRequest, Verdict
 
 
 def measure_qp_scale(bench: BenchRecord, rig: Rig) -> bool:
@@ -49,7 +49,7 @@ def measure_qp_scale(bench: BenchRecord, rig: Rig) -> bool:
     rc = spread([e["connect_ms"] for e in opened if e.get("generation", 1) > 1])
     verdict = res["transition"]["verdict"]
     ok = (unaccounted == 0 and not crashed and res["ok"]
-          and verdict in ("completed", "forced"))
+          and Verdict(verdict) in (Verdict.COMPLETED, Verdict.FORCED))
     rec: dict[str, Any] = {
         "qps": spec.qps, "workers": spec.qp_workers, "qps_per_worker": wl.qps,
         "requests": total, "unaccounted": unaccounted, "crashed": crashed,

@@ -17,7 +17,7 @@ from harness.run.session import Rig
 from harness.topology.lifecycle import restore_local_side
 from harness.workload.ledger import WorkloadSpec
 from power.plan import OnVeto, Ordering
-from power.result import TransitionRequest
+from power.result import TransitionRequest, Verdict
 
 CYCLE_RATE = 200.0  # requests per second per client during the standby cycles
 CYCLE_PARTS = ("quiesce", "port_down", "delete", "hold", "recreate", "port_up", "reconnect",
@@ -109,7 +109,7 @@ def measure_standby_cycles(bench: BenchRecord, rig: Rig) -> bool:
             parts = cycle_parts(res)
             with open_new(timelines, append=True) as fh:  # each cycle's whole timeline
                 fh.write(json.dumps(res["transition"], default=str) + "\n")
-            held = res["ok"] and res["transition"]["verdict"] == "completed"
+            held = res["ok"] and Verdict(res["transition"]["verdict"]) is Verdict.COMPLETED
             ok &= held
             per_cycle.append({"cycle": n, "parts_ms": parts, "verdict":
                               res["transition"]["verdict"], "ledger_ok": res["ok"],

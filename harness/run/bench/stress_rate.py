@@ -6,6 +6,7 @@ import time
 
 from harness.run.bench.record import BenchRecord, machine_load
 from harness.run.bench.series import spread
+from harness.run.lanes import parse_policies
 from harness.run.resultsfile import RecordKind, read_results
 from harness.run.stress import StressSpec, run_stress
 from harness.run.stress_checks import CycleOutcome
@@ -17,8 +18,8 @@ def measure_stress_rate(bench: BenchRecord, cfg: TopologyConfig) -> bool:
     requests at 60/s each, standby); cycles per minute over its wall time. Bounded by
     STRESS_SECTION_TIMEOUT_S per cycle, checked after each (a cycle under way is held to
     its own bounds)."""
-    spec = StressSpec(cycles=bench.spec.stress_cycles, policies=("graceful", "queue-replay"),
-                      count=40).validate()
+    spec = StressSpec(cycles=bench.spec.stress_cycles,
+                      policies=parse_policies(("graceful", "queue-replay")), count=40).validate()
     bound = bench.spec.section_bound("stress")
     out = bench.out_dir / "stress"
 

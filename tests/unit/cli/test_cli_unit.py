@@ -53,7 +53,7 @@ def test_spec_builders_return_their_specs() -> None:
     args = build_parser().parse_args(["matrix", "--transition", "standby", "--policy",
                                       "graceful"])
     spec = results_commands.matrix_spec(args)
-    assert spec.transitions == ("standby",) and spec.policies == ("graceful",)
+    assert spec.transitions == ("standby",) and [p.text for p in spec.policies] == ["graceful"]
     args = build_parser().parse_args(["stress", "--cycles", "3"])
     assert results_commands.stress_spec(args).cycles == 3
 
@@ -63,8 +63,11 @@ def test_run_has_kernel_clients_in_its_default_matrix() -> None:
     in RUN_KERNEL_TRANSITIONS; `matrix` has only the userspace ones by default; a kernel
     client asked for by --policy runs in every selected transition unless
     --kernel-transitions narrows it."""
-    from harness.run.kernel_rows import is_kernel_policy
+    from harness.run.lanes.base import LaneKind
     from harness.run.matrix import RUN_KERNEL_TRANSITIONS, USER_POLICIES
+
+    def is_kernel_policy(ref: object) -> bool:
+        return getattr(ref, "lane", None) is LaneKind.KERNEL
 
     run = results_commands.matrix_spec(build_parser().parse_args(["run"]))
     kernel = [sc for sc in run.scenarios() if is_kernel_policy(sc.policies[0])]
@@ -75,7 +78,7 @@ def test_run_has_kernel_clients_in_its_default_matrix() -> None:
     assert len([sc for sc in apart.scenarios() if not is_kernel_policy(sc.policies[0])]) \
         == 7 * len(USER_POLICIES)
     assert kernel and {sc.transition for sc in kernel} == set(RUN_KERNEL_TRANSITIONS)
-    assert {sc.policies[0].split(":")[0] for sc in kernel} == {"nvme-rdma", "nfs-rdma"}
+    assert {sc.policies[0].name for sc in kernel} == {"nvme-rdma", "nfs-rdma"}
     matrix = results_commands.matrix_spec(build_parser().parse_args(["matrix"]))
     assert not any(is_kernel_policy(sc.policies[0]) for sc in matrix.scenarios())
     asked = results_commands.matrix_spec(build_parser().parse_args(
@@ -83,7 +86,7 @@ def test_run_has_kernel_clients_in_its_default_matrix() -> None:
     assert len(asked.scenarios()) == 7  # every transition and ordering
     narrowed = results_commands.matrix_spec(build_parser().parse_args(
         ["matrix", "--policy", "nvme-rdma,graceful", "--kernel-transitions", "standby"]))
-    assert [(sc.transition, sc.policies) for sc in narrowed.scenarios()
+    assert [(sc.transition, sc.texts) for sc in narrowed.scenarios()
             if is_kernel_policy(sc.policies[0])] == [("standby", ("nvme-rdma",))] * 2
     assert len(narrowed.scenarios()) == 2 + 7
     with pytest.raises(SettingError, match="no-such"):

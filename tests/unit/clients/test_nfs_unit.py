@@ -14,7 +14,11 @@ from clients.kernel.nfs_server import etab_line
 from clients.kernel.route_guard import CmSample
 from harness.core.errors import NotOurs, SettingError
 from harness.core.state_entries import check_entry
-from harness.run.kernel_rows import is_kernel_policy, kernel_rows, validate
+from harness.run.lanes import LANES
+from harness.run.lanes import parse_policy as parse_ref
+from harness.run.lanes.base import LaneKind
+from harness.run.lanes.kernel import kernel_rows
+from harness.run.matrix import MatrixSpec
 from harness.run.rows import RowStatus
 from harness.system import kernelobjs as ko
 from harness.system import nfsobjs
@@ -54,15 +58,17 @@ def test_bad_policies_name_problem_and_fix(raw: str, words: str) -> None:
     assert words in exc.value.problem and exc.value.fix
 
 
-def test_kernel_rows_dispatch_on_prefix() -> None:
-    assert is_kernel_policy("nfs-rdma:hard") and is_kernel_policy("nvme-rdma:fast-fail")
-    assert not is_kernel_policy("naive") and not is_kernel_policy("nfs-rdmax:hard")
-    validate("nfs-rdma:soft")
-    validate("nvme-rdma")
+def test_kernel_lane_claims_by_the_ulps_name() -> None:
+    hard = parse_ref("nfs-rdma:hard")
+    assert (hard.lane, hard.name, hard.options) == (LaneKind.KERNEL, "nfs-rdma", "hard")
+    assert parse_ref("nvme-rdma").lane is LaneKind.KERNEL
+    assert parse_ref("naive").lane is LaneKind.USERSPACE
+    assert parse_ref("nfs-rdmax:hard").lane is LaneKind.USERSPACE  # (its validate refuses it)
+    lane = LANES[LaneKind.KERNEL]()
+    lane.validate(parse_ref("nfs-rdma:soft"), MatrixSpec())
+    lane.validate(parse_ref("nvme-rdma"), MatrixSpec())
     with pytest.raises(SettingError):
-        validate("nfs-rdma:bogus=1")
-    with pytest.raises(SettingError):
-        validate("naive")
+        lane.validate(parse_ref("nfs-rdma:bogus=1"), MatrixSpec())
 
 
 # --- procfs parsers -------------------------------------------------------------------------
@@ -209,7 +215,7 @@ def test_nfs_row() -> None:
               "connections": [{"phase": "before", "dev": "rxe0"},
                               {"phase": "after", "dev": "rxe0"}],
               "findings": [], "status": "clean"}
-    (row,) = kernel_rows(scenario, result)
+    (row,) = kernel_rows(scenario, result, parse_ref("nfs-rdma:hard"))
     assert row.status is RowStatus("clean") and row.peer["delivered-once"] == 75
     assert "4 late, 0 stuck" in row.findings and "mount survived" in row.findings
     assert "transport connected 812 ms after the device returned" in row.findings
@@ -244,7 +250,7 @@ def test_recorded_row(data_dir: Path) -> None:
     assert [(c["phase"], c["dev"], c["src"]) for c in res["connections"]] == [
         ("before", "rxe0", "198.18.0.1"), ("after", "rxe0", "198.18.0.1")]
     assert not res["off_wire"] and res["survived"]
-    (row,) = kernel_rows(rec["scenario"], res)
+    (row,) = kernel_rows(rec["scenario"], res, parse_ref(rec["scenario"]["policies"][0]))
     assert row.counts == {"completed-ok": 267, "completed-late": 4, "failed-to-app": 0,
                           "lost": 0}
     assert row.status is RowStatus.CLEAN and row.recovery_ms == res["recover_ms"]
@@ -259,15 +265,17 @@ def _rejudge(res: dict, *, target_change: dict | None = None,
     from clients.kernel.ulp_scenario import io_coverage, judge, window_of
     from harness.topology.config import TopologyConfig
     from harness.workload.block_ledger import summarize
+    from harness.workload.findings import texts
     from power.kmsg import KmsgScan
 
     recs = [IoRecord.from_json(d) for d in res["records"]]
     win = window_of(res["transition"])
     target = recorded_target(res, recs, win) | (target_change or {})
     conns = [Connection(**c) for c in res["connections"]] + (planted or [])
-    return judge(summarize(recs, target, win), conns, off_wire(conns, TopologyConfig()),
-                 KmsgScan.from_json(res["kernel"]), res["transition"], None, "rxe0",
-                 io_coverage(recs, res["transition"]))
+    fs = judge(summarize(recs, target, win), conns, off_wire(conns, TopologyConfig()),
+               KmsgScan.from_json(res["kernel"]), res["transition"], None, "rxe0",
+               io_coverage(recs, res["transition"]))
+    return texts(fs), RowStatus.of(fs)
 
 
 def test_recorded_row_judged_again_and_its_negative_controls(data_dir: Path) -> None:

@@ -9,10 +9,11 @@ import pytest
 
 from clients.kernel import nvme_hang
 from clients.kernel.nvme_host import CtrlSample
-from clients.kernel.nvme_scenario import _judge
+from clients.kernel.nvme_scenario import _judge as judge_findings
 from harness.core.errors import TopologyError
 from harness.system import kernelobjs as ko
 from harness.workload.block_ledger import LedgerSummary
+from harness.workload.findings import RowStatus, texts
 from power.kmsg.marker import Marker
 from power.kmsg.records import KmsgRecord
 from power.kmsg.scan import KmsgScan
@@ -71,6 +72,12 @@ def test_state_since_is_taken_from_the_last_change_of_our_controller() -> None:
                CtrlSample(3_000_000, "nvme0", "deleting (no IO)", "n")]
     assert nvme_hang._state_since(samples, "nvme0", 5_000_000) == ("deleting (no IO)", 2.0)
     assert nvme_hang._state_since(samples, "nvme7", 5_000_000) == ("absent", None)
+
+
+def _judge(*args: object, **kw: object) -> tuple[list[str], RowStatus]:
+    """The judge's findings as the row shows them, and the status they make."""
+    fs = judge_findings(*args, **kw)  # type: ignore[arg-type]
+    return texts(fs), RowStatus.of(fs)
 
 
 def _scan() -> KmsgScan:

@@ -23,9 +23,9 @@ from clients.kernel.route_guard import Connection
 from clients.kernel.ulp_scenario import judge
 from harness.run.kernel_lane import _OUTCOME as _LANE_OUTCOMES
 from harness.run.kernel_lane import kernel_lane
-from harness.run.kernel_rows import kernel_rows
+from harness.run.lanes import parse_policy
+from harness.run.lanes.kernel import kernel_rows
 from harness.run.resultsfile import RecordKind, read_results
-from harness.run.rows import RowStatus
 from harness.system.provenance_text import Recorded
 from harness.workload.block_ledger import (
     BlockState,
@@ -34,6 +34,7 @@ from harness.workload.block_ledger import (
     LedgerSummary,
     summarize,
 )
+from harness.workload.findings import RowStatus, texts
 from power.kmsg import KmsgScan
 from tests.helpers.recorded_blocks import recorded_target
 
@@ -51,9 +52,10 @@ def todays_judge(result: dict) -> tuple[list[str], str]:
     ledger = LedgerSummary(**{k: v for k, v in result["ledger"].items()
                               if k != "invariant_ok"})
     assert result["hang"] is None  # none in this run (a held delete: nvme_hang's report)
-    return judge(ledger, [Connection(**c) for c in result["connections"]],
-                 [Connection(**c) for c in result["off_wire"]],
-                 KmsgScan.from_json(result["kernel"]), result["transition"], None, "rxe0")
+    fs = judge(ledger, [Connection(**c) for c in result["connections"]],
+               [Connection(**c) for c in result["off_wire"]],
+               KmsgScan.from_json(result["kernel"]), result["transition"], None, "rxe0")
+    return texts(fs), RowStatus.of(fs)
 
 
 def test_ledger_rederived_from_records(recorded: list[dict]) -> None:
@@ -112,7 +114,8 @@ def test_outcomes_measured(recorded: list[dict]) -> None:
 
 
 def test_rows(recorded: list[dict]) -> None:
-    rows = [kernel_rows(r["scenario"], r["result"])[0] for r in recorded]
+    rows = [kernel_rows(r["scenario"], r["result"], parse_policy(r["scenario"]["policies"][0]))[0]
+            for r in recorded]
     hf = rows[1]
     assert hf.counts == {"completed-ok": 131, "completed-late": 0, "failed-to-app": 176,
                          "lost": 0}
@@ -203,12 +206,12 @@ def test_a_kernel_clients_scenario_is_drawn_with_its_stored_row(data_dir: Path,
 
     from harness.report.section import scenario_rows
     from harness.report.timeline import render_timeline
-    from harness.run.kernel_rows import with_lane
+    from harness.run.lanes.kernel import with_lane
     from harness.run.records import ScenarioRecord
 
     (rec,) = json.loads((data_dir / "nfs-matrix-row.json").read_text())
     sc, res = rec["scenario"], rec["result"]
-    row = kernel_rows(sc, res)[0]
+    row = kernel_rows(sc, res, parse_policy(sc["policies"][0]))[0]
     line = {"schema": 2, "kind": "scenario", "index": 1, "scenario": sc,
             "result": with_lane(sc["policies"][0], res), "rows": [row.to_json()]}
     back = ScenarioRecord.from_json(json.loads(json.dumps(line)))

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from harness.run import kernel_stress, stress_checks
+from harness.run.lanes import parse_policies
+from harness.run.lanes.kernel import KernelResult
 from harness.run.resultsfile import RecordKind, read_results
 from harness.run.stress import StressSpec
 from harness.run.stress_checks import Usage
@@ -45,12 +47,14 @@ def stress_of(monkeypatch: pytest.MonkeyPatch, results: list[dict[str, Any]],
         now[:] = [next(res_it)]
         return now[0]
 
-    monkeypatch.setattr(kernel_stress, "run_kernel", lambda *a, **k: next(it))
+    # the recorded results, read back as the kernel lane's typed results
+    monkeypatch.setattr(kernel_stress, "run_kernel", lambda shim, cfg, sc, *a:
+                        KernelResult.from_json(sc.policies[0], next(it)))
     monkeypatch.setattr(stress_checks.res, "res_summary", summary)
     monkeypatch.setattr(kernel_stress, "res_by_holder", lambda: by_holder(now[0]))
     monkeypatch.setattr(stress_checks.Usage, "of", classmethod(
         lambda cls, pid: Usage(10, 50_000, 3)))
-    spec = StressSpec(cycles=3, policies=("nvme-rdma:fast-fail",)).validate()
+    spec = StressSpec(cycles=3, policies=parse_policies(("nvme-rdma:fast-fail",))).validate()
     return kernel_stress.KernelStress(spec, Topo(), None, None)  # type: ignore[arg-type]
 
 
@@ -116,12 +120,14 @@ def test_a_kernel_client_that_cannot_be_removed_stops_its_later_runs(
 
 
 def test_the_wedge_blocks_only_that_kernel_client() -> None:
-    from harness.run.kernel_rows import KernelWedge
+    from harness.run.lanes import parse_policy
+    from harness.run.lanes.kernel import KernelWedge
 
     w = KernelWedge()
-    w.note("link-flap/hca-first/nvme-rdma/mixed", "nvme-rdma", {"teardown_left": []})
-    assert not w.blocks("nvme-rdma:fast-fail")
-    w.note("link-flap/hca-first/nvme-rdma/mixed", "nvme-rdma", {"teardown_left": ["x"]})
-    assert w.blocks("nvme-rdma:fast-fail").startswith(
+    nvme = parse_policy("nvme-rdma")
+    w.note("link-flap/hca-first/nvme-rdma/mixed", nvme, [])
+    assert not w.blocks(parse_policy("nvme-rdma:fast-fail"))
+    w.note("link-flap/hca-first/nvme-rdma/mixed", nvme, ["x"])
+    assert w.blocks(parse_policy("nvme-rdma:fast-fail")).startswith(
         "not run: link-flap/hca-first/nvme-rdma/mixed left x")
-    assert not w.blocks("nfs-rdma:hard")
+    assert not w.blocks(parse_policy("nfs-rdma:hard"))

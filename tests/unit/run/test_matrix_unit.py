@@ -13,6 +13,7 @@ from clients import policy_class
 from harness.cli import launch as cli_launch
 from harness.cli import main as cli_main
 from harness.core.errors import RxePowerError, SettingError
+from harness.run.lanes import parse_policies
 from harness.run.matrix import MatrixSpec, junit_xml, render_table, rows_of
 from harness.run.records import ScenarioRecord
 from harness.run.resultsfile import RESULTS_SCHEMA, RecordKind, ResultsWriter, read_results
@@ -40,7 +41,8 @@ def test_default_matrix_is_every_offered_ordering_times_every_policy() -> None:
     assert not any(i.startswith("surprise-removal/clients-first") for i in ids)
     together = MatrixSpec(together=True).scenarios()
     assert len(together) == 7 and together[0].policies == spec.policies
-    two = MatrixSpec(("standby",), (Ordering.HCA_FIRST,), ("graceful",), ("send", "write"))
+    two = MatrixSpec(("standby",), (Ordering.HCA_FIRST,), parse_policies(("graceful",)),
+                     ("send", "write"))
     assert [s.id for s in two.scenarios()] == ["standby/hca-first/graceful/send",
                                                "standby/hca-first/graceful/write"]
 
@@ -48,8 +50,8 @@ def test_default_matrix_is_every_offered_ordering_times_every_policy() -> None:
 @pytest.mark.parametrize("kw, words", [
     ({"mixes": ("everything",)}, "unknown operation mix 'everything'"),
     ({"transitions": ("nap",)}, "unknown transition 'nap'"),
-    ({"policies": ("lazy",)}, "unknown client policy 'lazy'"),
-    ({"policies": ("no.such.module:X",)}, "cannot be loaded"),
+    ({"policies": parse_policies(("lazy",))}, "unknown client policy 'lazy'"),
+    ({"policies": parse_policies(("no.such.module:X",))}, "cannot be loaded"),
     ({"transitions": ("surprise-removal",), "orderings": (Ordering.CLIENTS_FIRST,)},
      "no selected transition offers"),
     ({"count": 0}, "must all be >= 1"),
@@ -190,11 +192,11 @@ def test_stress_spec_defaults_validate() -> None:
 def test_stress_of_kernel_clients_is_its_own_run() -> None:
     """Kernel clients stress in their own cycles (harness/run/kernel_stress.py); mixing
     them with userspace workers in one run is refused with the fix."""
-    spec = StressSpec(policies=("nvme-rdma:fast-fail",)).validate()
+    spec = StressSpec(policies=parse_policies(("nvme-rdma:fast-fail",))).validate()
     assert spec.kernel
     assert not StressSpec().validate().kernel
     with pytest.raises(SettingError, match="mixes kernel clients") as exc:
-        StressSpec(policies=("nvme-rdma", "graceful")).validate()
+        StressSpec(policies=parse_policies(("nvme-rdma", "graceful"))).validate()
     assert "two runs" in exc.value.fix
     with pytest.raises(SettingError, match="unknown nvme-rdma"):
-        StressSpec(policies=("nvme-rdma:no-such-preset",)).validate()
+        StressSpec(policies=parse_policies(("nvme-rdma:no-such-preset",))).validate()

@@ -37,7 +37,7 @@ def test_bad_commands_refused(client: str, server: str, words: str) -> None:
 
 def test_matrix_spec_with_a_program() -> None:
     spec = MatrixSpec(transitions=("standby",), client_cmd=CLIENT, server_cmd=SERVER).validate()
-    assert [s.policies for s in spec.scenarios()] == [("cmd:ib_send_bw",)] * 2
+    assert [s.texts for s in spec.scenarios()] == [("cmd:ib_send_bw",)] * 2
     assert MatrixSpec.from_json(spec.to_json()) == spec
     with pytest.raises(SettingError, match="--server-cmd without --client-cmd"):
         MatrixSpec(server_cmd=SERVER).validate()
