@@ -1,63 +1,33 @@
-"""Client policies: the same workload through the same I/O path (clients.core), differing
-only in what they do around a power transition. Each runs in its own worker process
-(clients.worker), steered by the controller (harness.run.scenario).
+"""What runs under a transition against the peer, three kinds that import nothing of each
+other (pyproject.toml's import contracts):
 
-A policy is named by its short name (POLICIES) or, for a policy of your own, as
-`package.module:Class` importable in the worker (the tests' leaking client is one).
+- clients.userspace: the four policies (naive, fail-fast, queue-replay, graceful) and a
+  policy of your own as `module:Class`, each in its own worker process, through one I/O
+  path and one ledger;
+- clients.kernel: the kernel's own ULPs (nvme-rdma, NFS over RDMA) with their targets on
+  the peer side;
+- clients.tracer: the LD_PRELOAD verbs tracer (C) that puts an unmodified program in the
+  matrix, and its Python side (traced.py).
+
+The userspace modules lived directly under clients/ until the third pass of the layout:
+a policy of your own that imports them by their old names (clients.core,
+clients.connection, clients.fail_fast, ...) still works through the aliases below, for a
+while; import them from clients.userspace.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 
-from clients.fail_fast import FailFast
-from clients.graceful import Graceful
-from clients.naive import Naive
-from clients.queue_replay import QueueReplay
-from harness.core.errors import SettingError
-
-POLICIES = {p.name: p for p in (Naive, FailFast, QueueReplay, Graceful)}
+_MOVED_TO_USERSPACE = ("connection", "core", "io_path", "naive", "fail_fast",
+                       "queue_replay", "graceful")
 
 
-def policy_class(spec: str) -> type:
-    """The policy class for a short name or `module:Class`; SettingError names the fix."""
-    if spec in POLICIES:
-        return POLICIES[spec]
-    mod_name, sep, cls_name = spec.partition(":")
-    if not sep:
-        raise SettingError(f"unknown client policy {spec!r}",
-                           f"use one of: {', '.join(POLICIES)}, or module:Class")
-    try:
-        cls: type = getattr(importlib.import_module(mod_name), cls_name)
-    except (ImportError, AttributeError) as exc:
-        raise SettingError(f"client policy {spec!r} cannot be loaded: {exc}",
-                           "give an importable module:Class (is it on PYTHONPATH?)") from None
-    for hook in ("on_suspend", "on_resume", "on_error"):
-        if not callable(getattr(cls, hook, None)):
-            raise SettingError(f"client policy {spec!r} has no {hook}()",
-                               "implement the clients.connection.Policy protocol")
-    return cls
+def _alias_old_names() -> None:
+    for name in _MOVED_TO_USERSPACE:
+        sys.modules.setdefault(f"{__name__}.{name}",
+                               importlib.import_module(f"{__name__}.userspace.{name}"))
 
 
-def policy_import_roots(specs: list[str]) -> list[str]:
-    """For the `module:Class` policies among `specs`: the sys.path entry each module was
-    imported from here (policy_class imports it), handed to the worker explicitly
-    (clients.worker --import-root), which starts with -P and so has no working directory
-    on its path."""
-    roots: list[str] = []
-    for spec in specs:
-        if spec in POLICIES or ":" not in spec:
-            continue
-        policy_class(spec)
-        mod_name = spec.partition(":")[0]
-        origin = getattr(sys.modules[mod_name], "__file__", None)
-        if origin is None:
-            continue
-        root = Path(origin).resolve().parent
-        for _ in range(mod_name.count(".") + (Path(origin).name == "__init__.py")):
-            root = root.parent
-        if str(root) not in roots:
-            roots.append(str(root))
-    return roots
+_alias_old_names()

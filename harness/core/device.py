@@ -3,7 +3,7 @@
 DeviceInfo names the HCA (dev, port), the netdev under it (name, ifindex), the address
 and GID the test traffic uses and the GID's index. The power shim sends it to every
 client in `resume_complete` (power.notify), a client worker gets it in `start`
-(clients.worker), and the topology's Endpoint is a DeviceInfo with the port state
+(clients.userspace.worker), and the topology's Endpoint is a DeviceInfo with the port state
 added (harness.topology), so the fields are defined here once.
 """
 

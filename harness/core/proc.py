@@ -192,7 +192,7 @@ def python_child(module: str, *args: str) -> list[str]:
     from a folder someone else can write: a `harness/` or `clients/` planted there must
     never be imported in place of ours. Our packages come from the installed tree (the
     folder of the harness package this process runs); a user's own policy module is
-    handed over explicitly (clients.worker --import-root). Without `site` (-S), with the
+    handed over explicitly (clients.userspace.worker --import-root). Without `site` (-S), with the
     path of child_import_path: see _CHILD_BOOT."""
     return [sys.executable, "-P", "-S", "-c", _CHILD_BOOT, os.pathsep.join(child_import_path()),
             os.pathsep, module, *args]

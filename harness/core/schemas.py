@@ -6,7 +6,7 @@ and their types. `decode(line, channel)` validates every line against its channe
 table; nothing decodes without naming the channel.
 
 - PEER: controller (and client workers) -> the peer agent (harness.peer.agent);
-- WORKER: controller -> a client worker process (clients.worker);
+- WORKER: controller -> a client worker process (clients.userspace.worker);
 - NOTICE: the power shim <-> a client's notice socket (power.notify), both directions.
 
 Requests on PEER and WORKER are answered with a reply from REPLIES ("ok" with any
@@ -58,7 +58,7 @@ PEER_REQUESTS: Schema = {  # controller or client worker -> peer agent
     "holders": {},  # whose each live QP is; the QPs reaped after their client went
 }
 
-WORKER_REQUESTS: Schema = {  # controller -> client worker (clients.worker documents each)
+WORKER_REQUESTS: Schema = {  # controller -> client worker (clients.userspace.worker documents each)
     "start": {"name": str, "policy": str, "spec": dict, "device": dict, "agent_socket": str,
               "clients_dir": str},
     "go": {},

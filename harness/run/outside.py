@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from clients.traced import make_trace_dir, recorded_work_dir, traced_env
+from clients.tracer.traced import make_trace_dir, recorded_work_dir, traced_env
 from harness.core import settings
 from harness.core.bounds import MAX_WAIT_S, check_number
 from harness.core.errors import BoundExceeded, SettingError

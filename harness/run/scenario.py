@@ -1,6 +1,6 @@
 """The controller side of client workers: start them, run a transition under them, account.
 
-    with ClientWorker(...) as w: ...      one worker process (clients.worker)
+    with ClientWorker(...) as w: ...      one worker process (clients.userspace.worker)
     run_scenario(shim, agent, local, request, policies, spec, ...) -> ScenarioResult
 
 A scenario starts one worker per client policy against the local HCA, waits until
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clients import policy_import_roots
-from clients.worker import main as worker_main
+from clients.userspace import policy_import_roots
+from clients.userspace.worker import main as worker_main
 from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
 from harness.core.files import open_new
@@ -88,7 +88,7 @@ class ClientWorker:
         self._log = open_new(self.log_path)  # closed in close()
         roots = [a for r in policy_import_roots([policy]) for a in ("--import-root", r)]
         try:
-            self.proc = spawn_python(worker_main, "clients.worker",
+            self.proc = spawn_python(worker_main, "clients.userspace.worker",
                                      ["--fd", str(theirs.fileno()),
                                       "--journal-fd", str(self.journal_fd), *roots],
                                      f"client worker {name} ({policy})",
@@ -156,7 +156,8 @@ class ClientWorker:
             i for i, e in led.entries.items() if e.outcome is Outcome.KILLED_IN_FLIGHT)
 
     def fetch_ledger(self, requests: int) -> Ledger:
-        """The finished round's whole ledger, page by page (see clients.worker "ledger")."""
+        """The finished round's whole ledger, page by page (see clients.userspace.worker
+        "ledger")."""
         pages, start = [], 0
         while start < requests:
             page = self.request("ledger", PROGRESS_TIMEOUT_S, start=start,

@@ -13,7 +13,7 @@ Notes that settle outcomes: "go" {t0_ns} (open-loop arrivals count from it), "op
 {upto} (a RESUMED workload: nothing arrives after). "round" {round} starts a new
 workload round on the same worker (rxe-power stress): the books before it are another
 round's. T is when the line was written: a posting is journaled just before its post, a
-completion right after its batch was taken off the CQ (clients.io_path).
+completion right after its batch was taken off the CQ (clients.userspace.io_path).
 
 ledger_from_journal() rebuilds the ledger of a killed client's current round up to the
 kill: every request its workload issued (posted, arrived or refused) gets its outcome,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
-from clients.core import ClientCore
-from clients.fail_fast import FailFast
-from clients.queue_replay import QueueReplay
+from clients.userspace.core import ClientCore
+from clients.userspace.fail_fast import FailFast
+from clients.userspace.queue_replay import QueueReplay
 from harness.core.device import DeviceInfo
 from power.notify import SuspendReply
 

@@ -2,7 +2,7 @@
 
 Its journal is a memfd it shares with the controller (harness.run.scenario.ClientWorker):
 each posting is written there before its ibv_post_send, each completion as soon as its
-batch is taken off the CQ (clients.io_path), so nothing is lost with the process. The
+batch is taken off the CQ (clients.userspace.io_path), so nothing is lost with the process. The
 independent evidence is the peer agent's own record of what arrived on the worker's QPs:
 every SEND that reached the peer must be in the killed worker's books as posted, and
 every request its books call completed-ok must have reached the peer. Before the fix the

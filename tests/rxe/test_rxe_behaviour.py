@@ -99,7 +99,7 @@ def test_provider_cq_ex_poll_to_enoent_overruns_the_consumer_index(
     test_extended_verbs_followed was an expected failure.) Fixed upstream in rdma-core 55,
     b78b414e0 "rxe: fix completion queue consumer index overrun": on a fixed provider this
     test fails, and the example's workaround can go."""
-    from clients.traced import example_program
+    from clients.tracer.traced import example_program
 
     loc, peer = rxe_topology.local, rxe_topology.peer
     argv = [str(example_program("wr_api_client")), loc.dev, str(loc.gid_index), peer.dev,

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from clients.traced import example_program, make_trace_dir, traced_env
+from clients.tracer.traced import example_program, make_trace_dir, traced_env
 from harness.workload.ledger import Outcome, PeerView
 from harness.workload.traced_peer import match_peer
 from harness.workload.tracelog import log_paths, read_log

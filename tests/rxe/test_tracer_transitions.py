@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from clients.traced import example_program, make_trace_dir, traced_env
+from clients.tracer.traced import example_program, make_trace_dir, traced_env
 from harness.core.errors import BoundExceeded
 from harness.core.proc import stop_child
 from harness.run.outside import OutsideSpec, outside_rows, run_outside

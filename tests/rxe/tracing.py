@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from clients.traced import make_trace_dir, traced_env
+from clients.tracer.traced import make_trace_dir, traced_env
 from harness.core.proc import stop_child
 from harness.topology.config import Endpoint
 from harness.workload.ledger import Outcome

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from clients.traced import (
+from clients.tracer.traced import (
     ENV_DIR,
     make_trace_dir,
     recorded_work_dir,

@@ -1,4 +1,4 @@
-"""The userspace lane: policy client workers (clients.naive, fail_fast, queue_replay,
+"""The userspace lane: policy client workers (clients.userspace.naive, fail_fast, queue_replay,
 graceful, or a `module:Class` of your own), one worker process per policy, several side
 by side in one transition (`together`) or one per transition; every request accounted
 (harness.run.scenario). The rows: one per client, judged from how it ended (ClientEnd),
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clients import policy_class
+from clients.userspace import policy_class
 from harness.run.lanes.base import LaneContext, LaneKind, PolicyRef, RunSpec, Scenario
 from harness.run.records import ScenarioKey
 from harness.run.rows import Row, add_ledger_figures, veto_text

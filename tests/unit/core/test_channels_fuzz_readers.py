@@ -278,7 +278,7 @@ def test_worker_process_survives_garbage(tmp_path: Path) -> None:
     ours, theirs = socket.socketpair()
     log = (tmp_path / "worker.log").open("w")
     journal = os.memfd_create("journal", os.MFD_CLOEXEC)
-    proc = subprocess.Popen([sys.executable, "-m", "clients.worker", "--fd",
+    proc = subprocess.Popen([sys.executable, "-m", "clients.userspace.worker", "--fd",
                              str(theirs.fileno()), "--journal-fd", str(journal)],
                             pass_fds=[theirs.fileno(), journal], cwd=ROOT,
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)

@@ -117,7 +117,7 @@ def test_tracer_work_dirs_are_recorded_and_a_dead_runs_are_reaped(state_path: Pa
     """The tracer's log folders (matrix --client-cmd, the tracer bench) live under the run
     directory and are in the state file while they exist: a run killed with one in place
     leaves it to `cleanup` (reap_stale), not in /tmp for ever."""
-    from clients.traced import recorded_work_dir
+    from clients.tracer.traced import recorded_work_dir
 
     with recorded_work_dir("trace") as work:
         assert work.is_dir() and work.parent == proc.RUN_DIR

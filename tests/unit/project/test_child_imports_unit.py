@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from clients import policy_import_roots
 from clients.kernel import nvme_host
+from clients.userspace import policy_import_roots
 from harness.cli import doctor
 from harness.cli.doctor import Status
 from harness.core import proc
@@ -42,11 +42,11 @@ def run_in(cwd: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 def test_a_planted_package_in_the_cwd_is_not_imported(tmp_path: Path) -> None:
     marker = plant(tmp_path)
-    res = run_in(tmp_path, python_child("clients.worker", "--help"))
+    res = run_in(tmp_path, python_child("clients.userspace.worker", "--help"))
     assert res.returncode == 0, res.stderr
     assert not marker.exists(), "the child imported the planted clients/ package"
     # the same command without -P does import it: the test can see the defect
-    res = run_in(tmp_path, [sys.executable, "-m", "clients.worker", "--help"])
+    res = run_in(tmp_path, [sys.executable, "-m", "clients.userspace.worker", "--help"])
     assert marker.exists()
 
 
@@ -117,7 +117,7 @@ def test_the_static_check_sees_every_form_of_a_python_child() -> None:
     host's `-c` write), `-m`, a script, an exec, a shell line: each is seen."""
     for source in ('run([python, "-c", _PYVERBS_PROBE], 20.0)',
                    'run_bounded([sys.executable, "-c", _FABRICS_WRITE, opts], 60.0)',
-                   'subprocess.Popen([sys.executable, "-m", "clients.worker"])',
+                   'subprocess.Popen([sys.executable, "-m", "clients.userspace.worker"])',
                    'subprocess.run(("/usr/bin/python3", "tool.py"))',
                    'os.execv(sys.executable, argv)',
                    'subprocess.run([str(sys.executable), "-c", "pass"])',
@@ -224,8 +224,8 @@ def test_a_child_starts_without_site_on_an_explicit_path(tmp_path: Path,
     monkeypatch.syspath_prepend("")
     path = child_import_path()
     assert path[0] == str(PACKAGES_ROOT) and "" not in path and str(tmp_path) not in path
-    argv = python_child("clients.worker", "--help")
+    argv = python_child("clients.userspace.worker", "--help")
     assert argv[1:3] == ["-P", "-S"] and argv[5].split(argv[6]) == path
-    assert argv[7:] == ["clients.worker", "--help"]
+    assert argv[7:] == ["clients.userspace.worker", "--help"]
     res = run_in(tmp_path, argv)
-    assert res.returncode == 0 and "usage: clients.worker" in res.stdout, res.stderr
+    assert res.returncode == 0 and "usage: clients.userspace.worker" in res.stdout, res.stderr

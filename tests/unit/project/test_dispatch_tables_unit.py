@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from clients.worker import Worker
+from clients.userspace.worker import Worker
 from harness.core.errors import NoHandler, ProtocolError, RxePowerError
 from harness.core.handlers import handler_for, method_name, table_problems
 from harness.core.protocol import Message

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from clients.connection import Conn
-from clients.io_path import ClientIoPath
+from clients.userspace.connection import Conn
+from clients.userspace.io_path import ClientIoPath
 from harness.rdma.payload import GOODBYE_SEQ
 from harness.run.matrix import rows_of
 from harness.run.records import ScenarioRecord

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clients import policy_class
+from clients.userspace import policy_class
 from harness.cli import launch as cli_launch
 from harness.cli import main as cli_main
 from harness.core.errors import RxePowerError, SettingError
@@ -80,7 +80,7 @@ def test_rows_and_table_from_a_recorded_run() -> None:
         naive = by[("standby", o, "naive")]
         assert naive.status is RowStatus.BAD and naive.verdict == "forced"
         assert naive.findings[0].startswith("held the device: terminated by the shim")
-        assert "clients.worker" in naive.veto
+        assert "clients.worker" in naive.veto  # recorded before the move to clients.userspace
         g = by[("standby", o, "graceful")]
         assert g.status is RowStatus.CLEAN and g.counts == {"completed-ok": 120}
     assert by[("standby", "clients-first", "graceful")].peer_saw.endswith("(goodbye)")

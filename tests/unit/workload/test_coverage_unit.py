@@ -9,7 +9,7 @@ import io
 
 import pytest
 
-from clients.io_path import ClientIoPath
+from clients.userspace.io_path import ClientIoPath
 from harness.run.matrix import render_table, rows_of
 from harness.run.records import ScenarioKey
 from harness.run.rows import RowStatus

@@ -178,7 +178,7 @@ def test_a_new_round_empties_the_journal_and_starts_it_with_its_note() -> None:
     a kill); the rounds before are gone from the memfd, so reading it stays as small as one
     round however long a stress run is. Written through the worker's own text file object
     on the shared memfd, read back as the controller does."""
-    from clients.io_path import ClientIoPath
+    from clients.userspace.io_path import ClientIoPath
 
     fd = os.memfd_create("journal")
     journal = os.fdopen(os.dup(fd), "w", encoding="utf-8")

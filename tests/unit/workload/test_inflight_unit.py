@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import time
 
-from clients.io_path import ClientIoPath
+from clients.userspace.io_path import ClientIoPath
 from harness.run.matrix import rows_of
 from harness.run.records import ScenarioKey
 from harness.run.rows import RowStatus
@@ -193,8 +193,8 @@ def test_a_killed_clients_row_is_bad_and_accounts_for_every_request() -> None:
 def _fatal_core(requeue: bool) -> tuple[object, io.StringIO]:
     """A ClientCore whose device delivered DEVICE_FATAL with requests 3 and 5 posted on
     its QP (no device, agent or verbs needed: nothing is asked of the QP)."""
-    from clients.connection import Conn
-    from clients.core import ClientCore
+    from clients.userspace.connection import Conn
+    from clients.userspace.core import ClientCore
 
     journal = io.StringIO()
     core = ClientCore.__new__(ClientCore)

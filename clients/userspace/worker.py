@@ -1,6 +1,6 @@
 """A client worker process: one client policy driving the workload, steered by a controller.
 
-    python -m clients.worker --fd N
+    python -m clients.userspace.worker --fd N
 
 It stands alone: everything it needs comes in the `start` request over the
 control socket (fd N, a socketpair end from the controller). Protocol: the
@@ -47,9 +47,9 @@ import traceback
 from pathlib import Path
 from typing import IO, Any
 
-from clients import policy_class
-from clients.connection import Policy
-from clients.core import ClientCore
+from clients.userspace import policy_class
+from clients.userspace.connection import Policy
+from clients.userspace.core import ClientCore
 from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError, RxePowerError
 from harness.core.handlers import handler_for
@@ -230,7 +230,7 @@ class Worker:
                     if isinstance(err, ProtocolError) and not mid:
                         mid = err.msg_id
                     if isinstance(err, RxePowerError):
-                        print(f"clients.worker: error reply to id {mid}: {err.problem}",
+                        print(f"clients.userspace.worker: error reply to id {mid}: {err.problem}",
                               file=sys.stderr, flush=True)
                     else:
                         traceback.print_exception(err)
@@ -259,7 +259,8 @@ class Worker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="clients.worker", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="clients.userspace.worker",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--fd", type=int, required=True, help="the control socket's fd")
     ap.add_argument("--journal-fd", type=int, required=True,
                     help="the journal's fd (a memfd the controller reads back after a kill)")
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return worker.loop()
     except (RxePowerError, ProtocolError) as exc:
-        print(f"clients.worker: error: {exc}", file=sys.stderr, flush=True)
+        print(f"clients.userspace.worker: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except Exception:
         traceback.print_exc()

@@ -14,7 +14,7 @@ from harness.workload.spec import Op
 from power.notify import SuspendReply
 
 if TYPE_CHECKING:  # the policies' hooks take the core that calls them
-    from clients.core import ClientCore
+    from clients.userspace.core import ClientCore
 
 
 class PeerUnreachable(RxePowerError):

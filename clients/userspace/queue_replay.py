@@ -12,7 +12,7 @@ reached the peer but whose completion was lost is replayed).
 
 from __future__ import annotations
 
-from clients.fail_fast import FailFast
+from clients.userspace.fail_fast import FailFast
 
 
 class QueueReplay(FailFast):

@@ -6,7 +6,7 @@ journal) and does the work that runs per request: pump/_post/_post_window (each
 slot + 1, so the slot finds its request without a lookup table; payloads are written
 straight into the MR) and reap/_complete/_settle (completions in batches, the ledger
 a Recorder of flat arrays). Errors it meets are recorded (error()) for the policy,
-which ClientCore (clients.core) calls once the completions are in the ledger.
+which ClientCore (clients.userspace.core) calls once the completions are in the ledger.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import collections
 import time
 from typing import IO, Any
 
-from clients.connection import GOODBYE_WR_ID, Conn, Metrics
+from clients.userspace.connection import GOODBYE_WR_ID, Conn, Metrics
 from harness.core.errors import OsCallError, RxePowerError
 from harness.rdma import payload
 from harness.rdma.names import wc_status_name

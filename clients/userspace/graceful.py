@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 
-from clients.core import ClientCore
-from clients.fail_fast import FailFast
+from clients.userspace.core import ClientCore
+from clients.userspace.fail_fast import FailFast
 from power.notify import SuspendReply
 
 DRAIN_SHARE = 0.8  # of the notice's deadline, for in-flight requests to finish

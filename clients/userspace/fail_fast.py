@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import time
 
-from clients.connection import PeerUnreachable
-from clients.core import ClientCore
+from clients.userspace.connection import PeerUnreachable
+from clients.userspace.core import ClientCore
 from harness.core.device import DeviceInfo
 from power.notify import SuspendReply
 

@@ -17,7 +17,7 @@ READ_SEQ's payload; FETCH_ADD adds 1 to a counter after it. GOODBYE_SEQ in imm
 is the orderly disconnect of a raw-verbs connection. Every buffer slot, here and
 at the peer, is spec.slot_size bytes (the largest message, rounded up).
 
-The per-request hot path (posting and completions) is clients.io_path; this module
+The per-request hot path (posting and completions) is clients.userspace.io_path; this module
 has the device, the connections, events, quiescing and the finish report.
 """
 
@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from clients.connection import GOODBYE_WR_ID, Conn, Metrics, PeerUnreachable, Policy
-from clients.io_path import POLL_BATCH, ClientIoPath, bursts
+from clients.userspace.connection import GOODBYE_WR_ID, Conn, Metrics, PeerUnreachable, Policy
+from clients.userspace.io_path import POLL_BATCH, ClientIoPath, bursts
 from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, OsCallError, ProtocolError, RxePowerError
 from harness.core.protocol import Channel, WorkerError

@@ -9,7 +9,7 @@ shim (--on-veto force) terminates it.
 
 from __future__ import annotations
 
-from clients.core import ClientCore
+from clients.userspace.core import ClientCore
 from harness.core.device import DeviceInfo
 from power.notify import SuspendReply
 
