@@ -36,13 +36,14 @@ from harness.core import settings
 from harness.core.bounds import MAX_CYCLES, check_number
 from harness.core.errors import RxePowerError, SettingError
 from harness.core.shards import ShardPlan
+from harness.run.client_worker import ClientWorker
 from harness.run.kernel_stress import KernelStress
 from harness.run.lanes import parse_policies
 from harness.run.lanes.base import LaneKind, PolicyRef
 from harness.run.matrix import OP_MIXES, MatrixSpec
 from harness.run.records import CycleClient
 from harness.run.resultsfile import RecordKind
-from harness.run.scenario import ClientWorker, run_round, safe_name, spawn_workers
+from harness.run.scenario import run_round, safe_name, spawn_workers
 from harness.run.scenario_result import ClientEnd
 from harness.run.session import ResultsHeader, RunSession
 from harness.run.stress_checks import (

@@ -28,9 +28,9 @@ from harness.peer.controller import PeerAgent
 from harness.rdma.names import wc_status_name
 from harness.rdma.payload import encode
 from harness.rdma.verbs import Device, QpParams, RcQp, opcode, wait_readable
+from harness.run.client_worker import ClientWorker
 from harness.run.scenario import (
     ClientResult,
-    ClientWorker,
     account,
     finish,
     spawn_workers,

@@ -1,6 +1,6 @@
 """A client worker SIGKILLed at any moment leaves books that hold every request it posted.
 
-Its journal is a memfd it shares with the controller (harness.run.scenario.ClientWorker):
+Its journal is a memfd it shares with the controller (harness.run.client_worker.ClientWorker):
 each posting is written there before its ibv_post_send, each completion as soon as its
 batch is taken off the CQ (clients.userspace.io_path), so nothing is lost with the process. The
 independent evidence is the peer agent's own record of what arrived on the worker's QPs:

@@ -27,10 +27,10 @@ from clients.kernel.nvme_scenario import NvmeScenario, run_nvme
 from clients.kernel.nvmet_target import NvmetTarget
 from harness.core.proc import python_child
 from harness.rdma.verbs import RcQp
+from harness.run.client_worker import ClientWorker
 from harness.run.lanes import parse_policy
 from harness.run.lanes.kernel import kernel_rows
 from harness.run.rows import RowStatus
-from harness.run.scenario import ClientWorker
 from harness.workload.spec import Op
 from power.plan import Ordering
 from tests.helpers.json_child import JsonChild

@@ -26,7 +26,8 @@ from harness.run.bench.failures import first_error, harness_failure, peer_errors
 from harness.run.bench.perftest import PerftestRun, run_perftest, run_perftest_counted
 from harness.run.bench.record import BenchRecord, machine_load
 from harness.run.bench.series import percentile
-from harness.run.scenario import PROGRESS_TIMEOUT_S, ClientWorker
+from harness.run.client_worker import ClientWorker
+from harness.run.scenario import PROGRESS_TIMEOUT_S
 from harness.run.session import Rig
 from harness.workload.ledger import Outcome, WorkloadSpec, apply_peer_view
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from harness.core.errors import OsCallError, ProtocolError, SettingError
 from harness.rdma import payload
-from harness.run.scenario import ClientWorker
+from harness.run.client_worker import ClientWorker
 from harness.system import gid_table, network, rdma_netlink
 from harness.topology import neighbour
 from harness.workload.journal import journal_run as _journal_run
