@@ -53,6 +53,10 @@ class Agent(AgentCm):
         self.stack = contextlib.ExitStack()
         self.dev = self.stack.enter_context(Device(device, gid_index=gid_index))
         self.qps: dict[int, AgentQp] = {}
+        # QPs destroyed for a gone client (keep-alive): the verbs objects are gone, the
+        # record of what arrived stays readable ("arrivals") until the controller's
+        # destroy_qp, since the controller accounts a client after it has gone
+        self.reaped: dict[int, AgentQp] = {}
         self.next_qp_id = 1
         self.waiting: Waiting = []
         self.cm_listener: cm.CMID | None = None
@@ -129,7 +133,11 @@ class Agent(AgentCm):
         return {}
 
     def peer_arrivals(self, msg: Message) -> Reply:
-        aq, p = self._qp(msg), msg.payload
+        p = msg.payload
+        gone = self.reaped.get(p["qp_id"])
+        if gone is not None:  # nothing more can arrive: what there is, now
+            return self._arrivals_done(gone, p["count"], 0.0, True)
+        aq = self._qp(msg)
         return self._arrivals_done(aq, p["count"], time.monotonic() + p["timeout_s"], False)
 
     def peer_probe_start(self, msg: Message) -> Reply:
@@ -156,6 +164,8 @@ class Agent(AgentCm):
         return {"state": aq.qp.state().name}
 
     def peer_destroy_qp(self, msg: Message) -> Reply:
+        if self.reaped.pop(msg.payload["qp_id"], None) is not None:
+            return {"reaped": True}  # its verbs objects went at the keep-alive bound
         self._destroy_qp(self._qp(msg))
         return {}
 
@@ -269,6 +279,7 @@ class Agent(AgentCm):
         for qp_id in self.watch.due(now):
             rec = self.watch.destroyed(qp_id, now)
             if qp_id in self.qps:
+                self.reaped[qp_id] = self.qps[qp_id]
                 self._destroy_qp(self.qps[qp_id])
             print(f"peer_agent: destroyed QP {qp_id} of pid {rec.owner_pid}: its connection "
                   f"closed {rec.gone_s} s ago (keep-alive bound {self.watch.timeout_s:g} s)",

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import harness
+from harness.core.errors import RxePowerError
 from harness.peer.controller import PeerAgent
 from harness.peer.keepalive import PARTNER_KEEPALIVE_TIMEOUT_S
 from harness.system.rdma_res import res_summary
@@ -87,6 +88,13 @@ def test_a_dead_clients_qp_is_destroyed_after_the_keepalive(rxe_topology: Topolo
             assert rec["gone_s"] >= PARTNER_KEEPALIVE_TIMEOUT_S
             left = qps(agent)
             assert own_id in left and alive_qp in left  # the negative controls
+            # its record of arrivals stays readable (the controller accounts a client after
+            # it has gone) until the controller destroys it; then the QP is unknown
+            got = agent.arrivals(dead_qp, 0, timeout_s=0)
+            assert got["arrivals"] == [] and not got["more"], got
+            assert agent.request("destroy_qp", qp_id=dead_qp) == {"reaped": True}
+            with pytest.raises(RxePowerError, match=f"no QP with id {dead_qp}"):
+                agent.arrivals(dead_qp, 0, timeout_s=0)
             print(f"the dead client's QP was destroyed {reaped_after:.2f} s after the kill "
                   f"(bound {PARTNER_KEEPALIVE_TIMEOUT_S:g} s); the agent's record {rec}")
         finally:
