@@ -72,8 +72,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if mode is Mode.VM:
         host = host_load()
         settings.export_bench_host({**host, "other_qemu_pids": host["qemu_pids"]})
-        code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-bench-console.log",
-                            promised=(out_dir / BENCH_FILE,))
+        code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-console.log",
+                            promised=(out_dir / BENCH_FILE,), log_dir=out_dir)
         path = out_dir / BENCH_FILE
         if path.exists():  # what the host looked like once the guest was done
             with contextlib.suppress(OSError, ValueError):

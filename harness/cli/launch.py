@@ -92,19 +92,22 @@ def _mtime_ns(path: Path) -> int | None:
 
 
 def run_in_guest(argv: list[str], timeout_s: float, log_name: str,
-                 promised: tuple[Path, ...] = ()) -> int:
+                 promised: tuple[Path, ...] = (), log_dir: Path | None = None) -> int:
     """Run `argv` in the guest; results come back through the shared folders of `promised`
     (files the command must leave) and RESULTS_DIR. Exit 0 without a promised file is
-    turned into an error: a run never passes without the results it promised."""
+    turned into an error: a run never passes without the results it promised. The
+    console log (and its record) goes to `log_dir`, a run's own results folder, when the
+    command has one, else to RESULTS_DIR."""
     folders = [RESULTS_DIR, *(p.parent for p in promised)]
+    logs = log_dir if log_dir is not None else RESULTS_DIR
     req = runner.VmRequest(command=argv, rw_dirs=guest_rw_dirs(folders, Path.cwd().absolute()),
-                           log_path=RESULTS_DIR / log_name, timeout_s=timeout_s,
+                           log_path=logs / log_name, timeout_s=timeout_s,
                            cpus=settings.vm_cpus(), env=_forwarded_env())
     before = {p: _mtime_ns(p) for p in promised}
     result = runner.run_in_vm(req)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    atomic_write(RESULTS_DIR / f"{log_name}.json", json.dumps(result.to_json(), indent=1,
-                                                              default=str))
+    logs.mkdir(parents=True, exist_ok=True)
+    atomic_write(logs / f"{log_name}.json", json.dumps(result.to_json(), indent=1,
+                                                       default=str))
     missing = [str(p) for p in promised if _mtime_ns(p) in (None, before[p])]
     if missing and result.exit_code == 0:
         print(f"rxe-power: error: the guest command exited 0 but left no {', '.join(missing)} "

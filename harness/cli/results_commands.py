@@ -124,8 +124,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
                                           if plan else f"{len(spec.scenarios())} scenarios")
     if mode is Mode.VM:
         junit_file = (Path(args.junit).absolute(),) if args.junit else ()
-        code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-matrix-console.log",
-                            promised=(out_dir / RESULTS_FILE, *junit_file))
+        code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-console.log",
+                            promised=(out_dir / RESULTS_FILE, *junit_file), log_dir=out_dir)
     else:
         junit = Path(args.junit).absolute() if args.junit else None
         code = run_matrix(spec, TopologyConfig.from_settings(), out_dir, junit, plan=plan)
@@ -152,8 +152,8 @@ def cmd_stress(args: argparse.Namespace) -> int:
         describe_plan(plan, "cycles") if plan else f"{spec.cycles} cycles")
         + f" of {spec.transition}")
     if mode is Mode.VM:
-        return run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-stress-console.log",
-                            promised=(out_dir / RESULTS_FILE,))
+        return run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-console.log",
+                            promised=(out_dir / RESULTS_FILE,), log_dir=out_dir)
     progress = make_progress(len(plan.items) if plan else spec.cycles)
     try:
         return run_stress(spec, TopologyConfig.from_settings(), out_dir, progress, plan=plan)

@@ -139,6 +139,19 @@ def test_a_results_folder_outside_the_cwd_is_shared(
     assert elsewhere in req.rw_dirs and elsewhere.is_dir()
 
 
+def test_a_runs_console_log_lands_in_its_results_folder(
+        guest: GuestRecorder, tmp_path: Path) -> None:
+    """matrix (and run, stress, bench) keep the guest's console log, and the runner's record
+    of it, in the run's own folder; a command without one keeps it in RESULTS_DIR."""
+    out = tmp_path / "out"
+    main.main(["matrix", "--mode", "vm", "--transition", "link-flap", "--out", str(out)])
+    (req,) = guest.requests
+    assert req.log_path == out / "vm-console.log"
+    assert (out / "vm-console.log.json").is_file()
+    main.main(["check", "--mode", "vm"])
+    assert guest.requests[1].log_path == launch.RESULTS_DIR / "vm-check-console.log"
+
+
 def test_exit_0_without_the_promised_results_is_an_error(
         guest: GuestRecorder, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
