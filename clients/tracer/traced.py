@@ -21,7 +21,7 @@ from harness.core import proc
 from harness.core.errors import OsCallError, RxePowerError
 from harness.core.state import StateFile
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BUILD_DIR = REPO / "build" / "tracer"
 TRACER_LIB = BUILD_DIR / "librxe_power_trace.so"
 ENV_DIR = "RXE_POWER_TRACE_DIR"

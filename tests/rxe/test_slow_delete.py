@@ -45,8 +45,13 @@ def holder_in_call() -> JsonChild:
     print(f"one registration of {sized['bytes'] >> 20} MiB took {sized['took_s']} s")
     holder.wait_for("looping", SIZED_TIMEOUT_S)
     deadline = time.monotonic() + IN_CALL_TIMEOUT_S
+    seen: dict[str, int] = {}  # what the polls saw the holder in, for the failure message
     while not in_reg_call(holder.pid):
-        assert time.monotonic() < deadline, "the holder was never seen inside its ioctl"
+        for t in process_in_kernel(holder.pid):
+            key = f"{t.state} {t.syscall} {t.file or '-'}"
+            seen[key] = seen.get(key, 0) + 1
+        assert time.monotonic() < deadline, \
+            f"the holder was never seen inside its ioctl; seen (state call file: polls): {seen}"
         time.sleep(0.01)
     return holder
 

@@ -25,3 +25,13 @@ def test_a_policy_written_against_the_old_names_loads() -> None:
     assert policy_class("clients.fail_fast:FailFast") is FailFast is policy_class("fail-fast")
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("clients.no_such_module")
+
+
+def test_the_tracer_finds_the_tree_it_lives_in() -> None:
+    """traced.py moved one folder down (clients/tracer/): its paths still name the tree's
+    build/tracer (a fresh-clone CI run failed every traced test when they did not)."""
+    from clients.tracer import traced
+
+    assert (traced.REPO / "pyproject.toml").is_file()
+    assert (traced.REPO / "ci" / "build-tracer.sh").is_file()
+    assert traced.BUILD_DIR == traced.REPO / "build" / "tracer"
