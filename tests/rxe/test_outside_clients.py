@@ -173,7 +173,9 @@ def test_pingpong_under_standby(power_shim, rxe_topology, results_dir, tmp_path,
     evidence the program does not write itself, then printed:
     - `errored`: rxe0's last SEND was still unacknowledged, its retransmission met the
       down port: the tracer's log has a SEND completed LOC_QP_OP_ERR after the carrier
-      dropped and before the delete began, the log is closed (it exited by itself, 1,
+      dropped and before the delete ended (in a loaded guest it came 21 ms after the
+      delete began: the program let go before the shim looked), the log is closed (it
+      exited by itself, 1,
       "Failed status local QP operation error"), and the shim found no holder (verdict
       completed);
     - `held`: it had its ACK and was waiting for rxe1's message: no error completion in
@@ -214,6 +216,6 @@ def test_pingpong_under_standby(power_shim, rxe_topology, results_dir, tmp_path,
                     f"has no error completion; counts {dict(client.counts())}")
     first = errors[0]
     assert first.status == "LOC_QP_OP_ERR", first
-    assert down.begin_ns <= (first.completed_ns or 0) < delete.begin_ns, (first, down, delete)
+    assert down.begin_ns <= (first.completed_ns or 0) < delete.end_ns, (first, down, delete)
     assert client.closed and cli.returncode == 1, (client.closed, cli.returncode)
     assert "Failed status local QP operation error" in log, log[-300:]
