@@ -14,6 +14,7 @@ pins every page), sized so that one registration takes at least a second.
 from __future__ import annotations
 
 import os
+import queue
 import time
 from collections.abc import Iterator
 
@@ -35,6 +36,7 @@ SIZED_TIMEOUT_S = 120.0  # start, open the device, double the MR until a reg tak
 IN_CALL_TIMEOUT_S = 30.0  # until the holder is seen inside its ioctl on the device
 FAILED_TIMEOUT_S = 60.0  # from the delete to the holder's failed registration (EIO)
 EXIT_TIMEOUT_S = 30.0
+FRESH_CALL_S = 0.3  # a `calling` line this recent: the registration has just begun
 
 
 def holds_uverbs(pid: int) -> bool:
@@ -83,7 +85,27 @@ def holder_in_call(cpu: int) -> JsonChild:
         assert time.monotonic() < deadline, \
             f"the holder was never seen inside its ioctl; seen (state call file: polls): {seen}"
         time.sleep(0.01)
+    fresh_call(holder)
     return holder
+
+
+def fresh_call(holder: JsonChild) -> dict:
+    """The holder's next `calling` line said at most FRESH_CALL_S ago: its registration
+    (as long as the sizing one, over a second) has just begun, so a delete started now
+    meets it in its ioctl."""
+    deadline = time.monotonic() + IN_CALL_TIMEOUT_S
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            rec = holder.inbox.get(timeout=left)
+        except queue.Empty:
+            break
+        if rec is None:
+            break
+        holder.lines.append(rec)
+        if rec.get("event") == "calling" and time.monotonic() - rec["t"] < FRESH_CALL_S:
+            return rec
+    raise AssertionError(f"the holder began no registration we saw within "
+                         f"IN_CALL_TIMEOUT_S={IN_CALL_TIMEOUT_S}: {holder.lines[-5:]}")
 
 
 @pytest.mark.timeout(600)
