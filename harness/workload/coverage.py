@@ -14,7 +14,10 @@ step's begin, a notice or the device going, to the last step's end, the device b
 the clients told). A row none of whose requests crossed is not a measurement of the
 client under the transition: the sleep missed the workload (RowStatus.MISSED). A workload
 that was meant to run on past the transition (WorkloadEnd.RESUMED) and had nothing arrive
-after it did not show recovery either.
+after it did not show recovery either, unless the client itself stopped taking work:
+a crossed request that never got an outcome (lost, stuck) holds a closed-loop
+application back, and a client that never recovered from the transition is the
+measurement (its row is bad for those requests), not a miss (`unfinished`).
 """
 
 from __future__ import annotations
@@ -56,10 +59,11 @@ class Coverage:
     arrived_away: int | None  # handed over while the device was away (None: no away step)
     after: int  # handed over after the transition's end
     in_flight_at_begin: int  # handed over, not finished when the transition began
+    unfinished: int = 0  # crossed and never got an outcome (lost, abandoned, stuck)
 
     @classmethod
     def of(cls, spans: Iterable[Span], win: FaultWindow) -> Coverage:
-        n = before = crossed = away = after = at_begin = 0
+        n = before = crossed = away = after = at_begin = unfinished = 0
         has_away = win.away_begin_ns is not None and win.away_end_ns is not None
         for s in spans:
             n += 1
@@ -70,11 +74,13 @@ class Coverage:
                 after += 1
             elif not finished_before:
                 crossed += 1
+                if s.end_ns is None:
+                    unfinished += 1
                 if s.start_ns <= win.begin_ns:
                     at_begin += 1
             if has_away and win.away_begin_ns <= s.start_ns <= win.away_end_ns:  # type: ignore[operator]
                 away += 1
-        return cls(n, before, crossed, away if has_away else None, after, at_begin)
+        return cls(n, before, crossed, away if has_away else None, after, at_begin, unfinished)
 
     def missed(self, require_after: bool) -> list[str]:
         """Why this is not a measurement of the transition ([]: it is one).
@@ -84,7 +90,7 @@ class Coverage:
             out.append(f"the transition missed the workload: none of its {self.requests} "
                        f"requests was in flight or arrived during it ({self.before} had "
                        f"finished before it began, {self.after} arrived after it ended)")
-        if require_after and self.after == 0 and self.requests:
+        if require_after and self.after == 0 and self.requests and not self.unfinished:
             out.append("no request arrived after the transition ended: recovery was not "
                        "measured (the workload ran dry before it was stopped)")
         return out
@@ -105,4 +111,4 @@ class Coverage:
             raise TypeError(f"coverage is not a JSON object: {str(d)[:60]!r}")
         return cls(num("requests"), num("before"), num("crossed"),
                    num("arrived_away", optional=True), num("after"),
-                   num("in_flight_at_begin"))
+                   num("in_flight_at_begin"), num("unfinished", optional=True) or 0)
