@@ -23,6 +23,7 @@ from harness.core.errors import BoundExceeded, OsCallError, SettingError
 from harness.core.proc import python_child, run_bounded
 from harness.core.state import StateFile
 from harness.system import kernelobjs as ko
+from harness.system import udev
 
 CONNECT_TIMEOUT_S = 60.0  # nvme connect (its own connect timeout is longer)
 NAMESPACE_TIMEOUT_S = 20.0  # controller LIVE -> its namespace's block device present
@@ -177,6 +178,7 @@ class NvmeHost:
             blk = namespace_block(ko.SYS_NVME / ctrl.name) if ctrl else None
             if ctrl and blk and Path("/dev", blk).exists():
                 self.ctrl, self.block_device = ctrl.name, Path("/dev", blk)
+                udev.settle()  # its rules' reads (blkid) done before any scenario starts
                 return time.monotonic() - t0
             if time.monotonic() > end:
                 raise BoundExceeded("nvme namespace block device", "NAMESPACE_TIMEOUT_S",
