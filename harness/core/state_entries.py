@@ -31,7 +31,9 @@ KERNEL_CLIENT_KINDS = ("configfs_mount", "nullb", "nvmet_subsys", "nvmet_ns", "n
                        "nvmet_link", "nvme_ctrl", "route_prohibit", "module_param",
                        # NFS over RDMA (harness.system.nfsobjs)
                        "nfsd_fs_mount", "nfsd_versions", "nfsd_server", "nfs_tmpfs",
-                       "nfs_mount")
+                       "nfs_mount",
+                       # the paging lane (harness.system.paging_objs)
+                       "paging_swap", "paging_cgroup", "paging_subtree")
 SYSCTLS_WE_SET = frozenset({
     "net.ipv4.conf.all.rp_filter",  # the topology, when it was not 0
     "kernel.hung_task_timeout_secs",  # a kernel-client scenario, lowered for its duration

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.core.errors import NotOurs, OsCallError, TopologyError
+from harness.core.errors import NotOurs, OsCallError, RxePowerError, TopologyError
 from harness.core.proc import run_bounded
 from harness.core.state import StateFile
 from harness.core.state_entries import KERNEL_CLIENT_KINDS
-from harness.system import nfsobjs
+from harness.system import nfsobjs, paging_objs
 
 CONFIGFS = Path("/sys/kernel/config")
 NVMET = CONFIGFS / "nvmet"
@@ -204,6 +204,11 @@ def undo(entry: dict[str, Any], log: Callable[[str], None], configfs: Path = CON
     nvmet, nullb = configfs / "nvmet", configfs / "nullb"
     if kind in nfsobjs.NFS_KINDS:
         nfsobjs.undo(entry, log)
+    elif kind in paging_objs.PAGING_KINDS:
+        left = paging_objs.undo(entry, log)
+        if left:
+            raise RxePowerError(left, "the kernel still holds it: reboot the VM (or the "
+                                "machine) to be rid of it, then `rxe-power cleanup`")
     elif kind == "nvme_ctrl":
         nqn = valid_nqn(entry["nqn"])
         want = (nqn, valid_addr(entry["traddr"], "traddr"),
