@@ -182,14 +182,14 @@ def rxe_topology(pytestconfig: pytest.Config,
         try:
             topo = devices.discover(rxe_config)
         except RxePowerError:
-            topo, built = lifecycle.setup(rxe_config, log=lambda m: None)
+            topo, built = lifecycle.setup(rxe_config)
     except RxePowerError as exc:
         unmet(pytestconfig, f"no rxe topology: {exc.problem}; {exc.fix or HOW_TO_GET_RXE}"
               + ("" if require else f". To get rxe: {HOW_TO_GET_RXE}"))
     pytestconfig.stash[_BUILT] = built
     yield topo
     if pytestconfig.stash[_BUILT]:
-        lifecycle.teardown(log=lambda m: None)
+        lifecycle.teardown()
         session_mode = _removal_setting(pytestconfig)
         if pytestconfig.stash[_MODULE_REPORT].removal is not session_mode \
                 and not settings.in_vm():  # a guest is thrown away: no switch for nothing
@@ -207,12 +207,12 @@ def _swap_removal(config: pytest.Config, cfg: TopologyConfig, want: RemovalMode)
     if want is RemovalMode.DISASSOCIATE and rxe_module.our_build() is None:
         err = rxe_module.missing_build_error(os.uname().release)
         unmet(config, f"{err.problem}; fix: {err.fix}")
-    problems = lifecycle.teardown(log=lambda m: None)
+    problems = lifecycle.teardown()
     assert not problems, f"cannot switch to --removal {want}: {problems}"
     try:
         _loaded(config, rxe_module.ensure(want))
     finally:  # the topology comes back in any case, on whichever module is loaded
-        _, config.stash[_BUILT] = lifecycle.setup(cfg, log=lambda m: None)
+        _, config.stash[_BUILT] = lifecycle.setup(cfg)
 
 
 def _wanted_removal(item: pytest.Item, session_mode: RemovalMode) -> RemovalMode:
@@ -406,5 +406,5 @@ def power_shim(rxe_config: TopologyConfig, rxe_topology: Topology,
         yield fx
     finally:
         fx.shim.close()
-    problems = lifecycle.restore_local_side(rxe_config, log=lambda m: None)
+    problems = lifecycle.restore_local_side(rxe_config)
     assert not problems, f"the topology was not whole after the test: {problems}"

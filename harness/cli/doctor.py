@@ -22,6 +22,7 @@ from pathlib import Path
 from harness.cli.launch import Subcommands, native_rxe_available
 from harness.core import settings
 from harness.core.errors import BoundExceeded, OsCallError, RxePowerError
+from harness.core.printer import Printer
 from harness.core.proc import python_child, run_bounded
 from harness.core.settings import Mode, resolve
 from harness.core.state import RUN_KINDS, STATE_PATH, StateFile, alive
@@ -400,12 +401,12 @@ def exit_code(findings: Sequence[Finding]) -> int:
     return 1 if any(f.status is Status.FAIL for f in findings) else 0
 
 
-def cmd_doctor(args: argparse.Namespace) -> int:
+def cmd_doctor(args: argparse.Namespace, out: Printer) -> int:
     findings = run_checks(getattr(args, "probe_kvm", False), getattr(args, "doctor_mode", None))
     if getattr(args, "json", False):
-        print(json.dumps([f.to_json() for f in findings], indent=1))
+        out(json.dumps([f.to_json() for f in findings], indent=1))
     else:
-        print("\n".join(render(findings)))
+        out("\n".join(render(findings)))
     return exit_code(findings)
 
 

@@ -38,6 +38,7 @@ from clients.tracer.traced import (
 )
 from harness.core.errors import BoundExceeded, RxePowerError
 from harness.core.files import atomic_write
+from harness.core.printer import NULL, Printer
 from harness.core.proc import kill_bounded, run_bounded
 from harness.run.bench.failures import perftest_failure
 from harness.run.bench.perftest import BW_COLUMNS, RATE_COLUMN, parse_perftest
@@ -178,20 +179,20 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
 
 
 def measure(topo: Topology, runs: int, iters: int, size: int,
-            log: Any = print) -> list[Run]:
-    out: list[Run] = []
+            out: Printer = NULL) -> list[Run]:
+    done: list[Run] = []
     with recorded_work_dir("trace-bench") as work:
         for i, traced in enumerate(order(runs)):
             trace = work / f"run{i}" if traced else None
             run = one_run(topo, iters, size, i, trace)
-            out.append(run)
-            log(f"run {i + 1}/{2 * runs} {'traced  ' if traced else 'untraced'}: "
+            done.append(run)
+            out(f"run {i + 1}/{2 * runs} {'traced  ' if traced else 'untraced'}: "
                 f"{run.mib_per_s:.2f} MB/s, {run.msg_per_s:.0f} msg/s, {run.seconds:.2f} s"
                 + (f", {run.records} records in {run.logs} logs" if traced else ""))
             if trace is not None:  # its records are counted: free the guest's memory
                 for f in trace.iterdir():
                     f.unlink()
-    return out
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
