@@ -255,7 +255,7 @@ def test_tests_needing_the_other_module_run_last_together(monkeypatch) -> None:
     from harness import plugin
     from harness.core.settings import RemovalMode
 
-    monkeypatch.setattr(plugin, "_removal_setting", lambda config: RemovalMode.BLOCK)
+    monkeypatch.setattr(plugin, "removal_setting", lambda config: RemovalMode.BLOCK)
     items = [_Item("a", None), _Item("d1", "disassociate"), _Item("b", "block"),
              _Item("d2", "disassociate"), _Item("c", None)]
     config = types.SimpleNamespace(stash=pytest.Stash())  # no --shard
