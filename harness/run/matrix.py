@@ -2,7 +2,8 @@
 
     spec = MatrixSpec(transitions=("standby",), policies=("graceful",)).validate()
     for sc in spec.scenarios(): ...                  # what would run, in order
-    code = run_matrix(spec, cfg, out_dir)            # run, writing results.jsonl as it goes
+    code = run_matrix(spec, cfg, out_dir, out=out)   # run, writing results.jsonl as it goes
+                                                     # (out: a Printer, the progress lines)
 
 The policies are PolicyRefs (harness.run.lanes.parse_policy, at the command line); each
 scenario runs one lane's group of them (LANES: userspace workers, a kernel client, an
