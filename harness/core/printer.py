@@ -1,12 +1,13 @@
 """The one way the harness speaks to a person: a Printer.
 
-Every function that reports progress takes a `Printer` (never a `log` callable, a
-`lambda m: None` or a bare `print`): the CLI makes one at the edge, a library call that
-wants silence passes `NULL`, and a layer that speaks for a part adds its prefix.
+Every function that reports progress takes `out: Printer` (never a `log` callable, a
+`lambda m: None` or a bare `print`): the CLI makes one at the edge (harness.cli.main) and
+passes it down, a library call that wants silence passes nothing (`out` defaults to
+`NULL`), and a part that speaks for itself adds its prefix.
 
-    out = Printer()                      # the CLI's: sys.stdout as it is at each line
+    out = STDOUT                         # the CLI's: sys.stdout as it is at each line
     out("setting up rxe0")               # one line: "setting up rxe0"
-    vm = STDERR.prefixed("rxe-power vm: ")  # "rxe-power vm: booting ..." on stderr
+    vm = STDERR.prefixed("rxe-power vm: ")   # "rxe-power vm: booting ..." on stderr
     out.to(buf)                          # the same prefix, another stream
     err = out.to_stderr()                # the same prefix, on stderr
     quiet = NULL                         # says nothing (library use, tests)
