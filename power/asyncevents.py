@@ -37,6 +37,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from harness.core.errors import BoundExceeded, FramingError, ProtocolError, RxePowerError
+from harness.core.printer import STDERR
 from harness.core.proc import python_child, spawn, stop_child
 from harness.core.protocol import MAX_MESSAGE_BYTES, LineReader
 from harness.core.strict_json import MAX_INT, loads_strict
@@ -239,7 +240,7 @@ class AsyncEventReader:
         self.bad_record_count += 1
         if len(self.bad_records) < BAD_RECORDS_KEPT:
             self.bad_records.append(what)
-        print(f"rxe-power async events (pid {self.pid}): {what}", file=sys.stderr, flush=True)
+        STDERR(f"rxe-power async events (pid {self.pid}): {what}")
 
     def _ack(self, key: str, dev: str | None, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 from harness.core.device import DeviceInfo
 from harness.core.errors import RxePowerError, TopologyError
 from harness.core.handlers import handler_for
+from harness.core.printer import NULL, Printer
 from harness.core.settings import RemovalMode
 from harness.system import inventory, network, rxe_module
 from harness.topology import devices, lifecycle, neighbour, netdevs
@@ -41,10 +41,10 @@ PORT_EVENT_TIMEOUT_S = 2.0  # port DOWN -> its PORT_ERR event seen (the step goe
 
 class Shim:
     def __init__(self, cfg: TopologyConfig, notifier: Notifier | None = None,
-                 log: Callable[[str], None] = lambda msg: None) -> None:
+                 out: Printer = NULL) -> None:
         self.cfg = cfg
         self.notifier = notifier or Notifier()
-        self.log = log
+        self.out = out  # hears what recovering the local side did
         self._reader: AsyncEventReader | None = None
         self._current: TransitionRun | None = None
         self._disassociates: bool | None = None
@@ -181,7 +181,7 @@ class Shim:
         if not resumed and (run.vetoed or run.failed):
             # clients were (or may have been) told of a sleep: tell them how it ended,
             # once the local side is back
-            problems = lifecycle.restore_local_side(self.cfg, log=self.log,
+            problems = lifecycle.restore_local_side(self.cfg, out=self.out,
                                                     pending_timeout_s=0.0)
             run.tl.add(EntryKind.RECOVERY, "shim", "restore before resume notice",
                        problems=problems)
@@ -350,7 +350,7 @@ class Shim:
             return []
         run.tl.add(EntryKind.RECOVERY, "shim", f"restoring: {whole}")
         problems = lifecycle.restore_local_side(
-            self.cfg, log=self.log, pending_timeout_s=0.0 if run.vetoed else
+            self.cfg, out=self.out, pending_timeout_s=0.0 if run.vetoed else
             devices.RDMA_LINK_DELETE_TIMEOUT_S)
         run.tl.add(EntryKind.RECOVERY, "shim", "restored" if not problems else "not restored",
                    problems=problems)

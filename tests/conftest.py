@@ -1,4 +1,4 @@
-"""Shared test helpers. Fixtures come from the rxe_power pytest plugin (harness/plugin.py)."""
+"""Shared test helpers. Fixtures come from the rxe_power pytest plugin (harness/plugin/)."""
 
 from pathlib import Path
 

@@ -82,12 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depth", type=int, default=4)
     args = ap.parse_args(argv)
     cfg = TopologyConfig.from_settings()
-    _topo, built = lifecycle.setup(cfg, log=lambda m: None)
+    _topo, built = lifecycle.setup(cfg)
     try:
         print(json.dumps(measure(cfg, args.count, args.depth)))
     finally:
         if built:
-            lifecycle.teardown(log=lambda m: None)
+            lifecycle.teardown()
     return 0
 
 

@@ -165,11 +165,11 @@ class NfsMount:
         """umount (-f when `force`: pending RPCs fail; lazily as the last resort, noted),
         bounded; rmdir when forgetting."""
         if self.mounted() is not None:
-            note = nfsobjs.umount(str(self.path), force, "NFS mount", lambda m: None)
+            note = nfsobjs.umount(str(self.path), force, "NFS mount")
             if note:
                 self.notes.append(note)
         if forget and self.recorded:
-            note = nfsobjs.undo(self.entry, lambda m: None)
+            note = nfsobjs.undo(self.entry)
             if note:
                 self.notes.append(note)
             self.state.forget(**self.entry)

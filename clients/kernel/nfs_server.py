@@ -184,11 +184,11 @@ class NfsServer:
         for entry in reversed(self.entries):
             try:
                 if entry["kind"] == "dir":
-                    problem = remove_recorded_dir(Path(entry["path"]), lambda m: None)
+                    problem = remove_recorded_dir(Path(entry["path"]))
                     if problem:
                         raise TopologyError(problem, "remove it by hand")
                 else:
-                    note = nfsobjs.undo(entry, lambda m: None)
+                    note = nfsobjs.undo(entry)
                     if note:
                         self.notes.append(note)
                 self.state.forget(**entry)

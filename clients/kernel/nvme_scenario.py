@@ -193,7 +193,7 @@ def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
                 drv.stop()
                 hang = nvme_hang.wait_out(cfg, host.find, ctrl_s.samples, first_ctrl, held,
                                           began_ns(tres, StepKind.DELETE_DEVICE), tail,
-                                          marker, log=lambda m: None)
+                                          marker)
                 settled = {"state": hang.ctrl_states_after[-1], "ctrl": hang.ctrl,
                            "waited_ms": hang.held_ms, "timed_out": not hang.released}
             else:
@@ -266,5 +266,5 @@ def _teardown(state: StateFile, target: NvmetTarget, host: NvmeHost | None,
     if guard is not None:
         route_guard.remove(guard, state)
     restore_sysctl(state, HUNG_TASK)
-    ko.restore_module_param(state, ADMIN_TIMEOUT_PARAM, log=lambda m: None)
+    ko.restore_module_param(state, ADMIN_TIMEOUT_PARAM)
     return problems

@@ -58,7 +58,7 @@ def install(cfg: TopologyConfig, state: StateFile,
 def remove(entry: dict[str, Any], state: StateFile) -> None:
     from harness.system.kernelobjs import undo
 
-    undo({"kind": "route_prohibit", **entry}, lambda msg: None)
+    undo({"kind": "route_prohibit", **entry})
     state.forget("route_prohibit", **entry)
 
 

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     out = open(args.json, "a") if args.json else None  # noqa: SIM115
     rc = 0
     try:
-        _topo, built = lifecycle.setup(cfg, log=lambda m: None)
+        _topo, built = lifecycle.setup(cfg)
         try:
             with Shim(cfg) as shim:
                 for t in args.transition.split(","):
@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
                                     out.write(json.dumps(res.to_json()) + "\n")
                                     out.flush()
                                 rc |= res.status is RowStatus.BROKEN
-                            lifecycle.restore_local_side(cfg, log=lambda m: None)
+                            lifecycle.restore_local_side(cfg)
         finally:
             if built:
-                lifecycle.teardown(log=lambda m: None)
+                lifecycle.teardown()
     except RxePowerError as exc:
         print(f"run_nvme: error: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from harness.cli.removal import add_removal_option
 from harness.core import settings
 from harness.core.errors import SettingError
 from harness.core.files import atomic_write
+from harness.core.printer import Printer
 from harness.core.settings import SETTINGS, Mode
 from harness.run.bench.record import BENCH_FILE, host_load
 from harness.run.bench.spec import BENCH_VM_TIMEOUT_S, SECTIONS, BenchSpec
@@ -65,14 +66,14 @@ def bench_spec(args: argparse.Namespace) -> BenchSpec:
                      split_csv(args.only) or SECTIONS).validate()
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(args: argparse.Namespace, out: Printer) -> int:
     spec = bench_spec(args)  # bad values fail here, before any VM boots
     out_dir, mode = start_results_command(args, "bench",
-                                          f"sections {', '.join(spec.sections)}")
+                                          f"sections {', '.join(spec.sections)}", out)
     if mode is Mode.VM:
         host = host_load()
         settings.export_bench_host({**host, "other_qemu_pids": host["qemu_pids"]})
-        code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-console.log",
+        code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-console.log", out,
                             promised=(out_dir / BENCH_FILE,), log_dir=out_dir)
         path = out_dir / BENCH_FILE
         if path.exists():  # what the host looked like once the guest was done
@@ -85,4 +86,4 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # need them, and every harness child process starts the CLI)
     from harness.run.bench.run import run_bench
 
-    return run_bench(spec, TopologyConfig.from_settings(), out_dir)
+    return run_bench(spec, TopologyConfig.from_settings(), out_dir, out=out)

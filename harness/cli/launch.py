@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import TypeAlias
@@ -16,6 +15,7 @@ from harness.cli.removal import prepare_removal
 from harness.core import settings
 from harness.core.errors import OsCallError, RxePowerError
 from harness.core.files import atomic_write, make_dir
+from harness.core.printer import Printer
 from harness.core.proc import python_child
 from harness.core.settings import Mode
 from harness.system.provenance_collect import record_launch
@@ -91,13 +91,14 @@ def _mtime_ns(path: Path) -> int | None:
         return None
 
 
-def run_in_guest(argv: list[str], timeout_s: float, log_name: str,
+def run_in_guest(argv: list[str], timeout_s: float, log_name: str, out: Printer,
                  promised: tuple[Path, ...] = (), log_dir: Path | None = None) -> int:
     """Run `argv` in the guest; results come back through the shared folders of `promised`
     (files the command must leave) and RESULTS_DIR. Exit 0 without a promised file is
     turned into an error: a run never passes without the results it promised. The
     console log (and its record) goes to `log_dir`, a run's own results folder, when the
-    command has one, else to RESULTS_DIR."""
+    command has one, else to RESULTS_DIR. `out`: the CLI's printer (the guest's own output
+    is copied to the terminal as it comes, not through it)."""
     folders = [RESULTS_DIR, *(p.parent for p in promised)]
     logs = log_dir if log_dir is not None else RESULTS_DIR
     req = runner.VmRequest(command=argv, rw_dirs=guest_rw_dirs(folders, Path.cwd().absolute()),
@@ -110,8 +111,9 @@ def run_in_guest(argv: list[str], timeout_s: float, log_name: str,
                                                        default=str))
     missing = [str(p) for p in promised if _mtime_ns(p) in (None, before[p])]
     if missing and result.exit_code == 0:
-        print(f"rxe-power: error: the guest command exited 0 but left no {', '.join(missing)} "
-              f"on the host\n  fix: see the console log {result.log_path}", file=sys.stderr)
+        out.to_stderr()(f"rxe-power: error: the guest command exited 0 but left no "
+                        f"{', '.join(missing)} on the host\n  fix: see the console log "
+                        f"{result.log_path}")
         return RESULTS_MISSING_EXIT
     return result.exit_code
 
@@ -132,14 +134,14 @@ def native_argv(args: argparse.Namespace, out_dir: Path) -> list[str]:
     return python_child("harness.cli", *argv, "--mode", "native", "--out", str(out_dir))
 
 
-def start_results_command(args: argparse.Namespace, stem: str, what: str) -> tuple[Path, Mode]:
+def start_results_command(args: argparse.Namespace, stem: str, what: str,
+                          out: Printer) -> tuple[Path, Mode]:
     """The start of a command that leaves a results folder (matrix, stress, bench): the
-    folder, the mode, and one line saying both and what will run."""
+    folder, the mode, and one line to `out` saying both and what will run."""
     out_dir = _out_dir(args, stem)
     mode, why = launch_mode(args)
-    print(f"rxe-power {args.command}: mode {mode.value} ({why}); {what}; results in {out_dir}",
-          flush=True)
-    prepare_removal(args, mode)
+    out(f"rxe-power {args.command}: mode {mode.value} ({why}); {what}; results in {out_dir}")
+    prepare_removal(args, mode, out)
     return out_dir, mode
 
 

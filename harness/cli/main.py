@@ -26,6 +26,7 @@ from harness.cli import (
 from harness.cli.launch import choose_mode
 from harness.core import settings
 from harness.core.errors import RxePowerError
+from harness.core.printer import STDOUT, Printer
 from harness.core.runlock import run_lock
 from harness.core.settings import SETTINGS, Mode, resolve
 from harness.vm import command_line as vm_command_line
@@ -84,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, out: Printer = STDOUT) -> int:
+    """`out`: how the CLI speaks to its user (made here, at the edge, and handed to every
+    command; its errors go to the same printer on stderr)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["vm"]:  # everything after `vm` belongs to the VM runner's own parser
         return vm_command_line.main(argv[1:], prog="rxe-power vm")
@@ -97,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "pytest_args", None) and args.pytest_args[0] == "--":
             args.pytest_args = args.pytest_args[1:]
         with _topology_lock(args):
-            return int(args.func(args))
+            return int(args.func(args, out))
     except RxePowerError as exc:
-        print(f"rxe-power: error: {exc}", file=sys.stderr)
+        out.to_stderr()(f"rxe-power: error: {exc}")
         return HARNESS_ERROR_EXIT
     except StopSignal as stop:  # the guest is gone by now (harness.vm.process.end_guest)
-        print(f"rxe-power: stopped by {stop}", file=sys.stderr)
+        out.to_stderr()(f"rxe-power: stopped by {stop}")
         return stop.exit_code
 
 

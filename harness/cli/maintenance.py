@@ -17,6 +17,7 @@ from harness.cli.launch import (
 )
 from harness.cli.removal import add_removal_option, prepare_removal
 from harness.core.files import atomic_write
+from harness.core.printer import NULL, Printer
 from harness.core.proc import python_child
 from harness.core.settings import Mode
 from harness.peer import traffic
@@ -51,59 +52,60 @@ def add_topology_parsers(subparsers: Subcommands) -> None:
             func=cmd_topology)
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def cmd_check(args: argparse.Namespace, out: Printer) -> int:
     mode, why = launch_mode(args)
-    print(f"rxe-power check: mode {mode.value} ({why})", flush=True)
-    prepare_removal(args, mode)
+    out(f"rxe-power check: mode {mode.value} ({why})")
+    prepare_removal(args, mode, out)
     if mode is Mode.VM:
         argv = python_child("harness.cli", "check", "--mode", "native")
-        return run_in_guest(argv, args.timeout_s, "vm-check-console.log",
+        return run_in_guest(argv, args.timeout_s, "vm-check-console.log", out,
                             promised=(RESULTS_DIR / CHECK_REPORT,))
-    return run_traffic_report(TopologyConfig.from_settings())
+    return run_traffic_report(TopologyConfig.from_settings(), out)
 
 
-def run_traffic_report(cfg: TopologyConfig) -> int:
+def run_traffic_report(cfg: TopologyConfig, out: Printer) -> int:
     """Bring up the topology, check it with ibv_rc_pingpong and our own traffic, report."""
     t0 = time.monotonic()
-    topo, built = lifecycle.setup(cfg)
+    topo, built = lifecycle.setup(cfg, out)
     try:
         provenance = collect()  # what made this check (run.json's record)
-        print("\n".join(describe(provenance)))
+        out("\n".join(describe(provenance)))
         ping = pingpong.pingpong_check(topo)
-        print(f"ibv_rc_pingpong {topo.local.dev} <-> {topo.peer.dev}: {ping.iters} iterations, "
-              f"{ping.usec_per_iter} usec/iter")
+        out(f"ibv_rc_pingpong {topo.local.dev} <-> {topo.peer.dev}: {ping.iters} iterations, "
+            f"{ping.usec_per_iter} usec/iter")
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         with PeerAgent(topo.peer, log_dir=RESULTS_DIR / "logs") as agent:
             stats = traffic.run_check(topo, agent)
     finally:
         if built:
-            lifecycle.teardown(log=lambda m: None)
-    print(f"\n{'operation':<12} {'messages':>9} {'bytes':>10} {'seconds':>8} {'MB/s':>7}  verdict")
+            lifecycle.teardown(out=NULL)
+    out(f"\n{'operation':<12} {'messages':>9} {'bytes':>10} {'seconds':>8} {'MB/s':>7}  verdict")
     for st in stats:
         rate = st.bytes / st.seconds / 1e6 if st.seconds else 0.0
         verdict = "OK" if st.ok else f"FAIL: {'; '.join(st.errors[:3])}"
-        print(f"{st.op:<12} {st.messages:>9} {st.bytes:>10} {st.seconds:>8.3f} {rate:>7.2f}  "
-              f"{verdict}")
+        out(f"{st.op:<12} {st.messages:>9} {st.bytes:>10} {st.seconds:>8.3f} {rate:>7.2f}  "
+            f"{verdict}")
     ok = all(st.ok for st in stats)
     report = {"provenance": provenance.to_json(), "topology": topo.to_json(),
               "pingpong_usec_per_iter": ping.usec_per_iter,
               "operations": [st.to_json() for st in stats], "ok": ok,
               "seconds": time.monotonic() - t0}
-    out = RESULTS_DIR / CHECK_REPORT
-    atomic_write(out, json.dumps(report, indent=1))
-    print(f"\n{'PASS' if ok else 'FAIL'}: traffic rxe0 <-> rxe1 across the wire; report in {out}")
+    path = RESULTS_DIR / CHECK_REPORT
+    atomic_write(path, json.dumps(report, indent=1))
+    out(f"\n{'PASS' if ok else 'FAIL'}: traffic rxe0 <-> rxe1 across the wire; report in {path}")
     return 0 if ok else 1
 
 
-def cmd_cleanup(args: argparse.Namespace) -> int:
+def cmd_cleanup(args: argparse.Namespace, out: Printer) -> int:
     """What a killed run left (processes, blocked deletes, devices, netdevs, rules)."""
-    problems = cleanup(TopologyConfig.from_settings())
+    problems = cleanup(TopologyConfig.from_settings(), out)
     for p in problems:
-        print(f"not cleaned: {p}")
+        out(f"not cleaned: {p}")
     if not problems:
-        print("cleanup complete: nothing a dead run left remains")
+        out("cleanup complete: nothing a dead run left remains")
     return 1 if problems else 0
 
 
-def cmd_topology(args: argparse.Namespace) -> int:
-    return topology_command_line.main([TOPOLOGY_ACTIONS[args.command]], prog="rxe-power")
+def cmd_topology(args: argparse.Namespace, out: Printer) -> int:
+    return topology_command_line.main([TOPOLOGY_ACTIONS[args.command]], prog="rxe-power",
+                                      out=out)

@@ -15,6 +15,7 @@ from harness.cli.launch import (
     run_in_guest,
 )
 from harness.cli.removal import add_removal_option, prepare_removal
+from harness.core.printer import NULL, Printer
 from harness.core.proc import python_child
 from harness.core.settings import Mode
 from harness.system.provenance_collect import collect
@@ -49,38 +50,38 @@ def add_parsers(subparsers: Subcommands, mode_help: str) -> None:
                           "after a failed or vetoed transition").set_defaults(func=cmd_recover)
 
 
-def cmd_transition(args: argparse.Namespace) -> int:
+def cmd_transition(args: argparse.Namespace, out: Printer) -> int:
     req = TransitionRequest(
         args.name, parse_ordering(args.ordering) if args.ordering else None, args.hold_ms,
         parse_on_veto(args.on_veto), args.veto_wait_s, args.quiesce_timeout_s,
         args.pm_level).resolved()  # bad values fail here, before any VM boots
     mode, why = launch_mode(args)
-    print(f"rxe-power transition: mode {mode.value} ({why})", flush=True)
-    prepare_removal(args, mode)
+    out(f"rxe-power transition: mode {mode.value} ({why})")
+    prepare_removal(args, mode, out)
     if mode is Mode.VM:
         argv = [*python_child("harness.cli", "transition", req.name),
                 "--ordering", str(req.ordering), "--hold-ms", str(req.hold_ms),
                 "--on-veto", str(req.on_veto), "--veto-wait-s", str(req.veto_wait_s),
                 "--quiesce-timeout-s", str(req.quiesce_timeout_s), "--pm-level", req.pm_level,
                 *(["--json", args.json] if args.json else []), "--mode", "native"]
-        return run_in_guest(argv, args.timeout_s, "vm-transition-console.log",
+        return run_in_guest(argv, args.timeout_s, "vm-transition-console.log", out,
                             promised=(result_path(args.json, req.name),))
     cfg = TopologyConfig.from_settings()
-    topo, built = lifecycle.setup(cfg, log=lambda m: None)
+    topo, built = lifecycle.setup(cfg, out=NULL)
     if built:
-        print(f"built the topology for this run ({topo.local.dev} <-> {topo.peer.dev}); "
-              "it is removed afterwards")
+        out(f"built the topology for this run ({topo.local.dev} <-> {topo.peer.dev}); "
+            "it is removed afterwards")
     try:
         provenance = collect()  # what made this result (written with it)
-        with Shim(cfg, log=print) as shim:
+        with Shim(cfg, out=out) as shim:
             result = shim.run(req)
     finally:
         if built:
-            lifecycle.teardown(log=lambda m: None)
-    print("\n".join(render(result)))
-    out = result_path(args.json, req.name)
-    result.write(out, provenance=provenance)
-    print(f"result: {out}")
+            lifecycle.teardown(out=NULL)
+    out("\n".join(render(result)))
+    path = result_path(args.json, req.name)
+    result.write(path, provenance=provenance)
+    out(f"result: {path}")
     return VERDICT_EXIT[result.verdict]
 
 
@@ -89,15 +90,15 @@ def result_path(json_arg: str | None, name: str) -> Path:
     return Path(json_arg) if json_arg else RESULTS_DIR / f"transition-{name}.json"
 
 
-def cmd_recover(args: argparse.Namespace) -> int:
+def cmd_recover(args: argparse.Namespace, out: Printer) -> int:
     lifecycle.require_root("recover needs root (it re-adds the local rdma link and brings its "
                            "netdev up)", "rxe-power recover")
     cfg = TopologyConfig.from_settings()
-    problems = lifecycle.restore_local_side(cfg)
+    problems = lifecycle.restore_local_side(cfg, out)
     for p in problems:
-        print(f"not restored: {p}")
+        out(f"not restored: {p}")
     if not problems:
         topo = devices.discover(cfg)
-        print(f"topology whole: {topo.local.dev} {topo.local.state}, {topo.peer.dev} "
-              f"{topo.peer.state}")
+        out(f"topology whole: {topo.local.dev} {topo.local.state}, {topo.peer.dev} "
+            f"{topo.peer.state}")
     return 1 if problems else 0

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from harness.core import settings
 from harness.core.errors import RxePowerError
+from harness.core.printer import Printer
 from harness.core.settings import SETTINGS, Mode, RemovalMode, resolve
 from harness.system import rxe_module
 from harness.system.provenance_collect import record_removal_reason
@@ -34,11 +35,11 @@ def add_removal_option(p: argparse.ArgumentParser) -> None:
                    "kernel, else block)")
 
 
-def build_module(release: str) -> None:
+def build_module(release: str, out: Printer) -> None:
     """ci/build-rxe-disassociate.sh RELEASE, bounded; its own message on failure."""
     argv = [str(REPO / "ci" / "build-rxe-disassociate.sh"), release]
-    print(f"rxe-power: building rdma_rxe with disassociate_ucontext for {release} "
-          f"(at most {BUILD_TIMEOUT_S:g} s): {' '.join(argv)}", flush=True)
+    out(f"rxe-power: building rdma_rxe with disassociate_ucontext for {release} "
+        f"(at most {BUILD_TIMEOUT_S:g} s): {' '.join(argv)}")
     try:
         res = subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=BUILD_TIMEOUT_S,
                              check=False)
@@ -55,14 +56,16 @@ def target_release(mode: Mode) -> str:
     return vm_kernel.find_guest_kernel().version if mode is Mode.VM else os.uname().release
 
 
-def choose_removal(requested: str | None, mode: Mode) -> tuple[RemovalMode, str]:
-    """The mode to run and why; builds our module when it was asked for and is missing."""
+def choose_removal(requested: str | None, mode: Mode,
+                   out: Printer) -> tuple[RemovalMode, str]:
+    """The mode to run and why; builds our module when it was asked for and is missing
+    (saying so to `out`)."""
     res = resolve("removal", requested)
     release = target_release(mode)
     if res.source != "built-in default":
         want = res.value
         if want is RemovalMode.DISASSOCIATE and rxe_module.our_build(release) is None:
-            build_module(release)
+            build_module(release, out)
         return want, f"from {res.source}"
     if mode is Mode.NATIVE and rxe_module.software_rdma_devices():
         current = rxe_module.current_removal()
@@ -74,16 +77,16 @@ def choose_removal(requested: str | None, mode: Mode) -> tuple[RemovalMode, str]
                                f"ci/build-rxe-disassociate.sh {release})")
 
 
-def prepare_removal(args: argparse.Namespace, mode: Mode) -> RemovalMode:
-    """Choose the removal mode, say which, and (natively) load its module; in VM mode hand
-    it to the guest in RXE_POWER_REMOVAL."""
-    want, why = choose_removal(getattr(args, "removal", None), mode)
+def prepare_removal(args: argparse.Namespace, mode: Mode, out: Printer) -> RemovalMode:
+    """Choose the removal mode, say which (to `out`), and (natively) load its module; in VM
+    mode hand it to the guest in RXE_POWER_REMOVAL."""
+    want, why = choose_removal(getattr(args, "removal", None), mode, out)
     settings.export_removal(want)
     record_removal_reason(why)
     if mode is Mode.VM:
-        print(f"rxe-power {args.command}: removal mode {want} ({why}); the guest loads its "
-              "rdma_rxe", flush=True)
+        out(f"rxe-power {args.command}: removal mode {want} ({why}); the guest loads its "
+            "rdma_rxe")
     else:
         report = rxe_module.ensure(want)
-        print(f"rxe-power {args.command}: {report.line()} ({why})", flush=True)
+        out(f"rxe-power {args.command}: {report.line()} ({why})")
     return want

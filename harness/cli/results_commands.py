@@ -26,6 +26,7 @@ from harness.cli.removal import add_removal_option
 from harness.cli.shard_option import add_shard_option, shard_of
 from harness.core import settings
 from harness.core.errors import SettingError
+from harness.core.printer import Printer
 from harness.core.settings import Mode
 from harness.run.lanes import parse_policies
 from harness.run.matrix import (
@@ -117,21 +118,23 @@ def parse_end(text: str) -> WorkloadEnd:
                            f"use one of: {', '.join(e.value for e in WorkloadEnd)}") from None
 
 
-def cmd_matrix(args: argparse.Namespace) -> int:
+def cmd_matrix(args: argparse.Namespace, out: Printer) -> int:
     spec = matrix_spec(args)  # bad values fail here, before any VM boots
     plan = matrix_plan(spec, shard_of(args))  # and a shard with nothing to run
     out_dir, mode = start_results_command(args, "matrix", describe_plan(plan, "scenarios")
-                                          if plan else f"{len(spec.scenarios())} scenarios")
+                                          if plan else f"{len(spec.scenarios())} scenarios",
+                                          out)
     if mode is Mode.VM:
         junit_file = (Path(args.junit).absolute(),) if args.junit else ()
-        code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-console.log",
+        code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-console.log", out,
                             promised=(out_dir / RESULTS_FILE, *junit_file), log_dir=out_dir)
     else:
         junit = Path(args.junit).absolute() if args.junit else None
-        code = run_matrix(spec, TopologyConfig.from_settings(), out_dir, junit, plan=plan)
+        code = run_matrix(spec, TopologyConfig.from_settings(), out_dir, junit, out=out,
+                          plan=plan)
     if args.command == "run" and (out_dir / "results.jsonl").exists() \
             and not settings.in_vm():
-        report.write_report(out_dir / "results.jsonl", out_dir, log=print)
+        report.write_report(out_dir / "results.jsonl", out_dir, out)
     return code
 
 
@@ -145,24 +148,25 @@ def stress_spec(args: argparse.Namespace) -> StressSpec:
                       args.settle_ms).validate()
 
 
-def cmd_stress(args: argparse.Namespace) -> int:
+def cmd_stress(args: argparse.Namespace, out: Printer) -> int:
     spec = stress_spec(args)
     plan = stress_plan(spec, shard_of(args))
     out_dir, mode = start_results_command(args, "stress", (
         describe_plan(plan, "cycles") if plan else f"{spec.cycles} cycles")
-        + f" of {spec.transition}")
+        + f" of {spec.transition}", out)
     if mode is Mode.VM:
-        return run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-console.log",
+        return run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-console.log", out,
                             promised=(out_dir / RESULTS_FILE,), log_dir=out_dir)
-    progress = make_progress(len(plan.items) if plan else spec.cycles)
+    progress = make_progress(len(plan.items) if plan else spec.cycles, out)
     try:
-        return run_stress(spec, TopologyConfig.from_settings(), out_dir, progress, plan=plan)
+        return run_stress(spec, TopologyConfig.from_settings(), out_dir, progress, out=out,
+                          plan=plan)
     finally:
         if hasattr(progress, "stop"):
             progress.stop()
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace, out: Printer) -> int:
     paths = [Path(r) for r in args.results]
     if args.out:
         out_dir = Path(args.out)
@@ -171,10 +175,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         raise SettingError(f"{len(paths)} results given and no --out",
                            "say where the report of several results goes: --out DIR")
-    code = report.write_report(paths, out_dir, log=print, pictures=not args.no_pictures,
+    code = report.write_report(paths, out_dir, out, pictures=not args.no_pictures,
                                allow_mixed=args.allow_mixed_provenance)
     if args.record_durations and code == 0:
-        record_durations(paths, Path(args.record_durations), shlex.join(["rxe-power", *args.argv]))
+        record_durations(paths, Path(args.record_durations), shlex.join(["rxe-power", *args.argv]),
+                         out)
     return code
 
 

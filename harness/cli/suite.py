@@ -21,6 +21,7 @@ from harness.cli.removal import add_removal_option, choose_removal
 from harness.cli.shard_option import add_shard_option, suite_pytest_args
 from harness.core import settings
 from harness.core.errors import BoundExceeded
+from harness.core.printer import Printer
 from harness.core.proc import python_child, run_bounded
 from harness.core.settings import Mode
 from harness.system.provenance_collect import record_removal_reason
@@ -42,16 +43,17 @@ def add_parser(subparsers: Subcommands, mode_help: str) -> None:
     p.set_defaults(func=cmd_test)
 
 
-def cmd_test(args: argparse.Namespace) -> int:
+def cmd_test(args: argparse.Namespace, out: Printer) -> int:
     args.pytest_args = suite_pytest_args(args)  # --shard I/N checked before any VM boots
     mode, why = launch_mode(args)
-    print(f"rxe-power test: mode {mode.value} ({why})", flush=True)
+    say = out.prefixed("rxe-power test: ")
+    say(f"mode {mode.value} ({why})")
     if args.removal is not None:  # else the suite's own default (block; removal-marked
         # modules switch by themselves): the plugin loads the module in the session
-        want, how = choose_removal(args.removal, mode)
+        want, how = choose_removal(args.removal, mode, out)
         settings.export_removal(want)
         record_removal_reason(how)
-        print(f"rxe-power test: removal mode {want} ({how})", flush=True)
+        say(f"removal mode {want} ({how})")
     if mode is not Mode.VM:
         import pytest  # only here: no other command needs the test runner loaded
 
@@ -59,23 +61,22 @@ def cmd_test(args: argparse.Namespace) -> int:
     expr, rest = split_marker_expression(args.pytest_args)
     host_expr, guest_expr = side_expressions(expr)
     # The pure-logic tests need no rxe: here, natively (under emulation they cost minutes).
-    print(f"rxe-power test: the tests not marked rxe, on this host: pytest -m '{host_expr}' "
-          + " ".join(rest), flush=True)
+    say(f"the tests not marked rxe, on this host: pytest -m '{host_expr}' " + " ".join(rest))
     host_argv = python_child("pytest", "-m", host_expr, *rest)
     try:
         host_rc = run_bounded(host_argv, args.timeout_s, step="the host part of the tests",
                               bound_name="--timeout-s", outstanding=" ".join(host_argv),
                               capture=False).returncode
     except BoundExceeded as exc:
-        print(f"rxe-power test: {exc.problem}", flush=True)
+        say(exc.problem)
         host_rc = 1
     if selects_nothing(guest_expr):
-        print(f"rxe-power test: -m '{guest_expr}' selects no rxe test: no guest", flush=True)
+        say(f"-m '{guest_expr}' selects no rxe test: no guest")
         return combined_pytest_exit(host_rc)
-    print("rxe-power test: the tests marked rxe, in the VM", flush=True)
+    say("the tests marked rxe, in the VM")
     vm_rc = run_in_guest(python_child("pytest", "-m", guest_expr, *rest, *guest_paths(rest)),
-                         args.timeout_s, "vm-test-console.log")
-    print(f"rxe-power test: host part exit {host_rc}, VM part exit {vm_rc}", flush=True)
+                         args.timeout_s, "vm-test-console.log", out)
+    say(f"host part exit {host_rc}, VM part exit {vm_rc}")
     return combined_pytest_exit(host_rc, vm_rc)
 
 

@@ -30,14 +30,13 @@ from typing import Any
 
 from harness.core.errors import BoundExceeded
 from harness.core.forked import ForkedPython, fork_supported
+from harness.core.printer import NULL, Printer
 from harness.core.state import Entry, StateFile, alive, process_start, track, untrack
 
 STOP_GRACE_S = 3.0  # SIGTERM -> SIGKILL: the one grace every stop gives a process
 GONE_TIMEOUT_S = 3.0  # SIGKILL -> gone; still there then: uninterruptible (D state), left
 STOP_POLL_S = 0.02  # polling interval of the bounded waits above
 RUN_DIR = Path("/run/rxe-power")  # the only place reap_stale removes recorded directories
-
-Log = Callable[[str], None]
 
 
 class Stopped(StrEnum):
@@ -247,7 +246,7 @@ def stop_child(
     return how
 
 
-def end_recorded(entry: Entry, log: Log) -> str | None:
+def end_recorded(entry: Entry, out: Printer = NULL) -> str | None:
     """Stop the process a state file entry records (its group if it leads one).
     Returns a problem, or None once it is gone (or was never there)."""
     pid = int(entry["pid"])
@@ -256,11 +255,11 @@ def end_recorded(entry: Entry, log: Log) -> str | None:
         return (f"{entry['role']} pid {pid} survived SIGKILL for {GONE_TIMEOUT_S:g} s "
                 "(uninterruptible in the kernel?)")
     if how is not Stopped.ALREADY_GONE:
-        log(f"ended {entry['role']} pid {pid} ({how.value})")
+        out(f"ended {entry['role']} pid {pid} ({how.value})")
     return None
 
 
-def reap_stale(log: Log = print, state_path: Path | None = None) -> list[str]:
+def reap_stale(out: Printer = NULL, state_path: Path | None = None) -> list[str]:
     """End every recorded process, and remove every recorded directory, whose owner is
     dead. Returns the problems left (a process that would not die)."""
     state = StateFile.load(state_path)
@@ -269,12 +268,12 @@ def reap_stale(log: Log = print, state_path: Path | None = None) -> list[str]:
         if entry["kind"] not in ("process", "dir") or alive(entry.get("owner")):
             continue
         if entry["kind"] == "process":
-            problem = end_recorded(entry, log)
+            problem = end_recorded(entry, out)
             if problem:
                 problems.append(problem)
                 continue
         else:
-            problem = remove_recorded_dir(Path(entry["path"]), log)
+            problem = remove_recorded_dir(Path(entry["path"]), out)
             if problem:
                 problems.append(problem)
                 continue
@@ -282,7 +281,7 @@ def reap_stale(log: Log = print, state_path: Path | None = None) -> list[str]:
     return problems
 
 
-def remove_recorded_dir(path: Path, log: Log) -> str | None:
+def remove_recorded_dir(path: Path, out: Printer = NULL) -> str | None:
     """Remove a directory a dead run recorded, only if it really lies under RUN_DIR: the
     path is resolved first (no `..`, no symlink anywhere on it leads out), and a symlink
     is never followed. Returns a problem, or None once it is gone."""
@@ -294,5 +293,5 @@ def remove_recorded_dir(path: Path, log: Log) -> str | None:
                 "the entry from the state file")
     if real.exists():
         shutil.rmtree(real, ignore_errors=True)  # rmtree itself never follows a symlink
-        log(f"removed {real}")
+        out(f"removed {real}")
     return None

@@ -1,7 +1,7 @@
 """rxe-power report: the table, timeline pictures and an HTML summary from results.jsonl.
 
-    code = write_report(Path("results/matrix-X/results.jsonl"), out_dir)  # 0; 2: nothing usable
-    code = write_report(Path("results"), out_dir)   # every results.jsonl beneath: one section each
+    code = write_report(Path("results/matrix-X/results.jsonl"), out_dir, out)  # 0; 2: nothing
+    code = write_report(Path("results"), out_dir, out)  # every results.jsonl beneath: a section
     write_summary([path_a, path_b], out_dir / "summary.html")             # the HTML alone
 
 What it writes, per results file (a *section*):
@@ -26,7 +26,8 @@ Modules: section (reading results files into sections, typed), tables (text tabl
 drawing (colours, figure, names), timeline_lanes and timeline (a scenario's picture),
 stress_plot, pictures (drawing a section's pictures), html_summary, merge and merge_stress
 (several files in one table; merge also the JUnit XML), merged_html, command
-(write_report).
+(write_report). What it says (the tables, the warnings) goes to `out`, the CLI's Printer
+(harness.core.printer; NULL for silence).
 """
 
 from harness.report.command import write_report

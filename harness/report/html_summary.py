@@ -14,10 +14,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from harness.core.files import atomic_write
+from harness.core.printer import NULL, Printer
 from harness.report.merged_html import merged_html
 from harness.report.pictures import existing_picture
 from harness.report.section import (
-    Log,
     Section,
     check_provenance,
     load_section,
@@ -220,17 +220,17 @@ def _section_brief(sec: Section) -> str:
                                                   for s in RowStatus)
 
 
-def write_summary(paths: list[Path], out: Path, log: Log = print,
+def write_summary(paths: list[Path], dest: Path, out: Printer = NULL,
                   dirs: list[Path] | None = None, allow_mixed: bool = False) -> Path:
-    """The HTML summary of several results files at `out` (a .html path, or a folder: then
-    out/summary.html). Pictures already drawn in each file's section folder (section_dirs:
-    out's folder for one file) are linked; nothing is drawn here. Files of different
-    provenance are refused unless `allow_mixed`."""
-    out = out / "summary.html" if out.is_dir() or not out.suffix else out
+    """The HTML summary of several results files at `dest` (a .html path, or a folder: then
+    dest/summary.html). Pictures already drawn in each file's section folder (section_dirs:
+    dest's folder for one file) are linked; nothing is drawn here. Files of different
+    provenance are refused unless `allow_mixed`; `out` hears the warnings of reading them."""
+    dest = dest / "summary.html" if dest.is_dir() or not dest.suffix else dest
     paths = [Path(p) for p in paths]
-    dirs = dirs or section_dirs(paths, out.parent)
-    sections = [load_section(p, d, log) for p, d in zip(paths, dirs, strict=True)]
-    return write_html(sections, out, allow_mixed)
+    dirs = dirs or section_dirs(paths, dest.parent)
+    sections = [load_section(p, d, out) for p, d in zip(paths, dirs, strict=True)]
+    return write_html(sections, dest, allow_mixed)
 
 
 def write_html(sections: list[Section], out: Path, allow_mixed: bool = False) -> Path:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import RxePowerError
+from harness.core.printer import NULL, Printer
 from harness.run.lanes.userspace import rows_of
 from harness.run.matrix import error_rows
 from harness.run.records import RESULT_PARSE_ERRORS, CycleRecord, ScenarioRecord
@@ -24,7 +24,6 @@ from harness.run.rows import Row
 from harness.system.provenance_text import header_differences, mixed_lines
 from harness.workload.findings import RowStatus
 
-Log = Callable[[str], None]
 NO_RECORDS_EXIT = 2
 
 
@@ -57,18 +56,18 @@ class Section:
         return bool(self.scenarios or self.cycles)
 
 
-def load_section(path: Path, out_dir: Path, log: Log = print) -> Section:
+def load_section(path: Path, out_dir: Path, out: Printer = NULL) -> Section:
     """Read one results file (errors for a missing file or a foreign schema propagate); a bad
     line is logged as a warning and the good records before it are used."""
-    return section_of(read_results(path), out_dir, log)
+    return section_of(read_results(path), out_dir, out)
 
 
-def section_of(results: Results, out_dir: Path, log: Log = print) -> Section:
+def section_of(results: Results, out_dir: Path, out: Printer = NULL) -> Section:
     """The section of results already read. A record whose fields have the wrong types is
     logged as a warning and skipped; a result of the wrong shape falls back to the rows
     stored with it (scenario_rows)."""
     if results.problem:
-        log(f"warning: {results.problem}")
+        out(f"warning: {results.problem}")
     sec = Section(results.path, out_dir, results)
     for n, rec in enumerate(results.records, 1):
         try:
@@ -77,7 +76,7 @@ def section_of(results: Results, out_dir: Path, log: Log = print) -> Section:
             elif rec["kind"] == RecordKind.CYCLE:
                 sec.cycles.append(CycleRecord.from_json(rec))
         except RESULT_PARSE_ERRORS as exc:
-            log(f"warning: {results.path}: {rec['kind']} record {n} is unreadable ({exc!r}); "
+            out(f"warning: {results.path}: {rec['kind']} record {n} is unreadable ({exc!r}); "
                 "skipped")
     sec.rows_by = {pos: scenario_rows(rec) for pos, rec in enumerate(sec.scenarios, 1)}
     return sec

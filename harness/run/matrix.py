@@ -2,7 +2,8 @@
 
     spec = MatrixSpec(transitions=("standby",), policies=("graceful",)).validate()
     for sc in spec.scenarios(): ...                  # what would run, in order
-    code = run_matrix(spec, cfg, out_dir)            # run, writing results.jsonl as it goes
+    code = run_matrix(spec, cfg, out_dir, out=out)   # run, writing results.jsonl as it goes
+                                                     # (out: a Printer, the progress lines)
 
 The policies are PolicyRefs (harness.run.lanes.parse_policy, at the command line); each
 scenario runs one lane's group of them (LANES: userspace workers, a kernel client, an
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 from harness.core.bounds import MAX_HOLD_MS, check_number
 from harness.core.errors import RxePowerError, SettingError
 from harness.core.files import atomic_write
+from harness.core.printer import Printer
 from harness.core.shards import ShardPlan
 from harness.core.xmltext import xml_safe
 from harness.run.lanes import new_lanes, parse_policies, parse_policy
@@ -287,7 +288,7 @@ def junit_xml(rows: list[Row], seconds: dict[str, float]) -> bytes:
 
 
 def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path | None = None,
-               log: Callable[[str], None] = print, plan: ShardPlan | None = None) -> int:
+               *, out: Printer, plan: ShardPlan | None = None) -> int:
     """Run every scenario (of `plan`'s shard only, numbered as in the whole matrix: see
     harness.run.shard_plans); 0 when no row is broken, 1 otherwise. Results go to
     out_dir/results.jsonl as they happen; the table to out_dir/table.txt."""
@@ -301,12 +302,12 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
     with RunSession(cfg, out_dir) as session:
         topo = session.topo
         provenance = describe(session.provenance)
-        log(f"matrix: {len(scenarios)} scenarios" + (f" (shard {plan.shard} of {len(whole)})"
+        out(f"matrix: {len(scenarios)} scenarios" + (f" (shard {plan.shard} of {len(whole)})"
                                                      if plan else "")
             + f" on {topo.local.dev} <-> {topo.peer.dev}; results in {session.results_path}")
-        log("\n".join(provenance))
+        out("\n".join(provenance))
         with session.rig(results=ResultsHeader("matrix", spec.to_json(), plan)) as rig:
-            out = rig.results
+            results = rig.results
             for k, (i, sc) in enumerate(scenarios, 1):
                 t0 = time.monotonic()
                 body: dict[str, Any] = {"index": i, "scenario": sc.to_json()}
@@ -325,27 +326,27 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
                 except RxePowerError as exc:
                     body["error"] = str(exc)
                     new = error_rows(sc.key(), str(exc))
-                problems = restore_local_side(cfg, log=lambda m: None)
+                problems = restore_local_side(cfg)
                 seconds[sc.id] = body["seconds"] = round(time.monotonic() - t0, 3)
                 body["rows"] = [r.to_json() for r in new]
                 body["not_restored"] = problems
-                out.write(RecordKind.SCENARIO, body)
+                results.write(RecordKind.SCENARIO, body)
                 rows += new
-                log(f"[{k}/{len(scenarios)}{f' #{i}' if plan else ''}] {sc.id}: " + ", ".join(
+                out(f"[{k}/{len(scenarios)}{f' #{i}' if plan else ''}] {sc.id}: " + ", ".join(
                     f"{r.policy} {r.status.value}" for r in new) + f" ({body['seconds']:.1f} s)")
                 if problems or interrupted:
-                    log("matrix stopped: " + ("interrupted" if interrupted else
+                    out("matrix stopped: " + ("interrupted" if interrupted else
                                               f"the local side was not restored: {problems}"))
                     break
-            out.write(RecordKind.SUMMARY, {"rows": len(rows), "interrupted": interrupted,
+            results.write(RecordKind.SUMMARY, {"rows": len(rows), "interrupted": interrupted,
                                            "by_status": {s.value: sum(r.status is s for r in rows)
                                                          for s in RowStatus}})
     table = render_table(rows)
     write_table(out_dir, [*provenance, "", *table])
-    log("\n".join(["", *table, LEGEND]))
+    out("\n".join(["", *table, LEGEND]))
     if junit is not None:
         atomic_write(junit, junit_xml(rows, seconds))
-        log(f"JUnit XML: {junit}")
+        out(f"JUnit XML: {junit}")
     if interrupted:
         return 130
     return 1 if any(r.status.fails_run for r in rows) else 0

@@ -1,7 +1,7 @@
 """One run's rig, shared by matrix, stress and bench.
 
     with RunSession(cfg, out_dir) as session:          # the topology: built here (and
-        log(f"on {session.topo.local.dev}")            # removed at the end) or found up
+        out(f"on {session.topo.local.dev}")            # removed at the end) or found up
         with session.rig(results=ResultsHeader("matrix", spec.to_json())) as rig:
             rig.results.write(...)                     # out_dir/results.jsonl, fsynced
             run_scenario(rig.shim, rig.agent, ...)     # peer agent, private clients
@@ -109,7 +109,7 @@ class RunSession:
 
     def __enter__(self) -> RunSession:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._topo, self._built = lifecycle.setup(self.cfg, log=lambda m: None)
+        self._topo, self._built = lifecycle.setup(self.cfg)
         try:
             self._provenance = collect()  # never raises for what it cannot read
         except BaseException:
@@ -121,7 +121,7 @@ class RunSession:
                  tb: TracebackType | None) -> None:
         if self._built:
             self._built = False
-            lifecycle.teardown(log=lambda m: None)
+            lifecycle.teardown()
 
     @contextmanager
     def rig(self, *, results: ResultsHeader | None = None, shim: bool = True) -> Iterator[Rig]:

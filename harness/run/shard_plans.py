@@ -15,9 +15,10 @@ shard ran which row and whether any scenario of the whole run is missing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
+from harness.core.printer import NULL, Printer
 from harness.core.shards import (
     PlanUnit,
     Shard,
@@ -85,21 +86,21 @@ def results_files(paths: Iterable[Path]) -> list[Path]:
     return [f for p in paths for f in (sorted(p.rglob(RESULTS_FILE)) if p.is_dir() else [p])]
 
 
-def record_durations(paths: list[Path], out: Path, command: str,
-                     log: Callable[[str], None] = print) -> dict[str, float]:
+def record_durations(paths: list[Path], dest: Path, command: str,
+                     out: Printer = NULL) -> dict[str, float]:
     """Add the scenario seconds of the results files in `paths` (files or folders) to the
-    durations file `out`; the command that recorded them, the date and the files' commits
+    durations file `dest`; the command that recorded them, the date and the files' commits
     are kept in its sources."""
     files = results_files(paths)
     seconds = scenario_seconds(files)
     if not seconds:
-        log(f"report: no scenario with a recorded time in {len(files)} file(s): {out} unchanged")
+        out(f"report: no scenario with a recorded time in {len(files)} file(s): {dest} unchanged")
         return seconds
     commits = sorted({c for f in files if (c := _commit(f))})
-    write_durations(out, seconds, SCENARIO_DURATIONS_ABOUT,
+    write_durations(dest, seconds, SCENARIO_DURATIONS_ABOUT,
                     f"{time.strftime('%Y-%m-%d')}: {command} ({len(seconds)} scenarios of "
                     f"{len(files)} file(s), commit {', '.join(commits) or 'not recorded'})")
-    log(f"report: the seconds of {len(seconds)} scenarios added to {out}")
+    out(f"report: the seconds of {len(seconds)} scenarios added to {dest}")
     return seconds
 
 

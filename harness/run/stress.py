@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from harness.core import settings
 from harness.core.bounds import MAX_CYCLES, check_number
 from harness.core.errors import RxePowerError, SettingError
+from harness.core.printer import Printer
 from harness.core.shards import ShardPlan
 from harness.run.client_worker import ClientWorker
 from harness.run.kernel_stress import KernelStress
@@ -266,7 +267,7 @@ class Stress:
 
 def run_stress(spec: StressSpec, cfg: TopologyConfig, out_dir: Path,
                progress: Callable[[CycleOutcome, int, int], None],
-               log: Callable[[str], None] = print, plan: ShardPlan | None = None) -> int:
+               *, out: Printer, plan: ShardPlan | None = None) -> int:
     """0 when every cycle passed, 1 when any failed, 130 when interrupted. With `plan`
     (--shard I/N) only its share of the cycles, numbered as in the whole run."""
     failed = done = 0
@@ -275,8 +276,8 @@ def run_stress(spec: StressSpec, cfg: TopologyConfig, out_dir: Path,
         if plan else list(range(1, spec.cycles + 1))
     with RunSession(cfg, out_dir) as session, \
             session.rig(results=ResultsHeader("stress", spec.to_json(), plan)) as rig:
-        out = rig.results
-        log("\n".join(describe(session.provenance)))
+        results = rig.results
+        out("\n".join(describe(session.provenance)))
         stress: Stress | KernelStress = (
             KernelStress(spec, rig.topo, cfg, rig.shim) if spec.kernel
             else Stress(spec, rig.topo, rig.agent, rig.shim, rig.log_dir))
@@ -288,40 +289,40 @@ def run_stress(spec: StressSpec, cfg: TopologyConfig, out_dir: Path,
                 except RxePowerError as exc:
                     outcome = CycleOutcome(n, False, [f"harness error: {exc}"])
                     body = {"cycle": n, "ok": False, "failures": outcome.failures}
-                out.write(RecordKind.CYCLE, body)
+                results.write(RecordKind.CYCLE, body)
                 done += 1
                 failed += not outcome.ok
                 progress(outcome, failed, len(numbers))
-                problems = restore_local_side(cfg, log=lambda m: None)
+                problems = restore_local_side(cfg)
                 if problems:
-                    log(f"stress stopped: the local side was not restored: {problems}")
+                    out(f"stress stopped: the local side was not restored: {problems}")
                     break
                 if spec.maxfail and failed >= spec.maxfail:
-                    log(f"stress stopped: {failed} failed cycles (--maxfail "
+                    out(f"stress stopped: {failed} failed cycles (--maxfail "
                         f"{spec.maxfail})")
                     break
         except KeyboardInterrupt:
             interrupted = True
-            log(f"\ninterrupted after {done} cycles; the results so far are kept")
-            restore_local_side(cfg, log=lambda m: None)
+            out(f"\ninterrupted after {done} cycles; the results so far are kept")
+            restore_local_side(cfg)
         finally:
             trends = summarize(stress.series)
             found = stress.checks.findings()
-            out.write(RecordKind.SUMMARY, {"cycles": done, "failed": failed,
+            results.write(RecordKind.SUMMARY, {"cycles": done, "failed": failed,
                                            "interrupted": interrupted, "trends": trends,
                                            **found})
             stress.close()
-    log("\n".join(["", *render_summary(done, failed, trends, out_dir, found)]))
+    out("\n".join(["", *render_summary(done, failed, trends, out_dir, found)]))
     return 130 if interrupted else 1 if failed or found["findings"] else 0
 
 
 class LineProgress:
     """A progress line per cycle (no terminal, or inside the VM)."""
 
-    def __init__(self, total: int, echo: Callable[[str], None] = print) -> None:
+    def __init__(self, total: int, out: Printer) -> None:
         self.t0 = time.monotonic()
         self.total = total
-        self.echo = echo
+        self.out = out
         self.done = 0  # cycles reported (a shard's cycle numbers start past 1)
 
     def __call__(self, outcome: CycleOutcome, failed: int, total: int) -> None:
@@ -331,7 +332,7 @@ class LineProgress:
         eta = (total - self.done) / rate * 60 if rate else 0.0
         which = f"{outcome.cycle}/{total}" if outcome.cycle == self.done \
             else f"{outcome.cycle} ({self.done}/{total} of this shard)"
-        self.echo(f"cycle {which} {'ok' if outcome.ok else 'FAILED'} | "
+        self.out(f"cycle {which} {'ok' if outcome.ok else 'FAILED'} | "
                   f"failures {failed} | {rate:.1f} cycles/min | ETA {eta:.0f} s"
                   + ("" if outcome.ok else f" | {'; '.join(outcome.failures)[:300]}")
                   + (f" | note: {'; '.join(outcome.notes)[:400]}" if outcome.notes else ""))
@@ -372,10 +373,10 @@ class RichProgress:
         self.bar.stop()
 
 
-def make_progress(total: int) -> Any:
-    """A bar on a terminal; lines otherwise (CI logs, the VM's console)."""
+def make_progress(total: int, out: Printer) -> Any:
+    """A bar on a terminal; lines to `out` otherwise (CI logs, the VM's console)."""
     import sys
 
     if sys.stdout.isatty() and not settings.in_vm():
         return RichProgress(total)
-    return LineProgress(total)
+    return LineProgress(total, out)

@@ -29,12 +29,12 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import NotOurs, OsCallError, RxePowerError, TopologyError
+from harness.core.printer import NULL, Printer
 from harness.core.proc import run_bounded
 from harness.core.state import StateFile
 from harness.core.state_entries import KERNEL_CLIENT_KINDS
@@ -197,15 +197,15 @@ def _write(path: Path, value: str) -> None:
                           "read dmesg for the kernel's reason") from None
 
 
-def undo(entry: dict[str, Any], log: Callable[[str], None], configfs: Path = CONFIGFS,
+def undo(entry: dict[str, Any], out: Printer = NULL, configfs: Path = CONFIGFS,
          sys_nvme: Path = SYS_NVME, sys_module: Path = SYS_MODULE) -> None:
     """Remove the object one state-file entry names (if it is still there)."""
     kind = entry["kind"]
     nvmet, nullb = configfs / "nvmet", configfs / "nullb"
     if kind in nfsobjs.NFS_KINDS:
-        nfsobjs.undo(entry, log)
+        nfsobjs.undo(entry, out)
     elif kind in paging_objs.PAGING_KINDS:
-        left = paging_objs.undo(entry, log)
+        left = paging_objs.undo(entry, out)
         if left:
             raise RxePowerError(left, "the kernel still holds it: reboot the VM (or the "
                                 "machine) to be rid of it, then `rxe-power cleanup`")
@@ -217,33 +217,33 @@ def undo(entry: dict[str, Any], log: Callable[[str], None], configfs: Path = CON
         for ctrl in nvme_ctrls(sys_nvme):
             if ctrl.matches(*want):
                 delete_ctrl(ctrl.name)
-                log(f"deleted nvme controller {ctrl.name} ({nqn})")
+                out(f"deleted nvme controller {ctrl.name} ({nqn})")
     elif kind == "nvmet_link":
         port = valid_int(entry["port"], 1, 65535, "nvmet port")
         link = nvmet / "ports" / str(port) / "subsystems" / valid_nqn(entry["nqn"])
         if link.is_symlink():
             link.unlink()
-            log(f"unlinked nvmet port {port} from {entry['nqn']}")
+            out(f"unlinked nvmet port {port} from {entry['nqn']}")
     elif kind == "nvmet_port":
         port = valid_int(entry["port"], 1, 65535, "nvmet port")
         if _rmdir(nvmet / "ports" / str(port), "nvmet port"):
-            log(f"removed nvmet port {port}")
+            out(f"removed nvmet port {port}")
     elif kind == "nvmet_ns":
         nsid = valid_int(entry["nsid"], 1, 1 << 16, "nsid")
         ns = nvmet / "subsystems" / valid_nqn(entry["nqn"]) / "namespaces" / str(nsid)
         if ns.is_dir():
             _write(ns / "enable", "0")
             _rmdir(ns, "nvmet namespace")
-            log(f"removed nvmet namespace {entry['nqn']}/{nsid}")
+            out(f"removed nvmet namespace {entry['nqn']}/{nsid}")
     elif kind == "nvmet_subsys":
         if _rmdir(nvmet / "subsystems" / valid_nqn(entry["nqn"]), "nvmet subsystem"):
-            log(f"removed nvmet subsystem {entry['nqn']}")
+            out(f"removed nvmet subsystem {entry['nqn']}")
     elif kind == "nullb":
         item = nullb / valid_nullb(entry["name"])
         if item.is_dir():
             _write(item / "power", "0")
             _rmdir(item, "null_blk device")
-            log(f"removed null_blk {entry['name']}")
+            out(f"removed null_blk {entry['name']}")
     elif kind == "configfs_mount":
         if Path(entry["path"]) != configfs:
             raise NotOurs(f"configfs mount entry {entry['path']!r} is not {configfs}",
@@ -252,9 +252,9 @@ def undo(entry: dict[str, Any], log: Callable[[str], None], configfs: Path = CON
             res = subprocess.run(["umount", str(configfs)], capture_output=True, text=True,
                                  timeout=UMOUNT_TIMEOUT_S, stdin=subprocess.DEVNULL)
             if res.returncode == 0:
-                log(f"unmounted {configfs}")
+                out(f"unmounted {configfs}")
             else:  # busy with others' items: leave it (mounting it was harmless)
-                log(f"left {configfs} mounted: {res.stderr.strip()}")
+                out(f"left {configfs} mounted: {res.stderr.strip()}")
     elif kind == "route_prohibit":
         dst = valid_addr(entry["dst"], "route dst")
         table = str(valid_int(entry["table"], 1, 2**31, "route table"))
@@ -267,12 +267,12 @@ def undo(entry: dict[str, Any], log: Callable[[str], None], configfs: Path = CON
                               "metric", metric], capture_output=True, text=True,
                              timeout=UMOUNT_TIMEOUT_S, stdin=subprocess.DEVNULL)
         if res.returncode == 0:
-            log(f"removed {rtype} route {dst} table {table}")
+            out(f"removed {rtype} route {dst} table {table}")
     elif kind == "module_param":
         path = module_param_path(entry["param"], sys_module)
         old = valid_int(entry["old"], 0, 2**31, "module parameter value")
         _write(path, str(old))
-        log(f"restored {entry['param']}={old}")
+        out(f"restored {entry['param']}={old}")
     else:
         raise TopologyError(f"unknown kernel-object kind {kind!r}", "use a newer rxe-power")
 
@@ -301,10 +301,10 @@ def set_module_param(state: StateFile, param: str, value: int,
     return old
 
 
-def restore_module_param(state: StateFile, param: str, log: Callable[[str], None],
+def restore_module_param(state: StateFile, param: str, out: Printer = NULL,
                          sys_module: Path = SYS_MODULE) -> None:
     """Put back what set_module_param changed (its entries), and forget them."""
     for e in [e for e in state.created if e["kind"] == "module_param"
               and e.get("param") == param]:
-        undo(e, log, sys_module=sys_module)
+        undo(e, out, sys_module=sys_module)
         state.forget(**e)

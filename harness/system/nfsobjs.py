@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.core import procfs
 from harness.core.errors import BoundExceeded, NotOurs, OsCallError, ProcError, TopologyError
+from harness.core.printer import NULL, Printer
 from harness.core.proc import RUN_DIR, run_bounded
 
 NFSD_FS = Path("/proc/fs/nfsd")
@@ -39,8 +39,6 @@ TMPFS_SOURCE = "rxpw-nfs"  # the source name of the tmpfs we export
 NFS_KINDS = ("nfsd_fs_mount", "nfsd_versions", "nfsd_server", "nfs_tmpfs", "nfs_mount")
 _OUR_DIR_RE = re.compile(re.escape(OUR_NFS_PREFIX) + r"[a-z0-9-]{1,40}")
 _VERSIONS_RE = re.compile(r"[+-][234](\.[0-9])?( [+-][234](\.[0-9])?){0,8}")
-
-Log = Callable[[str], None]
 
 
 # --- the mount table ---------------------------------------------------------------------
@@ -154,7 +152,7 @@ def valid_our_dir(path: object, run_dir: Path = RUN_DIR) -> Path:
 # --- removal -----------------------------------------------------------------------------
 
 
-def umount(path: str, force: bool, what: str, log: Log) -> str:
+def umount(path: str, force: bool, what: str, out: Printer = NULL) -> str:
     """umount (-f when `force`), bounded. `-i`: the syscall only, no helper (umount.nfs
     would talk to the server). With `force`, an unmount refused as busy is tried again
     until UMOUNT_TIMEOUT_S (-f fails the mount's pending RPCs, and the tasks that held it
@@ -177,7 +175,7 @@ def umount(path: str, force: bool, what: str, log: Log) -> str:
             why = exc.problem
             break
         if res.returncode == 0 or mount_at(path) is None:
-            log(f"unmounted {what} {path}")
+            out(f"unmounted {what} {path}")
             return ""
         why = res.stderr.strip()
         if not force or time.monotonic() > end:
@@ -193,7 +191,7 @@ def umount(path: str, force: bool, what: str, log: Log) -> str:
     note = (f"umount -f of {what} {path} did not succeed within UMOUNT_TIMEOUT_S="
             f"{UMOUNT_TIMEOUT_S:g}s ({tries} tries; {why}); detached lazily (umount -l: rc "
             f"{lazy.returncode})")
-    log(note)
+    out(note)
     return note
 
 
@@ -218,7 +216,7 @@ def stop_nfsd(nfsd_fs: Path = NFSD_FS) -> None:
                             "read dmesg; `rpc.nfsd 0` stops it by hand")
 
 
-def undo(entry: dict[str, Any], log: Log, nfsd_fs: Path = NFSD_FS,
+def undo(entry: dict[str, Any], out: Printer = NULL, nfsd_fs: Path = NFSD_FS,
          run_dir: Path = RUN_DIR) -> str:
     """Remove the object one NFS state-file entry names (if it is still there). Returns
     a note when the removal needed its last resort, else ""."""
@@ -228,32 +226,32 @@ def undo(entry: dict[str, Any], log: Log, nfsd_fs: Path = NFSD_FS,
         path = valid_our_dir(entry.get("path"), run_dir)
         m = mount_at(str(path))
         if m is not None and m.fstype in ("nfs", "nfs4"):
-            note = umount(str(path), True, "NFS mount", log)
+            note = umount(str(path), True, "NFS mount", out)
         if mount_at(str(path)) is None:
             _rmdir(path)
     elif kind == "nfs_tmpfs":
         path = valid_our_dir(entry.get("path"), run_dir)
         m = mount_at(str(path))
         if m is not None and m.fstype == "tmpfs" and m.source == TMPFS_SOURCE:
-            note = umount(str(path), False, "exported tmpfs", log)
+            note = umount(str(path), False, "exported tmpfs", out)
         if mount_at(str(path)) is None:
             _rmdir(path)
     elif kind == "nfsd_server":
         if nfsd_threads(nfsd_fs) > 0:
             stop_nfsd(nfsd_fs)
-            log("stopped nfsd (threads 0)")
+            out("stopped nfsd (threads 0)")
     elif kind == "nfsd_versions":
         old = valid_versions(entry.get("old"))
         if nfsd_threads(nfsd_fs) == 0 and (nfsd_fs / "versions").exists():
             write_nfsd("versions", old, nfsd_fs)
-            log(f"restored nfsd versions {old!r}")
+            out(f"restored nfsd versions {old!r}")
     elif kind == "nfsd_fs_mount":
         if Path(str(entry.get("path"))) != nfsd_fs:
             raise NotOurs(f"nfsd filesystem entry {entry.get('path')!r} is not {nfsd_fs}",
                           "remove that entry from the state file by hand")
         m = mount_at(str(nfsd_fs))
         if m is not None and m.fstype == "nfsd" and nfsd_threads(nfsd_fs) == 0:
-            note = umount(str(nfsd_fs), False, "nfsd filesystem", log)
+            note = umount(str(nfsd_fs), False, "nfsd filesystem", out)
     else:
         raise TopologyError(f"unknown NFS object kind {kind!r}", "use a newer rxe-power")
     return note

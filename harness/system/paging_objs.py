@@ -23,7 +23,6 @@ import errno as errno_mod
 import os
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +116,7 @@ class Swap:
         return left
 
 
-def _swapoff(device: str, out: Callable[[str], None]) -> str:
+def _swapoff(device: str, out: Printer) -> str:
     if not any(a.path == device for a in swaps()):
         return ""
     try:
@@ -194,7 +193,7 @@ def _write(path: Path, value: str) -> None:
                           "is cgroup v2 mounted read-write, and are we root?") from None
 
 
-def _remove_cgroup(path: Path, out: Callable[[str], None]) -> str:
+def _remove_cgroup(path: Path, out: Printer) -> str:
     if not path.is_dir():
         return ""
     kill = path / "cgroup.kill"
@@ -215,8 +214,7 @@ def _remove_cgroup(path: Path, out: Callable[[str], None]) -> str:
     return ""
 
 
-def undo(entry: dict[str, Any], out: Callable[[str], None] = NULL,
-         root: Path = CGROUP_ROOT) -> str:
+def undo(entry: dict[str, Any], out: Printer = NULL, root: Path = CGROUP_ROOT) -> str:
     """Remove the object one state-file entry names (if it is still there); '' or what
     was left."""
     kind = entry["kind"]

@@ -1,6 +1,6 @@
 """`rxe-power cleanup`: remove what a killed run left behind, from the state file only.
 
-    cleanup(cfg, log)   under the run lock (core.runlock): end the processes whose
+    cleanup(cfg, out)   under the run lock (core.runlock): end the processes whose
                         owner is dead (core.proc.reap_stale), wait for blocked deletes,
                         then remove the topology (a live owner's: only repair its
                         local side)
@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from harness.core.errors import RxePowerError
-from harness.core.proc import Log, reap_stale
+from harness.core.printer import NULL, Printer
+from harness.core.proc import reap_stale
 from harness.core.runlock import run_lock
 from harness.core.state import StateFile, alive
 from harness.system import kernelobjs
@@ -41,7 +42,7 @@ def wait_pending_deletes(devs: list[str], timeout_s: float = PENDING_DELETE_TIME
             for dev, pids in pending.items()]
 
 
-def remove_kernel_objects(log: Log = print,
+def remove_kernel_objects(out: Printer = NULL,
                           state_path: Path | None = None) -> list[str]:
     """The kernel clients' objects (nvme controllers, nvmet items, null_blk disks, the
     prohibit route, a lowered sysctl) whose owner is dead, newest first: before the
@@ -52,14 +53,14 @@ def remove_kernel_objects(log: Log = print,
         if entry["kind"] not in kernelobjs.KINDS or alive(entry.get("owner")):
             continue
         try:
-            kernelobjs.undo(entry, log)
+            kernelobjs.undo(entry, out)
             state.forget(**entry)
         except RxePowerError as exc:
             problems.append(f"{entry['kind']} {entry}: {exc}")
     return problems
 
 
-def cleanup(cfg: TopologyConfig, log: Log = print) -> list[str]:
+def cleanup(cfg: TopologyConfig, out: Printer = NULL) -> list[str]:
     """Everything a dead run left: its processes, blocked deletes, and the topology. Under
     the run lock: refused (RunBusy) while a run is active. A topology that a live process
     owns without the lock (a test session) is not removed; only its local side is put
@@ -67,16 +68,16 @@ def cleanup(cfg: TopologyConfig, log: Log = print) -> list[str]:
     require_root("cleanup needs root (it ends the processes a dead run left and removes the "
                  "topology it built)", "rxe-power cleanup")
     with run_lock("rxe-power cleanup"):
-        return _cleanup(cfg, log)
+        return _cleanup(cfg, out)
 
 
-def _cleanup(cfg: TopologyConfig, log: Log) -> list[str]:
-    problems = reap_stale(log)
+def _cleanup(cfg: TopologyConfig, out: Printer) -> list[str]:
+    problems = reap_stale(out)
     state = StateFile.load()
     malformed = state.problems  # reported (cleanup fails), skipped: the rest goes on
     devs = [e["name"] for e in state.created if e["kind"] == "rdma_link"]
     problems = [p for p in problems if p not in malformed] + wait_pending_deletes(devs)
-    problems += remove_kernel_objects(log)
+    problems += remove_kernel_objects(out)
     if problems:
         return malformed + problems
     state = StateFile.load()
@@ -86,11 +87,11 @@ def _cleanup(cfg: TopologyConfig, log: Log) -> list[str]:
     # built the topology; a killed run may have left its local side down: put it back.
     owners = {e["owner"]["pid"] for e in state.topology_entries() if alive(e.get("owner"))}
     if owners:
-        log(f"a live rxe-power process (pid {', '.join(map(str, sorted(owners)))}) owns the "
+        out(f"a live rxe-power process (pid {', '.join(map(str, sorted(owners)))}) owns the "
             "topology: putting the local side back, not removing it")
-        return malformed + restore_local_side(cfg, log=log)
+        return malformed + restore_local_side(cfg, out=out)
     live = [e for e in state.processes() if alive(e.get("owner"))]
     for e in live:
-        log(f"{e.get('role', 'process')} pid {e['pid']} belongs to the live rxe-power process "
+        out(f"{e.get('role', 'process')} pid {e['pid']} belongs to the live rxe-power process "
             f"pid {e['owner']['pid']}: left to it")
-    return malformed + teardown(log=log)
+    return malformed + teardown(out=out)

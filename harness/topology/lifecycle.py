@@ -12,7 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from harness.core.errors import NoRxe, NotOurs, RxePowerError, TopologyError
-from harness.core.proc import Log, reap_stale
+from harness.core.printer import NULL, Printer
+from harness.core.proc import reap_stale
 from harness.core.state import STATE_PATH, Entry, StateFile, alive
 from harness.system import kernelobjs
 from harness.system.inventory import ip_addrs, ip_links, ip_routes, ip_rules, rdma_links
@@ -100,7 +101,7 @@ def is_up(cfg: TopologyConfig, state: StateFile) -> bool:
     return topo.local.state == "ACTIVE" and topo.peer.state == "ACTIVE"
 
 
-def setup(cfg: TopologyConfig, log: Log = print, keep: bool = False) -> tuple[Topology, bool]:
+def setup(cfg: TopologyConfig, out: Printer = NULL, keep: bool = False) -> tuple[Topology, bool]:
     """Build the topology (idempotent). Returns (topology, built): `built` means this
     caller owns it and removes it at its end. `keep`: `rxe-power setup`, it stays.
 
@@ -108,24 +109,24 @@ def setup(cfg: TopologyConfig, log: Log = print, keep: bool = False) -> tuple[To
     transition; a topology it built for itself is adopted: repaired and owned by us."""
     require_root()
     cfg.validate()
-    for problem in reap_stale(log):
-        log(f"warning: {problem}")
+    for problem in reap_stale(out):
+        out(f"warning: {problem}")
     state = StateFile.load(STATE_PATH)
     if state.topology_entries() and state.config == asdict(cfg):
         orphan = [e for e in state.topology_entries() if not e.get("keep")
                   and not alive(e.get("owner"))]
         if orphan:
             state.adopt()
-            log("adopting the topology a killed run left: it is removed at our end")
-        restore_local_side(cfg, log=log)  # a transition cut short; no-op when whole
+            out("adopting the topology a killed run left: it is removed at our end")
+        restore_local_side(cfg, out=out)  # a transition cut short; no-op when whole
         if orphan and is_up(cfg, state):
             return discover(cfg), True
     if is_up(cfg, state):
-        log("topology already up (state file matches, ports ACTIVE): nothing changed")
+        out("topology already up (state file matches, ports ACTIVE): nothing changed")
         return discover(cfg), False
     if state.topology_entries():
-        log(f"state file {STATE_PATH} records a partial or different topology: removing it first")
-        teardown(log=log)
+        out(f"state file {STATE_PATH} records a partial or different topology: removing it first")
+        teardown(out=out)
         state = StateFile.load(STATE_PATH)
     load_rxe_module()
     _check_conflicts(cfg, state)
@@ -135,41 +136,41 @@ def setup(cfg: TopologyConfig, log: Log = print, keep: bool = False) -> tuple[To
     state.record("netdev", keep=keep, name=cfg.switch, peer=None)
     ip("link", "add", cfg.switch, "type", "bridge")
     ip("link", "set", cfg.switch, "up")
-    log(f"created switch (bridge) {cfg.switch}")
+    out(f"created switch (bridge) {cfg.switch}")
     all_rp = netdev_sysctl_path("all", "rp_filter")
     old = all_rp.read_text().strip()
     if old != "0":
         state.record("sysctl", keep=keep, key="net.ipv4.conf.all.rp_filter", old=old)
         all_rp.write_text("0")
-        log(f"set net.ipv4.conf.all.rp_filter 0 (was {old}; restored on teardown)")
+        out(f"set net.ipv4.conf.all.rp_filter 0 (was {old}; restored on teardown)")
     for which in ("local", "peer"):
         steered = create_side_netdev(cfg, which, state, keep=keep)
         side = cfg.side(which)
-        log(f"veth {side.netdev} <-> {side.switch_port} on {cfg.switch}, {side.addr} on "
+        out(f"veth {side.netdev} <-> {side.switch_port} on {cfg.switch}, {side.addr} on "
             f"{side.netdev}, route to {side.remote_addr} in table {side.table}"
             + ("" if steered else "; no receive packet steering in this kernel (rxe's "
                "packets may overtake each other: go-back-N retries)"))
     for rule in cfg.rules():
         state.record("rule", keep=keep, args=rule.selector_args())
         ip("rule", "add", *rule.selector_args())
-    log(f"policy routing: tables {TABLE_LOCAL_SIDE}/{TABLE_PEER_SIDE}, rules at prefs "
+    out(f"policy routing: tables {TABLE_LOCAL_SIDE}/{TABLE_PEER_SIDE}, rules at prefs "
         f"{RULE_PREFS[0]}-{RULE_PREFS[-1]}")
-    _move_local_rule(state, log, keep)
+    _move_local_rule(state, out, keep)
 
     for dev, netdev in ((cfg.local_dev, cfg.local_netdev), (cfg.peer_dev, cfg.peer_netdev)):
         state.record("rdma_link", keep=keep, name=dev, netdev=netdev)
         add_rdma_link(dev, netdev)
-    log(f"rdma links {cfg.local_dev} on {cfg.local_netdev}, {cfg.peer_dev} on "
+    out(f"rdma links {cfg.local_dev} on {cfg.local_netdev}, {cfg.peer_dev} on "
         f"{cfg.peer_netdev}")
     topo = wait_ports_active(cfg)
     for which in ("local", "peer"):  # the first connects must not wait out the resolver
         resolve_neighbour(cfg, which)
-    log(f"ports ACTIVE: {topo.local.dev} gid[{topo.local.gid_index}]={topo.local.gid}, "
+    out(f"ports ACTIVE: {topo.local.dev} gid[{topo.local.gid_index}]={topo.local.gid}, "
         f"{topo.peer.dev} gid[{topo.peer.gid_index}]={topo.peer.gid}")
     return topo, True
 
 
-def _move_local_rule(state: StateFile, log: Log, keep: bool) -> None:
+def _move_local_rule(state: StateFile, out: Printer, keep: bool) -> None:
     """Move the system's `pref 0 lookup local` below our rules (restored on teardown)."""
     rules = ip_rules()
     if any(r.priority == 0 and r.table == "local" and not (r.src or r.dst or r.iif)
@@ -178,10 +179,10 @@ def _move_local_rule(state: StateFile, log: Log, keep: bool) -> None:
         if not any(r.priority == LOCAL_RULE_NEW_PREF and r.table == "local" for r in rules):
             ip("rule", "add", "pref", str(LOCAL_RULE_NEW_PREF), "lookup", "local")
         ip("rule", "del", "pref", "0", "lookup", "local")
-        log(f"moved 'lookup local' from pref 0 to {LOCAL_RULE_NEW_PREF} (restored on teardown)")
+        out(f"moved 'lookup local' from pref 0 to {LOCAL_RULE_NEW_PREF} (restored on teardown)")
 
 
-def restore_local_side(cfg: TopologyConfig, log: Log = print,
+def restore_local_side(cfg: TopologyConfig, out: Printer = NULL,
                        pending_timeout_s: float = RDMA_LINK_DELETE_TIMEOUT_S) -> list[str]:
     """Put the local side back (netdev, address, route, link up, device, ports ACTIVE).
 
@@ -206,14 +207,14 @@ def restore_local_side(cfg: TopologyConfig, log: Log = print,
     try:
         if netdev_ifindex(side.netdev) is None:
             create_side_netdev(cfg, "local", state)
-            log(f"re-created {side.netdev}")
+            out(f"re-created {side.netdev}")
         else:
             ip("link", "set", side.switch_port, "master", cfg.switch, "up")
             ip("addr", "replace", f"{side.addr}/32", "dev", side.netdev)
             side_up(cfg, "local")
         if port_state(cfg.local_dev) is None:
             add_rdma_link(cfg.local_dev, side.netdev)
-            log(f"re-created {cfg.local_dev} on {side.netdev}")
+            out(f"re-created {cfg.local_dev} on {side.netdev}")
         wait_ports_active(cfg)
     except RxePowerError as exc:
         problems.append(f"local side not restored: {exc}")
@@ -221,12 +222,12 @@ def restore_local_side(cfg: TopologyConfig, log: Log = print,
 
 
 
-def teardown(log: Log = print, state_path: Path | None = None) -> list[str]:
+def teardown(out: Printer = NULL, state_path: Path | None = None) -> list[str]:
     """Remove exactly what the state file records, newest first. Returns problems left."""
     require_root(REMOVE)
     state = StateFile.load(state_path or STATE_PATH)
     if not state.topology_entries():
-        log("nothing of ours to remove")
+        out("nothing of ours to remove")
         if not state.created and not state.rejected:
             with contextlib.suppress(FileNotFoundError):
                 state.path.unlink()
@@ -234,39 +235,39 @@ def teardown(log: Log = print, state_path: Path | None = None) -> list[str]:
     problems: list[str] = []
     for entry in list(reversed(state.topology_entries())):
         try:
-            _undo(entry, log)
+            _undo(entry, out)
             state.forget(**entry)
         except RxePowerError as exc:
             problems.append(f"{entry}: {exc}")
-            log(f"could not remove {entry}: {exc}")
+            out(f"could not remove {entry}: {exc}")
             if entry["kind"] == "rdma_link":
                 # removing netdevs from under a device whose delete is still blocked
                 # can hang the kernel's rtnl; stop here and say what is left
-                log("stopping teardown: a device delete is blocked; close its holders and "
+                out("stopping teardown: a device delete is blocked; close its holders and "
                     "run teardown again")
                 break
     if not problems:
         left = StateFile.load(state.path)
         if not left.created and not left.rejected:
             state.path.unlink(missing_ok=True)
-        log("teardown complete: nothing of our topology remains")
+        out("teardown complete: nothing of our topology remains")
     return problems
 
 
-def _undo(entry: Entry, log: Log) -> None:
+def _undo(entry: Entry, out: Printer) -> None:
     kind = entry["kind"]
     if kind == "rdma_link":
         if any(lk.ifname == entry["name"] and lk.netdev in (entry["netdev"], None)
                for lk in rdma_links()):
             delete_rdma_link(entry["name"])
-            log(f"deleted rdma link {entry['name']}")
+            out(f"deleted rdma link {entry['name']}")
     elif kind == "local_rule_moved":
         rules = ip_rules()
         if not any(r.priority == 0 and r.table == "local" for r in rules):
             ip("rule", "add", "pref", "0", "lookup", "local")
         if any(r.priority == entry["new_pref"] and r.table == "local" for r in rules):
             ip("rule", "del", "pref", str(entry["new_pref"]), "lookup", "local")
-        log("restored 'lookup local' at pref 0")
+        out("restored 'lookup local' at pref 0")
     elif kind == "rule":
         present = {tuple(r.selector_args()) for r in ip_rules()}
         if tuple(entry["args"]) in present:
@@ -276,13 +277,13 @@ def _undo(entry: Entry, log: Log) -> None:
             ip("route", "del", route.dst, "table", entry["table"])
     elif kind == "sysctl":
         sysctl_path(*entry["key"].split(".")).write_text(entry["old"])
-        log(f"restored {entry['key']}={entry['old']}")
+        out(f"restored {entry['key']}={entry['old']}")
     elif kind == "netdev":
         if any(n.ifname == entry["name"] for n in ip_links()):
             ip("link", "del", entry["name"])
-            log(f"deleted {entry['name']}" + (f" <-> {entry['peer']}" if entry["peer"] else ""))
+            out(f"deleted {entry['name']}" + (f" <-> {entry['peer']}" if entry["peer"] else ""))
     elif kind in kernelobjs.KINDS:  # the kernel clients' objects (nvmet, nvme, null_blk)
-        kernelobjs.undo(entry, log)
+        kernelobjs.undo(entry, out)
     else:
         raise TopologyError(f"unknown entry kind {kind!r} in the state file",
                             "the state file was written by a newer rxe-power; use that to clean")

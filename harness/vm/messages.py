@@ -1,9 +1,11 @@
-"""How the VM runner speaks: one prefixed line on stderr."""
+"""How the VM runner speaks: one prefixed line on stderr, through a Printer.
+
+    say(f"kernel {version}")   # stderr: "rxe-power vm: kernel 6.8.0-..."
+"""
 
 from __future__ import annotations
 
-import sys
+from harness.core.printer import STDERR, Printer
 
-
-def say(msg: str) -> None:
-    print(f"rxe-power vm: {msg}", file=sys.stderr, flush=True)
+PREFIX = "rxe-power vm: "
+say: Printer = STDERR.prefixed(PREFIX)

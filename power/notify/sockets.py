@@ -12,7 +12,6 @@ import shutil
 import socket
 import stat
 import struct
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.errors import FramingError, OsCallError, ProtocolError, RxePowerError
+from harness.core.printer import STDERR
 from harness.core.protocol import LineReader
 from harness.core.settings import clients_dir
 from harness.core.state import StateFile
@@ -52,8 +52,11 @@ SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) minus the NUL
 
 
 
+NOTIFY_OUT = STDERR.prefixed("rxe-power notify: ")  # what the notice endpoints say
+
+
 def log(who: str, msg: str) -> None:
-    print(f"rxe-power notify: {who}: {msg}", file=sys.stderr, flush=True)
+    NOTIFY_OUT.prefixed(f"{who}: ")(msg)
 
 
 def socket_client_name(path: Path) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.printer import RecordingPrinter
 from harness.core.protocol import Channel, WorkerError
 from harness.core.schemas import ChannelKind
 from harness.run.bench import client_vs_perftest as cvp
@@ -35,7 +36,7 @@ def test_bench_smoke(rxe_config: TopologyConfig, rxe_topology: Topology,
                      qps=16, qp_workers=2, hold_ms=50, cycle_count=100,
                      sections=("throughput", "cycle", "qps")).validate()
     lines: list[str] = []
-    code = run_bench(spec, rxe_config, tmp_path, log=lines.append)
+    code = run_bench(spec, rxe_config, tmp_path, out=RecordingPrinter(lines=lines))
     res = json.loads((tmp_path / "bench.json").read_text())
     rows = res["throughput"]
     # a run with any error is a failed row with its cause: the bench must not pass it
@@ -122,7 +123,7 @@ def test_a_run_with_an_error_is_failed_with_its_cause_and_no_ratio(
     spec = BenchSpec(sizes=(4096,), queue_depth=8, scale=0.25,
                      sections=("throughput",)).validate()
     lines: list[str] = []
-    bench = BenchRecord(spec, tmp_path, lines.append)
+    bench = BenchRecord(spec, tmp_path, RecordingPrinter(lines=lines))
     with RunSession(rxe_config, tmp_path) as session, session.rig(shim=False) as rig:
         # the agent numbers its QPs in order: the SEND run's will be the next one
         probe_id, _ = rig.agent.create_qp(1 << 16, 4, 4096)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.printer import NULL
 from harness.core.proc import python_child
 from harness.system.rdma_res import res_summary
 from harness.topology import devices, lifecycle
@@ -73,7 +74,7 @@ def held_delete(cfg: TopologyConfig, qps: int) -> Cycle:
         code = holder.wait(HOLDER_EXIT_TIMEOUT_S)
     finally:
         holder.stop()
-    problems = lifecycle.restore_local_side(cfg, log=lambda m: None)
+    problems = lifecycle.restore_local_side(cfg, out=NULL)
     assert not problems, problems
     return Cycle(delete_s, report, closed, code)
 
@@ -168,7 +169,7 @@ def test_outside_program_held_delete(rxe_config: TopologyConfig,
             code = None
         exit_s = time.monotonic() - t0
         srv_alive = srv.poll() is None
-    problems = lifecycle.restore_local_side(rxe_config, log=lambda m: None)
+    problems = lifecycle.restore_local_side(rxe_config, out=NULL)
     text = log.read_text(errors="replace")
     print(f"{program} {' '.join(extra)}: delete {'completed' if deleted else 'did NOT complete'}"
           f" in {delete_s * 1000:.0f} ms; client exit {code} after {exit_s:.1f} s "

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main as cli_main
+from harness.core.printer import STDOUT
 from harness.core.state import StateFile, process_start
 from harness.topology import devices, lifecycle
 from harness.topology.config import TopologyConfig
@@ -51,6 +52,6 @@ def test_next_run_cleans_up_by_itself(rxe_config, rxe_topology, tmp_path: Path) 
     the blocked delete and repairs the local side."""
     argv, reached = POINTS["delete-blocked"]
     pid, left = run_and_kill(argv, reached, rxe_config, tmp_path / "run")
-    _topo, built = lifecycle.setup(rxe_config, log=print)
+    _topo, built = lifecycle.setup(rxe_config, out=STDOUT)
     assert not built  # the session owns the topology, and keeps it
     assert_clean(pid, left, rxe_config)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.printer import STDOUT, RecordingPrinter
 from harness.run.lanes import parse_policies
 from harness.run.matrix import MatrixSpec, run_matrix
 from harness.run.resultsfile import RecordKind, read_results
@@ -31,7 +32,8 @@ def test_short_matrix(rxe_config, rxe_topology, tmp_path: Path) -> None:
                       parse_policies(("graceful", "naive")),
                       count=60).validate()
     lines: list[str] = []
-    code = run_matrix(spec, rxe_config, tmp_path, tmp_path / "junit.xml", log=lines.append)
+    code = run_matrix(spec, rxe_config, tmp_path, tmp_path / "junit.xml",
+                      out=RecordingPrinter(lines=lines))
     assert code == 0, lines
     res = read_results(tmp_path / "results.jsonl")
     assert not res.problem and res.command == "matrix"
@@ -75,7 +77,7 @@ def test_stress_cycles(rxe_config, rxe_topology, tmp_path: Path) -> None:
                       count=40).validate()
     seen: list[CycleOutcome] = []
     code = run_stress(spec, rxe_config, tmp_path, lambda o, f, t: seen.append(o),
-                      log=print)
+                      out=STDOUT)
     failures = [(o.cycle, o.failures) for o in seen if not o.ok]
     assert code == 0 and not failures, failures
     res = read_results(tmp_path / "results.jsonl")
@@ -116,7 +118,7 @@ def test_stress_catches_a_leak_and_a_kernel_log_hit(rxe_config, rxe_topology,
                       count=40).validate()
     seen: list[CycleOutcome] = []
     code = run_stress(spec, rxe_config, tmp_path, lambda o, f, t: seen.append(o),
-                      log=print)
+                      out=STDOUT)
     assert code == 1
     by = {o.cycle: o for o in seen}
     assert by[1].ok, by[1].failures

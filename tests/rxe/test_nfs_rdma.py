@@ -23,6 +23,7 @@ import pytest
 
 from clients.kernel.blockio import DriverSpec
 from clients.kernel.nfs_scenario import NfsResult, NfsScenario, run_nfs
+from harness.core.printer import STDOUT
 from harness.core.proc import RUN_DIR
 from harness.core.state import StateFile
 from harness.system import kernelobjs as ko
@@ -173,8 +174,8 @@ def test_cleanup_after_sigkill_leaves_foreign_mount(rxe_topology, tmp_path: Path
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
         assert nfsobjs.mount_at(line.split()[1]) is not None, "our mount should be there"
-        assert not reap_stale(log=print)  # rpc.mountd and the state directory
-        assert not remove_kernel_objects(log=print)
+        assert not reap_stale(out=STDOUT)  # rpc.mountd and the state directory
+        assert not remove_kernel_objects(out=STDOUT)
         nothing_of_ours_left()
         m = nfsobjs.mount_at(str(foreign))
         assert m is not None and m.source == "rxpw-foreign", m

@@ -23,6 +23,7 @@ import pytest
 from clients.kernel.blockio import DriverSpec
 from clients.kernel.nvme_hang import HELD_DELETE_TIMEOUT_S
 from clients.kernel.nvme_scenario import NvmeResult, NvmeScenario, run_nvme
+from harness.core.printer import STDOUT
 from harness.core.state import StateFile
 from harness.system import kernelobjs as ko
 from harness.topology.cleanup import remove_kernel_objects
@@ -331,7 +332,7 @@ def test_cleanup_after_sigkill_leaves_foreign_objects(rxe_topology) -> None:
         child.wait(10)
         assert [c for c in ko.nvme_ctrls() if ko.OUR_PREFIX in c.subsysnqn], \
             "our controller should be there after the kill"
-        problems = remove_kernel_objects(log=print)
+        problems = remove_kernel_objects(out=STDOUT)
         assert not problems
         nothing_of_ours_left()
         foreign = {c.name: c.state for c in ko.nvme_ctrls()}

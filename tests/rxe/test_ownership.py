@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main as cli_main
+from harness.core.printer import STDOUT
 from harness.core.state import StateFile
 from harness.system import command, inventory
 from harness.topology import lifecycle
@@ -54,7 +55,7 @@ def foreign(rxe_topology) -> Iterator[dict]:
 
 
 def whole_again(cfg: TopologyConfig) -> None:
-    _topo, built = lifecycle.setup(cfg, log=print)
+    _topo, built = lifecycle.setup(cfg, out=STDOUT)
     assert built
 
 
@@ -68,7 +69,7 @@ def test_foreign_objects_survive_everything(foreign: dict, power_shim, rxe_confi
     assert cli_main.main(["cleanup"]) == 0, capsys.readouterr()
     assert foreign_snapshot() == foreign
     try:
-        assert lifecycle.teardown(log=print) == []
+        assert lifecycle.teardown(out=STDOUT) == []
         assert foreign_snapshot() == foreign
         assert not StateFile.load().topology_entries()
     finally:
@@ -83,7 +84,7 @@ def test_killed_run_that_built_its_topology_is_removed_completely(
     gone mid-standby, `rxe-power cleanup` (no live owner) removes every object it made:
     processes, devices, netdevs, rules, routes, and the moved `lookup local` goes back."""
     rules_before = sorted(" ".join(r.selector_args()) for r in inventory.ip_rules())
-    assert lifecycle.teardown(log=print) == []
+    assert lifecycle.teardown(out=STDOUT) == []
     bare_rules = sorted(" ".join(r.selector_args()) for r in inventory.ip_rules())
     try:
         argv, reached = POINTS["device-gone"]

@@ -15,6 +15,7 @@ import pytest
 
 from harness.cli import main as cli_main
 from harness.core.device import DeviceInfo
+from harness.core.printer import NULL
 from harness.core.proc import python_child
 from harness.rdma.verbs import Device
 from harness.system.holders import find_holders
@@ -183,7 +184,7 @@ def test_holder_under_wait_policy_is_reported_vetoed(power_shim, client, rxe_con
     assert [s.outcome for s in res.steps if s.step is S.HOLD] == ["skipped"]
     assert took < 60, f"the vetoed transition took {took:.1f} s"
     holder.stop()  # the holder lets go: the pending delete completes
-    assert lifecycle.restore_local_side(rxe_config, log=lambda m: None) == []
+    assert lifecycle.restore_local_side(rxe_config, out=NULL) == []
     assert devices.pending_deletes(rxe_config.local_dev) == []
 
 

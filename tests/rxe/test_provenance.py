@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from harness.core import settings
+from harness.core.printer import RecordingPrinter
 from harness.core.settings import Mode, RemovalMode
 from harness.run.lanes import parse_policies
 from harness.run.matrix import MatrixSpec, run_matrix
@@ -39,7 +40,8 @@ def test_a_matrix_header_names_kernel_module_and_removal(rxe_config, rxe_topolog
     spec = MatrixSpec(("link-flap",), (Ordering.CLIENTS_FIRST,), parse_policies(("graceful",)),
                       count=20).validate()
     lines: list[str] = []
-    assert run_matrix(spec, rxe_config, tmp_path, log=lines.append) == 0, lines
+    assert run_matrix(spec, rxe_config, tmp_path,
+                      out=RecordingPrinter(lines=lines)) == 0, lines
     head = read_results(tmp_path / "results.jsonl").provenance
     assert head.state is Recorded.YES, head.problem
     p = head.provenance

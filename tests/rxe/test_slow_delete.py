@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness.core import procfs
+from harness.core.printer import NULL
 from harness.core.proc import python_child
 from harness.system.kstacks import process_in_kernel
 from harness.topology import lifecycle
@@ -140,7 +141,7 @@ def test_a_delete_waiting_for_a_call_is_slow_not_a_veto(rxe_config: TopologyConf
         assert holder.wait(EXIT_TIMEOUT_S) == 0
     finally:
         holder.stop()
-        assert not lifecycle.restore_local_side(rxe_config, log=lambda m: None)
+        assert not lifecycle.restore_local_side(rxe_config, out=NULL)
 
 
 @pytest.mark.timeout(600)
@@ -156,4 +157,4 @@ def test_the_same_moment_judged_as_stock_rxe_terminates_the_holder(
         assert holder.proc.poll() is not None
     finally:
         holder.stop()
-        assert not lifecycle.restore_local_side(rxe_config, log=lambda m: None)
+        assert not lifecycle.restore_local_side(rxe_config, out=NULL)

@@ -15,6 +15,7 @@ import subprocess
 import pytest
 
 from clients.tracer.traced import example_program, make_trace_dir, traced_env
+from harness.core.printer import STDOUT
 from harness.workload.ledger import Outcome, PeerView
 from harness.workload.traced_peer import match_peer
 from harness.workload.tracelog import log_paths, read_log
@@ -109,7 +110,7 @@ def test_matrix_row_for_outside_program(rxe_config, rxe_topology, tmp_path) -> N
                       client_cmd=f"ib_send_bw -d {{dev}} -x {{gid}} {common} {{peer_addr}}",
                       server_cmd=f"ib_send_bw -d {{peer_dev}} -x {{peer_gid}} {common}",
                       client_exit_timeout_s=MATRIX_CLIENT_EXIT_TIMEOUT_S).validate()
-    code = run_matrix(spec, rxe_config, tmp_path / "matrix")
+    code = run_matrix(spec, rxe_config, tmp_path / "matrix", out=STDOUT)
     results = read_results(tmp_path / "matrix" / "results.jsonl")
     (rec,) = results.of_kind(RecordKind.SCENARIO)
     rows = rec["rows"]

@@ -24,7 +24,7 @@ def measure_blockio(bench: BenchRecord, cfg: TopologyConfig) -> bool:
         raise  # the section's own bound: run_section reports it
     except RxePowerError as exc:
         bench.record("blockio", {"error": str(exc), "load": machine_load()})
-        bench.log(f"\nblockio: not measured: {exc}")
+        bench.out(f"\nblockio: not measured: {exc}")
         return False
     rec["load"] = machine_load()
     d, f = rec["driver"], rec["fio"]
@@ -33,10 +33,10 @@ def measure_blockio(bench: BenchRecord, cfg: TopologyConfig) -> bool:
     if short:
         rec["failed"], rec["ratio_iops"] = "; ".join(short), None
         bench.record("blockio", rec)
-        bench.log(f"\nblockio ({rec['device']}): FAILED (no figures): {rec['failed']}")
+        bench.out(f"\nblockio ({rec['device']}): FAILED (no figures): {rec['failed']}")
         return False
     bench.record("blockio", rec)
-    bench.log(f"\nblockio ({rec['device']}, {rec['count']} x 4 KiB writes, depth "
+    bench.out(f"\nblockio ({rec['device']}, {rec['count']} x 4 KiB writes, depth "
               f"{rec['depth']}): our driver {d['iops']:.0f}/s (mean {d['lat_ms_mean']} ms), "
               f"fio {f['iops']:.0f}/s (mean {f['lat_ms_mean']:.3f} ms): ratio "
               f"{rec['ratio_iops']}")

@@ -196,11 +196,11 @@ def measure_throughput(bench: BenchRecord, rig: Rig) -> bool:
     rows: list[dict[str, Any]] = []
     ok = True
     qd = spec.queue_depth
-    bench.log(f"\nthroughput: 1 QP, queue depth {qd}, one signaled completion per {qd} WRs "
+    bench.out(f"\nthroughput: 1 QP, queue depth {qd}, one signaled completion per {qd} WRs "
               f"(perftest's CQ moderation at -t {qd}) unless the row says 1/1; MB/s = 2^20 "
               "bytes/s (as perftest prints it); ratio = harness / perftest; a run with any "
               "error is FAILED, with no figures")
-    bench.log(f"{'size':>6} {'op':<6} {'signal':>6} {'perftest':>9} {'msg/s':>8} "
+    bench.out(f"{'size':>6} {'op':<6} {'signal':>6} {'perftest':>9} {'msg/s':>8} "
               f"{'harness':>9} {'msg/s':>8} {'MB/s':>6} {'msg/s':>6}  ledger")
     for size in spec.sizes:
         for op, tool in BW_TOOLS.items():
@@ -218,7 +218,7 @@ def measure_throughput(bench: BenchRecord, rig: Rig) -> bool:
                 ok &= row["failed"] is None
                 rows.append(row)
                 bench.record("throughput", rows)
-                bench.log(throughput_line(row))
+                bench.out(throughput_line(row))
     return ok
 
 
@@ -230,10 +230,10 @@ def measure_latency(bench: BenchRecord, rig: Rig) -> bool:
     bound = spec.section_bound("latency")
     rows: list[dict[str, Any]] = []
     ok = True
-    bench.log(f"\nlatency: {LAT_SIZE} B, queue depth 1, {spec.lat_iters} requests; microseconds."
+    bench.out(f"\nlatency: {LAT_SIZE} B, queue depth 1, {spec.lat_iters} requests; microseconds."
               " perftest: typical and p99 of half a ping-pong round trip (busy polling);"
               " harness: post -> completion (a full round trip: the responder's ack)")
-    bench.log(f"{'op':<6} {'perftest typ':>12} {'p99':>8} {'harness events med':>18} {'p99':>8}"
+    bench.out(f"{'op':<6} {'perftest typ':>12} {'p99':>8} {'harness events med':>18} {'p99':>8}"
               f" {'harness poll med':>16} {'p99':>8}")
     for op, tool in LAT_TOOLS.items():
         bound.check(f"{tool} and the harness {op} latency runs, not started")
@@ -258,10 +258,10 @@ def measure_latency(bench: BenchRecord, rig: Rig) -> bool:
         rows.append(row)
         bench.record("latency", rows)
         if failed:
-            bench.log(f"{op:<6} FAILED (no figures): {failed}")
+            bench.out(f"{op:<6} FAILED (no figures): {failed}")
             continue
         ev, po = runs["events"].latency_us, runs["poll"].latency_us
-        bench.log(f"{op:<6} {pt.figure('t_typical[usec]'):>12.1f} "
+        bench.out(f"{op:<6} {pt.figure('t_typical[usec]'):>12.1f} "
                   f"{pt.figure('99% percentile[usec]'):>8.1f} {ev.get('median', 0):>18.1f} "
                   f"{ev.get('p99', 0):>8.1f} {po.get('median', 0):>16.1f} {po.get('p99', 0):>8.1f}")
     return ok

@@ -39,7 +39,7 @@ def measure_qp_scale(bench: BenchRecord, rig: Rig) -> bool:
     finally:
         for w in workers:
             w.close()
-    restore_local_side(rig.cfg, log=lambda m: None)
+    restore_local_side(rig.cfg)
     clients = res["clients"]
     total = sum(sum(c["counts"].values()) for c in clients)
     unaccounted = sum(len(c["unaccounted"]) for c in clients)
@@ -60,7 +60,7 @@ def measure_qp_scale(bench: BenchRecord, rig: Rig) -> bool:
         "peer_counts": {c["client"]: c["peer_counts"] for c in clients},
         "workload": wl.to_json(), "load": machine_load(), "ledger_ok": ok}
     bench.record("qps", rec)
-    bench.log(f"\n{spec.qps} QPs: {spec.qp_workers} workers x {wl.qps} QPs, standby "
+    bench.out(f"\n{spec.qps} QPs: {spec.qp_workers} workers x {wl.qps} QPs, standby "
               f"{verdict}: first connect {open_s:.1f} s; shim transition "
               f"{parts.get('shim_total', 0) / 1000:.1f} s; each worker's reconnect of its "
               f"{wl.qps} QPs {rc.get('median', 0) / 1000:.1f} s median ("

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 from harness.core import procfs, settings
 from harness.core.errors import OsCallError, ProcError, RxePowerError
 from harness.core.files import atomic_write
+from harness.core.printer import Printer
 from harness.run.bench.spec import BenchSpec
 
 BENCH_FILE = "bench.json"
@@ -28,7 +28,7 @@ class BenchRecord:
 
     spec: BenchSpec
     out_dir: Path
-    log: Callable[[str], None] = print
+    out: Printer  # what the bench says (the CLI's Printer)
     results: dict[str, Any] = field(default_factory=dict)
 
     @property

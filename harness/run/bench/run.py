@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.core.errors import BoundExceeded
+from harness.core.printer import Printer
 from harness.run.bench.blockio_vs_fio import measure_blockio
 from harness.run.bench.client_vs_perftest import measure_latency, measure_throughput
 from harness.run.bench.qp_scale import measure_qp_scale
@@ -39,28 +40,28 @@ def run_section(bench: BenchRecord, name: str, measure: Callable[[], bool],
     except BoundExceeded as exc:
         bench.results.setdefault("failed_sections", {})[name] = exc.problem
         bench.write()
-        bench.log(f"\n{name}: FAILED: {exc.problem}")
+        bench.out(f"\n{name}: FAILED: {exc.problem}")
         if cfg is not None:
-            restore_local_side(cfg, log=lambda m: None)
+            restore_local_side(cfg)
         return False
 
 
 def run_bench(spec: BenchSpec, cfg: TopologyConfig, out_dir: Path,
-              log: Callable[[str], None] = print) -> int:
+              *, out: Printer) -> int:
     """Run the sections of `spec`; 0 when every run held (no error anywhere, every ledger
     whole, no bound fired: figures are figures, a missed target is reported, not an
     error), 1 otherwise."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    bench = BenchRecord(spec, out_dir, log)
+    bench = BenchRecord(spec, out_dir, out)
     bench.results = {"spec": spec.to_json(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                      "kernel": os.uname().release, "load_start": machine_load()}
     ok = True
     with RunSession(cfg, out_dir) as session:
         bench.results["topology"] = session.topo.to_json()
         bench.results["provenance"] = session.provenance.to_json()
-        log("\n".join(describe(session.provenance)))
+        out("\n".join(describe(session.provenance)))
         try:
-            log(header_line(bench.results))
+            out(header_line(bench.results))
             with session.rig(shim=False) as rig:
                 if bench.section("throughput"):
                     ok &= run_section(bench, "throughput",
@@ -83,12 +84,12 @@ def run_bench(spec: BenchSpec, cfg: TopologyConfig, out_dir: Path,
             bench.results["load_end"] = machine_load()
             bench.results["targets"] = targets(bench.results)
             bench.write()
-    log("")
-    log("every run held: no errors, every ledger whole, no bound fired" if ok else
+    out("")
+    out("every run held: no errors, every ledger whole, no bound fired" if ok else
         "FAILED: a run had an error or a bound fired (see the FAILED lines above and "
         "bench.json); its figures are left out")
     for line in target_lines(bench.results["targets"]):
-        log(line)
-    log(f"\nload at the end: {load_text(bench.results['load_end'])}")
-    log(f"results: {bench.path}")
+        out(line)
+    out(f"\nload at the end: {load_text(bench.results['load_end'])}")
+    out(f"results: {bench.path}")
     return 0 if ok else 1

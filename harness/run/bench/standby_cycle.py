@@ -116,7 +116,7 @@ def measure_standby_cycles(bench: BenchRecord, rig: Rig) -> bool:
                               "counts": {c["client"]: c["counts"] for c in res["clients"]},
                               "opened": [e for c in res["clients"] for e in c["events"]
                                          if e["event"] == "opened"][-len(policies):]})
-            restore_local_side(rig.cfg, log=lambda m: None)
+            restore_local_side(rig.cfg)
     finally:
         for w in workers:
             w.close()
@@ -124,14 +124,14 @@ def measure_standby_cycles(bench: BenchRecord, rig: Rig) -> bool:
                for p in CYCLE_PARTS}
     bench.record("cycle", {"cycles": per_cycle, "summary": summary, "hold_ms": spec.hold_ms,
                            "policies": policies, "load": machine_load()})
-    bench.log(f"\nstandby cycle: {spec.cycles} cycles, hold {spec.hold_ms} ms, clients "
+    bench.out(f"\nstandby cycle: {spec.cycles} cycles, hold {spec.hold_ms} ms, clients "
               f"{' + '.join(policies)} (clients-first); ms")
-    bench.log(f"{'part':<46} {'median':>8} {'min':>8} {'max':>8} {'q1':>8} {'q3':>8}")
+    bench.out(f"{'part':<46} {'median':>8} {'min':>8} {'max':>8} {'q1':>8} {'q3':>8}")
     for p in CYCLE_PARTS:
         s = summary[p]
         if s:
-            bench.log(f"{CYCLE_PART_TEXT[p]:<46} {s['median']:>8.1f} {s['min']:>8.1f} "
+            bench.out(f"{CYCLE_PART_TEXT[p]:<46} {s['median']:>8.1f} {s['min']:>8.1f} "
                       f"{s['max']:>8.1f} {s['q1']:>8.1f} {s['q3']:>8.1f}")
-    bench.log("every cycle's ledger held" if ok else "a cycle FAILED: see bench.json")
+    bench.out("every cycle's ledger held" if ok else "a cycle FAILED: see bench.json")
     return ok
 

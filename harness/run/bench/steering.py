@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.files import atomic_write
+from harness.core.printer import STDOUT, Printer
 from harness.run.bench.client_vs_perftest import run_harness_client
 from harness.run.bench.provenance import started
 from harness.run.bench.spec import BenchSpec
@@ -48,7 +49,7 @@ def netdevs(cfg: TopologyConfig) -> list[str]:
             for n in (cfg.side(which).netdev, cfg.side(which).switch_port)]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, out: Printer = STDOUT) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.run.bench.steering")
     p.add_argument("--runs", type=int, default=5, help="runs of each kind (>= 3)")
     p.add_argument("--json", type=Path, help="write the results file here")
@@ -81,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(run)
                     both = {**delta(c0, c1), **delta(p0, p1)}
                     seen.append((on, hr.mib_per_s, hr.failure is not None, both))
-                    print(f"run {len(runs)} steering {'on ' if on else 'off'}: "
-                          f"{hr.mib_per_s} MB/s, {hr.failure or 'held'}; "
-                          + ", ".join(f"{k} {both.get(k, 0)}" for k in KEYS), flush=True)
+                    out(f"run {len(runs)} steering {'on ' if on else 'off'}: "
+                        f"{hr.mib_per_s} MB/s, {hr.failure or 'held'}; "
+                        + ", ".join(f"{k} {both.get(k, 0)}" for k in KEYS))
         finally:
             for n in netdevs(cfg):
                 steer_flows(n, True)
@@ -96,14 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             "runs": len(rs), "failed": sum(1 for r in rs if r[2]),
             **{k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
                for k, v in figures.items()}}
-    print(json.dumps(summary, indent=1))
+    out(json.dumps(summary, indent=1))
     if args.json:
         doc = {"kind": "rxe-steering", **begun, "finished": time.strftime(
                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "provenance": prov.to_json(),
                "workload": wl.to_json(), "summary": summary, "runs": runs}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(args.json, json.dumps(doc, indent=1) + "\n")
-        print(f"results: {args.json}")
+        out(f"results: {args.json}")
     return 0
 
 

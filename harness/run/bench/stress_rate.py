@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from harness.core.printer import NULL
 from harness.run.bench.record import BenchRecord, machine_load
 from harness.run.bench.series import spread
 from harness.run.lanes import parse_policies
@@ -21,7 +22,7 @@ def measure_stress_rate(bench: BenchRecord, cfg: TopologyConfig) -> bool:
     spec = StressSpec(cycles=bench.spec.stress_cycles,
                       policies=parse_policies(("graceful", "queue-replay")), count=40).validate()
     bound = bench.spec.section_bound("stress")
-    out = bench.out_dir / "stress"
+    out_dir = bench.out_dir / "stress"
 
     def after_cycle(outcome: CycleOutcome, failed: int, total: int) -> None:
         if outcome.cycle < total:
@@ -29,9 +30,9 @@ def measure_stress_rate(bench: BenchRecord, cfg: TopologyConfig) -> bool:
                         f"({failed} of {outcome.cycle} failed so far)")
 
     t0 = time.monotonic()
-    code = run_stress(spec, cfg, out, after_cycle, log=lambda m: None)
+    code = run_stress(spec, cfg, out_dir, after_cycle, out=NULL)
     wall = time.monotonic() - t0
-    cycles = read_results(out / "results.jsonl").of_kind(RecordKind.CYCLE)
+    cycles = read_results(out_dir / "results.jsonl").of_kind(RecordKind.CYCLE)
     secs = [c.get("seconds", 0.0) for c in cycles]
     cycle_s, transition_ms = spread(secs), spread([c.get("transition_ms") or 0.0
                                                   for c in cycles])
@@ -40,7 +41,7 @@ def measure_stress_rate(bench: BenchRecord, cfg: TopologyConfig) -> bool:
            "cycle_s": cycle_s, "transition_ms": transition_ms,
            "spec": spec.to_json(), "load": machine_load()}
     bench.record("stress", rec)
-    bench.log(f"\nstress: {rec['cycles']} standby cycles ({rec['failed']} failed) in "
+    bench.out(f"\nstress: {rec['cycles']} standby cycles ({rec['failed']} failed) in "
               f"{wall:.1f} s: {rec['cycles_per_min']} cycles/min; a cycle "
               f"{cycle_s.get('median', 0):.2f} s median, its transition "
               f"{transition_ms.get('median', 0):.0f} ms median")

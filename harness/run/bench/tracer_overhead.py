@@ -38,6 +38,7 @@ from clients.tracer.traced import (
 )
 from harness.core.errors import BoundExceeded, RxePowerError
 from harness.core.files import atomic_write
+from harness.core.printer import NULL, STDOUT, Printer
 from harness.core.proc import kill_bounded, run_bounded
 from harness.run.bench.failures import perftest_failure
 from harness.run.bench.perftest import BW_COLUMNS, RATE_COLUMN, parse_perftest
@@ -178,23 +179,24 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
 
 
 def measure(topo: Topology, runs: int, iters: int, size: int,
-            log: Any = print) -> list[Run]:
-    out: list[Run] = []
+            out: Printer = NULL) -> list[Run]:
+    done: list[Run] = []
     with recorded_work_dir("trace-bench") as work:
         for i, traced in enumerate(order(runs)):
             trace = work / f"run{i}" if traced else None
             run = one_run(topo, iters, size, i, trace)
-            out.append(run)
-            log(f"run {i + 1}/{2 * runs} {'traced  ' if traced else 'untraced'}: "
+            done.append(run)
+            out(f"run {i + 1}/{2 * runs} {'traced  ' if traced else 'untraced'}: "
                 f"{run.mib_per_s:.2f} MB/s, {run.msg_per_s:.0f} msg/s, {run.seconds:.2f} s"
                 + (f", {run.records} records in {run.logs} logs" if traced else ""))
             if trace is not None:  # its records are counted: free the guest's memory
                 for f in trace.iterdir():
                     f.unlink()
-    return out
+    return done
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, out: Printer = STDOUT) -> int:
+    """`out`: how this program speaks (its edge: made here, handed to measure)."""
     p = argparse.ArgumentParser(prog="python -m harness.run.bench.tracer_overhead")
     p.add_argument("--runs", type=int, default=9, help=f"runs of each kind (>= {MIN_RUNS})")
     p.add_argument("--iters", type=int, default=10000, help="messages per run")
@@ -211,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                     list(argv if argv is not None else sys.argv[1:]))
     with recorded_work_dir("trace-hotpath") as work:
         hot = hot_paths(work)
-    print("tracer hot paths over a fake provider, ns per call: "
-          + ", ".join(f"{k} {v}" for k, v in hot.items()))
+    out("tracer hot paths over a fake provider, ns per call: "
+        + ", ".join(f"{k} {v}" for k, v in hot.items()))
     if args.hot_paths_only:
         doc = {"kind": "tracer-hot-paths", **begun, "hot_paths": hot,
                "provenance": collect().to_json(),
@@ -220,28 +222,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(args.json, json.dumps(doc, indent=1) + "\n")
-            print(f"results: {args.json}")
+            out(f"results: {args.json}")
         return 0
     with RunSession(TopologyConfig.from_settings({}), args.out) as session:
         topo = session.topo
         prov = session.provenance
-        runs = measure(topo, args.runs, args.iters, args.size)
+        runs = measure(topo, args.runs, args.iters, args.size, out)
     summary = summarize(runs)
     summary["records_per_message"] = round(statistics.median(
         r.records / args.iters for r in runs if r.traced), 3)
     u, t = summary["untraced_mib_per_s"], summary["traced_mib_per_s"]
-    print(f"ib_send_bw {args.size} B x {args.iters}, -t {TX_DEPTH}, both ends traced; "
-          f"{args.runs} runs of each, interleaved (T U U T ...):\n"
-          f"  untraced median {u['median']} MB/s (min {u['min']}, max {u['max']}, IQR "
-          f"{u['q1']}-{u['q3']}, n {u['n']})\n"
-          f"  traced   median {t['median']} MB/s (min {t['min']}, max {t['max']}, IQR "
-          f"{t['q1']}-{t['q3']}, n {t['n']})\n"
-          f"  ratio of the medians {summary['ratio_of_medians']} (goal >= {GOAL}: "
-          f"{'met' if summary['met'] else 'NOT met'}); per pair: median "
-          f"{summary['pair_ratio'].get('median')} (min {summary['pair_ratio'].get('min')}, "
-          f"max {summary['pair_ratio'].get('max')}); zero-rate runs left out: "
-          f"{summary['left_out_zero_rate']}; tracer records per message (both ends) "
-          f"{summary['records_per_message']}")
+    out(f"ib_send_bw {args.size} B x {args.iters}, -t {TX_DEPTH}, both ends traced; "
+        f"{args.runs} runs of each, interleaved (T U U T ...):\n"
+        f"  untraced median {u['median']} MB/s (min {u['min']}, max {u['max']}, IQR "
+        f"{u['q1']}-{u['q3']}, n {u['n']})\n"
+        f"  traced   median {t['median']} MB/s (min {t['min']}, max {t['max']}, IQR "
+        f"{t['q1']}-{t['q3']}, n {t['n']})\n"
+        f"  ratio of the medians {summary['ratio_of_medians']} (goal >= {GOAL}: "
+        f"{'met' if summary['met'] else 'NOT met'}); per pair: median "
+        f"{summary['pair_ratio'].get('median')} (min {summary['pair_ratio'].get('min')}, "
+        f"max {summary['pair_ratio'].get('max')}); zero-rate runs left out: "
+        f"{summary['left_out_zero_rate']}; tracer records per message (both ends) "
+        f"{summary['records_per_message']}")
     if args.json:
         doc = {"kind": "tracer-overhead", **begun, "finished": time.strftime(
                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_end": list(os.getloadavg()),
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                "hot_paths": hot, "summary": summary, "runs": [asdict(r) for r in runs]}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(args.json, json.dumps(doc, indent=1) + "\n")
-        print(f"results: {args.json}")
+        out(f"results: {args.json}")
     return 0
 
 

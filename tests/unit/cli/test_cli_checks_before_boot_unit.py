@@ -15,6 +15,7 @@ import pytest
 from harness.cli import doctor, launch, main
 from harness.core import proc, runlock, state
 from harness.core.errors import RxePowerError
+from harness.core.printer import Printer
 from harness.topology import cleanup as cleanup_mod
 from harness.topology import lifecycle
 from harness.vm import runner
@@ -218,7 +219,7 @@ def test_native_commands_hold_the_lock_for_the_whole_command(
         state_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
 
-    def fake_recover(args: argparse.Namespace) -> int:
+    def fake_recover(args: argparse.Namespace, out: Printer) -> int:
         code = ("from harness.core.runlock import holder, lock_path\n"
                 "print(holder(lock_path()))")
         seen.append(subprocess.run([sys.executable, "-c", code], capture_output=True,

@@ -16,6 +16,7 @@ import pytest
 from harness.cli import doctor
 from harness.cli.doctor import Finding, Ran, Status
 from harness.core.errors import NoRxe, SettingError, TopologyError
+from harness.core.printer import STDOUT
 from harness.core.proc import python_child
 from harness.core.state import StateFile
 from harness.topology.config import Endpoint, Topology, TopologyConfig
@@ -391,7 +392,8 @@ def test_render_and_exit_code() -> None:
 def test_cmd_doctor_json_and_exit(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     fs = [Finding("root", Status.FAIL, "uid 1000", "sudo")]
     monkeypatch.setattr(doctor, "run_checks", lambda probe, mode: fs)
-    rc = doctor.cmd_doctor(argparse.Namespace(json=True, probe_kvm=False, doctor_mode=None))
+    rc = doctor.cmd_doctor(argparse.Namespace(json=True, probe_kvm=False, doctor_mode=None),
+                           STDOUT)
     assert rc == 1
     assert json.loads(capsys.readouterr().out) == [
         {"name": "root", "status": "FAIL", "detail": "uid 1000", "fix": "sudo"}]
@@ -420,7 +422,7 @@ def test_real_host(capsys) -> None:
     """cmd_doctor on this host, for real (never boots a VM without --probe-kvm)."""
     for as_json in (False, True):
         rc = doctor.cmd_doctor(argparse.Namespace(json=as_json, probe_kvm=False,
-                                                  doctor_mode=None))
+                                                  doctor_mode=None), STDOUT)
         out = capsys.readouterr().out
         if as_json:
             found = json.loads(out)

@@ -51,7 +51,7 @@ def write_state(path: Path, created: list[Any]) -> None:
 def test_a_dir_entry_with_dotdot_is_not_removed(run_dir: Path, victim: Path) -> None:
     write_state(run_dir / "topology.json",
                 [{"kind": "dir", "path": f"{run_dir}/../victim", "owner": dead_owner()}])
-    problems = proc.reap_stale(lambda m: None)
+    problems = proc.reap_stale()
     assert (victim / "precious").exists()
     assert any("outside" in p and "victim" in p for p in problems)
 
@@ -60,7 +60,7 @@ def test_a_dir_entry_through_a_symlink_is_not_removed(run_dir: Path, victim: Pat
     (run_dir / "up").symlink_to(victim.parent)
     write_state(run_dir / "topology.json",
                 [{"kind": "dir", "path": f"{run_dir}/up/victim", "owner": dead_owner()}])
-    problems = proc.reap_stale(lambda m: None)
+    problems = proc.reap_stale()
     assert (victim / "precious").exists()
     assert any("outside" in p for p in problems)
 
@@ -70,7 +70,7 @@ def test_a_dir_entry_inside_the_run_dir_is_still_removed(run_dir: Path) -> None:
     ours.mkdir()
     write_state(run_dir / "topology.json",
                 [{"kind": "dir", "path": str(ours), "owner": dead_owner()}])
-    assert proc.reap_stale(lambda m: None) == []
+    assert proc.reap_stale() == []
     assert not ours.exists() and state.StateFile.load().created == []
 
 
@@ -100,7 +100,7 @@ def test_malformed_entries_are_reported_and_skipped(run_dir: Path) -> None:
     assert len(st.problems) == len(MALFORMED)
     assert all("skipped" in p for p in st.problems)
     assert st.topology_entries() == [good] and st.processes() == []
-    assert len(proc.reap_stale(lambda m: None)) == len(MALFORMED)  # no KeyError/ValueError
+    assert len(proc.reap_stale()) == len(MALFORMED)  # no KeyError/ValueError
     st.record("table", table="1000")  # a write keeps the malformed entries for inspection
     assert len(json.loads((run_dir / "topology.json").read_text())["created"]) == \
         len(MALFORMED) + 2

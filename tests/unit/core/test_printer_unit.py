@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import io
 
-from harness.core.printer import NULL, Printer, RecordingPrinter
+import pytest
+
+from harness.core.printer import (
+    NULL,
+    STDERR,
+    STDOUT,
+    Printer,
+    RecordingPrinter,
+    StandardStream,
+)
 
 
 def test_a_printer_writes_one_prefixed_line_per_call() -> None:
@@ -33,3 +42,29 @@ def test_a_recording_printer_keeps_every_line_of_its_children() -> None:
     rec("one")
     rec.prefixed("k: ")("two")
     assert rec.lines == ["one", "k: two"]
+
+
+def test_stdout_and_stderr_are_the_streams_of_the_moment(capsys) -> None:
+    """STDOUT and STDERR write to sys.stdout/sys.stderr as they are at each line (capsys
+    replaced them after harness.core.printer was imported)."""
+    STDOUT("o")
+    STDERR("e")
+    STDERR.prefixed("p: ")("x")
+    Printer().to_stderr()("y")
+    STDOUT.prefixed("a: ").to_stderr()("z")
+    assert capsys.readouterr() == ("o\n", "e\np: x\ny\na: z\n")
+
+
+def test_null_and_recording_printers_keep_their_kind_on_stderr(capsys) -> None:
+    NULL.to_stderr()("x")
+    assert capsys.readouterr() == ("", "")
+    rec = RecordingPrinter()
+    rec.prefixed("k: ").to_stderr()("on stderr")
+    rec.to(io.StringIO())("elsewhere")
+    assert rec.lines == ["k: on stderr", "elsewhere"] and capsys.readouterr() == ("", "")
+
+
+def test_a_standard_stream_is_stdout_or_stderr() -> None:
+    assert repr(StandardStream("stderr")) == "StandardStream('stderr')"
+    with pytest.raises(ValueError, match="stdout or stderr"):
+        StandardStream("stdin")

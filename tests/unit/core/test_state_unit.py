@@ -13,6 +13,7 @@ import pytest
 
 from harness.core import proc, state
 from harness.core.errors import TopologyError
+from harness.core.printer import RecordingPrinter
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ def test_reap_stale_ends_only_what_a_dead_owner_left(state_path: Path, tmp_path:
     state_path.write_text(json.dumps(body))
     logs: list[str] = []
     try:
-        assert proc.reap_stale(logs.append) == []
+        assert proc.reap_stale(RecordingPrinter(lines=logs)) == []
         assert orphan.wait(5) == -15  # SIGTERM was enough
         assert bystander.poll() is None and live.poll() is None
         assert not leftover_dir.exists()
@@ -134,4 +135,4 @@ def test_tracer_work_dirs_are_recorded_and_a_dead_runs_are_reaped(state_path: Pa
     for e in data["created"]:
         e["owner"] = dead_owner()
     state_path.write_text(json.dumps(data))
-    assert proc.reap_stale(log=lambda m: None) == [] and not left.exists()
+    assert proc.reap_stale() == [] and not left.exists()

@@ -1,4 +1,4 @@
-"""The pytest plugin's handling of EOPNOTSUPP (harness/plugin.py), run for real on small
+"""The pytest plugin's handling of EOPNOTSUPP (harness/plugin/options.py), run for real on small
 test files through pytester: a skip where the device or kernel may lack the feature, a
 failure under RXE_POWER_REQUIRE_RXE=1 unless the test says it may meet it."""
 

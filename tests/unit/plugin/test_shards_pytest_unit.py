@@ -1,4 +1,4 @@
-"""The test suite in shards (harness/plugin.py --shard, --record-durations): pytest runs of
+"""The test suite in shards (harness/plugin/shards.py --shard, --record-durations): pytest runs of
 a small suite written here, through the rxe_power plugin, in this process (as pytester
 runs them). The shards
 together run every selected test exactly once (what -m deselects is split by nobody), the

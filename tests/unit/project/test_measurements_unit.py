@@ -15,6 +15,7 @@ import pytest
 
 from harness import report
 from harness.core.errors import RxePowerError
+from harness.core.printer import NULL
 from harness.run.bench.record import read_bench
 from harness.run.resultsfile import read_results
 from harness.system.provenance_text import Recorded, header_provenance
@@ -106,7 +107,7 @@ def test_report_re_renders_every_results_file(tmp_path: Path) -> None:
     assert files, f"no results.jsonl under {MEASUREMENTS}"
     for i, f in enumerate(files):
         out = tmp_path / str(i)
-        assert report.write_report(REPO / f, out, log=lambda m: None, pictures=False) == 0, f
+        assert report.write_report(REPO / f, out, out=NULL, pictures=False) == 0, f
         table = (out / "table.txt").read_text()
         assert table.startswith("provenance: mode "), (f, table[:200])
         assert "summary.html" in {p.name for p in out.iterdir()}

@@ -37,6 +37,7 @@ import pytest  # noqa: E402
 
 from harness.cli import main as cli_main  # noqa: E402
 from harness.core.errors import RxePowerError  # noqa: E402
+from harness.core.printer import NULL  # noqa: E402
 from harness.report.command import write_report  # noqa: E402
 from harness.report.html_summary import summary_html  # noqa: E402
 from harness.report.section import section_of  # noqa: E402
@@ -52,7 +53,7 @@ REPORT_DEV_ZERO_TIMEOUT_S = 5.0  # what "quickly" means for `report /dev/zero`
 def test_report_of_dev_zero_is_a_clear_error_quickly(tmp_path: Path) -> None:
     t0 = time.monotonic()
     with pytest.raises(RxePowerError, match=r"not a regular file(.|\n)*fix: "):
-        write_report(Path("/dev/zero"), tmp_path / "out", log=lambda m: None)
+        write_report(Path("/dev/zero"), tmp_path / "out", out=NULL)
     assert time.monotonic() - t0 < REPORT_DEV_ZERO_TIMEOUT_S
 
 
@@ -79,9 +80,9 @@ def test_report_out_an_existing_file_is_a_clear_error(tmp_path: Path) -> None:
     afile = tmp_path / "afile"
     afile.write_text("")
     with pytest.raises(RxePowerError, match=r"existing file(.|\n)*fix: "):
-        write_report(DATA / "matrix-standby-linkflap.jsonl", afile, log=lambda m: None)
+        write_report(DATA / "matrix-standby-linkflap.jsonl", afile, out=NULL)
     with pytest.raises(RxePowerError, match=r"cannot create the report folder(.|\n)*fix: "):
-        write_report(DATA / "matrix-standby-linkflap.jsonl", afile / "sub", log=lambda m: None)
+        write_report(DATA / "matrix-standby-linkflap.jsonl", afile / "sub", out=NULL)
 
 
 def test_cli_report_and_matrix_out_an_existing_file_before_any_vm(
@@ -145,7 +146,7 @@ def test_records_of_the_wrong_types_never_crash_the_report(name: str, drop_resul
     n = 0
     for m in _mutants(rec):
         res = Results(real.path, real.header, [m])
-        sec = section_of(res, tmp_path, log=lambda msg: None)
+        sec = section_of(res, tmp_path, out=NULL)
         header_line(sec)
         table_lines(sec)
         render_table(sec.rows)

@@ -15,6 +15,7 @@ import pytest
 from junitparser import Error, Failure, JUnitXml
 
 from harness import report
+from harness.core.printer import NULL, RecordingPrinter
 from harness.core.shards import Shard, cycle_plan, plan_shard
 from harness.report.merge import merge_matrix
 from harness.report.section import load_section
@@ -25,8 +26,6 @@ RECORDED = (DATA / "matrix-standby-linkflap.jsonl", DATA / "nvme-matrix.jsonl")
 STRESS = DATA / "stress-v1-405a4e6.jsonl"
 
 
-def quiet(msg: str) -> None:
-    pass
 
 
 def records(path: Path) -> list[dict[str, Any]]:
@@ -69,9 +68,9 @@ def test_the_shards_merged_are_the_unsharded_run(tmp_path: Path, whole: Path,
     """`run --shard 1/N` .. `N/N`, then `report` of them all: the same rows as the whole run
     (same scenarios and policies, none twice, in the whole run's order)."""
     files = shard_files(whole, total, tmp_path / "runs")
-    unsharded = load_section(whole, tmp_path / "w", quiet).rows
-    assert report.write_report(files, tmp_path / "out", log=quiet, pictures=False) == 0
-    merged = merge_matrix([load_section(f, tmp_path / "s", quiet) for f in files])
+    unsharded = load_section(whole, tmp_path / "w", NULL).rows
+    assert report.write_report(files, tmp_path / "out", out=NULL, pictures=False) == 0
+    merged = merge_matrix([load_section(f, tmp_path / "s", NULL) for f in files])
     assert rows_json([m.row for m in merged.rows]) == rows_json(unsharded)
     assert not merged.duplicates and not merged.gaps
     keys = [m.key for m in merged.rows]
@@ -109,8 +108,8 @@ def test_a_case_in_two_files_keeps_the_worst_and_says_so(tmp_path: Path) -> None
         recs[0], {"schema": 2, "kind": "scenario", "index": first["index"],
                   "scenario": first["scenario"], "error": "the peer agent died"}])
     files.append(again)
-    assert report.write_report(files, tmp_path / "out", log=quiet, pictures=False) == 0
-    merged = merge_matrix([load_section(f, tmp_path / "s", quiet) for f in files])
+    assert report.write_report(files, tmp_path / "out", out=NULL, pictures=False) == 0
+    merged = merge_matrix([load_section(f, tmp_path / "s", NULL) for f in files])
     [dup] = merged.duplicates
     assert dup.key == (first["scenario"]["id"], first["scenario"]["policies"][0])
     assert dup.row.status is RowStatus.BROKEN and dup.source.number == 3
@@ -123,27 +122,27 @@ def test_a_case_in_two_files_keeps_the_worst_and_says_so(tmp_path: Path) -> None
     html = (tmp_path / "out" / "summary.html").read_text()
     assert "the worst outcome is kept" in html and "broken duplicate" in html
     # the other order: the broken one first, a clean one later: still the broken one
-    merged = merge_matrix([load_section(f, tmp_path / "s", quiet) for f in reversed(files)])
+    merged = merge_matrix([load_section(f, tmp_path / "s", NULL) for f in reversed(files)])
     assert [m.row.status for m in merged.duplicates] == [RowStatus.BROKEN]
 
 
 def test_a_shard_not_given_or_stopped_early_is_named(tmp_path: Path) -> None:
     files = shard_files(RECORDED[0], 3, tmp_path / "runs")
-    assert report.write_report(files[:2], tmp_path / "out", log=quiet, pictures=False) == 0
+    assert report.write_report(files[:2], tmp_path / "out", out=NULL, pictures=False) == 0
     table = (tmp_path / "out" / "table.txt").read_text()
     assert "warning: shard(s) 3/3 not given:" in table and "of the run's 8 scenarios" in table
     # a shard that stopped after its first scenario: the ones it planned are named
     recs = records(files[1])
     write(files[1], recs[:2])
-    merged = merge_matrix([load_section(f, tmp_path / "s", quiet) for f in files])
+    merged = merge_matrix([load_section(f, tmp_path / "s", NULL) for f in files])
     [gap] = merged.gaps
     plan = recs[0]["shard"]
     assert gap.startswith("shard 2/3 (file 2) planned ")
     for pos, item in list(zip(plan["positions"], plan["items"], strict=True))[1:]:
         assert f"#{pos} {item}" in gap
     # alone, a shard says what it is part of
-    log: list[str] = []
-    assert report.write_report(files[0], tmp_path / "one", log=log.append, pictures=False) == 0
+    said = RecordingPrinter()
+    assert report.write_report(files[0], tmp_path / "one", out=said, pictures=False) == 0
     assert "shard 1/3 of a run of 8 scenarios" in (tmp_path / "one" / "table.txt").read_text()
 
 
@@ -156,11 +155,11 @@ def test_the_shards_of_a_stress_run_merge_their_cycles(tmp_path: Path) -> None:
         files.append(write(tmp_path / f"s{i}" / "results.jsonl",
                            [{**head, "shard": plan.to_json()},
                             *[c for c in cycles if c["cycle"] in plan.positions]]))
-    assert report.write_report(files, tmp_path / "out", log=quiet, pictures=False) == 0
+    assert report.write_report(files, tmp_path / "out", out=NULL, pictures=False) == 0
     text = (tmp_path / "out" / "stress-table.txt").read_text()
     assert f"{len(cycles)} cycles, {sum(not c['ok'] for c in cycles)} failed" in text
     assert "stress: merged from 2 results files" in text and "warning" not in text
-    assert report.write_report(files[:1], tmp_path / "o1", log=quiet, pictures=False) == 0
-    report.write_report([files[0], files[0]], tmp_path / "o2", log=quiet, pictures=False)
+    assert report.write_report(files[:1], tmp_path / "o1", out=NULL, pictures=False) == 0
+    report.write_report([files[0], files[0]], tmp_path / "o2", out=NULL, pictures=False)
     text = (tmp_path / "o2" / "stress-table.txt").read_text()
     assert "cycle number(s) in several files" in text and "not in these files" in text

@@ -14,6 +14,7 @@ import pytest
 from harness import report
 from harness.cli.main import main
 from harness.core.errors import RxePowerError
+from harness.core.printer import NULL
 from harness.system.provenance import Provenance
 from tests.unit.system.test_provenance_unit import a_provenance
 
@@ -32,14 +33,12 @@ def results_file(path: Path, prov: Provenance | None, scenarios: slice = slice(1
     return path
 
 
-def quiet(_: str) -> None:
-    pass
 
 
 def test_one_file_shows_its_provenance_on_top(tmp_path: Path) -> None:
     p = a_provenance(tmp_path)
     path = results_file(tmp_path / "a" / "results.jsonl", p)
-    assert report.write_report(path, tmp_path / "out", log=quiet, pictures=False) == 0
+    assert report.write_report(path, tmp_path / "out", out=NULL, pictures=False) == 0
     table = (tmp_path / "out" / "table.txt").read_text().splitlines()
     assert table[0].startswith("provenance: mode native")
     assert p.module.sha256 and p.module.sha256 in table[2]
@@ -50,7 +49,7 @@ def test_one_file_shows_its_provenance_on_top(tmp_path: Path) -> None:
 
 
 def test_an_old_file_reads_as_not_recorded(tmp_path: Path) -> None:
-    assert report.write_report(REAL, tmp_path / "out", log=quiet, pictures=False) == 0
+    assert report.write_report(REAL, tmp_path / "out", out=NULL, pictures=False) == 0
     table = (tmp_path / "out" / "table.txt").read_text()
     assert table.startswith("provenance: not recorded")
     assert "provenance: not recorded" in (tmp_path / "out" / "summary.html").read_text()
@@ -65,7 +64,7 @@ def test_different_provenance_is_refused_naming_the_fields(tmp_path: Path) -> No
     b = results_file(tmp_path / "runs" / "b" / "results.jsonl", q, slice(3, 5))
     for given in ([a, b], tmp_path / "runs"):
         with pytest.raises(RxePowerError) as exc:
-            report.write_report(given, tmp_path / "out", log=quiet, pictures=False)
+            report.write_report(given, tmp_path / "out", out=NULL, pictures=False)
         assert "kernel.release" in exc.value.problem and "module.sha256" in exc.value.problem
         assert "6.1.0-56-amd64" in exc.value.problem
         assert "--allow-mixed-provenance" in exc.value.fix
@@ -73,7 +72,7 @@ def test_different_provenance_is_refused_naming_the_fields(tmp_path: Path) -> No
     # the same setup again: merged without a word
     c = results_file(tmp_path / "same" / "results.jsonl", dataclasses.replace(
         p, mode_reason="another run's reason"), slice(3, 5))
-    assert report.write_report([a, c], tmp_path / "ok", log=quiet, pictures=False) == 0
+    assert report.write_report([a, c], tmp_path / "ok", out=NULL, pictures=False) == 0
     assert "MIXED" not in "".join(x.read_text() for x in (tmp_path / "ok").rglob("*.txt"))
 
 
@@ -82,7 +81,7 @@ def test_mixed_when_allowed_says_so(tmp_path: Path) -> None:
     q = dataclasses.replace(p, removal=None, tree=dataclasses.replace(p.tree, dirty=False))
     a = results_file(tmp_path / "runs" / "a" / "results.jsonl", p)
     b = results_file(tmp_path / "runs" / "b" / "results.jsonl", q, slice(3, 5))
-    assert report.write_report([a, b], tmp_path / "out", log=quiet, pictures=False,
+    assert report.write_report([a, b], tmp_path / "out", out=NULL, pictures=False,
                                allow_mixed=True) == 0
     tables = sorted((tmp_path / "out").rglob("table.txt"))
     # each file's own table, and the merged one (harness.report.merge) at the top
@@ -100,12 +99,12 @@ def test_recorded_and_not_recorded_do_not_mix(tmp_path: Path) -> None:
     b = results_file(tmp_path / "b" / "results.jsonl", None, slice(3, 5))
     with pytest.raises(RxePowerError, match=r"provenance: recorded \(\S+a/results.jsonl\); "
                        r"not recorded \(\S+b/results.jsonl\)"):
-        report.write_report([a, b], tmp_path / "out", log=quiet, pictures=False)
+        report.write_report([a, b], tmp_path / "out", out=NULL, pictures=False)
     with pytest.raises(RxePowerError, match="provenance"):
-        report.write_summary([a, b], tmp_path / "s.html", log=quiet)
+        report.write_summary([a, b], tmp_path / "s.html", out=NULL)
     # two old files: nothing to compare, each says so
     c = results_file(tmp_path / "c" / "results.jsonl", None)
-    assert report.write_report([b, c], tmp_path / "old", log=quiet, pictures=False) == 0
+    assert report.write_report([b, c], tmp_path / "old", out=NULL, pictures=False) == 0
     for t in (tmp_path / "old").rglob("table.txt"):
         assert t.read_text().startswith("provenance: not recorded")
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import struct
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from harness import report
 from harness.core.errors import RxePowerError
+from harness.core.printer import RecordingPrinter
 from harness.report.drawing import timeline_name
 from harness.report.section import scenario_rows
 from harness.run.records import ScenarioRecord
@@ -26,13 +28,18 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert('pwned')</script>"
 
 
-class Log(list):
-    def __call__(self, msg: str) -> None:
-        self.append(msg)
+class Log(RecordingPrinter):
+    """What the report said (a RecordingPrinter), read as a list of lines and as text."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.lines)
+
+    def __getitem__(self, i: int) -> str:
+        return self.lines[i]
 
     @property
     def text(self) -> str:
-        return "\n".join(self)
+        return "\n".join(self.lines)
 
 
 def real_lines() -> list[str]:
@@ -56,8 +63,8 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def test_table_from_the_real_matrix_file(tmp_path: Path) -> None:
     log = Log()
-    assert report.write_report(REAL, tmp_path, log=log, pictures=False) == 0
-    sec = report.load_section(REAL, tmp_path, log=Log())
+    assert report.write_report(REAL, tmp_path, out=log, pictures=False) == 0
+    sec = report.load_section(REAL, tmp_path, out=Log())
     assert len(sec.scenarios) == 8 and len(sec.rows) == 8
     by = {(r.transition, r.ordering, r.policy): r for r in sec.rows}
     for ordering in ("clients-first", "hca-first"):
@@ -84,11 +91,11 @@ def test_truncated_file_is_read_up_to_the_cut(tmp_path: Path) -> None:
     cut = write_lines(tmp_path / "cut.jsonl", [*lines[:4], lines[4][: len(lines[4]) // 2]],
                       end="")
     log = Log()
-    assert report.write_report(cut, tmp_path / "out", log=log, pictures=False) == 0
+    assert report.write_report(cut, tmp_path / "out", out=log, pictures=False) == 0
     warnings = [m for m in log if m.startswith("warning")]
     assert len(warnings) == 1
     assert "line 5" in warnings[0] and "cut short" in warnings[0]
-    sec = report.load_section(cut, tmp_path, log=Log())
+    sec = report.load_section(cut, tmp_path, out=Log())
     assert [r.scenario for r in sec.rows] == [json.loads(x)["scenario"]["id"]
                                               for x in lines[1:4]]
     assert "3 rows:" in (tmp_path / "out" / "table.txt").read_text()
@@ -101,7 +108,7 @@ def test_corrupt_line_in_the_middle(tmp_path: Path) -> None:
     bad = write_lines(tmp_path / "bad.jsonl",
                       [*lines[:3], '{"schema": 1, "kind": "scen', *lines[4:]])
     log = Log()
-    assert report.write_report(bad, tmp_path / "out", log=log, pictures=False) == 0
+    assert report.write_report(bad, tmp_path / "out", out=log, pictures=False) == 0
     assert any("line 4 is corrupt" in m for m in log if m.startswith("warning"))
     assert "2 rows:" in log.text
 
@@ -112,7 +119,7 @@ def test_foreign_schema_is_an_error_with_the_fix(tmp_path: Path) -> None:
     header["schema"] = 42  # neither 1 nor 2
     path = write_lines(tmp_path / "foreign.jsonl", [json.dumps(header), *lines[1:3]])
     with pytest.raises(RxePowerError) as exc:
-        report.write_report(path, tmp_path / "out", log=Log(), pictures=False)
+        report.write_report(path, tmp_path / "out", out=Log(), pictures=False)
     assert "line 1 has results schema 42" in exc.value.problem
     assert "rxe-power version that wrote it" in exc.value.fix
 
@@ -121,16 +128,16 @@ def test_empty_and_missing_files(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(RxePowerError, match="holds no results records"):
-        report.write_report(empty, tmp_path / "out", log=Log())
+        report.write_report(empty, tmp_path / "out", out=Log())
     with pytest.raises(RxePowerError, match="cannot read results file"):
-        report.write_report(tmp_path / "nope.jsonl", tmp_path / "out", log=Log())
+        report.write_report(tmp_path / "nope.jsonl", tmp_path / "out", out=Log())
     assert not (tmp_path / "out" / "summary.html").exists()
 
 
 def test_header_only_has_no_usable_records(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "h.jsonl", real_lines()[:1])
     log = Log()
-    assert report.write_report(path, tmp_path / "out", log=log) == report.NO_RECORDS_EXIT
+    assert report.write_report(path, tmp_path / "out", out=log) == report.NO_RECORDS_EXIT
     assert "no usable records" in log.text and "fix:" in log.text
     assert not (tmp_path / "out" / "summary.html").exists()
 
@@ -155,7 +162,7 @@ def test_timeline_pictures_are_valid_pngs(tmp_path: Path) -> None:
     lines = real_lines()
     two = write_lines(tmp_path / "two.jsonl", lines[:3])  # standby clients-first: both policies
     log = Log()
-    assert report.write_report(two, tmp_path / "out", log=log) == 0
+    assert report.write_report(two, tmp_path / "out", out=log) == 0
     pics = sorted((tmp_path / "out" / "timelines").iterdir())
     assert [p.name for p in pics] == ["001-standby-clients-first-graceful-mixed.png",
                                       "002-standby-clients-first-naive-mixed.png"]
@@ -173,7 +180,7 @@ def test_no_matplotlib_skips_pictures_with_the_fix(tmp_path: Path,
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     path = write_lines(tmp_path / "one.jsonl", real_lines()[:2])
     log = Log()
-    assert report.write_report(path, tmp_path / "out", log=log) == 0
+    assert report.write_report(path, tmp_path / "out", out=log) == 0
     assert any("pip install matplotlib" in m for m in log if m.startswith("warning"))
     assert (tmp_path / "out" / "summary.html").exists()
     assert not (tmp_path / "out" / "timelines").exists()
@@ -205,7 +212,7 @@ def hostile_file(tmp_path: Path) -> Path:
 
 
 def test_html_has_every_scenario_and_escapes_the_file(tmp_path: Path) -> None:
-    assert report.write_report(REAL, tmp_path / "real", log=Log(), pictures=False) == 0
+    assert report.write_report(REAL, tmp_path / "real", out=Log(), pictures=False) == 0
     html = (tmp_path / "real" / "summary.html").read_text()
     for line in real_lines()[1:9]:
         assert json.loads(line)["scenario"]["id"] in html
@@ -214,11 +221,11 @@ def test_html_has_every_scenario_and_escapes_the_file(tmp_path: Path) -> None:
 
     path = hostile_file(tmp_path)
     log = Log()
-    assert report.write_report(path, tmp_path / "out", log=log, pictures=False) == 0
+    assert report.write_report(path, tmp_path / "out", out=log, pictures=False) == 0
     html = (tmp_path / "out" / "summary.html").read_text()
     assert "<script" not in html
     assert html.count("&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;") >= 3
-    sec = report.load_section(path, tmp_path, log=Log())
+    sec = report.load_section(path, tmp_path, out=Log())
     assert [r.status for r in sec.rows] == [RowStatus.CLEAN, RowStatus.BROKEN, RowStatus.BROKEN]
     assert HOSTILE in sec.rows[1].findings[0]
 
@@ -229,7 +236,7 @@ def test_summary_of_a_folder_has_one_section_per_file(tmp_path: Path) -> None:
     write_lines(tmp_path / "runs" / "m2" / "results.jsonl", [lines[0], lines[5]])
     stress_file(tmp_path / "runs" / "s1" / "results.jsonl")
     log = Log()
-    assert report.write_report(tmp_path / "runs", tmp_path / "out", log=log, pictures=False) == 0
+    assert report.write_report(tmp_path / "runs", tmp_path / "out", out=log, pictures=False) == 0
     html = (tmp_path / "out" / "summary.html").read_text()
     assert html.count("<h2 ") == 4  # the two matrix files merged, then a section per file
     assert html.count('<h2 id="merged">') == 1 and html.count('<h2 id="s') == 3
@@ -240,11 +247,11 @@ def test_summary_of_a_folder_has_one_section_per_file(tmp_path: Path) -> None:
     assert "3 cycles, 1 failed" in html
     out = report.write_summary([tmp_path / "runs" / "m1" / "results.jsonl",
                                 tmp_path / "runs" / "s1" / "results.jsonl"],
-                               tmp_path / "two.html", log=Log())
+                               tmp_path / "two.html", out=Log())
     assert out == tmp_path / "two.html" and out.read_text().count("<h2 ") == 2
     (tmp_path / "void").mkdir()
     with pytest.raises(RxePowerError, match=r"no results\.jsonl under"):
-        report.write_report(tmp_path / "void", tmp_path / "o2", log=Log())
+        report.write_report(tmp_path / "void", tmp_path / "o2", out=Log())
 
 
 # --- stress --------------------------------------------------------------------------------------
@@ -290,7 +297,7 @@ def stress_file(path: Path, summary: bool = True) -> Path:
 def test_stress_table_picture_and_html(tmp_path: Path) -> None:
     path = stress_file(tmp_path / "s" / "results.jsonl")
     log = Log()
-    assert report.write_report(path, tmp_path / "out", log=log) == 0
+    assert report.write_report(path, tmp_path / "out", out=log) == 0
     table = (tmp_path / "out" / "table.txt").read_text()
     lines = table.splitlines()
     assert lines[0].startswith("provenance: not recorded")  # made by hand, without one
@@ -312,7 +319,7 @@ def test_stress_table_picture_and_html(tmp_path: Path) -> None:
 def test_stress_without_summary_computes_the_trends(tmp_path: Path) -> None:
     path = stress_file(tmp_path / "results.jsonl", summary=False)
     log = Log()
-    assert report.write_report(path, tmp_path / "out", log=log, pictures=False) == 0
+    assert report.write_report(path, tmp_path / "out", out=log, pictures=False) == 0
     assert "no summary record" in log.text
     assert "3 cycles, 1 failed" in log.text
     trend = next(x for x in log.text.splitlines() if x.startswith("rxe0.qp")).split()

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from harness.core.errors import SettingError
+from harness.core.printer import RecordingPrinter
 from harness.run.lanes import LANES, parse_policies, parse_policy
 from harness.run.lanes.base import LaneKind, PolicyRef, Scenario
 from harness.run.matrix import MatrixSpec, rows_of
@@ -164,14 +165,14 @@ def test_run_matrix_runs_each_scenario_in_its_lane(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(matrix, "RunSession", _Session)
     monkeypatch.setattr(matrix, "describe", lambda p: [])
-    monkeypatch.setattr(matrix, "restore_local_side", lambda cfg, log: [])
+    monkeypatch.setattr(matrix, "restore_local_side", lambda cfg, out=None: [])
     monkeypatch.setitem(kernel.KINDS, "nvme-rdma", replace(kernel.KINDS["nvme-rdma"],
                                                            run=run_nvme))
     monkeypatch.setattr(userspace, "run_scenario", run_scenario)
     spec = MatrixSpec(("standby",), policies=parse_policies(
         ("nvme-rdma:fast-fail", "graceful")), count=20).validate()
     lines: list[str] = []
-    code = matrix.run_matrix(spec, None, tmp_path, log=lines.append)  # type: ignore[arg-type]
+    code = matrix.run_matrix(spec, None, tmp_path, out=RecordingPrinter(lines=lines))  # type: ignore[arg-type]
     assert ran == [("kernel", ("nvme-rdma:fast-fail",)), ("userspace", ("graceful",)),
                    ("userspace", ("graceful",))]  # the second kernel scenario: not run
     recs = read_results(tmp_path / "results.jsonl").of_kind(RecordKind.SCENARIO)

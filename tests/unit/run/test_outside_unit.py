@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from harness.core.errors import SettingError
+from harness.core.printer import RecordingPrinter
 from harness.run.matrix import MatrixSpec
 from harness.run.outside import OutsideSpec, expand, outside_rows
 from harness.run.rows import RowStatus
@@ -150,7 +151,7 @@ def test_an_outside_scenario_is_drawn_and_keeps_its_stored_row(tmp_path: Path) -
     path = tmp_path / "r.jsonl"
     path.write_text(header + "\n" + json.dumps(rec) + "\n")
     lines: list[str] = []
-    assert report.write_report(path, tmp_path / "out", log=lines.append) == 0
+    assert report.write_report(path, tmp_path / "out", out=RecordingPrinter(lines=lines)) == 0
     (pic,) = (tmp_path / "out" / "timelines").iterdir()
     assert pic.stat().st_size > 30_000
     table = (tmp_path / "out" / "table.txt").read_text()

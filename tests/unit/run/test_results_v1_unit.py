@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from harness import report
+from harness.core.printer import NULL, RecordingPrinter
 from harness.run.matrix import rows_of
 from harness.run.records import ScenarioRecord
 from harness.run.resultsfile import RESULTS_SCHEMA, RecordKind, ResultsWriter, read_results
@@ -128,8 +129,8 @@ def test_v1_stress_file_reads_typed_and_reports(tmp_path: Path) -> None:
     assert [cl.ended for cl in cycles[1].clients] == [ClientEnd.TERMINATED_BY_SHIM,
                                                       ClientEnd.DIED]
     assert cycles[0].clients[1].recovery_ms == 53.5 and cycles[1].transition_ms == 2402.5
-    log: list[str] = []
-    assert report.write_report(V1_STRESS, tmp_path, log=log.append, pictures=False) == 0
+    said = RecordingPrinter()
+    assert report.write_report(V1_STRESS, tmp_path, out=said, pictures=False) == 0
     lines = (tmp_path / "table.txt").read_text().splitlines()
     assert lines[:2] == [NOT_RECORDED, ""]  # a v1 file has no provenance: said on top
     lines = lines[2:]
@@ -147,7 +148,7 @@ def test_report_table_equals_the_old_codes(tmp_path: Path, name: str) -> None:
     it (tests/data/NAME.table-405a4e6.txt, its results path replaced by {RESULTS}), under
     the line saying the file records no provenance."""
     path = DATA / f"{name}.jsonl"
-    assert report.write_report(path, tmp_path, log=lambda m: None, pictures=False) == 0
+    assert report.write_report(path, tmp_path, out=NULL, pictures=False) == 0
     old = (DATA / f"{name}.table-405a4e6.txt").read_text().replace("{RESULTS}", str(path))
     text = (tmp_path / "table.txt").read_text()
     # the table now starts with what produced the file (an old file: not recorded)

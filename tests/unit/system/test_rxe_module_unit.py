@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.core.errors import RxePowerError, SettingError
+from harness.core.printer import NULL
 from harness.core.settings import resolve
 from harness.system import rxe_module as rm
 from harness.system.rxe_module import Loaded, ModuleFacts, RemovalMode, Step
@@ -227,14 +228,14 @@ def test_cli_default_removal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RXE_POWER_REMOVAL", raising=False)
     monkeypatch.setattr(rm, "software_rdma_devices", lambda: [])
     monkeypatch.setattr(rm, "default_removal", lambda rel: RemovalMode.DISASSOCIATE)
-    assert removal.choose_removal(None, Mode.NATIVE)[0] is RemovalMode.DISASSOCIATE
+    assert removal.choose_removal(None, Mode.NATIVE, NULL)[0] is RemovalMode.DISASSOCIATE
     monkeypatch.setattr(rm, "default_removal", lambda rel: RemovalMode.BLOCK)
-    want, why = removal.choose_removal(None, Mode.NATIVE)
+    want, why = removal.choose_removal(None, Mode.NATIVE, NULL)
     assert want is RemovalMode.BLOCK and "ci/build-rxe-disassociate.sh" in why
     monkeypatch.setattr(rm, "software_rdma_devices", lambda: ["rxe0"])
     monkeypatch.setattr(rm, "current_removal", lambda: RemovalMode.DISASSOCIATE)
-    assert removal.choose_removal(None, Mode.NATIVE)[0] is RemovalMode.DISASSOCIATE
-    assert removal.choose_removal("block", Mode.NATIVE)[0] is RemovalMode.BLOCK
+    assert removal.choose_removal(None, Mode.NATIVE, NULL)[0] is RemovalMode.DISASSOCIATE
+    assert removal.choose_removal("block", Mode.NATIVE, NULL)[0] is RemovalMode.BLOCK
 
 
 class _Item:
@@ -254,7 +255,7 @@ def test_tests_needing_the_other_module_run_last_together(monkeypatch) -> None:
     from harness import plugin
     from harness.core.settings import RemovalMode
 
-    monkeypatch.setattr(plugin, "_removal_setting", lambda config: RemovalMode.BLOCK)
+    monkeypatch.setattr(plugin, "removal_setting", lambda config: RemovalMode.BLOCK)
     items = [_Item("a", None), _Item("d1", "disassociate"), _Item("b", "block"),
              _Item("d2", "disassociate"), _Item("c", None)]
     config = types.SimpleNamespace(stash=pytest.Stash())  # no --shard
