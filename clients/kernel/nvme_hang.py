@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import RxePowerError
+from harness.core.printer import NULL, Printer
 from harness.system import kernelobjs as ko
 from harness.system import kstacks
 from harness.topology import devices, lifecycle
@@ -139,9 +140,10 @@ def kernel_lines(records: list[kmsg.KmsgRecord], marker: kmsg.Marker) -> tuple[l
 
 def wait_out(cfg: TopologyConfig, find_ctrl: Callable[[], ko.NvmeCtrl | None],
              samples: list[Any], ctrl: str | None, held: list[int], delete_began_ns: int | None,
-             tail: kmsg.Tail, marker: kmsg.Marker, log: Callable[[str], None]) -> HangReport:
+             tail: kmsg.Tail, marker: kmsg.Marker, out: Printer = NULL) -> HangReport:
     """Report what holds the delete, wait (bounded) for the kernel to finish it, restore
     the local side. Never waits on the blocked child itself (it is in D state)."""
+    log = out  # (for lifecycle's call below, whose parameter another change renames)
     now = time.monotonic_ns()
     found = find_ctrl()
     state, since = _state_since(samples, ctrl, now)
@@ -149,7 +151,7 @@ def wait_out(cfg: TopologyConfig, find_ctrl: Callable[[], ko.NvmeCtrl | None],
         state = found.state
     rep = HangReport(held, found.name if found else ctrl, state, since,
                      _int_param(ADMIN_TIMEOUT), _int_param(IO_TIMEOUT), d_state_tasks())
-    log(f"hang: delete of {cfg.local_dev} pending in {held}; controller {rep.ctrl} "
+    out(f"hang: delete of {cfg.local_dev} pending in {held}; controller {rep.ctrl} "
         f"{state!r}; waiting up to HELD_DELETE_TIMEOUT_S={HELD_DELETE_TIMEOUT_S:g}s")
     if rep.ctrl is not None:
         # what the issue suggested: delete the stuck controller ourselves. Measured (6.1):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from harness.core.errors import (
     RxePowerError,
     TopologyError,
 )
+from harness.core.printer import NULL, Printer
 from harness.core.state import StateFile
 from harness.system import kernelobjs as ko
 
@@ -208,8 +208,9 @@ class NvmetTarget:
                               "is the address on an rdma device, and the service id free? "
                               "read dmesg") from None
 
-    def teardown(self, log: Callable[[str], None] = lambda msg: None) -> list[str]:
+    def teardown(self, out: Printer = NULL) -> list[str]:
         """Remove what we made, newest first. Returns the problems left."""
+        log = out  # (for ko.undo's call below, whose parameter another change renames)
         problems = []
         for entry in reversed(self.entries):
             if entry["kind"] == "configfs_mount":
