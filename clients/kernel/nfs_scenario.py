@@ -30,6 +30,7 @@ from clients.kernel.nfs_client import MountConfig, NfsMount, XprtSampler, parse_
 from clients.kernel.nfs_server import NfsServer, ServerConfig
 from clients.kernel.ulp_result import UlpResult
 from clients.kernel.ulp_run import Measured, Ulp, UlpScenario, close_io, run_ulp
+from clients.kernel.ulp_scenario import recover_ms
 from harness.core.errors import RxePowerError
 from harness.core.printer import NULL, Printer
 from harness.core.state import StateFile
@@ -121,10 +122,7 @@ def detect_recover(samples: list[route_guard.CmSample], port: int, dev: str,
         return None, None
     detect = next(((s.t_ns - win.start_ns) / 1e6 for s in samples
                    if s.t_ns >= win.start_ns and not _connected_on(s, port, dev)), None)
-    oks = [r.done_ns for r in records if r.done_ns and back is not None
-           and r.done_ns >= back and outcome(r, win) is not IoOutcome.FAILED_TO_APP]
-    recover = (min(oks) - back) / 1e6 if oks and back is not None else None
-    return detect, recover
+    return detect, recover_ms(records, win, back)
 
 
 class NfsUlp(Ulp[MountRecord]):

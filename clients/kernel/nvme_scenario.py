@@ -31,13 +31,13 @@ from clients.kernel.nvme_host import CtrlSampler, HostConfig, NvmeHost, parse_po
 from clients.kernel.nvmet_target import NvmetTarget, TargetConfig
 from clients.kernel.ulp_result import UlpResult
 from clients.kernel.ulp_run import Measured, Ulp, UlpScenario, close_io, run_ulp
-from clients.kernel.ulp_scenario import began_ns
+from clients.kernel.ulp_scenario import began_ns, recover_ms
 from harness.core.errors import RxePowerError
 from harness.core.printer import NULL, Printer
 from harness.core.state import StateFile
 from harness.system import kernelobjs as ko
 from harness.topology.config import TopologyConfig
-from harness.workload.block_ledger import IoOutcome, IoRecord, Window, outcome
+from harness.workload.block_ledger import IoRecord, Window
 from power import kmsg
 from power.plan import Ordering, StepKind
 from power.shim import Shim
@@ -86,10 +86,7 @@ def _detect_recover(samples: list[Any], ctrl: str | None, win: Window | None, ba
         return None, None
     detect = next(((s.t_ns - win.start_ns) / 1e6 for s in samples
                    if s.ctrl == ctrl and s.t_ns >= win.start_ns and s.state != "live"), None)
-    oks = [r.done_ns for r in records if r.done_ns and back_ns is not None
-           and r.done_ns >= back_ns and outcome(r, win) is not IoOutcome.FAILED_TO_APP]
-    recover = (min(oks) - back_ns) / 1e6 if oks and back_ns is not None else None
-    return detect, recover
+    return detect, recover_ms(records, win, back_ns)
 
 
 class NvmeUlp(Ulp[CtrlRecord]):
