@@ -17,12 +17,12 @@ callback address NFSv4.0 would use. The connection's device is checked, not assu
 from __future__ import annotations
 
 import os
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clients.kernel.sampler import Sampler
 from harness.core.errors import OsCallError, SettingError
 from harness.core.proc import RUN_DIR, run_bounded
 from harness.core.state import StateFile
@@ -246,17 +246,13 @@ class XprtSample:
     recvs: int | None
 
 
-class XprtSampler:
+class XprtSampler(Sampler[XprtSample]):
     """Samples the mount's transport counters; keeps only the changes of `mounted` and
     of connect_count (each change is a new connection of the transport)."""
 
     def __init__(self, mountpoint: Path, interval_s: float = STATS_INTERVAL_S) -> None:
+        super().__init__(interval_s, "nfs-xprt-sampler")
         self.mountpoint = mountpoint
-        self.interval_s = interval_s
-        self.samples: list[XprtSample] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="nfs-xprt-sampler",
-                                        daemon=True)
 
     def sample_once(self) -> None:
         st = read_stats(self.mountpoint)
@@ -266,17 +262,3 @@ class XprtSampler:
         last = self.samples[-1] if self.samples else None
         if last is None or (last.mounted, last.connect_count) != (s.mounted, s.connect_count):
             self.samples.append(s)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample_once()
-
-    def __enter__(self) -> XprtSampler:
-        self.sample_once()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5 * self.interval_s + 1)
-        self.sample_once()

@@ -10,62 +10,39 @@ clients-first (what a PM-aware system does on the notice): stop submitting, wait
 in-flight I/O, sync, close the file, unmount, answer released; after resume mount again
 and go on. hca-first: nothing is done before the device goes.
 
-The result is the ULP result nvme-rdma's is too (clients/kernel/ulp_result.py;
-harness.run.lanes.kernel makes one table row of either); `xprt_states` (the mount's
-transport counters), `transport` (the client's rdma_cm ids over time) and `mount_after`
-are its own.
+The flow is the one of every ULP (clients/kernel/ulp_run.py); NfsUlp supplies what is
+NFS's own. The result is the ULP result nvme-rdma's is too (clients/kernel/ulp_result.py;
+harness.run.lanes.kernel makes one table row of either); its own record, a MountRecord:
+`xprt_states` (the mount's transport counters), `transport` (the client's rdma_cm ids
+over time) and `mount_after`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeAlias
 
 from clients.kernel import route_guard
-from clients.kernel.blockio import BlockDriver, DriverSpec
+from clients.kernel.blockio import BlockDriver
 from clients.kernel.nfs_client import MountConfig, NfsMount, XprtSampler, parse_policy
 from clients.kernel.nfs_server import NfsServer, ServerConfig
 from clients.kernel.ulp_result import UlpResult
-from clients.kernel.ulp_scenario import (
-    HUNG_TASK,
-    HUNG_TASK_TIMEOUT_S,
-    back_ns,
-    io_coverage,
-    judge,
-    restore_sysctl,
-    run_on,
-    set_sysctl,
-    wait_issued,
-    window_of,
-)
-from harness.core.device import DeviceInfo
+from clients.kernel.ulp_run import Measured, Ulp, UlpScenario, close_io, run_ulp
+from clients.kernel.ulp_scenario import recover_ms
 from harness.core.errors import RxePowerError
+from harness.core.printer import NULL, Printer
 from harness.core.state import StateFile
 from harness.system.rdma_cm_ids import CmId
 from harness.topology.config import TopologyConfig
-from harness.workload.block_ledger import (
-    IoOutcome,
-    IoRecord,
-    Window,
-    check_block,
-    latest_write_per_block,
-    outcome,
-    summarize,
-)
-from harness.workload.findings import Finding, RowStatus, Severity, of_severity, texts
-from power import kmsg
-from power.notify import SuspendReply
-from power.plan import OnVeto, Ordering
-from power.result import TransitionRequest
+from harness.workload.block_ledger import IoOutcome, IoRecord, Window, outcome
+from harness.workload.findings import Finding, Severity, of_severity
+from power.plan import Ordering
 from power.shim import Shim
 
 SETTLE_TIMEOUT_S = 30.0  # after the transition: the client connected again (xprtrdma's
 #                          reconnect backs off 5 s, then longer)
-AFTER_SETTLE_S = 1.5  # I/O goes on this long once the transport settled (then stops)
-QUIESCE_TIMEOUT_S = 30.0  # clients-first: pause, sync, unmount within this
 CM_INTERVAL_S = 0.1  # rdma_cm ids sampled this often (detect_ms has this resolution)
 POLL_S = 0.05
 DATA_FILE = "rxpw-data"
@@ -77,53 +54,21 @@ GUARD_ROUTE = "unreachable"
 
 
 @dataclass(frozen=True)
-class NfsScenario:
-    transition: str
-    ordering: Ordering
+class NfsScenario(UlpScenario):
     policy: str = "nfs-rdma:hard"
-    hold_ms: int | None = None
-    driver: DriverSpec = field(default_factory=lambda: DriverSpec(count=800))  # count: a cap
-    start_after_ios: int = 60  # the transition starts once this many I/Os were issued
-    guard: bool = True  # the guard route against the loopback fall-through
-    size_mib: int = 64  # the exported tmpfs
 
 
-@dataclass(kw_only=True)
-class NfsResult(UlpResult):
-    """The shared ULP result (clients.kernel.ulp_result) and the mount's own. survived:
-    the mount is there at the end and served I/O after the device was back."""
+@dataclass
+class MountRecord:
+    """NFS's own part of its result. survived: the mount is there at the end and served
+    I/O after the device was back."""
 
     xprt_states: list[dict[str, Any]]  # the mount's transport counters when they changed
     transport: list[dict[str, Any]]  # the client's rdma_cm ids whenever they changed
     mount_after: str  # the mount's id at the end ("" if none)
 
 
-class _PmClient:
-    """clients-first for the NFS client: quiesce, sync, unmount on the notice."""
-
-    name = "nfs-rdma"
-
-    def __init__(self, mnt: NfsMount, drv: BlockDriver, events: list[dict[str, Any]]) -> None:
-        self.mnt, self.drv, self.events = mnt, drv, events
-
-    def _note(self, what: str, **kw: object) -> None:
-        self.events.append({"t_ns": time.monotonic_ns(), "event": what, **kw})
-
-    def suspend_prepare(self, transition: str, deadline_s: float) -> SuspendReply | None:
-        left = self.drv.pause(timeout_s=max(0.1, deadline_s / 2))
-        self._note("paused", in_flight=left)
-        if left:
-            return SuspendReply.veto(f"{len(left)} I/O still in flight")
-        os.sync()
-        self.drv.detach()
-        self.mnt.unmount(forget=False, force=False)
-        self._note("unmounted")
-        return SuspendReply.release()
-
-    def resume_complete(self, transition: str, device: DeviceInfo) -> None:
-        took = self.mnt.mount()
-        self._note("remounted", s=round(took, 3), mount_id=self.mnt.mount_id)
-        self.drv.resume(self.mnt.path / DATA_FILE)
+NfsResult: TypeAlias = UlpResult[MountRecord]
 
 
 def client_ids(sample: route_guard.CmSample, port: int) -> list[CmId]:
@@ -177,124 +122,111 @@ def detect_recover(samples: list[route_guard.CmSample], port: int, dev: str,
         return None, None
     detect = next(((s.t_ns - win.start_ns) / 1e6 for s in samples
                    if s.t_ns >= win.start_ns and not _connected_on(s, port, dev)), None)
-    oks = [r.done_ns for r in records if r.done_ns and back is not None
-           and r.done_ns >= back and outcome(r, win) is not IoOutcome.FAILED_TO_APP]
-    recover = (min(oks) - back) / 1e6 if oks and back is not None else None
-    return detect, recover
+    return detect, recover_ms(records, win, back)
+
+
+class NfsUlp(Ulp[MountRecord]):
+    """NFS over RDMA: nfsd on the peer side exporting a tmpfs, a mount from the local
+    address, O_DIRECT I/O on a file under it. clients-first closes the file, unmounts
+    and mounts again."""
+
+    name = "nfs-rdma"
+    guard_route = GUARD_ROUTE
+    cm_interval_s = CM_INTERVAL_S
+
+    def __init__(self, cfg: TopologyConfig, sc: NfsScenario, state: StateFile) -> None:
+        self.cfg, self.sc, self.state = cfg, sc, state
+        self.opts = parse_policy(sc.policy)
+        self.server = NfsServer(ServerConfig(client_addr=cfg.local_addr,
+                                             size_mib=sc.size_mib), state)
+        self.mnt: NfsMount | None = None
+        self.first_mount: int | None = None  # the mount we made
+
+    @property
+    def port(self) -> int:
+        return self.server.cfg.port
+
+    def _mnt(self) -> NfsMount:
+        assert self.mnt is not None
+        return self.mnt
+
+    def set_up(self) -> None:
+        self.server.setup()
+        self.server.make_file(DATA_FILE, self.sc.driver.count * self.sc.driver.block_size)
+
+    def connect(self, events: list[dict[str, Any]]) -> None:
+        self.mnt = NfsMount(MountConfig(self.cfg.peer_addr, self.server.cfg.port,
+                                        self.cfg.local_addr, self.opts), self.state)
+        took = self.mnt.mount()
+        events.append({"t_ns": time.monotonic_ns(), "event": "mounted", "s": round(took, 3),
+                       "mount_id": self.mnt.mount_id})
+        self.first_mount = self.mnt.mount_id
+
+    def io_path(self) -> Path:
+        return self._mnt().path / DATA_FILE
+
+    def sampler(self) -> XprtSampler:
+        return XprtSampler(self._mnt().path)
+
+    def release(self, drv: BlockDriver) -> str:
+        drv.detach()
+        self._mnt().unmount(forget=False, force=False)
+        return "unmounted"
+
+    def reconnect(self) -> tuple[str, dict[str, Any]]:
+        took = self._mnt().mount()
+        return "remounted", {"s": round(took, 3), "mount_id": self._mnt().mount_id}
+
+    def settle(self, cm: route_guard.CmSampler, back: int | None) -> dict[str, Any]:
+        return _settle(cm, self.port, back)
+
+    def read_block(self, index: int, size: int) -> bytes:
+        """The exported file, read on the peer side (the tmpfs), not through the mount."""
+        return self.server.read_block(DATA_FILE, index, size)
+
+    def fate(self, m: Measured) -> tuple[bool, MountRecord]:
+        now = self._mnt().mounted()
+        served = any(r.done_ns and m.back and r.submit_ns >= m.back
+                     and outcome(r, m.win, size=self.sc.driver.block_size)
+                     is IoOutcome.COMPLETED_OK for r in m.records)
+        survived = bool(now and served and (now.mount_id == self.first_mount
+                                            or m.ordering is Ordering.CLIENTS_FIRST))
+        return survived, MountRecord([asdict(x) for x in m.samples],
+                                     transport_changes(m.cm, self.port),
+                                     str(now.mount_id) if now else "")
+
+    def detect_recover(self, m: Measured, dev: str) -> tuple[float | None, float | None]:
+        return detect_recover(m.cm, self.port, dev, m.win, m.back, m.records)
+
+    def findings(self, m: Measured) -> list[Finding]:
+        fs = []
+        if m.settled["timed_out"]:
+            fs.append(Finding(Severity.NOTE, "the client was not connected again within "
+                              f"SETTLE_TIMEOUT_S={SETTLE_TIMEOUT_S:g}s of the device's return"))
+        return fs + of_severity(Severity.NOTE, [f"cm sampler: {e}" for e in m.cm_errors[:3]])
+
+    def teardown(self, drv: BlockDriver | None) -> tuple[list[str], list[str]]:
+        return _teardown(self.server, self.mnt, drv)
 
 
 def run_nfs(shim: Shim, cfg: TopologyConfig, sc: NfsScenario,
-            state: StateFile | None = None) -> NfsResult:
+            state: StateFile | None = None, out: Printer = NULL) -> NfsResult:
     state = state or StateFile.load()
-    opts = parse_policy(sc.policy)
-    server = NfsServer(ServerConfig(client_addr=cfg.local_addr, size_mib=sc.size_mib), state)
-    bs = sc.driver.block_size
-    guard = None
-    mnt = None
-    drv = None
-    events: list[dict[str, Any]] = []
-    pm = None
-    fs: list[Finding] = []  # the row's findings (its status: RowStatus.of)
-    res: NfsResult | None = None
-    try:
-        server.setup()
-        server.make_file(DATA_FILE, sc.driver.count * bs)
-        if sc.guard:
-            guard = route_guard.install(cfg, state, GUARD_ROUTE)
-        set_sysctl(state, HUNG_TASK, HUNG_TASK_TIMEOUT_S)
-        mnt = NfsMount(MountConfig(cfg.peer_addr, server.cfg.port, cfg.local_addr, opts),
-                       state)
-        took = mnt.mount()
-        events.append({"t_ns": time.monotonic_ns(), "event": "mounted", "s": round(took, 3),
-                       "mount_id": mnt.mount_id})
-        first_mount = mnt.mount_id
-        with kmsg.Tail() as tail, XprtSampler(mnt.path) as xs, \
-                route_guard.CmSampler(CM_INTERVAL_S) as cm_s:
-            marker = kmsg.write_marker(f"nfs-rdma {sc.transition} {sc.ordering}", tail=tail)
-            drv = BlockDriver(mnt.path / DATA_FILE, sc.driver)
-            drv.start()
-            wait_issued(drv, min(sc.start_after_ios, sc.driver.count))
-            if sc.ordering is Ordering.CLIENTS_FIRST:
-                pm = _PmClient(mnt, drv, events)
-                shim.notifier.register(pm)
-            req = TransitionRequest(sc.transition, sc.ordering, sc.hold_ms, OnVeto.FORCE,
-                                    quiesce_timeout_s=QUIESCE_TIMEOUT_S)
-            tres = shim.run(req).to_json()
-            if pm is not None:
-                shim.notifier.unregister(pm)
-            win = window_of(tres)
-            back = back_ns(tres)
-            settled = _settle(cm_s, server.cfg.port, back)
-            run_on(AFTER_SETTLE_S)
-            drv.stop()
-            records = drv.finish()
-            scan = kmsg.scan_after(marker, tail=tail)
-        now = mnt.mounted()
-        served = any(r.done_ns and back and r.submit_ns >= back
-                     and outcome(r, win, size=bs) is IoOutcome.COMPLETED_OK for r in records)
-        survived = bool(now and served and (now.mount_id == first_mount
-                                            or sc.ordering is Ordering.CLIENTS_FIRST))
-        # the exported file, read on the peer side (the tmpfs), not through the mount
-        acked = latest_write_per_block(records, win, bs)
-        tgt = {rec.seq: check_block(server.read_block(DATA_FILE, b, bs), rec.seq,
-                                    rec.generation, b) for b, rec in acked.items()}
-        ledger = summarize(records, tgt, win, bs)
-        detect, recover = detect_recover(cm_s.samples, server.cfg.port, cfg.local_dev, win,
-                                         back, records)
-        conns = route_guard.connections(cm_s.samples, server.cfg.port,
-                                        win.start_ns if win else 0, win.end_ns if win else 0)
-        bad_conns = route_guard.off_wire(conns, cfg)
-        coverage = io_coverage(records, tres)
-        fs = judge(ledger, conns, bad_conns, scan, tres, None, cfg.local_dev, coverage)
-        if settled["timed_out"]:
-            fs.append(Finding(Severity.NOTE, "the client was not connected again within "
-                              f"SETTLE_TIMEOUT_S={SETTLE_TIMEOUT_S:g}s of the device's return"))
-        fs += of_severity(Severity.NOTE, [f"cm sampler: {e}" for e in cm_s.errors[:3]])
-        res = NfsResult(
-            scenario=asdict(sc) | {"ordering": sc.ordering.value}, options=opts.to_json(),
-            transition=tres, ledger=ledger, records=[r.to_json() for r in records],
-            xprt_states=[asdict(x) for x in xs.samples],
-            transport=transport_changes(cm_s.samples, server.cfg.port),
-            connections=[c.to_json() for c in conns],
-            off_wire=[c.to_json() for c in bad_conns], survived=survived,
-            mount_after=str(now.mount_id) if now else "", detect_ms=detect,
-            recover_ms=recover, kernel=scan.to_json(), findings=texts(fs),
-            status=RowStatus.of(fs), client_events=events, settled=settled,
-            coverage=coverage)
-    finally:
-        if pm is not None:
-            shim.notifier.unregister(pm)
-        problems, notes = _teardown(state, server, mnt, drv, guard)
-    # (after an exception in the scenario, that one propagates instead)
-    # an unmount that needed its last resort (umount -l) is the kernel client's finding;
-    # what teardown could not remove makes the row broken (the result is kept), and the
-    # matrix runs no further nfs-rdma scenario on this kernel (harness.run.lanes.kernel)
-    fs += of_severity(Severity.BAD, notes)
-    fs += of_severity(Severity.BROKEN, [f"teardown left: {p} (run `rxe-power cleanup`)"
-                                        for p in problems])
-    res.teardown_left = problems
-    res.judged(fs)
-    return res
+    return run_ulp(shim, cfg, sc, NfsUlp(cfg, sc, state), state, out)
 
 
-def _teardown(state: StateFile, server: NfsServer, mnt: NfsMount | None,
-              drv: BlockDriver | None, guard: dict[str, Any] | None,
+def _teardown(server: NfsServer, mnt: NfsMount | None, drv: BlockDriver | None,
               ) -> tuple[list[str], list[str]]:
     """The mount before the server (a hard mount whose server is gone cannot unmount
     cleanly): close the file, umount -f (bounded; -l as the last resort), stop nfsd and
-    rpc.mountd, unmount the tmpfs; the guard and the sysctl last. Returns what was left
-    (problems) and what needed a last resort (notes)."""
+    rpc.mountd, unmount the tmpfs (the guard and the sysctl: run_ulp). Returns what was
+    left (problems) and what needed a last resort (notes)."""
     problems = []
-    if drv is not None:
-        with contextlib.suppress(OSError):
-            drv.close()
+    close_io(drv)
     if mnt is not None:
         try:
             mnt.unmount()
         except RxePowerError as exc:
             problems.append(str(exc))
     problems += server.teardown()
-    if guard is not None:
-        route_guard.remove(guard, state)
-    restore_sysctl(state, HUNG_TASK)
     return problems, (mnt.notes if mnt else []) + server.notes

@@ -12,13 +12,13 @@ a sampler of every nvme controller's sysfs `state` over time (for the timeline).
 from __future__ import annotations
 
 import re
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clients.kernel.nvmet_target import modprobe
+from clients.kernel.sampler import Sampler
 from harness.core.errors import BoundExceeded, OsCallError, SettingError
 from harness.core.proc import python_child, run_bounded
 from harness.core.state import StateFile
@@ -207,17 +207,13 @@ class CtrlSample:
     subsysnqn: str
 
 
-class CtrlSampler:
+class CtrlSampler(Sampler[CtrlSample]):
     """Samples every nvme controller's state; keeps only changes (created, each new state,
     deleted as "absent")."""
 
     def __init__(self, interval_s: float = SAMPLE_INTERVAL_S) -> None:
-        self.interval_s = interval_s
-        self.samples: list[CtrlSample] = []
+        super().__init__(interval_s, "nvme-ctrl-sampler")
         self._last: dict[str, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="nvme-ctrl-sampler",
-                                        daemon=True)
 
     def sample_once(self) -> None:
         now = time.monotonic_ns()
@@ -229,17 +225,3 @@ class CtrlSampler:
         for name in set(self._last) - set(seen):
             self.samples.append(CtrlSample(now, name, "absent", ""))
         self._last = seen
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample_once()
-
-    def __enter__(self) -> CtrlSampler:
-        self.sample_once()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5 * self.interval_s + 1)
-        self.sample_once()

@@ -21,11 +21,11 @@ client's connections (those whose destination port is the service) and
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from clients.kernel.sampler import Sampler
 from harness.core.errors import RxePowerError, TopologyError
 from harness.core.state import StateFile
 from harness.system.rdma_cm_ids import CmId, cm_ids
@@ -68,15 +68,14 @@ class CmSample:
     ids: tuple[CmId, ...]
 
 
-class CmSampler:
+class CmSampler(Sampler[CmSample]):
     """Samples `rdma -j res show cm_id` every CM_SAMPLE_INTERVAL_S in a thread."""
 
+    join_timeout_s = 10.0
+
     def __init__(self, interval_s: float = CM_SAMPLE_INTERVAL_S) -> None:
-        self.interval_s = interval_s
-        self.samples: list[CmSample] = []
+        super().__init__(interval_s, "cm-sampler")
         self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cm-sampler", daemon=True)
 
     def sample_once(self) -> None:
         t = time.monotonic_ns()
@@ -86,20 +85,6 @@ class CmSampler:
             self.errors.append(exc.problem)
             return
         self.samples.append(CmSample(t, tuple(ids)))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample_once()
-
-    def __enter__(self) -> CmSampler:
-        self.sample_once()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10.0)
-        self.sample_once()
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from clients.kernel.blockio import DriverSpec
 from clients.kernel.nvme_scenario import NvmeResult, NvmeScenario, run_nvme
 from harness.core.errors import RxePowerError
+from harness.core.printer import STDOUT, Printer
 from harness.topology import lifecycle
 from harness.topology.config import TopologyConfig
 from harness.workload.block_ledger import IoOutcome
@@ -44,7 +45,7 @@ def row(res: NvmeResult) -> str:
             f"{res.status}" + (f"  {'; '.join(res.findings)}" if res.findings else ""))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, out: Printer = STDOUT) -> int:
     ap = argparse.ArgumentParser(prog="run_nvme", description=__doc__.split("\n")[0])
     ap.add_argument("--transition", default="standby")
     ap.add_argument("--ordering", default="hca-first", help="comma list")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     cfg = TopologyConfig.from_settings()
-    out = open(args.json, "a") if args.json else None  # noqa: SIM115
+    json_out = open(args.json, "a") if args.json else None  # noqa: SIM115
     rc = 0
     try:
         _topo, built = lifecycle.setup(cfg)
@@ -74,25 +75,24 @@ def main(argv: list[str] | None = None) -> int:
                             try:
                                 res = run_nvme(shim, cfg, sc)
                             except RxePowerError as exc:
-                                print(f"{t} {o} {p}: error: {exc}", flush=True)
+                                out(f"{t} {o} {p}: error: {exc}")
                                 rc = 1
                             else:
-                                print(row(res) + f" ({time.monotonic() - t0:.1f} s)",
-                                      flush=True)
-                                if out:
-                                    out.write(json.dumps(res.to_json()) + "\n")
-                                    out.flush()
+                                out(row(res) + f" ({time.monotonic() - t0:.1f} s)")
+                                if json_out:
+                                    json_out.write(json.dumps(res.to_json()) + "\n")
+                                    json_out.flush()
                                 rc |= res.status is RowStatus.BROKEN
                             lifecycle.restore_local_side(cfg)
         finally:
             if built:
                 lifecycle.teardown()
     except RxePowerError as exc:
-        print(f"run_nvme: error: {exc}", file=sys.stderr)
+        out.to(sys.stderr)(f"run_nvme: error: {exc}")
         return 2
     finally:
-        if out:
-            out.close()
+        if json_out:
+            json_out.close()
     return rc
 
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from harness.core.errors import BoundExceeded
 from harness.core.state import StateFile
-from harness.workload.block_ledger import IoOutcome, IoRecord, LedgerSummary, Window
+from harness.workload.block_ledger import IoOutcome, IoRecord, LedgerSummary, Window, outcome
 from harness.workload.coverage import Coverage, Span
 from harness.workload.findings import Finding, Severity, of_severity
 from power import kmsg
@@ -87,6 +87,14 @@ def back_ns(tr: dict[str, Any]) -> int | None:
     ends = {s["step"]: s["end_ns"] for s in tr.get("steps", []) if s["outcome"] == "ok"}
     out = ends.get(StepKind.PORT_UP.value) or ends.get(StepKind.CREATE_DEVICE.value)
     return int(out) if out is not None else None
+
+
+def recover_ms(records: list[IoRecord], win: Window, back: int | None) -> float | None:
+    """The device was back -> the first I/O that completed after that and did not fail
+    to the application (ms); None if none did, or the device never came back."""
+    oks = [r.done_ns for r in records if r.done_ns and back is not None
+           and r.done_ns >= back and outcome(r, win) is not IoOutcome.FAILED_TO_APP]
+    return (min(oks) - back) / 1e6 if oks and back is not None else None
 
 
 def io_coverage(records: list[IoRecord], tres: dict[str, Any]) -> Coverage | None:

@@ -69,8 +69,8 @@ def common(res: NfsResult) -> None:
     print(f"{res.scenario['transition']} {res.scenario['ordering']} {res.scenario['policy']}: "
           f"{res.status} outcomes {res.ledger.outcomes} errnos {res.ledger.errnos} detect_ms "
           f"{res.detect_ms} recover_ms {res.recover_ms} survived {res.survived} settled "
-          f"{res.settled} connections {res.connections} transport {res.transport} "
-          f"xprt {res.xprt_states} events {res.client_events} findings {res.findings}")
+          f"{res.settled} connections {res.connections} transport {res.own.transport} "
+          f"xprt {res.own.xprt_states} events {res.client_events} findings {res.findings}")
     lg = res.ledger
     assert not lg.unaccounted, f"unaccounted I/O: {lg.unaccounted}"
     assert lg.invariant_ok, f"lost {lg.lost_seqs} corrupted {lg.corrupted_seqs}"

@@ -96,9 +96,9 @@ def held(res: NvmeResult) -> dict[str, Any]:
 def states_from(res: NvmeResult, t_ns: int) -> list[str]:
     """Our controller's states from t_ns on as the sampler saw them in sysfs (its state at
     t_ns first, then each change), independent of the scenario's own account."""
-    ours = {s["ctrl"] for s in res.ctrl_states if ko.OUR_PREFIX in s["subsysnqn"]}
-    assert len(ours) == 1, res.ctrl_states
-    mine = [s for s in res.ctrl_states if s["ctrl"] in ours]
+    ours = {s["ctrl"] for s in res.own.ctrl_states if ko.OUR_PREFIX in s["subsysnqn"]}
+    assert len(ours) == 1, res.own.ctrl_states
+    mine = [s for s in res.own.ctrl_states if s["ctrl"] in ours]
     at = [s["state"] for s in mine if s["t_ns"] <= t_ns][-1:]
     return at + [s["state"] for s in mine if s["t_ns"] > t_ns]
 
@@ -155,10 +155,10 @@ def test_standby_hca_first(power_shim, rxe_config) -> None:
         return
     assert res.hang is None and res.transition["verdict"] in ("completed", "forced")
     assert "live" in after[after.index(left):], after  # reconnected (the same controller)
-    assert res.survived, res.ctrl_states
+    assert res.survived, res.own.ctrl_states
     # measured (fast_io_fail_tmo=0): the carrier drop starts error recovery at once, and
     # the I/O issued from then on fails with EIO; nothing acknowledged is lost
-    assert res.detect_ms is not None and res.detect_ms < 1000, res.ctrl_states
+    assert res.detect_ms is not None and res.detect_ms < 1000, res.own.ctrl_states
     assert lg.count(IoOutcome.FAILED_TO_APP) > 0 and set(lg.errnos) == {
         "EIO (Input/output error)"}, lg.errnos
     assert res.status == "clean", res.findings
@@ -186,7 +186,7 @@ def test_surprise_removal(power_shim, rxe_config) -> None:
     assert lg.count(IoOutcome.STUCK) == 0, lg.stuck
     # measured: nvme_rdma_remove_one deletes the controller, the namespace goes; writes to
     # the dead block device fail (EIO, then ENOSPC: size 0) and reads return 0 bytes
-    assert not res.survived and res.settled["state"] == "absent", res.ctrl_states
+    assert not res.survived and res.settled["state"] == "absent", res.own.ctrl_states
     assert lg.count(IoOutcome.FAILED_TO_APP) > 0
     assert set(lg.errnos) <= {"EIO (Input/output error)", "ENOSPC (No space left on device)",
                               "short (0 of 4096 bytes)"}, lg.errnos

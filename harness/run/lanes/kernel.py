@@ -1,7 +1,8 @@
 """The kernel-client lane: a policy named `nvme-rdma...` or `nfs-rdma...` runs that
-kernel client's scenario (clients.kernel.nvme_scenario, clients.kernel.nfs_scenario)
-instead of a userspace worker, and its result becomes one table row. One table, KINDS,
-says per ULP (a PolicyRef's name) how to validate, run and describe it; a new ULP is its
+kernel client's scenario (clients.kernel.nvme_scenario, clients.kernel.nfs_scenario: each
+a Ulp run by the one flow of clients.kernel.ulp_run) instead of a userspace worker, and its
+result becomes one table row. One table, KINDS, says per ULP (a PolicyRef's name) how to
+validate, run and describe it and what its result's own record is; a new ULP is its
 client module plus an entry there.
 
     ref = parse_policy("nfs-rdma:hard")                 # KERNEL, name "nfs-rdma"
@@ -42,13 +43,13 @@ KERNEL_MAX_RATE_PER_S = 40.0
 
 
 def _nvme_run(shim: Any, cfg: Any, sc: Scenario, drv: DriverSpec,
-              hold_ms: int | None) -> UlpResult:
+              hold_ms: int | None) -> UlpResult[Any]:
     return nvme_scenario.run_nvme(shim, cfg, nvme_scenario.NvmeScenario(
         sc.transition, sc.ordering, sc.policies[0].text, hold_ms, drv))
 
 
 def _nfs_run(shim: Any, cfg: Any, sc: Scenario, drv: DriverSpec,
-             hold_ms: int | None) -> UlpResult:
+             hold_ms: int | None) -> UlpResult[Any]:
     return nfs_scenario.run_nfs(shim, cfg, nfs_scenario.NfsScenario(
         sc.transition, sc.ordering, sc.policies[0].text, hold_ms, drv))
 
@@ -78,16 +79,16 @@ class KernelKind:
     # the ULP's own option parser, given the whole name (its presets are whole names);
     # SettingError names the presets and the raw form
     validate: Callable[[str], object]
-    run: Callable[[Any, Any, Scenario, DriverSpec, int | None], UlpResult]
+    run: Callable[[Any, Any, Scenario, DriverSpec, int | None], UlpResult[Any]]
     notes: Callable[[dict[str, Any]], list[str]]  # the client's own fate, for the row
-    result: type[UlpResult]  # its result type (read back: result.from_json)
+    own: type  # its result's own record (read back: UlpResult.from_json(d, own))
 
 
 KINDS: dict[str, KernelKind] = {
     "nvme-rdma": KernelKind(nvme_host.parse_policy, _nvme_run, _nvme_notes,
-                            nvme_scenario.NvmeResult),
+                            nvme_scenario.CtrlRecord),
     "nfs-rdma": KernelKind(nfs_client.parse_policy, _nfs_run, _nfs_notes,
-                           nfs_scenario.NfsResult),
+                           nfs_scenario.MountRecord),
 }
 
 
@@ -201,13 +202,13 @@ class KernelResult:
     (`clients`) and `kernel_client`; its row is made from that JSON, the form the report
     reads back."""
 
-    def __init__(self, ref: PolicyRef, result: UlpResult) -> None:
+    def __init__(self, ref: PolicyRef, result: UlpResult[Any]) -> None:
         self.ref, self.result = ref, result
         self._json: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, ref: PolicyRef, d: dict[str, Any]) -> KernelResult:
-        return cls(ref, KINDS[ref.name].result.from_json(d))
+        return cls(ref, UlpResult.from_json(d, KINDS[ref.name].own))
 
     def rows(self, sc: ScenarioKey) -> list[Row]:
         return kernel_rows({"id": sc.id, "transition": sc.transition, "ordering": sc.ordering,

@@ -9,7 +9,7 @@ import pytest
 
 from clients.kernel import nvme_hang
 from clients.kernel.nvme_host import CtrlSample
-from clients.kernel.nvme_scenario import _judge as judge_findings
+from clients.kernel.ulp_scenario import judge as judge_findings
 from harness.core.errors import TopologyError
 from harness.system import kernelobjs as ko
 from harness.workload.block_ledger import LedgerSummary

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from clients.kernel.nvme_scenario import window_of
 from clients.kernel.route_guard import Connection
-from clients.kernel.ulp_scenario import judge
+from clients.kernel.ulp_scenario import judge, window_of
 from harness.run.kernel_lane import _OUTCOME as _LANE_OUTCOMES
 from harness.run.kernel_lane import kernel_lane
 from harness.run.lanes import parse_policy

@@ -142,7 +142,8 @@ def test_run_matrix_runs_each_scenario_in_its_lane(monkeypatch: pytest.MonkeyPat
     why. What each lane ran with is recorded to be checked."""
     from dataclasses import replace
 
-    from clients.kernel.nvme_scenario import NvmeResult
+    from clients.kernel.nvme_scenario import CtrlRecord, NvmeResult
+    from clients.kernel.ulp_result import UlpResult
     from harness.run import matrix
     from harness.run.lanes import kernel, userspace
 
@@ -155,7 +156,8 @@ def test_run_matrix_runs_each_scenario_in_its_lane(monkeypatch: pytest.MonkeyPat
     def run_nvme(shim: object, cfg: object, sc: Scenario, drv: object,
                  hold_ms: object) -> NvmeResult:
         ran.append(("kernel", sc.texts))
-        return replace(NvmeResult.from_json(nvme), teardown_left=["controller nvme0 held"])
+        return replace(UlpResult.from_json(nvme, CtrlRecord),
+                       teardown_left=["controller nvme0 held"])
 
     def run_scenario(shim: object, agent: object, local: object, req: TransitionRequest,
                      policies: list[str], *rest: object) -> object:
