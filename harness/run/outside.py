@@ -53,8 +53,9 @@ from harness.workload.findings import (
     texts,
 )
 from harness.workload.ledger import Outcome
-from harness.workload.traced_ledger import FindingKind, ProcessLedger, build_ledger
+from harness.workload.traced_ledger import build_ledger
 from harness.workload.traced_peer import match_peer
+from harness.workload.traced_types import FindingKind, ProcessLedger
 from harness.workload.tracelog import REFUSED_EXIT, TraceLogError, log_paths, read_log
 from power.result import Verdict
 from power.veto import VetoReport

@@ -27,8 +27,9 @@ from harness.run.outside import OutsideSpec, outside_rows, run_outside
 from harness.run.rows import RowStatus
 from harness.topology.config import Topology
 from harness.workload.ledger import Outcome
-from harness.workload.traced_ledger import EndedBy, FindingKind, build_ledger
+from harness.workload.traced_ledger import build_ledger
 from harness.workload.traced_peer import match_peer
+from harness.workload.traced_types import EndedBy, FindingKind
 from harness.workload.tracelog import read_log
 from power.plan import OnVeto, Ordering
 from power.result import TransitionRequest, Verdict
