@@ -23,10 +23,10 @@ one report unless allowed, and then said to be mixed. Pictures need
 matplotlib (imported lazily, Agg); without it the table and HTML are still written.
 
 Modules: section (reading results files into sections, typed), tables (text tables),
-drawing (colours, figure, names), timeline_lanes and timeline (a scenario's picture),
-stress_plot, pictures (drawing a section's pictures), html_summary, merge and merge_stress
-(several files in one table; merge also the JUnit XML), merged_html, command
-(write_report).
+drawing (colours, figure, names), timeline_canvas, timeline_lanes and timeline (a
+scenario's picture), stress_plot, pictures (drawing a section's pictures), html_summary,
+merge and merge_stress (several files in one table; merge also the JUnit XML),
+merged_html, command (write_report).
 """
 
 from harness.report.command import write_report
