@@ -18,7 +18,7 @@ from harness.rdma import payload
 from harness.rdma.event_fds import wait_readable, with_event_fd
 from harness.rdma.names import QpState, wc_status_name
 from harness.rdma.qp_types import QpInfo, QpParams
-from harness.rdma.verbs_device import ACCESS_ALL, Device, verbs_call
+from harness.rdma.verbs_device import ACCESS_ALL, Closing, Device, verbs_call
 
 try:  # pyverbs may be absent: harness.rdma.verbs_device.require_pyverbs says so
     import pyverbs.enums as e
@@ -36,7 +36,7 @@ CQ_WAIT_TIMEOUT_S = 10.0
 _NO_VIEW = memoryview(b"")  # a closed QP's view of its (freed) MR: nothing to read
 
 
-class RcQp:
+class RcQp(Closing):
     """An RC QP with its own CQ, completion channel and MR. Use as a context manager.
 
     The QP may also be created for an rdma_cm connection: pass `ctx`/`pd` from the
@@ -292,12 +292,3 @@ class RcQp:
             else:
                 time.sleep(0)  # busy polling, by request only
         return out
-
-    def close(self) -> None:
-        self._stack.close()
-
-    def __enter__(self) -> RcQp:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Self
 
 from harness.core.errors import NoRxe, oserror_to
 from harness.rdma.event_fds import FD_LOCK, fds_of_kind, set_nonblocking
@@ -56,6 +57,22 @@ def verbs_call(what: str, fix: str = "") -> Iterator[None]:
         raise oserror_to(what, exc, fix) from exc
 
 
+class Closing:
+    """A verbs resource that closes what it made, in reverse order, when its `with` block
+    ends (or at close()): each maker adds its object's closer to `_stack`."""
+
+    _stack: contextlib.ExitStack
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 # --- device -------------------------------------------------------------------------------
 
 
@@ -66,7 +83,7 @@ class PortInfo:
     max_msg_sz: int
 
 
-class Device:
+class Device(Closing):
     """An open RDMA device: Context + PD. Use as a context manager."""
 
     def __init__(self, name: str, port: int = 1, gid_index: int | None = None) -> None:
@@ -117,15 +134,6 @@ class Device:
         with verbs_call(f"{self.name}: query port {self.port}"):
             attr = self.ctx.query_port(self.port)
         return PortInfo(int(attr.state), int(attr.active_mtu), int(attr.max_msg_sz))
-
-    def close(self) -> None:
-        self._stack.close()
-
-    def __enter__(self) -> Device:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 
