@@ -16,6 +16,7 @@ from harness.core.errors import BoundExceeded, RxePowerError, oserror_to
 from harness.rdma.event_fds import FD_LOCK, fds_of_kind, new_event_fd, wait_readable
 from harness.rdma.qp_types import QpParams
 from harness.rdma.verbs import Device, RcQp, require_pyverbs, verbs_call
+from harness.rdma.verbs_device import Closing
 
 try:
     import pyverbs.cm_enums as ce
@@ -113,7 +114,7 @@ def drive_qp(cmid: CMID, qp: RcQp, state: int, what: str) -> None:
     qp.modify_cm(attr, mask, what)
 
 
-class CmClient:
+class CmClient(Closing):
     """Active side: resolve, connect with our own RcQp, disconnect. A context manager."""
 
     def __init__(self, dev_name: str, gid_index: int, src: str, dst: str, port: int,
@@ -157,12 +158,3 @@ class CmClient:
         self.connected = False
         self.qp.to_err()
         self.events.expect("DISCONNECTED", timeout_s)
-
-    def close(self) -> None:
-        self._stack.close()
-
-    def __enter__(self) -> CmClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

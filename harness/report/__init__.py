@@ -23,11 +23,11 @@ one report unless allowed, and then said to be mixed. Pictures need
 matplotlib (imported lazily, Agg); without it the table and HTML are still written.
 
 Modules: section (reading results files into sections, typed), tables (text tables),
-drawing (colours, figure, names), timeline_lanes and timeline (a scenario's picture),
-stress_plot, pictures (drawing a section's pictures), html_summary, merge and merge_stress
-(several files in one table; merge also the JUnit XML), merged_html, command
-(write_report). What it says (the tables, the warnings) goes to `out`, the CLI's Printer
-(harness.core.printer; NULL for silence).
+drawing (colours, figure, names), timeline_canvas, timeline_lanes and timeline (a
+scenario's picture), stress_plot, pictures (drawing a section's pictures), html_summary,
+merge and merge_stress (several files in one table; merge also the JUnit XML),
+merged_html, command (write_report). What it says (the tables, the warnings) goes to
+`out`, the CLI's Printer (harness.core.printer; NULL for silence).
 """
 
 from harness.report.command import write_report

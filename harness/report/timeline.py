@@ -31,8 +31,8 @@ from harness.report.drawing import (
     save_png,
     trim,
 )
+from harness.report.timeline_canvas import Canvas
 from harness.report.timeline_lanes import (
-    Canvas,
     draw_client_events,
     draw_peer,
     draw_port_strip,

@@ -28,7 +28,7 @@ import string
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,33 +39,22 @@ from harness.core.errors import BoundExceeded, SettingError
 from harness.core.proc import spawn, stop_child
 from harness.run.outside_lane import program_lane
 from harness.run.outside_ready import ServerReady
-from harness.run.rows import Row, veto_text
+from harness.run.outside_result import CLIENT_EXIT_TIMEOUT_S as CLIENT_EXIT_TIMEOUT_S
+from harness.run.outside_result import OutsideResult, ProgramResult
 from harness.run.scenario_result import ClientEnd
 from harness.system.tcp_ports import free_tcp_port
 from harness.topology.neighbour import resolve_neighbour
 from harness.workload.coverage import Coverage, Span
-from harness.workload.findings import (
-    Finding,
-    RowStatus,
-    Severity,
-    by_severity,
-    of_severity,
-    texts,
-)
 from harness.workload.ledger import Outcome
-from harness.workload.traced_ledger import FindingKind, ProcessLedger, build_ledger
+from harness.workload.traced_ledger import build_ledger
 from harness.workload.traced_peer import match_peer
+from harness.workload.traced_types import FindingKind, ProcessLedger
 from harness.workload.tracelog import REFUSED_EXIT, TraceLogError, log_paths, read_log
-from power.result import Verdict
-from power.veto import VetoReport
-
-BROKEN, BAD = Severity.BROKEN, Severity.BAD
 
 PLACEHOLDERS = ("dev", "gid", "addr", "peer_dev", "peer_gid", "peer_addr", "port")
 WIRE_READY_TIMEOUT_S = 45.0  # before the programs start: ARP across our wire, both ways
 SERVER_READY_TIMEOUT_S = 30.0  # the server listening (TCP or rdma_cm: outside_ready.py)
 CLIENT_BUSY_TIMEOUT_S = 30.0  # the client's first successful completion in its log
-CLIENT_EXIT_TIMEOUT_S = 60.0  # after the transition: the client ends by itself
 SERVER_EXIT_TIMEOUT_S = 10.0  # after the client, the server ends by itself (or exit_timeout_s)
 STOP_TIMEOUT_S = 5.0  # SIGTERM -> SIGKILL
 POLL_S = 0.05
@@ -117,37 +106,6 @@ def expand(cmd: str, topo: Any, port: int) -> list[str]:
     return [w.format(**values) for w in shlex.split(cmd)]
 
 
-@dataclass
-class OutsideResult:
-    program: str
-    argv: list[str]
-    server_argv: list[str]
-    pid: int
-    exit: int | None  # None: stopped by the harness or the shim (see below)
-    output_tail: str  # the end of its stderr (its stdout is in client.log)
-    server_exit: int | None
-    held_at_delete: bool
-    terminated_by_shim: bool
-    stopped_by_harness: bool
-    traced: bool  # the client's log was found
-    log_closed: bool
-    counts: dict[str, int]  # its send-queue requests by outcome
-    receive_counts: dict[str, int]
-    peer_counts: dict[str, int]
-    unaccounted: int
-    unmatched_completions: int
-    posted_after_error: int
-    devices_opened: list[str]
-    recovery_ms: float | None  # resume -> its first successful completion, if it went on
-    findings: list[str]
-    exit_timeout_s: float = CLIENT_EXIT_TIMEOUT_S  # the spec's bound on ending by itself
-    # how its requests met the transition (harness.workload.coverage); None: no trace
-    coverage: Coverage | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def _wait(cond: Callable[[], bool], what: str, bound_name: str, bound: float,
           proc: subprocess.Popen[bytes], seen: Callable[[], str] | None = None) -> bool:
     """True when COND held; False when PROC exited first; BoundExceeded at the bound
@@ -191,8 +149,9 @@ def _tail(path: Path) -> str:
         return ""
 
 
-def run_outside(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path) -> dict[str, Any]:
-    """One scenario for the outside program: the result record (JSON-ready)."""
+def run_outside(shim: Any, topo: Any, req: Any, spec: OutsideSpec,
+                log_dir: Path) -> OutsideResult:
+    """One scenario for the outside program: its result (to_json: the record's `result`)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     # the logs are written in a recorded work directory (see recorded_work_dir), then kept
     with recorded_work_dir("trace") as work:
@@ -206,7 +165,7 @@ def run_outside(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path
 
 
 def _run(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path,
-         tdir: Path) -> dict[str, Any]:
+         tdir: Path) -> OutsideResult:
     env = traced_env(tdir)
     env[settings.CLIENTS_DIR_ENV] = str(shim.notifier.clients_dir)
     port = free_tcp_port()
@@ -255,13 +214,12 @@ def _run(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path,
                 stop_child(p, 0.0, grace_s=STOP_TIMEOUT_S)
     program, led = _result(spec, cli, srv, cli_argv, srv_argv, res, resumed_ns, stopped, tdir,
                            log_dir)
+    program.wire_ready_ms, program.server_ready = wire_ms, server_ready
     ended = (ClientEnd.TERMINATED_BY_SHIM if program.terminated_by_shim else ClientEnd.NO_REPLY
              if stopped else ClientEnd.COMPLETED if cli.returncode >= 0 else ClientEnd.DIED)
     # the program's requests as a client lane of the timeline picture (its row: "outside")
-    lane = program_lane(spec.label, led, ended, program.peer_counts, exit_ns)
-    return {"transition": res.to_json(), "clients": [lane.to_json()],
-            "outside": program.to_json() | {"wire_ready_ms": wire_ms,
-                                            "server_ready": server_ready}}
+    return OutsideResult(res, program_lane(spec.label, led, ended, program.peer_counts,
+                                           exit_ns), program)
 
 
 def _wire_ready(cfg: Any) -> float:
@@ -287,7 +245,7 @@ def _wire_ready(cfg: Any) -> float:
 def _result(spec: OutsideSpec, cli: subprocess.Popen[bytes], srv: subprocess.Popen[bytes] | None,
             cli_argv: list[str], srv_argv: list[str], res: Any, resumed_ns: int,
             stopped: bool, tdir: Path, log_dir: Path,
-            ) -> tuple[OutsideResult, ProcessLedger | None]:
+            ) -> tuple[ProgramResult, ProcessLedger | None]:
     veto = res.veto
     held = bool(veto) and any(h["pid"] == cli.pid for h in veto.holders)
     terminated = bool(veto) and any(t["pid"] == cli.pid for t in veto.terminated)
@@ -315,7 +273,7 @@ def _result(spec: OutsideSpec, cli: subprocess.Popen[bytes], srv: subprocess.Pop
         kinds = sorted({f.what.value for f in led.findings
                         if f.what is not FindingKind.ASYNC_EVENT})
         findings += [f"trace: {k}" for k in kinds]
-    return (OutsideResult(
+    return (ProgramResult(
         spec.label, cli_argv, srv_argv, cli.pid, exit_code, _tail(log_dir / "client.stderr"),
         srv.returncode if srv is not None else None, held, terminated, stopped,
         led is not None, bool(led and led.closed), counts, recv, peer_counts,
@@ -339,50 +297,3 @@ def _coverage(led: ProcessLedger | None, peer: ProcessLedger | None,
         return None
     sends = [*led.sends(), *(peer.sends() if peer is not None else [])]
     return Coverage.of((Span(r.posted_ns, r.completed_ns) for r in sends), win)
-
-
-def outside_rows(scenario: dict[str, Any], result: dict[str, Any]) -> list[Row]:
-    """The outside program's row: same columns as a policy's."""
-    t, o = result["transition"], result["outside"]
-    row = Row(scenario["id"], scenario["transition"], scenario["ordering"], o["program"],
-              scenario["mix"], t["verdict"], o["counts"], o["peer_counts"], "",
-              o["recovery_ms"],
-              veto_text(VetoReport.from_json(t["veto"]) if t.get("veto") else None))
-    verdict = Verdict(t["verdict"])
-    fs: list[Finding] = []
-    if not o["traced"]:
-        fs.append(Finding(BROKEN, "; ".join(o["findings"]) or "no trace log"))
-    if o["unaccounted"]:
-        fs.append(Finding(BROKEN, f"{o['unaccounted']} requests unaccounted"))
-    if o["unmatched_completions"]:
-        fs.append(Finding(BROKEN, f"{o['unmatched_completions']} completions matched no "
-                                  "request"))
-    if verdict is Verdict.FAILED:
-        fs.append(Finding(BROKEN, f"transition failed: {'; '.join(t.get('reasons', []))}"))
-    if o["terminated_by_shim"]:
-        fs.append(Finding(BAD, "held the device: terminated by the shim"))
-    elif o["held_at_delete"]:
-        fs.append(Finding(BAD, "held the device at the delete"))
-    if o["stopped_by_harness"]:
-        fs.append(Finding(BAD, f"still running {o.get('exit_timeout_s', CLIENT_EXIT_TIMEOUT_S):g}"
-                               " s after the transition: stopped"))
-    if o["exit"] not in (0, None):
-        fs.append(Finding(BAD, f"exit status {o['exit']}, stderr ends "
-                               f"{o['output_tail'].strip()[-120:]!r}"))
-    if o["counts"].get(Outcome.LOST.value):
-        fs.append(Finding(BAD, f"{o['counts'][Outcome.LOST.value]} lost (posted, never "
-                               "completed)"))
-    if o["posted_after_error"]:
-        fs.append(Finding(BAD, f"{o['posted_after_error']} posted after an error completion "
-                               "(error ignored)"))
-    if o["peer_counts"].get("duplicated"):
-        fs.append(Finding(BAD, f"{o['peer_counts']['duplicated']} duplicated at the peer"))
-    if verdict is Verdict.VETOED:
-        fs.append(Finding(BAD, "the sleep was vetoed"))
-    cov = Coverage.from_json(o["coverage"]) if o.get("coverage") else None
-    if cov is not None:
-        fs += of_severity(Severity.MISSED, cov.missed(require_after=False))
-    row.coverage = cov
-    row.findings = texts(by_severity(fs))
-    row.status = RowStatus.of(fs)
-    return [row]

@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.run.scenario_result import ClientEnd, ClientResult
 from harness.workload.ledger import Outcome
-from harness.workload.traced_ledger import FindingKind, ProcessLedger, TracedRequest
+from harness.workload.traced_types import FindingKind, ProcessLedger, TracedRequest
 from harness.workload.tracelog import WrOpcode
 
 MAX_LANE_POINTS = 1500  # request marks drawn per program lane

@@ -11,7 +11,7 @@ from typing import Any
 
 from harness.workload.coverage import Coverage
 from harness.workload.entries import LedgerEntry
-from harness.workload.findings import RowStatus
+from harness.workload.findings import Finding, RowStatus, by_severity, texts
 from harness.workload.inflight import in_flight_at, late_waits
 from power.plan import StepKind
 from power.result import TransitionResult
@@ -49,6 +49,12 @@ class Row:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "status": self.status.value,
                 "coverage": self.coverage.to_json() if self.coverage else None}
+
+    def judge(self, findings: list[Finding]) -> None:
+        """The row's findings (most severe first) and its status, from what its lane found
+        (harness.workload.findings: the one rule)."""
+        self.findings = texts(by_severity(findings))
+        self.status = RowStatus.of(findings)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Row:

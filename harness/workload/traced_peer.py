@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.workload.ledger import Outcome, PeerView
-from harness.workload.traced_ledger import ProcessLedger, QpTrack
+from harness.workload.traced_types import ProcessLedger, QpTrack
 from harness.workload.tracelog import PEER_VISIBLE_OPS, WrOpcode
 
 

@@ -99,7 +99,8 @@ def test_matrix_row_for_outside_program(rxe_config, rxe_topology, tmp_path) -> N
     the flap: it waited for a SEND rxe never completed and was stopped, bad); anything else
     fails."""
     from harness.run.matrix import MatrixSpec, run_matrix
-    from harness.run.outside import outside_rows
+    from harness.run.outside_result import OutsideResult
+    from harness.run.records import ScenarioKey
     from harness.run.resultsfile import RecordKind, read_results
     from power.plan import Ordering
     from tests.rxe.test_tracer_transitions import traced_pair
@@ -125,7 +126,8 @@ def test_matrix_row_for_outside_program(rxe_config, rxe_topology, tmp_path) -> N
     assert peer.get("delivered-once", 0) + peer.get("missing", 0) == posted, (peer, counts)
     assert peer.get("delivered-once", 0) >= counts[ok]  # a completed SEND was received
     out = rec["result"]["outside"]
-    (typed,) = outside_rows(rec["scenario"], rec["result"])  # the stored row, typed
+    stored = OutsideResult.from_json(rec["result"], int(rec.get("schema") or 2))  # typed
+    (typed,) = stored.rows(ScenarioKey.from_json(rec["scenario"]))  # the row judged again
     assert typed.to_json()["status"] == row["status"]
     client, server = traced_pair(tmp_path / "matrix" / "logs" / "001" / "trace", out["pid"])
     behaviour = flap_behaviour(client, server, rec["result"]["transition"])

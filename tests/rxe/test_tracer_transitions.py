@@ -23,12 +23,14 @@ import pytest
 from clients.tracer.traced import example_program, make_trace_dir, traced_env
 from harness.core.errors import BoundExceeded
 from harness.core.proc import stop_child
-from harness.run.outside import OutsideSpec, outside_rows, run_outside
+from harness.run.outside import OutsideSpec, run_outside
+from harness.run.records import ScenarioKey
 from harness.run.rows import RowStatus
 from harness.topology.config import Topology
 from harness.workload.ledger import Outcome
-from harness.workload.traced_ledger import EndedBy, FindingKind, build_ledger
+from harness.workload.traced_ledger import build_ledger
 from harness.workload.traced_peer import match_peer
+from harness.workload.traced_types import EndedBy, FindingKind
 from harness.workload.tracelog import read_log
 from power.plan import OnVeto, Ordering
 from power.result import TransitionRequest, Verdict
@@ -81,7 +83,7 @@ def run_program(power_shim: Any, topo: Topology, program: str, transition: str,
     """One scenario through the matrix's path: (the outside record, its table row)."""
     req = TransitionRequest(transition, Ordering.HCA_FIRST, on_veto=OnVeto.FORCE)
     try:
-        result = run_outside(power_shim.shim, topo, req, program_spec(program), log_dir)
+        res = run_outside(power_shim.shim, topo, req, program_spec(program), log_dir)
     except BoundExceeded:
         # seen once: an ib_send_bw pair right after a link-flap test opened its devices and
         # never got further (its own TCP rendezvous?): what the network looked like then
@@ -90,9 +92,9 @@ def run_program(power_shim: Any, topo: Topology, program: str, transition: str,
             out = subprocess.run(argv, capture_output=True, text=True, check=False)
             print(" ".join(argv), "->", out.stdout[-3000:], out.stderr[-500:])
         raise
-    scenario = {"id": f"{transition}-{program}", "transition": transition,
-                "ordering": Ordering.HCA_FIRST.value, "mix": "program"}
-    (row,) = outside_rows(scenario, result)
+    (row,) = res.rows(ScenarioKey(transition, Ordering.HCA_FIRST.value, (res.program.program,),
+                                  "program", f"{transition}-{program}"))
+    result = res.to_json()  # the record's `result`, as the results file has it
     out = result["outside"]
     print(f"{program} under {transition}: verdict {result['transition']['verdict']}; "
           f"exit {out['exit']} (stopped {out['stopped_by_harness']}, terminated "

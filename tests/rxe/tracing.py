@@ -19,13 +19,9 @@ from clients.tracer.traced import make_trace_dir, traced_env
 from harness.core.proc import stop_child
 from harness.topology.config import Endpoint
 from harness.workload.ledger import Outcome
-from harness.workload.traced_ledger import (
-    ProcessLedger,
-    TracedRequest,
-    build_ledger,
-    summary_line,
-)
+from harness.workload.traced_ledger import build_ledger, summary_line
 from harness.workload.traced_peer import match_peer
+from harness.workload.traced_types import ProcessLedger, TracedRequest
 from harness.workload.tracelog import REC_SIZE, log_paths, read_log
 from tests.rxe.test_outside_clients import listening
 

@@ -1,7 +1,8 @@
 """The outside-program lane: a program that is not ours (`--client-cmd`, with its own
 server `--server-cmd`), run under the verbs tracer through each transition
 (harness.run.outside). It is named `cmd:<program>` (the basename of the client command):
-that is its policy name in the scenarios, the table and the results files.
+that is its policy name in the scenarios, the table and the results files. Its result is
+an OutsideResult (harness.run.outside_result): typed, with its row and its JSON.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from typing import Any
 
 from harness.core.errors import SettingError
 from harness.run.lanes.base import LaneContext, LaneKind, PolicyRef, RunSpec, Scenario
-from harness.run.outside import OUTSIDE_PREFIX, OutsideSpec, outside_rows, run_outside
-from harness.run.records import ScenarioKey
-from harness.run.rows import Row
+from harness.run.outside import OUTSIDE_PREFIX, OutsideSpec, run_outside
+from harness.run.outside_result import OutsideResult
 
 
 def outside_spec(spec: RunSpec) -> OutsideSpec:
@@ -43,22 +43,9 @@ class OutsideLane:
         return [(r,) for r in refs]
 
     def run(self, ctx: LaneContext, sc: Scenario) -> OutsideResult:
-        return OutsideResult(run_outside(ctx.shim, ctx.topo, ctx.request,
-                                         outside_spec(ctx.spec), ctx.log_dir))
+        return run_outside(ctx.shim, ctx.topo, ctx.request, outside_spec(ctx.spec),
+                           ctx.log_dir)
 
     def result_from_json(self, d: dict[str, Any], schema: int) -> OutsideResult:
-        return OutsideResult(d)
+        return OutsideResult.from_json(d, schema)
 
-
-class OutsideResult:
-    """The program's scenario result: its JSON (transition, timeline lane, `outside`)."""
-
-    def __init__(self, result: dict[str, Any]) -> None:
-        self.result = result
-
-    def rows(self, sc: ScenarioKey) -> list[Row]:
-        return outside_rows({"id": sc.id, "transition": sc.transition,
-                             "ordering": sc.ordering, "mix": sc.mix}, self.result)
-
-    def to_json(self) -> dict[str, Any]:
-        return self.result

@@ -15,14 +15,7 @@ from harness.run.records import ScenarioKey
 from harness.run.rows import Row, add_ledger_figures, veto_text
 from harness.run.scenario import run_scenario
 from harness.run.scenario_result import ClientEnd, ClientResult, ScenarioResult
-from harness.workload.findings import (
-    Finding,
-    RowStatus,
-    Severity,
-    by_severity,
-    of_severity,
-    texts,
-)
+from harness.workload.findings import Finding, Severity, of_severity
 from harness.workload.ledger import Outcome, PeerView
 from power.result import TransitionResult, Verdict
 
@@ -78,8 +71,7 @@ def rows_of(scenario: ScenarioKey, result: ScenarioResult) -> list[Row]:
                   veto_text(t.veto))
         add_ledger_figures(row, c.ledger, t)
         row.coverage = c.coverage
-        row.findings = texts(by_severity(fs := client_findings(c, t, row)))
-        row.status = RowStatus.of(fs)
+        row.judge(client_findings(c, t, row))
         rows.append(row)
     return rows
 

@@ -18,7 +18,7 @@ from harness.core.errors import RxePowerError
 from harness.core.printer import Printer
 from harness.topology import cleanup as cleanup_mod
 from harness.topology import lifecycle
-from harness.vm import runner
+from tests.helpers.guest_recorder import GuestRecorder
 
 LOCK_HOLDER_READY_TIMEOUT_S = 10.0  # the child that holds the lock has written itself down
 
@@ -34,26 +34,6 @@ def state_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(lifecycle, "STATE_PATH", path)
     monkeypatch.setattr(proc, "RUN_DIR", tmp_path)
     return path
-
-
-class GuestRecorder:
-    """Stands in for runner.run_in_vm: records each request, boots nothing."""
-
-    def __init__(self) -> None:
-        self.requests: list[runner.VmRequest] = []
-
-    def __call__(self, req: runner.VmRequest) -> runner.VmResult:
-        self.requests.append(req)
-        return runner.VmResult(0, "tcg", "test", 0.0, False, req.log_path, [])
-
-
-@pytest.fixture
-def guest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> GuestRecorder:
-    rec = GuestRecorder()
-    monkeypatch.setattr(runner, "run_in_vm", rec)
-    monkeypatch.setattr(launch, "RESULTS_DIR", tmp_path / "results")
-    monkeypatch.chdir(tmp_path)
-    return rec
 
 
 # --- 7: every environment value is checked before any VM boots --------------------------

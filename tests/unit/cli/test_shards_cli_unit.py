@@ -10,27 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import launch, main, suite
-from harness.vm import runner
-
-
-class GuestRecorder:
-    """Stands in for runner.run_in_vm: records each request, boots nothing."""
-
-    def __init__(self) -> None:
-        self.requests: list[runner.VmRequest] = []
-
-    def __call__(self, req: runner.VmRequest) -> runner.VmResult:
-        self.requests.append(req)
-        return runner.VmResult(0, "tcg", "test", 0.0, False, req.log_path, [])
-
-
-@pytest.fixture
-def guest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> GuestRecorder:
-    rec = GuestRecorder()
-    monkeypatch.setattr(runner, "run_in_vm", rec)
-    monkeypatch.setattr(launch, "RESULTS_DIR", tmp_path / "results")
-    monkeypatch.chdir(tmp_path)
-    return rec
+from tests.helpers.guest_recorder import GuestRecorder
 
 
 @pytest.mark.parametrize("argv, problem", [

@@ -20,16 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.core import protocol
 from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError
-from harness.core.protocol import (
-    MAX_MESSAGE_BYTES,
-    Channel,
-    LineReader,
-    Message,
-    WorkerError,
-    decode,
-)
 from harness.core.schemas import ChannelKind
 from harness.core.strict_json import MAX_INT
 from harness.peer import agent as peer_agent
@@ -70,7 +63,8 @@ def read_notice_line(chunks: list[bytes]) -> bytes | None:
 
 @FUZZ
 @given(valid_messages("notice"), st.data())
-def test_notify_read_line_any_chunking(case: tuple[str, Message], data: st.DataObject) -> None:
+def test_notify_read_line_any_chunking(case: tuple[str, protocol.Message],
+                                       data: st.DataObject) -> None:
     line = case[1].encode()
     assert read_notice_line(data.draw(chunked(line + b"trailing"))) == line.rstrip(b"\n")
 
@@ -84,7 +78,7 @@ def test_notify_parser_only_protocol_errors(raw: bytes, data: st.DataObject) -> 
         line = read_notice_line(data.draw(chunked(raw)))
         if line is None:
             return
-        msg = decode(line, ChannelKind.NOTICE)
+        msg = protocol.decode(line, ChannelKind.NOTICE)
         if msg.event == "resume_complete":
             DeviceInfo.from_json(msg.payload["device"])
     except ProtocolError as exc:
@@ -108,7 +102,7 @@ def test_notify_rejects_absurd_deadlines() -> None:
         line = json.dumps({"v": 1, "id": 1, "event": "suspend_prepare",
                            "payload": {"transition": "standby", "deadline_s": bad}}).encode()
         with pytest.raises(ProtocolError, match=r"deadline_s|NaN|Infinity|digits"):
-            decode(line, ChannelKind.NOTICE)
+            protocol.decode(line, ChannelKind.NOTICE)
     with pytest.raises(ProtocolError, match="'port' is -1"):
         DeviceInfo.from_json({"dev": "rxe0", "port": -1, "netdev": "n", "ifindex": 1,
                               "addr": "a", "gid": "g", "gid_index": 1})
@@ -169,11 +163,12 @@ class FakeConn:
             raise BrokenPipeError(32, "Broken pipe")
         self.sent += data
 
-    def replies(self) -> list[Message]:
-        return [decode(ln, ChannelKind.PEER, expect_reply=True) for ln in self.sent.splitlines()]
+    def replies(self) -> list[protocol.Message]:
+        return [protocol.decode(ln, ChannelKind.PEER, expect_reply=True)
+                for ln in self.sent.splitlines()]
 
 
-def fake_handle(msg: Message) -> dict | None:
+def fake_handle(msg: protocol.Message) -> dict | None:
     if msg.event == "hello":
         return {"pid": 1}
     if msg.event == "arrivals":
@@ -186,7 +181,7 @@ def fake_handle(msg: Message) -> dict | None:
 def agent_feed(*lines: bytes) -> tuple[FakeConn, list, bool]:
     conn = FakeConn(b"".join(lines))
     waiting: list = []
-    alive = peer_dispatch.read_and_dispatch(conn, LineReader(), fake_handle, waiting)  # type: ignore[arg-type]
+    alive = peer_dispatch.read_and_dispatch(conn, protocol.LineReader(), fake_handle, waiting)  # type: ignore[arg-type]
     return conn, waiting, alive
 
 
@@ -195,7 +190,7 @@ def test_agent_answers_every_bad_line_and_keeps_the_connection() -> None:
         b"garbage\n", b"\xff\n", env("fill", {"qp_id": 1}, id=5) + b"\n",
         env("to_err", {"qp_id": 1}, id=6) + b"\n",
         env("cm_events", {"count": 1, "timeout_s": 1, "_deadline": 0}, id=7) + b"\n",
-        env("e" * (MAX_MESSAGE_BYTES - 100), id=8) + b"\n",
+        env("e" * (protocol.MAX_MESSAGE_BYTES - 100), id=8) + b"\n",
         env("hello", id=9) + b"\n")
     assert alive
     reps = conn.replies()
@@ -216,7 +211,7 @@ def test_agent_waits_with_a_finite_deadline_and_refuses_a_duplicate_id() -> None
     conn = FakeConn(line, line)
     waiting: list = []
     for _ in range(2):
-        assert peer_dispatch.read_and_dispatch(conn, LineReader(), fake_handle, waiting)  # type: ignore[arg-type]
+        assert peer_dispatch.read_and_dispatch(conn, protocol.LineReader(), fake_handle, waiting)  # type: ignore[arg-type]
     assert len(waiting) == 1
     _, msg, deadline = waiting[0]
     assert msg.payload["_deadline"] == deadline and deadline - time.monotonic() <= 2.5
@@ -225,7 +220,8 @@ def test_agent_waits_with_a_finite_deadline_and_refuses_a_duplicate_id() -> None
 
 
 def test_agent_drops_a_connection_whose_framing_broke() -> None:
-    conn, _, alive = agent_feed(env("hello", id=1) + b"\n", b"x" * (MAX_MESSAGE_BYTES + 10))
+    conn, _, alive = agent_feed(env("hello", id=1) + b"\n",
+                                b"x" * (protocol.MAX_MESSAGE_BYTES + 10))
     assert not alive
     assert [(r.event, r.id) for r in conn.replies()] == [("ok", 1), ("error", 0)]
     assert "without a newline" in conn.replies()[1].payload["message"]
@@ -233,13 +229,14 @@ def test_agent_drops_a_connection_whose_framing_broke() -> None:
 
 def test_agent_survives_a_gone_connection() -> None:
     conn = FakeConn(env("hello") + b"\n", broken=True)
-    assert not peer_dispatch.read_and_dispatch(conn, LineReader(), fake_handle, [])  # type: ignore[arg-type]
+    assert not peer_dispatch.read_and_dispatch(conn, protocol.LineReader(), fake_handle, [])  # type: ignore[arg-type]
 
 
 def test_agent_finish_waits_survives_a_gone_connection() -> None:
     agent = peer_agent.Agent.__new__(peer_agent.Agent)  # no device: only the wait list
     agent.qps, agent.cm_events, agent.cm_delivered = {}, [], 0
-    msg = decode(env("arrivals", {"qp_id": 9, "count": 1, "timeout_s": 0}), ChannelKind.PEER)
+    msg = protocol.decode(env("arrivals", {"qp_id": 9, "count": 1, "timeout_s": 0}),
+                          ChannelKind.PEER)
     ok_conn = FakeConn()
     agent.waiting = [(FakeConn(broken=True), msg, 0.0), (ok_conn, msg, 0.0)]
     agent._finish_waits()
@@ -259,8 +256,8 @@ def test_agent_dispatch_fuzz(lines: list[bytes]) -> None:
 
 
 # --- a real client worker process ----------------------------------------------------------
-def read_replies(sock: socket.socket, n: int, timeout_s: float = BOUND_S) -> list[Message]:
-    reader, out = LineReader(), []
+def read_replies(sock: socket.socket, n: int, timeout_s: float = BOUND_S) -> list[protocol.Message]:
+    reader, out = protocol.LineReader(), []
     deadline = time.monotonic() + timeout_s
     while len(out) < n:
         remaining = deadline - time.monotonic()
@@ -269,7 +266,7 @@ def read_replies(sock: socket.socket, n: int, timeout_s: float = BOUND_S) -> lis
         if r:
             data = sock.recv(1 << 16)
             assert data, f"the worker closed the socket after {len(out)} replies"
-            out += [decode(ln, ChannelKind.WORKER, expect_reply=True)
+            out += [protocol.decode(ln, ChannelKind.WORKER, expect_reply=True)
                     for ln in reader.feed(data)]
     return out
 
@@ -302,7 +299,7 @@ def test_worker_process_survives_garbage(tmp_path: Path) -> None:
             (env("start", {"name": "w"}, id=6) + b"\n", 6, "lacks field"),
             (env("start", bad_start, id=7) + b"\n", 7, "workload spec field 'ops'"),
             # the newline comes more than one read (64 KiB) after the limit: broken framing
-            (b"y" * (MAX_MESSAGE_BYTES + 1) + b"z" * 100_000 + b"still the same line\n", 0,
+            (b"y" * (protocol.MAX_MESSAGE_BYTES + 1) + b"z" * 100_000 + b"still the same line\n", 0,
              "without a newline"),
             (env("go", id=8) + b"\n", 8, "before start"),
         ]
@@ -313,9 +310,9 @@ def test_worker_process_survives_garbage(tmp_path: Path) -> None:
             assert needle in rep.payload["message"], (needle, rep.payload)
             assert proc.poll() is None
         # and the real controller's channel still works
-        chan = Channel(ours, "worker", ChannelKind.WORKER)
+        chan = protocol.Channel(ours, "worker", ChannelKind.WORKER)
         chan.next_id = 100
-        with pytest.raises(WorkerError, match="'progress' before start"):
+        with pytest.raises(protocol.WorkerError, match="'progress' before start"):
             chan.request("progress", BOUND_S)
     finally:
         ours.close()

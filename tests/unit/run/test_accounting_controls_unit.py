@@ -142,25 +142,24 @@ def _offsets(data: bytes, rtype: int) -> list[int]:
 
 def _row(client: bytes, server: bytes) -> object:
     """The outside program's row from the two logs, as harness.run.outside makes it."""
-    from harness.run.outside import outside_rows
+    from harness.run.records import ScenarioKey
     from harness.workload.traced_ledger import build_ledger
     from harness.workload.traced_peer import match_peer
     from harness.workload.tracelog import parse
+    from tests.helpers.outside_results import outside_result
 
     led, peer = build_ledger(parse(client)), build_ledger(parse(server))
     ms = match_peer(led, peer)
-    out = {"program": "cmd:ibv_rc_pingpong", "counts": dict(led.counts()),
-           "peer_counts": {"delivered-once": sum(m.delivered_once for m in ms),
-                           "missing": sum(m.missing for m in ms),
-                           "duplicated": sum(m.duplicated for m in ms)},
-           "recovery_ms": None, "traced": True, "unaccounted": len(led.unaccounted()),
-           "unmatched_completions": len(led.unmatched_completions()),
-           "terminated_by_shim": False, "held_at_delete": False, "stopped_by_harness": False,
-           "exit": 0, "output_tail": "", "posted_after_error": led.posted_after_error(),
-           "findings": []}
-    scen = {"id": "x", "transition": "link-flap", "ordering": "hca-first", "mix": "program"}
-    (row,) = outside_rows(scen, {"transition": {"verdict": "completed", "veto": None},
-                                 "outside": out})
+    res = outside_result(
+        program="cmd:ibv_rc_pingpong", counts=dict(led.counts()),
+        peer_counts={"delivered-once": sum(m.delivered_once for m in ms),
+                     "missing": sum(m.missing for m in ms),
+                     "duplicated": sum(m.duplicated for m in ms)},
+        unaccounted=len(led.unaccounted()),
+        unmatched_completions=len(led.unmatched_completions()),
+        posted_after_error=led.posted_after_error())
+    (row,) = res.rows(ScenarioKey("link-flap", "hca-first", ("cmd:ibv_rc_pingpong",),
+                                  "program", "x"))
     return row
 
 

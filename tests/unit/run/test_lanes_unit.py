@@ -4,6 +4,7 @@ gave when it ran."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,17 +94,14 @@ def test_a_kernel_result_read_back_gives_the_row_it_stored(data_dir: Path) -> No
 
 
 def test_an_outside_result_read_back_is_judged_by_its_lane() -> None:
-    o = {"program": "cmd:ib_send_bw", "counts": {"completed-ok": 300, "lost": 2},
-         "peer_counts": {"delivered-once": 300}, "recovery_ms": None, "traced": True,
-         "unaccounted": 0, "unmatched_completions": 0, "terminated_by_shim": False,
-         "held_at_delete": False, "stopped_by_harness": False, "exit": 0, "output_tail": "",
-         "posted_after_error": 0, "findings": []}
-    key = ScenarioKey("standby", "clients-first", ("cmd:ib_send_bw",), "mixed",
-                      "standby/clients-first/cmd:ib_send_bw/mixed")
-    back = LANES[LaneKind.OUTSIDE]().result_from_json(
-        {"transition": {"verdict": "completed", "veto": None}, "outside": o}, 2)
-    (row,) = back.rows(key)
+    from tests.helpers.outside_results import KEY, outside_result
+
+    d = outside_result(counts={"completed-ok": 300, "lost": 2},
+                       peer_counts={"delivered-once": 300}).to_json()
+    back = LANES[LaneKind.OUTSIDE]().result_from_json(json.loads(json.dumps(d)), 2)
+    (row,) = back.rows(KEY)
     assert row.status.value == "bad" and row.findings == ["2 lost (posted, never completed)"]
+    assert back.to_json() == d
 
 
 # --- run_matrix hands each scenario to its lane (the table, not an if-chain) ---------------

@@ -10,8 +10,9 @@ import pytest
 from harness.core.errors import SettingError
 from harness.core.printer import RecordingPrinter
 from harness.run.matrix import MatrixSpec
-from harness.run.outside import OutsideSpec, expand, outside_rows
+from harness.run.outside import OutsideSpec, expand
 from harness.run.rows import RowStatus
+from tests.helpers.outside_results import KEY, outside_result
 
 CLIENT = "ib_send_bw -d {dev} -x {gid} -F -s 4096 -p {port} {peer_addr}"
 SERVER = "ib_send_bw -d {peer_dev} -x {peer_gid} -F -s 4096 -p {port}"
@@ -44,30 +45,17 @@ def test_matrix_spec_with_a_program() -> None:
         MatrixSpec(server_cmd=SERVER).validate()
 
 
-def _result(**over: object) -> dict:
-    o = {"program": "cmd:ib_send_bw", "counts": {"completed-ok": 300}, "peer_counts":
-         {"delivered-once": 300, "missing": 0, "duplicated": 0}, "recovery_ms": None,
-         "traced": True, "unaccounted": 0, "unmatched_completions": 0,
-         "terminated_by_shim": False, "held_at_delete": False, "stopped_by_harness": False,
-         "exit": 0, "output_tail": "", "posted_after_error": 0, "findings": []}
-    o.update(over)
-    return {"transition": {"verdict": "completed", "veto": None}, "outside": o}
-
-
-SC = {"id": "standby/clients-first/cmd:ib_send_bw/mixed", "transition": "standby",
-      "ordering": "clients-first", "mix": "mixed"}
-
-
 def test_rows() -> None:
-    (clean,) = outside_rows(SC, _result())
+    (clean,) = outside_result().rows(KEY)
     assert clean.status is RowStatus.CLEAN and clean.counts["completed-ok"] == 300
-    (bad,) = outside_rows(SC, _result(posted_after_error=5, exit=1, output_tail="Failed"))
+    assert clean.scenario == KEY.id and clean.policy == "cmd:ib_send_bw"
+    (bad,) = outside_result(posted_after_error=5, exit=1, output_tail="Failed").rows(KEY)
     assert bad.status is RowStatus.BAD and len(bad.findings) == 2
-    (killed,) = outside_rows(SC, _result(terminated_by_shim=True, exit=None))
+    (killed,) = outside_result(terminated_by_shim=True, exit=None).rows(KEY)
     assert killed.status is RowStatus.BAD and "terminated" in killed.findings[0]
-    (broken,) = outside_rows(SC, _result(traced=False, findings=["no trace log"]))
+    (broken,) = outside_result(traced=False, findings=["no trace log"]).rows(KEY)
     assert broken.status is RowStatus.BROKEN
-    (unacc,) = outside_rows(SC, _result(unmatched_completions=2))
+    (unacc,) = outside_result(unmatched_completions=2).rows(KEY)
     assert unacc.status is RowStatus.BROKEN
 
 
@@ -82,7 +70,7 @@ def test_client_exit_timeout_is_bounded(bad: float) -> None:
 
 
 def test_a_stopped_program_row_names_its_own_bound() -> None:
-    (row,) = outside_rows(SC, _result(stopped_by_harness=True, exit=None, exit_timeout_s=8.0))
+    (row,) = outside_result(stopped_by_harness=True, exit=None, exit_timeout_s=8.0).rows(KEY)
     assert row.status is RowStatus.BAD
     assert "still running 8 s after the transition: stopped" in row.findings
     spec = MatrixSpec(transitions=("standby",), client_cmd=CLIENT, server_cmd=SERVER,
@@ -183,3 +171,53 @@ def test_coverage_counts_the_servers_sends_too(data_dir: Path) -> None:
     both = _coverage(client, server, res)
     assert alone is not None and alone.crossed == 0 and alone.missed(require_after=False)
     assert both is not None and both.crossed == 1 and not both.missed(require_after=False)
+
+
+# --- the typed result and its JSON (the results file's `result` of an outside scenario) ---
+
+# the `outside` record's keys, in the order results files have always had them
+OUTSIDE_KEYS = ["program", "argv", "server_argv", "pid", "exit", "output_tail", "server_exit",
+                "held_at_delete", "terminated_by_shim", "stopped_by_harness", "traced",
+                "log_closed", "counts", "receive_counts", "peer_counts", "unaccounted",
+                "unmatched_completions", "posted_after_error", "devices_opened",
+                "recovery_ms", "findings", "exit_timeout_s", "coverage", "wire_ready_ms",
+                "server_ready"]
+
+
+def test_an_outside_result_keeps_its_json_and_reads_back(data_dir: Path) -> None:
+    """A recorded transition (link-flap in the guest) and a recorded ib_send_bw ledger as
+    the program's lane: the JSON has the record's keys in their order, survives a trip
+    through a results file, and reads back to the same result and row."""
+    import json
+    from dataclasses import replace
+
+    from harness.run.outside_lane import program_lane
+    from harness.run.outside_result import OutsideResult
+    from harness.run.scenario_result import ClientEnd
+    from harness.workload.coverage import Coverage
+    from power.result import TransitionResult
+    from tests.helpers.outside_results import KEY
+
+    lines = (data_dir / "matrix-standby-linkflap.jsonl").read_text().splitlines()
+    rec = next(json.loads(x) for x in lines[1:] if '"link-flap"' in x)
+    t = TransitionResult.from_json(rec["result"]["transition"])
+    led = _recorded_client("send_bw-link-flap")
+    typed = outside_result(counts=dict(led.counts(False)), wire_ready_ms=12.5,
+                           server_ready="TCP LISTEN on 198.18.0.2:4242",
+                           coverage=Coverage(10, 2, 3, None, 5, 1, 0).to_json())
+    typed = replace(typed, transition=t,
+                    lane=program_lane("cmd:ib_send_bw", led, ClientEnd.COMPLETED, {}))
+    d = typed.to_json()
+    assert list(d) == ["transition", "clients", "outside"]
+    assert list(d["outside"]) == OUTSIDE_KEYS
+    assert d["transition"] == t.to_json() and d["clients"] == [typed.lane.to_json()]
+    back = OutsideResult.from_json(json.loads(json.dumps(d)))
+    assert back.to_json() == d
+    assert back.rows(KEY) == typed.rows(KEY)
+    older = {k: v for k, v in d["outside"].items()  # a record from before these fields
+             if k not in ("exit_timeout_s", "coverage", "wire_ready_ms", "server_ready")}
+    old = OutsideResult.from_json(d | {"outside": older}).program
+    assert (old.exit_timeout_s, old.coverage, old.wire_ready_ms, old.server_ready) == (
+        60.0, None, None, "")
+    with pytest.raises(KeyError):
+        OutsideResult.from_json(d | {"outside": {"program": "cmd:x"}})

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.core import procfs
 from harness.vm.process import GUEST_STOP_TIMEOUT_S
 
 STARTED_TIMEOUT_S = 20.0  # the stand-in guest is running
@@ -37,36 +38,24 @@ raise SystemExit(0)
 """
 
 
+def _live() -> list[procfs.ProcStat]:
+    """Every process now that is not a zombie (harness.core.procfs: each may go while the
+    list is read)."""
+    stats = (procfs.read_stat(pid) for pid in procfs.pids())
+    return [st for st in stats if st is not None and not st.gone]
+
+
 def _group_alive(pgid: int) -> list[int]:
-    left = []
-    for e in Path("/proc").iterdir():
-        if not e.name.isdigit():
-            continue
-        try:
-            stat = (e / "stat").read_text()
-        except OSError:
-            continue
-        rest = stat[stat.rfind(")") + 2:].split()
-        if rest[0] != "Z" and int(rest[2]) == pgid:
-            left.append(int(e.name))
-    return left
+    return [st.pid for st in _live() if st.pgrp == pgid]
 
 
 def _guest_group(runner_pid: int) -> int:
     """The process group of the stand-in guest: the runner's child leads it."""
     end = time.monotonic() + STARTED_TIMEOUT_S
     while time.monotonic() < end:
-        for e in Path("/proc").iterdir():
-            if not e.name.isdigit():
-                continue
-            try:
-                stat = (e / "stat").read_text()
-            except OSError:
-                continue
-            rest = stat[stat.rfind(")") + 2:].split()
-            if int(rest[1]) == runner_pid and int(rest[2]) == int(e.name) \
-                    and len(_group_alive(int(e.name))) >= 2:
-                return int(e.name)
+        for st in _live():
+            if st.ppid == runner_pid and st.pgrp == st.pid and len(_group_alive(st.pid)) >= 2:
+                return st.pid
         time.sleep(POLL_S)
     raise AssertionError(f"the stand-in guest of pid {runner_pid} did not start within "
                          f"{STARTED_TIMEOUT_S:g} s")

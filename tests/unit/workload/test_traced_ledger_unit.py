@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from harness.workload.ledger import Outcome, PeerView
-from harness.workload.traced_ledger import EndedBy, FindingKind, build_ledger
+from harness.workload.traced_ledger import build_ledger
 from harness.workload.traced_peer import match_peer
+from harness.workload.traced_types import EndedBy, FindingKind
 from harness.workload.tracelog import (
     REC_SIZE,
     PostKind,
