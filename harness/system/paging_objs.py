@@ -159,15 +159,30 @@ class PagingCgroup:
     def add(self, pid: int) -> None:
         _write(self.path / "cgroup.procs", str(pid))
 
+    def remove(self, out: Callable[[str], None] = NULL) -> list[str]:
+        """The group (its processes killed first) and the controller we enabled for it;
+        what was left (each still in the state file)."""
+        left = _remove_cgroup(self.path, out)
+        if left:
+            return [left]
+        self.state.forget("paging_cgroup", name=self.name)
+        for e in self.state.created:
+            if e["kind"] == "paging_subtree":
+                more = undo(e, out, self.root)
+                if more:
+                    return [more]
+                self.state.forget(**e)
+        return []
+
     def events(self) -> dict[str, int]:
         """memory.events: oom, oom_kill, max, high, ... (the kernel's counts)."""
-        return _flat_keyed(_read(self.path / "memory.events", "memory.events"))
+        return flat_keyed(_read(self.path / "memory.events", "memory.events"))
 
     def stat(self) -> dict[str, int]:
-        return _flat_keyed(_read(self.path / "memory.stat", "memory.stat"))
+        return flat_keyed(_read(self.path / "memory.stat", "memory.stat"))
 
 
-def _flat_keyed(text: str) -> dict[str, int]:
+def flat_keyed(text: str) -> dict[str, int]:
     out = {}
     for line in text.splitlines():
         key, _, val = line.partition(" ")

@@ -36,6 +36,10 @@ PATTERNS: tuple[KmsgPattern, ...] = (
     KmsgPattern("BUG", re.compile(r"\bBUG:"), None),
     KmsgPattern("WARNING", re.compile(r"\bWARNING:"), None),
     KmsgPattern("call trace", re.compile(r"^Call Trace:"), None),
+    # paging over the fabric (clients.kernel.swap_scenario)
+    KmsgPattern("swap I/O error", re.compile(r"(Read|Write)-error on swap-device"), None),
+    KmsgPattern("page allocation failure", re.compile(r"page allocation failure"), None),
+    KmsgPattern("OOM", re.compile(r"Out of memory|oom-kill:|invoked oom-killer"), None),
     KmsgPattern("rxe error", re.compile(r"\b(rdma_rxe|rxe\d*)\b"), KERN_ERR),
 )
 

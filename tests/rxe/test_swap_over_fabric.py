@@ -1,0 +1,101 @@
+"""Swap on the fabric, on real rxe: the guest's only swap area on an nvme-rdma namespace
+(nvmet-rdma on rxe1, a null_blk disk), a process paging to it under a cgroup memory limit,
+one transition while pages go out and come in (clients/kernel/swap_scenario.py).
+
+Each test prints the process's fate, every page's fate, the paging counts during the
+transition and the kernel's log; which behaviour happened is checked against evidence
+that is not the scenario's own account (the kernel log read again, the controller's
+states, the cgroup's counts), and anything else fails. Everything of ours (swap area,
+cgroup, controller, target) must be gone afterwards.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from clients.kernel.swap_scenario import SwapResult, SwapScenario, run_swap
+from harness.core.state import StateFile
+from harness.system import kernelobjs as ko
+from harness.system.paging_objs import CGROUP_ROOT, OUR_CGROUP_PREFIX, swaps
+from harness.workload.page_ledger import PageFate, ProcessFate
+from power import kmsg
+from power.plan import Ordering
+from tests.helpers.kernel_needs import NVME_RDMA_MODULES
+
+pytestmark = pytest.mark.kernel_modules(*NVME_RDMA_MODULES)
+
+POLICY = "nvme-rdma:ctrl_loss_tmo=30:reconnect_delay=1:fast_io_fail_tmo=0"
+SCENARIO_TIMEOUT_S = 400.0
+
+
+def show(res: SwapResult) -> None:
+    print(f"{res.scenario['transition']} {res.scenario['ordering']}: {res.status.value} "
+          f"process {res.fate.to_json()} pages {res.pages.to_json()} paging {res.paging} "
+          f"cgroup {res.cgroup_events} settled {res.settled} findings {res.findings}")
+
+
+def nothing_of_ours_left() -> None:
+    assert not [a for a in swaps() if "nvme" in a.path], swaps()
+    assert not [p.name for p in CGROUP_ROOT.iterdir() if p.name.startswith(OUR_CGROUP_PREFIX)]
+    assert not [c for c in ko.nvme_ctrls() if ko.OUR_PREFIX in c.subsysnqn]
+    kinds = [e["kind"] for e in StateFile.load().created if e["kind"].startswith("paging_")
+             or e["kind"] in ("nvme_ctrl", "nvmet_subsys", "nullb")]
+    assert not kinds, f"state file still lists {kinds}"
+
+
+def kernel_lines(res: SwapResult, *needles: str) -> list[str]:
+    after = int(res.kernel["marker"]["after_seq"])
+    return [r.message for r in kmsg.read_records() if r.seq > after
+            and any(n in r.message for n in needles)]
+
+
+@pytest.mark.timeout(SCENARIO_TIMEOUT_S)
+def test_link_flap_pages_wait_and_come_back(power_shim, rxe_config) -> None:
+    """The carrier drops under a paging process and comes back: the controller reconnects
+    and the page faults that met the dead link wait for it (verified-late) or fail.
+    The row's negative control rides along: page 7 is planted damaged before the
+    transition, so exactly one page must read corrupted and the row be bad for it."""
+    res = run_swap(power_shim.shim, rxe_config,
+                   SwapScenario("link-flap", Ordering.HCA_FIRST, POLICY, hold_ms=1500,
+                                plants=("damage:7",)))
+    show(res)
+    assert res.paging["during"]["out"] + res.paging["during"]["in"] > 0 or \
+        res.paging["touches_during"] > 0, res.paging  # the flap met the paging
+    assert res.pages.fates[PageFate.CORRUPTED] == 1, res.pages  # the planted page only
+    assert res.status.value == "bad", res.findings
+    if res.fate.process is ProcessFate.ALIVE:
+        behaviour = "waited"  # every other page verified: ok or late
+        assert res.pages.swept and res.pages.fates[PageFate.LOST] == 0, res.pages
+        assert res.settled["state"] == "live", res.settled
+    else:  # a page-in failed for good: the kernel says so
+        behaviour = "failed"
+        assert kernel_lines(res, "swap-device", "I/O error"), res.kernel
+    print("behaviour:", behaviour)
+    nothing_of_ours_left()
+
+
+@pytest.mark.timeout(SCENARIO_TIMEOUT_S)
+def test_standby_hca_first_takes_the_swap_away(power_shim, rxe_config) -> None:
+    """rxe0 goes with the swap area's pages on the peer: nvme_rdma_remove_one deletes the
+    controller, the namespace goes, and a page-in of a page that was out cannot be read.
+    Known behaviours, each checked against the kernel's own log and the cgroup's counts:
+    `died` (the process ends on a failed page-in: SIGBUS or killed, its pages lost, the
+    kernel logged swap read errors), `survived` (no page of it was out when the area
+    went: every page verified and the controller came back)."""
+    res = run_swap(power_shim.shim, rxe_config,
+                   SwapScenario("standby", Ordering.HCA_FIRST, POLICY, hold_ms=300))
+    show(res)
+    assert res.status.value != "missed", res.findings
+    if res.fate.process is ProcessFate.ALIVE and res.pages.fates[PageFate.LOST] == 0 and \
+            res.pages.fates[PageFate.CORRUPTED] == 0:
+        behaviour = "survived"
+        assert res.settled["state"] == "live", res.settled
+    else:
+        behaviour = "died"
+        assert res.status.value == "bad", res.findings
+        assert res.fate.process is not ProcessFate.ALIVE or res.pages.fates[PageFate.LOST]
+        assert kernel_lines(res, "swap-device", "I/O error", "Removing ctrl"), res.kernel
+    print("behaviour:", behaviour, "kernel:", kernel_lines(res, "swap", "nvme", "oom",
+                                                            "Out of memory", "SIGBUS"))
+    nothing_of_ours_left()
+
