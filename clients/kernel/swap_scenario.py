@@ -198,7 +198,7 @@ def run_swap(shim: Shim, cfg: TopologyConfig, sc: SwapScenario,
             if held:  # the controller holds the device: nothing settles until it lets go
                 hang = nvme_hang.wait_out(cfg, host.find, ctrl_s.samples, first_ctrl, held,
                                           began_ns(tres, StepKind.DELETE_DEVICE), tail,
-                                          marker, log=lambda m: None)
+                                          marker)
                 settled = {"state": hang.ctrl_states_after[-1], "ctrl": hang.ctrl,
                            "waited_ms": hang.held_ms, "timed_out": not hang.released}
             else:

@@ -159,7 +159,7 @@ class PagingCgroup:
     def add(self, pid: int) -> None:
         _write(self.path / "cgroup.procs", str(pid))
 
-    def remove(self, out: Callable[[str], None] = NULL) -> list[str]:
+    def remove(self, out: Printer = NULL) -> list[str]:
         """The group (its processes killed first) and the controller we enabled for it;
         what was left (each still in the state file)."""
         left = _remove_cgroup(self.path, out)

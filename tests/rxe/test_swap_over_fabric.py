@@ -50,31 +50,6 @@ def kernel_lines(res: SwapResult, *needles: str) -> list[str]:
 
 
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
-def test_link_flap_pages_wait_and_come_back(power_shim, rxe_config) -> None:
-    """The carrier drops under a paging process and comes back: the controller reconnects
-    and the page faults that met the dead link wait for it (verified-late) or fail.
-    The row's negative control rides along: page 7 is planted damaged before the
-    transition, so exactly one page must read corrupted and the row be bad for it."""
-    res = run_swap(power_shim.shim, rxe_config,
-                   SwapScenario("link-flap", Ordering.HCA_FIRST, POLICY, hold_ms=1500,
-                                plants=("damage:7",)))
-    show(res)
-    assert res.paging["during"]["out"] + res.paging["during"]["in"] > 0 or \
-        res.paging["touches_during"] > 0, res.paging  # the flap met the paging
-    assert res.pages.fates[PageFate.CORRUPTED] == 1, res.pages  # the planted page only
-    assert res.status.value == "bad", res.findings
-    if res.fate.process is ProcessFate.ALIVE:
-        behaviour = "waited"  # every other page verified: ok or late
-        assert res.pages.swept and res.pages.fates[PageFate.LOST] == 0, res.pages
-        assert res.settled["state"] == "live", res.settled
-    else:  # a page-in failed for good: the kernel says so
-        behaviour = "failed"
-        assert kernel_lines(res, "swap-device", "I/O error"), res.kernel
-    print("behaviour:", behaviour)
-    nothing_of_ours_left()
-
-
-@pytest.mark.timeout(SCENARIO_TIMEOUT_S)
 def test_standby_hca_first_takes_the_swap_away(power_shim, rxe_config) -> None:
     """rxe0 goes with the swap area's pages on the peer: nvme_rdma_remove_one deletes the
     controller, the namespace goes, and a page-in of a page that was out cannot be read.
