@@ -11,12 +11,17 @@ cgroup, controller, target) must be gone afterwards.
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import pytest
 
 from clients.kernel.swap_scenario import SwapResult, SwapScenario, run_swap
 from harness.core.state import StateFile
 from harness.system import kernelobjs as ko
 from harness.system.paging_objs import CGROUP_ROOT, OUR_CGROUP_PREFIX, swaps
+from harness.system.provenance_collect import collect
 from harness.workload.page_ledger import PageFate, ProcessFate
 from power import kmsg
 from power.plan import Ordering
@@ -26,6 +31,19 @@ pytestmark = pytest.mark.kernel_modules(*NVME_RDMA_MODULES)
 
 POLICY = "nvme-rdma:ctrl_loss_tmo=30:reconnect_delay=1:fast_io_fail_tmo=0"
 SCENARIO_TIMEOUT_S = 400.0
+
+
+def record(res: SwapResult, results_dir: Path, name: str) -> Path:
+    """The row as a results file with what made it (docs/measurements takes it whole)."""
+    out = results_dir / "swap" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "kind": "swap-over-fabric", "command": f"rxe-power test -- -k {name}",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "fault_model": "userspace removal (rdma link delete/add), nobody frozen",
+        "peer_placement": "same-kernel", "provenance": collect().to_json(),
+        "result": res.to_json()}, indent=1))
+    return out
 
 
 def show(res: SwapResult) -> None:
@@ -50,7 +68,7 @@ def kernel_lines(res: SwapResult, *needles: str) -> list[str]:
 
 
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
-def test_standby_hca_first_takes_the_swap_away(power_shim, rxe_config) -> None:
+def test_standby_hca_first_takes_the_swap_away(power_shim, rxe_config, results_dir) -> None:
     """rxe0 goes with the swap area's pages on the peer: nvme_rdma_remove_one deletes the
     controller, the namespace goes, and a page-in of a page that was out cannot be read.
     Known behaviours, each checked against the kernel's own log and the cgroup's counts:
@@ -60,6 +78,7 @@ def test_standby_hca_first_takes_the_swap_away(power_shim, rxe_config) -> None:
     res = run_swap(power_shim.shim, rxe_config,
                    SwapScenario("standby", Ordering.HCA_FIRST, POLICY, hold_ms=300))
     show(res)
+    print("results file:", record(res, results_dir, "swap-nvme-rdma-standby-hca-first"))
     assert res.status.value != "missed", res.findings
     if res.fate.process is ProcessFate.ALIVE and res.pages.fates[PageFate.LOST] == 0 and \
             res.pages.fates[PageFate.CORRUPTED] == 0:
