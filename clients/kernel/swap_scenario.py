@@ -23,6 +23,7 @@ from typing import Any
 
 from clients.kernel import nvme_hang, route_guard
 from clients.kernel.nvme_host import CtrlSampler, HostConfig, NvmeHost, parse_policy
+from clients.kernel.nvme_scenario import ADMIN_TIMEOUT_PARAM
 from clients.kernel.nvmet_target import NvmetTarget, TargetConfig
 from clients.kernel.paging_process import Fate, PagingProcess
 from clients.kernel.ulp_scenario import (
@@ -37,6 +38,7 @@ from clients.kernel.ulp_scenario import (
 )
 from harness.core.errors import BoundExceeded, RxePowerError
 from harness.core.state import StateFile
+from harness.system import kernelobjs as ko
 from harness.system.paging_objs import PagingCgroup, Swap, flat_keyed
 from harness.topology.config import TopologyConfig
 from harness.workload.findings import Finding, RowStatus, Severity, of_severity, texts
@@ -172,6 +174,8 @@ def run_swap(shim: Shim, cfg: TopologyConfig, sc: SwapScenario,
         target.setup()
         guard = route_guard.install(cfg, state)
         set_sysctl(state, HUNG_TASK, HUNG_TASK_TIMEOUT_S)
+        if opts.admin_timeout is not None:  # read when the controller is made: set first
+            ko.set_module_param(state, ADMIN_TIMEOUT_PARAM, opts.admin_timeout)
         host = NvmeHost(HostConfig(target.cfg.nqn, cfg.peer_addr, target.cfg.trsvcid,
                                    cfg.local_addr, opts), state)
         host.connect()
@@ -253,4 +257,5 @@ def _teardown(state: StateFile, target: NvmetTarget, host: NvmeHost | None,
     if guard is not None:
         route_guard.remove(guard, state)
     restore_sysctl(state, HUNG_TASK)
+    ko.restore_module_param(state, ADMIN_TIMEOUT_PARAM)
     return problems

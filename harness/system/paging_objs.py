@@ -22,6 +22,8 @@ from __future__ import annotations
 import errno as errno_mod
 import os
 import re
+import stat
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from typing import Any
 
 from harness.core.errors import BoundExceeded, NotOurs, OsCallError, SettingError
 from harness.core.printer import NULL, Printer
-from harness.core.proc import run_bounded
+from harness.core.proc import RUN_DIR, run_bounded
 from harness.core.state import StateFile
 
 PROC_SWAPS = Path("/proc/swaps")
@@ -43,6 +45,7 @@ PAGING_KINDS = ("paging_swap", "paging_cgroup", "paging_subtree")
 _CGROUP_RE = re.compile(re.escape(OUR_CGROUP_PREFIX) + r"[0-9]{1,10}")
 _DEV_RE = re.compile(r"/dev/nvme[0-9]{1,4}n[0-9]{1,4}")
 _SBIN = "/usr/sbin:/usr/bin:/sbin:/bin"
+_DELETED = " (deleted)"  # d_path's mark on a swap area whose device node went
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class SwapArea:
     size_kib: int
     used_kib: int
     priority: int
+    deleted: bool = False  # its device node is gone (the namespace was removed under it)
 
 
 def swaps(text: str | None = None) -> list[SwapArea]:
@@ -66,8 +70,10 @@ def swaps(text: str | None = None) -> list[SwapArea]:
         if len(f) != 5:
             raise OsCallError(f"{PROC_SWAPS}: unexpected line {line[:80]!r}", 0,
                               "a kernel with another /proc/swaps format: report it")
-        out.append(SwapArea(f[0].replace("\\040", " "), f[1], int(f[2]), int(f[3]),
-                            int(f[4])))
+        path = f[0].replace("\\040", " ")
+        deleted = path.endswith(_DELETED)
+        out.append(SwapArea(path.removesuffix(_DELETED), f[1], int(f[2]), int(f[3]),
+                            int(f[4]), deleted))
     return out
 
 
@@ -92,6 +98,7 @@ class Swap:
     def __init__(self, device: Path, state: StateFile) -> None:
         self.device = _our_device(str(device))
         self.state = state
+        self.rdev = (0, 0)  # its device number, once on
 
     def on(self) -> None:
         others = [a.path for a in swaps() if a.path != self.device]
@@ -99,7 +106,14 @@ class Swap:
             raise SettingError(f"swap is already active on {', '.join(others)}: the fabric "
                                "disk would not be the only swap device",
                                "run in the VM (`--mode vm`), or swapoff those first")
-        self.state.record("paging_swap", path=self.device)
+        st = os.stat(self.device)
+        if not stat.S_ISBLK(st.st_mode):
+            raise NotOurs(f"{self.device} is not a block device", "report this as a bug")
+        # its number: once the namespace is removed under it, the area is taken off
+        # through a node of our own with that number (the path is gone)
+        self.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        self.state.record("paging_swap", path=self.device, major=self.rdev[0],
+                          minor=self.rdev[1])
         _tool("mkswap", [self.device], SWAPON_TIMEOUT_S, "SWAPON_TIMEOUT_S",
               "mkswap had not written the swap header")
         _tool("swapon", [self.device], SWAPON_TIMEOUT_S, "SWAPON_TIMEOUT_S",
@@ -110,23 +124,37 @@ class Swap:
 
     def off(self, out: Printer = NULL) -> str:
         """swapoff, bounded; '' or what was left."""
-        left = _swapoff(self.device, out)
+        left = _swapoff(self.device, self.rdev, out)
         if not left:
-            self.state.forget("paging_swap", path=self.device)
+            self.state.forget("paging_swap", path=self.device, major=self.rdev[0],
+                              minor=self.rdev[1])
         return left
 
 
-def _swapoff(device: str, out: Printer) -> str:
-    if not any(a.path == device for a in swaps()):
+def _swapoff(device: str, rdev: tuple[int, int], out: Printer) -> str:
+    area = next((a for a in swaps() if a.path == device), None)
+    if area is None:
         return ""
+    node = device
+    tmp = None
+    if area.deleted:  # the namespace went: a node of ours with its number reaches it
+        RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix="rxe-power-swapoff-", dir=RUN_DIR)
+        node = os.path.join(tmp, "swap")
+        os.mknod(node, stat.S_IFBLK | 0o600, os.makedev(*rdev))
     try:
-        _tool("swapoff", [device], SWAPOFF_TIMEOUT_S, "SWAPOFF_TIMEOUT_S",
+        _tool("swapoff", [node], SWAPOFF_TIMEOUT_S, "SWAPOFF_TIMEOUT_S",
               "swapoff had not paged everything back in")
     except BoundExceeded as exc:
         return f"swapoff {device} left in the kernel: {exc.outstanding}"
     except OsCallError as exc:
-        return f"swapoff {device} failed: {exc.problem}"
-    out(f"swapoff {device}")
+        return f"swapoff {device}{' (deleted)' if area.deleted else ''} failed: {exc.problem}"
+    finally:
+        if tmp is not None:
+            os.unlink(node)
+            os.rmdir(tmp)
+    out(f"swapoff {device}" + (" (its namespace was gone: through our own node)"
+                               if area.deleted else ""))
     return ""
 
 
@@ -234,7 +262,12 @@ def undo(entry: dict[str, Any], out: Printer = NULL, root: Path = CGROUP_ROOT) -
     was left."""
     kind = entry["kind"]
     if kind == "paging_swap":
-        return _swapoff(_our_device(str(entry.get("path"))), out)
+        major, minor = entry.get("major"), entry.get("minor")
+        if not (isinstance(major, int) and isinstance(minor, int)
+                and 0 <= major < 1 << 12 and 0 <= minor < 1 << 20):
+            raise NotOurs(f"swap entry {entry} has no device number",
+                          "remove that entry from the state file by hand")
+        return _swapoff(_our_device(str(entry.get("path"))), (major, minor), out)
     if kind == "paging_cgroup":
         name = str(entry.get("name"))
         if not _CGROUP_RE.fullmatch(name):

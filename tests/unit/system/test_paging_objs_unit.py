@@ -16,12 +16,18 @@ RECORDED_SWAPS = """Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority
 /dev/nvme0n1                            partition\t131068\t\t52224\t\t-2
 /var/tmp/my\\040swap                     file\t\t65532\t\t0\t\t-3
 """
+# recorded in the guest after standby hca-first took the namespace away under the area
+RECORDED_DELETED = """Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority
+/dev/nvme0n1\\040(deleted)                  partition\t98300\t\t256\t\t-2
+"""
 
 
 def test_proc_swaps_reads_as_data() -> None:
     assert swaps(RECORDED_SWAPS) == [SwapArea("/dev/nvme0n1", "partition", 131068, 52224, -2),
                                      SwapArea("/var/tmp/my swap", "file", 65532, 0, -3)]
     assert swaps("Filename Type Size Used Priority\n") == []
+    assert swaps(RECORDED_DELETED) == [SwapArea("/dev/nvme0n1", "partition", 98300, 256, -2,
+                                                deleted=True)]
 
 
 def test_only_our_namespaces_and_only_swap(tmp_path: Path,
@@ -35,7 +41,9 @@ def test_only_our_namespaces_and_only_swap(tmp_path: Path,
         Swap(Path("/dev/nvme0n1"), state).on()
     assert state.created == []  # refused before anything was recorded or made
     with pytest.raises(NotOurs):
-        paging_objs.undo({"kind": "paging_swap", "path": "/dev/sda"})
+        paging_objs.undo({"kind": "paging_swap", "path": "/dev/sda", "major": 8, "minor": 0})
+    with pytest.raises(NotOurs, match="no device number"):
+        paging_objs.undo({"kind": "paging_swap", "path": "/dev/nvme0n1"})
 
 
 def fake_root(tmp_path: Path, subtree: str = "") -> Path:
