@@ -24,7 +24,7 @@ from typing import Any
 from clients.kernel import nvme_hang, route_guard
 from clients.kernel.nvme_host import CtrlSampler, HostConfig, NvmeHost, parse_policy
 from clients.kernel.nvme_scenario import ADMIN_TIMEOUT_PARAM
-from clients.kernel.nvmet_target import NvmetTarget, TargetConfig
+from clients.kernel.nvmet_target import NvmetTarget, TargetConfig, modprobe
 from clients.kernel.paging_process import Fate, PagingProcess
 from clients.kernel.ulp_scenario import (
     HUNG_TASK,
@@ -175,6 +175,7 @@ def run_swap(shim: Shim, cfg: TopologyConfig, sc: SwapScenario,
         guard = route_guard.install(cfg, state)
         set_sysctl(state, HUNG_TASK, HUNG_TASK_TIMEOUT_S)
         if opts.admin_timeout is not None:  # read when the controller is made: set first
+            modprobe("nvme-rdma")  # (brings nvme_core, whose parameter it is)
             ko.set_module_param(state, ADMIN_TIMEOUT_PARAM, opts.admin_timeout)
         host = NvmeHost(HostConfig(target.cfg.nqn, cfg.peer_addr, target.cfg.trsvcid,
                                    cfg.local_addr, opts), state)
