@@ -42,6 +42,7 @@ from harness.run.outside_ready import ServerReady
 from harness.run.outside_result import CLIENT_EXIT_TIMEOUT_S as CLIENT_EXIT_TIMEOUT_S
 from harness.run.outside_result import OutsideResult, ProgramResult
 from harness.run.scenario_result import ClientEnd
+from harness.system.kstacks import process_in_kernel
 from harness.system.tcp_ports import free_tcp_port
 from harness.topology.neighbour import resolve_neighbour
 from harness.workload.coverage import Coverage, Span
@@ -107,17 +108,24 @@ def expand(cmd: str, topo: Any, port: int) -> list[str]:
 
 
 def _wait(cond: Callable[[], bool], what: str, bound_name: str, bound: float,
-          proc: subprocess.Popen[bytes], seen: Callable[[], str] | None = None) -> bool:
+          proc: subprocess.Popen[bytes], seen: Callable[[], str] | None = None,
+          also: subprocess.Popen[bytes] | None = None) -> bool:
     """True when COND held; False when PROC exited first; BoundExceeded at the bound
-    (with what SEEN says the last look found)."""
+    (with what SEEN says the last look found, and where PROC's threads and ALSO's, its
+    other side, are in the kernel: beside a CPU hog ib_send_bw once had neither a QP nor
+    a TCP socket 30 s after it opened the device, and the bound said no more)."""
     deadline = time.monotonic() + bound
     while not cond():
         if proc.poll() is not None:
             return False
         if time.monotonic() > deadline:
+            where = "; ".join(f"{_program(p)} (pid {p.pid}): " + (", ".join(
+                t.describe() for t in process_in_kernel(p.pid)) or "gone")
+                for p in (proc, also) if p is not None)
             raise BoundExceeded(what, bound_name, bound, f"{_program(proc)} (pid {proc.pid}) "
                                 "still running without it"
-                                + (f"; last seen: {seen()}" if seen else ""))
+                                + (f"; last seen: {seen()}" if seen else "")
+                                + f"; in the kernel: {where}")
         time.sleep(POLL_S)  # polling interval of a bounded wait
     return True
 
@@ -197,7 +205,7 @@ def _run(shim: Any, topo: Any, req: Any, spec: OutsideSpec, log_dir: Path,
             cli = spawn(cli_argv, "outside client", env=env, stdin=subprocess.DEVNULL,
                         stdout=out, stderr=err)
         _wait(lambda: _busy(tdir, cli.pid), "the outside client's first completion",
-              "CLIENT_BUSY_TIMEOUT_S", CLIENT_BUSY_TIMEOUT_S, cli)
+              "CLIENT_BUSY_TIMEOUT_S", CLIENT_BUSY_TIMEOUT_S, cli, also=srv)
         res = shim.run(req)
         resumed_ns = time.monotonic_ns()
         try:

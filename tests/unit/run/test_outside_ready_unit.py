@@ -116,3 +116,26 @@ def test_the_bound_names_what_it_waited_for_and_what_it_saw() -> None:
            f"port {PORT}" in text and "SERVER_READY_TIMEOUT_S=0.2s" in text
     assert f"last seen: rdma_cm ids of pid {child.pid}: none; TCP port {PORT} not listening" \
         in text
+
+
+def test_a_bound_on_the_client_says_where_both_sides_are_in_the_kernel() -> None:
+    """The bound's message names each side's threads: state, call, where it sleeps."""
+    import subprocess
+
+    import pytest as _pytest
+
+    from harness.core.errors import BoundExceeded
+
+    cli = subprocess.Popen(["sleep", "30"])
+    srv = subprocess.Popen(["sleep", "31"])
+    try:
+        with _pytest.raises(BoundExceeded) as e:
+            outside._wait(lambda: False, "the outside client's first completion",
+                          "CLIENT_BUSY_TIMEOUT_S", 0.2, cli, also=srv)
+        text = e.value.outstanding
+        assert f"sleep (pid {cli.pid}): tid {cli.pid} [S] in " in text, text
+        assert f"sleep (pid {srv.pid}): tid {srv.pid} [S] in " in text, text
+    finally:
+        for p in (cli, srv):
+            p.kill()
+            p.wait()
