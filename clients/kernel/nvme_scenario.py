@@ -64,10 +64,10 @@ class CtrlRecord:
 NvmeResult: TypeAlias = UlpResult[CtrlRecord]
 
 
-def _settle(host: NvmeHost) -> dict[str, Any]:
+def settle_ctrl(host: NvmeHost, timeout_s: float = SETTLE_TIMEOUT_S) -> dict[str, Any]:
     """Wait (bounded) until our controller is LIVE again or gone; the I/O goes on."""
     t0 = time.monotonic_ns()
-    end = time.monotonic() + SETTLE_TIMEOUT_S
+    end = time.monotonic() + timeout_s
     while True:
         ctrl = host.find()
         state = ctrl.state if ctrl else "absent"
@@ -141,7 +141,7 @@ class NvmeUlp(Ulp[CtrlRecord]):
         return "reconnected", {"s": round(took, 3), "block": str(self._host().block_device)}
 
     def settle(self, cm: route_guard.CmSampler, back: int | None) -> dict[str, Any]:
-        return _settle(self._host())
+        return settle_ctrl(self._host())
 
     def held_delete(self, tres: dict[str, Any], drv: BlockDriver, samples: list[Any],
                     tail: kmsg.Tail, marker: kmsg.Marker, out: Printer,

@@ -23,7 +23,7 @@ from typing import Any
 
 from clients.kernel import nvme_hang, route_guard
 from clients.kernel.nvme_host import CtrlSampler, HostConfig, NvmeHost, parse_policy
-from clients.kernel.nvme_scenario import ADMIN_TIMEOUT_PARAM
+from clients.kernel.nvme_scenario import ADMIN_TIMEOUT_PARAM, settle_ctrl
 from clients.kernel.nvmet_target import NvmetTarget, TargetConfig, modprobe
 from clients.kernel.paging_process import Fate, PagingProcess
 from clients.kernel.ulp_scenario import (
@@ -121,19 +121,6 @@ def wait_paging(proc: PagingProcess, since: dict[str, int]) -> None:
         time.sleep(POLL_S)
 
 
-def _settle(host: NvmeHost) -> dict[str, Any]:
-    t0 = time.monotonic_ns()
-    end = time.monotonic() + SETTLE_TIMEOUT_S
-    while True:
-        ctrl = host.find()
-        state = ctrl.state if ctrl else "absent"
-        if state in ("live", "absent") or time.monotonic() > end:
-            return {"state": state, "ctrl": ctrl.name if ctrl else None,
-                    "waited_ms": round((time.monotonic_ns() - t0) / 1e6, 1),
-                    "timed_out": state not in ("live", "absent")}
-        time.sleep(POLL_S)
-
-
 def judge(led: PageLedger, fate: Fate, during: tuple[int, int], touches_during: int,
           scan: kmsg.KmsgScan, hang: Any, dev: str) -> list[Finding]:
     fs: list[Finding] = []
@@ -207,7 +194,7 @@ def run_swap(shim: Shim, cfg: TopologyConfig, sc: SwapScenario,
                 settled = {"state": hang.ctrl_states_after[-1], "ctrl": hang.ctrl,
                            "waited_ms": hang.held_ms, "timed_out": not hang.released}
             else:
-                settled = _settle(host)
+                settled = settle_ctrl(host, SETTLE_TIMEOUT_S)
                 run_on(AFTER_S)
             v2 = vmstat()
             fate = proc.stop(grp.events().get("oom_kill", 0))
