@@ -64,7 +64,12 @@ class SwapScenario:
     policy: str = "nvme-rdma:fast-fail"  # the controller's options (clients.kernel.nvme_host)
     hold_ms: int | None = None
     pages: int = 8192  # the working set: 32 MiB
-    memory_max_mib: int = 12  # the cgroup's limit: the working set is several times it
+    # the pressure: memory.high, reclaimed to swap above it (throttled, not OOM-killed:
+    # with memory.max at 12 MiB the process was SIGKILLed in its fill in one CI run, most
+    # likely by the cgroup's OOM killer while reclaim waited on swap writes over the
+    # fabric; its kernel log was not captured); memory.max is a backstop
+    memory_high_mib: int = 12  # the working set is several times it
+    memory_max_mib: int = 64
     size_mib: int = 96  # the namespace: the swap area
     seed: int = 1
     plants: tuple[str, ...] = ()  # the ledger's negative controls (paging_worker --plant)
@@ -171,7 +176,8 @@ def run_swap(shim: Shim, cfg: TopologyConfig, sc: SwapScenario,
         assert host.block_device is not None
         swap = Swap(host.block_device, state)
         swap.on()
-        grp = PagingCgroup(state, sc.memory_max_mib << 20).make()
+        grp = PagingCgroup(state, sc.memory_max_mib << 20,
+                           memory_high=sc.memory_high_mib << 20).make()
         proc = PagingProcess(sc.pages, sc.seed, sc.plants)
         proc.start()
         grp.add(proc.pid)
@@ -179,7 +185,11 @@ def run_swap(shim: Shim, cfg: TopologyConfig, sc: SwapScenario,
             marker = kmsg.write_marker(f"swap nvme-rdma {sc.transition} {sc.ordering}",
                                        tail=tail)
             proc.go()
-            proc.wait_filled()
+            try:
+                proc.wait_filled()
+            except RxePowerError as exc:  # what its group's counts say of its end
+                raise RxePowerError(f"{exc.problem}; its cgroup's memory.events "
+                                    f"{grp.events()}", exc.fix) from None
             wait_paging(proc, vmstat())
             v0, t0 = vmstat(), proc.touches
             req = TransitionRequest(sc.transition, sc.ordering, sc.hold_ms, OnVeto.FORCE)

@@ -161,8 +161,10 @@ def _swapoff(device: str, rdev: tuple[int, int], out: Printer) -> str:
 class PagingCgroup:
     """A cgroup v2 group of ours under the root, with a memory limit."""
 
-    def __init__(self, state: StateFile, memory_max: int, root: Path = CGROUP_ROOT) -> None:
+    def __init__(self, state: StateFile, memory_max: int, root: Path = CGROUP_ROOT,
+                 memory_high: int | None = None) -> None:
         self.state, self.memory_max, self.root = state, memory_max, root
+        self.memory_high = memory_high  # reclaim (and throttle) above this, never OOM
         self.name = f"{OUR_CGROUP_PREFIX}{os.getpid()}"
         self.path = root / self.name
 
@@ -181,6 +183,8 @@ class PagingCgroup:
             raise OsCallError(f"mkdir {self.path}: {exc.strerror}", exc.errno or 0,
                               "a cgroup of a dead run? `rxe-power cleanup`") from None
         _write(self.path / "memory.max", str(self.memory_max))
+        if self.memory_high is not None:
+            _write(self.path / "memory.high", str(self.memory_high))
         _write(self.path / "memory.swap.max", "max")
         return self
 

@@ -57,11 +57,12 @@ def fake_root(tmp_path: Path, subtree: str = "") -> Path:
 def test_a_cgroup_is_recorded_before_it_is_made(tmp_path: Path) -> None:
     root = fake_root(tmp_path)
     state = StateFile.load(tmp_path / "state.json")
-    grp = PagingCgroup(state, 64 << 20, root).make()
+    grp = PagingCgroup(state, 64 << 20, root, memory_high=12 << 20).make()
     assert [e["kind"] for e in state.created] == ["paging_subtree", "paging_cgroup"]
     assert (root / "cgroup.subtree_control").read_text() == "+memory"
     assert (grp.path / "memory.max").read_text() == str(64 << 20)
     assert (grp.path / "memory.swap.max").read_text() == "max"
+    assert (grp.path / "memory.high").read_text() == str(12 << 20)
     grp.add(1234)
     assert (grp.path / "cgroup.procs").read_text() == "1234"
     (grp.path / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n")
