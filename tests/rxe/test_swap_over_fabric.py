@@ -54,8 +54,9 @@ def show(res: SwapResult) -> None:
           f"cgroup {res.cgroup_events} settled {res.settled} findings {res.findings}")
 
 
-def nothing_of_ours_left() -> None:
-    assert not [a for a in swaps() if "nvme" in a.path], swaps()
+def nothing_of_ours_left(but_the_dead_area: bool = False) -> None:
+    assert not [a for a in swaps() if "nvme" in a.path
+                and not (but_the_dead_area and a.deleted)], swaps()
     assert not [p.name for p in CGROUP_ROOT.iterdir() if p.name.startswith(OUR_CGROUP_PREFIX)]
     assert not [c for c in ko.nvme_ctrls() if ko.OUR_PREFIX in c.subsysnqn]
     kinds = [e["kind"] for e in StateFile.load().created if e["kind"].startswith("paging_")
@@ -69,29 +70,42 @@ def kernel_lines(res: SwapResult, *needles: str) -> list[str]:
             and any(n in r.message for n in needles)]
 
 
+@pytest.mark.may_leave_kernel_state
 @pytest.mark.timeout(SCENARIO_TIMEOUT_S)
 def test_standby_hca_first_takes_the_swap_away(power_shim, rxe_config, results_dir) -> None:
-    """rxe0 goes with the swap area's pages on the peer: nvme_rdma_remove_one deletes the
-    controller, the namespace goes, and a page-in of a page that was out cannot be read.
-    Known behaviours, each checked against the kernel's own log and the cgroup's counts:
-    `died` (the process ends on a failed page-in: SIGBUS or killed, its pages lost, the
-    kernel logged swap read errors), `survived` (no page of it was out when the area
-    went: every page verified and the controller came back)."""
+    """rxe0 goes with the swap area's pages on the peer. Two behaviours were measured,
+    told apart by the controller's fate and checked against the kernel's own tables:
+    - `recovered`: a swap write met the dead port first, error recovery took the
+      controller off rxe0 so its removal found nothing to delete, and the controller was
+      LIVE again after; the swap I/O failed meanwhile (fast_io_fail_tmo=0): the process
+      died on a failed page-in, its pages lost (bad); the area was taken off.
+    - `deleted`: nothing met the dead port first, nvme_rdma_remove_one deleted the
+      controller (the delete held the sleep), the namespace went under the swap area and
+      no swapoff can reach it any more (the kernel keeps `/dev/nvme0n1 (deleted)` in
+      /proc/swaps until reboot): the row is broken and says what was left.
+    Either way the process did not survive with its pages; anything else fails."""
     res = run_swap(power_shim.shim, rxe_config,
                    SwapScenario("standby", Ordering.HCA_FIRST, POLICY, hold_ms=300))
     show(res)
     print("results file:", record(res, results_dir, "swap-nvme-rdma-standby-hca-first"))
-    assert res.status.value != "missed", res.findings
-    if res.fate.process is ProcessFate.ALIVE and res.pages.fates[PageFate.LOST] == 0 and \
-            res.pages.fates[PageFate.CORRUPTED] == 0:
-        behaviour = "survived"
-        assert res.settled["state"] == "live", res.settled
+    assert res.fate.process is not ProcessFate.ALIVE and res.pages.fates[PageFate.LOST], \
+        (res.fate, res.pages)
+    assert kernel_lines(res, "swap-device"), res.kernel  # the kernel's own swap errors
+    left = [a for a in swaps() if a.deleted and "nvme" in a.path]
+    if res.settled["state"] == "live":
+        behaviour = "recovered"
+        assert res.status.value == "bad" and not res.teardown_left, res.findings
+        nothing_of_ours_left()
     else:
-        behaviour = "died"
-        assert res.status.value == "bad", res.findings
-        assert res.fate.process is not ProcessFate.ALIVE or res.pages.fates[PageFate.LOST]
-        assert kernel_lines(res, "swap-device", "I/O error", "Removing ctrl"), res.kernel
-    print("behaviour:", behaviour, "kernel:", kernel_lines(res, "swap", "nvme", "oom",
-                                                            "Out of memory", "SIGBUS"))
-    nothing_of_ours_left()
-
+        behaviour = "deleted"
+        assert res.settled["state"] == "absent" and res.hang is not None, res.settled
+        assert res.status.value == "broken" and len(left) == 1, (res.findings, swaps())
+        assert any(left[0].path in t for t in res.teardown_left), res.teardown_left
+        # the row said it; the state file must not send every later cleanup after an area
+        # no swapoff can reach (the guest ends with this suite)
+        state = StateFile.load()
+        for e in state.created:
+            if e["kind"] == "paging_swap":
+                state.forget(**e)
+        nothing_of_ours_left(but_the_dead_area=True)
+    print("behaviour:", behaviour, "left:", left)
