@@ -246,7 +246,8 @@ def _teardown(state: StateFile, target: NvmetTarget, host: NvmeHost | None,
     swap_left = swap.off() if swap is not None else ""
     if swap_left:
         problems.append(swap_left)
-    if host is not None and not swap_left:  # a swap area still on it keeps the namespace
+    # a swap area still on the namespace: its controller stays (unless it is gone already)
+    if host is not None and (not swap_left or host.find() is None):
         try:
             host.disconnect()
         except RxePowerError as exc:
