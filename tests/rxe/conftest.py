@@ -22,9 +22,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kernel_modules(*names): the kernel modules the test "
                             "loads (checked with modinfo first: skipped when absent, a "
                             "failure under RXE_POWER_REQUIRE_RXE=1)")
-    config.addinivalue_line("markers", "may_leave_kernel_state: the test may leave what the "
-                            "kernel will not give back until a reboot (a swap area whose "
-                            "namespace was removed): it runs after every other test")
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects
@@ -32,8 +29,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in item.path.parents:
             item.add_marker(pytest.mark.rxe)
-    # stable: the others keep their order, those that may leave kernel state go last
-    items.sort(key=lambda it: it.get_closest_marker("may_leave_kernel_state") is not None)
 
 
 def missing_modules(names: tuple[str, ...]) -> list[str]:
