@@ -29,6 +29,7 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,84 +198,138 @@ def _write(path: Path, value: str) -> None:
                           "read dmesg for the kernel's reason") from None
 
 
+@dataclass(frozen=True)
+class _Roots:
+    """Where the kernel objects live (tests point these at a temporary tree)."""
+
+    configfs: Path
+    sys_nvme: Path
+    sys_module: Path
+
+    @property
+    def nvmet(self) -> Path:
+        return self.configfs / "nvmet"
+
+
+_Undo = Callable[[dict[str, Any], Printer, _Roots], None]
+
+
 def undo(entry: dict[str, Any], out: Printer = NULL, configfs: Path = CONFIGFS,
          sys_nvme: Path = SYS_NVME, sys_module: Path = SYS_MODULE) -> None:
-    """Remove the object one state-file entry names (if it is still there)."""
+    """Remove the object one state-file entry names (if it is still there): the entry's
+    kind picks its remover from UNDO_BY_KIND (NFS and paging kinds: their own modules)."""
     kind = entry["kind"]
-    nvmet, nullb = configfs / "nvmet", configfs / "nullb"
+    roots = _Roots(configfs, sys_nvme, sys_module)
     if kind in nfsobjs.NFS_KINDS:
         nfsobjs.undo(entry, out)
-    elif kind in paging_objs.PAGING_KINDS:
+        return
+    if kind in paging_objs.PAGING_KINDS:
         left = paging_objs.undo(entry, out)
         if left:
             raise RxePowerError(left, "the kernel still holds it: reboot the VM (or the "
                                 "machine) to be rid of it, then `rxe-power cleanup`")
-    elif kind == "nvme_ctrl":
-        nqn = valid_nqn(entry["nqn"])
-        want = (nqn, valid_addr(entry["traddr"], "traddr"),
-                str(valid_int(entry["trsvcid"], 1, 65535, "trsvcid")),
-                valid_addr(entry["host_traddr"], "host_traddr"))
-        for ctrl in nvme_ctrls(sys_nvme):
-            if ctrl.matches(*want):
-                delete_ctrl(ctrl.name)
-                out(f"deleted nvme controller {ctrl.name} ({nqn})")
-    elif kind == "nvmet_link":
-        port = valid_int(entry["port"], 1, 65535, "nvmet port")
-        link = nvmet / "ports" / str(port) / "subsystems" / valid_nqn(entry["nqn"])
-        if link.is_symlink():
-            link.unlink()
-            out(f"unlinked nvmet port {port} from {entry['nqn']}")
-    elif kind == "nvmet_port":
-        port = valid_int(entry["port"], 1, 65535, "nvmet port")
-        if _rmdir(nvmet / "ports" / str(port), "nvmet port"):
-            out(f"removed nvmet port {port}")
-    elif kind == "nvmet_ns":
-        nsid = valid_int(entry["nsid"], 1, 1 << 16, "nsid")
-        ns = nvmet / "subsystems" / valid_nqn(entry["nqn"]) / "namespaces" / str(nsid)
-        if ns.is_dir():
-            _write(ns / "enable", "0")
-            _rmdir(ns, "nvmet namespace")
-            out(f"removed nvmet namespace {entry['nqn']}/{nsid}")
-    elif kind == "nvmet_subsys":
-        if _rmdir(nvmet / "subsystems" / valid_nqn(entry["nqn"]), "nvmet subsystem"):
-            out(f"removed nvmet subsystem {entry['nqn']}")
-    elif kind == "nullb":
-        item = nullb / valid_nullb(entry["name"])
-        if item.is_dir():
-            _write(item / "power", "0")
-            _rmdir(item, "null_blk device")
-            out(f"removed null_blk {entry['name']}")
-    elif kind == "configfs_mount":
-        if Path(entry["path"]) != configfs:
-            raise NotOurs(f"configfs mount entry {entry['path']!r} is not {configfs}",
-                          "remove that entry from the state file by hand")
-        if os.path.ismount(configfs):
-            res = subprocess.run(["umount", str(configfs)], capture_output=True, text=True,
-                                 timeout=UMOUNT_TIMEOUT_S, stdin=subprocess.DEVNULL)
-            if res.returncode == 0:
-                out(f"unmounted {configfs}")
-            else:  # busy with others' items: leave it (mounting it was harmless)
-                out(f"left {configfs} mounted: {res.stderr.strip()}")
-    elif kind == "route_prohibit":
-        dst = valid_addr(entry["dst"], "route dst")
-        table = str(valid_int(entry["table"], 1, 2**31, "route table"))
-        metric = str(valid_int(entry["metric"], 1, 2**31, "route metric"))
-        rtype = entry.get("type", "prohibit")
-        if rtype not in GUARD_ROUTE_TYPES:
-            raise NotOurs(f"route type {rtype!r} is not one rxe-power adds",
-                          "remove that entry from the state file by hand")
-        res = subprocess.run(["ip", "route", "del", rtype, dst, "table", table,
-                              "metric", metric], capture_output=True, text=True,
+        return
+    remover = UNDO_BY_KIND.get(kind)
+    if remover is None:
+        raise TopologyError(f"unknown kernel-object kind {kind!r}", "use a newer rxe-power")
+    remover(entry, out, roots)
+
+
+def _undo_nvme_ctrl(entry: dict[str, Any], out: Printer, roots: _Roots) -> None:
+    nqn = valid_nqn(entry["nqn"])
+    want = (nqn, valid_addr(entry["traddr"], "traddr"),
+            str(valid_int(entry["trsvcid"], 1, 65535, "trsvcid")),
+            valid_addr(entry["host_traddr"], "host_traddr"))
+    for ctrl in nvme_ctrls(roots.sys_nvme):
+        if ctrl.matches(*want):
+            delete_ctrl(ctrl.name)
+            out(f"deleted nvme controller {ctrl.name} ({nqn})")
+
+
+def _undo_nvmet_link(entry: dict[str, Any], out: Printer, roots: _Roots) -> None:
+    port = valid_int(entry["port"], 1, 65535, "nvmet port")
+    link = roots.nvmet / "ports" / str(port) / "subsystems" / valid_nqn(entry["nqn"])
+    if link.is_symlink():
+        link.unlink()
+        out(f"unlinked nvmet port {port} from {entry['nqn']}")
+
+
+def _undo_nvmet_port(entry: dict[str, Any], out: Printer, roots: _Roots) -> None:
+    port = valid_int(entry["port"], 1, 65535, "nvmet port")
+    if _rmdir(roots.nvmet / "ports" / str(port), "nvmet port"):
+        out(f"removed nvmet port {port}")
+
+
+def _undo_nvmet_ns(entry: dict[str, Any], out: Printer, roots: _Roots) -> None:
+    nsid = valid_int(entry["nsid"], 1, 1 << 16, "nsid")
+    ns = roots.nvmet / "subsystems" / valid_nqn(entry["nqn"]) / "namespaces" / str(nsid)
+    if ns.is_dir():
+        _write(ns / "enable", "0")
+        _rmdir(ns, "nvmet namespace")
+        out(f"removed nvmet namespace {entry['nqn']}/{nsid}")
+
+
+def _undo_nvmet_subsys(entry: dict[str, Any], out: Printer, roots: _Roots) -> None:
+    if _rmdir(roots.nvmet / "subsystems" / valid_nqn(entry["nqn"]), "nvmet subsystem"):
+        out(f"removed nvmet subsystem {entry['nqn']}")
+
+
+def _undo_nullb(entry: dict[str, Any], out: Printer, roots: _Roots) -> None:
+    item = roots.configfs / "nullb" / valid_nullb(entry["name"])
+    if item.is_dir():
+        _write(item / "power", "0")
+        _rmdir(item, "null_blk device")
+        out(f"removed null_blk {entry['name']}")
+
+
+def _undo_configfs_mount(entry: dict[str, Any], out: Printer, roots: _Roots) -> None:
+    configfs = roots.configfs
+    if Path(entry["path"]) != configfs:
+        raise NotOurs(f"configfs mount entry {entry['path']!r} is not {configfs}",
+                      "remove that entry from the state file by hand")
+    if os.path.ismount(configfs):
+        res = subprocess.run(["umount", str(configfs)], capture_output=True, text=True,
                              timeout=UMOUNT_TIMEOUT_S, stdin=subprocess.DEVNULL)
         if res.returncode == 0:
-            out(f"removed {rtype} route {dst} table {table}")
-    elif kind == "module_param":
-        path = module_param_path(entry["param"], sys_module)
-        old = valid_int(entry["old"], 0, 2**31, "module parameter value")
-        _write(path, str(old))
-        out(f"restored {entry['param']}={old}")
-    else:
-        raise TopologyError(f"unknown kernel-object kind {kind!r}", "use a newer rxe-power")
+            out(f"unmounted {configfs}")
+        else:  # busy with others' items: leave it (mounting it was harmless)
+            out(f"left {configfs} mounted: {res.stderr.strip()}")
+
+
+def _undo_route_prohibit(entry: dict[str, Any], out: Printer, roots: _Roots) -> None:
+    dst = valid_addr(entry["dst"], "route dst")
+    table = str(valid_int(entry["table"], 1, 2**31, "route table"))
+    metric = str(valid_int(entry["metric"], 1, 2**31, "route metric"))
+    rtype = entry.get("type", "prohibit")
+    if rtype not in GUARD_ROUTE_TYPES:
+        raise NotOurs(f"route type {rtype!r} is not one rxe-power adds",
+                      "remove that entry from the state file by hand")
+    res = subprocess.run(["ip", "route", "del", rtype, dst, "table", table,
+                          "metric", metric], capture_output=True, text=True,
+                         timeout=UMOUNT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    if res.returncode == 0:
+        out(f"removed {rtype} route {dst} table {table}")
+
+
+def _undo_module_param(entry: dict[str, Any], out: Printer, roots: _Roots) -> None:
+    path = module_param_path(entry["param"], roots.sys_module)
+    old = valid_int(entry["old"], 0, 2**31, "module parameter value")
+    _write(path, str(old))
+    out(f"restored {entry['param']}={old}")
+
+
+# one remover per kind of the module docstring's table
+UNDO_BY_KIND: dict[str, _Undo] = {
+    "nvme_ctrl": _undo_nvme_ctrl,
+    "nvmet_link": _undo_nvmet_link,
+    "nvmet_port": _undo_nvmet_port,
+    "nvmet_ns": _undo_nvmet_ns,
+    "nvmet_subsys": _undo_nvmet_subsys,
+    "nullb": _undo_nullb,
+    "configfs_mount": _undo_configfs_mount,
+    "route_prohibit": _undo_route_prohibit,
+    "module_param": _undo_module_param,
+}
 
 
 def module_param_path(param: object, sys_module: Path = SYS_MODULE) -> Path:

@@ -183,3 +183,19 @@ def test_admin_timeout_is_set_recorded_and_put_back(tmp_path: Path, monkeypatch)
         ko.set_module_param(state, "../../etc.passwd", 1, tmp_path)
     with pytest.raises(SettingError):
         parse_policy("nvme-rdma:admin_timeout=0")
+
+
+def test_every_kernel_client_kind_has_exactly_one_remover() -> None:
+    from harness.core.state_entries import KERNEL_CLIENT_KINDS
+    from harness.system import kernelobjs, nfsobjs, paging_objs
+    owners = [set(kernelobjs.UNDO_BY_KIND), set(nfsobjs.NFS_KINDS), set(paging_objs.PAGING_KINDS)]
+    for kind in KERNEL_CLIENT_KINDS:
+        assert sum(kind in o for o in owners) == 1, kind
+    assert set().union(*owners) == set(KERNEL_CLIENT_KINDS)
+
+
+def test_unknown_kind_is_refused(tmp_path: Path) -> None:
+    from harness.core.errors import TopologyError
+    from harness.system import kernelobjs
+    with pytest.raises(TopologyError, match="unknown kernel-object kind"):
+        kernelobjs.undo({"kind": "rxpw_bogus"}, configfs=tmp_path)
