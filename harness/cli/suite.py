@@ -17,11 +17,20 @@ import re
 from pathlib import Path
 
 from harness.cli import launch
+from harness.cli.jobs import (
+    add_jobs_option,
+    folders,
+    jobs_of,
+    merge_test_durations,
+    results_base,
+    run_jobs,
+)
 from harness.cli.launch import Subcommands, launch_mode, run_in_guest
 from harness.cli.removal import add_removal_option, choose_removal
-from harness.cli.shard_option import add_shard_option, suite_pytest_args
+from harness.cli.shard_option import add_shard_option, pytest_shard, suite_pytest_args
 from harness.core import settings
 from harness.core.errors import BoundExceeded
+from harness.core.files import make_dir
 from harness.core.printer import Printer
 from harness.core.proc import python_child, run_bounded
 from harness.core.settings import Mode
@@ -41,6 +50,7 @@ def add_parser(subparsers: Subcommands, mode_help: str) -> None:
     p.add_argument("--timeout-s", type=float, default=TEST_VM_TIMEOUT_S,
                    help="bound on the whole VM run")
     add_shard_option(p, "test")
+    add_jobs_option(p)
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="arguments for pytest")
     p.set_defaults(func=cmd_test)
 
@@ -49,8 +59,14 @@ def cmd_test(args: argparse.Namespace, out: Printer) -> int:
     # --shard I/N checked before any VM boots; every run records its tests' durations
     args.pytest_args = recording_durations(suite_pytest_args(args))
     mode, why = launch_mode(args)
+    jobs = jobs_of(args, mode, pytest_shard(args.pytest_args), None, "tests", out)
     say = out.prefixed("rxe-power test: ")
     say(f"mode {mode.value} ({why})")
+    if jobs > 1:
+        base = make_dir(results_base(args, "test"))
+        done = run_jobs(args, jobs, base, out)
+        merge_test_durations(folders(base, jobs), base, out)
+        return combined_pytest_exit(*(f.exit_code for f in done))
     if args.removal is not None:  # else the suite's own default (block; removal-marked
         # modules switch by themselves): the plugin loads the module in the session
         want, how = choose_removal(args.removal, mode, out)

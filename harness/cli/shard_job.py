@@ -1,0 +1,34 @@
+"""One shard of a `--jobs N` run: `rxe-power ARGS` as a child of the controller
+(harness.cli.jobs), that takes its whole process group with it when it is told to stop.
+
+The controller starts it in its own session with a death signal (harness.vm.parallel:
+SIGTERM when the controller dies, even by SIGKILL, or when it stops its shards). While a
+guest runs, harness.vm.process catches that SIGTERM and ends the guest; at any other time
+(the suite's host part, a report being drawn) the default would end this process alone
+and leave its children running (the host part's pytest), so here SIGTERM ends the whole
+group: this process and every child of it that did not start a session of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from types import FrameType
+
+from harness.cli.main import main
+
+
+def end_my_group(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM's handler outside a guest run: the same signal, by default, to the group."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.killpg(os.getpgrp(), signum)
+
+
+def run(argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, end_my_group)
+    return main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(sys.argv[1:]))
