@@ -7,6 +7,8 @@ guest runs, harness.vm.process catches that SIGTERM and ends the guest; at any o
 (the suite's host part, a report being drawn) the default would end this process alone
 and leave its children running (the host part's pytest), so here SIGTERM ends the whole
 group: this process and every child of it that did not start a session of its own.
+Once it ends by itself (its guest ended on that SIGTERM, or its work done) it takes the
+controller's record of it off the state file: a SIGKILLed controller cannot.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 from harness.cli.main import main
+from harness.core.state import untrack
 
 
 def end_my_group(signum: int, _frame: FrameType | None) -> None:
@@ -25,9 +29,13 @@ def end_my_group(signum: int, _frame: FrameType | None) -> None:
     os.killpg(os.getpgrp(), signum)
 
 
-def run(argv: list[str]) -> int:
+def run(argv: list[str], command: Callable[[list[str]], int] = main) -> int:
+    """`command(argv)` (the CLI's main) as a shard."""
     signal.signal(signal.SIGTERM, end_my_group)
-    return main(argv)
+    try:
+        return command(argv)
+    finally:
+        untrack(os.getpid())  # the controller's record of this shard
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Python process that we signal. The same with real guests: the closing note of is
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -30,17 +31,21 @@ GONE_MARGIN_S = 5.0  # beyond CHILD_STOP_GRACE_S, for the processes to be reaped
 POLL_S = 0.05
 
 SHARD = """
-import signal, sys
+import sys
 from pathlib import Path
-from harness.cli.shard_job import end_my_group
+from harness.cli import shard_job
 from harness.vm.process import StopSignal, run_logged
-signal.signal(signal.SIGTERM, end_my_group)
-print("shard", sys.argv[2], "starts", flush=True)
-try:
-    run_logged(["sh", "-c", "echo guest-up; sleep 300 & wait"], log_path=Path(sys.argv[1]),
-               timeout_s=600)
-except StopSignal as stop:
-    raise SystemExit(stop.exit_code)
+
+def stand_in(argv):
+    print("shard", argv[1], "starts", flush=True)
+    try:
+        run_logged(["sh", "-c", "echo guest-up; sleep 300 & wait"], log_path=Path(argv[0]),
+                   timeout_s=600)
+    except StopSignal as stop:
+        return stop.exit_code
+    return 0
+
+raise SystemExit(shard_job.run(sys.argv[1:], stand_in))
 """
 
 CONTROLLER = """
@@ -139,6 +144,9 @@ def test_a_killed_controller_leaves_no_guest(tmp_path: Path) -> None:
         assert _wait_gone(everything, CHILD_STOP_GRACE_S + GONE_MARGIN_S) == []
         for i in (1, 2):  # each shard ended its own guest (run_logged's stop path)
             assert "stopped by SIGTERM" in (tmp_path / f"console-{i}.log").read_text()
+        # and took the dead controller's record of it off the state file, the guest's too
+        state = json.loads((tmp_path / "state" / "topology.json").read_text())
+        assert [e for e in state["created"] if e["kind"] == "process"] == []
     finally:
         _never_leave(everything)
 
