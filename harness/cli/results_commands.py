@@ -15,8 +15,10 @@ import shlex
 from pathlib import Path
 
 from harness import report
+from harness.cli.jobs import add_jobs_option, jobs_of, run_results_jobs
 from harness.cli.launch import (
     Subcommands,
+    choose_mode,
     native_argv,
     run_in_guest,
     split_csv,
@@ -120,7 +122,12 @@ def parse_end(text: str) -> WorkloadEnd:
 
 def cmd_matrix(args: argparse.Namespace, out: Printer) -> int:
     spec = matrix_spec(args)  # bad values fail here, before any VM boots
-    plan = matrix_plan(spec, shard_of(args))  # and a shard with nothing to run
+    shard = shard_of(args)
+    plan = matrix_plan(spec, shard)  # and a shard with nothing to run
+    jobs = jobs_of(args, choose_mode(args.mode)[0], shard, len(spec.scenarios()), "scenarios",
+                   out)  # and a bad --jobs
+    if jobs > 1:
+        return run_results_jobs(args, jobs, args.command == "run", out)
     out_dir, mode = start_results_command(args, "matrix", describe_plan(plan, "scenarios")
                                           if plan else f"{len(spec.scenarios())} scenarios",
                                           out)
@@ -150,7 +157,11 @@ def stress_spec(args: argparse.Namespace) -> StressSpec:
 
 def cmd_stress(args: argparse.Namespace, out: Printer) -> int:
     spec = stress_spec(args)
-    plan = stress_plan(spec, shard_of(args))
+    shard = shard_of(args)
+    plan = stress_plan(spec, shard)
+    jobs = jobs_of(args, choose_mode(args.mode)[0], shard, spec.cycles, "cycles", out)
+    if jobs > 1:
+        return run_results_jobs(args, jobs, False, out)
     out_dir, mode = start_results_command(args, "stress", (
         describe_plan(plan, "cycles") if plan else f"{spec.cycles} cycles")
         + f" of {spec.transition}", out)
@@ -225,6 +236,7 @@ def add_matrix_options(p: argparse.ArgumentParser, mode_help: str) -> None:
                    "policy (matrix's default)")
     _workload_options(p, 120, 300)
     add_shard_option(p, "scenario")
+    add_jobs_option(p)
     p.add_argument("--junit", help="also write JUnit XML here (one testcase per row)")
     p.add_argument("--client-cmd", help="an unmodified verbs program (quoted, with "
                    "placeholders {dev} {gid} {addr} {peer_dev} {peer_gid} {peer_addr} {port}) "
@@ -266,4 +278,5 @@ def add_stress_options(p: argparse.ArgumentParser, mode_help: str) -> None:
                    help="keep every cycle's full ledger (default: only failed cycles')")
     _workload_options(p, 60, 100)
     add_shard_option(p, "cycle")
+    add_jobs_option(p)
     _common(p, mode_help, STRESS_VM_TIMEOUT_S)

@@ -16,14 +16,25 @@ import argparse
 import re
 from pathlib import Path
 
+from harness.cli import launch
+from harness.cli.jobs import (
+    add_jobs_option,
+    folders,
+    jobs_of,
+    merge_test_durations,
+    results_base,
+    run_jobs,
+)
 from harness.cli.launch import Subcommands, launch_mode, run_in_guest
 from harness.cli.removal import add_removal_option, choose_removal
-from harness.cli.shard_option import add_shard_option, suite_pytest_args
+from harness.cli.shard_option import add_shard_option, pytest_shard, suite_pytest_args
 from harness.core import settings
 from harness.core.errors import BoundExceeded
+from harness.core.files import make_dir
 from harness.core.printer import Printer
 from harness.core.proc import python_child, run_bounded
 from harness.core.settings import Mode
+from harness.core.shards import TEST_DURATIONS_NAME
 from harness.system.provenance_collect import record_removal_reason
 
 MAX_MARKER_NAMES = 12  # names tried in every combination (4096)
@@ -39,15 +50,23 @@ def add_parser(subparsers: Subcommands, mode_help: str) -> None:
     p.add_argument("--timeout-s", type=float, default=TEST_VM_TIMEOUT_S,
                    help="bound on the whole VM run")
     add_shard_option(p, "test")
+    add_jobs_option(p)
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="arguments for pytest")
     p.set_defaults(func=cmd_test)
 
 
 def cmd_test(args: argparse.Namespace, out: Printer) -> int:
-    args.pytest_args = suite_pytest_args(args)  # --shard I/N checked before any VM boots
+    # --shard I/N checked before any VM boots; every run records its tests' durations
+    args.pytest_args = recording_durations(suite_pytest_args(args))
     mode, why = launch_mode(args)
+    jobs = jobs_of(args, mode, pytest_shard(args.pytest_args), None, "tests", out)
     say = out.prefixed("rxe-power test: ")
     say(f"mode {mode.value} ({why})")
+    if jobs > 1:
+        base = make_dir(results_base(args, "test"))
+        done = run_jobs(args, jobs, base, out)
+        merge_test_durations(folders(base, jobs), base, out)
+        return combined_pytest_exit(*(f.exit_code for f in done))
     if args.removal is not None:  # else the suite's own default (block; removal-marked
         # modules switch by themselves): the plugin loads the module in the session
         want, how = choose_removal(args.removal, mode, out)
@@ -78,6 +97,16 @@ def cmd_test(args: argparse.Namespace, out: Printer) -> int:
                          args.timeout_s, "vm-test-console.log", out)
     say(f"host part exit {host_rc}, VM part exit {vm_rc}")
     return combined_pytest_exit(host_rc, vm_rc)
+
+
+def recording_durations(pytest_args: list[str]) -> list[str]:
+    """pytest's arguments with `--record-durations RESULTS/test-durations.json` added (both
+    parts add their tests' seconds to it), unless the caller records somewhere already."""
+    if any(a == "--record-durations" or a.startswith("--record-durations=")
+           for a in pytest_args):
+        return list(pytest_args)
+    return [*pytest_args, "--record-durations",
+            str(launch.RESULTS_DIR.absolute() / TEST_DURATIONS_NAME)]
 
 
 # pytest options whose value is the next argument (a value is never a test path)

@@ -212,6 +212,16 @@ def cycle_plan(cycles: int, shard: Shard) -> ShardPlan:
 
 # --- the durations file -----------------------------------------------------------------------
 
+# the suite's durations: the committed file `test --shard` splits by (under the rootdir), and
+# the file every `rxe-power test` run leaves in its results folder (to commit as that one)
+TEST_DURATIONS_FILE = "tests/durations.json"
+TEST_DURATIONS_NAME = "test-durations.json"
+TEST_DURATIONS_ABOUT = ("seconds per test (pytest node id: setup + call + teardown) from real "
+                        "runs, recorded by pytest --record-durations (every `rxe-power test` "
+                        "run records into its results folder's test-durations.json); "
+                        "`rxe-power test --shard I/N` balances its shards by them "
+                        "(harness.core.shards)")
+
 DURATIONS_FIX = ("give a JSON file {\"seconds\": {NAME: SECONDS, ...}} as written by "
                  "write_durations (or remove it: every item then counts the same)")
 

@@ -13,6 +13,8 @@ import pytest
 from harness.core import settings
 from harness.core.errors import RxePowerError, SettingError
 from harness.core.shards import (
+    TEST_DURATIONS_ABOUT,
+    TEST_DURATIONS_FILE,
     Shard,
     estimates,
     parse_shard,
@@ -21,10 +23,8 @@ from harness.core.shards import (
     write_durations,
 )
 
-DURATIONS_FILE = "tests/durations.json"  # the recorded seconds of each test, by node id
-DURATIONS_ABOUT = ("seconds per test (pytest node id: setup + call + teardown) from real "
-                   "runs, recorded by pytest --record-durations; `rxe-power test --shard "
-                   "I/N` balances its shards by them (harness.core.shards)")
+DURATIONS_FILE = TEST_DURATIONS_FILE  # the recorded seconds of each test, by node id
+DURATIONS_ABOUT = TEST_DURATIONS_ABOUT
 
 SHARD = pytest.StashKey[Shard]()  # --shard I/N
 SHARD_LINE = pytest.StashKey[str]()  # what this shard runs, for the terminal summary
@@ -95,6 +95,15 @@ class DurationRecorder:
             return
         where = "in the VM" if settings.in_vm() else f"kernel {os.uname().release}"
         args = " ".join(session.config.invocation_params.args)
-        write_durations(self.path, self.seconds, DURATIONS_ABOUT,
-                        f"{time.strftime('%Y-%m-%d')}: pytest {args} ({len(self.seconds)} "
-                        f"tests, {where})")
+        try:
+            write_durations(self.path, self.seconds, DURATIONS_ABOUT,
+                            f"{time.strftime('%Y-%m-%d')}: pytest {args} "
+                            f"({len(self.seconds)} tests, {where})")
+        except RxePowerError as exc:  # the tests' own outcome stands; the file is a by-product
+            said = (f"rxe-power: the tests' durations were not recorded: {exc.problem}; fix: "
+                    f"{exc.fix}")
+        else:
+            said = f"rxe-power: the seconds of {len(self.seconds)} tests added to {self.path}"
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(said)

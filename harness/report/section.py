@@ -105,11 +105,17 @@ def scenario_rows(rec: ScenarioRecord) -> list[Row]:
 
 def section_dirs(paths: list[Path], out_dir: Path) -> list[Path]:
     """Where each results file's table and pictures go: out_dir itself for one file; for
-    several, out_dir/<their folders relative to the folder above their common ancestor>."""
+    several, out_dir/<their folders relative to the folder above their common ancestor>,
+    or, when out_dir is that common folder and holds none of them itself (the shards of a
+    `--jobs` run, reported into the folder that holds them), each file's own folder."""
     if len(paths) == 1:
         return [out_dir]
     parents = [p.absolute().parent for p in paths]
-    base = Path(os.path.commonpath(parents)).parent
+    common = Path(os.path.commonpath(parents))
+    if common == out_dir.absolute() and common not in parents \
+            and len(set(parents)) == len(parents):
+        return parents
+    base = common.parent
     dirs = [out_dir / par.relative_to(base) for par in parents]
     dup = Counter(dirs)
     return [d / p.stem if dup[d] > 1 else d for d, p in zip(dirs, paths, strict=True)]

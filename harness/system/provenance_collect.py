@@ -116,11 +116,11 @@ def parse_tainted(text: str) -> int:
     return value
 
 
-def parse_meminfo_mib(text: str) -> int | None:
-    """MemTotal of /proc/meminfo, in MiB."""
+def parse_meminfo_mib(text: str, field: str = "MemTotal") -> int | None:
+    """A field of /proc/meminfo (MemTotal, MemAvailable ...), in MiB."""
     for line in text.splitlines():
         key, _, rest = line.partition(":")
-        if key == "MemTotal":
+        if key == field:
             words = rest.split()
             if len(words) == 2 and words[1] == "kB" and words[0].isdigit():
                 return int(words[0]) // 1024

@@ -150,12 +150,17 @@ def end_guest(proc: subprocess.Popen[bytes], why: str, kill_grace_s: float) -> N
             signal.signal(sig, previous)
     left = _group_members(proc.pid)
     took = time.monotonic() - t0
+    with contextlib.suppress(OSError):  # stderr gone (a --jobs shard whose controller died)
+        _say_ended(why, proc.pid, members, left, took)
+
+
+def _say_ended(why: str, pgid: int, members: list[int], left: list[int], took: float) -> None:
     if left:
-        say(f"{why}: the guest's processes {left} (group {proc.pid}) are still there after "
+        say(f"{why}: the guest's processes {left} (group {pgid}) are still there after "
             f"{took:.1f} s (bound GUEST_STOP_TIMEOUT_S={GUEST_STOP_TIMEOUT_S:g} s); "
             "rxe-power cleanup ends them")
     else:
-        say(f"{why}: ended the guest (processes {members}, group {proc.pid}) in {took:.1f} s "
+        say(f"{why}: ended the guest (processes {members}, group {pgid}) in {took:.1f} s "
             f"(bound GUEST_STOP_TIMEOUT_S={GUEST_STOP_TIMEOUT_S:g} s)")
 
 

@@ -35,6 +35,7 @@ from harness.vm.tools import VmTools, find_vm_tools
 # script file in build/vm-python instead, removed after the run.
 EXEC_INLINE_MAX_CHARS = 800
 VM_RUN_TIMEOUT_S = 1500.0  # whole guest command, boot included (TCG boot is ~15 s)
+GUEST_MEMORY_MIB = 2048  # each guest's memory (vng --memory)
 GUEST_SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -46,7 +47,7 @@ class VmRequest:
     log_path: Path
     timeout_s: float = VM_RUN_TIMEOUT_S
     cpus: int = 2
-    memory: str = "2G"
+    memory: str = f"{GUEST_MEMORY_MIB}M"
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path = field(default_factory=Path.cwd)
     python_copy: bool = True  # the guest imports from a copy in its memory (python_copy.py)

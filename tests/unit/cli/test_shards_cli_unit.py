@@ -75,3 +75,24 @@ def test_the_durations_file_is_no_test_path_of_the_guest(
         assert suite.guest_paths(["--shard", "1/2", option, "tests/durations.json"]) == \
             [suite.RXE_TESTS]
     assert suite.guest_paths(["--shard", "1/2", "tests/durations.json"]) == []
+
+
+def test_every_test_run_records_its_durations_in_its_results_folder(
+        guest: GuestRecorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both parts add their tests' seconds to RESULTS/test-durations.json (a file to commit
+    as tests/durations.json), unless the caller records somewhere already."""
+    host: list[list[str]] = []
+
+    def host_part(argv: list[str], *a: object, **kw: object) -> subprocess.CompletedProcess[str]:
+        host.append(list(argv))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(suite, "run_bounded", host_part)
+    assert main.main(["test", "--mode", "vm", "--", "-k", "x"]) == 0
+    want = str(launch.RESULTS_DIR.absolute() / "test-durations.json")
+    for argv in (host[0], guest.requests[0].command):
+        assert argv[argv.index("--record-durations") + 1] == want
+        assert argv.count("--record-durations") == 1
+    assert main.main(["test", "--mode", "vm", "--", "--record-durations=mine.json"]) == 0
+    for argv in (host[1], guest.requests[1].command):
+        assert "--record-durations" not in argv and "--record-durations=mine.json" in argv

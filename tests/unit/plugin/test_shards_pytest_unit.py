@@ -138,3 +138,17 @@ def test_recording_into_the_file_the_shards_split_by_is_refused(suite: Path) -> 
     res = Run(suite, "-m", "not rxe", "--shard", "1/2", "--shard-durations",
               str(suite / "d.json"), "--record-durations", str(suite / "other.json"))
     assert res.code == 0 and len(read_durations(suite / "other.json")) == len(res.ran) > 0
+
+
+def test_a_durations_file_that_cannot_be_written_costs_the_run_nothing(suite: Path) -> None:
+    """Every `rxe-power test` run records (issue 27): a bad file there is said, and the
+    tests' own outcome stands. The control: a good file is added to and said so."""
+    (suite / "bad.json").write_text("{")
+    res = Run(suite, "-m", "not rxe", "--record-durations", str(suite / "bad.json"))
+    assert res.code == 0, res.output[-2000:]
+    assert "the tests' durations were not recorded" in res.output and "is not JSON" in \
+        res.output and "fix:" in res.output
+    assert (suite / "bad.json").read_text() == "{"  # left as it was
+    res = Run(suite, "-m", "not rxe", "--record-durations", str(suite / "good.json"))
+    assert res.code == 0
+    assert f"the seconds of 15 tests added to {suite / 'good.json'}" in res.output

@@ -7,7 +7,6 @@ two files keeps its worst outcome and says so; a shard not given or stopped earl
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,45 +15,17 @@ from junitparser import Error, Failure, JUnitXml
 
 from harness import report
 from harness.core.printer import NULL, RecordingPrinter
-from harness.core.shards import Shard, cycle_plan, plan_shard
+from harness.core.shards import Shard, cycle_plan
 from harness.report.merge import merge_matrix
-from harness.report.section import load_section
+from harness.report.section import load_section, section_dirs
 from harness.run.rows import RowStatus
+from tests.helpers.shard_results import records, shard_files, write
 
 DATA = Path(__file__).parents[2] / "data"
 RECORDED = (DATA / "matrix-standby-linkflap.jsonl", DATA / "nvme-matrix.jsonl")
 STRESS = DATA / "stress-v1-405a4e6.jsonl"
 
 
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write(path: Path, recs: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    return path
-
-
-def shard_files(whole: Path, total: int, out: Path) -> list[Path]:
-    """`whole` cut into `total` shard files, as `--shard I/N` runs write them: the split by
-    the scenarios' recorded seconds, each shard's header with its plan, its scenarios with
-    their places in the whole run."""
-    recs = records(whole)
-    head, scen = recs[0], [r for r in recs if r["kind"] == "scenario"]
-    summary = [r for r in recs if r["kind"] == "summary"]
-    ids = [r["scenario"]["id"] for r in scen]
-    seconds = {r["scenario"]["id"]: r["seconds"] for r in scen}
-    files = []
-    for i in range(1, total + 1):
-        plan = plan_shard(ids, seconds, Shard(i, total), "scenarios", "recorded")
-        body = [scen[p - 1] for p in plan.positions]
-        assert [r["index"] for r in body] == list(plan.positions)
-        files.append(write(out / f"shard-{i}" / "results.jsonl",
-                           [{**head, "shard": plan.to_json()}, *body, *summary]))
-    return files
 
 
 def rows_json(rows: list[Any]) -> list[dict[str, Any]]:
@@ -163,3 +134,16 @@ def test_the_shards_of_a_stress_run_merge_their_cycles(tmp_path: Path) -> None:
     report.write_report([files[0], files[0]], tmp_path / "o2", out=NULL, pictures=False)
     text = (tmp_path / "o2" / "stress-table.txt").read_text()
     assert "cycle number(s) in several files" in text and "not in these files" in text
+
+
+def test_a_report_into_the_folder_of_the_shards_keeps_each_in_its_own(tmp_path: Path) -> None:
+    """`--jobs`' merge reports its shards into the folder that holds them: each shard's
+    table and timelines stay beside its results file. The control: another folder gets
+    them below it, as before."""
+    files = [tmp_path / "run" / f"shard-{i}" / "results.jsonl" for i in (1, 2)]
+    assert section_dirs(files, tmp_path / "run") == [f.parent for f in files]
+    assert section_dirs(files, tmp_path / "merged") == [
+        tmp_path / "merged" / "run" / f"shard-{i}" for i in (1, 2)]
+    # a results file in that folder itself: as before too
+    mixed = [tmp_path / "run" / "results.jsonl", files[0]]
+    assert section_dirs(mixed, tmp_path / "run") != [f.parent for f in mixed]
