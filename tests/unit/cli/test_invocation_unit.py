@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from power.result import TransitionRequest
 from tests.helpers.guest_recorder import GuestRecorder
 
 REPO = Path(__file__).resolve().parents[3]
+GUEST_CHILD_TIMEOUT_S = 60.0  # a Python child importing the CLI (~2 s here)
 TREE = SourceTree("0" * 40, False, "")
 JOBS: list[Job] = [
     MatrixJob(MatrixSpec(("standby", "link-flap"), (Ordering.HCA_FIRST,),
@@ -254,6 +256,17 @@ def test_the_guest_runs_nothing_of_a_refused_file(tmp_path: Path,
         guest_cli.HARNESS_ERROR_EXIT
     err = capsys.readouterr().err
     assert "writable by others" in err and "fix:" in err
+
+
+def test_the_guests_way_in_runs_as_a_child_of_ours(tmp_path: Path) -> None:
+    """The guest's exact command (operations.guest_argv: python -P -S, our import path)
+    starts harness.cli.guest and refuses the file it may not trust, running nothing."""
+    path = _written(tmp_path)
+    path.chmod(0o666)
+    res = subprocess.run(operations.guest_argv(path), capture_output=True, text=True,
+                         timeout=GUEST_CHILD_TIMEOUT_S, check=False, cwd=tmp_path)
+    assert res.returncode == guest_cli.HARNESS_ERROR_EXIT, res.stderr
+    assert f"the invocation file {path} is writable by others" in res.stderr
 
 
 # --- in the guest: run as decided on the host -------------------------------------------
