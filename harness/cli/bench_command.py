@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +67,22 @@ def bench_spec(args: argparse.Namespace) -> BenchSpec:
 
 @dataclass(frozen=True)
 class BenchJob(Job):
-    """`bench`: its sections; in VM mode the host's load before the boot (handed to the
-    guest's record in RXE_POWER_BENCH_HOST) and after it (added to bench.json here)."""
+    """`bench`: its sections; in VM mode the host's load before the boot (`host`, measured
+    by host_part: the guest's record names it) and after it (added to bench.json here)."""
 
     KIND = "bench"
     spec: BenchSpec
+    host: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"spec": self.spec.to_json()}
+        return {"spec": self.spec.to_json(), "host": self.host}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> BenchJob:
-        return cls(BenchSpec.from_json(d["spec"]).validate())
+        host = d["host"]
+        if host is not None and not isinstance(host, dict):
+            raise TypeError("host is not a JSON object")
+        return cls(BenchSpec.from_json(d["spec"]).validate(), host)
 
     def promised(self, inv: Invocation) -> tuple[Path, ...]:
         return (inv.results / BENCH_FILE,)
@@ -88,12 +92,13 @@ class BenchJob(Job):
         # never need them, and every harness child process starts the CLI)
         from harness.run.bench.run import run_bench
 
+        if self.host is not None:  # for this process's record (machine_load)
+            settings.export_bench_host(self.host)
         return run_bench(self.spec, TopologyConfig.from_settings(), inv.results, out=out)
 
     def host_part(self, inv: Invocation, out: Printer) -> tuple[Job | None, int | None]:
         host = host_load()
-        settings.export_bench_host({**host, "other_qemu_pids": host["qemu_pids"]})
-        return self, None
+        return replace(self, host={**host, "other_qemu_pids": host["qemu_pids"]}), None
 
     def after_guest(self, inv: Invocation, host_code: int | None, guest_code: int,
                     out: Printer) -> int:

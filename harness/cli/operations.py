@@ -33,8 +33,9 @@ from harness.vm import runner
 RESULTS_MISSING_EXIT = 1  # the guest said 0 but a promised result is not on the host
 GUEST_MODULE = "harness.cli.guest"  # what the guest runs on the invocation file
 # not forwarded to the guest: the mode (the guest runs natively), and what the invocation
-# file carries (the removal mode as chosen, the launch record)
-NOT_FORWARDED = frozenset({"RXE_POWER_MODE", "RXE_POWER_REMOVAL", settings.LAUNCH_ENV})
+# file carries (the removal mode as chosen, the launch record, a bench's host load)
+NOT_FORWARDED = frozenset({"RXE_POWER_MODE", "RXE_POWER_REMOVAL", settings.LAUNCH_ENV,
+                           settings.BENCH_HOST_ENV})
 
 
 class NativeOperations:

@@ -55,6 +55,8 @@ JOBS: list[Job] = [
     StressJob(StressSpec(3, "link-flap", Ordering.HCA_FIRST, maxfail=1, keep_ledgers=True)
               .validate(), Shard(1, 2)),
     BenchJob(BenchSpec(sizes=(64,), scale=0.05, sections=("cycle",)).validate()),
+    BenchJob(BenchSpec().validate(), {"loadavg": [0.5, 0.4, 0.3], "nproc": 2,
+                                      "qemu_pids": [], "other_qemu_pids": []}),
     CheckJob(),
     TransitionJob(TransitionRequest("standby", hold_ms=200).resolved(), Path("results/t.json")),
     TestJob(("-k", "x y", "--removal", "block", "tests/rxe/test_a.py")),
