@@ -1,24 +1,23 @@
-"""`rxe-power bench`: its options, and where it runs (here or in the VM)."""
+"""`rxe-power bench`: its options and its job (harness.cli.invocation)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
-from harness.cli.launch import (
-    Subcommands,
-    native_argv,
-    run_in_guest,
-    split_csv,
-    start_results_command,
-)
+from harness.cli.invocation import Invocation, Job, invoke
+from harness.cli.launch import Subcommands, results_folder, split_csv
+from harness.cli.operations import run_invocation
 from harness.cli.removal import add_removal_option
 from harness.core import settings
 from harness.core.errors import SettingError
 from harness.core.files import atomic_write
 from harness.core.printer import Printer
-from harness.core.settings import SETTINGS, Mode
+from harness.core.settings import SETTINGS
 from harness.run.bench.record import BENCH_FILE, host_load
 from harness.run.bench.spec import BENCH_VM_TIMEOUT_S, SECTIONS, BenchSpec
 from harness.topology.config import TopologyConfig
@@ -66,24 +65,54 @@ def bench_spec(args: argparse.Namespace) -> BenchSpec:
                      split_csv(args.only) or SECTIONS).validate()
 
 
-def cmd_bench(args: argparse.Namespace, out: Printer) -> int:
-    spec = bench_spec(args)  # bad values fail here, before any VM boots
-    out_dir, mode = start_results_command(args, "bench",
-                                          f"sections {', '.join(spec.sections)}", out)
-    if mode is Mode.VM:
+@dataclass(frozen=True)
+class BenchJob(Job):
+    """`bench`: its sections; in VM mode the host's load before the boot (`host`, measured
+    by host_part: the guest's record names it) and after it (added to bench.json here)."""
+
+    KIND = "bench"
+    spec: BenchSpec
+    host: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_json(), "host": self.host}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BenchJob:
+        host = d["host"]
+        if host is not None and not isinstance(host, dict):
+            raise TypeError("host is not a JSON object")
+        return cls(BenchSpec.from_json(d["spec"]).validate(), host)
+
+    def promised(self, inv: Invocation) -> tuple[Path, ...]:
+        return (inv.results / BENCH_FILE,)
+
+    def run_here(self, inv: Invocation, out: Printer) -> int:
+        # imported here: the bench's modules are the heaviest of the CLI (most commands
+        # never need them, and every harness child process starts the CLI)
+        from harness.run.bench.run import run_bench
+
+        if self.host is not None:  # for this process's record (machine_load)
+            settings.export_bench_host(self.host)
+        return run_bench(self.spec, TopologyConfig.from_settings(), inv.results, out=out)
+
+    def host_part(self, inv: Invocation, out: Printer) -> tuple[Job | None, int | None]:
         host = host_load()
-        settings.export_bench_host({**host, "other_qemu_pids": host["qemu_pids"]})
-        code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-console.log", out,
-                            promised=(out_dir / BENCH_FILE,), log_dir=out_dir)
-        path = out_dir / BENCH_FILE
-        if path.exists():  # what the host looked like once the guest was done
+        return replace(self, host={**host, "other_qemu_pids": host["qemu_pids"]}), None
+
+    def after_guest(self, inv: Invocation, host_code: int | None, guest_code: int,
+                    out: Printer) -> int:
+        path = inv.results / BENCH_FILE
+        if path.exists():  # the host once the guest was done
             with contextlib.suppress(OSError, ValueError):
                 data = json.loads(path.read_text())
                 data["host_after"] = host_load()
                 atomic_write(path, json.dumps(data, indent=1, default=str))
-        return code
-    # imported here: the bench's modules are the heaviest of the CLI (most commands never
-    # need them, and every harness child process starts the CLI)
-    from harness.run.bench.run import run_bench
+        return guest_code
 
-    return run_bench(spec, TopologyConfig.from_settings(), out_dir, out=out)
+
+def cmd_bench(args: argparse.Namespace, out: Printer) -> int:
+    spec = bench_spec(args)  # bad values fail here, before any VM boots
+    inv = invoke(args, BenchJob(spec), results_folder(args, "bench"), out,
+                 f"sections {', '.join(spec.sections)}")
+    return run_invocation(inv, out)

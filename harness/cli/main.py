@@ -3,7 +3,9 @@
 Each command group lives in its own module and registers its subcommands here:
 results_commands (run, matrix, stress, report), bench_command, suite (test),
 maintenance (check, cleanup, setup, teardown, show), power_commands (transition,
-recover), doctor; `vm` hands the rest of the line to harness.vm.command_line.
+recover), doctor; `vm` hands the rest of the line to harness.vm.command_line. A command
+that runs something (run, matrix, stress, bench, check, transition, test) builds one
+Invocation (harness.cli.invocation) and runs it here or in the VM (harness.cli.operations).
 """
 
 from __future__ import annotations
@@ -23,20 +25,19 @@ from harness.cli import (
     results_commands,
     suite,
 )
-from harness.cli.launch import choose_mode
 from harness.core import settings
 from harness.core.errors import RxePowerError
 from harness.core.printer import STDOUT, Printer
 from harness.core.runlock import run_lock
-from harness.core.settings import SETTINGS, Mode, resolve
+from harness.core.settings import SETTINGS, resolve
 from harness.vm import command_line as vm_command_line
 from harness.vm.process import StopSignal
 
 HARNESS_ERROR_EXIT = 2
-# the commands that use the topology on this kernel: each holds the run lock throughout
-# (in the VM mode the guest's command holds the guest's lock; the host has no topology)
-TOPOLOGY_COMMANDS = frozenset({"run", "matrix", "stress", "bench", "check", "transition",
-                               "recover", "setup", "teardown", "cleanup"})
+# the commands on this kernel's topology that run no Invocation: each holds the run lock
+# throughout (a command with an Invocation holds it where it runs natively, the guest's in
+# the guest: harness.cli.operations)
+TOPOLOGY_COMMANDS = frozenset({"recover", "setup", "teardown", "cleanup"})
 
 DESCRIPTION = """\
 rxe-power: a test harness that puts RDMA clients under simulated power transitions
@@ -112,9 +113,8 @@ def main(argv: list[str] | None = None, out: Printer = STDOUT) -> int:
 @contextlib.contextmanager
 def _topology_lock(args: argparse.Namespace) -> Iterator[None]:
     """The run lock around a command that uses the topology here. Not taken by a non-root
-    caller (such a command refuses it: it can touch nothing) nor in the VM mode."""
-    if args.command not in TOPOLOGY_COMMANDS or os.geteuid() != 0 \
-            or (hasattr(args, "mode") and choose_mode(args.mode)[0] is Mode.VM):
+    caller (such a command refuses it: it can touch nothing)."""
+    if args.command not in TOPOLOGY_COMMANDS or os.geteuid() != 0:
         yield
         return
     with run_lock(shlex.join(["rxe-power", *args.argv])):

@@ -7,19 +7,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from harness.cli.launch import (
-    RESULTS_DIR,
-    SHORT_COMMAND_VM_TIMEOUT_S,
-    Subcommands,
-    launch_mode,
-    run_in_guest,
-)
-from harness.cli.removal import add_removal_option, prepare_removal
+from harness.cli import launch
+from harness.cli.invocation import Invocation, Job, invoke
+from harness.cli.launch import SHORT_COMMAND_VM_TIMEOUT_S, Subcommands
+from harness.cli.operations import run_invocation
+from harness.cli.removal import add_removal_option
 from harness.core.files import atomic_write
 from harness.core.printer import NULL, Printer
-from harness.core.proc import python_child
-from harness.core.settings import Mode
 from harness.peer import traffic
 from harness.peer.controller import PeerAgent
 from harness.system.provenance_collect import collect
@@ -52,19 +50,35 @@ def add_topology_parsers(subparsers: Subcommands) -> None:
             func=cmd_topology)
 
 
+@dataclass(frozen=True)
+class CheckJob(Job):
+    """`check`: the topology up, a traffic check, its report (run.json) in RESULTS_DIR."""
+
+    KIND = "check"
+    LOG_NAME = "vm-check-console.log"
+    RECORD_NAME = "check-invocation.json"
+
+    def to_json(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> CheckJob:
+        return cls()
+
+    def promised(self, inv: Invocation) -> tuple[Path, ...]:
+        return (inv.results / CHECK_REPORT,)
+
+    def run_here(self, inv: Invocation, out: Printer) -> int:
+        return run_traffic_report(TopologyConfig.from_settings(), out, inv.results)
+
+
 def cmd_check(args: argparse.Namespace, out: Printer) -> int:
-    mode, why = launch_mode(args)
-    out(f"rxe-power check: mode {mode.value} ({why})")
-    prepare_removal(args, mode, out)
-    if mode is Mode.VM:
-        argv = python_child("harness.cli", "check", "--mode", "native")
-        return run_in_guest(argv, args.timeout_s, "vm-check-console.log", out,
-                            promised=(RESULTS_DIR / CHECK_REPORT,))
-    return run_traffic_report(TopologyConfig.from_settings(), out)
+    return run_invocation(invoke(args, CheckJob(), launch.RESULTS_DIR, out), out)
 
 
-def run_traffic_report(cfg: TopologyConfig, out: Printer) -> int:
-    """Bring up the topology, check it with ibv_rc_pingpong and our own traffic, report."""
+def run_traffic_report(cfg: TopologyConfig, out: Printer, results: Path) -> int:
+    """Bring up the topology, check it with ibv_rc_pingpong and our own traffic, report
+    (in the folder `results`: run.json, the peer's logs)."""
     t0 = time.monotonic()
     topo, built = lifecycle.setup(cfg, out)
     try:
@@ -73,8 +87,8 @@ def run_traffic_report(cfg: TopologyConfig, out: Printer) -> int:
         ping = pingpong.pingpong_check(topo)
         out(f"ibv_rc_pingpong {topo.local.dev} <-> {topo.peer.dev}: {ping.iters} iterations, "
             f"{ping.usec_per_iter} usec/iter")
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        with PeerAgent(topo.peer, log_dir=RESULTS_DIR / "logs") as agent:
+        results.mkdir(parents=True, exist_ok=True)
+        with PeerAgent(topo.peer, log_dir=results / "logs") as agent:
             stats = traffic.run_check(topo, agent)
     finally:
         if built:
@@ -90,7 +104,7 @@ def run_traffic_report(cfg: TopologyConfig, out: Printer) -> int:
               "pingpong_usec_per_iter": ping.usec_per_iter,
               "operations": [st.to_json() for st in stats], "ok": ok,
               "seconds": time.monotonic() - t0}
-    path = RESULTS_DIR / CHECK_REPORT
+    path = results / CHECK_REPORT
     atomic_write(path, json.dumps(report, indent=1))
     out(f"\n{'PASS' if ok else 'FAIL'}: traffic rxe0 <-> rxe1 across the wire; report in {path}")
     return 0 if ok else 1

@@ -5,19 +5,16 @@ failed transition)."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from harness.cli.launch import (
-    RESULTS_DIR,
-    SHORT_COMMAND_VM_TIMEOUT_S,
-    Subcommands,
-    launch_mode,
-    run_in_guest,
-)
-from harness.cli.removal import add_removal_option, prepare_removal
+from harness.cli import launch
+from harness.cli.invocation import Invocation, Job, invoke
+from harness.cli.launch import SHORT_COMMAND_VM_TIMEOUT_S, Subcommands
+from harness.cli.operations import run_invocation
+from harness.cli.removal import add_removal_option
 from harness.core.printer import NULL, Printer
-from harness.core.proc import python_child
-from harness.core.settings import Mode
 from harness.system.provenance_collect import collect
 from harness.topology import devices, lifecycle
 from harness.topology.config import TopologyConfig
@@ -50,44 +47,59 @@ def add_parsers(subparsers: Subcommands, mode_help: str) -> None:
                           "after a failed or vetoed transition").set_defaults(func=cmd_recover)
 
 
+@dataclass(frozen=True)
+class TransitionJob(Job):
+    """`transition`: one request (its values resolved), its result file (its folder is the
+    results folder)."""
+
+    KIND = "transition"
+    LOG_NAME = "vm-transition-console.log"
+    RECORD_NAME = "transition-invocation.json"
+    request: TransitionRequest
+    result: Path
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request": self.request.to_json(), "result": str(self.result)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TransitionJob:
+        return cls(TransitionRequest.from_json(d["request"]).resolved(), Path(d["result"]))
+
+    def promised(self, inv: Invocation) -> tuple[Path, ...]:
+        return (self.result,)
+
+    def run_here(self, inv: Invocation, out: Printer) -> int:
+        cfg = TopologyConfig.from_settings()
+        topo, built = lifecycle.setup(cfg, out=NULL)
+        if built:
+            out(f"built the topology for this run ({topo.local.dev} <-> {topo.peer.dev}); "
+                "it is removed afterwards")
+        try:
+            provenance = collect()  # what made this result (written with it)
+            with Shim(cfg, out=out) as shim:
+                result = shim.run(self.request)
+        finally:
+            if built:
+                lifecycle.teardown(out=NULL)
+        out("\n".join(render(result)))
+        result.write(self.result, provenance=provenance)
+        out(f"result: {self.result}")
+        return VERDICT_EXIT[result.verdict]
+
+
 def cmd_transition(args: argparse.Namespace, out: Printer) -> int:
     req = TransitionRequest(
         args.name, parse_ordering(args.ordering) if args.ordering else None, args.hold_ms,
         parse_on_veto(args.on_veto), args.veto_wait_s, args.quiesce_timeout_s,
         args.pm_level).resolved()  # bad values fail here, before any VM boots
-    mode, why = launch_mode(args)
-    out(f"rxe-power transition: mode {mode.value} ({why})")
-    prepare_removal(args, mode, out)
-    if mode is Mode.VM:
-        argv = [*python_child("harness.cli", "transition", req.name),
-                "--ordering", str(req.ordering), "--hold-ms", str(req.hold_ms),
-                "--on-veto", str(req.on_veto), "--veto-wait-s", str(req.veto_wait_s),
-                "--quiesce-timeout-s", str(req.quiesce_timeout_s), "--pm-level", req.pm_level,
-                *(["--json", args.json] if args.json else []), "--mode", "native"]
-        return run_in_guest(argv, args.timeout_s, "vm-transition-console.log", out,
-                            promised=(result_path(args.json, req.name),))
-    cfg = TopologyConfig.from_settings()
-    topo, built = lifecycle.setup(cfg, out=NULL)
-    if built:
-        out(f"built the topology for this run ({topo.local.dev} <-> {topo.peer.dev}); "
-            "it is removed afterwards")
-    try:
-        provenance = collect()  # what made this result (written with it)
-        with Shim(cfg, out=out) as shim:
-            result = shim.run(req)
-    finally:
-        if built:
-            lifecycle.teardown(out=NULL)
-    out("\n".join(render(result)))
     path = result_path(args.json, req.name)
-    result.write(path, provenance=provenance)
-    out(f"result: {path}")
-    return VERDICT_EXIT[result.verdict]
+    inv = invoke(args, TransitionJob(req, path), path.parent, out)
+    return run_invocation(inv, out)
 
 
 def result_path(json_arg: str | None, name: str) -> Path:
     """Where a transition's result goes: --json, else results/transition-NAME.json."""
-    return Path(json_arg) if json_arg else RESULTS_DIR / f"transition-{name}.json"
+    return Path(json_arg) if json_arg else launch.RESULTS_DIR / f"transition-{name}.json"
 
 
 def cmd_recover(args: argparse.Namespace, out: Printer) -> int:

@@ -4,9 +4,9 @@ The mode closest to a real HCA, disassociate, is the default wherever our rdma_r
 be had for the kernel that will run it (cached by ci/build-rxe-disassociate.sh); else
 block, and one line says why. An explicit `--removal disassociate` builds the module
 on this host when it is missing (root, apt) and fails with the fix when it cannot.
-In VM mode the choice is made here, on the host (the guest's root is read-only), and
-handed to the guest as RXE_POWER_REMOVAL; natively the module is loaded here, before
-the topology is built.
+The choice is made once, on the host (the guest's root is read-only), and kept in the
+command's Invocation (harness.cli.invocation), which the guest reads; the run loads the
+module before the topology is built (harness.cli.operations).
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import os
 import subprocess
 from pathlib import Path
 
-from harness.core import settings
 from harness.core.errors import RxePowerError
 from harness.core.printer import Printer
 from harness.core.settings import SETTINGS, Mode, RemovalMode, resolve
 from harness.system import rxe_module
-from harness.system.provenance_collect import record_removal_reason
 from harness.vm import kernel as vm_kernel
 
 BUILD_TIMEOUT_S = 1200.0  # apt-get of the kernel source and headers, then the build (~50 s)
@@ -77,16 +75,15 @@ def choose_removal(requested: str | None, mode: Mode,
                                f"ci/build-rxe-disassociate.sh {release})")
 
 
-def prepare_removal(args: argparse.Namespace, mode: Mode, out: Printer) -> RemovalMode:
-    """Choose the removal mode, say which (to `out`), and (natively) load its module; in VM
-    mode hand it to the guest in RXE_POWER_REMOVAL."""
-    want, why = choose_removal(getattr(args, "removal", None), mode, out)
-    settings.export_removal(want)
-    record_removal_reason(why)
-    if mode is Mode.VM:
-        out(f"rxe-power {args.command}: removal mode {want} ({why}); the guest loads its "
-            "rdma_rxe")
-    else:
-        report = rxe_module.ensure(want)
-        out(f"rxe-power {args.command}: {report.line()} ({why})")
-    return want
+def choose_suite_removal(requested: str | None, mode: Mode,
+                         out: Printer) -> tuple[RemovalMode | None, str]:
+    """`test`'s removal mode: the --removal asked for (built when missing, as for every
+    command); else one set in RXE_POWER_REMOVAL (not built: the suite's plugin says what is
+    missing); else None, the suite's own default (block; removal-marked modules switch by
+    themselves)."""
+    if requested is not None:
+        return choose_removal(requested, mode, out)
+    res = resolve("removal")
+    if res.source == "built-in default":
+        return None, ""
+    return res.value, f"from {res.source}"

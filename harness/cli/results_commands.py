@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness import report
+from harness.cli.invocation import Invocation, Job, invoke, mode_of
 from harness.cli.jobs import add_jobs_option, jobs_of, run_results_jobs
-from harness.cli.launch import (
-    Subcommands,
-    choose_mode,
-    native_argv,
-    run_in_guest,
-    split_csv,
-    start_results_command,
-)
+from harness.cli.launch import Subcommands, results_folder, split_csv
+from harness.cli.operations import run_invocation
 from harness.cli.removal import add_removal_option
 from harness.cli.shard_option import add_shard_option, shard_of
-from harness.core import settings
 from harness.core.errors import SettingError
 from harness.core.printer import Printer
-from harness.core.settings import Mode
+from harness.core.shards import Shard, parse_shard
 from harness.run.lanes import parse_policies
 from harness.run.matrix import (
     DEFAULT_TRANSITIONS,
@@ -120,29 +116,61 @@ def parse_end(text: str) -> WorkloadEnd:
                            f"use one of: {', '.join(e.value for e in WorkloadEnd)}") from None
 
 
+def _shard_json(shard: Shard | None) -> str | None:
+    return None if shard is None else str(shard)
+
+
+def _shard_from(text: str | None) -> Shard | None:
+    return None if text is None else parse_shard(text)
+
+
+@dataclass(frozen=True)
+class MatrixJob(Job):
+    """`matrix` and `run`: the scenario matrix (its shard), the JUnit file, and for `run`
+    the report drawn on the host afterwards."""
+
+    KIND = "matrix"
+    spec: MatrixSpec
+    shard: Shard | None = None
+    junit: Path | None = None
+    report: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_json(), "shard": _shard_json(self.shard),
+                "junit": str(self.junit) if self.junit else None, "report": self.report}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> MatrixJob:
+        return cls(MatrixSpec.from_json(d["spec"]).validate(), _shard_from(d["shard"]),
+                   Path(d["junit"]) if d["junit"] else None, bool(d["report"]))
+
+    def promised(self, inv: Invocation) -> tuple[Path, ...]:
+        return (inv.results / RESULTS_FILE, *((self.junit,) if self.junit else ()))
+
+    def run_here(self, inv: Invocation, out: Printer) -> int:
+        return run_matrix(self.spec, TopologyConfig.from_settings(), inv.results, self.junit,
+                          out=out, plan=matrix_plan(self.spec, self.shard))
+
+    def finish(self, inv: Invocation, code: int, out: Printer) -> int:
+        if self.report and (inv.results / RESULTS_FILE).exists():
+            report.write_report(inv.results / RESULTS_FILE, inv.results, out)
+        return code
+
+
 def cmd_matrix(args: argparse.Namespace, out: Printer) -> int:
     spec = matrix_spec(args)  # bad values fail here, before any VM boots
     shard = shard_of(args)
     plan = matrix_plan(spec, shard)  # and a shard with nothing to run
-    jobs = jobs_of(args, choose_mode(args.mode)[0], shard, len(spec.scenarios()), "scenarios",
+    jobs = jobs_of(args, mode_of(args), shard, len(spec.scenarios()), "scenarios",
                    out)  # and a bad --jobs
     if jobs > 1:
         return run_results_jobs(args, jobs, args.command == "run", out)
-    out_dir, mode = start_results_command(args, "matrix", describe_plan(plan, "scenarios")
-                                          if plan else f"{len(spec.scenarios())} scenarios",
-                                          out)
-    if mode is Mode.VM:
-        junit_file = (Path(args.junit).absolute(),) if args.junit else ()
-        code = run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-console.log", out,
-                            promised=(out_dir / RESULTS_FILE, *junit_file), log_dir=out_dir)
-    else:
-        junit = Path(args.junit).absolute() if args.junit else None
-        code = run_matrix(spec, TopologyConfig.from_settings(), out_dir, junit, out=out,
-                          plan=plan)
-    if args.command == "run" and (out_dir / "results.jsonl").exists() \
-            and not settings.in_vm():
-        report.write_report(out_dir / "results.jsonl", out_dir, out)
-    return code
+    job = MatrixJob(spec, shard, Path(args.junit).absolute() if args.junit else None,
+                    args.command == "run")
+    inv = invoke(args, job, results_folder(args, "matrix"), out,
+                 describe_plan(plan, "scenarios") if plan else
+                 f"{len(spec.scenarios())} scenarios")
+    return run_invocation(inv, out)
 
 
 def stress_spec(args: argparse.Namespace) -> StressSpec:
@@ -155,26 +183,46 @@ def stress_spec(args: argparse.Namespace) -> StressSpec:
                       args.settle_ms).validate()
 
 
+@dataclass(frozen=True)
+class StressJob(Job):
+    """`stress`: one transition over and over (its shard of the cycles)."""
+
+    KIND = "stress"
+    spec: StressSpec
+    shard: Shard | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_json(), "shard": _shard_json(self.shard)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StressJob:
+        return cls(StressSpec.from_json(d["spec"]).validate(), _shard_from(d["shard"]))
+
+    def promised(self, inv: Invocation) -> tuple[Path, ...]:
+        return (inv.results / RESULTS_FILE,)
+
+    def run_here(self, inv: Invocation, out: Printer) -> int:
+        plan = stress_plan(self.spec, self.shard)
+        progress = make_progress(len(plan.items) if plan else self.spec.cycles, out)
+        try:
+            return run_stress(self.spec, TopologyConfig.from_settings(), inv.results,
+                              progress, out=out, plan=plan)
+        finally:
+            if hasattr(progress, "stop"):
+                progress.stop()
+
+
 def cmd_stress(args: argparse.Namespace, out: Printer) -> int:
     spec = stress_spec(args)
     shard = shard_of(args)
     plan = stress_plan(spec, shard)
-    jobs = jobs_of(args, choose_mode(args.mode)[0], shard, spec.cycles, "cycles", out)
+    jobs = jobs_of(args, mode_of(args), shard, spec.cycles, "cycles", out)
     if jobs > 1:
         return run_results_jobs(args, jobs, False, out)
-    out_dir, mode = start_results_command(args, "stress", (
+    inv = invoke(args, StressJob(spec, shard), results_folder(args, "stress"), out, (
         describe_plan(plan, "cycles") if plan else f"{spec.cycles} cycles")
-        + f" of {spec.transition}", out)
-    if mode is Mode.VM:
-        return run_in_guest(native_argv(args, out_dir), args.timeout_s, "vm-console.log", out,
-                            promised=(out_dir / RESULTS_FILE,), log_dir=out_dir)
-    progress = make_progress(len(plan.items) if plan else spec.cycles, out)
-    try:
-        return run_stress(spec, TopologyConfig.from_settings(), out_dir, progress, out=out,
-                          plan=plan)
-    finally:
-        if hasattr(progress, "stop"):
-            progress.stop()
+        + f" of {spec.transition}")
+    return run_invocation(inv, out)
 
 
 def cmd_report(args: argparse.Namespace, out: Printer) -> int:

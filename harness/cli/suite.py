@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.cli import launch
+from harness.cli.invocation import Invocation, Job, invoke, mode_of
 from harness.cli.jobs import (
     add_jobs_option,
     folders,
@@ -25,17 +28,15 @@ from harness.cli.jobs import (
     results_base,
     run_jobs,
 )
-from harness.cli.launch import Subcommands, launch_mode, run_in_guest
-from harness.cli.removal import add_removal_option, choose_removal
+from harness.cli.launch import Subcommands
+from harness.cli.operations import run_invocation
+from harness.cli.removal import add_removal_option
 from harness.cli.shard_option import add_shard_option, pytest_shard, suite_pytest_args
-from harness.core import settings
 from harness.core.errors import BoundExceeded
 from harness.core.files import make_dir
 from harness.core.printer import Printer
 from harness.core.proc import python_child, run_bounded
-from harness.core.settings import Mode
 from harness.core.shards import TEST_DURATIONS_NAME
-from harness.system.provenance_collect import record_removal_reason
 
 MAX_MARKER_NAMES = 12  # names tried in every combination (4096)
 PYTEST_NO_TESTS = 5  # pytest.ExitCode.NO_TESTS_COLLECTED
@@ -55,48 +56,81 @@ def add_parser(subparsers: Subcommands, mode_help: str) -> None:
     p.set_defaults(func=cmd_test)
 
 
+@dataclass(frozen=True)
+class TestJob(Job):
+    """`test`: pytest's arguments. Natively pytest runs in this process; in VM mode the
+    tests not marked rxe run on the host (host_part) and the job the guest gets selects
+    the rxe ones. The removal mode, when the command has one, is pytest's --removal
+    (before the caller's own: a --removal among them wins, as in pytest)."""
+
+    __test__ = False  # a job, not a test class pytest should collect
+    KIND = "test"
+    LOADS_MODULE = False  # the suite's plugin loads the module (each module's own)
+    USES_TOPOLOGY = False  # no run lock: the suite's session has its own state
+    LOG_NAME = "vm-test-console.log"
+    RECORD_NAME = "test-invocation.json"
+    pytest_args: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pytest_args": list(self.pytest_args)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TestJob:
+        args = d["pytest_args"]
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise TypeError("pytest_args is not a list of strings")
+        return cls(tuple(args))
+
+    def run_here(self, inv: Invocation, out: Printer) -> int:
+        import pytest  # only here: no other command needs the test runner loaded
+
+        return int(pytest.main([*removal_args(inv), *self.pytest_args]))
+
+    def host_part(self, inv: Invocation, out: Printer) -> tuple[Job | None, int | None]:
+        say = out.prefixed("rxe-power test: ")
+        expr, rest = split_marker_expression(list(self.pytest_args))
+        host_expr, guest_expr = side_expressions(expr)
+        # The pure-logic tests need no rxe: here, natively (under emulation they cost
+        # minutes).
+        say(f"the tests not marked rxe, on this host: pytest -m '{host_expr}' "
+            + " ".join(rest))
+        host_argv = python_child("pytest", *removal_args(inv), "-m", host_expr, *rest)
+        try:
+            host_rc = run_bounded(host_argv, inv.timeout_s, step="the host part of the tests",
+                                  bound_name="--timeout-s", outstanding=" ".join(host_argv),
+                                  capture=False).returncode
+        except BoundExceeded as exc:
+            say(exc.problem)
+            host_rc = 1
+        if selects_nothing(guest_expr):
+            say(f"-m '{guest_expr}' selects no rxe test: no guest")
+            return None, combined_pytest_exit(host_rc)
+        say("the tests marked rxe, in the VM")
+        return TestJob(("-m", guest_expr, *rest, *guest_paths(rest))), host_rc
+
+    def after_guest(self, inv: Invocation, host_code: int | None, guest_code: int,
+                    out: Printer) -> int:
+        assert host_code is not None  # host_part ran the host part
+        out(f"rxe-power test: host part exit {host_code}, VM part exit {guest_code}")
+        return combined_pytest_exit(host_code, guest_code)
+
+
+def removal_args(inv: Invocation) -> list[str]:
+    return [] if inv.removal is None else ["--removal", str(inv.removal)]
+
+
 def cmd_test(args: argparse.Namespace, out: Printer) -> int:
     # --shard I/N checked before any VM boots; every run records its tests' durations
-    args.pytest_args = recording_durations(suite_pytest_args(args))
-    mode, why = launch_mode(args)
-    jobs = jobs_of(args, mode, pytest_shard(args.pytest_args), None, "tests", out)
-    say = out.prefixed("rxe-power test: ")
-    say(f"mode {mode.value} ({why})")
+    pytest_args = recording_durations(suite_pytest_args(args))
+    jobs = jobs_of(args, mode_of(args), pytest_shard(pytest_args), None, "tests",
+                   out)
     if jobs > 1:
         base = make_dir(results_base(args, "test"))
         done = run_jobs(args, jobs, base, out)
         merge_test_durations(folders(base, jobs), base, out)
         return combined_pytest_exit(*(f.exit_code for f in done))
-    if args.removal is not None:  # else the suite's own default (block; removal-marked
-        # modules switch by themselves): the plugin loads the module in the session
-        want, how = choose_removal(args.removal, mode, out)
-        settings.export_removal(want)
-        record_removal_reason(how)
-        say(f"removal mode {want} ({how})")
-    if mode is not Mode.VM:
-        import pytest  # only here: no other command needs the test runner loaded
-
-        return int(pytest.main(args.pytest_args))
-    expr, rest = split_marker_expression(args.pytest_args)
-    host_expr, guest_expr = side_expressions(expr)
-    # The pure-logic tests need no rxe: here, natively (under emulation they cost minutes).
-    say(f"the tests not marked rxe, on this host: pytest -m '{host_expr}' " + " ".join(rest))
-    host_argv = python_child("pytest", "-m", host_expr, *rest)
-    try:
-        host_rc = run_bounded(host_argv, args.timeout_s, step="the host part of the tests",
-                              bound_name="--timeout-s", outstanding=" ".join(host_argv),
-                              capture=False).returncode
-    except BoundExceeded as exc:
-        say(exc.problem)
-        host_rc = 1
-    if selects_nothing(guest_expr):
-        say(f"-m '{guest_expr}' selects no rxe test: no guest")
-        return combined_pytest_exit(host_rc)
-    say("the tests marked rxe, in the VM")
-    vm_rc = run_in_guest(python_child("pytest", "-m", guest_expr, *rest, *guest_paths(rest)),
-                         args.timeout_s, "vm-test-console.log", out)
-    say(f"host part exit {host_rc}, VM part exit {vm_rc}")
-    return combined_pytest_exit(host_rc, vm_rc)
+    inv = invoke(args, TestJob(tuple(pytest_args)), launch.RESULTS_DIR, out)
+    return run_invocation(inv, out)
 
 
 def recording_durations(pytest_args: list[str]) -> list[str]:

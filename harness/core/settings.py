@@ -191,11 +191,12 @@ STATE_ENV = "RXE_POWER_STATE"  # the state file (default /run/rxe-power/topology
 CLIENTS_DIR_ENV = "RXE_POWER_CLIENTS_DIR"  # the clients' notice sockets
 NOTIFY_UIDS_ENV = "RXE_POWER_NOTIFY_UIDS"  # who may answer power notices (uids or names)
 IN_VM_ENV = "RXE_POWER_IN_VM"  # "1" inside the guest the runner booted
-BENCH_HOST_ENV = "RXE_POWER_BENCH_HOST"  # the host's load as JSON, handed to a guest bench
+BENCH_HOST_ENV = "RXE_POWER_BENCH_HOST"  # a VM bench: the host load (its job sets it there)
 VM_KERNEL_ENV = "RXE_POWER_VM_KERNEL"  # the guest kernel to boot instead of the newest
 VM_ACCEL_ENV = "RXE_POWER_VM_ACCEL"  # kvm or tcg: skip the accelerator probe
 VM_CPUS_ENV = "RXE_POWER_VM_CPUS"  # the guest's vCPUs (default 2): 1 slows it on purpose
-LAUNCH_ENV = "RXE_POWER_LAUNCH"  # the CLI's mode, its reason and the source tree (JSON)
+# the CLI's invocation as its provenance sees it (JSON): set by the process that runs it
+LAUNCH_ENV = "RXE_POWER_LAUNCH"
 VM_FACTS_ENV = "RXE_POWER_VM_FACTS"  # the VM runner's accelerator and host, for the guest
 RUNTIME_DIR_ENV = "XDG_RUNTIME_DIR"  # a non-root user's per-boot directory
 MPL_CONFIG_ENV = "MPLCONFIGDIR"  # matplotlib's configuration and font cache
@@ -349,12 +350,6 @@ def vm_facts(environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
 
 def mpl_config_dir_set(environ: Mapping[str, str] | None = None) -> bool:
     return _env(MPL_CONFIG_ENV, environ) is not None
-
-
-def export_removal(mode: RemovalMode) -> None:
-    """Hand the removal mode to the children of this process (the pytest session, the
-    command in the guest), which read it as RXE_POWER_REMOVAL."""
-    os.environ[SETTINGS["removal"].env] = str(mode)
 
 
 def export_mpl_config_dir(path: Path) -> None:

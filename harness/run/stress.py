@@ -62,7 +62,7 @@ from harness.topology.config import TopologyConfig
 from harness.topology.lifecycle import restore_local_side
 from harness.workload.ledger import WorkloadSpec
 from harness.workload.spec import Arrivals, WorkloadEnd, resumed_cap
-from power.plan import OnVeto, Ordering, get_transition
+from power.plan import OnVeto, Ordering, get_transition, parse_on_veto, parse_ordering
 from power.result import TransitionRequest, Verdict
 
 if TYPE_CHECKING:  # types only: the controller objects a stress run is made of
@@ -126,6 +126,16 @@ class StressSpec:
         d["arrivals"] = self.arrivals.value
         d["end"] = self.end.value
         return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StressSpec:
+        """The spec `to_json` wrote (the CLI hands it to the guest so)."""
+        return cls(d["cycles"], d["transition"],
+                   parse_ordering(d["ordering"]) if d["ordering"] else None,
+                   parse_policies(d["policies"]), d["mix"], d["count"], d["rate_per_s"],
+                   d["queue_depth"], d["hold_ms"], parse_on_veto(d["on_veto"]), d["maxfail"],
+                   d["keep_ledgers"], Arrivals(d["arrivals"]), WorkloadEnd(d["end"]),
+                   d["settle_ms"])
 
 
 class Stress:

@@ -177,27 +177,32 @@ def taint_letters(tainted: int) -> str:
 
 @dataclass(frozen=True)
 class LaunchFacts:
-    """The CLI's decisions before the run (RXE_POWER_LAUNCH)."""
+    """The CLI's decisions before the run (harness.cli.invocation's; RXE_POWER_LAUNCH in the
+    process that runs it)."""
 
     mode: Mode
     mode_reason: str
     tree: SourceTree
     command_line: str = ""
     removal_reason: str = ""
+    removal: RemovalMode | None = None  # None: the command left it to the test suite's
 
     def to_json(self) -> dict[str, Any]:
         return {"mode": self.mode.value, "mode_reason": self.mode_reason,
                 "tree": {"commit": self.tree.commit, "dirty": self.tree.dirty,
                          "problem": self.tree.problem},
-                "command_line": self.command_line, "removal_reason": self.removal_reason}
+                "command_line": self.command_line, "removal_reason": self.removal_reason,
+                "removal": self.removal.value if self.removal else None}
 
     @classmethod
     def from_json(cls, d: object) -> LaunchFacts:
         r = JsonReader(d, LAUNCH_ENV)
         t = r.sub("tree")
+        removal = r.d.get("removal")  # absent in a record of before it was handed over
         return cls(r.enum("mode", Mode), r.text("mode_reason"),
                    SourceTree(t.opt_str("commit"), t.opt_bool("dirty"), t.text("problem")),
-                   r.text("command_line"), r.text("removal_reason"))
+                   r.text("command_line"), r.text("removal_reason"),
+                   None if removal is None else r.enum("removal", RemovalMode))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,5 @@
 """Collecting a run's provenance (harness.system.provenance) from the system it runs on.
 
-    record_launch(mode, why)           # the CLI, on the host: mode, reason, source tree
     vm_facts_json(accel, reason)       # the VM runner: the guest's RXE_POWER_VM_FACTS
     prov = collect()                   # once per run, in the process that runs the topology
 
@@ -305,25 +304,7 @@ def tree_facts(src: Sources) -> SourceTree:
     return SourceTree(commit, bool(status.stdout.strip()), "")
 
 
-# --- what the CLI and the VM runner hand over (provenance.LaunchFacts, VmFacts) ---------------
-
-
-def record_launch(mode: Mode, why: str, command_line: str, src: Sources | None = None) -> None:
-    """On the host, once the mode is chosen: hand it, its reason, the command and the
-    source tree to this process's run and to the guest. In the guest the host's record
-    stays."""
-    if settings.in_vm() and settings.launch_facts() is not None:
-        return
-    settings.export_launch_facts(LaunchFacts(mode, why, tree_facts(src or Sources()),
-                                             command_line).to_json())
-
-
-def record_removal_reason(why: str) -> None:
-    """Add why the removal mode was chosen to the launch record (when there is one)."""
-    raw = settings.launch_facts()
-    if raw is None or settings.in_vm():
-        return
-    settings.export_launch_facts({**raw, "removal_reason": why})
+# --- what the VM runner hands over (provenance.VmFacts; the CLI's LaunchFacts: harness.cli) ---
 
 
 def vm_facts_json(accel: str, reason: str, src: Sources | None = None) -> dict[str, Any]:
@@ -369,12 +350,15 @@ def collect(src: Sources | None = None, environ: Mapping[str, str] | None = None
     else:
         accel, accel_reason = Accel.NONE, "native: no QEMU of ours"
     versions = dpkg_versions(src, problems)
-    try:
-        requested = resolve("removal", environ=environ)
-        removal_requested, removal_source = requested.value, requested.source
-    except RxePowerError as exc:
-        problems.add("the requested removal mode", exc)
-        removal_requested, removal_source = RemovalMode.BLOCK, "unreadable"
+    if launch is not None and launch.removal is not None:  # the CLI chose it (its invocation)
+        removal_requested, removal_source = launch.removal, "the command's invocation"
+    else:  # a test session's own (its --removal, RXE_POWER_REMOVAL, ini, default)
+        try:
+            requested = resolve("removal", environ=environ)
+            removal_requested, removal_source = requested.value, requested.source
+        except RxePowerError as exc:
+            problems.add("the requested removal mode", exc)
+            removal_requested, removal_source = RemovalMode.BLOCK, "unreadable"
     module = module_facts(src, versions, problems)
     return Provenance(
         mode, mode_reason, accel, accel_reason, machine_facts(src, problems),
@@ -388,5 +372,5 @@ def collect(src: Sources | None = None, environ: Mapping[str, str] | None = None
         launch.command_line if launch is not None else "")
 
 
-__all__ = ["LaunchFacts", "ProvenanceError", "Sources", "VmFacts", "collect", "record_launch",
-           "record_removal_reason", "vm_facts_json"]
+__all__ = ["LaunchFacts", "ProvenanceError", "Sources", "VmFacts", "collect", "tree_facts",
+           "vm_facts_json"]

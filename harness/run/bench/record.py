@@ -64,7 +64,8 @@ def read_bench(path: Path) -> dict[str, Any]:
 
 def machine_load() -> dict[str, Any]:
     """Where the figures were taken: load average and CPUs here; for a VM run, the host's
-    (measured before the guest booted: RXE_POWER_BENCH_HOST)."""
+    (measured before the guest booted, handed over in the bench job: RXE_POWER_BENCH_HOST
+    in the process that runs it)."""
     return {"loadavg": [round(x, 2) for x in os.getloadavg()], "nproc": os.cpu_count(),
             "in_vm": settings.in_vm(), "host": settings.bench_host()}
 

@@ -128,3 +128,8 @@ class BenchSpec:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BenchSpec:
+        """The spec `to_json` wrote (the CLI hands it to the guest so)."""
+        return cls(**{**d, "sizes": tuple(d["sizes"]), "sections": tuple(d["sections"])})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import doctor, launch, main
+from harness.cli import doctor, launch, main, operations
 from harness.core import proc, runlock, state
 from harness.core.errors import RxePowerError
 from harness.core.printer import Printer
@@ -105,7 +105,7 @@ def test_results_outside_the_cwd_are_shared_with_the_guest(
     (req,) = guest.requests
     assert elsewhere.parent.is_dir()  # created on the host before the boot
     assert elsewhere.parent in req.rw_dirs and Path.cwd() in req.rw_dirs
-    assert code == launch.RESULTS_MISSING_EXIT  # the guest said 0 and wrote nothing
+    assert code == operations.RESULTS_MISSING_EXIT  # the guest said 0 and wrote nothing
 
 
 def test_a_results_folder_outside_the_cwd_is_shared(

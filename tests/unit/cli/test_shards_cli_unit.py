@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import launch, main, suite
+from harness.cli import launch, main, operations, suite
+from harness.core.shards import Shard
 from tests.helpers.guest_recorder import GuestRecorder
 
 
@@ -38,10 +39,9 @@ def test_a_matrix_shard_goes_to_the_guest_and_says_what_it_runs(
         guest: GuestRecorder, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code = main.main(["matrix", "--mode", "vm", "--transition", "link-flap", "--policy",
                       "graceful,fail-fast", "--shard", "2/2", "--out", str(tmp_path / "o")])
-    assert code == launch.RESULTS_MISSING_EXIT  # the recorder wrote no results
-    [req] = guest.requests
-    cmd = req.command
-    assert cmd[cmd.index("--shard") + 1] == "2/2"
+    assert code == operations.RESULTS_MISSING_EXIT  # the recorder wrote no results
+    [inv] = guest.invocations()
+    assert inv.job.shard == Shard(2, 2)  # type: ignore[attr-defined]
     out = capsys.readouterr().out
     assert "shard 2/2: 2 of the run's 4 scenarios" in out
 
@@ -57,8 +57,8 @@ def test_a_test_shard_goes_to_both_parts(guest: GuestRecorder, monkeypatch: pyte
     monkeypatch.setattr(suite, "run_bounded", host_part)
     assert main.main(["test", "--mode", "vm", "--shard", "2/3", "--", "-k", "x"]) == 0
     [h] = host
-    [g] = guest.requests
-    for argv in (h, g.command):
+    [g] = guest.invocations()
+    for argv in (h, list(g.job.pytest_args)):  # type: ignore[attr-defined]
         assert argv[argv.index("--shard") + 1] == "2/3" and argv.count("--shard") == 1
         assert "-k" in argv
 
@@ -90,9 +90,11 @@ def test_every_test_run_records_its_durations_in_its_results_folder(
     monkeypatch.setattr(suite, "run_bounded", host_part)
     assert main.main(["test", "--mode", "vm", "--", "-k", "x"]) == 0
     want = str(launch.RESULTS_DIR.absolute() / "test-durations.json")
-    for argv in (host[0], guest.requests[0].command):
+    invs = guest.invocations()  # the guest's pytest arguments: its invocation's job
+    for argv in (host[0], list(invs[0].job.pytest_args)):  # type: ignore[attr-defined]
         assert argv[argv.index("--record-durations") + 1] == want
         assert argv.count("--record-durations") == 1
     assert main.main(["test", "--mode", "vm", "--", "--record-durations=mine.json"]) == 0
-    for argv in (host[1], guest.requests[1].command):
+    invs = guest.invocations()
+    for argv in (host[1], list(invs[1].job.pytest_args)):  # type: ignore[attr-defined]
         assert "--record-durations" not in argv and "--record-durations=mine.json" in argv

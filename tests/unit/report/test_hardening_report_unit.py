@@ -88,12 +88,12 @@ def test_report_out_an_existing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_cli_report_and_matrix_out_an_existing_file_before_any_vm(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.cli import results_commands
+    from harness.cli import operations
 
     def no_vm(*a: object, **k: object) -> int:
         raise AssertionError("a VM was started")
 
-    monkeypatch.setattr(results_commands, "run_in_guest", no_vm)
+    monkeypatch.setattr(operations, "boot_guest", no_vm)
     afile = tmp_path / "afile"
     afile.write_text("")
     for argv in (["report", str(DATA / "matrix-standby-linkflap.jsonl"), "--out", str(afile)],

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from clients.userspace import policy_class
-from harness.cli import launch as cli_launch
 from harness.cli import main as cli_main
 from harness.core.errors import RxePowerError, SettingError
 from harness.run.lanes import parse_policies
@@ -171,16 +169,6 @@ def test_cli_refuses_bad_values_before_any_vm(argv: list[str], words: str,
     assert cli_main.main(argv) == cli_main.HARNESS_ERROR_EXIT
     err = capsys.readouterr().err
     assert words in err and "fix:" in err
-
-
-def test_native_argv_for_the_vm_drops_host_only_options(tmp_path: Path) -> None:
-    args = cli_main.build_parser().parse_args(["stress", "--cycles", "5", "--mode", "vm",
-                                          "--timeout-s=99", "--out", "x"])
-    args.argv = ["stress", "--cycles", "5", "--mode", "vm", "--timeout-s=99", "--out", "x"]
-    argv = cli_launch.native_argv(args, tmp_path)
-    assert argv[1:3] == ["-P", "-S"]  # no working directory on the guest's path
-    assert argv[7] == "harness.cli" and os.getcwd() not in argv[5].split(argv[6])[1:]
-    assert argv[8:] == ["stress", "--cycles", "5", "--mode", "native", "--out", str(tmp_path)]
 
 
 def test_stress_spec_defaults_validate() -> None:
