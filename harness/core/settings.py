@@ -197,6 +197,7 @@ VM_ACCEL_ENV = "RXE_POWER_VM_ACCEL"  # kvm or tcg: skip the accelerator probe
 VM_CPUS_ENV = "RXE_POWER_VM_CPUS"  # the guest's vCPUs (default 2): 1 slows it on purpose
 LAUNCH_ENV = "RXE_POWER_LAUNCH"  # the CLI's mode, its reason and the source tree (JSON)
 VM_FACTS_ENV = "RXE_POWER_VM_FACTS"  # the VM runner's accelerator and host, for the guest
+PEER_SECRET_FILE_ENV = "RXE_POWER_PEER_SECRET_FILE"  # the pair's per-run secret (vm.pair)
 RUNTIME_DIR_ENV = "XDG_RUNTIME_DIR"  # a non-root user's per-boot directory
 MPL_CONFIG_ENV = "MPLCONFIGDIR"  # matplotlib's configuration and font cache
 OWN_PREFIX = "RXE_POWER_"  # every variable of ours: forwarded into the guest

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from harness.core.errors import BoundExceeded, RxePowerError
 from harness.system import command, network
+from harness.system.rxe_module import load_rxe_module
 from harness.topology.devices import add_rdma_link, wait_port_state
 
 PREFIX_LEN = 24
@@ -136,6 +137,7 @@ def set_up_side(side: PairSide, wait_peer_s: float | None) -> dict[str, object]:
     wire_dev, mgmt_dev = bring_up(wire), bring_up(mgmt)
     links_s = time.monotonic() - t0
     rxe = RXE_NAME[side]
+    load_rxe_module()
     add_rdma_link(rxe, wire_dev)
     active_s = wait_port_state(rxe, "ACTIVE")
     report: dict[str, object] = {

@@ -5,7 +5,8 @@ The peer guest boots first, in the background (its console in its own log, echoe
 bound and its stop signals. The two are joined by the links of harness.topology.wire:
 QEMU `dgram` netdevs over Unix datagram sockets in a private folder of ours (0700, made
 per run, removed after), passed through vng's --qemu-opts. No root, no bridge, nothing of
-the host's network.
+the host's network. The same folder holds the run's secret for the peer agent's channel
+(harness.core.peer_auth); both guests get its path in RXE_POWER_PEER_SECRET_FILE.
 
 Both guests are one run for the guest lock. Ownership: the peer's vng leads its own
 process group and is on the state file's record (so `rxe-power cleanup` ends a leftover
@@ -27,8 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.core import settings
 from harness.core.errors import RxePowerError
 from harness.core.files import open_new
+from harness.core.peer_auth import new_secret, write_secret
 from harness.core.proc import STOP_GRACE_S
 from harness.core.state import track
 from harness.topology.wire import Link, PairSide, link_end
@@ -125,6 +128,12 @@ def run_pair(local: VmRequest, peer: VmRequest, peer_log: Path,
     accel = choose_accel(kernel, qemu=tools.qemu)
     sock_dir = Path(tempfile.mkdtemp(prefix="rxe-power-pair-"))  # 0700, ours
     try:
+        # the run's secret for the peer agent's channel: both guests read it from the
+        # host's /tmp (their /tmp is an overlay on it), nobody else can reach the folder
+        secret_file = sock_dir / "peer-secret"
+        write_secret(secret_file, new_secret())
+        for req in (local, peer):
+            req.env = {**req.env, settings.PEER_SECRET_FILE_ENV: str(secret_file)}
         local.qemu_opts = [*local.qemu_opts, *link_qemu_opts(sock_dir, PairSide.LOCAL)]
         peer.qemu_opts = [*peer.qemu_opts, *link_qemu_opts(sock_dir, PairSide.PEER)]
         peer.cwd = peer.cwd.absolute()
