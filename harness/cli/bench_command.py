@@ -13,6 +13,7 @@ from harness.cli.launch import (
     split_csv,
     start_results_command,
 )
+from harness.cli.peer_option import add_peer_option
 from harness.cli.removal import add_removal_option
 from harness.core import settings
 from harness.core.errors import SettingError
@@ -49,6 +50,7 @@ def add_parser(subparsers: Subcommands) -> argparse.ArgumentParser:
     p.add_argument("--mode", default=None,
                    help=SETTINGS["rxe-mode"].help + " (env RXE_POWER_MODE)")
     add_removal_option(p)
+    add_peer_option(p)
     p.add_argument("--timeout-s", type=float, default=BENCH_VM_TIMEOUT_S,
                    help="bound on the whole VM run, in seconds")
     p.set_defaults(func=cmd_bench)

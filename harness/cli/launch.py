@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TypeAlias
 
+from harness.cli.peer_option import prepare_peer
 from harness.cli.removal import prepare_removal
 from harness.core import settings
 from harness.core.errors import OsCallError, RxePowerError
@@ -141,6 +142,7 @@ def start_results_command(args: argparse.Namespace, stem: str, what: str,
     out_dir = _out_dir(args, stem)
     mode, why = launch_mode(args)
     out(f"rxe-power {args.command}: mode {mode.value} ({why}); {what}; results in {out_dir}")
+    prepare_peer(args, mode, out)
     prepare_removal(args, mode, out)
     return out_dir, mode
 

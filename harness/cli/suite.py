@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from harness.cli.launch import Subcommands, launch_mode, run_in_guest
+from harness.cli.peer_option import add_peer_option, prepare_peer
 from harness.cli.removal import add_removal_option, choose_removal
 from harness.cli.shard_option import add_shard_option, suite_pytest_args
 from harness.core import settings
@@ -36,6 +37,7 @@ def add_parser(subparsers: Subcommands, mode_help: str) -> None:
     p = subparsers.add_parser("test", help="run the test suite (pytest) where rxe exists")
     p.add_argument("--mode", default=None, help=mode_help)
     add_removal_option(p)
+    add_peer_option(p)
     p.add_argument("--timeout-s", type=float, default=TEST_VM_TIMEOUT_S,
                    help="bound on the whole VM run")
     add_shard_option(p, "test")
@@ -48,6 +50,7 @@ def cmd_test(args: argparse.Namespace, out: Printer) -> int:
     mode, why = launch_mode(args)
     say = out.prefixed("rxe-power test: ")
     say(f"mode {mode.value} ({why})")
+    prepare_peer(args, mode, out)
     if args.removal is not None:  # else the suite's own default (block; removal-marked
         # modules switch by themselves): the plugin loads the module in the session
         want, how = choose_removal(args.removal, mode, out)

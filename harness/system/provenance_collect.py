@@ -23,7 +23,7 @@ from typing import Any
 
 from harness.core import settings
 from harness.core.errors import RxePowerError
-from harness.core.settings import Mode, RemovalMode, resolve
+from harness.core.settings import Mode, PeerPlacement, RemovalMode, resolve
 from harness.system import command, rxe_module
 from harness.system.command import CmdResult
 from harness.system.elf_notes import build_id_note, note_build_id
@@ -34,7 +34,6 @@ from harness.system.provenance import (
     LaunchFacts,
     Machine,
     Packages,
-    PeerPlacement,
     Provenance,
     ProvenanceError,
     RxeModule,
@@ -326,6 +325,13 @@ def record_removal_reason(why: str) -> None:
     settings.export_launch_facts({**raw, "removal_reason": why})
 
 
+def record_peer_reason(why: str) -> None:
+    """Add why the peer sits where it does to the launch record (when there is one)."""
+    raw = settings.launch_facts()
+    if raw is not None and not settings.in_vm():
+        settings.export_launch_facts({**raw, "peer_reason": why})
+
+
 def vm_facts_json(accel: str, reason: str, src: Sources | None = None) -> dict[str, Any]:
     """What the VM runner puts in the guest's RXE_POWER_VM_FACTS."""
     host = machine_facts(src or Sources(), _Problems())
@@ -384,9 +390,11 @@ def collect(src: Sources | None = None, environ: Mapping[str, str] | None = None
          f"from {removal_source}"),
         Packages(*(versions.get(p) for p in USER_PACKAGES)),
         launch.tree if launch is not None else tree_facts(src),
-        PeerPlacement.SAME_KERNEL, FaultModel.USERSPACE_REMOVAL, tuple(problems),
-        launch.command_line if launch is not None else "")
+        PeerPlacement.SAME_KERNEL,  # the only one a run uses (cli.peer_option refuses guest)
+        FaultModel.USERSPACE_REMOVAL, tuple(problems),
+        launch.command_line if launch is not None else "",
+        launch.peer_reason if launch is not None and launch.peer_reason else "not said")
 
 
 __all__ = ["LaunchFacts", "ProvenanceError", "Sources", "VmFacts", "collect", "record_launch",
-           "record_removal_reason", "vm_facts_json"]
+           "record_peer_reason", "record_removal_reason", "vm_facts_json"]
