@@ -8,11 +8,12 @@ per run, removed after), passed through vng's --qemu-opts. No root, no bridge, n
 the host's network. The same folder holds the run's secret for the peer agent's channel
 (harness.core.peer_auth); both guests get its path in RXE_POWER_PEER_SECRET_FILE.
 
-Both guests are one run for the guest lock. Ownership: the peer's vng leads its own
+Both guests are one run for the guest lock. Ownership: each guest's vng leads its own
 process group and is on the state file's record (so `rxe-power cleanup` ends a leftover
 one, and only ours); whatever ends the local guest (its command, its bound, a stop
 signal, an error), the peer guest is then given PEER_EXIT_TIMEOUT_S to end by itself
-and is ended by its pid after that.
+and is ended by its pid after that; and if this process dies before (SIGKILL), the
+guardian (harness.vm.guardian) ends both.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from harness.core.proc import STOP_GRACE_S
 from harness.core.state import track
 from harness.topology.wire import Link, PairSide, link_end
 from harness.vm.accel import choose_accel
+from harness.vm.guardian import Guardian
 from harness.vm.kernel import find_guest_kernel
 from harness.vm.messages import say
 from harness.vm.process import HARNESS_ERROR_EXIT_CODE, StopSignal, end_guest
@@ -141,11 +143,18 @@ def run_pair(local: VmRequest, peer: VmRequest, peer_log: Path,
         say(f"peer guest: kernel {kernel.version}, accel {accel.accel}, {peer.cpus} vCPU, "
             f"{peer.memory}; its copy of the Python trees: {how}")
         argv, header, script = prepare_boot(peer, kernel, accel, tools, copy, role="peer guest")
-        guest = PeerGuest(argv, peer_log, header, host_env(tools.bin_dir), peer.cwd)
+        # ends both guests if this process dies, SIGKILL included (harness.vm.guardian)
+        guardian = Guardian(peer_log.with_name(peer_log.name + ".guardian"))
         try:
-            result = run_in_vm(local, kernel=kernel, accel=accel, tools=tools)
+            guest = PeerGuest(argv, peer_log, header, host_env(tools.bin_dir), peer.cwd)
+            guardian.watch(guest.proc)
+            try:
+                result = run_in_vm(local, kernel=kernel, accel=accel, tools=tools,
+                                   on_start=guardian.watch)
+            finally:
+                code, took = guest.finish(exit_wait_s)
         finally:
-            code, took = guest.finish(exit_wait_s)
+            guardian.close()
             if script is not None:
                 script.unlink(missing_ok=True)
         say(f"peer guest: {'exit ' + str(code) if code is not None else 'ended by us'} "

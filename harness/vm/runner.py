@@ -12,7 +12,9 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,8 +197,10 @@ def run_in_vm(
     kernel: GuestKernel | None = None,
     accel: AccelChoice | None = None,
     tools: VmTools | None = None,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> VmResult:
-    """Boot the guest kernel with vng and run `req.command` in it; never raises on timeout."""
+    """Boot the guest kernel with vng and run `req.command` in it; never raises on timeout.
+    `on_start(proc)` hears of vng's process as soon as it runs (harness.vm.guardian)."""
     req.cwd = req.cwd.absolute()
     req.rw_dirs = [d.absolute() for d in req.rw_dirs]
     req.log_path = req.log_path if req.log_path.is_absolute() else req.cwd / req.log_path
@@ -216,6 +220,7 @@ def run_in_vm(
             header=header,
             env=host_env(tools.bin_dir),
             cwd=req.cwd,
+            on_start=on_start,
         )
     finally:
         if script is not None:
