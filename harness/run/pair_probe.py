@@ -4,10 +4,11 @@ harness.vm.pair, it proves the wire carries RoCE and the management link the pee
     peer:  links up, rxe1 on the wire; an rping server on the wire address (waited for
            until its rdma_cm id listens); the peer agent on the management link behind the
            run's secret; ends when the agent's owner goes and rping has served its client.
-    local: links up, rxe0 on the wire; waits for the peer's wire address; a connection
-           with a wrong secret (must be refused) and one with the right one (hello,
-           holders); then rping across the wire, with rxe0's packet counters before and
-           after as independent evidence; then closes the agent's session.
+    local: links up, rxe0 on the wire; a connection with a wrong secret (must be
+           refused; its connect waits, bounded, for the peer guest's agent to listen) and
+           one with the right one (hello, holders); then rping across the wire, with
+           rxe0's packet counters before and after as independent evidence; then closes
+           the agent's session.
 
 Each prints one `PAIR-PROBE {json}` line: what was measured, in seconds and counts.
 """
@@ -30,7 +31,6 @@ from harness.peer.remote import RemotePeer
 from harness.system import gid_table
 from harness.system.rdma_cm_ids import cm_ids, listening
 from harness.topology.wire import (
-    PEER_REACHABLE_TIMEOUT_S,
     RXE_NAME,
     Link,
     PairSide,
@@ -65,7 +65,7 @@ def _wait_rping_listening(proc: subprocess.Popen[bytes], dev: str) -> float:
 
 
 def run_peer(secret_file: Path, count: int, size: int) -> dict[str, object]:
-    report = set_up_side(PairSide.PEER, None)
+    report = set_up_side(PairSide.PEER)
     wire, mgmt = link_end(Link.WIRE, PairSide.PEER), link_end(Link.MGMT, PairSide.PEER)
     dev = RXE_NAME[PairSide.PEER]
     rping = subprocess.Popen(["rping", "-s", "-a", wire.addr, "-C", str(count), "-S", str(size)],
@@ -91,7 +91,7 @@ def run_peer(secret_file: Path, count: int, size: int) -> dict[str, object]:
 
 
 def run_local(secret_file: Path, count: int, size: int) -> dict[str, object]:
-    report = set_up_side(PairSide.LOCAL, PEER_REACHABLE_TIMEOUT_S)
+    report = set_up_side(PairSide.LOCAL)
     mgmt, wire = link_end(Link.MGMT, PairSide.PEER), link_end(Link.WIRE, PairSide.PEER)
     secret = read_secret(secret_file)
     t0 = time.monotonic()

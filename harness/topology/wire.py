@@ -7,17 +7,15 @@ faults go there); the *management* link carries the harness's channel to the pee
 only, so a fault on the wire never touches it. Each end is known by its MAC address
 (the guest's name for the netdev is the guest's business).
 
-In a guest: `python -P -m harness.topology.wire --side local|peer [--wait-peer-s N]`
-finds its two netdevs, addresses them, adds rxe on the wire and waits for its port to be
-ACTIVE; `--wait-peer-s` then waits (bounded) for the other side's wire address to answer
-a ping. It prints one JSON line: the netdevs, the rxe device, and how long each step took.
+In a guest: `python -P -m harness.topology.wire --side local|peer` finds its two
+netdevs, addresses them, adds rxe on the wire and waits for its port to be ACTIVE. It
+prints one JSON line: the netdevs, the rxe device, and how long each step took.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -31,9 +29,7 @@ from harness.topology.devices import add_rdma_link, wait_port_state
 
 PREFIX_LEN = 24
 NETDEV_APPEAR_TIMEOUT_S = 15.0  # the virtio NIC's netdev after its driver is loaded
-PEER_REACHABLE_TIMEOUT_S = 300.0  # the other guest boots beside this one, under TCG
 NETDEV_POLL_S = 0.1
-PING_WAIT_S = 1  # ping's own reply bound per try (-W): the loop's pace, not a sleep
 
 
 class PairSide(StrEnum):
@@ -112,25 +108,11 @@ def bring_up(end: LinkEnd) -> str:
     return name
 
 
-def wait_reachable(addr: str, timeout_s: float = PEER_REACHABLE_TIMEOUT_S) -> float:
-    """Until `addr` answers one ping (each try bounded by PING_WAIT_S); seconds taken."""
-    t0 = time.monotonic()
-    while True:
-        done = subprocess.run(["ping", "-n", "-q", "-c", "1", "-W", str(PING_WAIT_S), addr],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, timeout=PING_WAIT_S + 5, check=False)
-        if done.returncode == 0:
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout_s:
-            raise BoundExceeded(f"waiting for {addr} to answer a ping",
-                                "PEER_REACHABLE_TIMEOUT_S", timeout_s, f"a reply from {addr}")
-
-
 def uptime_s(path: Path = Path("/proc/uptime")) -> float:
     return float(path.read_text().split()[0])
 
 
-def set_up_side(side: PairSide, wait_peer_s: float | None) -> dict[str, object]:
+def set_up_side(side: PairSide) -> dict[str, object]:
     started = uptime_s()
     t0 = time.monotonic()
     wire, mgmt = link_end(Link.WIRE, side), link_end(Link.MGMT, side)
@@ -144,9 +126,6 @@ def set_up_side(side: PairSide, wait_peer_s: float | None) -> dict[str, object]:
         "side": side.value, "wire": wire_dev, "mgmt": mgmt_dev, "rxe": rxe,
         "guest_uptime_at_start_s": round(started, 2), "links_s": round(links_s, 2),
         "rxe_active_s": round(active_s, 2)}
-    if wait_peer_s is not None:
-        report["peer_reachable_s"] = round(
-            wait_reachable(link_end(Link.WIRE, side.other).addr, wait_peer_s), 2)
     return report
 
 
@@ -154,11 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.topology.wire",
                                  description="set up this guest's end of the pair's links")
     ap.add_argument("--side", type=PairSide, choices=list(PairSide), required=True)
-    ap.add_argument("--wait-peer-s", type=float, default=None,
-                    help="then wait up to this long for the other side's wire address")
     args = ap.parse_args(argv)
     try:
-        report = set_up_side(args.side, args.wait_peer_s)
+        report = set_up_side(args.side)
     except RxePowerError as exc:
         print(f"wire: error: {exc}", file=sys.stderr, flush=True)
         return 1

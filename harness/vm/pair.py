@@ -4,9 +4,10 @@ The peer guest boots first, in the background (its console in its own log, echoe
 `peer| ` prefix); the local guest then runs in the foreground through run_in_vm, with its
 bound and its stop signals. The two are joined by the links of harness.topology.wire:
 QEMU `dgram` netdevs over Unix datagram sockets in a private folder of ours (0700, made
-per run, removed after), passed through vng's --qemu-opts. No root, no bridge, nothing of
-the host's network. The same folder holds the run's secret for the peer agent's channel
-(harness.core.peer_auth); both guests get its path in RXE_POWER_PEER_SECRET_FILE.
+per run under build/, removed after), passed through vng's --qemu-opts. No root, no
+bridge, nothing of the host's network. The same folder holds the run's secret for the
+peer agent's channel (harness.core.peer_auth); both guests get its path in
+RXE_POWER_PEER_SECRET_FILE.
 
 Both guests are one run for the guest lock. Ownership: each guest's vng leads its own
 process group and is on the state file's record (so `rxe-power cleanup` ends a leftover
@@ -33,7 +34,7 @@ from harness.core import settings
 from harness.core.errors import RxePowerError
 from harness.core.files import open_new
 from harness.core.peer_auth import new_secret, write_secret
-from harness.core.proc import STOP_GRACE_S
+from harness.core.proc import PACKAGES_ROOT, STOP_GRACE_S
 from harness.core.state import track
 from harness.topology.wire import Link, PairSide, link_end
 from harness.vm.accel import choose_accel
@@ -52,6 +53,7 @@ from harness.vm.runner import (
 )
 from harness.vm.tools import find_vm_tools
 
+PAIR_DIR_ROOT = PACKAGES_ROOT / "build"  # the pair's private folder: pair-XXXXXXXX (0700)
 PEER_EXIT_TIMEOUT_S = 30.0  # after the local guest: the peer guest's own exit, then ended
 LOCAL_CPUS, LOCAL_MEMORY = 2, "2G"  # sized for a 2-core machine: the local side works
 PEER_CPUS, PEER_MEMORY = 1, "1G"  # the peer answers
@@ -128,10 +130,11 @@ def run_pair(local: VmRequest, peer: VmRequest, peer_log: Path,
     """Boot the peer guest, then run the local guest; both joined by the pair's links."""
     tools, kernel = find_vm_tools(), find_guest_kernel()
     accel = choose_accel(kernel, qemu=tools.qemu)
-    sock_dir = Path(tempfile.mkdtemp(prefix="rxe-power-pair-"))  # 0700, ours
+    PAIR_DIR_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+    sock_dir = Path(tempfile.mkdtemp(prefix="pair-", dir=PAIR_DIR_ROOT))  # 0700, ours
     try:
-        # the run's secret for the peer agent's channel: both guests read it from the
-        # host's /tmp (their /tmp is an overlay on it), nobody else can reach the folder
+        # the run's secret for the peer agent's channel: both guests read it through the
+        # shared host root (read-only there), nobody else can reach the folder
         secret_file = sock_dir / "peer-secret"
         write_secret(secret_file, new_secret())
         for req in (local, peer):
