@@ -29,7 +29,7 @@ from harness.core.peer_auth import AuthRefused, new_secret, read_secret
 from harness.core.proc import python_child, run_bounded
 from harness.peer.remote import RemotePeer
 from harness.system import gid_table
-from harness.system.rdma_cm_ids import cm_ids, listening
+from harness.system.rdma_cm_ids import LISTEN, cm_ids
 from harness.topology.wire import (
     RXE_NAME,
     Link,
@@ -51,9 +51,9 @@ def hw_counters(dev: str) -> dict[str, int]:
     return {name: int((base / name).read_text()) for name in COUNTERS}
 
 
-def _wait_rping_listening(proc: subprocess.Popen[bytes], dev: str) -> float:
+def _wait_rping_listening(proc: subprocess.Popen[bytes]) -> float:
     t0 = time.monotonic()
-    while not listening(cm_ids(), dev, proc.pid):
+    while not [c for c in cm_ids() if c.state == LISTEN and c.pid == proc.pid]:
         if proc.poll() is not None:
             raise RxePowerError(f"rping -s exited {proc.returncode} before listening",
                                 "see its output above")
@@ -71,7 +71,7 @@ def run_peer(secret_file: Path, count: int, size: int) -> dict[str, object]:
     rping = subprocess.Popen(["rping", "-s", "-a", wire.addr, "-C", str(count), "-S", str(size)],
                              stdin=subprocess.DEVNULL)
     try:
-        report["rping_listen_s"] = round(_wait_rping_listening(rping, dev), 2)
+        report["rping_listen_s"] = round(_wait_rping_listening(rping), 2)
         gid = gid_table.lookup_rocev2_gid(dev, wire.addr)
         if gid is None:
             raise RxePowerError(f"{dev} has no RoCEv2 GID for {wire.addr}", "see the log")
