@@ -18,6 +18,7 @@ from harness.core.errors import BoundExceeded, ProtocolError
 from harness.core.peer_auth import authenticate
 from harness.core.protocol import REPLY_TIMEOUT_S, Channel
 from harness.core.schemas import ChannelKind
+from harness.peer.calls import PeerCalls
 
 AGENT_CONNECT_TIMEOUT_S = 300.0  # the peer guest boots beside the local one, under TCG
 CONNECT_TRY_TIMEOUT_S = 2.0  # one connect attempt (a SYN lost while the link comes up)
@@ -46,7 +47,7 @@ def connect_when_listening(host: str, port: int,
                                 f"a listening agent (last try: {last})")
 
 
-class RemotePeer:
+class RemotePeer(PeerCalls):
     """A peer agent reached over TCP: connected, authenticated, said hello. Closing the
     connection ends the agent's session (it exits when its owner goes)."""
 

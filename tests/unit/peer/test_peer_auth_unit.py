@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from harness.core import peer_auth
 from harness.core.errors import BoundExceeded, RxePowerError
 from harness.core.peer_auth import AuthGate, AuthRefused, Verdict, authenticate
-from harness.core.protocol import Message
+from harness.core.protocol import Message, WorkerError
 from harness.peer.agent import Agent
 from harness.peer.keepalive import PartnerWatch
 from harness.peer.remote import RemotePeer, connect_when_listening
@@ -89,6 +89,14 @@ def test_the_right_secret_is_admitted_and_answered() -> None:
     with serving_agent() as (port, _), RemotePeer("127.0.0.1", port, SECRET, 5.0) as peer:
         assert peer.request("holders")["pid"] == os.getpid()  # the agent's own table
     # and its owner going ends the agent's loop (serving_agent asserts the thread ended)
+
+
+def test_the_typed_calls_reach_the_agent_over_tcp() -> None:
+    """RemotePeer's calls are the ones PeerAgent has (harness.peer.calls): an unknown QP's
+    arrivals is answered by the agent's own handler, as an error naming it."""
+    with serving_agent() as (port, _), RemotePeer("127.0.0.1", port, SECRET, 5.0) as peer, \
+            pytest.raises(WorkerError, match="no QP with id 7"):
+        peer.arrivals(7, 1, timeout_s=0.1)
 
 
 def test_a_wrong_secret_is_refused_on_both_sides() -> None:
