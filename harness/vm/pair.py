@@ -11,9 +11,9 @@ RXE_POWER_PEER_SECRET_FILE.
 
 Both guests are one run for the guest lock. Ownership: each guest's vng leads its own
 process group and is on the state file's record (so `rxe-power cleanup` ends a leftover
-one, and only ours); whatever ends the local guest (its command, its bound, a stop
-signal, an error), the peer guest is then given PEER_EXIT_TIMEOUT_S to end by itself
-and is ended by its pid after that; and if this process dies before (SIGKILL), the
+one, and only ours); when the local guest's command ends (or its bound), the peer guest
+is given PEER_EXIT_TIMEOUT_S to end by itself and is ended by its pid after that; a stop
+signal or an error ends it at once; and if this process dies before (SIGKILL), the
 guardian (harness.vm.guardian) ends both.
 """
 
@@ -154,8 +154,10 @@ def run_pair(local: VmRequest, peer: VmRequest, peer_log: Path,
             try:
                 result = run_in_vm(local, kernel=kernel, accel=accel, tools=tools,
                                    on_start=guardian.watch)
-            finally:
-                code, took = guest.finish(exit_wait_s)
+            except BaseException:  # a stop signal or an error: the peer goes now, too
+                guest.finish(0.0)
+                raise
+            code, took = guest.finish(exit_wait_s)
         finally:
             guardian.close()
             if script is not None:
