@@ -29,6 +29,7 @@ from harness.core.peer_auth import AuthRefused, new_secret, read_secret
 from harness.core.proc import python_child, run_bounded
 from harness.peer.remote import RemotePeer
 from harness.system import gid_table
+from harness.system.provenance_collect import collect
 from harness.system.rdma_cm_ids import LISTEN, cm_ids
 from harness.topology.wire import (
     RXE_NAME,
@@ -92,6 +93,7 @@ def run_peer(secret_file: Path, count: int, size: int) -> dict[str, object]:
 
 def run_local(secret_file: Path, count: int, size: int) -> dict[str, object]:
     report = set_up_side(PairSide.LOCAL)
+    report["provenance"] = collect().to_json()  # the local guest's kernel, module, tree
     mgmt, wire = link_end(Link.MGMT, PairSide.PEER), link_end(Link.WIRE, PairSide.PEER)
     secret = read_secret(secret_file)
     t0 = time.monotonic()

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.core import settings
 from harness.core.errors import RxePowerError
@@ -36,6 +39,7 @@ from harness.core.files import open_new
 from harness.core.peer_auth import new_secret, write_secret
 from harness.core.proc import PACKAGES_ROOT, STOP_GRACE_S
 from harness.core.state import track
+from harness.core.strict_json import loads_strict
 from harness.topology.wire import Link, PairSide, link_end
 from harness.vm.accel import choose_accel
 from harness.vm.guardian import Guardian
@@ -177,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout-s", type=float, default=VM_RUN_TIMEOUT_S)
     ap.add_argument("--peer-command", required=True, help="the peer guest's shell line")
     ap.add_argument("--log-dir", type=Path, default=Path("results"))
+    ap.add_argument("--json", type=Path, default=None, metavar="PATH",
+                    help="write the probe's record: both guests' PAIR-PROBE lines (read "
+                    "back from their console logs), the pair's durations, the provenance")
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -200,7 +207,38 @@ def main(argv: list[str] | None = None) -> int:
         return stop.exit_code
     say(f"pair: local exit {res.local.exit_code} after {res.local.duration_s:.1f} s; peer "
         f"{res.peer_exit_code} after {res.peer_duration_s:.1f} s")
+    if args.json is not None:
+        write_probe_record(args.json, res, shlex.join(["python -m harness.vm.pair",
+                                                       *(argv or sys.argv[1:])]))
     return res.local.exit_code
+
+
+PROBE_TAG = "PAIR-PROBE "  # harness.run.pair_probe's one line
+
+
+def probe_line(log: Path) -> dict[str, Any] | None:
+    """The PAIR-PROBE record a guest printed (its console log; a peer's line is prefixed)."""
+    for raw in log.read_text(errors="replace").splitlines():
+        at = raw.find(PROBE_TAG)
+        if at >= 0 and raw[:at] in ("", "peer| "):
+            rec = loads_strict(raw[at + len(PROBE_TAG):].encode())
+            return rec if isinstance(rec, dict) else None
+    return None
+
+
+def write_probe_record(path: Path, res: PairResult, command: str) -> None:
+    local, peer = probe_line(res.local.log_path), probe_line(res.peer_log_path)
+    record = {"kind": "pair-probe", "command": command,
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "provenance": (local or {}).pop("provenance", None),
+              "pair": {"local_exit": res.local.exit_code, "local_s": round(res.local.duration_s, 1),
+                       "peer_exit": res.peer_exit_code, "peer_s": round(res.peer_duration_s, 1),
+                       "accel": res.local.accel, "kernel": res.local.kernel_version,
+                       "local_vcpus": LOCAL_CPUS, "local_memory": LOCAL_MEMORY,
+                       "peer_vcpus": PEER_CPUS, "peer_memory": PEER_MEMORY},
+              "local": local, "peer": peer}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    say(f"pair: the probe's record in {path}")
 
 
 if __name__ == "__main__":

@@ -81,3 +81,14 @@ def test_netdev_found_by_its_mac_only(tmp_path: Path) -> None:
     assert wire.netdev_by_mac("52:54:00:18:00:01".upper(), tmp_path) == "eth0"
     assert wire.netdev_by_mac("52:54:00:18:00:02", tmp_path) is None
     assert wire.netdev_by_mac("52:54:00:18:00:02", tmp_path / "absent") is None
+
+
+def test_probe_line_is_read_back_from_a_console_log(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    log.write_text('# header\nnoise PAIR-PROBE {"side":"x"}\n'
+                   'peer| PAIR-PROBE {"side":"peer","ok":true}\n')
+    assert pair.probe_line(log) == {"side": "peer", "ok": True}  # the noisy line is skipped
+    log.write_text('PAIR-PROBE {"side":"local"}\n')
+    assert pair.probe_line(log) == {"side": "local"}
+    log.write_text("no probe line\n")
+    assert pair.probe_line(log) is None
