@@ -12,6 +12,7 @@ from typing import Any
 from harness.cli.invocation import Invocation, Job, invoke
 from harness.cli.launch import Subcommands, results_folder, split_csv
 from harness.cli.operations import run_invocation
+from harness.cli.peer_option import add_peer_option
 from harness.cli.removal import add_removal_option
 from harness.core import settings
 from harness.core.errors import SettingError
@@ -48,6 +49,7 @@ def add_parser(subparsers: Subcommands) -> argparse.ArgumentParser:
     p.add_argument("--mode", default=None,
                    help=SETTINGS["rxe-mode"].help + " (env RXE_POWER_MODE)")
     add_removal_option(p)
+    add_peer_option(p)
     p.add_argument("--timeout-s", type=float, default=BENCH_VM_TIMEOUT_S,
                    help="bound on the whole VM run, in seconds")
     p.set_defaults(func=cmd_bench)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeAlias
 
 from harness.cli import launch
+from harness.cli.peer_option import choose_peer
 from harness.cli.removal import choose_removal, choose_suite_removal
 from harness.core.errors import OsCallError, RxePowerError
 from harness.core.files import atomic_write
@@ -102,11 +103,12 @@ class Invocation:
     results: Path  # the results folder: every artefact of the run, the console log included
     timeout_s: float  # the bound on a VM run
     tree: SourceTree  # the rxe-power tree it ran from (read on the host)
+    peer_reason: str = ""  # the peer's placement and why (harness.cli.peer_option); "": none
 
     def launch_facts(self) -> LaunchFacts:
         """What the results header records of it (harness.system.provenance)."""
         return LaunchFacts(self.mode, self.mode_reason, self.tree, self.command_line,
-                           self.removal_reason, self.removal)
+                           self.removal_reason, self.removal, self.peer_reason)
 
     @property
     def record_path(self) -> Path:
@@ -125,7 +127,8 @@ class Invocation:
                 "removal_reason": self.removal_reason, "results": str(self.results),
                 "timeout_s": self.timeout_s,
                 "tree": {"commit": self.tree.commit, "dirty": self.tree.dirty,
-                         "problem": self.tree.problem}}
+                         "problem": self.tree.problem},
+                "peer_reason": self.peer_reason}
 
     @classmethod
     def from_json(cls, d: object, jobs: JobTypes) -> Invocation:
@@ -162,7 +165,8 @@ class Invocation:
         return cls(r.text("command"), r.text("command_line"), spec, mode,
                    r.text("mode_reason"),
                    None if removal is None else r.enum("removal", RemovalMode),
-                   r.text("removal_reason"), results, float(timeout_s), tree)
+                   r.text("removal_reason"), results, float(timeout_s), tree,
+                   r.text("peer_reason") if "peer_reason" in r.d else "")
 
 
 def mode_of(args: argparse.Namespace) -> Mode:
@@ -190,10 +194,15 @@ def invoke(args: argparse.Namespace, job: Job, results: Path, out: Printer,
     if removal is not None and (mode is Mode.VM or not job.LOADS_MODULE):
         say(f"removal mode {removal} ({removal_reason})"
             + ("; the guest loads its rdma_rxe" if job.LOADS_MODULE else ""))
+    peer_reason = ""
+    if hasattr(args, "peer"):  # the commands that run scenarios (--peer)
+        peer, why = choose_peer(args.peer, mode, args.command)
+        peer_reason = f"{peer.value}: {why}"
+        say(f"peer {peer.value} ({why})")
     return Invocation(args.command, shlex.join(["rxe-power", *getattr(args, "argv",
                                                                       [args.command])]),
                       job, mode, mode_reason, removal, removal_reason, results.absolute(),
-                      float(args.timeout_s), tree_facts(Sources()))
+                      float(args.timeout_s), tree_facts(Sources()), peer_reason)
 
 
 def write_invocation(inv: Invocation) -> Path:

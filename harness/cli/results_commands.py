@@ -21,6 +21,7 @@ from harness.cli.invocation import Invocation, Job, invoke, mode_of
 from harness.cli.jobs import add_jobs_option, jobs_of, run_results_jobs
 from harness.cli.launch import Subcommands, results_folder, split_csv
 from harness.cli.operations import run_invocation
+from harness.cli.peer_option import add_peer_option
 from harness.cli.removal import add_removal_option
 from harness.cli.shard_option import add_shard_option, shard_of
 from harness.core.errors import SettingError
@@ -246,6 +247,7 @@ def _common(p: argparse.ArgumentParser, mode_help: str, timeout_s: float) -> Non
     p.add_argument("--out", help="the results folder (default results/COMMAND-TIMESTAMP)")
     p.add_argument("--mode", default=None, help=mode_help)
     add_removal_option(p)
+    add_peer_option(p)
     p.add_argument("--timeout-s", type=float, default=timeout_s,
                    help="bound on the whole VM run, in seconds")
 

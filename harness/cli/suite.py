@@ -30,6 +30,7 @@ from harness.cli.jobs import (
 )
 from harness.cli.launch import Subcommands
 from harness.cli.operations import run_invocation
+from harness.cli.peer_option import add_peer_option
 from harness.cli.removal import add_removal_option
 from harness.cli.shard_option import add_shard_option, pytest_shard, suite_pytest_args
 from harness.core.errors import BoundExceeded
@@ -48,6 +49,7 @@ def add_parser(subparsers: Subcommands, mode_help: str) -> None:
     p = subparsers.add_parser("test", help="run the test suite (pytest) where rxe exists")
     p.add_argument("--mode", default=None, help=mode_help)
     add_removal_option(p)
+    add_peer_option(p)
     p.add_argument("--timeout-s", type=float, default=TEST_VM_TIMEOUT_S,
                    help="bound on the whole VM run")
     add_shard_option(p, "test")

@@ -7,7 +7,9 @@ table; nothing decodes without naming the channel.
 
 - PEER: controller (and client workers) -> the peer agent (harness.peer.agent);
 - WORKER: controller -> a client worker process (clients.userspace.worker);
-- NOTICE: the power shim <-> a client's notice socket (power.notify), both directions.
+- NOTICE: the power shim <-> a client's notice socket (power.notify), both directions;
+- PEER_AUTH: the handshake a TCP connection to the peer agent passes before PEER
+  (harness.core.peer_auth), both directions.
 
 Requests on PEER and WORKER are answered with a reply from REPLIES ("ok" with any
 payload, or "error" with the fields of ERROR_FIELDS: the one error-reply form,
@@ -33,6 +35,7 @@ class ChannelKind(StrEnum):
     PEER = "peer"
     WORKER = "worker"
     NOTICE = "notice"
+    PEER_AUTH = "peer_auth"  # the handshake before PEER over TCP (harness.core.peer_auth)
 
 
 _QP: dict[str, FieldType] = {"qp_id": int}
@@ -83,8 +86,18 @@ SHIM_NOTICES = ("suspend_prepare", "resume_complete")  # the ones the shim sends
 ERROR_FIELDS: dict[str, FieldType] = {"message": str, "fix": str}
 REPLIES: Schema = {"ok": {}, "error": ERROR_FIELDS}  # the answer to a PEER or WORKER request
 
+# the handshake of a TCP connection to the peer agent, both directions (nonces and
+# HMAC-SHA256 in hex; an "error" reply refuses): harness.core.peer_auth
+PEER_AUTH_EVENTS: Schema = {
+    "challenge": {"nonce": str},
+    "auth": {"nonce": str, "mac": str},
+    "welcome": {"mac": str},
+    "error": ERROR_FIELDS,
+}
+
 SCHEMAS: dict[ChannelKind, Schema] = {
     ChannelKind.PEER: PEER_REQUESTS,
     ChannelKind.WORKER: WORKER_REQUESTS,
     ChannelKind.NOTICE: NOTICE_EVENTS,
+    ChannelKind.PEER_AUTH: PEER_AUTH_EVENTS,
 }

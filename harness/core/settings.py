@@ -35,6 +35,19 @@ class Mode(StrEnum):
     VM = "vm"  # boot a distro kernel with rdma_rxe in QEMU (virtme-ng)
 
 
+class PeerPlacement(StrEnum):
+    """Where the peer HCA (rxe1) lives relative to the local one (rxe0)."""
+
+    SAME_KERNEL = "same-kernel"  # one kernel, one network namespace, forced routing
+    GUEST = "guest"  # its own guest kernel, joined by a wire (harness.vm.pair; issue 24)
+
+
+def parse_peer(raw: str) -> PeerPlacement:
+    if raw.strip().lower() not in set(PeerPlacement):
+        raise ValueError(f"{raw!r} is not one of {', '.join(PeerPlacement)}")
+    return PeerPlacement(raw.strip().lower())
+
+
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _DEVNAME = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 
@@ -138,6 +151,9 @@ SETTINGS: dict[str, Setting] = {
                 "what deleting a held local HCA does: disassociate (our rdma_rxe build: "
                 "holders get DEVICE_FATAL and EIO, the delete completes, as on a real "
                 "HCA) or block (stock rdma_rxe: the delete waits for every holder)"),
+        Setting("peer", "RXE_POWER_PEER", "rxe_peer", parse_peer, "same-kernel",
+                "where the peer HCA lives: same-kernel (beside rxe0) or guest (a kernel of "
+                "its own, joined by a wire; no command runs it yet: refused before a boot)"),
         Setting("rxe-require", "RXE_POWER_REQUIRE_RXE", "rxe_require", parse_bool, "0",
                 "turn 'no rxe available' from a skip into a failure (CI sets it)"),
     )
@@ -198,6 +214,7 @@ VM_CPUS_ENV = "RXE_POWER_VM_CPUS"  # the guest's vCPUs (default 2): 1 slows it o
 # the CLI's invocation as its provenance sees it (JSON): set by the process that runs it
 LAUNCH_ENV = "RXE_POWER_LAUNCH"
 VM_FACTS_ENV = "RXE_POWER_VM_FACTS"  # the VM runner's accelerator and host, for the guest
+PEER_SECRET_FILE_ENV = "RXE_POWER_PEER_SECRET_FILE"  # the pair's per-run secret (vm.pair)
 RUNTIME_DIR_ENV = "XDG_RUNTIME_DIR"  # a non-root user's per-boot directory
 MPL_CONFIG_ENV = "MPLCONFIGDIR"  # matplotlib's configuration and font cache
 OWN_PREFIX = "RXE_POWER_"  # every variable of ours: forwarded into the guest

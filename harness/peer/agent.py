@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import os
 import selectors
 import socket
@@ -31,8 +30,10 @@ from typing import Any
 
 from harness.core.errors import RxePowerError
 from harness.core.handlers import handler_for
+from harness.core.peer_auth import AuthGate, Verdict
 from harness.core.protocol import LineReader, Message, error_reply
 from harness.peer.agent_cm import AgentCm
+from harness.peer.agent_listen import add_listen_arguments, listen_problems, listener
 from harness.peer.agent_qp import PROBE_WR_ID, AgentQp
 from harness.peer.dispatch import Reply, Waiting, read_and_dispatch
 from harness.peer.keepalive import Owner, PartnerWatch, peer_pid
@@ -217,15 +218,23 @@ class Agent(AgentCm):
         return None
 
     # -- loop
-    def serve(self, listen_sock: socket.socket) -> None:
+    def serve(self, listen_sock: socket.socket, gate: AuthGate | None = None) -> None:
         """The first connection is the owner: the agent exits when it goes. Client workers
-        may connect later to set up their own QPs; their going changes nothing else."""
-        owner, _ = listen_sock.accept()
-        conns: dict[socket.socket, LineReader] = {owner: LineReader()}
-        whose = {owner: Owner(0, peer_pid(owner), True)}
+        may connect later to set up their own QPs; their going changes nothing else. With
+        `gate` (TCP), a connection counts only once it passed the handshake
+        (harness.core.peer_auth); before, nothing it sends is answered."""
+        conns: dict[socket.socket, LineReader] = {}
+        whose: dict[socket.socket, Owner] = {}
+        owner: socket.socket | None = None
         sel = self.sel
         sel.register(listen_sock, selectors.EVENT_READ, "listen")
-        sel.register(owner, selectors.EVENT_READ, "conn")
+
+        def admit(conn: socket.socket) -> None:
+            nonlocal owner
+            owner = owner or conn
+            conns[conn] = LineReader()
+            whose[conn] = Owner(len(whose), peer_pid(conn), conn is owner)
+            sel.register(conn, selectors.EVENT_READ, "conn")
         try:
             while self.running:
                 timeout = SELECT_TICK_S
@@ -245,9 +254,17 @@ class Agent(AgentCm):
                         self._cm_on_event()
                     elif key.data == "listen":
                         conn, _ = listen_sock.accept()
-                        conns[conn] = LineReader()
-                        whose[conn] = Owner(len(whose), peer_pid(conn), False)
-                        sel.register(conn, selectors.EVENT_READ, "conn")
+                        if gate is None:
+                            admit(conn)
+                        elif gate.open(conn) is Verdict.PENDING:
+                            sel.register(conn, selectors.EVENT_READ, "auth")
+                    elif key.data == "auth" and gate is not None and key.fileobj in gate.pending:
+                        conn = key.fileobj
+                        verdict = gate.on_readable(conn)
+                        if verdict is not Verdict.PENDING:
+                            sel.unregister(conn)
+                        if verdict is Verdict.ADMITTED:
+                            admit(conn)
                     elif key.data == "conn" and key.fileobj in conns:
                         conn = key.fileobj
                         self.current = whose[conn]
@@ -263,10 +280,12 @@ class Agent(AgentCm):
                             sel.unregister(conn)
                             conn.close()
                             self.waiting = [w for w in self.waiting if w[0] is not conn]
+                for late in gate.expire(time.monotonic()) if gate is not None else []:
+                    sel.unregister(late)  # refused and closed by the gate
                 self._finish_waits()
                 self._reap_gone_partners()
         finally:
-            for conn in conns:
+            for conn in [*conns, *(gate.pending if gate is not None else ())]:
                 with contextlib.suppress(KeyError, ValueError):
                     sel.unregister(conn)
                 conn.close()
@@ -331,34 +350,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", required=True)
     ap.add_argument("--gid-index", type=int, required=True)
     ap.add_argument("--addr", required=True, help="the peer's IPv4 address (for rdma_cm)")
-    ap.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    add_listen_arguments(ap)
     args = ap.parse_args(argv)
-    try:  # the rdma_cm listener binds to --addr: never to all interfaces
-        if ipaddress.ip_address(args.addr).is_unspecified:
-            raise ValueError("the unspecified address")
-    except ValueError as exc:
-        print(f"peer_agent: error: --addr {args.addr!r} is not usable ({exc})\n"
-              "  fix: give the peer's own address on the test link (e.g. 198.18.0.2)",
+    for problem in listen_problems(args):
+        print(f"peer_agent: error: {problem}\n  fix: give the peer's own address on the "
+              "test link (e.g. 198.18.0.2), a port, and the run's secret file",
               file=sys.stderr, flush=True)
         return 2
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(args.socket)
     raise_fd_limit()
     try:
         agent = Agent(args.device, args.gid_index, args.addr)
     except RxePowerError as exc:
         print(f"peer_agent: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    srv: socket.socket | None = None
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
-            srv.bind(args.socket)
-            srv.listen(8)
-            print(f"READY {os.getpid()} {args.socket}", flush=True)
-            agent.serve(srv)
+        srv, gate, where_text = listener(args)
+        srv.listen(8)
+        print(f"READY {os.getpid()} {where_text}", flush=True)
+        agent.serve(srv, gate)
+    except RxePowerError as exc:  # the secret file
+        print(f"peer_agent: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     finally:
+        if srv is not None:
+            srv.close()
         agent.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(args.socket)
+        if args.socket is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(args.socket)
     return 0
 
 

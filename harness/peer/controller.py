@@ -22,14 +22,14 @@ from harness.core.files import open_new
 from harness.core.proc import python_child, spawn, stop_child
 from harness.core.protocol import REPLY_TIMEOUT_S, Channel
 from harness.core.schemas import ChannelKind
-from harness.rdma.qp_types import QpInfo
+from harness.peer.calls import PeerCalls
 from harness.topology.config import Endpoint
 
 AGENT_START_TIMEOUT_S = 30.0
 AGENT_STOP_TIMEOUT_S = 10.0
 
 
-class PeerAgent:
+class PeerAgent(PeerCalls):
     """A running peer agent on the peer HCA. Use as a context manager."""
 
     def __init__(self, peer: Endpoint, log_dir: Path | None = None) -> None:
@@ -91,29 +91,6 @@ class PeerAgent:
                 raise ProtocolError(f"{exc.problem}; the agent exited {self.proc.returncode}; "
                                     f"its log: {self.log_tail()}", exc.fix) from exc
             raise
-
-    # -- conveniences
-    def create_qp(self, mr_size: int = 1 << 16, recv_slots: int = 16,
-                  slot_size: int = 4096, write_slots: int = 0) -> tuple[int, QpInfo]:
-        rep = self.request("create_qp", mr_size=mr_size, recv_slots=recv_slots,
-                           slot_size=slot_size, write_slots=write_slots)
-        return int(rep["qp_id"]), QpInfo.from_json(rep["info"])
-
-    def connect_qp(self, qp_id: int, remote: QpInfo) -> str:
-        return str(self.request("connect_qp", qp_id=qp_id, remote=remote.to_json())["state"])
-
-    def arrivals(self, qp_id: int, count: int, timeout_s: float = 10.0) -> dict[str, Any]:
-        """The QP's new arrivals and events once `count` arrived (or at `timeout_s`): all
-        of them, read page by page (the agent sends at most ARRIVALS_PAGE per reply)."""
-        rep = self.request("arrivals", timeout_s + REPLY_TIMEOUT_S, qp_id=qp_id, count=count,
-                           timeout_s=timeout_s)
-        while rep.get("more"):
-            more = self.request("arrivals", REPLY_TIMEOUT_S, qp_id=qp_id, count=0,
-                                timeout_s=0)
-            rep = {**more, "arrivals": rep["arrivals"] + more["arrivals"],
-                   "events": rep["events"] + more["events"],
-                   "complete": len(rep["arrivals"]) + len(more["arrivals"]) >= count}
-        return rep
 
     def close(self) -> None:
         if self.chan is not None and self.proc.poll() is None:

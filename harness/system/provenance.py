@@ -22,13 +22,15 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from harness.core.errors import RxePowerError
-from harness.core.settings import LAUNCH_ENV, VM_FACTS_ENV, Mode, RemovalMode
+from harness.core.settings import LAUNCH_ENV, VM_FACTS_ENV, Mode, PeerPlacement, RemovalMode
 from harness.system.rxe_module import Loaded
 
-# 2: module.build_id (the loaded module's GNU build-id). 1 (7 Dec 2026, before it) is still
-# read, its build_id None: file_matches_loaded came from srcversion alone then.
-PROVENANCE_SCHEMA = 2
-READABLE_PROVENANCE_SCHEMAS = (1, 2)
+# 3: peer_reason (why the peer sits where `peer` says). 2: module.build_id (the loaded
+# module's GNU build-id). Both older ones are still read: 1 (7 Dec 2026, before build_id)
+# with build_id None (file_matches_loaded came from srcversion alone then), 1 and 2 with
+# peer_reason "".
+PROVENANCE_SCHEMA = 3
+READABLE_PROVENANCE_SCHEMAS = (1, 2, 3)
 MAX_TEXT = 2000  # a reason or problem longer than this is cut (a header stays small)
 E = TypeVar("E", bound=StrEnum)
 T = TypeVar("T")
@@ -45,12 +47,6 @@ class Accel(StrEnum):
     TCG = "tcg"  # a guest under QEMU's software emulation
     NONE = "none"  # native: no QEMU of ours between the run and the machine
     UNKNOWN = "unknown"  # a guest whose runner did not say (RXE_POWER_VM_FACTS missing)
-
-
-class PeerPlacement(StrEnum):
-    """Where the peer HCA (rxe1) lives relative to the local one (rxe0)."""
-
-    SAME_KERNEL = "same-kernel"  # one kernel, one network namespace, forced routing
 
 
 class FaultModel(StrEnum):
@@ -136,6 +132,7 @@ class Provenance:
     faults: FaultModel
     problems: tuple[str, ...] = ()  # what could not be read, and why
     command_line: str = ""  # the rxe-power command as given on the host ("" : not the CLI)
+    peer_reason: str = ""  # why the peer sits where `peer` says ("": a file written before)
     schema: int = PROVENANCE_SCHEMA
 
     def to_json(self) -> dict[str, Any]:
@@ -163,7 +160,7 @@ class Provenance:
                    _packages(r.sub("packages")), _tree(r.sub("tree")),
                    r.enum("peer", PeerPlacement), r.enum("faults", FaultModel),
                    tuple(_list_of_str(r.get("problems"), "provenance.problems")),
-                   r.text("command_line"), schema)
+                   r.text("command_line"), r.text("peer_reason") if schema >= 3 else "", schema)
 
 
 def taint_letters(tainted: int) -> str:
@@ -186,13 +183,15 @@ class LaunchFacts:
     command_line: str = ""
     removal_reason: str = ""
     removal: RemovalMode | None = None  # None: the command left it to the test suite's
+    peer_reason: str = ""  # why the peer sits where it does (harness.cli.peer_option)
 
     def to_json(self) -> dict[str, Any]:
         return {"mode": self.mode.value, "mode_reason": self.mode_reason,
                 "tree": {"commit": self.tree.commit, "dirty": self.tree.dirty,
                          "problem": self.tree.problem},
                 "command_line": self.command_line, "removal_reason": self.removal_reason,
-                "removal": self.removal.value if self.removal else None}
+                "removal": self.removal.value if self.removal else None,
+                "peer_reason": self.peer_reason}
 
     @classmethod
     def from_json(cls, d: object) -> LaunchFacts:
@@ -202,7 +201,8 @@ class LaunchFacts:
         return cls(r.enum("mode", Mode), r.text("mode_reason"),
                    SourceTree(t.opt_str("commit"), t.opt_bool("dirty"), t.text("problem")),
                    r.text("command_line"), r.text("removal_reason"),
-                   None if removal is None else r.enum("removal", RemovalMode))
+                   None if removal is None else r.enum("removal", RemovalMode),
+                   r.text("peer_reason") if "peer_reason" in r.d else "")
 
 
 @dataclass(frozen=True)

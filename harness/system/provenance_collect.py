@@ -22,7 +22,7 @@ from typing import Any
 
 from harness.core import settings
 from harness.core.errors import RxePowerError
-from harness.core.settings import Mode, RemovalMode, resolve
+from harness.core.settings import Mode, PeerPlacement, RemovalMode, resolve
 from harness.system import command, rxe_module
 from harness.system.command import CmdResult
 from harness.system.elf_notes import build_id_note, note_build_id
@@ -33,7 +33,6 @@ from harness.system.provenance import (
     LaunchFacts,
     Machine,
     Packages,
-    PeerPlacement,
     Provenance,
     ProvenanceError,
     RxeModule,
@@ -368,8 +367,10 @@ def collect(src: Sources | None = None, environ: Mapping[str, str] | None = None
          f"from {removal_source}"),
         Packages(*(versions.get(p) for p in USER_PACKAGES)),
         launch.tree if launch is not None else tree_facts(src),
-        PeerPlacement.SAME_KERNEL, FaultModel.USERSPACE_REMOVAL, tuple(problems),
-        launch.command_line if launch is not None else "")
+        PeerPlacement.SAME_KERNEL,  # the only one a run uses (cli.peer_option refuses guest)
+        FaultModel.USERSPACE_REMOVAL, tuple(problems),
+        launch.command_line if launch is not None else "",
+        launch.peer_reason if launch is not None and launch.peer_reason else "not said")
 
 
 __all__ = ["LaunchFacts", "ProvenanceError", "Sources", "VmFacts", "collect", "tree_facts",

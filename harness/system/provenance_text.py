@@ -18,7 +18,8 @@ from harness.system.provenance import Machine, Provenance, ProvenanceError
 from harness.system.rxe_module import TAINT_FLAGS, Loaded
 
 # context, not identity: two runs of one setup may differ here
-NOT_COMPARED = frozenset({"mode_reason", "accel_reason", "removal_reason", "problems",
+NOT_COMPARED = frozenset({"mode_reason", "accel_reason", "removal_reason", "peer_reason",
+                          "problems",
                           "tree.problem", "command_line", "machine.load_1m",
                           "host.load_1m"})
 
@@ -92,7 +93,8 @@ def describe(p: Provenance) -> list[str]:
         + f"), {_taint_text(k.taint_flags)}",
         f"  {module}",
         f"  removal {_or(p.removal, 'unknown')} (requested {p.removal_requested}: "
-        f"{p.removal_reason}); peer {p.peer}; faults {p.faults}",
+        f"{p.removal_reason}); peer {p.peer}"
+        + (f" ({p.peer_reason})" if p.peer_reason else "") + f"; faults {p.faults}",
         f"  rdma-core {_or(pk.rdma_core, 'absent')}, ibverbs-providers "
         f"{_or(pk.ibverbs_providers, 'absent')}, perftest {_or(pk.perftest, 'absent')}; {tree}",
     ]

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -61,7 +61,7 @@ def _group_members(pgid: int) -> list[int]:
     return sorted(_group_tree(pgid))
 
 
-def _terminate_leaves(pgid: int) -> None:
+def terminate_leaves(pgid: int) -> None:
     """SIGTERM the group's leaf processes (qemu), not their parents (vng, virtme-run).
 
     Each parent then sees its child exit, reaps it and exits in turn, so nothing is
@@ -143,7 +143,7 @@ def end_guest(proc: subprocess.Popen[bytes], why: str, kill_grace_s: float) -> N
     try:
         members = _group_members(proc.pid)
         stop_child(proc, 0.0, grace_s=kill_grace_s, group=True,
-                   terminate=lambda ref: _terminate_leaves(ref.pid))
+                   terminate=lambda ref: terminate_leaves(ref.pid))
         kill_stragglers(proc.pid)
     finally:
         for sig, previous in old.items():
@@ -181,13 +181,15 @@ def run_logged(
     cwd: Path | None = None,
     kill_grace_s: float = STOP_GRACE_S,
     echo: IO[str] | None = None,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> RunOutcome:
     """Run `argv` in its own session; copy its merged output to `echo` and `log_path`.
 
     A waiter thread enforces `timeout_s`: SIGTERM to the group's leaf processes (so
     each parent reaps its child), then SIGKILL to the whole process group if the leader
     is still alive after `kill_grace_s`; then SIGKILL to any stragglers. A timeout gives
-    exit code 124; death by signal N gives 128+N.
+    exit code 124; death by signal N gives 128+N. `on_start(proc)` hears of the process
+    as soon as it runs (harness.vm.guardian watches it).
     """
     out = echo if echo is not None else sys.stdout
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +208,8 @@ def run_logged(
                 cwd=cwd,
             )
             track(proc, f"vm ({Path(argv[0]).name})", group=True)  # cleanup ends its group
+            if on_start is not None:
+                on_start(proc)
             timed_out = threading.Event()
 
             def wait() -> None:
@@ -214,7 +218,7 @@ def run_logged(
                 except subprocess.TimeoutExpired:
                     timed_out.set()
                     stop_child(proc, 0.0, grace_s=kill_grace_s, group=True,
-                               terminate=lambda ref: _terminate_leaves(ref.pid))
+                               terminate=lambda ref: terminate_leaves(ref.pid))
                 kill_stragglers(proc.pid)
 
             def pump() -> None:

@@ -12,7 +12,9 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ VM_RUN_TIMEOUT_S = 1500.0  # whole guest command, boot included (TCG boot is ~15
 GUEST_MEMORY_MIB = 2048  # each guest's memory (vng --memory)
 GUEST_SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_QEMU_OPT = re.compile(r"^[A-Za-z0-9_.,=/:+-]+$")  # no word a shell would change
 
 
 @dataclass
@@ -51,6 +54,9 @@ class VmRequest:
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path = field(default_factory=Path.cwd)
     python_copy: bool = True  # the guest imports from a copy in its memory (python_copy.py)
+    # QEMU arguments after vng's own (the two-kernel pair's links: harness.vm.pair); vng
+    # hands them to QEMU through a shell, so each must be shell-safe (checked)
+    qemu_opts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -116,10 +122,16 @@ def build_vng_argv(req: VmRequest, kernel: GuestKernel, accel: str, vng: str,
         argv += ["--rwdir", str(d)]
     prefix = copy.guest_argv() if copy is not None else None
     argv += ["--exec", guest_shell_command(req, Path(vng).parent, prefix)]
+    if req.qemu_opts:  # vng keeps --qemu-opts last on virtme-run's line (its REMAINDER)
+        for opt in req.qemu_opts:
+            if not _QEMU_OPT.match(opt):
+                raise SettingError(f"QEMU argument {opt!r} holds a character vng's shell "
+                                   "would change", "use paths of letters, digits and ._-/")
+        argv.append("--qemu-opts=" + " ".join(req.qemu_opts))
     return argv
 
 
-def _host_env(bin_dir: Path) -> dict[str, str]:
+def host_env(bin_dir: Path) -> dict[str, str]:
     """This environment with vng's directory first on PATH (vng runs `virtme-run`)."""
     env = dict(os.environ)
     parts = [p for p in env.get("PATH", "").split(":") if p and p != str(bin_dir)]
@@ -150,33 +162,21 @@ def _validate_request(req: VmRequest) -> None:
             )
 
 
-def run_in_vm(
-    req: VmRequest,
-    *,
-    kernel: GuestKernel | None = None,
-    accel: AccelChoice | None = None,
-    tools: VmTools | None = None,
-) -> VmResult:
-    """Boot the guest kernel with vng and run `req.command` in it; never raises on timeout."""
-    req.cwd = req.cwd.absolute()
-    req.rw_dirs = [d.absolute() for d in req.rw_dirs]
-    req.log_path = req.log_path if req.log_path.is_absolute() else req.cwd / req.log_path
-    _validate_request(req)
-    tools = tools or find_vm_tools()
-    kernel = kernel or find_guest_kernel()
-    accel = accel or choose_accel(kernel, qemu=tools.qemu)
+def prepare_boot(req: VmRequest, kernel: GuestKernel, accel: AccelChoice, tools: VmTools,
+                 copy: PythonCopy | None, role: str = "vm") -> tuple[list[str], list[str],
+                                                                      Path | None]:
+    """The vng argv of one guest, its console log's header, and the script file its
+    command went into when too long for the kernel command line (remove it after)."""
     # every guest command knows it runs in our guest, and its provenance names the
     # accelerator and this host (`rxe-power vm -- CMD` as much as `rxe-power run`)
     req.env = {**req.env, settings.IN_VM_ENV: "1", settings.VM_FACTS_ENV: json.dumps(
         vm_facts_json(accel.accel, accel.reason), separators=(",", ":"))}
-    copy, how = prepare_python_copy() if req.python_copy else (None, "off (--no-python-copy)")
     argv = build_vng_argv(req, kernel, accel.accel, str(tools.vng), copy)
-    say(f"kernel {kernel.version}, accel {accel.accel} ({accel.reason})")
-    say(f"guest's copy of the Python trees: {how}")
-    say(f"command (with {tools.bin_dir} first on PATH): {shlex.join(argv)}")
+    who = "" if role == "vm" else f"{role}: "
+    say(f"{who}command (with {tools.bin_dir} first on PATH): {shlex.join(argv)}")
     started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     header = [
-        "rxe-power vm console log",
+        f"rxe-power {role} console log",
         f"started: {started}",
         f"kernel: {kernel.version} ({kernel.vmlinuz})",
         f"accel: {accel.accel} ({accel.reason})",
@@ -184,18 +184,44 @@ def run_in_vm(
         f"guest command: {shlex.join(req.command)}",
         f"timeout_s: {req.timeout_s:g}",
     ]
-    argv[-1], script = exec_argument(argv[-1])
+    exec_at = argv.index("--exec") + 1
+    argv[exec_at], script = exec_argument(argv[exec_at])
     if script is not None:
         header.append(f"guest command handed over as the script {script} (too long for the "
                       f"kernel command line: EXEC_INLINE_MAX_CHARS={EXEC_INLINE_MAX_CHARS})")
+    return argv, header, script
+
+
+def run_in_vm(
+    req: VmRequest,
+    *,
+    kernel: GuestKernel | None = None,
+    accel: AccelChoice | None = None,
+    tools: VmTools | None = None,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> VmResult:
+    """Boot the guest kernel with vng and run `req.command` in it; never raises on timeout.
+    `on_start(proc)` hears of vng's process as soon as it runs (harness.vm.guardian)."""
+    req.cwd = req.cwd.absolute()
+    req.rw_dirs = [d.absolute() for d in req.rw_dirs]
+    req.log_path = req.log_path if req.log_path.is_absolute() else req.cwd / req.log_path
+    _validate_request(req)
+    tools = tools or find_vm_tools()
+    kernel = kernel or find_guest_kernel()
+    accel = accel or choose_accel(kernel, qemu=tools.qemu)
+    copy, how = prepare_python_copy() if req.python_copy else (None, "off (--no-python-copy)")
+    say(f"kernel {kernel.version}, accel {accel.accel} ({accel.reason})")
+    say(f"guest's copy of the Python trees: {how}")
+    argv, header, script = prepare_boot(req, kernel, accel, tools, copy)
     try:
         outcome = run_logged(
             argv,
             log_path=req.log_path,
             timeout_s=req.timeout_s,
             header=header,
-            env=_host_env(tools.bin_dir),
+            env=host_env(tools.bin_dir),
             cwd=req.cwd,
+            on_start=on_start,
         )
     finally:
         if script is not None:

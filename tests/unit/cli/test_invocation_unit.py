@@ -332,5 +332,7 @@ def test_one_place_decides_where_a_command_runs() -> None:
                      r"run_in_vm\(": ["operations.py"],
                      r"python_child\(GUEST_MODULE": ["operations.py"],
                      # jobs.py: --jobs N > 1 is refused outside VM mode (its shards are VM
-                     # invocations, each decided by invoke)
-                     r"is (not )?Mode\.VM": ["invocation.py", "jobs.py", "removal.py"]}
+                     # invocations, each decided by invoke); peer_option.py: --peer guest
+                     # is refused natively (it needs two guest kernels)
+                     r"is (not )?Mode\.VM": ["invocation.py", "jobs.py", "peer_option.py",
+                                              "removal.py"]}

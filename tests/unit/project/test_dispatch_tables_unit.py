@@ -41,6 +41,7 @@ CHANNEL_SERVERS = {
     ChannelKind.PEER: Agent,
     ChannelKind.WORKER: Worker,
     ChannelKind.NOTICE: None,  # power.notify: two notices one way, three answers back
+    ChannelKind.PEER_AUTH: None,  # core.peer_auth: a three-line handshake, not a request table
 }
 
 

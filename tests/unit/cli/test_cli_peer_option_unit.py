@@ -1,0 +1,93 @@
+"""`--peer same-kernel|guest` (harness.cli.peer_option): parsed once at the edge into a
+PeerPlacement, said and recorded with its reason; `guest` refused before any VM boots
+(no scenario runs with the peer in its own guest yet). Pure logic: the VM runner is a
+recorder (no guest boots)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.cli.peer_option import choose_peer
+from harness.core import settings
+from harness.core.errors import SettingError
+from harness.core.settings import Mode, PeerPlacement
+from harness.system.provenance import LaunchFacts, Provenance
+from harness.system.provenance_collect import Sources, collect
+from tests.helpers.guest_recorder import GuestRecorder
+
+
+@pytest.fixture(autouse=True)
+def _no_peer_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RXE_POWER_PEER", raising=False)
+    monkeypatch.delenv(settings.LAUNCH_ENV, raising=False)
+
+
+def test_default_is_same_kernel_and_says_why() -> None:
+    peer, why = choose_peer(None, Mode.VM, "matrix")
+    assert peer is PeerPlacement.SAME_KERNEL and "default" in why and "not yet proven" in why
+    peer, why = choose_peer("same-kernel", Mode.NATIVE, "run")
+    assert peer is PeerPlacement.SAME_KERNEL and why == "from command-line option --peer"
+
+
+def test_the_environment_counts_and_a_bad_value_names_its_source(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RXE_POWER_PEER", "same-kernel")
+    assert choose_peer(None, Mode.VM, "run")[1] == "from environment variable RXE_POWER_PEER"
+    with pytest.raises(SettingError, match=r"--peer.*'elsewhere' is not one of"):
+        choose_peer("elsewhere", Mode.VM, "run")
+
+
+@pytest.mark.parametrize("mode,why", [(Mode.VM, "no scenario of rxe-power matrix runs"),
+                                      (Mode.NATIVE, "needs two guest kernels")])
+def test_guest_is_refused_with_its_reason_and_fix(mode: Mode, why: str) -> None:
+    with pytest.raises(SettingError, match=why) as exc:
+        choose_peer("guest", mode, "matrix")
+    assert exc.value.fix
+
+
+GUEST = ["--mode", "vm", "--peer", "guest"]
+
+
+@pytest.mark.parametrize("argv", [["matrix", *GUEST, "--transition", "link-flap"],
+                                  ["run", *GUEST], ["bench", *GUEST],
+                                  ["stress", *GUEST, "--transition", "link-flap"],
+                                  ["test", *GUEST, "--", "-k", "x"]],
+                         ids=["matrix", "run", "bench", "stress", "test"])
+def test_guest_is_refused_before_any_boot(guest: GuestRecorder, argv: list[str],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code = main.main(argv)
+    assert code == main.HARNESS_ERROR_EXIT
+    assert guest.requests == []  # no boot
+    assert "--peer guest" in capsys.readouterr().err
+
+
+def test_same_kernel_boots_and_the_choice_reaches_the_guest(guest: GuestRecorder,
+                                                            tmp_path: Path) -> None:
+    """Negative control of the refusal: the same command with same-kernel boots, and the
+    guest's launch record carries the reason into the provenance."""
+    main.main(["matrix", "--mode", "vm", "--peer", "same-kernel", "--transition",
+               "link-flap", "--out", str(tmp_path / "out")])
+    (inv,) = guest.invocations()  # the guest's invocation carries it to the provenance
+    assert inv.launch_facts().peer_reason == "same-kernel: from command-line option --peer"
+
+
+def test_provenance_records_the_placement_and_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    facts = LaunchFacts(Mode.NATIVE, "test", collect(Sources()).tree, "rxe-power run",
+                        "", peer_reason="same-kernel: from --peer")
+    monkeypatch.setenv(settings.LAUNCH_ENV, json.dumps(facts.to_json()))
+    prov = collect(Sources())
+    assert prov.peer is PeerPlacement.SAME_KERNEL
+    assert prov.peer_reason == "same-kernel: from --peer"
+    back = Provenance.from_json(prov.to_json())
+    assert (back.peer, back.peer_reason) == (prov.peer, prov.peer_reason)
+    old = prov.to_json()
+    del old["peer_reason"]
+    old["schema"] = 2  # a file written before the field: still read
+
+    assert Provenance.from_json(old).peer_reason == ""
+    monkeypatch.delenv(settings.LAUNCH_ENV)  # not launched by the CLI: no reason to give
+    assert collect(Sources()).peer_reason == "not said"
