@@ -154,18 +154,18 @@ static struct rxe_pm_saved rxe_pm_saved[RXE_PM_MAX_DEVS];
 static int rxe_pm_nsaved;
 static struct platform_device *rxe_pm_pdev;
 
-/* is `name` one of the comma-separated names in `list`? */
+/* is `name` one of the names in `list` (separated by commas or newlines: `echo` adds one)? */
 static bool rxe_pm_listed(const char *list, const char *name)
 {
 	size_t len = strlen(name);
 
 	while (*list) {
-		size_t item = strcspn(list, ",");
+		size_t item = strcspn(list, ",\\n");
 
 		if (item == len && !strncmp(list, name, len))
 			return true;
 		list += item;
-		if (*list == ',')
+		if (*list)
 			list++;
 	}
 	return false;
