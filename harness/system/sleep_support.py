@@ -105,7 +105,8 @@ def can_arm(param: Path = PM_UNREGISTER) -> bool:
 @contextlib.contextmanager
 def armed(devices: Sequence[str], param: Path = PM_UNREGISTER) -> Iterator[None]:
     """For the duration: the system sleep unregisters `devices` in its device-suspend
-    phase and registers them again at resume. The parameter is emptied on the way out."""
+    phase and registers them again at resume. The parameter is emptied on the way out
+    (a lone newline: the kernel side takes newlines as separators)."""
     if not can_arm(param):
         raise RxePowerError(f"{param} does not exist: the loaded rdma_rxe has no sleep "
                             "callbacks (not our `pm` build)", REBUILD_FIX)
@@ -119,4 +120,6 @@ def armed(devices: Sequence[str], param: Path = PM_UNREGISTER) -> Iterator[None]
     try:
         yield
     finally:
-        param.write_text("")
+        # a newline, not "": an empty write never reaches a sysfs store (measured: the
+        # parameter kept "rxe0" and the next sleep unregistered it again)
+        param.write_text("\n")
