@@ -88,12 +88,16 @@ class SleepRecord:
 
     def phases_ms(self) -> dict[str, float | None]:
         """Freeze (user space and kernel threads), device suspend, the hold at the test
-        level, device resume, thaw: from the boundaries' timestamps."""
+        level, device resume, thaw. From the boundaries' timestamps, except that the
+        test-wait line comes before the wait: the hold is its span to "resume of devices
+        complete" less the PM core's own resume time, which is the device resume."""
         b = Boundary
+        waited = self.span_ms(b.TEST_WAIT, b.DEVICES_RESUMED)
         return {"freeze": self.span_ms(b.FREEZE_USER, b.TASKS_FROZEN),
                 "device_suspend": self.span_ms(b.TASKS_FROZEN, b.DEVICES_SUSPENDED),
-                "held": self.span_ms(b.DEVICES_SUSPENDED, b.TEST_WAIT),
-                "device_resume": self.span_ms(b.TEST_WAIT, b.DEVICES_RESUMED),
+                "held": (None if waited is None or self.resume_ms is None
+                         else round(waited - self.resume_ms, 3)),
+                "device_resume": self.resume_ms,
                 "thaw": self.span_ms(b.DEVICES_RESUMED, b.EXIT),
                 "total": self.span_ms(b.ENTRY, b.EXIT)}
 
