@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from harness.core.errors import SettingError
+from harness.system.provenance import FaultModel
 
 
 class Ordering(StrEnum):
@@ -42,15 +43,22 @@ class StepKind(StrEnum):
     PORT_UP = "port-up"
     NOTIFY_RESUME = "notify-resume"
     PM_SUSPEND = "pm-suspend"
+    KERNEL_SUSPEND = "kernel-suspend"
+    DEVICE_BACK = "device-back"
 
 
 # The steps that take the device away from its clients, and those that give it back: the
 # device is away from the first one's begin to the last one's end (a pm-suspend step is
 # both: the system sleeps and resumes inside it)
 DEVICE_AWAY_STEPS = frozenset({StepKind.PORT_DOWN, StepKind.DELETE_DEVICE,
-                               StepKind.DESTROY_NETDEV, StepKind.PM_SUSPEND})
+                               StepKind.DESTROY_NETDEV, StepKind.PM_SUSPEND,
+                               StepKind.KERNEL_SUSPEND})
 DEVICE_BACK_STEPS = frozenset({StepKind.PORT_UP, StepKind.CREATE_DEVICE,
-                               StepKind.CREATE_NETDEV, StepKind.PM_SUSPEND})
+                               StepKind.CREATE_NETDEV, StepKind.PM_SUSPEND,
+                               StepKind.DEVICE_BACK})
+# The pm_test level of the kernel-suspend step: the kernel's suspend and resume of every
+# device, no firmware (the mlx5 order happens in that phase)
+KERNEL_SUSPEND_LEVEL = "devices"
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,22 @@ STEP_DOCS: dict[StepKind, StepDoc] = {
         "this is the kernel's own suspend path; rxe has no PM callbacks, so the HCA is only "
         "touched if its netdev's carrier changes",
     ),
+    StepKind.KERNEL_SUSPEND: StepDoc(
+        "our rdma_rxe armed for the local device (its pm_unregister parameter), then echo "
+        "devices > /sys/power/pm_test; echo freeze > /sys/power/state: user space and "
+        "freezable kernel threads are frozen, then the device-suspend phase unregisters the "
+        "device as `rdma link delete` does (every ib_client's remove() runs there, holders "
+        "are disassociated), the kernel waits pm_test_delay s, and the resume phase adds it "
+        "again as `rdma link add` does; the kernel log's PM lines time each phase",
+        "the order of mlx5_suspend -> mlx5_unload_one and mlx5_resume -> mlx5_load_one; the "
+        "system does not power off (pm_test stops before the platform), and the peer HCA, "
+        "in the same kernel, is frozen with everything else",
+    ),
+    StepKind.DEVICE_BACK: StepDoc(
+        "none: wait until the device registered at resume is ACTIVE with its uverbs node, "
+        "and the shim's own holder saw DEVICE_FATAL on the old one",
+        "a real HCA's resume registers a new ib_device alike; its port trains first",
+    ),
 }
 
 
@@ -127,6 +151,7 @@ class Transition:
     default_hold_ms: int
     steps: dict[Ordering, tuple[StepKind, ...]]
     fidelity: str  # one line for the README table: how close to a real sleep this is
+    fault_model: FaultModel = FaultModel.USERSPACE_REMOVAL
 
     def plan(self, ordering: Ordering) -> tuple[StepKind, ...]:
         if ordering not in self.steps:
@@ -179,6 +204,17 @@ TRANSITIONS: dict[str, Transition] = {t.name: t for t in (
         {CF: (S.NOTIFY_SUSPEND, S.PM_SUSPEND, S.NOTIFY_RESUME),
          HF: (S.PM_SUSPEND, S.NOTIFY_SUSPEND, S.NOTIFY_RESUME)},
         "the kernel's real suspend path; rxe has no PM callbacks so the HCA itself is untouched",
+        FaultModel.KERNEL_SUSPEND,
+    ),
+    Transition(
+        "standby-devices", "a real kernel suspend (pm_test devices) in which the device is "
+        "unregistered in the device-suspend phase and registered again at resume", 1000,
+        {CF: (S.NOTIFY_SUSPEND, S.KERNEL_SUSPEND, S.DEVICE_BACK, S.NOTIFY_RESUME),
+         HF: (S.KERNEL_SUSPEND, S.NOTIFY_SUSPEND, S.DEVICE_BACK, S.NOTIFY_RESUME)},
+        "the mlx5 order: user space frozen first, the device gone inside the device-suspend "
+        "phase (kernel ULPs' remove() there), a new device at resume, holders wake to "
+        "DEVICE_FATAL",
+        FaultModel.MLX5_ORDER,
     ),
 )}
 

@@ -155,6 +155,7 @@ class TransitionResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": RESULT_SCHEMA, "request": self.request.to_json(),
+            "fault_model": get_transition(self.request.name).fault_model.value,
             "verdict": self.verdict.value, "reasons": self.reasons,
             "steps": [s.to_json() for s in self.steps], "total_ms": round(self.total_ms, 3),
             "timeline": self.timeline.to_json(), "answers": self.answers,

@@ -26,10 +26,10 @@ from harness.core.settings import RemovalMode
 from harness.system import inventory, network, rxe_module
 from harness.topology import devices, lifecycle, neighbour, netdevs
 from harness.topology.config import Topology, TopologyConfig
-from power import kmsg, pmtest
+from power import kernel_suspend, kmsg, pmtest
 from power.asyncevents import AsyncEventReader
 from power.notify import Answer, AnswerKind, Notifier
-from power.plan import OnVeto, StepKind
+from power.plan import KERNEL_SUSPEND_LEVEL, OnVeto, StepKind
 from power.result import StepRecord, TransitionRequest, TransitionResult, Verdict
 from power.timeline import EntryKind, Timeline
 from power.transition_run import TransitionRun
@@ -37,6 +37,8 @@ from power.veto import delete_device
 
 S = StepKind
 PORT_EVENT_TIMEOUT_S = 2.0  # port DOWN -> its PORT_ERR event seen (the step goes on without)
+# device-back: the shim's holder thawed -> its DEVICE_FATAL seen (TCG: thawing is slow)
+FATAL_EVENT_TIMEOUT_S = 10.0
 
 
 class Shim:
@@ -91,12 +93,11 @@ class Shim:
         req = request.resolved()
         tl = Timeline()
         run = TransitionRun(req, tl)
-        if S.PM_SUSPEND in req.steps:
-            sup = pmtest.support(req.pm_level)
-            if not sup.ok:
-                tl.add(EntryKind.NOTE, "shim", f"pm-test unsupported: {sup.reason}")
-                return TransitionResult(req, Verdict.UNSUPPORTED, [sup.reason],
-                                        [StepRecord(s, "skipped") for s in req.steps], tl)
+        why_not = self._unsupported(req)
+        if why_not is not None:
+            tl.add(EntryKind.NOTE, "shim", f"{req.name} unsupported: {why_not}")
+            return TransitionResult(req, Verdict.UNSUPPORTED, [why_not],
+                                    [StepRecord(s, "skipped") for s in req.steps], tl)
         before = self._precondition()
         with kmsg.Tail() as tail:  # the marker and the scan read only what comes after
             marker = kmsg.write_marker(f"{req.name} {req.ordering} hold={req.hold_ms}ms",
@@ -116,6 +117,14 @@ class Shim:
         tl.add(EntryKind.KMSG, "kernel", "scan", ok=scan.ok, hits=len(scan.hits),
                records_after=scan.records_after)
         return run.verdict(scan, before.local.to_json(), not_restored, self.cfg.peer_dev)
+
+    def _unsupported(self, req: TransitionRequest) -> str | None:
+        """Why this kernel cannot run the request's sleep steps (None: it can)."""
+        if S.PM_SUSPEND in req.steps and not (sup := pmtest.support(req.pm_level)).ok:
+            return sup.reason
+        if S.KERNEL_SUSPEND in req.steps:
+            return kernel_suspend.unsupported_reason(self.disassociates)
+        return None
 
     def _precondition(self) -> Topology:
         pend = devices.pending_deletes(self.cfg.local_dev)
@@ -315,6 +324,26 @@ class Shim:
         took = pmtest.run(req.pm_level, max(1, round(run.hold_ms / 1000)))
         return {"level": req.pm_level, "took_s": round(took, 3), "real_suspend": True}
 
+    def step_kernel_suspend(self, run: TransitionRun) -> dict[str, Any]:
+        done = kernel_suspend.suspend_unregistering(self.cfg.local_dev,
+                                                    max(1, round(run.hold_ms / 1000)))
+        run.tl.add(EntryKind.KMSG, "kernel", "sleep phases", **done.sleep.to_json())
+        return {"level": KERNEL_SUSPEND_LEVEL, "took_s": round(done.took_s, 3),
+                "sleep": done.sleep.to_json()}
+
+    def step_device_back(self, run: TransitionRun) -> dict[str, Any]:
+        cfg = self.cfg
+        begin = next((s.begin_ns for s in run.steps if s.step is S.KERNEL_SUSPEND), 0)
+        took = devices.wait_port_state(cfg.local_dev, "ACTIVE")
+        took = max(took, devices.wait_uverbs(cfg.local_dev))
+        # the shim's own holder (the event reader) had the old device: it wakes to
+        # DEVICE_FATAL, then holds nothing but a disassociated context
+        fatal = run.wait_event(cfg.local_dev, "DEVICE_FATAL", begin, FATAL_EVENT_TIMEOUT_S)
+        self._close_events(run, cfg.local_dev)
+        self._open_events(run, cfg.local_dev)
+        return {"present_after_s": round(took, 4),
+                "holder_fatal_after_s": None if fatal is None else round(fatal, 4)}
+
     def step_notify_suspend(self, run: TransitionRun) -> dict[str, Any]:
         req = run.req
         deadline_s = req.quiesce_timeout_s
@@ -365,25 +394,3 @@ class Shim:
         if topo.local.state != "ACTIVE" or topo.peer.state != "ACTIVE":
             return f"ports {topo.local.state}/{topo.peer.state}"
         return None
-
-
-def render(result: TransitionResult) -> list[str]:
-    """The timeline and the verdict, for a terminal."""
-    req = result.request
-    out = [f"transition {req.name} ({req.ordering}, hold {req.hold_ms} ms, on veto "
-           f"{req.on_veto})", "", *result.timeline.render(), ""]
-    out.append(f"{'step':<16} {'outcome':<8} {'ms':>10}")
-    for s in result.steps:
-        out.append(f"{s.step.value:<16} {s.outcome:<8} "
-                   f"{(f'{s.ms:.1f}' if s.outcome != 'skipped' else '-'):>10}"
-                   + (f"  {s.error.splitlines()[0]}" if s.error else ""))
-    if result.veto and result.veto.detected:
-        out.append(f"veto: delete blocked {result.veto.blocked_s:.3f} s by "
-                   + "; ".join(f"pid {h['pid']} ({h['cmdline']})" for h in result.veto.holders))
-    if result.kernel:
-        out += kmsg.render(result.kernel)
-    out.append(f"peer {result.device_before and 'HCA'} stayed ACTIVE: "
-               f"{'yes' if result.peer_active_throughout else 'NO'}")
-    out.append(f"verdict: {result.verdict.value.upper()}"
-               + (f" - {'; '.join(result.reasons)}" if result.reasons else ""))
-    return out

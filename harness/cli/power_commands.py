@@ -19,8 +19,9 @@ from harness.system.provenance_collect import collect
 from harness.topology import devices, lifecycle
 from harness.topology.config import TopologyConfig
 from power.plan import parse_on_veto, parse_ordering
+from power.render import render
 from power.result import VERDICT_EXIT, TransitionRequest
-from power.shim import Shim, render
+from power.shim import Shim
 
 
 def add_parsers(subparsers: Subcommands, mode_help: str) -> None:

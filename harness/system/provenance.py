@@ -55,6 +55,14 @@ class FaultModel(StrEnum):
     # the shim deletes and re-adds rxe0 from user space (`rdma link delete/add`, carrier
     # off/on); no process or device is frozen, the kernel keeps running throughout
     USERSPACE_REMOVAL = "userspace-removal"
+    # the mlx5 order: a real suspend of the local kernel (pm_test at `devices`) in which our
+    # rdma_rxe's sleep callbacks unregister rxe0 in the device-suspend phase (user space
+    # and freezable kernel threads frozen, kernel ULPs' remove() inside the suspend) and
+    # register it again at resume (harness.system.sleep_support)
+    MLX5_ORDER = "mlx5-order"
+    # a real suspend of the local kernel (pm_test) with rxe untouched: the ib_device and
+    # its QPs stay, its users are frozen and thawed
+    KERNEL_SUSPEND = "kernel-suspend"
 
 
 class ProvenanceError(RxePowerError):

@@ -207,7 +207,7 @@ def module_facts(src: Sources, versions: Mapping[str, str | None],
     except RxePowerError as exc:
         problems.add("rdma_rxe in sysfs", exc)
         facts = rxe_module.ModuleFacts(False, None, None, "")
-    ours = src.cache_root / src.release / "rdma_rxe.ko"
+    ours = rxe_module.our_build_path(src.release, src.cache_root)
     ours_src = _modinfo(src, ["-F", "srcversion", str(ours)], problems) \
         if ours.is_file() else None
     kind = rxe_module.classify(facts, ours_src)

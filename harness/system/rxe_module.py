@@ -5,7 +5,9 @@ Two removal modes (`--removal`):
 - `disassociate`: our rdma_rxe.ko, built by ci/build-rxe-disassociate.sh from the
   kernel's own source with a `disassociate_ucontext` callback. Deleting a held device
   completes at once; each holder gets IBV_EVENT_DEVICE_FATAL and EIO from later verbs
-  calls: what a real HCA (mlx5, mlx4, irdma, hns) does when it goes away.
+  calls: what a real HCA (mlx5, mlx4, irdma, hns) does when it goes away. Its variant
+  `pm` also has the mlx5 order's system-sleep callbacks, which do nothing until a
+  transition names a device in their parameter (harness.system.sleep_support).
 - `block`: the distribution's rdma_rxe. Deleting a held device blocks until every
   holder closes it (ib_uverbs_remove_one waits), today's behaviour.
 
@@ -56,7 +58,7 @@ SYS_INFINIBAND = Path("/sys/class/infiniband")
 CACHE_ROOT = Path("/var/lib/rxe-power/rxe-disassociate")
 BUILD_SCRIPT = "ci/build-rxe-disassociate.sh"
 VERSION_PREFIX = "rxe-power-disassociate-"  # as ci/rxe_disassociate_patch.py writes it
-OURS_VARIANT = "full"
+OURS_VARIANT = "pm"  # `full` and the sleep callbacks (inert unless armed): one module
 MODPROBE_TIMEOUT_S = 30.0
 MODINFO_TIMEOUT_S = 10.0
 TAINT_FLAGS = {"O": "out-of-tree module", "E": "unsigned module", "P": "proprietary module",
@@ -186,11 +188,16 @@ def safe_path(path: Path) -> bool:
         p = p.parent
 
 
+def our_build_path(release: str, cache_root: Path = CACHE_ROOT) -> Path:
+    """Where ci/build-rxe-disassociate.sh caches our module (variant OURS_VARIANT)."""
+    return cache_root / release / OURS_VARIANT / "rdma_rxe.ko"
+
+
 def our_build(release: str | None = None, cache_root: Path = CACHE_ROOT) -> OurBuild | None:
     """Our cached module for this kernel, None when it was not built. Raises when the
     cached file is there but not safe to load as root."""
     release = release or os.uname().release
-    path = cache_root / release / "rdma_rxe.ko"
+    path = our_build_path(release, cache_root)
     if not path.is_file():
         return None
     if not safe_path(path):
@@ -203,7 +210,7 @@ def our_build(release: str | None = None, cache_root: Path = CACHE_ROOT) -> OurB
 def missing_build_error(release: str) -> RxePowerError:
     return RxePowerError(
         f"--removal disassociate needs our rdma_rxe.ko for kernel {release}, and "
-        f"{CACHE_ROOT / release / 'rdma_rxe.ko'} does not exist",
+        f"{our_build_path(release)} does not exist",
         f"on the machine (the VM host in VM mode), as root: {BUILD_SCRIPT} {release} "
         "(ci/bootstrap.sh runs it); or use --removal block")
 
@@ -211,7 +218,7 @@ def missing_build_error(release: str) -> RxePowerError:
 # --- changing it ----------------------------------------------------------------------------
 
 
-def _syscall(name: str, *args: object) -> None:
+def _syscall(name: str, *args: object, module: str = MODULE) -> None:
     nums = SYSCALLS.get(platform.machine())
     if nums is None:
         raise RxePowerError(f"{name}: no syscall number known for {platform.machine()}",
@@ -226,7 +233,7 @@ def _syscall(name: str, *args: object) -> None:
                errno_mod.EPERM: "run as root (and without module signature enforcement)",
                errno_mod.ENOEXEC: f"the module is not for this kernel: run {BUILD_SCRIPT}",
                }.get(err, "see the kernel log (dmesg)")
-        raise OsCallError(f"{name}({MODULE})", err, fix)
+        raise OsCallError(f"{name}({module})", err, fix)
 
 
 def _modprobe(*args: str) -> None:
@@ -258,17 +265,28 @@ def _unload() -> None:
     _syscall("delete_module", MODULE.encode(), O_NONBLOCK)
 
 
+def unload_module(module: str) -> None:
+    """Unload a module of ours by name (not rdma_rxe: see _unload)."""
+    _syscall("delete_module", module.encode(), O_NONBLOCK, module=module)
+
+
 def _load_ours(build: OurBuild) -> None:
-    deps = _modinfo("depends", str(build.path)) or ""
+    load_module_file(build.path, MODULE)
+
+
+def load_module_file(path: Path, module: str, params: str = "") -> None:
+    """Load a module file of ours (its dependencies through modprobe first) with
+    `params` ("name=value ..."); errors carry the errno and name the module."""
+    deps = _modinfo("depends", str(path)) or ""
     for dep in filter(None, deps.split(",")):
         _modprobe(dep)
     try:
-        fd = os.open(build.path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise OsCallError(f"cannot open {build.path}", exc.errno or 0,
+        raise OsCallError(f"cannot open {path}", exc.errno or 0,
                           f"run {BUILD_SCRIPT} again as root") from exc
     try:
-        _syscall("finit_module", fd, b"", 0)
+        _syscall("finit_module", fd, params.encode(), 0, module=module)
     finally:
         os.close(fd)
 

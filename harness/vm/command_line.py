@@ -1,5 +1,5 @@
 """``python -m harness.vm [--timeout-s N] [--rwdir DIR]... [--log PATH] [--no-python-copy]
--- CMD...``
+[--kernel-console] -- CMD...``
 
 Runs CMD as root in the guest; exits with CMD's exit code, 124 on timeout, 125 when the
 VM could not be started.
@@ -45,6 +45,9 @@ def _parser(prog: str = MODULE_PROG) -> argparse.ArgumentParser:
     p.add_argument("--no-python-copy", dest="python_copy", action="store_false",
                    help="the guest imports Python from the shared host folder, not from a "
                    "copy in its memory (slower under TCG; harness/vm/python_copy.py)")
+    p.add_argument("--kernel-console", action="store_true",
+                   help="put the guest kernel's console (ttyS0, kept on through system "
+                   "sleep) into the console log")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...")
     return p
 
@@ -67,6 +70,7 @@ def request_from_argv(argv: list[str], cwd: Path | None = None,
         timeout_s=args.timeout_s,
         cwd=here,
         python_copy=args.python_copy,
+        kernel_console=args.kernel_console,
     )
 
 

@@ -36,6 +36,11 @@ from harness.vm.tools import VmTools, find_vm_tools
 # named, 3 s of guest CPU in 6 minutes). A command longer than this is handed over as a
 # script file in build/vm-python instead, removed after the run.
 EXEC_INLINE_MAX_CHARS = 800
+# With kernel_console the guest kernel's own console (the 8250 UART ttyS0, not a virtio
+# device) goes into the console log at every level (vng --verbose), and it keeps printing
+# while devices are suspended (no_console_suspend): a system sleep that never resumes
+# still leaves the kernel's last words in the log.
+KERNEL_CONSOLE_VNG_ARGS = ("--verbose", "--append", "no_console_suspend")
 VM_RUN_TIMEOUT_S = 1500.0  # whole guest command, boot included (TCG boot is ~15 s)
 GUEST_MEMORY_MIB = 2048  # each guest's memory (vng --memory)
 GUEST_SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -57,6 +62,7 @@ class VmRequest:
     # QEMU arguments after vng's own (the two-kernel pair's links: harness.vm.pair); vng
     # hands them to QEMU through a shell, so each must be shell-safe (checked)
     qemu_opts: list[str] = field(default_factory=list)
+    kernel_console: bool = False  # the guest kernel's console (ttyS0) in the log, see below
 
 
 @dataclass
@@ -118,6 +124,8 @@ def build_vng_argv(req: VmRequest, kernel: GuestKernel, accel: str, vng: str,
     if accel == "tcg":
         argv.append("--disable-kvm")
     argv += ["--cpus", str(req.cpus), "--memory", req.memory]
+    if req.kernel_console:
+        argv += KERNEL_CONSOLE_VNG_ARGS
     for d in req.rw_dirs:
         argv += ["--rwdir", str(d)]
     prefix = copy.guest_argv() if copy is not None else None

@@ -114,7 +114,7 @@ def system(tmp_path: Path, *, loaded: str | None, tainted: str = f"{OE}\n",
     if loaded is not None:
         sysmod.mkdir(parents=True)
         if loaded == "ours":
-            (sysmod / "version").write_text("rxe-power-disassociate-full\n")
+            (sysmod / "version").write_text("rxe-power-disassociate-pm\n")
             (sysmod / "srcversion").write_text(OURS_SRCVERSION + "\n")
             (sysmod / "taint").write_text("OE\n")
         else:  # Debian's in-tree module: no version, no srcversion
@@ -124,9 +124,9 @@ def system(tmp_path: Path, *, loaded: str | None, tainted: str = f"{OE}\n",
             (sysmod / "notes" / ".note.gnu.build-id").write_bytes(loaded_note)
     cache = tmp_path / "cache"
     if ours:
-        (cache / RELEASE).mkdir(parents=True)
-        (cache / RELEASE / "rdma_rxe.ko").write_bytes(b"\x7fELF our rdma_rxe")
-        (cache / RELEASE / "stamp").write_text(STAMP)
+        (cache / RELEASE / "pm").mkdir(parents=True)
+        (cache / RELEASE / "pm" / "rdma_rxe.ko").write_bytes(b"\x7fELF our rdma_rxe")
+        (cache / RELEASE / "pm" / "stamp").write_text(STAMP)
     stock = tmp_path / "lib" / "rdma_rxe.ko"
     stock.parent.mkdir(parents=True)
     stock.write_bytes(tiny_ko(STOCK_NOTE, b"the distribution's rdma_rxe"))
@@ -210,7 +210,7 @@ def test_our_module_in_a_guest(tmp_path: Path) -> None:
     m = p.module
     assert m.kind is Loaded.OURS and p.removal is RemovalMode.DISASSOCIATE
     assert m.sha256 == hashlib.sha256(b"\x7fELF our rdma_rxe").hexdigest()
-    assert m.path == str(cache / RELEASE / "rdma_rxe.ko") and m.file_matches_loaded is True
+    assert m.path == str(cache / RELEASE / "pm" / "rdma_rxe.ko") and m.file_matches_loaded is True
     assert (m.source_package, m.source_version, m.patch) == ("linux-source-6.1", "6.1.192-3",
                                                              "dbbaf6816dfeadab")
     assert m.taint == "OE" and p.kernel.taint_flags == "OE"

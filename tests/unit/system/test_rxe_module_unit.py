@@ -17,7 +17,7 @@ from harness.system import rxe_module as rm
 from harness.system.rxe_module import Loaded, ModuleFacts, RemovalMode, Step
 
 OURS_SRC = "0D6EECD8607642935EBDB95"
-OURS = ModuleFacts(True, "rxe-power-disassociate-full", OURS_SRC, "OE")
+OURS = ModuleFacts(True, "rxe-power-disassociate-pm", OURS_SRC, "OE")
 STOCK = ModuleFacts(True, None, None, "")
 NONE = ModuleFacts(False, None, None, "")
 REPO = Path(__file__).parents[3]
@@ -30,6 +30,9 @@ REPO = Path(__file__).parents[3]
     (OURS, OURS_SRC, Loaded.OURS),
     (OURS, None, Loaded.OTHER),  # our version string, but no cached build to match
     (OURS, "AAAA", Loaded.OTHER),  # an older build of ours: reload
+    # `full` (no sleep callbacks) is not what --removal disassociate loads any more
+    (ModuleFacts(True, "rxe-power-disassociate-full", OURS_SRC, "OE"), OURS_SRC,
+     Loaded.OTHER),
     (ModuleFacts(True, "rxe-power-disassociate-empty-callback", OURS_SRC, "OE"), OURS_SRC,
      Loaded.OTHER),
     (ModuleFacts(True, None, None, "OE"), OURS_SRC, Loaded.OTHER),  # someone else's build
@@ -66,7 +69,7 @@ def test_module_facts_from_sysfs(tmp_path: Path) -> None:
     mod = tmp_path / "rdma_rxe"
     mod.mkdir()
     (mod / "taint").write_text("OE\n")
-    (mod / "version").write_text("rxe-power-disassociate-full\n")
+    (mod / "version").write_text("rxe-power-disassociate-pm\n")
     (mod / "srcversion").write_text(OURS_SRC + "\n")
     assert rm.module_facts(mod) == OURS
     stock = tmp_path / "stock"
@@ -85,8 +88,8 @@ def test_software_devices_are_the_parentless_ones(tmp_path: Path) -> None:
 
 def test_our_build_absent_and_unsafe(tmp_path: Path) -> None:
     assert rm.our_build("6.1.0-1-amd64", tmp_path) is None
-    ko = tmp_path / "6.1.0-1-amd64" / "rdma_rxe.ko"
-    ko.parent.mkdir()
+    ko = tmp_path / "6.1.0-1-amd64" / "pm" / "rdma_rxe.ko"
+    ko.parent.mkdir(parents=True)
     ko.write_bytes(b"")
     if os.geteuid() != 0:  # not root-owned: refused, with the fix
         with pytest.raises(RxePowerError, match="not root-owned"):
@@ -156,7 +159,7 @@ def _block(text: str, head: str, end: str = "\n}") -> str:
     return text[start:text.index(end, start) + len(end)]
 
 
-@pytest.mark.parametrize("variant", ["full", "empty-callback"])
+@pytest.mark.parametrize("variant", ["full", "pm", "empty-callback"])
 def test_patch_applies_to_the_real_source(real_rxe: Path, tmp_path: Path,
                                           variant: str) -> None:
     """Each edit's anchor occurs exactly once in Linux 6.1's own rxe (Debian's
@@ -169,8 +172,8 @@ def test_patch_applies_to_the_real_source(real_rxe: Path, tmp_path: Path,
     patch = _patcher()
     rxe = _copy(real_rxe, tmp_path)
     done = patch.apply(rxe, variant)
-    assert len(done) == (7 if variant == "full" else 3), done
-    full = variant == "full"
+    assert len(done) == {"full": 7, "pm": 11, "empty-callback": 3}[variant], done
+    full = variant in ("full", "pm")
     verbs = (rxe / "rxe_verbs.c").read_text()
     ops = _block(verbs, "static const struct ib_device_ops rxe_dev_ops = {", "\n};")
     assert "\t.disassociate_ucontext = rxe_disassociate_ucontext,\n" in ops
@@ -186,8 +189,18 @@ def test_patch_applies_to_the_real_source(real_rxe: Path, tmp_path: Path,
     # the device is looked at only inside the branch for an entry still pending
     assert ("if (!list_empty(&ip->pending_mmaps)) {\n\t\tstruct rxe_dev *rxe" in release) \
         == full
-    assert f'MODULE_VERSION("rxe-power-disassociate-{variant}");' in \
-        (rxe / "rxe.c").read_text()
+    rxe_c = (rxe / "rxe.c").read_text()
+    assert f'MODULE_VERSION("rxe-power-disassociate-{variant}");' in rxe_c
+    # pm: the sleep callbacks, registered before rdma_link_register and gone at exit,
+    # doing nothing while pm_unregister is empty
+    assert ("SET_SYSTEM_SLEEP_PM_OPS(rxe_pm_suspend, rxe_pm_resume)" in rxe_c) == \
+        (variant == "pm")
+    if variant == "pm":
+        init = _block(rxe_c, "static int __init rxe_module_init(void)")
+        assert init.index("rxe_pm_init()") < init.index("rdma_link_register(")
+        assert "rxe_pm_exit();" in _block(rxe_c, "static void __exit rxe_module_exit(void)")
+        suspend = _block(rxe_c, "static int rxe_pm_suspend(struct device *dev)")
+        assert suspend.index("if (!names[0])\n\t\treturn 0;") < suspend.index("rtnl_lock")
     # only the three files changed, and only by added lines (plus the one rewritten
     # block of rxe_mmap_release in the full variant)
     changed = []

@@ -188,6 +188,18 @@ def test_build_vng_argv_tcg(tmp_path: Path) -> None:
     assert argv[-2] == "--exec"
 
 
+def test_kernel_console_goes_into_the_log_and_stays_on_through_sleep(tmp_path: Path) -> None:
+    """--kernel-console: vng shows the kernel's ttyS0 console (--verbose) and the kernel
+    keeps it on while devices sleep (no_console_suspend); without it, neither."""
+    req = vm_command_line.request_from_argv(["--kernel-console", "--", "true"], tmp_path)
+    assert req.kernel_console
+    argv = vm_runner.build_vng_argv(req, kernel(tmp_path), "tcg", "/v/vng")
+    assert "--verbose" in argv and argv[argv.index("--append") + 1] == "no_console_suspend"
+    plain = vm_runner.build_vng_argv(request(tmp_path, ["true"]), kernel(tmp_path), "tcg",
+                                     "/v/vng")
+    assert "--verbose" not in plain and "--append" not in plain
+
+
 def test_build_vng_argv_kvm_has_no_disable_kvm(tmp_path: Path) -> None:
     argv = vm_runner.build_vng_argv(request(tmp_path, ["true"]), kernel(tmp_path), "kvm", "/v/vng")
     assert "--disable-kvm" not in argv
