@@ -138,13 +138,19 @@ def test_standby_hca_first(power_shim, rxe_config) -> None:
     lg = res.ledger
     after = states_from(res, step(res, "port-down")["begin_ns"])
     left = next((s for s in after if s != "live"), None)
-    behaviour = ("recovered" if left in ("resetting", "connecting") else
+    # recovery began, then rxe0's removal deleted the controller anyway (seen once, beside
+    # a CPU hog, CI 14 of 7 Dec: live, resetting, deleting, absent; the delete held rxe0's
+    # for 6.07 s): checked as `held` is
+    deleted_later = left in ("resetting", "connecting") and any(
+        s.startswith("deleting") for s in after[after.index(left):])
+    behaviour = ("recovering-then-deleted" if deleted_later else
+                 "recovered" if left in ("resetting", "connecting") else
                  "held" if left is not None and left.startswith("deleting") else None)
     print(f"nvme-rdma standby hca-first: behaviour {behaviour}; states after the carrier "
           f"drop {after}")
     assert behaviour is not None, f"none of the known behaviours: states {after}"
     assert lg.count(IoOutcome.STUCK) == 0, lg.stuck
-    if behaviour == "held":
+    if behaviour in ("held", "recovering-then-deleted"):
         hang = held(res)
         assert res.hang is not None and res.status == "bad"
         assert any("Removing ctrl" in line for line in hang["kernel"]), hang["kernel"]

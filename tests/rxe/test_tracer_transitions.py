@@ -156,8 +156,12 @@ EXAMPLE_RUN_S = 6  # the examples' traffic time: longer than the transition (500
 SOCKET_TIMEOUT_S = 10.0  # notify_client's socket in the clients directory
 # notify_client's traffic time, and a standby hold longer than all of it: its time runs out
 # while it is released (CI once saw it then poll its closed device and die of SIGSEGV)
-NOTIFY_RUN_S = 4
-NOTIFY_HOLD_MS = 5000
+# its traffic time: longer than the shim's preparation before the notice can take (beside
+# a CPU hog, CI 14 of 7 Dec, a 4 s client had ended before the notice went out: no socket,
+# answers []); the hold longer than all of it, so a client that counted its released time
+# would be gone before resume
+NOTIFY_RUN_S = 10
+NOTIFY_HOLD_MS = 11000
 
 
 @contextlib.contextmanager
@@ -200,6 +204,9 @@ def test_notify_client_releases_reopens_clean(power_shim, rxe_topology, results_
         rc = wait_exit(cli, "notify_client")
     print(f"standby verdict {res.verdict}; answers {res.answers}; exit {rc}")
     assert res.verdict is Verdict.COMPLETED, res.reasons
+    # a client that does not answer is a `no-answer`; none at all: it had ended before
+    # the notice went out, and the standby missed it
+    assert res.answers, "missed: no client socket was there when the notice went out"
     kinds = sorted(a["kind"] for a in res.answers)
     assert kinds == ["released", "resumed"], res.answers
     led = ledgers(tdir, results_dir / "trace" / request.node.name)[cli.pid]
