@@ -158,9 +158,9 @@ def throughput_row(op: str, tool: str, size: int, pt: PerftestRun,
                    hr: HarnessRun) -> dict[str, Any]:
     """One row: perftest's and the harness's figures and their ratios, or, when either
     run failed, `failed` with the cause(s) and no ratio (a failed run is not a figure)."""
-    causes = [c for c in (pt.failure and f"perftest: {pt.failure}",
-                          hr.failure and f"harness: {hr.failure}") if c]
-    failed = "; ".join(causes) or None
+    causes = {side: why for side, why in (("perftest", pt.failure), ("harness", hr.failure))
+              if why is not None}
+    failed = "; ".join(f"{side}: {why}" for side, why in causes.items()) or None
     pt_mib = pt_rate = 0.0
     if pt.failure is None:
         pt_mib, pt_rate = pt.figure("BW average[MB/sec]"), pt.figure("MsgRate[Mpps]") * 1e6
@@ -172,9 +172,10 @@ def throughput_row(op: str, tool: str, size: int, pt: PerftestRun,
             "perftest": {"mib_per_s": pt_mib if pt.failure is None else None,
                          "msg_per_s": round(pt_rate, 1) if pt.failure is None else None,
                          "argv": pt.argv, "output": pt.output, "zero_runs": pt.zero_runs,
-                         "failure": pt.failure},
+                         "uncalibrated_runs": pt.uncalibrated_runs, "failure": pt.failure},
             "harness": hr.to_json(), "ratio_mib": ratio_mib, "ratio_msg": ratio_msg,
-            "ledger_ok": ledger_held(hr), "failed": failed, "load": machine_load()}
+            "ledger_ok": ledger_held(hr), "failed": failed, "failed_by": list(causes),
+            "load": machine_load()}
 
 
 def throughput_line(row: dict[str, Any]) -> str:
@@ -245,16 +246,16 @@ def measure_latency(bench: BenchRecord, rig: Rig) -> bool:
             name = f"bench-lat-{op.lower()}-{completion}"
             bound.check(f"the harness run {name}, not started")
             runs[completion] = run_harness_client(rig, hs, name, bound)
-        causes = [c for c in [pt.failure and f"perftest: {pt.failure}"]
-                  + [r.failure and f"harness ({k}): {r.failure}" for k, r in runs.items()] if c]
-        failed = "; ".join(causes) or None
+        causes = {side: why for side, why in [("perftest", pt.failure)]
+                  + [(f"harness ({k})", r.failure) for k, r in runs.items()] if why is not None}
+        failed = "; ".join(f"{side}: {why}" for side, why in causes.items()) or None
         ok &= failed is None
         row = {"op": op, "tool": tool, "size": LAT_SIZE,
                "perftest": {"typical_us": None if pt.failure else pt.figure("t_typical[usec]"),
                             "p99_us": None if pt.failure else pt.figure("99% percentile[usec]"),
                             "argv": pt.argv, "output": pt.output, "failure": pt.failure},
                "harness": {k: v.to_json() for k, v in runs.items()}, "failed": failed,
-               "load": machine_load()}
+               "failed_by": list(causes), "load": machine_load()}
         rows.append(row)
         bench.record("latency", rows)
         if failed:

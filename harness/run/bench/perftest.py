@@ -91,6 +91,9 @@ class PerftestRun:
     # runs before this one that reported a message rate of 0 (a perftest 4.5 quirk seen
     # under TCG: the run completes and prints 0.00 MB/s) and were left out
     zero_runs: int = 0
+    # of the runs that reported 0 (the left-out ones and, when all did, this one): those
+    # whose perftest said its clock calibration failed (clock_calibration_r2)
+    uncalibrated_runs: int = 0
     failure: str | None = None  # why this run is not a figure (None: it is one)
 
     def figure(self, column: str) -> float:
@@ -172,27 +175,48 @@ def run_perftest(tool: str, topo: Topology, size: int, iters: int, qd: int,
     return PerftestRun(tool, size, iters, rows[-1], cli_argv, round(seconds, 3), text)
 
 
-PERFTEST_ATTEMPTS = 3  # a bandwidth run that reports a rate of 0 is run again, this often
+PERFTEST_ATTEMPTS = 5  # a bandwidth run that reports a rate of 0 is run again, this often
 RATE_COLUMN = "MsgRate[Mpps]"
+# perftest's get_cpu_mhz() fits TSC cycles against gettimeofday() over ~0.2 s; when the
+# fit's r^2 is below 0.9 (its vCPU was descheduled while it sampled) it prints this line
+# and takes 0 MHz, and every rate it reports is 0 (perftest 4.5, get_clock.c)
+_CLOCK_R2 = re.compile(r"^Correlation coefficient r\^2: (\S+) < 0\.9$", re.MULTILINE)
+
+
+def clock_calibration_r2(output: str) -> float | None:
+    """The r^2 of perftest's failed clock calibration, None when it did not say one
+    failed (its output is read here, at the edge, once)."""
+    m = _CLOCK_R2.search(output)
+    if m is None:
+        return None
+    try:
+        return float(m.group(1))
+    except ValueError:
+        return float("nan")
 
 
 def run_perftest_counted(tool: str, topo: Topology, size: int, iters: int,
                          qd: int, bound: SectionBound | None = None) -> PerftestRun:
     """run_perftest, again (at most PERFTEST_ATTEMPTS runs) while a bandwidth tool
     reports a message rate of 0 for a run that completed: perftest 4.5 printed 0.00 MB/s
-    for about one run in ten under TCG (the tracer bench and a CI run of the bench saw
-    it). The runs left out are counted in the result; if every run says 0, the last is
-    returned as failed. A run that failed otherwise is returned as it is (not retried)."""
-    zero = 0
+    for about one run in ten under TCG (the tracer bench and CI runs of the bench saw it),
+    because its clock calibration failed (clock_calibration_r2; more often on a busy
+    machine). The runs left out are counted in the result, and those that said their
+    calibration failed; if every run says 0, the last is returned as failed, naming that
+    count. A run that failed otherwise is returned as it is (not retried)."""
+    zero = uncalibrated = 0
     while True:
         run = run_perftest(tool, topo, size, iters, qd, bound)
         if run.failure is not None or not tool.endswith("_bw") \
                 or run.row.get(RATE_COLUMN, 0) > 0:
-            run.zero_runs = zero
+            run.zero_runs, run.uncalibrated_runs = zero, uncalibrated
             return run
+        uncalibrated += clock_calibration_r2(run.output) is not None
         if zero + 1 >= PERFTEST_ATTEMPTS:
-            run.zero_runs = zero
+            run.zero_runs, run.uncalibrated_runs = zero, uncalibrated
             run.failure = (f"{tool} reported a message rate of 0 in all {zero + 1} runs "
-                           "(PERFTEST_ATTEMPTS)")
+                           f"(PERFTEST_ATTEMPTS); in {uncalibrated} of them it said its clock "
+                           "calibration failed (r^2 < 0.9: its vCPU was descheduled while it "
+                           "timed the TSC; a busy or overcommitted machine)")
             return run
         zero += 1

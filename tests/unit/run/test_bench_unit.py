@@ -155,6 +155,26 @@ def test_cli_options() -> None:
         bench_command.bench_spec(args)
 
 
+PERFTEST_UNCALIBRATED = """\
+Correlation coefficient r^2: 0.613245 < 0.9
+---------------------------------------------------------------------------------------
+                    Send BW Test
+"""
+
+
+def test_perftest_clock_calibration_failure_is_read_from_its_line() -> None:
+    """perftest says r^2 (its %g) when its clock fit fails, and only then; a line that
+    merely mentions r^2 elsewhere, or a malformed value, is not taken for a figure."""
+    from harness.run.bench import perftest as pt
+
+    assert pt.clock_calibration_r2(PERFTEST_UNCALIBRATED) == pytest.approx(0.613245)
+    assert pt.clock_calibration_r2("Correlation coefficient r^2: 1e-05 < 0.9\n") == 1e-05
+    assert pt.clock_calibration_r2("x Correlation coefficient r^2: 0.5 < 0.9\n") is None
+    assert pt.clock_calibration_r2(" #bytes #iterations BW peak[MB/sec]\n") is None
+    bad = pt.clock_calibration_r2("Correlation coefficient r^2: -nan < 0.9\n")
+    assert bad is not None and bad != bad  # said, but not a number: nan, still counted
+
+
 def test_a_perftest_run_reporting_zero_is_run_again_and_counted(monkeypatch) -> None:
     """perftest 4.5 under TCG sometimes completes a bandwidth run and prints 0.00 MB/s
     (seen in the tracer bench and in a CI run of the bench smoke test): such a run is
@@ -162,19 +182,26 @@ def test_a_perftest_run_reporting_zero_is_run_again_and_counted(monkeypatch) -> 
     from harness.run.bench import perftest as pt
 
     rates = iter([0.0, 0.0, 0.25])
+    outputs = iter([])
 
     def fake(tool, topo, size, iters, qd, bound=None):
-        return pt.PerftestRun(tool, size, iters, {pt.RATE_COLUMN: next(rates)}, [tool], 1.0, "")
+        return pt.PerftestRun(tool, size, iters, {pt.RATE_COLUMN: next(rates)}, [tool], 1.0,
+                              next(outputs, ""))
 
     monkeypatch.setattr(pt, "run_perftest", fake)
     run = pt.run_perftest_counted("ib_send_bw", None, 64, 10, 8)
     assert run.figure(pt.RATE_COLUMN) == 0.25 and run.zero_runs == 2 and run.failure is None
-    rates = iter([0.0] * 5)
+    rates = iter([0.0] * pt.PERFTEST_ATTEMPTS)
+    # perftest's own line (get_clock.c: "Correlation coefficient r^2: %g < 0.9\n") in all
+    # runs but the first
+    outputs = iter(["", *[PERFTEST_UNCALIBRATED] * (pt.PERFTEST_ATTEMPTS - 1)])
     run = pt.run_perftest_counted("ib_send_bw", None, 64, 10, 8)
-    # every run said 0: no figure, a failed run saying so
+    # every run said 0: no figure, a failed run saying so and how many said why
     assert run.zero_runs == pt.PERFTEST_ATTEMPTS - 1
-    assert run.failure == "ib_send_bw reported a message rate of 0 in all 3 runs " \
-        "(PERFTEST_ATTEMPTS)"
+    assert run.uncalibrated_runs == pt.PERFTEST_ATTEMPTS - 1
+    assert run.failure.startswith(f"ib_send_bw reported a message rate of 0 in all "
+                                  f"{pt.PERFTEST_ATTEMPTS} runs (PERFTEST_ATTEMPTS); in "
+                                  f"{pt.PERFTEST_ATTEMPTS - 1} of them"), run.failure
     with pytest.raises(RxePowerError, match="no figure"):
         run.figure(pt.RATE_COLUMN)
     rates = iter([0.0])
