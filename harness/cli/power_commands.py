@@ -18,7 +18,7 @@ from harness.core.printer import NULL, Printer
 from harness.system.provenance_collect import collect
 from harness.topology import devices, lifecycle
 from harness.topology.config import TopologyConfig
-from power.plan import parse_on_veto, parse_ordering
+from power.plan import get_transition, parse_on_veto, parse_ordering
 from power.render import render
 from power.result import VERDICT_EXIT, TransitionRequest
 from power.shim import Shim
@@ -76,7 +76,8 @@ class TransitionJob(Job):
             out(f"built the topology for this run ({topo.local.dev} <-> {topo.peer.dev}); "
                 "it is removed afterwards")
         try:
-            provenance = collect()  # what made this result (written with it)
+            # what made this result (written with it)
+            provenance = collect(faults=(get_transition(self.request.name).fault_model,))
             with Shim(cfg, out=out) as shim:
                 result = shim.run(self.request)
         finally:

@@ -299,7 +299,8 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
     seconds: dict[str, float] = {}
     interrupted = False
     lanes = new_lanes()  # one of each kind for this run (the kernel lane's wedge)
-    with RunSession(cfg, out_dir) as session:
+    with RunSession(cfg, out_dir, transitions=(*spec.transitions, *spec.kernel_transitions)) \
+            as session:
         topo = session.topo
         provenance = describe(session.provenance)
         out(f"matrix: {len(scenarios)} scenarios" + (f" (shard {plan.shard} of {len(whole)})"

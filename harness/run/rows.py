@@ -9,11 +9,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from harness.system.provenance import FaultModel
 from harness.workload.coverage import Coverage
 from harness.workload.entries import LedgerEntry
 from harness.workload.findings import Finding, RowStatus, by_severity, texts
 from harness.workload.inflight import in_flight_at, late_waits
-from power.plan import StepKind
+from power.plan import TRANSITIONS, StepKind
 from power.result import TransitionResult
 from power.veto import VetoReport
 
@@ -45,10 +46,18 @@ class Row:
     # how the workload met the transition (None: not measured, e.g. a row read from an
     # old results file)
     coverage: Coverage | None = None
+    # what the transition did to the device (power.plan: each transition's fault model);
+    # filled from `transition` when not given; None only for a row read from an older file
+    fault_model: FaultModel | None = None
+
+    def __post_init__(self) -> None:
+        if self.fault_model is None and self.transition in TRANSITIONS:
+            self.fault_model = TRANSITIONS[self.transition].fault_model
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "status": self.status.value,
-                "coverage": self.coverage.to_json() if self.coverage else None}
+                "coverage": self.coverage.to_json() if self.coverage else None,
+                "fault_model": self.fault_model.value if self.fault_model else None}
 
     def judge(self, findings: list[Finding]) -> None:
         """The row's findings (most severe first) and its status, from what its lane found
@@ -64,8 +73,13 @@ class Row:
         for name, ok in _ROW_FIELDS.items():
             if name in d and not ok(d[name]):
                 raise TypeError(f"row field {name!r} has the wrong type: {str(d[name])[:60]!r}")
+        fault = d.get("fault_model")
+        if fault is not None and fault not in set(FaultModel):
+            raise ValueError(f"row field 'fault_model' is {str(fault)[:40]!r}, not one of "
+                             f"{', '.join(FaultModel)}")
         return cls(**{k: d[k] for k in _ROW_FIELDS if k in d},
                    status=RowStatus(d["status"]),
+                   fault_model=FaultModel(fault) if fault is not None else None,
                    coverage=Coverage.from_json(d["coverage"]) if d.get("coverage") else None)
 
 

@@ -31,6 +31,7 @@ from harness.system.provenance_collect import collect
 from harness.topology import lifecycle
 from harness.topology.config import Topology, TopologyConfig
 from power.notify import Notifier, private_clients_dir
+from power.plan import get_transition
 from power.shim import Shim
 
 RESULTS_FILE = "results.jsonl"
@@ -85,8 +86,12 @@ class Rig:
 class RunSession:
     """The topology for one run, and the rig on it (see the module docstring)."""
 
-    def __init__(self, cfg: TopologyConfig, out_dir: Path) -> None:
+    def __init__(self, cfg: TopologyConfig, out_dir: Path, *,
+                 transitions: tuple[str, ...] = ()) -> None:
+        """`transitions`: the names of the transitions the run makes (their fault models
+        go into the provenance; none for a run that makes none)."""
         self.cfg = cfg
+        self.faults = tuple(get_transition(t).fault_model for t in transitions)
         self.out_dir = out_dir
         self.log_dir = out_dir / LOGS_DIR
         self.results_path = out_dir / RESULTS_FILE
@@ -111,7 +116,8 @@ class RunSession:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._topo, self._built = lifecycle.setup(self.cfg)
         try:
-            self._provenance = collect()  # never raises for what it cannot read
+            # never raises for what it cannot read
+            self._provenance = collect(faults=self.faults)
         except BaseException:
             self.__exit__(None, None, None)
             raise

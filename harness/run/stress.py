@@ -284,7 +284,7 @@ def run_stress(spec: StressSpec, cfg: TopologyConfig, out_dir: Path,
     interrupted = False
     numbers = [p + 1 for p in plan.places_in([str(n) for n in range(1, spec.cycles + 1)])] \
         if plan else list(range(1, spec.cycles + 1))
-    with RunSession(cfg, out_dir) as session, \
+    with RunSession(cfg, out_dir, transitions=(spec.transition,)) as session, \
             session.rig(results=ResultsHeader("stress", spec.to_json(), plan)) as rig:
         results = rig.results
         out("\n".join(describe(session.provenance)))

@@ -29,8 +29,8 @@ from harness.system.rxe_module import Loaded
 # module's GNU build-id). Both older ones are still read: 1 (7 Dec 2026, before build_id)
 # with build_id None (file_matches_loaded came from srcversion alone then), 1 and 2 with
 # peer_reason "".
-PROVENANCE_SCHEMA = 3
-READABLE_PROVENANCE_SCHEMAS = (1, 2, 3)
+PROVENANCE_SCHEMA = 4  # 4: faults is the list of the run's fault models (was one)
+READABLE_PROVENANCE_SCHEMAS = (1, 2, 3, 4)
 MAX_TEXT = 2000  # a reason or problem longer than this is cut (a header stays small)
 E = TypeVar("E", bound=StrEnum)
 T = TypeVar("T")
@@ -137,7 +137,7 @@ class Provenance:
     packages: Packages
     tree: SourceTree
     peer: PeerPlacement
-    faults: FaultModel
+    faults: tuple[FaultModel, ...]  # the fault models of the run's transitions, in order
     problems: tuple[str, ...] = ()  # what could not be read, and why
     command_line: str = ""  # the rxe-power command as given on the host ("" : not the CLI)
     peer_reason: str = ""  # why the peer sits where `peer` says ("": a file written before)
@@ -166,9 +166,20 @@ class Provenance:
                    r.opt("removal", lambda v, w: _enum(v, RemovalMode, w)),
                    r.enum("removal_requested", RemovalMode), r.text("removal_reason"),
                    _packages(r.sub("packages")), _tree(r.sub("tree")),
-                   r.enum("peer", PeerPlacement), r.enum("faults", FaultModel),
+                   r.enum("peer", PeerPlacement), _faults(r, schema),
                    tuple(_list_of_str(r.get("problems"), "provenance.problems")),
                    r.text("command_line"), r.text("peer_reason") if schema >= 3 else "", schema)
+
+
+def _faults(r: JsonReader, schema: int) -> tuple[FaultModel, ...]:
+    """Schema 4 lists the run's fault models; before, one model was recorded for the run."""
+    if schema < 4:
+        return (r.enum("faults", FaultModel),)
+    value = r.get("faults")
+    if not isinstance(value, list):
+        raise ProvenanceError(f"provenance.faults is not a list: {str(value)[:60]!r}",
+                              "a results file written by rxe-power")
+    return tuple(_enum(v, FaultModel, "provenance.faults") for v in value)
 
 
 def taint_letters(tainted: int) -> str:

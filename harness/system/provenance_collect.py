@@ -327,8 +327,11 @@ def _handed(read: Callable[[], dict[str, Any] | None], parse: Callable[[object],
         return None
 
 
-def collect(src: Sources | None = None, environ: Mapping[str, str] | None = None) -> Provenance:
-    """The provenance of a run on this kernel, now (call it once the module is loaded)."""
+def collect(src: Sources | None = None, environ: Mapping[str, str] | None = None, *,
+            faults: tuple[FaultModel, ...] = ()) -> Provenance:
+    """The provenance of a run on this kernel, now (call it once the module is loaded).
+    `faults`: the fault models of the run's transitions (power.plan's Transition.fault_model;
+    empty for a run that makes none, such as `check`)."""
     src = src or Sources()
     problems = _Problems()
     launch: LaunchFacts | None = _handed(lambda: settings.launch_facts(environ),
@@ -368,7 +371,7 @@ def collect(src: Sources | None = None, environ: Mapping[str, str] | None = None
         Packages(*(versions.get(p) for p in USER_PACKAGES)),
         launch.tree if launch is not None else tree_facts(src),
         PeerPlacement.SAME_KERNEL,  # the only one a run uses (cli.peer_option refuses guest)
-        FaultModel.USERSPACE_REMOVAL, tuple(problems),
+        tuple(dict.fromkeys(faults)), tuple(problems),
         launch.command_line if launch is not None else "",
         launch.peer_reason if launch is not None and launch.peer_reason else "not said")
 

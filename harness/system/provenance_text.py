@@ -94,7 +94,8 @@ def describe(p: Provenance) -> list[str]:
         f"  {module}",
         f"  removal {_or(p.removal, 'unknown')} (requested {p.removal_requested}: "
         f"{p.removal_reason}); peer {p.peer}"
-        + (f" ({p.peer_reason})" if p.peer_reason else "") + f"; faults {p.faults}",
+        + (f" ({p.peer_reason})" if p.peer_reason else "")
+        + f"; faults {', '.join(p.faults) or 'none (no transition)'}",
         f"  rdma-core {_or(pk.rdma_core, 'absent')}, ibverbs-providers "
         f"{_or(pk.ibverbs_providers, 'absent')}, perftest {_or(pk.perftest, 'absent')}; {tree}",
     ]

@@ -8,6 +8,7 @@ from typing import Any
 
 from harness.run.bench.record import BenchRecord, machine_load
 from harness.run.bench.series import spread
+from harness.run.bench.spec import BENCH_TRANSITION
 from harness.run.bench.standby_cycle import cycle_parts, summary_without_ledgers
 from harness.run.scenario import run_round, spawn_workers
 from harness.run.session import Rig
@@ -31,7 +32,8 @@ def measure_qp_scale(bench: BenchRecord, rig: Rig) -> bool:
     try:
         bound.check(f"the standby under {spec.qps} QPs, not started (the workers connected "
                     f"in {open_s:.1f} s)")
-        req = TransitionRequest("standby", Ordering.CLIENTS_FIRST, spec.hold_ms, OnVeto.FORCE)
+        req = TransitionRequest(BENCH_TRANSITION, Ordering.CLIENTS_FIRST, spec.hold_ms,
+                                OnVeto.FORCE)
         t1 = time.monotonic()
         res = summary_without_ledgers(run_round(rig.shim, rig.agent, workers, req,
                                                 probe=False))

@@ -21,7 +21,7 @@ from harness.run.bench.record import (
     target_lines,
     targets,
 )
-from harness.run.bench.spec import BenchSpec
+from harness.run.bench.spec import BENCH_TRANSITION, TRANSITION_SECTIONS, BenchSpec
 from harness.run.bench.standby_cycle import measure_standby_cycles
 from harness.run.bench.stress_rate import measure_stress_rate
 from harness.run.session import RunSession
@@ -56,7 +56,8 @@ def run_bench(spec: BenchSpec, cfg: TopologyConfig, out_dir: Path,
     bench.results = {"spec": spec.to_json(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                      "kernel": os.uname().release, "load_start": machine_load()}
     ok = True
-    with RunSession(cfg, out_dir) as session:
+    makes = (BENCH_TRANSITION,) if TRANSITION_SECTIONS & set(spec.sections) else ()
+    with RunSession(cfg, out_dir, transitions=makes) as session:
         bench.results["topology"] = session.topo.to_json()
         bench.results["provenance"] = session.provenance.to_json()
         out("\n".join(describe(session.provenance)))

@@ -12,6 +12,8 @@ from harness.workload.ledger import MAX_MESSAGE, Op, WorkloadSpec
 
 BENCH_VM_TIMEOUT_S = 3600.0
 SECTIONS = ("throughput", "latency", "cycle", "stress", "qps", "blockio")
+BENCH_TRANSITION = "standby"  # the transition of the cycle, stress and qps sections
+TRANSITION_SECTIONS = frozenset({"cycle", "stress", "qps"})
 BASE_COUNT = ((256, 20000), (8192, 8000), (1 << 30, 2000))  # (size up to, messages)
 # The harness runs' retry_cnt: the largest rxe counts down (7 is "retry forever" on rxe),
 # so a peer that stops answering ends the run in RETRY_EXC_ERR after 7 timeouts of ~67 ms

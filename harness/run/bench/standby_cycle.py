@@ -11,6 +11,7 @@ from typing import Any
 from harness.core.files import open_new
 from harness.run.bench.record import BenchRecord, machine_load
 from harness.run.bench.series import spread
+from harness.run.bench.spec import BENCH_TRANSITION
 from harness.run.scenario import run_round, spawn_workers
 from harness.run.scenario_result import ScenarioResult
 from harness.run.session import Rig
@@ -102,7 +103,7 @@ def measure_standby_cycles(bench: BenchRecord, rig: Rig) -> bool:
             if n > 1:
                 for w in workers:
                     w.new_round(wl)
-            req = TransitionRequest("standby", Ordering.CLIENTS_FIRST, spec.hold_ms,
+            req = TransitionRequest(BENCH_TRANSITION, Ordering.CLIENTS_FIRST, spec.hold_ms,
                                     OnVeto.FORCE)
             res = summary_without_ledgers(run_round(rig.shim, rig.agent, workers, req,
                                                     probe=False))

@@ -87,6 +87,7 @@ def test_provenance_records_the_placement_and_its_reason(monkeypatch: pytest.Mon
     old = prov.to_json()
     del old["peer_reason"]
     old["schema"] = 2  # a file written before the field: still read
+    old["faults"] = "userspace-removal"  # (and before schema 4's list of fault models)
 
     assert Provenance.from_json(old).peer_reason == ""
     monkeypatch.delenv(settings.LAUNCH_ENV)  # not launched by the CLI: no reason to give

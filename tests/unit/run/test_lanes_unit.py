@@ -111,7 +111,8 @@ class _Session:
     """A run session without a topology: the results file, and a rig of stand-ins that
     only the lanes' run functions (replaced below) would use."""
 
-    def __init__(self, cfg: object, out_dir: Path) -> None:
+    def __init__(self, cfg: object, out_dir: Path, *, transitions: tuple[str, ...]) -> None:
+        self.transitions = transitions  # what RunSession turns into the fault models
         self.results_path = out_dir / "results.jsonl"
         self.out_dir = out_dir
         self.topo = SimpleNamespace(local=SimpleNamespace(dev="rxe0"),

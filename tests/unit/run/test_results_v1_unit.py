@@ -195,3 +195,20 @@ def test_v1_stress_of_the_old_code_reads_typed() -> None:
     assert cycles[0].result is None and kept is not None
     assert kept.client("naive").ended is ClientEnd.TERMINATED_BY_SHIM
     assert kept.transition.verdict.value == cycles[1].verdict == "forced"
+
+
+def test_every_row_names_its_fault_model() -> None:
+    """A row takes its transition's fault model (power.plan), keeps it through JSON, and a
+    stored value this rxe-power does not know is refused, naming the field."""
+    from harness.system.provenance import FaultModel
+    from power.plan import TRANSITIONS
+
+    for name, transition in TRANSITIONS.items():
+        row = Row("s1", name, "hca-first", "naive", "send", "completed")
+        assert row.fault_model is transition.fault_model
+        assert Row.from_json(row.to_json()) == row
+    assert Row("s1", "standby-devices", "hca-first", "naive", "send",
+               "completed").fault_model is FaultModel.MLX5_ORDER
+    stored = Row("s1", "standby", "hca-first", "naive", "send", "completed").to_json()
+    with pytest.raises(ValueError, match="fault_model"):
+        Row.from_json({**stored, "fault_model": "sleepy"})

@@ -20,6 +20,7 @@ from harness.system.command import CmdResult
 from harness.system.elf_notes import build_id_note, note_build_id
 from harness.system.provenance import (
     Accel,
+    FaultModel,
     Machine,
     Provenance,
     ProvenanceError,
@@ -202,7 +203,10 @@ def test_our_module_in_a_guest(tmp_path: Path) -> None:
                "RXE_POWER_VM_FACTS": json.dumps(vm_facts_json(
                    "tcg", "KVM hangs here", Sources(meminfo=tmp_path / "meminfo", cpus=8,
                                                     release="6.18.44")))}
-    p = collect(sources(tmp_path, run, sysmod, cache), environ)
+    p = collect(sources(tmp_path, run, sysmod, cache), environ,
+                faults=(FaultModel.USERSPACE_REMOVAL, FaultModel.MLX5_ORDER,
+                        FaultModel.USERSPACE_REMOVAL))
+    assert p.faults == (FaultModel.USERSPACE_REMOVAL, FaultModel.MLX5_ORDER)  # each once
     assert (p.mode, p.accel, p.accel_reason) == (Mode.VM, Accel.TCG, "KVM hangs here")
     assert p.mode_reason == launch.mode_reason and p.removal_reason == launch.removal_reason
     assert p.host is not None and (p.host.cpus, p.host.kernel) == (8, "6.18.44")
@@ -399,11 +403,29 @@ def test_a_schema_1_provenance_is_still_read(tmp_path: Path) -> None:
     d = a_provenance(tmp_path).to_json()
     d["schema"] = 1
     del d["module"]["build_id"]
+    d["faults"] = "userspace-removal"  # one model per run before schema 4
     old = Provenance.from_json(d)
     assert old.schema == 1 and old.module.build_id is None
+    assert old.faults == (FaultModel.USERSPACE_REMOVAL,)
     assert "schema" in differing_fields([old, a_provenance(tmp_path / "2")])
     path = (Path(__file__).parents[3] / "docs" / "measurements"
             / "matrix-standby-clients-first-graceful.jsonl")
     head = read_results(path).provenance
     assert head.state is Recorded.YES and head.provenance is not None
     assert head.provenance.schema == 1 and head.provenance.module.sha256
+
+
+def test_the_runs_fault_models_are_a_list_read_strictly(tmp_path: Path) -> None:
+    """Schema 4 records every fault model of the run's transitions; a value that is not a
+    list, or a model this rxe-power does not know, is an error naming the field."""
+    p = a_provenance(tmp_path)
+    d = {**p.to_json(), "faults": ["mlx5-order", "userspace-removal"]}
+    assert Provenance.from_json(d).faults == (FaultModel.MLX5_ORDER,
+                                              FaultModel.USERSPACE_REMOVAL)
+    assert Provenance.from_json({**d, "faults": []}).faults == ()
+    assert "faults none (no transition)" in "\n".join(describe(Provenance.from_json(
+        {**d, "faults": []})))
+    for bad, said in (("mlx5-order", "provenance.faults is not a list"),
+                      (["sleepy"], "provenance.faults is 'sleepy'")):
+        with pytest.raises(ProvenanceError, match=said):
+            Provenance.from_json({**d, "faults": bad})
