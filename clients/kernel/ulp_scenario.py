@@ -3,7 +3,7 @@ moment the device was back, the sysctl a scenario lowers for its duration, and t
 bounded waits on the I/O driver.
 
     win = window_of(tres)           # Window(start: the device went, end: all steps done)
-    back_ns(tres)                   # the end of port-up (or create-device)
+    back_ns(tres)                   # the device back: the end of the last back step
     set_sysctl(state, HUNG_TASK, 10); ...; restore_sysctl(state, HUNG_TASK)
 """
 
@@ -19,7 +19,7 @@ from harness.workload.block_ledger import IoOutcome, IoRecord, LedgerSummary, Wi
 from harness.workload.coverage import Coverage, Span
 from harness.workload.findings import Finding, Severity, of_severity
 from power import kmsg
-from power.plan import StepKind
+from power.plan import DEVICE_AWAY_STEPS, DEVICE_BACK_STEPS, StepKind
 from power.result import StepRecord, Verdict, fault_window
 
 PROGRESS_TIMEOUT_S = 60.0  # the workload reaches its transition point
@@ -29,7 +29,6 @@ POLL_S = 0.05
 # a delete that reached the device's uverbs nodes this late was held by a kernel client's
 # removal (the `rdma` program's own start-up took at most 0.8 s, measured under load)
 KERNEL_HOLD_MIN_S = 2.0
-DOWN_STEPS = (StepKind.PORT_DOWN, StepKind.DELETE_DEVICE)
 BROKEN, BAD, NOTE = Severity.BROKEN, Severity.BAD, Severity.NOTE
 
 
@@ -70,8 +69,12 @@ def run_on(seconds: float) -> None:
 
 
 def window_of(tr: dict[str, Any]) -> Window | None:
+    """From the first step that took the device away (power.plan.DEVICE_AWAY_STEPS: port
+    down, delete, the kernel's suspend in the pm-test and mlx5-order models) to the end of
+    the last step; None when no such step ran."""
     steps = [s for s in tr.get("steps", []) if s["outcome"] != "skipped"]
-    down = [s["begin_ns"] for s in steps if s["step"] in {k.value for k in DOWN_STEPS}]
+    away = {k.value for k in DEVICE_AWAY_STEPS}
+    down = [s["begin_ns"] for s in steps if s["step"] in away]
     if not down:
         return None
     return Window(min(down), max(s["end_ns"] for s in steps))
@@ -83,10 +86,13 @@ def began_ns(tr: dict[str, Any], kind: StepKind) -> int | None:
 
 
 def back_ns(tr: dict[str, Any]) -> int | None:
-    """When the device was back: the end of port-up (or of create-device)."""
-    ends = {s["step"]: s["end_ns"] for s in tr.get("steps", []) if s["outcome"] == "ok"}
-    out = ends.get(StepKind.PORT_UP.value) or ends.get(StepKind.CREATE_DEVICE.value)
-    return int(out) if out is not None else None
+    """When the device was back: the end of the last step of power.plan.DEVICE_BACK_STEPS
+    that succeeded (port-up in the userspace model, where it follows create-device; the
+    device's return in mlx5-order; the kernel's resume in pm-test)."""
+    back = {k.value for k in DEVICE_BACK_STEPS}
+    ends = [s["end_ns"] for s in tr.get("steps", []) if s["outcome"] == "ok"
+            and s["step"] in back and s["end_ns"]]
+    return int(max(ends)) if ends else None
 
 
 def recover_ms(records: list[IoRecord], win: Window, back: int | None) -> float | None:
