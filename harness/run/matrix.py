@@ -235,12 +235,19 @@ def render_table(rows: list[Row]) -> list[str]:
     return out
 
 
+def models_text(rows: list[Row]) -> str:
+    """Which fault model made the rows, per transition (docs/shim-and-fault-models.md)."""
+    seen = {r.transition: r.fault_model.value if r.fault_model else "not recorded"
+            for r in rows}
+    return "fault models: " + (", ".join(f"{t} {m}" for t, m in seen.items()) or "none")
+
+
 def summary_line(rows: list[Row]) -> str:
     by = {s: sum(1 for r in rows if r.status is s) for s in RowStatus}
     return (f"{len(rows)} rows: {by[RowStatus.CLEAN]} clean, {by[RowStatus.BAD]} bad (the "
             f"client misbehaved), {by[RowStatus.MISSED]} missed (the transition missed the "
             f"workload: no measurement), {by[RowStatus.BROKEN]} broken (harness could not "
-            "account)")
+            f"account); {models_text(rows)}")
 
 
 def away_text(r: Row) -> str:

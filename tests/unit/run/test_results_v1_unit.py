@@ -158,10 +158,12 @@ def test_report_table_equals_the_old_codes(tmp_path: Path, name: str) -> None:
         assert new == old
         return
     # the matrix table has gained the `away` column (requests handed over while the device
-    # was away: "-" for a file that did not measure it) and the `missed` status in its
-    # summary since 405a4e6: everything else is what the old code printed
+    # was away: "-" for a file that did not measure it), the `missed` status and the fault
+    # models (each transition's, power.plan) in its summary since 405a4e6: everything else
+    # is what the old code printed
     assert without_away_and_missed(new) == old
     assert " away " in new.splitlines()[0] and "0 missed" in new
+    assert "; fault models: standby userspace-removal" in new
 
 
 def without_away_and_missed(table: str) -> str:
@@ -175,6 +177,7 @@ def without_away_and_missed(table: str) -> str:
         if re.match(r"\d+ rows: ", line):
             line = re.sub(r" \d+ missed \(the transition missed the workload: no "
                           r"measurement\),", "", line)
+            line = re.sub(r"; fault models: .*$", "", line)
         elif line.startswith("-" * 20):
             line = line[:-6]
         elif len(line) > cut + 6 and line[cut:cut + 6].strip() in ("away", "-"):
