@@ -23,6 +23,7 @@ import pytest
 from clients.kernel.blockio import DriverSpec
 from clients.kernel.nvme_hang import HELD_DELETE_TIMEOUT_S
 from clients.kernel.nvme_scenario import NvmeResult, NvmeScenario, run_nvme
+from clients.kernel.nvmet_target import modprobe
 from harness.core.printer import STDOUT
 from harness.core.state import StateFile
 from harness.system import kernelobjs as ko
@@ -219,6 +220,9 @@ def test_idle_controller_holds_the_sleep(power_shim, rxe_config) -> None:
     `deleting (no IO)`, then gone), the delete step's own times, the kernel log (our
     controller removed, its Property Set timed out), and the row's finding. Its two I/Os
     finished before the transition: the row is `missed` for I/O, not green."""
+    # nvme_core's parameters exist once it is loaded: the host loads nvme-rdma (and so
+    # nvme_core) when it connects; this test reads one before that, when run alone
+    modprobe("nvme-rdma")
     before = ko.module_param_path("nvme_core.admin_timeout").read_text().strip()
     sc = NvmeScenario("standby", Ordering.HCA_FIRST,
                       f"{POLICY}:admin_timeout={ADMIN_TIMEOUT_S}:keep_alive_tmo=0", HOLD_MS,
@@ -235,8 +239,19 @@ def test_idle_controller_holds_the_sleep(power_shim, rxe_config) -> None:
     print(f"idle controller: delete of rxe0 took {held_s:.2f} s ({delete['detail']}); "
           f"states from its begin {after}; kernel: {lines}")
     assert res.hang is None, res.hang  # within the shim's bounds: no hang to wait out
-    assert after[0] == "live" and after[1].startswith("deleting") and after[-1] == "absent", \
-        after
+    assert after[0] == "live" and after[-1] == "absent", after
+    first_deleting = next((i for i, st in enumerate(after) if st.startswith("deleting")), None)
+    assert first_deleting is not None, f"never deleting: states {after}"
+    between = after[1:first_deleting]
+    # two behaviours, each with its own evidence: deleted while LIVE (5 of 5 quiet runs),
+    # or, beside a CPU hog (CI 17), a command already on the wire met the dead port first
+    # ("SEND for CQE ... failed", error recovery begun: resetting) and the removal came
+    # during that recovery; the delete is held just the same
+    behaviour = "deleted-live" if not between else "recovering-then-deleted"
+    print(f"idle controller: behaviour {behaviour}; states {after}")
+    if between:
+        assert set(between) <= {"resetting", "connecting"}, after
+        assert any("starting error recovery" in line for line in lines), lines
     assert ADMIN_TIMEOUT_S <= held_s < ADMIN_TIMEOUT_S + 15, held_s
     assert delete["detail"]["start_s"] >= ADMIN_TIMEOUT_S and not delete["detail"]["veto"]
     assert any("Removing ctrl" in line for line in lines), lines

@@ -32,7 +32,7 @@ from harness.workload.traced_ledger import build_ledger
 from harness.workload.traced_peer import match_peer
 from harness.workload.traced_types import EndedBy, FindingKind
 from harness.workload.tracelog import read_log
-from power.plan import OnVeto, Ordering
+from power.plan import OnVeto, Ordering, StepKind
 from power.result import TransitionRequest, Verdict
 from tests.rxe.test_outside_clients import _free_port, check_named_and_forced
 from tests.rxe.tracing import (
@@ -162,6 +162,10 @@ SOCKET_TIMEOUT_S = 10.0  # notify_client's socket in the clients directory
 # would be gone before resume
 NOTIFY_RUN_S = 10
 NOTIFY_HOLD_MS = 11000
+# broken_client's traffic time: beside a CPU hog (CI 17 of 7 Dec) a 6 s client had sent
+# all its 1910 SENDs before the shim, after its preparation, dropped the carrier: the
+# flap missed it, and the test then failed as "no behaviour"; a missed flap fails first now
+BROKEN_RUN_S = 12
 
 
 @contextlib.contextmanager
@@ -233,7 +237,7 @@ def test_broken_client_found_out(power_shim, rxe_topology, results_dir, tmp_path
     clients.mkdir(mode=0o700, parents=True, exist_ok=True)
     tdir = tmp_path / "trace"
     with traced_example("broken_client", rxe_topology, tdir, results_dir / "logs",
-                        request.node.name, clients) as cli:
+                        request.node.name, clients, BROKEN_RUN_S) as cli:
         wait_first_completion(tdir, cli.pid, cli)
         res = power_shim.run("link-flap")
         rc = wait_exit(cli, "broken_client")
@@ -242,6 +246,15 @@ def test_broken_client_found_out(power_shim, rxe_topology, results_dir, tmp_path
           f"{[f.what.value for f in led.findings][:10]}")
     assert rc == 0 and led.closed
     check_accounted(led)
+    # the flap met the client: a SEND posted once the carrier was dropping, or one in
+    # flight then (on CLOCK_MONOTONIC, the tracer's clock and the shim's); else `missed`
+    down = res.step(StepKind.PORT_DOWN)
+    assert down is not None and down.outcome == "ok", res.steps
+    sends = led.sends()
+    met = [r for r in sends if r.posted_ns >= down.begin_ns
+           or r.completed_ns is None or r.completed_ns >= down.begin_ns]
+    assert met, (f"missed: all {len(sends)} SENDs had completed before the carrier drop "
+                 f"(the client's {BROKEN_RUN_S} s ended before the flap)")
     counts = led.counts()
     bad = counts.get(Outcome.FLUSHED.value, 0) + counts.get(Outcome.COMPLETED_ERROR.value, 0)
     rejected = counts.get(Outcome.REJECTED_AT_POST.value, 0)
