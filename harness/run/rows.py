@@ -120,18 +120,26 @@ _ROW_FIELDS: dict[str, Callable[[Any], bool]] = {
 }
 
 
+# the step in which the device goes: the userspace model's delete; in the mlx5 order the
+# kernel's suspend, which freezes the clients in its first milliseconds and unregisters
+# the device after that (counted at the step's begin: what completes in those
+# milliseconds is counted in flight, the client's view, as everywhere, by its poll times)
+DEVICE_GOES_IN = (StepKind.DELETE_DEVICE, StepKind.KERNEL_SUSPEND)
+
+
 def add_ledger_figures(row: Row, ledger: list[dict[str, Any]],
                        transition: TransitionResult) -> None:
-    """The row's in-flight counts at the port going down and at the delete (from the
-    ledger's attempts and the steps' start times, one clock: CLOCK_MONOTONIC) and the
-    waits of its late requests."""
+    """The row's in-flight counts at the port going down and at the device's going
+    (DEVICE_GOES_IN), from the ledger's attempts and the steps' start times (one clock:
+    CLOCK_MONOTONIC), and the waits of its late requests."""
     if not ledger:
         return
     entries = [LedgerEntry.from_json(e) for e in ledger]
-    for kind, name in ((StepKind.PORT_DOWN, "in_flight_port"),
-                       (StepKind.DELETE_DEVICE, "in_flight_device")):
-        step = transition.step(kind)
-        if step is not None and step.outcome != "skipped" and step.begin_ns:
+    for kinds, name in (((StepKind.PORT_DOWN,), "in_flight_port"),
+                        (DEVICE_GOES_IN, "in_flight_device")):
+        step = next((st for st in map(transition.step, kinds) if st is not None
+                     and st.outcome != "skipped" and st.begin_ns), None)
+        if step is not None:
             setattr(row, name, in_flight_at(entries, step.begin_ns))
     w = late_waits(entries)
     row.wait_median_ms, row.wait_max_ms = w.median_ms, w.max_ms

@@ -134,6 +134,19 @@ def test_in_flight_at_the_port_going_down_and_at_the_delete() -> None:
                       "standby/hca-first/queue-replay/mixed")
     (row,) = rows_of(key, res)
     assert (row.in_flight_port, row.in_flight_device) == (3, 3)
+    # the mlx5 order: no port-down, the device goes inside the kernel's suspend (counted at
+    # its begin); the same ledger at 16 ns
+    steps = [StepRecord(StepKind.KERNEL_SUSPEND, "ok", 16, 30),
+             StepRecord(StepKind.DEVICE_BACK, "ok", 30, 35)]
+    res = ScenarioResult(TransitionResult(TransitionRequest("standby-devices",
+                                                            Ordering.HCA_FIRST),
+                                          Verdict.COMPLETED, [], steps, Timeline(0)),
+                         [ClientResult("q", "queue-replay", counts=led.counts(),
+                                       ledger=led.to_json())])
+    key = ScenarioKey("standby-devices", "hca-first", ("queue-replay",), "mixed",
+                      "standby-devices/hca-first/queue-replay/mixed")
+    (row,) = rows_of(key, res)
+    assert (row.in_flight_port, row.in_flight_device) == (None, 2)
 
 
 def _journal(spec: WorkloadSpec) -> str:
