@@ -180,6 +180,11 @@ class BlockDriver:
         if old >= 0:
             os.close(old)
 
+    def answered_after(self, t_ns: int) -> bool:
+        """An I/O submitted at or after `t_ns` (CLOCK_MONOTONIC) has completed, either way."""
+        with self._lock:
+            return any(r.submit_ns >= t_ns and r.done_ns for r in self.records)
+
     def stop(self) -> None:
         """Issue nothing more (the I/O in flight goes on; finish() collects it)."""
         with self._lock:

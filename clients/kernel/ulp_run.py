@@ -40,6 +40,7 @@ from clients.kernel.ulp_scenario import (
     restore_sysctl,
     run_on,
     set_sysctl,
+    wait_answered_after,
     wait_issued,
     window_of,
 )
@@ -240,6 +241,7 @@ def run_ulp(shim: Shim, cfg: TopologyConfig, sc: UlpScenario, ulp: Ulp[Own],
                 settled = held[1]
             else:
                 settled = ulp.settle(cm_s, back)
+                settled["answered_after_back_s"] = wait_answered_after(drv, back)
                 run_on(AFTER_SETTLE_S)
                 drv.stop()
             records = drv.finish()

@@ -25,6 +25,10 @@ from power.result import StepRecord, Verdict, fault_window
 PROGRESS_TIMEOUT_S = 60.0  # the workload reaches its transition point
 HUNG_TASK_TIMEOUT_S = 10  # the guest's hung_task_timeout_secs during a scenario
 HUNG_TASK = "kernel.hung_task_timeout_secs"
+# after the client settled: an I/O submitted once the device was back answers within this
+# (a soft NFS mount's major timeouts, 1 s then 2 s, slowed; a hard mount's stuck I/O waits
+# for timeo 60 s and is reported stuck instead)
+ANSWER_AFTER_BACK_TIMEOUT_S = 20.0
 POLL_S = 0.05
 # a delete that reached the device's uverbs nodes this late was held by a kernel client's
 # removal (the `rdma` program's own start-up took at most 0.8 s, measured under load)
@@ -35,6 +39,10 @@ BROKEN, BAD, NOTE = Severity.BROKEN, Severity.BAD, Severity.NOTE
 class Issuing(Protocol):
     @property
     def issued(self) -> int: ...
+
+
+class Answering(Protocol):
+    def answered_after(self, t_ns: int) -> bool: ...
 
 
 def set_sysctl(state: StateFile, key: str, value: int) -> None:
@@ -59,6 +67,25 @@ def wait_issued(drv: Issuing, n: int) -> None:
             raise BoundExceeded("I/O progress before the transition", "PROGRESS_TIMEOUT_S",
                                 PROGRESS_TIMEOUT_S, f"{drv.issued} of {n} I/Os issued")
         time.sleep(POLL_S)
+
+
+def wait_answered_after(drv: Answering, back: int | None) -> float | None:
+    """After the client settled: wait until an I/O submitted once the device was back has
+    completed (succeeded or failed), within ANSWER_AFTER_BACK_TIMEOUT_S; the seconds it
+    took, None when the bound ran out (the row's ledger then shows what was stuck) or the
+    device never came back. Beside a CPU hog (CI 18), a soft NFS mount's I/O in flight
+    failed with EIO only after its major timeouts, later than the settle plus
+    AFTER_SETTLE_S: no I/O after the device was back, the row `missed` though the mount
+    was fine."""
+    if back is None:
+        return None
+    t0 = time.monotonic()
+    end = t0 + ANSWER_AFTER_BACK_TIMEOUT_S
+    while not drv.answered_after(back):
+        if time.monotonic() > end:
+            return None
+        time.sleep(POLL_S)  # polling interval of the bounded wait
+    return round(time.monotonic() - t0, 3)
 
 
 def run_on(seconds: float) -> None:

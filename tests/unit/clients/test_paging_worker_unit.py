@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 
 import pytest
 
@@ -30,7 +31,19 @@ def run_worker(pages: int, *extra: str) -> tuple[list[dict], int]:
             lines.append(rec)
             if rec["event"] == "progress" and rec["touches"] > 1000:
                 break
-        out, _ = proc.communicate("stop\n", timeout=RUN_TIMEOUT_S)
+        proc.stdin.write("stop\n")
+        proc.stdin.close()
+        # the rest through the same buffered reader as the lines above: communicate()
+        # reads the pipe itself and loses what readline() had read ahead (CI 18, beside a
+        # CPU hog: the first line it gave began in the middle of a record); the watchdog
+        # bounds the read (a worker that does not stop is killed, and the read ends)
+        watchdog = threading.Timer(RUN_TIMEOUT_S, proc.kill)
+        watchdog.start()
+        try:
+            out = proc.stdout.read()
+        finally:
+            watchdog.cancel()
+        proc.wait(RUN_TIMEOUT_S)
     finally:
         if proc.poll() is None:
             proc.kill()

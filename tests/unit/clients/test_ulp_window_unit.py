@@ -49,3 +49,28 @@ def test_no_away_step_is_no_window_and_a_failed_return_is_no_return() -> None:
     tres = steps_of("standby-devices", Ordering.HCA_FIRST)
     tres["steps"][2]["outcome"] = "failed"  # the device did not come back
     assert back_ns(tres) is None  # the kernel resumed, but the device is what came back
+
+
+class _Driver:
+    """An I/O driver whose I/O submitted after `answers_from` ns answers."""
+
+    def __init__(self, answers_from: int | None) -> None:
+        self.answers_from, self.asked = answers_from, []
+
+    def answered_after(self, t_ns: int) -> bool:
+        self.asked.append(t_ns)
+        return self.answers_from is not None and len(self.asked) >= 3
+
+
+def test_the_io_runs_on_until_an_io_after_the_return_answered(monkeypatch) -> None:
+    """After the settle, the I/O goes on until one submitted after the device was back has
+    answered (asked with that moment), within its bound; no return: no wait."""
+    from clients.kernel import ulp_scenario
+
+    drv = _Driver(answers_from=5)
+    took = ulp_scenario.wait_answered_after(drv, 5)
+    assert took is not None and drv.asked == [5, 5, 5]
+    assert ulp_scenario.wait_answered_after(_Driver(answers_from=5), None) is None
+    monkeypatch.setattr(ulp_scenario, "ANSWER_AFTER_BACK_TIMEOUT_S", 0.2)
+    never = _Driver(answers_from=None)
+    assert ulp_scenario.wait_answered_after(never, 7) is None and len(never.asked) >= 2
