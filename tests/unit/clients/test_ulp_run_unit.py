@@ -82,6 +82,9 @@ def replay_system(monkeypatch: pytest.MonkeyPatch, res: dict[str, Any],
     monkeypatch.setattr(ulp_run, "BlockDriver",
                         lambda path, spec: ReplayDriver(path, spec, recs, calls))
     monkeypatch.setattr(ulp_run, "wait_issued", lambda drv, n: calls.append(f"wait {n}"))
+    # (its own test is in test_ulp_window_unit.py: here the flow's order)
+    monkeypatch.setattr(ulp_run, "wait_answered_after",
+                        lambda drv, back: calls.append("answered after") or 0.0)
     monkeypatch.setattr(ulp_run, "run_on", lambda s: None)
     monkeypatch.setattr(ulp_run, "set_sysctl", lambda state, k, v: calls.append("sysctl"))
     monkeypatch.setattr(ulp_run, "restore_sysctl", lambda state, k: calls.append("sysctl back"))
@@ -187,8 +190,11 @@ def test_the_flow_gives_back_each_recorded_nvme_row(monkeypatch: pytest.MonkeyPa
         assert ([{k: v for k, v in e.items() if k not in keep} for e in out["client_events"]]
                 == [{k: v for k, v in e.items() if k not in keep}
                     for e in res["client_events"]])
-        assert {k: v for k, v in out["settled"].items() if k != "waited_ms"} == {
+        # (settled has a key more since that run: answered_after_back_s)
+        assert {k: v for k, v in out["settled"].items()
+                if k not in ("waited_ms", "answered_after_back_s")} == {
             k: v for k, v in res["settled"].items() if k != "waited_ms"}
+        assert out["settled"]["answered_after_back_s"] == 0.0
         assert out["coverage"] is not None and out["status"] == "clean"
         assert calls[:3] == ["target", "guard prohibit", "sysctl"]
         assert calls[-5:] == ["disconnect forget=True", "close", "target off", "guard off",
@@ -275,8 +281,8 @@ def test_a_ulps_hooks_in_the_flows_order(monkeypatch: pytest.MonkeyPatch,
     res = tiny_run(monkeypatch, recorded, tmp_path, TinyUlp(calls), Ordering.CLIENTS_FIRST)
     assert calls == ["set_up", "guard unreachable", "sysctl", "connect", "marker tiny "
                      "standby clients-first", "driver on /tiny", "start", "wait 60", "pause",
-                     "resume /tiny", "settle", "stop", "finish", "teardown", "guard off",
-                     "sysctl back"]
+                     "resume /tiny", "settle", "answered after", "stop", "finish", "teardown",
+                     "guard off", "sysctl back"]
     assert [e["event"] for e in res.client_events] == ["paused", "let go", "back"]
     d = res.to_json()
     assert d["note"] == "mine" and "own" not in d and d["options"] == {"tiny": True}
