@@ -12,10 +12,12 @@ failure naming the phase it was seen in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from harness.core.errors import RxePowerError
 from harness.system import sleep_support
 from power import kmsg, pmtest, sleep_phases
+from power.kmsg.clock import ClockAnchors, take_anchor
 from power.plan import KERNEL_SUSPEND_LEVEL
 
 
@@ -23,6 +25,10 @@ from power.plan import KERNEL_SUSPEND_LEVEL
 class KernelSuspend:
     took_s: float  # the write to /sys/power/state, from our side
     sleep: sleep_phases.SleepRecord
+    clock: ClockAnchors  # the kernel log's clock against CLOCK_MONOTONIC, around the sleep
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.sleep.to_json(), "clock": self.clock.to_json()}
 
 
 def unsupported_reason(disassociates: bool) -> str | None:
@@ -41,8 +47,10 @@ def suspend_unregistering(dev: str, hold_s: int) -> KernelSuspend:
     """Suspend the kernel with `dev` unregistered inside it; raises RxePowerError when
     the order was not kept (the kernel log's phases name where it went wrong)."""
     with kmsg.Tail() as tail:
+        before = take_anchor(tail)
         with sleep_support.armed([dev]):
             took = pmtest.run(KERNEL_SUSPEND_LEVEL, hold_s)
+        after = take_anchor(tail)
         sleep = sleep_phases.read_sleep(tail.read())
     problems = sleep.order_problems([dev])
     if sleep.aborted or sleep.failed_devices:
@@ -51,4 +59,4 @@ def suspend_unregistering(dev: str, hold_s: int) -> KernelSuspend:
     if problems:
         raise RxePowerError(f"{dev} did not go and come back in the kernel's order: "
                             f"{'; '.join(problems)}", "see the kernel log (dmesg)")
-    return KernelSuspend(took, sleep)
+    return KernelSuspend(took, sleep, ClockAnchors(before, after))

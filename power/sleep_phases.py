@@ -51,6 +51,16 @@ RXE_PM_LINE = re.compile(r"^rxe_power_pm rxe_power_pm: (suspend|resume): "
                          r"(unregistering|unregistered|registered|cannot add) (\S+)")
 
 
+class Phase(StrEnum):
+    """The spans of a sleep drawn on a timeline (SleepRecord.spans_us)."""
+
+    FREEZE = "freeze"
+    DEVICE_SUSPEND = "device suspend"
+    HELD = "held"
+    DEVICE_RESUME = "device resume"
+    THAW = "thaw"
+
+
 class RxePmStep(StrEnum):
     UNREGISTERING = "unregistering"
     UNREGISTERED = "unregistered"
@@ -68,6 +78,10 @@ class RxePmLine:
     def to_json(self) -> dict[str, Any]:
         return {"step": self.step.value, "device": self.device, "ts_us": self.ts_us,
                 "phase": self.phase}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RxePmLine:
+        return cls(RxePmStep(d["step"]), str(d["device"]), int(d["ts_us"]), str(d["phase"]))
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,20 @@ class SleepRecord:
                 "thaw": self.span_ms(b.DEVICES_RESUMED, b.EXIT),
                 "total": self.span_ms(b.ENTRY, b.EXIT)}
 
+    def spans_us(self) -> list[tuple[Phase, int, int]]:
+        """(phase, begin, end) in kernel log µs, for the phases whose both ends were
+        logged. The device resume is the PM core's own measure, ending at its line."""
+        b = self.boundaries.get
+        resumed = b(Boundary.DEVICES_RESUMED)
+        resume_from = (None if resumed is None or self.resume_ms is None
+                       else resumed - round(self.resume_ms * 1000))
+        edges = ((Phase.FREEZE, b(Boundary.FREEZE_USER), b(Boundary.TASKS_FROZEN)),
+                 (Phase.DEVICE_SUSPEND, b(Boundary.TASKS_FROZEN), b(Boundary.DEVICES_SUSPENDED)),
+                 (Phase.HELD, b(Boundary.TEST_WAIT), resume_from),
+                 (Phase.DEVICE_RESUME, resume_from, resumed),
+                 (Phase.THAW, resumed, b(Boundary.EXIT)))
+        return [(p, a, z) for p, a, z in edges if a is not None and z is not None and z >= a]
+
     def order_problems(self, devices: Iterable[str]) -> list[str]:
         """Where the mlx5 order was not kept for `devices`: each must be unregistered
         after every task was frozen and before the device suspend ended, and registered
@@ -122,6 +150,16 @@ class SleepRecord:
                 "suspend_ms": self.suspend_ms, "resume_ms": self.resume_ms,
                 "aborted": self.aborted, "failed_devices": list(self.failed_devices),
                 "phases_ms": self.phases_ms(), "rxe": [x.to_json() for x in self.rxe]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SleepRecord:
+        """Back from to_json (a results file's step detail or timeline entry)."""
+        def ms(key: str) -> float | None:
+            return None if d.get(key) is None else float(d[key])
+        return cls({Boundary(k): int(v) for k, v in (d.get("boundaries_us") or {}).items()},
+                   ms("suspend_ms"), ms("resume_ms"), bool(d.get("aborted")),
+                   tuple(str(x) for x in d.get("failed_devices") or ()),
+                   tuple(RxePmLine.from_json(x) for x in d.get("rxe") or ()))
 
 
 def read_sleep(records: Iterable[KmsgRecord]) -> SleepRecord:

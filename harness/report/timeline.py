@@ -2,7 +2,9 @@
 
 X: ms from the transition's first step; the steps are shaded bands. Lanes, top down:
 rxe0's and rxe1's async events with the polled port state as a coloured strip; the
-shim's notices, the clients' answers, vetoes and holders; then per client its requests
+shim's notices, the clients' answers, vetoes and holders; the kernel's own suspend where
+the transition had one (its PM phases and our rdma_rxe's callbacks: timeline_pm); then per
+client its requests
 (one mark per attempt at its completion time, or at its post time if it never completed;
 colour = outcome, shape = operation; an earlier attempt of a replayed request is a hollow
 mark joined to its final one), its own notes (suspend_prepare, released, goodbye, async
@@ -42,6 +44,7 @@ from harness.report.timeline_lanes import (
     transition_labels,
     transition_t0,
 )
+from harness.report.timeline_pm import LANE_H, draw_kernel_sleep, kernel_sleeps
 from harness.run.records import ScenarioRecord
 from harness.run.rows import Row
 from harness.workload.findings import RowStatus
@@ -108,7 +111,8 @@ def render_timeline(rec: ScenarioRecord, rows: list[Row], out: Path, position: i
     t0 = transition_t0(t)
     clients = res.clients
     entries = t.timeline.entries
-    lanes_h = 0.7 + 0.7 + 1.05 + sum(1.1 + 1.2 + 0.75 for _ in clients)
+    sleeps = kernel_sleeps(entries)
+    lanes_h = 0.7 + 0.7 + 1.05 + LANE_H * len(sleeps) + sum(1.1 + 1.2 + 0.75 for _ in clients)
     height = max(8.0, 2.4 + lanes_h * 0.9)
     fig = figure(FIG_W_IN, height)
     bottom = 0.95 / height
@@ -128,6 +132,9 @@ def render_timeline(rec: ScenarioRecord, rows: list[Row], out: Path, position: i
         cv.labels(asyncs.get(dev, []), (y0 + 0.18, y0 + 0.3), y0 + 0.33, 0.17, 2)
     y0, _ = cv.lane("shim notices,\nanswers, vetoes", 1.05)
     cv.labels(notices, (y0 + 0.05, y0 + 0.2), y0 + 0.23, 0.2, 4)
+    for ks in sleeps:
+        y0, _ = cv.lane(ks.lane_name(), LANE_H, "#fffbea")
+        draw_kernel_sleep(cv, ks, t0, y0, LANE_H)
     for i, c in enumerate(clients):
         shade = "#f7f7fb" if i % 2 == 0 else "#fbf7f3"
         who = c.client + (f" ({c.policy})" if c.policy != c.client else "")

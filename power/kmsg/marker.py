@@ -65,7 +65,7 @@ def write_marker(label: str, path: str = KMSG_PATH, tail: Tail | None = None) ->
     if tail is not None:
         return _tail_marker(label, path, tail)
     after_seq = _last_seq(read_records(path))
-    token, text, accepted = _log_marker_line(label, path)
+    token, text, accepted = log_marker_line(label, path)
     if not accepted:
         return Marker(token=token, text=text, after_seq=after_seq, written=False)
     try:
@@ -76,7 +76,7 @@ def write_marker(label: str, path: str = KMSG_PATH, tail: Tail | None = None) ->
     return Marker(token=token, text=text, after_seq=after_seq, written=written)
 
 
-def _log_marker_line(label: str, path: str) -> tuple[str, str, bool]:
+def log_marker_line(label: str, path: str) -> tuple[str, str, bool]:
     """Log `rxe-power: marker <token> <label>` at notice level: (token, text, whether the
     write was accepted). A failed write is not fatal (see write_marker)."""
     token = uuid.uuid4().hex[:12]
@@ -93,7 +93,7 @@ def _log_marker_line(label: str, path: str) -> tuple[str, str, bool]:
 
 
 def _tail_marker(label: str, path: str, tail: Tail) -> Marker:
-    token, text, _ = _log_marker_line(label, path)
+    token, text, _ = log_marker_line(label, path)
     new = tail.read()
     if not new:  # the marker was dropped and nothing else logged: the last seq is it
         after_seq = _last_seq(read_records(path))

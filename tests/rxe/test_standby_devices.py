@@ -23,6 +23,7 @@ from harness.run.scenario import render, run_scenario
 from harness.topology.config import Topology
 from harness.workload.spec import Arrivals, WorkloadEnd, WorkloadSpec, resumed_cap
 from power import kmsg, pmtest
+from power.kmsg.clock import ClockAnchors
 from power.plan import KERNEL_SUSPEND_LEVEL, Ordering, StepKind
 from power.result import TransitionRequest, Verdict
 from power.sleep_phases import Boundary, RxePmStep, SleepRecord, read_sleep
@@ -74,6 +75,15 @@ def test_naive_through_the_mlx5_order(power_shim, peer_agent, rxe_topology: Topo
     assert device_index(local) != before  # a new ib_device, not the old one kept
     step = res.transition.step(StepKind.KERNEL_SUSPEND)
     assert step is not None and step.detail["sleep"]["rxe"], step
+    # the kernel log's clock anchored to the timeline's (CLOCK_MONOTONIC) on both sides of
+    # the sleep: through it, the unregister falls inside the shim's own kernel-suspend step
+    clock = ClockAnchors.from_json(step.detail["sleep"]["clock"])
+    assert clock.before is not None and clock.after is not None, step.detail["sleep"]["clock"]
+    print("clock: kernel log - CLOCK_MONOTONIC", clock.before.offset_ns, "ns ±",
+          clock.before.uncertainty_ns, "; drift over the sleep", clock.drift_ns, "ns")
+    gone_mono = clock.to_monotonic_ns(gone)
+    assert gone_mono is not None and step.begin_ns < gone_mono < (step.end_ns or 0), (
+        gone_mono, step.begin_ns, step.end_ns)
     naive = res.client("naive")
     assert {"event": "async", "name": "DEVICE_FATAL"} in [
         {k: e.get(k) for k in ("event", "name")} for e in naive.events], naive.events

@@ -5,7 +5,7 @@ pm_debug_messages on."""
 from __future__ import annotations
 
 from power.kmsg import KmsgRecord
-from power.sleep_phases import Boundary, RxePmStep, read_sleep
+from power.sleep_phases import Boundary, Phase, RxePmStep, SleepRecord, read_sleep
 
 SUSPEND = [
     (1_000_000, "PM: suspend entry (s2idle)"),
@@ -86,3 +86,16 @@ def test_only_the_first_suspend_is_read() -> None:
     sleep = read_sleep(records(SUSPEND, DEVICES, RESUME, [(9_000_000, "PM: suspend entry "
                                                                       "(s2idle)")]))
     assert sleep.boundaries[Boundary.ENTRY] == 1_000_000
+
+
+def test_spans_and_the_record_back_from_its_json() -> None:
+    sleep = read_sleep(records(SUSPEND, UNREGISTER, DEVICES, REGISTER, RESUME))
+    assert SleepRecord.from_json(sleep.to_json()) == sleep
+    assert sleep.spans_us() == [
+        (Phase.FREEZE, 1_020_000, 1_060_000),
+        (Phase.DEVICE_SUSPEND, 1_060_000, 1_400_000),
+        (Phase.HELD, 1_401_000, 2_500_000),  # to the resume line less the PM core's 200 ms
+        (Phase.DEVICE_RESUME, 2_500_000, 2_700_000),
+        (Phase.THAW, 2_700_000, 2_800_000)]
+    cut = read_sleep(records(SUSPEND, UNREGISTER))  # a sleep logged only up to the freeze
+    assert [p for p, _, _ in cut.spans_us()] == [Phase.FREEZE]
