@@ -20,6 +20,10 @@ from power import kmsg, pmtest, sleep_phases
 from power.kmsg.clock import ClockAnchors, take_anchor
 from power.plan import KERNEL_SUSPEND_LEVEL
 
+# the what of the timeline entry that carries a KernelSuspend (power.shim writes it,
+# harness.report.timeline_pm reads it)
+SLEEP_PHASES_ENTRY = "sleep phases"
+
 
 @dataclass(frozen=True)
 class KernelSuspend:

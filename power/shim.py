@@ -327,7 +327,7 @@ class Shim:
     def step_kernel_suspend(self, run: TransitionRun) -> dict[str, Any]:
         done = kernel_suspend.suspend_unregistering(self.cfg.local_dev,
                                                     max(1, round(run.hold_ms / 1000)))
-        run.tl.add(EntryKind.KMSG, "kernel", "sleep phases", **done.to_json())
+        run.tl.add(EntryKind.KMSG, "kernel", kernel_suspend.SLEEP_PHASES_ENTRY, **done.to_json())
         return {"level": KERNEL_SUSPEND_LEVEL, "took_s": round(done.took_s, 3),
                 "sleep": done.to_json()}
 

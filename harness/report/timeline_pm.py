@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from harness.report.drawing import NOTE_BOX
 from harness.report.timeline_canvas import Canvas, Label
+from power.kernel_suspend import SLEEP_PHASES_ENTRY
 from power.kmsg.clock import ClockAnchors
 from power.sleep_phases import Phase, RxePmStep, SleepRecord
 from power.timeline import Entry, EntryKind
 
-SLEEP_ENTRY = "sleep phases"  # the shim's kernel-suspend step logs it (power.shim)
 PHASE_COLOURS = {Phase.FREEZE: "#9ecae1", Phase.DEVICE_SUSPEND: "#fdae6b",
                  Phase.HELD: "#bdbdbd", Phase.DEVICE_RESUME: "#a1d99b",
                  Phase.THAW: "#c6dbef"}
@@ -51,7 +51,7 @@ def kernel_sleeps(entries: list[Entry]) -> list[KernelSleep]:
     """The kernel suspends a transition's timeline recorded, in order."""
     return [KernelSleep(SleepRecord.from_json(e.detail), ClockAnchors.from_json(
                 e.detail.get("clock"))) for e in entries
-            if e.kind is EntryKind.KMSG and e.what == SLEEP_ENTRY]
+            if e.kind is EntryKind.KMSG and e.what == SLEEP_PHASES_ENTRY]
 
 
 def draw_kernel_sleep(cv: Canvas, ks: KernelSleep, t0: int, y0: float, h: float) -> None:

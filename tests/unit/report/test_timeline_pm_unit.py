@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from harness.report.timeline_canvas import Canvas
-from harness.report.timeline_pm import SLEEP_ENTRY, draw_kernel_sleep, kernel_sleeps
+from harness.report.timeline_pm import draw_kernel_sleep, kernel_sleeps
 from harness.run.records import ScenarioRecord
+from power.kernel_suspend import SLEEP_PHASES_ENTRY
 from power.kmsg.clock import ClockAnchor
 from power.sleep_phases import Boundary, Phase, RxePmStep
 from power.timeline import Entry
@@ -33,7 +34,7 @@ def recorded(data_dir: Path) -> dict[str, Any]:
 def anchored(line: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(line)
     for e in out["result"]["transition"]["timeline"]["entries"]:
-        if e["what"] == SLEEP_ENTRY:
+        if e["what"] == SLEEP_PHASES_ENTRY:
             a = ClockAnchor(OFFSET_NS, 40_000, e["t_ns"]).to_json()
             e["detail"]["clock"] = {"before": a, "after": None, "drift_ns": None}
     return out
