@@ -22,10 +22,11 @@ from harness.core.device import DeviceInfo
 from harness.core.errors import RxePowerError, TopologyError
 from harness.core.handlers import handler_for
 from harness.core.printer import NULL, Printer
-from harness.core.settings import RemovalMode
+from harness.core.settings import PeerPlacement, RemovalMode
 from harness.system import inventory, network, rxe_module
-from harness.topology import devices, lifecycle, neighbour, netdevs
-from harness.topology.config import Topology, TopologyConfig
+from harness.topology import devices, netdevs
+from harness.topology.config import Endpoint, TopologyConfig
+from harness.topology.sides import SameKernelSides, Sides, whole_problem
 from power import kernel_suspend, kmsg, pmtest
 from power.asyncevents import AsyncEventReader
 from power.notify import Answer, AnswerKind, Notifier
@@ -43,8 +44,13 @@ FATAL_EVENT_TIMEOUT_S = 10.0
 
 class Shim:
     def __init__(self, cfg: TopologyConfig, notifier: Notifier | None = None,
-                 out: Printer = NULL) -> None:
+                 out: Printer = NULL, sides: Sides | None = None) -> None:
+        """`sides`: where the HCAs live (harness.topology.sides): both in this kernel (the
+        default), or the peer in its own guest, its port state read there and its async
+        events out of reach."""
         self.cfg = cfg
+        self.sides: Sides = sides or SameKernelSides()
+        self.remote_peer = self.sides.placement is PeerPlacement.GUEST
         self.notifier = notifier or Notifier()
         self.out = out  # hears what recovering the local side did
         self._reader: AsyncEventReader | None = None
@@ -106,7 +112,8 @@ class Shim:
                    after_seq=marker.after_seq, written=marker.written)
             self._current = run
             try:
-                self._open_events(run, self.cfg.peer_dev)
+                if not self.remote_peer:  # the peer's async events: only in this kernel
+                    self._open_events(run, self.cfg.peer_dev)
                 self._open_events(run, self.cfg.local_dev)
                 self._run_steps(run)
             finally:
@@ -116,17 +123,19 @@ class Shim:
             scan = kmsg.scan_after(marker, tail=tail)
         tl.add(EntryKind.KMSG, "kernel", "scan", ok=scan.ok, hits=len(scan.hits),
                records_after=scan.records_after)
-        return run.verdict(scan, before.local.to_json(), not_restored, self.cfg.peer_dev)
+        return run.verdict(scan, before.to_json(), not_restored, self.cfg.peer_dev)
 
     def _unsupported(self, req: TransitionRequest) -> str | None:
         """Why this kernel cannot run the request's sleep steps (None: it can)."""
         if S.PM_SUSPEND in req.steps and not (sup := pmtest.support(req.pm_level)).ok:
             return sup.reason
-        if S.KERNEL_SUSPEND in req.steps:
-            return kernel_suspend.unsupported_reason(self.disassociates)
-        return None
+        if S.KERNEL_SUSPEND in req.steps and (
+                why := kernel_suspend.unsupported_reason(self.disassociates)):
+            return why
+        return self.sides.unsupported(s.value for s in req.steps)
 
-    def _precondition(self) -> Topology:
+    def _precondition(self) -> Endpoint:
+        """The local HCA before the transition (both ports ACTIVE, no delete pending)."""
         pend = devices.pending_deletes(self.cfg.local_dev)
         if pend:
             raise TopologyError(
@@ -134,15 +143,15 @@ class Shim:
                 f"{', '.join(map(str, pend))}) from an earlier vetoed transition",
                 "end the processes holding the old device, then run `rxe-power recover`")
         try:
-            topo = devices.discover(self.cfg)
+            local, peer_state = self.sides.local(self.cfg), self.sides.peer_state(self.cfg)
         except TopologyError as exc:
             raise TopologyError(f"the topology is not whole before the transition: "
                                 f"{exc.problem}", "run `rxe-power recover` (or setup)") from None
-        if topo.local.state != "ACTIVE" or topo.peer.state != "ACTIVE":
-            raise TopologyError(f"ports not ACTIVE before the transition: {topo.local.dev}="
-                                f"{topo.local.state}, {topo.peer.dev}={topo.peer.state}",
+        if local.state != "ACTIVE" or peer_state != "ACTIVE":
+            raise TopologyError(f"ports not ACTIVE before the transition: {local.dev}="
+                                f"{local.state}, {self.cfg.peer_dev}={peer_state}",
                                 "run `rxe-power recover`")
-        return topo
+        return local
 
     def _on_event(self, dev: str, name: str, t_ns: int, rec: dict[str, Any]) -> None:
         run = self._current
@@ -190,8 +199,7 @@ class Shim:
         if not resumed and (run.vetoed or run.failed):
             # clients were (or may have been) told of a sleep: tell them how it ended,
             # once the local side is back
-            problems = lifecycle.restore_local_side(self.cfg, out=self.out,
-                                                    pending_timeout_s=0.0)
+            problems = self.sides.restore(self.cfg, out=self.out, pending_timeout_s=0.0)
             run.tl.add(EntryKind.RECOVERY, "shim", "restore before resume notice",
                        problems=problems)
             if not problems:
@@ -224,6 +232,8 @@ class Shim:
         except RxePowerError as exc:
             run.tl.add(EntryKind.NOTE, "shim", f"cannot poll ports: {exc.problem}")
             return
+        if self.remote_peer:
+            states[self.cfg.peer_dev] = self.sides.peer_state(self.cfg)
         for dev in (self.cfg.local_dev, self.cfg.peer_dev):
             run.tl.add(EntryKind.PORT_STATE, dev, states.get(dev, "absent"))
         run.peer_states.append(states.get(self.cfg.peer_dev, "absent"))
@@ -240,7 +250,7 @@ class Shim:
     def step_port_down(self, run: TransitionRun) -> dict[str, Any]:
         cfg = self.cfg
         t0 = time.monotonic_ns()
-        netdevs.set_netdev_up(cfg.local_netdev, False)
+        self.sides.link_down(cfg)
         down = devices.wait_port_state(cfg.local_dev, "DOWN")
         # the step ends when the device's clients were told (PORT_ERR): the port state
         # changes first, the event follows from a kernel work queue; the reader must not
@@ -300,20 +310,19 @@ class Shim:
 
     def step_port_up(self, run: TransitionRun) -> dict[str, Any]:
         cfg = self.cfg
-        netdevs.side_up(cfg, "local")
-        topo = devices.wait_ports_active(cfg)
-        run.device_after = topo.local.to_json()
+        self.sides.link_up(cfg)
+        local = self.sides.wait_active(cfg)
+        run.device_after = local.to_json()
         # the carrier drop flushed the neighbour tables: resolve the far addresses now,
         # or each side's first RC connect waits 1 s in the kernel (see resolve_neighbour)
-        neigh = {w: round(neighbour.resolve_neighbour(cfg, w) * 1000, 1)
-                 for w in ("local", "peer")}
-        return {"gid": topo.local.gid, "gid_index": topo.local.gid_index,
-                "ifindex": topo.local.ifindex, "arp_ms": neigh}
+        neigh = self.sides.resolve_neighbours(cfg)
+        return {"gid": local.gid, "gid_index": local.gid_index,
+                "ifindex": local.ifindex, "arp_ms": neigh}
 
     def step_notify_resume(self, run: TransitionRun) -> dict[str, Any]:
-        topo = devices.discover(self.cfg)
-        run.device_after = topo.local.to_json()
-        info = DeviceInfo.from_endpoint(topo.local)
+        local = self.sides.local(self.cfg)
+        run.device_after = local.to_json()
+        info = DeviceInfo.from_endpoint(local)
         run.tl.add(EntryKind.NOTIFY, "shim", "resume_complete", device=info.to_json())
         answers = self.notifier.resume_complete(run.req.name, info)
         self._record_answers(run, answers)
@@ -378,7 +387,7 @@ class Shim:
         if whole is None:
             return []
         run.tl.add(EntryKind.RECOVERY, "shim", f"restoring: {whole}")
-        problems = lifecycle.restore_local_side(
+        problems = self.sides.restore(
             self.cfg, out=self.out, pending_timeout_s=0.0 if run.vetoed else
             devices.RDMA_LINK_DELETE_TIMEOUT_S)
         run.tl.add(EntryKind.RECOVERY, "shim", "restored" if not problems else "not restored",
@@ -387,10 +396,4 @@ class Shim:
 
     def _topology_problem(self) -> str | None:
         """None when the topology is whole, else what is wrong."""
-        try:
-            topo = devices.discover(self.cfg)
-        except TopologyError as exc:
-            return exc.problem
-        if topo.local.state != "ACTIVE" or topo.peer.state != "ACTIVE":
-            return f"ports {topo.local.state}/{topo.peer.state}"
-        return None
+        return whole_problem(self.sides, self.cfg)

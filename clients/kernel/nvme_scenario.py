@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from clients.kernel import nvme_hang, route_guard
 from clients.kernel.blockio import BlockDriver
@@ -45,6 +45,24 @@ from power.shim import Shim
 SETTLE_TIMEOUT_S = 20.0  # after the transition: our controller LIVE again, or gone
 ADMIN_TIMEOUT_PARAM = "nvme_core.admin_timeout"  # the policy's admin_timeout, if it sets one
 POLL_S = 0.05
+
+
+class NvmeTargetAddress(Protocol):
+    @property
+    def nqn(self) -> str: ...
+    @property
+    def trsvcid(self) -> int: ...
+
+
+class NvmeTarget(Protocol):
+    """What the scenario uses of its target: an NvmetTarget here, or a RemoteNvmetTarget
+    in the peer's own kernel (clients.kernel.peer_service_client)."""
+
+    @property
+    def cfg(self) -> NvmeTargetAddress: ...
+    def setup(self) -> None: ...
+    def read_block(self, index: int, size: int) -> bytes: ...
+    def teardown(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -96,11 +114,13 @@ class NvmeUlp(Ulp[CtrlRecord]):
 
     name = "nvme-rdma"
 
-    def __init__(self, cfg: TopologyConfig, sc: NvmeScenario, state: StateFile) -> None:
+    def __init__(self, cfg: TopologyConfig, sc: NvmeScenario, state: StateFile,
+                 target: NvmeTarget | None = None) -> None:
         self.cfg, self.state = cfg, state
         self.opts = parse_policy(sc.policy)
-        self.target = NvmetTarget(TargetConfig(addr=cfg.peer_addr, size_mib=sc.size_mib),
-                                  state)
+        # in this kernel, or in the peer's (clients.kernel.peer_service_client)
+        self.target: NvmeTarget = target or NvmetTarget(
+            TargetConfig(addr=cfg.peer_addr, size_mib=sc.size_mib), state)
         self.host: NvmeHost | None = None
         self.first_ctrl: str | None = None  # the controller we connected
 
@@ -182,16 +202,19 @@ class NvmeUlp(Ulp[CtrlRecord]):
 
 
 def run_nvme(shim: Shim, cfg: TopologyConfig, sc: NvmeScenario,
-             state: StateFile | None = None, out: Printer = NULL) -> NvmeResult:
+             state: StateFile | None = None, out: Printer = NULL,
+             target: NvmeTarget | None = None) -> NvmeResult:
+    """`target`: the target to use (made by the scenario: setup and teardown); None: an
+    NvmetTarget in this kernel on cfg.peer_addr."""
     state = state or StateFile.load()
     blocks = sc.size_mib * 1024 * 1024 // sc.driver.block_size
     if sc.driver.count > blocks:
         raise RxePowerError(f"{sc.driver.count} I/Os do not fit {blocks} blocks",
                             "raise the size or lower the count")
-    return run_ulp(shim, cfg, sc, NvmeUlp(cfg, sc, state), state, out)
+    return run_ulp(shim, cfg, sc, NvmeUlp(cfg, sc, state, target), state, out)
 
 
-def _teardown(state: StateFile, target: NvmetTarget, host: NvmeHost | None,
+def _teardown(state: StateFile, target: NvmeTarget, host: NvmeHost | None,
               drv: BlockDriver | None) -> list[str]:
     """Remove what the scenario made, newest first (the guard and the sysctl: run_ulp);
     returns what could not be removed (each still in the state file, for `rxe-power

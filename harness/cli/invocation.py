@@ -34,7 +34,7 @@ from harness.cli.removal import choose_removal, choose_suite_removal
 from harness.core.errors import OsCallError, RxePowerError
 from harness.core.files import atomic_write
 from harness.core.printer import Printer
-from harness.core.settings import Mode, RemovalMode
+from harness.core.settings import Mode, PeerPlacement, RemovalMode
 from harness.system.provenance import JsonReader, LaunchFacts, SourceTree
 from harness.system.provenance_collect import Sources, tree_facts
 
@@ -87,6 +87,10 @@ class Job:
         """On the host once the run is over, native or VM (never in the guest)."""
         return code
 
+    def peer_guest_problem(self, command: str) -> str | None:
+        """Why this run cannot have its peer in its own guest (None: it can)."""
+        return f"no scenario of rxe-power {command} runs with the peer in its own guest yet"
+
 
 JobTypes: TypeAlias = "dict[str, type[Job]]"
 
@@ -104,11 +108,12 @@ class Invocation:
     timeout_s: float  # the bound on a VM run
     tree: SourceTree  # the rxe-power tree it ran from (read on the host)
     peer_reason: str = ""  # the peer's placement and why (harness.cli.peer_option); "": none
+    peer: PeerPlacement = PeerPlacement.SAME_KERNEL  # where the peer HCA lives
 
     def launch_facts(self) -> LaunchFacts:
         """What the results header records of it (harness.system.provenance)."""
         return LaunchFacts(self.mode, self.mode_reason, self.tree, self.command_line,
-                           self.removal_reason, self.removal, self.peer_reason)
+                           self.removal_reason, self.removal, self.peer_reason, self.peer)
 
     @property
     def record_path(self) -> Path:
@@ -128,7 +133,7 @@ class Invocation:
                 "timeout_s": self.timeout_s,
                 "tree": {"commit": self.tree.commit, "dirty": self.tree.dirty,
                          "problem": self.tree.problem},
-                "peer_reason": self.peer_reason}
+                "peer_reason": self.peer_reason, "peer": self.peer.value}
 
     @classmethod
     def from_json(cls, d: object, jobs: JobTypes) -> Invocation:
@@ -166,7 +171,8 @@ class Invocation:
                    r.text("mode_reason"),
                    None if removal is None else r.enum("removal", RemovalMode),
                    r.text("removal_reason"), results, float(timeout_s), tree,
-                   r.text("peer_reason") if "peer_reason" in r.d else "")
+                   r.text("peer_reason") if "peer_reason" in r.d else "",
+                   r.enum("peer", PeerPlacement) if "peer" in r.d else PeerPlacement.SAME_KERNEL)
 
 
 def mode_of(args: argparse.Namespace) -> Mode:
@@ -194,15 +200,16 @@ def invoke(args: argparse.Namespace, job: Job, results: Path, out: Printer,
     if removal is not None and (mode is Mode.VM or not job.LOADS_MODULE):
         say(f"removal mode {removal} ({removal_reason})"
             + ("; the guest loads its rdma_rxe" if job.LOADS_MODULE else ""))
-    peer_reason = ""
+    peer_reason, peer = "", PeerPlacement.SAME_KERNEL
     if hasattr(args, "peer"):  # the commands that run scenarios (--peer)
-        peer, why = choose_peer(args.peer, mode, args.command)
+        peer, why = choose_peer(args.peer, mode, args.command,
+                                job.peer_guest_problem(args.command))
         peer_reason = f"{peer.value}: {why}"
         say(f"peer {peer.value} ({why})")
     return Invocation(args.command, shlex.join(["rxe-power", *getattr(args, "argv",
                                                                       [args.command])]),
                       job, mode, mode_reason, removal, removal_reason, results.absolute(),
-                      float(args.timeout_s), tree_facts(Sources()), peer_reason)
+                      float(args.timeout_s), tree_facts(Sources()), peer_reason, peer)
 
 
 def write_invocation(inv: Invocation) -> Path:

@@ -26,12 +26,13 @@ from harness.core.files import atomic_write
 from harness.core.printer import Printer
 from harness.core.proc import python_child
 from harness.core.runlock import run_lock
-from harness.core.settings import Mode
+from harness.core.settings import Mode, PeerPlacement
 from harness.system import rxe_module
-from harness.vm import runner
+from harness.vm import pair, runner
 
 RESULTS_MISSING_EXIT = 1  # the guest said 0 but a promised result is not on the host
 GUEST_MODULE = "harness.cli.guest"  # what the guest runs on the invocation file
+PEER_CONSOLE_LOG = "vm-peer-console.log"  # the peer guest's, in the results folder
 # not forwarded to the guest: the mode (the guest runs natively), and what the invocation
 # file carries (the removal mode as chosen, the launch record, a bench's host load)
 NOT_FORWARDED = frozenset({"RXE_POWER_MODE", "RXE_POWER_REMOVAL", settings.LAUNCH_ENV,
@@ -103,7 +104,8 @@ def boot_guest(inv: Invocation, out: Printer) -> int:
                            log_path=inv.log_path, timeout_s=inv.timeout_s,
                            cpus=settings.vm_cpus(), env=env)
     before = {p: _mtime_ns(p) for p in promised}
-    result = runner.run_in_vm(req)
+    two = inv.peer is PeerPlacement.GUEST  # the peer in a guest of its own beside
+    result = boot_pair(inv, req, out) if two else runner.run_in_vm(req)
     atomic_write(inv.log_path.with_name(f"{inv.log_path.name}.json"),
                  json.dumps(result.to_json(), indent=1, default=str))
     missing = [str(p) for p in promised if _mtime_ns(p) in (None, before[p])]
@@ -113,6 +115,23 @@ def boot_guest(inv: Invocation, out: Printer) -> int:
                         f"{result.log_path}")
         return RESULTS_MISSING_EXIT
     return result.exit_code
+
+
+PEER_GUEST_MODULE = "harness.run.pair_peer"  # what the peer guest runs
+
+
+def boot_pair(inv: Invocation, local: runner.VmRequest, out: Printer) -> runner.VmResult:
+    """`local` in the local guest beside the peer guest (harness.vm.pair), the peer's
+    console log beside the local one; the local guest's result."""
+    peer = runner.VmRequest(command=python_child(PEER_GUEST_MODULE), rw_dirs=[],
+                            log_path=inv.results / PEER_CONSOLE_LOG, timeout_s=inv.timeout_s,
+                            cpus=pair.PEER_CPUS, memory=pair.PEER_MEMORY)
+    res = pair.run_pair(local, peer, peer.log_path)
+    out(f"rxe-power {inv.command}: the peer guest "
+        + (f"exited {res.peer_exit_code}" if res.peer_exit_code is not None else
+           "did not end by itself and was ended") + f" after {res.peer_duration_s:.1f} s; "
+        f"its console log {res.peer_log_path}")
+    return res.local
 
 
 OPERATIONS: dict[Mode, type[NativeOperations] | type[VmOperations]] = {

@@ -2,9 +2,10 @@
 bench, test): where the peer HCA lives, parsed once here into a PeerPlacement.
 
 same-kernel (the default) is the one-kernel topology every scenario runs on. guest (the
-peer in a guest kernel of its own, joined by a wire: harness.vm.pair, issue 24) has its
-links, its secret-gated channel and a feasibility probe, and no scenario runs with it
-yet: asking for it is refused here, before any VM boots, naming what does run. The choice
+peer in a guest kernel of its own, joined by a wire: harness.vm.pair, issue 24) runs the
+nvme-rdma kernel client's scenarios of `matrix` and `run` (the job says what it cannot
+run: Job.peer_guest_problem); anything else is refused here, before any VM boots,
+naming what does run. The choice
 and its reason are said by harness.cli.invocation.invoke, which carries them in the
 invocation to the run's provenance (`peer_reason`).
 """
@@ -25,19 +26,24 @@ def add_peer_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer", default=None, help=f"{s.help} (env {s.env}; default {s.default})")
 
 
-def choose_peer(requested: str | None, mode: Mode, command: str) -> tuple[PeerPlacement, str]:
-    """The placement to run and why; SettingError where it cannot work."""
+def choose_peer(requested: str | None, mode: Mode, command: str,
+                guest_problem: str | None) -> tuple[PeerPlacement, str]:
+    """The placement to run and why; SettingError where it cannot work. `guest_problem`:
+    why this run's scenarios cannot have the peer in its own guest (None: they can)."""
     res = resolve("peer", requested, option="--peer")
     if res.value is PeerPlacement.GUEST:
         if mode is not Mode.VM:
             raise SettingError(f"--peer guest (from {res.source}) needs two guest kernels, "
                                f"and rxe-power {command} runs natively (mode {mode.value})",
                                "use --mode vm, or --peer same-kernel")
-        raise SettingError(f"--peer guest (from {res.source}): no scenario of rxe-power "
-                           f"{command} runs with the peer in its own guest yet (issue 24: "
-                           "the two guests, their wire and the peer's secret-gated channel "
-                           f"exist; only their feasibility probe runs: {GUEST_PROBE})",
-                           "use --peer same-kernel (the default)")
+        if guest_problem is not None:
+            raise SettingError(f"--peer guest (from {res.source}): {guest_problem} (issue "
+                               "24: with the peer in its own guest, the nvme-rdma kernel "
+                               "client runs in `matrix` and `run`; the pair's feasibility "
+                               f"probe: {GUEST_PROBE})", "use --peer same-kernel (the "
+                               "default)")
+        return res.value, (f"from {res.source}: the peer HCA in a guest kernel of its own "
+                           "(harness.vm.pair), joined by a wire")
     why = (f"from {res.source}" if res.source != "built-in default" else
-           "default: the guest placement is not yet proven in CI")
+           "default: the two-kernel placement runs only the nvme-rdma kernel client yet")
     return res.value, why

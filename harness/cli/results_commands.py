@@ -36,6 +36,7 @@ from harness.run.matrix import (
     run_matrix,
 )
 from harness.run.outside import CLIENT_EXIT_TIMEOUT_S
+from harness.run.placements import guest_problem
 from harness.run.session import RESULTS_FILE
 from harness.run.shard_plans import (
     SCENARIO_DURATIONS,
@@ -150,7 +151,10 @@ class MatrixJob(Job):
 
     def run_here(self, inv: Invocation, out: Printer) -> int:
         return run_matrix(self.spec, TopologyConfig.from_settings(), inv.results, self.junit,
-                          out=out, plan=matrix_plan(self.spec, self.shard))
+                          out=out, plan=matrix_plan(self.spec, self.shard), peer=inv.peer)
+
+    def peer_guest_problem(self, command: str) -> str | None:
+        return guest_problem(self.spec.scenarios())
 
     def finish(self, inv: Invocation, code: int, out: Printer) -> int:
         if self.report and (inv.results / RESULTS_FILE).exists():

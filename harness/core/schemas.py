@@ -8,10 +8,12 @@ table; nothing decodes without naming the channel.
 - PEER: controller (and client workers) -> the peer agent (harness.peer.agent);
 - WORKER: controller -> a client worker process (clients.userspace.worker);
 - NOTICE: the power shim <-> a client's notice socket (power.notify), both directions;
-- PEER_AUTH: the handshake a TCP connection to the peer agent passes before PEER
-  (harness.core.peer_auth), both directions.
+- PEER_AUTH: the handshake a TCP connection to the peer agent (or the peer service)
+  passes before PEER (SERVICE) (harness.core.peer_auth), both directions;
+- SERVICE: controller -> the peer guest's kernel-client servers (nvmet-rdma target...),
+  clients.kernel.peer_service.
 
-Requests on PEER and WORKER are answered with a reply from REPLIES ("ok" with any
+Requests on PEER, WORKER and SERVICE are answered with a reply from REPLIES ("ok" with any
 payload, or "error" with the fields of ERROR_FIELDS: the one error-reply form,
 built by protocol.error_reply). NOTICE has no "ok"/"error": its replies are events
 of its own table (released, veto, resumed).
@@ -35,7 +37,8 @@ class ChannelKind(StrEnum):
     PEER = "peer"
     WORKER = "worker"
     NOTICE = "notice"
-    PEER_AUTH = "peer_auth"  # the handshake before PEER over TCP (harness.core.peer_auth)
+    PEER_AUTH = "peer_auth"  # the handshake before PEER or SERVICE over TCP (peer_auth)
+    SERVICE = "service"  # the peer side's kernel-client servers (clients.kernel.peer_service)
 
 
 _QP: dict[str, FieldType] = {"qp_id": int}
@@ -72,6 +75,15 @@ WORKER_REQUESTS: Schema = {  # controller -> client worker (clients.userspace.wo
     "ledger": {"start": int, "limit": int},
 }
 
+SERVICE_REQUESTS: Schema = {  # controller -> the peer guest's service (clients.kernel.peer_service)
+    "hello": {},  # the peer's kernel, boot id and HCA (its endpoint on the wire)
+    "port_state": {},  # the peer HCA's port state, read in the peer's kernel
+    "nvmet_setup": {"trsvcid": int, "size_mib": int, "block_size": int},
+    "nvmet_read": {"nqn": str, "index": int, "count": int, "size": int},
+    "nvmet_teardown": {"nqn": str},
+    "shutdown": {},
+}
+
 NOTICE_EVENTS: Schema = {  # power.notify documents the exchange
     # shim -> client
     "suspend_prepare": {"transition": str, "deadline_s": SECONDS},
@@ -100,4 +112,5 @@ SCHEMAS: dict[ChannelKind, Schema] = {
     ChannelKind.WORKER: WORKER_REQUESTS,
     ChannelKind.NOTICE: NOTICE_EVENTS,
     ChannelKind.PEER_AUTH: PEER_AUTH_EVENTS,
+    ChannelKind.SERVICE: SERVICE_REQUESTS,
 }

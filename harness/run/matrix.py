@@ -35,6 +35,7 @@ from harness.core.bounds import MAX_HOLD_MS, check_number
 from harness.core.errors import RxePowerError, SettingError
 from harness.core.files import atomic_write
 from harness.core.printer import Printer
+from harness.core.settings import PeerPlacement
 from harness.core.shards import ShardPlan
 from harness.core.xmltext import xml_safe
 from harness.run.lanes import new_lanes, parse_policies, parse_policy
@@ -48,7 +49,6 @@ from harness.run.rows import Row
 from harness.run.session import ResultsHeader, RunSession
 from harness.system.provenance_text import describe
 from harness.topology.config import TopologyConfig
-from harness.topology.lifecycle import restore_local_side
 from harness.workload.findings import RowStatus
 from harness.workload.ledger import Op, WorkloadSpec
 from harness.workload.spec import Arrivals, WorkloadEnd, resumed_cap
@@ -295,7 +295,8 @@ def junit_xml(rows: list[Row], seconds: dict[str, float]) -> bytes:
 
 
 def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path | None = None,
-               *, out: Printer, plan: ShardPlan | None = None) -> int:
+               *, out: Printer, plan: ShardPlan | None = None,
+               peer: PeerPlacement = PeerPlacement.SAME_KERNEL) -> int:
     """Run every scenario (of `plan`'s shard only, numbered as in the whole matrix: see
     harness.run.shard_plans); 0 when no row is broken, 1 otherwise. Results go to
     out_dir/results.jsonl as they happen; the table to out_dir/table.txt."""
@@ -306,9 +307,9 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
     seconds: dict[str, float] = {}
     interrupted = False
     lanes = new_lanes()  # one of each kind for this run (the kernel lane's wedge)
-    with RunSession(cfg, out_dir, transitions=(*spec.transitions, *spec.kernel_transitions)) \
-            as session:
-        topo = session.topo
+    with RunSession(cfg, out_dir, transitions=(*spec.transitions, *spec.kernel_transitions),
+                    peer=peer) as session:
+        topo, cfg = session.topo, session.cfg  # the placement's names (harness.run.placements)
         provenance = describe(session.provenance)
         out(f"matrix: {len(scenarios)} scenarios" + (f" (shard {plan.shard} of {len(whole)})"
                                                      if plan else "")
@@ -322,8 +323,8 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
                 req = TransitionRequest(sc.transition, sc.ordering, spec.hold_ms,
                                         spec.on_veto)
                 try:
-                    ctx = LaneContext(spec, rig.shim, rig.agent, cfg, topo, req,
-                                      rig.clients_dir, rig.log_dir / f"{i:03d}")
+                    ctx = LaneContext(spec, rig.shim, rig, cfg, topo, req,
+                                      rig.clients_dir, rig.log_dir / f"{i:03d}", rig.services)
                     res = lanes[sc.lane].run(ctx, sc)
                     body["result"] = res.to_json()
                     new = res.rows(sc.key())
@@ -334,7 +335,7 @@ def run_matrix(spec: MatrixSpec, cfg: TopologyConfig, out_dir: Path, junit: Path
                 except RxePowerError as exc:
                     body["error"] = str(exc)
                     new = error_rows(sc.key(), str(exc))
-                problems = restore_local_side(cfg)
+                problems = rig.sides.restore(cfg)
                 seconds[sc.id] = body["seconds"] = round(time.monotonic() - t0, 3)
                 body["rows"] = [r.to_json() for r in new]
                 body["not_restored"] = problems

@@ -8,7 +8,9 @@
                                                        # directory, shim notifying it
 
 Everything the session opens it closes, newest first, also when the body raises;
-the topology is removed only if this session built it (topology.setup says so). The run's
+the topology is removed only if this session built it (topology.setup says so). Where the
+peer HCA lives is the session's `peer` (harness.run.placements): in this kernel, or in
+the peer guest's, reached through its service; `session.cfg` is then the pair's names. The run's
 provenance (`session.provenance`: kernel, rdma_rxe, removal mode, versions, commit) is
 collected once, when the topology is up, and heads the results file.
 """
@@ -23,13 +25,15 @@ from types import TracebackType
 from typing import Any
 
 from harness.core.errors import RxePowerError
+from harness.core.settings import PeerPlacement
 from harness.core.shards import ShardPlan
 from harness.peer.controller import PeerAgent
+from harness.run.placements import Placed, place
 from harness.run.resultsfile import ResultsWriter
 from harness.system.provenance import Provenance
 from harness.system.provenance_collect import collect
-from harness.topology import lifecycle
 from harness.topology.config import Topology, TopologyConfig
+from harness.topology.sides import SameKernelSides, Sides
 from power.notify import Notifier, private_clients_dir
 from power.plan import get_transition
 from power.shim import Shim
@@ -54,12 +58,22 @@ class Rig:
 
     cfg: TopologyConfig
     topo: Topology
-    agent: PeerAgent
+    _agent: PeerAgent | None  # None: the peer is in its own guest (no verbs agent there)
     clients_dir: Path
     log_dir: Path
     _stack: ExitStack
     _results: ResultsWriter | None = None
     _shim: Shim | None = field(default=None)
+    sides: Sides = field(default_factory=SameKernelSides)
+    services: Any = None  # the peer guest's service (PeerServiceClient); None: one kernel
+
+    @property
+    def agent(self) -> PeerAgent:
+        if self._agent is None:
+            raise RxePowerError("the peer is in its own guest, where no verbs agent runs yet: "
+                                "only kernel clients (nvme-rdma) run with --peer guest",
+                                "run the userspace policies with --peer same-kernel")
+        return self._agent
 
     @property
     def results(self) -> ResultsWriter:
@@ -79,7 +93,8 @@ class Rig:
         """Start the shim (its async event reader) now, notifying this run's clients; it
         stops with the rig. Idempotent."""
         if self._shim is None:
-            self._shim = self._stack.enter_context(Shim(self.cfg, Notifier(self.clients_dir)))
+            self._shim = self._stack.enter_context(Shim(self.cfg, Notifier(self.clients_dir),
+                                                        sides=self.sides))
         return self._shim
 
 
@@ -87,23 +102,30 @@ class RunSession:
     """The topology for one run, and the rig on it (see the module docstring)."""
 
     def __init__(self, cfg: TopologyConfig, out_dir: Path, *,
-                 transitions: tuple[str, ...] = ()) -> None:
+                 transitions: tuple[str, ...] = (),
+                 peer: PeerPlacement = PeerPlacement.SAME_KERNEL) -> None:
         """`transitions`: the names of the transitions the run makes (their fault models
         go into the provenance; none for a run that makes none)."""
         self.cfg = cfg
+        self.peer = place(peer)
+        self._placed: Placed | None = None
         self.faults = tuple(get_transition(t).fault_model for t in transitions)
         self.out_dir = out_dir
         self.log_dir = out_dir / LOGS_DIR
         self.results_path = out_dir / RESULTS_FILE
-        self._topo: Topology | None = None
-        self._built = False
         self._provenance: Provenance | None = None
 
     @property
-    def topo(self) -> Topology:
-        if self._topo is None:
+    def placed(self) -> Placed:
+        """The topology as placed: its names, devices, the shim's sides, the peer's
+        services."""
+        if self._placed is None:
             raise RxePowerError("the run session is not open", "use it as `with RunSession(...)`")
-        return self._topo
+        return self._placed
+
+    @property
+    def topo(self) -> Topology:
+        return self.placed.topo
 
     @property
     def provenance(self) -> Provenance:
@@ -114,10 +136,11 @@ class RunSession:
 
     def __enter__(self) -> RunSession:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._topo, self._built = lifecycle.setup(self.cfg)
         try:
+            self._placed = self.peer.open(self.cfg)
+            self.cfg = self._placed.cfg
             # never raises for what it cannot read
-            self._provenance = collect(faults=self.faults)
+            self._provenance = collect(faults=self.faults, peer_host=self._placed.peer_host)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -125,9 +148,7 @@ class RunSession:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._built:
-            self._built = False
-            lifecycle.teardown()
+        self.peer.close()
 
     @contextmanager
     def rig(self, *, results: ResultsHeader | None = None, shim: bool = True) -> Iterator[Rig]:
@@ -139,9 +160,12 @@ class RunSession:
                 writer = stack.enter_context(
                     ResultsWriter(self.results_path, results.command, results.spec,
                                   provenance=self.provenance, shard=results.shard))
-            agent = stack.enter_context(PeerAgent(self.topo.peer, log_dir=self.log_dir))
+            placed = self.placed
+            agent = (stack.enter_context(PeerAgent(self.topo.peer, log_dir=self.log_dir))
+                     if placed.services is None else None)
             clients_dir = stack.enter_context(private_clients_dir())
-            rig = Rig(self.cfg, self.topo, agent, clients_dir, self.log_dir, stack, writer)
+            rig = Rig(self.cfg, self.topo, agent, clients_dir, self.log_dir, stack, writer,
+                      sides=placed.sides, services=placed.services)
             if shim:
                 rig.open_shim()
             yield rig

@@ -25,12 +25,10 @@ from harness.core.errors import RxePowerError
 from harness.core.settings import LAUNCH_ENV, VM_FACTS_ENV, Mode, PeerPlacement, RemovalMode
 from harness.system.rxe_module import Loaded
 
-# 3: peer_reason (why the peer sits where `peer` says). 2: module.build_id (the loaded
-# module's GNU build-id). Both older ones are still read: 1 (7 Dec 2026, before build_id)
-# with build_id None (file_matches_loaded came from srcversion alone then), 1 and 2 with
-# peer_reason "".
-PROVENANCE_SCHEMA = 4  # 4: faults is the list of the run's fault models (was one)
-READABLE_PROVENANCE_SCHEMAS = (1, 2, 3, 4)
+# 5: peer_host. 4: faults a list (was one). 3: peer_reason. 2: module.build_id. All still
+# read: 1 (before build_id) with build_id None, 1 and 2 with peer_reason "".
+PROVENANCE_SCHEMA = 5
+READABLE_PROVENANCE_SCHEMAS = (1, 2, 3, 4, 5)
 MAX_TEXT = 2000  # a reason or problem longer than this is cut (a header stays small)
 E = TypeVar("E", bound=StrEnum)
 T = TypeVar("T")
@@ -122,6 +120,18 @@ class Packages:
 
 
 @dataclass(frozen=True)
+class PeerHost:
+    """The peer's own kernel (the peer guest's service's hello), and the local boot id."""
+
+    kernel: str  # its release
+    boot_id: str  # /proc/sys/kernel/random/boot_id there
+    local_boot_id: str  # and here
+    device: str  # the peer HCA, e.g. rxe1
+    vcpus: int | None = None  # the peer guest's size, as booted (None: not said)
+    memory: str | None = None
+
+
+@dataclass(frozen=True)
 class Provenance:
     mode: Mode  # native or vm (never auto)
     mode_reason: str
@@ -141,6 +151,7 @@ class Provenance:
     problems: tuple[str, ...] = ()  # what could not be read, and why
     command_line: str = ""  # the rxe-power command as given on the host ("" : not the CLI)
     peer_reason: str = ""  # why the peer sits where `peer` says ("": a file written before)
+    peer_host: PeerHost | None = None  # the peer's kernel when not this one (schema 5)
     schema: int = PROVENANCE_SCHEMA
 
     def to_json(self) -> dict[str, Any]:
@@ -168,7 +179,15 @@ class Provenance:
                    _packages(r.sub("packages")), _tree(r.sub("tree")),
                    r.enum("peer", PeerPlacement), _faults(r, schema),
                    tuple(_list_of_str(r.get("problems"), "provenance.problems")),
-                   r.text("command_line"), r.text("peer_reason") if schema >= 3 else "", schema)
+                   r.text("command_line"), r.text("peer_reason") if schema >= 3 else "",
+                   _peer_host(r.get("peer_host")) if schema >= 5 else None, schema)
+
+
+def _peer_host(d: object) -> PeerHost | None:
+    r = None if d is None else JsonReader(d, "provenance.peer_host")
+    return None if r is None else PeerHost(r.text("kernel"), r.text("boot_id"),
+                                           r.text("local_boot_id"), r.text("device"),
+                                           r.opt_int("vcpus"), r.opt_str("memory"))
 
 
 def _faults(r: JsonReader, schema: int) -> tuple[FaultModel, ...]:
@@ -203,6 +222,7 @@ class LaunchFacts:
     removal_reason: str = ""
     removal: RemovalMode | None = None  # None: the command left it to the test suite's
     peer_reason: str = ""  # why the peer sits where it does (harness.cli.peer_option)
+    peer: PeerPlacement = PeerPlacement.SAME_KERNEL  # where it sits
 
     def to_json(self) -> dict[str, Any]:
         return {"mode": self.mode.value, "mode_reason": self.mode_reason,
@@ -210,7 +230,7 @@ class LaunchFacts:
                          "problem": self.tree.problem},
                 "command_line": self.command_line, "removal_reason": self.removal_reason,
                 "removal": self.removal.value if self.removal else None,
-                "peer_reason": self.peer_reason}
+                "peer_reason": self.peer_reason, "peer": self.peer.value}
 
     @classmethod
     def from_json(cls, d: object) -> LaunchFacts:
@@ -221,7 +241,8 @@ class LaunchFacts:
                    SourceTree(t.opt_str("commit"), t.opt_bool("dirty"), t.text("problem")),
                    r.text("command_line"), r.text("removal_reason"),
                    None if removal is None else r.enum("removal", RemovalMode),
-                   r.text("peer_reason") if "peer_reason" in r.d else "")
+                   r.text("peer_reason") if "peer_reason" in r.d else "",
+                   r.enum("peer", PeerPlacement) if "peer" in r.d else PeerPlacement.SAME_KERNEL)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from harness.system.provenance import (
     LaunchFacts,
     Machine,
     Packages,
+    PeerHost,
     Provenance,
     ProvenanceError,
     RxeModule,
@@ -328,10 +329,12 @@ def _handed(read: Callable[[], dict[str, Any] | None], parse: Callable[[object],
 
 
 def collect(src: Sources | None = None, environ: Mapping[str, str] | None = None, *,
-            faults: tuple[FaultModel, ...] = ()) -> Provenance:
+            faults: tuple[FaultModel, ...] = (), peer_host: PeerHost | None = None,
+            ) -> Provenance:
     """The provenance of a run on this kernel, now (call it once the module is loaded).
     `faults`: the fault models of the run's transitions (power.plan's Transition.fault_model;
-    empty for a run that makes none, such as `check`)."""
+    empty for a run that makes none, such as `check`). `peer_host`: the peer's own kernel,
+    when the run's peer has one (the placement is then the launch's: guest)."""
     src = src or Sources()
     problems = _Problems()
     launch: LaunchFacts | None = _handed(lambda: settings.launch_facts(environ),
@@ -370,10 +373,11 @@ def collect(src: Sources | None = None, environ: Mapping[str, str] | None = None
          f"from {removal_source}"),
         Packages(*(versions.get(p) for p in USER_PACKAGES)),
         launch.tree if launch is not None else tree_facts(src),
-        PeerPlacement.SAME_KERNEL,  # the only one a run uses (cli.peer_option refuses guest)
+        PeerPlacement.GUEST if peer_host is not None else PeerPlacement.SAME_KERNEL,
         tuple(dict.fromkeys(faults)), tuple(problems),
         launch.command_line if launch is not None else "",
-        launch.peer_reason if launch is not None and launch.peer_reason else "not said")
+        launch.peer_reason if launch is not None and launch.peer_reason else "not said",
+        peer_host)
 
 
 __all__ = ["LaunchFacts", "ProvenanceError", "Sources", "VmFacts", "collect", "tree_facts",

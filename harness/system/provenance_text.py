@@ -99,6 +99,10 @@ def describe(p: Provenance) -> list[str]:
         f"  rdma-core {_or(pk.rdma_core, 'absent')}, ibverbs-providers "
         f"{_or(pk.ibverbs_providers, 'absent')}, perftest {_or(pk.perftest, 'absent')}; {tree}",
     ]
+    if p.peer_host is not None:
+        ph = p.peer_host
+        lines.append(f"  peer kernel {ph.kernel} ({ph.device}; boot id {ph.boot_id[:8]}, the "
+                     f"local {ph.local_boot_id[:8]}; {_or(ph.vcpus)} vCPU, {_or(ph.memory)})")
     if p.command_line:
         lines.append(f"  command: {p.command_line}")
     lines += [f"  not read: {x}" for x in p.problems]

@@ -16,6 +16,7 @@ from harness.core.state import Entry, StateFile, alive, process_start
 from harness.system import command, gid_table, network
 from harness.system.holders import find_holders, uverbs_files
 from harness.system.inventory import ip_addrs, rdma_links
+from harness.system.rdma_netlink import RdmaLink
 from harness.topology.config import Endpoint, Topology, TopologyConfig
 
 PORT_ACTIVE_TIMEOUT_S = 20.0
@@ -27,32 +28,39 @@ UVERBS_POLL_S = 0.002  # the uverbs node appears within ms of the link
 def discover(cfg: TopologyConfig) -> Topology:
     """Find both HCAs, their netdevs, addresses and RoCEv2 GIDs; raise naming what is missing."""
     links = {lk.ifname: lk for lk in rdma_links()}
+    return Topology(endpoint(links, cfg.local_dev, cfg.local_netdev, cfg.local_addr),
+                    endpoint(links, cfg.peer_dev, cfg.peer_netdev, cfg.peer_addr))
 
-    def endpoint(dev: str, netdev: str, addr: str) -> Endpoint:
-        lk = links.get(dev)
-        if lk is None:
-            raise TopologyError(
-                f"RDMA device {dev!r} not found (have: {', '.join(sorted(links)) or 'none'})",
-                "build the topology first: ci/rxe-setup.sh (or rxe-power setup)",
-            )
-        if lk.netdev != netdev:
-            raise TopologyError(f"{dev} sits on netdev {lk.netdev!r}, expected {netdev!r}",
-                                "check --rxe-local-netdev/--rxe-peer-netdev or rebuild")
-        net = network.sysfs_netdev(netdev)
-        if net is None:
-            raise TopologyError(f"netdev {netdev!r} of {dev} is missing", "rebuild the topology")
-        gid = gid_table.lookup_rocev2_gid(dev, addr, lk.port)
-        # a RoCEv2 GID of the address on this netdev means the netdev carries the address
-        # (the GID table follows the netdev's addresses): `ip addr` only to say what is wrong
-        if gid is None or gid.ndev not in (None, netdev):
-            if not any(a.ifname == netdev and a.address == addr for a in ip_addrs()):
-                raise TopologyError(f"{netdev} does not carry {addr}", "rebuild the topology")
-            raise TopologyError(f"{dev} has no RoCEv2 GID for {addr}",
-                                "the GID appears once the address is up; rebuild the topology")
-        return Endpoint(dev, lk.port, netdev, net[0], addr, gid.gid, gid.index, lk.state)
 
-    return Topology(endpoint(cfg.local_dev, cfg.local_netdev, cfg.local_addr),
-                    endpoint(cfg.peer_dev, cfg.peer_netdev, cfg.peer_addr))
+def discover_local(cfg: TopologyConfig) -> Endpoint:
+    """The local HCA only (the peer HCA lives in another kernel: harness.vm.pair)."""
+    return endpoint({lk.ifname: lk for lk in rdma_links()}, cfg.local_dev, cfg.local_netdev,
+                    cfg.local_addr)
+
+
+def endpoint(links: dict[str, RdmaLink], dev: str, netdev: str, addr: str) -> Endpoint:
+    """One HCA of `links` on `netdev` carrying `addr`; TopologyError naming what is not so."""
+    lk = links.get(dev)
+    if lk is None:
+        raise TopologyError(
+            f"RDMA device {dev!r} not found (have: {', '.join(sorted(links)) or 'none'})",
+            "build the topology first: ci/rxe-setup.sh (or rxe-power setup)",
+        )
+    if lk.netdev != netdev:
+        raise TopologyError(f"{dev} sits on netdev {lk.netdev!r}, expected {netdev!r}",
+                            "check --rxe-local-netdev/--rxe-peer-netdev or rebuild")
+    net = network.sysfs_netdev(netdev)
+    if net is None:
+        raise TopologyError(f"netdev {netdev!r} of {dev} is missing", "rebuild the topology")
+    gid = gid_table.lookup_rocev2_gid(dev, addr, lk.port)
+    # a RoCEv2 GID of the address on this netdev means the netdev carries the address
+    # (the GID table follows the netdev's addresses): `ip addr` only to say what is wrong
+    if gid is None or gid.ndev not in (None, netdev):
+        if not any(a.ifname == netdev and a.address == addr for a in ip_addrs()):
+            raise TopologyError(f"{netdev} does not carry {addr}", "rebuild the topology")
+        raise TopologyError(f"{dev} has no RoCEv2 GID for {addr}",
+                            "the GID appears once the address is up; rebuild the topology")
+    return Endpoint(dev, lk.port, netdev, net[0], addr, gid.gid, gid.index, lk.state)
 
 
 def wait_ports_active(cfg: TopologyConfig, timeout_s: float = PORT_ACTIVE_TIMEOUT_S) -> Topology:

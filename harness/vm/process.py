@@ -169,6 +169,31 @@ class RunOutcome:
     exit_code: int
     timed_out: bool
     duration_s: float
+    poweroff_hung: bool = False  # the command exited (its mark), the guest did not go
+
+
+GUEST_POWEROFF_TIMEOUT_S = 30.0  # the guest command's exit mark -> the guest gone by itself
+WAIT_TICK_S = 0.5  # the waiter's look at the exit mark (a bounded wait, not a pacing sleep)
+
+
+class ExitMark:
+    """The guest command's exit as its last line says: `TAG CODE`, TAG with a token made
+    per boot (harness.vm.runner), so no other output passes for it. After it, the guest's
+    init powers the kernel off; a kernel whose device shutdown hangs (a task stuck in the
+    kernel holds a device: measured with an nvme controller wedged in `connecting`) would
+    keep the guest up until the run's whole bound: the waiter ends it
+    GUEST_POWEROFF_TIMEOUT_S after the mark instead, with the command's own code."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.code: int | None = None
+        self.seen_at: float | None = None
+
+    def feed(self, line: str) -> None:
+        if self.seen_at is None and line.startswith(self.tag):
+            word = line[len(self.tag):].strip()
+            if word.isdigit() and len(word) <= 3:
+                self.code, self.seen_at = int(word), time.monotonic()
 
 
 def run_logged(
@@ -182,6 +207,8 @@ def run_logged(
     kill_grace_s: float = STOP_GRACE_S,
     echo: IO[str] | None = None,
     on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    exit_mark: ExitMark | None = None,
+    poweroff_timeout_s: float = GUEST_POWEROFF_TIMEOUT_S,
 ) -> RunOutcome:
     """Run `argv` in its own session; copy its merged output to `echo` and `log_path`.
 
@@ -189,7 +216,9 @@ def run_logged(
     each parent reaps its child), then SIGKILL to the whole process group if the leader
     is still alive after `kill_grace_s`; then SIGKILL to any stragglers. A timeout gives
     exit code 124; death by signal N gives 128+N. `on_start(proc)` hears of the process
-    as soon as it runs (harness.vm.guardian watches it).
+    as soon as it runs (harness.vm.guardian watches it). `exit_mark`: the guest command's
+    exit line; once seen, the guest has `poweroff_timeout_s` to end before it is ended
+    (ExitMark) and the outcome carries the command's code.
     """
     out = echo if echo is not None else sys.stdout
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,15 +239,24 @@ def run_logged(
             track(proc, f"vm ({Path(argv[0]).name})", group=True)  # cleanup ends its group
             if on_start is not None:
                 on_start(proc)
-            timed_out = threading.Event()
+            timed_out, hung = threading.Event(), threading.Event()
 
             def wait() -> None:
-                try:
-                    proc.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    timed_out.set()
+                deadline = start + timeout_s
+                while True:
+                    limit = deadline
+                    if exit_mark is not None and exit_mark.seen_at is not None:
+                        limit = min(limit, exit_mark.seen_at + poweroff_timeout_s)
+                    try:
+                        proc.wait(timeout=max(0.0, min(limit - time.monotonic(), WAIT_TICK_S)))
+                        break
+                    except subprocess.TimeoutExpired:
+                        if time.monotonic() < limit:
+                            continue
+                    (timed_out if limit == deadline else hung).set()
                     stop_child(proc, 0.0, grace_s=kill_grace_s, group=True,
                                terminate=lambda ref: terminate_leaves(ref.pid))
+                    break
                 kill_stragglers(proc.pid)
 
             def pump() -> None:
@@ -226,6 +264,8 @@ def run_logged(
                 echoing = True
                 for raw in iter(proc.stdout.readline, b""):
                     line = raw.decode("utf-8", "replace").replace("\r\n", "\n")
+                    if exit_mark is not None:
+                        exit_mark.feed(line)
                     with contextlib.suppress(ValueError):  # log closed after the drain bound
                         log.write(line)
                     if echoing:
@@ -255,7 +295,14 @@ def run_logged(
         if proc.stdout is not None and not reader.is_alive():
             proc.stdout.close()
         code = proc.returncode
-        if timed_out.is_set():
+        if hung.is_set() and exit_mark is not None and exit_mark.code is not None:
+            exit_code = exit_mark.code
+            log.write(f"# the guest's command exited {exit_code}, and its kernel did not power "
+                      f"off within GUEST_POWEROFF_TIMEOUT_S={poweroff_timeout_s:g} s (a "
+                      "device shutdown held by a task stuck in the kernel?): ended by us\n")
+            say(f"the guest's command exited {exit_code}, but its kernel did not power off "
+                f"within GUEST_POWEROFF_TIMEOUT_S={poweroff_timeout_s:g} s: ended by us")
+        elif timed_out.is_set():
             exit_code = TIMEOUT_EXIT_CODE
         elif code < 0:
             exit_code = 128 - code
@@ -265,4 +312,4 @@ def run_logged(
             f"# finished: {'TIMED OUT, ' if timed_out.is_set() else ''}exit code {exit_code} "
             f"after {duration:.1f} s\n"
         )
-    return RunOutcome(exit_code, timed_out.is_set(), duration)
+    return RunOutcome(exit_code, timed_out.is_set(), duration, hung.is_set())

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import re
+import secrets
 import shlex
 import subprocess
 import tempfile
@@ -26,7 +27,7 @@ from harness.system.provenance_collect import vm_facts_json
 from harness.vm.accel import ACCELS, AccelChoice, choose_accel
 from harness.vm.kernel import GuestKernel, find_guest_kernel
 from harness.vm.messages import say
-from harness.vm.process import TIMEOUT_EXIT_CODE, run_logged
+from harness.vm.process import TIMEOUT_EXIT_CODE, ExitMark, run_logged
 from harness.vm.python_copy import PythonCopy, archive_dir, prepare_python_copy
 from harness.vm.tools import VmTools, find_vm_tools
 
@@ -63,6 +64,8 @@ class VmRequest:
     # hands them to QEMU through a shell, so each must be shell-safe (checked)
     qemu_opts: list[str] = field(default_factory=list)
     kernel_console: bool = False  # the guest kernel's console (ttyS0) in the log, see below
+    # the guest command's exit mark carries it (harness.vm.process.ExitMark): made per boot
+    exit_token: str = field(default_factory=lambda: secrets.token_hex(8))
 
 
 @dataclass
@@ -104,14 +107,28 @@ def guest_env(req: VmRequest, bin_dir: Path) -> dict[str, str]:
 
 
 def guest_shell_command(req: VmRequest, bin_dir: Path, prefix: list[str] | None = None) -> str:
-    """`cd <cwd> && exec env K=V ... [prefix...] <command>`, every word shell-quoted."""
+    """`cd <cwd> && env K=V ... [prefix...] <command>; rc=$?; <the exit mark>; exit $rc`,
+    every word shell-quoted; the exit mark (harness.vm.process.ExitMark) is the line
+    `exit_tag(req.exit_token) <rc>` on stderr."""
     if not req.command:
         raise SettingError("empty guest command", "give the command to run after `--`")
     assignments = [shlex.quote(f"{k}={v}") for k, v in guest_env(req, bin_dir).items()]
     return " ".join(
-        ["cd", shlex.quote(str(req.cwd)), "&&", "exec", "env", *assignments,
-         shlex.join([*(prefix or []), *req.command])]
+        ["cd", shlex.quote(str(req.cwd)), "&&", "env", *assignments,
+         shlex.join([*(prefix or []), *req.command]), *EXIT_MARK_WORDS[:5],
+         shlex.quote(exit_tag(req.exit_token)), *EXIT_MARK_WORDS[5:]]
     )
+
+
+# after the command: its code kept, the exit mark on stderr (the tag goes after the
+# fifth word, printf's format), the code returned
+EXIT_MARK_WORDS = (";", "rc=$?", ";", "printf", "'%s%s\\n'", '"$rc"', ">&2", ";", "exit",
+                   '"$rc"')
+EXIT_MARK_WORD_COUNT = len(EXIT_MARK_WORDS) + 1  # and the tag
+
+
+def exit_tag(token: str) -> str:
+    return f"rxe-power guest exit {token}: "
 
 
 def build_vng_argv(req: VmRequest, kernel: GuestKernel, accel: str, vng: str,
@@ -230,6 +247,7 @@ def run_in_vm(
             env=host_env(tools.bin_dir),
             cwd=req.cwd,
             on_start=on_start,
+            exit_mark=ExitMark(exit_tag(req.exit_token)),
         )
     finally:
         if script is not None:

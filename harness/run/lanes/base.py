@@ -112,12 +112,19 @@ class LaneContext:
 
     spec: RunSpec
     shim: Any  # power.shim.Shim
-    agent: Any  # harness.peer.controller.PeerAgent
+    rig: Any  # harness.run.session.Rig
     cfg: Any  # harness.topology.config.TopologyConfig
     topo: Any  # harness.topology.config.Topology
     request: TransitionRequest
     clients_dir: Path
     log_dir: Path  # this scenario's
+    services: Any = None  # the peer guest's service (PeerServiceClient); None: one kernel
+
+    @property
+    def agent(self) -> Any:
+        """The peer agent (harness.peer.controller.PeerAgent); RxePowerError naming why not
+        when the peer is in its own guest (no verbs agent runs there yet)."""
+        return self.rig.agent
 
 
 class LaneResult(Protocol):

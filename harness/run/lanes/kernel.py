@@ -26,6 +26,8 @@ from typing import Any
 
 from clients.kernel import nfs_client, nfs_scenario, nvme_host, nvme_scenario
 from clients.kernel.blockio import DriverSpec
+from clients.kernel.nvmet_target import TargetConfig
+from clients.kernel.peer_service_client import PeerServiceClient
 from clients.kernel.ulp_result import UlpResult
 from harness.core.errors import RxePowerError
 from harness.run.kernel_lane import kernel_lane
@@ -42,14 +44,24 @@ KERNEL_MIN_COUNT = 800
 KERNEL_MAX_RATE_PER_S = 40.0
 
 
-def _nvme_run(shim: Any, cfg: Any, sc: Scenario, drv: DriverSpec,
-              hold_ms: int | None) -> UlpResult[Any]:
-    return nvme_scenario.run_nvme(shim, cfg, nvme_scenario.NvmeScenario(
-        sc.transition, sc.ordering, sc.policies[0].text, hold_ms, drv))
+def _nvme_run(shim: Any, cfg: Any, sc: Scenario, drv: DriverSpec, hold_ms: int | None,
+              services: PeerServiceClient | None) -> UlpResult[Any]:
+    """In one kernel: the target here, and the guard route against the loopback around
+    the wire. With the peer in its own guest: the target made there through its service,
+    and no guard (no loopback to guard against: the peer's address is not this kernel's)."""
+    nsc = nvme_scenario.NvmeScenario(sc.transition, sc.ordering, sc.policies[0].text,
+                                     hold_ms, drv, guard=services is None)
+    target = (services.nvmet_target(TargetConfig(addr=cfg.peer_addr, size_mib=nsc.size_mib))
+              if services is not None else None)
+    return nvme_scenario.run_nvme(shim, cfg, nsc, target=target)
 
 
-def _nfs_run(shim: Any, cfg: Any, sc: Scenario, drv: DriverSpec,
-             hold_ms: int | None) -> UlpResult[Any]:
+def _nfs_run(shim: Any, cfg: Any, sc: Scenario, drv: DriverSpec, hold_ms: int | None,
+             services: PeerServiceClient | None) -> UlpResult[Any]:
+    if services is not None:
+        raise RxePowerError(f"{sc.policies[0].text} with the peer in its own guest: the "
+                            "peer's service makes no NFS server yet (only nvmet-rdma)",
+                            "run nfs-rdma with --peer same-kernel")
     return nfs_scenario.run_nfs(shim, cfg, nfs_scenario.NfsScenario(
         sc.transition, sc.ordering, sc.policies[0].text, hold_ms, drv))
 
@@ -79,7 +91,7 @@ class KernelKind:
     # the ULP's own option parser, given the whole name (its presets are whole names);
     # SettingError names the presets and the raw form
     validate: Callable[[str], object]
-    run: Callable[[Any, Any, Scenario, DriverSpec, int | None], UlpResult[Any]]
+    run: Callable[[Any, Any, Scenario, DriverSpec, int | None, Any], UlpResult[Any]]
     notes: Callable[[dict[str, Any]], list[str]]  # the client's own fate, for the row
     own: type  # its result's own record (read back: UlpResult.from_json(d, own))
 
@@ -115,11 +127,14 @@ class KernelWedge:
 
 
 def run_kernel(shim: Any, cfg: Any, scenario: Scenario, count: int, rate_per_s: float,
-               depth: int, hold_ms: int | None) -> KernelResult:
+               depth: int, hold_ms: int | None,
+               services: PeerServiceClient | None = None) -> KernelResult:
+    """`services`: the peer guest's service when the peer is in its own kernel (the
+    ULP's server is made there); None: in this kernel."""
     ref = scenario.policies[0]
     drv = DriverSpec(count=max(count, KERNEL_MIN_COUNT), depth=depth,
                      rate_per_s=min(rate_per_s, KERNEL_MAX_RATE_PER_S))
-    return KernelResult(ref, KINDS[ref.name].run(shim, cfg, scenario, drv, hold_ms))
+    return KernelResult(ref, KINDS[ref.name].run(shim, cfg, scenario, drv, hold_ms, services))
 
 
 def with_lane(policy: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +203,7 @@ class KernelLane:
         if why:
             raise RxePowerError(why)
         res = run_kernel(ctx.shim, ctx.cfg, sc, ctx.spec.count, ctx.spec.rate_per_s,
-                         ctx.spec.queue_depth, ctx.spec.hold_ms)
+                         ctx.spec.queue_depth, ctx.spec.hold_ms, ctx.services)
         self.wedge.note(sc.id, ref, res.result.teardown_left)
         return res
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import launch
-from harness.vm import runner
+from harness.vm import pair, runner
 from tests.helpers.guest_recorder import GuestRecorder
 
 
@@ -16,6 +16,7 @@ from tests.helpers.guest_recorder import GuestRecorder
 def guest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> GuestRecorder:
     rec = GuestRecorder()
     monkeypatch.setattr(runner, "run_in_vm", rec)
+    monkeypatch.setattr(pair, "run_pair", rec.pair)
     monkeypatch.setattr(launch, "RESULTS_DIR", tmp_path / "results")
     monkeypatch.chdir(tmp_path)
     return rec

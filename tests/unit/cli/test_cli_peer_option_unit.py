@@ -1,7 +1,8 @@
 """`--peer same-kernel|guest` (harness.cli.peer_option): parsed once at the edge into a
 PeerPlacement, said and recorded with its reason; `guest` refused before any VM boots
-(no scenario runs with the peer in its own guest yet). Pure logic: the VM runner is a
-recorder (no guest boots)."""
+where the run's scenarios cannot have it (anything but nvme-rdma in `matrix` and `run`,
+a transition that re-makes the netdev, a native run), and handed to the guest where they
+can. Pure logic: the VM runner is a recorder (no guest boots)."""
 
 from __future__ import annotations
 
@@ -27,26 +28,31 @@ def _no_peer_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_default_is_same_kernel_and_says_why() -> None:
-    peer, why = choose_peer(None, Mode.VM, "matrix")
-    assert peer is PeerPlacement.SAME_KERNEL and "default" in why and "not yet proven" in why
-    peer, why = choose_peer("same-kernel", Mode.NATIVE, "run")
+    peer, why = choose_peer(None, Mode.VM, "matrix", None)
+    assert peer is PeerPlacement.SAME_KERNEL and "default" in why and "nvme-rdma" in why
+    peer, why = choose_peer("same-kernel", Mode.NATIVE, "run", None)
     assert peer is PeerPlacement.SAME_KERNEL and why == "from command-line option --peer"
 
 
 def test_the_environment_counts_and_a_bad_value_names_its_source(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RXE_POWER_PEER", "same-kernel")
-    assert choose_peer(None, Mode.VM, "run")[1] == "from environment variable RXE_POWER_PEER"
+    assert choose_peer(None, Mode.VM, "run", None)[1] == \
+        "from environment variable RXE_POWER_PEER"
     with pytest.raises(SettingError, match=r"--peer.*'elsewhere' is not one of"):
-        choose_peer("elsewhere", Mode.VM, "run")
+        choose_peer("elsewhere", Mode.VM, "run", None)
 
 
-@pytest.mark.parametrize("mode,why", [(Mode.VM, "no scenario of rxe-power matrix runs"),
-                                      (Mode.NATIVE, "needs two guest kernels")])
-def test_guest_is_refused_with_its_reason_and_fix(mode: Mode, why: str) -> None:
+@pytest.mark.parametrize("mode,problem,why", [
+    (Mode.VM, "graceful runs only here", "graceful runs only here"),
+    (Mode.NATIVE, None, "needs two guest kernels")])
+def test_guest_is_refused_with_its_reason_and_fix(mode: Mode, problem: str | None,
+                                                  why: str) -> None:
     with pytest.raises(SettingError, match=why) as exc:
-        choose_peer("guest", mode, "matrix")
+        choose_peer("guest", mode, "matrix", problem)
     assert exc.value.fix
+    # negative control: a run that can have it, in the VM, gets it
+    assert choose_peer("guest", Mode.VM, "matrix", None)[0] is PeerPlacement.GUEST
 
 
 GUEST = ["--mode", "vm", "--peer", "guest"]
@@ -92,3 +98,30 @@ def test_provenance_records_the_placement_and_its_reason(monkeypatch: pytest.Mon
     assert Provenance.from_json(old).peer_reason == ""
     monkeypatch.delenv(settings.LAUNCH_ENV)  # not launched by the CLI: no reason to give
     assert collect(Sources()).peer_reason == "not said"
+
+
+@pytest.mark.parametrize("argv,refusal", [
+    (["--policy", "graceful", "--transition", "standby"], "graceful run only with the peer"),
+    (["--policy", "nfs-rdma:hard", "--transition", "standby"], "nfs-rdma:hard run only"),
+    (["--policy", "nvme-rdma", "--transition", "hibernate"],
+     "hibernate clients-first: steps create-netdev, destroy-netdev"),
+    (["--policy", "nvme-rdma", "--transition", "standby"], None),
+    (["--policy", "nvme-rdma:fast-fail", "--transition", "link-flap,standby,surprise-removal"],
+     None)])
+def test_matrix_with_the_peer_in_a_guest_boots_two_kernels_for_nvme_only(
+        guest: GuestRecorder, argv: list[str], refusal: str | None, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """What the peer guest can serve (nvme-rdma, transitions that keep the NIC) boots
+    the pair and the guest's invocation says `guest`; anything else is refused before any
+    boot, naming what runs only in one kernel."""
+    code = main.main(["matrix", *GUEST, *argv, "--out", str(tmp_path / "out")])
+    if refusal is not None:
+        assert code == main.HARNESS_ERROR_EXIT and guest.requests == []
+        assert refusal in capsys.readouterr().err
+        return
+    (inv,) = guest.invocations()
+    (peer,) = guest.peers  # the peer guest beside it, running the peer's side
+    assert "harness.run.pair_peer" in peer.command and peer.cpus == 1
+    assert inv.peer is PeerPlacement.GUEST
+    assert inv.launch_facts().peer is PeerPlacement.GUEST
+    assert inv.launch_facts().peer_reason.startswith("guest: from command-line option")

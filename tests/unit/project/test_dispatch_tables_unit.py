@@ -4,6 +4,7 @@ or plan accepts has exactly one handler, and every handler a name.
 - the peer agent: peer_<event> for harness.core.schemas.PEER_REQUESTS, wait_<event> for
   harness.peer.dispatch.WAIT_EVENTS (the requests answered later);
 - the client worker: worker_<event> for WORKER_REQUESTS;
+- the peer guest's service: service_<event> for SERVICE_REQUESTS;
 - the power shim: step_<kind> for power.plan.StepKind, and so for STEP_DOCS.
 
 Each check has its negative control: a table with a name no server handles, a server
@@ -18,11 +19,18 @@ from typing import Any
 
 import pytest
 
+from clients.kernel.peer_service import PeerService
 from clients.userspace.worker import Worker
 from harness.core.errors import NoHandler, ProtocolError, RxePowerError
 from harness.core.handlers import handler_for, method_name, table_problems
 from harness.core.protocol import Message
-from harness.core.schemas import PEER_REQUESTS, SCHEMAS, WORKER_REQUESTS, ChannelKind
+from harness.core.schemas import (
+    PEER_REQUESTS,
+    SCHEMAS,
+    SERVICE_REQUESTS,
+    WORKER_REQUESTS,
+    ChannelKind,
+)
 from harness.peer.agent import Agent
 from harness.peer.dispatch import WAIT_EVENTS
 from power.plan import STEP_DOCS, StepKind
@@ -33,6 +41,7 @@ TABLES: list[tuple[type, str, Iterable[str], str]] = [
     (Agent, "peer_", PEER_REQUESTS, "schemas.PEER_REQUESTS"),
     (Agent, "wait_", WAIT_EVENTS, "peer.dispatch.WAIT_EVENTS"),
     (Worker, "worker_", WORKER_REQUESTS, "schemas.WORKER_REQUESTS"),
+    (PeerService, "service_", SERVICE_REQUESTS, "schemas.SERVICE_REQUESTS"),
     (Shim, "step_", [k.value for k in StepKind], "plan.StepKind"),
     (Shim, "step_", [k.value for k in STEP_DOCS], "plan.STEP_DOCS"),
 ]
@@ -40,6 +49,7 @@ TABLES: list[tuple[type, str, Iterable[str], str]] = [
 CHANNEL_SERVERS = {
     ChannelKind.PEER: Agent,
     ChannelKind.WORKER: Worker,
+    ChannelKind.SERVICE: PeerService,
     ChannelKind.NOTICE: None,  # power.notify: two notices one way, three answers back
     ChannelKind.PEER_AUTH: None,  # core.peer_auth: a three-line handshake, not a request table
 }

@@ -14,6 +14,7 @@ import pytest
 
 from harness.core.errors import SettingError
 from harness.core.printer import RecordingPrinter
+from harness.core.settings import PeerPlacement
 from harness.run.lanes import LANES, parse_policies, parse_policy
 from harness.run.lanes.base import LaneKind, PolicyRef, Scenario
 from harness.run.matrix import MatrixSpec, rows_of
@@ -111,8 +112,10 @@ class _Session:
     """A run session without a topology: the results file, and a rig of stand-ins that
     only the lanes' run functions (replaced below) would use."""
 
-    def __init__(self, cfg: object, out_dir: Path, *, transitions: tuple[str, ...]) -> None:
+    def __init__(self, cfg: object, out_dir: Path, *, transitions: tuple[str, ...],
+                 peer: PeerPlacement) -> None:
         self.transitions = transitions  # what RunSession turns into the fault models
+        self.cfg = cfg
         self.results_path = out_dir / "results.jsonl"
         self.out_dir = out_dir
         self.topo = SimpleNamespace(local=SimpleNamespace(dev="rxe0"),
@@ -130,7 +133,9 @@ class _Session:
         with ResultsWriter(self.results_path, results.command, results.spec,
                            provenance=None) as writer:
             yield SimpleNamespace(results=writer, shim="shim", agent="agent",
-                                  clients_dir=self.out_dir, log_dir=self.out_dir / "logs")
+                                  clients_dir=self.out_dir, log_dir=self.out_dir / "logs",
+                                  services=None,
+                                  sides=SimpleNamespace(restore=lambda cfg, out=None: []))
 
 
 def test_run_matrix_runs_each_scenario_in_its_lane(monkeypatch: pytest.MonkeyPatch,
@@ -153,7 +158,7 @@ def test_run_matrix_runs_each_scenario_in_its_lane(monkeypatch: pytest.MonkeyPat
     ran: list[tuple[str, object]] = []
 
     def run_nvme(shim: object, cfg: object, sc: Scenario, drv: object,
-                 hold_ms: object) -> NvmeResult:
+                 hold_ms: object, services: object) -> NvmeResult:
         ran.append(("kernel", sc.texts))
         return replace(UlpResult.from_json(nvme, CtrlRecord),
                        teardown_left=["controller nvme0 held"])
@@ -166,7 +171,6 @@ def test_run_matrix_runs_each_scenario_in_its_lane(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(matrix, "RunSession", _Session)
     monkeypatch.setattr(matrix, "describe", lambda p: [])
-    monkeypatch.setattr(matrix, "restore_local_side", lambda cfg, out=None: [])
     monkeypatch.setitem(kernel.KINDS, "nvme-rdma", replace(kernel.KINDS["nvme-rdma"],
                                                            run=run_nvme))
     monkeypatch.setattr(userspace, "run_scenario", run_scenario)

@@ -211,9 +211,13 @@ def test_build_vng_argv_quoting_survives_shlex(tmp_path: Path) -> None:
     cmd = ["sh", "-c", """echo "it's a $HOME `x`" ; exit 3""", "arg with  spaces", ""]
     req = request(tmp_path, cmd, env={"RXE_POWER_MODE": "native", "ODD": "a b'c\"d $x"})
     words = parse_exec(vm_runner.build_vng_argv(req, kernel(tmp_path), "tcg", "/venv/bin/vng"))
-    assert words[:5] == ["cd", str(tmp_path / "work dir"), "&&", "exec", "env"]
-    assert words[-len(cmd) :] == cmd
-    assigns = words[5 : -len(cmd)]
+    assert words[:4] == ["cd", str(tmp_path / "work dir"), "&&", "env"]
+    tail = vm_runner.EXIT_MARK_WORD_COUNT  # then the exit mark (its tag with this boot's token)
+    assert words[-tail:] == [";", "rc=$?", ";", "printf", "%s%s\\n",
+                             vm_runner.exit_tag(req.exit_token), "$rc", ">&2", ";", "exit",
+                             "$rc"]
+    assert words[-tail - len(cmd):-tail] == cmd
+    assigns = words[4:-tail - len(cmd)]
     assert assigns == [
         f"PATH=/venv/bin:{vm_runner.GUEST_SYSTEM_PATH}",
         "PYTHONUNBUFFERED=1",  # the guest's output streams line by line
@@ -337,3 +341,29 @@ def test_run_logged_timeout_terminates_leaves_first(tmp_path: Path) -> None:
     assert out.timed_out and out.exit_code == vm_process.TIMEOUT_EXIT_CODE
     assert "parent-reaped-child" in log.read_text()
     assert out.duration_s < 4  # did not need the SIGKILL fallback
+
+
+@needs_posix
+@pytest.mark.parametrize("mark", [True, False], ids=["marked", "unmarked"])
+def test_a_guest_that_does_not_power_off_after_its_command_is_ended(tmp_path: Path,
+                                                                    mark: bool) -> None:
+    """The guest's command printed its exit mark and the "guest" (a shell standing in for
+    vng, whose kernel hangs in its device shutdown) stays: it is ended at the poweroff
+    bound with the command's own code. Negative control: the same guest without the mark
+    runs to the whole bound and times out. A line that only looks like the mark (another
+    token) does not count."""
+    tag = vm_runner.exit_tag("0123abcd")
+    line = f"printf '%s7\\n' '{tag}' >&2;" if mark else ""
+    start = time.monotonic()
+    out = vm_process.run_logged(
+        ["sh", "-c", f"echo '{vm_runner.exit_tag('ffff0000')}5'; {line} sleep 60"],
+        log_path=tmp_path / "log.txt", timeout_s=6.0, kill_grace_s=0.5,
+        exit_mark=vm_process.ExitMark(tag), poweroff_timeout_s=1.0)
+    took = time.monotonic() - start
+    if mark:
+        assert (out.exit_code, out.poweroff_hung, out.timed_out) == (7, True, False)
+        assert took < 5.0
+        assert "did not power off" in (tmp_path / "log.txt").read_text()
+    else:
+        assert (out.exit_code, out.poweroff_hung, out.timed_out) == (
+            vm_process.TIMEOUT_EXIT_CODE, False, True)
