@@ -36,6 +36,7 @@ from harness.core.errors import RxePowerError
 from harness.core.printer import NULL, Printer
 from harness.core.state import StateFile
 from harness.system import kernelobjs as ko
+from harness.system import kstacks
 from harness.topology.config import TopologyConfig
 from harness.workload.block_ledger import IoRecord, Window
 from power import kmsg
@@ -224,8 +225,16 @@ def _teardown(state: StateFile, target: NvmeTarget, host: NvmeHost | None,
         try:
             host.disconnect()  # fails any I/O still queued: a stuck thread returns
         except RxePowerError as exc:
-            problems.append(str(exc))
+            # what the kernel is stuck in, read now (the delete's writer, the controller's
+            # work): the row keeps it, a wedge is then more than a state name
+            problems.append(f"{exc}; tasks in D state: {blocked_text(kstacks.blocked_tasks())}")
     close_io(drv)
     problems += target.teardown()
     ko.restore_module_param(state, ADMIN_TIMEOUT_PARAM)
     return problems
+
+
+def blocked_text(tasks: list[dict[str, Any]], frames: int = 8) -> str:
+    """Each blocked task as `pid/tid comm (syscall): frame <- frame ...` (innermost first)."""
+    return "; ".join(f"{t['pid']}/{t['tid']} {t['comm']} ({t['syscall']}): "
+                     + " <- ".join(t["stack"][:frames]) for t in tasks) or "none"
