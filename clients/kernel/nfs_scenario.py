@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from clients.kernel import route_guard
 from clients.kernel.blockio import BlockDriver
@@ -51,6 +51,20 @@ CONNECTED = "CONNECT"  # an rdma_cm id's state while connected (rdma res show cm
 # 43 writes failed with EACCES under standby hca-first); EHOSTUNREACH is retried, as the
 # ENETUNREACH of a host whose NIC is gone would be
 GUARD_ROUTE = "unreachable"
+
+
+class NfsServing(Protocol):
+    """What the scenario uses of its server: an NfsServer here, or a RemoteNfsServer in the
+    peer's own kernel (clients.kernel.peer_service_client)."""
+
+    @property
+    def cfg(self) -> ServerConfig: ...
+    @property
+    def notes(self) -> list[str]: ...
+    def setup(self) -> None: ...
+    def make_file(self, name: str, size: int) -> None: ...
+    def read_block(self, name: str, index: int, size: int) -> bytes: ...
+    def teardown(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -134,11 +148,13 @@ class NfsUlp(Ulp[MountRecord]):
     guard_route = GUARD_ROUTE
     cm_interval_s = CM_INTERVAL_S
 
-    def __init__(self, cfg: TopologyConfig, sc: NfsScenario, state: StateFile) -> None:
+    def __init__(self, cfg: TopologyConfig, sc: NfsScenario, state: StateFile,
+                 server: NfsServing | None = None) -> None:
         self.cfg, self.sc, self.state = cfg, sc, state
         self.opts = parse_policy(sc.policy)
-        self.server = NfsServer(ServerConfig(client_addr=cfg.local_addr,
-                                             size_mib=sc.size_mib), state)
+        # in this kernel, or in the peer's (clients.kernel.peer_service_client)
+        self.server: NfsServing = server or NfsServer(
+            ServerConfig(client_addr=cfg.local_addr, size_mib=sc.size_mib), state)
         self.mnt: NfsMount | None = None
         self.first_mount: int | None = None  # the mount we made
 
@@ -210,12 +226,14 @@ class NfsUlp(Ulp[MountRecord]):
 
 
 def run_nfs(shim: Shim, cfg: TopologyConfig, sc: NfsScenario,
-            state: StateFile | None = None, out: Printer = NULL) -> NfsResult:
+            state: StateFile | None = None, out: Printer = NULL,
+            server: NfsServing | None = None) -> NfsResult:
+    """`server`: the NFS server to use (made by the scenario); None: nfsd in this kernel."""
     state = state or StateFile.load()
-    return run_ulp(shim, cfg, sc, NfsUlp(cfg, sc, state), state, out)
+    return run_ulp(shim, cfg, sc, NfsUlp(cfg, sc, state, server), state, out)
 
 
-def _teardown(server: NfsServer, mnt: NfsMount | None, drv: BlockDriver | None,
+def _teardown(server: NfsServing, mnt: NfsMount | None, drv: BlockDriver | None,
               ) -> tuple[list[str], list[str]]:
     """The mount before the server (a hard mount whose server is gone cannot unmount
     cleanly): close the file, umount -f (bounded; -l as the last resort), stop nfsd and

@@ -1,7 +1,8 @@
 """The peer side's kernel-client servers, in the peer's own kernel (issue 24): one process
 in the peer guest that makes the nvmet-rdma target the local kernel's nvme-rdma connects
-to, reads its store back for the ledger, tells the peer HCA's port state, and removes
-everything it made when its owner goes.
+to and the NFS server (nfsd over RDMA) its NFS client mounts, reads their stores back
+for the ledger, tells the peer HCA's port state, and removes everything it made when its
+owner goes.
 
     python -P -m clients.kernel.peer_service --device rxe1 --addr 198.18.0.2 \\
         --listen 198.18.1.2:18771 --secret-file F
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import ipaddress
 import os
+import re
 import select
 import socket
 import sys
@@ -32,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clients.kernel.nfs_server import NfsServer, ServerConfig
 from clients.kernel.nvmet_target import NvmetTarget, TargetConfig
 from harness.core.device import DeviceInfo
 from harness.core.errors import ProtocolError, RxePowerError
@@ -50,6 +54,7 @@ BLOCK_SIZES = (512, 4096)
 MAX_READ_BLOCKS = 64  # one nvmet_read reply: 64 x 4 KiB, base64, under MAX_MESSAGE_BYTES
 MAX_TARGETS = 8
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+FILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # a file of the NFS export
 
 
 class PeerService:
@@ -59,6 +64,7 @@ class PeerService:
         self.device, self.addr = device, addr
         self.state = state or StateFile.load()
         self.targets: dict[str, NvmetTarget] = {}  # nqn -> target, in the order made
+        self.nfs: NfsServer | None = None
         self.running = True
 
     def handle(self, msg: Message) -> dict[str, Any]:
@@ -136,6 +142,61 @@ class PeerService:
             del self.targets[msg.payload["nqn"]]
         return {"problems": problems}
 
+    def service_nfs_setup(self, msg: Message) -> dict[str, Any]:
+        """The NFS server (nfsd over RDMA, a tmpfs export open to `client_addr` only:
+        clients.kernel.nfs_server); one per service."""
+        p = msg.payload
+        if self.nfs is not None:
+            raise ProtocolError("this service's NFS server runs already",
+                                "tear it down first (nfs_teardown)", msg.id)
+        _check_range("size_mib", p["size_mib"], 1, MAX_SIZE_MIB, msg.id)
+        try:
+            client = ipaddress.IPv4Address(p["client_addr"])
+        except ValueError:
+            raise ProtocolError(f"client_addr {p['client_addr'][:40]!r} is not an IPv4 "
+                                "address", "give the local side's wire address", msg.id) from None
+        if client.is_unspecified or client.is_multicast:
+            raise ProtocolError(f"client_addr {client} is not one host",
+                                "give the local side's wire address", msg.id)
+        srv = NfsServer(ServerConfig(client_addr=str(client), size_mib=p["size_mib"]),
+                        self.state)
+        srv.setup()
+        self.nfs = srv
+        return {"port": srv.cfg.port}
+
+    def _nfs_file(self, msg: Message) -> tuple[NfsServer, str]:
+        if self.nfs is None:
+            raise ProtocolError("this service runs no NFS server", "nfs_setup first", msg.id)
+        name = msg.payload["name"]
+        if not FILE_NAME.fullmatch(name):
+            raise ProtocolError(f"file name {name[:40]!r} is not {FILE_NAME.pattern}",
+                                "name a file of the export by a plain name", msg.id)
+        return self.nfs, name
+
+    def service_nfs_file(self, msg: Message) -> dict[str, Any]:
+        srv, name = self._nfs_file(msg)
+        _check_range("size", msg.payload["size"], 0, srv.cfg.size_mib << 20, msg.id)
+        srv.make_file(name, msg.payload["size"])
+        return {}
+
+    def service_nfs_read(self, msg: Message) -> dict[str, Any]:
+        srv, name = self._nfs_file(msg)
+        p = msg.payload
+        _check_range("count", p["count"], 1, MAX_READ_BLOCKS, msg.id)
+        _check_range("size", p["size"], 1, max(BLOCK_SIZES), msg.id)
+        _check_range("index", p["index"], 0, (srv.cfg.size_mib << 20) // p["size"], msg.id)
+        blocks = [srv.read_block(name, p["index"] + i, p["size"]) for i in range(p["count"])]
+        return {"index": p["index"], "blocks": [base64.b64encode(b).decode("ascii")
+                                                 for b in blocks]}
+
+    def service_nfs_teardown(self, msg: Message) -> dict[str, Any]:
+        if self.nfs is None:
+            return {"problems": [], "notes": []}
+        problems, notes = self.nfs.teardown(), list(self.nfs.notes)
+        if not problems:
+            self.nfs = None
+        return {"problems": problems, "notes": notes}
+
     def service_shutdown(self, msg: Message) -> dict[str, Any]:
         self.running = False
         return {}
@@ -143,6 +204,9 @@ class PeerService:
     def close(self) -> list[str]:
         """Tear down every target still there, newest first; what was left."""
         problems: list[str] = []
+        if self.nfs is not None:
+            problems += self.nfs.teardown()
+            self.nfs = None
         for nqn in reversed(list(self.targets)):
             problems += self.targets.pop(nqn).teardown()
         return problems

@@ -8,6 +8,7 @@ no shared file, no process table.
         svc.port_state()                   # "ACTIVE", read in the peer's kernel
         target = svc.nvmet_target(TargetConfig(addr=..., size_mib=64))
         target.setup(); target.read_block(7, 4096); target.teardown()
+        server = svc.nfs_server(ServerConfig(client_addr="198.18.0.1"))   # nfsd there
 
 A RemoteNvmetTarget has what clients.kernel.nvme_scenario uses of an NvmetTarget: its
 `cfg` (nqn, address, service id), setup, read_block (read ahead in runs of
@@ -22,12 +23,13 @@ import socket
 from dataclasses import dataclass, replace
 from typing import Any
 
+from clients.kernel.nfs_server import ServerConfig
 from clients.kernel.nvmet_target import TargetConfig
 from clients.kernel.peer_service import MAX_READ_BLOCKS
 from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
 from harness.core.peer_auth import authenticate
-from harness.core.protocol import REPLY_TIMEOUT_S, Channel
+from harness.core.protocol import REPLY_TIMEOUT_S, Channel, WorkerError
 from harness.core.schemas import ChannelKind
 from harness.peer.remote import AGENT_CONNECT_TIMEOUT_S, connect_when_listening
 
@@ -66,16 +68,22 @@ class PeerServiceClient:
         return self.chan.request(event, reply_timeout_s, **payload)
 
     def port_state(self) -> str:
-        """The peer HCA's port state; "unreachable: ..." when the service cannot answer
-        (the peer guest died: the row says so, the shim does not wait)."""
+        """The peer HCA's port state; "unknown: ..." when the service answered that it
+        could not read it, "unreachable: ..." when it did not answer (the peer guest
+        died: the row says so, the shim does not wait)."""
         try:
             state = self.request("port_state").get("state")
+        except WorkerError as exc:
+            return f"unknown: {exc.problem}"
         except (ProtocolError, BoundExceeded, OSError) as exc:
             return f"unreachable: {exc}"
         return str(state)
 
     def nvmet_target(self, cfg: TargetConfig) -> RemoteNvmetTarget:
         return RemoteNvmetTarget(self, cfg)
+
+    def nfs_server(self, cfg: ServerConfig) -> RemoteNfsServer:
+        return RemoteNfsServer(self, cfg)
 
     def close(self) -> None:
         with contextlib.suppress(ProtocolError, BoundExceeded, OSError):
@@ -134,4 +142,46 @@ class RemoteNvmetTarget:
         problems = [str(p) for p in got.get("problems", [])]
         if not problems:
             self._made = None
+        return problems
+
+
+class RemoteNfsServer:
+    """The NFS server in the peer's kernel, made and read through its service: what
+    clients.kernel.nfs_scenario uses of an NfsServer (its `cfg.port`, setup, make_file,
+    read_block, teardown and the `notes` of a last resort)."""
+
+    def __init__(self, svc: PeerServiceClient, want: ServerConfig) -> None:
+        self.svc = svc
+        self.cfg = want
+        self.notes: list[str] = []
+        self._made = False
+        self._cache: dict[tuple[str, int], bytes] = {}
+
+    def setup(self) -> None:
+        got = self.svc.request("nfs_setup", NVMET_SETUP_TIMEOUT_S,
+                               client_addr=self.cfg.client_addr, size_mib=self.cfg.size_mib)
+        self.cfg = replace(self.cfg, port=int(got["port"]))
+        self._made = True
+
+    def make_file(self, name: str, size: int) -> None:
+        self.svc.request("nfs_file", name=name, size=size)
+
+    def read_block(self, name: str, index: int, size: int) -> bytes:
+        if (name, index) not in self._cache:
+            got = self.svc.request("nfs_read", name=name, index=index, count=MAX_READ_BLOCKS,
+                                   size=size)
+            for i, b64 in enumerate(got["blocks"]):
+                self._cache[(name, index + i)] = base64.b64decode(str(b64), validate=True)
+        return self._cache[(name, index)]
+
+    def teardown(self) -> list[str]:
+        if not self._made:
+            return []
+        try:
+            got = self.svc.request("nfs_teardown", NVMET_SETUP_TIMEOUT_S)
+        except (ProtocolError, BoundExceeded, OSError) as exc:
+            return [f"the peer's NFS server: {exc}"]
+        self.notes += [str(n) for n in got.get("notes", [])]
+        problems = [str(p) for p in got.get("problems", [])]
+        self._made = bool(problems)
         return problems

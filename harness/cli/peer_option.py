@@ -3,7 +3,7 @@ bench, test): where the peer HCA lives, parsed once here into a PeerPlacement.
 
 same-kernel (the default) is the one-kernel topology every scenario runs on. guest (the
 peer in a guest kernel of its own, joined by a wire: harness.vm.pair, issue 24) runs the
-nvme-rdma kernel client's scenarios of `matrix` and `run` (the job says what it cannot
+kernel clients' scenarios of `matrix` (nvme-rdma, nfs-rdma; the job says what it cannot
 run: Job.peer_guest_problem); anything else is refused here, before any VM boots,
 naming what does run. The choice
 and its reason are said by harness.cli.invocation.invoke, which carries them in the
@@ -38,12 +38,12 @@ def choose_peer(requested: str | None, mode: Mode, command: str,
                                "use --mode vm, or --peer same-kernel")
         if guest_problem is not None:
             raise SettingError(f"--peer guest (from {res.source}): {guest_problem} (issue "
-                               "24: with the peer in its own guest, the nvme-rdma kernel "
-                               "client runs in `matrix` and `run`; the pair's feasibility "
+                               "24: with the peer in its own guest, the kernel clients "
+                               "(nvme-rdma, nfs-rdma) run in `matrix`; the pair's feasibility "
                                f"probe: {GUEST_PROBE})", "use --peer same-kernel (the "
                                "default)")
         return res.value, (f"from {res.source}: the peer HCA in a guest kernel of its own "
                            "(harness.vm.pair), joined by a wire")
     why = (f"from {res.source}" if res.source != "built-in default" else
-           "default: the two-kernel placement runs only the nvme-rdma kernel client yet")
+           "default: the two-kernel placement runs only the kernel clients yet")
     return res.value, why

@@ -81,6 +81,10 @@ SERVICE_REQUESTS: Schema = {  # controller -> the peer guest's service (clients.
     "nvmet_setup": {"trsvcid": int, "size_mib": int, "block_size": int},
     "nvmet_read": {"nqn": str, "index": int, "count": int, "size": int},
     "nvmet_teardown": {"nqn": str},
+    "nfs_setup": {"client_addr": str, "size_mib": int},
+    "nfs_file": {"name": str, "size": int},
+    "nfs_read": {"name": str, "index": int, "count": int, "size": int},
+    "nfs_teardown": {},
     "shutdown": {},
 }
 

@@ -128,13 +128,13 @@ def place(peer: PeerPlacement) -> PeerPlace:
 
 # what runs with the peer in its own guest: the kernel clients whose server the peer's
 # service makes (clients.kernel.peer_service)
-GUEST_KERNEL_CLIENTS = ("nvme-rdma",)
+GUEST_KERNEL_CLIENTS = ("nvme-rdma", "nfs-rdma")
 
 
 def guest_problem(scenarios: list[Scenario]) -> str | None:
     """Why these scenarios cannot run with the peer in its own guest (None: they can):
     a lane other than the kernel clients of GUEST_KERNEL_CLIENTS (the peer guest runs no
-    verbs agent and no NFS server yet), or a transition whose steps the pair cannot do."""
+    verbs agent yet), or a transition whose steps the pair cannot do."""
     others = sorted({p.text for sc in scenarios for p in sc.policies
                      if p.lane is not LaneKind.KERNEL or p.name not in GUEST_KERNEL_CLIENTS})
     if others:

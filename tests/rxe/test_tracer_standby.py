@@ -19,7 +19,8 @@ from tests.rxe.test_tracer_transitions import PROGRAMS, check_program_accounted,
 pytestmark = pytest.mark.removal("disassociate")
 
 
-@pytest.mark.parametrize("program", PROGRAMS)
+# ib_send_bw left out for the suite's time (see LINK_FLAP_ORDER)
+@pytest.mark.parametrize("program", [p for p in PROGRAMS if p != "ib_send_bw"])
 def test_program_under_standby_disassociated(power_shim, rxe_topology, results_dir,
                                              program, request) -> None:
     result, row = run_program(power_shim, rxe_topology, program, "standby",

@@ -26,6 +26,7 @@ from typing import Any
 
 from clients.kernel import nfs_client, nfs_scenario, nvme_host, nvme_scenario
 from clients.kernel.blockio import DriverSpec
+from clients.kernel.nfs_server import ServerConfig
 from clients.kernel.nvmet_target import TargetConfig
 from clients.kernel.peer_service_client import PeerServiceClient
 from clients.kernel.ulp_result import UlpResult
@@ -58,12 +59,13 @@ def _nvme_run(shim: Any, cfg: Any, sc: Scenario, drv: DriverSpec, hold_ms: int |
 
 def _nfs_run(shim: Any, cfg: Any, sc: Scenario, drv: DriverSpec, hold_ms: int | None,
              services: PeerServiceClient | None) -> UlpResult[Any]:
-    if services is not None:
-        raise RxePowerError(f"{sc.policies[0].text} with the peer in its own guest: the "
-                            "peer's service makes no NFS server yet (only nvmet-rdma)",
-                            "run nfs-rdma with --peer same-kernel")
-    return nfs_scenario.run_nfs(shim, cfg, nfs_scenario.NfsScenario(
-        sc.transition, sc.ordering, sc.policies[0].text, hold_ms, drv))
+    """As _nvme_run: the server (nfsd) here or in the peer's kernel, the guard only here."""
+    nsc = nfs_scenario.NfsScenario(sc.transition, sc.ordering, sc.policies[0].text, hold_ms,
+                                   drv, guard=services is None)
+    server = (services.nfs_server(ServerConfig(client_addr=cfg.local_addr,
+                                               size_mib=nsc.size_mib))
+              if services is not None else None)
+    return nfs_scenario.run_nfs(shim, cfg, nsc, server=server)
 
 
 def _nvme_notes(result: dict[str, Any]) -> list[str]:

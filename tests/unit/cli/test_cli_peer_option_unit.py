@@ -1,6 +1,6 @@
 """`--peer same-kernel|guest` (harness.cli.peer_option): parsed once at the edge into a
 PeerPlacement, said and recorded with its reason; `guest` refused before any VM boots
-where the run's scenarios cannot have it (anything but nvme-rdma in `matrix` and `run`,
+where the run's scenarios cannot have it (anything but the kernel clients in `matrix`,
 a transition that re-makes the netdev, a native run), and handed to the guest where they
 can. Pure logic: the VM runner is a recorder (no guest boots)."""
 
@@ -29,7 +29,7 @@ def _no_peer_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_default_is_same_kernel_and_says_why() -> None:
     peer, why = choose_peer(None, Mode.VM, "matrix", None)
-    assert peer is PeerPlacement.SAME_KERNEL and "default" in why and "nvme-rdma" in why
+    assert peer is PeerPlacement.SAME_KERNEL and "default" in why and "kernel clients" in why
     peer, why = choose_peer("same-kernel", Mode.NATIVE, "run", None)
     assert peer is PeerPlacement.SAME_KERNEL and why == "from command-line option --peer"
 
@@ -102,7 +102,9 @@ def test_provenance_records_the_placement_and_its_reason(monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("argv,refusal", [
     (["--policy", "graceful", "--transition", "standby"], "graceful run only with the peer"),
-    (["--policy", "nfs-rdma:hard", "--transition", "standby"], "nfs-rdma:hard run only"),
+    (["--policy", "nfs-rdma:hard,fail-fast", "--transition", "standby"],
+     "fail-fast run only with the peer"),
+    (["--policy", "nfs-rdma:hard,nfs-rdma:soft", "--transition", "standby"], None),
     (["--policy", "nvme-rdma", "--transition", "hibernate"],
      "hibernate clients-first: steps create-netdev, destroy-netdev"),
     (["--policy", "nvme-rdma", "--transition", "standby"], None),
@@ -111,7 +113,7 @@ def test_provenance_records_the_placement_and_its_reason(monkeypatch: pytest.Mon
 def test_matrix_with_the_peer_in_a_guest_boots_two_kernels_for_nvme_only(
         guest: GuestRecorder, argv: list[str], refusal: str | None, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """What the peer guest can serve (nvme-rdma, transitions that keep the NIC) boots
+    """What the peer guest can serve (nvme-rdma, nfs-rdma; transitions that keep the NIC) boots
     the pair and the guest's invocation says `guest`; anything else is refused before any
     boot, naming what runs only in one kernel."""
     code = main.main(["matrix", *GUEST, *argv, "--out", str(tmp_path / "out")])
