@@ -31,7 +31,8 @@ from harness.vm.pair import PAIR_DIR_ROOT
 from harness.vm.tools import find_vm_tools
 
 ROOT = Path(__file__).resolve().parents[2]
-PAIR_RUN_TIMEOUT_S = 900.0  # two TCG guests boot (~60 s) and one scenario runs (~10 s)
+PAIR_RUN_TIMEOUT_S = 900.0  # two TCG guests boot (~60 s) and two scenarios run (~30 s)
+POLICIES = ("nvme-rdma:fast-fail", "nfs-rdma:soft")  # each kernel client, its server there
 pytestmark = pytest.mark.pair
 
 
@@ -62,7 +63,7 @@ def pair_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         unmet(request.config, "the two-kernel pair runs as root (the guests' rdma_rxe)")
     out = tmp_path_factory.mktemp("pair") / "matrix"
     argv = [sys.executable, "-P", "-m", "harness.cli", "matrix", "--mode", "vm",
-            "--peer", "guest", "--policy", "nvme-rdma:fast-fail", "--transition", "standby",
+            "--peer", "guest", "--policy", ",".join(POLICIES), "--transition", "standby",
             "--ordering", "hca-first", "--out", str(out)]
     done = run_bounded(argv, PAIR_RUN_TIMEOUT_S, step="a matrix with the peer in its guest",
                        bound_name="PAIR_RUN_TIMEOUT_S", outstanding="rxe-power matrix",
@@ -70,18 +71,22 @@ def pair_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     return done.returncode, out, done.stdout + done.stderr
 
 
-def test_nvme_rdma_row_with_the_peer_in_its_own_kernel(pair_run: tuple[int, Path, str]) -> None:
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_kernel_client_row_with_the_peer_in_its_own_kernel(
+        pair_run: tuple[int, Path, str], policy: str) -> None:
     code, out, text = pair_run
     assert code == 0, text[-3000:]
     res = read_results(out / "results.jsonl")
     assert res.header is not None
     assert two_kernel_evidence(res.header) is None
-    (rec,) = res.of_kind(RecordKind.SCENARIO)
+    (rec,) = [r for r in res.of_kind(RecordKind.SCENARIO)
+              if r["scenario"]["policies"] == [policy]]
     (row,) = rec["rows"]
     assert row["status"] in ("clean", "bad"), row
     result = rec["result"]
     assert result["ledger"]["outcomes"].get("completed-ok", 0) > 0
-    assert result["ledger"]["target"].get("intact", 0) > 0  # read in the peer's kernel
+    # the server's store (nvmet's null_blk, nfsd's tmpfs), read in the peer's kernel
+    assert result["ledger"]["target"].get("intact", 0) > 0
     wire = link_end(Link.WIRE, PairSide.LOCAL).addr
     assert result["connections"] and all(
         c["dev"] == "rxe0" and c["src"] == wire for c in result["connections"])
