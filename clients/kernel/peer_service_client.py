@@ -18,8 +18,6 @@ MAX_READ_BLOCKS: the ledger reads every acknowledged block once) and teardown.
 from __future__ import annotations
 
 import base64
-import contextlib
-import socket
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,10 +26,9 @@ from clients.kernel.nvmet_target import TargetConfig
 from clients.kernel.peer_service import MAX_READ_BLOCKS
 from harness.core.device import DeviceInfo
 from harness.core.errors import BoundExceeded, ProtocolError, RxePowerError
-from harness.core.peer_auth import authenticate
-from harness.core.protocol import REPLY_TIMEOUT_S, Channel, WorkerError
+from harness.core.protocol import REPLY_TIMEOUT_S, WorkerError
 from harness.core.schemas import ChannelKind
-from harness.peer.remote import AGENT_CONNECT_TIMEOUT_S, connect_when_listening
+from harness.peer.remote import AGENT_CONNECT_TIMEOUT_S, close_channel, open_channel
 
 NVMET_SETUP_TIMEOUT_S = 120.0  # modprobe of nvmet, nvmet-rdma, null_blk in the peer guest
 
@@ -52,15 +49,12 @@ class PeerServiceClient:
     def __init__(self, host: str, port: int, secret: bytes,
                  connect_timeout_s: float = AGENT_CONNECT_TIMEOUT_S) -> None:
         self.where = f"{host}:{port}"
-        sock = connect_when_listening(host, port, connect_timeout_s)
+        self.chan, self.hello = open_channel(host, port, secret, ChannelKind.SERVICE,
+                                             "peer service", connect_timeout_s)
         try:
-            sock.settimeout(None)
-            authenticate(sock, secret)
-            self.chan = Channel(sock, f"peer service at {self.where}", ChannelKind.SERVICE)
-            self.hello = self.request("hello")
             self.device = DeviceInfo.from_json(self.hello.get("device"))
         except BaseException:
-            sock.close()
+            self.chan.sock.close()
             raise
 
     def request(self, event: str, reply_timeout_s: float = REPLY_TIMEOUT_S,
@@ -86,11 +80,7 @@ class PeerServiceClient:
         return RemoteNfsServer(self, cfg)
 
     def close(self) -> None:
-        with contextlib.suppress(ProtocolError, BoundExceeded, OSError):
-            self.chan.request("shutdown", 10.0)
-        with contextlib.suppress(OSError):
-            self.chan.sock.shutdown(socket.SHUT_RDWR)
-        self.chan.sock.close()
+        close_channel(self.chan)
 
     def __enter__(self) -> PeerServiceClient:
         return self

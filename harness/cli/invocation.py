@@ -182,11 +182,13 @@ def mode_of(args: argparse.Namespace) -> Mode:
 
 
 def invoke(args: argparse.Namespace, job: Job, results: Path, out: Printer,
-           what: str | None = None) -> Invocation:
+           what: str | None = None,
+           peer: tuple[PeerPlacement, str] | None = None) -> Invocation:
     """The command `args` with its `job`: the mode and the removal mode chosen, once, each
     said to `out` with its reason (a removal the run loads natively is said with its
     module's report, when it is loaded: harness.cli.operations). `what`: what will run,
-    said with the results folder."""
+    said with the results folder. `peer`: the placement decided already, and why (a run
+    split by placement: harness.cli.split_run); else --peer's, checked here."""
     mode, mode_reason = launch.choose_mode(args.mode)
     say = out.prefixed(f"rxe-power {args.command}: ")
     say(f"mode {mode.value} ({mode_reason})"
@@ -200,16 +202,18 @@ def invoke(args: argparse.Namespace, job: Job, results: Path, out: Printer,
     if removal is not None and (mode is Mode.VM or not job.LOADS_MODULE):
         say(f"removal mode {removal} ({removal_reason})"
             + ("; the guest loads its rdma_rxe" if job.LOADS_MODULE else ""))
-    peer_reason, peer = "", PeerPlacement.SAME_KERNEL
+    peer_reason, placement = "", PeerPlacement.SAME_KERNEL
     if hasattr(args, "peer"):  # the commands that run scenarios (--peer)
-        peer, why = choose_peer(args.peer, mode, args.command,
-                                job.peer_guest_problem(args.command))
-        peer_reason = f"{peer.value}: {why}"
-        say(f"peer {peer.value} ({why})")
+        placement, why = peer or choose_peer(args.peer, mode, args.command,
+                                             job.peer_guest_problem(args.command))
+        if peer is not None and placement is PeerPlacement.GUEST:
+            choose_peer("guest", mode, args.command, job.peer_guest_problem(args.command))
+        peer_reason = f"{placement.value}: {why}"
+        say(f"peer {placement.value} ({why})")
     return Invocation(args.command, shlex.join(["rxe-power", *getattr(args, "argv",
                                                                       [args.command])]),
                       job, mode, mode_reason, removal, removal_reason, results.absolute(),
-                      float(args.timeout_s), tree_facts(Sources()), peer_reason, peer)
+                      float(args.timeout_s), tree_facts(Sources()), peer_reason, placement)
 
 
 def write_invocation(inv: Invocation) -> Path:

@@ -24,6 +24,7 @@ from harness.cli.operations import run_invocation
 from harness.cli.peer_option import add_peer_option
 from harness.cli.removal import add_removal_option
 from harness.cli.shard_option import add_shard_option, shard_of
+from harness.cli.split_run import run_split, split_plan
 from harness.core.errors import SettingError
 from harness.core.printer import Printer
 from harness.core.shards import Shard, parse_shard
@@ -164,6 +165,9 @@ class MatrixJob(Job):
 
 def cmd_matrix(args: argparse.Namespace, out: Printer) -> int:
     spec = matrix_spec(args)  # bad values fail here, before any VM boots
+    split = split_plan(args, spec, mode_of(args))  # --peer guest: each row where it can
+    if split is not None:
+        return run_split(args, split, MatrixJob, out)
     shard = shard_of(args)
     plan = matrix_plan(spec, shard)  # and a shard with nothing to run
     jobs = jobs_of(args, mode_of(args), shard, len(spec.scenarios()), "scenarios",

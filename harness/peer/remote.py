@@ -21,6 +21,7 @@ from harness.core.schemas import ChannelKind
 from harness.peer.calls import PeerCalls
 
 AGENT_CONNECT_TIMEOUT_S = 300.0  # the peer guest boots beside the local one, under TCG
+SHUTDOWN_REPLY_TIMEOUT_S = 10.0  # the server's answer to "shutdown" on close
 CONNECT_TRY_TIMEOUT_S = 2.0  # one connect attempt (a SYN lost while the link comes up)
 # what a connect meets while the agent is not listening yet, or its guest not up
 _NOT_YET = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT}
@@ -47,6 +48,32 @@ def connect_when_listening(host: str, port: int,
                                 f"a listening agent (last try: {last})")
 
 
+def open_channel(host: str, port: int, secret: bytes, kind: ChannelKind, name: str,
+                 connect_timeout_s: float = AGENT_CONNECT_TIMEOUT_S,
+                 ) -> tuple[Channel, dict[str, Any]]:
+    """A channel of `kind` to a server on host:port that holds the run's secret: connected
+    once it listens, authenticated (harness.core.peer_auth), its hello's reply."""
+    sock = connect_when_listening(host, port, connect_timeout_s)
+    try:
+        sock.settimeout(None)
+        authenticate(sock, secret)
+        chan = Channel(sock, f"{name} at {host}:{port}", kind)
+        return chan, chan.request("hello", REPLY_TIMEOUT_S)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def close_channel(chan: Channel) -> None:
+    """Ask the server to end its session (bounded, its failure ignored: it may be gone),
+    then close: the server ends when its owner goes either way."""
+    with contextlib.suppress(ProtocolError, BoundExceeded, OSError):
+        chan.request("shutdown", SHUTDOWN_REPLY_TIMEOUT_S)
+    with contextlib.suppress(OSError):
+        chan.sock.shutdown(socket.SHUT_RDWR)
+    chan.sock.close()
+
+
 class RemotePeer(PeerCalls):
     """A peer agent reached over TCP: connected, authenticated, said hello. Closing the
     connection ends the agent's session (it exits when its owner goes)."""
@@ -54,24 +81,15 @@ class RemotePeer(PeerCalls):
     def __init__(self, host: str, port: int, secret: bytes,
                  connect_timeout_s: float = AGENT_CONNECT_TIMEOUT_S) -> None:
         self.where = f"{host}:{port}"
-        sock = connect_when_listening(host, port, connect_timeout_s)
-        try:
-            sock.settimeout(None)
-            authenticate(sock, secret)
-            self.chan = Channel(sock, f"peer agent at {self.where}", ChannelKind.PEER)
-            self.hello = self.request("hello")
-        except BaseException:
-            sock.close()
-            raise
+        self.chan, self.hello = open_channel(host, port, secret, ChannelKind.PEER,
+                                             "peer agent", connect_timeout_s)
 
     def request(self, event: str, reply_timeout_s: float = REPLY_TIMEOUT_S,
                 **payload: Any) -> dict[str, Any]:
         return self.chan.request(event, reply_timeout_s, **payload)
 
     def close(self) -> None:
-        with contextlib.suppress(ProtocolError, BoundExceeded, OSError):
-            self.chan.request("shutdown", 10.0)
-        self.chan.sock.close()
+        close_channel(self.chan)
 
     def __enter__(self) -> RemotePeer:
         return self

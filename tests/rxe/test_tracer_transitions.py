@@ -318,10 +318,11 @@ def test_rping_under_link_flap(power_shim, rxe_topology, results_dir, request) -
 # the pingpong case the wire gave the next program's TCP rendezvous no ARP answer for
 # ~30 s (neighbour FAILED on rxpw0; cause not found). run_outside now waits for ARP
 # both ways (WIRE_READY_TIMEOUT_S) and records the wait (wire_ready_ms, printed)
-# (ib_send_bw left out since 8 Dec 2026 for the suite's time, 16 s: its SENDs take the
-# path ibv_rc_pingpong's take, its bandwidth loop the one ib_write_bw's does; a clean run
-# of it stays in test_tracer.py)
-LINK_FLAP_ORDER = ("ib_write_bw", "ibv_rc_pingpong")
+# (8 Dec 2026, CI 26: with ib_send_bw left out for the suite's time, ib_write_bw ran first
+# and both programs' TCP rendezvous hung in connect() for 30 s, the neighbour of
+# 198.18.0.2 FAILED on rxpw0: the flake above, after the file's earlier tests. Put back;
+# cause still not found)
+LINK_FLAP_ORDER = ("ib_send_bw", "ib_write_bw", "ibv_rc_pingpong")
 
 
 @pytest.mark.parametrize("program", LINK_FLAP_ORDER)

@@ -59,10 +59,10 @@ GUEST = ["--mode", "vm", "--peer", "guest"]
 
 
 @pytest.mark.parametrize("argv", [["matrix", *GUEST, "--transition", "link-flap"],
-                                  ["run", *GUEST], ["bench", *GUEST],
+                                  ["run", *GUEST, "--policy", "graceful"], ["bench", *GUEST],
                                   ["stress", *GUEST, "--transition", "link-flap"],
                                   ["test", *GUEST, "--", "-k", "x"]],
-                         ids=["matrix", "run", "bench", "stress", "test"])
+                         ids=["matrix", "run-userspace-only", "bench", "stress", "test"])
 def test_guest_is_refused_before_any_boot(guest: GuestRecorder, argv: list[str],
                                           capsys: pytest.CaptureFixture[str]) -> None:
     code = main.main(argv)
@@ -102,8 +102,7 @@ def test_provenance_records_the_placement_and_its_reason(monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("argv,refusal", [
     (["--policy", "graceful", "--transition", "standby"], "graceful run only with the peer"),
-    (["--policy", "nfs-rdma:hard,fail-fast", "--transition", "standby"],
-     "fail-fast run only with the peer"),
+    (["--policy", "fail-fast", "--transition", "standby"], "fail-fast run only with the peer"),
     (["--policy", "nfs-rdma:hard,nfs-rdma:soft", "--transition", "standby"], None),
     (["--policy", "nvme-rdma", "--transition", "hibernate"],
      "hibernate clients-first: steps create-netdev, destroy-netdev"),
@@ -127,3 +126,26 @@ def test_matrix_with_the_peer_in_a_guest_boots_two_kernels_for_nvme_only(
     assert inv.peer is PeerPlacement.GUEST
     assert inv.launch_facts().peer is PeerPlacement.GUEST
     assert inv.launch_facts().peer_reason.startswith("guest: from command-line option")
+
+
+@pytest.mark.parametrize("command", [["run"], ["matrix", "--policy", "graceful,nvme-rdma",
+                                               "--transition", "standby"]])
+def test_a_mixed_run_with_the_peer_in_a_guest_is_split_by_placement(
+        guest: GuestRecorder, command: list[str], tmp_path: Path) -> None:
+    """`--peer guest` on a run of userspace and kernel rows: the kernel clients' rows boot
+    the pair, the rest one guest of one kernel, each part's invocation saying its own
+    placement and why; both in folders of the one results folder. Negative control: the
+    same command without --peer boots one guest with every row, in one kernel."""
+    out = tmp_path / "out"
+    main.main([*command, *GUEST, "--out", str(out)])
+    one, two = guest.invocations()
+    assert len(guest.peers) == 1  # the pair: once, for the kernel rows
+    assert (one.peer, two.peer) == (PeerPlacement.SAME_KERNEL, PeerPlacement.GUEST)
+    assert one.results == out / "one-kernel" and two.results == out / "two-kernels"
+    assert "cannot have yet" in one.peer_reason and two.peer_reason.startswith("guest: from")
+    lanes = [{p.lane.value for p in inv.job.spec.policies} for inv in (one, two)]  # type: ignore[attr-defined]
+    assert "kernel" not in lanes[0] and lanes[1] == {"kernel"}
+    guest.requests.clear()
+    main.main([*command, "--mode", "vm", "--out", str(tmp_path / "plain")])
+    (plain,) = guest.invocations()
+    assert plain.peer is PeerPlacement.SAME_KERNEL and guest.peers == [guest.peers[0]]

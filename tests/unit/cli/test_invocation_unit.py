@@ -333,6 +333,8 @@ def test_one_place_decides_where_a_command_runs() -> None:
                      r"python_child\(GUEST_MODULE": ["operations.py"],
                      # jobs.py: --jobs N > 1 is refused outside VM mode (its shards are VM
                      # invocations, each decided by invoke); peer_option.py: --peer guest
-                     # is refused natively (it needs two guest kernels)
+                     # is refused natively (it needs two guest kernels); split_run.py: a
+                     # run is split by placement only in the VM mode (each part is a VM
+                     # invocation, decided by invoke)
                      r"is (not )?Mode\.VM": ["invocation.py", "jobs.py", "peer_option.py",
-                                              "removal.py"]}
+                                              "removal.py", "split_run.py"]}

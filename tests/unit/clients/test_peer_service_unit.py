@@ -29,8 +29,17 @@ SECRET = bytes(range(32))
 IO_BOUND_S = 10.0
 
 
+class _HostService(PeerService):
+    """The service without the peer's HCA in `hello` (no rxe1 on this host)."""
+
+    def service_hello(self, msg: Message) -> dict[str, Any]:
+        return {"device": {"dev": "rxe1", "port": 1, "netdev": "eth1", "ifindex": 3,
+                           "addr": "198.18.0.2", "gid": "::", "gid_index": 1},
+                "kernel": "test", "boot_id": "b", "pid": 1, "state": "ACTIVE"}
+
+
 def _service(tmp_path: Path) -> PeerService:
-    return PeerService("rxe1", "198.18.0.2", StateFile.load(tmp_path / "state.json"))
+    return _HostService("rxe1", "198.18.0.2", StateFile.load(tmp_path / "state.json"))
 
 
 def _msg(event: str, **payload: Any) -> Message:
@@ -103,22 +112,13 @@ def serving(tmp_path: Path, timeout_s: float = 30.0) -> Iterator[tuple[int, Peer
         assert done.is_set()
 
 
-class _HostClient(PeerServiceClient):
-    """The client without the peer's device in `hello` (no rxe1 on this host)."""
-
-    def request(self, event: str, reply_timeout_s: float = 30.0, **payload: Any) -> Any:
-        if event == "hello":
-            return {"device": {"dev": "rxe1", "port": 1, "netdev": "eth1", "ifindex": 3,
-                               "addr": "198.18.0.2", "gid": "::", "gid_index": 1}}
-        return super().request(event, reply_timeout_s, **payload)
-
-
 def test_only_the_secret_drives_the_service_and_its_owner_ends_it(tmp_path: Path) -> None:
     with serving(tmp_path) as (port, svc):
         with pytest.raises(AuthRefused):
             PeerServiceClient("127.0.0.1", port, bytes(32), connect_timeout_s=5.0)
         assert svc.running  # a refused connection is not the owner: the service waits on
-        client = _HostClient("127.0.0.1", port, SECRET, connect_timeout_s=5.0)
+        client = PeerServiceClient("127.0.0.1", port, SECRET, connect_timeout_s=5.0)
+        assert client.device.dev == "rxe1" and client.hello["state"] == "ACTIVE"
         # answered: this host has no RDMA netlink, the service says so (not "unreachable")
         assert client.port_state().startswith(("unknown: ", "absent"))
         with pytest.raises(ProtocolError, match="trsvcid 0 is outside"):
@@ -127,3 +127,15 @@ def test_only_the_secret_drives_the_service_and_its_owner_ends_it(tmp_path: Path
     assert not svc.running
     # after the owner went, the service is gone: nobody is answered
     assert client.port_state().startswith("unreachable")
+
+
+def test_a_wedged_teardown_names_the_blocked_tasks_and_their_stacks() -> None:
+    from clients.kernel.nvme_scenario import blocked_text
+
+    tasks = [{"pid": 705, "tid": 705, "comm": "sh", "syscall": "write",
+              "stack": ["nvme_delete_ctrl_sync [nvme_core]", "flush_work", "a", "b", "c", "d",
+                        "e", "f", "g"]}]
+    text = blocked_text(tasks)
+    assert text.startswith("705/705 sh (write): nvme_delete_ctrl_sync [nvme_core] <- flush_work")
+    assert "<- g" not in text  # the innermost 8 frames only
+    assert blocked_text([]) == "none"
