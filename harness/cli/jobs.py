@@ -218,7 +218,8 @@ def run_results_jobs(args: argparse.Namespace, n: int, drawn: bool, out: Printer
     return first_failure([f.exit_code for f in done] + [merged])
 
 
-def merge_results(folders: list[Path], base: Path, drawn: bool, out: Printer) -> int:
+def merge_results(folders: list[Path], base: Path, drawn: bool, out: Printer,
+                  allow_mixed: bool = False) -> int:
     """`rxe-power report` of the shards' folders into `base` (one table, JUnit XML and HTML;
     each shard's section in its own folder). `drawn`: the shards drew their timelines
     already (`run` reports itself), so they are linked, not drawn again."""
@@ -227,7 +228,8 @@ def merge_results(folders: list[Path], base: Path, drawn: bool, out: Printer) ->
         out(f"rxe-power: no shard left a results file in {base}: nothing to merge")
         return report.NO_RECORDS_EXIT
     try:
-        return report.write_report(have, base, out, pictures=not drawn)
+        return report.write_report(have, base, out, pictures=not drawn,
+                                   allow_mixed=allow_mixed)
     except RxePowerError as exc:
         out.to_stderr()(f"rxe-power: error: the merge of the shards: {exc}")
         return report.NO_RECORDS_EXIT
